@@ -1,0 +1,60 @@
+# Everything a developer or CI runs. `make run` and `make test` set up a fresh machine themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= config.example.yaml
+
+.PHONY: install system proto check-proto fmt lint test unit integration run images bench clean
+
+install: system $(STAMP)
+
+system:
+	@bash scripts/install-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
+
+check-proto: $(STAMP)
+	@rm -rf .proto-check && mkdir -p .proto-check
+	@$(PY) scripts/gen_proto.py .proto-check
+	@diff -r -x __pycache__ .proto-check/scheduler/api/_gen src/scheduler/api/_gen && \
+	 diff -r -x __pycache__ .proto-check/scheduler/runtime/containerd/_gen src/scheduler/runtime/containerd/_gen && \
+	 rm -rf .proto-check && echo "generated stubs are up to date" || \
+	 { rm -rf .proto-check; echo "generated stubs differ from proto/: run 'make proto'"; exit 1; }
+
+fmt: $(STAMP)
+	$(PY) -m ruff format src tests bench images scripts
+	$(PY) -m ruff check --fix src tests bench images scripts
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench images scripts
+	$(PY) -m mypy src
+	$(VENV)/bin/lint-imports
+
+unit: install
+	$(PY) -m pytest tests/unit -q
+
+integration: install images
+	$(PY) -m pytest tests/integration -q
+
+# The whole suite, as CI runs it: static checks, then unit and integration tests.
+test: install images lint check-proto
+	$(PY) -m pytest -q -p no:cacheprovider
+
+images: install
+	$(PY) -m images.build
+
+run: install images
+	$(VENV)/bin/scheduler run --config $(CONFIG)
+
+bench: install images
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .proto-check .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""Generate Python stubs (code, .pyi, gRPC) from the project's .proto files, reproducibly.
+
+Two trees: ``proto/scheduler`` (our API) -> ``src/scheduler/api/_gen`` and ``proto/containerd``
+(our subset of containerd's API) -> ``src/scheduler/runtime/containerd/_gen``. protoc writes
+imports relative to the proto root (``from containerd.types import mount_pb2``); they are
+rewritten to absolute package paths so that the stubs live inside the ``scheduler`` package.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import grpc_tools
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+TREES = {
+    "scheduler": "scheduler.api._gen",
+    "containerd": "scheduler.runtime.containerd._gen",
+}
+
+
+def generate(out_root: Path) -> None:
+    """Generate every tree under ``out_root`` (the ``src`` directory or a scratch copy)."""
+    bundled = Path(grpc_tools.__file__).parent / "_proto"
+    for top, package in TREES.items():
+        protos = sorted((ROOT / "proto" / top).rglob("*.proto"))
+        if not protos:
+            continue
+        out = out_root / Path(*package.split("."))
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        args = [
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            f"-I{bundled}",
+            f"--python_out={out}",
+            f"--mypy_out={out}",
+            f"--grpc_python_out={out}",
+            f"--mypy_grpc_out={out}",
+            *[str(p.relative_to(ROOT / "proto")) for p in protos],
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed for {top}")
+        pattern = re.compile(rf"^(from|import) ({re.escape(top)})(\.| )", re.M)
+        for path in out.rglob("*.py*"):
+            text = pattern.sub(rf"\1 {package}.\2\3", path.read_text())
+            path.write_text(text)
+        for directory in [out, *[d for d in out.rglob("*") if d.is_dir()]]:
+            (directory / "__init__.py").touch()
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "src")

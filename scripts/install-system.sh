@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the scheduler and its tests use. Idempotent: a machine that has
+# them all returns at once without touching apt.
+set -euo pipefail
+
+packages=(
+  containerd runc containernetworking-plugins iptables iproute2 busybox-static
+  docker-registry skopeo apache2-utils
+  postgresql-15 nginx-light
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scheduler needs these Debian packages: ${missing[*]} (run this script as root)" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# --no-install-recommends keeps the install small; policy-rc.d stops postinst scripts from
+# starting services (postgresql, nginx, docker-registry) that we run ourselves when needed.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,3 @@
+"""Root of the test suite: shared fixtures are plugins under ``tests/support``."""
+
+pytest_plugins: list[str] = []
