@@ -13,10 +13,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import google.rpc.status_pb2
 import grpc_tools
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # mypy-protobuf's plugins live beside the interpreter
 TREES = {
     "scheduler": "scheduler.api._gen",
     "containerd": "scheduler.runtime.containerd._gen",
@@ -26,6 +28,8 @@ TREES = {
 def generate(out_root: Path) -> None:
     """Generate every tree under ``out_root`` (the ``src`` directory or a scratch copy)."""
     bundled = Path(grpc_tools.__file__).parent / "_proto"
+    # googleapis-common-protos ships google/rpc/*.proto beside its generated modules.
+    googleapis = Path(google.rpc.status_pb2.__file__).parent.parent.parent
     for top, package in TREES.items():
         protos = sorted((ROOT / "proto" / top).rglob("*.proto"))
         if not protos:
@@ -38,6 +42,9 @@ def generate(out_root: Path) -> None:
             "protoc",
             f"-I{ROOT / 'proto'}",
             f"-I{bundled}",
+            f"-I{googleapis}",
+            f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
             f"--python_out={out}",
             f"--mypy_out={out}",
             f"--grpc_python_out={out}",
