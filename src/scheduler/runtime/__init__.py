@@ -1,0 +1,1 @@
+"""Container runtimes: the ``ContainerRuntime`` Protocol and its containerd implementation."""
