@@ -307,6 +307,8 @@ class Environment:
     updated_at: datetime | None = None
     request_id: str = ""
     """The request id that created it, for idempotent retries of CreateEnvironment."""
+    request: EnvironmentRequest | None = None
+    """The specification as the client sent it (stack, overrides, parameters), for Get and updates."""
 
 
 @dataclass(frozen=True)
@@ -479,3 +481,92 @@ class TaskMetrics:
     pids_limit: int = 0
     io_read_bytes: int = 0
     io_write_bytes: int = 0
+
+
+# =============================================================================================
+# What the API streams and reports: plans, log lines, metrics, events
+# =============================================================================================
+
+
+class ChangeAction(enum.Enum):
+    """What an update does to one service."""
+
+    KEEP = "KEEP"
+    ADD = "ADD"
+    REPLACE = "REPLACE"
+    REMOVE = "REMOVE"
+    SCALE = "SCALE"
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """One line of an update plan."""
+
+    service: str
+    action: ChangeAction
+    reason: str = ""
+
+
+class LogStream(enum.Enum):
+    """Which standard stream a line came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a container's output, tagged with where it came from."""
+
+    service: str
+    replica: int
+    container_id: str
+    stream: LogStream
+    at: datetime
+    line: str
+
+
+@dataclass(frozen=True)
+class ContainerSample:
+    """Resource usage of one replica, with CPU as a rate over a window."""
+
+    service: str
+    replica: int
+    metrics: TaskMetrics
+    cpu_cores: float
+
+
+class EventType(enum.Enum):
+    """Kinds of events streamed by WatchEvents."""
+
+    ENVIRONMENT_CREATED = "ENVIRONMENT_CREATED"
+    ENVIRONMENT_DEPLOYING = "ENVIRONMENT_DEPLOYING"
+    ENVIRONMENT_RUNNING = "ENVIRONMENT_RUNNING"
+    ENVIRONMENT_DEGRADED = "ENVIRONMENT_DEGRADED"
+    ENVIRONMENT_FAILED = "ENVIRONMENT_FAILED"
+    ENVIRONMENT_UPDATED = "ENVIRONMENT_UPDATED"
+    ENVIRONMENT_ROLLED_BACK = "ENVIRONMENT_ROLLED_BACK"
+    ENVIRONMENT_DELETED = "ENVIRONMENT_DELETED"
+    CONTAINER_CREATED = "CONTAINER_CREATED"
+    CONTAINER_STARTED = "CONTAINER_STARTED"
+    CONTAINER_HEALTHY = "CONTAINER_HEALTHY"
+    CONTAINER_UNHEALTHY = "CONTAINER_UNHEALTHY"
+    CONTAINER_EXITED = "CONTAINER_EXITED"
+    CONTAINER_RESTARTED = "CONTAINER_RESTARTED"
+    CONTAINER_REMOVED = "CONTAINER_REMOVED"
+    EVENTS_LOST = "EVENTS_LOST"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to an environment or one of its containers."""
+
+    type: EventType
+    environment: str
+    at: datetime
+    service: str = ""
+    replica: int = 0
+    container_id: str = ""
+    message: str = ""
+    generation: int = 0
+    sequence: int = 0
