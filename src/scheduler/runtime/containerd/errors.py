@@ -1,0 +1,84 @@
+"""Translate containerd's gRPC status codes into the scheduler's error tree (errdefs' ``ToNative``).
+
+Every RPC error leaves ``runtime/containerd`` through ``from_grpc`` so that callers above never see grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from scheduler.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+    Unavailable,
+    Unimplemented,
+)
+
+# Status code -> error class. Codes not listed become Internal: containerd reports a shim or runc
+# failure as UNKNOWN, which is a fault of the system below us, not of the request.
+_CODE_TO_ERROR: dict[grpc.StatusCode, type[SchedulerError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Unavailable,
+    # The server cancelling a call happens when it shuts down: retryable, like UNAVAILABLE.
+    grpc.StatusCode.CANCELLED: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def status_code(err: grpc.RpcError) -> grpc.StatusCode:
+    """The status code of a gRPC error, UNKNOWN if it carries none."""
+    code = getattr(err, "code", None)
+    value = code() if callable(code) else None
+    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def status_details(err: grpc.RpcError) -> str:
+    """The server's message of a gRPC error."""
+    details = getattr(err, "details", None)
+    value = details() if callable(details) else None
+    return str(value) if value else str(err)
+
+
+def from_grpc(err: grpc.RpcError, what: str = "", **details: str) -> SchedulerError:
+    """Map a gRPC error to the matching scheduler error; the caller raises it ``from err``.
+
+    Args:
+        err: the error raised by a stub (usually ``grpc.aio.AioRpcError``).
+        what: the operation and resource, e.g. ``"Tasks.Start web-1"``, put first in the message.
+        details: identifying attributes (``container_id``...) copied onto the error.
+    """
+    code = status_code(err)
+    cls = _CODE_TO_ERROR.get(code, Internal)
+    prefix = f"containerd {what}: " if what else "containerd: "
+    return cls(f"{prefix}{status_details(err)} ({code.name})", **details)
+
+
+@contextmanager
+def translated(what: str, **details: str) -> Iterator[None]:
+    """Re-raise any gRPC error raised inside the block as a scheduler error."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise from_grpc(err, what, **details) from err
+
+
+def is_code(err: BaseException, *codes: grpc.StatusCode) -> bool:
+    """Whether ``err`` is a gRPC error with one of ``codes``."""
+    return isinstance(err, grpc.RpcError) and status_code(err) in codes
