@@ -1,0 +1,1 @@
+"""State store: the Protocol, its SQLite and in-memory implementations, and the JSON codec."""

@@ -1,0 +1,171 @@
+"""``MemoryStateStore``: the ``StateStore`` contract in process memory, for tests.
+
+Documents are kept as the same JSON text the SQLite store writes, so a value the codec cannot
+encode fails here too, and callers never share mutable mappings with the store.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
+from scheduler.errors import AlreadyExists, NotFound, Unavailable
+from scheduler.storage import codec
+from scheduler.storage.base import (
+    HISTORY_LIMIT,
+    Json,
+    PageKey,
+    check_record_kind_key,
+    decode_page_token,
+    effective_page_size,
+    encode_page_token,
+    record_to_text,
+)
+
+
+@dataclass
+class _Row:
+    seq: int
+    uid: str
+    status: EnvironmentStatus
+    request_id: str
+    labels: dict[str, str]
+    doc: str
+
+
+class MemoryStateStore:
+    """A ``StateStore`` that forgets everything when the process ends."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._seq = itertools.count(1)
+        self._history: dict[str, list[str]] = {}
+        self._records: dict[tuple[str, str], str] = {}
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the state store is closed")
+
+    async def create(self, env: Environment) -> None:
+        """Store a new environment."""
+        self._check_open()
+        doc = codec.environment_to_json(env)
+        if env.name in self._rows:
+            raise AlreadyExists(f"environment {env.name!r} already exists", env=env.name)
+        for name, row in self._rows.items():
+            if row.uid == env.uid:
+                raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
+            if env.request_id and row.request_id == env.request_id:
+                raise AlreadyExists(
+                    f"request {env.request_id!r} already created environment {name!r}", env=name
+                )
+        self._rows[env.name] = _Row(
+            next(self._seq), env.uid, env.status, env.request_id, dict(env.spec.labels), doc
+        )
+
+    async def get(self, name: str) -> Environment:
+        """Return the environment called ``name``."""
+        self._check_open()
+        row = self._rows.get(name)
+        if row is None:
+            raise NotFound(f"environment {name!r} not found", env=name)
+        return codec.environment_from_json(row.doc)
+
+    async def put(self, env: Environment) -> None:
+        """Replace a stored environment, matched by name and uid."""
+        self._check_open()
+        doc = codec.environment_to_json(env)
+        row = self._rows.get(env.name)
+        if row is None or row.uid != env.uid:
+            raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+        for name, other in self._rows.items():
+            if name != env.name and env.request_id and other.request_id == env.request_id:
+                raise AlreadyExists(
+                    f"request {env.request_id!r} already created environment {name!r}", env=name
+                )
+        row.status = env.status
+        row.request_id = env.request_id
+        row.labels = dict(env.spec.labels)
+        row.doc = doc
+
+    async def delete(self, name: str) -> None:
+        """Remove an environment if present."""
+        self._check_open()
+        self._rows.pop(name, None)
+
+    async def list(
+        self,
+        page_size: int,
+        page_token: str,
+        statuses: Collection[EnvironmentStatus] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[builtins.list[Environment], str]:
+        """Return one page of environments in creation order, and the next page's token."""
+        self._check_open()
+        size = effective_page_size(page_size)
+        after = decode_page_token(page_token)
+        wanted = set(statuses)
+        selectors = dict(labels or {})
+        matches = sorted(
+            (
+                (PageKey(row.seq, name), row)
+                for name, row in self._rows.items()
+                if (after is None or PageKey(row.seq, name) > after)
+                and (not wanted or row.status in wanted)
+                and all(row.labels.get(k) == v for k, v in selectors.items())
+            ),
+            key=lambda item: item[0],
+        )
+        page = matches[:size]
+        token = encode_page_token(page[-1][0]) if len(matches) > size else ""
+        return [codec.environment_from_json(row.doc) for _, row in page], token
+
+    async def find_by_request_id(self, request_id: str) -> Environment | None:
+        """Return the environment created by ``request_id``, if any."""
+        self._check_open()
+        if not request_id:
+            return None
+        for row in self._rows.values():
+            if row.request_id == request_id:
+                return codec.environment_from_json(row.doc)
+        return None
+
+    async def append_history(self, entry: HistoryEntry) -> None:
+        """Record one change, dropping the oldest beyond the per-environment limit."""
+        self._check_open()
+        entries = self._history.setdefault(entry.env, [])
+        entries.append(codec.history_to_json(entry))
+        del entries[:-HISTORY_LIMIT]
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        """Return the audit trail of ``name``, oldest first."""
+        self._check_open()
+        return [codec.history_from_json(text) for text in self._history.get(name, [])]
+
+    async def put_record(self, kind: str, key: str, value: Json, *, exclusive: bool = False) -> None:
+        """Store a small JSON record."""
+        self._check_open()
+        check_record_kind_key(kind, key)
+        text = record_to_text(kind, key, value)
+        if exclusive and (kind, key) in self._records:
+            raise AlreadyExists(f"record {kind}/{key} is held already", kind=kind, key=key)
+        self._records[(kind, key)] = text
+
+    async def get_records(self, kind: str) -> dict[str, Json]:
+        """Return every record of ``kind`` by key."""
+        self._check_open()
+        return {k: json.loads(text) for (rk, k), text in sorted(self._records.items()) if rk == kind}
+
+    async def delete_record(self, kind: str, key: str) -> None:
+        """Remove a record if present."""
+        self._check_open()
+        self._records.pop((kind, key), None)
+
+    async def close(self) -> None:
+        """Mark the store closed."""
+        self._closed = True

@@ -1,0 +1,459 @@
+"""``SqliteStateStore``: the embedded default ``StateStore``, one SQLite file.
+
+Design:
+
+* Each environment is one JSON document (``codec``) plus indexed columns for lookups: name, uid,
+  status, request id and the creation sequence that orders pagination. Labels get their own table
+  so that label filters are SQL, not a scan of every document.
+* Every statement runs on one dedicated thread that owns the connection, so the event loop never
+  blocks on disk and writers never interleave; each public method is one transaction.
+* WAL journal with ``synchronous=NORMAL``: a committed transaction survives a process crash; a
+  power loss may drop the last few commits but never corrupts the file. The daemon reconciles
+  with containerd at boot, which heals a lost tail.
+* The schema is versioned in ``schema_version`` and upgraded by ordered migration functions at
+  open. A file written by a newer scheduler, or one that fails SQLite's integrity check, is
+  refused at open rather than half-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
+from scheduler.errors import AlreadyExists, FailedPrecondition, Internal, NotFound, Unavailable
+from scheduler.storage import codec
+from scheduler.storage.base import (
+    HISTORY_LIMIT,
+    Json,
+    PageKey,
+    check_record_kind_key,
+    decode_page_token,
+    effective_page_size,
+    encode_page_token,
+    record_to_text,
+)
+
+T = TypeVar("T")
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: ``executescript`` would COMMIT the migration's transaction first."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            db.execute(pending)
+            pending = ""
+    if pending.strip():
+        raise Internal(f"incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    _execute_script(
+        db,
+        """
+        CREATE TABLE environments (
+            -- AUTOINCREMENT: a deleted environment's sequence is never reused, so page tokens
+            -- issued before a delete still point at the right place.
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            uid TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            request_id TEXT NOT NULL DEFAULT '',
+            generation INTEGER NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX environments_request_id ON environments(request_id) WHERE request_id <> '';
+        CREATE INDEX environments_status ON environments(status, seq);
+        CREATE TABLE environment_labels (
+            seq INTEGER NOT NULL REFERENCES environments(seq) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (seq, key)
+        );
+        CREATE INDEX environment_labels_pair ON environment_labels(key, value);
+        CREATE TABLE history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            env TEXT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE INDEX history_env ON history(env, id);
+        CREATE TABLE records (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1,)
+"""``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SqliteStateStore:
+    """A ``StateStore`` in one SQLite file; opening it migrates the schema.
+
+    Raises (at construction):
+        Unavailable: the file cannot be opened, or is corrupt.
+        FailedPrecondition: the file was written by a newer scheduler (schema too new).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-db")
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        try:
+            self._db = self._executor.submit(self._open).result()
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+
+    # --- opening -------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        where = str(self.path)
+        if self.path.parent and not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise Unavailable(f"cannot create the state directory of {where!r}: {err}") from err
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _write).
+            db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            raise Unavailable(f"cannot open state database {where!r}: {err}") from err
+        try:
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        where = str(self.path)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            check = db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise Unavailable(f"state database {where!r} is corrupt or not a database: {err}") from err
+        if [row[0] for row in check] != ["ok"]:
+            problems = "; ".join(str(row[0]) for row in check[:5])
+            raise Unavailable(f"state database {where!r} is corrupt: {problems}")
+        if str(mode).lower() != "wal":
+            raise Unavailable(f"state database {where!r} cannot use WAL journaling (got {mode!r})")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._schema_version(db)
+                if version > SCHEMA_VERSION:
+                    raise FailedPrecondition(
+                        f"state database {where!r} has schema version {version}, newer than the "
+                        f"{SCHEMA_VERSION} this scheduler understands; upgrade the scheduler"
+                    )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[target - 1](db)
+                    db.execute("UPDATE schema_version SET version = ?", (target,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as err:
+            raise Unavailable(f"cannot migrate state database {where!r}: {err}") from err
+
+    @staticmethod
+    def _schema_version(db: sqlite3.Connection) -> int:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = db.execute("SELECT version FROM schema_version").fetchall()
+        if not rows:
+            tables = db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name <> 'schema_version'"
+                " AND name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+            if tables:
+                raise FailedPrecondition(
+                    "state database has tables but no schema version: it was not written by the scheduler"
+                )
+            db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            return 0
+        if len(rows) != 1 or not isinstance(rows[0][0], int):
+            raise FailedPrecondition(f"state database has a malformed schema_version table: {rows!r}")
+        version: int = rows[0][0]
+        return version
+
+    @property
+    def schema_version(self) -> int:
+        """Schema version this code writes."""
+        return SCHEMA_VERSION
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        if self._closed or self._db is None:
+            raise Unavailable("the state store is closed")
+        db = self._db
+
+        def call() -> T:
+            try:
+                if not write:
+                    return fn(db)
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                return result
+            except sqlite3.ProgrammingError as err:  # the connection was closed under us
+                raise Unavailable(f"the state store is closed: {err}") from err
+            except sqlite3.OperationalError as err:
+                raise Unavailable(f"state database {str(self.path)!r}: {err}") from err
+            except sqlite3.DatabaseError as err:
+                raise Internal(f"state database {str(self.path)!r}: {err}") from err
+
+        try:
+            future = self._executor.submit(call)
+        except RuntimeError as err:  # executor shut down by a concurrent close()
+            raise Unavailable("the state store is closed") from err
+        # Not cancelled with the caller: once submitted, a transaction runs to its end, so a
+        # cancelled RPC never leaves the connection half inside a transaction.
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    # --- environments --------------------------------------------------------------------------
+
+    async def create(self, env: Environment) -> None:
+        """Store a new environment."""
+        doc = codec.environment_to_json(env)
+
+        def run(db: sqlite3.Connection) -> None:
+            clash = db.execute(
+                "SELECT name, uid, request_id FROM environments WHERE name = ? OR uid = ?"
+                " OR (request_id <> '' AND request_id = ?)",
+                (env.name, env.uid, env.request_id),
+            ).fetchone()
+            if clash is not None:
+                name, uid, request_id = clash
+                if name == env.name:
+                    raise AlreadyExists(f"environment {env.name!r} already exists", env=env.name)
+                if uid == env.uid:
+                    raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
+                raise AlreadyExists(f"request {request_id!r} already created environment {name!r}", env=name)
+            cursor = db.execute(
+                "INSERT INTO environments (name, uid, status, request_id, generation, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (env.name, env.uid, env.status.value, env.request_id, env.generation, doc),
+            )
+            self._write_labels(db, cursor.lastrowid, env)
+
+        await self._run(run, write=True)
+
+    @staticmethod
+    def _write_labels(db: sqlite3.Connection, seq: int | None, env: Environment) -> None:
+        db.execute("DELETE FROM environment_labels WHERE seq = ?", (seq,))
+        db.executemany(
+            "INSERT INTO environment_labels (seq, key, value) VALUES (?, ?, ?)",
+            [(seq, key, value) for key, value in env.spec.labels.items()],
+        )
+
+    async def get(self, name: str) -> Environment:
+        """Return the environment called ``name``."""
+
+        def run(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT doc FROM environments WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        doc = await self._run(run, write=False)
+        if doc is None:
+            raise NotFound(f"environment {name!r} not found", env=name)
+        return codec.environment_from_json(doc)
+
+    async def put(self, env: Environment) -> None:
+        """Replace a stored environment, matched by name and uid."""
+        doc = codec.environment_to_json(env)
+
+        def run(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "SELECT seq FROM environments WHERE name = ? AND uid = ?", (env.name, env.uid)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+            if env.request_id:
+                other = db.execute(
+                    "SELECT name FROM environments WHERE request_id = ? AND seq <> ?",
+                    (env.request_id, row[0]),
+                ).fetchone()
+                if other is not None:
+                    raise AlreadyExists(
+                        f"request {env.request_id!r} already created environment {other[0]!r}", env=other[0]
+                    )
+            db.execute(
+                "UPDATE environments SET status = ?, request_id = ?, generation = ?, doc = ? WHERE seq = ?",
+                (env.status.value, env.request_id, env.generation, doc, row[0]),
+            )
+            self._write_labels(db, row[0], env)
+
+        await self._run(run, write=True)
+
+    async def delete(self, name: str) -> None:
+        """Remove an environment if present; its history is kept."""
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM environments WHERE name = ?", (name,))
+
+        await self._run(run, write=True)
+
+    async def list(
+        self,
+        page_size: int,
+        page_token: str,
+        statuses: Collection[EnvironmentStatus] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[builtins.list[Environment], str]:
+        """Return one page of environments in creation order, and the next page's token."""
+        size = effective_page_size(page_size)
+        after = decode_page_token(page_token)
+        clauses: builtins.list[str] = []
+        params: builtins.list[object] = []
+        if after is not None:
+            # seq is unique, so (seq, name) > (s, n) reduces to seq > s, or the same seq and a later name.
+            clauses.append("(e.seq > ? OR (e.seq = ? AND e.name > ?))")
+            params += [after.seq, after.seq, after.name]
+        if statuses:
+            wanted = sorted({s.value for s in statuses})
+            clauses.append(f"e.status IN ({', '.join('?' * len(wanted))})")
+            params += wanted
+        for key, value in sorted((labels or {}).items()):
+            clauses.append(
+                "EXISTS (SELECT 1 FROM environment_labels l"
+                " WHERE l.seq = e.seq AND l.key = ? AND l.value = ?)"
+            )
+            params += [key, value]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT e.seq, e.name, e.doc FROM environments e {where} ORDER BY e.seq, e.name LIMIT ?"
+        params.append(size + 1)
+
+        def run(db: sqlite3.Connection) -> builtins.list[tuple[int, str, str]]:
+            return [(int(s), str(n), str(d)) for s, n, d in db.execute(query, params).fetchall()]
+
+        rows = await self._run(run, write=False)
+        page = rows[:size]
+        token = encode_page_token(PageKey(page[-1][0], page[-1][1])) if len(rows) > size else ""
+        return [codec.environment_from_json(doc) for _, _, doc in page], token
+
+    async def find_by_request_id(self, request_id: str) -> Environment | None:
+        """Return the environment created by ``request_id``, if any."""
+        if not request_id:
+            return None
+
+        def run(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT doc FROM environments WHERE request_id = ?", (request_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        doc = await self._run(run, write=False)
+        return None if doc is None else codec.environment_from_json(doc)
+
+    # --- history -------------------------------------------------------------------------------
+
+    async def append_history(self, entry: HistoryEntry) -> None:
+        """Record one change, dropping the oldest beyond the per-environment limit."""
+        doc = codec.history_to_json(entry)
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO history (env, doc) VALUES (?, ?)", (entry.env, doc))
+            db.execute(
+                "DELETE FROM history WHERE env = ? AND id NOT IN"
+                " (SELECT id FROM history WHERE env = ? ORDER BY id DESC LIMIT ?)",
+                (entry.env, entry.env, HISTORY_LIMIT),
+            )
+
+        await self._run(run, write=True)
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        """Return the audit trail of ``name``, oldest first."""
+
+        def run(db: sqlite3.Connection) -> builtins.list[str]:
+            rows = db.execute("SELECT doc FROM history WHERE env = ? ORDER BY id", (name,)).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return [codec.history_from_json(doc) for doc in await self._run(run, write=False)]
+
+    # --- records -------------------------------------------------------------------------------
+
+    async def put_record(self, kind: str, key: str, value: Json, *, exclusive: bool = False) -> None:
+        """Store a small JSON record; ``exclusive`` makes it an atomic claim."""
+        check_record_kind_key(kind, key)
+        text = record_to_text(kind, key, value)
+
+        def run(db: sqlite3.Connection) -> None:
+            if exclusive:
+                try:
+                    db.execute("INSERT INTO records (kind, key, value) VALUES (?, ?, ?)", (kind, key, text))
+                except sqlite3.IntegrityError as err:
+                    raise AlreadyExists(f"record {kind}/{key} is held already", kind=kind, key=key) from err
+            else:
+                db.execute(
+                    "INSERT INTO records (kind, key, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
+                    (kind, key, text),
+                )
+
+        await self._run(run, write=True)
+
+    async def get_records(self, kind: str) -> dict[str, Json]:
+        """Return every record of ``kind`` by key."""
+
+        def run(db: sqlite3.Connection) -> builtins.list[tuple[str, str]]:
+            query = "SELECT key, value FROM records WHERE kind = ? ORDER BY key"
+            rows = db.execute(query, (kind,)).fetchall()
+            return [(str(k), str(v)) for k, v in rows]
+
+        return {key: json.loads(text) for key, text in await self._run(run, write=False)}
+
+    async def delete_record(self, kind: str, key: str) -> None:
+        """Remove a record if present."""
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+
+        await self._run(run, write=True)
+
+    # --- closing -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Checkpoint the WAL into the main file and close; idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        db = self._db
+
+        def run() -> None:
+            if db is not None:
+                try:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    db.close()
+
+        try:
+            await asyncio.wrap_future(self._executor.submit(run))
+        finally:
+            self._executor.shutdown(wait=False)
