@@ -1,0 +1,57 @@
+"""Labels the scheduler puts on containerd containers.
+
+Ownership and identity travel with the container, so the scheduler can rebuild its view of the
+world from containerd alone after a restart. Every key has the ``io.scheduler/`` prefix; each
+constant says how its value is encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+PREFIX = "io.scheduler/"
+"""Prefix of every label the scheduler sets."""
+
+OWNER = PREFIX + "owner"
+"""Always ``OWNER_VALUE``: marks a container as created by the scheduler (boot-time reconcile)."""
+OWNER_VALUE = "scheduler"
+
+ENV = PREFIX + "env"
+"""Name of the environment the container belongs to."""
+
+SERVICE = PREFIX + "service"
+"""Name of the service, within its environment."""
+
+REPLICA = PREFIX + "replica"
+"""Replica index of the service, a decimal integer from 0."""
+
+GENERATION = PREFIX + "generation"
+"""Environment generation that created the container, a decimal integer from 1."""
+
+SPEC_HASH = PREFIX + "spec-hash"
+"""Hex digest of the resolved service spec; a different hash means the container must be replaced."""
+
+LOG_DIR = PREFIX + "log-dir"
+"""Absolute directory holding ``stdout.log`` and ``stderr.log``; empty or absent discards output."""
+
+
+def owned(labels: Mapping[str, str]) -> bool:
+    """Whether a container with these labels was created by the scheduler."""
+    return labels.get(OWNER) == OWNER_VALUE
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def filters(selector: Mapping[str, str]) -> list[str]:
+    """List filters for containerd matching containers that carry every ``selector`` label.
+
+    An empty value matches the presence of the key. The result is one filter (terms AND'd by commas);
+    an empty selector gives no filter, i.e. everything.
+    """
+    terms = [
+        f"labels.{_quote(key)}=={_quote(value)}" if value else f"labels.{_quote(key)}"
+        for key, value in sorted(selector.items())
+    ]
+    return [",".join(terms)] if terms else []

@@ -1,0 +1,453 @@
+"""OCI runtime spec for a container, built from ordered option functions (containerd's ``oci.SpecOpts``).
+
+``default_spec`` mirrors containerd's default Linux spec (``oci.WithDefaultSpec`` plus the default
+devices); each ``with_*`` returns a ``SpecOpt`` that edits the spec in place. Order matters where
+stated: ``with_image_config`` first, then the container's overrides, so the overrides win.
+``build_spec`` composes them for a ``domain.ContainerConfig``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler import domain
+from scheduler.errors import InvalidArgument
+
+Spec = dict[str, Any]
+SpecOpt = Callable[[Spec], None]
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CPU_PERIOD_US = 100_000
+"""CFS period; a quota of ``cpu_millis * 100`` µs per period gives ``cpu_millis/1000`` cores."""
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+# (type, major, minor) of the devices every container may use: null, zero, full, tty, random,
+# urandom, console, ptmx, and the pty slaves.
+_ALLOWED_DEVICES = [
+    ("c", 1, 3),
+    ("c", 1, 8),
+    ("c", 1, 7),
+    ("c", 5, 0),
+    ("c", 1, 5),
+    ("c", 1, 9),
+    ("c", 5, 1),
+    ("c", 136, None),
+    ("c", 5, 2),
+]
+
+
+def compose(*opts: SpecOpt) -> SpecOpt:
+    """One option applying ``opts`` in order."""
+
+    def apply(spec: Spec) -> None:
+        for opt in opts:
+            opt(spec)
+
+    return apply
+
+
+def default_spec(namespace: str, container_id: str) -> Spec:
+    """The default Linux spec of containerd: 14 capabilities, standard mounts, fresh namespaces."""
+    return {
+        "ociVersion": "1.0.2-dev",
+        "root": {"path": "rootfs"},
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": [],
+            "env": [DEFAULT_PATH],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": list(_CAPS),
+                "effective": list(_CAPS),
+                "permitted": list(_CAPS),
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "mounts": [
+            {
+                "destination": "/proc",
+                "type": "proc",
+                "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            {
+                "destination": "/run",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+            "cgroupsPath": f"/{namespace}/{container_id}",
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/sys/firmware",
+                "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "resources": {
+                "devices": [{"allow": False, "access": "rwm"}]
+                + [
+                    {"allow": True, "type": kind, "major": major, "minor": minor, "access": "rwm"}
+                    if minor is not None
+                    else {"allow": True, "type": kind, "major": major, "access": "rwm"}
+                    for kind, major, minor in _ALLOWED_DEVICES
+                ]
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Process options
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_env(base: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``KEY=VALUE`` lists merged: a key in ``overrides`` replaces the same key in ``base`` in place."""
+    out = list(base)
+    index = {item.partition("=")[0]: i for i, item in enumerate(out)}
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in index:
+            out[index[key]] = item
+        else:
+            index[key] = len(out)
+            out.append(item)
+    return out
+
+
+def with_env(env: Mapping[str, str] | Sequence[str]) -> SpecOpt:
+    """Add or replace environment variables (after the image's)."""
+    items = [f"{k}={v}" for k, v in env.items()] if isinstance(env, Mapping) else list(env)
+    for item in items:
+        if not item.partition("=")[0]:
+            raise InvalidArgument(f"env entry {item!r} has an empty name", field="env")
+
+    def apply(spec: Spec) -> None:
+        spec["process"]["env"] = merge_env(spec["process"]["env"], items)
+
+    return apply
+
+
+def resolve_args(
+    image: domain.ImageConfig, command: Sequence[str] = (), args: Sequence[str] = ()
+) -> list[str]:
+    """Docker's rule: entrypoint + cmd, where an overridden entrypoint drops the image's cmd."""
+    entrypoint = list(command) if command else list(image.entrypoint)
+    if args:
+        cmd = list(args)
+    elif command:
+        cmd = []
+    else:
+        cmd = list(image.cmd)
+    return entrypoint + cmd
+
+
+def with_args(argv: Sequence[str]) -> SpecOpt:
+    """Set the process argv.
+
+    Raises:
+        InvalidArgument: when ``argv`` is empty (neither the image nor the caller gave a command).
+    """
+    if not argv:
+        raise InvalidArgument(
+            "container has no command: the image defines none and none was given", field="command"
+        )
+
+    def apply(spec: Spec) -> None:
+        spec["process"]["args"] = list(argv)
+
+    return apply
+
+
+def with_cwd(path: str) -> SpecOpt:
+    """Set the working directory; empty keeps the current one."""
+    if path and not path.startswith("/"):
+        raise InvalidArgument(f"working_dir {path!r} must be an absolute path", field="working_dir")
+
+    def apply(spec: Spec) -> None:
+        if path:
+            spec["process"]["cwd"] = path
+
+    return apply
+
+
+def with_image_config(image: domain.ImageConfig) -> SpecOpt:
+    """Env, args and working dir from the image. Apply before the container's own overrides."""
+
+    def apply(spec: Spec) -> None:
+        spec["process"]["env"] = merge_env(spec["process"]["env"], image.env)
+        spec["process"]["args"] = resolve_args(image)
+        if image.working_dir:
+            spec["process"]["cwd"] = image.working_dir
+
+    return apply
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    """A user as numeric ids, ready for the spec."""
+
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+
+
+def _parse_db(text: str | None, min_fields: int) -> list[list[str]]:
+    rows = []
+    for line in (text or "").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) >= min_fields:
+            rows.append(parts)
+    return rows
+
+
+def resolve_user(user: str, passwd: str | None, group: str | None) -> ResolvedUser:
+    """Resolve ``user``, ``uid``, ``user:group`` or ``uid:gid`` against a rootfs' passwd and group files.
+
+    A numeric uid absent from passwd runs with gid 0, as in Docker. Supplementary groups come from
+    the group file's member lists (by user name).
+
+    Raises:
+        InvalidArgument: a user or group name is not in the image, naming the ``user`` field.
+    """
+    if not user:
+        user = "0"
+    name, _, grp = user.partition(":")
+    users = _parse_db(passwd, 4)
+    groups = _parse_db(group, 3)
+    entry = next((u for u in users if u[0] == name), None)
+    if entry is None and name.isdigit():
+        entry = next((u for u in users if u[2] == name), None)
+    if entry is not None:
+        uid, gid, username = int(entry[2]), int(entry[3]), entry[0]
+    elif name.isdigit():
+        uid, gid, username = int(name), 0, ""
+    else:
+        raise InvalidArgument(f"user {name!r} is not in the image's /etc/passwd", field="user")
+    if grp:
+        if grp.isdigit():
+            gid = int(grp)
+        else:
+            found = next((g for g in groups if g[0] == grp), None)
+            if found is None:
+                raise InvalidArgument(f"group {grp!r} is not in the image's /etc/group", field="user")
+            gid = int(found[2])
+    extra: list[int] = []
+    if username:
+        for g in groups:
+            members = g[3].split(",") if len(g) > 3 and g[3] else []
+            if username in members and g[2].isdigit() and int(g[2]) != gid and int(g[2]) not in extra:
+                extra.append(int(g[2]))
+    return ResolvedUser(uid=uid, gid=gid, additional_gids=tuple(extra))
+
+
+def with_user(user: ResolvedUser) -> SpecOpt:
+    """Run the process as ``user``."""
+
+    def apply(spec: Spec) -> None:
+        entry: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            entry["additionalGids"] = list(user.additional_gids)
+        spec["process"]["user"] = entry
+
+    return apply
+
+
+# ---------------------------------------------------------------------------------------------
+# Container options
+# ---------------------------------------------------------------------------------------------
+
+
+def with_hostname(hostname: str) -> SpecOpt:
+    """Set the UTS hostname; empty keeps the runtime's (the container id)."""
+
+    def apply(spec: Spec) -> None:
+        if hostname:
+            spec["hostname"] = hostname
+
+    return apply
+
+
+def with_mounts(mounts: Sequence[domain.Mount]) -> SpecOpt:
+    """Append mounts; one on the same destination as a default mount replaces it."""
+    for i, m in enumerate(mounts):
+        if not m.destination.startswith("/"):
+            raise InvalidArgument(
+                f"mount destination {m.destination!r} must be an absolute path",
+                field=f"mounts[{i}].destination",
+            )
+        if m.type == "bind" and not m.source.startswith("/"):
+            raise InvalidArgument(
+                f"bind mount source {m.source!r} must be an absolute path", field=f"mounts[{i}].source"
+            )
+
+    def apply(spec: Spec) -> None:
+        wanted = {os.path.normpath(m.destination) for m in mounts}
+        kept = [m for m in spec["mounts"] if os.path.normpath(m["destination"]) not in wanted]
+        spec["mounts"] = kept + [
+            {"destination": m.destination, "type": m.type, "source": m.source, "options": list(m.options)}
+            for m in mounts
+        ]
+
+    return apply
+
+
+def with_netns(path: str) -> SpecOpt:
+    """Join the network namespace at ``path`` instead of a fresh one; empty keeps a fresh one."""
+    if path and not path.startswith("/"):
+        raise InvalidArgument(f"netns path {path!r} must be an absolute path", field="netns_path")
+
+    def apply(spec: Spec) -> None:
+        if not path:
+            return
+        namespaces = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+        namespaces.append({"type": "network", "path": path})
+        spec["linux"]["namespaces"] = namespaces
+
+    return apply
+
+
+def with_resources(res: domain.Resources) -> SpecOpt:
+    """CPU quota/period from ``cpu_millis``, CPU shares, memory and pids limits; 0 means unlimited."""
+    for name in ("cpu_millis", "cpu_shares", "memory_bytes", "pids"):
+        if getattr(res, name) < 0:
+            raise InvalidArgument(f"resources.{name} must not be negative", field=f"resources.{name}")
+    if 0 < res.memory_bytes < 4 * 1024 * 1024:
+        raise InvalidArgument("resources.memory_bytes must be at least 4 MiB", field="resources.memory_bytes")
+    if 0 < res.cpu_millis < 10:
+        raise InvalidArgument("resources.cpu_millis must be at least 10", field="resources.cpu_millis")
+
+    def apply(spec: Spec) -> None:
+        resources = spec["linux"].setdefault("resources", {})
+        cpu: dict[str, int] = {}
+        if res.cpu_millis:
+            cpu["quota"] = res.cpu_millis * CPU_PERIOD_US // 1000
+            cpu["period"] = CPU_PERIOD_US
+        if res.cpu_shares:
+            cpu["shares"] = res.cpu_shares
+        if cpu:
+            resources["cpu"] = cpu
+        if res.memory_bytes:
+            resources["memory"] = {"limit": res.memory_bytes}
+        if res.pids:
+            resources["pids"] = {"limit": res.pids}
+
+    return apply
+
+
+def with_readonly_rootfs(read_only: bool) -> SpecOpt:
+    """Mount the root filesystem read-only."""
+
+    def apply(spec: Spec) -> None:
+        spec["root"]["readonly"] = bool(read_only)
+
+    return apply
+
+
+def build_spec(
+    namespace: str,
+    config: domain.ContainerConfig,
+    user: ResolvedUser,
+    *extra: SpecOpt,
+) -> Spec:
+    """The complete spec of ``config``: defaults, then the image, then the container's overrides.
+
+    ``user`` must already be resolved against the image (see ``resolve_user``); ``extra`` options run last.
+
+    Raises:
+        InvalidArgument: naming the bad field of ``config``.
+    """
+    spec = default_spec(namespace, config.id)
+    compose(
+        with_image_config(config.image.config),
+        with_args(resolve_args(config.image.config, config.command, config.args)),
+        with_env(dict(config.env)),
+        with_cwd(config.working_dir),
+        with_user(user),
+        with_hostname(config.hostname),
+        with_mounts(config.mounts),
+        with_netns(config.netns_path),
+        with_resources(config.resources),
+        with_readonly_rootfs(config.read_only_rootfs),
+        *extra,
+    )(spec)
+    return spec
+
+
+def exec_process(spec: Spec, argv: Sequence[str]) -> dict[str, Any]:
+    """The container's process with only ``argv`` changed, for an exec (keeps env, user, caps).
+
+    Raises:
+        InvalidArgument: when ``argv`` is empty.
+    """
+    if not argv:
+        raise InvalidArgument("exec needs a command", field="argv")
+    process: dict[str, Any] = copy.deepcopy(spec.get("process", {}))
+    process["args"] = list(argv)
+    process["terminal"] = False
+    return process
