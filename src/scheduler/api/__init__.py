@@ -1,0 +1,1 @@
+"""The gRPC edge: server, thin servicer, wire conversion and interceptors."""

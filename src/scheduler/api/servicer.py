@@ -1,0 +1,111 @@
+"""The thin SchedulerService servicer: proto in, service call, proto out. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from scheduler import domain
+from scheduler.api import convert
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.service import EnvironmentService, LogQuery
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _actor(context: Context) -> str:
+    return context.peer() or "unknown"
+
+
+class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
+    """Maps each RPC onto one use case of :class:`EnvironmentService`."""
+
+    def __init__(self, service: EnvironmentService) -> None:
+        self._service = service
+
+    async def CreateEnvironment(
+        self, request: pb.CreateEnvironmentRequest, context: Context
+    ) -> pb.Environment:
+        env = await self._service.create(
+            request.name,
+            convert.request_from_proto(request.spec),
+            request_id=request.request_id,
+            actor=_actor(context),
+        )
+        return convert.environment_to_proto(env)
+
+    async def GetEnvironment(self, request: pb.GetEnvironmentRequest, context: Context) -> pb.Environment:
+        return convert.environment_to_proto(await self._service.get(request.name))
+
+    async def UpdateEnvironment(
+        self, request: pb.UpdateEnvironmentRequest, context: Context
+    ) -> pb.UpdateEnvironmentResponse:
+        drain = convert._duration_from_proto(request.drain) if request.HasField("drain") else None
+        env, plan = await self._service.update(
+            request.name,
+            convert.request_from_proto(request.spec),
+            dry_run=request.dry_run,
+            drain=drain,
+            actor=_actor(context),
+        )
+        return pb.UpdateEnvironmentResponse(
+            environment=convert.environment_to_proto(env),
+            plan=[convert.change_to_proto(change) for change in plan],
+        )
+
+    async def DeleteEnvironment(
+        self, request: pb.DeleteEnvironmentRequest, context: Context
+    ) -> pb.Environment:
+        env = await self._service.delete(
+            request.name, keep_volumes=request.keep_volumes, actor=_actor(context)
+        )
+        return convert.environment_to_proto(env)
+
+    async def ListEnvironments(
+        self, request: pb.ListEnvironmentsRequest, context: Context
+    ) -> pb.ListEnvironmentsResponse:
+        envs, token = await self._service.list(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            statuses=convert.statuses_from_proto(request.statuses),
+            labels=dict(request.labels),
+        )
+        return pb.ListEnvironmentsResponse(
+            environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
+        )
+
+    async def GetEnvironmentLogs(
+        self, request: pb.GetEnvironmentLogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogLine]:
+        query = LogQuery(
+            services=tuple(request.services),
+            tail=request.tail,
+            since=convert.time_from_proto(request.since) if request.HasField("since") else None,
+            follow=request.follow,
+            stream=convert.log_stream_from_proto(request.stream),
+        )
+        async for line in self._service.logs(request.name, query):
+            yield convert.log_line_to_proto(line)
+
+    async def GetEnvironmentMetrics(
+        self, request: pb.GetEnvironmentMetricsRequest, context: Context
+    ) -> pb.EnvironmentMetrics:
+        window = convert._duration_from_proto(request.window) if request.HasField("window") else None
+        samples = await self._service.metrics(request.name, window=window)
+        return convert.metrics_to_proto(request.name, samples)
+
+    async def ListStacks(self, request: pb.ListStacksRequest, context: Context) -> pb.ListStacksResponse:
+        return pb.ListStacksResponse(stacks=[convert.stack_to_proto(s) for s in self._service.stacks()])
+
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> AsyncIterator[pb.Event]:
+        async for event in self._service.watch(request.name):
+            yield convert.event_to_proto(event)
+
+    async def GetEnvironmentHistory(
+        self, request: pb.GetEnvironmentHistoryRequest, context: Context
+    ) -> pb.GetEnvironmentHistoryResponse:
+        entries: list[domain.HistoryEntry] = await self._service.history(request.name)
+        return convert.history_to_proto(entries)

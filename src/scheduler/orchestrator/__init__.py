@@ -1,0 +1,1 @@
+"""Turns environment specifications into running containers, and keeps them so."""

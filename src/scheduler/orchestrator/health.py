@@ -1,0 +1,97 @@
+"""Health probes (exec, TCP connect, HTTP GET) and Docker's counting rules around them.
+
+A probe that passes makes a container healthy at once, even inside the start period; failures
+count only after the start period, and ``retries`` consecutive ones make it unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from scheduler import errors
+from scheduler.domain import HealthCheck, HealthCheckKind
+from scheduler.runtime.base import ContainerRuntime
+
+_MAX_OUTPUT = 300
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of one probe: whether it passed and what it said."""
+
+    ok: bool
+    detail: str
+
+
+async def probe(check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str) -> ProbeResult:
+    """Run one probe of ``check`` against a container; never raises for a failing probe."""
+    timeout = check.timeout.total_seconds()
+    try:
+        if check.kind is HealthCheckKind.EXEC:
+            result = await runtime.exec(container_id, check.command, timeout=check.timeout)
+            output = result.output.strip()[-_MAX_OUTPUT:]
+            return ProbeResult(result.exit_code == 0, f"exit code {result.exit_code}: {output}".rstrip(": "))
+        if check.kind is HealthCheckKind.TCP:
+            return await asyncio.wait_for(_tcp(ip, check.port), timeout)
+        if check.kind is HealthCheckKind.HTTP:
+            return await asyncio.wait_for(_http(ip, check.port, check.path), timeout)
+    except TimeoutError:
+        return ProbeResult(False, f"probe timed out after {timeout:g}s")
+    except (OSError, errors.SchedulerError) as err:
+        return ProbeResult(False, str(err) or type(err).__name__)
+    return ProbeResult(True, "no health check")
+
+
+async def _tcp(ip: str, port: int) -> ProbeResult:
+    _, writer = await asyncio.open_connection(ip, port)
+    writer.close()
+    await writer.wait_closed()
+    return ProbeResult(True, f"connected to {ip}:{port}")
+
+
+async def _http(ip: str, port: int, path: str) -> ProbeResult:
+    reader, writer = await asyncio.open_connection(ip, port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: scheduler-health\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status_line = (await reader.readline()).decode(errors="replace").strip()
+        body = (await reader.read(4096)).decode(errors="replace")
+    finally:
+        writer.close()
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        return ProbeResult(False, f"GET {path}: not an HTTP answer: {status_line[:80]!r}")
+    code = int(parts[1])
+    message = body.split("\r\n\r\n", 1)[-1].strip()[:_MAX_OUTPUT]
+    return ProbeResult(200 <= code < 400, f"GET {path}: {code} {message}".strip())
+
+
+class Unhealthy(Exception):
+    """A container failed ``retries`` consecutive probes after its start period."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+async def wait_healthy(
+    check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str, started: float
+) -> ProbeResult:
+    """Probe every ``interval`` until one passes; raise :class:`Unhealthy` per Docker's rules.
+
+    ``started`` is the container's start time on the ``time.monotonic`` clock.
+    """
+    failures = 0
+    while True:
+        result = await probe(check, runtime, container_id, ip)
+        if result.ok:
+            return result
+        if time.monotonic() - started >= check.start_period.total_seconds():
+            failures += 1
+            if failures >= check.retries:
+                raise Unhealthy(result.detail)
+        await asyncio.sleep(check.interval.total_seconds())

@@ -1,0 +1,563 @@
+"""Dependency-ordered deploy and teardown of environments, one operation per environment at a time.
+
+A deploy runs one task per service. Each service task waits until every dependency reached its
+condition (started, healthy, completed) within that edge's deadline, then starts its replicas
+(network attach, create, start in parallel), waits for health, and only then puts the replicas
+behind the service's stable address. Independent services therefore start in parallel. The first
+failure cancels the rest and marks the environment FAILED with the service and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from scheduler import domain, errors, log
+from scheduler.domain import (
+    Condition,
+    ContainerState,
+    ContainerStatus,
+    DependencyCondition,
+    Environment,
+    EnvironmentStatus,
+    Event,
+    EventType,
+    Health,
+    HealthCheckKind,
+    HistoryEntry,
+    ServiceSpec,
+)
+from scheduler.network.base import NetworkManager
+from scheduler.orchestrator import health
+from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.logs import remove_logs
+from scheduler.runtime.base import ContainerRuntime
+from scheduler.runtime.containerd import labels
+from scheduler.stacks.graph import topological_order
+from scheduler.storage.base import StateStore
+from scheduler.volumes import VolumeStore
+
+_log = log.get("orchestrator")
+
+
+def now() -> datetime:
+    """Current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class OrchestratorSettings:
+    """What the orchestrator needs from the daemon's configuration."""
+
+    logs_dir: Path
+    """Root of per-container log directories."""
+    pull_policy: domain.PullPolicy = domain.PullPolicy.IF_NOT_PRESENT
+    host_ip: str = "127.0.0.1"
+    """Default host address of published ports."""
+
+
+class DeployFailure(Exception):
+    """A service could not be brought up; carries the service and a machine-readable reason."""
+
+    def __init__(self, service: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class _Milestones:
+    """Per-service events that dependents wait on."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    healthy: asyncio.Event = field(default_factory=asyncio.Event)
+    completed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of(self, condition: DependencyCondition) -> asyncio.Event:
+        return {
+            DependencyCondition.STARTED: self.started,
+            DependencyCondition.HEALTHY: self.healthy,
+            DependencyCondition.COMPLETED: self.completed,
+        }[condition]
+
+
+def container_id(env: str, service: str, replica: int) -> str:
+    """A fresh container id: readable, unique per container instance, valid for containerd."""
+    return f"{env}.{service}.{replica}.{secrets.token_hex(3)}"
+
+
+class Orchestrator:
+    """Runs deploys and deletions in the background, serialised per environment."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        runtime: ContainerRuntime,
+        network: NetworkManager,
+        volumes: VolumeStore,
+        events: EventBus,
+        settings: OrchestratorSettings,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._network = network
+        self._volumes = volumes
+        self._events = events
+        self._settings = settings
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._operations: dict[str, asyncio.Task[None]] = {}
+        self._status_lock: dict[str, asyncio.Lock] = {}
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume operations a previous run left unfinished (deploys and deletions)."""
+        token = ""
+        while True:
+            page, token = await self._store.list(page_size=200, page_token=token)
+            for env in page:
+                if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
+                    _log.info("resume.deploy", env=env.name)
+                    self.submit_deploy(env.name)
+                elif env.status is EnvironmentStatus.DELETING:
+                    _log.info("resume.delete", env=env.name)
+                    self.submit_delete(env.name, keep_volumes=False)
+            if not token:
+                break
+
+    async def close(self) -> None:
+        """Cancel running operations; their environments are resumed by the next :meth:`start`."""
+        self._closed = True
+        tasks = list(self._operations.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def logs_dir(self) -> Path:
+        """Root of the per-container log directories."""
+        return self._settings.logs_dir
+
+    async def sample_metrics(self, env: Environment, window: timedelta) -> list[domain.ContainerSample]:
+        """Sample the environment's running containers twice, ``window`` apart, for CPU rates."""
+        owners = {c.container_id: c for c in env.containers if c.state is ContainerState.RUNNING}
+        if not owners:
+            return []
+        first = {m.container_id: m for m in await self._runtime.metrics(list(owners))}
+        await asyncio.sleep(window.total_seconds())
+        samples = []
+        for metrics in await self._runtime.metrics(list(owners)):
+            owner = owners[metrics.container_id]
+            before = first.get(metrics.container_id)
+            cores = 0.0
+            if before is not None:
+                elapsed = (metrics.at - before.at).total_seconds() or window.total_seconds()
+                cores = max(0.0, (metrics.cpu_usage_ns - before.cpu_usage_ns) / 1e9 / elapsed)
+            samples.append(domain.ContainerSample(owner.service, owner.replica, metrics, round(cores, 4)))
+        return sorted(samples, key=lambda s: (s.service, s.replica))
+
+    # --- operations --------------------------------------------------------------------------------
+
+    def submit_deploy(self, name: str) -> None:
+        """Deploy ``name`` in the background."""
+        self._submit(name, lambda: self._deploy(name))
+
+    def submit_delete(self, name: str, keep_volumes: bool) -> None:
+        """Delete ``name`` in the background, cancelling a deploy that is under way."""
+        running = self._operations.get(name)
+        if running is not None and not running.done():
+            running.cancel()
+        self._submit(name, lambda: self._delete(name, keep_volumes))
+
+    async def wait_idle(self, name: str) -> None:
+        """Wait until no operation runs on ``name`` (for tests and shutdown)."""
+        while (task := self._operations.get(name)) is not None and not task.done():
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _submit(self, name: str, operation: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._closed:
+            raise errors.Unavailable("the daemon is shutting down")
+        lock = self._locks.setdefault(name, asyncio.Lock())
+
+        async def serialised() -> None:
+            async with lock:
+                await operation()
+
+        task = asyncio.create_task(serialised(), name=f"env:{name}")
+        self._operations[name] = task
+        task.add_done_callback(lambda t: self._finished(name, t))
+
+    def _finished(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._operations.get(name) is task:
+            del self._operations[name]
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("operation.crashed", env=name, exc_info=task.exception())
+
+    # --- deploy -------------------------------------------------------------------------------------
+
+    async def _deploy(self, name: str) -> None:
+        try:
+            env = await self._store.get(name)
+        except errors.NotFound:
+            return
+        if env.status is EnvironmentStatus.DELETING:
+            return
+        env = await self._set_status(env, EnvironmentStatus.DEPLOYING, EventType.ENVIRONMENT_DEPLOYING)
+        started = time.monotonic()
+        try:
+            env = await self._bring_up(env)
+        except DeployFailure as failure:
+            _log.warning("deploy.failed", env=name, service=failure.service, reason=failure.message)
+            env = await self._refresh(name)
+            condition = Condition(
+                type="Ready",
+                status=False,
+                reason=failure.reason,
+                message=failure.message,
+                service=failure.service,
+                last_transition=now(),
+            )
+            env = replace(env, conditions=_with_condition(env.conditions, condition))
+            await self._set_status(
+                env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, failure.message
+            )
+            return
+        except errors.SchedulerError as err:
+            _log.warning("deploy.failed", env=name, reason=err.message)
+            env = await self._refresh(name)
+            condition = Condition(
+                type="Ready",
+                status=False,
+                reason=type(err).__name__,
+                message=err.message,
+                last_transition=now(),
+            )
+            env = replace(env, conditions=_with_condition(env.conditions, condition))
+            await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, err.message)
+            return
+        condition = Condition(
+            type="Ready", status=True, reason="Deployed", message="every service is up", last_transition=now()
+        )
+        env = replace(
+            env, conditions=_with_condition(env.conditions, condition), observed_generation=env.generation
+        )
+        await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
+        _log.info("deploy.done", env=name, seconds=round(time.monotonic() - started, 3))
+
+    async def _bring_up(self, env: Environment) -> Environment:
+        name = env.name
+        spec = env.spec
+        try:
+            await self._network.ensure_environment(name, spec.network.subnet)
+            images = await self._pull_images(spec.services)
+            await asyncio.gather(
+                *(
+                    self._network.ensure_service(name, s.name, [p.container_port for p in s.ports])
+                    for s in spec.services
+                )
+            )
+        except errors.SchedulerError as err:
+            raise DeployFailure(getattr(err, "service", ""), type(err).__name__, err.message) from err
+        milestones = {s.name: _Milestones() for s in spec.services}
+        try:
+            async with asyncio.TaskGroup() as group:
+                for service in spec.services:
+                    group.create_task(self._bring_up_service(env, service, images[service.image], milestones))
+        except* DeployFailure as failures:
+            raise failures.exceptions[0] from None
+        endpoints = []
+        for service in spec.services:
+            for port in service.ports:
+                if not port.publish:
+                    continue
+                try:
+                    endpoint = await self._network.publish(
+                        name,
+                        service.name,
+                        port.container_port,
+                        host_port=port.host_port,
+                        host_ip=port.host_ip or spec.network.host_ip or self._settings.host_ip,
+                        protocol="udp" if port.protocol is domain.Protocol.UDP else "tcp",
+                    )
+                except errors.SchedulerError as err:
+                    raise DeployFailure(service.name, "PortUnavailable", err.message) from err
+                endpoints.append(endpoint)
+        env = await self._refresh(name)
+        return replace(env, endpoints=tuple(endpoints))
+
+    async def _pull_images(self, services: Iterable[ServiceSpec]) -> dict[str, domain.Image]:
+        refs = sorted({s.image for s in services})
+        owners = {s.image: s.name for s in services}
+
+        async def one(ref: str) -> domain.Image:
+            try:
+                return await self._runtime.ensure_image(ref, self._settings.pull_policy)
+            except errors.SchedulerError as err:
+                raise DeployFailure(owners[ref], "ImageUnavailable", f"image {ref}: {err.message}") from err
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {ref: group.create_task(one(ref)) for ref in refs}
+        except* DeployFailure as failures:
+            raise failures.exceptions[0] from None
+        return {ref: task.result() for ref, task in tasks.items()}
+
+    async def _bring_up_service(
+        self,
+        env: Environment,
+        service: ServiceSpec,
+        image: domain.Image,
+        milestones: dict[str, _Milestones],
+    ) -> None:
+        for dep in service.depends_on:
+            try:
+                await asyncio.wait_for(
+                    milestones[dep.service].of(dep.condition).wait(), dep.deadline.total_seconds()
+                )
+            except TimeoutError:
+                raise DeployFailure(
+                    service.name,
+                    "DependencyTimeout",
+                    f"service {service.name}: dependency {dep.service} did not become {dep.condition.value} "
+                    f"within {dep.deadline.total_seconds():g}s",
+                ) from None
+        replicas = await asyncio.gather(
+            *(self._start_replica(env, service, image, index) for index in range(service.replicas))
+        )
+        mine = milestones[service.name]
+        mine.started.set()
+        ids_ips = list(replicas)
+        if service.health.kind is not HealthCheckKind.NONE:
+            await asyncio.gather(
+                *(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips)
+            )
+        await self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips])
+        mine.healthy.set()
+        if any(
+            d.condition is DependencyCondition.COMPLETED
+            for s in env.spec.services
+            for d in s.depends_on
+            if d.service == service.name
+        ):
+            codes = await asyncio.gather(*(self._runtime.wait(cid) for cid, _, _ in ids_ips))
+            failed = [status.code for status in codes if status.code != 0]
+            if failed:
+                raise DeployFailure(
+                    service.name, "CompletedWithError", f"service {service.name} exited with code {failed[0]}"
+                )
+            mine.completed.set()
+
+    async def _start_replica(
+        self, env: Environment, service: ServiceSpec, image: domain.Image, index: int
+    ) -> tuple[str, str, float]:
+        cid = container_id(env.name, service.name, index)
+        await self._record(env.name, ContainerStatus(service=service.name, replica=index, container_id=cid))
+        try:
+            attachment = await self._network.attach(
+                env.name, cid, hostname=f"{service.name}-{index}", aliases=(service.name,)
+            )
+            mounts = [
+                domain.Mount("/etc/hosts", attachment.hosts_path, options=("rbind", "ro")),
+                domain.Mount("/etc/resolv.conf", attachment.resolv_path, options=("rbind", "ro")),
+            ]
+            for volume in service.volumes:
+                source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
+                mounts.append(
+                    domain.Mount(
+                        volume.path, str(source), options=("rbind", "ro" if volume.read_only else "rw")
+                    )
+                )
+            log_dir = self._settings.logs_dir / env.name / cid
+            config = domain.ContainerConfig(
+                id=cid,
+                image=image,
+                labels={
+                    labels.OWNER: labels.OWNER_VALUE,
+                    labels.ENV: env.name,
+                    labels.SERVICE: service.name,
+                    labels.REPLICA: str(index),
+                    labels.GENERATION: str(env.generation),
+                },
+                command=service.command,
+                args=service.args,
+                env=service.env,
+                user=service.user,
+                working_dir=service.working_dir,
+                hostname=f"{service.name}-{index}",
+                mounts=tuple(mounts),
+                netns_path=attachment.netns_path,
+                resources=service.resources,
+                read_only_rootfs=service.read_only_rootfs,
+                log_dir=str(log_dir),
+            )
+            await self._runtime.create(config)
+            self._publish(env, EventType.CONTAINER_CREATED, service.name, index, cid)
+            pid = await self._runtime.start(cid)
+        except errors.SchedulerError as err:
+            await self._record(
+                env.name,
+                ContainerStatus(
+                    service=service.name,
+                    replica=index,
+                    container_id=cid,
+                    state=ContainerState.UNKNOWN,
+                    message=err.message,
+                ),
+            )
+            raise DeployFailure(
+                service.name, "StartFailed", f"service {service.name}: {err.message}"
+            ) from err
+        started = time.monotonic()
+        health_state = Health.NONE if service.health.kind is HealthCheckKind.NONE else Health.STARTING
+        await self._record(
+            env.name,
+            ContainerStatus(
+                service=service.name,
+                replica=index,
+                container_id=cid,
+                state=ContainerState.RUNNING,
+                health=health_state,
+                pid=pid,
+                ip=attachment.ip,
+                started_at=now(),
+            ),
+        )
+        self._publish(env, EventType.CONTAINER_STARTED, service.name, index, cid)
+        return cid, attachment.ip, started
+
+    async def _await_health(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> None:
+        try:
+            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started)
+        except health.Unhealthy as unhealthy:
+            await self._update_container(name, cid, health=Health.UNHEALTHY, message=unhealthy.detail)
+            self._events.publish(
+                Event(
+                    EventType.CONTAINER_UNHEALTHY,
+                    name,
+                    now(),
+                    service=service.name,
+                    container_id=cid,
+                    message=unhealthy.detail,
+                )
+            )
+            raise DeployFailure(
+                service.name, "HealthCheckFailed", f"service {service.name} is unhealthy: {unhealthy.detail}"
+            ) from None
+        await self._update_container(name, cid, health=Health.HEALTHY, message=result.detail)
+        self._events.publish(
+            Event(EventType.CONTAINER_HEALTHY, name, now(), service=service.name, container_id=cid)
+        )
+
+    # --- delete -------------------------------------------------------------------------------------
+
+    async def _delete(self, name: str, keep_volumes: bool) -> None:
+        try:
+            env = await self._store.get(name)
+        except errors.NotFound:
+            env = None
+        found = await self._runtime.list({labels.ENV: name})
+        by_service: dict[str, list[str]] = {}
+        for info in found:
+            by_service.setdefault(info.labels.get(labels.SERVICE, ""), []).append(info.id)
+        grace = {s.name: s.stop_grace for s in env.spec.services} if env else {}
+        order = [wave for wave in topological_order(env.spec.services)] if env else []
+        ordered_services = [svc for wave in reversed(order) for svc in wave]
+        leftovers = [svc for svc in by_service if svc not in ordered_services]
+        for wave in [*([s] for s in leftovers), *(list(w) for w in reversed(order))]:
+            await asyncio.gather(
+                *(
+                    self._remove_container(name, cid, grace.get(svc, timedelta(seconds=10)))
+                    for svc in wave
+                    for cid in by_service.get(svc, [])
+                )
+            )
+        await self._network.delete_environment(name)
+        await asyncio.to_thread(remove_logs, self._settings.logs_dir, name)
+        if not keep_volumes:
+            await asyncio.to_thread(self._volumes.remove_environment, name)
+        await self._store.delete(name)
+        await self._store.append_history(
+            HistoryEntry(
+                env=name,
+                generation=env.generation if env else 0,
+                at=now(),
+                actor="scheduler",
+                action="deleted",
+                detail="volumes kept" if keep_volumes else "",
+            )
+        )
+        self._events.publish(
+            Event(EventType.ENVIRONMENT_DELETED, name, now(), generation=env.generation if env else 0)
+        )
+        self._locks.pop(name, None)
+        _log.info("delete.done", env=name)
+
+    async def _remove_container(self, name: str, cid: str, grace: timedelta) -> None:
+        try:
+            await self._runtime.stop(cid, grace)
+        except errors.NotFound:
+            pass
+        except errors.SchedulerError as err:
+            _log.warning("stop.failed", container=cid, error=err.message)
+        await self._runtime.delete(cid)
+        await self._network.detach(name, cid)
+        self._events.publish(Event(EventType.CONTAINER_REMOVED, name, now(), container_id=cid))
+
+    # --- status bookkeeping ------------------------------------------------------------------------
+
+    async def _refresh(self, name: str) -> Environment:
+        return await self._store.get(name)
+
+    async def _set_status(
+        self, env: Environment, status: EnvironmentStatus, event: EventType, message: str = ""
+    ) -> Environment:
+        async with self._status_lock.setdefault(env.name, asyncio.Lock()):
+            current = await self._store.get(env.name)
+            if current.status is EnvironmentStatus.DELETING:
+                # A deletion was accepted meanwhile; it owns the status from now on.
+                return current
+            updated = replace(env, status=status, updated_at=now(), containers=current.containers)
+            await self._store.put(updated)
+        self._events.publish(Event(event, env.name, now(), message=message, generation=env.generation))
+        return updated
+
+    async def _record(self, name: str, status: ContainerStatus) -> None:
+        """Store one replica's status, replacing the previous status of that service replica."""
+        async with self._status_lock.setdefault(name, asyncio.Lock()):
+            env = await self._store.get(name)
+            others = [
+                c for c in env.containers if not (c.service == status.service and c.replica == status.replica)
+            ]
+            containers = sorted([*others, status], key=lambda c: (c.service, c.replica))
+            await self._store.put(replace(env, containers=tuple(containers), updated_at=now()))
+
+    async def _update_container(self, name: str, cid: str, **changes: Any) -> None:
+        async with self._status_lock.setdefault(name, asyncio.Lock()):
+            env = await self._store.get(name)
+            containers = tuple(replace(c, **changes) if c.container_id == cid else c for c in env.containers)
+            await self._store.put(replace(env, containers=containers, updated_at=now()))
+
+    def _publish(self, env: Environment, kind: EventType, service: str, replica: int, cid: str) -> None:
+        self._events.publish(
+            Event(
+                kind,
+                env.name,
+                now(),
+                service=service,
+                replica=replica,
+                container_id=cid,
+                generation=env.generation,
+            )
+        )
+
+
+def _with_condition(conditions: tuple[Condition, ...], condition: Condition) -> tuple[Condition, ...]:
+    return (*(c for c in conditions if c.type != condition.type), condition)

@@ -1,0 +1,244 @@
+"""Use cases behind the API: validate, store, hand to the orchestrator, answer in domain types.
+
+Secrets are redacted here, on the way out: the store keeps them (a redeploy needs them), the API
+never returns them, and the log never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from scheduler import errors, log
+from scheduler.config import LimitSettings
+from scheduler.domain import (
+    ContainerSample,
+    Environment,
+    EnvironmentRequest,
+    EnvironmentStatus,
+    Event,
+    EventType,
+    HistoryEntry,
+    LogLine,
+    LogStream,
+    ServiceChange,
+    ServiceSpec,
+)
+from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.logs import read_logs
+from scheduler.orchestrator.orchestrator import Orchestrator
+from scheduler.runtime.base import ContainerRuntime
+from scheduler.stacks.catalog import Catalog
+from scheduler.stacks.resolve import resolve
+from scheduler.stacks.stack import Stack
+from scheduler.storage.base import StateStore
+from scheduler.validation import validate
+
+_log = log.get("service")
+
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Which log lines a client wants."""
+
+    services: tuple[str, ...] = ()
+    tail: int = 0
+    since: datetime | None = None
+    follow: bool = False
+    stream: LogStream | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EnvironmentService:
+    """The scheduler's use cases, in domain terms."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        orchestrator: Orchestrator,
+        runtime: ContainerRuntime,
+        events: EventBus,
+        catalog: Catalog,
+        limits: LimitSettings,
+    ) -> None:
+        self._store = store
+        self._orchestrator = orchestrator
+        self._runtime = runtime
+        self._events = events
+        self._catalog = catalog
+        self._limits = limits
+        self._closing = asyncio.Event()
+        self._create_lock = asyncio.Lock()
+
+    def begin_shutdown(self) -> None:
+        """End open streams (follows, watches) so that shutdown does not wait on them."""
+        self._closing.set()
+
+    # --- environments ------------------------------------------------------------------------------
+
+    async def create(
+        self, name: str, request: EnvironmentRequest, *, request_id: str = "", actor: str = ""
+    ) -> Environment:
+        """Validate and store a new environment, then deploy it in the background."""
+        # One create at a time: the request-id check and the insert must not interleave.
+        async with self._create_lock:
+            if request_id:
+                earlier = await self._store.find_by_request_id(request_id)
+                if earlier is not None:
+                    if earlier.name != name:
+                        raise errors.AlreadyExists(
+                            f"request_id {request_id!r} already created environment {earlier.name!r}",
+                            field="request_id",
+                        )
+                    return self._redact(earlier)
+            spec = resolve(request, name, self._catalog)
+            validate(name, spec, self._limits)
+            created = _now()
+            env = Environment(
+                name=name,
+                uid=str(uuid.uuid4()),
+                spec=spec,
+                request=request,
+                generation=1,
+                status=EnvironmentStatus.PENDING,
+                created_at=created,
+                updated_at=created,
+                request_id=request_id,
+            )
+            await self._store.create(env)
+        await self._store.append_history(
+            HistoryEntry(
+                env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}"
+            )
+        )
+        self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
+        _log.info("environment.created", env=name, stack=spec.stack)
+        self._orchestrator.submit_deploy(name)
+        return self._redact(env)
+
+    async def get(self, name: str) -> Environment:
+        """Return one environment, secrets redacted."""
+        _check_name(name)
+        return self._redact(await self._store.get(name))
+
+    async def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        statuses: Collection[EnvironmentStatus] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[builtins.list[Environment], str]:
+        """Return a page of environments, secrets redacted."""
+        envs, token = await self._store.list(page_size, page_token, statuses, labels or {})
+        return [self._redact(e) for e in envs], token
+
+    async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "") -> Environment:
+        """Mark an environment DELETING and remove it in the background."""
+        _check_name(name)
+        env = await self._store.get(name)
+        if env.status is not EnvironmentStatus.DELETING:
+            env = replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
+            await self._store.put(env)
+            await self._store.append_history(
+                HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
+            )
+        self._orchestrator.submit_delete(name, keep_volumes=keep_volumes)
+        return self._redact(env)
+
+    async def update(
+        self,
+        name: str,
+        request: EnvironmentRequest,
+        *,
+        dry_run: bool = False,
+        drain: timedelta | None = None,
+        actor: str = "",
+    ) -> tuple[Environment, builtins.list[ServiceChange]]:
+        """Roll out a new specification; not built yet."""
+        raise errors.Unimplemented("UpdateEnvironment is not implemented yet")
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        """Return the audit trail of an environment (kept after its deletion)."""
+        _check_name(name)
+        entries = await self._store.history(name)
+        if not entries:
+            raise errors.NotFound(f"environment {name!r} has no history", env=name)
+        return entries
+
+    # --- observation ---------------------------------------------------------------------------------
+
+    async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
+        """Yield log lines of an environment's containers (and follow them if asked)."""
+        _check_name(name)
+        env = await self._store.get(name)
+        unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
+        if unknown:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("services", f"environment {name!r} has no service {unknown[0]!r}")]
+            )
+        async for line in read_logs(self._store, self._orchestrator.logs_dir, name, query, self._closing):
+            yield line
+
+    async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
+        """Sample every running container twice over ``window`` to get CPU as a rate."""
+        _check_name(name)
+        env = await self._store.get(name)
+        return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
+
+    async def watch(self, name: str) -> AsyncIterator[Event]:
+        """Yield events (of one environment or all) until shutdown or the client leaves."""
+        if name:
+            _check_name(name)
+        subscription = self._events.subscribe(name)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            while True:
+                next_event = asyncio.ensure_future(anext(subscription))
+                done, _ = await asyncio.wait({next_event, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if next_event not in done:
+                    next_event.cancel()
+                    return
+                yield next_event.result()
+        finally:
+            closing.cancel()
+            await subscription.aclose()
+
+    def stacks(self) -> builtins.list[Stack]:
+        """The catalogue of precomposed stacks."""
+        return self._catalog.stacks()
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _redact(self, env: Environment) -> Environment:
+        services = tuple(_redact_service(s) for s in env.spec.services)
+        request = env.request
+        if request is not None:
+            stack = self._catalog.find(request.stack)
+            secret = {p.name for p in stack.parameters if p.secret} if stack else set()
+            request = replace(
+                request, parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()}
+            )
+        return replace(env, spec=replace(env.spec, services=services), request=request)
+
+
+def _redact_service(service: ServiceSpec) -> ServiceSpec:
+    if not service.secret_env:
+        return service
+    return replace(
+        service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()}
+    )
+
+
+def _check_name(name: str) -> None:
+    if not name:
+        raise errors.InvalidArgument.of([errors.FieldViolation("name", "must not be empty")])
