@@ -1,0 +1,1 @@
+"""Precomposed stacks, their catalog, resolution of requests into specs, and the service graph."""
