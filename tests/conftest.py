@@ -1,3 +1,6 @@
 """Root of the test suite: shared fixtures are plugins under ``tests/support``."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.support.registry",
+    "tests.support.images",
+]
