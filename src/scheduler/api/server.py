@@ -25,6 +25,7 @@ class ApiServer:
 
     def __init__(self, service: EnvironmentService, listen: str, unix_socket: str = "") -> None:
         self._listen = listen
+        self._service = service
         self._unix_socket = unix_socket
         self._server = grpc.aio.server(
             interceptors=[RequestInterceptor()],
@@ -69,8 +70,9 @@ class ApiServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, then give in-flight RPCs ``grace`` seconds before cancelling them."""
+        """Report NOT_SERVING, end open streams, then give in-flight RPCs ``grace`` seconds."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._service.begin_shutdown()
         await self._server.stop(grace)
         if self._unix_socket:
             Path(self._unix_socket).unlink(missing_ok=True)

@@ -1,0 +1,138 @@
+"""Start the real daemon as a subprocess (``scheduler run``) on free ports in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+GRPCURL = str(VENV_BIN / "grpcurl")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DaemonProcess:
+    """A running ``scheduler run`` child and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    data_dir: Path
+    log_path: Path
+    config_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def grpcurl(
+        self, *words: str, data: str | None = None, flags: tuple[str, ...] = (), timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real grpcurl binary: ``grpcurl -plaintext FLAGS [-d DATA] ADDRESS WORDS...``."""
+        argv = [GRPCURL, "-plaintext", *flags]
+        if data is not None:
+            argv += ["-d", data]
+        return subprocess.run([*argv, self.address, *words], capture_output=True, text=True, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"daemon exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise AssertionError(f"daemon did not serve within {timeout}s:\n{log_path.read_text()}")
+
+
+def start_daemon(
+    tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None, wait: bool = True
+) -> DaemonProcess:
+    """Write a config for ``tmp`` (free port, private data dir) merged with ``config`` and start it."""
+    port = free_port()
+    settings: dict[str, Any] = {
+        "data_dir": str(tmp / "data"),
+        "server": {"listen": f"127.0.0.1:{port}", "shutdown_grace": 3},
+        "log": {"format": "json", "level": "debug"},
+    }
+    for key, value in (config or {}).items():
+        if isinstance(value, dict) and isinstance(settings.get(key), dict):
+            settings[key] = {**settings[key], **value}
+        else:
+            settings[key] = value
+    config_path = tmp / "config.yaml"
+    config_path.write_text(yaml.safe_dump(settings))
+    log_path = tmp / "daemon.log"
+    child_env = {**os.environ, **(env or {})}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "scheduler"), "run", "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=child_env,
+        )
+    daemon = DaemonProcess(process, f"127.0.0.1:{port}", tmp / "data", log_path, config_path)
+    if wait:
+        try:
+            wait_serving(daemon.address, process, log_path)
+        except BaseException:
+            daemon.stop(signal.SIGKILL)
+            raise
+    return daemon
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start daemons on demand; every one is stopped at teardown."""
+    started: list[DaemonProcess] = []
+
+    def factory(config: dict[str, Any] | None = None, **kwargs: Any) -> DaemonProcess:
+        sub = tmp_path / f"d{len(started)}"
+        sub.mkdir()
+        daemon = start_daemon(sub, config, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield factory
+    for daemon in started:
+        daemon.stop()
