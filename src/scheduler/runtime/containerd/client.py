@@ -266,6 +266,15 @@ class ServerStreamCall(Generic[Req, Resp]):
         self._method = method
         self.name = name
 
+    def open(
+        self, request: Req, *, timeout: float | None = None, lease: str | None = None
+    ) -> grpc.aio.UnaryStreamCall[Req, Resp]:
+        """The raw call, for callers that manage it themselves; errors are ``grpc.aio.AioRpcError``."""
+        budget = self._client.timeout if timeout is None else timeout
+        return self._method(
+            request, timeout=budget or None, metadata=self._client.metadata(lease=lease, namespaced=True)
+        )
+
     async def __call__(
         self,
         request: Req,
@@ -275,10 +284,7 @@ class ServerStreamCall(Generic[Req, Resp]):
         what: str = "",
     ) -> AsyncIterator[Resp]:
         """Yield every response; ``timeout=0`` means no deadline (for long-lived subscriptions)."""
-        budget = self._client.timeout if timeout is None else timeout
-        call = self._method(
-            request, timeout=budget or None, metadata=self._client.metadata(lease=lease, namespaced=True)
-        )
+        call = self.open(request, timeout=timeout, lease=lease)
         try:
             async for response in call:
                 yield response
@@ -440,6 +446,7 @@ class EventsService:
     def __init__(self, c: ContainerdClient) -> None:
         s = events_grpc.EventsStub(c.channel)
         self.subscribe = c.server_stream("Events.Subscribe", s.Subscribe)
+        self.publish = c.unary("Events.Publish", s.Publish, idempotent=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,384 @@
+"""Tasks: the processes of containers (start, wait, stop, exec, delete), through containerd's shim.
+
+Output goes straight from the shim into ``<log_dir>/stdout.log`` and ``<log_dir>/stderr.log``: the
+stdio URIs are scheme-less paths of regular files created beforehand, which the shim opens with
+O_APPEND as separate files (a ``file://`` URI would interleave both streams into one file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal as signals
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from scheduler import domain
+from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
+from scheduler.runtime.containerd import labels as L
+from scheduler.runtime.containerd import spec as oci
+from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
+from scheduler.runtime.containerd._gen.containerd.types.task import task_pb2 as task_pb
+from scheduler.runtime.containerd.client import ContainerdClient, check_name
+from scheduler.runtime.containerd.containers import ContainerStore
+from scheduler.runtime.containerd.convert import exit_status, json_any
+from scheduler.runtime.containerd.metrics import oom_kills
+
+STDOUT_LOG = "stdout.log"
+STDERR_LOG = "stderr.log"
+EXEC_OUTPUT_LIMIT = 64 * 1024
+"""Bytes of an exec's output kept (the tail)."""
+WAIT_FOREVER = 10 * 365 * 86400.0
+"""Deadline of a Wait that has no timeout: gRPC needs a finite one."""
+KILL_WAIT = 10.0
+"""Seconds to wait for a process to die after SIGKILL before giving up."""
+EXIT_EXEC_FAILED = 127
+"""Exit code reported when an exec cannot even start (binary missing), as shells do."""
+
+
+def parse_signal(value: str | int) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` or 15 as a signal number.
+
+    Raises:
+        InvalidArgument: an unknown signal, naming the ``signal`` field.
+    """
+    if isinstance(value, int) or value.isdigit():
+        number = int(value)
+        if 0 < number < signals.NSIG:
+            return number
+    else:
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        member = getattr(signals.Signals, name, None)
+        if member is not None:
+            return int(member)
+    raise InvalidArgument(f"unknown signal {value!r}", field="signal")
+
+
+class TaskManager:
+    """Start, wait for, stop, exec into and delete the tasks of our containers."""
+
+    def __init__(self, client: ContainerdClient, containers: ContainerStore, *, work_dir: str) -> None:
+        self._client = client
+        self._containers = containers
+        self._exec_dir = os.path.join(work_dir, "exec")
+
+    # --- queries ---------------------------------------------------------------------------
+
+    async def get(self, container_id: str, exec_id: str = "") -> task_pb.Process | None:
+        """The task (or exec process) of a container, None when it has none."""
+        try:
+            reply = await self._client.tasks.get(
+                tasks_pb.GetRequest(container_id=container_id, exec_id=exec_id), what=container_id
+            )
+        except NotFound:
+            return None
+        return reply.process
+
+    async def all(self) -> dict[str, task_pb.Process]:
+        """Every task of the namespace, by container id."""
+        reply = await self._client.tasks.list(tasks_pb.ListTasksRequest())
+        return {t.id: t for t in reply.tasks}
+
+    async def pid(self, container_id: str) -> int | None:
+        """The init pid of a live (created, running or paused) task, else None."""
+        task = await self.get(container_id)
+        if task is None or task.status in (task_pb.STOPPED, task_pb.UNKNOWN):
+            return None
+        return task.pid
+
+    async def pids(self, container_id: str) -> list[int]:
+        """Every pid in the task's cgroup.
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        try:
+            reply = await self._client.tasks.list_pids(
+                tasks_pb.ListPidsRequest(container_id=container_id), what=container_id
+            )
+        except NotFound as err:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id) from err
+        return [p.pid for p in reply.processes]
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self, container_id: str) -> int:
+        """Create and start the container's task; return its pid.
+
+        A running task is left alone (its pid is returned); a stopped one is deleted and replaced,
+        which is how a container restarts.
+
+        Raises:
+            NotFound: no such container, or its snapshot is gone.
+        """
+        record = await self._containers.get(container_id)
+        existing = await self.get(container_id)
+        if existing is not None:
+            if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
+                return existing.pid
+            if existing.status == task_pb.CREATED:
+                return await self._start(container_id)
+            await self._delete_task(container_id)
+        mounts = await self._containers.mounts(record)
+        stdout, stderr = await asyncio.to_thread(_prepare_logs, record.labels.get(L.LOG_DIR, ""))
+        await self._client.tasks.create(
+            tasks_pb.CreateTaskRequest(
+                container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr
+            ),
+            what=container_id,
+        )
+        try:
+            return await self._start(container_id)
+        except BaseException:
+            await asyncio.shield(self._force_delete_task(container_id))
+            raise
+
+    async def _start(self, container_id: str, exec_id: str = "") -> int:
+        reply = await self._client.tasks.start(
+            tasks_pb.StartRequest(container_id=container_id, exec_id=exec_id), what=container_id
+        )
+        return reply.pid
+
+    async def wait(
+        self,
+        container_id: str,
+        exec_id: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, sent to the server
+    ) -> domain.ExitStatus:
+        """Block until the process exits and return how; immediate for an exited one.
+
+        Raises:
+            NotFound: the container has no task (or no such exec).
+            DeadlineExceeded: it did not exit within ``timeout`` seconds.
+        """
+        try:
+            reply = await self._client.tasks.wait(
+                tasks_pb.WaitRequest(container_id=container_id, exec_id=exec_id),
+                timeout=WAIT_FOREVER if timeout is None else timeout,
+                what=container_id,
+            )
+        except NotFound as err:
+            raise NotFound(
+                f"container {container_id} has no task to wait for", container_id=container_id
+            ) from err
+        oom = False
+        if not exec_id and reply.exit_status == 128 + signals.SIGKILL:
+            oom = await self._oom_killed(container_id)
+        return exit_status(reply.exit_status, reply.exited_at, oom)
+
+    async def _oom_killed(self, container_id: str) -> bool:
+        # A stopped but undeleted task still reports its cgroup counters.
+        try:
+            reply = await self._client.tasks.metrics(tasks_pb.MetricsRequest(filters=[f"id=={container_id}"]))
+        except NotFound:
+            return False
+        return any(oom_kills(m) > 0 for m in reply.metrics if m.id == container_id)
+
+    async def kill(
+        self, container_id: str, signal: str | int = "SIGTERM", *, all_processes: bool = False
+    ) -> bool:
+        """Send a signal; False when the process had already finished.
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        number = parse_signal(signal)
+        try:
+            await self._client.tasks.kill(
+                tasks_pb.KillRequest(container_id=container_id, signal=number, all=all_processes),
+                what=container_id,
+            )
+        except NotFound as err:
+            if await self.get(container_id) is None:
+                raise NotFound(f"container {container_id} has no task", container_id=container_id) from err
+            return False
+        return True
+
+    async def stop(
+        self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM"
+    ) -> domain.ExitStatus:
+        """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
+
+        Raises:
+            NotFound: the container has no task.
+            InvalidArgument: a negative grace or an unknown signal.
+        """
+        if grace < timedelta(0):
+            raise InvalidArgument("stop grace must not be negative", field="grace")
+        await self.kill(container_id, signal)
+        try:
+            return await self.wait(container_id, timeout=max(grace.total_seconds(), 0.001))
+        except DeadlineExceeded:
+            pass
+        await self.kill(container_id, signals.SIGKILL, all_processes=True)
+        return await self.wait(container_id, timeout=KILL_WAIT)
+
+    async def delete(self, container_id: str) -> None:
+        """Remove the task, the container record and its snapshot, whatever state they are in.
+
+        Idempotent: missing pieces are skipped. Order matters (containerd does not check it):
+        kill -> wait -> task delete -> record delete -> snapshot remove. A task whose record was
+        deleted first (an orphan) is recovered by re-creating a stub record to delete it through.
+        """
+        check_name(container_id, "container.id")
+        try:
+            record = await self._containers.get(container_id)
+        except NotFound:
+            record = None
+        task = await self.get(container_id)
+        if task is not None:
+            if record is None:
+                await self._containers.create_stub(container_id)
+            await self._force_delete_task(container_id)
+        await self._containers.delete(container_id)
+        await self._containers.remove_snapshot(
+            record.snapshot_key if record and record.snapshot_key else container_id
+        )
+
+    async def _force_delete_task(self, container_id: str) -> None:
+        task = await self.get(container_id)
+        if task is None:
+            return
+        if task.status != task_pb.STOPPED:
+            try:
+                await self.kill(container_id, signals.SIGKILL, all_processes=True)
+                await self.wait(container_id, timeout=KILL_WAIT)
+            except NotFound:
+                return
+        await self._delete_task(container_id)
+
+    async def _delete_task(self, container_id: str) -> None:
+        # Delete can still see a running process right after an exit; retry briefly.
+        for attempt in range(5):
+            try:
+                await self._client.tasks.delete(
+                    tasks_pb.DeleteTaskRequest(container_id=container_id), what=container_id
+                )
+                return
+            except NotFound:
+                return
+            except Internal:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    # --- exec ------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        timeout: timedelta,  # noqa: ASYNC109 - the command's own run time limit, enforced by killing it
+    ) -> domain.ExecResult:
+        """Run ``argv`` in the running container with its env, user and capabilities; capture output.
+
+        Output (stdout and stderr interleaved, last 64 KiB) is read after the process is deleted,
+        which drains the shim's copy. A command that cannot start reports exit code 127.
+
+        Raises:
+            NotFound: no such container, or it has no running task.
+            DeadlineExceeded: the command ran longer than ``timeout`` (it is killed).
+            InvalidArgument: empty argv or a non-positive timeout.
+        """
+        if timeout <= timedelta(0):
+            raise InvalidArgument("exec timeout must be positive", field="timeout")
+        process = oci.exec_process(await self._containers.spec(container_id), argv)
+        if await self.pid(container_id) is None:
+            raise NotFound(
+                f"container {container_id} has no running task to exec in", container_id=container_id
+            )
+        exec_id = f"exec-{uuid.uuid4().hex[:12]}"
+        directory = os.path.join(self._exec_dir, f"{container_id}-{exec_id}")
+        output = await asyncio.to_thread(_prepare_exec_output, directory)
+        try:
+            await self._client.tasks.exec(
+                tasks_pb.ExecProcessRequest(
+                    container_id=container_id,
+                    exec_id=exec_id,
+                    spec=json_any(oci.PROCESS_TYPE_URL, json.dumps(process).encode()),
+                    stdout=output,
+                    stderr=output,
+                ),
+                what=f"{container_id} {exec_id}",
+            )
+            try:
+                return await self._run_exec(container_id, exec_id, argv, output, timeout)
+            finally:
+                await asyncio.shield(self._delete_exec(container_id, exec_id))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def _run_exec(
+        self,
+        container_id: str,
+        exec_id: str,
+        argv: Sequence[str],
+        output: str,
+        timeout: timedelta,  # noqa: ASYNC109 - see exec
+    ) -> domain.ExecResult:
+        try:
+            await self._start(container_id, exec_id)
+        except Internal as err:
+            return domain.ExecResult(exit_code=EXIT_EXEC_FAILED, output=err.message)
+        try:
+            status = await self.wait(container_id, exec_id, timeout=timeout.total_seconds())
+        except DeadlineExceeded as err:
+            try:
+                await self._client.tasks.kill(
+                    tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
+                )
+                await self.wait(container_id, exec_id, timeout=KILL_WAIT)
+            except NotFound:
+                pass
+            raise DeadlineExceeded(
+                f"exec {list(argv)} in {container_id} ran longer than {timeout.total_seconds():g}s",
+                container_id=container_id,
+            ) from err
+        await self._delete_exec(container_id, exec_id)
+        text = await asyncio.to_thread(_read_tail, output)
+        return domain.ExecResult(exit_code=status.code, output=text)
+
+    async def _delete_exec(self, container_id: str, exec_id: str) -> None:
+        try:
+            await self._client.tasks.delete_process(
+                tasks_pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id), what=exec_id
+            )
+        except NotFound:
+            pass
+
+
+def _prepare_logs(log_dir: str) -> tuple[str, str]:
+    if not log_dir:
+        return "", ""
+    os.makedirs(log_dir, exist_ok=True)
+    paths = []
+    for name in (STDOUT_LOG, STDERR_LOG):
+        path = os.path.join(log_dir, name)
+        # The shim opens scheme-less paths O_WRONLY|O_APPEND without O_CREATE: they must exist.
+        with open(path, "a"):
+            pass
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _prepare_exec_output(directory: str) -> str:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, "output")
+    with open(path, "w"):
+        pass
+    return path
+
+
+def _read_tail(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - EXEC_OUTPUT_LIMIT))
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
