@@ -1,0 +1,274 @@
+"""The scheduler's iptables rules: rendered from the allocations, applied in one transaction.
+
+Every sync rewrites all of this instance's chains with one ``iptables-restore --noflush``:
+declaring a chain flushes it, so the new content replaces the old atomically for new
+connections, and chains no longer wanted are deleted in the same transaction. Built-in chains
+only get one jump each, inserted once by :meth:`Iptables.ensure_jumps`.
+
+Chain layout (``P`` is the instance prefix)::
+
+    nat  PREROUTING  -> P-PREROUTING  -> P-SERVICES  (-d VIP --dport -> P-SVC-*)
+                                      -> P-HOSTPORTS (dst-type LOCAL --dport -> P-SVC-*)
+    nat  OUTPUT      -> P-OUTPUT      -> same two
+    nat  P-SVC-*     statistic random over P-SEP-* (one per backend, kube-proxy style)
+    nat  P-SEP-*     mark hairpin (source == backend), DNAT to backend
+    nat  POSTROUTING -> P-POSTROUTING (masquerade marked traffic, egress per subnet)
+    filter FORWARD   -> P-FORWARD     (intra-bridge accept, inter-bridge drop, egress policy)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from scheduler.errors import Internal
+from scheduler.network.names import MASQ_MARK, Names
+
+NAT_BUILTINS = ("PREROUTING", "OUTPUT", "POSTROUTING")
+FILTER_BUILTINS = ("FORWARD",)
+_MARK = f"0x{MASQ_MARK:x}/0x{MASQ_MARK:x}"
+
+
+@dataclass(frozen=True)
+class EnvRules:
+    """What the rules need to know about one environment."""
+
+    env: str
+    bridge: str
+    subnet: str
+    vip_block: str
+
+
+@dataclass(frozen=True)
+class ServiceRules:
+    """One service: its VIP, forwarded ports ((0, "all") for every port) and backends."""
+
+    env: str
+    service: str
+    vip: str
+    ports: tuple[tuple[int, str], ...]
+    backends: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostPortRules:
+    """One published host port."""
+
+    env: str
+    service: str
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str
+
+
+Ruleset = dict[str, dict[str, list[str]]]
+"""table -> chain -> rule arguments (without ``-A CHAIN``), in order."""
+
+
+def render(
+    names: Names,
+    envs: Sequence[EnvRules],
+    services: Sequence[ServiceRules],
+    hostports: Sequence[HostPortRules],
+    egress: bool,
+) -> Ruleset:
+    """All chains of the instance with their rules, deterministic for equal input."""
+    nat: dict[str, list[str]] = {}
+    flt: dict[str, list[str]] = {}
+    svc_chain, hp_chain = names.services_chain, names.hostports_chain
+    for builtin in ("PREROUTING", "OUTPUT"):
+        nat[names.chain(builtin)] = [f"-j {svc_chain}", f"-m addrtype --dst-type LOCAL -j {hp_chain}"]
+    post = nat[names.chain("POSTROUTING")] = [f"-m mark --mark {_MARK} -j MASQUERADE"]
+    nat[svc_chain] = []
+    nat[hp_chain] = []
+
+    def balance(env: str, service: str, port: int, proto: str, backends: Sequence[str]) -> str:
+        chain = names.service_chain(env, service, port, proto)
+        if chain in nat:
+            return chain
+        rules = nat[chain] = []
+        count = len(backends)
+        for index, ip in enumerate(backends):
+            sep = names.endpoint_chain(env, service, port, proto, ip)
+            remaining = count - index
+            if remaining > 1:
+                rules.append(f"-m statistic --mode random --probability {1 / remaining:.10f} -j {sep}")
+            else:
+                rules.append(f"-j {sep}")
+            target = ip if port == 0 else f"{ip}:{port}"
+            proto_match = "" if port == 0 else f"-p {proto} "
+            nat[sep] = [
+                f"-s {ip}/32 -j MARK --set-xmark {_MARK}",
+                f"{proto_match}-j DNAT --to-destination {target}",
+            ]
+        return chain
+
+    for svc in sorted(services, key=lambda s: (s.env, s.service)):
+        for port, proto in svc.ports or ((0, "all"),):
+            chain = balance(svc.env, svc.service, port, proto, svc.backends)
+            match = "" if port == 0 else f" -p {proto} -m {proto} --dport {port}"
+            nat[svc_chain].append(f"-d {svc.vip}/32{match} -j {chain}")
+    backends = {(s.env, s.service): s.backends for s in services}
+    for hp in sorted(hostports, key=lambda h: (h.protocol, h.host_port, h.host_ip)):
+        chain = balance(
+            hp.env, hp.service, hp.container_port, hp.protocol, backends.get((hp.env, hp.service), ())
+        )
+        dst = "" if hp.host_ip == "0.0.0.0" else f" -d {hp.host_ip}/32"
+        match = f"{dst} -p {hp.protocol} -m {hp.protocol} --dport {hp.host_port}"
+        if hp.host_ip == "0.0.0.0" or hp.host_ip.startswith("127."):
+            # Host-originated 127.0.0.1 sources must be rewritten or the reply cannot come back.
+            nat[hp_chain].append(f"-s 127.0.0.0/8{match} -j MARK --set-xmark {_MARK}")
+        nat[hp_chain].append(f"{match.lstrip()} -j {chain}")
+
+    fwd = flt[names.chain("FORWARD")] = []
+    wildcard = names.iface_wildcard
+    for env in sorted(envs, key=lambda e: e.bridge):
+        # A VIP that was not DNATed has no backend: refuse at once instead of an ARP timeout.
+        fwd.append(f"-d {env.vip_block} -o {env.bridge} -j REJECT --reject-with icmp-port-unreachable")
+        fwd.append(f"-i {env.bridge} -o {env.bridge} -j ACCEPT")
+        if egress:
+            post.append(f"-s {env.subnet} ! -o {env.bridge} -j MASQUERADE")
+    fwd.append(f"-i {wildcard} -o {wildcard} -j DROP")
+    fwd.append(f"-o {wildcard} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    fwd.append(f"-o {wildcard} -m conntrack --ctstate DNAT -j ACCEPT")
+    fwd.append(f"-o {wildcard} -j DROP")
+    fwd.append(f"-i {wildcard} -j {'ACCEPT' if egress else 'DROP'}")
+    return {"nat": nat, "filter": flt}
+
+
+def restore_script(desired: Ruleset, existing: dict[str, set[str]]) -> str:
+    """iptables-restore input that replaces our chains with ``desired`` and drops the rest."""
+    out: list[str] = []
+    for table in ("nat", "filter"):
+        chains = desired.get(table, {})
+        stale = sorted(existing.get(table, set()) - set(chains))
+        out.append(f"*{table}")
+        out += [f":{chain} - [0:0]" for chain in [*chains, *stale]]
+        for chain, rules in chains.items():
+            out += [f"-A {chain} {rule}" for rule in rules]
+        out += [f"-X {chain}" for chain in stale]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def removal_script(existing: dict[str, set[str]]) -> str:
+    """iptables-restore input that flushes and deletes the given chains."""
+    out: list[str] = []
+    for table, chains in sorted(existing.items()):
+        if not chains:
+            continue
+        out.append(f"*{table}")
+        out += [f":{c} - [0:0]" for c in sorted(chains)]
+        out += [f"-X {c}" for c in sorted(chains)]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class SavedRules:
+    """This instance's part of ``iptables-save``."""
+
+    chains: dict[str, set[str]]
+    """table -> our chains."""
+    rules: int
+    """Rules inside our chains."""
+    jumps: dict[str, list[str]]
+    """table -> built-in chains holding a jump to one of our chains."""
+
+
+def parse_save(names: Names, text_by_table: dict[str, str]) -> SavedRules:
+    """Pick our chains, rules and jumps out of ``iptables-save -t TABLE`` outputs."""
+    chains: dict[str, set[str]] = {}
+    jumps: dict[str, list[str]] = {}
+    rules = 0
+    for table, text in text_by_table.items():
+        ours = chains.setdefault(table, set())
+        for line in text.splitlines():
+            if line.startswith(":"):
+                name = line[1:].split()[0]
+                if names.owns_chain(name):
+                    ours.add(name)
+            elif line.startswith("-A "):
+                parts = line.split()
+                chain = parts[1]
+                if names.owns_chain(chain):
+                    rules += 1
+                elif "-j" in parts and names.owns_chain(parts[parts.index("-j") + 1]):
+                    jumps.setdefault(table, []).append(chain)
+    return SavedRules(chains, rules, jumps)
+
+
+class Iptables:
+    """Runs the iptables tools with the xtables lock, retrying transient conflicts."""
+
+    def __init__(self, names: Names, timeout: float = 30.0, attempts: int = 5) -> None:
+        self.names = names
+        self.timeout = timeout
+        self.attempts = attempts
+
+    async def _run(self, argv: Sequence[str], stdin: str | None = None) -> str:
+        last = ""
+        for attempt in range(self.attempts):
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                async with asyncio.timeout(self.timeout):
+                    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+            except TimeoutError as exc:
+                proc.kill()
+                await proc.wait()
+                raise Internal(f"{argv[0]} did not finish within {self.timeout:g}s") from exc
+            if proc.returncode == 0:
+                return out.decode()
+            last = err.decode(errors="replace").strip()
+            # Another writer committed between our read and write: nft refuses, try again.
+            if "temporarily unavailable" not in last and "resource busy" not in last.lower():
+                break
+            await asyncio.sleep(0.05 * (attempt + 1))
+        raise Internal(f"{' '.join(argv[:3])} failed: {last}")
+
+    async def save(self) -> SavedRules:
+        """Read our chains, rules and jumps from the kernel."""
+        texts = {t: await self._run(["iptables-save", "-t", t]) for t in ("nat", "filter")}
+        return parse_save(self.names, texts)
+
+    async def restore(self, script: str) -> None:
+        """Apply an iptables-restore script touching only the chains it names."""
+        await self._run(["iptables-restore", "-w", "5", "--noflush"], script)
+
+    async def ensure_jumps(self) -> None:
+        """Insert the jump from each built-in chain to ours, once, at the top."""
+        for table, builtins in (("nat", NAT_BUILTINS), ("filter", FILTER_BUILTINS)):
+            for builtin in builtins:
+                rule = ["-j", self.names.chain(builtin)]
+                check = ["iptables", "-w", "5", "-t", table, "-C", builtin, *rule]
+                proc = await asyncio.create_subprocess_exec(
+                    *check, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                )
+                if await proc.wait() != 0:
+                    await self._run(["iptables", "-w", "5", "-t", table, "-I", builtin, "1", *rule])
+
+    async def remove_jumps(self, jumps: dict[str, list[str]]) -> None:
+        """Delete every jump from a built-in chain to one of ours."""
+        for table, builtins in jumps.items():
+            for builtin in builtins:
+                target = self.names.chain(builtin)
+                await self._run(["iptables", "-w", "5", "-t", table, "-D", builtin, "-j", target])
+
+
+def chain_count(rules: Ruleset) -> int:
+    """Number of chains in a ruleset."""
+    return sum(len(chains) for chains in rules.values())
+
+
+def all_chains(rules: Ruleset) -> Iterable[tuple[str, str]]:
+    """(table, chain) pairs of a ruleset."""
+    for table, chains in rules.items():
+        for chain in chains:
+            yield table, chain

@@ -1,0 +1,145 @@
+"""Allocations that must survive a restart: subnets, VIPs, backends, attachments, host ports.
+
+One JSON file written atomically (temporary file, fsync, rename), with a version field. A
+corrupt file is set aside as ``.corrupt.<time>`` rather than silently discarded or fatal.
+The records are mutable on purpose: only :class:`scheduler.network.cni.CniNetwork` holds them,
+under its lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import Internal
+
+VERSION = 1
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PortRecord:
+    """One port of a service: what the VIP forwards."""
+
+    port: int
+    protocol: str = "tcp"
+
+
+@dataclass
+class ServiceRecord:
+    """A service's VIP, its forwarded ports (empty: all) and its current backends."""
+
+    vip: str
+    ports: list[PortRecord] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContainerRecord:
+    """One attached container."""
+
+    hostname: str
+    ip: str
+    netns: str
+    aliases: list[str] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    """The CNI ADD result, passed back as ``prevResult`` to CHECK and DEL."""
+
+
+@dataclass
+class HostPortRecord:
+    """One published host port and the service port it forwards to."""
+
+    env: str
+    service: str
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+    @property
+    def key(self) -> str:
+        """Identity of the allocation."""
+        return f"{self.protocol}/{self.host_ip}/{self.host_port}"
+
+
+@dataclass
+class EnvRecord:
+    """One environment's network."""
+
+    subnet: str
+    bridge: str
+    services: dict[str, ServiceRecord] = field(default_factory=dict)
+    containers: dict[str, ContainerRecord] = field(default_factory=dict)
+
+
+@dataclass
+class NetworkState:
+    """Everything persisted by one instance."""
+
+    envs: dict[str, EnvRecord] = field(default_factory=dict)
+    ports: list[HostPortRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The versioned envelope written to disk."""
+        return {"version": VERSION, "data": asdict(self)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> NetworkState:
+        """Parse the envelope; raises ValueError/KeyError/TypeError on a malformed document."""
+        if doc.get("version") != VERSION:
+            raise ValueError(f"unsupported state version {doc.get('version')!r}")
+        data = doc["data"]
+        envs: dict[str, EnvRecord] = {}
+        for name, env in data["envs"].items():
+            services = {
+                s: ServiceRecord(
+                    vip=rec["vip"],
+                    ports=[PortRecord(**p) for p in rec["ports"]],
+                    backends=list(rec["backends"]),
+                )
+                for s, rec in env["services"].items()
+            }
+            containers = {c: ContainerRecord(**rec) for c, rec in env["containers"].items()}
+            envs[name] = EnvRecord(env["subnet"], env["bridge"], services, containers)
+        ports = [HostPortRecord(**p) for p in data["ports"]]
+        return cls(envs, ports)
+
+
+class StateFile:
+    """Atomic load and save of :class:`NetworkState`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> NetworkState:
+        """Read the state; a missing file is an empty state, a corrupt one is set aside."""
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return NetworkState()
+        try:
+            return NetworkState.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as err:
+            aside = self.path.with_name(f"{self.path.name}.corrupt.{int(time.time())}")
+            os.replace(self.path, aside)
+            log.error("network state %s is corrupt (%s); moved to %s", self.path, err, aside)
+            return NetworkState()
+
+    def save(self, state: NetworkState) -> None:
+        """Write the state so that a crash leaves either the old or the new file, never half."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w") as out:
+                json.dump(state.to_json(), out, indent=1, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as err:
+            raise Internal(f"cannot write network state {self.path}: {err}") from err
