@@ -124,6 +124,16 @@ class SqliteStateStore:
             self._executor.shutdown(wait=True)
             raise
 
+    @classmethod
+    async def open(cls, path: Path | str) -> SqliteStateStore:
+        """Open (creating and migrating as needed) without blocking the event loop.
+
+        Raises:
+            Unavailable: the file cannot be opened, or is corrupt.
+            FailedPrecondition: the schema is newer than this scheduler.
+        """
+        return await asyncio.to_thread(cls, path)
+
     # --- opening -------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:

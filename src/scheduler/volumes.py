@@ -1,0 +1,244 @@
+"""Named volumes on the host: ``<root>/<env>/<name>`` directories bind-mounted into containers.
+
+Methods are synchronous filesystem work (the orchestrator runs them with ``asyncio.to_thread``).
+Every path is built from validated names and checked to stay under the root after resolving
+symlinks, so a crafted name or a symlink planted inside a volume can never point outside.
+
+Ownership: directories are created ``0755`` and owned by root. Images that run as another user
+fix their own data directory (PostgreSQL's entrypoint chowns ``PGDATA`` to uid 999), so the
+scheduler does not need to know image users. Backups keep numeric owners and modes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.errors import FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
+from scheduler.validation import env_name_problem, volume_name_problem
+
+DIR_MODE = 0o755
+_SCRATCH_PREFIX = ".scratch-"
+"""Restores unpack beside the volumes under this prefix; never a valid environment name."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume directory found on the host."""
+
+    env: str
+    name: str
+    path: Path
+
+
+class VolumeStore:
+    """Creates, lists, backs up, restores and removes named volumes under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- paths --------------------------------------------------------------------------------
+
+    def path(self, env: str, name: str) -> Path:
+        """Where volume ``name`` of environment ``env`` lives (whether or not it exists).
+
+        Raises:
+            InvalidArgument: naming ``env`` or ``volume`` when a name is not allowed.
+            FailedPrecondition: the path would resolve outside the root (a planted symlink).
+        """
+        violations = []
+        problem = env_name_problem(env)
+        if problem:
+            violations.append(FieldViolation("env", problem))
+        problem = volume_name_problem(name)
+        if problem:
+            violations.append(FieldViolation("volume", problem))
+        if violations:
+            raise InvalidArgument.of(violations)
+        root = self.root.resolve()
+        path = root / env / name
+        real = path.resolve()
+        if real != path or not real.is_relative_to(root):
+            raise FailedPrecondition(
+                f"volume {env}/{name} resolves to {str(real)!r}, outside {str(root)!r} or through a symlink",
+                env=env,
+                volume=name,
+            )
+        return path
+
+    def _env_dir(self, env: str) -> Path:
+        problem = env_name_problem(env)
+        if problem:
+            raise InvalidArgument.of([FieldViolation("env", problem)])
+        return self.root.resolve() / env
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def ensure(self, env: str, name: str) -> Path:
+        """Create the volume if missing and return its directory; existing data is kept."""
+        path = self.path(env, name)
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
+            path.mkdir(mode=DIR_MODE, exist_ok=True)
+        except FileExistsError as err:
+            raise FailedPrecondition(
+                f"volume {env}/{name}: {str(path)!r} exists and is not a directory"
+            ) from err
+        except OSError as err:
+            raise Internal(f"cannot create volume {env}/{name} at {str(path)!r}: {err}") from err
+        # Re-check after creating: the parent could have been swapped for a symlink meanwhile.
+        return self.path(env, name)
+
+    def remove(self, env: str, name: str) -> None:
+        """Delete a volume and its data; removing a missing volume is not an error.
+
+        A symlink planted in place of the volume is unlinked, never followed.
+
+        Raises:
+            FailedPrecondition: the environment's directory is a symlink (nothing is removed).
+        """
+        env_dir = self._env_dir(env)
+        if env_dir.is_symlink():
+            raise FailedPrecondition(
+                f"volume directory of {env!r} is a symlink; refusing to follow it", env=env
+            )
+        problem = volume_name_problem(name)
+        if problem:
+            raise InvalidArgument.of([FieldViolation("volume", problem)])
+        _remove_tree(env_dir / name)
+        try:
+            env_dir.rmdir()
+        except OSError:
+            pass  # other volumes remain, or it was never there
+
+    def remove_environment(self, env: str) -> None:
+        """Delete every volume of ``env``; idempotent. A symlink in its place is only unlinked."""
+        _remove_tree(self._env_dir(env))
+
+    def list(self, env: str | None = None) -> list[Volume]:
+        """Volumes on the host, of one environment or all, sorted by environment then name."""
+        if env is not None:
+            env_dirs = [self._env_dir(env)]
+        elif self.root.is_dir():
+            env_dirs = sorted(p for p in self.root.resolve().iterdir() if env_name_problem(p.name) is None)
+        else:
+            env_dirs = []
+        found = []
+        for env_dir in env_dirs:
+            if not env_dir.is_dir() or env_dir.is_symlink():
+                continue
+            for entry in sorted(env_dir.iterdir()):
+                if entry.is_dir() and not entry.is_symlink() and volume_name_problem(entry.name) is None:
+                    found.append(Volume(env_dir.name, entry.name, entry))
+        return found
+
+    def exists(self, env: str, name: str) -> bool:
+        """Whether the volume directory exists."""
+        return self.path(env, name).is_dir()
+
+    def size(self, env: str, name: str) -> int:
+        """Bytes used by the files of a volume (apparent sizes, symlinks not followed).
+
+        Raises:
+            NotFound: naming the volume.
+        """
+        path = self._existing(env, name)
+        total = 0
+        for dirpath, _dirs, files in os.walk(path):
+            for file in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, file)).st_size
+                except FileNotFoundError:
+                    continue  # removed while walking
+        return total
+
+    # --- backup and restore ---------------------------------------------------------------------
+
+    def backup(self, env: str, name: str, tar_path: Path) -> Path:
+        """Write the volume's contents to a gzip tar archive, keeping owners and modes.
+
+        The volume should not be written meanwhile (stop its service first) for a consistent copy.
+
+        Raises:
+            NotFound: naming the volume.
+        """
+        source = self._existing(env, name)
+        tar_path = Path(tar_path)
+        partial = tar_path.with_name(f".{tar_path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            with tarfile.open(partial, "w:gz") as archive:
+                archive.add(source, arcname=".", recursive=True)
+            os.replace(partial, tar_path)
+        except OSError as err:
+            raise Internal(f"cannot back up volume {env}/{name} to {str(tar_path)!r}: {err}") from err
+        finally:
+            partial.unlink(missing_ok=True)
+        return tar_path
+
+    def restore(self, env: str, name: str, tar_path: Path) -> Path:
+        """Replace the volume's contents with those of an archive made by :meth:`backup`.
+
+        The archive is unpacked beside the volume first and swapped in at the end, so a bad
+        archive leaves the current data untouched. Members that would land outside the volume
+        (absolute paths, ``..``, links pointing out) are refused.
+
+        Raises:
+            NotFound: the archive does not exist.
+            InvalidArgument: naming ``tar_path`` when the archive is unreadable or unsafe.
+        """
+        target = self.path(env, name)
+        tar_path = Path(tar_path)
+        if not tar_path.is_file():
+            raise NotFound(f"backup archive {str(tar_path)!r} not found", path=str(tar_path))
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        scratch = self.root.resolve() / f"{_SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        scratch.mkdir(mode=DIR_MODE)
+        try:
+            staged = scratch / "data"
+            staged.mkdir(mode=DIR_MODE)
+            try:
+                with tarfile.open(tar_path, "r:*") as archive:
+                    archive.extractall(staged, numeric_owner=True, filter=_keep_owner_filter)
+            except (tarfile.TarError, OSError, EOFError) as err:
+                raise InvalidArgument.of(
+                    [FieldViolation("tar_path", f"cannot restore from {str(tar_path)!r}: {err}")]
+                ) from err
+            self.ensure(env, name)
+            old = scratch / "old"
+            os.rename(target, old)
+            os.rename(staged, target)
+        finally:
+            _remove_tree(scratch)
+        return target
+
+    def _existing(self, env: str, name: str) -> Path:
+        path = self.path(env, name)
+        if not path.is_dir():
+            raise NotFound(f"volume {env}/{name} not found", env=env, volume=name)
+        return path
+
+
+def _keep_owner_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    # The "data" filter refuses escapes and special files but drops owners; a database volume
+    # needs its owner (uid 999) back, so restore the numeric ids it stripped.
+    # It also leaves directory modes to the umask; PGDATA must come back 0700, so keep those too.
+    safe = tarfile.data_filter(member, dest)
+    mode = member.mode & 0o1777 if member.isdir() else safe.mode
+    return safe.replace(uid=member.uid, gid=member.gid, uname="", gname="", mode=mode, deep=False)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+        return
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise Internal(f"cannot remove {str(path)!r}: {err}") from err
