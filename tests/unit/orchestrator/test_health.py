@@ -1,0 +1,66 @@
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+
+from scheduler.domain import HealthCheck, HealthCheckKind
+from scheduler.orchestrator import health
+
+
+class _NoExec:
+    async def exec(self, *args, **kwargs):  # pragma: no cover - not called for network probes
+        raise AssertionError("exec must not be used by network probes")
+
+
+async def _http_server(status: str) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_http_probe_passes_on_2xx_and_fails_on_5xx() -> None:
+    good, good_port = await _http_server("200 OK")
+    bad, bad_port = await _http_server("503 Service Unavailable")
+    async with good, bad:
+        ok = await health.probe(
+            HealthCheck(HealthCheckKind.HTTP, port=good_port, path="/health"), _NoExec(), "c", "127.0.0.1"
+        )
+        assert ok.ok and "200" in ok.detail
+        failed = await health.probe(
+            HealthCheck(HealthCheckKind.HTTP, port=bad_port), _NoExec(), "c", "127.0.0.1"
+        )
+        assert not failed.ok and "503" in failed.detail
+
+
+async def test_tcp_probe_fails_on_a_closed_port() -> None:
+    server, port = await _http_server("200 OK")
+    async with server:
+        assert (
+            await health.probe(HealthCheck(HealthCheckKind.TCP, port=port), _NoExec(), "c", "127.0.0.1")
+        ).ok
+    closed = await health.probe(HealthCheck(HealthCheckKind.TCP, port=port), _NoExec(), "c", "127.0.0.1")
+    assert not closed.ok
+
+
+async def test_unhealthy_after_retries_once_the_start_period_is_over() -> None:
+    server, port = await _http_server("500 Internal Server Error")
+    check = HealthCheck(
+        HealthCheckKind.HTTP,
+        port=port,
+        interval=timedelta(milliseconds=20),
+        retries=3,
+        start_period=timedelta(milliseconds=100),
+    )
+    async with server:
+        started = time.monotonic()
+        with pytest.raises(health.Unhealthy, match="500"):
+            await health.wait_healthy(check, _NoExec(), "c", "127.0.0.1", started)
+        elapsed = time.monotonic() - started
+    # Failures inside the start period did not count: at least the period plus the retries passed.
+    assert elapsed >= 0.1 + 2 * 0.02
