@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     "tests.support.registry",
     "tests.support.images",
+    "tests.support.daemon",
 ]

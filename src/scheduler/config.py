@@ -118,6 +118,9 @@ class NetworkSettings(_Section):
     host_ip: str = "127.0.0.1"
     """Default host address for published ports."""
     cni_bin_dir: str = "/usr/lib/cni"
+    instance: str = Field(default="sch", pattern=r"^[a-z0-9]{1,6}$")
+    """Prefix of every bridge, iptables chain and name this daemon owns on the host; two daemons
+    on one host need different instances (and non-overlapping pools)."""
 
     @field_validator("pool")
     @classmethod

@@ -71,7 +71,7 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             imported = await runtime.import_archive(Path(archive))
             _log.info("images.preloaded", archive=archive, images=[i.name for i in imported])
 
-        network = CniNetwork(data_dir / "network", settings.network)
+        network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
         await network.start()
         stack.push_async_callback(network.close)
 

@@ -23,6 +23,9 @@ def configure(
     )
     numeric = getattr(logging, level.upper())
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    # grpc's own debug lines (one per loop lookup) drown everything else.
+    logging.getLogger("grpc").setLevel(max(numeric, logging.INFO))
+    logging.getLogger("grpc._cython.cygrpc").setLevel(max(numeric, logging.INFO))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -7,6 +7,7 @@ never returns them, and the log never sees them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import builtins
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
@@ -206,7 +207,10 @@ class EnvironmentService:
                 next_event = asyncio.ensure_future(anext(subscription))
                 done, _ = await asyncio.wait({next_event, closing}, return_when=asyncio.FIRST_COMPLETED)
                 if next_event not in done:
+                    # The generator must be idle before it can be closed.
                     next_event.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await next_event
                     return
                 yield next_event.result()
         finally:

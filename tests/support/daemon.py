@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -93,6 +94,9 @@ def start_daemon(
         "data_dir": str(tmp / "data"),
         "server": {"listen": f"127.0.0.1:{port}", "shutdown_grace": 3},
         "log": {"format": "json", "level": "debug"},
+        # Own bridges, chains and subnets, so that daemons of parallel tests never collide.
+        "network": {"instance": "t" + secrets.token_hex(2), "pool": f"10.{100 + port % 150}.0.0/16"},
+        "containerd": {"namespace": "t" + secrets.token_hex(4)},
     }
     for key, value in (config or {}).items():
         if isinstance(value, dict) and isinstance(settings.get(key), dict):
