@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.support.registry",
     "tests.support.images",
     "tests.support.daemon",
+    "tests.support.containerd",
 ]

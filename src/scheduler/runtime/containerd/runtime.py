@@ -1,0 +1,200 @@
+"""``ContainerdRuntime``: the ``ContainerRuntime`` Protocol on containerd, composed of the pieces here.
+
+Containers (``containers.py``), tasks (``tasks.py``), events (``events.py``) and metrics
+(``metrics.py``) share one client; image methods delegate to ``images.ImageService``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from scheduler import domain
+from scheduler.runtime.base import ProgressCallback
+from scheduler.runtime.containerd import labels as L
+from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
+    containers_pb2 as containers_pb,
+)
+from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
+from scheduler.runtime.containerd._gen.containerd.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
+from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
+from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, check_name
+from scheduler.runtime.containerd.containers import ContainerStore
+from scheduler.runtime.containerd.convert import container_info
+from scheduler.runtime.containerd.events import TaskEventStream
+from scheduler.runtime.containerd.metrics import decode
+from scheduler.runtime.containerd.tasks import TaskManager
+
+
+class ContainerdRuntime:
+    """Containers, tasks, images and events of one containerd namespace."""
+
+    def __init__(
+        self,
+        client: ContainerdClient,
+        *,
+        state_dir: Path,
+        snapshotter: str = "overlayfs",
+        runtime_name: str = "io.containerd.runc.v2",
+        images: Any = None,
+    ) -> None:
+        self.client = client
+        self.state_dir = Path(state_dir)
+        self.snapshotter = snapshotter
+        self.containers = ContainerStore(
+            client,
+            snapshotter=snapshotter,
+            runtime_name=runtime_name,
+            runc_root=str(self.state_dir / "runc"),
+        )
+        self.tasks = TaskManager(client, self.containers, work_dir=str(self.state_dir))
+        self._image_settings = images
+        self._images: Any = None
+
+    @classmethod
+    async def connect(
+        cls,
+        socket: str,
+        *,
+        namespace: str = "scheduler",
+        state_dir: Path,
+        snapshotter: str = "overlayfs",
+        runtime_name: str = "io.containerd.runc.v2",
+        images: Any = None,
+        call_timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> ContainerdRuntime:
+        """Connect to containerd at ``socket`` and scope everything to ``namespace``.
+
+        ``state_dir`` holds runc's state (a private root, so that other containerds on the host
+        never see our containers) and exec output files. ``images`` is the ``ImageSettings`` of
+        the daemon config, passed to the image service.
+
+        Raises:
+            Unavailable: containerd cannot be reached (the message says why).
+            FailedPrecondition: containerd is older than 1.6.
+        """
+        client = await ContainerdClient.connect(socket, namespace, timeout=call_timeout, retry=retry)
+        state = Path(state_dir).absolute()
+        state.mkdir(parents=True, exist_ok=True)
+        return cls(client, state_dir=state, snapshotter=snapshotter, runtime_name=runtime_name, images=images)
+
+    async def close(self) -> None:
+        """Close the connection; containers keep running under their shims."""
+        await self.client.close()
+
+    # --- images ----------------------------------------------------------------------------
+
+    def image_service(self) -> Any:
+        """The image engineer's ``ImageService`` over our client, built on first use."""
+        if self._images is None:
+            module = importlib.import_module("scheduler.runtime.containerd.images")
+            self._images = module.ImageService(
+                self.client, snapshotter=self.snapshotter, settings=self._image_settings
+            )
+        return self._images
+
+    async def ensure_image(
+        self, ref: str, policy: domain.PullPolicy, progress: ProgressCallback | None = None
+    ) -> domain.Image:
+        """Make ``ref`` available and unpacked according to ``policy``."""
+        image: domain.Image = await self.image_service().ensure_image(ref, policy, progress)
+        return image
+
+    async def import_archive(self, path: Path) -> builtins.list[domain.Image]:
+        """Import an OCI or docker-archive tarball; return its images, unpacked."""
+        imported: builtins.list[domain.Image] = await self.image_service().import_archive(Path(path))
+        return imported
+
+    # --- containers and tasks --------------------------------------------------------------
+
+    async def create(self, config: domain.ContainerConfig) -> None:
+        """Create a container from ``config`` (no process yet)."""
+        await self.containers.create(config)
+
+    async def start(self, container_id: str) -> int:
+        """Start (or restart) the container's process; return its pid."""
+        check_name(container_id, "container.id")
+        return await self.tasks.start(container_id)
+
+    async def stop(self, container_id: str, grace: timedelta, signal: str = "SIGTERM") -> domain.ExitStatus:
+        """Signal, wait up to ``grace``, then SIGKILL; return the exit status."""
+        check_name(container_id, "container.id")
+        return await self.tasks.stop(container_id, grace, signal)
+
+    async def wait(self, container_id: str) -> domain.ExitStatus:
+        """Block until the process exits."""
+        check_name(container_id, "container.id")
+        return await self.tasks.wait(container_id)
+
+    async def delete(self, container_id: str) -> None:
+        """Remove task, record and snapshot; idempotent."""
+        await self.tasks.delete(container_id)
+
+    async def exec(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        timeout: timedelta,  # noqa: ASYNC109 - the command's run time limit, enforced by killing it
+    ) -> domain.ExecResult:
+        """Run ``argv`` inside the running container."""
+        check_name(container_id, "container.id")
+        return await self.tasks.exec(container_id, argv, timeout)
+
+    async def list(self, labels: Mapping[str, str]) -> builtins.list[domain.ContainerInfo]:
+        """Our containers carrying every label in ``labels``, with task state."""
+        selector = {L.OWNER: L.OWNER_VALUE, **labels}
+        records = await self.containers.find(selector)
+        tasks = await self.tasks.all()
+        return [container_info(r, tasks.get(r.id)) for r in records]
+
+    async def task_pid(self, container_id: str) -> int | None:
+        """Pid of the live process, or None."""
+        check_name(container_id, "container.id")
+        return await self.tasks.pid(container_id)
+
+    async def metrics(self, container_ids: Sequence[str]) -> builtins.list[domain.TaskMetrics]:
+        """One sample per container that has a task; others are skipped."""
+        if not container_ids:
+            return []
+        for cid in container_ids:
+            check_name(cid, "container.id")
+        reply = await self.client.tasks.metrics(
+            tasks_pb.MetricsRequest(filters=[f"id=={c}" for c in container_ids])
+        )
+        wanted = set(container_ids)
+        out = []
+        for metric in reply.metrics:
+            sample = decode(metric)
+            if sample is not None and sample.container_id in wanted:
+                out.append(sample)
+        return out
+
+    def events(self) -> TaskEventStream:
+        """Task events of our namespace; ``await stream.connected()`` before relying on them."""
+        return TaskEventStream(self.client)
+
+    async def resources(self) -> dict[str, int]:
+        """Counts of containers, tasks, snapshots (all and active) and leases in our namespace."""
+        containers = await self.client.containers.list(containers_pb.ListContainersRequest())
+        tasks = await self.client.tasks.list(tasks_pb.ListTasksRequest())
+        leases = await self.client.leases.list(leases_pb.ListRequest())
+        snapshots = 0
+        active = 0
+        async for page in self.client.snapshots.list(
+            snapshots_pb.ListSnapshotsRequest(snapshotter=self.snapshotter)
+        ):
+            for info in page.info:
+                snapshots += 1
+                active += info.kind == snapshots_pb.ACTIVE
+        return {
+            "containers": len(containers.containers),
+            "tasks": len(tasks.tasks),
+            "snapshots": snapshots,
+            "active_snapshots": active,
+            "leases": len(leases.leases),
+        }
