@@ -64,6 +64,12 @@ def image_reference_problem(ref: str) -> str | None:
     match = IMAGE_REFERENCE.fullmatch(ref)
     if match is None:
         return f"{ref!r} is not an image reference like docker.io/library/postgres:15"
+    first, slash, _ = match.group("name").partition("/")
+    if slash and not ("." in first or ":" in first or first.startswith("[") or first == "localhost"):
+        # Without a dot, colon or "localhost", the first component is a repository path (as
+        # docker and containerd read it), and paths are lowercase.
+        if not re.fullmatch(_PATH_COMPONENT, first):
+            return f"{ref!r}: repository path {first!r} must be lowercase"
     if len(match.group("name")) > MAX_IMAGE_NAME:
         return f"repository name is longer than {MAX_IMAGE_NAME} characters"
     return None
@@ -132,7 +138,7 @@ def violations_of(name: str, spec: EnvironmentSpec, limits: LimitSettings) -> li
         _check_service(service, where, set(counts), limits, out)
     _check_host_ports(spec, out)
     cycle = find_cycle(spec.services)
-    if cycle is not None:
+    if cycle is not None and len(cycle) > 2:  # a self-dependency is reported on its own field
         out.append(
             FieldViolation(f"spec.services.{cycle[0]}.depends_on", "dependency cycle: " + " -> ".join(cycle))
         )
@@ -231,7 +237,7 @@ def _check_service(
                 f"{where}.replicas", f"must be from 1 to {limits.max_replicas}, got {service.replicas}"
             )
         )
-    if service.stateful and service.replicas != 1:
+    elif service.stateful and service.replicas != 1:
         out.append(
             FieldViolation(
                 f"{where}.replicas", f"a stateful service runs exactly 1 replica, got {service.replicas}"
