@@ -11,10 +11,10 @@ import importlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler import domain
-from scheduler.runtime.base import ProgressCallback
+from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
     containers_pb2 as containers_pb,
@@ -198,3 +198,9 @@ class ContainerdRuntime:
             "active_snapshots": active,
             "leases": len(leases.leases),
         }
+
+
+if TYPE_CHECKING:  # the type checker proves the implementation keeps up with the Protocol
+
+    def _conforms(runtime: ContainerdRuntime) -> ContainerRuntime:
+        return runtime
