@@ -10,6 +10,8 @@ Design:
 * WAL journal with ``synchronous=NORMAL``: a committed transaction survives a process crash; a
   power loss may drop the last few commits but never corrupts the file. The daemon reconciles
   with containerd at boot, which heals a lost tail.
+* The file is created mode 0600: it holds secrets, which the API layer redacts but the store
+  must keep for redeploys.
 * The schema is versioned in ``schema_version`` and upgraded by ordered migration functions at
   open. A file written by a newer scheduler, or one that fails SQLite's integrity check, is
   refused at open rather than half-read.
@@ -21,6 +23,7 @@ import asyncio
 import builtins
 import concurrent.futures
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -138,13 +141,16 @@ class SqliteStateStore:
 
     def _open(self) -> sqlite3.Connection:
         where = str(self.path)
-        if self.path.parent and not self.path.parent.is_dir():
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise Unavailable(f"cannot create the state directory of {where!r}: {err}") from err
         try:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _write).
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # The file holds secrets (generated database passwords): owner-only. SQLite gives
+            # the -wal and -shm files the same mode as the database file.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
+        except OSError as err:
+            raise Unavailable(f"cannot create state database {where!r}: {err}") from err
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _run).
             db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as err:
             raise Unavailable(f"cannot open state database {where!r}: {err}") from err

@@ -167,3 +167,28 @@ async def test_a_second_store_on_the_same_file_sees_committed_writes(tmp_path):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_database_and_its_wal_are_private_to_the_owner(tmp_path):
+    import stat
+
+    path = tmp_path / "state.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    store = await SqliteStateStore.open(path)
+    try:
+        await store.create(full_environment("alpha"))
+        for file in (path, path.with_name("state.db-wal"), path.with_name("state.db-shm")):
+            assert file.exists(), file
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    finally:
+        await store.close()
+
+
+async def test_open_runs_off_the_event_loop_and_reports_bad_files(tmp_path):
+    path = tmp_path / "state.db"
+    path.write_bytes(b"\x00garbage" * 512)
+    with pytest.raises(Unavailable):
+        await SqliteStateStore.open(path)
+    store = await SqliteStateStore.open(tmp_path / "fresh.db")
+    await store.close()
