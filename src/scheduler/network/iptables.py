@@ -126,6 +126,7 @@ def render(
     wildcard = names.iface_wildcard
     for env in sorted(envs, key=lambda e: e.bridge):
         # A VIP that was not DNATed has no backend: refuse at once instead of an ARP timeout.
+        fwd.append(f"-d {env.vip_block} -o {env.bridge} -p tcp -j REJECT --reject-with tcp-reset")
         fwd.append(f"-d {env.vip_block} -o {env.bridge} -j REJECT --reject-with icmp-port-unreachable")
         fwd.append(f"-i {env.bridge} -o {env.bridge} -j ACCEPT")
         if egress:

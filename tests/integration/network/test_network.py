@@ -1,0 +1,416 @@
+"""Acceptance tests of CniNetwork on the real kernel with the real CNI plugins.
+
+"Containers" are network namespaces with sockets opened inside them (tests/support/network.py).
+Every loop is bounded in count and time; all traffic stays inside namespaces and bridges made
+here or on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from scheduler.network import CniNetwork
+from tests.support.network import Server, can_connect, connect, resolve, unique
+
+pytestmark = pytest.mark.integration
+
+Factory = Callable[..., CniNetwork]
+
+
+class ConnectionLoop:
+    """A client connecting again and again from one namespace, counting answers and failures."""
+
+    def __init__(self, netns_path: str | None, host: str, port: int, max_attempts: int = 5000) -> None:
+        self.netns_path = netns_path
+        self.host = host
+        self.port = port
+        self.max_attempts = max_attempts
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 30
+        for _ in range(self.max_attempts):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                self.answers.append(connect(self.netns_path, self.host, self.port, timeout=2))
+            except OSError as err:
+                self.failures.append(repr(err))
+            time.sleep(0.002)
+
+    def __enter__(self) -> ConnectionLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(35)
+
+    async def wait_for(self, name: str, count: int, timeout: float = 10) -> None:
+        """Wait until ``name`` answered ``count`` more times."""
+        start = self.answers.count(name)
+        deadline = time.monotonic() + timeout
+        while self.answers.count(name) < start + count:
+            assert time.monotonic() < deadline, f"{name} answered {self.answers.count(name) - start} times"
+            assert self._thread.is_alive(), "client loop ended early"
+            await asyncio.sleep(0.02)
+
+
+async def test_discovery_by_name_hairpin_and_isolation(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env_a, env_b = unique("a"), unique("b")
+    info_a = await net.ensure_environment(env_a)
+    info_b = await net.ensure_environment(env_b)
+    assert info_a.subnet != info_b.subnet and info_a.bridge != info_b.bridge
+    assert len(info_a.bridge) <= 15 and info_a.bridge.startswith(net.names.instance + "-")
+    vip_web = await net.ensure_service(env_a, "web", [8080])
+    vip_other = await net.ensure_service(env_b, "other", [8080])
+    web, client, outsider = await asyncio.gather(
+        net.attach(env_a, unique("web"), "web-0"),
+        net.attach(env_a, unique("cli"), "client-0"),
+        net.attach(env_b, unique("oth"), "other-0"),
+    )
+    await net.set_backends(env_a, "web", [web.ip])
+    await net.set_backends(env_b, "other", [outsider.ip])
+    servers = [Server(web.netns_path, "web", 8080), Server(outsider.netns_path, "other", 8080)]
+    try:
+        # The hosts file names the service (VIP), the replica and the container itself.
+        assert resolve(client.hosts_path, "web") == vip_web
+        assert resolve(client.hosts_path, "web-0") == web.ip
+        assert resolve(client.hosts_path, "client-0") == client.ip
+        assert resolve(client.hosts_path, "localhost") == "127.0.0.1"
+        assert connect(client.netns_path, resolve(client.hosts_path, "web"), 8080) == "web"
+        assert connect(client.netns_path, resolve(client.hosts_path, "web-0"), 8080) == "web"
+        # Hairpin: the backend reaches its own service VIP.
+        assert connect(web.netns_path, vip_web, 8080) == "web"
+        # The other environment's hosts file does not know env A's names.
+        with pytest.raises(LookupError):
+            resolve(outsider.hosts_path, "web")
+        # Isolation, both ways, by container address and by VIP.
+        assert not can_connect(outsider.netns_path, web.ip, 8080, timeout=0.5)
+        assert not can_connect(outsider.netns_path, vip_web, 8080, timeout=0.5)
+        assert not can_connect(client.netns_path, outsider.ip, 8080, timeout=0.5)
+        assert not can_connect(client.netns_path, vip_other, 8080, timeout=0.5)
+        # Inside env B everything still works.
+        assert connect(outsider.netns_path, vip_other, 8080) == "other"
+        # A VIP port nobody forwards is refused at once, not left to time out.
+        started = time.monotonic()
+        assert not can_connect(client.netns_path, vip_web, 9999, timeout=3)
+        assert time.monotonic() - started < 2
+        await net.check(env_a, client.container_id)
+    finally:
+        for server in servers:
+            server.close()
+    await net.delete_environment(env_a)
+    await net.delete_environment(env_b)
+    await net.delete_environment(env_b)  # idempotent
+    res = await net.resources()
+    assert (res["netns"], res["bridges"], res["veths"], res["ipam_leases"], res["subnets"]) == (0, 0, 0, 0, 0)
+
+
+async def test_client_keeps_reaching_service_across_backend_replacement(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env = unique("e")
+    await net.ensure_environment(env)
+    await net.ensure_service(env, "api", [8080])
+    old, client = await asyncio.gather(
+        net.attach(env, unique("old"), "api-0"), net.attach(env, unique("c"), "c-0")
+    )
+    await net.set_backends(env, "api", [old.ip])
+    server_old = Server(old.netns_path, "old", 8080)
+    server_new: Server | None = None
+    vip = resolve(client.hosts_path, "api")  # resolved once, as a long-lived client would
+    try:
+        with ConnectionLoop(client.netns_path, vip, 8080) as loop:
+            await loop.wait_for("old", 20)
+            new = await net.attach(env, unique("new"), "api-1")
+            server_new = Server(new.netns_path, "new", 8080)
+            await net.set_backends(env, "api", [new.ip])
+            await loop.wait_for("new", 10)
+            server_old.close()
+            await net.detach(env, old.container_id)
+            await loop.wait_for("new", 30)
+        assert loop.failures == []
+        switched = loop.answers.index("new")
+        assert set(loop.answers[switched:]) == {"new"}
+        assert len(loop.answers) >= 60
+        assert resolve(client.hosts_path, "api") == vip
+        assert resolve(client.hosts_path, "api-1") == new.ip
+        with pytest.raises(LookupError):
+            resolve(client.hosts_path, "api-0")  # detached replicas leave every hosts file
+    finally:
+        server_old.close()
+        if server_new is not None:
+            server_new.close()
+    await net.delete_environment(env)
+
+
+async def test_balancing_over_two_replicas(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env = unique("e")
+    await net.ensure_environment(env)
+    vip = await net.ensure_service(env, "api")  # no ports: every port is forwarded
+    r0, r1, client = await asyncio.gather(
+        net.attach(env, unique("r"), "api-0"),
+        net.attach(env, unique("r"), "api-1"),
+        net.attach(env, unique("c"), "c"),
+    )
+    await net.set_backends(env, "api", [r0.ip, r1.ip])
+    servers = [Server(r0.netns_path, "r0", 7000), Server(r1.netns_path, "r1", 7000)]
+    try:
+        answers = [connect(client.netns_path, vip, 7000) for _ in range(60)]
+        assert set(answers) == {"r0", "r1"}
+        assert min(answers.count("r0"), answers.count("r1")) >= 8  # p(fail) < 1e-8 with p=1/2
+    finally:
+        for server in servers:
+            server.close()
+    await net.delete_environment(env)
+
+
+async def test_published_port_answers_and_conflicts_are_named(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env, env2 = unique("p"), unique("q")
+    await net.ensure_environment(env)
+    await net.ensure_environment(env2)
+    await net.ensure_service(env, "front", [80])
+    await net.ensure_service(env2, "front", [80])
+    a = await net.attach(env, unique("fa"), "front-0")
+    await net.set_backends(env, "front", [a.ip])
+    server = Server(a.netns_path, "A", 80)
+    try:
+        endpoint = await net.publish(env, "front", 80)
+        low, high = net.settings.port_range
+        assert endpoint.host_ip == "127.0.0.1" and low <= endpoint.host_port <= high
+        assert connect(None, "127.0.0.1", endpoint.host_port) == "A"
+        assert await net.publish(env, "front", 80) == endpoint  # idempotent
+        with pytest.raises(AlreadyExists) as held:
+            await net.publish(env2, "front", 80, host_port=endpoint.host_port)
+        assert str(endpoint.host_port) in held.value.message and env in held.value.message
+        assert "front" in held.value.message
+        # Nobody else can bind the published port while we hold it.
+        with socket.socket() as probe, pytest.raises(OSError):
+            probe.bind(("127.0.0.1", endpoint.host_port))
+        # A port some other program listens on is refused with FailedPrecondition.
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            busy = other.getsockname()[1]
+            with pytest.raises(FailedPrecondition) as taken:
+                await net.publish(env2, "front", 80, host_port=busy)
+            assert str(busy) in taken.value.message
+        with pytest.raises(NotFound):
+            await net.publish(env, "nosuch", 80)
+        with pytest.raises(InvalidArgument):
+            await net.publish(env, "front", 0)
+        assert await net.endpoints(env) == (endpoint,)
+        await net.unpublish_environment(env)
+        assert await net.endpoints(env) == ()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", endpoint.host_port))  # released
+    finally:
+        server.close()
+    await net.delete_environment(env)
+    await net.delete_environment(env2)
+
+
+async def test_repointing_a_published_port_loses_no_connection(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env = unique("r")
+    await net.ensure_environment(env)
+    await net.ensure_service(env, "front", [8080])
+    a, b = await asyncio.gather(
+        net.attach(env, unique("a"), "front-0"), net.attach(env, unique("b"), "front-1")
+    )
+    await net.set_backends(env, "front", [a.ip])
+    servers = [Server(a.netns_path, "A", 8080), Server(b.netns_path, "B", 8080)]
+    try:
+        endpoint = await net.publish(env, "front", 8080)
+        with ConnectionLoop(None, "127.0.0.1", endpoint.host_port) as loop:
+            await loop.wait_for("A", 20)
+            await net.set_backends(env, "front", [b.ip])
+            await loop.wait_for("B", 20)
+            servers[0].close()
+            await loop.wait_for("B", 20)
+            await net.set_backends(env, "front", [a.ip, b.ip][1:])  # no-op rewrite keeps working
+            await loop.wait_for("B", 10)
+        assert loop.failures == []
+        switched = loop.answers.index("B")
+        assert set(loop.answers[switched:]) == {"B"}
+        assert (await net.endpoints(env))[0].host_port == endpoint.host_port
+    finally:
+        for server in servers:
+            server.close()
+    await net.delete_environment(env)
+
+
+async def test_fifty_environments_get_distinct_subnets_and_ports(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    baseline = await net.resources()
+    envs = [unique(f"f{i}") for i in range(50)]
+    infos = [await net.ensure_environment(e) for e in envs]
+    endpoints = []
+    for env in envs:
+        await net.ensure_service(env, "web", [80])
+        endpoints.append(await net.publish(env, "web", 80))
+    assert len({i.subnet for i in infos}) == 50
+    assert len({i.bridge for i in infos}) == 50
+    assert len({e.host_port for e in endpoints}) == 50
+    attached = await asyncio.gather(*(net.attach(env, unique("c"), "web-0") for env in envs[:4]))
+    for env, att in zip(envs[:4], attached, strict=True):
+        await net.set_backends(env, "web", [att.ip])
+    servers = [Server(att.netns_path, env, 80) for env, att in zip(envs[:4], attached, strict=True)]
+    try:
+        for env, endpoint in zip(envs[:4], endpoints[:4], strict=True):
+            assert connect(None, "127.0.0.1", endpoint.host_port) == env
+    finally:
+        for server in servers:
+            server.close()
+    res = await net.resources()
+    assert res["subnets"] == 50 and res["ports"] == 50 and res["bridges"] == 50
+    assert res["netns"] == 4 and res["ipam_leases"] == 4 and res["veths"] == 4
+    await asyncio.gather(*(net.delete_environment(e) for e in envs))
+    assert await net.resources() == baseline
+
+
+async def test_allocations_survive_a_restart(make_network: Factory, tmp_path: Path) -> None:
+    state_dir = tmp_path / "restart"
+    first = make_network(state_dir=state_dir, instance="r" + unique("x")[-5:])
+    await first.start()
+    env = unique("s")
+    info = await first.ensure_environment(env)
+    vip = await first.ensure_service(env, "db", [5432])
+    att = await first.attach(env, unique("db"), "db-0")
+    await first.set_backends(env, "db", [att.ip])
+    endpoint = await first.publish(env, "db", 5432)
+    await first.close()  # the daemon stops; kernel state stays
+    second = CniNetwork(state_dir, first.settings, first.names.instance)
+    await second.start()
+    try:
+        assert await second.environment(env) == info
+        assert await second.ensure_service(env, "db", [5432]) == vip
+        assert (await second.service(env, "db")).backends == (att.ip,)
+        assert await second.endpoints(env) == (endpoint,)
+        assert await second.attach(env, att.container_id, "db-0") == att  # idempotent
+        server = Server(att.netns_path, "db", 5432)
+        try:
+            assert connect(None, "127.0.0.1", endpoint.host_port) == "db"
+        finally:
+            server.close()
+        other = await second.ensure_environment(unique("t"))
+        assert other.subnet != info.subnet
+    finally:
+        await second.teardown()
+        await second.close()
+
+
+async def test_sweep_removes_orphans_after_a_crash(make_network: Factory, tmp_path: Path) -> None:
+    state_dir = tmp_path / "crash"
+    net = make_network(state_dir=state_dir)
+    await net.start()
+    keep, drop = unique("k"), unique("d")
+    await net.ensure_environment(keep)
+    await net.ensure_environment(drop)
+    kept = await net.attach(keep, unique("c"), "c-0")
+    await net.attach(drop, unique("c"), "c-0")
+    await net.ensure_service(drop, "web", [80])
+    await net.publish(drop, "web", 80)
+    # A crash in the middle of an attach leaves a namespace and a lease with no record.
+    await net.close()
+    (state_dir / "network.json").rename(state_dir / "saved.json")
+    survivor = CniNetwork(state_dir, net.settings, net.names.instance)
+    await survivor.start()
+    assert (await survivor.resources())["netns"] == 2
+    await survivor.sweep([])
+    res = await survivor.resources()
+    assert (res["netns"], res["bridges"], res["veths"], res["ipam_leases"], res["hosts_files"]) == (
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    # With the records back, a sweep keeps what is listed and removes the rest.
+    await survivor.teardown()
+    (state_dir / "saved.json").rename(state_dir / "network.json")
+    again = CniNetwork(state_dir, net.settings, net.names.instance)
+    await again.start()
+    att = await again.attach(keep, kept.container_id, "c-0")
+    assert att.ip == kept.ip
+    await again.sweep([keep])
+    res = await again.resources()
+    assert res["subnets"] == 1 and res["ports"] == 0 and res["bridges"] == 1
+    await again.teardown()
+    assert {k: v for k, v in (await again.resources()).items() if v} == {}
+
+
+async def test_check_detects_drift_and_exhaustion_is_reported(make_network: Factory) -> None:
+    net = make_network(subnet_prefix=28)
+    await net.start()
+    env = unique("x")
+    info = await net.ensure_environment(env)
+    assert info.subnet.endswith("/28") and info.vip_range.endswith("/30")
+    atts = [await net.attach(env, f"c{i}-{unique('z')}", f"c{i}") for i in range(10)]
+    assert len({a.ip for a in atts}) == 10
+    with pytest.raises(FailedPrecondition) as full:
+        await net.attach(env, unique("c"), "c10")
+    assert "exhausted" in full.value.message
+    subprocess.run(["nsenter", f"--net={atts[0].netns_path}", "ip", "link", "del", "eth0"], check=True)
+    with pytest.raises(FailedPrecondition) as drift:
+        await net.check(env, atts[0].container_id)
+    assert atts[0].container_id in drift.value.message
+    await net.detach(env, atts[0].container_id)
+    await net.detach(env, atts[0].container_id)  # idempotent
+    assert (await net.attach(env, unique("c"), "again")).ip == atts[0].ip
+    await net.delete_environment(env)
+
+
+async def test_pool_overlapping_a_host_route_is_refused(make_network: Factory, tmp_path: Path) -> None:
+    from scheduler.config import NetworkSettings
+    from scheduler.network.addresses import read_host_routes
+
+    route = next(r for r in read_host_routes() if r.network.prefixlen > 0)
+    with pytest.raises(InvalidArgument) as err:
+        CniNetwork(tmp_path / "x", NetworkSettings(pool=str(route.network.supernet(new_prefix=16))), "tovl")
+    assert "network.pool" in err.value.message and str(route.network) in err.value.message
+    assert route.device in err.value.message
+
+
+async def test_requested_subnet_overlaps_are_refused(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env, env2 = unique("a"), unique("b")
+    info = await net.ensure_environment(env)
+    with pytest.raises(AlreadyExists) as clash:
+        await net.ensure_environment(env2, subnet=info.subnet)
+    assert info.subnet in clash.value.message and env in clash.value.message
+    with pytest.raises(FailedPrecondition):
+        await net.ensure_environment(env, subnet="10.1.2.0/24")
+    with pytest.raises(InvalidArgument):
+        await net.ensure_environment(env2, subnet="not-a-subnet")
+    with pytest.raises(InvalidArgument):
+        await net.ensure_service(env, "bad_name")
+    with pytest.raises(NotFound):
+        await net.set_backends(env, "nosuch", [])
+    await net.ensure_service(env, "web", [80])
+    with pytest.raises(InvalidArgument) as outside:
+        await net.set_backends(env, "web", ["192.0.2.10"])
+    assert "192.0.2.10" in outside.value.message
+    await net.delete_environment(env)
