@@ -86,9 +86,20 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], log_path: Path,
 
 
 def start_daemon(
-    tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None, wait: bool = True
+    tmp: Path,
+    config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    reuse_config: bool = False,
 ) -> DaemonProcess:
-    """Write a config for ``tmp`` (free port, private data dir) merged with ``config`` and start it."""
+    """Write a config for ``tmp`` (free port, private data dir) merged with ``config`` and start it.
+
+    ``reuse_config`` starts again with the config an earlier call wrote there (a restart).
+    """
+    config_path = tmp / "config.yaml"
+    if reuse_config:
+        settings = yaml.safe_load(config_path.read_text())
+        return _launch(tmp, settings, config_path, env, wait)
     port = free_port()
     settings: dict[str, Any] = {
         "data_dir": str(tmp / "data"),
@@ -103,11 +114,16 @@ def start_daemon(
             settings[key] = {**settings[key], **value}
         else:
             settings[key] = value
-    config_path = tmp / "config.yaml"
     config_path.write_text(yaml.safe_dump(settings))
+    return _launch(tmp, settings, config_path, env, wait)
+
+
+def _launch(
+    tmp: Path, settings: dict[str, Any], config_path: Path, env: dict[str, str] | None, wait: bool
+) -> DaemonProcess:
     log_path = tmp / "daemon.log"
     child_env = {**os.environ, **(env or {})}
-    with log_path.open("wb") as log_file:
+    with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             [str(VENV_BIN / "scheduler"), "run", "--config", str(config_path)],
             stdout=log_file,
@@ -115,7 +131,9 @@ def start_daemon(
             cwd=ROOT,
             env=child_env,
         )
-    daemon = DaemonProcess(process, f"127.0.0.1:{port}", tmp / "data", log_path, config_path)
+    daemon = DaemonProcess(
+        process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path
+    )
     if wait:
         try:
             wait_serving(daemon.address, process, log_path)
