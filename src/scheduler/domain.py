@@ -515,6 +515,19 @@ class LogStream(enum.Enum):
 
 
 @dataclass(frozen=True)
+class LogQuery:
+    """Which log lines a client wants."""
+
+    services: tuple[str, ...] = ()
+    tail: int = 0
+    """Last lines per container and stream to send first; 0 sends every retained line."""
+    since: datetime | None = None
+    follow: bool = False
+    stream: LogStream | None = None
+    """Only this stream; None means both."""
+
+
+@dataclass(frozen=True)
 class LogLine:
     """One line of a container's output, tagged with where it came from."""
 

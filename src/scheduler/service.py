@@ -7,11 +7,11 @@ never returns them, and the log never sees them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import builtins
+import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from scheduler import errors, log
@@ -25,7 +25,7 @@ from scheduler.domain import (
     EventType,
     HistoryEntry,
     LogLine,
-    LogStream,
+    LogQuery,
     ServiceChange,
     ServiceSpec,
 )
@@ -42,17 +42,6 @@ from scheduler.validation import validate
 _log = log.get("service")
 
 REDACTED = "<redacted>"
-
-
-@dataclass(frozen=True)
-class LogQuery:
-    """Which log lines a client wants."""
-
-    services: tuple[str, ...] = ()
-    tail: int = 0
-    since: datetime | None = None
-    follow: bool = False
-    stream: LogStream | None = None
 
 
 def _now() -> datetime:

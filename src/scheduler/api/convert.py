@@ -156,7 +156,9 @@ def _resources_from_proto(res: pb.Resources) -> domain.Resources:
     )
 
 
-def _health_from_proto(check: pb.HealthCheck, field: str, violations: list[FieldViolation]) -> domain.HealthCheck:
+def _health_from_proto(
+    check: pb.HealthCheck, field: str, violations: list[FieldViolation]
+) -> domain.HealthCheck:
     defaults = domain.HealthCheck()
     timed = domain.HealthCheck(
         interval=_duration_from_proto(check.interval) if check.HasField("interval") else defaults.interval,
@@ -170,7 +172,9 @@ def _health_from_proto(check: pb.HealthCheck, field: str, violations: list[Field
     if probe == "exec":
         return replace(timed, kind=domain.HealthCheckKind.EXEC, command=tuple(check.exec.command))
     if probe == "http":
-        return replace(timed, kind=domain.HealthCheckKind.HTTP, port=check.http.port, path=check.http.path or "/")
+        return replace(
+            timed, kind=domain.HealthCheckKind.HTTP, port=check.http.port, path=check.http.path or "/"
+        )
     if probe == "tcp":
         return replace(timed, kind=domain.HealthCheckKind.TCP, port=check.tcp.port)
     violations.append(FieldViolation(field, "set one of exec, http or tcp"))

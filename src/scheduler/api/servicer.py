@@ -11,7 +11,8 @@ from scheduler import domain
 from scheduler.api import convert
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler.service import EnvironmentService, LogQuery
+from scheduler.domain import LogQuery
+from scheduler.service import EnvironmentService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -13,13 +13,9 @@ import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from scheduler.domain import ContainerStatus, LogLine, LogStream
+from scheduler.domain import ContainerStatus, LogLine, LogQuery, LogStream
 from scheduler.storage.base import StateStore
-
-if TYPE_CHECKING:
-    from scheduler.service import LogQuery
 
 POLL_SECONDS = 0.2
 _READ_CHUNK = 64 * 1024

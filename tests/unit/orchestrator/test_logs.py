@@ -3,8 +3,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from scheduler import domain
+from scheduler.domain import LogQuery
 from scheduler.orchestrator.logs import log_file, read_logs
-from scheduler.service import LogQuery
 from scheduler.storage.memory import MemoryStateStore
 
 
