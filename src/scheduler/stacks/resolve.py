@@ -22,11 +22,18 @@ from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.stack import Stack, Values
 
 
-def resolve(request: EnvironmentRequest, env_name: str, catalog: Catalog) -> EnvironmentSpec:
+def resolve(
+    request: EnvironmentRequest,
+    env_name: str,
+    catalog: Catalog,
+    previous: EnvironmentSpec | None = None,
+) -> EnvironmentSpec:
     """Resolve ``request`` for environment ``env_name`` against the stacks of ``catalog``.
 
-    Generated secrets (a database password) are fresh per call: resolve once at creation and
-    keep the resulting spec, which the store does, so that redeploys reuse them.
+    Generated values (a database password) are fresh per environment. When updating, pass the
+    environment's current spec as ``previous``: a generated parameter the request leaves unset
+    then keeps its old value, because a database volume initialised with a password only
+    accepts that one.
 
     Raises:
         InvalidArgument: listing every bad field (``spec.stack``, ``spec.parameters.<name>``,
@@ -39,7 +46,8 @@ def resolve(request: EnvironmentRequest, env_name: str, catalog: Catalog) -> Env
             [FieldViolation("spec.stack", f"unknown stack {request.stack!r} (known: {known})")]
         )
     violations: list[FieldViolation] = []
-    values, secret_names = _parameter_values(stack, request.parameters, env_name, violations)
+    kept = _previous_values(stack, previous) if previous is not None and previous.stack == stack.name else {}
+    values, secret_names = _parameter_values(stack, request.parameters, env_name, violations, kept)
     for name in request.services:
         if stack.service(name) is None:
             known = ", ".join(s.name for s in stack.services)
@@ -65,8 +73,30 @@ def resolve(request: EnvironmentRequest, env_name: str, catalog: Catalog) -> Env
     )
 
 
+def _previous_values(stack: Stack, previous: EnvironmentSpec) -> dict[str, str]:
+    """Recover generated parameters from a resolved spec: an env template that is exactly ``${p}``."""
+    found: dict[str, str] = {}
+    old = {s.name: s for s in previous.services}
+    for param in stack.parameters:
+        if param.generate is None:
+            continue
+        placeholders = (f"${{{param.name}}}", f"${param.name}")
+        for service in stack.services:
+            resolved = old.get(service.name)
+            if resolved is None:
+                continue
+            for key, template in service.env.items():
+                if template in placeholders and key in resolved.env:
+                    found.setdefault(param.name, resolved.env[key])
+    return found
+
+
 def _parameter_values(
-    stack: Stack, given: Mapping[str, str], env_name: str, violations: list[FieldViolation]
+    stack: Stack,
+    given: Mapping[str, str],
+    env_name: str,
+    violations: list[FieldViolation],
+    kept: Mapping[str, str],
 ) -> tuple[dict[str, str], set[str]]:
     for name in given:
         if stack.parameter(name) is None:
@@ -91,6 +121,8 @@ def _parameter_values(
                 continue
         elif param.default is not None:
             value = param.default
+        elif param.name in kept:
+            value = kept[param.name]
         elif param.generate is not None:
             value = param.generate()
         else:

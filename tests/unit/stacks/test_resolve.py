@@ -1,3 +1,4 @@
+import dataclasses
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -285,3 +286,29 @@ def test_stacks_refuse_duplicate_names_and_bad_parameter_names():
         Stack("s", "d", services=(), parameters=(StackParameter("p", ""), StackParameter("p", "")))
     with pytest.raises(ValueError, match="lowercase"):
         StackParameter("Bad-Name", "")
+
+
+def test_an_update_keeps_generated_passwords_unless_given(catalog):
+    first = resolve(EnvironmentRequest(stack="web-postgres"), "demo", catalog)
+    password = first.services[0].env["POSTGRES_PASSWORD"]
+    update = EnvironmentRequest(stack="web-postgres", parameters={"backend_image": "docker.io/library/x:2"})
+    second = resolve(update, "demo", catalog, previous=first)
+    assert second.services[0].env["POSTGRES_PASSWORD"] == password
+    assert second.services[1].env["PGPASSWORD"] == password
+    assert password in second.services[1].env["DATABASE_URL"]
+    assert second.services[1].image == "docker.io/library/x:2"
+    # An explicit value wins over the kept one.
+    third = resolve(
+        EnvironmentRequest(stack="web-postgres", parameters={"postgres_password": "new"}),
+        "demo",
+        catalog,
+        first,
+    )
+    assert third.services[0].env["POSTGRES_PASSWORD"] == "new"
+    # A previous spec of another stack, or without the service, gives nothing to keep.
+    other = resolve(EnvironmentRequest(stack="postgres"), "demo", catalog)
+    switched = resolve(EnvironmentRequest(stack="api-postgres"), "demo", catalog, previous=other)
+    assert switched.services[0].env["POSTGRES_PASSWORD"] != other.services[0].env["POSTGRES_PASSWORD"]
+    partial = dataclasses.replace(first, services=first.services[2:])
+    kept = resolve(EnvironmentRequest(stack="web-postgres"), "demo", catalog, previous=partial)
+    assert kept.services[0].env["POSTGRES_PASSWORD"] != password
