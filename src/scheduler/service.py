@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from scheduler import errors, log
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    ChangeAction,
     ContainerSample,
     Environment,
     EnvironmentRequest,
@@ -32,6 +33,7 @@ from scheduler.domain import (
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
+from scheduler.orchestrator.plan import plan
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
@@ -42,6 +44,8 @@ from scheduler.validation import validate
 _log = log.get("service")
 
 REDACTED = "<redacted>"
+DEFAULT_DRAIN = timedelta(seconds=2)
+"""How long replaced containers keep serving connections already routed to them."""
 
 
 def _now() -> datetime:
@@ -154,8 +158,50 @@ class EnvironmentService:
         drain: timedelta | None = None,
         actor: str = "",
     ) -> tuple[Environment, builtins.list[ServiceChange]]:
-        """Roll out a new specification; not built yet."""
-        raise errors.Unimplemented("UpdateEnvironment is not implemented yet")
+        """Resolve a new spec and roll it out in the background (or, with ``dry_run``, only plan it)."""
+        _check_name(name)
+        env = await self._store.get(name)
+        if request.stack != env.spec.stack:
+            raise errors.InvalidArgument.of(
+                [
+                    errors.FieldViolation(
+                        "spec.stack", f"cannot change from {env.spec.stack!r} to {request.stack!r}"
+                    )
+                ]
+            )
+        if env.status in (EnvironmentStatus.DELETING, EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
+            raise errors.FailedPrecondition(
+                f"environment {name!r} is {env.status.value.lower()}; update it once that is over", env=name
+            )
+        if drain is not None and drain < timedelta(0):
+            raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])
+        spec = resolve(request, name, self._catalog, previous=env.spec)
+        validate(name, spec, self._limits)
+        changes = plan(env.spec, spec)
+        if dry_run:
+            return self._redact(env), changes
+        if all(change.action is ChangeAction.KEEP for change in changes) and spec == env.spec:
+            return self._redact(env), changes
+        updated = replace(env, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
+        await self._store.put(updated)
+        summary = "; ".join(
+            f"{c.service}: {c.action.value.lower()}" for c in changes if c.action is not ChangeAction.KEEP
+        )
+        await self._store.append_history(
+            HistoryEntry(
+                env=name,
+                generation=updated.generation,
+                at=_now(),
+                actor=actor,
+                action="update",
+                detail=summary,
+            )
+        )
+        self._events.publish(
+            Event(EventType.ENVIRONMENT_UPDATED, name, _now(), message=summary, generation=updated.generation)
+        )
+        self._orchestrator.submit_update(name, env, changes, drain or DEFAULT_DRAIN)
+        return self._redact(updated), changes
 
     async def history(self, name: str) -> builtins.list[HistoryEntry]:
         """Return the audit trail of an environment (kept after its deletion)."""

@@ -58,9 +58,7 @@ async def _tcp(ip: str, port: int) -> ProbeResult:
 async def _http(ip: str, port: int, path: str) -> ProbeResult:
     reader, writer = await asyncio.open_connection(ip, port)
     try:
-        writer.write(
-            f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: scheduler-health\r\n\r\n".encode()
-        )
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: scheduler-health\r\n\r\n".encode())
         await writer.drain()
         status_line = (await reader.readline()).decode(errors="replace").strip()
         body = (await reader.read(4096)).decode(errors="replace")

@@ -226,9 +226,7 @@ class Orchestrator:
                 last_transition=now(),
             )
             env = replace(env, conditions=_with_condition(env.conditions, condition))
-            await self._set_status(
-                env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, failure.message
-            )
+            await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, failure.message)
             return
         except errors.SchedulerError as err:
             _log.warning("deploy.failed", env=name, reason=err.message)
@@ -246,9 +244,7 @@ class Orchestrator:
         condition = Condition(
             type="Ready", status=True, reason="Deployed", message="every service is up", last_transition=now()
         )
-        env = replace(
-            env, conditions=_with_condition(env.conditions, condition), observed_generation=env.generation
-        )
+        env = replace(env, conditions=_with_condition(env.conditions, condition), observed_generation=env.generation)
         await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
         _log.info("deploy.done", env=name, seconds=round(time.monotonic() - started, 3))
 
@@ -319,9 +315,7 @@ class Orchestrator:
     ) -> None:
         for dep in service.depends_on:
             try:
-                await asyncio.wait_for(
-                    milestones[dep.service].of(dep.condition).wait(), dep.deadline.total_seconds()
-                )
+                await asyncio.wait_for(milestones[dep.service].of(dep.condition).wait(), dep.deadline.total_seconds())
             except TimeoutError:
                 raise DeployFailure(
                     service.name,
@@ -336,9 +330,7 @@ class Orchestrator:
         mine.started.set()
         ids_ips = list(replicas)
         if service.health.kind is not HealthCheckKind.NONE:
-            await asyncio.gather(
-                *(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips)
-            )
+            await asyncio.gather(*(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips))
         await self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips])
         mine.healthy.set()
         if any(
@@ -371,9 +363,7 @@ class Orchestrator:
             for volume in service.volumes:
                 source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
                 mounts.append(
-                    domain.Mount(
-                        volume.path, str(source), options=("rbind", "ro" if volume.read_only else "rw")
-                    )
+                    domain.Mount(volume.path, str(source), options=("rbind", "ro" if volume.read_only else "rw"))
                 )
             log_dir = self._settings.logs_dir / env.name / cid
             config = domain.ContainerConfig(
@@ -412,9 +402,7 @@ class Orchestrator:
                     message=err.message,
                 ),
             )
-            raise DeployFailure(
-                service.name, "StartFailed", f"service {service.name}: {err.message}"
-            ) from err
+            raise DeployFailure(service.name, "StartFailed", f"service {service.name}: {err.message}") from err
         started = time.monotonic()
         health_state = Health.NONE if service.health.kind is HealthCheckKind.NONE else Health.STARTING
         await self._record(
@@ -452,26 +440,183 @@ class Orchestrator:
                 service.name, "HealthCheckFailed", f"service {service.name} is unhealthy: {unhealthy.detail}"
             ) from None
         await self._update_container(name, cid, health=Health.HEALTHY, message=result.detail)
-        self._events.publish(
-            Event(EventType.CONTAINER_HEALTHY, name, now(), service=service.name, container_id=cid)
-        )
+        self._events.publish(Event(EventType.CONTAINER_HEALTHY, name, now(), service=service.name, container_id=cid))
 
-    # --- delete -------------------------------------------------------------------------------------
+    # --- update -------------------------------------------------------------------------------------
 
-    async def _delete(self, name: str, keep_volumes: bool) -> None:
+    def submit_update(
+        self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
+    ) -> None:
+        """Roll out the stored (new) spec of ``name`` in the background; ``previous`` is the rollback target."""
+        self._submit(name, lambda: self._update(name, previous, changes, drain))
+
+    async def _update(
+        self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
+    ) -> None:
         try:
             env = await self._store.get(name)
         except errors.NotFound:
-            env = None
+            return
+        if previous.status is EnvironmentStatus.FAILED:
+            # Nothing reliable to keep serving: start over with the new spec.
+            await self._remove_containers(name, previous)
+            await self._deploy(name)
+            return
+        actions = {c.service: c.action for c in changes}
+        done: list[ServiceSpec] = []
+        old_services = {s.name: s for s in previous.spec.services}
+        try:
+            for wave in topological_order(env.spec.services):
+                for service_name in wave:
+                    service = next(s for s in env.spec.services if s.name == service_name)
+                    action = actions.get(service_name, domain.ChangeAction.KEEP)
+                    if action is domain.ChangeAction.KEEP:
+                        continue
+                    await self._roll_service(env, service, old_services.get(service_name), action, drain)
+                    done.append(service)
+            for change in changes:
+                if change.action is domain.ChangeAction.REMOVE:
+                    await self._retire_service(env, old_services[change.service], drain)
+        except DeployFailure as failure:
+            _log.warning("update.failed", env=name, service=failure.service, reason=failure.message)
+            await self._roll_back(name, previous, env, failure, done, drain)
+            return
+        env = await self._refresh(name)
+        env = replace(
+            env,
+            observed_generation=env.generation,
+            endpoints=await self._network.endpoints(name),
+            conditions=_with_condition(
+                env.conditions,
+                Condition("Ready", True, "Updated", f"generation {env.generation} rolled out", last_transition=now()),
+            ),
+        )
+        await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
+        _log.info("update.done", env=name, generation=env.generation)
+
+    async def _roll_service(
+        self,
+        env: Environment,
+        service: ServiceSpec,
+        old: ServiceSpec | None,
+        action: domain.ChangeAction,
+        drain: timedelta,
+    ) -> None:
+        """Bring ``service`` to its new spec with no gap in service (stateful ones stop first)."""
+        image = (await self._pull_images([service]))[service.image]
+        current = await self._containers_of(env.name, service.name)
+        if action is domain.ChangeAction.ADD:
+            await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
+        if service.stateful and current:
+            # One writer per volume: the old container stops before its replacement starts.
+            for replica in current:
+                await self._remove_container(env.name, replica.container_id, (old or service).stop_grace)
+            current = []
+        keep = [c for c in current if c.replica < service.replicas] if action is domain.ChangeAction.SCALE else []
+        retire = [c for c in current if c not in keep]
+        indices = [i for i in range(service.replicas) if i not in {c.replica for c in keep}]
+        started = await asyncio.gather(*(self._start_replica(env, service, image, i) for i in indices))
+        if service.health.kind is not HealthCheckKind.NONE:
+            try:
+                await asyncio.gather(*(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in started))
+            except DeployFailure:
+                for cid, _, _ in started:
+                    await self._remove_container(env.name, cid, timedelta(seconds=1))
+                raise
+        # The switch: the VIP and published ports move to the new set in one rule swap.
+        await self._network.set_backends(env.name, service.name, [c.ip for c in keep] + [ip for _, ip, _ in started])
+        for port in service.ports:
+            if port.publish and action is domain.ChangeAction.ADD:
+                await self._network.publish(
+                    env.name,
+                    service.name,
+                    port.container_port,
+                    host_port=port.host_port,
+                    host_ip=port.host_ip or env.spec.network.host_ip or self._settings.host_ip,
+                )
+        if retire:
+            await asyncio.sleep(drain.total_seconds())
+            await asyncio.gather(
+                *(self._remove_container(env.name, c.container_id, service.stop_grace) for c in retire)
+            )
+        await self._forget_retired(env.name, {c.container_id for c in retire}, {cid for cid, _, _ in started})
+
+    async def _retire_service(self, env: Environment, service: ServiceSpec, drain: timedelta) -> None:
+        current = await self._containers_of(env.name, service.name)
+        await self._network.set_backends(env.name, service.name, [])
+        await asyncio.sleep(drain.total_seconds())
+        for replica in current:
+            await self._remove_container(env.name, replica.container_id, service.stop_grace)
+        await self._forget_retired(env.name, {c.container_id for c in current}, set())
+
+    async def _roll_back(
+        self,
+        name: str,
+        previous: Environment,
+        attempted: Environment,
+        failure: DeployFailure,
+        done: list[ServiceSpec],
+        drain: timedelta,
+    ) -> None:
+        """Put the services already moved back on their previous spec; the failed one never switched."""
+        old_services = {s.name: s for s in previous.spec.services}
+        rollback_error = ""
+        for service in reversed(done):
+            old = old_services.get(service.name)
+            try:
+                if old is None:
+                    await self._retire_service(attempted, service, drain)
+                else:
+                    await self._roll_service(previous, old, service, domain.ChangeAction.REPLACE, drain)
+            except DeployFailure as err:
+                rollback_error = f"; rolling back {service.name} failed too: {err.message}"
+        env = await self._refresh(name)
+        rolled = replace(
+            env,
+            spec=previous.spec,
+            request=previous.request,
+            generation=env.generation + 1,
+            observed_generation=env.generation + 1,
+            conditions=_with_condition(
+                env.conditions,
+                Condition(
+                    "RolledBack",
+                    True,
+                    failure.reason,
+                    f"generation {attempted.generation} rolled back: {failure.message}{rollback_error}",
+                    service=failure.service,
+                    last_transition=now(),
+                ),
+            ),
+        )
+        await self._store.append_history(
+            HistoryEntry(name, rolled.generation, now(), "scheduler", "rollback", failure.message)
+        )
+        status = EnvironmentStatus.DEGRADED if rollback_error else EnvironmentStatus.RUNNING
+        await self._set_status(rolled, status, EventType.ENVIRONMENT_ROLLED_BACK, failure.message)
+
+    async def _containers_of(self, name: str, service: str) -> list[ContainerStatus]:
+        env = await self._store.get(name)
+        return [c for c in env.containers if c.service == service]
+
+    async def _forget_retired(self, name: str, retired: set[str], started: set[str]) -> None:
+        """Drop statuses of removed containers (a started one may have taken their replica slot)."""
+        async with self._status_lock.setdefault(name, asyncio.Lock()):
+            env = await self._store.get(name)
+            kept = tuple(c for c in env.containers if c.container_id not in retired or c.container_id in started)
+            await self._store.put(replace(env, containers=kept, updated_at=now()))
+
+    async def _remove_containers(self, name: str, env: Environment) -> None:
+        """Stop and remove every container of ``name`` in reverse dependency order."""
         found = await self._runtime.list({labels.ENV: name})
         by_service: dict[str, list[str]] = {}
         for info in found:
             by_service.setdefault(info.labels.get(labels.SERVICE, ""), []).append(info.id)
-        grace = {s.name: s.stop_grace for s in env.spec.services} if env else {}
-        order = [wave for wave in topological_order(env.spec.services)] if env else []
-        ordered_services = [svc for wave in reversed(order) for svc in wave]
-        leftovers = [svc for svc in by_service if svc not in ordered_services]
-        for wave in [*([s] for s in leftovers), *(list(w) for w in reversed(order))]:
+        grace = {s.name: s.stop_grace for s in env.spec.services}
+        order = topological_order(env.spec.services)
+        ordered = [svc for wave in order for svc in wave]
+        leftovers = [[svc] for svc in by_service if svc not in ordered]
+        for wave in [*leftovers, *reversed(order)]:
             await asyncio.gather(
                 *(
                     self._remove_container(name, cid, grace.get(svc, timedelta(seconds=10)))
@@ -479,6 +624,16 @@ class Orchestrator:
                     for cid in by_service.get(svc, [])
                 )
             )
+
+    # --- delete -------------------------------------------------------------------------------------
+
+    async def _delete(self, name: str, keep_volumes: bool) -> None:
+        try:
+            env: Environment | None = await self._store.get(name)
+        except errors.NotFound:
+            env = None
+        placeholder = Environment(name=name, uid="", spec=domain.EnvironmentSpec(stack="", services=()))
+        await self._remove_containers(name, env or placeholder)
         await self._network.delete_environment(name)
         await asyncio.to_thread(remove_logs, self._settings.logs_dir, name)
         if not keep_volumes:
@@ -494,9 +649,7 @@ class Orchestrator:
                 detail="volumes kept" if keep_volumes else "",
             )
         )
-        self._events.publish(
-            Event(EventType.ENVIRONMENT_DELETED, name, now(), generation=env.generation if env else 0)
-        )
+        self._events.publish(Event(EventType.ENVIRONMENT_DELETED, name, now(), generation=env.generation if env else 0))
         self._locks.pop(name, None)
         _log.info("delete.done", env=name)
 
@@ -533,9 +686,7 @@ class Orchestrator:
         """Store one replica's status, replacing the previous status of that service replica."""
         async with self._status_lock.setdefault(name, asyncio.Lock()):
             env = await self._store.get(name)
-            others = [
-                c for c in env.containers if not (c.service == status.service and c.replica == status.replica)
-            ]
+            others = [c for c in env.containers if not (c.service == status.service and c.replica == status.replica)]
             containers = sorted([*others, status], key=lambda c: (c.service, c.replica))
             await self._store.put(replace(env, containers=tuple(containers), updated_at=now()))
 
