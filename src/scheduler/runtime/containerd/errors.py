@@ -66,6 +66,9 @@ def from_grpc(err: grpc.RpcError, what: str = "", **details: str) -> SchedulerEr
     """
     code = status_code(err)
     cls = _CODE_TO_ERROR.get(code, Internal)
+    if code == grpc.StatusCode.UNKNOWN and "context deadline exceeded" in status_details(err):
+        # A deadline that expired inside containerd (e.g. towards a shim) comes back as UNKNOWN.
+        cls = DeadlineExceeded
     prefix = f"containerd {what}: " if what else "containerd: "
     return cls(f"{prefix}{status_details(err)} ({code.name})", **details)
 

@@ -126,9 +126,7 @@ class TaskManager:
         mounts = await self._containers.mounts(record)
         stdout, stderr = await asyncio.to_thread(_prepare_logs, record.labels.get(L.LOG_DIR, ""))
         await self._client.tasks.create(
-            tasks_pb.CreateTaskRequest(
-                container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr
-            ),
+            tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
             what=container_id,
         )
         try:
@@ -155,16 +153,22 @@ class TaskManager:
             NotFound: the container has no task (or no such exec).
             DeadlineExceeded: it did not exit within ``timeout`` seconds.
         """
+        # The bound is kept on our side: a gRPC deadline would reach the shim, whose expiry
+        # containerd reports as UNKNOWN rather than DEADLINE_EXCEEDED.
         try:
-            reply = await self._client.tasks.wait(
-                tasks_pb.WaitRequest(container_id=container_id, exec_id=exec_id),
-                timeout=WAIT_FOREVER if timeout is None else timeout,
-                what=container_id,
-            )
-        except NotFound as err:
-            raise NotFound(
-                f"container {container_id} has no task to wait for", container_id=container_id
+            async with asyncio.timeout(timeout):
+                reply = await self._client.tasks.wait(
+                    tasks_pb.WaitRequest(container_id=container_id, exec_id=exec_id),
+                    timeout=WAIT_FOREVER,
+                    what=container_id,
+                )
+        except TimeoutError as err:
+            raise DeadlineExceeded(
+                f"{exec_id or 'task'} of container {container_id} did not exit within {timeout:g}s",
+                container_id=container_id,
             ) from err
+        except NotFound as err:
+            raise NotFound(f"container {container_id} has no task to wait for", container_id=container_id) from err
         oom = False
         if not exec_id and reply.exit_status == 128 + signals.SIGKILL:
             oom = await self._oom_killed(container_id)
@@ -178,9 +182,7 @@ class TaskManager:
             return False
         return any(oom_kills(m) > 0 for m in reply.metrics if m.id == container_id)
 
-    async def kill(
-        self, container_id: str, signal: str | int = "SIGTERM", *, all_processes: bool = False
-    ) -> bool:
+    async def kill(self, container_id: str, signal: str | int = "SIGTERM", *, all_processes: bool = False) -> bool:
         """Send a signal; False when the process had already finished.
 
         Raises:
@@ -198,9 +200,7 @@ class TaskManager:
             return False
         return True
 
-    async def stop(
-        self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM"
-    ) -> domain.ExitStatus:
+    async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
         Raises:
@@ -229,15 +229,18 @@ class TaskManager:
             record = await self._containers.get(container_id)
         except NotFound:
             record = None
-        task = await self.get(container_id)
-        if task is not None:
-            if record is None:
+        if record is not None:
+            orphan = False
+            has_task = await self.get(container_id) is not None
+        else:
+            # Tasks.Get needs the record; only the task list shows an orphan.
+            orphan = has_task = container_id in await self.all()
+        if has_task:
+            if orphan:
                 await self._containers.create_stub(container_id)
             await self._force_delete_task(container_id)
         await self._containers.delete(container_id)
-        await self._containers.remove_snapshot(
-            record.snapshot_key if record and record.snapshot_key else container_id
-        )
+        await self._containers.remove_snapshot(record.snapshot_key if record and record.snapshot_key else container_id)
 
     async def _force_delete_task(self, container_id: str) -> None:
         task = await self.get(container_id)
@@ -288,9 +291,7 @@ class TaskManager:
             raise InvalidArgument("exec timeout must be positive", field="timeout")
         process = oci.exec_process(await self._containers.spec(container_id), argv)
         if await self.pid(container_id) is None:
-            raise NotFound(
-                f"container {container_id} has no running task to exec in", container_id=container_id
-            )
+            raise NotFound(f"container {container_id} has no running task to exec in", container_id=container_id)
         exec_id = f"exec-{uuid.uuid4().hex[:12]}"
         directory = os.path.join(self._exec_dir, f"{container_id}-{exec_id}")
         output = await asyncio.to_thread(_prepare_exec_output, directory)
@@ -343,12 +344,25 @@ class TaskManager:
         return domain.ExecResult(exit_code=status.code, output=text)
 
     async def _delete_exec(self, container_id: str, exec_id: str) -> None:
-        try:
-            await self._client.tasks.delete_process(
-                tasks_pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id), what=exec_id
-            )
-        except NotFound:
-            pass
+        # After a failed start the shim may still count the process as running for a moment.
+        request = tasks_pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
+        for attempt in range(6):
+            try:
+                await self._client.tasks.delete_process(request, what=exec_id)
+                return
+            except NotFound:
+                return
+            except Internal:
+                if attempt == 5:
+                    raise
+            try:
+                await self._client.tasks.kill(
+                    tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
+                )
+                await self.wait(container_id, exec_id, timeout=1.0)
+            except (NotFound, DeadlineExceeded, Internal):
+                pass
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _prepare_logs(log_dir: str) -> tuple[str, str]:
