@@ -30,9 +30,7 @@ def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def test_anonymous_registry_serves_pushed_manifest(
-    registry: Registry, image_archives: dict[str, Path]
-) -> None:
+def test_anonymous_registry_serves_pushed_manifest(registry: Registry, image_archives: dict[str, Path]) -> None:
     ref = registry.push(image_archives[TOOLBOX], "schedulerdemo/toolbox:1.0")
     assert ref == f"{registry.host}/schedulerdemo/toolbox:1.0"
     status, headers, body = _get(
@@ -56,9 +54,7 @@ def test_htpasswd_registry_refuses_anonymous_and_wrong_password(
     assert _get(url, accept | _basic("alice", auth_registry.password))[0] == 200
 
 
-def test_token_registry_issues_scoped_tokens(
-    token_registry: Registry, image_archives: dict[str, Path]
-) -> None:
+def test_token_registry_issues_scoped_tokens(token_registry: Registry, image_archives: dict[str, Path]) -> None:
     token_registry.push(image_archives[TOOLBOX], "schedulerdemo/toolbox:1.0")
     issuer = token_registry.token_issuer
     assert issuer is not None
