@@ -17,6 +17,7 @@ import tarfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -55,11 +56,7 @@ def unavailable(reason: str) -> None:
 # A one-layer busybox image, built with the standard library
 # ---------------------------------------------------------------------------------------------
 
-PASSWD = (
-    "root:x:0:0:root:/root:/bin/sh\n"
-    "app:x:1000:1000:app:/home/app:/bin/sh\n"
-    "nobody:x:65534:65534::/:/bin/false\n"
-)
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
 GROUP = "root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n"
 
 
@@ -155,9 +152,7 @@ async def _write_blob(client: ContainerdClient, blob: Blob, lease: str, labels: 
     call = client.content.write(lease=lease, timeout=60)
     try:
         with translated(f"Content.Write {blob.digest}"):
-            await call.write(
-                content_pb.WriteContentRequest(action=content_pb.STAT, ref=ref, total=len(blob.data))
-            )
+            await call.write(content_pb.WriteContentRequest(action=content_pb.STAT, ref=ref, total=len(blob.data)))
             reply = await call.read()
             offset = reply.offset
             chunk = 1 << 20
@@ -202,9 +197,7 @@ async def import_busybox(client: ContainerdClient, snapshotter: str = "overlayfs
             },
         )
         try:
-            await client.snapshots.stat(
-                snapshots_pb.StatSnapshotRequest(snapshotter=snapshotter, key=chain_id)
-            )
+            await client.snapshots.stat(snapshots_pb.StatSnapshotRequest(snapshotter=snapshotter, key=chain_id))
         except NotFound:
             key = f"extract-{uuid.uuid4().hex} {chain_id}"
             prepared = await client.snapshots.prepare(
@@ -240,6 +233,35 @@ async def import_busybox(client: ContainerdClient, snapshotter: str = "overlayfs
         chain_id=chain_id,
         size=len(layer.data),
     )
+
+
+def write_busybox_archive(path: Path, ref: str = BUSYBOX_REF) -> Path:
+    """The busybox image as an OCI layout tarball (index.json names it with containerd's annotation)."""
+    layer, config, manifest = busybox_blobs()
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": manifest.media_type,
+                "digest": manifest.digest,
+                "size": len(manifest.data),
+                "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": "latest"},
+            }
+        ],
+    }
+    files = {
+        "oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode(),
+        "index.json": json.dumps(index).encode(),
+        **{f"blobs/sha256/{b.digest.removeprefix('sha256:')}": b.data for b in (layer, config, manifest)},
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 async def purge_namespace(client: ContainerdClient, runtime: ContainerdRuntime) -> None:
@@ -321,9 +343,14 @@ async def containerd_runtime(
 
 
 @pytest.fixture(scope="session")
-async def busybox_image(containerd_runtime: ContainerdRuntime) -> domain.Image:
-    """A busybox image imported into the session namespace without any registry."""
-    return await import_busybox(containerd_runtime.client, containerd_runtime.snapshotter)
+async def busybox_image(
+    containerd_runtime: ContainerdRuntime, tmp_path_factory: pytest.TempPathFactory
+) -> domain.Image:
+    """A busybox image imported into the session namespace from an OCI tarball, without any registry."""
+    archive = write_busybox_archive(tmp_path_factory.mktemp("busybox") / "busybox.tar")
+    images = await containerd_runtime.import_archive(archive)
+    assert [i.name for i in images] == [BUSYBOX_REF]
+    return images[0]
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ Containers (``containers.py``), tasks (``tasks.py``), events (``events.py``) and
 from __future__ import annotations
 
 import builtins
-import importlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scheduler import domain
+from scheduler.config import ImageSettings
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
@@ -26,6 +26,7 @@ from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, c
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import container_info
 from scheduler.runtime.containerd.events import TaskEventStream
+from scheduler.runtime.containerd.images import ImageService
 from scheduler.runtime.containerd.metrics import decode
 from scheduler.runtime.containerd.tasks import TaskManager
 
@@ -40,7 +41,7 @@ class ContainerdRuntime:
         state_dir: Path,
         snapshotter: str = "overlayfs",
         runtime_name: str = "io.containerd.runc.v2",
-        images: Any = None,
+        images: ImageSettings | None = None,
     ) -> None:
         self.client = client
         self.state_dir = Path(state_dir)
@@ -53,7 +54,7 @@ class ContainerdRuntime:
         )
         self.tasks = TaskManager(client, self.containers, work_dir=str(self.state_dir))
         self._image_settings = images
-        self._images: Any = None
+        self._images: ImageService | None = None
 
     @classmethod
     async def connect(
@@ -64,7 +65,7 @@ class ContainerdRuntime:
         state_dir: Path,
         snapshotter: str = "overlayfs",
         runtime_name: str = "io.containerd.runc.v2",
-        images: Any = None,
+        images: ImageSettings | None = None,
         call_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> ContainerdRuntime:
@@ -89,26 +90,21 @@ class ContainerdRuntime:
 
     # --- images ----------------------------------------------------------------------------
 
-    def image_service(self) -> Any:
-        """The image engineer's ``ImageService`` over our client, built on first use."""
+    def image_service(self) -> ImageService:
+        """The ``ImageService`` over our client (pull, import, unpack), built on first use."""
         if self._images is None:
-            module = importlib.import_module("scheduler.runtime.containerd.images")
-            self._images = module.ImageService(
-                self.client, snapshotter=self.snapshotter, settings=self._image_settings
-            )
+            self._images = ImageService(self.client, self._image_settings, self.snapshotter)
         return self._images
 
     async def ensure_image(
         self, ref: str, policy: domain.PullPolicy, progress: ProgressCallback | None = None
     ) -> domain.Image:
         """Make ``ref`` available and unpacked according to ``policy``."""
-        image: domain.Image = await self.image_service().ensure_image(ref, policy, progress)
-        return image
+        return await self.image_service().ensure_image(ref, policy, progress)
 
     async def import_archive(self, path: Path) -> builtins.list[domain.Image]:
         """Import an OCI or docker-archive tarball; return its images, unpacked."""
-        imported: builtins.list[domain.Image] = await self.image_service().import_archive(Path(path))
-        return imported
+        return await self.image_service().import_archive(Path(path))
 
     # --- containers and tasks --------------------------------------------------------------
 
@@ -163,9 +159,7 @@ class ContainerdRuntime:
             return []
         for cid in container_ids:
             check_name(cid, "container.id")
-        reply = await self.client.tasks.metrics(
-            tasks_pb.MetricsRequest(filters=[f"id=={c}" for c in container_ids])
-        )
+        reply = await self.client.tasks.metrics(tasks_pb.MetricsRequest(filters=[f"id=={c}" for c in container_ids]))
         wanted = set(container_ids)
         out = []
         for metric in reply.metrics:
@@ -185,9 +179,7 @@ class ContainerdRuntime:
         leases = await self.client.leases.list(leases_pb.ListRequest())
         snapshots = 0
         active = 0
-        async for page in self.client.snapshots.list(
-            snapshots_pb.ListSnapshotsRequest(snapshotter=self.snapshotter)
-        ):
+        async for page in self.client.snapshots.list(snapshots_pb.ListSnapshotsRequest(snapshotter=self.snapshotter)):
             for info in page.info:
                 snapshots += 1
                 active += info.kind == snapshots_pb.ACTIVE
