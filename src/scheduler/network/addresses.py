@@ -77,9 +77,7 @@ def conflicting_routes(
 ) -> list[HostRoute]:
     """Routes other than the default route that overlap ``net``, except those on ``ignore_devices``."""
     ignored = set(ignore_devices)
-    return [
-        r for r in routes if r.network.prefixlen > 0 and r.device not in ignored and r.network.overlaps(net)
-    ]
+    return [r for r in routes if r.network.prefixlen > 0 and r.device not in ignored and r.network.overlaps(net)]
 
 
 def check_pool_against_routes(pool: IPv4Net, routes: Iterable[HostRoute], own_prefix: str) -> None:

@@ -93,9 +93,7 @@ class NetworkManager(Protocol):
     async def ensure_service(self, env: str, service: str, ports: Sequence[int | ServicePort] = ()) -> str:
         """Give a service its stable VIP (returned) and forward ``ports`` on it (all if empty)."""
 
-    async def attach(
-        self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()
-    ) -> Attachment:
+    async def attach(self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()) -> Attachment:
         """Create the container's netns, run CNI ADD, write its hosts and resolv.conf files."""
 
     async def check(self, env: str, container_id: str) -> None:

@@ -116,7 +116,8 @@ class CniNetwork:
         self._ports = PortHolder()
         self._lock = asyncio.Lock()
         self._state = NetworkState()
-        self._chains: dict[str, set[str]] = {}
+        self._applied: iptables.Ruleset = {}
+        """Our chains as last written to the kernel; syncs only send what differs."""
         self._pending: set[str] = set()
         self._started = False
 
@@ -127,9 +128,7 @@ class CniNetwork:
         async with self._lock:
             for directory in (self._netns_dir, self._ipam_dir, self._etc_dir):
                 directory.mkdir(parents=True, exist_ok=True)
-            check_pool_against_routes(
-                self._pool, read_host_routes(self._routes_file), self.names.iface_prefix
-            )
+            check_pool_against_routes(self._pool, read_host_routes(self._routes_file), self.names.iface_prefix)
             self._state = await asyncio.to_thread(self._file.load)
             links.set_sysctl(("ipv4", "ip_forward"), "1")
             if links.get_sysctl(("bridge", "bridge-nf-call-iptables")) == "0":
@@ -144,8 +143,7 @@ class CniNetwork:
                         rec.env,
                         rec.service,
                     )
-            self._chains = (await self._ipt.save()).chains
-            await self._sync()
+            await self._resync()
             await self._ipt.ensure_jumps()
             self._started = True
 
@@ -160,7 +158,7 @@ class CniNetwork:
             saved = await self._ipt.save()
             await self._ipt.remove_jumps(saved.jumps)
             await self._ipt.restore(iptables.removal_script(saved.chains))
-            self._chains = {}
+            self._applied = {}
             self._started = False
         self._ports.close()
 
@@ -207,9 +205,7 @@ class CniNetwork:
                 )
             for other, other_rec in self._state.envs.items():
                 if other_rec.bridge == bridge:
-                    raise AlreadyExists(
-                        f"environment {env!r} hashes to bridge {bridge} of environment {other!r}"
-                    )
+                    raise AlreadyExists(f"environment {env!r} hashes to bridge {bridge} of environment {other!r}")
             await links.ensure_bridge(bridge)
             rec = EnvRecord(subnet=str(net), bridge=bridge)
             self._state.envs[env] = rec
@@ -223,20 +219,33 @@ class CniNetwork:
 
     async def delete_environment(self, env: str) -> None:
         """Remove the environment's containers, services, ports, rules, leases and bridge; idempotent."""
-        check_env(env)
-        rec = self._state.envs.get(env)
-        if rec is not None:
-            results = await asyncio.gather(
-                *(self.detach(env, cid) for cid in list(rec.containers)), return_exceptions=True
-            )
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
-        bridge = self.names.bridge(env)
+        await self._delete_environments([check_env(env)])
+
+    async def _delete_environments(self, envs: Collection[str]) -> None:
+        # Records go first, in one rule sync: nothing routes to the environments any more, and a
+        # crash from here on leaves only orphans that sweep() recognises.
+        wanted = set(envs)
         async with self._lock:
-            self._release_ports(lambda p: p.env == env)
-            if self._state.envs.pop(env, None) is not None:
+            gone = {e: self._state.envs.pop(e) for e in envs if e in self._state.envs}
+            if self._release_ports(lambda p: p.env in wanted) or gone:
                 await self._commit()
+        results = await asyncio.gather(
+            *(self._forget_container(rec, cid, cont) for rec in gone.values() for cid, cont in rec.containers.items()),
+            return_exceptions=True,
+        )
+        results += await asyncio.gather(
+            *(self._remove_env_leftovers(self.names.bridge(e)) for e in envs), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _forget_container(self, rec: EnvRecord, container_id: str, cont: ContainerRecord) -> None:
+        path = self._netns_dir / container_id
+        await self._cni_del(self._cni_config(rec), container_id, path, cont.result)
+        await netns.remove(path)
+
+    async def _remove_env_leftovers(self, bridge: str) -> None:
         await links.delete_link(bridge)
         await asyncio.to_thread(shutil.rmtree, self._ipam_dir / bridge, True)
         await asyncio.to_thread(shutil.rmtree, self._etc_dir / bridge, True)
@@ -305,9 +314,7 @@ class CniNetwork:
 
     # --- containers -----------------------------------------------------------------------
 
-    async def attach(
-        self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()
-    ) -> Attachment:
+    async def attach(self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()) -> Attachment:
         """Create the container's netns, join it to the environment's bridge, write its files.
 
         Idempotent: attaching an attached container returns its attachment. ``hostname`` and
@@ -324,9 +331,7 @@ class CniNetwork:
             if existing is not None:
                 return self._attachment(env, rec, container_id, existing)
             if container_id in self._pending:
-                raise AlreadyExists(
-                    f"container {container_id!r} is being attached already", container_id=container_id
-                )
+                raise AlreadyExists(f"container {container_id!r} is being attached already", container_id=container_id)
             self._pending.add(container_id)
             config = self._cni_config(rec)
         path = self._netns_dir / container_id
@@ -349,9 +354,7 @@ class CniNetwork:
             if current is not rec:
                 await self._cni_del(config, container_id, path, raw)
                 await netns.remove(path)
-                raise NotFound(
-                    f"environment {env!r} was deleted while container {container_id!r} attached", env=env
-                )
+                raise NotFound(f"environment {env!r} was deleted while container {container_id!r} attached", env=env)
             record = ContainerRecord(
                 hostname=hostname, ip=result.ip, netns=str(path), aliases=list(aliases), result=raw
             )
@@ -498,9 +501,7 @@ class CniNetwork:
             "subnets": len(self._state.envs),
             "services": sum(len(e.services) for e in self._state.envs.values()),
             "containers": sum(len(e.containers) for e in self._state.envs.values()),
-            "hosts_files": sum(1 for p in self._etc_dir.rglob("*") if p.is_file())
-            if self._etc_dir.exists()
-            else 0,
+            "hosts_files": sum(1 for p in self._etc_dir.rglob("*") if p.is_file()) if self._etc_dir.exists() else 0,
         }
 
     async def sweep(self, keep_envs: Collection[str]) -> None:
@@ -510,8 +511,7 @@ class CniNetwork:
         lease files, hosts directories and chains that no kept allocation explains.
         """
         keep = set(keep_envs)
-        for env in [e for e in self._state.envs if e not in keep]:
-            await self.delete_environment(env)
+        await self._delete_environments([e for e in self._state.envs if e not in keep])
         async with self._lock:
             kept = {e: r for e, r in self._state.envs.items() if e in keep}
             bridges = {r.bridge for r in kept.values()}
@@ -534,8 +534,7 @@ class CniNetwork:
                 if directory.name not in bridges:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
             if self._started:
-                self._chains = (await self._ipt.save()).chains
-                await self._sync()
+                await self._resync()
 
     # --- internals ------------------------------------------------------------------------
 
@@ -553,9 +552,7 @@ class CniNetwork:
     def _service(self, env: str, service: str) -> ServiceRecord:
         svc = self._env(env).services.get(service)
         if svc is None:
-            raise NotFound(
-                f"service {service!r} of environment {env!r} has no address", env=env, service=service
-            )
+            raise NotFound(f"service {service!r} of environment {env!r} has no address", env=env, service=service)
         return svc
 
     def _info(self, env: str, rec: EnvRecord) -> EnvNetworkInfo:
@@ -645,9 +642,7 @@ class CniNetwork:
         desired = iptables.render(
             self.names,
             [
-                iptables.EnvRules(
-                    e, r.bridge, r.subnet, str(SubnetPlan.of(ipaddress.IPv4Network(r.subnet)).vip_block)
-                )
+                iptables.EnvRules(e, r.bridge, r.subnet, str(SubnetPlan.of(ipaddress.IPv4Network(r.subnet)).vip_block))
                 for e, r in self._state.envs.items()
             ],
             [
@@ -663,20 +658,30 @@ class CniNetwork:
             ],
             self.egress,
         )
-        await self._ipt.restore(iptables.restore_script(desired, self._chains))
-        self._chains = {table: set(chains) for table, chains in desired.items()}
+        script = iptables.restore_script(desired, self._applied)
+        if not script:
+            return
+        try:
+            await self._ipt.restore(script)
+        except BaseException:
+            # The kernel may now hold either version: make the next sync rewrite everything.
+            self._applied = {t: {c: iptables.UNKNOWN for c in chains} for t, chains in self._applied.items()}
+            raise
+        self._applied = {table: {c: list(r) for c, r in chains.items()} for table, chains in desired.items()}
+
+    async def _resync(self) -> None:
+        """Rewrite every chain we own, whatever this process believes the kernel holds."""
+        saved = await self._ipt.save()
+        self._applied = {t: {c: iptables.UNKNOWN for c in chains} for t, chains in saved.chains.items()}
+        await self._sync()
 
     def _write_env_files(self, env: str, rec: EnvRecord) -> None:
         services = {name: svc.vip for name, svc in rec.services.items()}
-        members = [
-            (name, cont.ip) for cont in rec.containers.values() for name in (cont.hostname, *cont.aliases)
-        ]
+        members = [(name, cont.ip) for cont in rec.containers.values() for name in (cont.hostname, *cont.aliases)]
         resolv = hosts.render_resolv(hosts.host_nameservers(self._resolv_conf) if self.egress else [])
         for cid, cont in rec.containers.items():
             directory = self._etc_dir / rec.bridge / cid
-            hosts.write_in_place(
-                directory / "hosts", hosts.render_hosts(cont.ip, cont.hostname, services, members)
-            )
+            hosts.write_in_place(directory / "hosts", hosts.render_hosts(cont.ip, cont.hostname, services, members))
             hosts.write_in_place(directory / "resolv.conf", resolv)
 
 

@@ -11,9 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 
-def render_hosts(
-    own_ip: str, hostname: str, services: Mapping[str, str], members: Sequence[tuple[str, str]]
-) -> str:
+def render_hosts(own_ip: str, hostname: str, services: Mapping[str, str], members: Sequence[tuple[str, str]]) -> str:
     """A hosts file: localhost, the container itself, service VIPs, then every member's names.
 
     Args:

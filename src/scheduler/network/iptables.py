@@ -1,8 +1,9 @@
 """The scheduler's iptables rules: rendered from the allocations, applied in one transaction.
 
-Every sync rewrites all of this instance's chains with one ``iptables-restore --noflush``:
-declaring a chain flushes it, so the new content replaces the old atomically for new
-connections, and chains no longer wanted are deleted in the same transaction. Built-in chains
+Every sync renders all of this instance's chains and applies the difference with one
+``iptables-restore --noflush``: declaring a chain flushes it, so the new content replaces the
+old atomically for new connections, and chains no longer wanted are deleted in the same
+transaction. Built-in chains
 only get one jump each, inserted once by :meth:`Iptables.ensure_jumps`.
 
 Chain layout (``P`` is the instance prefix)::
@@ -112,9 +113,7 @@ def render(
             nat[svc_chain].append(f"-d {svc.vip}/32{match} -j {chain}")
     backends = {(s.env, s.service): s.backends for s in services}
     for hp in sorted(hostports, key=lambda h: (h.protocol, h.host_port, h.host_ip)):
-        chain = balance(
-            hp.env, hp.service, hp.container_port, hp.protocol, backends.get((hp.env, hp.service), ())
-        )
+        chain = balance(hp.env, hp.service, hp.container_port, hp.protocol, backends.get((hp.env, hp.service), ()))
         dst = "" if hp.host_ip == "0.0.0.0" else f" -d {hp.host_ip}/32"
         match = f"{dst} -p {hp.protocol} -m {hp.protocol} --dport {hp.host_port}"
         if hp.host_ip == "0.0.0.0" or hp.host_ip.startswith("127."):
@@ -139,19 +138,31 @@ def render(
     return {"nat": nat, "filter": flt}
 
 
-def restore_script(desired: Ruleset, existing: dict[str, set[str]]) -> str:
-    """iptables-restore input that replaces our chains with ``desired`` and drops the rest."""
+UNKNOWN: list[str] = ["<unknown rules>"]
+"""Rules of a chain found in the kernel but not written by this process: always rewritten."""
+
+
+def restore_script(desired: Ruleset, current: Ruleset) -> str:
+    """iptables-restore input turning ``current`` into ``desired``; empty when they are equal.
+
+    Only chains whose rules differ are declared (declaring flushes them), so the transaction
+    stays small however many environments exist; chains no longer wanted are deleted.
+    """
     out: list[str] = []
     for table in ("nat", "filter"):
-        chains = desired.get(table, {})
-        stale = sorted(existing.get(table, set()) - set(chains))
+        want = desired.get(table, {})
+        have = current.get(table, {})
+        changed = [chain for chain, rules in want.items() if have.get(chain) != rules]
+        stale = sorted(set(have) - set(want))
+        if not changed and not stale:
+            continue
         out.append(f"*{table}")
-        out += [f":{chain} - [0:0]" for chain in [*chains, *stale]]
-        for chain, rules in chains.items():
-            out += [f"-A {chain} {rule}" for rule in rules]
+        out += [f":{chain} - [0:0]" for chain in [*changed, *stale]]
+        for chain in changed:
+            out += [f"-A {chain} {rule}" for rule in want[chain]]
         out += [f"-X {chain}" for chain in stale]
         out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" if out else ""
 
 
 def removal_script(existing: dict[str, set[str]]) -> str:

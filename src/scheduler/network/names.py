@@ -37,9 +37,7 @@ def check_instance(instance: str) -> str:
 def check_env(env: str) -> str:
     """Validate an environment name as used in file and chain names."""
     if not _ENV.fullmatch(env):
-        raise InvalidArgument(
-            f"environment name {env!r} must be 1-128 letters, digits, '.', '_' or '-'", field="env"
-        )
+        raise InvalidArgument(f"environment name {env!r} must be 1-128 letters, digits, '.', '_' or '-'", field="env")
     return env
 
 
@@ -55,9 +53,7 @@ def check_service(service: str) -> str:
 def check_hostname(name: str, field: str = "hostname") -> str:
     """Validate one host name label written to /etc/hosts."""
     if not _HOSTNAME.fullmatch(name):
-        raise InvalidArgument(
-            f"{field} {name!r} must be a host name label (letters, digits, '-')", field=field
-        )
+        raise InvalidArgument(f"{field} {name!r} must be a host name label (letters, digits, '-')", field=field)
     return name
 
 

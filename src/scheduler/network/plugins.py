@@ -74,9 +74,7 @@ class PluginRunner:
             "CNI_PATH": str(self.bin_dir),
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         }
-        what = (
-            f"CNI {command} of {config['type']} for container {container_id!r} on network {config['name']!r}"
-        )
+        what = f"CNI {command} of {config['type']} for container {container_id!r} on network {config['name']!r}"
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(plugin),

@@ -46,9 +46,7 @@ def _overlaps(a: str, b: str) -> bool:
     return a == b or a == "0.0.0.0" or b == "0.0.0.0"
 
 
-def holder(
-    records: Iterable[HostPortRecord], host_ip: str, port: int, protocol: str
-) -> HostPortRecord | None:
+def holder(records: Iterable[HostPortRecord], host_ip: str, port: int, protocol: str) -> HostPortRecord | None:
     """Our allocation that conflicts with ``host_ip:port/protocol``, if any."""
     for rec in records:
         if rec.host_port == port and rec.protocol == protocol and _overlaps(rec.host_ip, host_ip):
@@ -74,9 +72,7 @@ def bind(host_ip: str, port: int, protocol: str) -> socket.socket:
                 field="host_port",
             ) from err
         if err.errno == errno.EADDRNOTAVAIL:
-            raise InvalidArgument(
-                f"host_ip {host_ip} is not an address of this host", field="host_ip"
-            ) from err
+            raise InvalidArgument(f"host_ip {host_ip} is not an address of this host", field="host_ip") from err
         raise FailedPrecondition(
             f"cannot bind host port {host_ip}:{port}/{protocol}: {err}", field="host_port"
         ) from err

@@ -70,9 +70,7 @@ def test_carve_skips_taken_subnets_and_foreign_routes() -> None:
     routes = [HostRoute(net("10.88.1.0/24"), "eth1"), HostRoute(net("10.88.5.0/24"), "sch-abcdef01")]
     taken = [net("10.88.0.0/24"), net("10.88.2.0/23")]
     assert carve_subnet(net("10.88.0.0/16"), 24, taken, routes, "sch-") == net("10.88.4.0/24")
-    assert carve_subnet(net("10.88.0.0/16"), 24, [*taken, net("10.88.4.0/24")], routes, "sch-") == net(
-        "10.88.5.0/24"
-    )
+    assert carve_subnet(net("10.88.0.0/16"), 24, [*taken, net("10.88.4.0/24")], routes, "sch-") == net("10.88.5.0/24")
 
 
 def test_carve_reports_a_full_pool() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from scheduler.network.iptables import (
+    UNKNOWN,
     EnvRules,
     HostPortRules,
     ServiceRules,
@@ -16,9 +17,7 @@ ENV = EnvRules("shop", "sch-1234abcd", "10.88.1.0/24", "10.88.1.192/26")
 
 
 def test_service_balances_over_endpoints_with_hairpin_mark() -> None:
-    svc = ServiceRules(
-        "shop", "api", "10.88.1.254", ((8080, "tcp"),), ("10.88.1.2", "10.88.1.3", "10.88.1.4")
-    )
+    svc = ServiceRules("shop", "api", "10.88.1.254", ((8080, "tcp"),), ("10.88.1.2", "10.88.1.3", "10.88.1.4"))
     nat = render(N, [ENV], [svc], [], egress=True)["nat"]
     chain = N.service_chain("shop", "api", 8080, "tcp")
     assert nat[N.services_chain] == [f"-d 10.88.1.254/32 -p tcp -m tcp --dport 8080 -j {chain}"]
@@ -76,20 +75,22 @@ def test_forward_chain_isolates_bridges_and_applies_egress_policy() -> None:
     assert "-s 10.88.1.0/24 ! -o sch-1234abcd -j MASQUERADE" in post["nat"][N.chain("POSTROUTING")]
 
 
-def test_restore_script_replaces_our_chains_and_deletes_stale_ones() -> None:
-    desired = {"nat": {"sch-A": ["-j RETURN"]}, "filter": {"sch-FORWARD": []}}
-    script = restore_script(desired, {"nat": {"sch-A", "sch-SEP-old"}, "filter": set()})
-    assert script.splitlines() == [
+def test_restore_script_sends_only_changed_chains_and_deletes_stale_ones() -> None:
+    desired = {"nat": {"sch-A": ["-j RETURN"], "sch-B": ["-j ACCEPT"]}, "filter": {"sch-FORWARD": []}}
+    current = {
+        "nat": {"sch-A": UNKNOWN, "sch-B": ["-j ACCEPT"], "sch-SEP-old": ["-j DNAT --to-destination 1.2.3.4"]},
+        "filter": {"sch-FORWARD": []},
+    }
+    assert restore_script(desired, current).splitlines() == [
         "*nat",
         ":sch-A - [0:0]",
         ":sch-SEP-old - [0:0]",
         "-A sch-A -j RETURN",
         "-X sch-SEP-old",
         "COMMIT",
-        "*filter",
-        ":sch-FORWARD - [0:0]",
-        "COMMIT",
     ]
+    assert restore_script(desired, desired) == ""
+    assert restore_script(desired, {}).count(":sch-") == 3
     assert removal_script({"nat": {"sch-A"}, "filter": set()}).splitlines() == [
         "*nat",
         ":sch-A - [0:0]",
