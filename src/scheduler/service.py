@@ -237,19 +237,23 @@ class EnvironmentService:
             _check_name(name)
         subscription = self._events.subscribe(name)
         closing = asyncio.ensure_future(self._closing.wait())
+        upcoming: asyncio.Future[Event] | None = None
         try:
             while True:
-                next_event = asyncio.ensure_future(anext(subscription))
-                done, _ = await asyncio.wait({next_event, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if next_event not in done:
-                    # The generator must be idle before it can be closed.
-                    next_event.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await next_event
+                upcoming = asyncio.ensure_future(anext(subscription))
+                done, _ = await asyncio.wait({upcoming, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if upcoming not in done:
                     return
-                yield next_event.result()
+                event = upcoming.result()
+                upcoming = None
+                yield event
         finally:
-            closing.cancel()
+            # The generator must be idle before it can be closed, whether we return or are cancelled.
+            for future in (upcoming, closing):
+                if future is not None and not future.done():
+                    future.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await future
             await subscription.aclose()
 
     def stacks(self) -> builtins.list[Stack]:
