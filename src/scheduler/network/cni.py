@@ -29,7 +29,7 @@ import logging
 import shutil
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler import domain
 from scheduler.config import NetworkSettings
@@ -50,7 +50,14 @@ from scheduler.network.addresses import (
     parse_subnet,
     read_host_routes,
 )
-from scheduler.network.base import Attachment, EnvNetworkInfo, ServiceInfo, ServicePort, Transport
+from scheduler.network.base import (
+    Attachment,
+    EnvNetworkInfo,
+    NetworkManager,
+    ServiceInfo,
+    ServicePort,
+    Transport,
+)
 from scheduler.network.names import (
     Names,
     check_container_id,
@@ -335,6 +342,11 @@ class CniNetwork:
             self._pending.add(container_id)
             config = self._cni_config(rec)
         path = self._netns_dir / container_id
+        if path.exists():
+            # A crash between ADD and saving the record left a namespace and a lease; host-local
+            # refuses a second lease for the same container, so release both first.
+            await self._cni_del(config, container_id, path, None)
+            await netns.remove(path)
         try:
             await netns.create(path)
             try:
@@ -728,3 +740,9 @@ def _leases(directory: Path) -> dict[Path, str]:
         except (OSError, IndexError):
             leases[path] = ""
     return leases
+
+
+if TYPE_CHECKING:
+
+    def _implements(network: CniNetwork) -> NetworkManager:
+        return network

@@ -127,9 +127,7 @@ async def test_client_keeps_reaching_service_across_backend_replacement(make_net
     env = unique("e")
     await net.ensure_environment(env)
     await net.ensure_service(env, "api", [8080])
-    old, client = await asyncio.gather(
-        net.attach(env, unique("old"), "api-0"), net.attach(env, unique("c"), "c-0")
-    )
+    old, client = await asyncio.gather(net.attach(env, unique("old"), "api-0"), net.attach(env, unique("c"), "c-0"))
     await net.set_backends(env, "api", [old.ip])
     server_old = Server(old.netns_path, "old", 8080)
     server_new: Server | None = None
@@ -235,9 +233,7 @@ async def test_repointing_a_published_port_loses_no_connection(make_network: Fac
     env = unique("r")
     await net.ensure_environment(env)
     await net.ensure_service(env, "front", [8080])
-    a, b = await asyncio.gather(
-        net.attach(env, unique("a"), "front-0"), net.attach(env, unique("b"), "front-1")
-    )
+    a, b = await asyncio.gather(net.attach(env, unique("a"), "front-0"), net.attach(env, unique("b"), "front-1"))
     await net.set_backends(env, "front", [a.ip])
     servers = [Server(a.netns_path, "A", 8080), Server(b.netns_path, "B", 8080)]
     try:
@@ -414,3 +410,26 @@ async def test_requested_subnet_overlaps_are_refused(make_network: Factory) -> N
         await net.set_backends(env, "web", ["192.0.2.10"])
     assert "192.0.2.10" in outside.value.message
     await net.delete_environment(env)
+
+
+async def test_attach_recovers_from_a_crash_between_add_and_record(make_network: Factory, tmp_path: Path) -> None:
+    state_dir = tmp_path / "half"
+    net = make_network(state_dir=state_dir)
+    await net.start()
+    env = unique("h")
+    await net.ensure_environment(env)
+    saved = (state_dir / "network.json").read_text()
+    cid = unique("c")
+    first = await net.attach(env, cid, "c-0")
+    await net.close()
+    (state_dir / "network.json").write_text(saved)  # the record of the attach never hit the disk
+    restarted = CniNetwork(state_dir, net.settings, net.names.instance)
+    await restarted.start()
+    try:
+        again = await restarted.attach(env, cid, "c-0")
+        assert again.netns_path == first.netns_path
+        res = await restarted.resources()
+        assert (res["netns"], res["ipam_leases"], res["veths"], res["containers"]) == (1, 1, 1, 1)
+        await restarted.check(env, cid)
+    finally:
+        await restarted.teardown()
