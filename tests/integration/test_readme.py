@@ -80,7 +80,7 @@ def test_readme_run_and_create_commands_serve_the_demo_page(tmp_path: Path) -> N
             env_state = grpcurl(get)
         assert env_state.get("status") == "ENVIRONMENT_STATUS_RUNNING", env_state
         endpoint = next(e for e in env_state["endpoints"] if e["service"] == "frontend")  # type: ignore[union-attr]
-        with urllib.request.urlopen(f"http://{endpoint['hostIp']}:{endpoint['hostPort']}/", timeout=10) as reply:
+        with urllib.request.urlopen(f"http://{endpoint['host_ip']}:{endpoint['host_port']}/", timeout=10) as reply:
             page = reply.read().decode()
         assert "hello from the backend" in page and "PostgreSQL 15" in page
         grpcurl(delete)
