@@ -55,9 +55,7 @@ def is_fresh(out: Path, digest: str) -> bool:
     return isinstance(inputs, dict) and host_stats(inputs) == inputs
 
 
-def _build_one(
-    recipe: Recipe, out: Path, base: Rootfs, base_layer_blob: Layer, digest: str, blob_dir: Path
-) -> None:
+def _build_one(recipe: Recipe, out: Path, base: Rootfs, base_layer_blob: Layer, digest: str, blob_dir: Path) -> None:
     fs = Rootfs()
     recipe.fill(fs)
     layers = [base_layer_blob]
@@ -90,9 +88,7 @@ def build(names: list[str] | None = None, out_dir: Path = OUT_DIR, force: bool =
         base = base_layer()
         base_blob = write_layer(base, blob_dir, "busybox base")
         with ThreadPoolExecutor(max_workers=len(stale)) as pool:
-            futures = [
-                pool.submit(_build_one, r, out_dir / r.file, base, base_blob, digest, blob_dir) for r in stale
-            ]
+            futures = [pool.submit(_build_one, r, out_dir / r.file, base, base_blob, digest, blob_dir) for r in stale]
             for future in futures:
                 future.result()
     finally:

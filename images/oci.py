@@ -155,10 +155,7 @@ def write_archive(out: Path, name: str, config: ImageConfig, layers: list[Layer]
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
             "config": config_desc,
-            "layers": [
-                {"mediaType": MEDIA_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
-                for layer in layers
-            ],
+            "layers": [{"mediaType": MEDIA_LAYER_GZIP, "digest": layer.digest, "size": layer.size} for layer in layers],
         }
     )
     manifest_desc = _descriptor(MEDIA_MANIFEST, manifest_bytes)

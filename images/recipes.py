@@ -77,11 +77,7 @@ def _busybox_applets() -> list[str]:
 def _postgres(fs: Rootfs) -> None:
     fs.binaries_with_libs(
         [f"{PG_BIN}/{name}" for name in ("postgres", "initdb", "pg_ctl", "psql", "pg_isready", "pg_dump")]
-        + [
-            lib
-            for lib in sorted(glob.glob(f"{PG_LIB}/*.so"))
-            if not os.path.basename(lib).startswith("llvmjit")
-        ]
+        + [lib for lib in sorted(glob.glob(f"{PG_LIB}/*.so")) if not os.path.basename(lib).startswith("llvmjit")]
     )
     fs.host_tree(f"/usr/share/postgresql/{PG_MAJOR}", skip=lambda p: p.endswith("/man"))
     fs.host_tree("/usr/share/zoneinfo")

@@ -2,6 +2,7 @@
 # Follows the official postgres image: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB, PGDATA,
 # POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD and /docker-entrypoint-initdb.d (*.sql, *.sh).
 # The server ends up as PID 1 through exec, so it receives the stop signal (SIGINT: fast shutdown).
+# busybox su parses options anywhere on its command line, hence the "--" before the user.
 set -eu
 
 if [ "${1#-}" != "$1" ]; then
@@ -20,7 +21,7 @@ POSTGRES_HOST_AUTH_METHOD="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}"
 export PGDATA
 
 as_postgres() {
-  su -p -s /bin/sh postgres -c 'exec "$0" "$@"' "$@"
+  su -p -s /bin/sh -c 'exec "$0" "$@"' -- postgres "$@"
 }
 
 if [ "$(id -u)" = "0" ]; then
@@ -73,6 +74,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 fi
 
 if [ "$(id -u)" = "0" ]; then
-  exec su -p -s /bin/sh postgres -c 'exec "$0" "$@"' "$@"
+  exec su -p -s /bin/sh -c 'exec "$0" "$@"' -- postgres "$@"
 fi
 exec "$@"
