@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -292,9 +293,30 @@ async def purge_namespace(client: ContainerdClient, runtime: ContainerdRuntime) 
 # ---------------------------------------------------------------------------------------------
 
 
+async def sweep_daemon(socket: str, state_dir: Path) -> None:
+    """Delete everything in every namespace of a containerd the session started (others' leaks too)."""
+    from scheduler.runtime.containerd._gen.containerd.services.namespaces.v1 import namespace_pb2
+
+    probe = await ContainerdClient.connect(socket, "default")
+    try:
+        names = [n.name for n in (await probe.namespaces.list(namespace_pb2.ListNamespacesRequest())).namespaces]
+    finally:
+        await probe.close()
+    for name in names:
+        runtime = await ContainerdRuntime.connect(socket, namespace=name, state_dir=state_dir)
+        try:
+            await purge_namespace(runtime.client, runtime)
+        finally:
+            await runtime.close()
+
+
 @pytest.fixture(scope="session")
-async def containerd_socket(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """Socket of the session's containerd: a private one, or ``SCHEDULER_TEST_CONTAINERD``."""
+async def containerd_socket() -> AsyncIterator[str]:
+    """Socket of the session's containerd: a private one, or ``SCHEDULER_TEST_CONTAINERD``.
+
+    The private daemon lives outside pytest's temp dirs: those are rotated by later sessions, and
+    a leftover rootfs mount in them would make that rotation fail.
+    """
     existing = os.environ.get("SCHEDULER_TEST_CONTAINERD", "")
     if existing:
         yield existing
@@ -303,16 +325,22 @@ async def containerd_socket(tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         unavailable("no containerd binary on PATH")
     if os.geteuid() != 0:
         unavailable("containerd needs root")
-    managed = ManagedContainerd(tmp_path_factory.mktemp("ctd"))
+    base = Path(tempfile.mkdtemp(prefix="sched-test-ctd-"))
+    managed = ManagedContainerd(base / "containerd")
     try:
         socket = await managed.start()
     except SchedulerError as err:
+        shutil.rmtree(base, ignore_errors=True)
         unavailable(err.message)
         return
     try:
         yield str(socket)
     finally:
-        await managed.stop()
+        try:
+            await sweep_daemon(str(socket), base / "sweep")
+        finally:
+            await managed.stop()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ import pytest
 
 from scheduler import domain
 from scheduler.errors import InvalidArgument, Unavailable
+from scheduler.runtime.containerd.events import TaskEventStream
 from scheduler.runtime.containerd.managed import ManagedContainerd, render_config
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from tests.support.containerd import import_busybox, unavailable
@@ -50,6 +52,12 @@ async def test_restart_keeps_the_task_and_the_old_client_reconnects(managed: Man
     state = managed.base_dir.parent / "rt"
     runtime = await ContainerdRuntime.connect(str(managed.socket), namespace=namespace, state_dir=state)
     cid = "survivor"
+    resubscribed: list[bool] = []
+
+    async def on_resubscribe() -> None:
+        resubscribed.append(True)
+
+    stream = TaskEventStream(runtime.client, on_resubscribe=on_resubscribe)
     try:
         image = await import_busybox(runtime.client)
         await runtime.create(
@@ -59,6 +67,7 @@ async def test_restart_keeps_the_task_and_the_old_client_reconnects(managed: Man
         )
         pid = await runtime.start(cid)
         first_daemon = managed.pid
+        await stream.connected()
         assert first_daemon is not None
 
         await managed.stop()
@@ -71,9 +80,18 @@ async def test_restart_keeps_the_task_and_the_old_client_reconnects(managed: Man
         assert await runtime.task_pid(cid) == pid
         result = await runtime.exec(cid, ["echo", "still here"], timedelta(seconds=10))
         assert result.output == "still here\n"
+        # The event stream opened before the restart resubscribed and tells about the reconnect.
+        await stream.connected(timeout=15)
+        assert resubscribed
         status = await runtime.stop(cid, timedelta(seconds=5))
         assert status.code == 0
+        async with asyncio.timeout(10):
+            async for event in stream:
+                if event.container_id == cid and event.kind is domain.TaskEventKind.EXIT:
+                    assert event.exit_code == 0
+                    break
     finally:
+        await stream.aclose()
         await runtime.delete(cid)
         await runtime.close()
 

@@ -170,10 +170,11 @@ class TaskEventStream:
             async for envelope in call:
                 if envelope.topic == probe:
                     if not self._live.is_set():
-                        self._live.set()
                         prober.cancel()
+                        # Server-side the subscription is live already: reconcile, then report it.
                         if not first and self._on_resubscribe is not None:
                             await self._on_resubscribe()
+                        self._live.set()
                     continue
                 event = decode(envelope, namespace)
                 if event is not None:
