@@ -22,6 +22,8 @@ from scheduler.config import Settings
 from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
+from scheduler.orchestrator.reconcile import Reconciler
+from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.service import EnvironmentService
@@ -88,6 +90,11 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
                 host_ip=settings.network.host_ip,
             ),
         )
+        # The supervisor subscribes before reconciling, so that no exit falls between the two.
+        supervisor = Supervisor(store, runtime, network, events, orchestrator)
+        await supervisor.start()
+        stack.push_async_callback(supervisor.close)
+        await Reconciler(store, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 

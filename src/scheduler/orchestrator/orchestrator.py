@@ -37,6 +37,7 @@ from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import remove_logs
+from scheduler.orchestrator.supervisor import ExpectedExits
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.runtime.containerd import labels
 from scheduler.stacks.graph import topological_order
@@ -115,6 +116,8 @@ class Orchestrator:
         self._operations: dict[str, asyncio.Task[None]] = {}
         self._status_lock: dict[str, asyncio.Lock] = {}
         self._closed = False
+        self.expected_exits = ExpectedExits()
+        """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -176,6 +179,15 @@ class Orchestrator:
         if running is not None and not running.done():
             running.cancel()
         self._submit(name, lambda: self._delete(name, keep_volumes))
+
+    def busy(self, name: str) -> bool:
+        """Whether a deploy, update or delete runs on ``name`` (the supervisor then leaves its status alone)."""
+        task = self._operations.get(name)
+        return task is not None and not task.done()
+
+    def status_lock(self, name: str) -> asyncio.Lock:
+        """The lock serialising read-modify-write of ``name``'s stored status, shared with the supervisor."""
+        return self._status_lock.setdefault(name, asyncio.Lock())
 
     async def wait_idle(self, name: str) -> None:
         """Wait until no operation runs on ``name`` (for tests and shutdown)."""
@@ -654,6 +666,7 @@ class Orchestrator:
         _log.info("delete.done", env=name)
 
     async def _remove_container(self, name: str, cid: str, grace: timedelta) -> None:
+        self.expected_exits.add(cid)
         try:
             await self._runtime.stop(cid, grace)
         except errors.NotFound:

@@ -1,0 +1,232 @@
+"""Startup reconciliation: converge the store, containerd and the host after a crash or restart.
+
+Runs once when the daemon starts, after the supervisor subscribed to task events and before the
+orchestrator resumes unfinished operations and the API serves. Ownership is read from the labels
+every container carries (``runtime.containerd.labels``), so nothing depends on in-memory state of
+the previous run:
+
+- a running container of a known environment is **adopted** as it is (same task, same pid): its
+  status is refreshed and the supervisor watches it from now on;
+- a container whose process died meanwhile is handed to the supervisor, which applies the
+  service's restart policy;
+- a container labelled ours whose environment is not in the store, or that its environment does
+  not list (a crash between create and record), is removed;
+- an environment left PENDING or DEPLOYING, or interrupted in the middle of an update, loses
+  the containers of the interrupted attempt and is deployed again from its stored spec, so that
+  the resumed deploy creates no duplicates;
+- network allocations of environments that no longer exist are released (``network.sweep``).
+
+Volumes of environments that are gone are kept: a delete with ``keep_volumes`` leaves them on
+purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from scheduler import errors, log
+from scheduler.domain import (
+    Condition,
+    ContainerInfo,
+    ContainerState,
+    ContainerStatus,
+    Environment,
+    EnvironmentStatus,
+    HistoryEntry,
+    TaskState,
+)
+from scheduler.network.base import NetworkManager
+from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor, with_condition
+from scheduler.runtime.base import ContainerRuntime
+from scheduler.runtime.containerd import labels
+from scheduler.storage.base import StateStore
+
+_log = log.get("reconcile")
+
+_LIVE = (TaskState.RUNNING, TaskState.PAUSED, TaskState.PAUSING, TaskState.CREATED)
+
+
+def now() -> datetime:
+    """Current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation did, by container id (or environment name for ``redeployed``)."""
+
+    adopted: list[str] = field(default_factory=list)
+    exited: list[str] = field(default_factory=list)
+    """Containers found dead; the supervisor applied their restart policy."""
+    removed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """Containers the store lists but the runtime no longer has."""
+    redeployed: list[str] = field(default_factory=list)
+    """Environments whose interrupted deploy or update starts over."""
+
+
+def interrupted(env: Environment) -> bool:
+    """Whether ``env`` was left in the middle of a deploy or an update."""
+    if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
+        return True
+    return env.status in SUPERVISED and env.observed_generation < env.generation
+
+
+class Reconciler:
+    """One pass of startup reconciliation; see the module docstring."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        runtime: ContainerRuntime,
+        network: NetworkManager,
+        supervisor: Supervisor,
+        operations: Operations,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._network = network
+        self._supervisor = supervisor
+        self._ops = operations
+
+    async def run(self) -> ReconcileReport:
+        """Converge once; safe to repeat (a second run finds nothing to do)."""
+        report = ReconcileReport()
+        envs = {env.name: env for env in await self._all_environments()}
+        found = await self._runtime.list({labels.OWNER: labels.OWNER_VALUE})
+        by_env: dict[str, list[ContainerInfo]] = {}
+        for info in found:
+            by_env.setdefault(info.labels.get(labels.ENV, ""), []).append(info)
+
+        for name, infos in by_env.items():
+            if name not in envs:
+                for info in infos:
+                    await self._remove(name, info.id, report, "its environment no longer exists")
+        for env in envs.values():
+            infos = by_env.get(env.name, [])
+            if env.status is EnvironmentStatus.DELETING:
+                continue  # the orchestrator resumes the deletion, which removes everything
+            if interrupted(env):
+                await self._restart_deploy(env, infos, report)
+                continue
+            await self._adopt_environment(env, infos, report)
+
+        await self._network.sweep(list(envs))
+        for env in envs.values():
+            if env.status in SUPERVISED and not interrupted(env):
+                await self._supervisor.settle(env.name)
+        _log.info(
+            "reconcile.done",
+            adopted=len(report.adopted),
+            exited=len(report.exited),
+            removed=len(report.removed),
+            missing=len(report.missing),
+            redeployed=report.redeployed,
+        )
+        return report
+
+    async def _adopt_environment(self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport) -> None:
+        listed = {c.container_id: c for c in env.containers}
+        specs = {s.name: s for s in env.spec.services}
+        present = {info.id: info for info in infos}
+        for found in infos:
+            if (listed_status := listed.get(found.id)) is None or listed_status.service not in specs:
+                await self._remove(env.name, found.id, report, "its environment does not list it")
+        for status in env.containers:
+            spec = specs.get(status.service)
+            info = present.get(status.container_id)
+            if spec is None:
+                continue
+            if info is None:
+                if status.state in (ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.CREATED):
+                    await self._set(
+                        env.name, status.container_id, state=ContainerState.UNKNOWN, pid=0, message="container is gone"
+                    )
+                    report.missing.append(status.container_id)
+                continue
+            if info.task_state in _LIVE and info.pid:
+                await self._set(env.name, status.container_id, state=ContainerState.RUNNING, pid=info.pid)
+                up_for = (now() - status.started_at).total_seconds() if status.started_at else 0.0
+                adopted = replace(status, state=ContainerState.RUNNING, pid=info.pid)
+                self._supervisor.adopt(env.name, adopted, spec, up_for=max(up_for, 0.0))
+                report.adopted.append(status.container_id)
+                continue
+            if status.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
+                continue  # already accounted for (policy no, or given up)
+            report.exited.append(status.container_id)
+            if env.status in SUPERVISED:
+                await self._supervisor.container_exited(env.name, status.container_id, status.pid, info.exit_status)
+            else:
+                await self._set(
+                    env.name,
+                    status.container_id,
+                    state=ContainerState.EXITED,
+                    exit_code=info.exit_status,
+                    pid=0,
+                    finished_at=now(),
+                    message="exited while the scheduler was down",
+                )
+
+    async def _restart_deploy(self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport) -> None:
+        """Remove what an interrupted deploy or update left and queue a fresh deploy of the stored spec."""
+        for info in infos:
+            await self._remove(env.name, info.id, report, "its deploy was interrupted")
+        was = env.status
+        async with self._ops.status_lock(env.name):
+            current = await self._store.get(env.name)
+            condition = Condition(
+                "Ready",
+                False,
+                "Resumed",
+                f"the scheduler restarted while the environment was {was.value.lower()}; deploying generation "
+                f"{current.generation} again",
+                last_transition=now(),
+            )
+            await self._store.put(
+                replace(
+                    current,
+                    status=EnvironmentStatus.DEPLOYING,
+                    containers=(),
+                    conditions=with_condition(current.conditions, condition),
+                    updated_at=now(),
+                )
+            )
+        await self._store.append_history(
+            HistoryEntry(env.name, env.generation, now(), "scheduler", "resume", f"interrupted while {was.value}")
+        )
+        report.redeployed.append(env.name)
+
+    async def _remove(self, env: str, cid: str, report: ReconcileReport, why: str) -> None:
+        self._ops.expected_exits.add(cid)
+        _log.info("reconcile.remove", env=env, container=cid, reason=why)
+        try:
+            await self._runtime.delete(cid)
+        except errors.SchedulerError as err:
+            _log.warning("reconcile.remove_failed", container=cid, error=err.message)
+            return
+        with contextlib.suppress(errors.NotFound):
+            await self._network.detach(env, cid)
+        report.removed.append(cid)
+
+    async def _set(self, env: str, cid: str, **changes: object) -> ContainerStatus | None:
+        async with self._ops.status_lock(env):
+            current = await self._store.get(env)
+            found = next((c for c in current.containers if c.container_id == cid), None)
+            if found is None:
+                return None
+            updated = replace(found, **changes)  # type: ignore[arg-type]
+            containers = tuple(updated if c.container_id == cid else c for c in current.containers)
+            await self._store.put(replace(current, containers=containers, updated_at=now()))
+        return updated
+
+    async def _all_environments(self) -> list[Environment]:
+        out: list[Environment] = []
+        token = ""
+        for _ in range(10_000):
+            page, token = await self._store.list(page_size=200, page_token=token)
+            out += page
+            if not token:
+                break
+        return out

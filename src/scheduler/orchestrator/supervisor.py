@@ -1,0 +1,759 @@
+"""Self-healing: restart policies, continuous health checks and honest environment status.
+
+The orchestrator brings environments up and changes them; the supervisor keeps them up between
+those operations. It listens to the runtime's task events (exits, OOM kills) and to the event bus
+(new healthy containers, finished operations), and:
+
+- records an exit in the container's status and applies the service's ``RestartPolicy`` with
+  capped exponential backoff (the same container gets a new task, so its id, rootfs, network
+  namespace and log files stay);
+- probes running containers with a health check for as long as they run; ``retries`` consecutive
+  failures make one UNHEALTHY, take it out of its service's backends and, unless its policy is
+  ``no``, kill it so that the restart policy replaces the process;
+- keeps a service's backends to its running, healthy replicas, and the environment DEGRADED (with
+  a ``Ready`` condition naming the service and why) while any replica is not.
+
+Exits of containers the orchestrator stops on purpose are announced in :class:`ExpectedExits`
+and ignored. While an operation runs on an environment the supervisor still restarts containers
+but leaves the environment's status and the adding of backends to the operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from scheduler import errors, log
+from scheduler.domain import (
+    Condition,
+    ContainerState,
+    ContainerStatus,
+    DependencyCondition,
+    Environment,
+    EnvironmentStatus,
+    Event,
+    EventType,
+    Health,
+    HealthCheckKind,
+    RestartMode,
+    RestartPolicy,
+    ServiceSpec,
+    TaskEvent,
+    TaskEventKind,
+)
+from scheduler.network.base import NetworkManager
+from scheduler.orchestrator import health
+from scheduler.orchestrator.events import EventBus
+from scheduler.runtime.base import ContainerRuntime
+from scheduler.runtime.containerd import labels
+from scheduler.storage.base import StateStore
+
+_log = log.get("supervisor")
+
+RESYNC_INTERVAL = 5.0
+"""Seconds between comparisons of the store with the runtime, for exits whose events were lost."""
+PENDING_WAIT = 3.0
+"""Longest wait for a deploy to record a container that exited right after it started."""
+SUPERVISED = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
+"""Environment states whose status the supervisor maintains."""
+
+
+def now() -> datetime:
+    """Current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+# --- policy -------------------------------------------------------------------------------------
+
+
+def should_restart(policy: RestartPolicy, exit_code: int | None, restarts: int) -> bool:
+    """Whether a container that exited with ``exit_code`` after ``restarts`` restarts runs again.
+
+    A stop on purpose never reaches this question, so ``always`` and ``unless-stopped`` agree. An
+    unknown exit code (the task vanished) counts as a failure.
+    """
+    if policy.mode is RestartMode.NO:
+        return False
+    if policy.mode is RestartMode.ON_FAILURE:
+        if exit_code == 0:
+            return False
+        return policy.max_retries == 0 or restarts < policy.max_retries
+    return True
+
+
+@dataclass
+class Backoff:
+    """Capped exponential restart delay of one container.
+
+    The delay starts at ``initial_backoff`` and doubles with each restart up to ``max_backoff``;
+    a process that ran ``reset_after`` (healthy, when it has a health check) starts over.
+    """
+
+    policy: RestartPolicy
+    attempts: int = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        """Seconds to wait before the next restart of a process that ran ``ran_for`` seconds."""
+        if ran_for >= self.policy.reset_after.total_seconds():
+            self.attempts = 0
+        initial = self.policy.initial_backoff.total_seconds()
+        cap = self.policy.max_backoff.total_seconds()
+        delay: float = min(initial * 2.0 ** min(self.attempts, 60), cap)
+        self.attempts += 1
+        return max(delay, 0.0)
+
+
+# --- status assessment --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one replica keeps its environment from being RUNNING."""
+
+    service: str
+    replica: int
+    reason: str
+    message: str
+
+
+def problems(env: Environment, at: datetime) -> list[Problem]:
+    """What is wrong with ``env``'s replicas at ``at``; empty when every one is up.
+
+    A restarted replica counts as recovered once it is healthy, or (without a health check) once
+    it ran its policy's ``reset_after``: a crash loop must not flap the environment to RUNNING
+    between two crashes. A one-shot service that others wait to complete may exit 0.
+    """
+    specs = {s.name: s for s in env.spec.services}
+    jobs = {d.service for s in env.spec.services for d in s.depends_on if d.condition is DependencyCondition.COMPLETED}
+    found = []
+    for c in sorted(env.containers, key=lambda c: (c.service, c.replica)):
+        spec = specs.get(c.service)
+        where = f"service {c.service} replica {c.replica}"
+        restarts = f"restarted {c.restart_count} time{'s' if c.restart_count != 1 else ''}"
+        last = f", last exit code {c.exit_code}" if c.exit_code is not None else ""
+        if c.state is ContainerState.RESTARTING:
+            reason = "CrashLoopBackOff" if c.restart_count >= 2 else "Restarting"
+            found.append(Problem(c.service, c.replica, reason, f"{where}: {c.message} ({restarts}{last})"))
+        elif c.state is ContainerState.EXITED:
+            if c.exit_code == 0 and c.service in jobs:
+                continue
+            found.append(Problem(c.service, c.replica, "Exited", f"{where}: {c.message} ({restarts}{last})"))
+        elif c.state is ContainerState.UNKNOWN:
+            found.append(Problem(c.service, c.replica, "Unknown", f"{where}: {c.message or 'state unknown'}"))
+        elif c.state is ContainerState.RUNNING:
+            if c.health is Health.UNHEALTHY:
+                found.append(Problem(c.service, c.replica, "Unhealthy", f"{where} is unhealthy: {c.message}"))
+            elif c.restart_count and c.health is Health.STARTING:
+                found.append(
+                    Problem(c.service, c.replica, "Restarting", f"{where}: waiting for health ({restarts}{last})")
+                )
+            elif c.restart_count and c.health is Health.NONE and spec is not None and c.started_at is not None:
+                settle = spec.restart.reset_after
+                if at - c.started_at < settle:
+                    found.append(
+                        Problem(
+                            c.service,
+                            c.replica,
+                            "Restarting",
+                            f"{where}: up for less than {settle.total_seconds():g}s ({restarts}{last})",
+                        )
+                    )
+    return found
+
+
+def ready_condition(found: list[Problem], at: datetime) -> Condition:
+    """The environment's ``Ready`` condition for the problems ``found``."""
+    if not found:
+        return Condition("Ready", True, "Recovered", "every service is up", last_transition=at)
+    first = found[0]
+    return Condition(
+        "Ready", False, first.reason, "; ".join(p.message for p in found), service=first.service, last_transition=at
+    )
+
+
+def with_condition(conditions: tuple[Condition, ...], condition: Condition) -> tuple[Condition, ...]:
+    """``conditions`` with the one of ``condition``'s type replaced."""
+    return (*(c for c in conditions if c.type != condition.type), condition)
+
+
+# --- collaborators ------------------------------------------------------------------------------
+
+
+class ExpectedExits:
+    """Containers stopped on purpose (deletes, updates, reconcile): their exits are not failures.
+
+    Bounded: the oldest ids are forgotten first, long after their exits arrived.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def add(self, container_id: str) -> None:
+        """Announce that ``container_id`` is about to be stopped."""
+        self._ids[container_id] = None
+        self._ids.move_to_end(container_id)
+        while len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, container_id: object) -> bool:
+        return container_id in self._ids
+
+
+class Operations(Protocol):
+    """What the supervisor needs from the orchestrator (the ``Orchestrator`` provides it)."""
+
+    expected_exits: ExpectedExits
+
+    def busy(self, name: str) -> bool:
+        """Whether a deploy, update or delete runs on environment ``name``."""
+        ...
+
+    def status_lock(self, name: str) -> asyncio.Lock:
+        """The lock serialising read-modify-write of ``name``'s stored status."""
+        ...
+
+    async def wait_idle(self, name: str) -> None:
+        """Wait until no operation runs on ``name``."""
+        ...
+
+
+@dataclass
+class _Replica:
+    """What the supervisor keeps about one container between events."""
+
+    env: str
+    service: str
+    backoff: Backoff
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    handled_pid: int = -1
+    """Pid of the last process whose exit was handled (events can repeat, resync can race them)."""
+    up_since: float = 0.0
+    """Monotonic time the process started, or became healthy."""
+    kill_reason: str = ""
+    """Why the supervisor itself killed the process (unhealthy), for the exit message."""
+    monitor: asyncio.Task[None] | None = None
+    restart: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    """Watches running environments and heals them; see the module docstring."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        runtime: ContainerRuntime,
+        network: NetworkManager,
+        events: EventBus,
+        operations: Operations,
+        *,
+        resync_interval: float = RESYNC_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._network = network
+        self._events = events
+        self._ops = operations
+        self._resync_interval = resync_interval
+        self._clock = clock
+        self._replicas: dict[str, _Replica] = {}
+        self._oom: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._stream: AsyncIterator[TaskEvent] | None = None
+        self._settling: set[str] = set()
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to task events and the event bus, then keep watching in the background.
+
+        Call before the reconciler and the orchestrator's ``start``, so that no exit is missed.
+        """
+        self._stream = self._runtime.events()
+        connected = getattr(self._stream, "connected", None)
+        if connected is not None:
+            await connected()
+        self._loops = [
+            asyncio.create_task(self._consume_tasks(self._stream), name="supervisor:tasks"),
+            asyncio.create_task(self._consume_bus(), name="supervisor:bus"),
+            asyncio.create_task(self._resync_loop(), name="supervisor:resync"),
+        ]
+        # Let the bus consumer register its subscription before anything is published.
+        await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        """Stop watching; running containers keep running and are adopted on the next start."""
+        self._closed = True
+        pending = [*self._loops, *self._tasks]
+        for replica in self._replicas.values():
+            pending += [t for t in (replica.monitor, replica.restart) if t is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+    # --- entry points for the reconciler -----------------------------------------------------
+
+    def adopt(self, env: str, status: ContainerStatus, spec: ServiceSpec, *, up_for: float = 0.0) -> None:
+        """Take over a running container found at start: watch its health from now on."""
+        replica = self._replica(status.container_id, env, spec)
+        replica.up_since = self._clock() - up_for
+        replica.handled_pid = -1
+        if spec.health.kind is not HealthCheckKind.NONE and status.state is ContainerState.RUNNING:
+            self._start_monitor(status.container_id, replica, gate=status.health is not Health.HEALTHY)
+
+    async def container_exited(
+        self, env: str, container_id: str, pid: int, code: int | None, at: datetime | None = None
+    ) -> None:
+        """Handle the exit of a container's process (from an event, the resync or the reconciler)."""
+        await self._handle_exit(container_id, pid, code, at, env_hint=env)
+
+    async def settle(self, env: str) -> None:
+        """Bring ``env``'s status and service backends in line with its containers now."""
+        await self._evaluate(env)
+
+    # --- consumers ---------------------------------------------------------------------------
+
+    async def _consume_tasks(self, stream: AsyncIterator[TaskEvent]) -> None:
+        try:
+            async for event in stream:
+                if event.kind is TaskEventKind.OOM:
+                    self._oom.add(event.container_id)
+                elif event.kind is TaskEventKind.EXIT:
+                    self._spawn(self._handle_exit(event.container_id, event.pid, event.exit_code, event.at))
+        except errors.SchedulerError as err:
+            # The runtime gave up resubscribing; the resync loop still notices exits, only later.
+            _log.error("task_events.lost", error=err.message)
+
+    async def _consume_bus(self) -> None:
+        async for event in self._events.subscribe():
+            if event.type is EventType.CONTAINER_HEALTHY and event.container_id:
+                replica = self._replicas.get(event.container_id)
+                if replica is None or replica.monitor is None or replica.monitor.done():
+                    self._spawn(self._watch_new(event.environment, event.container_id))
+            elif event.type in (
+                EventType.ENVIRONMENT_RUNNING,
+                EventType.ENVIRONMENT_ROLLED_BACK,
+            ):
+                if event.environment not in self._settling:
+                    self._settling.add(event.environment)
+                    self._spawn(self._settle_after_operation(event.environment))
+            elif event.type is EventType.ENVIRONMENT_DELETED:
+                self._forget_environment(event.environment)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_interval)
+            try:
+                await self.resync()
+            except errors.SchedulerError as err:
+                _log.warning("resync.failed", error=err.message)
+
+    async def resync(self) -> None:
+        """Compare stored RUNNING containers with the runtime; handle exits whose events were lost."""
+        envs = await self._supervised_environments()
+        if not envs:
+            return
+        found = {info.id: info for info in await self._runtime.list({})}
+        for env in envs:
+            if self._ops.busy(env.name):
+                continue
+            for status in env.containers:
+                if status.state is not ContainerState.RUNNING or status.container_id in self._ops.expected_exits:
+                    continue
+                info = found.get(status.container_id)
+                if info is None:
+                    await self._mark_missing(env.name, status)
+                elif info.task_state is None or info.task_state.value == "STOPPED":
+                    await self._handle_exit(status.container_id, status.pid, info.exit_status, None, env_hint=env.name)
+            await self._evaluate(env.name)
+
+    # --- exits and restarts --------------------------------------------------------------------
+
+    async def _handle_exit(self, cid: str, pid: int, code: int | None, at: datetime | None, env_hint: str = "") -> None:
+        if cid in self._ops.expected_exits or self._closed:
+            return
+        located = await self._locate(cid, env_hint)
+        if located is None:
+            return
+        env_name, spec = located
+        replica = self._replica(cid, env_name, spec)
+        async with replica.lock:
+            if pid and pid == replica.handled_pid:
+                return
+            status = await self._recorded(env_name, cid)
+            if status is None or status.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
+                return
+            if pid and status.pid and status.pid != pid:
+                return  # the exit of a process already replaced
+            live = await self._runtime.task_pid(cid)
+            if live is not None and live != pid:
+                return
+            if status.state is ContainerState.RESTARTING and replica.restart is not None:
+                return  # already handled (by the resync); the restart is scheduled
+            replica.handled_pid = pid
+            self._cancel(replica.monitor)
+            ran_for = self._clock() - replica.up_since if replica.up_since else 0.0
+            oom = cid in self._oom
+            self._oom.discard(cid)
+            what = f"exited with code {code}" if code is not None else "exited (code unknown)"
+            if oom:
+                what += ", killed by the out-of-memory killer"
+            if replica.kill_reason:
+                what = f"{replica.kill_reason}; {what}"
+                replica.kill_reason = ""
+            restart = should_restart(spec.restart, code, status.restart_count)
+            delay = replica.backoff.next_delay(ran_for) if restart else 0.0
+            if restart:
+                message = f"{what}; restarting in {delay:g}s"
+            elif spec.restart.mode is RestartMode.NO:
+                message = f"{what}; restart policy is no"
+            elif code == 0:
+                message = f"{what}; restart policy is on-failure"
+            else:
+                message = f"{what}; gave up after {status.restart_count} restarts"
+            updated = await self._update(
+                env_name,
+                cid,
+                state=ContainerState.RESTARTING if restart else ContainerState.EXITED,
+                exit_code=code,
+                finished_at=at or now(),
+                oom_killed=oom,
+                pid=0,
+                message=message,
+            )
+            if updated is None:
+                return
+            _log.info("container.exited", env=env_name, container=cid, code=code, restart_in=delay if restart else None)
+            self._publish(EventType.CONTAINER_EXITED, env_name, updated, message)
+            if restart:
+                replica.restart = asyncio.create_task(self._restart_after(cid, replica, spec, delay))
+        await self._sync_backends(env_name, spec.name)
+        await self._evaluate(env_name)
+
+    async def _restart_after(self, cid: str, replica: _Replica, spec: ServiceSpec, delay: float) -> None:
+        await asyncio.sleep(delay)
+        env_name = replica.env
+        async with replica.lock:
+            replica.restart = None
+            if cid in self._ops.expected_exits:
+                return
+            status = await self._recorded(env_name, cid)
+            if status is None or status.state is not ContainerState.RESTARTING:
+                return
+            try:
+                pid = await self._runtime.start(cid)
+            except errors.NotFound:
+                await self._update(env_name, cid, state=ContainerState.UNKNOWN, message="container is gone")
+                return
+            except errors.SchedulerError as err:
+                delay = replica.backoff.next_delay(0.0)
+                await self._update(env_name, cid, message=f"restart failed: {err.message}; retrying in {delay:g}s")
+                replica.restart = asyncio.create_task(self._restart_after(cid, replica, spec, delay))
+                return
+            replica.up_since = self._clock()
+            checked = spec.health.kind is not HealthCheckKind.NONE
+            updated = await self._update(
+                env_name,
+                cid,
+                state=ContainerState.RUNNING,
+                health=Health.STARTING if checked else Health.NONE,
+                pid=pid,
+                started_at=now(),
+                restart_count=status.restart_count + 1,
+                message=f"restarted; the previous process {status.message.split(';')[0]}",
+            )
+            if updated is None:
+                return
+            _log.info("container.restarted", env=env_name, container=cid, pid=pid, count=updated.restart_count)
+            self._publish(EventType.CONTAINER_RESTARTED, env_name, updated, updated.message)
+            if checked:
+                self._start_monitor(cid, replica, gate=True)
+        if not checked:
+            await self._sync_backends(env_name, spec.name)
+            await self._evaluate(env_name)
+
+    async def _mark_missing(self, env_name: str, status: ContainerStatus) -> None:
+        updated = await self._update(
+            env_name, status.container_id, state=ContainerState.UNKNOWN, pid=0, message="container no longer exists"
+        )
+        if updated is not None:
+            self._publish(EventType.CONTAINER_EXITED, env_name, updated, updated.message)
+            await self._sync_backends(env_name, status.service)
+
+    # --- health ------------------------------------------------------------------------------
+
+    async def _watch_new(self, env_name: str, cid: str) -> None:
+        located = await self._locate(cid, env_name)
+        if located is None:
+            return
+        _, spec = located
+        if spec.health.kind is HealthCheckKind.NONE:
+            return
+        replica = self._replica(cid, env_name, spec)
+        if replica.monitor is None or replica.monitor.done():
+            replica.up_since = replica.up_since or self._clock()
+            self._start_monitor(cid, replica, gate=False)
+
+    def _start_monitor(self, cid: str, replica: _Replica, *, gate: bool) -> None:
+        self._cancel(replica.monitor)
+        replica.monitor = asyncio.create_task(self._monitor(cid, replica, gate), name=f"health:{cid}")
+
+    async def _monitor(self, cid: str, replica: _Replica, gate: bool) -> None:
+        env_name = replica.env
+        located = await self._locate(cid, env_name)
+        if located is None:
+            return
+        _, spec = located
+        check = spec.health
+        status = await self._recorded(env_name, cid)
+        if status is None:
+            return
+        ip = status.ip
+        healthy = True
+        if gate:
+            started = replica.up_since or self._clock()
+            try:
+                result = await health.wait_healthy(check, self._runtime, cid, ip, started)
+            except health.Unhealthy as unhealthy:
+                healthy = False
+                await self._became_unhealthy(env_name, cid, replica, spec, unhealthy.detail)
+            else:
+                replica.up_since = self._clock()
+                await self._became_healthy(env_name, cid, spec, result.detail)
+        failures = 0
+        while cid not in self._ops.expected_exits:
+            await asyncio.sleep(check.interval.total_seconds())
+            result = await health.probe(check, self._runtime, cid, ip)
+            if result.ok:
+                failures = 0
+                if not healthy:
+                    healthy = True
+                    replica.up_since = self._clock()
+                    await self._became_healthy(env_name, cid, spec, result.detail)
+                continue
+            failures += 1
+            if failures < check.retries or not healthy:
+                continue
+            current = await self._recorded(env_name, cid)
+            if current is None or current.state is not ContainerState.RUNNING:
+                return
+            healthy = False
+            await self._became_unhealthy(env_name, cid, replica, spec, result.detail)
+
+    async def _became_healthy(self, env_name: str, cid: str, spec: ServiceSpec, detail: str) -> None:
+        updated = await self._update(env_name, cid, health=Health.HEALTHY, message=detail)
+        if updated is None:
+            return
+        self._publish(EventType.CONTAINER_HEALTHY, env_name, updated, detail)
+        await self._sync_backends(env_name, spec.name)
+        await self._evaluate(env_name)
+
+    async def _became_unhealthy(
+        self, env_name: str, cid: str, replica: _Replica, spec: ServiceSpec, detail: str
+    ) -> None:
+        updated = await self._update(env_name, cid, health=Health.UNHEALTHY, message=detail)
+        if updated is None:
+            return
+        _log.warning("container.unhealthy", env=env_name, container=cid, detail=detail)
+        self._publish(EventType.CONTAINER_UNHEALTHY, env_name, updated, detail)
+        await self._sync_backends(env_name, spec.name)
+        await self._evaluate(env_name)
+        if spec.restart.mode is RestartMode.NO:
+            return
+        # Docker only reports an unhealthy container; we replace its process (the exit event,
+        # or the resync if that is lost, drives the restart through the policy).
+        replica.kill_reason = f"was unhealthy ({detail}), killed"
+        try:
+            exit_status = await self._runtime.stop(cid, spec.stop_grace)
+        except errors.NotFound:
+            return
+        except errors.SchedulerError as err:
+            _log.warning("unhealthy.kill_failed", container=cid, error=err.message)
+            return
+        self._spawn(self._handle_exit(cid, updated.pid, exit_status.code, exit_status.exited_at, env_hint=env_name))
+
+    # --- environment status and backends -------------------------------------------------------
+
+    async def _settle_after_operation(self, env_name: str) -> None:
+        try:
+            await self._ops.wait_idle(env_name)
+        finally:
+            self._settling.discard(env_name)
+        await self._evaluate(env_name)
+
+    async def _evaluate(self, env_name: str) -> None:
+        if self._ops.busy(env_name):
+            return
+        event: Event | None = None
+        async with self._ops.status_lock(env_name):
+            try:
+                env = await self._store.get(env_name)
+            except errors.NotFound:
+                return
+            if env.status not in SUPERVISED:
+                return
+            at = now()
+            found = problems(env, at)
+            status = EnvironmentStatus.DEGRADED if found else EnvironmentStatus.RUNNING
+            condition = ready_condition(found, at)
+            previous = next((c for c in env.conditions if c.type == "Ready"), None)
+            if status is env.status and (
+                status is EnvironmentStatus.RUNNING or (previous is not None and previous.message == condition.message)
+            ):
+                pass
+            else:
+                await self._store.put(
+                    replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at)
+                )
+                if status is not env.status:
+                    kind = EventType.ENVIRONMENT_DEGRADED if found else EventType.ENVIRONMENT_RUNNING
+                    event = Event(kind, env_name, at, message=condition.message, generation=env.generation)
+                    _log.info("environment.status", env=env_name, status=status.value, reason=condition.message)
+        if event is not None:
+            self._events.publish(event)
+        for service in env.spec.services:
+            await self._sync_backends(env_name, service.name)
+
+    async def _sync_backends(self, env_name: str, service: str) -> None:
+        """Point the service's address at its running, healthy replicas (only remove during operations)."""
+        try:
+            env = await self._store.get(env_name)
+            info = await self._network.service(env_name, service)
+        except errors.NotFound:
+            return
+        mine = [c for c in env.containers if c.service == service and c.ip]
+        serving = {
+            c.ip for c in mine if c.state is ContainerState.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
+        }
+        current = list(info.backends)
+        if self._ops.busy(env_name) or env.status not in SUPERVISED:
+            failing = {c.ip for c in mine} - serving
+            wanted = [ip for ip in current if ip not in failing]
+        else:
+            wanted = sorted(serving)
+        if sorted(wanted) == sorted(current):
+            return
+        try:
+            await self._network.set_backends(env_name, service, wanted)
+        except errors.SchedulerError as err:
+            _log.warning("backends.failed", env=env_name, service=service, error=err.message)
+            return
+        _log.info("backends.set", env=env_name, service=service, backends=wanted)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def _supervised_environments(self) -> list[Environment]:
+        out: list[Environment] = []
+        token = ""
+        for _ in range(10_000):
+            page, token = await self._store.list(page_size=200, page_token=token, statuses=SUPERVISED)
+            out += page
+            if not token:
+                break
+        return out
+
+    async def _locate(self, cid: str, env_hint: str) -> tuple[str, ServiceSpec] | None:
+        """The environment and service spec of a container, from what we know or the store."""
+        known = self._replicas.get(cid)
+        names: Iterable[str] = [known.env] if known else [env_hint] if env_hint else []
+        if not names:
+            names = [info.labels.get(labels.ENV, "") for info in await self._runtime.list({}) if info.id == cid]
+        for name in names:
+            try:
+                env = await self._store.get(name)
+            except errors.NotFound:
+                continue
+            status = next((c for c in env.containers if c.container_id == cid), None)
+            if status is None:
+                continue
+            spec = next((s for s in env.spec.services if s.name == status.service), None)
+            if spec is not None:
+                return name, spec
+        return None
+
+    def _replica(self, cid: str, env_name: str, spec: ServiceSpec) -> _Replica:
+        replica = self._replicas.get(cid)
+        if replica is None:
+            replica = _Replica(env=env_name, service=spec.name, backoff=Backoff(spec.restart), up_since=self._clock())
+            self._replicas[cid] = replica
+        else:
+            replica.backoff.policy = spec.restart
+        return replica
+
+    async def _recorded(self, env_name: str, cid: str) -> ContainerStatus | None:
+        """The stored status of ``cid``, waiting briefly while a deploy has not recorded its start."""
+        deadline = self._clock() + PENDING_WAIT
+        while True:
+            try:
+                env = await self._store.get(env_name)
+            except errors.NotFound:
+                return None
+            status = next((c for c in env.containers if c.container_id == cid), None)
+            if status is None or status.state not in (ContainerState.PENDING, ContainerState.CREATED):
+                return status
+            if self._clock() >= deadline:
+                return status
+            await asyncio.sleep(0.05)
+
+    async def _update(self, env_name: str, cid: str, **changes: Any) -> ContainerStatus | None:
+        async with self._ops.status_lock(env_name):
+            try:
+                env = await self._store.get(env_name)
+            except errors.NotFound:
+                return None
+            if env.status is EnvironmentStatus.DELETING:
+                return None
+            current = next((c for c in env.containers if c.container_id == cid), None)
+            if current is None:
+                return None
+            updated = replace(current, **changes)
+            containers = tuple(updated if c.container_id == cid else c for c in env.containers)
+            await self._store.put(replace(env, containers=containers, updated_at=now()))
+        return updated
+
+    def _publish(self, kind: EventType, env_name: str, status: ContainerStatus, message: str) -> None:
+        self._events.publish(
+            Event(
+                kind,
+                env_name,
+                now(),
+                service=status.service,
+                replica=status.replica,
+                container_id=status.container_id,
+                message=message,
+            )
+        )
+
+    def _forget_environment(self, env_name: str) -> None:
+        for cid in [cid for cid, r in self._replicas.items() if r.env == env_name]:
+            replica = self._replicas.pop(cid)
+            self._cancel(replica.monitor)
+            self._cancel(replica.restart)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("supervisor.task_failed", exc_info=task.exception())
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[Any] | None) -> None:
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
