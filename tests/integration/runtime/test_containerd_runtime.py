@@ -78,6 +78,10 @@ async def test_stdout_and_stderr_go_to_separate_log_files(
     mine = [i for i in info if i.id == config.id]
     assert mine and mine[0].task_state is domain.TaskState.RUNNING and mine[0].pid > 0
     assert mine[0].labels[L.OWNER] == L.OWNER_VALUE
+    # runc keeps its state under the runtime's own directory, not the host-wide /run/containerd/runc.
+    namespace = containerd_runtime.client.namespace
+    assert (containerd_runtime.state_dir / "runc" / namespace / config.id / "state.json").is_file()
+    assert not Path(f"/run/containerd/runc/{namespace}/{config.id}").exists()
 
 
 async def test_exec_returns_exit_code_and_output(
