@@ -124,9 +124,7 @@ def host_platform() -> tuple[str, str, str]:
     return "linux", arch, variant
 
 
-def choose_manifest(
-    index: Mapping[str, Any], where: str, platform: tuple[str, str, str]
-) -> tuple[int, Descriptor]:
+def choose_manifest(index: Mapping[str, Any], where: str, platform: tuple[str, str, str]) -> tuple[int, Descriptor]:
     """The position and descriptor of the index entry for ``platform`` (os, arch, variant).
 
     Raises:
@@ -146,11 +144,7 @@ def choose_manifest(
             continue
         os_, arch, variant = plat.get("os", ""), plat.get("architecture", ""), plat.get("variant", "")
         offered.append("/".join(p for p in (os_, arch, variant) if p))
-        if (
-            os_ == want_os
-            and arch == want_arch
-            and (not want_variant or not variant or variant == want_variant)
-        ):
+        if os_ == want_os and arch == want_arch and (not want_variant or not variant or variant == want_variant):
             return position, desc
     if fallback is not None:
         return fallback
@@ -212,9 +206,7 @@ def parse_manifest(data: bytes, desc: Descriptor, where: str) -> _Parsed:
     layers = tuple(Descriptor.from_json(raw, f"manifest {desc.digest}") for raw in doc["layers"])
     for layer in layers:
         if layer.media_type not in LAYER_TYPES:
-            raise FailedPrecondition(
-                f"layer {layer.digest} of {where} has unsupported media type {layer.media_type!r}"
-            )
+            raise FailedPrecondition(f"layer {layer.digest} of {where} has unsupported media type {layer.media_type!r}")
     return _Parsed(desc, config, layers)
 
 
@@ -304,9 +296,7 @@ class _ArchiveSource:
         async def chunks() -> AsyncIterator[bytes]:
             offset = 0
             while offset < member.size:
-                data = await asyncio.to_thread(
-                    self._read, member, offset, min(_CHUNK * 4, member.size - offset)
-                )
+                data = await asyncio.to_thread(self._read, member, offset, min(_CHUNK * 4, member.size - offset))
                 if not data:
                     break
                 offset += len(data)
@@ -398,9 +388,7 @@ class ImageService:
             running.add_done_callback(lambda _t: self._pulls.pop(name, None))
         return await asyncio.shield(running)
 
-    async def import_archive(
-        self, path: str | os.PathLike[str], name: str = ""
-    ) -> builtins.list[domain.Image]:
+    async def import_archive(self, path: str | os.PathLike[str], name: str = "") -> builtins.list[domain.Image]:
         """Import an OCI layout tarball or a ``docker save`` tarball; return its images, unpacked.
 
         ``name`` names an image whose archive carries no full reference (only a tag, or none).
@@ -415,9 +403,7 @@ class ImageService:
         try:
             tar = await asyncio.to_thread(tarfile.open, archive, "r:")
         except (tarfile.TarError, OSError) as err:
-            raise InvalidArgument(
-                f"image archive {archive} is not a tar file: {err}", field="archive"
-            ) from err
+            raise InvalidArgument(f"image archive {archive} is not a tar file: {err}", field="archive") from err
         try:
             members = {m.name.removeprefix("./"): m for m in await asyncio.to_thread(tar.getmembers)}
             if "index.json" in members:
@@ -542,9 +528,7 @@ class ImageService:
         where = ingest.image
         if root.media_type in INDEX_TYPES:
             index_bytes = await source.document(root)
-            position, manifest_desc = choose_manifest(
-                _json(index_bytes, f"index of {where}"), where, self.platform
-            )
+            position, manifest_desc = choose_manifest(_json(index_bytes, f"index of {where}"), where, self.platform)
             manifest_bytes = await source.document(manifest_desc)
             if manifest_desc.media_type and manifest_desc.media_type not in MANIFEST_TYPES:
                 raise FailedPrecondition(f"{where}: nested index {manifest_desc.digest} is not supported")
@@ -605,9 +589,7 @@ class ImageService:
         except NotFound:
             return False
         await self.client.leases.add_resource(
-            leases_pb.AddResourceRequest(
-                id=ingest.lease, resource=leases_pb.Resource(id=desc.digest, type="content")
-            )
+            leases_pb.AddResourceRequest(id=ingest.lease, resource=leases_pb.Resource(id=desc.digest, type="content"))
         )
         missing = {k: v for k, v in labels.items() if info.labels.get(k) != v}
         if missing:
@@ -711,9 +693,7 @@ class ImageService:
 
     def _report(self, ingest: _Ingest, desc: Descriptor, done: int) -> None:
         if ingest.progress is not None:
-            ingest.progress(
-                domain.PullProgress(image=ingest.image, digest=desc.digest, done=done, total=desc.size)
-            )
+            ingest.progress(domain.PullProgress(image=ingest.image, digest=desc.digest, done=done, total=desc.size))
 
     async def _update_labels(self, digest: str, labels: Mapping[str, str]) -> None:
         info = content_pb.Info(digest=digest, labels=dict(labels))
@@ -763,9 +743,7 @@ class ImageService:
                     )
                 try:
                     await self.client.snapshots.commit(
-                        snapshots_pb.CommitSnapshotRequest(
-                            snapshotter=self.snapshotter, name=chain_id, key=key
-                        ),
+                        snapshots_pb.CommitSnapshotRequest(snapshotter=self.snapshotter, name=chain_id, key=key),
                         lease=lease,
                         what=chain_id,
                     )
@@ -776,9 +754,7 @@ class ImageService:
                 raise
             await self._update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
         if chain:
-            await self._update_labels(
-                parsed.config.digest, {f"{GC_REF_SNAPSHOT}.{self.snapshotter}": chain[-1]}
-            )
+            await self._update_labels(parsed.config.digest, {f"{GC_REF_SNAPSHOT}.{self.snapshotter}": chain[-1]})
         return chain[-1] if chain else ""
 
     async def _snapshot_exists(self, key: str) -> bool:
@@ -802,9 +778,7 @@ class ImageService:
 
     async def _read_blob(self, digest: str) -> bytes:
         parts: builtins.list[bytes] = []
-        async for reply in self.client.content.read(
-            content_pb.ReadContentRequest(digest=digest), what=digest
-        ):
+        async for reply in self.client.content.read(content_pb.ReadContentRequest(digest=digest), what=digest):
             parts.append(reply.data)
         return b"".join(parts)
 
@@ -823,9 +797,7 @@ class ImageService:
     async def _plan_oci(
         self, tar: tarfile.TarFile, members: Mapping[str, tarfile.TarInfo], archive: Path, name: str
     ) -> tuple[BlobSource, builtins.list[tuple[Descriptor, builtins.list[str]]]]:
-        index = _json(
-            await asyncio.to_thread(_read_member, tar, members["index.json"]), f"{archive}: index.json"
-        )
+        index = _json(await asyncio.to_thread(_read_member, tar, members["index.json"]), f"{archive}: index.json")
         entries = index.get("manifests")
         if not isinstance(entries, list) or not entries:
             raise InvalidArgument(f"image archive {archive}: index.json lists no images", field="archive")
@@ -842,9 +814,7 @@ class ImageService:
         try:
             entries = json.loads(raw)
         except ValueError as err:
-            raise InvalidArgument(
-                f"image archive {archive}: manifest.json is not JSON", field="archive"
-            ) from err
+            raise InvalidArgument(f"image archive {archive}: manifest.json is not JSON", field="archive") from err
         if not isinstance(entries, list) or not entries:
             raise InvalidArgument(f"image archive {archive}: manifest.json lists no images", field="archive")
         paths: dict[str, str] = {}
@@ -857,9 +827,7 @@ class ImageService:
                 raise InvalidArgument(
                     f"image archive {archive}: manifest.json entry lacks Config or Layers", field="archive"
                 ) from err
-            config_bytes = await asyncio.to_thread(
-                _read_member, tar, _get_member(members, config_path, archive)
-            )
+            config_bytes = await asyncio.to_thread(_read_member, tar, _get_member(members, config_path, archive))
             config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
             inline[config_digest] = config_bytes
             layers = []
@@ -887,9 +855,7 @@ class ImageService:
                 },
                 separators=(",", ":"),
             ).encode()
-            manifest_desc = Descriptor(
-                DOCKER_MANIFEST, "sha256:" + hashlib.sha256(manifest).hexdigest(), len(manifest)
-            )
+            manifest_desc = Descriptor(DOCKER_MANIFEST, "sha256:" + hashlib.sha256(manifest).hexdigest(), len(manifest))
             inline[manifest_desc.digest] = manifest
             tags = [normalize(tag, "archive RepoTags") for tag in entry.get("RepoTags") or []]
             if not tags:

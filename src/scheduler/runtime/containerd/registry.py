@@ -60,12 +60,7 @@ class Descriptor:
             media_type = raw.get("mediaType", "")
         except (KeyError, TypeError) as err:
             raise FailedPrecondition(f"{where}: a descriptor lacks digest or size") from err
-        if (
-            not isinstance(digest, str)
-            or not isinstance(size, int)
-            or size < 0
-            or not isinstance(media_type, str)
-        ):
+        if not isinstance(digest, str) or not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
             raise FailedPrecondition(f"{where}: malformed descriptor {dict(raw)!r}")
         platform = raw.get("platform")
         annotations = raw.get("annotations") or {}
@@ -132,9 +127,7 @@ def endpoints_for(ref: Reference, registries: Mapping[str, RegistryHost]) -> lis
         out.append(Endpoint(url, mirror_host, True, creds.username, creds.password))
     api_host = DOCKER_HUB_API_HOST if ref.domain == DEFAULT_DOMAIN else ref.domain
     scheme = "http" if host_settings.insecure else "https"
-    out.append(
-        Endpoint(f"{scheme}://{api_host}", ref.domain, False, host_settings.username, host_settings.password)
-    )
+    out.append(Endpoint(f"{scheme}://{api_host}", ref.domain, False, host_settings.username, host_settings.password))
     return out
 
 
@@ -207,14 +200,11 @@ class RegistryClient:
             raise FailedPrecondition(f"manifest {desc.digest} of {ref} is {desc.size} bytes, over the limit")
         url = f"{endpoint.base_url}/v2/{ref.path}/manifests/{desc.digest}"
         accept = f"{desc.media_type}, {ACCEPT_MANIFESTS}" if desc.media_type else ACCEPT_MANIFESTS
-        resp = await self._request(
-            endpoint, ref, "GET", url, {"Accept": accept}, what=f"manifest {desc.digest}"
-        )
+        resp = await self._request(endpoint, ref, "GET", url, {"Accept": accept}, what=f"manifest {desc.digest}")
         body = resp.content
         if len(body) != desc.size:
             raise FailedPrecondition(
-                f"manifest {desc.digest} of {ref} from {endpoint.host}: "
-                f"got {len(body)} bytes, expected {desc.size}"
+                f"manifest {desc.digest} of {ref} from {endpoint.host}: got {len(body)} bytes, expected {desc.size}"
             )
         verify_digest(body, desc.digest, f"manifest of {ref} from {endpoint.host}")
         return body
@@ -226,9 +216,7 @@ class RegistryClient:
         """Stream a blob's bytes (the caller verifies them while writing)."""
         url = f"{endpoint.base_url}/v2/{ref.path}/blobs/{desc.digest}"
         headers = {"Accept": f"{desc.media_type or 'application/octet-stream'}, */*"}
-        resp = await self._request(
-            endpoint, ref, "GET", url, headers, stream=True, what=f"blob {desc.digest}"
-        )
+        resp = await self._request(endpoint, ref, "GET", url, headers, stream=True, what=f"blob {desc.digest}")
         try:
             yield _chunks(resp, chunk_size, endpoint, desc)
         finally:
@@ -345,16 +333,12 @@ class RegistryClient:
         try:
             resp = await self._http.get(realm, params=query, headers=headers)
         except httpx.TransportError as err:
-            raise Unavailable(
-                f"token issuer {realm} of registry {endpoint.host} cannot be reached: {err}"
-            ) from err
+            raise Unavailable(f"token issuer {realm} of registry {endpoint.host} cannot be reached: {err}") from err
         if resp.status_code in (401, 403):
             who = f"the credentials of {endpoint.username!r}" if endpoint.username else "anonymous access"
             raise PermissionDenied(f"token issuer {realm} of registry {endpoint.host} refused {who}")
         if resp.status_code >= 300:
-            raise Unavailable(
-                f"token issuer {realm} of registry {endpoint.host} answered HTTP {resp.status_code}"
-            )
+            raise Unavailable(f"token issuer {realm} of registry {endpoint.host} answered HTTP {resp.status_code}")
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
@@ -371,9 +355,7 @@ def _basic(endpoint: Endpoint) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-async def _chunks(
-    resp: httpx.Response, chunk_size: int, endpoint: Endpoint, desc: Descriptor
-) -> AsyncIterator[bytes]:
+async def _chunks(resp: httpx.Response, chunk_size: int, endpoint: Endpoint, desc: Descriptor) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.aiter_bytes(chunk_size):
             yield chunk
