@@ -54,9 +54,7 @@ def decode(envelope: service_pb.Envelope, namespace: str) -> domain.TaskEvent | 
         )
     start = unpack(envelope.event, events_pb.TaskStart)
     if start is not None:
-        return domain.TaskEvent(
-            kind=domain.TaskEventKind.START, container_id=start.container_id, pid=start.pid, at=at
-        )
+        return domain.TaskEvent(kind=domain.TaskEventKind.START, container_id=start.container_id, pid=start.pid, at=at)
     oom = unpack(envelope.event, events_pb.TaskOOM)
     if oom is not None:
         return domain.TaskEvent(kind=domain.TaskEventKind.OOM, container_id=oom.container_id, at=at)
@@ -140,18 +138,15 @@ class TaskEventStream:
                 try:
                     await self._subscribe_once(first)
                 except Unavailable as err:
+                    if self._live.is_set():
+                        # It had been live: a fresh outage, with the whole retry budget again.
+                        delays = self._retry.delays()
                     self._live.clear()
                     if not delays:
-                        raise Unavailable(
-                            f"lost containerd events and could not resubscribe: {err.message}"
-                        ) from err
+                        raise Unavailable(f"lost containerd events and could not resubscribe: {err.message}") from err
                     delay = delays.pop(0)
-                    _logger.warning(
-                        "containerd event stream lost; resubscribing", delay=delay, error=err.message
-                    )
+                    _logger.warning("containerd event stream lost; resubscribing", delay=delay, error=err.message)
                     await asyncio.sleep(delay)
-                else:
-                    delays = self._retry.delays()
                 first = False
         except asyncio.CancelledError:
             raise
