@@ -49,9 +49,7 @@ def test_grpcurl_lists_describes_and_checks_health(daemon: DaemonProcess) -> Non
     message = daemon.grpcurl("describe", "scheduler.v1.Environment")
     assert "endpoints" in message.stdout and "status" in message.stdout
 
-    health = daemon.grpcurl(
-        "grpc.health.v1.Health/Check", data='{"service": "scheduler.v1.SchedulerService"}'
-    )
+    health = daemon.grpcurl("grpc.health.v1.Health/Check", data='{"service": "scheduler.v1.SchedulerService"}')
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["status"] == "SERVING"
 
@@ -69,9 +67,7 @@ def test_python_stubs_get_clear_statuses(daemon: DaemonProcess) -> None:
 
         with pytest.raises(grpc.RpcError) as bad:
             stub.CreateEnvironment(
-                pb.CreateEnvironmentRequest(
-                    name="Bad_Name", spec=pb.EnvironmentSpecification(stack="web-postgres")
-                ),
+                pb.CreateEnvironmentRequest(name="Bad_Name", spec=pb.EnvironmentSpecification(stack="web-postgres")),
                 timeout=10,
             )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -82,9 +78,7 @@ def test_python_stubs_get_clear_statuses(daemon: DaemonProcess) -> None:
 
     # Every RPC was logged once with method, code and a request id.
     lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
-    rpcs = [
-        line for line in lines if line.get("event") == "rpc" and "GetEnvironment" in line.get("method", "")
-    ]
+    rpcs = [line for line in lines if line.get("event") == "rpc" and "GetEnvironment" in line.get("method", "")]
     assert rpcs and rpcs[0]["code"] == "NOT_FOUND" and rpcs[0]["request_id"] and "duration_ms" in rpcs[0]
 
 
@@ -118,9 +112,7 @@ def test_sigterm_during_a_stream_ends_it_and_exits_zero(daemon: DaemonProcess) -
 
 def test_health_check_tells_serving(daemon: DaemonProcess) -> None:
     with daemon.channel() as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=5
-        )
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -28,12 +28,11 @@ DEPLOY_TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def daemon(
-    tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]
-) -> Iterator[DaemonProcess]:
+def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
     tmp = tmp_path_factory.mktemp("envs")
     process = start_daemon(tmp, {"images": {"preload": [str(p) for p in image_archives.values()]}})
     yield process
+    process.delete_all_environments()
     code = process.stop()
     assert code == 0, process.log()[-3000:]
 
@@ -95,13 +94,9 @@ def count_resources(daemon: DaemonProcess, namespace: str, instance: str) -> dic
     netns_dir = daemon.data_dir / "network" / "netns"
     counts["netns"] = len(list(netns_dir.iterdir())) if netns_dir.exists() else 0
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    counts["links"] = sum(
-        1 for line in links.splitlines() if f" {instance}-" in line or f"@{instance}" in line
-    )
+    counts["links"] = sum(1 for line in links.splitlines() if f" {instance}-" in line or f"@{instance}" in line)
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    counts["env_rules"] = sum(
-        1 for line in rules.splitlines() if line.startswith("-A") and f"{instance}-e" in line
-    )
+    counts["env_rules"] = sum(1 for line in rules.splitlines() if line.startswith("-A") and f"{instance}-e" in line)
     volumes = daemon.data_dir / "volumes"
     counts["volumes"] = sum(1 for _ in volumes.rglob("*")) if volumes.exists() else 0
     return counts
@@ -184,9 +179,7 @@ def test_web_postgres_serves_a_page_from_the_database(
 
     # Logs: the frontend logged the request we just made.
     lines = list(
-        stub.GetEnvironmentLogs(
-            pb.GetEnvironmentLogsRequest(name="shop", services=["frontend"], tail=50), timeout=10
-        )
+        stub.GetEnvironmentLogs(pb.GetEnvironmentLogsRequest(name="shop", services=["frontend"], tail=50), timeout=10)
     )
     assert any("GET / " in line.line for line in lines)
     assert all(line.service == "frontend" for line in lines)
@@ -202,9 +195,7 @@ def test_web_postgres_serves_a_page_from_the_database(
     after = count_resources(daemon, namespace, instance)
     assert after == before, f"leaked: before {before}, after {after}"
     history = stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name="shop"), timeout=10)
-    assert [h.action for h in history.entries][:1] == ["create"] and "delete" in [
-        h.action for h in history.entries
-    ]
+    assert [h.action for h in history.entries][:1] == ["create"] and "delete" in [h.action for h in history.entries]
 
 
 def _bad_request(err: grpc.RpcError) -> list[str]:
@@ -369,9 +360,7 @@ def test_list_pages_filters_and_survives_a_restart(tmp_path: Path, image_archive
                 wait_status(stub, f"env-{index}", {pb.ENVIRONMENT_STATUS_RUNNING})
             names, token = [], ""
             while True:
-                page = stub.ListEnvironments(
-                    pb.ListEnvironmentsRequest(page_size=2, page_token=token), timeout=10
-                )
+                page = stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=2, page_token=token), timeout=10)
                 names += [e.name for e in page.environments]
                 token = page.next_page_token
                 if not token:

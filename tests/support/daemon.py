@@ -55,6 +55,30 @@ class DaemonProcess:
             argv += ["-d", data]
         return subprocess.run([*argv, self.address, *words], capture_output=True, text=True, timeout=timeout)
 
+    def delete_all_environments(self, timeout: float = 120) -> None:
+        """Delete every environment and wait until they are gone, so no container outlives a test."""
+        from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+        from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+
+        if self.process.poll() is not None:
+            return
+        with self.channel() as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            names = [
+                e.name
+                for e in stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=500), timeout=10).environments
+            ]
+            for name in names:
+                stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=10)
+            deadline = time.monotonic() + timeout
+            while names and time.monotonic() < deadline:
+                time.sleep(0.2)
+                names = [
+                    e.name
+                    for e in stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=500), timeout=10).environments
+                ]
+        assert not names, f"environments not deleted within {timeout}s: {names}"
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -131,9 +155,7 @@ def _launch(
             cwd=ROOT,
             env=child_env,
         )
-    daemon = DaemonProcess(
-        process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path
-    )
+    daemon = DaemonProcess(process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path)
     if wait:
         try:
             wait_serving(daemon.address, process, log_path)
@@ -157,4 +179,5 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield factory
     for daemon in started:
+        daemon.delete_all_environments()
         daemon.stop()

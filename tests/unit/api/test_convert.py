@@ -70,9 +70,7 @@ def test_environment_to_proto_carries_status_endpoints_and_containers() -> None:
     env = domain.Environment(
         name="pr-1",
         uid="u",
-        spec=domain.EnvironmentSpec(
-            stack="web-postgres", services=(domain.ServiceSpec(name="web", image="nginx"),)
-        ),
+        spec=domain.EnvironmentSpec(stack="web-postgres", services=(domain.ServiceSpec(name="web", image="nginx"),)),
         status=domain.EnvironmentStatus.RUNNING,
         containers=(
             domain.ContainerStatus(
@@ -95,8 +93,7 @@ def test_every_domain_status_has_a_wire_value() -> None:
     for status in domain.EnvironmentStatus:
         env = domain.Environment("e", "u", domain.EnvironmentSpec(stack="s", services=()), status=status)
         assert (
-            pb.EnvironmentStatus.Name(convert.environment_to_proto(env).status)
-            == f"ENVIRONMENT_STATUS_{status.value}"
+            pb.EnvironmentStatus.Name(convert.environment_to_proto(env).status) == f"ENVIRONMENT_STATUS_{status.value}"
         )
     for kind in domain.EventType:
         event = domain.Event(kind, "e", datetime.now(UTC))

@@ -5,11 +5,7 @@ from scheduler.api.interceptors import STATUS_OF, _status_details, status_of
 
 
 def test_every_error_class_maps_to_a_specific_code() -> None:
-    leaves = [
-        cls
-        for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, errors.SchedulerError)
-    ]
+    leaves = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.SchedulerError)]
     for cls in leaves:
         if cls is errors.SchedulerError:
             continue

@@ -32,18 +32,14 @@ async def test_http_probe_passes_on_2xx_and_fails_on_5xx() -> None:
             HealthCheck(HealthCheckKind.HTTP, port=good_port, path="/health"), _NoExec(), "c", "127.0.0.1"
         )
         assert ok.ok and "200" in ok.detail
-        failed = await health.probe(
-            HealthCheck(HealthCheckKind.HTTP, port=bad_port), _NoExec(), "c", "127.0.0.1"
-        )
+        failed = await health.probe(HealthCheck(HealthCheckKind.HTTP, port=bad_port), _NoExec(), "c", "127.0.0.1")
         assert not failed.ok and "503" in failed.detail
 
 
 async def test_tcp_probe_fails_on_a_closed_port() -> None:
     server, port = await _http_server("200 OK")
     async with server:
-        assert (
-            await health.probe(HealthCheck(HealthCheckKind.TCP, port=port), _NoExec(), "c", "127.0.0.1")
-        ).ok
+        assert (await health.probe(HealthCheck(HealthCheckKind.TCP, port=port), _NoExec(), "c", "127.0.0.1")).ok
     closed = await health.probe(HealthCheck(HealthCheckKind.TCP, port=port), _NoExec(), "c", "127.0.0.1")
     assert not closed.ok
 

@@ -38,15 +38,11 @@ async def test_tail_returns_the_last_lines_tagged_by_stream(tmp_path: Path) -> N
     assert all(line.service == "web" and line.container_id == "c1" for line in lines)
     only_err = [
         line
-        async for line in read_logs(
-            store, tmp_path, "e", LogQuery(stream=domain.LogStream.STDERR), asyncio.Event()
-        )
+        async for line in read_logs(store, tmp_path, "e", LogQuery(stream=domain.LogStream.STDERR), asyncio.Event())
     ]
     assert [line.line for line in only_err] == ["err 1", "err 2"]
     future = datetime.now(UTC) + timedelta(hours=1)
-    assert [
-        line async for line in read_logs(store, tmp_path, "e", LogQuery(since=future), asyncio.Event())
-    ] == []
+    assert [line async for line in read_logs(store, tmp_path, "e", LogQuery(since=future), asyncio.Event())] == []
 
 
 async def test_follow_sees_new_lines_and_moves_to_a_replacement_container(tmp_path: Path) -> None:

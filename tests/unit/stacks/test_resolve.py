@@ -136,9 +136,7 @@ def test_parameters_flow_into_every_service_and_are_url_quoted(catalog):
 
 
 def test_a_dollar_in_a_parameter_value_is_kept_literally(catalog):
-    spec = resolve(
-        EnvironmentRequest(stack="postgres", parameters={"postgres_password": "a$b${c}$$"}), "demo", catalog
-    )
+    spec = resolve(EnvironmentRequest(stack="postgres", parameters={"postgres_password": "a$b${c}$$"}), "demo", catalog)
     assert spec.services[0].env["POSTGRES_PASSWORD"] == "a$b${c}$$"
 
 
@@ -189,18 +187,14 @@ def test_every_override_field_exists_on_service_spec():
 
 
 def test_api_postgres_publishes_the_backend(catalog):
-    spec = resolve(
-        EnvironmentRequest(stack="api-postgres", parameters={"backend_host_port": "0"}), "demo", catalog
-    )
+    spec = resolve(EnvironmentRequest(stack="api-postgres", parameters={"backend_host_port": "0"}), "demo", catalog)
     validate("demo", spec, LimitSettings())
     assert [s.name for s in spec.services] == ["postgres", "backend"]
     assert spec.services[1].ports == (PortSpec(8080, publish=True),)
 
 
 def test_postgres_stack_publishes_5432(catalog):
-    spec = resolve(
-        EnvironmentRequest(stack="postgres", parameters={"postgres_host_port": "25432"}), "db", catalog
-    )
+    spec = resolve(EnvironmentRequest(stack="postgres", parameters={"postgres_host_port": "25432"}), "db", catalog)
     validate("db", spec, LimitSettings())
     (pg,) = spec.services
     assert pg.ports == (PortSpec(5432, publish=True, host_port=25432),)
@@ -212,9 +206,7 @@ def test_toolbox_command_is_split_like_a_shell(catalog):
     validate("t", spec, LimitSettings())
     assert spec.services[0].command[:2] == ("sh", "-c")
     assert "trap" in spec.services[0].command[2]
-    spec = resolve(
-        EnvironmentRequest(stack="toolbox", parameters={"command": "echo 'hello world' done"}), "t", catalog
-    )
+    spec = resolve(EnvironmentRequest(stack="toolbox", parameters={"command": "echo 'hello world' done"}), "t", catalog)
     assert spec.services[0].command == ("echo", "hello world", "done")
     assert spec.services[0].image == "docker.io/schedulerdemo/toolbox:1.0"
     for bad in ("", "echo 'unterminated"):
@@ -244,9 +236,7 @@ def test_bad_parameter_values_name_the_parameter(catalog, name, value):
 
 def test_a_bad_secret_value_is_not_echoed_in_the_error(catalog):
     with pytest.raises(InvalidArgument) as err:
-        resolve(
-            EnvironmentRequest(stack="postgres", parameters={"postgres_password": "se\x01cret"}), "d", catalog
-        )
+        resolve(EnvironmentRequest(stack="postgres", parameters={"postgres_password": "se\x01cret"}), "d", catalog)
     assert "se\x01cret" not in err.value.message
 
 
@@ -271,9 +261,7 @@ def test_required_parameters_without_defaults_must_be_given():
 
 def test_env_name_is_available_to_templates_and_stack_bugs_are_internal():
     ok = Stack("s", "d", services=(ServiceSpec(name="app", image="busybox", env={"ENV_NAME": "${env}"}),))
-    assert resolve(EnvironmentRequest(stack="s"), "demo", Catalog([ok])).services[0].env == {
-        "ENV_NAME": "demo"
-    }
+    assert resolve(EnvironmentRequest(stack="s"), "demo", Catalog([ok])).services[0].env == {"ENV_NAME": "demo"}
     broken = Stack("b", "d", services=(ServiceSpec(name="app", image="busybox:${missing}"),))
     with pytest.raises(Internal, match="missing"):
         resolve(EnvironmentRequest(stack="b"), "demo", Catalog([broken]))

@@ -16,9 +16,7 @@ from tests.unit.storage.factories import full_environment, history_entry
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request, tmp_path):
-    s: StateStore = (
-        MemoryStateStore() if request.param == "memory" else SqliteStateStore(tmp_path / "state.db")
-    )
+    s: StateStore = MemoryStateStore() if request.param == "memory" else SqliteStateStore(tmp_path / "state.db")
     yield s
     await s.close()
 
@@ -141,13 +139,9 @@ async def test_token_after_the_last_item_was_deleted_still_continues(store):
 
 
 async def test_list_filters_by_any_status_and_all_labels(store):
-    await store.create(
-        full_environment("a", status=EnvironmentStatus.RUNNING, labels={"team": "x", "tier": "dev"})
-    )
+    await store.create(full_environment("a", status=EnvironmentStatus.RUNNING, labels={"team": "x", "tier": "dev"}))
     await store.create(full_environment("b", status=EnvironmentStatus.FAILED, labels={"team": "x"}))
-    await store.create(
-        full_environment("c", status=EnvironmentStatus.PENDING, labels={"team": "y", "tier": "dev"})
-    )
+    await store.create(full_environment("c", status=EnvironmentStatus.PENDING, labels={"team": "y", "tier": "dev"}))
 
     async def names(**kw):
         return [e.name for e in (await store.list(0, "", **kw))[0]]
