@@ -74,6 +74,11 @@ async def test_restart_keeps_the_task_and_the_old_client_reconnects(managed: Man
         assert not _alive(first_daemon)
         assert _alive(pid), "the container must outlive its containerd"
 
+        # While it is down, calls fail with Unavailable after a bounded retry instead of hanging.
+        with pytest.raises(Unavailable):
+            async with asyncio.timeout(10):
+                await runtime.task_pid(cid)
+
         await managed.start()
         assert managed.pid != first_daemon and not managed.adopted
         # The same client rides out the restart: idempotent calls retry UNAVAILABLE.

@@ -504,6 +504,11 @@ class ContainerdClient:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # A local socket is cheap to retry: reconnect within ~2 s of containerd coming back,
+                # instead of gRPC's default backoff that grows to two minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
         client = cls(
