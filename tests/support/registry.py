@@ -303,9 +303,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
         capture_output=True,
         timeout=30,
     )
-    proc, host = _start_registry(
-        workdir, {"htpasswd": {"realm": "loopback", "path": str(workdir / "htpasswd")}}
-    )
+    proc, host = _start_registry(workdir, {"htpasswd": {"realm": "loopback", "path": str(workdir / "htpasswd")}})
     try:
         yield Registry(host=host, workdir=workdir, pid=proc.pid, username="alice", password=password)
     finally:
