@@ -142,3 +142,30 @@ async def test_archive_missing_a_blob_leaves_nothing_behind(
     assert await leftovers(image_client) == (0, 0)
     assert await service.list() == []
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def test_gc_keeps_what_a_remaining_image_references(
+    image_archives: dict[str, Path], make_service, image_client: ContainerdClient
+) -> None:
+    service = make_service()
+    (toolbox,) = await service.import_archive(image_archives[TOOLBOX])
+    (backend,) = await service.import_archive(image_archives[BACKEND])
+    toolbox_chain = chain_ids(_archive_config(image_archives[TOOLBOX])["rootfs"]["diff_ids"])  # type: ignore[index]
+    backend_chain = chain_ids(_archive_config(image_archives[BACKEND])["rootfs"]["diff_ids"])  # type: ignore[index]
+    assert toolbox_chain[0] == backend_chain[0]  # the shared busybox base layer
+    # Deleting with sync runs the collector now: only what toolbox references may survive.
+    await service.delete(BACKEND)
+
+    async def snapshot_exists(key: str) -> bool:
+        try:
+            await image_client.snapshots.stat(snapshots_pb.StatSnapshotRequest(snapshotter="overlayfs", key=key))
+        except NotFound:
+            return False
+        return True
+
+    assert [await snapshot_exists(k) for k in toolbox_chain] == [True, True]
+    assert await snapshot_exists(backend_chain[-1]) is False
+    await image_client.content.info(content_pb.InfoRequest(digest=toolbox.digest))
+    with pytest.raises(NotFound):
+        await image_client.content.info(content_pb.InfoRequest(digest=backend.digest))
+    assert await service.get(TOOLBOX) == toolbox
