@@ -28,9 +28,7 @@ ExecHandler = Callable[[str, Sequence[str]], domain.ExecResult]
 
 def _check_id(container_id: str) -> None:
     if not container_id or not _NAME.match(container_id):
-        raise InvalidArgument(
-            f"container.id {container_id!r} is not a valid identifier", field="container.id"
-        )
+        raise InvalidArgument(f"container.id {container_id!r} is not a valid identifier", field="container.id")
 
 
 def fake_image(ref: str, config: domain.ImageConfig | None = None) -> domain.Image:
@@ -170,9 +168,7 @@ class FakeRuntime:
         container.exit = None
         container.exited = asyncio.Event()
         container.starts += 1
-        self._emit(
-            domain.TaskEvent(domain.TaskEventKind.START, container_id, container.pid, at=datetime.now(UTC))
-        )
+        self._emit(domain.TaskEvent(domain.TaskEventKind.START, container_id, container.pid, at=datetime.now(UTC)))
         return container.pid
 
     async def stop(self, container_id: str, grace: timedelta, signal: str = "SIGTERM") -> domain.ExitStatus:
@@ -201,11 +197,7 @@ class FakeRuntime:
         if container is not None and container.state is not None:
             if container.state != domain.TaskState.STOPPED:
                 self._exit(container, 137)
-            self._emit(
-                domain.TaskEvent(
-                    domain.TaskEventKind.DELETE, container_id, container.pid, at=datetime.now(UTC)
-                )
-            )
+            self._emit(domain.TaskEvent(domain.TaskEventKind.DELETE, container_id, container.pid, at=datetime.now(UTC)))
 
     async def exec(
         self,
@@ -216,9 +208,7 @@ class FakeRuntime:
         self._record("exec", container_id, *argv)
         container = self._get(container_id)
         if container.state != domain.TaskState.RUNNING:
-            raise NotFound(
-                f"container {container_id} has no running task to exec in", container_id=container_id
-            )
+            raise NotFound(f"container {container_id} has no running task to exec in", container_id=container_id)
         if not argv:
             raise InvalidArgument("exec needs a command", field="argv")
         return self.exec_handler(container_id, argv)

@@ -173,9 +173,7 @@ def check_version(text: str) -> None:
     """
     if parse_version(text)[:2] < MIN_VERSION:
         need = ".".join(map(str, MIN_VERSION))
-        raise FailedPrecondition(
-            f"containerd {text} is too old: the scheduler needs containerd {need} or newer"
-        )
+        raise FailedPrecondition(f"containerd {text} is too old: the scheduler needs containerd {need} or newer")
 
 
 def check_name(value: str, field: str) -> str:
@@ -519,15 +517,11 @@ class ContainerdClient:
             retry=retry if retry is not None else RetryPolicy(),
         )
         try:
-            reply = await client.version_service.version(
-                empty_pb2.Empty(), timeout=connect_timeout, retry=NO_RETRY
-            )
+            reply = await client.version_service.version(empty_pb2.Empty(), timeout=connect_timeout, retry=NO_RETRY)
             check_version(reply.version)
         except Unavailable as err:
             await channel.close()
-            raise Unavailable(
-                f"containerd does not answer on {path}: {err.message}", socket=path
-            ) from err.__cause__
+            raise Unavailable(f"containerd does not answer on {path}: {err.message}", socket=path) from err.__cause__
         except BaseException:
             await channel.close()
             raise
@@ -654,9 +648,7 @@ class ContainerdClient:
             yield lease_id
         finally:
             try:
-                await self.leases.delete(
-                    leases_pb.DeleteRequest(id=lease_id, sync=sync_delete), what=lease_id
-                )
+                await self.leases.delete(leases_pb.DeleteRequest(id=lease_id, sync=sync_delete), what=lease_id)
             except NotFound:
                 pass
 

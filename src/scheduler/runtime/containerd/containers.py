@@ -163,8 +163,7 @@ class ContainerStore:
             reply = await self._client.snapshots.prepare(request, lease=lease, what=config.id)
         except NotFound as err:
             raise NotFound(
-                f"image {config.image.name} has no unpacked snapshot {config.image.chain_id}:"
-                " pull or import it first",
+                f"image {config.image.name} has no unpacked snapshot {config.image.chain_id}: pull or import it first",
                 image=config.image.name,
             ) from err
         return list(reply.mounts)

@@ -71,18 +71,12 @@ def task_state(status: int) -> domain.TaskState:
 
 def mounts_to_proto(mounts: Iterable[domain.Mount]) -> list[mount_pb.Mount]:
     """Domain mounts as containerd mounts (for rootfs-style lists)."""
-    return [
-        mount_pb.Mount(type=m.type, source=m.source, target=m.destination, options=list(m.options))
-        for m in mounts
-    ]
+    return [mount_pb.Mount(type=m.type, source=m.source, target=m.destination, options=list(m.options)) for m in mounts]
 
 
 def mounts_from_proto(mounts: Iterable[mount_pb.Mount]) -> list[domain.Mount]:
     """Domain mounts from containerd's (e.g. a snapshot's)."""
-    return [
-        domain.Mount(destination=m.target, source=m.source, type=m.type, options=tuple(m.options))
-        for m in mounts
-    ]
+    return [domain.Mount(destination=m.target, source=m.source, type=m.type, options=tuple(m.options)) for m in mounts]
 
 
 def container_info(container: containers_pb.Container, task: task_pb.Process | None) -> domain.ContainerInfo:

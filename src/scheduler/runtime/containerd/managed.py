@@ -78,8 +78,7 @@ class ManagedContainerd:
         self._process: asyncio.subprocess.Process | None = None
         if len(str(self.socket)) > _MAX_SOCKET_PATH:
             raise InvalidArgument(
-                f"containerd socket path {self.socket} is longer than {_MAX_SOCKET_PATH} bytes:"
-                " use a shorter data_dir",
+                f"containerd socket path {self.socket} is longer than {_MAX_SOCKET_PATH} bytes: use a shorter data_dir",
                 field="data_dir",
             )
 

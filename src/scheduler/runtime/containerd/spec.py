@@ -191,9 +191,7 @@ def with_env(env: Mapping[str, str] | Sequence[str]) -> SpecOpt:
     return apply
 
 
-def resolve_args(
-    image: domain.ImageConfig, command: Sequence[str] = (), args: Sequence[str] = ()
-) -> list[str]:
+def resolve_args(image: domain.ImageConfig, command: Sequence[str] = (), args: Sequence[str] = ()) -> list[str]:
     """Docker's rule: entrypoint + cmd, where an overridden entrypoint drops the image's cmd."""
     entrypoint = list(command) if command else list(image.entrypoint)
     if args:
@@ -212,9 +210,7 @@ def with_args(argv: Sequence[str]) -> SpecOpt:
         InvalidArgument: when ``argv`` is empty (neither the image nor the caller gave a command).
     """
     if not argv:
-        raise InvalidArgument(
-            "container has no command: the image defines none and none was given", field="command"
-        )
+        raise InvalidArgument("container has no command: the image defines none and none was given", field="command")
 
     def apply(spec: Spec) -> None:
         spec["process"]["args"] = list(argv)
