@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -317,7 +317,6 @@ class _Ingest:
     lease: str
     image: str
     progress: ProgressCallback | None = None
-    written: builtins.list[str] = field(default_factory=list)
 
 
 class ImageService:
