@@ -167,11 +167,11 @@ def test_web_postgres_serves_a_page_from_the_database(
         return next(e for e in events if e.type == kind and e.service == service)
 
     postgres_healthy = first(pb.EVENT_TYPE_CONTAINER_HEALTHY, "postgres")
-    backend_created = first(pb.EVENT_TYPE_CONTAINER_CREATED, "backend")
-    assert backend_created.sequence > postgres_healthy.sequence
-    assert backend_created.time.ToDatetime() >= postgres_healthy.time.ToDatetime()
-    frontend_created = first(pb.EVENT_TYPE_CONTAINER_CREATED, "frontend")
-    assert frontend_created.sequence > first(pb.EVENT_TYPE_CONTAINER_HEALTHY, "backend").sequence
+    backend_started = first(pb.EVENT_TYPE_CONTAINER_STARTED, "backend")
+    assert backend_started.sequence > postgres_healthy.sequence
+    assert backend_started.time.ToDatetime() >= postgres_healthy.time.ToDatetime()
+    frontend_started = first(pb.EVENT_TYPE_CONTAINER_STARTED, "frontend")
+    assert frontend_started.sequence > first(pb.EVENT_TYPE_CONTAINER_HEALTHY, "backend").sequence
 
     running = [c for c in env.containers if c.state == pb.CONTAINER_STATE_RUNNING]
     assert {c.service for c in running} == {"postgres", "backend", "frontend"}

@@ -325,6 +325,9 @@ class Orchestrator:
         image: domain.Image,
         milestones: dict[str, _Milestones],
     ) -> None:
+        prepared = await asyncio.gather(
+            *(self._prepare_replica(env, service, image, index) for index in range(service.replicas))
+        )
         for dep in service.depends_on:
             try:
                 await asyncio.wait_for(milestones[dep.service].of(dep.condition).wait(), dep.deadline.total_seconds())
@@ -335,9 +338,7 @@ class Orchestrator:
                     f"service {service.name}: dependency {dep.service} did not become {dep.condition.value} "
                     f"within {dep.deadline.total_seconds():g}s",
                 ) from None
-        replicas = await asyncio.gather(
-            *(self._start_replica(env, service, image, index) for index in range(service.replicas))
-        )
+        replicas = await asyncio.gather(*(self._launch_replica(env, service, p) for p in prepared))
         mine = milestones[service.name]
         mine.started.set()
         ids_ips = list(replicas)
@@ -362,6 +363,17 @@ class Orchestrator:
     async def _start_replica(
         self, env: Environment, service: ServiceSpec, image: domain.Image, index: int
     ) -> tuple[str, str, float]:
+        """Prepare and start one replica; returns its id, address and start time."""
+        return await self._launch_replica(env, service, await self._prepare_replica(env, service, image, index))
+
+    async def _prepare_replica(
+        self, env: Environment, service: ServiceSpec, image: domain.Image, index: int
+    ) -> tuple[int, str, str]:
+        """Attach a new container to the network and create it, without starting it.
+
+        This part does not depend on other services, so a deploy runs it for every service at
+        once, while dependencies are still coming up. Returns the replica index, id and address.
+        """
         cid = container_id(env.name, service.name, index)
         await self._record(env.name, ContainerStatus(service=service.name, replica=index, container_id=cid))
         try:
@@ -401,19 +413,27 @@ class Orchestrator:
                 log_dir=str(log_dir),
             )
             await self._runtime.create(config)
-            self._publish(env, EventType.CONTAINER_CREATED, service.name, index, cid)
+        except errors.SchedulerError as err:
+            await self._failed_replica(env.name, service.name, index, cid, err)
+            raise DeployFailure(service.name, "CreateFailed", f"service {service.name}: {err.message}") from err
+        await self._record(
+            env.name,
+            ContainerStatus(
+                service=service.name, replica=index, container_id=cid, state=ContainerState.CREATED, ip=attachment.ip
+            ),
+        )
+        self._publish(env, EventType.CONTAINER_CREATED, service.name, index, cid)
+        return index, cid, attachment.ip
+
+    async def _launch_replica(
+        self, env: Environment, service: ServiceSpec, prepared: tuple[int, str, str]
+    ) -> tuple[str, str, float]:
+        """Start a prepared replica; returns its id, address and start time (monotonic clock)."""
+        index, cid, ip = prepared
+        try:
             pid = await self._runtime.start(cid)
         except errors.SchedulerError as err:
-            await self._record(
-                env.name,
-                ContainerStatus(
-                    service=service.name,
-                    replica=index,
-                    container_id=cid,
-                    state=ContainerState.UNKNOWN,
-                    message=err.message,
-                ),
-            )
+            await self._failed_replica(env.name, service.name, index, cid, err)
             raise DeployFailure(service.name, "StartFailed", f"service {service.name}: {err.message}") from err
         started = time.monotonic()
         health_state = Health.NONE if service.health.kind is HealthCheckKind.NONE else Health.STARTING
@@ -426,12 +446,20 @@ class Orchestrator:
                 state=ContainerState.RUNNING,
                 health=health_state,
                 pid=pid,
-                ip=attachment.ip,
+                ip=ip,
                 started_at=now(),
             ),
         )
         self._publish(env, EventType.CONTAINER_STARTED, service.name, index, cid)
-        return cid, attachment.ip, started
+        return cid, ip, started
+
+    async def _failed_replica(self, name: str, service: str, index: int, cid: str, err: errors.SchedulerError) -> None:
+        await self._record(
+            name,
+            ContainerStatus(
+                service=service, replica=index, container_id=cid, state=ContainerState.UNKNOWN, message=err.message
+            ),
+        )
 
     async def _await_health(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> None:
         try:

@@ -1,0 +1,200 @@
+"""Time from CreateEnvironment to RUNNING for web-postgres, against a serial baseline, in one run.
+
+Run as root: ``python -m bench.env_create [--runs N] [--parallel N]``.
+
+- **scheduler**: a real daemon process (managed containerd), CreateEnvironment over gRPC, polled
+  with GetEnvironment until RUNNING, then deleted. ``runs`` times.
+- **serial baseline**: the same three containers (postgres, backend, frontend) with the same
+  images, network and health checks, started one after another directly through the runtime and
+  network layers, each waiting for its health check before the next starts: the way a shell
+  script would do it. Same containerd, own namespace and network instance.
+- **parallel**: ``parallel`` environments created at once; wall time to all RUNNING and its ratio
+  to ``parallel`` times the single-environment median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from scheduler import domain
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.config import ImageSettings, NetworkSettings
+from scheduler.network.cni import CniNetwork
+from scheduler.orchestrator import health
+from scheduler.runtime.containerd.runtime import ContainerdRuntime
+from scheduler.stacks.catalog import default_catalog
+from scheduler.stacks.resolve import resolve
+from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.images import build
+
+RUNNING = pb.ENVIRONMENT_STATUS_RUNNING
+
+
+def wait_running(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        env = stub.GetEnvironment(pb.GetEnvironmentRequest(name=name), timeout=10)
+        if env.status == RUNNING:
+            return
+        if env.status == pb.ENVIRONMENT_STATUS_FAILED:
+            raise SystemExit(f"{name} failed: {env.conditions}")
+        time.sleep(0.05)
+    raise SystemExit(f"{name} not RUNNING within {timeout}s")
+
+
+def wait_deleted(stub: pb_grpc.SchedulerServiceStub, names: list[str]) -> None:
+    for name in names:
+        stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=10)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if not stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=500), timeout=10).environments:
+            return
+        time.sleep(0.2)
+    raise SystemExit("environments not deleted in time")
+
+
+def scheduler_runs(daemon: DaemonProcess, runs: int) -> list[float]:
+    times = []
+    with daemon.channel() as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        for index in range(runs):
+            name = f"bench-{index}"
+            started = time.monotonic()
+            stub.CreateEnvironment(
+                pb.CreateEnvironmentRequest(name=name, spec=pb.EnvironmentSpecification(stack="web-postgres")),
+                timeout=10,
+            )
+            wait_running(stub, name)
+            times.append(time.monotonic() - started)
+            wait_deleted(stub, [name])
+    return times
+
+
+def parallel_run(daemon: DaemonProcess, count: int) -> float:
+    names = [f"par-{i}" for i in range(count)]
+    with daemon.channel() as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        started = time.monotonic()
+        for name in names:
+            stub.CreateEnvironment(
+                pb.CreateEnvironmentRequest(name=name, spec=pb.EnvironmentSpecification(stack="web-postgres")),
+                timeout=10,
+            )
+        for name in names:
+            wait_running(stub, name, timeout=900)
+        elapsed = time.monotonic() - started
+        wait_deleted(stub, names)
+    return elapsed
+
+
+async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path) -> list[float]:
+    """Start postgres, then backend, then frontend, each health-gated, through the layers directly."""
+    runtime = await ContainerdRuntime.connect(
+        str(daemon.data_dir / "containerd" / "containerd.sock"),
+        namespace="baseline" + secrets.token_hex(3),
+        state_dir=state / "runtime",
+        images=ImageSettings(),
+    )
+    settings = NetworkSettings(pool="10.250.0.0/16", port_range=(31000, 31999))
+    network = CniNetwork(state / "network", settings, instance="bl" + secrets.token_hex(2))
+    await network.start()
+    archives = build()
+    for archive in archives.values():
+        await runtime.import_archive(archive)
+    times = []
+    try:
+        for index in range(runs):
+            env = f"base{index}"
+            spec = resolve(domain.EnvironmentRequest(stack="web-postgres"), env, default_catalog())
+            started = time.monotonic()
+            await network.ensure_environment(env)
+            ids = []
+            for service in spec.services:
+                await network.ensure_service(env, service.name, [p.container_port for p in service.ports])
+                image = await runtime.ensure_image(service.image, domain.PullPolicy.IF_NOT_PRESENT)
+                cid = f"{env}.{service.name}.0"
+                attachment = await network.attach(env, cid, hostname=f"{service.name}-0", aliases=(service.name,))
+                volumes = []
+                for volume in service.volumes:
+                    path = state / "volumes" / env / volume.name
+                    path.mkdir(parents=True, exist_ok=True)
+                    volumes.append(domain.Mount(volume.path, str(path)))
+                await runtime.create(
+                    domain.ContainerConfig(
+                        id=cid,
+                        image=image,
+                        command=service.command,
+                        args=service.args,
+                        env=service.env,
+                        hostname=f"{service.name}-0",
+                        mounts=(
+                            domain.Mount("/etc/hosts", attachment.hosts_path, options=("rbind", "ro")),
+                            domain.Mount("/etc/resolv.conf", attachment.resolv_path, options=("rbind", "ro")),
+                            *volumes,
+                        ),
+                        netns_path=attachment.netns_path,
+                        resources=service.resources,
+                    )
+                )
+                await runtime.start(cid)
+                ids.append(cid)
+                # The same probes at the same cadence as the scheduler's: only the ordering differs.
+                if service.health.kind is not domain.HealthCheckKind.NONE:
+                    await health.wait_healthy(service.health, runtime, cid, attachment.ip, time.monotonic())
+                await network.set_backends(env, service.name, [attachment.ip])
+            for port in (p for s in spec.services for p in s.ports if p.publish):
+                await network.publish(env, "frontend", port.container_port)
+            times.append(time.monotonic() - started)
+            for cid in reversed(ids):
+                await runtime.stop(cid, domain.ServiceSpec("x", "x").stop_grace)
+                await runtime.delete(cid)
+                await network.detach(env, cid)
+            await network.delete_environment(env)
+    finally:
+        await network.close()
+        await runtime.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=20)
+    args = parser.parse_args()
+    archives = build()
+    with tempfile.TemporaryDirectory(prefix="bench-env-") as tmp:
+        daemon = start_daemon(
+            Path(tmp), {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
+        )
+        try:
+            ours = scheduler_runs(daemon, args.runs)
+            baseline = asyncio.run(serial_baseline(daemon, args.runs, Path(tmp) / "baseline"))
+            together = parallel_run(daemon, args.parallel) if args.parallel else 0.0
+        finally:
+            daemon.stop()
+    single = statistics.median(ours)
+    report = {
+        "web_postgres_create_to_running_s": {"median": round(single, 3), "samples": [round(t, 3) for t in ours]},
+        "serial_baseline_s": {
+            "median": round(statistics.median(baseline), 3),
+            "samples": [round(t, 3) for t in baseline],
+        },
+        "ratio_scheduler_to_serial": round(single / statistics.median(baseline), 3),
+        "target": "ratio < 1.0 (faster than the serial baseline)",
+    }
+    if args.parallel:
+        report[f"{args.parallel}_at_once_wall_s"] = round(together, 3)
+        report[f"ratio_to_{args.parallel}x_single"] = round(together / (args.parallel * single), 3)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
