@@ -484,6 +484,12 @@ class Supervisor:
         if not checked:
             await self._sync_backends(env_name, spec.name)
             await self._evaluate(env_name)
+            # Without a health check the replica counts as up once it ran reset_after: look again then.
+            self._spawn(self._evaluate_later(env_name, spec.restart.reset_after.total_seconds() + 0.05))
+
+    async def _evaluate_later(self, env_name: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._evaluate(env_name)
 
     async def _mark_missing(self, env_name: str, status: ContainerStatus) -> None:
         updated = await self._update(
