@@ -128,6 +128,9 @@ class NetworkManager(Protocol):
     async def environment(self, env: str) -> EnvNetworkInfo:
         """The environment's network; NotFound when it has none."""
 
+    async def remove_service(self, env: str, service: str) -> None:
+        """Drop the service's VIP, its rules and its published ports; idempotent."""
+
     async def service(self, env: str, service: str) -> ServiceInfo:
         """The service's VIP, ports and backends; NotFound when unknown."""
 

@@ -280,6 +280,19 @@ class CniNetwork:
             self._write_env_files(env, rec)
             return svc.vip
 
+    async def remove_service(self, env: str, service: str) -> None:
+        """Drop the service's VIP, its rules and its published ports; idempotent.
+
+        The VIP may be handed to another service afterwards; hosts files stop naming it.
+        """
+        async with self._lock:
+            rec = self._env(env)
+            released = self._release_ports(lambda p: p.env == env and p.service == service)
+            if rec.services.pop(service, None) is None and not released:
+                return
+            await self._commit()
+            self._write_env_files(env, rec)
+
     async def service(self, env: str, service: str) -> ServiceInfo:
         """The service's VIP, ports and backends; NotFound when unknown."""
         async with self._lock:

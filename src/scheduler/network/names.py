@@ -12,7 +12,7 @@ import re
 
 from scheduler.errors import InvalidArgument
 
-_INSTANCE = re.compile(r"[a-z][a-z0-9]{0,5}")
+_INSTANCE = re.compile(r"[a-z0-9]{1,6}")
 _ENV = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?")
 _CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -25,11 +25,11 @@ MASQ_MARK = 0x4000
 
 
 def check_instance(instance: str) -> str:
-    """Validate the instance prefix: 1-6 lowercase letters or digits, starting with a letter."""
+    """Validate the instance prefix: 1-6 lowercase letters or digits (``network.instance``)."""
     if not _INSTANCE.fullmatch(instance):
         raise InvalidArgument(
-            f"instance prefix {instance!r} must be 1-6 lowercase letters or digits starting with a letter",
-            field="instance",
+            f"network.instance {instance!r} must be 1-6 lowercase letters or digits",
+            field="network.instance",
         )
     return instance
 

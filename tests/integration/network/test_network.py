@@ -433,3 +433,33 @@ async def test_attach_recovers_from_a_crash_between_add_and_record(make_network:
         await restarted.check(env, cid)
     finally:
         await restarted.teardown()
+
+
+async def test_removing_a_service_drops_its_vip_rules_and_ports(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env = unique("rm")
+    await net.ensure_environment(env)
+    before = await net.resources()
+    vip = await net.ensure_service(env, "web", [80])
+    web = await net.attach(env, unique("w"), "web-0", aliases=["web"])
+    await net.set_backends(env, "web", [web.ip])
+    endpoint = await net.publish(env, "web", 80)
+    server = Server(web.netns_path, "web", 80)
+    try:
+        assert resolve(web.hosts_path, "web") == vip  # the service name beats a replica alias
+        assert connect(web.netns_path, vip, 80) == "web"
+        await net.remove_service(env, "web")
+        await net.remove_service(env, "web")  # idempotent
+        assert not can_connect(web.netns_path, vip, 80, timeout=1)
+        assert not can_connect(None, "127.0.0.1", endpoint.host_port, timeout=1)
+        assert resolve(web.hosts_path, "web") == web.ip  # now only the alias is left
+        with pytest.raises(NotFound):
+            await net.service(env, "web")
+        assert await net.endpoints(env) == ()
+    finally:
+        server.close()
+    after = await net.resources()
+    assert after["iptables_chains"] == before["iptables_chains"]
+    assert (after["ports"], after["held_sockets"], after["services"]) == (0, 0, 0)
+    await net.delete_environment(env)

@@ -31,11 +31,11 @@ def test_names_are_short_stable_and_prefixed() -> None:
     assert names.owns_chain("abcdef-FORWARD") and not names.owns_chain("abcdefg-FORWARD")
 
 
-@pytest.mark.parametrize("bad", ["", "Sch", "sch-1", "toolong7", "1sch"])
+@pytest.mark.parametrize("bad", ["", "Sch", "sch-1", "toolong7", "s_1"])
 def test_bad_instance_prefix_is_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         check_instance(bad)
-    assert err.value.details["field"] == "instance"
+    assert err.value.details["field"] == "network.instance"
 
 
 def test_bad_identifiers_name_their_field() -> None:
