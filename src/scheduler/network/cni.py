@@ -348,16 +348,21 @@ class CniNetwork:
         async with self._lock:
             rec = self._env(env)
             existing = rec.containers.get(container_id)
-            if existing is not None:
+            stale = existing is not None and not netns.is_netns(Path(existing.netns))
+            if existing is not None and not stale:
                 return self._attachment(env, rec, container_id, existing)
+            if stale:
+                # The namespace went away under the record (a host reboot): attach afresh.
+                del rec.containers[container_id]
+                await asyncio.to_thread(self._file.save, self._state)
             if container_id in self._pending:
                 raise AlreadyExists(f"container {container_id!r} is being attached already", container_id=container_id)
             self._pending.add(container_id)
             config = self._cni_config(rec)
         path = self._netns_dir / container_id
-        if path.exists():
-            # A crash between ADD and saving the record left a namespace and a lease; host-local
-            # refuses a second lease for the same container, so release both first.
+        if path.exists() or stale:
+            # A crash between ADD and saving the record left a namespace and a lease (or a reboot
+            # left the lease alone); host-local refuses a second lease for the same container.
             await self._cni_del(config, container_id, path, None)
             await netns.remove(path)
         try:

@@ -463,3 +463,21 @@ async def test_removing_a_service_drops_its_vip_rules_and_ports(make_network: Fa
     assert after["iptables_chains"] == before["iptables_chains"]
     assert (after["ports"], after["held_sockets"], after["services"]) == (0, 0, 0)
     await net.delete_environment(env)
+
+
+async def test_attach_replaces_a_record_whose_namespace_vanished(make_network: Factory) -> None:
+    from scheduler.network import netns
+
+    net = make_network()
+    await net.start()
+    env = unique("v")
+    await net.ensure_environment(env)
+    cid = unique("c")
+    first = await net.attach(env, cid, "c-0")
+    await netns.remove(Path(first.netns_path))  # as after a reboot: the mount is gone, the lease stays
+    again = await net.attach(env, cid, "c-0")
+    assert netns.is_netns(Path(again.netns_path))
+    await net.check(env, cid)
+    res = await net.resources()
+    assert (res["netns"], res["ipam_leases"], res["containers"]) == (1, 1, 1)
+    await net.delete_environment(env)
