@@ -61,11 +61,11 @@ def wait_deleted(stub: pb_grpc.SchedulerServiceStub, names: list[str]) -> None:
     raise SystemExit("environments not deleted in time")
 
 
-def scheduler_runs(daemon: DaemonProcess, runs: int) -> list[float]:
+def scheduler_runs(daemon: DaemonProcess, runs: int, first: int = 0) -> list[float]:
     times = []
     with daemon.channel() as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
-        for index in range(runs):
+        for index in range(first, first + runs):
             name = f"bench-{index}"
             started = time.monotonic()
             stub.CreateEnvironment(
@@ -95,7 +95,7 @@ def parallel_run(daemon: DaemonProcess, count: int) -> float:
     return elapsed
 
 
-async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path) -> list[float]:
+async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path, first: int = 0) -> list[float]:
     """Start postgres, then backend, then frontend, each health-gated, through the layers directly."""
     runtime = await ContainerdRuntime.connect(
         str(daemon.data_dir / "containerd" / "containerd.sock"),
@@ -103,7 +103,7 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path) -> list
         state_dir=state / "runtime",
         images=ImageSettings(),
     )
-    settings = NetworkSettings(pool="10.250.0.0/16", port_range=(31000, 31999))
+    settings = NetworkSettings(pool=f"10.{240 + first % 10}.0.0/16", port_range=(31000, 31999))
     network = CniNetwork(state / "network", settings, instance="bl" + secrets.token_hex(2))
     await network.start()
     archives = build()
@@ -111,7 +111,7 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path) -> list
         await runtime.import_archive(archive)
     times = []
     try:
-        for index in range(runs):
+        for index in range(first, first + runs):
             env = f"base{index}"
             spec = resolve(domain.EnvironmentRequest(stack="web-postgres"), env, default_catalog())
             started = time.monotonic()
@@ -166,7 +166,7 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--parallel", type=int, default=20)
     args = parser.parse_args()
     archives = build()
@@ -175,8 +175,11 @@ def main() -> None:
             Path(tmp), {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
         )
         try:
-            ours = scheduler_runs(daemon, args.runs)
-            baseline = asyncio.run(serial_baseline(daemon, args.runs, Path(tmp) / "baseline"))
+            # Interleaved, so that drift of the shared machine hits both sides alike.
+            ours, baseline = [], []
+            for index in range(args.runs):
+                ours += scheduler_runs(daemon, 1, first=index)
+                baseline += asyncio.run(serial_baseline(daemon, 1, Path(tmp) / f"baseline{index}", first=index))
             together = parallel_run(daemon, args.parallel) if args.parallel else 0.0
         finally:
             daemon.stop()

@@ -325,6 +325,11 @@ class Orchestrator:
         image: domain.Image,
         milestones: dict[str, _Milestones],
     ) -> None:
+        if service.depends_on:
+            # Services that wait anyway prepare in the shadow of the first starts, not competing
+            # with them for the CPU: the roots' start is on the critical path, this preparation is not.
+            roots = [m.started for name, m in milestones.items() if name in _roots(env.spec.services)]
+            await asyncio.gather(*(r.wait() for r in roots))
         prepared = await asyncio.gather(
             *(self._prepare_replica(env, service, image, index) for index in range(service.replicas))
         )
@@ -749,6 +754,11 @@ class Orchestrator:
                 generation=env.generation,
             )
         )
+
+
+def _roots(services: Iterable[ServiceSpec]) -> set[str]:
+    """Names of the services that depend on nothing."""
+    return {s.name for s in services if not s.depends_on}
 
 
 def _with_condition(conditions: tuple[Condition, ...], condition: Condition) -> tuple[Condition, ...]:
