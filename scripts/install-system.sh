@@ -7,6 +7,7 @@ packages=(
   containerd runc containernetworking-plugins iptables iproute2 busybox-static
   docker-registry skopeo apache2-utils
   postgresql-15 nginx-light
+  conntrack
 )
 
 missing=()

@@ -122,6 +122,34 @@ class Server:
         self._sock.close()
 
 
+class UdpServer:
+    """A UDP server in a namespace answering every datagram with its name."""
+
+    def __init__(self, netns_path: str, name: str, port: int) -> None:
+        self.name = name
+        self._sock = socket_in(netns_path, socket.SOCK_DGRAM)
+        self._sock.bind(("0.0.0.0", port))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                _, peer = self._sock.recvfrom(256)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._sock.sendto(self.name.encode(), peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
 def connect(netns_path: str | None, host: str, port: int, timeout: float = 2.0) -> str:
     """Connect from inside ``netns_path`` (or the host when None) and return what the server says."""
     sock = socket_in(netns_path) if netns_path else socket.socket()

@@ -329,8 +329,11 @@ class CniNetwork:
                     backends.append(ip)
             if svc.backends == backends:
                 return
+            removed = [ip for ip in svc.backends if ip not in backends]
             svc.backends = backends
             await self._commit()
+            if removed and self._carries_udp(env, service, svc):
+                await self._ipt.forget_udp_flows(removed)
 
     # --- containers -----------------------------------------------------------------------
 
@@ -422,13 +425,13 @@ class CniNetwork:
             rec = self._state.envs.get(env)
             cont = rec.containers.get(container_id) if rec is not None else None
             if rec is not None and cont is not None:
-                changed = False
-                for svc in rec.services.values():
-                    if cont.ip in svc.backends:
-                        svc.backends.remove(cont.ip)
-                        changed = True
+                changed = [name for name, svc in rec.services.items() if cont.ip in svc.backends]
+                for name in changed:
+                    rec.services[name].backends.remove(cont.ip)
                 if changed:
                     await self._commit()
+                    if any(self._carries_udp(env, name, rec.services[name]) for name in changed):
+                        await self._ipt.forget_udp_flows([cont.ip])
                 config = self._cni_config(rec, prev_result=cont.result)
         if rec is not None and cont is not None:
             await self._cni_del(config, container_id, path, cont.result, strict=True)
@@ -655,6 +658,13 @@ class CniNetwork:
             if strict:
                 raise
             log.exception("CNI DEL of %s failed during cleanup", container_id)
+
+    def _carries_udp(self, env: str, service: str, svc: ServiceRecord) -> bool:
+        return (
+            not svc.ports
+            or any(p.protocol == "udp" for p in svc.ports)
+            or any(p.env == env and p.service == service and p.protocol == "udp" for p in self._state.ports)
+        )
 
     def _release_ports(self, match: Any) -> bool:
         gone = [p for p in self._state.ports if match(p)]

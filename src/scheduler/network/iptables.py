@@ -20,6 +20,8 @@ Chain layout (``P`` is the instance prefix)::
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ from scheduler.network.names import MASQ_MARK, Names
 NAT_BUILTINS = ("PREROUTING", "OUTPUT", "POSTROUTING")
 FILTER_BUILTINS = ("FORWARD",)
 _MARK = f"0x{MASQ_MARK:x}/0x{MASQ_MARK:x}"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,27 @@ class Iptables:
                 break
             await asyncio.sleep(0.05 * (attempt + 1))
         raise Internal(f"{' '.join(argv[:3])} failed: {last}")
+
+    async def forget_udp_flows(self, backends: Iterable[str]) -> None:
+        """Delete UDP conntrack entries answered by ``backends``.
+
+        UDP has no connection end: without this, a client that keeps its source port would go
+        on talking to a removed backend until the entry times out (kube-proxy does the same).
+        Needs the ``conntrack`` tool; without it the entries simply age out.
+        """
+        if shutil.which("conntrack") is None:
+            log.warning("conntrack is not installed: UDP flows to removed backends age out instead")
+            return
+        for ip in backends:
+            proc = await asyncio.create_subprocess_exec(
+                "conntrack", "-D", "-p", "udp", "--reply-src", ip,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(self.timeout):
+                _, err = await proc.communicate()
+            # Exit status 1 means "no entry matched", which is the common case.
+            if proc.returncode not in (0, 1):
+                log.warning("conntrack -D --reply-src %s failed: %s", ip, err.decode(errors="replace").strip())
 
     async def save(self) -> SavedRules:
         """Read our chains, rules and jumps from the kernel."""

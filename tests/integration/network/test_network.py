@@ -481,3 +481,38 @@ async def test_attach_replaces_a_record_whose_namespace_vanished(make_network: F
     res = await net.resources()
     assert (res["netns"], res["ipam_leases"], res["containers"]) == (1, 1, 1)
     await net.delete_environment(env)
+
+
+async def test_udp_flows_follow_a_backend_switch(make_network: Factory) -> None:
+    from scheduler.network import ServicePort
+    from tests.support.network import UdpServer, socket_in
+
+    net = make_network()
+    await net.start()
+    env = unique("u")
+    await net.ensure_environment(env)
+    vip = await net.ensure_service(env, "dns", [ServicePort(5353, "udp")])
+    a, b, client = await asyncio.gather(
+        net.attach(env, unique("a"), "dns-0"), net.attach(env, unique("b"), "dns-1"), net.attach(env, unique("c"), "c")
+    )
+    await net.set_backends(env, "dns", [a.ip])
+    servers = [UdpServer(a.netns_path, "A", 5353), UdpServer(b.netns_path, "B", 5353)]
+    sock = socket_in(client.netns_path, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+
+    def ask() -> str:
+        sock.sendto(b"?", (vip, 5353))
+        data, peer = sock.recvfrom(256)
+        assert peer == (vip, 5353)  # the reply is un-NATed back to the VIP
+        return data.decode()
+
+    try:
+        sock.bind(("0.0.0.0", 40000))  # one source port: one conntrack entry for every datagram
+        assert [await asyncio.to_thread(ask) for _ in range(3)] == ["A", "A", "A"]
+        await net.set_backends(env, "dns", [b.ip])
+        assert [await asyncio.to_thread(ask) for _ in range(3)] == ["B", "B", "B"]
+    finally:
+        sock.close()
+        for server in servers:
+            server.close()
+    await net.delete_environment(env)
