@@ -19,6 +19,12 @@ Defaults and host-wide settings, on purpose:
   itself work (route_localnet on the bridge plus masquerade, as the portmap plugin does).
 * ``resolv.conf`` lists the host's non-loopback nameservers when egress is on (none
   otherwise) and no search domains: service names resolve from the hosts file.
+* A service declared without ports forwards every port and protocol of its VIP.
+* Backends see the real client address, except for hairpin traffic (a container reaching
+  its own service) and host-originated 127.0.0.1 traffic, which are masqueraded.
+
+Known limits: IPv4 only; a container cannot reach another environment's published port
+through a host address either (that is cross-environment traffic and is dropped).
 """
 
 from __future__ import annotations
