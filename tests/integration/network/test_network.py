@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from scheduler.network import CniNetwork
-from tests.support.network import Server, can_connect, connect, resolve, unique
+from scheduler.network import CniNetwork, ServicePort
+from tests.support.network import Server, UdpServer, can_connect, connect, resolve, socket_in, unique
 
 pytestmark = pytest.mark.integration
 
@@ -484,9 +484,6 @@ async def test_attach_replaces_a_record_whose_namespace_vanished(make_network: F
 
 
 async def test_udp_flows_follow_a_backend_switch(make_network: Factory) -> None:
-    from scheduler.network import ServicePort
-    from tests.support.network import UdpServer, socket_in
-
     net = make_network()
     await net.start()
     env = unique("u")
@@ -516,3 +513,33 @@ async def test_udp_flows_follow_a_backend_switch(make_network: Factory) -> None:
         for server in servers:
             server.close()
     await net.delete_environment(env)
+
+
+async def test_host_is_reachable_and_egress_is_configurable(make_network: Factory) -> None:
+    def routes(netns_path: str) -> str:
+        return subprocess.run(
+            ["nsenter", f"--net={netns_path}", "ip", "-4", "route"], check=True, capture_output=True, text=True
+        ).stdout
+
+    for egress in (True, False):
+        net = make_network(egress=egress)
+        await net.start()
+        env = unique("g")
+        info = await net.ensure_environment(env)
+        att = await net.attach(env, unique("c"), "c-0")
+        assert ("default via " + info.gateway in routes(att.netns_path)) is egress
+        assert f"{info.vip_range} via {info.gateway}" in routes(att.netns_path)
+        resolv = Path(att.resolv_path).read_text()
+        assert "search" not in resolv
+        if not egress:
+            assert "nameserver" not in resolv
+        # The host answers on the gateway address in both modes.
+        with socket.socket() as host_server:
+            host_server.bind((info.gateway, 0))
+            host_server.listen()
+            port = host_server.getsockname()[1]
+            with socket_in(att.netns_path) as sock:
+                sock.settimeout(2)
+                sock.connect((info.gateway, port))
+            host_server.accept()[0].close()
+        await net.delete_environment(env)
