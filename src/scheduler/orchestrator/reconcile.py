@@ -23,6 +23,7 @@ purpose.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -93,6 +94,7 @@ class Reconciler:
 
     async def run(self) -> ReconcileReport:
         """Converge once; safe to repeat (a second run finds nothing to do)."""
+        started = time.monotonic()
         report = ReconcileReport()
         envs = {env.name: env for env in await self._all_environments()}
         found = await self._runtime.list({labels.OWNER: labels.OWNER_VALUE})
@@ -124,6 +126,7 @@ class Reconciler:
             removed=len(report.removed),
             missing=len(report.missing),
             redeployed=report.redeployed,
+            seconds=round(time.monotonic() - started, 3),
         )
         return report
 
