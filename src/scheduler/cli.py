@@ -1,4 +1,4 @@
-"""Command line: ``scheduler run --config PATH`` and ``scheduler config check PATH``."""
+"""Command line: ``scheduler run --config PATH``, ``scheduler config check PATH`` and the client commands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from scheduler import errors, log
+from scheduler import client, errors, log
 from scheduler.config import Settings, load_settings
 
 CONFIG_ERROR_EXIT = 2
@@ -82,3 +82,6 @@ def config_check(path: Path) -> None:
     settings = _load(path, {})
     click.echo(f"{path}: valid")
     click.echo(settings.model_dump_json(indent=2))
+
+
+client.register(main)
