@@ -439,8 +439,14 @@ class CniNetwork:
                     if any(self._carries_udp(env, name, rec.services[name]) for name in changed):
                         await self._ipt.forget_udp_flows([cont.ip])
                 config = self._cni_config(rec, prev_result=cont.result)
+            orphan = rec is not None and cont is None and container_id not in self._pending and path.exists()
+            if orphan and rec is not None:
+                config = self._cni_config(rec)
         if rec is not None and cont is not None:
             await self._cni_del(config, container_id, path, cont.result, strict=True)
+        elif orphan:
+            # A namespace without a record (an attach cut short): its lease goes too.
+            await self._cni_del(config, container_id, path, None)
         await netns.remove(path)
         async with self._lock:
             rec = self._state.envs.get(env)

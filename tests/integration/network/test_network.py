@@ -543,3 +543,27 @@ async def test_host_is_reachable_and_egress_is_configurable(make_network: Factor
                 sock.connect((info.gateway, port))
             host_server.accept()[0].close()
         await net.delete_environment(env)
+
+
+async def test_detach_releases_a_namespace_and_lease_left_without_a_record(
+    make_network: Factory, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "orphan"
+    net = make_network(state_dir=state_dir)
+    await net.start()
+    env = unique("o")
+    await net.ensure_environment(env)
+    saved = (state_dir / "network.json").read_text()
+    cid = unique("c")
+    await net.attach(env, cid, "c-0")
+    await net.close()
+    (state_dir / "network.json").write_text(saved)
+    restarted = CniNetwork(state_dir, net.settings, net.names.instance)
+    await restarted.start()
+    try:
+        assert (await restarted.resources())["ipam_leases"] == 1
+        await restarted.detach(env, cid)
+        res = await restarted.resources()
+        assert (res["netns"], res["ipam_leases"], res["veths"]) == (0, 0, 0)
+    finally:
+        await restarted.teardown()
