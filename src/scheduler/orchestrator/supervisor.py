@@ -46,6 +46,7 @@ from scheduler.domain import (
     ServiceSpec,
     TaskEvent,
     TaskEventKind,
+    TaskState,
 )
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
@@ -327,15 +328,24 @@ class Supervisor:
     # --- consumers ---------------------------------------------------------------------------
 
     async def _consume_tasks(self, stream: AsyncIterator[TaskEvent]) -> None:
-        try:
-            async for event in stream:
-                if event.kind is TaskEventKind.OOM:
-                    self._oom.add(event.container_id)
-                elif event.kind is TaskEventKind.EXIT:
-                    self._spawn(self._handle_exit(event.container_id, event.pid, event.exit_code, event.at))
-        except errors.SchedulerError as err:
-            # The runtime gave up resubscribing; the resync loop still notices exits, only later.
-            _log.error("task_events.lost", error=err.message)
+        while not self._closed:
+            try:
+                async for event in stream:
+                    if event.kind is TaskEventKind.OOM:
+                        self._oom.add(event.container_id)
+                    elif event.kind is TaskEventKind.EXIT:
+                        self._spawn(self._handle_exit(event.container_id, event.pid, event.exit_code, event.at))
+                return
+            except errors.SchedulerError as err:
+                # The runtime gave up resubscribing: try again later; the resync covers the gap.
+                _log.error("task_events.lost", error=err.message)
+            await asyncio.sleep(self._resync_interval)
+            stream = self._stream = self._runtime.events()
+            connected = getattr(stream, "connected", None)
+            if connected is not None:
+                with contextlib.suppress(errors.SchedulerError):
+                    await connected()
+            self._spawn(self.resync())
 
     async def _consume_bus(self) -> None:
         async for event in self._events.subscribe():
@@ -376,9 +386,26 @@ class Supervisor:
                 info = found.get(status.container_id)
                 if info is None:
                     await self._mark_missing(env.name, status)
-                elif info.task_state is None or info.task_state.value == "STOPPED":
+                elif info.task_state is None or info.task_state is TaskState.STOPPED:
                     await self._handle_exit(status.container_id, status.pid, info.exit_status, None, env_hint=env.name)
+            await self._tidy(env)
             await self._evaluate(env.name)
+
+    async def _tidy(self, env: Environment) -> None:
+        """Forget containers the environment no longer lists; watch health where nobody does."""
+        listed = {c.container_id: c for c in env.containers}
+        for cid in [cid for cid, r in self._replicas.items() if r.env == env.name and cid not in listed]:
+            replica = self._replicas.pop(cid)
+            self._cancel(replica.monitor)
+            self._cancel(replica.restart)
+        specs = {s.name: s for s in env.spec.services}
+        for cid, status in listed.items():
+            spec = specs.get(status.service)
+            if spec is None or spec.health.kind is HealthCheckKind.NONE or status.state is not ContainerState.RUNNING:
+                continue
+            replica = self._replica(cid, env.name, spec)
+            if (replica.monitor is None or replica.monitor.done()) and replica.restart is None:
+                self._start_monitor(cid, replica, gate=status.health is not Health.HEALTHY)
 
     # --- exits and restarts --------------------------------------------------------------------
 

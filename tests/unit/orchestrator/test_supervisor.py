@@ -508,3 +508,31 @@ async def test_resync_handles_an_exit_whose_event_was_lost(world: World) -> None
         "restarted", lambda: _is(world.container("quiet", "app"), lambda s: s.restart_count == 1 and s.pid)
     )
     assert (await world.container("quiet", "app")).exit_code == 9
+
+
+async def test_resync_marks_vanished_containers_and_watches_unwatched_health(world: World) -> None:
+    failing = {"on": False}
+    world.runtime.exec_handler = lambda cid, argv: domain.ExecResult(1 if failing["on"] else 0, "")
+    check = HealthCheck(HealthCheckKind.EXEC, command=("check",), interval=ms(20), timeout=ms(500), retries=2)
+    await world.deploy("hc2", service("app", RestartMode.NO, health=check), service("other", RestartMode.NO))
+    app = await world.container("hc2", "app")
+    other = await world.container("hc2", "other")
+    # A supervisor that never saw the deploy's events (as after a restart) still watches health.
+    fresh = Supervisor(world.store, world.runtime, world.network, world.bus, world.orchestrator, resync_interval=3600)
+    await world.supervisor.close()
+    world.supervisor = fresh
+    await fresh.start()
+    await fresh.resync()
+    del world.runtime.containers[other.container_id]  # gone behind our back
+    failing["on"] = True
+    await fresh.resync()
+    await world.until("unhealthy", lambda: _is(world.container("hc2", "app"), lambda s: s.health is Health.UNHEALTHY))
+    gone = await world.container("hc2", "other")
+    assert gone.state is ContainerState.UNKNOWN and "no longer exists" in gone.message
+    env = await world.env("hc2")
+    assert env.status is EnvironmentStatus.DEGRADED
+    assert {p.split(":")[0] for p in next(c for c in env.conditions if c.type == "Ready").message.split("; ")} == {
+        "service app replica 0 is unhealthy",
+        "service other replica 0",
+    }
+    assert world.network.backends[("hc2", "app")] == () and app.ip not in world.network.backends[("hc2", "other")]
