@@ -14,7 +14,6 @@ import os
 import random
 import socket
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -187,9 +186,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-NetFactory = Callable[..., "AsyncIterator[CniNetwork]"]
-
-
 @pytest.fixture
 async def make_network(tmp_path: Path) -> AsyncIterator[Callable[..., CniNetwork]]:
     """Factory of started-later CniNetwork instances with private prefix, pool, ports and state.
@@ -216,13 +212,3 @@ async def make_network(tmp_path: Path) -> AsyncIterator[Callable[..., CniNetwork
         await net.teardown()
         left = {k: v for k, v in (await net.resources()).items() if v}
         assert left == {}, f"instance {net.names.instance} leaked {left}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
