@@ -324,6 +324,45 @@ def test_a_crash_loop_backs_off_to_its_cap_and_an_update_fixes_it(harness: Harne
         events.close()
 
 
+def test_a_container_that_turns_unhealthy_is_restarted_and_healthy_again(harness: Harness) -> None:
+    h = harness
+    check = pb.HealthCheck(
+        exec=pb.HealthCheck.Exec(command=["test", "-f", "/tmp/ok"]),
+        interval=duration(0.2),
+        timeout=duration(2),
+        retries=2,
+    )
+    # Healthy for two seconds after every start, then the probe fails.
+    script = f"touch /tmp/ok; sleep 2; rm -f /tmp/ok; {IDLE}"
+    h.create("sickly", toolbox(script, pb.RESTART_MODE_ON_FAILURE, initial=0.2, reset_after=30, health=check))
+    first = h.running("sickly").containers[0]
+    events = EventRecorder(h, "sickly")
+    try:
+        env = h.until(
+            "sickly",
+            "a restart after turning unhealthy",
+            lambda e: e.containers[0].restart_count >= 1 and e.containers[0].health == pb.HEALTH_STATUS_HEALTHY,
+            timeout=60,
+        )
+        again = env.containers[0]
+        assert again.container_id == first.container_id and again.pid != first.pid
+        deadline = time.monotonic() + 10
+        while not events.of(pb.EVENT_TYPE_CONTAINER_HEALTHY) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kinds = [e.type for e in events.events]
+        order = [
+            pb.EVENT_TYPE_CONTAINER_UNHEALTHY,
+            pb.EVENT_TYPE_CONTAINER_EXITED,
+            pb.EVENT_TYPE_CONTAINER_RESTARTED,
+            pb.EVENT_TYPE_CONTAINER_HEALTHY,
+        ]
+        positions = [kinds.index(kind) for kind in order]
+        assert positions == sorted(positions), kinds
+        assert "was unhealthy" in events.of(pb.EVENT_TYPE_CONTAINER_EXITED)[0].message
+    finally:
+        events.close()
+
+
 def test_sigkill_in_the_middle_of_a_deploy_converges_without_duplicates(harness: Harness) -> None:
     h = harness
     slow = pb.HealthCheck(

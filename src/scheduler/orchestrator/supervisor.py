@@ -438,10 +438,12 @@ class Supervisor:
             what = f"exited with code {code}" if code is not None else "exited (code unknown)"
             if oom:
                 what += ", killed by the out-of-memory killer"
+            # A process killed for failing its health check failed, whatever its exit code says.
+            verdict = None if replica.kill_reason else code
             if replica.kill_reason:
                 what = f"{replica.kill_reason}; {what}"
                 replica.kill_reason = ""
-            restart = should_restart(spec.restart, code, status.restart_count)
+            restart = should_restart(spec.restart, verdict, status.restart_count)
             delay = replica.backoff.next_delay(ran_for) if restart else 0.0
             if restart:
                 message = f"{what}; restarting in {delay:g}s"

@@ -460,11 +460,13 @@ async def test_deleting_an_environment_restarts_nothing(world: World) -> None:
     assert not world.events_of(EventType.CONTAINER_RESTARTED)
 
 
-async def test_an_unhealthy_container_leaves_the_address_and_is_restarted(world: World) -> None:
+@pytest.mark.parametrize("mode", [RestartMode.ALWAYS, RestartMode.ON_FAILURE])
+async def test_an_unhealthy_container_leaves_the_address_and_is_restarted(world: World, mode: RestartMode) -> None:
+    # The fake's processes exit 0 on SIGTERM: on-failure must restart them all the same.
     failing: set[str] = set()
     world.runtime.exec_handler = lambda cid, argv: domain.ExecResult(1 if cid in failing else 0, "probe")
     check = HealthCheck(HealthCheckKind.EXEC, command=("check",), interval=ms(20), timeout=ms(500), retries=2)
-    await world.deploy("hc", service("app", RestartMode.ALWAYS, health=check, replicas=2))
+    await world.deploy("hc", service("app", mode, health=check, replicas=2))
     first = await world.container("hc", "app", 0)
     second = await world.container("hc", "app", 1)
     assert set(world.network.backends[("hc", "app")]) == {first.ip, second.ip}
