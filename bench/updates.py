@@ -113,7 +113,27 @@ def update(
     return wait_generation(stub, reply.environment.generation + generations - 1)
 
 
-def phase(loop: HttpLoop, name: str, settle: float, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def health(env: pb.Environment) -> dict[str, Any]:
+    """What is not fine after a phase: containers not running healthy, conditions that do not hold."""
+    return {
+        "status": pb.EnvironmentStatus.Name(env.status),
+        "not_ready": [
+            f"{c.service}-{c.replica} {pb.ContainerState.Name(c.state)} {pb.HealthStatus.Name(c.health)} {c.message}"
+            for c in env.containers
+            if c.state != pb.CONTAINER_STATE_RUNNING
+            or c.health not in (pb.HEALTH_STATUS_HEALTHY, pb.HEALTH_STATUS_NONE)
+        ],
+        "conditions": [f"{c.type}={c.status} {c.service} {c.reason}: {c.message}" for c in env.conditions],
+    }
+
+
+def phase(
+    stub: pb_grpc.SchedulerServiceStub,
+    loop: HttpLoop,
+    name: str,
+    settle: float,
+    action: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
     time.sleep(settle)
     requests, errors, samples = loop.snapshot()
     started = time.monotonic()
@@ -128,6 +148,7 @@ def phase(loop: HttpLoop, name: str, settle: float, action: Callable[[], dict[st
         "errors": errors_after - errors,
         "error_samples": loop.samples[samples : samples + 3],
         **extra,
+        **health(stub.GetEnvironment(pb.GetEnvironmentRequest(name=NAME), timeout=10)),
     }
     print(json.dumps(result), flush=True)
     return result
@@ -148,18 +169,18 @@ def run(stub: pb_grpc.SchedulerServiceStub, interval: float, settle: float) -> d
 
         def replace(service: str) -> dict[str, Any]:
             env = update(stub, {service: {"env": {"V": "2"}}})
-            return {"generation": env.generation, "status": pb.EnvironmentStatus.Name(env.status)}
+            return {"generation": env.generation}
 
-        phases.append(phase(loop, "backend update", settle, lambda: replace("backend")))
-        phases.append(phase(loop, "frontend update", settle, lambda: replace("frontend")))
+        phases.append(phase(stub, loop, "backend update", settle, lambda: replace("backend")))
+        phases.append(phase(stub, loop, "frontend update", settle, lambda: replace("frontend")))
 
         def broken() -> dict[str, Any]:
             probe = {"http": {"port": 8080, "path": "/nope"}, "interval": "0.2s", "retries": 2}
             env = update(stub, {"backend": {"healthCheck": probe}}, generations=2)
             rolled = next((c for c in env.conditions if c.type == "RolledBack"), None)
-            return {"rolled_back": bool(rolled and rolled.status), "status": pb.EnvironmentStatus.Name(env.status)}
+            return {"rolled_back": bool(rolled and rolled.status), "generation": env.generation}
 
-        phases.append(phase(loop, "broken update (rollback)", settle, broken))
+        phases.append(phase(stub, loop, "broken update (rollback)", settle, broken))
 
         def scale() -> dict[str, Any]:
             three = update(stub, {"backend": {"replicas": 3}})
@@ -167,7 +188,7 @@ def run(stub: pb_grpc.SchedulerServiceStub, interval: float, settle: float) -> d
             update(stub, {"backend": {"replicas": 1}})
             return {"replicas_at_peak": replicas}
 
-        phases.append(phase(loop, "scale 1->3->1", settle, scale))
+        phases.append(phase(stub, loop, "scale 1->3->1", settle, scale))
     finally:
         loop.stop()
     return {
