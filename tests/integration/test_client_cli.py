@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,8 +70,30 @@ def test_create_get_list_logs_metrics_delete(daemon: DaemonProcess) -> None:
     sample = json.loads(metrics.stdout)["containers"][0]
     assert sample["service"] == "toolbox" and int(sample["memoryLimitBytes"]) == 64 * 1024**2
 
-    deleted = cli(daemon, "env", "delete", "cli-box", "--wait")
-    assert deleted.returncode == 0 and deleted.stdout.strip() == "cli-box: deleted", deleted.stderr
+    plan = cli(daemon, "env", "update", "cli-box", "--set", "toolbox.env.COLOUR=blue", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[1].split()[:2] == ["toolbox", "REPLACE"], plan.stdout
+    assert json.loads(cli(daemon, "env", "get", "cli-box", "-o", "json").stdout)["generation"] == "1"
+
+    watcher = subprocess.Popen(
+        [str(VENV_BIN / "scheduler"), "events", "--env", "cli-box", "--count", "2", "-o", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"SCHEDULER_ADDRESS": daemon.address, "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        time.sleep(1)  # the subscription is in place before the delete
+        deleted = cli(daemon, "env", "delete", "cli-box", "--wait")
+        assert deleted.returncode == 0 and deleted.stdout.strip() == "cli-box: deleted", deleted.stderr
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(10)
+    assert watcher.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 2 and all(e["environment"] == "cli-box" for e in events), events
     history = cli(daemon, "env", "history", "cli-box")
     assert history.returncode == 0, history.stderr
     actions = [line.split()[4] for line in history.stdout.splitlines()[1:]]
