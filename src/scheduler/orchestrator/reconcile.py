@@ -110,6 +110,8 @@ class Reconciler:
             infos = by_env.get(env.name, [])
             if env.status is EnvironmentStatus.DELETING:
                 continue  # the orchestrator resumes the deletion, which removes everything
+            if env.status is EnvironmentStatus.PENDING and not infos and not env.containers:
+                continue  # never started: the orchestrator's start submits its deploy
             if interrupted(env):
                 await self._restart_deploy(env, infos, report)
                 continue

@@ -24,7 +24,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -468,7 +468,7 @@ class Supervisor:
             _log.info("container.exited", env=env_name, container=cid, code=code, restart_in=delay if restart else None)
             self._publish(EventType.CONTAINER_EXITED, env_name, updated, message)
             if restart:
-                replica.restart = asyncio.create_task(self._restart_after(cid, replica, spec, delay))
+                replica.restart = self._owned(self._restart_after(cid, replica, spec, delay), f"restart:{cid}")
         await self._sync_backends(env_name, spec.name)
         await self._evaluate(env_name)
 
@@ -490,7 +490,7 @@ class Supervisor:
             except errors.SchedulerError as err:
                 delay = replica.backoff.next_delay(0.0)
                 await self._update(env_name, cid, message=f"restart failed: {err.message}; retrying in {delay:g}s")
-                replica.restart = asyncio.create_task(self._restart_after(cid, replica, spec, delay))
+                replica.restart = self._owned(self._restart_after(cid, replica, spec, delay), f"restart:{cid}")
                 return
             replica.up_since = self._clock()
             checked = spec.health.kind is not HealthCheckKind.NONE
@@ -544,7 +544,7 @@ class Supervisor:
 
     def _start_monitor(self, cid: str, replica: _Replica, *, gate: bool) -> None:
         self._cancel(replica.monitor)
-        replica.monitor = asyncio.create_task(self._monitor(cid, replica, gate), name=f"health:{cid}")
+        replica.monitor = self._owned(self._monitor(cid, replica, gate), f"health:{cid}")
 
     async def _monitor(self, cid: str, replica: _Replica, gate: bool) -> None:
         env_name = replica.env
@@ -782,6 +782,12 @@ class Supervisor:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    def _owned(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task kept by a replica (cancelled through it); its failure is logged, not lost."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
