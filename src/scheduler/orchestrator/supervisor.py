@@ -393,6 +393,10 @@ class Supervisor:
 
     async def _tidy(self, env: Environment) -> None:
         """Forget containers the environment no longer lists; watch health where nobody does."""
+        try:
+            env = await self._store.get(env.name)  # exits handled just now changed it
+        except errors.NotFound:
+            return
         listed = {c.container_id: c for c in env.containers}
         for cid in [cid for cid, r in self._replicas.items() if r.env == env.name and cid not in listed]:
             replica = self._replicas.pop(cid)
