@@ -392,6 +392,41 @@ def test_sigkill_in_the_middle_of_a_deploy_converges_without_duplicates(harness:
     assert '"redeployed": ["midway"]' in h.daemon.log()
 
 
+def test_sigkill_in_the_middle_of_an_update_resumes_it(harness: Harness) -> None:
+    h = harness
+    ready = pb.HealthCheck(
+        exec=pb.HealthCheck.Exec(command=["test", "-f", "/tmp/ready"]),
+        interval=duration(0.2),
+        timeout=duration(2),
+        retries=3,
+        start_period=duration(30),
+    )
+    h.create("rolling", toolbox(f"touch /tmp/ready; {IDLE}", replicas=2, health=ready))
+    original = {c.container_id for c in h.running("rolling").containers}
+    # The new generation takes a few seconds to become healthy: time to kill the daemon mid-rollout.
+    newer = toolbox(f"sleep 3; touch /tmp/ready; {IDLE}", replicas=2, health=ready)
+    h.stub.UpdateEnvironment(pb.UpdateEnvironmentRequest(name="rolling", spec=newer, drain=duration(0.1)), timeout=30)
+    h.until(
+        "rolling",
+        "a replica of the new generation",
+        lambda e: any(c.container_id not in original and c.pid for c in e.containers),
+        timeout=60,
+    )
+    h.kill9()
+    h.restart()
+    env = h.until(
+        "rolling",
+        "the update rolled out",
+        lambda e: e.status == pb.ENVIRONMENT_STATUS_RUNNING and e.observed_generation == e.generation == 2,
+        timeout=90,
+    )
+    assert sorted(c.replica for c in env.containers) == [0, 1]
+    assert not original & {c.container_id for c in env.containers}
+    assert all(c.state == pb.CONTAINER_STATE_RUNNING and c.health == pb.HEALTH_STATUS_HEALTHY for c in env.containers)
+    assert h.runtime_containers("rolling") == sorted(c.container_id for c in env.containers)
+    assert '"resumed": ["rolling"]' in h.daemon.log()
+
+
 def test_containerd_restart_is_survived(harness: Harness) -> None:
     """The managed containerd goes away for a few seconds; a crash meanwhile is still healed."""
     h = harness

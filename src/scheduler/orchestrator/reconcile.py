@@ -11,9 +11,12 @@ the previous run:
   service's restart policy;
 - a container labelled ours whose environment is not in the store, or that its environment does
   not list (a crash between create and record), is removed;
-- an environment left PENDING or DEPLOYING, or interrupted in the middle of an update, loses
-  the containers of the interrupted attempt and is deployed again from its stored spec, so that
-  the resumed deploy creates no duplicates;
+- an environment left PENDING or DEPLOYING loses the containers of the interrupted attempt and is
+  deployed again from its stored spec, so that the resumed deploy creates no duplicates;
+- an environment interrupted in the middle of an update keeps serving from what it has: its
+  listed containers are adopted, and the update is resumed as a rolling replacement of every
+  service whose replicas are not all of the new generation (services it had not reached yet
+  included, as nothing tells them apart from unchanged ones);
 - network allocations of environments that no longer exist are released (``network.sweep``).
 
 Volumes of environments that are gone are kept: a delete with ``keep_volumes`` leaves them on
@@ -25,17 +28,20 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from scheduler import errors, log
 from scheduler.domain import (
+    ChangeAction,
     Condition,
     ContainerInfo,
     ContainerState,
     ContainerStatus,
     Environment,
     EnvironmentStatus,
+    Health,
     HistoryEntry,
+    ServiceChange,
     TaskState,
 )
 from scheduler.network.base import NetworkManager
@@ -46,6 +52,8 @@ from scheduler.storage.base import StateStore
 
 _log = log.get("reconcile")
 
+RESUME_DRAIN = timedelta(seconds=2)
+"""How long replaced replicas keep serving in-flight requests when an update is resumed."""
 _LIVE = (TaskState.RUNNING, TaskState.PAUSED, TaskState.PAUSING, TaskState.CREATED)
 
 
@@ -65,14 +73,47 @@ class ReconcileReport:
     missing: list[str] = field(default_factory=list)
     """Containers the store lists but the runtime no longer has."""
     redeployed: list[str] = field(default_factory=list)
-    """Environments whose interrupted deploy or update starts over."""
+    """Environments whose interrupted deploy starts over."""
+    resumed: list[str] = field(default_factory=list)
+    """Environments whose interrupted update is rolled out again."""
+
+
+def interrupted_deploy(env: Environment) -> bool:
+    """Whether ``env`` was left before its deploy finished."""
+    return env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING)
+
+
+def interrupted_update(env: Environment) -> bool:
+    """Whether ``env`` was left in the middle of an update (accepted, not yet rolled out)."""
+    return env.status in SUPERVISED and env.observed_generation < env.generation
 
 
 def interrupted(env: Environment) -> bool:
     """Whether ``env`` was left in the middle of a deploy or an update."""
-    if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
-        return True
-    return env.status in SUPERVISED and env.observed_generation < env.generation
+    return interrupted_deploy(env) or interrupted_update(env)
+
+
+def unfinished_services(env: Environment, generations: dict[str, str]) -> list[ServiceChange]:
+    """What a resumed update still has to roll out, from the generation label of each container.
+
+    ``generations`` maps container ids to their generation label. A service with no container is
+    added; one whose replicas are missing, not running, not (yet) healthy or of an older
+    generation is replaced: the update had not switched its address to them.
+    """
+    current = str(env.generation)
+    changes = []
+    for service in env.spec.services:
+        mine = [c for c in env.containers if c.service == service.name]
+        if not mine:
+            changes.append(ServiceChange(service.name, ChangeAction.ADD, "resumed after a restart"))
+        elif len(mine) != service.replicas or any(
+            generations.get(c.container_id) != current
+            or c.state is not ContainerState.RUNNING
+            or c.health not in (Health.HEALTHY, Health.NONE)
+            for c in mine
+        ):
+            changes.append(ServiceChange(service.name, ChangeAction.REPLACE, "resumed after a restart"))
+    return changes
 
 
 class Reconciler:
@@ -85,8 +126,11 @@ class Reconciler:
         network: NetworkManager,
         supervisor: Supervisor,
         operations: Operations,
+        *,
+        resume_drain: timedelta = RESUME_DRAIN,
     ) -> None:
         self._store = store
+        self._resume_drain = resume_drain
         self._runtime = runtime
         self._network = network
         self._supervisor = supervisor
@@ -106,18 +150,24 @@ class Reconciler:
             if name not in envs:
                 for info in infos:
                     await self._remove(name, info.id, report, "its environment no longer exists")
+        resume: list[tuple[Environment, list[ServiceChange]]] = []
         for env in envs.values():
             infos = by_env.get(env.name, [])
             if env.status is EnvironmentStatus.DELETING:
                 continue  # the orchestrator resumes the deletion, which removes everything
             if env.status is EnvironmentStatus.PENDING and not infos and not env.containers:
                 continue  # never started: the orchestrator's start submits its deploy
-            if interrupted(env):
+            if interrupted_deploy(env):
                 await self._restart_deploy(env, infos, report)
                 continue
             await self._adopt_environment(env, infos, report)
+            if interrupted_update(env):
+                resume.append(await self._resume_update(env, infos, report))
 
         await self._network.sweep(list(envs))
+        for env, changes in resume:
+            if changes:
+                self._ops.submit_update(env.name, env, changes, self._resume_drain)
         for env in envs.values():
             if env.status in SUPERVISED and not interrupted(env):
                 await self._supervisor.settle(env.name)
@@ -128,6 +178,7 @@ class Reconciler:
             removed=len(report.removed),
             missing=len(report.missing),
             redeployed=report.redeployed,
+            resumed=report.resumed,
             seconds=round(time.monotonic() - started, 3),
         )
         return report
@@ -173,6 +224,41 @@ class Reconciler:
                     finished_at=now(),
                     message="exited while the scheduler was down",
                 )
+
+    async def _resume_update(
+        self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport
+    ) -> tuple[Environment, list[ServiceChange]]:
+        """What an interrupted update had not finished (adoption ran first), to submit after the sweep."""
+        current = await self._store.get(env.name)
+        generations = {info.id: info.labels.get(labels.GENERATION, "") for info in infos}
+        changes = unfinished_services(current, generations)
+        await self._store.append_history(
+            HistoryEntry(
+                env.name,
+                current.generation,
+                now(),
+                "scheduler",
+                "resume",
+                "; ".join(f"{c.service}: {c.action.value.lower()}" for c in changes) or "nothing left to roll out",
+            )
+        )
+        report.resumed.append(env.name)
+        if changes:
+            return current, changes
+        async with self._ops.status_lock(env.name):
+            latest = await self._store.get(env.name)
+            condition = Condition(
+                "Ready", True, "Updated", f"generation {latest.generation} rolled out", last_transition=now()
+            )
+            await self._store.put(
+                replace(
+                    latest,
+                    observed_generation=latest.generation,
+                    conditions=with_condition(latest.conditions, condition),
+                    updated_at=now(),
+                )
+            )
+        return current, changes
 
     async def _restart_deploy(self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport) -> None:
         """Remove what an interrupted deploy or update left and queue a fresh deploy of the stored spec."""

@@ -26,7 +26,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from scheduler import errors, log
@@ -43,6 +43,7 @@ from scheduler.domain import (
     HealthCheckKind,
     RestartMode,
     RestartPolicy,
+    ServiceChange,
     ServiceSpec,
     TaskEvent,
     TaskEventKind,
@@ -222,6 +223,10 @@ class Operations(Protocol):
 
     async def wait_idle(self, name: str) -> None:
         """Wait until no operation runs on ``name``."""
+        ...
+
+    def submit_update(self, name: str, previous: Environment, changes: list[ServiceChange], drain: timedelta) -> None:
+        """Roll out the stored spec of ``name`` for ``changes`` in the background."""
         ...
 
 

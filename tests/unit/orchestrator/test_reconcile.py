@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from scheduler import domain
-from scheduler.domain import ContainerState, Environment, EnvironmentSpec, EnvironmentStatus, RestartMode
-from scheduler.orchestrator.reconcile import Reconciler, interrupted
+from scheduler.domain import (
+    ChangeAction,
+    ContainerState,
+    ContainerStatus,
+    Environment,
+    EnvironmentSpec,
+    EnvironmentStatus,
+    Health,
+    RestartMode,
+)
+from scheduler.orchestrator.reconcile import Reconciler, interrupted, unfinished_services
 from scheduler.runtime.containerd import labels
 from scheduler.runtime.fake import FakeContainer, FakeRuntime
 from scheduler.storage.memory import MemoryStateStore
@@ -152,3 +162,59 @@ def test_interrupted_covers_deploys_and_half_done_updates() -> None:
     assert interrupted(replace(base, status=EnvironmentStatus.PENDING))
     assert not interrupted(replace(base, status=EnvironmentStatus.FAILED, observed_generation=1))
     assert not interrupted(replace(base, status=EnvironmentStatus.DELETING, observed_generation=1))
+
+
+async def test_an_interrupted_update_is_rolled_out_without_downtime_or_duplicates(
+    tmp_path: Path, worlds: list[World]
+) -> None:
+    old = await first_world(tmp_path, worlds)
+    await old.deploy("shop", service("web", RestartMode.ALWAYS, replicas=2), service("db", RestartMode.ALWAYS))
+    env = await old.env("shop")
+    before = {c.container_id for c in env.containers}
+    # The update was accepted (new spec stored, generation 2) and the daemon died before rolling it out.
+    newer = replace(
+        env.spec, services=(service("web", RestartMode.ALWAYS, replicas=3), service("db", RestartMode.ALWAYS))
+    )
+    await old.store.put(replace(env, spec=newer, generation=2))
+
+    new = await crash_and_restart(old, worlds)
+    reconciler = Reconciler(
+        new.store, new.runtime, new.network, new.supervisor, new.orchestrator, resume_drain=timedelta(milliseconds=20)
+    )
+    report = await reconciler.run()
+    assert report.resumed == ["shop"] and report.redeployed == [] and sorted(report.adopted) == sorted(before)
+    assert new.orchestrator.busy("shop")
+    # While the rollout runs, the adopted replicas keep serving.
+    assert len(new.network.backends[("shop", "web")]) == 2
+    await new.orchestrator.wait_idle("shop")
+    after = await new.env("shop")
+    assert after.status is EnvironmentStatus.RUNNING and after.observed_generation == after.generation == 2
+    assert sorted((c.service, c.replica) for c in after.containers) == [("db", 0), ("web", 0), ("web", 1), ("web", 2)]
+    assert set(new.runtime.containers) == {c.container_id for c in after.containers}
+    assert not set(new.runtime.containers) & before
+    assert all(new.runtime.containers[c.container_id].config.labels[labels.GENERATION] == "2" for c in after.containers)
+    assert len(new.network.backends[("shop", "web")]) == 3
+    assert "resume" in [h.action for h in await new.store.history("shop")]
+
+
+def test_unfinished_services_reads_generation_labels() -> None:
+    spec = EnvironmentSpec("s", (service("a", replicas=2), service("b"), service("c")))
+
+    def status(svc: str, replica: int, cid: str, state: ContainerState = ContainerState.RUNNING) -> ContainerStatus:
+        return ContainerStatus(svc, replica, cid, state, Health.HEALTHY)
+
+    env = Environment(
+        "e",
+        "u",
+        spec,
+        generation=3,
+        observed_generation=2,
+        status=EnvironmentStatus.RUNNING,
+        containers=(status("a", 0, "a0"), status("a", 1, "a1"), status("b", 0, "b0", ContainerState.UNKNOWN)),
+    )
+    changes = unfinished_services(env, {"a0": "3", "a1": "3", "b0": "3"})
+    assert [(c.service, c.action) for c in changes] == [("b", ChangeAction.REPLACE), ("c", ChangeAction.ADD)]
+    older = unfinished_services(env, {"a0": "3", "a1": "2", "b0": "3"})
+    assert ("a", ChangeAction.REPLACE) in [(c.service, c.action) for c in older]
+    starting = replace(env, containers=(replace(env.containers[0], health=Health.STARTING), *env.containers[1:]))
+    assert ("a", ChangeAction.REPLACE) in [(c.service, c.action) for c in unfinished_services(starting, {"a0": "3"})]
