@@ -34,6 +34,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, P
     yield process
     process.delete_all_environments()
     code = process.stop()
+    process.cleanup()
     assert code == 0, process.log()[-3000:]
 
 
@@ -388,3 +389,16 @@ def test_list_pages_filters_and_survives_a_restart(tmp_path: Path, image_archive
             assert restarted.stop() == 0
     finally:
         daemon.stop()
+
+
+def test_an_environment_is_deleted_when_its_time_to_live_runs_out(stub: pb_grpc.SchedulerServiceStub) -> None:
+    request = json_format.ParseDict(
+        {"name": "short-lived", "spec": {"stack": "toolbox", "ttl": "3s"}}, pb.CreateEnvironmentRequest()
+    )
+    created = stub.CreateEnvironment(request, timeout=10)
+    assert created.spec.ttl.seconds == 3
+    started = time.monotonic()
+    wait_gone(stub, "short-lived", timeout=60)
+    assert time.monotonic() - started >= 2.5
+    history = stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name="short-lived"), timeout=10)
+    assert any("time to live" in h.detail for h in history.entries)

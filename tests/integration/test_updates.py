@@ -76,6 +76,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, P
     yield process
     process.delete_all_environments()
     process.stop()
+    process.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,40 @@ VENV_BIN = Path(sys.executable).parent
 GRPCURL = str(VENV_BIN / "grpcurl")
 
 
+_pools_in_use: set[str] = set()
+_every_daemon: list[DaemonProcess] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reap_daemons() -> Iterator[None]:
+    """At the end of the session, stop every daemon a test started and remove what it left."""
+    yield
+    for daemon in _every_daemon:
+        if daemon.process.poll() is None:
+            try:
+                daemon.delete_all_environments()
+            finally:
+                daemon.stop()
+    for daemon in _every_daemon:
+        daemon.cleanup()
+
+
+def free_pool() -> str:
+    """A /16 that no host route overlaps (leftovers of crashed runs included) and no daemon here uses."""
+    import ipaddress
+    import random
+
+    from scheduler.network.addresses import read_host_routes
+
+    routes = [r.network for r in read_host_routes() if r.network.prefixlen > 0]
+    for _ in range(500):
+        pool = ipaddress.IPv4Network(f"10.{random.randint(64, 254)}.0.0/16")
+        if str(pool) not in _pools_in_use and not any(pool.overlaps(route) for route in routes):
+            _pools_in_use.add(str(pool))
+            return str(pool)
+    raise AssertionError("no free /16 in 10.64.0.0-10.254.0.0 for a test daemon's pool")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,6 +113,42 @@ class DaemonProcess:
                 ]
         assert not names, f"environments not deleted within {timeout}s: {names}"
 
+    def cleanup(self) -> None:
+        """After the daemon stopped: remove what it left on the host by design (its network rules
+        and bridges, and containers of environments that were never deleted), so tests leak nothing."""
+        import asyncio
+
+        from scheduler.config import NetworkSettings
+        from scheduler.network.cni import CniNetwork
+        from tests.support.containerd import sweep_daemon
+
+        settings = yaml.safe_load(self.config_path.read_text())
+        socket = self.data_dir / "containerd" / "containerd.sock"
+        pid_file = self.data_dir / "containerd" / "containerd.pid"
+
+        async def sweep() -> None:
+            if socket.is_socket() and pid_file.exists():
+                from scheduler.runtime.containerd.managed import ManagedContainerd
+
+                managed = ManagedContainerd(self.data_dir / "containerd")
+                await managed.start()
+                try:
+                    await sweep_daemon(str(socket), self.data_dir / "sweep")
+                finally:
+                    await managed.stop()
+            network = CniNetwork(
+                self.data_dir / "network",
+                NetworkSettings(pool=settings["network"]["pool"]),
+                settings["network"]["instance"],
+            )
+            await network.start()
+            await network.teardown()
+
+        if self.extra.get("cleaned"):
+            return
+        self.extra["cleaned"] = True
+        asyncio.run(sweep())
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -130,7 +200,7 @@ def start_daemon(
         "server": {"listen": f"127.0.0.1:{port}", "shutdown_grace": 3},
         "log": {"format": "json", "level": "debug"},
         # Own bridges, chains and subnets, so that daemons of parallel tests never collide.
-        "network": {"instance": "t" + secrets.token_hex(2), "pool": f"10.{100 + port % 150}.0.0/16"},
+        "network": {"instance": "t" + secrets.token_hex(2), "pool": free_pool()},
         "containerd": {"namespace": "t" + secrets.token_hex(4)},
     }
     for key, value in (config or {}).items():
@@ -156,6 +226,7 @@ def _launch(
             env=child_env,
         )
     daemon = DaemonProcess(process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path)
+    _every_daemon.append(daemon)
     if wait:
         try:
             wait_serving(daemon.address, process, log_path)
@@ -181,3 +252,4 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     for daemon in started:
         daemon.delete_all_environments()
         daemon.stop()
+        daemon.cleanup()

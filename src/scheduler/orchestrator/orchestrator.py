@@ -47,6 +47,10 @@ from scheduler.volumes import VolumeStore
 _log = log.get("orchestrator")
 
 
+TTL_CHECK_SECONDS = 2.0
+"""How often environments are checked for an expired time to live."""
+
+
 def now() -> datetime:
     """Current time, timezone-aware."""
     return datetime.now(UTC)
@@ -116,6 +120,7 @@ class Orchestrator:
         self._operations: dict[str, asyncio.Task[None]] = {}
         self._status_lock: dict[str, asyncio.Lock] = {}
         self._closed = False
+        self._expiry: asyncio.Task[None] | None = None
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
 
@@ -135,10 +140,48 @@ class Orchestrator:
                     self.submit_delete(env.name, keep_volumes=False)
             if not token:
                 break
+        self._expiry = asyncio.create_task(self._expire_loop(), name="ttl-expiry")
+
+    async def _expire_loop(self) -> None:
+        """Delete environments whose TTL ran out (checked every few seconds while the daemon runs)."""
+        while not self._closed:
+            try:
+                await self.expire_due(now())
+            except errors.SchedulerError as err:
+                _log.warning("ttl.check_failed", error=err.message)
+            await asyncio.sleep(TTL_CHECK_SECONDS)
+
+    async def expire_due(self, at: datetime) -> list[str]:
+        """Start deleting every environment whose ``created_at + ttl`` is past; returns their names."""
+        expired = []
+        token = ""
+        while True:
+            page, token = await self._store.list(page_size=200, page_token=token)
+            for env in page:
+                ttl = env.request.ttl if env.request is not None else env.spec.ttl
+                if ttl is None or env.created_at is None or env.status is EnvironmentStatus.DELETING:
+                    continue
+                if env.created_at + ttl <= at:
+                    expired.append(env.name)
+            if not token:
+                break
+        for name in expired:
+            async with self._status_lock.setdefault(name, asyncio.Lock()):
+                env = await self._store.get(name)
+                await self._store.put(replace(env, status=EnvironmentStatus.DELETING, updated_at=at))
+            await self._store.append_history(
+                HistoryEntry(name, env.generation, at, "scheduler", "delete", "time to live expired")
+            )
+            _log.info("ttl.expired", env=name)
+            self.submit_delete(name, keep_volumes=False)
+        return expired
 
     async def close(self) -> None:
         """Cancel running operations; their environments are resumed by the next :meth:`start`."""
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
         tasks = list(self._operations.values())
         for task in tasks:
             task.cancel()
