@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ from tests.support.daemon import DaemonProcess, start_daemon
 from tests.support.images import build
 
 RUNNING = pb.ENVIRONMENT_STATUS_RUNNING
+TIMELINE = bool(os.environ.get("BENCH_TIMELINE"))
 
 
 def wait_running(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 300) -> None:
@@ -115,6 +117,7 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path, first: 
             env = f"base{index}"
             spec = resolve(domain.EnvironmentRequest(stack="web-postgres"), env, default_catalog())
             started = time.monotonic()
+            marks: list[tuple[str, str, float]] = []
             await network.ensure_environment(env)
             ids = []
             for service in spec.services:
@@ -142,17 +145,22 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path, first: 
                         ),
                         netns_path=attachment.netns_path,
                         resources=service.resources,
+                        log_dir=str(state / "logs" / cid),
                     )
                 )
                 await runtime.start(cid)
+                marks.append((service.name, "started", time.monotonic() - started))
                 ids.append(cid)
                 # The same probes at the same cadence as the scheduler's: only the ordering differs.
                 if service.health.kind is not domain.HealthCheckKind.NONE:
                     await health.wait_healthy(service.health, runtime, cid, attachment.ip, time.monotonic())
+                marks.append((service.name, "healthy", time.monotonic() - started))
                 await network.set_backends(env, service.name, [attachment.ip])
             for port in (p for s in spec.services for p in s.ports if p.publish):
                 await network.publish(env, "frontend", port.container_port)
             times.append(time.monotonic() - started)
+            if TIMELINE:
+                print("baseline timeline:", [(n, k, round(t, 3)) for n, k, t in marks])
             for cid in reversed(ids):
                 await runtime.stop(cid, domain.ServiceSpec("x", "x").stop_grace)
                 await runtime.delete(cid)

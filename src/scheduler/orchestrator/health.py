@@ -17,7 +17,7 @@ from scheduler.domain import HealthCheck, HealthCheckKind
 from scheduler.runtime.base import ContainerRuntime
 
 _MAX_OUTPUT = 300
-START_INTERVAL = 0.2
+START_INTERVAL = 0.1
 """Seconds between probes while the start period lasts."""
 
 

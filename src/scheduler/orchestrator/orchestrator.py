@@ -308,7 +308,6 @@ class Orchestrator:
         spec = env.spec
         try:
             await self._network.ensure_environment(name, spec.network.subnet)
-            images = await self._pull_images(spec.services)
             await asyncio.gather(
                 *(
                     self._network.ensure_service(name, s.name, [p.container_port for p in s.ports])
@@ -321,7 +320,7 @@ class Orchestrator:
         try:
             async with asyncio.TaskGroup() as group:
                 for service in spec.services:
-                    group.create_task(self._bring_up_service(env, service, images[service.image], milestones))
+                    group.create_task(self._bring_up_service(env, service, milestones))
         except* DeployFailure as failures:
             raise failures.exceptions[0] from None
         endpoints = []
@@ -365,9 +364,10 @@ class Orchestrator:
         self,
         env: Environment,
         service: ServiceSpec,
-        image: domain.Image,
         milestones: dict[str, _Milestones],
     ) -> None:
+        # Each service pulls its own image: a slow pull overlaps other services' start-up.
+        image = (await self._pull_images([service]))[service.image]
         if service.depends_on:
             # Services that wait anyway prepare in the shadow of the first starts, not competing
             # with them for the CPU: the roots' start is on the critical path, this preparation is not.
@@ -610,6 +610,7 @@ class Orchestrator:
             except DeployFailure:
                 for cid, _, _ in started:
                     await self._remove_container(env.name, cid, timedelta(seconds=1))
+                await self._restore_statuses(env.name, current, {cid for cid, _, _ in started})
                 raise
         # The switch: the VIP and published ports move to the new set in one rule swap.
         await self._network.set_backends(env.name, service.name, [c.ip for c in keep] + [ip for _, ip, _ in started])
@@ -686,6 +687,15 @@ class Orchestrator:
     async def _containers_of(self, name: str, service: str) -> list[ContainerStatus]:
         env = await self._store.get(name)
         return [c for c in env.containers if c.service == service]
+
+    async def _restore_statuses(self, name: str, serving: list[ContainerStatus], failed: set[str]) -> None:
+        """After a failed replacement, list again the replicas that kept serving (the new ones took their slots)."""
+        async with self._status_lock.setdefault(name, asyncio.Lock()):
+            env = await self._store.get(name)
+            slots = {(c.service, c.replica) for c in serving}
+            others = [c for c in env.containers if c.container_id not in failed and (c.service, c.replica) not in slots]
+            containers = tuple(sorted([*others, *serving], key=lambda c: (c.service, c.replica)))
+            await self._store.put(replace(env, containers=containers, updated_at=now()))
 
     async def _forget_retired(self, name: str, retired: set[str], started: set[str]) -> None:
         """Drop statuses of removed containers (a started one may have taken their replica slot)."""
