@@ -26,6 +26,7 @@ from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
+from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.storage.sqlite import SqliteStateStore
@@ -69,9 +70,7 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
-        for archive in settings.images.preload:
-            imported = await runtime.import_archive(Path(archive))
-            _log.info("images.preloaded", archive=archive, images=[i.name for i in imported])
+        await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
         await network.start()
