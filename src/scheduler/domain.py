@@ -406,6 +406,10 @@ class ContainerConfig:
     read_only_rootfs: bool = False
     log_dir: str = ""
     """Directory where the shim writes ``stdout.log`` and ``stderr.log``; empty discards output."""
+    log_max_bytes: int = 100 * 1024 * 1024
+    """Size at which the log writer rotates a stream's file."""
+    log_max_files: int = 3
+    """Files kept per stream, the current one included (``stdout.log``, ``stdout.log.1``, ...)."""
 
 
 class TaskState(enum.Enum):

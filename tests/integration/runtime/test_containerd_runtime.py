@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -72,8 +73,9 @@ async def test_stdout_and_stderr_go_to_separate_log_files(
     config = await make_container(f"echo to-out; echo to-err >&2; {LOOP}")
     out, err = os.path.join(config.log_dir, "stdout.log"), os.path.join(config.log_dir, "stderr.log")
     await _wait_for(lambda: "to-out" in _read(out) and "to-err" in _read(err))
-    assert _read(out) == "to-out\n"
-    assert _read(err) == "to-err\n"
+    # The shim's log writer stamps each line: "<RFC 3339 nanosecond time> <stream> F <text>".
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout F to-out\n", _read(out))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stderr F to-err\n", _read(err))
     info = await containerd_runtime.list({L.SERVICE: "svc"})
     mine = [i for i in info if i.id == config.id]
     assert mine and mine[0].task_state is domain.TaskState.RUNNING and mine[0].pid > 0

@@ -124,6 +124,10 @@ class ContainerStore:
             raise InvalidArgument("image has no unpacked rootfs (empty chain_id)", field="image.chain_id")
         if config.log_dir and not config.log_dir.startswith("/"):
             raise InvalidArgument(f"log_dir {config.log_dir!r} must be an absolute path", field="log_dir")
+        if config.log_max_bytes <= 0:
+            raise InvalidArgument(f"log_max_bytes must be positive, got {config.log_max_bytes}", field="log_max_bytes")
+        if config.log_max_files <= 0:
+            raise InvalidArgument(f"log_max_files must be positive, got {config.log_max_files}", field="log_max_files")
         if await self._client.container_exists(config.id):
             raise AlreadyExists(f"container {config.id} already exists", container_id=config.id)
         async with self._client.lease() as lease:
@@ -135,6 +139,8 @@ class ContainerStore:
                 labels = {**config.labels, L.OWNER: L.OWNER_VALUE}
                 if config.log_dir:
                     labels[L.LOG_DIR] = config.log_dir
+                    labels[L.LOG_MAX_BYTES] = str(config.log_max_bytes)
+                    labels[L.LOG_MAX_FILES] = str(config.log_max_files)
                 record = containers_pb.Container(
                     id=config.id,
                     labels=labels,

@@ -34,6 +34,12 @@ SPEC_HASH = PREFIX + "spec-hash"
 LOG_DIR = PREFIX + "log-dir"
 """Absolute directory holding ``stdout.log`` and ``stderr.log``; empty or absent discards output."""
 
+LOG_MAX_BYTES = PREFIX + "log-max-bytes"
+"""Size in bytes, a decimal integer, at which a log file is rotated; absent means the writer's default."""
+
+LOG_MAX_FILES = PREFIX + "log-max-files"
+"""Log files kept per stream (the current one included), a decimal integer; absent means the default."""
+
 
 def owned(labels: Mapping[str, str]) -> bool:
     """Whether a container with these labels was created by the scheduler."""

@@ -1,8 +1,9 @@
 """Tasks: the processes of containers (start, wait, stop, exec, delete), through containerd's shim.
 
-Output goes straight from the shim into ``<log_dir>/stdout.log`` and ``<log_dir>/stderr.log``: the
-stdio URIs are scheme-less paths of regular files created beforehand, which the shim opens with
-O_APPEND as separate files (a ``file://`` URI would interleave both streams into one file).
+Output goes through a log writer that the shim starts for each task (``binary://`` stdio, see
+:mod:`scheduler.runtime.logger`): it timestamps every line into ``<log_dir>/stdout.log`` and
+``<log_dir>/stderr.log`` and rotates them by itself, as their only writer. It is a child of the
+shim, so it outlives a daemon restart; Tasks.Delete waits for it to drain and exit.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import json
 import os
 import shutil
 import signal as signals
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from urllib.parse import quote, urlencode
 
 from scheduler import domain
 from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
+from scheduler.runtime import logger
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import spec as oci
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
@@ -29,6 +33,8 @@ from scheduler.runtime.containerd.metrics import oom_kills
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
+LOGGER_NAME = "scheduler-logger"
+"""File name of the log writer under ``<work_dir>/bin``: the logger module behind a shebang."""
 EXEC_OUTPUT_LIMIT = 64 * 1024
 """Bytes of an exec's output kept (the tail)."""
 WAIT_FOREVER = 10 * 365 * 86400.0
@@ -65,6 +71,7 @@ class TaskManager:
         self._client = client
         self._containers = containers
         self._exec_dir = os.path.join(work_dir, "exec")
+        self._logger = os.path.join(work_dir, "bin", LOGGER_NAME)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -124,7 +131,7 @@ class TaskManager:
                 return await self._start(container_id)
             await self._delete_task(container_id)
         mounts = await self._containers.mounts(record)
-        stdout, stderr = await asyncio.to_thread(_prepare_logs, record.labels.get(L.LOG_DIR, ""))
+        stdout, stderr = await asyncio.to_thread(_prepare_logs, self._logger, record.labels)
         await self._client.tasks.create(
             tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
             what=container_id,
@@ -365,18 +372,46 @@ class TaskManager:
             await asyncio.sleep(0.05 * (attempt + 1))
 
 
-def _prepare_logs(log_dir: str) -> tuple[str, str]:
+def _prepare_logs(launcher: str, labels: Mapping[str, str]) -> tuple[str, str]:
+    """The stdio URIs of a task: its log writer with the container's directory and rotation."""
+    log_dir = labels.get(L.LOG_DIR, "")
     if not log_dir:
         return "", ""
     os.makedirs(log_dir, exist_ok=True)
-    paths = []
-    for name in (STDOUT_LOG, STDERR_LOG):
-        path = os.path.join(log_dir, name)
-        # The shim opens scheme-less paths O_WRONLY|O_APPEND without O_CREATE: they must exist.
-        with open(path, "a"):
-            pass
-        paths.append(path)
-    return paths[0], paths[1]
+    install_logger(launcher)
+    query = urlencode(
+        {
+            "dir": log_dir,
+            "max-bytes": labels.get(L.LOG_MAX_BYTES, str(logger.DEFAULT_MAX_BYTES)),
+            "max-files": labels.get(L.LOG_MAX_FILES, str(logger.DEFAULT_MAX_FILES)),
+        }
+    )
+    # The shim reads stdout's URI only; stderr gets the same one for clarity.
+    uri = f"binary://{quote(launcher)}?{query}"
+    return uri, uri
+
+
+def install_logger(path: str) -> None:
+    """Write the log writer's executable: this interpreter (``-I -S``, fast and stdlib only) and the module.
+
+    The shim starts it without PATH or any other environment, so the interpreter is named in full.
+    A copy (not a link into the package) keeps running tasks' writers independent of upgrades;
+    it is replaced atomically, and only when its content changes.
+    """
+    with open(logger.__file__, "rb") as handle:
+        content = b"#!" + sys.executable.encode() + b" -IS\n" + handle.read()
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == content:
+                return
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}"
+    with open(temporary, "wb") as handle:
+        handle.write(content)
+        os.fchmod(handle.fileno(), 0o755)
+    os.replace(temporary, path)
 
 
 def _prepare_exec_output(directory: str) -> str:
