@@ -672,7 +672,7 @@ class Supervisor:
             await self._sync_backends(env_name, service.name)
 
     async def _sync_backends(self, env_name: str, service: str) -> None:
-        """Point the service's address at its running, healthy replicas (only remove during operations)."""
+        """Take failing replicas out of the service's address, and (between operations) put healthy ones in."""
         try:
             env = await self._store.get(env_name)
             info = await self._network.service(env_name, service)
@@ -683,11 +683,11 @@ class Supervisor:
             c.ip for c in mine if c.state is ContainerState.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
         }
         current = list(info.backends)
-        if self._ops.busy(env_name) or env.status not in SUPERVISED:
-            failing = {c.ip for c in mine} - serving
-            wanted = [ip for ip in current if ip not in failing]
-        else:
-            wanted = sorted(serving)
+        # Only what the store knows is touched: an address it does not list stays where it is.
+        failing = {c.ip for c in mine} - serving
+        wanted = [ip for ip in current if ip not in failing]
+        if not self._ops.busy(env_name) and env.status in SUPERVISED:
+            wanted += sorted(serving - set(wanted))
         if sorted(wanted) == sorted(current):
             return
         try:

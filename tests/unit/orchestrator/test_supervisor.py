@@ -538,3 +538,22 @@ async def test_resync_marks_vanished_containers_and_watches_unwatched_health(wor
         "service other replica 0",
     }
     assert world.network.backends[("hc2", "app")] == () and app.ip not in world.network.backends[("hc2", "other")]
+
+
+async def test_a_rolled_back_update_leaves_the_serving_replicas_listed_and_in_the_address(world: World) -> None:
+    original: set[str] = set()
+    check = HealthCheck(HealthCheckKind.EXEC, command=("check",), interval=ms(20), timeout=ms(500), retries=2)
+    world.runtime.exec_handler = lambda cid, argv: domain.ExecResult(0 if not original or cid in original else 1, "")
+    env = await world.deploy("roll", service("app", RestartMode.ALWAYS, health=check, replicas=2))
+    original.update(c.container_id for c in env.containers)
+    ips = set(world.network.backends[("roll", "app")])
+    broken = replace(env.spec, services=(replace(env.spec.services[0], args=("broken",)),))
+    await world.store.put(replace(env, spec=broken, generation=2))
+    world.orchestrator.submit_update("roll", env, [domain.ServiceChange("app", domain.ChangeAction.REPLACE)], ms(10))
+    await world.orchestrator.wait_idle("roll")
+    await world.first(EventType.ENVIRONMENT_ROLLED_BACK)
+    await asyncio.sleep(0.2)  # the supervisor settles the environment after the operation
+    after = await world.env("roll")
+    assert after.status is EnvironmentStatus.RUNNING, after.conditions
+    assert {c.container_id for c in after.containers} == original
+    assert set(world.network.backends[("roll", "app")]) == ips
