@@ -557,3 +557,13 @@ async def test_a_rolled_back_update_leaves_the_serving_replicas_listed_and_in_th
     assert after.status is EnvironmentStatus.RUNNING, after.conditions
     assert {c.container_id for c in after.containers} == original
     assert set(world.network.backends[("roll", "app")]) == ips
+
+
+async def test_an_oom_kill_is_recorded_on_the_container(world: World) -> None:
+    await world.deploy("oom", service("app", RestartMode.NO))
+    cid = (await world.container("oom", "app")).container_id
+    world.runtime.crash(cid, code=137, oom=True)
+    await world.until("exited", lambda: _is(world.container("oom", "app"), lambda s: s.state is ContainerState.EXITED))
+    status = await world.container("oom", "app")
+    assert status.oom_killed and status.exit_code == 137 and "out-of-memory" in status.message
+    assert "out-of-memory" in (await world.first(EventType.CONTAINER_EXITED)).message
