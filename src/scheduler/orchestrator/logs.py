@@ -1,139 +1,333 @@
-"""Reading container logs: the shim writes each container's stdout and stderr to their own files.
+"""Reading container logs: what each task's log writer recorded, with the time of every line.
 
-Layout: ``<logs_dir>/<env>/<container id>/{stdout,stderr}.log``. Lines carry no timestamp of their
-own, so old lines are stamped with their file's modification time and followed lines with the time
-they were read. Following rescans the environment's containers on every poll, so it moves on to a
-replacement container by itself.
+Layout: ``<logs_dir>/<env>/<container id>/{stdout,stderr}.log`` plus rotated ``.log.1``, ``.log.2``...
+(older first in the numbering's reverse), in the record format of :mod:`scheduler.runtime.logger`:
+``<RFC 3339 ns time> <stream> <F|P> <text>``. Pieces of long lines (``P``) are joined again here.
+Lines in no known format (files written before the log writer existed) get the file's time.
+
+A :class:`StreamReader` follows one stream across rotations without losing or repeating a line:
+it keeps its current file open and identifies files by inode, so a rotation only moves it on
+once the file it holds is complete, to the next one in the chain. Following rescans the
+environment's containers on every poll, so it moves on to a replacement container by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from scheduler.domain import ContainerStatus, LogLine, LogQuery, LogStream
+from scheduler.runtime.logger import parse_record, rotated_name
 from scheduler.storage.base import StateStore
 
 POLL_SECONDS = 0.2
+READ_BUDGET = 1024 * 1024
+"""Bytes one stream reads per call, so that one busy container does not starve the others."""
+MAX_JOINED = 1024 * 1024
+"""Longest line rebuilt from pieces; a longer one is sent in parts of this size."""
+GONE_POLLS = 25
+"""Polls a departed container is still read for (its last output may land late), then dropped."""
 _READ_CHUNK = 64 * 1024
+_MAX_HOPS = 64
 
 
 def log_file(logs_dir: Path, env: str, container_id: str, stream: LogStream) -> Path:
-    """Where the shim writes one stream of one container."""
+    """Where the log writer writes one stream of one container (the current file)."""
     return logs_dir / env / container_id / f"{stream.value}.log"
 
 
-class _Cursor:
-    """Read position in one log file, with the partial line left over from the last read."""
+def _to_datetime(ns: int) -> datetime:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
 
-    def __init__(self, path: Path, offset: int) -> None:
-        self.path = path
-        self.offset = offset
-        self.partial = b""
 
-    def read_new(self) -> list[str]:
+def _to_ns(at: datetime) -> int:
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    delta = at - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def _lines_backward(handle: BinaryIO, size: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the complete lines in the first ``size`` bytes, last line first."""
+    pos = size
+    buf = b""
+    trimmed = False
+    while pos > 0:
+        step = min(_READ_CHUNK, pos)
+        pos -= step
+        handle.seek(pos)
+        buf = handle.read(step) + buf
+        if not trimmed:
+            cut = buf.rfind(b"\n")
+            if cut < 0:
+                continue  # still inside an unfinished last line
+            buf = buf[: cut + 1]
+            trimmed = True
+        lines = buf[:-1].split(b"\n")
+        offset = pos + len(buf)
+        # Unless the file's start is reached, the first line may continue in the previous chunk.
+        complete = lines if pos == 0 else lines[1:]
+        for line in reversed(complete):
+            offset -= len(line) + 1
+            yield offset, line
+        buf = b"" if pos == 0 else lines[0] + b"\n"
+
+
+class StreamReader:
+    """Reads one stream of one container in order, across rotated files, each line once."""
+
+    def __init__(self, directory: Path, stream: LogStream) -> None:
+        self.directory = directory
+        self.stream = stream
+        self.name = f"{stream.value}.log"
+        self._file: BinaryIO | None = None
+        self._inode = 0
+        self._carry = b""
+        self._joined = b""
+        self._joined_at: int | None = None
+
+    def chain(self) -> list[tuple[Path, int]]:
+        """The stream's files with their inodes, oldest first (``.log.N`` ... ``.log.1``, ``.log``)."""
+        indexes = []
         try:
-            size = self.path.stat().st_size
+            names = os.listdir(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for name in names:
+            if name == self.name:
+                indexes.append(0)
+            elif name.startswith(self.name + ".") and name[len(self.name) + 1 :].isdigit():
+                indexes.append(int(name[len(self.name) + 1 :]))
+        files = []
+        for index in sorted(indexes, reverse=True):
+            path = self.directory / rotated_name(self.name, index)
+            try:
+                files.append((path, path.stat().st_ino))
+            except FileNotFoundError:
+                continue  # rotated away meanwhile
+        return files
+
+    def close(self) -> None:
+        """Release the open file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _hold(self, handle: BinaryIO, offset: int) -> None:
+        self.close()
+        handle.seek(offset)
+        self._file = handle
+        self._inode = os.fstat(handle.fileno()).st_ino
+
+    def _open(self, path: Path, inode: int) -> BinaryIO | None:
+        try:
+            handle = path.open("rb")
         except FileNotFoundError:
-            return []
-        if size < self.offset:  # truncated or rotated: start over
-            self.offset = 0
-            self.partial = b""
-        if size == self.offset:
-            return []
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read(size - self.offset)
-        self.offset += len(data)
-        data = self.partial + data
-        *lines, self.partial = data.split(b"\n")
-        return [line.decode(errors="replace") for line in lines]
+            return None
+        if os.fstat(handle.fileno()).st_ino != inode:  # rotated between listing and opening
+            handle.close()
+            return None
+        return handle
 
+    def seek(self, tail: int = 0, since_ns: int | None = None) -> None:
+        """Position before the last ``tail`` lines (0: all) that are not older than ``since_ns``.
 
-def _tail(path: Path, count: int) -> tuple[list[str], int]:
-    """Return the last ``count`` complete lines (all when 0) and the offset just after them."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return [], 0
-    with path.open("rb") as handle:
-        if count == 0:
-            data = handle.read(size)
+        Without either limit the reader starts at the oldest file, lazily (it may not exist yet).
+        """
+        if not tail and since_ns is None:
+            return
+        for _ in range(5):
+            chain = self.chain()
+            handles: list[tuple[BinaryIO, int]] = []
+            for path, inode in reversed(chain):
+                handle = self._open(path, inode)
+                if handle is not None:
+                    handles.append((handle, os.fstat(handle.fileno()).st_size))
+            # Consistent only if no rotation happened while the files were being opened.
+            if not chain or self.chain()[-1:] == chain[-1:]:
+                break
+            for handle, _ in handles:
+                handle.close()
         else:
-            # Read backwards in chunks until enough newlines are seen.
-            start, data = size, b""
-            while start > 0 and data.count(b"\n") <= count:
-                step = min(_READ_CHUNK, start)
-                start -= step
-                handle.seek(start)
-                data = handle.read(step) + data
-    end_of_complete = data.rfind(b"\n") + 1
-    lines = data[:end_of_complete].split(b"\n")[:-1]
-    if count:
-        lines = lines[-count:]
-    consumed = size - (len(data) - end_of_complete)
-    return [line.decode(errors="replace") for line in lines], consumed
+            handles = []
+        try:
+            start = self._scan_back(handles, tail, since_ns)
+            if start is not None:
+                index, offset = start
+                self._hold(handles.pop(index)[0], offset)
+        finally:
+            for handle, _ in handles:
+                handle.close()
 
+    def _scan_back(
+        self, handles: list[tuple[BinaryIO, int]], tail: int, since_ns: int | None
+    ) -> tuple[int, int] | None:
+        """Where to start in ``handles`` (newest first): (index, offset), or None for the oldest file."""
+        counted = 0
+        for index, (handle, size) in enumerate(handles):
+            stat = os.fstat(handle.fileno())
+            if since_ns is not None and stat.st_mtime_ns < since_ns:
+                # Nothing was written to this file since: start with the next newer one.
+                if index:
+                    return index - 1, 0
+                last = next(_lines_backward(handle, size), None)
+                return index, 0 if last is None else last[0] + len(last[1]) + 1
+            for offset, line in _lines_backward(handle, size):
+                record = parse_record(line)
+                complete = record is None or record[1]
+                if not complete:
+                    continue
+                at = stat.st_mtime_ns if record is None else record[0]
+                if (tail and counted == tail) or (since_ns is not None and at < since_ns):
+                    return index, offset + len(line) + 1
+                counted += 1
+        return None
 
-def _mtime(path: Path) -> datetime:
-    try:
-        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    except FileNotFoundError:
-        return datetime.now(UTC)
+    def read(self, budget: int = READ_BUDGET) -> list[tuple[int, str]]:
+        """The lines written since the last call, as (ns since the epoch, text); [] when caught up."""
+        out: list[tuple[int, str]] = []
+        for _ in range(_MAX_HOPS):
+            if self._file is None:
+                chain = self.chain()
+                handle = self._open(*chain[0]) if chain else None
+                if handle is None:
+                    return out
+                self._hold(handle, 0)
+            assert self._file is not None
+            data = self._file.read(budget)
+            if data:
+                self._consume(data, out)
+                budget -= len(data)
+                if budget <= 0:
+                    return out
+                continue
+            chain = self.chain()
+            inodes = [inode for _, inode in chain]
+            if not chain or inodes[-1] == self._inode:
+                return out  # caught up with the file being written
+            # Ours was rotated: every write to it happened before that, so finish it, then move on.
+            self._consume(self._file.read(), out)
+            if self._carry:  # only files of another format end without a newline
+                self._consume(b"\n", out)
+            following = inodes.index(self._inode) + 1 if self._inode in inodes else 0
+            handle = self._open(*chain[following])
+            if handle is not None:
+                self._hold(handle, 0)
+        return out
+
+    def _consume(self, data: bytes, out: list[tuple[int, str]]) -> None:
+        data = self._carry + data
+        end = data.rfind(b"\n") + 1
+        self._carry = data[end:]
+        if not end:
+            return
+        fallback: int | None = None
+        for line in data[: end - 1].split(b"\n"):
+            record = parse_record(line)
+            if record is None:
+                if fallback is None:
+                    assert self._file is not None
+                    fallback = os.fstat(self._file.fileno()).st_mtime_ns
+                at, complete, text = fallback, True, line
+            else:
+                at, complete, text = record
+            if self._joined_at is None:
+                self._joined_at = at
+            if not complete and len(self._joined) + len(text) < MAX_JOINED:
+                self._joined += text
+                continue
+            out.append((self._joined_at, (self._joined + text).decode(errors="replace")))
+            self._joined, self._joined_at = b"", None
+
+    def read_all(self) -> list[tuple[int, str]]:
+        """Everything up to the end of the newest file (bounded: at most 10 000 reads)."""
+        lines: list[tuple[int, str]] = []
+        for _ in range(10_000):
+            batch = self.read()
+            if not batch:
+                break
+            lines.extend(batch)
+        return lines
 
 
 async def read_logs(
     store: StateStore, logs_dir: Path, env: str, query: LogQuery, closing: asyncio.Event
 ) -> AsyncIterator[LogLine]:
-    """Yield the requested lines of every container of ``env``, then follow them if asked."""
+    """Yield the requested lines of every container of ``env`` in time order, then follow them if asked."""
     streams = [query.stream] if query.stream else [LogStream.STDOUT, LogStream.STDERR]
-    cursors: dict[tuple[str, LogStream], _Cursor] = {}
+    since_ns = None if query.since is None else _to_ns(query.since)
+    readers: dict[tuple[str, LogStream], StreamReader] = {}
     owners: dict[str, ContainerStatus] = {}
+    gone: dict[str, int] = {}
 
     def wanted(status: ContainerStatus) -> bool:
         return not query.services or status.service in query.services
 
-    environment = await store.get(env)
-    for status in environment.containers:
-        if not wanted(status):
-            continue
-        owners[status.container_id] = status
-        for stream in streams:
-            path = log_file(logs_dir, env, status.container_id, stream)
-            lines, offset = await asyncio.to_thread(_tail, path, query.tail)
-            at = _mtime(path)
-            cursors[(status.container_id, stream)] = _Cursor(path, offset)
-            if query.since is not None and at < query.since:
-                continue
-            for text in lines:
-                yield LogLine(status.service, status.replica, status.container_id, stream, at, text)
-    if not query.follow:
-        return
-    while not closing.is_set():
-        try:
-            environment = await store.get(env)
-        except Exception:  # noqa: BLE001 - the environment went away: the follow ends
-            return
+    def line(cid: str, stream: LogStream, at: int, text: str) -> LogLine:
+        owner = owners[cid]
+        return LogLine(owner.service, owner.replica, cid, stream, _to_datetime(at), text)
+
+    try:
+        environment = await store.get(env)
+        first: list[LogLine] = []
         for status in environment.containers:
-            if not wanted(status) or status.container_id in owners:
+            if not wanted(status):
                 continue
-            # A new container (a restart or a replacement): follow it from its beginning.
             owners[status.container_id] = status
             for stream in streams:
-                cursors[(status.container_id, stream)] = _Cursor(
-                    log_file(logs_dir, env, status.container_id, stream), 0
-                )
-        for (cid, stream), cursor in list(cursors.items()):
-            owner = owners[cid]
-            for text in await asyncio.to_thread(cursor.read_new):
-                yield LogLine(owner.service, owner.replica, cid, stream, datetime.now(UTC), text)
-        try:
-            await asyncio.wait_for(closing.wait(), POLL_SECONDS)
-        except TimeoutError:
-            pass
+                reader = StreamReader(logs_dir / env / status.container_id, stream)
+                await asyncio.to_thread(reader.seek, query.tail, since_ns)
+                readers[(status.container_id, stream)] = reader
+                for at, text in await asyncio.to_thread(reader.read_all):
+                    if since_ns is None or at >= since_ns:
+                        first.append(line(status.container_id, stream, at, text))
+        first.sort(key=lambda item: item.at)  # stable: equal times keep file order
+        for item in first:
+            yield item
+        del first
+        if not query.follow:
+            return
+        while not closing.is_set():
+            try:
+                environment = await store.get(env)
+            except Exception:  # noqa: BLE001 - the environment went away: the follow ends
+                return
+            present = {status.container_id for status in environment.containers}
+            for status in environment.containers:
+                if not wanted(status) or status.container_id in owners:
+                    continue
+                # A new container (a restart or a replacement): follow it from its beginning.
+                owners[status.container_id] = status
+                for stream in streams:
+                    readers[(status.container_id, stream)] = StreamReader(logs_dir / env / status.container_id, stream)
+            busy = False
+            batch: list[LogLine] = []
+            for (cid, stream), reader in list(readers.items()):
+                lines = await asyncio.to_thread(reader.read)
+                busy = busy or bool(lines)
+                batch.extend(line(cid, stream, at, text) for at, text in lines)
+                if cid not in present:
+                    gone[cid] = gone.get(cid, 0) + 1
+                    if gone[cid] > GONE_POLLS * len(streams):
+                        reader.close()
+                        del readers[(cid, stream)]
+            batch.sort(key=lambda item: item.at)
+            for item in batch:
+                yield item
+            if busy:
+                continue  # more may be waiting: read again before sleeping
+            try:
+                await asyncio.wait_for(closing.wait(), POLL_SECONDS)
+            except TimeoutError:
+                pass
+    finally:
+        for reader in readers.values():
+            reader.close()
 
 
 def remove_logs(logs_dir: Path, env: str) -> None:

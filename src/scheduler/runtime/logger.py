@@ -233,8 +233,6 @@ def run(
     os.makedirs(directory, exist_ok=True)
     clock = Clock()
     writers = {fd: StreamWriter(directory, stream, max_bytes, max_files, clock) for fd, stream in inputs.items()}
-    if ready_fd >= 0:
-        os.close(ready_fd)
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     stopping: list[float] = []
 
@@ -242,8 +240,17 @@ def run(
         if not stopping:
             stopping.append(time.monotonic() + drain_seconds)
 
-    previous = signal.set_wakeup_fd(wake_write)
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {}
+    previous = -1
+    try:
+        previous = signal.set_wakeup_fd(wake_write)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, on_signal)
+    except ValueError:
+        pass  # not the main thread (tests): only end of file stops it
+    # Ready only once a SIGTERM would be handled: the shim may send one right after Tasks.Create.
+    if ready_fd >= 0:
+        os.close(ready_fd)
     poller = select.poll()
     for fd in writers:
         poller.register(fd, select.POLLIN)
@@ -277,7 +284,8 @@ def run(
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        signal.set_wakeup_fd(previous)
+        if handlers:
+            signal.set_wakeup_fd(previous)
         os.close(wake_read)
         os.close(wake_write)
         for writer in writers.values():

@@ -1,0 +1,227 @@
+"""The shim's log writer: record format, rotation without loss, partial lines, readiness and SIGTERM."""
+
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from scheduler.runtime import logger
+from scheduler.runtime.containerd.tasks import install_logger
+
+
+def _records(directory: Path, stream: str) -> list[tuple[int, bool, bytes]]:
+    """Every record of a stream, oldest file first."""
+    names = sorted(
+        (p.name for p in directory.iterdir() if p.name.startswith(f"{stream}.log")),
+        key=lambda n: -int(n.rsplit(".", 1)[1]) if n[-1].isdigit() else 0,
+    )
+    out = []
+    for name in names:
+        for raw in (directory / name).read_bytes().splitlines():
+            record = logger.parse_record(raw)
+            assert record is not None, raw
+            out.append(record)
+    return out
+
+
+def _run_in_thread(directory: Path, **kwargs: int) -> tuple[int, int, threading.Thread, dict[str, dict[str, int]]]:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    result: dict[str, dict[str, int]] = {}
+
+    def target() -> None:
+        try:
+            result["dropped"] = logger.run(str(directory), {out_r: "stdout", err_r: "stderr"}, **kwargs)
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return out_w, err_w, thread, result
+
+
+def test_timestamps_are_rfc3339_nanoseconds_and_parse_back() -> None:
+    clock = logger.Clock()
+    ns = 1_795_795_200_123_456_789  # 2026-11-27T16:00:00.123456789Z
+    stamp = clock.stamp(ns)
+    assert stamp == b"2026-11-27T16:00:00.123456789Z"
+    assert logger.parse_record(stamp + b" stdout F hello world") == (ns, True, b"hello world")
+    assert logger.parse_record(stamp + b" stderr P ") == (ns, False, b"")
+    # Fewer fraction digits and none at all, as other RFC 3339 writers produce.
+    assert logger.parse_record(b"2026-11-27T16:00:00.5Z stdout F x") == (1_795_795_200_500_000_000, True, b"x")
+    assert logger.parse_record(b"1999-03-01T00:00:01Z stdout F x")[0] == int(
+        datetime(1999, 3, 1, 0, 0, 1, tzinfo=UTC).timestamp() * 1e9
+    )
+    for raw in (b"plain text from an old file", b"2026-11-27T16:00:00Z stdout X x", b"", b"20xx-11-27T16:00:00Z s F x"):
+        assert logger.parse_record(raw) is None
+
+
+def test_every_line_once_in_order_across_rotations(tmp_path: Path) -> None:
+    out_w, err_w, thread, result = _run_in_thread(tmp_path, max_bytes=2000, max_files=1000)
+    for i in range(3000):
+        os.write(out_w, b"out %d\n" % i)
+        if i % 3 == 0:
+            os.write(err_w, b"err %d\n" % i)
+    os.close(out_w)
+    os.close(err_w)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert result["dropped"] == {"stdout": 0, "stderr": 0}
+    out = _records(tmp_path, "stdout")
+    assert [text for _, _, text in out] == [b"out %d" % i for i in range(3000)]
+    assert all(complete for _, complete, _ in out)
+    times = [at for at, _, _ in out]
+    assert times == sorted(times)
+    assert [text for _, _, text in _records(tmp_path, "stderr")] == [b"err %d" % i for i in range(0, 3000, 3)]
+    files = sorted(p for p in tmp_path.iterdir() if p.name.startswith("stdout.log"))
+    assert len(files) > 20
+    # Every file stays within the limit: rotation happens between records.
+    assert all(p.stat().st_size <= 2000 for p in files)
+
+
+def test_only_max_files_are_kept_and_they_hold_the_newest_lines(tmp_path: Path) -> None:
+    out_w, err_w, thread, _ = _run_in_thread(tmp_path, max_bytes=500, max_files=3)
+    for i in range(500):
+        os.write(out_w, b"line %d\n" % i)
+    os.close(out_w)
+    os.close(err_w)
+    thread.join(10)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stdout"))
+    assert names == ["stdout.log", "stdout.log.1", "stdout.log.2"]
+    texts = [text for _, _, text in _records(tmp_path, "stdout")]
+    assert texts[-1] == b"line 499"
+    first = int(texts[0].split()[1])
+    assert texts == [b"line %d" % i for i in range(first, 500)]  # a contiguous suffix: nothing lost inside
+
+
+def test_partial_line_is_flushed_when_the_stream_ends_and_long_lines_split(tmp_path: Path) -> None:
+    out_w, err_w, thread, _ = _run_in_thread(tmp_path)
+    long_line = b"x" * (logger.MAX_RECORD * 2 + 10)
+    os.write(out_w, b"first\nsec")
+    time.sleep(0.05)
+    os.write(out_w, b"ond\n" + long_line + b"\n")
+    os.write(err_w, b"no newline at the end")
+    os.close(out_w)
+    os.close(err_w)
+    thread.join(10)
+    out = _records(tmp_path, "stdout")
+    assert [(complete, len(text)) for _, complete, text in out[2:]] == [
+        (False, logger.MAX_RECORD),
+        (False, logger.MAX_RECORD),
+        (True, 10),
+    ]
+    assert [text for _, _, text in out[:2]] == [b"first", b"second"]
+    assert b"".join(text for _, _, text in out[2:]) == long_line
+    assert _records(tmp_path, "stderr") == [(_records(tmp_path, "stderr")[0][0], True, b"no newline at the end")]
+
+
+def test_appends_to_existing_files_and_counts_their_size(tmp_path: Path) -> None:
+    for round_ in range(2):
+        out_w, err_w, thread, _ = _run_in_thread(tmp_path, max_bytes=300, max_files=50)
+        for i in range(20):
+            os.write(out_w, b"round %d line %d\n" % (round_, i))
+        os.close(out_w)
+        os.close(err_w)
+        thread.join(10)
+    texts = [text for _, _, text in _records(tmp_path, "stdout")]
+    assert texts == [b"round %d line %d" % (r, i) for r in range(2) for i in range(20)]
+    assert all(p.stat().st_size <= 300 for p in tmp_path.iterdir())
+
+
+def test_arguments_come_in_pairs_in_any_order() -> None:
+    assert logger.parse_args(["max-files", "5", "dir", "/x", "max-bytes", "10"]) == ("/x", 10, 5)
+    assert logger.parse_args(["dir", "/x"]) == ("/x", logger.DEFAULT_MAX_BYTES, logger.DEFAULT_MAX_FILES)
+    for bad in (["dir"], ["dir", "relative"], ["dir", "/x", "max-bytes", "0"], ["dir", "/x", "colour", "red"]):
+        with pytest.raises(ValueError):
+            logger.parse_args(bad)
+
+
+def _spawn(launcher: str, directory: Path) -> tuple[int, int, int, int]:
+    """Start the installed writer as the shim does: fds 3, 4, 5 and no environment but two variables."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    # Pipes are close-on-exec; dup2 onto 3, 4 and 5 in the child clears that for those three only.
+    pid = os.posix_spawn(
+        launcher,
+        [launcher, "max-bytes", "1000000", "dir", str(directory)],
+        {"CONTAINER_ID": "c", "CONTAINER_NAMESPACE": "n"},
+        file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate((out_r, err_r, ready_w), 3)],
+    )
+    for fd in (out_r, err_r, ready_w):
+        os.close(fd)
+    return pid, out_w, err_w, ready_r
+
+
+def _wait(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"writer {pid} did not exit within {timeout}s")
+
+
+def test_installed_writer_signals_readiness_and_drains_on_sigterm(tmp_path: Path) -> None:
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    first = os.stat(launcher)
+    install_logger(launcher)  # unchanged content: not rewritten
+    assert os.stat(launcher).st_ino == first.st_ino and os.access(launcher, os.X_OK)
+    assert Path(launcher).read_text().startswith(f"#!{sys.executable} -IS\n")
+    directory = tmp_path / "logs"
+    started = time.monotonic()
+    pid, out_w, err_w, ready_r = _spawn(launcher, directory)
+    try:
+        assert os.read(ready_r, 1) == b""  # the writer closed its end: ready
+        ready_after = time.monotonic() - started
+        assert (directory / "stdout.log").exists() and (directory / "stderr.log").exists()
+        os.write(out_w, b"before term\nunterminated")
+        os.write(err_w, b"to stderr\n")
+        # As the shim does on task delete: close the pipes, then SIGTERM.
+        os.close(out_w)
+        os.close(err_w)
+        os.kill(pid, signal.SIGTERM)
+        assert _wait(pid, 10) == 0
+    finally:
+        os.close(ready_r)
+    assert ready_after < 1.0
+    assert [text for _, _, text in _records(directory, "stdout")] == [b"before term", b"unterminated"]
+    assert [text for _, _, text in _records(directory, "stderr")] == [b"to stderr"]
+
+
+def test_sigterm_with_a_writer_still_attached_exits_after_the_drain_time(tmp_path: Path) -> None:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        result["dropped"] = logger.run(str(tmp_path), {out_r: "stdout", err_r: "stderr"}, drain_seconds=0.3)
+
+    # Signals go to the main thread, so the writer runs there and the test writes from a thread.
+    def feed() -> None:
+        os.write(out_w, b"kept\npartial")
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    feeder = threading.Thread(target=feed)
+    started = time.monotonic()
+    feeder.start()
+    try:
+        target()
+    finally:
+        feeder.join()
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+    assert 0.4 < time.monotonic() - started < 3
+    assert [text for _, _, text in _records(tmp_path, "stdout")] == [b"kept", b"partial"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
