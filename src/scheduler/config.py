@@ -62,6 +62,15 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ContainerLogSettings(_Section):
+    """Containers' stdout and stderr files, written and rotated by each task's log writer."""
+
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    """Size in bytes at which a stream's file is rotated."""
+    max_files: int = Field(default=3, ge=1, le=100)
+    """Files kept per stream, the current one included (``stdout.log``, ``stdout.log.1``, ...)."""
+
+
 class ContainerdSettings(_Section):
     """How the daemon reaches containerd."""
 
@@ -168,6 +177,7 @@ class Settings(BaseSettings):
     """SQLite file of the state store; empty means ``<data_dir>/state.db``."""
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
+    container_logs: ContainerLogSettings = ContainerLogSettings()
     containerd: ContainerdSettings = ContainerdSettings()
     images: ImageSettings = ImageSettings()
     network: NetworkSettings = NetworkSettings()

@@ -85,6 +85,8 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             events,
             OrchestratorSettings(
                 logs_dir=data_dir / "logs",
+                log_max_bytes=settings.container_logs.max_bytes,
+                log_max_files=settings.container_logs.max_files,
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
             ),

@@ -62,6 +62,10 @@ class OrchestratorSettings:
 
     logs_dir: Path
     """Root of per-container log directories."""
+    log_max_bytes: int = 100 * 1024 * 1024
+    """Size at which a container's log file is rotated."""
+    log_max_files: int = 3
+    """Log files kept per container and stream."""
     pull_policy: domain.PullPolicy = domain.PullPolicy.IF_NOT_PRESENT
     host_ip: str = "127.0.0.1"
     """Default host address of published ports."""
@@ -459,6 +463,8 @@ class Orchestrator:
                 resources=service.resources,
                 read_only_rootfs=service.read_only_rootfs,
                 log_dir=str(log_dir),
+                log_max_bytes=self._settings.log_max_bytes,
+                log_max_files=self._settings.log_max_files,
             )
             await self._runtime.create(config)
         except errors.SchedulerError as err:
