@@ -190,7 +190,9 @@ def main() -> None:
                 baseline += asyncio.run(serial_baseline(daemon, 1, Path(tmp) / f"baseline{index}", first=index))
             together = parallel_run(daemon, args.parallel) if args.parallel else 0.0
         finally:
+            daemon.delete_all_environments()
             daemon.stop()
+            daemon.cleanup()
     single = statistics.median(ours)
     report = {
         "web_postgres_create_to_running_s": {"median": round(single, 3), "samples": [round(t, 3) for t in ours]},

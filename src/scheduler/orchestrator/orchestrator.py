@@ -289,16 +289,11 @@ class Orchestrator:
             return
         except errors.SchedulerError as err:
             _log.warning("deploy.failed", env=name, reason=err.message)
-            env = await self._refresh(name)
-            condition = Condition(
-                type="Ready",
-                status=False,
-                reason=type(err).__name__,
-                message=err.message,
-                last_transition=now(),
-            )
-            env = replace(env, conditions=_with_condition(env.conditions, condition))
-            await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, err.message)
+            await self._fail(name, type(err).__name__, err.message)
+            return
+        except Exception:  # noqa: BLE001 - a bug must not leave the environment DEPLOYING forever
+            _log.exception("deploy.crashed", env=name)
+            await self._fail(name, "InternalError", "the deployment hit an internal error; see the daemon log")
             return
         condition = Condition(
             type="Ready", status=True, reason="Deployed", message="every service is up", last_transition=now()
@@ -306,6 +301,12 @@ class Orchestrator:
         env = replace(env, conditions=_with_condition(env.conditions, condition), observed_generation=env.generation)
         await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
         _log.info("deploy.done", env=name, seconds=round(time.monotonic() - started, 3))
+
+    async def _fail(self, name: str, reason: str, message: str) -> None:
+        env = await self._refresh(name)
+        condition = Condition(type="Ready", status=False, reason=reason, message=message, last_transition=now())
+        env = replace(env, conditions=_with_condition(env.conditions, condition))
+        await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, message)
 
     async def _bring_up(self, env: Environment) -> Environment:
         name = env.name
@@ -327,6 +328,8 @@ class Orchestrator:
                     group.create_task(self._bring_up_service(env, service, milestones))
         except* DeployFailure as failures:
             raise failures.exceptions[0] from None
+        except* Exception as crashes:
+            raise crashes.exceptions[0] from None
         endpoints = []
         for service in spec.services:
             for port in service.ports:
