@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the scheduler and its tests use. Idempotent: a machine that has
+# Installs the Debian packages the scheduler and its tests use (postgresql-15 and nginx are the
+# sources of the demo images, which `make images` copies from the host). Idempotent: a machine that has
 # them all returns at once without touching apt.
 set -euo pipefail
 
 packages=(
   containerd runc containernetworking-plugins iptables iproute2 busybox-static
   docker-registry skopeo apache2-utils
-  postgresql-15 nginx-light
+  postgresql-15 nginx
   conntrack
 )
 
