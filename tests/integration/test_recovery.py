@@ -304,7 +304,7 @@ def test_a_crash_loop_backs_off_to_its_cap_and_an_update_fixes_it(harness: Harne
         env = h.until("loop", "DEGRADED", lambda e: e.status == pb.ENVIRONMENT_STATUS_DEGRADED, 10)
         ready = next(c for c in env.conditions if c.type == "Ready")
         assert not ready.status and ready.service == "toolbox" and ready.reason == "CrashLoopBackOff"
-        assert "last exit code 3" in ready.message
+        assert "crash-looping" in ready.message and "last exit code 3" in ready.message
         assert env.containers[0].exit_code == 3
         delays = [e.message.rsplit("restarting in ", 1)[1] for e in events.of(pb.EVENT_TYPE_CONTAINER_EXITED)]
         assert delays[:6] == ["0.1s", "0.2s", "0.4s", "0.8s", "0.8s", "0.8s"], delays

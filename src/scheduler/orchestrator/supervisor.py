@@ -139,9 +139,12 @@ def problems(env: Environment, at: datetime) -> list[Problem]:
         where = f"service {c.service} replica {c.replica}"
         restarts = f"restarted {c.restart_count} time{'s' if c.restart_count != 1 else ''}"
         last = f", last exit code {c.exit_code}" if c.exit_code is not None else ""
+        # Between two crashes of a loop the replica is briefly up: still the same loop.
+        looping = c.restart_count >= 2
+        reason = "CrashLoopBackOff" if looping else "Restarting"
+        cycling = f"{where} is crash-looping" if looping else where
         if c.state is ContainerState.RESTARTING:
-            reason = "CrashLoopBackOff" if c.restart_count >= 2 else "Restarting"
-            found.append(Problem(c.service, c.replica, reason, f"{where}: {c.message} ({restarts}{last})"))
+            found.append(Problem(c.service, c.replica, reason, f"{cycling}: {c.message} ({restarts}{last})"))
         elif c.state is ContainerState.EXITED:
             if c.exit_code == 0 and c.service in jobs:
                 continue
@@ -152,9 +155,7 @@ def problems(env: Environment, at: datetime) -> list[Problem]:
             if c.health is Health.UNHEALTHY:
                 found.append(Problem(c.service, c.replica, "Unhealthy", f"{where} is unhealthy: {c.message}"))
             elif c.restart_count and c.health is Health.STARTING:
-                found.append(
-                    Problem(c.service, c.replica, "Restarting", f"{where}: waiting for health ({restarts}{last})")
-                )
+                found.append(Problem(c.service, c.replica, reason, f"{cycling}: waiting for health ({restarts}{last})"))
             elif c.restart_count and c.health is Health.NONE and spec is not None and c.started_at is not None:
                 settle = spec.restart.reset_after
                 if at - c.started_at < settle:
@@ -162,8 +163,8 @@ def problems(env: Environment, at: datetime) -> list[Problem]:
                         Problem(
                             c.service,
                             c.replica,
-                            "Restarting",
-                            f"{where}: up for less than {settle.total_seconds():g}s ({restarts}{last})",
+                            reason,
+                            f"{cycling}: up for less than {settle.total_seconds():g}s ({restarts}{last})",
                         )
                     )
     return found

@@ -337,6 +337,8 @@ def test_a_restarted_replica_counts_as_up_only_after_it_settled() -> None:
     gated = replace(fresh, health=Health.STARTING)
     assert [p.reason for p in problems(_env(gated), at + timedelta(hours=1))] == ["Restarting"]
     assert problems(_env(replace(gated, health=Health.HEALTHY)), at) == []
+    looping = problems(_env(replace(fresh, restart_count=3)), at)
+    assert [p.reason for p in looping] == ["CrashLoopBackOff"] and "crash-looping" in looping[0].message
 
 
 def test_a_completed_one_shot_job_is_not_a_problem() -> None:
