@@ -23,6 +23,10 @@ from scheduler.stacks.stack import Derived, StackParameter, Values
 
 MIB = 1024**2
 
+# Health checks probe every 100 ms during their start period (so a deploy notices readiness at
+# once) and every 5 s after it: each probe of these services runs psql or pg_isready,
+# and a check per second per container would cost a core with a few dozen environments.
+
 POSTGRES_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 """Role and database names that need no quoting in SQL, URLs or pg_isready arguments."""
 
@@ -121,7 +125,7 @@ POSTGRES = ServiceSpec(
             "-d",
             "${postgres_db}",
         ),
-        interval=timedelta(seconds=1),
+        interval=timedelta(seconds=5),
         timeout=timedelta(seconds=5),
         retries=5,
         start_period=timedelta(seconds=60),
@@ -161,7 +165,7 @@ def backend(*, publish: bool) -> ServiceSpec:
             kind=HealthCheckKind.HTTP,
             port=8080,
             path="/health",
-            interval=timedelta(seconds=1),
+            interval=timedelta(seconds=5),
             timeout=timedelta(seconds=2),
             retries=3,
             start_period=timedelta(seconds=10),
@@ -196,7 +200,7 @@ FRONTEND = ServiceSpec(
         kind=HealthCheckKind.HTTP,
         port=80,
         path="/healthz",
-        interval=timedelta(seconds=1),
+        interval=timedelta(seconds=5),
         timeout=timedelta(seconds=2),
         retries=3,
         start_period=timedelta(seconds=10),
