@@ -91,13 +91,22 @@ class StreamReader:
         self._joined = b""
         self._joined_at: int | None = None
 
-    def chain(self) -> list[tuple[Path, int]]:
-        """The stream's files with their inodes, oldest first (``.log.N`` ... ``.log.1``, ``.log``)."""
-        indexes = []
+    def _path(self, index: int) -> Path:
+        return self.directory / rotated_name(self.name, index)
+
+    def _inode_at(self, index: int) -> int | None:
+        try:
+            return self._path(index).stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    def chain(self) -> list[tuple[int, int]]:
+        """(rotation index, inode) of the stream's files, oldest first; a listing, not a snapshot."""
         try:
             names = os.listdir(self.directory)
         except (FileNotFoundError, NotADirectoryError):
             return []
+        indexes = []
         for name in names:
             if name == self.name:
                 indexes.append(0)
@@ -105,11 +114,9 @@ class StreamReader:
                 indexes.append(int(name[len(self.name) + 1 :]))
         files = []
         for index in sorted(indexes, reverse=True):
-            path = self.directory / rotated_name(self.name, index)
-            try:
-                files.append((path, path.stat().st_ino))
-            except FileNotFoundError:
-                continue  # rotated away meanwhile
+            inode = self._inode_at(index)
+            if inode is not None:
+                files.append((index, inode))
         return files
 
     def close(self) -> None:
@@ -124,12 +131,56 @@ class StreamReader:
         self._file = handle
         self._inode = os.fstat(handle.fileno()).st_ino
 
-    def _open(self, path: Path, inode: int) -> BinaryIO | None:
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
+    def _snapshot(self) -> list[BinaryIO]:
+        """Every file of the stream open, newest first, as they were at one instant.
+
+        A rotation renames every file, so after opening ``.log.N`` the file just opened before
+        it must still be ``.log.N-1``; otherwise a rotation came in between and it starts over.
+        """
+        for _ in range(10):
+            handles: list[BinaryIO] = []
+            consistent = True
+            for index in range(100_000):
+                try:
+                    handle: BinaryIO | None = self._path(index).open("rb")
+                except FileNotFoundError:
+                    handle = None
+                if index and self._inode_at(index - 1) != os.fstat(handles[-1].fileno()).st_ino:
+                    consistent = False
+                if handle is None:
+                    # A gap with older files behind it is a rotation in progress.
+                    consistent = consistent and self._inode_at(index + 1) is None
+                    break
+                handles.append(handle)
+                if not consistent:
+                    break
+            if consistent:
+                return handles
+            for handle in handles:
+                handle.close()
+        return []
+
+    def _successor(self) -> BinaryIO | None:
+        """The file written after the one held (which was rotated); None to look again later."""
+        assert self._file is not None
+        files = self.chain()
+        mine = [index for index, inode in files if inode == self._inode]
+        if not mine:
+            if os.fstat(self._file.fileno()).st_nlink:
+                return None  # renamed while listing
+            # Rotated out before it was read to the end: resume with the oldest file kept.
+            oldest = self._snapshot()
+            for handle in oldest[:-1]:
+                handle.close()
+            return oldest[-1] if oldest else None
+        if not mine[0]:
             return None
-        if os.fstat(handle.fileno()).st_ino != inode:  # rotated between listing and opening
+        try:
+            handle = self._path(mine[0] - 1).open("rb")
+        except FileNotFoundError:
+            return None  # a rotation is in progress
+        # Ours still at its place once the other is open: no rotation came in between.
+        if self._inode_at(mine[0]) != self._inode:
             handle.close()
             return None
         return handle
@@ -141,20 +192,7 @@ class StreamReader:
         """
         if not tail and since_ns is None:
             return
-        for _ in range(5):
-            chain = self.chain()
-            handles: list[tuple[BinaryIO, int]] = []
-            for path, inode in reversed(chain):
-                handle = self._open(path, inode)
-                if handle is not None:
-                    handles.append((handle, os.fstat(handle.fileno()).st_size))
-            # Consistent only if no rotation happened while the files were being opened.
-            if not chain or self.chain()[-1:] == chain[-1:]:
-                break
-            for handle, _ in handles:
-                handle.close()
-        else:
-            handles = []
+        handles = [(handle, os.fstat(handle.fileno()).st_size) for handle in self._snapshot()]
         try:
             start = self._scan_back(handles, tail, since_ns)
             if start is not None:
@@ -193,11 +231,12 @@ class StreamReader:
         out: list[tuple[int, str]] = []
         for _ in range(_MAX_HOPS):
             if self._file is None:
-                chain = self.chain()
-                handle = self._open(*chain[0]) if chain else None
-                if handle is None:
+                handles = self._snapshot()
+                if not handles:
                     return out
-                self._hold(handle, 0)
+                for newer in handles[:-1]:
+                    newer.close()
+                self._hold(handles[-1], 0)
             assert self._file is not None
             data = self._file.read(budget)
             if data:
@@ -206,18 +245,16 @@ class StreamReader:
                 if budget <= 0:
                     return out
                 continue
-            chain = self.chain()
-            inodes = [inode for _, inode in chain]
-            if not chain or inodes[-1] == self._inode:
+            files = self.chain()
+            if not files or files[-1][1] == self._inode:
                 return out  # caught up with the file being written
-            # Ours was rotated: every write to it happened before that, so finish it, then move on.
+            # Ours was rotated: every write to it came before that, so finish it, then move on.
             self._consume(self._file.read(), out)
             if self._carry:  # only files of another format end without a newline
                 self._consume(b"\n", out)
-            following = inodes.index(self._inode) + 1 if self._inode in inodes else 0
-            handle = self._open(*chain[following])
-            if handle is not None:
-                self._hold(handle, 0)
+            successor = self._successor()
+            if successor is not None:
+                self._hold(successor, 0)
         return out
 
     def _consume(self, data: bytes, out: list[tuple[int, str]]) -> None:

@@ -201,7 +201,12 @@ class StreamWriter:
             if self.max_files <= 1:
                 os.unlink(self._path(0))
             else:
-                for index in range(self.max_files - 1, 0, -1):
+                kept = 1
+                while kept < self.max_files - 1 and os.path.exists(self._path(kept)):
+                    kept += 1
+                # Oldest first, so that every name always holds a complete file; the oldest
+                # kept file is overwritten once there are max_files.
+                for index in range(kept, 0, -1):
                     try:
                         os.replace(self._path(index - 1), self._path(index))
                     except FileNotFoundError:

@@ -1,5 +1,6 @@
 import asyncio
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -145,3 +146,27 @@ async def test_follow_sees_new_lines_and_moves_to_a_replacement_container(tmp_pa
     assert [(line.container_id, line.line) for line in got] == [("c2", "new 1"), ("c2", "new 2")]
     closing.set()
     assert [line async for line in follow] == []
+
+
+def test_reader_racing_a_rotating_writer_gets_every_line_once(tmp_path: Path) -> None:
+    import threading
+
+    directory = log_file(tmp_path, "e", "c1", LogStream.STDOUT).parent
+    out = _writer(tmp_path, "c1", LogStream.STDOUT, max_bytes=1024, max_files=1000)
+    total = 3000
+
+    def write() -> None:
+        for start in range(0, total, 7):
+            out.feed(b"".join(b"n %d\n" % i for i in range(start, min(start + 7, total))))
+
+    writer = threading.Thread(target=write)
+    reader = StreamReader(directory, LogStream.STDOUT)
+    seen: list[str] = []
+    writer.start()
+    deadline = time.monotonic() + 30
+    while (writer.is_alive() or len(seen) < total) and time.monotonic() < deadline:
+        seen += [text for _, text in reader.read(budget=4096)]
+    writer.join()
+    reader.close()
+    assert len(list(directory.iterdir())) > 100  # it rotated all along
+    assert seen == [f"n {i}" for i in range(total)]
