@@ -152,3 +152,15 @@ async def test_follow_across_rotation_while_the_container_writes(
     assert [line.line for line in got] == [f"line {i}" for i in range(2000)] + ["done"]
     assert [line.at for line in got] == sorted(line.at for line in got)
     assert len(_files(log_dir, "stdout")) > 20
+
+
+async def test_bad_rotation_settings_are_refused_naming_the_field(
+    containerd_runtime: ContainerdRuntime, busybox_image: domain.Image, tmp_path: Path, container_id: str
+) -> None:
+    from scheduler.errors import InvalidArgument
+
+    for field, value in (("log_max_bytes", 0), ("log_max_files", -1)):
+        config = domain.ContainerConfig(id=container_id, image=busybox_image, log_dir=str(tmp_path), **{field: value})
+        with pytest.raises(InvalidArgument) as caught:
+            await containerd_runtime.create(config)
+        assert field in str(caught.value)

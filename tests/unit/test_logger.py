@@ -225,3 +225,24 @@ def test_sigterm_with_a_writer_still_attached_exits_after_the_drain_time(tmp_pat
     assert 0.4 < time.monotonic() - started < 3
     assert [text for _, _, text in _records(tmp_path, "stdout")] == [b"kept", b"partial"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_task_stdio_names_the_writer_with_the_containers_directory_and_rotation(tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from scheduler.runtime.containerd import labels as L
+    from scheduler.runtime.containerd.tasks import _prepare_logs
+
+    launcher = str(tmp_path / "state dir" / "bin" / "scheduler-logger")
+    log_dir = str(tmp_path / "logs" / "env one" / "c&1")
+    stdout, stderr = _prepare_logs(launcher, {L.LOG_DIR: log_dir, L.LOG_MAX_BYTES: "4096", L.LOG_MAX_FILES: "7"})
+    assert stdout == stderr
+    uri = urlsplit(stdout)
+    assert uri.scheme == "binary" and unquote(uri.path) == launcher and os.access(launcher, os.X_OK)
+    assert parse_qs(uri.query) == {"dir": [log_dir], "max-bytes": ["4096"], "max-files": ["7"]}
+    assert os.path.isdir(log_dir)
+    # Containers created before rotation labels existed get the defaults; no log dir means no output.
+    defaults = parse_qs(urlsplit(_prepare_logs(launcher, {L.LOG_DIR: log_dir})[0]).query)
+    assert defaults["max-bytes"] == [str(logger.DEFAULT_MAX_BYTES)]
+    assert defaults["max-files"] == [str(logger.DEFAULT_MAX_FILES)]
+    assert _prepare_logs(launcher, {}) == ("", "")
