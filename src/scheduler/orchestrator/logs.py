@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -292,6 +293,31 @@ class StreamReader:
         return lines
 
 
+async def _merged(
+    readers: dict[tuple[str, LogStream], StreamReader], since_ns: int | None
+) -> AsyncIterator[tuple[tuple[str, LogStream], int, str]]:
+    """Every reader's lines up to where its files end now, merged by time, reading a batch at a time.
+
+    Memory stays at about one batch per reader however long the history is. Equal times keep
+    the readers' order, and one reader's lines keep theirs.
+    """
+    buffers: dict[tuple[str, LogStream], deque[tuple[int, str]]] = {key: deque() for key in readers}
+    live = set(readers)
+    while True:
+        for key in list(live):
+            while not buffers[key] and key in live:
+                batch = await asyncio.to_thread(readers[key].read)
+                if not batch:
+                    live.discard(key)  # caught up: the follow takes it from here
+                buffers[key].extend(item for item in batch if since_ns is None or item[0] >= since_ns)
+        ready = [key for key in readers if buffers[key]]
+        if not ready:
+            return
+        key = min(ready, key=lambda k: buffers[k][0][0])
+        at, text = buffers[key].popleft()
+        yield key, at, text
+
+
 async def read_logs(
     store: StateStore, logs_dir: Path, env: str, query: LogQuery, closing: asyncio.Event
 ) -> AsyncIterator[LogLine]:
@@ -305,13 +331,12 @@ async def read_logs(
     def wanted(status: ContainerStatus) -> bool:
         return not query.services or status.service in query.services
 
-    def line(cid: str, stream: LogStream, at: int, text: str) -> LogLine:
-        owner = owners[cid]
-        return LogLine(owner.service, owner.replica, cid, stream, _to_datetime(at), text)
+    def line(key: tuple[str, LogStream], at: int, text: str) -> LogLine:
+        owner = owners[key[0]]
+        return LogLine(owner.service, owner.replica, key[0], key[1], _to_datetime(at), text)
 
     try:
         environment = await store.get(env)
-        first: list[LogLine] = []
         for status in environment.containers:
             if not wanted(status):
                 continue
@@ -320,13 +345,8 @@ async def read_logs(
                 reader = StreamReader(logs_dir / env / status.container_id, stream)
                 await asyncio.to_thread(reader.seek, query.tail, since_ns)
                 readers[(status.container_id, stream)] = reader
-                for at, text in await asyncio.to_thread(reader.read_all):
-                    if since_ns is None or at >= since_ns:
-                        first.append(line(status.container_id, stream, at, text))
-        first.sort(key=lambda item: item.at)  # stable: equal times keep file order
-        for item in first:
-            yield item
-        del first
+        async for key, at, text in _merged(readers, since_ns):
+            yield line(key, at, text)
         if not query.follow:
             return
         while not closing.is_set():
@@ -342,18 +362,20 @@ async def read_logs(
                 owners[status.container_id] = status
                 for stream in streams:
                     readers[(status.container_id, stream)] = StreamReader(logs_dir / env / status.container_id, stream)
+            for cid in set(owners) - present:
+                # A departed container's last output may still land: read it a while longer.
+                gone[cid] = gone.get(cid, 0) + 1
+                if gone[cid] > GONE_POLLS:
+                    for stream in streams:
+                        if (cid, stream) in readers:
+                            readers.pop((cid, stream)).close()
             busy = False
             batch: list[LogLine] = []
-            for (cid, stream), reader in list(readers.items()):
+            for key, reader in list(readers.items()):
                 lines = await asyncio.to_thread(reader.read)
                 busy = busy or bool(lines)
-                batch.extend(line(cid, stream, at, text) for at, text in lines)
-                if cid not in present:
-                    gone[cid] = gone.get(cid, 0) + 1
-                    if gone[cid] > GONE_POLLS * len(streams):
-                        reader.close()
-                        del readers[(cid, stream)]
-            batch.sort(key=lambda item: item.at)
+                batch.extend(line(key, at, text) for at, text in lines)
+            batch.sort(key=lambda item: item.at)  # stable: one stream's lines keep their order
             for item in batch:
                 yield item
             if busy:

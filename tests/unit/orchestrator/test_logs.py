@@ -170,3 +170,23 @@ def test_reader_racing_a_rotating_writer_gets_every_line_once(tmp_path: Path) ->
     reader.close()
     assert len(list(directory.iterdir())) > 100  # it rotated all along
     assert seen == [f"n {i}" for i in range(total)]
+
+
+async def test_full_history_larger_than_a_batch_is_merged_by_time(tmp_path: Path) -> None:
+    store = MemoryStateStore()
+    await store.create(_env(domain.ContainerStatus("web", 0, "c1"), domain.ContainerStatus("db", 0, "c2")))
+    count = 25_000  # about 1.2 MB per stream: several read batches each
+    out = _writer(tmp_path, "c1", LogStream.STDOUT)
+    err = _writer(tmp_path, "c2", LogStream.STDERR)
+    for i in range(0, count, 500):
+        out.feed(b"".join(b"web says %d\n" % j for j in range(i, i + 500)), now_ns=T0 + 2 * i)
+        err.feed(b"".join(b"db says %d\n" % j for j in range(i, i + 500)), now_ns=T0 + 2 * i + 1)
+    lines = await _all(store, tmp_path, LogQuery())
+    assert len(lines) == 2 * count
+    expected = [
+        (service, f"{service} says {j}")
+        for i in range(0, count, 500)
+        for service in ("web", "db")
+        for j in range(i, i + 500)
+    ]
+    assert [(line.service, line.line) for line in lines] == expected
