@@ -1,9 +1,10 @@
 """Reading container logs: what each task's log writer recorded, with the time of every line.
 
-Layout: ``<logs_dir>/<env>/<container id>/{stdout,stderr}.log`` plus rotated ``.log.1``, ``.log.2``...
-(older first in the numbering's reverse), in the record format of :mod:`scheduler.runtime.logger`:
-``<RFC 3339 ns time> <stream> <F|P> <text>``. Pieces of long lines (``P``) are joined again here.
-Lines in no known format (files written before the log writer existed) get the file's time.
+Layout: ``<logs_dir>/<env>/<container id>/{stdout,stderr}.log``, and the rotated ``.log.1``
+(the previous file), ``.log.2`` (older still) and so on, in the record format of
+:mod:`scheduler.runtime.logger`: ``<RFC 3339 ns time> <stream> <F|P> <text>``. Pieces of long
+lines (``P``) are joined again here. Lines in no known format (files written before the log
+writer existed) get the file's modification time.
 
 A :class:`StreamReader` follows one stream across rotations without losing or repeating a line:
 it keeps its current file open and identifies files by inode, so a rotation only moves it on
