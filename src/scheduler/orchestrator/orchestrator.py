@@ -313,12 +313,6 @@ class Orchestrator:
         spec = env.spec
         try:
             await self._network.ensure_environment(name, spec.network.subnet)
-            await asyncio.gather(
-                *(
-                    self._network.ensure_service(name, s.name, [p.container_port for p in s.ports])
-                    for s in spec.services
-                )
-            )
         except errors.SchedulerError as err:
             raise DeployFailure(getattr(err, "service", ""), type(err).__name__, err.message) from err
         milestones = {s.name: _Milestones() for s in spec.services}
@@ -373,8 +367,13 @@ class Orchestrator:
         service: ServiceSpec,
         milestones: dict[str, _Milestones],
     ) -> None:
-        # Each service pulls its own image: a slow pull overlaps other services' start-up.
+        # Each service pulls its own image and gets its address in its own task: a slow pull
+        # overlaps other services' start-up, and only a root's own setup precedes its start.
         image = (await self._pull_images([service]))[service.image]
+        try:
+            await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
+        except errors.SchedulerError as err:
+            raise DeployFailure(service.name, type(err).__name__, err.message) from err
         if service.depends_on:
             # Services that wait anyway prepare in the shadow of the first starts, not competing
             # with them for the CPU: the roots' start is on the critical path, this preparation is not.
