@@ -402,3 +402,24 @@ def test_an_environment_is_deleted_when_its_time_to_live_runs_out(stub: pb_grpc.
     assert time.monotonic() - started >= 2.5
     history = stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name="short-lived"), timeout=10)
     assert any("time to live" in h.detail for h in history.entries)
+
+
+def test_deleting_during_a_deploy_cancels_it_and_leaves_nothing(
+    daemon: DaemonProcess, stub: pb_grpc.SchedulerServiceStub
+) -> None:
+    settings = daemon_settings(daemon)
+    namespace, instance = settings["containerd"]["namespace"], settings["network"]["instance"]
+    before = count_resources(daemon, namespace, instance)
+    stub.CreateEnvironment(
+        pb.CreateEnvironmentRequest(name="hasty", spec=pb.EnvironmentSpecification(stack="web-postgres")), timeout=10
+    )
+    # PostgreSQL is still initialising: the backend and frontend are not started yet.
+    wait_status(stub, "hasty", {pb.ENVIRONMENT_STATUS_DEPLOYING}, timeout=30)
+    time.sleep(0.5)
+    deleted = stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="hasty"), timeout=10)
+    assert deleted.status == pb.ENVIRONMENT_STATUS_DELETING
+    started = time.monotonic()
+    wait_gone(stub, "hasty")
+    # PostgreSQL gets its image's stop signal (SIGINT, fast shutdown), not SIGTERM and the 30 s grace.
+    assert time.monotonic() - started < 10
+    assert count_resources(daemon, namespace, instance) == before

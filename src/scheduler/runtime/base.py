@@ -44,8 +44,8 @@ class ContainerRuntime(Protocol):
         """Start the container's process (replacing an exited one); return its pid."""
         ...
 
-    async def stop(self, container_id: str, grace: timedelta, signal: str = "SIGTERM") -> domain.ExitStatus:
-        """Send ``signal``, then SIGKILL after ``grace``; return how the process ended."""
+    async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
+        """Send ``signal`` (default: the image's StopSignal, else SIGTERM), then SIGKILL after ``grace``."""
         ...
 
     async def wait(self, container_id: str) -> domain.ExitStatus:

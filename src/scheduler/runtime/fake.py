@@ -171,8 +171,8 @@ class FakeRuntime:
         self._emit(domain.TaskEvent(domain.TaskEventKind.START, container_id, container.pid, at=datetime.now(UTC)))
         return container.pid
 
-    async def stop(self, container_id: str, grace: timedelta, signal: str = "SIGTERM") -> domain.ExitStatus:
-        self._record("stop", container_id, signal)
+    async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
+        self._record("stop", container_id, signal or "SIGTERM")
         container = self._get(container_id)
         if container.state is None:
             raise NotFound(f"container {container_id} has no task", container_id=container_id)

@@ -137,6 +137,8 @@ class ContainerStore:
                 user = oci.resolve_user(config.user or config.image.config.user, passwd, group)
                 spec = oci.build_spec(self._client.namespace, config, user)
                 labels = {**config.labels, L.OWNER: L.OWNER_VALUE}
+                if config.image.config.stop_signal:
+                    labels[L.STOP_SIGNAL] = config.image.config.stop_signal
                 if config.log_dir:
                     labels[L.LOG_DIR] = config.log_dir
                     labels[L.LOG_MAX_BYTES] = str(config.log_max_bytes)

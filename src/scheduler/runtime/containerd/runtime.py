@@ -117,9 +117,12 @@ class ContainerdRuntime:
         check_name(container_id, "container.id")
         return await self.tasks.start(container_id)
 
-    async def stop(self, container_id: str, grace: timedelta, signal: str = "SIGTERM") -> domain.ExitStatus:
-        """Signal, wait up to ``grace``, then SIGKILL; return the exit status."""
+    async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
+        """Signal (by default the image's stop signal), wait up to ``grace``, then SIGKILL; return the exit status."""
         check_name(container_id, "container.id")
+        if signal is None:
+            record = await self.containers.get(container_id)
+            signal = record.labels.get(L.STOP_SIGNAL, "SIGTERM")
         return await self.tasks.stop(container_id, grace, signal)
 
     async def wait(self, container_id: str) -> domain.ExitStatus:
