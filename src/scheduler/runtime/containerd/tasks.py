@@ -286,7 +286,7 @@ class TaskManager:
     ) -> domain.ExecResult:
         """Run ``argv`` in the running container with its env, user and capabilities; capture output.
 
-        Output (stdout and stderr interleaved, last 64 KiB) is read after the process is deleted,
+        Output (stdout, then stderr; the last 64 KiB) is read after the process is deleted,
         which drains the shim's copy. A command that cannot start reports exit code 127.
 
         Raises:
@@ -308,8 +308,8 @@ class TaskManager:
                     container_id=container_id,
                     exec_id=exec_id,
                     spec=json_any(oci.PROCESS_TYPE_URL, json.dumps(process).encode()),
-                    stdout=output,
-                    stderr=output,
+                    stdout=output[0],
+                    stderr=output[1],
                 ),
                 what=f"{container_id} {exec_id}",
             )
@@ -325,7 +325,7 @@ class TaskManager:
         container_id: str,
         exec_id: str,
         argv: Sequence[str],
-        output: str,
+        output: tuple[str, str],
         timeout: timedelta,  # noqa: ASYNC109 - see exec
     ) -> domain.ExecResult:
         try:
@@ -347,8 +347,8 @@ class TaskManager:
                 container_id=container_id,
             ) from err
         await self._delete_exec(container_id, exec_id)
-        text = await asyncio.to_thread(_read_tail, output)
-        return domain.ExecResult(exit_code=status.code, output=text)
+        stdout, stderr = await asyncio.to_thread(_read_tail, output[0]), await asyncio.to_thread(_read_tail, output[1])
+        return domain.ExecResult(exit_code=status.code, output=(stdout + stderr)[-EXEC_OUTPUT_LIMIT:])
 
     async def _delete_exec(self, container_id: str, exec_id: str) -> None:
         # After a failed start the shim may still count the process as running for a moment.
@@ -414,12 +414,15 @@ def install_logger(path: str) -> None:
     os.replace(temporary, path)
 
 
-def _prepare_exec_output(directory: str) -> str:
+def _prepare_exec_output(directory: str) -> tuple[str, str]:
+    # Two files: the shim opens each stdio path on its own, and one file shared by both streams
+    # lost a stream's output now and then (one open truncating what the other had written).
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = os.path.join(directory, "output")
-    with open(path, "w"):
-        pass
-    return path
+    paths = (os.path.join(directory, "stdout"), os.path.join(directory, "stderr"))
+    for path in paths:
+        with open(path, "w"):
+            pass
+    return paths
 
 
 def _read_tail(path: str) -> str:
