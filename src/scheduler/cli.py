@@ -35,9 +35,7 @@ def main() -> None:
 @click.option("--unix-socket", help="Unix socket to serve on (overrides server.unix_socket).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides data_dir.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Overrides log.format.")
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Overrides log.level."
-)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Overrides log.level.")
 def run(
     config: Path | None,
     listen: str | None,

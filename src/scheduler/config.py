@@ -209,17 +209,13 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     """
     if path is not None:
         if not path.is_file():
-            raise InvalidArgument(
-                f"config file {str(path)!r} does not exist or is not a file", field="config"
-            )
+            raise InvalidArgument(f"config file {str(path)!r} does not exist or is not a file", field="config")
         import yaml
 
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise InvalidArgument(
-                f"config file {str(path)!r} is not valid YAML: {err}", field="config"
-            ) from err
+            raise InvalidArgument(f"config file {str(path)!r} is not valid YAML: {err}", field="config") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise InvalidArgument(f"config file {str(path)!r} must hold a mapping of options", field="config")
     settings_class = Settings if path is None else _settings_from_file(path)

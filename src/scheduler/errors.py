@@ -59,10 +59,7 @@ class FieldViolation:
         return f"FieldViolation({self.field!r}, {self.description!r})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, FieldViolation)
-            and (self.field, self.description) == (other.field, other.description)
-        )
+        return isinstance(other, FieldViolation) and (self.field, self.description) == (other.field, other.description)
 
     def __hash__(self) -> int:
         return hash((self.field, self.description))

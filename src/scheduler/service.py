@@ -110,9 +110,7 @@ class EnvironmentService:
             )
             await self._store.create(env)
         await self._store.append_history(
-            HistoryEntry(
-                env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}"
-            )
+            HistoryEntry(env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}")
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
         _log.info("environment.created", env=name, stack=spec.stack)
@@ -163,11 +161,7 @@ class EnvironmentService:
         env = await self._store.get(name)
         if request.stack != env.spec.stack:
             raise errors.InvalidArgument.of(
-                [
-                    errors.FieldViolation(
-                        "spec.stack", f"cannot change from {env.spec.stack!r} to {request.stack!r}"
-                    )
-                ]
+                [errors.FieldViolation("spec.stack", f"cannot change from {env.spec.stack!r} to {request.stack!r}")]
             )
         if env.status in (EnvironmentStatus.DELETING, EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
             raise errors.FailedPrecondition(
@@ -277,9 +271,7 @@ class EnvironmentService:
 def _redact_service(service: ServiceSpec) -> ServiceSpec:
     if not service.secret_env:
         return service
-    return replace(
-        service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()}
-    )
+    return replace(service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()})
 
 
 def _check_name(name: str) -> None:

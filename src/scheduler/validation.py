@@ -97,9 +97,7 @@ def _dns_label_problem(name: str, limit: int) -> str | None:
     if len(name) > limit:
         return f"must be at most {limit} characters, got {len(name)}"
     if not DNS_LABEL.fullmatch(name):
-        return (
-            f"{name!r} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
-        )
+        return f"{name!r} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
     return None
 
 
@@ -139,9 +137,7 @@ def violations_of(name: str, spec: EnvironmentSpec, limits: LimitSettings) -> li
     _check_host_ports(spec, out)
     cycle = find_cycle(spec.services)
     if cycle is not None and len(cycle) > 2:  # a self-dependency is reported on its own field
-        out.append(
-            FieldViolation(f"spec.services.{cycle[0]}.depends_on", "dependency cycle: " + " -> ".join(cycle))
-        )
+        out.append(FieldViolation(f"spec.services.{cycle[0]}.depends_on", "dependency cycle: " + " -> ".join(cycle)))
     return out
 
 
@@ -201,14 +197,10 @@ def _check_service(
         out.append(FieldViolation(f"{where}.command[0]", "the program to run must not be empty"))
     for key, value in service.env.items():
         if not ENV_KEY.fullmatch(key):
-            out.append(
-                FieldViolation(f"{where}.env.{key}", f"{key!r} is not a name like [A-Za-z_][A-Za-z0-9_]*")
-            )
+            out.append(FieldViolation(f"{where}.env.{key}", f"{key!r} is not a name like [A-Za-z_][A-Za-z0-9_]*"))
         if "\x00" in value or len(value) > MAX_ENV_VALUE:
             out.append(
-                FieldViolation(
-                    f"{where}.env.{key}", f"value must be at most {MAX_ENV_VALUE} characters without NUL"
-                )
+                FieldViolation(f"{where}.env.{key}", f"value must be at most {MAX_ENV_VALUE} characters without NUL")
             )
     for key in sorted(service.secret_env - set(service.env)):
         out.append(FieldViolation(f"{where}.secret_env", f"names {key!r}, which is not in env"))
@@ -223,9 +215,7 @@ def _check_service(
         if dep.service == service.name:
             out.append(FieldViolation(f"{at}.service", "a service cannot depend on itself"))
         elif dep.service not in names:
-            out.append(
-                FieldViolation(f"{at}.service", f"names no service of the environment: {dep.service!r}")
-            )
+            out.append(FieldViolation(f"{at}.service", f"names no service of the environment: {dep.service!r}"))
         if dep.service in seen:
             out.append(FieldViolation(f"{at}.service", f"{dep.service!r} is listed twice"))
         seen.add(dep.service)
@@ -233,20 +223,14 @@ def _check_service(
             out.append(FieldViolation(f"{at}.deadline", "must be positive"))
     if not 1 <= service.replicas <= limits.max_replicas:
         out.append(
-            FieldViolation(
-                f"{where}.replicas", f"must be from 1 to {limits.max_replicas}, got {service.replicas}"
-            )
+            FieldViolation(f"{where}.replicas", f"must be from 1 to {limits.max_replicas}, got {service.replicas}")
         )
     elif service.stateful and service.replicas != 1:
         out.append(
-            FieldViolation(
-                f"{where}.replicas", f"a stateful service runs exactly 1 replica, got {service.replicas}"
-            )
+            FieldViolation(f"{where}.replicas", f"a stateful service runs exactly 1 replica, got {service.replicas}")
         )
     if service.user and not USER.fullmatch(service.user):
-        out.append(
-            FieldViolation(f"{where}.user", f"{service.user!r} is not USER or USER:GROUP (names or ids)")
-        )
+        out.append(FieldViolation(f"{where}.user", f"{service.user!r} is not USER or USER:GROUP (names or ids)"))
     if service.working_dir:
         _check_path(service.working_dir, f"{where}.working_dir", out)
     if service.stop_grace < timedelta(0):
@@ -258,9 +242,7 @@ def _check_ports(service: ServiceSpec, where: str, out: list[FieldViolation]) ->
     for j, port in enumerate(service.ports):
         at = f"{where}.ports[{j}]"
         if not 1 <= port.container_port <= 65535:
-            out.append(
-                FieldViolation(f"{at}.container_port", f"must be from 1 to 65535, got {port.container_port}")
-            )
+            out.append(FieldViolation(f"{at}.container_port", f"must be from 1 to 65535, got {port.container_port}"))
         key = (port.container_port, port.protocol.value)
         if key in seen:
             out.append(
@@ -272,9 +254,7 @@ def _check_ports(service: ServiceSpec, where: str, out: list[FieldViolation]) ->
         seen.add(key)
         if not 0 <= port.host_port <= 65535:
             out.append(
-                FieldViolation(
-                    f"{at}.host_port", f"must be 0 (allocate) or a port up to 65535, got {port.host_port}"
-                )
+                FieldViolation(f"{at}.host_port", f"must be 0 (allocate) or a port up to 65535, got {port.host_port}")
             )
         if (port.host_port or port.host_ip) and not port.publish:
             out.append(FieldViolation(f"{at}.publish", "host_port and host_ip only apply to published ports"))
@@ -317,9 +297,7 @@ def _check_path(path: str, where: str, out: list[FieldViolation]) -> None:
     elif "\x00" in path:
         out.append(FieldViolation(where, "must not contain NUL characters"))
     elif posixpath.normpath(path) != path:
-        out.append(
-            FieldViolation(where, f"{path!r} is not normalised (expected {posixpath.normpath(path)!r})")
-        )
+        out.append(FieldViolation(where, f"{path!r} is not normalised (expected {posixpath.normpath(path)!r})"))
 
 
 def _check_volumes(service: ServiceSpec, where: str, out: list[FieldViolation]) -> None:
@@ -346,18 +324,12 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
     )
     for name, value, limit in bounded:
         if not 0 <= value <= limit:
-            out.append(
-                FieldViolation(f"{where}.{name}", f"must be from 0 (unlimited) to {limit}, got {value}")
-            )
+            out.append(FieldViolation(f"{where}.{name}", f"must be from 0 (unlimited) to {limit}, got {value}"))
     if 0 < res.memory_bytes < MIN_MEMORY_BYTES:
-        out.append(
-            FieldViolation(f"{where}.memory_bytes", f"must be 0 (unlimited) or at least {MIN_MEMORY_BYTES}")
-        )
+        out.append(FieldViolation(f"{where}.memory_bytes", f"must be 0 (unlimited) or at least {MIN_MEMORY_BYTES}"))
     if res.cpu_shares and not 2 <= res.cpu_shares <= 262144:
         out.append(
-            FieldViolation(
-                f"{where}.cpu_shares", f"must be 0 (default) or from 2 to 262144, got {res.cpu_shares}"
-            )
+            FieldViolation(f"{where}.cpu_shares", f"must be 0 (default) or from 2 to 262144, got {res.cpu_shares}")
         )
     if res.disk_bytes < 0:
         out.append(FieldViolation(f"{where}.disk_bytes", "must not be negative"))

@@ -86,9 +86,7 @@ class VolumeStore:
             path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
             path.mkdir(mode=DIR_MODE, exist_ok=True)
         except FileExistsError as err:
-            raise FailedPrecondition(
-                f"volume {env}/{name}: {str(path)!r} exists and is not a directory"
-            ) from err
+            raise FailedPrecondition(f"volume {env}/{name}: {str(path)!r} exists and is not a directory") from err
         except OSError as err:
             raise Internal(f"cannot create volume {env}/{name} at {str(path)!r}: {err}") from err
         # Re-check after creating: the parent could have been swapped for a symlink meanwhile.
@@ -104,9 +102,7 @@ class VolumeStore:
         """
         env_dir = self._env_dir(env)
         if env_dir.is_symlink():
-            raise FailedPrecondition(
-                f"volume directory of {env!r} is a symlink; refusing to follow it", env=env
-            )
+            raise FailedPrecondition(f"volume directory of {env!r} is a symlink; refusing to follow it", env=env)
         problem = volume_name_problem(name)
         if problem:
             raise InvalidArgument.of([FieldViolation("volume", problem)])

@@ -72,8 +72,7 @@ _CONDITION_TO = {
 }
 
 _ENV_STATUS_TO = {
-    status: pb.EnvironmentStatus.Value(f"ENVIRONMENT_STATUS_{status.value}")
-    for status in domain.EnvironmentStatus
+    status: pb.EnvironmentStatus.Value(f"ENVIRONMENT_STATUS_{status.value}") for status in domain.EnvironmentStatus
 }
 _ENV_STATUS_FROM = {v: k for k, v in _ENV_STATUS_TO.items()}
 _CONTAINER_STATE_TO = {
@@ -156,9 +155,7 @@ def _resources_from_proto(res: pb.Resources) -> domain.Resources:
     )
 
 
-def _health_from_proto(
-    check: pb.HealthCheck, field: str, violations: list[FieldViolation]
-) -> domain.HealthCheck:
+def _health_from_proto(check: pb.HealthCheck, field: str, violations: list[FieldViolation]) -> domain.HealthCheck:
     defaults = domain.HealthCheck()
     timed = domain.HealthCheck(
         interval=_duration_from_proto(check.interval) if check.HasField("interval") else defaults.interval,
@@ -172,9 +169,7 @@ def _health_from_proto(
     if probe == "exec":
         return replace(timed, kind=domain.HealthCheckKind.EXEC, command=tuple(check.exec.command))
     if probe == "http":
-        return replace(
-            timed, kind=domain.HealthCheckKind.HTTP, port=check.http.port, path=check.http.path or "/"
-        )
+        return replace(timed, kind=domain.HealthCheckKind.HTTP, port=check.http.port, path=check.http.path or "/")
     if probe == "tcp":
         return replace(timed, kind=domain.HealthCheckKind.TCP, port=check.tcp.port)
     violations.append(FieldViolation(field, "set one of exec, http or tcp"))
@@ -213,9 +208,7 @@ def statuses_from_proto(values: Iterable[int]) -> list[domain.EnvironmentStatus]
     for index, value in enumerate(values):
         status = _ENV_STATUS_FROM.get(value)  # type: ignore[call-overload]
         if status is None:
-            raise InvalidArgument.of(
-                [FieldViolation(f"statuses[{index}]", f"{value} is not an environment status")]
-            )
+            raise InvalidArgument.of([FieldViolation(f"statuses[{index}]", f"{value} is not an environment status")])
         out.append(status)
     return out
 
@@ -406,9 +399,7 @@ def history_to_proto(entries: Iterable[domain.HistoryEntry]) -> pb.GetEnvironmen
     """Convert the audit trail."""
     out = pb.GetEnvironmentHistoryResponse()
     for entry in entries:
-        item = out.entries.add(
-            generation=entry.generation, actor=entry.actor, action=entry.action, detail=entry.detail
-        )
+        item = out.entries.add(generation=entry.generation, actor=entry.actor, action=entry.action, detail=entry.detail)
         _set_time(item.time, entry.at)
     return out
 

@@ -27,9 +27,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     def __init__(self, service: EnvironmentService) -> None:
         self._service = service
 
-    async def CreateEnvironment(
-        self, request: pb.CreateEnvironmentRequest, context: Context
-    ) -> pb.Environment:
+    async def CreateEnvironment(self, request: pb.CreateEnvironmentRequest, context: Context) -> pb.Environment:
         env = await self._service.create(
             request.name,
             convert.request_from_proto(request.spec),
@@ -57,12 +55,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             plan=[convert.change_to_proto(change) for change in plan],
         )
 
-    async def DeleteEnvironment(
-        self, request: pb.DeleteEnvironmentRequest, context: Context
-    ) -> pb.Environment:
-        env = await self._service.delete(
-            request.name, keep_volumes=request.keep_volumes, actor=_actor(context)
-        )
+    async def DeleteEnvironment(self, request: pb.DeleteEnvironmentRequest, context: Context) -> pb.Environment:
+        env = await self._service.delete(request.name, keep_volumes=request.keep_volumes, actor=_actor(context))
         return convert.environment_to_proto(env)
 
     async def ListEnvironments(

@@ -210,8 +210,7 @@ def with_host_port(
         if spec.name != service:
             return spec
         ports = tuple(
-            dataclasses.replace(p, host_port=host_port) if p.container_port == container_port else p
-            for p in spec.ports
+            dataclasses.replace(p, host_port=host_port) if p.container_port == container_port else p for p in spec.ports
         )
         return dataclasses.replace(spec, ports=ports)
 

@@ -60,11 +60,7 @@ def topological_order(services: Sequence[ServiceSpec]) -> list[list[str]]:
     cycle = find_cycle(services)
     if cycle is not None:
         raise InvalidArgument.of(
-            [
-                FieldViolation(
-                    f"spec.services.{cycle[0]}.depends_on", f"dependency cycle: {' -> '.join(cycle)}"
-                )
-            ]
+            [FieldViolation(f"spec.services.{cycle[0]}.depends_on", f"dependency cycle: {' -> '.join(cycle)}")]
         )
     pending = {s.name: {d.service for d in s.depends_on} for s in services}
     waves: list[list[str]] = []

@@ -42,9 +42,7 @@ def resolve(
     stack = catalog.find(request.stack)
     if stack is None:
         known = ", ".join(catalog.names()) or "none"
-        raise InvalidArgument.of(
-            [FieldViolation("spec.stack", f"unknown stack {request.stack!r} (known: {known})")]
-        )
+        raise InvalidArgument.of([FieldViolation("spec.stack", f"unknown stack {request.stack!r} (known: {known})")])
     violations: list[FieldViolation] = []
     kept = _previous_values(stack, previous) if previous is not None and previous.stack == stack.name else {}
     values, secret_names = _parameter_values(stack, request.parameters, env_name, violations, kept)
@@ -143,9 +141,7 @@ def _expand(text: str, values: Values, where: str) -> tuple[str, set[str]]:
     try:
         result = template.substitute(values)
     except (KeyError, ValueError) as err:
-        raise Internal(
-            f"{where}: template {text!r} names an unknown or malformed placeholder: {err}"
-        ) from err
+        raise Internal(f"{where}: template {text!r} names an unknown or malformed placeholder: {err}") from err
     return result, set(template.get_identifiers())
 
 

@@ -61,12 +61,8 @@ class MemoryStateStore:
             if row.uid == env.uid:
                 raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
             if env.request_id and row.request_id == env.request_id:
-                raise AlreadyExists(
-                    f"request {env.request_id!r} already created environment {name!r}", env=name
-                )
-        self._rows[env.name] = _Row(
-            next(self._seq), env.uid, env.status, env.request_id, dict(env.spec.labels), doc
-        )
+                raise AlreadyExists(f"request {env.request_id!r} already created environment {name!r}", env=name)
+        self._rows[env.name] = _Row(next(self._seq), env.uid, env.status, env.request_id, dict(env.spec.labels), doc)
 
     async def get(self, name: str) -> Environment:
         """Return the environment called ``name``."""
@@ -85,9 +81,7 @@ class MemoryStateStore:
             raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
         for name, other in self._rows.items():
             if name != env.name and env.request_id and other.request_id == env.request_id:
-                raise AlreadyExists(
-                    f"request {env.request_id!r} already created environment {name!r}", env=name
-                )
+                raise AlreadyExists(f"request {env.request_id!r} already created environment {name!r}", env=name)
         row.status = env.status
         row.request_id = env.request_id
         row.labels = dict(env.spec.labels)

@@ -274,8 +274,7 @@ class SqliteStateStore:
                     raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
                 raise AlreadyExists(f"request {request_id!r} already created environment {name!r}", env=name)
             cursor = db.execute(
-                "INSERT INTO environments (name, uid, status, request_id, generation, doc)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO environments (name, uid, status, request_id, generation, doc) VALUES (?, ?, ?, ?, ?, ?)",
                 (env.name, env.uid, env.status.value, env.request_id, env.generation, doc),
             )
             self._write_labels(db, cursor.lastrowid, env)
@@ -307,9 +306,7 @@ class SqliteStateStore:
         doc = codec.environment_to_json(env)
 
         def run(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT seq FROM environments WHERE name = ? AND uid = ?", (env.name, env.uid)
-            ).fetchone()
+            row = db.execute("SELECT seq FROM environments WHERE name = ? AND uid = ?", (env.name, env.uid)).fetchone()
             if row is None:
                 raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
             if env.request_id:
@@ -359,8 +356,7 @@ class SqliteStateStore:
             params += wanted
         for key, value in sorted((labels or {}).items()):
             clauses.append(
-                "EXISTS (SELECT 1 FROM environment_labels l"
-                " WHERE l.seq = e.seq AND l.key = ? AND l.value = ?)"
+                "EXISTS (SELECT 1 FROM environment_labels l WHERE l.seq = e.seq AND l.key = ? AND l.value = ?)"
             )
             params += [key, value]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""

@@ -62,6 +62,7 @@ def filters(selector: Mapping[str, str]) -> list[str]:
     ]
     return [",".join(terms)] if terms else []
 
+
 STOP_SIGNAL = PREFIX + "stop-signal"
 """The image's ``StopSignal`` (e.g. ``SIGINT`` for PostgreSQL), recorded at create; a stop that names no
 signal sends this one, as ``docker stop`` does. Absent means SIGTERM."""
