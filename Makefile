@@ -34,6 +34,7 @@ fmt: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench images scripts
+	$(PY) -m ruff format --check src tests bench images scripts
 	$(PY) -m mypy src
 	$(VENV)/bin/lint-imports
 
