@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import remove_logs
+from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import ExpectedExits
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.runtime.containerd import labels
@@ -49,11 +50,6 @@ _log = log.get("orchestrator")
 
 TTL_CHECK_SECONDS = 2.0
 """How often environments are checked for an expired time to live."""
-
-
-def now() -> datetime:
-    """Current time, timezone-aware."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -284,7 +280,7 @@ class Orchestrator:
                 service=failure.service,
                 last_transition=now(),
             )
-            env = replace(env, conditions=_with_condition(env.conditions, condition))
+            env = replace(env, conditions=with_condition(env.conditions, condition))
             await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, failure.message)
             return
         except errors.SchedulerError as err:
@@ -298,14 +294,14 @@ class Orchestrator:
         condition = Condition(
             type="Ready", status=True, reason="Deployed", message="every service is up", last_transition=now()
         )
-        env = replace(env, conditions=_with_condition(env.conditions, condition), observed_generation=env.generation)
+        env = replace(env, conditions=with_condition(env.conditions, condition), observed_generation=env.generation)
         await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
         _log.info("deploy.done", env=name, seconds=round(time.monotonic() - started, 3))
 
     async def _fail(self, name: str, reason: str, message: str) -> None:
         env = await self._refresh(name)
         condition = Condition(type="Ready", status=False, reason=reason, message=message, last_transition=now())
-        env = replace(env, conditions=_with_condition(env.conditions, condition))
+        env = replace(env, conditions=with_condition(env.conditions, condition))
         await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, message)
 
     async def _bring_up(self, env: Environment) -> Environment:
@@ -582,7 +578,7 @@ class Orchestrator:
             env,
             observed_generation=env.generation,
             endpoints=await self._network.endpoints(name),
-            conditions=_with_condition(
+            conditions=with_condition(
                 env.conditions,
                 Condition("Ready", True, "Updated", f"generation {env.generation} rolled out", last_transition=now()),
             ),
@@ -674,7 +670,7 @@ class Orchestrator:
             request=previous.request,
             generation=env.generation + 1,
             observed_generation=env.generation + 1,
-            conditions=_with_condition(
+            conditions=with_condition(
                 env.conditions,
                 Condition(
                     "RolledBack",
@@ -820,7 +816,3 @@ class Orchestrator:
 def _roots(services: Iterable[ServiceSpec]) -> set[str]:
     """Names of the services that depend on nothing."""
     return {s.name for s in services if not s.depends_on}
-
-
-def _with_condition(conditions: tuple[Condition, ...], condition: Condition) -> tuple[Condition, ...]:
-    return (*(c for c in conditions if c.type != condition.type), condition)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from scheduler import errors, log
 from scheduler.domain import (
@@ -45,7 +45,8 @@ from scheduler.domain import (
     TaskState,
 )
 from scheduler.network.base import NetworkManager
-from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor, with_condition
+from scheduler.orchestrator.status import now, with_condition
+from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.runtime.containerd import labels
 from scheduler.storage.base import StateStore
@@ -55,11 +56,6 @@ _log = log.get("reconcile")
 RESUME_DRAIN = timedelta(seconds=2)
 """How long replaced replicas keep serving in-flight requests when an update is resumed."""
 _LIVE = (TaskState.RUNNING, TaskState.PAUSED, TaskState.PAUSING, TaskState.CREATED)
-
-
-def now() -> datetime:
-    """Current time, timezone-aware."""
-    return datetime.now(UTC)
 
 
 @dataclass

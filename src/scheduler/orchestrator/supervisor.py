@@ -26,7 +26,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from scheduler import errors, log
@@ -52,6 +52,7 @@ from scheduler.domain import (
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.status import now, with_condition
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.runtime.containerd import labels
 from scheduler.storage.base import StateStore
@@ -64,11 +65,6 @@ PENDING_WAIT = 3.0
 """Longest wait for a deploy to record a container that exited right after it started."""
 SUPERVISED = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
 """Environment states whose status the supervisor maintains."""
-
-
-def now() -> datetime:
-    """Current time, timezone-aware."""
-    return datetime.now(UTC)
 
 
 # --- policy -------------------------------------------------------------------------------------
@@ -178,11 +174,6 @@ def ready_condition(found: list[Problem], at: datetime) -> Condition:
     return Condition(
         "Ready", False, first.reason, "; ".join(p.message for p in found), service=first.service, last_transition=at
     )
-
-
-def with_condition(conditions: tuple[Condition, ...], condition: Condition) -> tuple[Condition, ...]:
-    """``conditions`` with the one of ``condition``'s type replaced."""
-    return (*(c for c in conditions if c.type != condition.type), condition)
 
 
 # --- collaborators ------------------------------------------------------------------------------
