@@ -21,7 +21,8 @@ from scheduler.stacks.stack import Stack
 # --- scalars ------------------------------------------------------------------------------------
 
 
-def _duration_from_proto(value: duration_pb2.Duration) -> timedelta:
+def duration_from_proto(value: duration_pb2.Duration) -> timedelta:
+    """Convert a protobuf duration to a timedelta."""
     return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
@@ -97,7 +98,7 @@ def request_from_proto(spec: pb.EnvironmentSpecification, field: str = "spec") -
         name: _override_from_proto(config, f"{field}.services.{name}", violations)
         for name, config in spec.services.items()
     }
-    ttl = _duration_from_proto(spec.ttl) if spec.HasField("ttl") else None
+    ttl = duration_from_proto(spec.ttl) if spec.HasField("ttl") else None
     if ttl is not None and ttl <= timedelta(0):
         violations.append(FieldViolation(f"{field}.ttl", "must be positive"))
     if violations:
@@ -158,10 +159,10 @@ def _resources_from_proto(res: pb.Resources) -> domain.Resources:
 def _health_from_proto(check: pb.HealthCheck, field: str, violations: list[FieldViolation]) -> domain.HealthCheck:
     defaults = domain.HealthCheck()
     timed = domain.HealthCheck(
-        interval=_duration_from_proto(check.interval) if check.HasField("interval") else defaults.interval,
-        timeout=_duration_from_proto(check.timeout) if check.HasField("timeout") else defaults.timeout,
+        interval=duration_from_proto(check.interval) if check.HasField("interval") else defaults.interval,
+        timeout=duration_from_proto(check.timeout) if check.HasField("timeout") else defaults.timeout,
         retries=check.retries or defaults.retries,
-        start_period=_duration_from_proto(check.start_period)
+        start_period=duration_from_proto(check.start_period)
         if check.HasField("start_period")
         else defaults.start_period,
     )
@@ -181,13 +182,13 @@ def _restart_from_proto(policy: pb.RestartPolicy) -> domain.RestartPolicy:
     return domain.RestartPolicy(
         mode=_RESTART_FROM.get(policy.mode, defaults.mode),
         max_retries=policy.max_retries,
-        initial_backoff=_duration_from_proto(policy.initial_backoff)
+        initial_backoff=duration_from_proto(policy.initial_backoff)
         if policy.HasField("initial_backoff")
         else defaults.initial_backoff,
-        max_backoff=_duration_from_proto(policy.max_backoff)
+        max_backoff=duration_from_proto(policy.max_backoff)
         if policy.HasField("max_backoff")
         else defaults.max_backoff,
-        reset_after=_duration_from_proto(policy.reset_after)
+        reset_after=duration_from_proto(policy.reset_after)
         if policy.HasField("reset_after")
         else defaults.reset_after,
     )
@@ -198,7 +199,7 @@ def _dependency_from_proto(dep: pb.Dependency) -> domain.Dependency:
     return domain.Dependency(
         service=dep.service,
         condition=_CONDITION_FROM.get(dep.condition, domain.DependencyCondition.STARTED),
-        deadline=_duration_from_proto(dep.deadline) if dep.HasField("deadline") else defaults.deadline,
+        deadline=duration_from_proto(dep.deadline) if dep.HasField("deadline") else defaults.deadline,
     )
 
 

@@ -42,7 +42,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UpdateEnvironment(
         self, request: pb.UpdateEnvironmentRequest, context: Context
     ) -> pb.UpdateEnvironmentResponse:
-        drain = convert._duration_from_proto(request.drain) if request.HasField("drain") else None
+        drain = convert.duration_from_proto(request.drain) if request.HasField("drain") else None
         env, plan = await self._service.update(
             request.name,
             convert.request_from_proto(request.spec),
@@ -88,7 +88,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def GetEnvironmentMetrics(
         self, request: pb.GetEnvironmentMetricsRequest, context: Context
     ) -> pb.EnvironmentMetrics:
-        window = convert._duration_from_proto(request.window) if request.HasField("window") else None
+        window = convert.duration_from_proto(request.window) if request.HasField("window") else None
         samples = await self._service.metrics(request.name, window=window)
         return convert.metrics_to_proto(request.name, samples)
 
