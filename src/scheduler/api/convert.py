@@ -185,12 +185,8 @@ def _restart_from_proto(policy: pb.RestartPolicy) -> domain.RestartPolicy:
         initial_backoff=duration_from_proto(policy.initial_backoff)
         if policy.HasField("initial_backoff")
         else defaults.initial_backoff,
-        max_backoff=duration_from_proto(policy.max_backoff)
-        if policy.HasField("max_backoff")
-        else defaults.max_backoff,
-        reset_after=duration_from_proto(policy.reset_after)
-        if policy.HasField("reset_after")
-        else defaults.reset_after,
+        max_backoff=duration_from_proto(policy.max_backoff) if policy.HasField("max_backoff") else defaults.max_backoff,
+        reset_after=duration_from_proto(policy.reset_after) if policy.HasField("reset_after") else defaults.reset_after,
     )
 
 
