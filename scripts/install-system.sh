@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the scheduler and its tests use (postgresql-15 and nginx are the
-# sources of the demo images, which `make images` copies from the host). Idempotent: a machine that has
-# them all returns at once without touching apt.
+# Installs the Debian packages the scheduler and its tests use. postgresql-15 and nginx are the
+# sources of the demo images, which `make images` copies from the host; docker.io is only a peer
+# that the tests load those images into, to prove the archives work with Docker too.
+# Idempotent: a machine that has them all returns at once without touching apt.
 set -euo pipefail
 
 packages=(
@@ -9,6 +10,7 @@ packages=(
   docker-registry skopeo apache2-utils
   postgresql-15 nginx
   conntrack
+  docker.io
 )
 
 missing=()
