@@ -423,3 +423,37 @@ def test_deleting_during_a_deploy_cancels_it_and_leaves_nothing(
     # PostgreSQL gets its image's stop signal (SIGINT, fast shutdown), not SIGTERM and the 30 s grace.
     assert time.monotonic() - started < 10
     assert count_resources(daemon, namespace, instance) == before
+
+
+def test_clients_cancelling_busy_streams_do_not_hurt_the_daemon(
+    daemon: DaemonProcess, stub: pb_grpc.SchedulerServiceStub
+) -> None:
+    request = json_format.ParseDict(
+        {
+            "name": "chatty",
+            "spec": {
+                "stack": "toolbox",
+                "services": {
+                    "toolbox": {"command": ["sh", "-c", "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.01; done"]}
+                },
+            },
+        },
+        pb.CreateEnvironmentRequest(),
+    )
+    stub.CreateEnvironment(request, timeout=10)
+    wait_status(stub, "chatty", {pb.ENVIRONMENT_STATUS_RUNNING})
+    for _ in range(5):
+        stream = stub.GetEnvironmentLogs(pb.GetEnvironmentLogsRequest(name="chatty", tail=1, follow=True), timeout=30)
+        got = []
+        with pytest.raises(grpc.RpcError) as cancelled:
+            for line in stream:
+                got.append(line.line)
+                if len(got) > 5:
+                    stream.cancel()
+        assert cancelled.value.code() == grpc.StatusCode.CANCELLED
+        numbers = [int(text.split()[1]) for text in got]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+        time.sleep(0.3)
+        assert daemon.process.poll() is None, daemon.log()[-2000:]
+    stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="chatty"), timeout=10)
+    wait_gone(stub, "chatty")

@@ -168,8 +168,30 @@ def test_backend_and_frontend_updates_drop_no_request_and_keep_data(
     assert kinds[-1] == pb.EVENT_TYPE_ENVIRONMENT_RUNNING
     assert [e.sequence for e in events] == sorted(e.sequence for e in events)
 
-    # The frontend itself: its published port moves to the new container.
+    # The frontend itself: its published port moves to the new container, and a log follow that
+    # started on the old container moves on to the new one.
     port_before = next(e.host_port for e in env.endpoints if e.service == "frontend")
+    frontend_before = {c.container_id for c in env.containers if c.service == "frontend"}
+    followed: list[pb.LogLine] = []
+    follow_ready = threading.Event()
+
+    def follow() -> None:
+        with daemon.channel() as channel:
+            stream = pb_grpc.SchedulerServiceStub(channel).GetEnvironmentLogs(
+                pb.GetEnvironmentLogsRequest(name="live", services=["frontend"], tail=1, follow=True), timeout=120
+            )
+            follow_ready.set()
+            try:
+                for line in stream:
+                    followed.append(line)
+                    if line.container_id not in frontend_before and len(followed) > 5:
+                        stream.cancel()
+            except grpc.RpcError:
+                pass
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    follow_ready.wait(10)
     with Load(_frontend_url(env)) as load:
         time.sleep(1)
         _update(
@@ -185,6 +207,10 @@ def test_backend_and_frontend_updates_drop_no_request_and_keep_data(
     print(f"frontend update: {load.total} requests, {dict(load.results)}")
     assert load.failures == [], load.failures[:5]
     assert next(e.host_port for e in env.endpoints if e.service == "frontend") == port_before
+    follower.join(30)
+    sources = {line.container_id for line in followed}
+    assert sources & frontend_before and sources - frontend_before, sources
+    assert all(line.time.seconds > 0 for line in followed)
 
     with urllib.request.urlopen(_frontend_url(env, "/api/items"), timeout=10) as reply:
         assert "before-update" in reply.read().decode()

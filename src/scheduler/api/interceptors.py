@@ -75,6 +75,8 @@ class _Call:
         self.request_id = supplied if isinstance(supplied, str) and supplied else uuid.uuid4().hex[:16]
         self.started = time.monotonic()
         self.code = grpc.StatusCode.OK
+        # Read now: asking a cancelled call for its peer dereferences a freed call (a segfault).
+        self.peer = context.peer()
 
     def __enter__(self) -> _Call:
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
@@ -101,7 +103,7 @@ class _Call:
         emit(
             "rpc",
             method=self.method,
-            peer=self.context.peer(),
+            peer=self.peer,
             code=self.code.name,
             duration_ms=round((time.monotonic() - self.started) * 1000, 2),
         )
