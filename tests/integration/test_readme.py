@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import ROOT, free_port, wait_serving
+from tests.support.daemon import ROOT, cleanup_daemon_dir, free_pool, free_port, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,15 @@ def test_readme_run_and_create_commands_serve_the_demo_page(tmp_path: Path) -> N
 
     port = free_port()
     address = f"127.0.0.1:{port}"
+    instance, pool = "r" + secrets.token_hex(2), free_pool()
     # Only where to listen and where to keep state differ from the README: a temp dir, free ports,
     # and names of our own so that this run never meets another daemon on the host.
     env = {
         **os.environ,
         "SCHEDULER_DATA_DIR": str(tmp_path / "data"),
         "SCHEDULER_SERVER__LISTEN": address,
-        "SCHEDULER_NETWORK__INSTANCE": "r" + secrets.token_hex(2),
-        "SCHEDULER_NETWORK__POOL": f"10.{100 + port % 150}.0.0/16",
+        "SCHEDULER_NETWORK__INSTANCE": instance,
+        "SCHEDULER_NETWORK__POOL": pool,
         "SCHEDULER_NETWORK__PORT_RANGE": "[30000, 30999]",
         "SCHEDULER_CONTAINERD__NAMESPACE": "readme" + secrets.token_hex(3),
         "SCHEDULER_LOG__FORMAT": "json",
@@ -84,6 +85,17 @@ def test_readme_run_and_create_commands_serve_the_demo_page(tmp_path: Path) -> N
             page = reply.read().decode()
         assert "hello from the backend" in page and "PostgreSQL 15" in page
         grpcurl(delete)
+        # Deletion runs in the background: wait for it before stopping the daemon.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                shlex.split(get.replace(README_ADDRESS, address)), cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+            if result.returncode != 0 and "NotFound" in result.stderr:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the demo environment was not deleted within 120 s")
     finally:
         # SIGTERM goes to the daemon itself, as a user's Ctrl-C would; make then exits with its status.
         for pid in _descendants(process.pid):
@@ -94,6 +106,7 @@ def test_readme_run_and_create_commands_serve_the_demo_page(tmp_path: Path) -> N
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             code = process.wait(10)
+    cleanup_daemon_dir(tmp_path / "data", instance, pool)
     assert code == 0, log_path.read_text()[-3000:]
 
 

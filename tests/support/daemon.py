@@ -57,6 +57,33 @@ def free_pool() -> str:
     raise AssertionError("no free /16 in 10.64.0.0-10.254.0.0 for a test daemon's pool")
 
 
+def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
+    """Remove what a stopped daemon left on the host: containers in its managed containerd, and
+    its network instance (bridges, rules, namespaces)."""
+    import asyncio
+
+    from scheduler.config import NetworkSettings
+    from scheduler.network.cni import CniNetwork
+    from scheduler.runtime.containerd.managed import ManagedContainerd
+    from tests.support.containerd import sweep_daemon
+
+    socket = data_dir / "containerd" / "containerd.sock"
+
+    async def sweep() -> None:
+        if socket.is_socket() and (data_dir / "containerd" / "containerd.pid").exists():
+            managed = ManagedContainerd(data_dir / "containerd")
+            await managed.start()
+            try:
+                await sweep_daemon(str(socket), data_dir / "sweep")
+            finally:
+                await managed.stop()
+        network = CniNetwork(data_dir / "network", NetworkSettings(pool=pool), instance)
+        await network.start()
+        await network.teardown()
+
+    asyncio.run(sweep())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -116,38 +143,11 @@ class DaemonProcess:
     def cleanup(self) -> None:
         """After the daemon stopped: remove what it left on the host by design (its network rules
         and bridges, and containers of environments that were never deleted), so tests leak nothing."""
-        import asyncio
-
-        from scheduler.config import NetworkSettings
-        from scheduler.network.cni import CniNetwork
-        from tests.support.containerd import sweep_daemon
-
-        settings = yaml.safe_load(self.config_path.read_text())
-        socket = self.data_dir / "containerd" / "containerd.sock"
-        pid_file = self.data_dir / "containerd" / "containerd.pid"
-
-        async def sweep() -> None:
-            if socket.is_socket() and pid_file.exists():
-                from scheduler.runtime.containerd.managed import ManagedContainerd
-
-                managed = ManagedContainerd(self.data_dir / "containerd")
-                await managed.start()
-                try:
-                    await sweep_daemon(str(socket), self.data_dir / "sweep")
-                finally:
-                    await managed.stop()
-            network = CniNetwork(
-                self.data_dir / "network",
-                NetworkSettings(pool=settings["network"]["pool"]),
-                settings["network"]["instance"],
-            )
-            await network.start()
-            await network.teardown()
-
         if self.extra.get("cleaned"):
             return
         self.extra["cleaned"] = True
-        asyncio.run(sweep())
+        settings = yaml.safe_load(self.config_path.read_text())
+        cleanup_daemon_dir(self.data_dir, settings["network"]["instance"], settings["network"]["pool"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
