@@ -340,22 +340,11 @@ class Orchestrator:
         env = await self._refresh(name)
         return replace(env, endpoints=tuple(endpoints))
 
-    async def _pull_images(self, services: Iterable[ServiceSpec]) -> dict[str, domain.Image]:
-        refs = sorted({s.image for s in services})
-        owners = {s.image: s.name for s in services}
-
-        async def one(ref: str) -> domain.Image:
-            try:
-                return await self._runtime.ensure_image(ref, self._settings.pull_policy)
-            except errors.SchedulerError as err:
-                raise DeployFailure(owners[ref], "ImageUnavailable", f"image {ref}: {err.message}") from err
-
+    async def _pull_image(self, service: ServiceSpec) -> domain.Image:
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = {ref: group.create_task(one(ref)) for ref in refs}
-        except* DeployFailure as failures:
-            raise failures.exceptions[0] from None
-        return {ref: task.result() for ref, task in tasks.items()}
+            return await self._runtime.ensure_image(service.image, self._settings.pull_policy)
+        except errors.SchedulerError as err:
+            raise DeployFailure(service.name, "ImageUnavailable", f"image {service.image}: {err.message}") from err
 
     async def _bring_up_service(
         self,
@@ -365,7 +354,7 @@ class Orchestrator:
     ) -> None:
         # Each service pulls its own image and gets its address in its own task: a slow pull
         # overlaps other services' start-up, and only a root's own setup precedes its start.
-        image = (await self._pull_images([service]))[service.image]
+        image = await self._pull_image(service)
         try:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
         except errors.SchedulerError as err:
@@ -595,7 +584,7 @@ class Orchestrator:
         drain: timedelta,
     ) -> None:
         """Bring ``service`` to its new spec with no gap in service (stateful ones stop first)."""
-        image = (await self._pull_images([service]))[service.image]
+        image = await self._pull_image(service)
         current = await self._containers_of(env.name, service.name)
         if action is domain.ChangeAction.ADD:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
