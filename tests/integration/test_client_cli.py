@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import VENV_BIN, DaemonProcess, start_daemon
+from tests.support.daemon import VENV_BIN, DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,8 @@ TOOLBOX = "docker.io/schedulerdemo/toolbox:1.0"
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("client")
-    process = start_daemon(tmp, {"images": {"preload": [str(image_archives[TOOLBOX])]}})
-    yield process
-    process.delete_all_environments()
-    assert process.stop() == 0, process.log()[-3000:]
+    with running_daemon(tmp_path_factory.mktemp("client"), [image_archives[TOOLBOX]]) as process:
+        yield process
 
 
 def cli(daemon: DaemonProcess, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, running_daemon, start_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +29,8 @@ DEPLOY_TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("envs")
-    process = start_daemon(tmp, {"images": {"preload": [str(p) for p in image_archives.values()]}})
-    yield process
-    process.delete_all_environments()
-    code = process.stop()
-    process.cleanup()
-    assert code == 0, process.log()[-3000:]
+    with running_daemon(tmp_path_factory.mktemp("envs"), image_archives.values()) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

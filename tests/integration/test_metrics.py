@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.integration.test_environments import wait_gone, wait_status
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +30,8 @@ BURNER = (
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("metrics")
-    process = start_daemon(tmp, {"images": {"preload": [str(image_archives[TOOLBOX])]}})
-    yield process
-    process.delete_all_environments()
-    assert process.stop() == 0, process.log()[-3000:]
+    with running_daemon(tmp_path_factory.mktemp("metrics"), [image_archives[TOOLBOX]]) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

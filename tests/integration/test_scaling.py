@@ -15,7 +15,7 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.integration.test_environments import wait_gone, wait_status
 from tests.integration.test_updates import RUNNING, Load, _frontend_url, _update, _wait_generation
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +24,8 @@ REPLICAS = {"backend-0", "backend-1", "backend-2"}
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("scaling")
-    process = start_daemon(tmp, {"images": {"preload": [str(p) for p in image_archives.values()]}})
-    yield process
-    process.delete_all_environments()
-    assert process.stop() == 0, process.log()[-3000:]
+    with running_daemon(tmp_path_factory.mktemp("scaling"), image_archives.values()) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

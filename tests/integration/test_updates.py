@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.integration.test_environments import wait_status
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +71,8 @@ class Load:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("updates")
-    process = start_daemon(tmp, {"images": {"preload": [str(p) for p in image_archives.values()]}})
-    yield process
-    process.delete_all_environments()
-    process.stop()
-    process.cleanup()
+    with running_daemon(tmp_path_factory.mktemp("updates"), image_archives.values()) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,18 @@ def _launch(
             daemon.stop(signal.SIGKILL)
             raise
     return daemon
+
+
+@contextlib.contextmanager
+def running_daemon(tmp: Path, archives: Iterable[Path]) -> Iterator[DaemonProcess]:
+    """A daemon preloaded with ``archives`` for a group of tests; afterwards every environment is
+    deleted, the daemon must exit 0, and what it left on the host is removed."""
+    process = start_daemon(tmp, {"images": {"preload": [str(p) for p in archives]}})
+    yield process
+    process.delete_all_environments()
+    code = process.stop()
+    process.cleanup()
+    assert code == 0, process.log()[-3000:]
 
 
 @pytest.fixture
