@@ -166,7 +166,7 @@ class Orchestrator:
             if not token:
                 break
         for name in expired:
-            async with self._status_lock.setdefault(name, asyncio.Lock()):
+            async with self.status_lock(name):
                 env = await self._store.get(name)
                 await self._store.put(replace(env, status=EnvironmentStatus.DELETING, updated_at=at))
             await self._store.append_history(
@@ -320,25 +320,29 @@ class Orchestrator:
             raise failures.exceptions[0] from None
         except* Exception as crashes:
             raise crashes.exceptions[0] from None
-        endpoints = []
-        for service in spec.services:
-            for port in service.ports:
-                if not port.publish:
-                    continue
-                try:
-                    endpoint = await self._network.publish(
-                        name,
-                        service.name,
-                        port.container_port,
-                        host_port=port.host_port,
-                        host_ip=port.host_ip or spec.network.host_ip or self._settings.host_ip,
-                        protocol="udp" if port.protocol is domain.Protocol.UDP else "tcp",
-                    )
-                except errors.SchedulerError as err:
-                    raise DeployFailure(service.name, "PortUnavailable", err.message) from err
-                endpoints.append(endpoint)
+        endpoints = [e for service in spec.services for e in await self._publish_ports(env, service)]
         env = await self._refresh(name)
         return replace(env, endpoints=tuple(endpoints))
+
+    async def _publish_ports(self, env: Environment, service: ServiceSpec) -> list[domain.Endpoint]:
+        """Publish the service's published ports on the host; returns their endpoints."""
+        endpoints = []
+        for port in service.ports:
+            if not port.publish:
+                continue
+            try:
+                endpoint = await self._network.publish(
+                    env.name,
+                    service.name,
+                    port.container_port,
+                    host_port=port.host_port,
+                    host_ip=port.host_ip or env.spec.network.host_ip or self._settings.host_ip,
+                    protocol="udp" if port.protocol is domain.Protocol.UDP else "tcp",
+                )
+            except errors.SchedulerError as err:
+                raise DeployFailure(service.name, "PortUnavailable", err.message) from err
+            endpoints.append(endpoint)
+        return endpoints
 
     async def _pull_image(self, service: ServiceSpec) -> domain.Image:
         try:
@@ -607,15 +611,8 @@ class Orchestrator:
                 raise
         # The switch: the VIP and published ports move to the new set in one rule swap.
         await self._network.set_backends(env.name, service.name, [c.ip for c in keep] + [ip for _, ip, _ in started])
-        for port in service.ports:
-            if port.publish and action is domain.ChangeAction.ADD:
-                await self._network.publish(
-                    env.name,
-                    service.name,
-                    port.container_port,
-                    host_port=port.host_port,
-                    host_ip=port.host_ip or env.spec.network.host_ip or self._settings.host_ip,
-                )
+        if action is domain.ChangeAction.ADD:
+            await self._publish_ports(env, service)
         if retire:
             await asyncio.sleep(drain.total_seconds())
             await asyncio.gather(
@@ -683,7 +680,7 @@ class Orchestrator:
 
     async def _restore_statuses(self, name: str, serving: list[ContainerStatus], failed: set[str]) -> None:
         """After a failed replacement, list again the replicas that kept serving (the new ones took their slots)."""
-        async with self._status_lock.setdefault(name, asyncio.Lock()):
+        async with self.status_lock(name):
             env = await self._store.get(name)
             slots = {(c.service, c.replica) for c in serving}
             others = [c for c in env.containers if c.container_id not in failed and (c.service, c.replica) not in slots]
@@ -692,7 +689,7 @@ class Orchestrator:
 
     async def _forget_retired(self, name: str, retired: set[str], started: set[str]) -> None:
         """Drop statuses of removed containers (a started one may have taken their replica slot)."""
-        async with self._status_lock.setdefault(name, asyncio.Lock()):
+        async with self.status_lock(name):
             env = await self._store.get(name)
             kept = tuple(c for c in env.containers if c.container_id not in retired or c.container_id in started)
             await self._store.put(replace(env, containers=kept, updated_at=now()))
@@ -764,7 +761,7 @@ class Orchestrator:
     async def _set_status(
         self, env: Environment, status: EnvironmentStatus, event: EventType, message: str = ""
     ) -> Environment:
-        async with self._status_lock.setdefault(env.name, asyncio.Lock()):
+        async with self.status_lock(env.name):
             current = await self._store.get(env.name)
             if current.status is EnvironmentStatus.DELETING:
                 # A deletion was accepted meanwhile; it owns the status from now on.
@@ -776,14 +773,14 @@ class Orchestrator:
 
     async def _record(self, name: str, status: ContainerStatus) -> None:
         """Store one replica's status, replacing the previous status of that service replica."""
-        async with self._status_lock.setdefault(name, asyncio.Lock()):
+        async with self.status_lock(name):
             env = await self._store.get(name)
             others = [c for c in env.containers if not (c.service == status.service and c.replica == status.replica)]
             containers = sorted([*others, status], key=lambda c: (c.service, c.replica))
             await self._store.put(replace(env, containers=tuple(containers), updated_at=now()))
 
     async def _update_container(self, name: str, cid: str, **changes: Any) -> None:
-        async with self._status_lock.setdefault(name, asyncio.Lock()):
+        async with self.status_lock(name):
             env = await self._store.get(name)
             containers = tuple(replace(c, **changes) if c.container_id == cid else c for c in env.containers)
             await self._store.put(replace(env, containers=containers, updated_at=now()))
