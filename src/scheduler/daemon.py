@@ -99,7 +99,7 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
-        service = EnvironmentService(store, orchestrator, runtime, events, default_catalog(), settings.limits)
+        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits)
         server = ApiServer(service, settings.server.listen, settings.server.unix_socket)
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)

@@ -34,7 +34,6 @@ from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
-from scheduler.runtime.base import ContainerRuntime
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
@@ -59,14 +58,12 @@ class EnvironmentService:
         self,
         store: StateStore,
         orchestrator: Orchestrator,
-        runtime: ContainerRuntime,
         events: EventBus,
         catalog: Catalog,
         limits: LimitSettings,
     ) -> None:
         self._store = store
         self._orchestrator = orchestrator
-        self._runtime = runtime
         self._events = events
         self._catalog = catalog
         self._limits = limits
