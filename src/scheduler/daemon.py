@@ -66,6 +66,7 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             namespace=settings.containerd.namespace,
             state_dir=data_dir / "runtime",
             snapshotter=settings.containerd.snapshotter,
+            runtime_name=settings.containerd.runtime,
             images=settings.images,
             call_timeout=settings.containerd.call_timeout,
         )
