@@ -60,7 +60,13 @@ def _cycle(address: str, name: str, deadline: float, errors: list[str]) -> None:
             ):  # type: ignore[attr-defined]
                 break
             time.sleep(0.2)
-        _call(address, deadline, "DeleteEnvironment", pb.DeleteEnvironmentRequest(name=name))
+        try:
+            _call(address, deadline, "DeleteEnvironment", pb.DeleteEnvironmentRequest(name=name))
+        except grpc.RpcError as err:
+            # A delete the daemon accepted just before it was killed is retried after the restart,
+            # which may find the deletion already finished.
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
         while time.monotonic() < deadline:
             try:
                 _call(address, deadline, "GetEnvironment", pb.GetEnvironmentRequest(name=name))
