@@ -27,11 +27,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+# Another apt run (a second checkout's setup) may hold the dpkg lock: wait for it instead of failing.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
 # --no-install-recommends keeps the install small; policy-rc.d stops postinst scripts from
 # starting services (postgresql, nginx, docker-registry) that we run ourselves when needed.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2
