@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -103,7 +103,20 @@ class RegistryHost(_Section):
     insecure: bool = False
     """Allow plain HTTP to this host."""
     username: str = ""
-    password: str = ""
+    password: SecretStr = SecretStr("")
+    """Shown as ``**********`` wherever settings are printed (``config check``, logs)."""
+
+
+DEFAULT_ALLOWED_REGISTRIES = (
+    "docker.io",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+)
+"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
 
 
 class ImageSettings(_Section):
@@ -111,7 +124,13 @@ class ImageSettings(_Section):
 
     pull_policy: Literal["if-not-present", "always", "never"] = "if-not-present"
     registries: dict[str, RegistryHost] = {}
-    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``)."""
+    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``); a host listed here may be pulled from."""
+    allowed_registries: list[str] = list(DEFAULT_ALLOWED_REGISTRIES)
+    """Registry hosts (``HOST`` or ``HOST:PORT``) images may be pulled from, besides ``registries``."""
+
+    def registry_allowed(self, host: str) -> bool:
+        """Whether images may be pulled from registry ``host`` (as written in a reference)."""
+        return host in self.registries or host in self.allowed_registries
     preload: list[str] = []
     """Image archives (OCI layout or ``docker save`` tars) imported at start."""
 

@@ -16,7 +16,7 @@ import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from scheduler import errors, log
+from scheduler import bounds, errors, log
 
 _log = log.get("api")
 
@@ -33,11 +33,19 @@ STATUS_OF: dict[type[errors.SchedulerError], grpc.StatusCode] = {
 }
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_MESSAGE = 2048
+"""Characters of an error message sent back; longer ones (long lists of violations) are cut."""
+MAX_VIOLATIONS = 50
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Return the gRPC code and the client-facing message for an exception."""
+    """Return the gRPC code and the client-facing message (cut to ``MAX_MESSAGE``) for an exception."""
+    code, message = _status_of(error)
+    return code, bounds.clip(message, MAX_MESSAGE)
+
+
+def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, errors.SchedulerError):
         for cls in type(error).__mro__:
             if cls in STATUS_OF:
@@ -54,8 +62,10 @@ def _status_details(code: grpc.StatusCode, message: str, error: BaseException) -
         return None
     bad_request = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            error_details_pb2.BadRequest.FieldViolation(
+                field=bounds.clip(v.field, 256), description=bounds.clip(v.description, 512)
+            )
+            for v in error.violations[:MAX_VIOLATIONS]
         ]
     )
     detail = any_pb2.Any()
@@ -121,25 +131,54 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _Undecodable:
+    """Request bytes that do not decode: the handler answers INVALID_ARGUMENT, not grpc's INTERNAL."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the client's
+            return _Undecodable(type(err).__name__)
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument.of(
+            [errors.FieldViolation("request", f"is not a valid encoded message ({request.problem})")]
+        )
 
 
 def _wrap_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with _Call(method, context) as call:
             try:
+                _check_decoded(request)
                 return await inner(request, context)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
@@ -159,6 +198,7 @@ def _wrap_stream(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Calla
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _Call(method, context) as call:
             try:
+                _check_decoded(request)
                 async for response in inner(request, context):
                     yield response
             except asyncio.CancelledError:
