@@ -127,7 +127,7 @@ def endpoints_for(ref: Reference, registries: Mapping[str, RegistryHost]) -> lis
             url = f"{'http' if insecure else 'https'}://{mirror_host}"
         mirror_host = httpx.URL(url).netloc.decode()
         creds = registries.get(mirror_host, RegistryHost())
-        out.append(Endpoint(url, mirror_host, True, creds.username, creds.password.get_secret_value()))
+        out.append(Endpoint(url, mirror_host, True, creds.username, creds.password))
     api_host = DOCKER_HUB_API_HOST if ref.domain == DEFAULT_DOMAIN else ref.domain
     scheme = "http" if host_settings.insecure else "https"
     out.append(
@@ -136,7 +136,7 @@ def endpoints_for(ref: Reference, registries: Mapping[str, RegistryHost]) -> lis
             ref.domain,
             False,
             host_settings.username,
-            host_settings.password.get_secret_value(),
+            host_settings.password,
         )
     )
     return out
