@@ -75,10 +75,8 @@ def test_a_huge_key_is_not_echoed() -> None:
 
 
 def test_list_and_log_bounds() -> None:
-    with pytest.raises(InvalidArgument, match="labels: holds 1500 entries"):
-        bounds.check_list((), {f"k{i}": "v" for i in range(1500)}, "")
     with pytest.raises(InvalidArgument, match="page_token"):
-        bounds.check_list((), {}, "a" * 10_000)
+        bounds.check_page_token("a" * 10_000)
     with pytest.raises(InvalidArgument, match="tail"):
         bounds.check_logs(LogQuery(tail=10**12))
     with pytest.raises(InvalidArgument, match="name: is longer"):

@@ -16,7 +16,14 @@ import dataclasses
 import string
 from collections.abc import Mapping
 
-from scheduler.domain import EnvironmentRequest, EnvironmentSpec, ServiceOverride, ServiceSpec
+from scheduler.domain import (
+    EnvironmentRequest,
+    EnvironmentSpec,
+    RestartOverride,
+    RestartPolicy,
+    ServiceOverride,
+    ServiceSpec,
+)
 from scheduler.errors import FieldViolation, Internal, InvalidArgument
 from scheduler.redaction import looks_secret
 from scheduler.stacks.catalog import Catalog
@@ -179,13 +186,15 @@ def _apply_override(service: ServiceSpec, override: ServiceOverride | None) -> S
         return service
     changes: dict[str, object] = {}
     for f in dataclasses.fields(ServiceOverride):
-        if f.name == "env":
+        if f.name in ("env", "restart"):
             continue
         value = getattr(override, f.name)
         if value is not None:
             changes[f.name] = value
     if override.env:
         changes["env"] = {**service.env, **override.env}
+    if override.restart is not None:
+        changes["restart"] = _merge_restart(service.restart, override.restart)
     return dataclasses.replace(service, **changes)  # type: ignore[arg-type]
 
 
@@ -195,3 +204,9 @@ def _mark_secrets(service: ServiceSpec) -> ServiceSpec:
     if named <= service.secret_env:
         return service
     return dataclasses.replace(service, secret_env=service.secret_env | named)
+
+
+def _merge_restart(policy: RestartPolicy, override: RestartOverride) -> RestartPolicy:
+    """Apply the fields an override sets; an unset mode keeps the stack's (the API's UNSPECIFIED)."""
+    given = {f.name: getattr(override, f.name) for f in dataclasses.fields(override)}
+    return dataclasses.replace(policy, **{k: v for k, v in given.items() if v is not None})

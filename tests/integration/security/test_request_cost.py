@@ -124,7 +124,7 @@ def test_an_override_password_is_stored_but_never_returned_or_logged(
     created = stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="secretive", spec=spec), timeout=10)
     env = _wait(stub, "secretive", {pb.ENVIRONMENT_STATUS_RUNNING})
     listed = stub.ListEnvironments(pb.ListEnvironmentsRequest(), timeout=10)
-    dry = stub.UpdateEnvironment(pb.UpdateEnvironmentRequest(name="secretive", spec=spec, dry_run=True), timeout=10)
+    dry = stub.UpdateEnvironment(pb.UpdateEnvironmentRequest(name="secretive", spec=spec, validate_only=True), timeout=10)
     cli = subprocess.run(
         [str(VENV_BIN / "scheduler"), "env", "get", "secretive", "-o", "json", "--address", daemon.address],
         capture_output=True,
@@ -171,7 +171,7 @@ def test_hostile_values_get_invalid_argument_never_unknown_or_internal(
         ),
         "since out of range": lambda: list(
             stub.GetEnvironmentLogs(
-                pb.GetEnvironmentLogsRequest(name=bystander, since=timestamp_pb2.Timestamp(seconds=-(2**40))),
+                pb.GetEnvironmentLogsRequest(name=bystander, since_time=timestamp_pb2.Timestamp(seconds=-(2**40))),
                 timeout=10,
             )
         ),
@@ -183,7 +183,7 @@ def test_hostile_values_get_invalid_argument_never_unknown_or_internal(
             pb.ListEnvironmentsRequest(page_token=huge_seq), timeout=10
         ),
         "1500 label filters": lambda: stub.ListEnvironments(
-            pb.ListEnvironmentsRequest(labels={f"k{i}": "v" for i in range(1500)}), timeout=10
+            pb.ListEnvironmentsRequest(filter=" AND ".join(f"labels.k{i} = v" for i in range(1500))), timeout=10
         ),
         "a 1 MB name": lambda: stub.GetEnvironment(pb.GetEnvironmentRequest(name="n" * 1_000_000), timeout=10),
         "tail": lambda: list(
