@@ -54,6 +54,16 @@ def _wait(stub: pb_grpc.SchedulerServiceStub, name: str, wanted: set[int], timeo
     return env
 
 
+def _wait_gone(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, _ = _code(lambda: stub.GetEnvironment(pb.GetEnvironmentRequest(name=name), timeout=10))
+        if code == grpc.StatusCode.NOT_FOUND:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} was not deleted within {timeout}s")
+
+
 @pytest.fixture(scope="module")
 def bystander(stub: pb_grpc.SchedulerServiceStub) -> str:
     """An environment that must keep running through every hostile request."""
@@ -124,7 +134,9 @@ def test_an_override_password_is_stored_but_never_returned_or_logged(
     created = stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="secretive", spec=spec), timeout=10)
     env = _wait(stub, "secretive", {pb.ENVIRONMENT_STATUS_RUNNING})
     listed = stub.ListEnvironments(pb.ListEnvironmentsRequest(), timeout=10)
-    dry = stub.UpdateEnvironment(pb.UpdateEnvironmentRequest(name="secretive", spec=spec, validate_only=True), timeout=10)
+    dry = stub.UpdateEnvironment(
+        pb.UpdateEnvironmentRequest(name="secretive", spec=spec, validate_only=True), timeout=10
+    )
     cli = subprocess.run(
         [str(VENV_BIN / "scheduler"), "env", "get", "secretive", "-o", "json", "--address", daemon.address],
         capture_output=True,
@@ -147,6 +159,7 @@ def test_an_override_password_is_stored_but_never_returned_or_logged(
     assert f"password-length-{len(SECRET)}" in text
     assert SECRET not in daemon.log()
     stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="secretive"), timeout=10)
+    _wait_gone(stub, "secretive")
 
 
 def test_hostile_values_get_invalid_argument_never_unknown_or_internal(
@@ -207,6 +220,7 @@ def test_a_registry_outside_the_allow_list_is_never_contacted(stub: pb_grpc.Sche
     text = json_format.MessageToJson(env)
     assert "is not allowed" in text and "refused" not in text.lower().replace("is not allowed", "")
     stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="probe"), timeout=10)
+    _wait_gone(stub, "probe")
 
 
 def test_list_pages_stay_under_four_megabytes(stub: pb_grpc.SchedulerServiceStub) -> None:
@@ -228,3 +242,5 @@ def test_list_pages_stay_under_four_megabytes(stub: pb_grpc.SchedulerServiceStub
     assert set(names) <= set(seen)
     for name in names:
         stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=10)
+    for name in names:
+        _wait_gone(stub, name)
