@@ -7,7 +7,12 @@ same tool working on an allowed target first.
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import socket
+import stat
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +34,16 @@ SERVE_HI = "trap 'exit 0' TERM INT; while :; do echo hi | nc -l -p 8080; done"
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    with running_daemon(tmp_path_factory.mktemp("sandbox"), image_archives.values()) as process:
-        yield process
+def daemon(image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
+    # Not under pytest's private (0700) temporary directory: like /var/lib/scheduler, the data
+    # directory's parents are open to every host user, so only the daemon's own modes protect it.
+    home = Path(tempfile.mkdtemp(prefix="scheduler-sandbox-", dir="/var/tmp"))
+    try:
+        home.chmod(0o755)
+        with running_daemon(home, image_archives.values()) as process:
+            yield process
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +127,62 @@ def test_a_container_reaches_neither_the_host_loopback_nor_the_api(
         assert stub.GetEnvironment(pb.GetEnvironmentRequest(name="netattack"), timeout=10).name == "netattack"
     finally:
         remove(stub, "netattack")
+
+
+@pytest.fixture
+def host_user() -> Iterator[str]:
+    """An unprivileged host user made for the test, removed afterwards."""
+    name = f"sbx{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=True, timeout=30)
+
+
+def test_a_setuid_file_made_in_a_volume_is_useless_to_host_users_and_in_the_container(
+    daemon: DaemonProcess, stub: pb_grpc.SchedulerServiceStub, host_user: str
+) -> None:
+    # The payload is the host's own `id` (dynamically linked against the host's libraries, which
+    # a container can equally ship); the container's root makes it setuid root in its volume.
+    script = (
+        "grep ' /data ' /proc/self/mountinfo; "
+        "while [ ! -f /data/ready ]; do sleep 0.1; done; chown 0:0 /data/id && chmod 4755 /data/id && touch /data/done; "
+        + IDLE
+    )
+    deploy(stub, "setuid", toolbox(script, volumes=[pb.VolumeMount(name="data", path="/data")]))
+    try:
+        volume = daemon.data_dir / "volumes" / "setuid" / "data"
+        planted = volume / "id"
+        shutil.copy("/usr/bin/id", planted)
+        (volume / "ready").touch()
+        deadline = time.monotonic() + 30
+        while not (volume / "done").exists():
+            assert time.monotonic() < deadline, "the container did not make its file setuid"
+            time.sleep(0.2)
+        info = planted.stat()
+        assert info.st_uid == 0 and info.st_mode & stat.S_ISUID, "the container's root made a setuid-root file"
+        # A host user cannot run it: the volume root and the environment's directory are 0700.
+        attempt = subprocess.run(
+            ["runuser", "-u", host_user, "--", str(planted)], capture_output=True, text=True, timeout=30
+        )
+        assert "euid=0" not in attempt.stdout, attempt
+        assert attempt.returncode != 0 and "ermission denied" in attempt.stderr, attempt
+        for directory in (daemon.data_dir / "volumes", volume.parent):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and directory.stat().st_uid == 0
+        # Inside the container the volume is mounted nosuid,nodev.
+        mountinfo = logs_of(stub, "setuid")
+        line = next(line for line in mountinfo if " /data " in line)
+        assert "nosuid" in line and "nodev" in line, line
+    finally:
+        remove(stub, "setuid")
+
+
+def logs_of(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 30) -> list[str]:
+    """The environment's log lines so far (waiting until there is at least one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line.line for line in stub.GetEnvironmentLogs(pb.GetEnvironmentLogsRequest(name=name), timeout=10)]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
