@@ -147,7 +147,8 @@ def test_a_setuid_file_made_in_a_volume_is_useless_to_host_users_and_in_the_cont
     # a container can equally ship); the container's root makes it setuid root in its volume.
     script = (
         "grep ' /data ' /proc/self/mountinfo; "
-        "while [ ! -f /data/ready ]; do sleep 0.1; done; chown 0:0 /data/id && chmod 4755 /data/id && touch /data/done; "
+        "while [ ! -f /data/ready ]; do sleep 0.1; done; "
+        "chown 0:0 /data/id && chmod 4755 /data/id && touch /data/done; "
         + IDLE
     )
     deploy(stub, "setuid", toolbox(script, volumes=[pb.VolumeMount(name="data", path="/data")]))
