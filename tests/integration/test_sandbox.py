@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import duration_pb2
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from tests.integration.test_environments import wait_gone
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.network import socket_in
 from tests.support.rawpacket import RawSender
@@ -78,15 +78,7 @@ def deploy(stub: pb_grpc.SchedulerServiceStub, name: str, spec: pb.EnvironmentSp
 
 def remove(stub: pb_grpc.SchedulerServiceStub, name: str) -> None:
     stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=30)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            stub.GetEnvironment(pb.GetEnvironmentRequest(name=name), timeout=10)
-        except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.NOT_FOUND
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{name} was not deleted")
+    wait_gone(stub, name)
 
 
 def read_all(host: str, port: int) -> bytes:
@@ -148,8 +140,7 @@ def test_a_setuid_file_made_in_a_volume_is_useless_to_host_users_and_in_the_cont
     script = (
         "grep ' /data ' /proc/self/mountinfo; "
         "while [ ! -f /data/ready ]; do sleep 0.1; done; "
-        "chown 0:0 /data/id && chmod 4755 /data/id && touch /data/done; "
-        + IDLE
+        "chown 0:0 /data/id && chmod 4755 /data/id && touch /data/done; " + IDLE
     )
     deploy(stub, "setuid", toolbox(script, volumes=[pb.VolumeMount(name="data", path="/data")]))
     try:
