@@ -34,6 +34,7 @@ from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
+from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.volumes import VolumeStore
 
@@ -88,7 +89,9 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         await network.start()
         stack.push_async_callback(network.close)
 
-        events = EventBus()
+        # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
+        events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
+        stack.callback(events.close)
         orchestrator = Orchestrator(
             store,
             runtime,

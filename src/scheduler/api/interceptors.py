@@ -1,6 +1,9 @@
 """Per-RPC plumbing: request ids, one access-log line, and exceptions mapped to gRPC status.
 
-The table ``STATUS_OF`` is the one place where scheduler errors become gRPC codes.
+The table ``STATUS_OF`` is the one place where scheduler errors become gRPC codes, ErrorInfo
+reasons and retry advice. Every failure carries a ``google.rpc.Status`` in the
+``grpc-status-details-bin`` trailer: an ErrorInfo always, a BadRequest for INVALID_ARGUMENT and a
+RetryInfo where calling again helps.
 """
 
 from __future__ import annotations
@@ -9,28 +12,53 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from scheduler import errors, log
 
 _log = log.get("api")
 
-STATUS_OF: dict[type[errors.SchedulerError], grpc.StatusCode] = {
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.Internal: grpc.StatusCode.INTERNAL,
+ERROR_DOMAIN = "scheduler.v1"
+"""ErrorInfo.domain of every error the API returns."""
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    """How one class of error reaches a client."""
+
+    code: grpc.StatusCode
+    reason: str
+    """ErrorInfo reason unless the error names a more specific one."""
+    retry_after: float | None = None
+    """Seconds after which the same call may succeed (a RetryInfo); None: do not retry as is."""
+
+
+STATUS_OF: dict[type[errors.SchedulerError], ErrorMapping] = {
+    errors.NotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    errors.AlreadyExists: ErrorMapping(grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    errors.InvalidArgument: ErrorMapping(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    errors.FailedPrecondition: ErrorMapping(grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
+    # Read again, then retry: the usual answer to a lost optimistic-concurrency race.
+    errors.Conflict: ErrorMapping(grpc.StatusCode.ABORTED, "CONCURRENT_MODIFICATION", retry_after=0.0),
+    errors.OutOfRange: ErrorMapping(grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
+    errors.Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", retry_after=1.0),
+    errors.DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+    errors.PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    errors.Unimplemented: ErrorMapping(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"),
+    errors.Internal: ErrorMapping(grpc.StatusCode.INTERNAL, "INTERNAL"),
 }
+_TIMEOUT = ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
+_UNEXPECTED = ErrorMapping(grpc.StatusCode.INTERNAL, "INTERNAL")
+
+_METADATA_KEYS = {"env": "environment"}
+"""Detail names renamed for clients: the code says ``env``, the API says ``environment``."""
 
 REQUEST_ID_HEADER = "x-request-id"
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -48,32 +76,71 @@ class RpcObserver(Protocol):
         ...
 
 
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Return the gRPC code and the client-facing message for an exception."""
+def _mapping_of(error: BaseException) -> ErrorMapping:
     if isinstance(error, errors.SchedulerError):
         for cls in type(error).__mro__:
             if cls in STATUS_OF:
-                return STATUS_OF[cls], error.message
-        return grpc.StatusCode.INTERNAL, error.message
+                return STATUS_OF[cls]
+        return _UNEXPECTED
     if isinstance(error, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "the operation did not finish in time"
-    return grpc.StatusCode.INTERNAL, "internal error; see the daemon log for this request id"
+        return _TIMEOUT
+    return _UNEXPECTED
 
 
-def _status_details(code: grpc.StatusCode, message: str, error: BaseException) -> bytes | None:
-    """Encode google.rpc.BadRequest details for invalid arguments, so clients see every field."""
-    if not isinstance(error, errors.InvalidArgument) or not error.violations:
-        return None
-    bad_request = error_details_pb2.BadRequest(
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Return the gRPC code and the client-facing message for an exception."""
+    code = _mapping_of(error).code
+    if isinstance(error, errors.SchedulerError):
+        return code, error.message
+    if isinstance(error, TimeoutError):
+        return code, "the operation did not finish in time"
+    return code, "internal error; see the daemon log for this request id"
+
+
+def error_status(error: BaseException, request_id: str = "") -> status_pb2.Status:
+    """Build the google.rpc.Status a client receives for ``error``, details included."""
+    mapping = _mapping_of(error)
+    code, message = status_of(error)
+    metadata: dict[str, str] = {}
+    reason = mapping.reason
+    if isinstance(error, errors.SchedulerError):
+        metadata = {_METADATA_KEYS.get(k, k): v for k, v in error.details.items()}
+        reason = error.reason or reason
+    if request_id:
+        metadata["request_id"] = request_id
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        details.append(_bad_request(error))
+    if mapping.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(mapping.retry_after * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        item = any_pb2.Any()
+        item.Pack(detail)
+        packed.append(item)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+
+
+def _bad_request(error: BaseException) -> Message:
+    """Every field an INVALID_ARGUMENT names; an error without violations names its ``field`` detail."""
+    violations: list[errors.FieldViolation] = []
+    if isinstance(error, errors.InvalidArgument):
+        violations = list(error.violations)
+    if not violations and isinstance(error, errors.SchedulerError):
+        violations = [errors.FieldViolation(error.details.get("field", ""), error.message)]
+    bad_request: Message = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
         ]
     )
-    detail = any_pb2.Any()
-    detail.Pack(bad_request)
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
-    return bytes(status.SerializeToString())
+    return bad_request
+
+
+def error_trailer(error: BaseException, request_id: str = "") -> tuple[str, bytes]:
+    """The ``grpc-status-details-bin`` trailing metadata entry for ``error``."""
+    return "grpc-status-details-bin", bytes(error_status(error, request_id).SerializeToString())
 
 
 class _Call:
@@ -109,11 +176,8 @@ class _Call:
         self.code = code
         if code == grpc.StatusCode.INTERNAL and not isinstance(error, errors.SchedulerError):
             _log.error("rpc.unhandled", method=self.method, exc_info=error)
-        trailing: list[tuple[str, str | bytes]] = [(REQUEST_ID_HEADER, self.request_id)]
-        details = _status_details(code, message, error)
-        if details is not None:
-            trailing.append(("grpc-status-details-bin", details))
-        await self.context.abort(code, message, trailing_metadata=tuple(trailing))
+        trailing = ((REQUEST_ID_HEADER, self.request_id), error_trailer(error, self.request_id))
+        await self.context.abort(code, message, trailing_metadata=trailing)
 
     def log(self) -> None:
         """Write the one access-log line of this RPC, and tell the observer it ended."""
