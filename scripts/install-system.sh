@@ -11,6 +11,9 @@ packages=(
   postgresql-15 nginx
   conntrack
   docker.io
+  # The Go client: stubs generated from proto/ and the example built in GOPATH mode.
+  golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+  golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
 )
 
 missing=()
@@ -19,6 +22,8 @@ for pkg in "${packages[@]}"; do
     missing+=("$pkg")
   fi
 done
+# npm installs the buf CLI into tools/buf; any npm will do (some nodejs builds ship their own).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
