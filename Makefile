@@ -7,7 +7,7 @@ CONFIG ?= config.example.yaml
 BUF_DIR := tools/buf
 BUF := $(BUF_DIR)/node_modules/.bin/buf
 
-.PHONY: install system proto check-proto fmt lint proto-lint buf test unit integration run images bench clean
+.PHONY: install system proto check-proto fmt lint proto-lint buf go-example test unit integration run images bench clean
 
 install: system $(STAMP)
 
@@ -27,6 +27,7 @@ check-proto: $(STAMP)
 	@$(PY) scripts/gen_proto.py .proto-check
 	@diff -r -x __pycache__ .proto-check/scheduler/api/_gen src/scheduler/api/_gen && \
 	 diff -r -x __pycache__ .proto-check/scheduler/runtime/containerd/_gen src/scheduler/runtime/containerd/_gen && \
+	 diff -r .proto-check/gen-go gen/go && \
 	 rm -rf .proto-check && echo "generated stubs are up to date" || \
 	 { rm -rf .proto-check; echo "generated stubs differ from proto/: run 'make proto'"; exit 1; }
 
@@ -41,6 +42,10 @@ $(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
 proto-lint: $(BUF)
 	$(BUF) lint
 	$(BUF) breaking proto --against proto-released
+
+# The Go example client, against the checked-in stubs in gen/go (GOPATH mode, Debian's Go packages).
+go-example: system
+	scripts/build_go_example.sh
 
 fmt: $(STAMP)
 	$(PY) -m ruff format src tests bench images scripts

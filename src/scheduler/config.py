@@ -388,3 +388,28 @@ def _settings_from_file(path: Path) -> type[Settings]:
         model_config = SettingsConfigDict(yaml_file=path)
 
     return FileSettings
+
+
+LIVE_SETTINGS = ("log", "limits", "metrics", "images.registries")
+"""Settings a reload applies at once; a change to any other needs a restart of the daemon."""
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """Dotted names of the options whose values differ (``log.level``, ``data_dir``), never values."""
+    changed = []
+    for name in Settings.model_fields:
+        before, after = getattr(old, name), getattr(new, name)
+        if isinstance(before, BaseModel) and isinstance(after, BaseModel):
+            changed += [f"{name}.{field}" for field in type(before).model_fields if _differs(before, after, field)]
+        elif before != after:
+            changed.append(name)
+    return changed
+
+
+def _differs(before: BaseModel, after: BaseModel, field: str) -> bool:
+    return bool(before.model_dump(include={field}) != after.model_dump(include={field}))
+
+
+def is_live(option: str) -> bool:
+    """Whether a reload applies ``option`` (a dotted name from :func:`changed_settings`) at once."""
+    return any(option == live or option.startswith(live + ".") for live in LIVE_SETTINGS)

@@ -83,6 +83,10 @@ class EnvironmentService:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
         self._closing.set()
 
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Apply new bounds (a configuration reload) to every request from now on."""
+        self._limits = limits
+
     # --- environments ------------------------------------------------------------------------------
 
     async def create(
