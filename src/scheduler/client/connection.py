@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -31,19 +32,68 @@ class CommandFailed(Exception):
         self.message = message
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How the client proves who it is: a bearer token, and/or TLS (mutual with a certificate)."""
+
+    token: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def open_channel(address: str, credentials: Credentials) -> grpc.Channel:
+    """A channel to ``address`` (``HOST:PORT`` or ``unix:PATH``) carrying ``credentials``."""
+    if credentials.ca_file or credentials.cert_file:
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        channel = grpc.secure_channel(
+            address,
+            grpc.ssl_channel_credentials(
+                root_certificates=read(credentials.ca_file),
+                private_key=read(credentials.key_file),
+                certificate_chain=read(credentials.cert_file),
+            ),
+        )
+    else:
+        channel = grpc.insecure_channel(address)
+    if credentials.token:
+        return grpc.intercept_channel(channel, _Bearer(credentials.token))
+    return channel
+
+
 @dataclass
 class Client:
     """A channel and stub to one daemon; ``timeout`` bounds every unary call."""
 
     address: str
     timeout: float
+    credentials: Credentials = Credentials()
     _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
 
     @property
     def stub(self) -> pb_grpc.SchedulerServiceStub:
         """The SchedulerService stub over a channel opened on first use."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = open_channel(self.address, self.credentials)
         return pb_grpc.SchedulerServiceStub(self._channel)
 
     def close(self) -> None:
@@ -99,9 +149,22 @@ def connection_options(command: F) -> F:
         show_default=True,
         help="Seconds each call may take.",
     )
+    @click.option("--token", envvar="SCHEDULER_TOKEN", default="", help="Bearer token (env SCHEDULER_TOKEN).")
+    @click.option("--tls-ca", envvar="SCHEDULER_TLS_CA", default="", help="CA bundle: use TLS, verify the daemon.")
+    @click.option("--tls-cert", envvar="SCHEDULER_TLS_CERT", default="", help="Client certificate (mutual TLS).")
+    @click.option("--tls-key", envvar="SCHEDULER_TLS_KEY", default="", help="Key of the client certificate.")
     @functools.wraps(command)
-    def wrapper(*args: Any, address: str, timeout: float, **kwargs: Any) -> Any:
-        client = Client(address, timeout)
+    def wrapper(
+        *args: Any,
+        address: str,
+        timeout: float,
+        token: str,
+        tls_ca: str,
+        tls_cert: str,
+        tls_key: str,
+        **kwargs: Any,
+    ) -> Any:
+        client = Client(address, timeout, Credentials(token, tls_ca, tls_cert, tls_key))
         try:
             with reported(address):
                 return command(*args, client=client, **kwargs)
