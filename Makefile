@@ -48,12 +48,12 @@ go-example: system
 	scripts/build_go_example.sh
 
 fmt: $(STAMP)
-	$(PY) -m ruff format src tests bench images scripts
-	$(PY) -m ruff check --fix src tests bench images scripts
+	$(PY) -m ruff format src tests bench images scripts examples
+	$(PY) -m ruff check --fix src tests bench images scripts examples
 
 lint: $(STAMP) proto-lint
-	$(PY) -m ruff check src tests bench images scripts
-	$(PY) -m ruff format --check src tests bench images scripts
+	$(PY) -m ruff check src tests bench images scripts examples
+	$(PY) -m ruff format --check src tests bench images scripts examples
 	$(PY) -m mypy src
 	$(VENV)/bin/lint-imports
 
