@@ -60,7 +60,7 @@ def run(
     from scheduler import daemon
 
     try:
-        code = asyncio.run(daemon.run(settings))
+        code = asyncio.run(daemon.run(settings, lambda: load_settings(config, overrides)))
     except errors.SchedulerError as err:
         log.get("cli").error("daemon.failed", error=err.message)
         click.echo(f"scheduler: {err.message}", err=True)

@@ -168,14 +168,32 @@ class RegistryHost(_Section):
     password: SecretStr = ""
 
 
+DEFAULT_ALLOWED_REGISTRIES = (
+    "docker.io",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+)
+"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
+
+
 class ImageSettings(_Section):
     """Image pulls and imports."""
 
     pull_policy: Literal["if-not-present", "always", "never"] = "if-not-present"
     registries: dict[str, RegistryHost] = {}
-    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``)."""
+    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``); a host listed here may be pulled from."""
+    allowed_registries: list[str] = list(DEFAULT_ALLOWED_REGISTRIES)
+    """Registry hosts (``HOST`` or ``HOST:PORT``) images may be pulled from, besides ``registries``."""
     preload: list[ConfigPath] = []
     """Image archives (OCI layout or ``docker save`` tars) imported at start."""
+
+    def registry_allowed(self, host: str) -> bool:
+        """Whether images may be pulled from registry ``host`` (as written in a reference)."""
+        return host in self.registries or host in self.allowed_registries
 
 
 class NetworkSettings(_Section):
@@ -370,3 +388,28 @@ def _settings_from_file(path: Path) -> type[Settings]:
         model_config = SettingsConfigDict(yaml_file=path)
 
     return FileSettings
+
+
+LIVE_SETTINGS = ("log", "limits", "metrics", "images.registries")
+"""Settings a reload applies at once; a change to any other needs a restart of the daemon."""
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """Dotted names of the options whose values differ (``log.level``, ``data_dir``), never values."""
+    changed = []
+    for name in Settings.model_fields:
+        before, after = getattr(old, name), getattr(new, name)
+        if isinstance(before, BaseModel) and isinstance(after, BaseModel):
+            changed += [f"{name}.{field}" for field in type(before).model_fields if _differs(before, after, field)]
+        elif before != after:
+            changed.append(name)
+    return changed
+
+
+def _differs(before: BaseModel, after: BaseModel, field: str) -> bool:
+    return bool(before.model_dump(include={field}) != after.model_dump(include={field}))
+
+
+def is_live(option: str) -> bool:
+    """Whether a reload applies ``option`` (a dotted name from :func:`changed_settings`) at once."""
+    return any(option == live or option.startswith(live + ".") for live in LIVE_SETTINGS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
@@ -52,11 +53,15 @@ class Daemon:
     runtime: ContainerdRuntime
     network: CniNetwork
     metrics: MetricsServer
+    reloader: Reloader
 
 
 @asynccontextmanager
-async def build(settings: Settings) -> AsyncIterator[Daemon]:
-    """Build and start every component; stop them in reverse order on exit."""
+async def build(settings: Settings, load: Callable[[], Settings] | None = None) -> AsyncIterator[Daemon]:
+    """Build and start every component; stop them in reverse order on exit.
+
+    ``load`` re-reads the configuration for a reload (SIGHUP); without it a reload changes nothing.
+    """
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -126,22 +131,33 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics)
+        reloader = Reloader(settings, load or (lambda: settings), LiveTargets(service, runtime, metrics, collector))
+        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 
-async def run(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down in order; returns the exit code."""
+async def run(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, reloading ``load()`` on SIGHUP; returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
     try:
-        async with build(settings) as daemon:
+        async with build(settings, load) as daemon:
+
+            def reload() -> None:
+                task: asyncio.Task[object] = asyncio.create_task(daemon.reloader.reload(), name="reload")
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
             _log.info("daemon.ready", listen=settings.server.listen, port=daemon.server.bound_port)
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
+            await asyncio.gather(*reloads, return_exceptions=True)
             _log.info("daemon.stopping", grace=settings.server.shutdown_grace)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")

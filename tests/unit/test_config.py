@@ -124,3 +124,24 @@ def test_redacted_hides_secrets_and_only_secrets(tmp_path: Path) -> None:
     assert host == {"mirrors": [], "insecure": False, "username": "deploy", "password": REDACTED}
     assert "hunter2" not in repr(dumped)
     assert dumped["data_dir"] == "/var/lib/scheduler"
+
+
+def test_a_reload_tells_live_options_from_those_needing_a_restart() -> None:
+    from scheduler.config import Settings, changed_settings, is_live
+
+    old = Settings()
+    new = Settings(
+        log={"level": "debug"},
+        data_dir="/elsewhere",
+        network={"pool": "10.99.0.0/16"},
+        images={"registries": {"r.example": {"password": "s3cret"}}},
+    )
+    changed = changed_settings(old, new)
+    assert changed == ["data_dir", "log.level", "images.registries", "network.pool"]
+    assert [c for c in changed if is_live(c)] == ["log.level", "images.registries"]
+    assert changed_settings(new, new) == []
+    rotated = Settings(images={"registries": {"r.example": {"password": "other"}}})
+    assert changed_settings(
+        rotated, new.model_copy(update={"data_dir": old.data_dir, "log": old.log, "network": old.network})
+    ) == ["images.registries"]
+    assert not is_live("images.pull_policy") and not is_live("logx")
