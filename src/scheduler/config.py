@@ -168,14 +168,32 @@ class RegistryHost(_Section):
     password: SecretStr = ""
 
 
+DEFAULT_ALLOWED_REGISTRIES = (
+    "docker.io",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+)
+"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
+
+
 class ImageSettings(_Section):
     """Image pulls and imports."""
 
     pull_policy: Literal["if-not-present", "always", "never"] = "if-not-present"
     registries: dict[str, RegistryHost] = {}
-    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``)."""
+    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``); a host listed here may be pulled from."""
+    allowed_registries: list[str] = list(DEFAULT_ALLOWED_REGISTRIES)
+    """Registry hosts (``HOST`` or ``HOST:PORT``) images may be pulled from, besides ``registries``."""
     preload: list[ConfigPath] = []
     """Image archives (OCI layout or ``docker save`` tars) imported at start."""
+
+    def registry_allowed(self, host: str) -> bool:
+        """Whether images may be pulled from registry ``host`` (as written in a reference)."""
+        return host in self.registries or host in self.allowed_registries
 
 
 class NetworkSettings(_Section):

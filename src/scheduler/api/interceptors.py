@@ -21,7 +21,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from scheduler import errors, log
+from scheduler import bounds, errors, log
 
 _log = log.get("api")
 
@@ -61,6 +61,9 @@ _METADATA_KEYS = {"env": "environment"}
 """Detail names renamed for clients: the code says ``env``, the API says ``environment``."""
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_MESSAGE = 2048
+"""Characters of an error message sent back; longer ones (long lists of violations) are cut."""
+MAX_VIOLATIONS = 50
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
@@ -88,10 +91,10 @@ def _mapping_of(error: BaseException) -> ErrorMapping:
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Return the gRPC code and the client-facing message for an exception."""
+    """Return the gRPC code and the client-facing message (cut to ``MAX_MESSAGE``) for an exception."""
     code = _mapping_of(error).code
     if isinstance(error, errors.SchedulerError):
-        return code, error.message
+        return code, bounds.clip(error.message, MAX_MESSAGE)
     if isinstance(error, TimeoutError):
         return code, "the operation did not finish in time"
     return code, "internal error; see the daemon log for this request id"
@@ -132,7 +135,10 @@ def _bad_request(error: BaseException) -> Message:
         violations = [errors.FieldViolation(error.details.get("field", ""), error.message)]
     bad_request: Message = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
+            error_details_pb2.BadRequest.FieldViolation(
+                field=bounds.clip(v.field, 256), description=bounds.clip(v.description, 512)
+            )
+            for v in violations[:MAX_VIOLATIONS]
         ]
     )
     return bad_request
@@ -203,25 +209,54 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(method, handler.unary_unary, self._observer),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(method, handler.unary_stream, self._observer),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _Undecodable:
+    """Request bytes that do not decode: the handler answers INVALID_ARGUMENT, not grpc's INTERNAL."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the client's
+            return _Undecodable(type(err).__name__)
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument.of(
+            [errors.FieldViolation("request", f"is not a valid encoded message ({request.problem})")]
+        )
 
 
 def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | None) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with _Call(method, context, "unary", observer) as call:
             try:
+                _check_decoded(request)
                 return await inner(request, context)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
@@ -243,6 +278,7 @@ def _wrap_stream(
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _Call(method, context, "server_stream", observer) as call:
             try:
+                _check_decoded(request)
                 async for response in inner(request, context):
                     yield response
             except asyncio.CancelledError:

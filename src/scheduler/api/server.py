@@ -31,7 +31,7 @@ class ApiServer:
         self._unix_socket = unix_socket
         self._server = grpc.aio.server(
             interceptors=[RequestInterceptor(observer)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )
         self._health = health.aio.HealthServicer()
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), self._server)
