@@ -7,7 +7,7 @@ CONFIG ?= config.example.yaml
 BUF_DIR := tools/buf
 BUF := $(BUF_DIR)/node_modules/.bin/buf
 
-.PHONY: install system proto check-proto fmt lint proto-lint buf go-example test unit integration run images bench clean
+.PHONY: install system proto check-proto docs fmt lint proto-lint buf go-example test unit integration run images bench clean
 
 install: system $(STAMP)
 
@@ -30,6 +30,10 @@ check-proto: $(STAMP)
 	 diff -r .proto-check/gen-go gen/go && \
 	 rm -rf .proto-check && echo "generated stubs are up to date" || \
 	 { rm -rf .proto-check; echo "generated stubs differ from proto/: run 'make proto'"; exit 1; }
+
+# docs/api.md, the API reference, from the proto's comments (a unit test fails when it is stale).
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
 
 # The buf CLI, pinned in tools/buf/package-lock.json, installed there (nothing global).
 buf: $(BUF)
