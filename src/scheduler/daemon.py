@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
@@ -37,6 +38,7 @@ from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
+from scheduler.systemd import Notifier
 from scheduler.volumes import VolumeStore
 
 _log = log.get("daemon")
@@ -136,25 +138,43 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
 
 
 async def run(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, reloading ``load()`` on SIGHUP; returns the exit code."""
+    """Serve until SIGTERM or SIGINT, reloading ``load()`` on SIGHUP; returns the exit code.
+
+    Under systemd (``Type=notify``) it reports READY once serving, RELOADING around a reload,
+    WATCHDOG while the event loop turns, and STOPPING when shutdown begins.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reloads: set[asyncio.Task[object]] = set()
+    background: set[asyncio.Task[None]] = set()
     try:
         async with build(settings, load) as daemon:
+            status = f"serving on {settings.server.listen or settings.server.unix_socket}"
 
-            def reload() -> None:
-                task: asyncio.Task[object] = asyncio.create_task(daemon.reloader.reload(), name="reload")
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
+            async def reload() -> None:
+                notifier.reloading()
+                report = await daemon.reloader.reload()
+                notifier.ready(f"{status}; last reload: {'refused: ' + report.error if report.error else 'applied'}")
 
-            loop.add_signal_handler(signal.SIGHUP, reload)
+            def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> None:
+                task = asyncio.create_task(coroutine, name=name)
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(), "reload"))
+            if notifier.watchdog_seconds:
+                spawn(_watchdog(notifier, notifier.watchdog_seconds / 2), "watchdog")
             _log.info("daemon.ready", listen=settings.server.listen, port=daemon.server.bound_port)
+            notifier.ready(status)
             await stop.wait()
+            notifier.stopping()
             loop.remove_signal_handler(signal.SIGHUP)
-            await asyncio.gather(*reloads, return_exceptions=True)
+            for task in list(background):
+                if task.get_name() == "watchdog":
+                    task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             _log.info("daemon.stopping", grace=settings.server.shutdown_grace)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -162,3 +182,10 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
                 loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")
     return 0
+
+
+async def _watchdog(notifier: Notifier, every: float) -> None:
+    """Ping systemd's watchdog while the event loop turns; a hung loop gets the unit restarted."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(every)

@@ -1,106 +1,57 @@
-"""The channel to a daemon, shared options, and one place that turns RPC failures into exit codes."""
+"""The CLI's link to the client library, shared options, and one place that turns failures into exit codes."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import grpc
 
-from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.client.api import DEFAULT_ADDRESS, ConnectConfig, SchedulerClient
+from scheduler.client.errors import ClientError
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "SCHEDULER_ADDRESS"
 FAILURE_EXIT = 1
 INTERRUPTED_EXIT = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
-class CommandFailed(Exception):
-    """A failure the client itself detects (a wait that ran out, a rollback); printed like an RPC error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How the client proves who it is: a bearer token, and/or TLS (mutual with a certificate)."""
-
-    token: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-
-
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds ``authorization: Bearer <token>`` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or ()), self._header])
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-
-def open_channel(address: str, credentials: Credentials) -> grpc.Channel:
-    """A channel to ``address`` (``HOST:PORT`` or ``unix:PATH``) carrying ``credentials``."""
-    if credentials.ca_file or credentials.cert_file:
-
-        def read(path: str) -> bytes | None:
-            return Path(path).read_bytes() if path else None
-
-        channel = grpc.secure_channel(
-            address,
-            grpc.ssl_channel_credentials(
-                root_certificates=read(credentials.ca_file),
-                private_key=read(credentials.key_file),
-                certificate_chain=read(credentials.cert_file),
-            ),
-        )
-    else:
-        channel = grpc.insecure_channel(address)
-    if credentials.token:
-        return grpc.intercept_channel(channel, _Bearer(credentials.token))
-    return channel
+class CommandFailed(ClientError):
+    """A failure the CLI itself detects (a rollback, a deploy that failed); printed like an RPC error."""
 
 
 @dataclass
 class Client:
-    """A channel and stub to one daemon; ``timeout`` bounds every unary call."""
+    """Runs one command's calls through the async client library, on its own event loop."""
 
-    address: str
-    timeout: float
-    credentials: Credentials = Credentials()
-    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
+    config: ConnectConfig
 
     @property
-    def stub(self) -> pb_grpc.SchedulerServiceStub:
-        """The SchedulerService stub over a channel opened on first use."""
-        if self._channel is None:
-            self._channel = open_channel(self.address, self.credentials)
-        return pb_grpc.SchedulerServiceStub(self._channel)
+    def address(self) -> str:
+        """The daemon's address, for messages."""
+        return self.config.address
 
-    def close(self) -> None:
-        """Close the channel if one was opened."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+    @property
+    def timeout(self) -> float:
+        """Seconds each unary call may take."""
+        return self.config.timeout
+
+    def run(self, calls: Callable[[SchedulerClient], Awaitable[T]]) -> T:
+        """Open a client, await ``calls(client)``, close it; Ctrl-C cancels the calls in flight."""
+
+        async def main() -> T:
+            async with SchedulerClient(self.config) as api:
+                return await calls(api)
+
+        return asyncio.run(main())
 
 
 def _one_line(text: str) -> str:
@@ -118,15 +69,11 @@ def reported(address: str) -> Iterator[None]:
     """Turn RPC errors and client-side failures into one stderr line and exit 1, never a traceback."""
     try:
         yield
-    except grpc.RpcError as err:
-        code = err.code() if isinstance(err, grpc.Call) else None
-        details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
-        name = code.name if code is not None else "UNKNOWN"
-        if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"cannot reach the scheduler at {address}: {details}"
-        fail(name, details)
-    except CommandFailed as err:
-        fail(err.code, err.message)
+    except ClientError as err:
+        message = err.message
+        if err.code == "UNAVAILABLE":
+            message = f"cannot reach the scheduler at {address}: {message}"
+        fail(err.code, message)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(INTERRUPTED_EXIT)
@@ -164,12 +111,16 @@ def connection_options(command: F) -> F:
         tls_key: str,
         **kwargs: Any,
     ) -> Any:
-        client = Client(address, timeout, Credentials(token, tls_ca, tls_cert, tls_key))
+        def path(value: str) -> Path | None:
+            return Path(value) if value else None
+
         try:
-            with reported(address):
-                return command(*args, client=client, **kwargs)
-        finally:
-            client.close()
+            config = ConnectConfig(address, timeout, path(tls_ca), path(tls_cert), path(tls_key), token)
+        except ValueError as err:
+            raise click.UsageError(f"--tls-cert and --tls-key: {err}") from err
+        client = Client(config)
+        with reported(address):
+            return command(*args, client=client, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
