@@ -115,7 +115,9 @@ def connection_options(command: F) -> F:
             return Path(value) if value else None
 
         try:
-            config = ConnectConfig(address, timeout, path(tls_ca), path(tls_cert), path(tls_key), token)
+            config = ConnectConfig(
+                address, timeout, ca_file=path(tls_ca), cert_file=path(tls_cert), key_file=path(tls_key), token=token
+            )
         except ValueError as err:
             raise click.UsageError(f"--tls-cert and --tls-key: {err}") from err
         client = Client(config)
