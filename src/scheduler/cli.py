@@ -120,4 +120,47 @@ def token_create(name: str) -> None:
     )
 
 
+@main.group()
+def admin() -> None:
+    """Host-side administration: run on the daemon's host, with access to its data directory."""
+
+
+_CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="The daemon's configuration file."
+)
+
+
+@admin.command("backup-state")
+@_CONFIG_OPTION
+@click.argument("output", type=click.Path(path_type=Path))
+def admin_backup_state(config_path: Path | None, output: Path) -> None:
+    """Copy the state database to OUTPUT, consistently, while the daemon serves (SQLite's online backup)."""
+    from scheduler.storage.backup import backup_database
+
+    settings = _load(config_path, {})
+    try:
+        size = backup_database(settings.state_db_path, output)
+    except errors.SchedulerError as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(f"backed up {settings.state_db_path} to {output} ({size} bytes)")
+
+
+@admin.command("restore-state")
+@_CONFIG_OPTION
+@click.option("--replace", is_flag=True, help="Overwrite an existing state database (stop the daemon first).")
+@click.argument("backup", type=click.Path(path_type=Path))
+def admin_restore_state(config_path: Path | None, replace: bool, backup: Path) -> None:
+    """Put a backup taken by backup-state in place as the state database; the next start adopts what runs."""
+    from scheduler.storage.backup import restore_database
+
+    settings = _load(config_path, {})
+    try:
+        restore_database(backup, settings.state_db_path, replace=replace)
+    except errors.SchedulerError as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(f"restored {backup} to {settings.state_db_path}")
+
+
 client.register(main)
