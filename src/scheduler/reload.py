@@ -67,7 +67,12 @@ class Reloader:
                     "log": new.log,
                     "limits": new.limits,
                     "metrics": new.metrics,
-                    "images": old.images.model_copy(update={"registries": new.images.registries}),
+                    "images": old.images.model_copy(
+                        update={
+                            "registries": new.images.registries,
+                            "allowed_registries": new.images.allowed_registries,
+                        }
+                    ),
                 }
             )
             try:
