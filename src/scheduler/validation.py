@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 
-from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, clip
+from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, MAX_PUBLISHED_PORTS, clip
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     EnvironmentSpec,
@@ -135,6 +135,14 @@ def violations_of(name: str, spec: EnvironmentSpec, limits: LimitSettings) -> li
                 out.append(FieldViolation(f"{where}.name", f"service {service.name!r} is declared twice"))
         _check_service(service, where, set(counts), limits, out)
     _check_host_ports(spec, out)
+    published = sum(service.replicas * sum(p.publish for p in service.ports) for service in spec.services)
+    if published > MAX_PUBLISHED_PORTS:
+        out.append(
+            FieldViolation(
+                "spec.services",
+                f"publish {published} host ports (replicas counted); at most {MAX_PUBLISHED_PORTS} are allowed",
+            )
+        )
     cycle = find_cycle(spec.services)
     if cycle is not None and len(cycle) > 2:  # a self-dependency is reported on its own field
         out.append(FieldViolation(f"spec.services.{cycle[0]}.depends_on", "dependency cycle: " + " -> ".join(cycle)))
