@@ -594,6 +594,20 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class BackupInfo:
+    """One archive of an environment, as BackupEnvironment and ListBackups report it."""
+
+    id: str
+    """``<environment>/<file>``: what RestoreEnvironment takes."""
+    environment: str
+    created_at: datetime
+    size_bytes: int
+    volumes: tuple[str, ...] = ()
+    databases: tuple[str, ...] = ()
+    """Services whose database the archive holds as a dump."""
+
+
+@dataclass(frozen=True)
 class ContainerSample:
     """Resource usage of one replica, with CPU as a rate over a window."""
 

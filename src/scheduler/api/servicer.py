@@ -129,3 +129,15 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request.name, page_size=request.page_size, page_token=request.page_token
         )
         return convert.history_to_proto(entries, token)
+
+    async def BackupEnvironment(self, request: pb.BackupEnvironmentRequest, context: Context) -> pb.Backup:
+        return convert.backup_to_proto(await self._service.backup(request.name))
+
+    async def ListBackups(self, request: pb.ListBackupsRequest, context: Context) -> pb.ListBackupsResponse:
+        return pb.ListBackupsResponse(
+            backups=[convert.backup_to_proto(b) for b in await self._service.backups(request.name)]
+        )
+
+    async def RestoreEnvironment(self, request: pb.RestoreEnvironmentRequest, context: Context) -> pb.Environment:
+        restored = await self._service.restore(request.backup, request.name, actor=_actor(context))
+        return convert.environment_to_proto(restored)
