@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from scheduler import client, errors, log
 from scheduler.config import Settings, load_settings, redacted
@@ -85,6 +86,38 @@ def config_check(path: Path) -> None:
     settings = _load(path, {})
     click.echo(f"{path}: valid")
     click.echo(json.dumps(redacted(settings), indent=2))
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for the API."""
+
+
+@token.command("create")
+@click.argument("name")
+def token_create(name: str) -> None:
+    """Make a token for NAME; print it once, with the lines the daemon's config needs."""
+    from scheduler.api.auth import new_token
+    from scheduler.config import TokenSettings
+
+    try:
+        TokenSettings(name=name, sha256="0" * 64)
+    except ValidationError:
+        click.echo(f"scheduler: {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-'", err=True)
+        sys.exit(CONFIG_ERROR_EXIT)
+    secret, digest = new_token()
+    click.echo(f"token: {secret}")
+    click.echo("(shown once: the daemon keeps only its SHA-256)", err=True)
+    click.echo(
+        "\n# add to the daemon's configuration, then restart it:\n"
+        "auth:\n"
+        "  tokens:\n"
+        f"    - name: {name}\n"
+        f"      sha256: {digest}\n"
+        "  bindings:\n"
+        "    - role: operator   # or viewer, admin; optional name_prefix / labels scope\n"
+        f'      principals: ["token:{name}"]'
+    )
 
 
 @main.group()

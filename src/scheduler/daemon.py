@@ -132,7 +132,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await metrics.start(settings.metrics.listen)
         stack.push_async_callback(metrics.stop)
 
-        server = ApiServer(service, settings.server.listen, settings.server.unix_socket, observer=recorder)
+        server = ApiServer(service, settings.server, settings.auth, observer=recorder)
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()

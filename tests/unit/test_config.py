@@ -14,7 +14,10 @@ from scheduler.config import REDACTED, Settings, _PathOption, load_settings, red
 ALL_RELATIVE = {
     "data_dir": "data",
     "state_db": "db/state.db",
-    "server": {"unix_socket": "run/api.sock"},
+    "server": {
+        "unix_socket": "run/api.sock",
+        "tls": {"cert_file": "tls/server.pem", "key_file": "tls/server.key", "client_ca_file": "tls/ca.pem"},
+    },
     "containerd": {"socket": "unix:run/containerd.sock", "binary": "bin/containerd"},
     "images": {"preload": ["images/a.tar", "b.tar"]},
     "network": {"cni_bin_dir": "cni"},
@@ -103,7 +106,8 @@ def test_variables_and_flags_resolve_against_the_working_directory(
 def test_unset_paths_stay_unset_and_bare_commands_stay_on_path(tmp_path: Path) -> None:
     config = _write(tmp_path / "c.yaml", {"data_dir": "/srv/x", "containerd": {"binary": "containerd"}})
     settings = load_settings(config)
-    assert settings.state_db == "" and settings.server.unix_socket == "" and settings.containerd.socket == ""
+    assert settings.state_db == "" and settings.containerd.socket == ""
+    assert settings.server.unix_socket == "/run/scheduler/scheduler.sock"  # absolute by default
     assert settings.containerd.binary == "containerd"
     assert settings.data_dir == Path("/srv/x")
 

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from scheduler import bounds, errors, log
+from scheduler.api.gate import Admission, Gate
 
 _log = log.get("api")
 
@@ -51,6 +52,7 @@ STATUS_OF: dict[type[errors.SchedulerError], ErrorMapping] = {
     errors.Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", retry_after=1.0),
     errors.DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
     errors.PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    errors.Unauthenticated: ErrorMapping(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     errors.Unimplemented: ErrorMapping(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"),
     errors.Internal: ErrorMapping(grpc.StatusCode.INTERNAL, "INTERNAL"),
 }
@@ -166,6 +168,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         # Read now: asking a cancelled call for its peer dereferences a freed call (a segfault).
         self.peer = context.peer()
+        self.principal = ""
 
     def __enter__(self) -> _Call:
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
@@ -189,7 +192,14 @@ class _Call:
         """Write the one access-log line of this RPC, and tell the observer it ended."""
         seconds = time.monotonic() - self.started
         emit = _log.debug if self.method.startswith(_QUIET_PREFIXES) else _log.info
-        emit("rpc", method=self.method, peer=self.peer, code=self.code.name, duration_ms=round(seconds * 1000, 2))
+        emit(
+            "rpc",
+            method=self.method,
+            principal=self.principal,
+            peer=self.peer,
+            code=self.code.name,
+            duration_ms=round(seconds * 1000, 2),
+        )
         if self.observer is not None:
             self.observer.rpc_finished(self.method, self.kind, self.code.name, seconds)
 
@@ -197,8 +207,9 @@ class _Call:
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler: binds the request id, logs the call once, maps exceptions to status."""
 
-    def __init__(self, observer: RpcObserver | None = None) -> None:
+    def __init__(self, observer: RpcObserver | None = None, gate: Gate | None = None) -> None:
         self._observer = observer
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -212,13 +223,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary, self._observer),
+                _wrap_unary(method, handler.unary_unary, self._observer, self._gate),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream, self._observer),  # type: ignore[arg-type]
+                _wrap_stream(method, handler.unary_stream, self._observer, self._gate),  # type: ignore[arg-type]
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -252,12 +263,27 @@ def _check_decoded(request: Any) -> None:
         )
 
 
-def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | None) -> Callable[..., Awaitable[Any]]:
+async def _admit(
+    gate: Gate | None, call: _Call, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> Admission | None:
+    _check_decoded(request)
+    if gate is None:
+        return None
+    admission = await gate.admit(call.method, request, context, call.peer)
+    if admission is not None:
+        call.principal = admission.principal.name
+    return admission
+
+
+def _wrap_unary(
+    method: str, inner: Callable[..., Any], observer: RpcObserver | None, gate: Gate | None
+) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with _Call(method, context, "unary", observer) as call:
             try:
-                _check_decoded(request)
-                return await inner(request, context)
+                admission = await _admit(gate, call, request, context)
+                response = await inner(request, context)
+                return response if gate is None else await gate.visible(admission, response)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
@@ -273,14 +299,16 @@ def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | 
 
 
 def _wrap_stream(
-    method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None
+    method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None, gate: Gate | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _Call(method, context, "server_stream", observer) as call:
             try:
-                _check_decoded(request)
+                admission = await _admit(gate, call, request, context)
                 async for response in inner(request, context):
-                    yield response
+                    shown = response if gate is None else await gate.visible(admission, response)
+                    if shown is not None:
+                        yield shown
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise

@@ -12,6 +12,7 @@ from scheduler.api import convert, fieldmask
 from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.api.gate import CALLER
 from scheduler.domain import LogQuery
 from scheduler.service import EnvironmentService
 
@@ -22,7 +23,7 @@ MAX_REPLY_BYTES = 3 * 1024 * 1024
 
 
 def _actor(context: Context) -> str:
-    return context.peer() or "unknown"
+    return CALLER.get() or context.peer() or "unknown"
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):

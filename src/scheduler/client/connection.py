@@ -8,6 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -95,9 +96,31 @@ def connection_options(command: F) -> F:
         show_default=True,
         help="Seconds each call may take.",
     )
+    @click.option("--token", envvar="SCHEDULER_TOKEN", default="", help="Bearer token (env SCHEDULER_TOKEN).")
+    @click.option("--tls-ca", envvar="SCHEDULER_TLS_CA", default="", help="CA bundle: use TLS, verify the daemon.")
+    @click.option("--tls-cert", envvar="SCHEDULER_TLS_CERT", default="", help="Client certificate (mutual TLS).")
+    @click.option("--tls-key", envvar="SCHEDULER_TLS_KEY", default="", help="Key of the client certificate.")
     @functools.wraps(command)
-    def wrapper(*args: Any, address: str, timeout: float, **kwargs: Any) -> Any:
-        client = Client(ConnectConfig(address, timeout))
+    def wrapper(
+        *args: Any,
+        address: str,
+        timeout: float,
+        token: str,
+        tls_ca: str,
+        tls_cert: str,
+        tls_key: str,
+        **kwargs: Any,
+    ) -> Any:
+        def path(value: str) -> Path | None:
+            return Path(value) if value else None
+
+        try:
+            config = ConnectConfig(
+                address, timeout, ca_file=path(tls_ca), cert_file=path(tls_cert), key_file=path(tls_key), token=token
+            )
+        except ValueError as err:
+            raise click.UsageError(f"--tls-cert and --tls-key: {err}") from err
+        client = Client(config)
         with reported(address):
             return command(*args, client=client, **kwargs)
 
