@@ -136,7 +136,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        reloader = Reloader(settings, load or (lambda: settings), LiveTargets(service, runtime, metrics, collector))
+        reloader = Reloader(
+            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+        )
+        server.set_reload(reloader.reload)
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 

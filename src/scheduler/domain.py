@@ -608,6 +608,15 @@ class BackupInfo:
 
 
 @dataclass(frozen=True)
+class ReloadReport:
+    """What a configuration reload did: options applied, options that need a restart, or why it was refused."""
+
+    applied: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ContainerSample:
     """Resource usage of one replica, with CPU as a rate over a window."""
 

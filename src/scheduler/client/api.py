@@ -212,6 +212,10 @@ class SchedulerClient:
         request = pb.RestoreEnvironmentRequest(backup=backup, name=name)
         return await self._unary(self._stub.RestoreEnvironment, request, max(self.config.timeout, 900))
 
+    async def reload_configuration(self) -> pb.ReloadConfigurationResponse:
+        """Make the daemon re-read its configuration file (admin only)."""
+        return await self._unary(self._stub.ReloadConfiguration, pb.ReloadConfigurationRequest())
+
     async def stacks(self) -> builtins.list[pb.Stack]:
         """The whole catalogue of stacks, by name."""
         found: builtins.list[pb.Stack] = []

@@ -396,6 +396,20 @@ def env_restore(client: Client, backup: str, name: str, output: str) -> None:
     _print_env(client.run(lambda api: api.restore(backup, name)), output)
 
 
+@click.command("reload")
+@output_option
+@connection_options
+def config_reload(client: Client, output: str) -> None:
+    """Make the daemon re-read its configuration file, as SIGHUP does (admin only)."""
+    reply = client.run(lambda api: api.reload_configuration())
+    if output == "json":
+        click.echo(render.to_json(reply))
+        return
+    click.echo("applied: " + (", ".join(reply.applied) or "nothing changed"))
+    if reply.needs_restart:
+        click.echo("needs a restart: " + ", ".join(reply.needs_restart))
+
+
 # ------------------------------------------------------------------------------------------------
 # scheduler events
 # ------------------------------------------------------------------------------------------------

@@ -58,6 +58,11 @@ type SchedulerServiceClient interface {
 	// checking every checksum; deploys it, loads its databases, and returns it RUNNING.
 	// ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
 	RestoreEnvironment(ctx context.Context, in *RestoreEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
+	// Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+	// (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+	// needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+	// Admin only.
+	ReloadConfiguration(ctx context.Context, in *ReloadConfigurationRequest, opts ...grpc.CallOption) (*ReloadConfigurationResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -231,6 +236,15 @@ func (c *schedulerServiceClient) RestoreEnvironment(ctx context.Context, in *Res
 	return out, nil
 }
 
+func (c *schedulerServiceClient) ReloadConfiguration(ctx context.Context, in *ReloadConfigurationRequest, opts ...grpc.CallOption) (*ReloadConfigurationResponse, error) {
+	out := new(ReloadConfigurationResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ReloadConfiguration", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -276,6 +290,11 @@ type SchedulerServiceServer interface {
 	// checking every checksum; deploys it, loads its databases, and returns it RUNNING.
 	// ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
 	RestoreEnvironment(context.Context, *RestoreEnvironmentRequest) (*Environment, error)
+	// Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+	// (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+	// needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+	// Admin only.
+	ReloadConfiguration(context.Context, *ReloadConfigurationRequest) (*ReloadConfigurationResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -321,6 +340,9 @@ func (UnimplementedSchedulerServiceServer) ListBackups(context.Context, *ListBac
 }
 func (UnimplementedSchedulerServiceServer) RestoreEnvironment(context.Context, *RestoreEnvironmentRequest) (*Environment, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RestoreEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ReloadConfiguration(context.Context, *ReloadConfigurationRequest) (*ReloadConfigurationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReloadConfiguration not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -575,6 +597,24 @@ func _SchedulerService_RestoreEnvironment_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_ReloadConfiguration_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReloadConfigurationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ReloadConfiguration(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ReloadConfiguration",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ReloadConfiguration(ctx, req.(*ReloadConfigurationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -622,6 +662,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RestoreEnvironment",
 			Handler:    _SchedulerService_RestoreEnvironment_Handler,
+		},
+		{
+			MethodName: "ReloadConfiguration",
+			Handler:    _SchedulerService_ReloadConfiguration_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

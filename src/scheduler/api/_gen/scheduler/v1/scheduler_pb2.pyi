@@ -2246,3 +2246,55 @@ class RestoreEnvironmentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestoreEnvironmentRequest: _TypeAlias = RestoreEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class ReloadConfigurationRequest(_message.Message):
+    """============================================================================================
+    Daemon configuration
+    ============================================================================================
+
+    ReloadConfigurationRequest asks the daemon to re-read its configuration file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigurationRequest: _TypeAlias = ReloadConfigurationRequest  # noqa: Y015
+
+@_typing.final
+class ReloadConfigurationResponse(_message.Message):
+    """ReloadConfigurationResponse says what a reload changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    NEEDS_RESTART_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Options applied at once, as dotted names ("log.level", "limits.max_replicas")."""
+
+    @_builtins.property
+    def needs_restart(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Options whose new values take effect only after a restart of the daemon."""
+
+    def __init__(
+        self,
+        *,
+        applied: _abc.Iterable[_builtins.str] | None = ...,
+        needs_restart: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "needs_restart", b"needs_restart"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigurationResponse: _TypeAlias = ReloadConfigurationResponse  # noqa: Y015

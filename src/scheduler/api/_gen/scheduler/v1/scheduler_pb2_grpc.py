@@ -105,6 +105,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
                 _registered_method=True)
+        self.ReloadConfiguration = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ReloadConfiguration',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -222,6 +227,16 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfiguration(self, request, context):
+        """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+        (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+        needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+        Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +304,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.RestoreEnvironment,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
+            'ReloadConfiguration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfiguration,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -648,6 +668,33 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/RestoreEnvironment',
             scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfiguration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ReloadConfiguration',
+            scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
             options,
             channel_credentials,
             insecure,

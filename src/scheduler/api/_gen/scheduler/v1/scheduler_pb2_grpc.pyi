@@ -89,6 +89,12 @@ class SchedulerServiceStub:
     checking every checksum; deploys it, loads its databases, and returns it RUNNING.
     ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
     """
+    ReloadConfiguration: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReloadConfigurationRequest, _scheduler_pb2.ReloadConfigurationResponse]
+    """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+    (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+    needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+    Admin only.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -148,6 +154,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Creates an environment from an archive, under its archived name or a new one, after
     checking every checksum; deploys it, loads its databases, and returns it RUNNING.
     ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+    """
+    ReloadConfiguration: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReloadConfigurationRequest, _scheduler_pb2.ReloadConfigurationResponse]  # type: ignore[assignment]
+    """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+    (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+    needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+    Admin only.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -283,6 +295,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates an environment from an archive, under its archived name or a new one, after
         checking every checksum; deploys it, loads its databases, and returns it RUNNING.
         ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadConfiguration(
+        self,
+        request: _scheduler_pb2.ReloadConfigurationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ReloadConfigurationResponse, _abc.Awaitable[_scheduler_pb2.ReloadConfigurationResponse]]:
+        """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+        (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+        needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+        Admin only.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
