@@ -14,11 +14,13 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
 from scheduler.client.api import SchedulerClient
 from scheduler.client.connection import Client, CommandFailed, connection_options, output_option
+from scheduler.client.errors import ApiError
 from scheduler.client.spec import SpecError, apply_flags, load_file, parse_pairs, status_value
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SETTLED = {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_DEGRADED, pb.ENVIRONMENT_STATUS_FAILED}
+UPDATE_ATTEMPTS = 5
 
 
 def _usage(err: SpecError) -> click.UsageError:
@@ -266,10 +268,17 @@ def env_update(
     """Change environment NAME: flags apply on top of its current specification (or of --file)."""
 
     async def calls(api: SchedulerClient) -> tuple[pb.UpdateEnvironmentResponse, pb.Environment | None]:
-        current = await api.get(name)
-        spec = _build_spec(current.spec, spec_file, params, labels, sets)
-        # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten.
-        reply = await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
+        # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten;
+        # the flags are applied again on top of it instead (a few times at most).
+        for attempt in range(UPDATE_ATTEMPTS):
+            current = await api.get(name)
+            spec = _build_spec(current.spec, spec_file, params, labels, sets)
+            try:
+                reply = await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
+                break
+            except ApiError as err:
+                if err.code != "ABORTED" or attempt == UPDATE_ATTEMPTS - 1:
+                    raise
         if dry_run or not wait:
             return reply, None
         return reply, await wait_settled(api, name, reply.environment.generation, wait_timeout)
