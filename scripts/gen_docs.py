@@ -12,6 +12,7 @@ is an error: the reference never silently misses a part of the API.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO = "scheduler/v1/scheduler.proto"
 OUT = ROOT / "docs" / "api.md"
 ADDRESS = "127.0.0.1:50051"
+SOURCES = ROOT / "src" / "scheduler"
 
 # Field numbers in descriptor.proto, for SourceCodeInfo paths.
 _MESSAGE, _ENUM, _SERVICE = 4, 5, 6
@@ -130,6 +132,15 @@ RPCS: dict[str, Rpc] = {
 }
 
 
+SPECIFIC_REASONS: dict[str, str] = {
+    "ETAG_MISMATCH": "the etag sent is not the environment's current one (metadata `etag` is)",
+    "EVENTS_EXPIRED": "`since` is older than the event log reaches (metadata `oldest_sequence`)",
+    "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",
+    "MISSING_PERMISSION": "the caller's role lacks the permission the method needs (metadata names it)",
+}
+"""ErrorInfo reasons more specific than their class's, raised with ``reason=`` in src/scheduler."""
+
+
 class Undocumented(Exception):
     """Parts of the API have no comment, or an RPC has no example."""
 
@@ -195,6 +206,7 @@ class Reference:
             self.lines += [self.paragraphs((_SERVICE, s_index), f"service {service.name}"), ""]
             for m_index, method in enumerate(service.method):
                 self.method(service.name, (_SERVICE, s_index, _METHOD, m_index), method)
+        self.errors()
         self.lines += ["## Messages", ""]
         for index, message in enumerate(self.api.message_type):
             self.message(message, (_MESSAGE, index), message.name)
@@ -202,6 +214,32 @@ class Reference:
         for index, enum in enumerate(self.api.enum_type):
             self.enum(enum, (_ENUM, index), enum.name)
         return "\n".join(self.lines).rstrip() + "\n"
+
+    def errors(self) -> None:
+        from scheduler.api.interceptors import ERROR_DOMAIN, STATUS_OF
+
+        self.lines += [
+            "## Errors",
+            "",
+            f"Every error carries a `google.rpc.ErrorInfo` with domain `{ERROR_DOMAIN}`, a reason, and",
+            "metadata naming what it concerns (`environment`, `service`, `field`, `request_id`...).",
+            "",
+            "| Code | Default reason | RetryInfo |",
+            "| --- | --- | --- |",
+        ]
+        for mapping in STATUS_OF.values():
+            retry = f"{mapping.retry_after:g}s" if mapping.retry_after is not None else "no"
+            self.lines.append(f"| `{mapping.code.name}` | `{mapping.reason}` | {retry} |")
+        self.lines += ["", "More specific reasons:", "", "| Reason | When |", "| --- | --- |"]
+        code = "".join(path.read_text() for path in SOURCES.rglob("*.py"))
+        raised = sorted(
+            {r for arg in re.findall(r"reason=([^,\n]+)", code) for r in re.findall(r'"([A-Z][A-Z_]+)"', arg)}
+        )
+        for reason in raised:
+            if reason not in SPECIFIC_REASONS:
+                self.missing.append(f"error reason {reason}: not in scripts/gen_docs.py SPECIFIC_REASONS")
+            self.lines.append(f"| `{reason}` | {SPECIFIC_REASONS.get(reason, '')} |")
+        self.lines.append("")
 
     def method(self, service: str, path: tuple[int, ...], method: descriptor_pb2.MethodDescriptorProto) -> None:
         request = method.input_type.rsplit(".", 1)[-1]
