@@ -29,9 +29,11 @@ from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
@@ -40,6 +42,7 @@ from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
+from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes import VolumeStore
 
@@ -102,6 +105,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
         stack.callback(events.close)
         volumes = VolumeStore(data_dir / "volumes")
+        timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
+        stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
             store,
             runtime,
@@ -115,7 +120,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
             ),
-            observer=recorder,
+            observer=Observers(recorder, timeline),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
         supervisor = Supervisor(store, runtime, network, events, orchestrator, observer=recorder)
@@ -126,7 +131,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(orchestrator.close)
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups)
+        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups, timeline)
         collector = StateCollector(store, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)

@@ -608,6 +608,33 @@ class BackupInfo:
 
 
 @dataclass(frozen=True)
+class OperationStep:
+    """One step of a deploy, update or delete: what happened, to which service, when."""
+
+    at: datetime
+    step: str
+    """pull, create, start, probe, healthy, unhealthy, traffic, remove."""
+    service: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """The timeline of one operation on an environment."""
+
+    id: str
+    env: str
+    operation: str
+    """deploy, update or delete."""
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: str = ""
+    steps: tuple[OperationStep, ...] = ()
+    dropped_steps: int = 0
+    """Steps beyond the bound kept per operation (probes of a long start period)."""
+
+
+@dataclass(frozen=True)
 class ReloadReport:
     """What a configuration reload did: options applied, options that need a restart, or why it was refused."""
 

@@ -30,6 +30,7 @@ from scheduler.domain import (
     HistoryEntry,
     LogLine,
     LogQuery,
+    OperationRecord,
     ServiceChange,
     ServiceOverride,
     ServiceSpec,
@@ -40,6 +41,7 @@ from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
+from scheduler.orchestrator.timeline import Timeline
 from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
@@ -73,8 +75,10 @@ class EnvironmentService:
         catalog: Catalog,
         limits: LimitSettings,
         backups: Backups | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         self._backups = backups
+        self._timeline = timeline
         self._store = store
         self._orchestrator = orchestrator
         self._events = events
@@ -278,6 +282,13 @@ class EnvironmentService:
         end = start + size
         token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
         return entries[start:end], token
+
+    async def operations(self, name: str) -> builtins.list[OperationRecord]:
+        """Timelines of the environment's recent operations, oldest first."""
+        _check_name(name)
+        if self._timeline is None:
+            raise errors.Unimplemented("this daemon keeps no operation timelines")
+        return await self._timeline.of(name)
 
     # --- backup and restore -------------------------------------------------------------------
 

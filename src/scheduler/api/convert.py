@@ -454,6 +454,17 @@ def backup_to_proto(info: domain.BackupInfo) -> pb.Backup:
     return out
 
 
+def operation_to_proto(record: domain.OperationRecord) -> pb.Operation:
+    """Convert the timeline of one operation."""
+    out = pb.Operation(id=record.id, kind=record.operation, outcome=record.outcome, dropped_steps=record.dropped_steps)
+    _set_time(out.start_time, record.started_at)
+    _set_time(out.end_time, record.finished_at)
+    for step in record.steps:
+        item = out.steps.add(step=step.step, service=step.service, detail=step.detail)
+        _set_time(item.time, step.at)
+    return out
+
+
 def stack_to_proto(stack: Stack) -> pb.Stack:
     """Convert a catalogue entry: its service templates and its parameters."""
     return pb.Stack(
