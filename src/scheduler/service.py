@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import errors, log
+from scheduler import errors, log, quotas
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     ChangeAction,
@@ -107,8 +107,10 @@ class EnvironmentService:
                             field="request_id",
                         )
                     return self._redact(earlier)
-            spec = resolve(request, name, self._catalog)
+            spec = quotas.with_defaults(resolve(request, name, self._catalog), self._limits)
             validate(name, spec, self._limits)
+            quotas.check_environment(name, spec, self._limits)
+            quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
             env = Environment(
                 name=name,
@@ -209,8 +211,9 @@ class EnvironmentService:
             )
         if drain is not None and drain < timedelta(0):
             raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])
-        spec = resolve(request, name, self._catalog, previous=env.spec)
+        spec = quotas.with_defaults(resolve(request, name, self._catalog, previous=env.spec), self._limits)
         validate(name, spec, self._limits)
+        quotas.check_environment(name, spec, self._limits)
         changes = plan(env.spec, spec)
         if validate_only:
             return self._redact(env), changes
@@ -337,6 +340,16 @@ class EnvironmentService:
         return page, token
 
     # --- helpers ---------------------------------------------------------------------------------------
+
+    async def _count_environments(self) -> int:
+        """Environments held now, counted page by page up to just past the quota."""
+        count, token = 0, ""
+        while count <= self._limits.max_environments:
+            page, token = await self._store.list(500, token, (), {})
+            count += len(page)
+            if not token:
+                break
+        return count
 
     def _redact(self, env: Environment) -> Environment:
         services = tuple(_redact_service(s) for s in env.spec.services)

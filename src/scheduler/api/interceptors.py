@@ -48,6 +48,7 @@ STATUS_OF: dict[type[errors.SchedulerError], ErrorMapping] = {
     # Read again, then retry: the usual answer to a lost optimistic-concurrency race.
     errors.Conflict: ErrorMapping(grpc.StatusCode.ABORTED, "CONCURRENT_MODIFICATION", retry_after=0.0),
     errors.OutOfRange: ErrorMapping(grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
+    errors.ResourceExhausted: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
     errors.Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", retry_after=1.0),
     errors.DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
     errors.PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
