@@ -267,6 +267,21 @@ class LimitSettings(_Section):
         return self
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint: an HTTP listener of its own, separate from the gRPC API."""
+
+    listen: str = ""
+    """``HOST:PORT`` serving ``/metrics``; empty (the default) serves no metrics."""
+    interval: float = Field(default=5.0, ge=0.5, le=3600)
+    """Seconds a reading of the containers' counters is reused: however often Prometheus scrapes,
+    containerd is asked for each container's counters at most once per interval."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_address(cls, value: str) -> str:
+        return _check_host_port(value) if value else value
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told; defaults work out of the box."""
 
@@ -288,6 +303,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     network: NetworkSettings = NetworkSettings()
     limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def state_db_path(self) -> Path:

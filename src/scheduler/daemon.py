@@ -16,9 +16,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.config import Settings
+from scheduler.metrics.collector import StateCollector
+from scheduler.metrics.http import MetricsServer
+from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
@@ -46,6 +51,7 @@ class Daemon:
     orchestrator: Orchestrator
     runtime: ContainerdRuntime
     network: CniNetwork
+    metrics: MetricsServer
 
 
 @asynccontextmanager
@@ -72,6 +78,11 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        registry = CollectorRegistry()
+        for standard in (ProcessCollector, PlatformCollector, GCCollector):
+            standard(registry=registry)
+        recorder = Recorder(registry)
+        runtime.client.call_observer = recorder.containerd_call
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
@@ -94,9 +105,10 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
             ),
+            observer=recorder,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(store, runtime, network, events, orchestrator)
+        supervisor = Supervisor(store, runtime, network, events, orchestrator, observer=recorder)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
         await Reconciler(store, runtime, network, supervisor, orchestrator).run()
@@ -104,11 +116,17 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         stack.push_async_callback(orchestrator.close)
 
         service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits)
-        server = ApiServer(service, settings.server.listen, settings.server.unix_socket)
+        collector = StateCollector(store, runtime, settings.metrics.interval)
+        registry.register(collector)
+        metrics = MetricsServer(registry, collector)
+        await metrics.start(settings.metrics.listen)
+        stack.push_async_callback(metrics.stop)
+
+        server = ApiServer(service, settings.server.listen, settings.server.unix_socket, observer=recorder)
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        yield Daemon(settings, server, service, orchestrator, runtime, network)
+        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics)
 
 
 async def run(settings: Settings) -> int:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -63,6 +63,18 @@ _METADATA_KEYS = {"env": "environment"}
 
 REQUEST_ID_HEADER = "x-request-id"
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+class RpcObserver(Protocol):
+    """Told when each RPC starts and ends (the daemon passes its Prometheus recorder)."""
+
+    def rpc_started(self, method: str, kind: str) -> None:
+        """An RPC of ``kind`` (``unary`` or ``server_stream``) began."""
+        ...
+
+    def rpc_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
+        """An RPC ended with status ``code`` (a ``grpc.StatusCode`` name)."""
+        ...
 
 
 def _mapping_of(error: BaseException) -> ErrorMapping:
@@ -135,8 +147,12 @@ def error_trailer(error: BaseException, request_id: str = "") -> tuple[str, byte
 class _Call:
     """Bookkeeping of one RPC: request id, timing, final code, and the error translation."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], kind: str, observer: RpcObserver | None
+    ) -> None:
         self.method = method
+        self.kind = kind
+        self.observer = observer
         self.context = context
         metadata = dict(context.invocation_metadata() or ())
         supplied = metadata.get(REQUEST_ID_HEADER)
@@ -148,6 +164,8 @@ class _Call:
 
     def __enter__(self) -> _Call:
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
+        if self.observer is not None:
+            self.observer.rpc_started(self.method, self.kind)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -163,19 +181,19 @@ class _Call:
         await self.context.abort(code, message, trailing_metadata=trailing)
 
     def log(self) -> None:
-        """Write the one access-log line of this RPC."""
+        """Write the one access-log line of this RPC, and tell the observer it ended."""
+        seconds = time.monotonic() - self.started
         emit = _log.debug if self.method.startswith(_QUIET_PREFIXES) else _log.info
-        emit(
-            "rpc",
-            method=self.method,
-            peer=self.peer,
-            code=self.code.name,
-            duration_ms=round((time.monotonic() - self.started) * 1000, 2),
-        )
+        emit("rpc", method=self.method, peer=self.peer, code=self.code.name, duration_ms=round(seconds * 1000, 2))
+        if self.observer is not None:
+            self.observer.rpc_finished(self.method, self.kind, self.code.name, seconds)
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler: binds the request id, logs the call once, maps exceptions to status."""
+
+    def __init__(self, observer: RpcObserver | None = None) -> None:
+        self._observer = observer
 
     async def intercept_service(
         self,
@@ -188,22 +206,22 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
+                _wrap_unary(method, handler.unary_unary, self._observer),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
+                _wrap_stream(method, handler.unary_stream, self._observer),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | None) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, context) as call:
+        with _Call(method, context, "unary", observer) as call:
             try:
                 return await inner(request, context)
             except asyncio.CancelledError:
@@ -220,9 +238,11 @@ def _wrap_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Awaitab
     return unary
 
 
-def _wrap_stream(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        with _Call(method, context) as call:
+        with _Call(method, context, "server_stream", observer) as call:
             try:
                 async for response in inner(request, context):
                     yield response
