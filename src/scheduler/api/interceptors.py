@@ -112,6 +112,11 @@ def error_status(error: BaseException, request_id: str = "") -> status_pb2.Statu
     details: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)]
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         details.append(_bad_request(error))
+    if isinstance(error, errors.ResourceExhausted):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.details.get("quota", ""), description=message
+        )
+        details.append(error_details_pb2.QuotaFailure(violations=[violation]))
     if mapping.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(mapping.retry_after * 1000))

@@ -78,3 +78,11 @@ def test_every_invalid_argument_carries_bad_request_details() -> None:
     bare = _details(error_status(errors.InvalidArgument("too long", field="filter")))["BadRequest"]
     assert [(v.field, v.description) for v in bare.field_violations] == [("filter", "too long")]
     assert "BadRequest" not in _details(error_status(errors.NotFound("x")))
+
+
+def test_a_quota_error_names_the_quota_in_a_quota_failure() -> None:
+    status = error_status(errors.ResourceExhausted("too many environments", quota="limits.max_environments"))
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    failure = error_details_pb2.QuotaFailure()
+    assert any(d.Unpack(failure) for d in status.details)
+    assert [v.subject for v in failure.violations] == ["limits.max_environments"]
