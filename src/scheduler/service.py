@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import errors, log, quotas
+from scheduler import bounds, errors, log, quotas
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     ChangeAction,
@@ -22,6 +22,7 @@ from scheduler.domain import (
     Environment,
     EnvironmentFilter,
     EnvironmentRequest,
+    EnvironmentSpec,
     EnvironmentStatus,
     Event,
     EventType,
@@ -29,6 +30,7 @@ from scheduler.domain import (
     LogLine,
     LogQuery,
     ServiceChange,
+    ServiceOverride,
     ServiceSpec,
 )
 from scheduler.domain import etag as domain_etag
@@ -36,6 +38,7 @@ from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
+from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
@@ -44,7 +47,6 @@ from scheduler.validation import validate
 
 _log = log.get("service")
 
-REDACTED = "<redacted>"
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
 DEFAULT_HEARTBEAT = timedelta(seconds=15)
@@ -81,6 +83,10 @@ class EnvironmentService:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
         self._closing.set()
 
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Apply new bounds (a configuration reload) to every request from now on."""
+        self._limits = limits
+
     # --- environments ------------------------------------------------------------------------------
 
     async def create(
@@ -96,6 +102,10 @@ class EnvironmentService:
 
         With ``validate_only``, return the environment that would be created and store nothing.
         """
+        if len(request_id) > bounds.MAX_REQUEST_ID:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
+            )
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             if request_id:
@@ -107,9 +117,7 @@ class EnvironmentService:
                             field="request_id",
                         )
                     return self._redact(earlier)
-            spec = quotas.with_defaults(resolve(request, name, self._catalog), self._limits)
-            validate(name, spec, self._limits)
-            quotas.check_environment(name, spec, self._limits)
+            spec = await self._resolve(name, request)
             quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
             env = Environment(
@@ -150,6 +158,7 @@ class EnvironmentService:
         The store filters by status and label; the other terms are checked here, page by page
         of the store, so a page may hold fewer than ``page_size`` environments before the last.
         """
+        bounds.check_page_token(page_token)
         where = where or EnvironmentFilter()
         statuses, labels = _pushdown(where)
         wanted = effective_page_size(page_size)
@@ -211,9 +220,9 @@ class EnvironmentService:
             )
         if drain is not None and drain < timedelta(0):
             raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])
-        spec = quotas.with_defaults(resolve(request, name, self._catalog, previous=env.spec), self._limits)
-        validate(name, spec, self._limits)
-        quotas.check_environment(name, spec, self._limits)
+        if drain is not None:
+            bounds.check_duration(drain, "drain", bounds.MAX_DRAIN)
+        spec = await self._resolve(name, request, previous=env.spec)
         changes = plan(env.spec, spec)
         if validate_only:
             return self._redact(env), changes
@@ -272,6 +281,7 @@ class EnvironmentService:
     async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
         """Yield log lines of an environment's containers (and follow them if asked)."""
         _check_name(name)
+        bounds.check_logs(query)
         env = await self._store.get(name)
         unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
         if unknown:
@@ -284,6 +294,10 @@ class EnvironmentService:
     async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
         """Sample every running container twice over ``window`` to get CPU as a rate."""
         _check_name(name)
+        if window is not None:
+            if window <= timedelta(0):
+                raise errors.InvalidArgument.of([errors.FieldViolation("window", "must be positive")])
+            bounds.check_duration(window, "window", bounds.MAX_METRICS_WINDOW)
         env = await self._store.get(name)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
@@ -351,14 +365,35 @@ class EnvironmentService:
                 break
         return count
 
+    async def _resolve(
+        self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
+    ) -> EnvironmentSpec:
+        """Bound, resolve, default and validate a request, and hold it to the environment quotas,
+        off the event loop (it is CPU work)."""
+        bounds.check_request(request)
+
+        def work() -> EnvironmentSpec:
+            spec = quotas.with_defaults(resolve(request, name, self._catalog, previous=previous), self._limits)
+            validate(name, spec, self._limits)
+            quotas.check_environment(name, spec, self._limits)
+            return spec
+
+        return await asyncio.to_thread(work)
+
     def _redact(self, env: Environment) -> Environment:
         services = tuple(_redact_service(s) for s in env.spec.services)
         request = env.request
         if request is not None:
             stack = self._catalog.find(request.stack)
             secret = {p.name for p in stack.parameters if p.secret} if stack else set()
+            secret_env = {s.name: s.secret_env for s in env.spec.services}
             request = replace(
-                request, parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()}
+                request,
+                parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()},
+                services={
+                    name: _redact_override(override, secret_env.get(name, frozenset()))
+                    for name, override in request.services.items()
+                },
             )
         return replace(env, spec=replace(env.spec, services=services), request=request)
 
@@ -367,6 +402,13 @@ def _redact_service(service: ServiceSpec) -> ServiceSpec:
     if not service.secret_env:
         return service
     return replace(service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()})
+
+
+def _redact_override(override: ServiceOverride, secret_env: frozenset[str]) -> ServiceOverride:
+    if not any(k in secret_env or looks_secret(k) for k in override.env):
+        return override
+    env = {k: REDACTED if k in secret_env or looks_secret(k) else v for k, v in override.env.items()}
+    return replace(override, env=env)
 
 
 def _check_etag(env: Environment, etag: str) -> None:
@@ -416,5 +458,4 @@ def _matches(env: Environment, where: EnvironmentFilter) -> bool:
 
 
 def _check_name(name: str) -> None:
-    if not name:
-        raise errors.InvalidArgument.of([errors.FieldViolation("name", "must not be empty")])
+    bounds.check_name(name)

@@ -12,14 +12,18 @@ from scheduler.api import convert, fieldmask
 from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.api.gate import CALLER
 from scheduler.domain import LogQuery
 from scheduler.service import EnvironmentService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+MAX_REPLY_BYTES = 3 * 1024 * 1024
+"""Largest page of ListEnvironments; clients refuse replies over 4 MB by default."""
+
 
 def _actor(context: Context) -> str:
-    return context.peer() or "unknown"
+    return CALLER.get() or context.peer() or "unknown"
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
@@ -44,7 +48,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UpdateEnvironment(
         self, request: pb.UpdateEnvironmentRequest, context: Context
     ) -> pb.UpdateEnvironmentResponse:
-        drain = convert.duration_from_proto(request.drain) if request.HasField("drain") else None
+        drain = convert.duration_from_proto(request.drain, "drain") if request.HasField("drain") else None
         paths = list(request.update_mask.paths)
 
         def edit(stored: domain.EnvironmentRequest) -> domain.EnvironmentRequest:
@@ -75,12 +79,17 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
     ) -> pb.ListEnvironmentsResponse:
-        envs, token = await self._service.list(
-            page_size=request.page_size, page_token=request.page_token, where=list_filter.parse(request.filter)
-        )
-        return pb.ListEnvironmentsResponse(
-            environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
-        )
+        where = list_filter.parse(request.filter)
+        page_size = request.page_size
+        while True:
+            envs, token = await self._service.list(page_size=page_size, page_token=request.page_token, where=where)
+            reply = pb.ListEnvironmentsResponse(
+                environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
+            )
+            # A page must fit the client's default 4 MB limit: ask again for fewer environments.
+            if len(envs) <= 1 or reply.ByteSize() <= MAX_REPLY_BYTES:
+                return reply
+            page_size = len(envs) // 2
 
     async def GetEnvironmentLogs(
         self, request: pb.GetEnvironmentLogsRequest, context: Context
@@ -88,7 +97,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         query = LogQuery(
             services=tuple(request.services),
             tail=request.tail,
-            since=convert.time_from_proto(request.since_time) if request.HasField("since_time") else None,
+            since=convert.time_from_proto(request.since_time, "since_time") if request.HasField("since_time") else None,
             follow=request.follow,
             stream=convert.log_stream_from_proto(request.stream),
         )
@@ -98,7 +107,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def GetEnvironmentMetrics(
         self, request: pb.GetEnvironmentMetricsRequest, context: Context
     ) -> pb.EnvironmentMetrics:
-        window = convert.duration_from_proto(request.window) if request.HasField("window") else None
+        window = convert.duration_from_proto(request.window, "window") if request.HasField("window") else None
         samples = await self._service.metrics(request.name, window=window)
         return convert.metrics_to_proto(request.name, samples)
 

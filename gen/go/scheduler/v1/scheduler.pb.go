@@ -2329,7 +2329,9 @@ type UpdateEnvironmentRequest struct {
 	// Fields of the specification to change, as paths into EnvironmentSpecification; map keys
 	// are path segments: "services.backend.env.LOG_LEVEL", "services.backend.replicas",
 	// "labels.team", "parameters", "ttl". A masked path absent from spec is cleared. Empty: spec
-	// replaces the whole specification.
+	// replaces the whole specification. In JSON (grpcurl), a mask is a comma-separated string
+	// of lowerCamelCase paths, which cannot hold map keys with capitals or underscores: mask the
+	// map itself ("services.backend.env") and send all of its entries.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,5,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// Return the plan only; change nothing.
 	ValidateOnly bool `protobuf:"varint,6,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`

@@ -1430,7 +1430,9 @@ class UpdateEnvironmentRequest(_message.Message):
         """Fields of the specification to change, as paths into EnvironmentSpecification; map keys
         are path segments: "services.backend.env.LOG_LEVEL", "services.backend.replicas",
         "labels.team", "parameters", "ttl". A masked path absent from spec is cleared. Empty: spec
-        replaces the whole specification.
+        replaces the whole specification. In JSON (grpcurl), a mask is a comma-separated string
+        of lowerCamelCase paths, which cannot hold map keys with capitals or underscores: mask the
+        map itself ("services.backend.env") and send all of its entries.
         """
 
     def __init__(
