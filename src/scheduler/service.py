@@ -368,8 +368,10 @@ class EnvironmentService:
     async def _resolve(
         self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
     ) -> EnvironmentSpec:
-        """Bound, resolve, default and validate a request, and hold it to the environment quotas,
-        off the event loop (it is CPU work)."""
+        """Bound, resolve, default and validate a request, and hold it to the environment quotas.
+
+        Off the event loop: it is CPU work.
+        """
         bounds.check_request(request)
 
         def work() -> EnvironmentSpec:
