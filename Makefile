@@ -7,7 +7,7 @@ CONFIG ?= config.example.yaml
 BUF_DIR := tools/buf
 BUF := $(BUF_DIR)/node_modules/.bin/buf
 
-.PHONY: install system proto check-proto docs fmt lint proto-lint buf go-example test unit integration run images bench clean
+.PHONY: install system proto check-proto docs fmt lint proto-lint buf go-example test unit integration run images bench fuzz clean
 
 install: system $(STAMP)
 
@@ -76,6 +76,10 @@ images: install
 
 run: install images
 	$(VENV)/bin/scheduler run --config $(CONFIG)
+
+# The API fuzz suite at length (CI runs it with 200 examples per RPC).
+fuzz: install images
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/integration/security/test_fuzz.py -q -p no:cacheprovider -s
 
 bench: install images
 	$(PY) -m bench

@@ -103,6 +103,34 @@ RPCS: dict[str, Rpc] = {
             ("INVALID_ARGUMENT", "a page_token issued for another environment or not at all"),
         ),
     ),
+    "BackupEnvironment": Rpc(
+        {"name": "demo"},
+        (
+            ("NOT_FOUND", "no environment of that name"),
+            ("FAILED_PRECONDITION", "a PostgreSQL service has no running container to dump from, or pg_dump failed"),
+            ("PERMISSION_DENIED", "the caller is not an admin"),
+        ),
+    ),
+    "ListBackups": Rpc(
+        {"name": "demo"},
+        (("PERMISSION_DENIED", "the caller is not an admin"),),
+    ),
+    "RestoreEnvironment": Rpc(
+        {"backup": "demo/demo-20260101T120000Z.tar", "name": "demo-copy"},
+        (
+            ("INVALID_ARGUMENT", "a malformed backup id or name, or an archive whose checksums do not match"),
+            ("NOT_FOUND", "no such archive"),
+            ("ALREADY_EXISTS", "an environment of that name exists"),
+            ("FAILED_PRECONDITION", "the restored environment did not come up, or a database dump did not load"),
+        ),
+    ),
+    "ReloadConfiguration": Rpc(
+        {},
+        (
+            ("FAILED_PRECONDITION", "the configuration file does not validate; nothing changed"),
+            ("PERMISSION_DENIED", "the caller is not an admin"),
+        ),
+    ),
 }
 
 

@@ -535,7 +535,7 @@ def _settings_from_file(path: Path) -> type[Settings]:
     return FileSettings
 
 
-LIVE_SETTINGS = ("log", "limits", "metrics", "images.registries", "images.allowed_registries")
+LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "images.registries", "images.allowed_registries")
 """Settings a reload applies at once; a change to any other needs a restart of the daemon."""
 
 

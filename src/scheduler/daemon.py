@@ -26,6 +26,7 @@ from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
+from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
@@ -99,11 +100,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
         stack.callback(events.close)
+        volumes = VolumeStore(data_dir / "volumes")
         orchestrator = Orchestrator(
             store,
             runtime,
             network,
-            VolumeStore(data_dir / "volumes"),
+            volumes,
             events,
             OrchestratorSettings(
                 logs_dir=data_dir / "logs",
@@ -122,7 +124,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits)
+        backups = Backups(store, runtime, volumes, data_dir / "backups")
+        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups)
         collector = StateCollector(store, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)
@@ -133,7 +136,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        reloader = Reloader(settings, load or (lambda: settings), LiveTargets(service, runtime, metrics, collector))
+        reloader = Reloader(
+            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+        )
+        server.set_reload(reloader.reload)
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 

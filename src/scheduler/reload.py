@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler import errors, log
+from scheduler.api.server import ApiServer
 from scheduler.config import Settings, changed_settings, is_live
+from scheduler.domain import ReloadReport
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
@@ -23,19 +25,11 @@ _log = log.get("reload")
 
 
 @dataclass(frozen=True)
-class ReloadReport:
-    """What a reload did: options applied, options that need a restart, or why it was refused."""
-
-    applied: tuple[str, ...] = ()
-    needs_restart: tuple[str, ...] = ()
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class LiveTargets:
     """The components whose settings a reload changes in place."""
 
     service: EnvironmentService
+    server: ApiServer
     runtime: ContainerdRuntime
     metrics: MetricsServer
     collector: StateCollector
@@ -67,6 +61,7 @@ class Reloader:
                     "log": new.log,
                     "limits": new.limits,
                     "metrics": new.metrics,
+                    "auth": new.auth,
                     "images": old.images.model_copy(
                         update={
                             "registries": new.images.registries,
@@ -95,4 +90,5 @@ class Reloader:
         if new.log != old.log:
             log.configure(new.log.format, new.log.level)
         targets.service.set_limits(new.limits)
+        targets.server.set_auth(new.auth)
         targets.runtime.image_service().settings = new.images

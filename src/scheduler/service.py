@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from scheduler import bounds, errors, log, quotas
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    BackupInfo,
     ChangeAction,
     ContainerSample,
     Environment,
@@ -34,6 +35,7 @@ from scheduler.domain import (
     ServiceSpec,
 )
 from scheduler.domain import etag as domain_etag
+from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
@@ -43,7 +45,7 @@ from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
 from scheduler.storage.base import PageKey, StateStore, decode_page_token, effective_page_size, encode_page_token
-from scheduler.validation import validate
+from scheduler.validation import env_name_problem, validate
 
 _log = log.get("service")
 
@@ -70,7 +72,9 @@ class EnvironmentService:
         events: EventBus,
         catalog: Catalog,
         limits: LimitSettings,
+        backups: Backups | None = None,
     ) -> None:
+        self._backups = backups
         self._store = store
         self._orchestrator = orchestrator
         self._events = events
@@ -275,6 +279,58 @@ class EnvironmentService:
         end = start + size
         token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
         return entries[start:end], token
+
+    # --- backup and restore -------------------------------------------------------------------
+
+    def _archives(self) -> Backups:
+        if self._backups is None:
+            raise errors.Unimplemented("backups are not configured on this daemon")
+        return self._backups
+
+    async def backup(self, name: str) -> BackupInfo:
+        """Archive an environment: spec, history, volumes, database dumps."""
+        _check_name(name)
+        return await self._archives().backup(name)
+
+    async def backups(self, name: str) -> builtins.list[BackupInfo]:
+        """Archives of an environment (which may have been deleted since), newest first."""
+        _check_name(name)
+        return await asyncio.to_thread(self._archives().list, name)
+
+    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
+        """Create an environment from an archive, deploy it and load its databases; return it running.
+
+        Raises:
+            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
+            NotFound: no such archive.
+            AlreadyExists: an environment of that name exists.
+            FailedPrecondition: the restored environment did not come up, or a dump did not load.
+        """
+        archives = self._archives()
+        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
+        target = name or archived.name
+        problem = env_name_problem(target)
+        if problem:
+            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
+        fresh, entries = archives.renamed(archived, target, history)
+        async with self._create_lock:
+            await self._store.create(fresh)
+        for entry in entries:
+            await self._store.append_history(entry)
+        await self._store.append_history(
+            HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
+        )
+        await archives.stage(path, manifest, target)
+        self._orchestrator.submit_deploy(target)
+        await self._orchestrator.wait_idle(target)
+        env = await self._store.get(target)
+        if env.status is not EnvironmentStatus.RUNNING:
+            raise errors.FailedPrecondition(
+                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
+                env=target,
+            )
+        await archives.load_databases(path, manifest, target)
+        return self._redact(await self._store.get(target))
 
     # --- observation ---------------------------------------------------------------------------------
 

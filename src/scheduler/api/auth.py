@@ -49,6 +49,11 @@ PERMISSIONS = {
     "GetEnvironmentHistory": "environments.history",
     "WatchEvents": "events.watch",
     "ListStacks": "stacks.list",
+    # Admin only (no role but admin covers them): archives hold every secret of an environment.
+    "BackupEnvironment": "environments.backup",
+    "ListBackups": "environments.backups",
+    "RestoreEnvironment": "environments.restore",
+    "ReloadConfiguration": "config.reload",
 }
 
 

@@ -455,6 +455,19 @@ def history_to_proto(entries: Iterable[domain.HistoryEntry], next_page_token: st
     return out
 
 
+def backup_to_proto(info: domain.BackupInfo) -> pb.Backup:
+    """Convert a description of one archive."""
+    out = pb.Backup(
+        id=info.id,
+        environment=info.environment,
+        size_bytes=info.size_bytes,
+        volumes=info.volumes,
+        databases=info.databases,
+    )
+    _set_time(out.create_time, info.created_at)
+    return out
+
+
 def stack_to_proto(stack: Stack) -> pb.Stack:
     """Convert a catalogue entry: its service templates and its parameters."""
     return pb.Stack(

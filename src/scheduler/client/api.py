@@ -196,6 +196,26 @@ class SchedulerClient:
                 return entries
             token = page.next_page_token
 
+    async def backup(self, name: str) -> pb.Backup:
+        """Archive environment ``name`` on the daemon's host; database dumps can take minutes."""
+        return await self._unary(
+            self._stub.BackupEnvironment, pb.BackupEnvironmentRequest(name=name), max(self.config.timeout, 600)
+        )
+
+    async def backups(self, name: str) -> builtins.list[pb.Backup]:
+        """Archives of environment ``name``, newest first."""
+        reply = await self._unary(self._stub.ListBackups, pb.ListBackupsRequest(name=name))
+        return list(reply.backups)
+
+    async def restore(self, backup: str, name: str = "") -> pb.Environment:
+        """Create environment ``name`` (default: the archived one) from ``backup``; returns it running."""
+        request = pb.RestoreEnvironmentRequest(backup=backup, name=name)
+        return await self._unary(self._stub.RestoreEnvironment, request, max(self.config.timeout, 900))
+
+    async def reload_configuration(self) -> pb.ReloadConfigurationResponse:
+        """Make the daemon re-read its configuration file (admin only)."""
+        return await self._unary(self._stub.ReloadConfiguration, pb.ReloadConfigurationRequest())
+
     async def stacks(self) -> builtins.list[pb.Stack]:
         """The whole catalogue of stacks, by name."""
         found: builtins.list[pb.Stack] = []

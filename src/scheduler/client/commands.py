@@ -375,6 +375,50 @@ def env_history(client: Client, name: str, output: str) -> None:
     click.echo(render.to_json(reply) if output == "json" else render.history(reply))
 
 
+@env.command("backup")
+@click.argument("name")
+@output_option
+@connection_options
+def env_backup(client: Client, name: str, output: str) -> None:
+    """Archive environment NAME (spec, history, volumes, database dumps) on the daemon's host."""
+    reply = client.run(lambda api: api.backup(name))
+    click.echo(render.to_json(reply) if output == "json" else render.backup(reply))
+
+
+@env.command("backups")
+@click.argument("name")
+@output_option
+@connection_options
+def env_backups(client: Client, name: str, output: str) -> None:
+    """List the archives of environment NAME, newest first."""
+    reply = pb.ListBackupsResponse(backups=client.run(lambda api: api.backups(name)))
+    click.echo(render.to_json(reply) if output == "json" else "\n".join(render.backup(b) for b in reply.backups))
+
+
+@env.command("restore")
+@click.argument("backup")
+@click.option("--name", default="", help="Create the environment under this name (default: the archived one).")
+@output_option
+@connection_options
+def env_restore(client: Client, backup: str, name: str, output: str) -> None:
+    """Create an environment from archive BACKUP (an id from `env backups`); waits until it runs."""
+    _print_env(client.run(lambda api: api.restore(backup, name)), output)
+
+
+@click.command("reload")
+@output_option
+@connection_options
+def config_reload(client: Client, output: str) -> None:
+    """Make the daemon re-read its configuration file, as SIGHUP does (admin only)."""
+    reply = client.run(lambda api: api.reload_configuration())
+    if output == "json":
+        click.echo(render.to_json(reply))
+        return
+    click.echo("applied: " + (", ".join(reply.applied) or "nothing changed"))
+    if reply.needs_restart:
+        click.echo("needs a restart: " + ", ".join(reply.needs_restart))
+
+
 # ------------------------------------------------------------------------------------------------
 # scheduler events
 # ------------------------------------------------------------------------------------------------
