@@ -384,6 +384,26 @@ class MetricsSettings(_Section):
         return _check_host_port(value) if value else value
 
 
+class BackupPolicy(_Section):
+    """How often an environment is archived, and how many archives are kept."""
+
+    every: float = Field(default=0, ge=0)
+    """Seconds between scheduled backups; 0 takes none."""
+    keep: int = Field(default=7, ge=1, le=10000)
+    """Archives kept per environment (scheduled or not); older ones are deleted after each backup."""
+
+
+class BackupSettings(BackupPolicy):
+    """Scheduled backups of running environments (BackupEnvironment's archives, on a timer)."""
+
+    environments: dict[str, BackupPolicy] = {}
+    """Per environment name, a policy replacing the default one above."""
+
+    def policy(self, name: str) -> BackupPolicy:
+        """The policy that applies to environment ``name``."""
+        return self.environments.get(name) or BackupPolicy(every=self.every, keep=self.keep)
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told; defaults work out of the box."""
 
@@ -407,6 +427,7 @@ class Settings(BaseSettings):
     network: NetworkSettings = NetworkSettings()
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
+    backups: BackupSettings = BackupSettings()
 
     @model_validator(mode="after")
     def _network_listener_is_protected(self) -> Settings:
@@ -535,7 +556,7 @@ def _settings_from_file(path: Path) -> type[Settings]:
     return FileSettings
 
 
-LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "images.registries", "images.allowed_registries")
+LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "backups", "images.registries", "images.allowed_registries")
 """Settings a reload applies at once; a change to any other needs a restart of the daemon."""
 
 
