@@ -124,3 +124,57 @@ def test_redacted_hides_secrets_and_only_secrets(tmp_path: Path) -> None:
     assert host == {"mirrors": [], "insecure": False, "username": "deploy", "password": REDACTED}
     assert "hunter2" not in repr(dumped)
     assert dumped["data_dir"] == "/var/lib/scheduler"
+
+
+def _model_options(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted names of every option of ``model``; options of keyed sections as ``section.*.name``."""
+    found: set[str] = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        args = getattr(annotation, "__args__", ())
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= _model_options(annotation, f"{prefix}{name}.")
+        elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+            found.add(f"{prefix}{name}")
+            found |= _model_options(args[-1], f"{prefix}{name}.*.")
+        else:
+            found.add(f"{prefix}{name}")
+    return found
+
+
+def _documented_options(text: str) -> set[str]:
+    """Dotted names of the example's options, and of the commented-out examples of keyed sections."""
+
+    def walk(data: dict[str, Any], prefix: str) -> set[str]:
+        found: set[str] = set()
+        for key, value in data.items():
+            if isinstance(value, dict) and value:
+                found |= walk(value, f"{prefix}{key}.")
+            else:
+                found.add(f"{prefix}{key}")
+        return found
+
+    found = walk(yaml.safe_load(text), "")
+    # A keyed section (``registries: {}``) shows its entries as a commented-out example right below it.
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        key = line.strip().removesuffix(" {}").removesuffix(":")
+        if not line.rstrip().endswith("{}"):
+            continue
+        section = next(name for name in found if name.rsplit(".", 1)[-1] == key)
+        sample = []
+        for follower in lines[index + 1 :]:
+            if not follower.lstrip().startswith("#   "):
+                break
+            sample.append(follower.lstrip()[1:])
+        entries = yaml.safe_load("\n".join(sample)) or {}
+        for entry in entries.values():
+            found |= {f"{section}.*.{option}" for option in entry}
+    return found
+
+
+def test_every_option_of_the_example_config_exists_and_every_option_is_documented() -> None:
+    example = (Path(__file__).resolve().parents[2] / "config.example.yaml").read_text()
+    documented, model = _documented_options(example), _model_options(Settings)
+    assert documented - model == set(), "documented in config.example.yaml but not an option"
+    assert model - documented == set(), "options missing from config.example.yaml"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import click
 
 from scheduler.client.commands import env, events, stacks
+from scheduler.client.connection import global_connection_options
 
-__all__ = ["register"]
+__all__ = ["global_connection_options", "register"]
 
 
 def register(group: click.Group) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -14,7 +15,8 @@ from google.protobuf.duration_pb2 import Duration
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
-from scheduler.client.connection import Client, CommandFailed, connection_options, output_option
+from scheduler.client.connection import Client, CommandFailed, connection_options, output_option, until_interrupted
+from scheduler.client.progress import Progress
 from scheduler.client.spec import SpecError, apply_flags, load_file, parse_pairs, status_value
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,12 +106,28 @@ def _failure(env: pb.Environment) -> str:
     return "no condition reported"
 
 
-def wait_settled(client: Client, name: str, generation: int, timeout: float) -> pb.Environment:
-    """Poll until ``generation`` is rolled out and the status settled; the environment then."""
+def wait_settled(
+    client: Client,
+    name: str,
+    generation: int,
+    timeout: float,
+    since: pb.Environment | None = None,
+    progress: Progress | None = None,
+) -> pb.Environment:
+    """Poll until ``generation`` is rolled out and the status settled; the environment then.
+
+    A FAILED status set after ``since`` (the environment as the request left it) ends the wait at
+    once: the rollout failed, waiting longer cannot help. ``progress`` lines go to stderr.
+    """
     deadline = time.monotonic() + timeout
     while True:
         env = _get(client, name)
+        if progress is not None:
+            for line in progress.lines(env):
+                click.echo(line, err=True)
         if env.observed_generation >= generation and env.status in SETTLED:
+            return env
+        if env.status == pb.ENVIRONMENT_STATUS_FAILED and since is not None and _later(env, since):
             return env
         if time.monotonic() >= deadline:
             raise CommandFailed(
@@ -118,6 +136,20 @@ def wait_settled(client: Client, name: str, generation: int, timeout: float) -> 
                 f"of {generation} after {timeout:g}s",
             )
         time.sleep(POLL_INTERVAL)
+
+
+def _later(env: pb.Environment, since: pb.Environment) -> bool:
+    now, then = env.update_time, since.update_time
+    return (now.seconds, now.nanos) > (then.seconds, then.nanos)
+
+
+def _progress(client: Client, stack: str) -> Progress | None:
+    """Progress lines for ``stack``'s services when stderr is a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    reply = client.stub.ListStacks(pb.ListStacksRequest(), timeout=client.timeout)
+    services = next(([s.name for s in st.services] for st in reply.stacks if st.name == stack), [])
+    return Progress(services)
 
 
 def wait_gone(client: Client, name: str, timeout: float) -> None:
@@ -196,7 +228,8 @@ def env_create(
     if not wait:
         _print_env(created, output)
         return
-    settled = wait_settled(client, name, created.generation, wait_timeout)
+    progress = _progress(client, spec.stack)
+    settled = wait_settled(client, name, created.generation, wait_timeout, since=created, progress=progress)
     _print_env(settled, output)
     if settled.status != pb.ENVIRONMENT_STATUS_RUNNING:
         raise CommandFailed(
@@ -277,7 +310,8 @@ def env_update(
                 click.echo(f"\n{name}: generation {reply.environment.generation} accepted")
         return
     target = reply.environment.generation
-    settled = wait_settled(client, name, target, wait_timeout)
+    progress = _progress(client, spec.stack)
+    settled = wait_settled(client, name, target, wait_timeout, since=reply.environment, progress=progress)
     if output == "json":
         reply.environment.CopyFrom(settled)
         click.echo(render.to_json(reply))
@@ -328,11 +362,8 @@ def env_logs(
         name=name, services=services, tail=tail, follow=follow, stream=streams[stream]
     )
     call = client.stub.GetEnvironmentLogs(request, timeout=None if follow else client.timeout)
-    try:
-        for line in call:
-            click.echo(render.to_json_line(line) if output == "json" else render.log_line(line))
-    except KeyboardInterrupt:
-        call.cancel()
+    for line in until_interrupted(call):
+        click.echo(render.to_json_line(line) if output == "json" else render.log_line(line))
 
 
 @env.command("metrics")
@@ -372,14 +403,7 @@ def env_history(client: Client, name: str, output: str) -> None:
 def events(client: Client, name: str, count: int | None, output: str) -> None:
     """Stream environment and container events as they happen, until interrupted."""
     call = client.stub.WatchEvents(pb.WatchEventsRequest(name=name))
-    seen = 0
-    try:
-        for event in call:
-            click.echo(render.to_json_line(event) if output == "json" else render.event(event))
-            seen += 1
-            if count is not None and seen >= count:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        call.cancel()
+    for seen, event in enumerate(until_interrupted(call), start=1):
+        click.echo(render.to_json_line(event) if output == "json" else render.event(event))
+        if count is not None and seen >= count:
+            break

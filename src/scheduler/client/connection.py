@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,26 +84,81 @@ def reported(address: str) -> Iterator[None]:
         sys.exit(INTERRUPTED_EXIT)
 
 
-def connection_options(command: F) -> F:
-    """Add ``--address`` and ``--timeout``; the command receives a ready ``client`` argument instead."""
+def until_interrupted(call: Any) -> Iterator[Any]:
+    """The messages of a streaming ``call`` until it ends or Ctrl-C cancels it (then it ends quietly).
 
-    @click.option(
-        "--address",
-        envvar=ADDRESS_ENV,
-        default=DEFAULT_ADDRESS,
-        show_default=True,
-        help=f"Daemon address HOST:PORT or unix:PATH (env {ADDRESS_ENV}).",
-    )
-    @click.option(
+    A blocked stream read does not return to Python until the next message, so a Ctrl-C would
+    wait for one; SIGINT cancels the call instead, which ends the read at once.
+    """
+    interrupted = False
+
+    def cancel(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        call.cancel()
+
+    previous = signal.signal(signal.SIGINT, cancel)
+    try:
+        yield from call
+    except grpc.RpcError:
+        if not interrupted:
+            raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        call.cancel()
+
+
+_ADDRESS_KEY = "scheduler.address"
+_TIMEOUT_KEY = "scheduler.timeout"
+
+
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        ctx.meta[key] = value
+
+    return store
+
+
+def global_connection_options(group: F) -> F:
+    """``--address`` and ``--timeout`` before the subcommand (``scheduler --address unix:/p env list``)."""
+    group = click.option(
         "--timeout",
         type=click.FloatRange(min=0.1),
         default=30.0,
         show_default=True,
-        help="Seconds each call may take.",
+        expose_value=False,
+        callback=_remember(_TIMEOUT_KEY),
+        help="Seconds each call of a client command may take.",
+    )(group)
+    return click.option(
+        "--address",
+        envvar=ADDRESS_ENV,
+        default=DEFAULT_ADDRESS,
+        show_default=True,
+        expose_value=False,
+        callback=_remember(_ADDRESS_KEY),
+        help=f"Daemon address HOST:PORT or unix:PATH for client commands (env {ADDRESS_ENV}).",
+    )(group)
+
+
+def connection_options(command: F) -> F:
+    """Add ``--address`` and ``--timeout``; the command receives a ready ``client`` argument instead.
+
+    Given after the subcommand they win over the same options given before it (see
+    :func:`global_connection_options`), which win over ``SCHEDULER_ADDRESS`` and the defaults.
+    """
+
+    @click.option(
+        "--address",
+        default=None,
+        help=f"Daemon address HOST:PORT or unix:PATH (env {ADDRESS_ENV}; default {DEFAULT_ADDRESS}).",
     )
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=None, help="Seconds each call may take (30).")
     @functools.wraps(command)
-    def wrapper(*args: Any, address: str, timeout: float, **kwargs: Any) -> Any:
-        client = Client(address, timeout)
+    def wrapper(*args: Any, address: str | None, timeout: float | None, **kwargs: Any) -> Any:
+        meta = click.get_current_context().meta
+        address = address or meta.get(_ADDRESS_KEY) or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+        client = Client(address, timeout or meta.get(_TIMEOUT_KEY) or 30.0)
         try:
             with reported(address):
                 return command(*args, client=client, **kwargs)
