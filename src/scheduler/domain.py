@@ -7,6 +7,7 @@ Two edges convert to and from these: ``api/convert.py`` (our proto) and
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -175,6 +176,17 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True)
+class RestartOverride:
+    """A user's changes to a stack's restart policy; ``None`` keeps the stack's value."""
+
+    mode: RestartMode | None = None
+    max_retries: int | None = None
+    initial_backoff: timedelta | None = None
+    max_backoff: timedelta | None = None
+    reset_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
 class ServiceOverride:
     """A user's changes to one service of a stack; ``None`` keeps the stack's default."""
 
@@ -187,7 +199,7 @@ class ServiceOverride:
     volumes: tuple[VolumeMount, ...] | None = None
     resources: Resources | None = None
     health: HealthCheck | None = None
-    restart: RestartPolicy | None = None
+    restart: RestartOverride | None = None
     depends_on: tuple[Dependency, ...] | None = None
     replicas: int | None = None
     user: str | None = None
@@ -309,6 +321,44 @@ class Environment:
     """The request id that created it, for idempotent retries of CreateEnvironment."""
     request: EnvironmentRequest | None = None
     """The specification as the client sent it (stack, overrides, parameters), for Get and updates."""
+
+
+def etag(env: Environment) -> str:
+    """The opaque version tag of a stored environment, which clients send back as a precondition.
+
+    It changes with every stored change (status included) and differs between two environments
+    of the same name created one after the other.
+    """
+    version = f"{env.uid}/{env.generation}/{env.observed_generation}/{env.status.value}/{env.updated_at}"
+    return hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+def expire_time(env: Environment) -> datetime | None:
+    """When the environment's time to live runs out, if it has one."""
+    ttl = env.request.ttl if env.request is not None else env.spec.ttl
+    if ttl is None or env.created_at is None:
+        return None
+    return env.created_at + ttl
+
+
+@dataclass(frozen=True)
+class FilterTerm:
+    """One term of a list filter: ``field`` equals (or, negated, differs from) one of ``values``."""
+
+    field: str
+    """``status``, ``stack``, ``name`` or ``labels.<key>``."""
+    values: tuple[str, ...]
+    """Accepted values; for ``status`` the EnvironmentStatus values."""
+    negate: bool = False
+    prefix: bool = False
+    """For ``name``: the values are prefixes."""
+
+
+@dataclass(frozen=True)
+class EnvironmentFilter:
+    """Terms that must all hold for an environment to be listed."""
+
+    terms: tuple[FilterTerm, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,6 +594,29 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class BackupInfo:
+    """One archive of an environment, as BackupEnvironment and ListBackups report it."""
+
+    id: str
+    """``<environment>/<file>``: what RestoreEnvironment takes."""
+    environment: str
+    created_at: datetime
+    size_bytes: int
+    volumes: tuple[str, ...] = ()
+    databases: tuple[str, ...] = ()
+    """Services whose database the archive holds as a dump."""
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What a configuration reload did: options applied, options that need a restart, or why it was refused."""
+
+    applied: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ContainerSample:
     """Resource usage of one replica, with CPU as a rate over a window."""
 
@@ -572,6 +645,8 @@ class EventType(enum.Enum):
     CONTAINER_RESTARTED = "CONTAINER_RESTARTED"
     CONTAINER_REMOVED = "CONTAINER_REMOVED"
     EVENTS_LOST = "EVENTS_LOST"
+    HEARTBEAT = "HEARTBEAT"
+    """Sent to a watcher when nothing happened for a while; carries the latest sequence."""
 
 
 @dataclass(frozen=True)

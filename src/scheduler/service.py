@@ -10,17 +10,20 @@ import asyncio
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import errors, log
+from scheduler import bounds, errors, log
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    BackupInfo,
     ChangeAction,
     ContainerSample,
     Environment,
+    EnvironmentFilter,
     EnvironmentRequest,
+    EnvironmentSpec,
     EnvironmentStatus,
     Event,
     EventType,
@@ -28,23 +31,31 @@ from scheduler.domain import (
     LogLine,
     LogQuery,
     ServiceChange,
+    ServiceOverride,
     ServiceSpec,
 )
+from scheduler.domain import etag as domain_etag
+from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
+from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
-from scheduler.storage.base import StateStore
-from scheduler.validation import validate
+from scheduler.storage.base import PageKey, StateStore, decode_page_token, effective_page_size, encode_page_token
+from scheduler.validation import env_name_problem, validate
 
 _log = log.get("service")
 
-REDACTED = "<redacted>"
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
+DEFAULT_HEARTBEAT = timedelta(seconds=15)
+MIN_HEARTBEAT = timedelta(seconds=1)
+
+RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
+"""Turns the stored request into the updated one (a field mask applied, or a replacement)."""
 
 
 def _now() -> datetime:
@@ -61,7 +72,9 @@ class EnvironmentService:
         events: EventBus,
         catalog: Catalog,
         limits: LimitSettings,
+        backups: Backups | None = None,
     ) -> None:
+        self._backups = backups
         self._store = store
         self._orchestrator = orchestrator
         self._events = events
@@ -74,12 +87,29 @@ class EnvironmentService:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
         self._closing.set()
 
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Apply new bounds (a configuration reload) to every request from now on."""
+        self._limits = limits
+
     # --- environments ------------------------------------------------------------------------------
 
     async def create(
-        self, name: str, request: EnvironmentRequest, *, request_id: str = "", actor: str = ""
+        self,
+        name: str,
+        request: EnvironmentRequest,
+        *,
+        request_id: str = "",
+        actor: str = "",
+        validate_only: bool = False,
     ) -> Environment:
-        """Validate and store a new environment, then deploy it in the background."""
+        """Validate and store a new environment, then deploy it in the background.
+
+        With ``validate_only``, return the environment that would be created and store nothing.
+        """
+        if len(request_id) > bounds.MAX_REQUEST_ID:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
+            )
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             if request_id:
@@ -91,8 +121,7 @@ class EnvironmentService:
                             field="request_id",
                         )
                     return self._redact(earlier)
-            spec = resolve(request, name, self._catalog)
-            validate(name, spec, self._limits)
+            spec = await self._resolve(name, request)
             created = _now()
             env = Environment(
                 name=name,
@@ -105,6 +134,11 @@ class EnvironmentService:
                 updated_at=created,
                 request_id=request_id,
             )
+            if validate_only:
+                with contextlib.suppress(errors.NotFound):
+                    await self._store.get(name)
+                    raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
+                return self._redact(env)
             await self._store.create(env)
         await self._store.append_history(
             HistoryEntry(env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}")
@@ -120,24 +154,40 @@ class EnvironmentService:
         return self._redact(await self._store.get(name))
 
     async def list(
-        self,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        statuses: Collection[EnvironmentStatus] = (),
-        labels: Mapping[str, str] | None = None,
+        self, *, page_size: int = 0, page_token: str = "", where: EnvironmentFilter | None = None
     ) -> tuple[builtins.list[Environment], str]:
-        """Return a page of environments, secrets redacted."""
-        envs, token = await self._store.list(page_size, page_token, statuses, labels or {})
-        return [self._redact(e) for e in envs], token
+        """Return a page of environments matching ``where``, secrets redacted.
 
-    async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "") -> Environment:
-        """Mark an environment DELETING and remove it in the background."""
+        The store filters by status and label; the other terms are checked here, page by page
+        of the store, so a page may hold fewer than ``page_size`` environments before the last.
+        """
+        bounds.check_page_token(page_token)
+        where = where or EnvironmentFilter()
+        statuses, labels = _pushdown(where)
+        wanted = effective_page_size(page_size)
+        if statuses is not None and not statuses:
+            return [], ""
+        found: builtins.list[Environment] = []
+        token = page_token
+        while len(found) < wanted:
+            envs, token = await self._store.list(wanted - len(found), token, statuses or (), labels)
+            found += [e for e in envs if _matches(e, where)]
+            if not token:
+                break
+        return [self._redact(e) for e in found], token
+
+    async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "", etag: str = "") -> Environment:
+        """Mark an environment DELETING and remove it in the background (if ``etag`` still matches)."""
         _check_name(name)
-        env = await self._store.get(name)
-        if env.status is not EnvironmentStatus.DELETING:
-            env = replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
-            await self._store.put(env)
+        # The etag check and the write are one step: no other change may land between them.
+        async with self._orchestrator.status_lock(name):
+            env = await self._store.get(name)
+            _check_etag(env, etag)
+            marked = env.status is not EnvironmentStatus.DELETING
+            if marked:
+                env = replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
+                await self._store.put(env)
+        if marked:
             await self._store.append_history(
                 HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
             )
@@ -147,15 +197,22 @@ class EnvironmentService:
     async def update(
         self,
         name: str,
-        request: EnvironmentRequest,
+        edit: RequestEdit,
         *,
-        dry_run: bool = False,
+        validate_only: bool = False,
         drain: timedelta | None = None,
         actor: str = "",
+        etag: str = "",
     ) -> tuple[Environment, builtins.list[ServiceChange]]:
-        """Resolve a new spec and roll it out in the background (or, with ``dry_run``, only plan it)."""
+        """Resolve a new spec and roll it out in the background (or, with ``validate_only``, only plan it).
+
+        ``edit`` receives the stored request (secrets included) and returns the new one; ``etag``,
+        when given, must be the environment's current one.
+        """
         _check_name(name)
         env = await self._store.get(name)
+        _check_etag(env, etag)
+        request = edit(env.request or EnvironmentRequest(stack=env.spec.stack))
         if request.stack != env.spec.stack:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("spec.stack", f"cannot change from {env.spec.stack!r} to {request.stack!r}")]
@@ -166,15 +223,24 @@ class EnvironmentService:
             )
         if drain is not None and drain < timedelta(0):
             raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])
-        spec = resolve(request, name, self._catalog, previous=env.spec)
-        validate(name, spec, self._limits)
+        if drain is not None:
+            bounds.check_duration(drain, "drain", bounds.MAX_DRAIN)
+        spec = await self._resolve(name, request, previous=env.spec)
         changes = plan(env.spec, spec)
-        if dry_run:
+        if validate_only:
             return self._redact(env), changes
         if all(change.action is ChangeAction.KEEP for change in changes) and spec == env.spec:
             return self._redact(env), changes
-        updated = replace(env, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
-        await self._store.put(updated)
+        async with self._orchestrator.status_lock(name):
+            latest = await self._store.get(name)
+            # Planning awaited: a concurrent update may have landed meanwhile.
+            _check_etag(latest, etag)
+            if latest.generation != env.generation:
+                raise errors.Conflict(
+                    f"environment {name!r} was updated while this update was planned; retry", env=name
+                )
+            updated = replace(latest, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
+            await self._store.put(updated)
         summary = "; ".join(
             f"{c.service}: {c.action.value.lower()}" for c in changes if c.action is not ChangeAction.KEEP
         )
@@ -194,19 +260,83 @@ class EnvironmentService:
         self._orchestrator.submit_update(name, env, changes, drain or DEFAULT_DRAIN)
         return self._redact(updated), changes
 
-    async def history(self, name: str) -> builtins.list[HistoryEntry]:
-        """Return the audit trail of an environment (kept after its deletion)."""
+    async def history(
+        self, name: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[HistoryEntry], str]:
+        """Return a page of the audit trail of an environment (kept after its deletion), oldest first."""
         _check_name(name)
+        size = effective_page_size(page_size)
+        key = decode_page_token(page_token)
+        if key is not None and key.name != name:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("page_token", f"was issued for the history of {key.name!r}, not {name!r}")]
+            )
         entries = await self._store.history(name)
         if not entries:
             raise errors.NotFound(f"environment {name!r} has no history", env=name)
-        return entries
+        start = key.seq if key is not None else 0
+        end = start + size
+        token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
+        return entries[start:end], token
+
+    # --- backup and restore -------------------------------------------------------------------
+
+    def _archives(self) -> Backups:
+        if self._backups is None:
+            raise errors.Unimplemented("backups are not configured on this daemon")
+        return self._backups
+
+    async def backup(self, name: str) -> BackupInfo:
+        """Archive an environment: spec, history, volumes, database dumps."""
+        _check_name(name)
+        return await self._archives().backup(name)
+
+    async def backups(self, name: str) -> builtins.list[BackupInfo]:
+        """Archives of an environment (which may have been deleted since), newest first."""
+        _check_name(name)
+        return await asyncio.to_thread(self._archives().list, name)
+
+    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
+        """Create an environment from an archive, deploy it and load its databases; return it running.
+
+        Raises:
+            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
+            NotFound: no such archive.
+            AlreadyExists: an environment of that name exists.
+            FailedPrecondition: the restored environment did not come up, or a dump did not load.
+        """
+        archives = self._archives()
+        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
+        target = name or archived.name
+        problem = env_name_problem(target)
+        if problem:
+            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
+        fresh, entries = archives.renamed(archived, target, history)
+        async with self._create_lock:
+            await self._store.create(fresh)
+        for entry in entries:
+            await self._store.append_history(entry)
+        await self._store.append_history(
+            HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
+        )
+        await archives.stage(path, manifest, target)
+        self._orchestrator.submit_deploy(target)
+        await self._orchestrator.wait_idle(target)
+        env = await self._store.get(target)
+        if env.status is not EnvironmentStatus.RUNNING:
+            raise errors.FailedPrecondition(
+                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
+                env=target,
+            )
+        await archives.load_databases(path, manifest, target)
+        return self._redact(await self._store.get(target))
 
     # --- observation ---------------------------------------------------------------------------------
 
     async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
         """Yield log lines of an environment's containers (and follow them if asked)."""
         _check_name(name)
+        bounds.check_logs(query)
         env = await self._store.get(name)
         unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
         if unknown:
@@ -219,22 +349,43 @@ class EnvironmentService:
     async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
         """Sample every running container twice over ``window`` to get CPU as a rate."""
         _check_name(name)
+        if window is not None:
+            if window <= timedelta(0):
+                raise errors.InvalidArgument.of([errors.FieldViolation("window", "must be positive")])
+            bounds.check_duration(window, "window", bounds.MAX_METRICS_WINDOW)
         env = await self._store.get(name)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
-    async def watch(self, name: str) -> AsyncIterator[Event]:
-        """Yield events (of one environment or all) until shutdown or the client leaves."""
+    async def watch(
+        self, name: str, *, since: int | None = None, heartbeat: timedelta | None = None
+    ) -> AsyncIterator[Event]:
+        """Yield events (of one environment or all) after ``since``, then live ones, until shutdown.
+
+        While nothing happens for ``heartbeat``, a HEARTBEAT event carries the latest sequence.
+        """
         if name:
             _check_name(name)
-        subscription = self._events.subscribe(name)
+        heartbeat = heartbeat or DEFAULT_HEARTBEAT
+        if heartbeat < MIN_HEARTBEAT:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("heartbeat_interval", f"must be at least {MIN_HEARTBEAT.total_seconds():g}s")]
+            )
+        subscription = self._events.subscribe(name, since)
         closing = asyncio.ensure_future(self._closing.wait())
         upcoming: asyncio.Future[Event] | None = None
         try:
             while True:
-                upcoming = asyncio.ensure_future(anext(subscription))
-                done, _ = await asyncio.wait({upcoming, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if upcoming not in done:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(subscription))
+                waiting: set[asyncio.Future[object]] = {upcoming, closing}  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(
+                    waiting, timeout=heartbeat.total_seconds(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if closing in done:
                     return
+                if not done:
+                    yield Event(EventType.HEARTBEAT, name, _now(), sequence=self._events.last_sequence)
+                    continue
                 event = upcoming.result()
                 upcoming = None
                 yield event
@@ -247,11 +398,30 @@ class EnvironmentService:
                         await future
             await subscription.aclose()
 
-    def stacks(self) -> builtins.list[Stack]:
-        """The catalogue of precomposed stacks."""
-        return self._catalog.stacks()
+    def stacks(self, *, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[Stack], str]:
+        """A page of the catalogue of precomposed stacks, by name."""
+        size = effective_page_size(page_size)
+        key = decode_page_token(page_token)
+        ordered = sorted(self._catalog.stacks(), key=lambda stack: stack.name)
+        after = [s for s in ordered if key is None or s.name > key.name]
+        page = after[:size]
+        token = encode_page_token(PageKey(0, page[-1].name)) if len(after) > size else ""
+        return page, token
 
     # --- helpers ---------------------------------------------------------------------------------------
+
+    async def _resolve(
+        self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
+    ) -> EnvironmentSpec:
+        """Bound, resolve and validate a request, off the event loop (it is CPU work)."""
+        bounds.check_request(request)
+
+        def work() -> EnvironmentSpec:
+            spec = resolve(request, name, self._catalog, previous=previous)
+            validate(name, spec, self._limits)
+            return spec
+
+        return await asyncio.to_thread(work)
 
     def _redact(self, env: Environment) -> Environment:
         services = tuple(_redact_service(s) for s in env.spec.services)
@@ -259,8 +429,14 @@ class EnvironmentService:
         if request is not None:
             stack = self._catalog.find(request.stack)
             secret = {p.name for p in stack.parameters if p.secret} if stack else set()
+            secret_env = {s.name: s.secret_env for s in env.spec.services}
             request = replace(
-                request, parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()}
+                request,
+                parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()},
+                services={
+                    name: _redact_override(override, secret_env.get(name, frozenset()))
+                    for name, override in request.services.items()
+                },
             )
         return replace(env, spec=replace(env.spec, services=services), request=request)
 
@@ -271,6 +447,58 @@ def _redact_service(service: ServiceSpec) -> ServiceSpec:
     return replace(service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()})
 
 
+def _redact_override(override: ServiceOverride, secret_env: frozenset[str]) -> ServiceOverride:
+    if not any(k in secret_env or looks_secret(k) for k in override.env):
+        return override
+    env = {k: REDACTED if k in secret_env or looks_secret(k) else v for k, v in override.env.items()}
+    return replace(override, env=env)
+
+
+def _check_etag(env: Environment, etag: str) -> None:
+    current = domain_etag(env)
+    if etag and etag != current:
+        raise errors.Conflict(
+            f"environment {env.name!r} changed since it was read (etag {etag!r}, now {current!r}); "
+            "get it again and retry",
+            reason="ETAG_MISMATCH",
+            env=env.name,
+            etag=current,
+        )
+
+
+def _pushdown(where: EnvironmentFilter) -> tuple[set[EnvironmentStatus] | None, dict[str, str]]:
+    """The part of a filter the store answers: statuses and single-valued label equalities."""
+    statuses: set[EnvironmentStatus] | None = None
+    labels: dict[str, str] = {}
+    for term in where.terms:
+        if term.negate:
+            continue
+        if term.field == "status":
+            allowed = {EnvironmentStatus(v) for v in term.values}
+            statuses = allowed if statuses is None else statuses & allowed
+        elif term.field.startswith("labels.") and len(term.values) == 1:
+            labels[term.field.removeprefix("labels.")] = term.values[0]
+    return statuses, labels
+
+
+def _matches(env: Environment, where: EnvironmentFilter) -> bool:
+    for term in where.terms:
+        if term.field == "status":
+            actual: str | None = env.status.value
+        elif term.field == "stack":
+            actual = env.spec.stack
+        elif term.field == "name":
+            actual = env.name
+        else:
+            actual = env.spec.labels.get(term.field.removeprefix("labels."))
+        if term.prefix:
+            hit = actual is not None and any(actual.startswith(v) for v in term.values)
+        else:
+            hit = actual in term.values
+        if hit == term.negate:
+            return False
+    return True
+
+
 def _check_name(name: str) -> None:
-    if not name:
-        raise errors.InvalidArgument.of([errors.FieldViolation("name", "must not be empty")])
+    bounds.check_name(name)

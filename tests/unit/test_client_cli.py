@@ -16,10 +16,19 @@ import pytest
 from click.testing import CliRunner, Result
 from google.protobuf import json_format
 
+from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.cli import main
 from scheduler.client.spec import SpecError, apply_flags, apply_set, load_file, parse_pairs, parse_size, status_value
+
+
+def _holds(env: pb.Environment, term: Any) -> bool:
+    if term.field == "status":
+        actual = pb.EnvironmentStatus.Name(env.status).removeprefix("ENVIRONMENT_STATUS_")
+    else:
+        actual = env.spec.labels.get(term.field.removeprefix("labels."))
+    return (actual in term.values) != term.negate
 
 
 class FakeScheduler(pb_grpc.SchedulerServiceServicer):
@@ -33,6 +42,7 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
         self.fail_deploys: set[str] = set()
         self.rollback_updates = False
         self.deleting: set[str] = set()
+        self.stale_etags = 0
         self.history: dict[str, list[pb.HistoryEntry]] = {}
         self.lock = threading.Lock()
 
@@ -79,7 +89,7 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             env.status = pb.ENVIRONMENT_STATUS_FAILED
             env.conditions.add(
                 type="Ready",
-                status=False,
+                status=pb.CONDITION_STATUS_FALSE,
                 reason="HealthCheckFailed",
                 service="toolbox",
                 message="health check failed:\nexit code 1",
@@ -98,7 +108,9 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             env.endpoints.add(service="toolbox", host_ip="127.0.0.1", host_port=31000, container_port=80)
         if self.rollback_updates and env.generation > 1:
             env.generation += 1
-            env.conditions.add(type="RolledBack", status=True, service="toolbox", message="health check: HTTP 404")
+            env.conditions.add(
+                type="RolledBack", status=pb.CONDITION_STATUS_TRUE, service="toolbox", message="health check: HTTP 404"
+            )
         env.update_time.GetCurrentTime()
         # As the daemon does: a failed rollout is not an observed generation.
         if env.status != pb.ENVIRONMENT_STATUS_FAILED:
@@ -113,7 +125,12 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             if env is None:
                 return self._missing(context, request.name)
             plan = [pb.ServiceChange(service="toolbox", action=pb.CHANGE_ACTION_REPLACE, reason="env changed")]
-            if request.dry_run:
+            if self.stale_etags:
+                # Someone else changed it between the client's Get and this Update.
+                self.stale_etags -= 1
+                env.etag = f"e{self.stale_etags}"
+                context.abort(grpc.StatusCode.ABORTED, "etag mismatch")
+            if request.validate_only:
                 return pb.UpdateEnvironmentResponse(environment=env, plan=plan)
             env.spec.CopyFrom(request.spec)
             env.generation += 1
@@ -135,12 +152,8 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ListEnvironmentsResponse:
         with self.lock:
             self.requests.append(request)
-            matching = [
-                e
-                for e in self.envs.values()
-                if (not request.statuses or e.status in request.statuses)
-                and all(e.spec.labels.get(k) == v for k, v in request.labels.items())
-            ]
+            terms = list_filter.parse(request.filter).terms
+            matching = [e for e in self.envs.values() if all(_holds(e, t) for t in terms)]
             # Pages of two whatever the client asks, so that paging is exercised.
             start = int(request.page_token or 0)
             page = matching[start : start + 2]
@@ -357,7 +370,8 @@ def test_list_pages_through_everything_and_passes_filters(fake: tuple[FakeSchedu
     )
     assert [e["name"] for e in filtered["environments"]] == ["e1", "e3"]
     request = [r for r in servicer.requests if isinstance(r, pb.ListEnvironmentsRequest)][-1]
-    assert list(request.statuses) == [pb.ENVIRONMENT_STATUS_PENDING] and dict(request.labels) == {"parity": "1"}
+    assert request.filter == 'status=PENDING labels.parity="1"'
+
     none = run(address, "env", "list", "--status", "RUNNING", "-o", "json")
     assert json.loads(none.stdout) == {}
 
@@ -374,8 +388,20 @@ def test_update_applies_flags_on_top_of_the_current_spec(fake: tuple[FakeSchedul
     assert result.exit_code == 0, result.output
     request = [r for r in servicer.requests if isinstance(r, pb.UpdateEnvironmentRequest)][-1]
     assert request.spec.stack == "toolbox" and dict(request.spec.services["toolbox"].env) == {"A": "1", "B": "2"}
-    assert request.drain.seconds == 1 and request.drain.nanos == 500_000_000 and not request.dry_run
+    assert request.drain.seconds == 1 and request.drain.nanos == 500_000_000 and not request.validate_only
     assert "Generation:  2 (observed 2)" in result.stdout
+
+
+def test_update_retries_on_top_of_a_concurrent_change(fake: tuple[FakeScheduler, str]) -> None:
+    servicer, address = fake
+    run(address, "env", "create", "demo", "--stack", "toolbox", "--wait")
+    servicer.stale_etags = 2
+    result = run(address, "env", "update", "demo", "--set", "toolbox.env.B=2")
+    assert result.exit_code == 0, result.output
+    updates = [r for r in servicer.requests if isinstance(r, pb.UpdateEnvironmentRequest)]
+    assert [u.etag for u in updates] == ["", "e1", "e0"]
+    servicer.stale_etags = 9
+    assert_one_line_error(run(address, "env", "update", "demo", "--set", "toolbox.env.B=3"), "ABORTED", "etag")
 
 
 def test_update_that_rolls_back_exits_1(fake: tuple[FakeScheduler, str]) -> None:
@@ -559,7 +585,7 @@ def test_create_wait_fails_fast_on_failed_and_never_waits_out_the_timeout(fake: 
 
 
 def test_connection_options_work_before_the_subcommand(fake: tuple[FakeScheduler, str]) -> None:
-    servicer, address = fake
+    _, address = fake
     run(address, "env", "create", "a", "--stack", "toolbox")
     before = CliRunner().invoke(main, ["--address", address, "--timeout", "5", "env", "list"])
     assert before.exit_code == 0, before.output
@@ -569,7 +595,9 @@ def test_connection_options_work_before_the_subcommand(fake: tuple[FakeScheduler
         main, ["--address", "127.0.0.1:1", "env", "list", "--address", address], env={"SCHEDULER_ADDRESS": "x:1"}
     )
     assert after.exit_code == 0, after.output
-    unreachable = CliRunner().invoke(main, ["--address", "127.0.0.1:1", "env", "list", "--timeout", "1"])
+    variable = CliRunner().invoke(main, ["env", "list"], env={"SCHEDULER_ADDRESS": address})
+    assert variable.exit_code == 0, variable.output
+    unreachable = CliRunner().invoke(main, ["--address", "127.0.0.1:1", "--timeout", "1", "env", "list"])
     assert unreachable.exit_code == 1 and "127.0.0.1:1" in unreachable.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ from scheduler.config import REDACTED, Settings, _PathOption, load_settings, red
 ALL_RELATIVE = {
     "data_dir": "data",
     "state_db": "db/state.db",
-    "server": {"unix_socket": "run/api.sock"},
+    "server": {
+        "unix_socket": "run/api.sock",
+        "tls": {"cert_file": "tls/server.pem", "key_file": "tls/server.key", "client_ca_file": "tls/ca.pem"},
+    },
     "containerd": {"socket": "unix:run/containerd.sock", "binary": "bin/containerd"},
     "images": {"preload": ["images/a.tar", "b.tar"]},
     "network": {"cni_bin_dir": "cni"},
@@ -103,7 +107,8 @@ def test_variables_and_flags_resolve_against_the_working_directory(
 def test_unset_paths_stay_unset_and_bare_commands_stay_on_path(tmp_path: Path) -> None:
     config = _write(tmp_path / "c.yaml", {"data_dir": "/srv/x", "containerd": {"binary": "containerd"}})
     settings = load_settings(config)
-    assert settings.state_db == "" and settings.server.unix_socket == "" and settings.containerd.socket == ""
+    assert settings.state_db == "" and settings.containerd.socket == ""
+    assert settings.server.unix_socket == "/run/scheduler/scheduler.sock"  # absolute by default
     assert settings.containerd.binary == "containerd"
     assert settings.data_dir == Path("/srv/x")
 
@@ -143,32 +148,44 @@ def _model_options(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 
 def _documented_options(text: str) -> set[str]:
-    """Dotted names of the example's options, and of the commented-out examples of keyed sections."""
+    """Dotted names of the example's options, entries of keyed sections and lists as ``section.*.name``.
 
-    def walk(data: dict[str, Any], prefix: str) -> set[str]:
+    A keyed section or list (``registries: {}``, ``tokens: []``) shows its entries as a
+    commented-out sample (``#`` in the section's column, then the YAML) right below it.
+    """
+
+    def walk(data: Any, prefix: str) -> set[str]:
         found: set[str] = set()
         for key, value in data.items():
             if isinstance(value, dict) and value:
                 found |= walk(value, f"{prefix}{key}.")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                found |= {f"{prefix}{key}"} | {f"{prefix}{key}.*.{k}" for v in value for k in v}
             else:
                 found.add(f"{prefix}{key}")
         return found
 
+    def entries(sample: Any) -> list[dict[str, Any]]:
+        items = sample if isinstance(sample, list) else list(sample.values()) if isinstance(sample, dict) else []
+        return [item for item in items if isinstance(item, dict)]
+
     found = walk(yaml.safe_load(text), "")
-    # A keyed section (``registries: {}``) shows its entries as a commented-out example right below it.
-    lines = text.splitlines()
-    for index, line in enumerate(lines):
-        key = line.strip().removesuffix(" {}").removesuffix(":")
-        if not line.rstrip().endswith("{}"):
+    path: list[tuple[int, str]] = []  # (indent, key) of the YAML lines enclosing the current one
+    samples: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        if stripped.startswith("#"):
+            owner = next((i for i, (col, _) in enumerate(path) if col == indent), None)
+            body = stripped[1:]
+            if owner is not None and body.startswith("   "):
+                samples.setdefault(".".join(k for _, k in path[: owner + 1]), []).append(body)
             continue
-        section = next(name for name in found if name.rsplit(".", 1)[-1] == key)
-        sample = []
-        for follower in lines[index + 1 :]:
-            if not follower.lstrip().startswith("#   "):
-                break
-            sample.append(follower.lstrip()[1:])
-        entries = yaml.safe_load("\n".join(sample)) or {}
-        for entry in entries.values():
+        if not stripped or stripped.startswith("- ") or ":" not in stripped:
+            continue
+        path = [(col, key) for col, key in path if col < indent] + [(indent, stripped.split(":", 1)[0])]
+    for section, lines in samples.items():
+        for entry in entries(yaml.safe_load(textwrap.dedent("\n".join(lines)))):
             found |= {f"{section}.*.{option}" for option in entry}
     return found
 
@@ -178,3 +195,24 @@ def test_every_option_of_the_example_config_exists_and_every_option_is_documente
     documented, model = _documented_options(example), _model_options(Settings)
     assert documented - model == set(), "documented in config.example.yaml but not an option"
     assert model - documented == set(), "options missing from config.example.yaml"
+
+
+def test_a_reload_tells_live_options_from_those_needing_a_restart() -> None:
+    from scheduler.config import Settings, changed_settings, is_live
+
+    old = Settings()
+    new = Settings(
+        log={"level": "debug"},
+        data_dir="/elsewhere",
+        network={"pool": "10.99.0.0/16"},
+        images={"registries": {"r.example": {"password": "s3cret"}}},
+    )
+    changed = changed_settings(old, new)
+    assert changed == ["data_dir", "log.level", "images.registries", "network.pool"]
+    assert [c for c in changed if is_live(c)] == ["log.level", "images.registries"]
+    assert changed_settings(new, new) == []
+    rotated = Settings(images={"registries": {"r.example": {"password": "other"}}})
+    assert changed_settings(
+        rotated, new.model_copy(update={"data_dir": old.data_dir, "log": old.log, "network": old.network})
+    ) == ["images.registries"]
+    assert not is_live("images.pull_policy") and not is_live("logx")

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from scheduler import domain
-from scheduler.api import convert
+from scheduler import domain, errors
+from scheduler.api import convert, fieldmask
+from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.api.gate import CALLER
 from scheduler.domain import LogQuery
 from scheduler.service import EnvironmentService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+MAX_REPLY_BYTES = 3 * 1024 * 1024
+"""Largest page of ListEnvironments; clients refuse replies over 4 MB by default."""
+
 
 def _actor(context: Context) -> str:
-    return context.peer() or "unknown"
+    return CALLER.get() or context.peer() or "unknown"
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
@@ -26,6 +31,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     def __init__(self, service: EnvironmentService) -> None:
         self._service = service
+        self.reload: Callable[[], Awaitable[domain.ReloadReport]] | None = None
+        """Re-reads the configuration (set by the daemon once its reloader exists)."""
 
     async def CreateEnvironment(self, request: pb.CreateEnvironmentRequest, context: Context) -> pb.Environment:
         env = await self._service.create(
@@ -33,6 +40,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             convert.request_from_proto(request.spec),
             request_id=request.request_id,
             actor=_actor(context),
+            validate_only=request.validate_only,
         )
         return convert.environment_to_proto(env)
 
@@ -42,13 +50,22 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UpdateEnvironment(
         self, request: pb.UpdateEnvironmentRequest, context: Context
     ) -> pb.UpdateEnvironmentResponse:
-        drain = convert.duration_from_proto(request.drain) if request.HasField("drain") else None
+        drain = convert.duration_from_proto(request.drain, "drain") if request.HasField("drain") else None
+        paths = list(request.update_mask.paths)
+
+        def edit(stored: domain.EnvironmentRequest) -> domain.EnvironmentRequest:
+            if not paths:
+                return convert.request_from_proto(request.spec)
+            merged = fieldmask.apply(convert.request_to_proto(stored), request.spec, paths)
+            return convert.request_from_proto(merged)
+
         env, plan = await self._service.update(
             request.name,
-            convert.request_from_proto(request.spec),
-            dry_run=request.dry_run,
+            edit,
+            validate_only=request.validate_only,
             drain=drain,
             actor=_actor(context),
+            etag=request.etag,
         )
         return pb.UpdateEnvironmentResponse(
             environment=convert.environment_to_proto(env),
@@ -56,21 +73,25 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
 
     async def DeleteEnvironment(self, request: pb.DeleteEnvironmentRequest, context: Context) -> pb.Environment:
-        env = await self._service.delete(request.name, keep_volumes=request.keep_volumes, actor=_actor(context))
+        env = await self._service.delete(
+            request.name, keep_volumes=request.keep_volumes, actor=_actor(context), etag=request.etag
+        )
         return convert.environment_to_proto(env)
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
     ) -> pb.ListEnvironmentsResponse:
-        envs, token = await self._service.list(
-            page_size=request.page_size,
-            page_token=request.page_token,
-            statuses=convert.statuses_from_proto(request.statuses),
-            labels=dict(request.labels),
-        )
-        return pb.ListEnvironmentsResponse(
-            environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
-        )
+        where = list_filter.parse(request.filter)
+        page_size = request.page_size
+        while True:
+            envs, token = await self._service.list(page_size=page_size, page_token=request.page_token, where=where)
+            reply = pb.ListEnvironmentsResponse(
+                environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
+            )
+            # A page must fit the client's default 4 MB limit: ask again for fewer environments.
+            if len(envs) <= 1 or reply.ByteSize() <= MAX_REPLY_BYTES:
+                return reply
+            page_size = len(envs) // 2
 
     async def GetEnvironmentLogs(
         self, request: pb.GetEnvironmentLogsRequest, context: Context
@@ -78,7 +99,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         query = LogQuery(
             services=tuple(request.services),
             tail=request.tail,
-            since=convert.time_from_proto(request.since) if request.HasField("since") else None,
+            since=convert.time_from_proto(request.since_time, "since_time") if request.HasField("since_time") else None,
             follow=request.follow,
             stream=convert.log_stream_from_proto(request.stream),
         )
@@ -88,19 +109,48 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def GetEnvironmentMetrics(
         self, request: pb.GetEnvironmentMetricsRequest, context: Context
     ) -> pb.EnvironmentMetrics:
-        window = convert.duration_from_proto(request.window) if request.HasField("window") else None
+        window = convert.duration_from_proto(request.window, "window") if request.HasField("window") else None
         samples = await self._service.metrics(request.name, window=window)
         return convert.metrics_to_proto(request.name, samples)
 
     async def ListStacks(self, request: pb.ListStacksRequest, context: Context) -> pb.ListStacksResponse:
-        return pb.ListStacksResponse(stacks=[convert.stack_to_proto(s) for s in self._service.stacks()])
+        stacks, token = self._service.stacks(page_size=request.page_size, page_token=request.page_token)
+        return pb.ListStacksResponse(stacks=[convert.stack_to_proto(s) for s in stacks], next_page_token=token)
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> AsyncIterator[pb.Event]:
-        async for event in self._service.watch(request.name):
+        since = request.since if request.HasField("since") else None
+        heartbeat = (
+            convert.duration_from_proto(request.heartbeat_interval) if request.HasField("heartbeat_interval") else None
+        )
+        async for event in self._service.watch(request.name, since=since, heartbeat=heartbeat):
             yield convert.event_to_proto(event)
 
     async def GetEnvironmentHistory(
         self, request: pb.GetEnvironmentHistoryRequest, context: Context
     ) -> pb.GetEnvironmentHistoryResponse:
-        entries: list[domain.HistoryEntry] = await self._service.history(request.name)
-        return convert.history_to_proto(entries)
+        entries, token = await self._service.history(
+            request.name, page_size=request.page_size, page_token=request.page_token
+        )
+        return convert.history_to_proto(entries, token)
+
+    async def BackupEnvironment(self, request: pb.BackupEnvironmentRequest, context: Context) -> pb.Backup:
+        return convert.backup_to_proto(await self._service.backup(request.name))
+
+    async def ListBackups(self, request: pb.ListBackupsRequest, context: Context) -> pb.ListBackupsResponse:
+        return pb.ListBackupsResponse(
+            backups=[convert.backup_to_proto(b) for b in await self._service.backups(request.name)]
+        )
+
+    async def ReloadConfiguration(
+        self, request: pb.ReloadConfigurationRequest, context: Context
+    ) -> pb.ReloadConfigurationResponse:
+        if self.reload is None:
+            raise errors.Unimplemented("this daemon cannot reload its configuration")
+        report = await self.reload()
+        if report.error:
+            raise errors.FailedPrecondition(f"configuration not reloaded, nothing changed: {report.error}")
+        return pb.ReloadConfigurationResponse(applied=report.applied, needs_restart=report.needs_restart)
+
+    async def RestoreEnvironment(self, request: pb.RestoreEnvironmentRequest, context: Context) -> pb.Environment:
+        restored = await self._service.restore(request.backup, request.name, actor=_actor(context))
+        return convert.environment_to_proto(restored)

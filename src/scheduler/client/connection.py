@@ -1,58 +1,58 @@
-"""The channel to a daemon, shared options, and one place that turns RPC failures into exit codes."""
+"""The CLI's link to the client library, shared options, and one place that turns failures into exit codes."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import grpc
 
-from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.client.api import DEFAULT_ADDRESS, ConnectConfig, SchedulerClient
+from scheduler.client.errors import ClientError
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "SCHEDULER_ADDRESS"
 FAILURE_EXIT = 1
 INTERRUPTED_EXIT = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
-class CommandFailed(Exception):
-    """A failure the client itself detects (a wait that ran out, a rollback); printed like an RPC error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class CommandFailed(ClientError):
+    """A failure the CLI itself detects (a rollback, a deploy that failed); printed like an RPC error."""
 
 
 @dataclass
 class Client:
-    """A channel and stub to one daemon; ``timeout`` bounds every unary call."""
+    """Runs one command's calls through the async client library, on its own event loop."""
 
-    address: str
-    timeout: float
-    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
+    config: ConnectConfig
 
     @property
-    def stub(self) -> pb_grpc.SchedulerServiceStub:
-        """The SchedulerService stub over a channel opened on first use."""
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
-        return pb_grpc.SchedulerServiceStub(self._channel)
+    def address(self) -> str:
+        """The daemon's address, for messages."""
+        return self.config.address
 
-    def close(self) -> None:
-        """Close the channel if one was opened."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+    @property
+    def timeout(self) -> float:
+        """Seconds each unary call may take."""
+        return self.config.timeout
+
+    def run(self, calls: Callable[[SchedulerClient], Awaitable[T]]) -> T:
+        """Open a client, await ``calls(client)``, close it; Ctrl-C cancels the calls in flight."""
+
+        async def main() -> T:
+            async with SchedulerClient(self.config) as api:
+                return await calls(api)
+
+        return asyncio.run(main())
 
 
 def _one_line(text: str) -> str:
@@ -70,102 +70,107 @@ def reported(address: str) -> Iterator[None]:
     """Turn RPC errors and client-side failures into one stderr line and exit 1, never a traceback."""
     try:
         yield
-    except grpc.RpcError as err:
-        code = err.code() if isinstance(err, grpc.Call) else None
-        details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
-        name = code.name if code is not None else "UNKNOWN"
-        if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"cannot reach the scheduler at {address}: {details}"
-        fail(name, details)
-    except CommandFailed as err:
-        fail(err.code, err.message)
+    except ClientError as err:
+        message = err.message
+        if err.code == "UNAVAILABLE":
+            message = f"cannot reach the scheduler at {address}: {message}"
+        fail(err.code, message)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(INTERRUPTED_EXIT)
 
 
-def until_interrupted(call: Any) -> Iterator[Any]:
-    """The messages of a streaming ``call`` until it ends or Ctrl-C cancels it (then it ends quietly).
+@dataclass(frozen=True)
+class _Option:
+    """One connection option: given before the subcommand, after it, by a variable or by default."""
 
-    A blocked stream read does not return to Python until the next message, so a Ctrl-C would
-    wait for one; SIGINT cancels the call instead, which ends the read at once.
-    """
-    interrupted = False
+    flag: str
+    envvar: str
+    default: Any
+    help: str
+    type: Any = None
 
-    def cancel(signum: int, frame: object) -> None:
-        nonlocal interrupted
-        interrupted = True
-        call.cancel()
-
-    previous = signal.signal(signal.SIGINT, cancel)
-    try:
-        yield from call
-    except grpc.RpcError:
-        if not interrupted:
-            raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        call.cancel()
+    @property
+    def name(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
 
 
-_ADDRESS_KEY = "scheduler.address"
-_TIMEOUT_KEY = "scheduler.timeout"
+_OPTIONS = (
+    _Option("--address", ADDRESS_ENV, DEFAULT_ADDRESS, "Daemon address HOST:PORT or unix:PATH."),
+    _Option("--timeout", "", 30.0, "Seconds each call may take.", click.FloatRange(min=0.1)),
+    _Option("--token", "SCHEDULER_TOKEN", "", "Bearer token."),
+    _Option("--tls-ca", "SCHEDULER_TLS_CA", "", "CA bundle: use TLS, verify the daemon."),
+    _Option("--tls-cert", "SCHEDULER_TLS_CERT", "", "Client certificate (mutual TLS)."),
+    _Option("--tls-key", "SCHEDULER_TLS_KEY", "", "Key of the client certificate."),
+)
+_META_KEY = "scheduler.connection"
 
 
-def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
-    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        ctx.meta[key] = value
-
-    return store
+def _help(option: _Option) -> str:
+    env = f"env {option.envvar}; " if option.envvar else ""
+    return f"{option.help} ({env}default {option.default!r})" if option.default != "" else f"{option.help} ({env})"
 
 
 def global_connection_options(group: F) -> F:
-    """``--address`` and ``--timeout`` before the subcommand (``scheduler --address unix:/p env list``)."""
-    group = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=30.0,
-        show_default=True,
-        expose_value=False,
-        callback=_remember(_TIMEOUT_KEY),
-        help="Seconds each call of a client command may take.",
-    )(group)
-    return click.option(
-        "--address",
-        envvar=ADDRESS_ENV,
-        default=DEFAULT_ADDRESS,
-        show_default=True,
-        expose_value=False,
-        callback=_remember(_ADDRESS_KEY),
-        help=f"Daemon address HOST:PORT or unix:PATH for client commands (env {ADDRESS_ENV}).",
-    )(group)
+    """The connection options before the subcommand too: ``scheduler --address unix:/p env list``."""
+    for option in reversed(_OPTIONS):
+
+        def remember(ctx: click.Context, param: click.Parameter, value: Any, name: str = option.name) -> None:
+            if value is not None:
+                ctx.meta.setdefault(_META_KEY, {})[name] = value
+
+        group = click.option(
+            option.flag, type=option.type, default=None, expose_value=False, callback=remember, help=_help(option)
+        )(group)
+    return group
+
+
+def _resolved(given: dict[str, Any]) -> dict[str, Any]:
+    """After the subcommand > before it > the variable > the default, option by option."""
+    before = click.get_current_context().meta.get(_META_KEY, {})
+    out = {}
+    for option in _OPTIONS:
+        value = given.get(option.name)
+        if value is None:
+            value = before.get(option.name)
+        if value is None and option.envvar:
+            value = os.environ.get(option.envvar)
+        if value is None:
+            value = option.default
+        out[option.name] = value
+    return out
 
 
 def connection_options(command: F) -> F:
-    """Add ``--address`` and ``--timeout``; the command receives a ready ``client`` argument instead.
+    """Add the connection options; the command receives a ready ``client`` argument instead."""
 
-    Given after the subcommand they win over the same options given before it (see
-    :func:`global_connection_options`), which win over ``SCHEDULER_ADDRESS`` and the defaults.
-    """
-
-    @click.option(
-        "--address",
-        default=None,
-        help=f"Daemon address HOST:PORT or unix:PATH (env {ADDRESS_ENV}; default {DEFAULT_ADDRESS}).",
-    )
-    @click.option("--timeout", type=click.FloatRange(min=0.1), default=None, help="Seconds each call may take (30).")
     @functools.wraps(command)
-    def wrapper(*args: Any, address: str | None, timeout: float | None, **kwargs: Any) -> Any:
-        meta = click.get_current_context().meta
-        address = address or meta.get(_ADDRESS_KEY) or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-        client = Client(address, timeout or meta.get(_TIMEOUT_KEY) or 30.0)
-        try:
-            with reported(address):
-                return command(*args, client=client, **kwargs)
-        finally:
-            client.close()
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {option.name: kwargs.pop(option.name) for option in _OPTIONS}
+        opts = _resolved(given)
 
-    return wrapper  # type: ignore[return-value]
+        def path(value: str) -> Path | None:
+            return Path(value) if value else None
+
+        try:
+            config = ConnectConfig(
+                opts["address"],
+                float(opts["timeout"]),
+                ca_file=path(opts["tls_ca"]),
+                cert_file=path(opts["tls_cert"]),
+                key_file=path(opts["tls_key"]),
+                token=opts["token"],
+            )
+        except ValueError as err:
+            raise click.UsageError(f"--tls-cert and --tls-key: {err}") from err
+        client = Client(config)
+        with reported(opts["address"]):
+            return command(*args, client=client, **kwargs)
+
+    decorated: Any = wrapper
+    for option in reversed(_OPTIONS):
+        decorated = click.option(option.flag, type=option.type, default=None, help=_help(option))(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def output_option(command: F) -> F:

@@ -12,7 +12,9 @@ def phases(env: pb.Environment, services: list[str]) -> dict[str, str]:
     image being pulled, or their dependencies not healthy yet).
     """
     found: dict[str, str] = {service: "pending" for service in services}
-    waiting = {c.service: c.message for c in env.conditions if c.service and not c.status and c.message}
+    waiting = {
+        c.service: c.message for c in env.conditions if c.service and c.status != pb.CONDITION_STATUS_TRUE and c.message
+    }
     for c in env.containers:
         if c.state == pb.CONTAINER_STATE_RUNNING:
             if c.health == pb.HEALTH_STATUS_HEALTHY:

@@ -128,7 +128,8 @@ def environment(env: pb.Environment) -> str:
         detail = f" ({cond.reason})" if cond.reason else ""
         where = f" [{cond.service}]" if cond.service else ""
         message = f": {cond.message}" if cond.message else ""
-        lines.append(f"Condition:   {cond.type}={cond.status}{detail}{where}{message}")
+        held = enum_name(cond.status, pb.ConditionStatus, "CONDITION_STATUS_").capitalize()
+        lines.append(f"Condition:   {cond.type}={held}{detail}{where}{message}")
     if env.containers:
         lines.append("")
         lines.append(containers(env.containers))
@@ -228,3 +229,11 @@ def event(e: pb.Event) -> str:
     if e.message:
         parts.append(e.message)
     return " ".join(parts)
+
+
+def backup(item: pb.Backup) -> str:
+    """One archive on one line: id, size, time, what it holds."""
+    held = [f"volumes: {', '.join(item.volumes)}" if item.volumes else "", "databases: " + ", ".join(item.databases)]
+    details = "; ".join(h for h in held if h and not h.endswith(": "))
+    when = item.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{item.id}  {item.size_bytes} bytes  {when}" + (f"  ({details})" if details else "")

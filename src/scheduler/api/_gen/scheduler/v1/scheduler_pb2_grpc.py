@@ -27,6 +27,11 @@ if _version_not_supported:
 
 class SchedulerServiceStub:
     """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
     """
 
     def __init__(self, channel):
@@ -85,16 +90,42 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryResponse.FromString,
                 _registered_method=True)
+        self.BackupEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/BackupEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.BackupEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Backup.FromString,
+                _registered_method=True)
+        self.ListBackups = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ListBackups',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsResponse.FromString,
+                _registered_method=True)
+        self.RestoreEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/RestoreEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+                _registered_method=True)
+        self.ReloadConfiguration = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ReloadConfiguration',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
     """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
     """
 
     def CreateEnvironment(self, request, context):
         """Creates an environment from a stack and deploys it in the background. Returns at once
         with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
-        request_id returns the environment created by the first call.
+        request_id returns the environment created by the first call. With validate_only, checks
+        the request and returns the environment it would create, creating nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +140,8 @@ class SchedulerServiceServicer:
 
     def UpdateEnvironment(self, request, context):
         """Changes an environment's specification (a new generation) and rolls it out, replacing only
-        the services that changed. With dry_run, returns the plan and changes nothing.
+        the services that changed. With validate_only, returns the plan and changes nothing.
+        ABORTED when etag is set and no longer matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,13 +150,14 @@ class SchedulerServiceServicer:
     def DeleteEnvironment(self, request, context):
         """Starts removing an environment: containers in reverse dependency order, then network, ports
         and (unless keep_volumes) volumes. Returns with status DELETING; later Gets give NOT_FOUND.
+        ABORTED when etag is set and no longer matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEnvironments(self, request, context):
-        """Lists environments, oldest first, a page at a time, with optional filters.
+        """Lists environments, oldest first, a page at a time, optionally filtered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,21 +178,60 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListStacks(self, request, context):
-        """Returns the catalogue of precomposed stacks, with their services and parameters.
+        """Returns the catalogue of precomposed stacks, with their services and parameters, by name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Streams environment and container events as they happen.
+        """Streams environment and container events: first those after `since` (from the daemon's
+        bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
+        OUT_OF_RANGE when `since` is older than the log reaches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEnvironmentHistory(self, request, context):
-        """Returns the audit trail of an environment: every change, who made it and when.
+        """Returns the audit trail of an environment, a page at a time: every change, who made it and
+        when. The trail outlives the environment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackupEnvironment(self, request, context):
+        """Writes an archive of an environment under the daemon's backup directory: its
+        specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+        through exec in the running container (consistent without stopping anything), with a
+        manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackups(self, request, context):
+        """Lists the archives of an environment, newest first; they outlive the environment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreEnvironment(self, request, context):
+        """Creates an environment from an archive, under its archived name or a new one, after
+        checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+        ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadConfiguration(self, request, context):
+        """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+        (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+        needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+        Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +290,26 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryResponse.SerializeToString,
             ),
+            'BackupEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackupEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.BackupEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Backup.SerializeToString,
+            ),
+            'ListBackups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackups,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsResponse.SerializeToString,
+            ),
+            'RestoreEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
+            'ReloadConfiguration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfiguration,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'scheduler.v1.SchedulerService', rpc_method_handlers)
@@ -228,6 +320,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SchedulerService:
     """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
     """
 
     @staticmethod
@@ -490,6 +587,114 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/GetEnvironmentHistory',
             scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/BackupEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.BackupEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Backup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ListBackups',
+            scheduler_dot_v1_dot_scheduler__pb2.ListBackupsRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ListBackupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/RestoreEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfiguration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ReloadConfiguration',
+            scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
             options,
             channel_credentials,
             insecure,
