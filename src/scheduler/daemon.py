@@ -27,6 +27,7 @@ from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
@@ -152,6 +153,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
         )
         server.set_reload(reloader.reload)
+        schedule = BackupSchedule(store, backups, settings.backups)
+        schedule.start()
+        stack.push_async_callback(schedule.close)
+        reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 

@@ -216,3 +216,12 @@ def test_a_reload_tells_live_options_from_those_needing_a_restart() -> None:
         rotated, new.model_copy(update={"data_dir": old.data_dir, "log": old.log, "network": old.network})
     ) == ["images.registries"]
     assert not is_live("images.pull_policy") and not is_live("logx")
+
+
+def test_a_backup_policy_per_environment_replaces_the_default() -> None:
+    from scheduler.config import BackupSettings, is_live
+
+    settings = BackupSettings(every=3600, keep=3, environments={"prod": {"every": 60, "keep": 100}})
+    assert (settings.policy("prod").every, settings.policy("prod").keep) == (60, 100)
+    assert (settings.policy("other").every, settings.policy("other").keep) == (3600, 3)
+    assert is_live("backups.environments")
