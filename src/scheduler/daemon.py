@@ -40,6 +40,7 @@ from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
+from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
@@ -72,6 +73,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
+        # Before anything else: a second daemon on this data dir would adopt the first one's
+        # containerd and fight it over every container.
+        lock = DataDirLock(data_dir)
+        lock.acquire()
+        stack.callback(lock.release)
+        if settings.server.listen:
+            check_listen_free(settings.server.listen)
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
 
@@ -90,6 +98,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
+        swept = await runtime.sweep_leases()
+        if swept:
+            _log.info("leases.swept", leases=swept)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
