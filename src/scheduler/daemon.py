@@ -26,18 +26,24 @@ from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
+from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
+from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
+from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes import VolumeStore
 
@@ -67,6 +73,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
+        # Before anything else: a second daemon on this data dir would adopt the first one's
+        # containerd and fight it over every container.
+        lock = DataDirLock(data_dir)
+        lock.acquire()
+        stack.callback(lock.release)
+        if settings.server.listen:
+            check_listen_free(settings.server.listen)
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
 
@@ -85,6 +98,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
+        swept = await runtime.sweep_leases()
+        if swept:
+            _log.info("leases.swept", leases=swept)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
@@ -99,11 +116,14 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
         stack.callback(events.close)
+        volumes = VolumeStore(data_dir / "volumes")
+        timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
+        stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
             store,
             runtime,
             network,
-            VolumeStore(data_dir / "volumes"),
+            volumes,
             events,
             OrchestratorSettings(
                 logs_dir=data_dir / "logs",
@@ -112,7 +132,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
             ),
-            observer=recorder,
+            observer=Observers(recorder, timeline),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
         supervisor = Supervisor(store, runtime, network, events, orchestrator, observer=recorder)
@@ -122,7 +142,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits)
+        backups = Backups(store, runtime, volumes, data_dir / "backups")
+        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups, timeline)
         collector = StateCollector(store, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)
@@ -133,7 +154,14 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        reloader = Reloader(settings, load or (lambda: settings), LiveTargets(service, runtime, metrics, collector))
+        reloader = Reloader(
+            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+        )
+        server.set_reload(reloader.reload)
+        schedule = BackupSchedule(store, backups, settings.backups)
+        schedule.start()
+        stack.push_async_callback(schedule.close)
+        reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler import errors, log
+from scheduler.api.server import ApiServer
 from scheduler.config import Settings, changed_settings, is_live
+from scheduler.domain import ReloadReport
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
@@ -23,19 +25,11 @@ _log = log.get("reload")
 
 
 @dataclass(frozen=True)
-class ReloadReport:
-    """What a reload did: options applied, options that need a restart, or why it was refused."""
-
-    applied: tuple[str, ...] = ()
-    needs_restart: tuple[str, ...] = ()
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class LiveTargets:
     """The components whose settings a reload changes in place."""
 
     service: EnvironmentService
+    server: ApiServer
     runtime: ContainerdRuntime
     metrics: MetricsServer
     collector: StateCollector
@@ -49,6 +43,11 @@ class Reloader:
         self._load = load
         self._targets = targets
         self._lock = asyncio.Lock()
+        self._hooks: list[Callable[[Settings], None]] = []
+
+    def on_apply(self, hook: Callable[[Settings], None]) -> None:
+        """Call ``hook`` with the settings in effect after each applied reload."""
+        self._hooks.append(hook)
 
     async def reload(self) -> ReloadReport:
         """Re-read the file and apply what can change live; never raises for a bad file."""
@@ -67,6 +66,8 @@ class Reloader:
                     "log": new.log,
                     "limits": new.limits,
                     "metrics": new.metrics,
+                    "auth": new.auth,
+                    "backups": new.backups,
                     "images": old.images.model_copy(
                         update={
                             "registries": new.images.registries,
@@ -81,6 +82,8 @@ class Reloader:
                 _log.error("config.reload_refused", error=err.message)
                 return ReloadReport(error=err.message)
             self.settings = effective
+            for hook in self._hooks:
+                hook(effective)
             if later:
                 _log.warning("config.needs_restart", options=list(later))
             _log.info("config.reloaded", applied=list(live), needs_restart=list(later))
@@ -95,4 +98,5 @@ class Reloader:
         if new.log != old.log:
             log.configure(new.log.format, new.log.level)
         targets.service.set_limits(new.limits)
+        targets.server.set_auth(new.auth)
         targets.runtime.image_service().settings = new.images

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import bounds, errors, log
+from scheduler import bounds, errors, log, quotas
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    BackupInfo,
     ChangeAction,
     ContainerSample,
     Environment,
@@ -29,21 +30,24 @@ from scheduler.domain import (
     HistoryEntry,
     LogLine,
     LogQuery,
+    OperationRecord,
     ServiceChange,
     ServiceOverride,
     ServiceSpec,
 )
 from scheduler.domain import etag as domain_etag
+from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
+from scheduler.orchestrator.timeline import Timeline
 from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
 from scheduler.storage.base import PageKey, StateStore, decode_page_token, effective_page_size, encode_page_token
-from scheduler.validation import validate
+from scheduler.validation import env_name_problem, validate
 
 _log = log.get("service")
 
@@ -70,7 +74,11 @@ class EnvironmentService:
         events: EventBus,
         catalog: Catalog,
         limits: LimitSettings,
+        backups: Backups | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
+        self._backups = backups
+        self._timeline = timeline
         self._store = store
         self._orchestrator = orchestrator
         self._events = events
@@ -118,6 +126,7 @@ class EnvironmentService:
                         )
                     return self._redact(earlier)
             spec = await self._resolve(name, request)
+            quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
             env = Environment(
                 name=name,
@@ -275,6 +284,65 @@ class EnvironmentService:
         token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
         return entries[start:end], token
 
+    async def operations(self, name: str) -> builtins.list[OperationRecord]:
+        """Timelines of the environment's recent operations, oldest first."""
+        _check_name(name)
+        if self._timeline is None:
+            raise errors.Unimplemented("this daemon keeps no operation timelines")
+        return await self._timeline.of(name)
+
+    # --- backup and restore -------------------------------------------------------------------
+
+    def _archives(self) -> Backups:
+        if self._backups is None:
+            raise errors.Unimplemented("backups are not configured on this daemon")
+        return self._backups
+
+    async def backup(self, name: str) -> BackupInfo:
+        """Archive an environment: spec, history, volumes, database dumps."""
+        _check_name(name)
+        return await self._archives().backup(name)
+
+    async def backups(self, name: str) -> builtins.list[BackupInfo]:
+        """Archives of an environment (which may have been deleted since), newest first."""
+        _check_name(name)
+        return await asyncio.to_thread(self._archives().list, name)
+
+    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
+        """Create an environment from an archive, deploy it and load its databases; return it running.
+
+        Raises:
+            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
+            NotFound: no such archive.
+            AlreadyExists: an environment of that name exists.
+            FailedPrecondition: the restored environment did not come up, or a dump did not load.
+        """
+        archives = self._archives()
+        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
+        target = name or archived.name
+        problem = env_name_problem(target)
+        if problem:
+            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
+        fresh, entries = archives.renamed(archived, target, history)
+        async with self._create_lock:
+            await self._store.create(fresh)
+        for entry in entries:
+            await self._store.append_history(entry)
+        await self._store.append_history(
+            HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
+        )
+        await archives.stage(path, manifest, target)
+        self._orchestrator.submit_deploy(target)
+        await self._orchestrator.wait_idle(target)
+        env = await self._store.get(target)
+        if env.status is not EnvironmentStatus.RUNNING:
+            raise errors.FailedPrecondition(
+                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
+                env=target,
+            )
+        await archives.load_databases(path, manifest, target)
+        return self._redact(await self._store.get(target))
+
     # --- observation ---------------------------------------------------------------------------------
 
     async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
@@ -354,15 +422,29 @@ class EnvironmentService:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
+    async def _count_environments(self) -> int:
+        """Environments held now, counted page by page up to just past the quota."""
+        count, token = 0, ""
+        while count <= self._limits.max_environments:
+            page, token = await self._store.list(500, token, (), {})
+            count += len(page)
+            if not token:
+                break
+        return count
+
     async def _resolve(
         self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
     ) -> EnvironmentSpec:
-        """Bound, resolve and validate a request, off the event loop (it is CPU work)."""
+        """Bound, resolve, default and validate a request, and hold it to the environment quotas.
+
+        Off the event loop: it is CPU work.
+        """
         bounds.check_request(request)
 
         def work() -> EnvironmentSpec:
-            spec = resolve(request, name, self._catalog, previous=previous)
+            spec = quotas.with_defaults(resolve(request, name, self._catalog, previous=previous), self._limits)
             validate(name, spec, self._limits)
+            quotas.check_environment(name, spec, self._limits)
             return spec
 
         return await asyncio.to_thread(work)

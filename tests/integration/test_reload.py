@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -15,6 +16,7 @@ from google.protobuf import json_format
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from tests.integration.test_client_cli import cli
 from tests.support.daemon import DaemonProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -60,8 +62,21 @@ def test_sighup_applies_live_options_reports_the_rest_and_refuses_a_bad_file(dae
         stub = pb_grpc.SchedulerServiceStub(channel)
         assert validate(stub, 3) == grpc.StatusCode.INVALID_ARGUMENT
 
+        token = "sch_" + "k" * 40
+        bearer = (("authorization", f"Bearer {token}"),)
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.ListStacks(pb.ListStacksRequest(), timeout=10, metadata=bearer)
+        assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
         changed = {
             **config,
+            "auth": {
+                "tokens": [{"name": "ci", "sha256": hashlib.sha256(token.encode()).hexdigest()}],
+                "bindings": [
+                    {"role": "admin", "principals": ["user:root"]},
+                    {"role": "viewer", "principals": ["token:ci"]},
+                ],
+            },
             "log": {"format": "json", "level": "debug"},
             "limits": {"max_replicas": 5},
             "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
@@ -69,7 +84,17 @@ def test_sighup_applies_live_options_reports_the_rest_and_refuses_a_bad_file(dae
         }
         daemon.config_path.write_text(yaml.safe_dump(changed))
         reloaded = hup_and_wait(daemon, "config.reloaded")
-        assert set(reloaded["applied"]) == {"log.level", "limits.max_replicas", "metrics.listen"}, reloaded
+        assert set(reloaded["applied"]) == {
+            "auth.tokens",
+            "auth.bindings",
+            "log.level",
+            "limits.max_replicas",
+            "metrics.listen",
+        }, reloaded
+        assert stub.ListStacks(pb.ListStacksRequest(), timeout=10, metadata=bearer).stacks
+        with pytest.raises(grpc.RpcError) as viewer:
+            stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="x"), timeout=10, metadata=bearer)
+        assert viewer.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert reloaded["needs_restart"] == ["network.port_range"], reloaded
 
         assert validate(stub, 3) == grpc.StatusCode.OK
@@ -101,5 +126,18 @@ def test_sighup_applies_live_options_reports_the_rest_and_refuses_a_bad_file(dae
         refused = hup_and_wait(daemon, "config.reload_refused")
         assert "YAML" in refused["error"], refused
         assert validate(stub, 4) == grpc.StatusCode.OK
+        # The same over the API: `scheduler config reload`, admin only.
+        daemon.config_path.write_text(yaml.safe_dump({**changed, "limits": {"max_replicas": 7}}))
+        with pytest.raises(grpc.RpcError) as not_admin:
+            stub.ReloadConfiguration(pb.ReloadConfigurationRequest(), timeout=30, metadata=bearer)
+        assert not_admin.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert validate(stub, 7) == grpc.StatusCode.INVALID_ARGUMENT
+        reply = cli(daemon, "config", "reload")
+        assert reply.returncode == 0, reply.stderr
+        assert "applied: limits.max_replicas" in reply.stdout, reply.stdout
+        assert validate(stub, 7) == grpc.StatusCode.OK
+        daemon.config_path.write_text("limits: [unclosed\n")
+        refused_api = cli(daemon, "config", "reload")
+        assert refused_api.returncode == 1 and "FAILED_PRECONDITION" in refused_api.stderr, refused_api.stderr
     assert daemon.process.poll() is None
     daemon.config_path.write_text(yaml.safe_dump(changed))  # the teardown reads it

@@ -62,6 +62,11 @@ class Gate:
         self._unix = unix
         self._tcp_port = tcp_port
 
+    def apply(self, settings: AuthSettings) -> None:
+        """Use new tokens and role bindings from the next call on (a configuration reload)."""
+        self._auth = Authenticator(settings)
+        self._settings = settings
+
     def identify(self, context: grpc.aio.ServicerContext[Any, Any], peer: str) -> Principal:
         """Who is calling.
 

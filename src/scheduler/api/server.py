@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from scheduler import errors, log
+from scheduler import domain, errors, log
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.api.gate import Gate
 from scheduler.api.interceptors import RequestInterceptor, RpcObserver
@@ -44,13 +45,14 @@ class ApiServer:
             if settings.unix_socket
             else None
         )
-        gate = Gate(auth or AuthSettings(), self._labels_of, self._unix, lambda: self.bound_port)
+        self._gate = Gate(auth or AuthSettings(), self._labels_of, self._unix, lambda: self.bound_port)
         self._server = grpc.aio.server(
-            interceptors=[RequestInterceptor(observer, gate)],
+            interceptors=[RequestInterceptor(observer, self._gate)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )
         self._health = health.aio.HealthServicer()
-        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), self._server)
+        self._servicer = SchedulerServicer(service)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
@@ -61,6 +63,14 @@ class ApiServer:
             self._server,
         )
         self.bound_port = 0
+
+    def set_reload(self, reload: Callable[[], Awaitable[domain.ReloadReport]]) -> None:
+        """Serve ReloadConfiguration with ``reload`` (the daemon's reloader)."""
+        self._servicer.reload = reload
+
+    def set_auth(self, auth: AuthSettings) -> None:
+        """Apply new tokens and role bindings to the calls that follow (a configuration reload)."""
+        self._gate.apply(auth)
 
     async def start(self) -> None:
         """Bind the addresses and start serving; health stays NOT_SERVING until :meth:`ready`."""

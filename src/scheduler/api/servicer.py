@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from scheduler import domain
+from scheduler import domain, errors
 from scheduler.api import convert, fieldmask
 from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
@@ -31,6 +31,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     def __init__(self, service: EnvironmentService) -> None:
         self._service = service
+        self.reload: Callable[[], Awaitable[domain.ReloadReport]] | None = None
+        """Re-reads the configuration (set by the daemon once its reloader exists)."""
 
     async def CreateEnvironment(self, request: pb.CreateEnvironmentRequest, context: Context) -> pb.Environment:
         env = await self._service.create(
@@ -130,3 +132,29 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request.name, page_size=request.page_size, page_token=request.page_token
         )
         return convert.history_to_proto(entries, token)
+
+    async def BackupEnvironment(self, request: pb.BackupEnvironmentRequest, context: Context) -> pb.Backup:
+        return convert.backup_to_proto(await self._service.backup(request.name))
+
+    async def ListBackups(self, request: pb.ListBackupsRequest, context: Context) -> pb.ListBackupsResponse:
+        return pb.ListBackupsResponse(
+            backups=[convert.backup_to_proto(b) for b in await self._service.backups(request.name)]
+        )
+
+    async def ListOperations(self, request: pb.ListOperationsRequest, context: Context) -> pb.ListOperationsResponse:
+        records = await self._service.operations(request.name)
+        return pb.ListOperationsResponse(operations=[convert.operation_to_proto(r) for r in records])
+
+    async def ReloadConfiguration(
+        self, request: pb.ReloadConfigurationRequest, context: Context
+    ) -> pb.ReloadConfigurationResponse:
+        if self.reload is None:
+            raise errors.Unimplemented("this daemon cannot reload its configuration")
+        report = await self.reload()
+        if report.error:
+            raise errors.FailedPrecondition(f"configuration not reloaded, nothing changed: {report.error}")
+        return pb.ReloadConfigurationResponse(applied=report.applied, needs_restart=report.needs_restart)
+
+    async def RestoreEnvironment(self, request: pb.RestoreEnvironmentRequest, context: Context) -> pb.Environment:
+        restored = await self._service.restore(request.backup, request.name, actor=_actor(context))
+        return convert.environment_to_proto(restored)

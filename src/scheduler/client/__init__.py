@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from scheduler.client.api import ConnectConfig, SchedulerClient
+from scheduler.client.connection import global_connection_options
 from scheduler.client.errors import ApiError, ClientError, ErrorDetails, Violation, WaitFailed
 
 __all__ = [
@@ -20,14 +21,18 @@ __all__ = [
     "SchedulerClient",
     "Violation",
     "WaitFailed",
+    "global_connection_options",
     "register",
 ]
 
 
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
-    from scheduler.client.commands import env, events, stacks
+    from scheduler.client.commands import config_reload, env, events, stacks
 
     group.add_command(stacks)
     group.add_command(env)
     group.add_command(events)
+    config = group.commands.get("config")
+    if isinstance(config, click.Group):
+        config.add_command(config_reload, "reload")

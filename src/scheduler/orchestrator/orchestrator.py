@@ -38,7 +38,7 @@ from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.logs import remove_logs
-from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
+from scheduler.orchestrator.observer import NULL_OBSERVER, Observer, ProbeSteps
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import ExpectedExits
 from scheduler.runtime.base import ContainerRuntime
@@ -234,6 +234,7 @@ class Orchestrator:
         outcome = "failed"
         with contextlib.suppress(errors.NotFound):
             stack = (await self._store.get(name)).spec.stack
+        self._observer.operation_started(operation, name)
         try:
             await body()
             outcome = await self._outcome(operation, name)
@@ -241,8 +242,7 @@ class Orchestrator:
             outcome = "cancelled"
             raise
         finally:
-            if stack:
-                self._observer.operation_finished(operation, stack, outcome, time.monotonic() - started)
+            self._observer.operation_finished(operation, name, stack, outcome, time.monotonic() - started)
 
     async def _outcome(self, operation: str, name: str) -> str:
         try:
@@ -378,7 +378,7 @@ class Orchestrator:
             endpoints.append(endpoint)
         return endpoints
 
-    async def _pull_image(self, service: ServiceSpec) -> domain.Image:
+    async def _pull_image(self, env: str, service: ServiceSpec) -> domain.Image:
         fetched: dict[str, int] = {}
 
         def progress(update: domain.PullProgress) -> None:
@@ -389,9 +389,14 @@ class Orchestrator:
             image = await self._runtime.ensure_image(service.image, self._settings.pull_policy, progress)
         except errors.SchedulerError as err:
             self._observer.image_ensured("failed", time.monotonic() - started, sum(fetched.values()))
+            self._observer.step(env, "pull", service.name, f"{service.image}: failed: {err.message}")
             raise DeployFailure(service.name, "ImageUnavailable", f"image {service.image}: {err.message}") from err
         outcome = "pulled" if fetched else "present"
-        self._observer.image_ensured(outcome, time.monotonic() - started, sum(fetched.values()))
+        seconds = time.monotonic() - started
+        self._observer.image_ensured(outcome, seconds, sum(fetched.values()))
+        self._observer.step(
+            env, "pull", service.name, f"{service.image}: {outcome}, {sum(fetched.values())} bytes in {seconds:.3f}s"
+        )
         return image
 
     async def _bring_up_service(
@@ -402,7 +407,7 @@ class Orchestrator:
     ) -> None:
         # Each service pulls its own image and gets its address in its own task: a slow pull
         # overlaps other services' start-up, and only a root's own setup precedes its start.
-        image = await self._pull_image(service)
+        image = await self._pull_image(env.name, service)
         try:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
         except errors.SchedulerError as err:
@@ -432,6 +437,7 @@ class Orchestrator:
         if service.health.kind is not HealthCheckKind.NONE:
             await asyncio.gather(*(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips))
         await self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips])
+        self._observer.step(env.name, "traffic", service.name, "to " + ", ".join(ip for _, ip, _ in ids_ips))
         mine.healthy.set()
         if any(
             d.condition is DependencyCondition.COMPLETED
@@ -497,6 +503,7 @@ class Orchestrator:
                 netns_path=attachment.netns_path,
                 resources=service.resources,
                 read_only_rootfs=service.read_only_rootfs,
+                security=service.security,
                 log_dir=str(log_dir),
                 log_max_bytes=self._settings.log_max_bytes,
                 log_max_files=self._settings.log_max_files,
@@ -512,6 +519,7 @@ class Orchestrator:
             ),
         )
         self._publish(env, EventType.CONTAINER_CREATED, service.name, index, cid)
+        self._observer.step(env.name, "create", service.name, f"{cid} at {attachment.ip}")
         return index, cid, attachment.ip
 
     async def _launch_replica(
@@ -524,6 +532,7 @@ class Orchestrator:
         except errors.SchedulerError as err:
             await self._failed_replica(env.name, service.name, index, cid, err)
             raise DeployFailure(service.name, "StartFailed", f"service {service.name}: {err.message}") from err
+        self._observer.step(env.name, "start", service.name, f"{cid} pid {pid}")
         started = time.monotonic()
         health_state = Health.NONE if service.health.kind is HealthCheckKind.NONE else Health.STARTING
         await self._record(
@@ -552,8 +561,10 @@ class Orchestrator:
 
     async def _await_health(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> None:
         try:
-            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started, self._observer)
+            probes = ProbeSteps(self._observer, name, service.name, cid)
+            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started, probes)
         except health.Unhealthy as unhealthy:
+            self._observer.step(name, "unhealthy", service.name, f"{cid}: {unhealthy.detail}")
             await self._update_container(name, cid, health=Health.UNHEALTHY, message=unhealthy.detail)
             self._events.publish(
                 Event(
@@ -569,6 +580,7 @@ class Orchestrator:
                 service.name, "HealthCheckFailed", f"service {service.name} is unhealthy: {unhealthy.detail}"
             ) from None
         await self._update_container(name, cid, health=Health.HEALTHY, message=result.detail)
+        self._observer.step(name, "healthy", service.name, cid)
         self._events.publish(Event(EventType.CONTAINER_HEALTHY, name, now(), service=service.name, container_id=cid))
 
     # --- update -------------------------------------------------------------------------------------
@@ -632,7 +644,7 @@ class Orchestrator:
         drain: timedelta,
     ) -> None:
         """Bring ``service`` to its new spec with no gap in service (stateful ones stop first)."""
-        image = await self._pull_image(service)
+        image = await self._pull_image(env.name, service)
         current = await self._containers_of(env.name, service.name)
         if action is domain.ChangeAction.ADD:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
@@ -654,7 +666,9 @@ class Orchestrator:
                 await self._restore_statuses(env.name, current, {cid for cid, _, _ in started})
                 raise
         # The switch: the VIP and published ports move to the new set in one rule swap.
-        await self._network.set_backends(env.name, service.name, [c.ip for c in keep] + [ip for _, ip, _ in started])
+        backends = [c.ip for c in keep] + [ip for _, ip, _ in started]
+        await self._network.set_backends(env.name, service.name, backends)
+        self._observer.step(env.name, "traffic", service.name, "moved to " + ", ".join(backends))
         if action is domain.ChangeAction.ADD:
             await self._publish_ports(env, service)
         if retire:
@@ -795,6 +809,7 @@ class Orchestrator:
             _log.warning("stop.failed", container=cid, error=err.message)
         await self._runtime.delete(cid)
         await self._network.detach(name, cid)
+        self._observer.step(name, "remove", "", cid)
         self._events.publish(Event(EventType.CONTAINER_REMOVED, name, now(), container_id=cid))
 
     # --- status bookkeeping ------------------------------------------------------------------------
