@@ -309,6 +309,11 @@ class Environment:
     """The request id that created it, for idempotent retries of CreateEnvironment."""
     request: EnvironmentRequest | None = None
     """The specification as the client sent it (stack, overrides, parameters), for Get and updates."""
+    revision: int = 0
+    """Version of the stored document, set by the store: 1 at creation, bumped by every write.
+
+    A write names the revision it read and is refused if the document moved on since
+    (compare-and-swap), so no change made from a stale read ever lands."""
 
 
 @dataclass(frozen=True)

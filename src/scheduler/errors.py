@@ -86,6 +86,13 @@ class FailedPrecondition(SchedulerError):
     """The operation is not allowed in the current state (e.g. a deploy is still running)."""
 
 
+class Conflict(SchedulerError):
+    """A write named a revision that is no longer current: someone else changed the resource first.
+
+    Read it again and retry the change (gRPC ABORTED, as for a failed optimistic transaction).
+    """
+
+
 class Unavailable(SchedulerError):
     """A dependency (containerd, a registry, the state store) cannot be reached right now."""
 

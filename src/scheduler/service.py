@@ -105,7 +105,7 @@ class EnvironmentService:
                 updated_at=created,
                 request_id=request_id,
             )
-            await self._store.create(env)
+            env = await self._store.create(env)
         await self._store.append_history(
             HistoryEntry(env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}")
         )
@@ -134,10 +134,14 @@ class EnvironmentService:
     async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "") -> Environment:
         """Mark an environment DELETING and remove it in the background."""
         _check_name(name)
-        env = await self._store.get(name)
-        if env.status is not EnvironmentStatus.DELETING:
-            env = replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
-            await self._store.put(env)
+        async with self._orchestrator.status_lock(name):
+            env = await self._store.get(name)
+            marked = env.status is not EnvironmentStatus.DELETING
+            if marked:
+                env = await self._store.put(
+                    replace(env, status=EnvironmentStatus.DELETING, updated_at=_now()), expected_revision=env.revision
+                )
+        if marked:
             await self._store.append_history(
                 HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
             )
@@ -173,8 +177,12 @@ class EnvironmentService:
             return self._redact(env), changes
         if all(change.action is ChangeAction.KEEP for change in changes) and spec == env.spec:
             return self._redact(env), changes
-        updated = replace(env, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
-        await self._store.put(updated)
+        async with self._orchestrator.status_lock(name):
+            latest = await self._store.get(name)
+            if latest.revision != env.revision and (latest.spec != env.spec or latest.status != env.status):
+                raise errors.Conflict(f"environment {name!r} changed while the update was planned; retry", env=name)
+            updated = replace(latest, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
+            updated = await self._store.put(updated, expected_revision=latest.revision)
         summary = "; ".join(
             f"{c.service}: {c.action.value.lower()}" for c in changes if c.action is not ChangeAction.KEEP
         )

@@ -25,6 +25,7 @@ STATUS_OF: dict[type[errors.SchedulerError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -168,7 +168,9 @@ class Orchestrator:
         for name in expired:
             async with self.status_lock(name):
                 env = await self._store.get(name)
-                await self._store.put(replace(env, status=EnvironmentStatus.DELETING, updated_at=at))
+                await self._store.put(
+                    replace(env, status=EnvironmentStatus.DELETING, updated_at=at), expected_revision=env.revision
+                )
             await self._store.append_history(
                 HistoryEntry(name, env.generation, at, "scheduler", "delete", "time to live expired")
             )
@@ -685,14 +687,14 @@ class Orchestrator:
             slots = {(c.service, c.replica) for c in serving}
             others = [c for c in env.containers if c.container_id not in failed and (c.service, c.replica) not in slots]
             containers = tuple(sorted([*others, *serving], key=lambda c: (c.service, c.replica)))
-            await self._store.put(replace(env, containers=containers, updated_at=now()))
+            await self._store.put(replace(env, containers=containers, updated_at=now()), expected_revision=env.revision)
 
     async def _forget_retired(self, name: str, retired: set[str], started: set[str]) -> None:
         """Drop statuses of removed containers (a started one may have taken their replica slot)."""
         async with self.status_lock(name):
             env = await self._store.get(name)
             kept = tuple(c for c in env.containers if c.container_id not in retired or c.container_id in started)
-            await self._store.put(replace(env, containers=kept, updated_at=now()))
+            await self._store.put(replace(env, containers=kept, updated_at=now()), expected_revision=env.revision)
 
     async def _remove_containers(self, name: str, env: Environment) -> None:
         """Stop and remove every container of ``name`` in reverse dependency order."""
@@ -767,7 +769,7 @@ class Orchestrator:
                 # A deletion was accepted meanwhile; it owns the status from now on.
                 return current
             updated = replace(env, status=status, updated_at=now(), containers=current.containers)
-            await self._store.put(updated)
+            updated = await self._store.put(updated, expected_revision=current.revision)
         self._events.publish(Event(event, env.name, now(), message=message, generation=env.generation))
         return updated
 
@@ -777,13 +779,15 @@ class Orchestrator:
             env = await self._store.get(name)
             others = [c for c in env.containers if not (c.service == status.service and c.replica == status.replica)]
             containers = sorted([*others, status], key=lambda c: (c.service, c.replica))
-            await self._store.put(replace(env, containers=tuple(containers), updated_at=now()))
+            await self._store.put(
+                replace(env, containers=tuple(containers), updated_at=now()), expected_revision=env.revision
+            )
 
     async def _update_container(self, name: str, cid: str, **changes: Any) -> None:
         async with self.status_lock(name):
             env = await self._store.get(name)
             containers = tuple(replace(c, **changes) if c.container_id == cid else c for c in env.containers)
-            await self._store.put(replace(env, containers=containers, updated_at=now()))
+            await self._store.put(replace(env, containers=containers, updated_at=now()), expected_revision=env.revision)
 
     def _publish(self, env: Environment, kind: EventType, service: str, replica: int, cid: str) -> None:
         self._events.publish(

@@ -252,7 +252,8 @@ class Reconciler:
                     observed_generation=latest.generation,
                     conditions=with_condition(latest.conditions, condition),
                     updated_at=now(),
-                )
+                ),
+                expected_revision=latest.revision,
             )
         return current, changes
 
@@ -278,7 +279,8 @@ class Reconciler:
                     containers=(),
                     conditions=with_condition(current.conditions, condition),
                     updated_at=now(),
-                )
+                ),
+                expected_revision=current.revision,
             )
         await self._store.append_history(
             HistoryEntry(env.name, env.generation, now(), "scheduler", "resume", f"interrupted while {was.value}")
@@ -305,7 +307,9 @@ class Reconciler:
                 return None
             updated = replace(found, **changes)  # type: ignore[arg-type]
             containers = tuple(updated if c.container_id == cid else c for c in current.containers)
-            await self._store.put(replace(current, containers=containers, updated_at=now()))
+            await self._store.put(
+                replace(current, containers=containers, updated_at=now()), expected_revision=current.revision
+            )
         return updated
 
     async def _all_environments(self) -> list[Environment]:

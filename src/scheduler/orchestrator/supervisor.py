@@ -652,7 +652,8 @@ class Supervisor:
                 pass
             else:
                 await self._store.put(
-                    replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at)
+                    replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at),
+                    expected_revision=env.revision,
                 )
                 if status is not env.status:
                     kind = EventType.ENVIRONMENT_DEGRADED if found else EventType.ENVIRONMENT_RUNNING
@@ -757,7 +758,7 @@ class Supervisor:
                 return None
             updated = replace(current, **changes)
             containers = tuple(updated if c.container_id == cid else c for c in env.containers)
-            await self._store.put(replace(env, containers=containers, updated_at=now()))
+            await self._store.put(replace(env, containers=containers, updated_at=now()), expected_revision=env.revision)
         return updated
 
     def _publish(self, kind: EventType, env_name: str, status: ContainerStatus, message: str) -> None:

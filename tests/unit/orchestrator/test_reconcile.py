@@ -139,7 +139,7 @@ async def test_an_interrupted_deploy_converges_without_duplicates(tmp_path: Path
     # Pretend the daemon died mid-deploy: the status says DEPLOYING and only some containers are recorded.
     env = await old.env("shop")
     half = replace(env, status=EnvironmentStatus.DEPLOYING, containers=env.containers[:1], observed_generation=0)
-    await old.store.put(half)
+    await old.store.put(half, expected_revision=env.revision)
 
     new = await crash_and_restart(old, worlds)
     report = await Reconciler(new.store, new.runtime, new.network, new.supervisor, new.orchestrator).run()
@@ -175,7 +175,7 @@ async def test_an_interrupted_update_is_rolled_out_without_downtime_or_duplicate
     newer = replace(
         env.spec, services=(service("web", RestartMode.ALWAYS, replicas=3), service("db", RestartMode.ALWAYS))
     )
-    await old.store.put(replace(env, spec=newer, generation=2))
+    await old.store.put(replace(env, spec=newer, generation=2), expected_revision=env.revision)
 
     new = await crash_and_restart(old, worlds)
     reconciler = Reconciler(

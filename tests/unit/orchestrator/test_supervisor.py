@@ -550,7 +550,7 @@ async def test_a_rolled_back_update_leaves_the_serving_replicas_listed_and_in_th
     original.update(c.container_id for c in env.containers)
     ips = set(world.network.backends[("roll", "app")])
     broken = replace(env.spec, services=(replace(env.spec.services[0], args=("broken",)),))
-    await world.store.put(replace(env, spec=broken, generation=2))
+    await world.store.put(replace(env, spec=broken, generation=2), expected_revision=env.revision)
     world.orchestrator.submit_update("roll", env, [domain.ServiceChange("app", domain.ChangeAction.REPLACE)], ms(10))
     await world.orchestrator.wait_idle("roll")
     await world.first(EventType.ENVIRONMENT_ROLLED_BACK)

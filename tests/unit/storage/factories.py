@@ -117,6 +117,7 @@ def full_environment(
         created_at=T0,
         updated_at=T0 + timedelta(seconds=1),
         request_id=request_id,
+        revision=1,
         request=full_request(),
     )
 
