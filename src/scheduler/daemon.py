@@ -21,6 +21,7 @@ from scheduler.api.server import ApiServer
 from scheduler.config import Settings
 from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
@@ -55,6 +56,7 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
     async with AsyncExitStack() as stack:
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
+        ledger = await Ledger.open(store)
 
         socket = settings.containerd.socket
         if not socket:
@@ -79,7 +81,7 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
 
         events = EventBus()
         orchestrator = Orchestrator(
-            store,
+            ledger,
             runtime,
             network,
             VolumeStore(data_dir / "volumes"),
@@ -93,14 +95,14 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             ),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(store, runtime, network, events, orchestrator)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
-        await Reconciler(store, runtime, network, supervisor, orchestrator).run()
+        await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits)
+        service = EnvironmentService(ledger, orchestrator, events, default_catalog(), settings.limits)
         server = ApiServer(service, settings.server.listen, settings.server.unix_socket)
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)

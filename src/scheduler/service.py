@@ -31,13 +31,13 @@ from scheduler.domain import (
     ServiceSpec,
 )
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
-from scheduler.storage.base import StateStore
 from scheduler.validation import validate
 
 _log = log.get("service")
@@ -56,13 +56,13 @@ class EnvironmentService:
 
     def __init__(
         self,
-        store: StateStore,
+        ledger: Ledger,
         orchestrator: Orchestrator,
         events: EventBus,
         catalog: Catalog,
         limits: LimitSettings,
     ) -> None:
-        self._store = store
+        self._ledger = ledger
         self._orchestrator = orchestrator
         self._events = events
         self._catalog = catalog
@@ -83,7 +83,7 @@ class EnvironmentService:
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             if request_id:
-                earlier = await self._store.find_by_request_id(request_id)
+                earlier = await self._ledger.find_by_request_id(request_id)
                 if earlier is not None:
                     if earlier.name != name:
                         raise errors.AlreadyExists(
@@ -105,8 +105,8 @@ class EnvironmentService:
                 updated_at=created,
                 request_id=request_id,
             )
-            env = await self._store.create(env)
-        await self._store.append_history(
+            env = await self._ledger.create(env)
+        await self._ledger.append_history(
             HistoryEntry(env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}")
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
@@ -117,7 +117,7 @@ class EnvironmentService:
     async def get(self, name: str) -> Environment:
         """Return one environment, secrets redacted."""
         _check_name(name)
-        return self._redact(await self._store.get(name))
+        return self._redact(await self._ledger.get(name))
 
     async def list(
         self,
@@ -128,21 +128,30 @@ class EnvironmentService:
         labels: Mapping[str, str] | None = None,
     ) -> tuple[builtins.list[Environment], str]:
         """Return a page of environments, secrets redacted."""
-        envs, token = await self._store.list(page_size, page_token, statuses, labels or {})
+        envs, token = await self._ledger.list(page_size, page_token, statuses, labels or {})
         return [self._redact(e) for e in envs], token
 
-    async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "") -> Environment:
-        """Mark an environment DELETING and remove it in the background."""
+    async def delete(
+        self, name: str, *, keep_volumes: bool = False, actor: str = "", expected_revision: int | None = None
+    ) -> Environment:
+        """Mark an environment DELETING and remove it in the background.
+
+        ``expected_revision`` (a client's etag) makes it conditional: Conflict if the
+        environment changed since the client read it.
+        """
         _check_name(name)
-        async with self._orchestrator.status_lock(name):
-            env = await self._store.get(name)
-            marked = env.status is not EnvironmentStatus.DELETING
-            if marked:
-                env = await self._store.put(
-                    replace(env, status=EnvironmentStatus.DELETING, updated_at=_now()), expected_revision=env.revision
-                )
+        marked = False
+
+        def mark(env: Environment) -> Environment | None:
+            nonlocal marked
+            if env.status is EnvironmentStatus.DELETING:
+                return None
+            marked = True
+            return replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
+
+        env = await self._ledger.change(name, mark, expected_revision=expected_revision)
         if marked:
-            await self._store.append_history(
+            await self._ledger.append_history(
                 HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
             )
         self._orchestrator.submit_delete(name, keep_volumes=keep_volumes)
@@ -156,10 +165,21 @@ class EnvironmentService:
         dry_run: bool = False,
         drain: timedelta | None = None,
         actor: str = "",
+        expected_revision: int | None = None,
     ) -> tuple[Environment, builtins.list[ServiceChange]]:
-        """Resolve a new spec and roll it out in the background (or, with ``dry_run``, only plan it)."""
+        """Resolve a new spec and roll it out in the background (or, with ``dry_run``, only plan it).
+
+        ``expected_revision`` (a client's etag) makes it conditional: Conflict if the
+        environment changed since the client read it.
+        """
         _check_name(name)
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
+        if expected_revision is not None and expected_revision != env.revision:
+            raise errors.Conflict(
+                f"environment {name!r} is at revision {env.revision}, not {expected_revision}: it changed since "
+                "it was read; read it again and retry",
+                env=name,
+            )
         if request.stack != env.spec.stack:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("spec.stack", f"cannot change from {env.spec.stack!r} to {request.stack!r}")]
@@ -177,16 +197,19 @@ class EnvironmentService:
             return self._redact(env), changes
         if all(change.action is ChangeAction.KEEP for change in changes) and spec == env.spec:
             return self._redact(env), changes
-        async with self._orchestrator.status_lock(name):
-            latest = await self._store.get(name)
-            if latest.revision != env.revision and (latest.spec != env.spec or latest.status != env.status):
+
+        def apply(latest: Environment) -> Environment:
+            if latest.spec != env.spec:
                 raise errors.Conflict(f"environment {name!r} changed while the update was planned; retry", env=name)
-            updated = replace(latest, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
-            updated = await self._store.put(updated, expected_revision=latest.revision)
+            if latest.status is EnvironmentStatus.DELETING:
+                raise errors.FailedPrecondition(f"environment {name!r} is being deleted", env=name)
+            return replace(latest, spec=spec, request=request, generation=latest.generation + 1, updated_at=_now())
+
+        updated = await self._ledger.change(name, apply, expected_revision=expected_revision)
         summary = "; ".join(
             f"{c.service}: {c.action.value.lower()}" for c in changes if c.action is not ChangeAction.KEEP
         )
-        await self._store.append_history(
+        await self._ledger.append_history(
             HistoryEntry(
                 env=name,
                 generation=updated.generation,
@@ -205,7 +228,7 @@ class EnvironmentService:
     async def history(self, name: str) -> builtins.list[HistoryEntry]:
         """Return the audit trail of an environment (kept after its deletion)."""
         _check_name(name)
-        entries = await self._store.history(name)
+        entries = await self._ledger.history(name)
         if not entries:
             raise errors.NotFound(f"environment {name!r} has no history", env=name)
         return entries
@@ -215,19 +238,19 @@ class EnvironmentService:
     async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
         """Yield log lines of an environment's containers (and follow them if asked)."""
         _check_name(name)
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
         unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
         if unknown:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("services", f"environment {name!r} has no service {unknown[0]!r}")]
             )
-        async for line in read_logs(self._store, self._orchestrator.logs_dir, name, query, self._closing):
+        async for line in read_logs(self._ledger, self._orchestrator.logs_dir, name, query, self._closing):
             yield line
 
     async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
         """Sample every running container twice over ``window`` to get CPU as a rate."""
         _check_name(name)
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
     async def watch(self, name: str) -> AsyncIterator[Event]:

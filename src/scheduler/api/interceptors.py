@@ -99,8 +99,14 @@ class _Call:
         await self.context.abort(code, message, trailing_metadata=tuple(trailing))
 
     def log(self) -> None:
-        """Write the one access-log line of this RPC."""
-        emit = _log.debug if self.method.startswith(_QUIET_PREFIXES) else _log.info
+        """Write the one access-log line of this RPC: at debug level when it succeeded.
+
+        A busy client makes thousands of calls a minute; logging each at info level cost more
+        than serving it and buried what matters. Failures stay at info, and the daemon's own log
+        lines record every change an RPC causes.
+        """
+        quiet = self.code == grpc.StatusCode.OK or self.method.startswith(_QUIET_PREFIXES)
+        emit = _log.debug if quiet else _log.info
         emit(
             "rpc",
             method=self.method,

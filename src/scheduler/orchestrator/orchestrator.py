@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,17 @@ from scheduler.domain import (
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.expiry import Expiry
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import remove_logs
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import ExpectedExits
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.runtime.containerd import labels
 from scheduler.stacks.graph import topological_order
-from scheduler.storage.base import StateStore
 from scheduler.volumes import VolumeStore
 
 _log = log.get("orchestrator")
-
-
-TTL_CHECK_SECONDS = 2.0
-"""How often environments are checked for an expired time to live."""
 
 
 @dataclass(frozen=True)
@@ -103,14 +100,14 @@ class Orchestrator:
 
     def __init__(
         self,
-        store: StateStore,
+        ledger: Ledger,
         runtime: ContainerRuntime,
         network: NetworkManager,
         volumes: VolumeStore,
         events: EventBus,
         settings: OrchestratorSettings,
     ) -> None:
-        self._store = store
+        self._ledger = ledger
         self._runtime = runtime
         self._network = network
         self._volumes = volumes
@@ -118,9 +115,8 @@ class Orchestrator:
         self._settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self._operations: dict[str, asyncio.Task[None]] = {}
-        self._status_lock: dict[str, asyncio.Lock] = {}
         self._closed = False
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
 
@@ -128,62 +124,19 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Resume operations a previous run left unfinished (deploys and deletions)."""
-        token = ""
-        while True:
-            page, token = await self._store.list(page_size=200, page_token=token)
-            for env in page:
-                if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
-                    _log.info("resume.deploy", env=env.name)
-                    self.submit_deploy(env.name)
-                elif env.status is EnvironmentStatus.DELETING:
-                    _log.info("resume.delete", env=env.name)
-                    self.submit_delete(env.name, keep_volumes=False)
-            if not token:
-                break
-        self._expiry = asyncio.create_task(self._expire_loop(), name="ttl-expiry")
-
-    async def _expire_loop(self) -> None:
-        """Delete environments whose TTL ran out (checked every few seconds while the daemon runs)."""
-        while not self._closed:
-            try:
-                await self.expire_due(now())
-            except errors.SchedulerError as err:
-                _log.warning("ttl.check_failed", error=err.message)
-            await asyncio.sleep(TTL_CHECK_SECONDS)
-
-    async def expire_due(self, at: datetime) -> list[str]:
-        """Start deleting every environment whose ``created_at + ttl`` is past; returns their names."""
-        expired = []
-        token = ""
-        while True:
-            page, token = await self._store.list(page_size=200, page_token=token)
-            for env in page:
-                ttl = env.request.ttl if env.request is not None else env.spec.ttl
-                if ttl is None or env.created_at is None or env.status is EnvironmentStatus.DELETING:
-                    continue
-                if env.created_at + ttl <= at:
-                    expired.append(env.name)
-            if not token:
-                break
-        for name in expired:
-            async with self.status_lock(name):
-                env = await self._store.get(name)
-                await self._store.put(
-                    replace(env, status=EnvironmentStatus.DELETING, updated_at=at), expected_revision=env.revision
-                )
-            await self._store.append_history(
-                HistoryEntry(name, env.generation, at, "scheduler", "delete", "time to live expired")
-            )
-            _log.info("ttl.expired", env=name)
-            self.submit_delete(name, keep_volumes=False)
-        return expired
+        for env in self._ledger.all():
+            if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
+                _log.info("resume.deploy", env=env.name)
+                self.submit_deploy(env.name)
+            elif env.status is EnvironmentStatus.DELETING:
+                _log.info("resume.delete", env=env.name)
+                self.submit_delete(env.name, keep_volumes=False)
+        self._expiry.start()
 
     async def close(self) -> None:
         """Cancel running operations; their environments are resumed by the next :meth:`start`."""
         self._closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-            await asyncio.gather(self._expiry, return_exceptions=True)
+        await self._expiry.close()
         tasks = list(self._operations.values())
         for task in tasks:
             task.cancel()
@@ -230,10 +183,6 @@ class Orchestrator:
         task = self._operations.get(name)
         return task is not None and not task.done()
 
-    def status_lock(self, name: str) -> asyncio.Lock:
-        """The lock serialising read-modify-write of ``name``'s stored status, shared with the supervisor."""
-        return self._status_lock.setdefault(name, asyncio.Lock())
-
     async def wait_idle(self, name: str) -> None:
         """Wait until no operation runs on ``name`` (for tests and shutdown)."""
         while (task := self._operations.get(name)) is not None and not task.done():
@@ -262,18 +211,17 @@ class Orchestrator:
 
     async def _deploy(self, name: str) -> None:
         try:
-            env = await self._store.get(name)
+            env = await self._ledger.get(name)
         except errors.NotFound:
             return
         if env.status is EnvironmentStatus.DELETING:
             return
-        env = await self._set_status(env, EnvironmentStatus.DEPLOYING, EventType.ENVIRONMENT_DEPLOYING)
+        env = await self._set_status(name, EnvironmentStatus.DEPLOYING, EventType.ENVIRONMENT_DEPLOYING)
         started = time.monotonic()
         try:
-            env = await self._bring_up(env)
+            endpoints = await self._bring_up(env)
         except DeployFailure as failure:
             _log.warning("deploy.failed", env=name, service=failure.service, reason=failure.message)
-            env = await self._refresh(name)
             condition = Condition(
                 type="Ready",
                 status=False,
@@ -282,8 +230,9 @@ class Orchestrator:
                 service=failure.service,
                 last_transition=now(),
             )
-            env = replace(env, conditions=with_condition(env.conditions, condition))
-            await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, failure.message)
+            await self._set_status(
+                name, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, failure.message, condition=condition
+            )
             return
         except errors.SchedulerError as err:
             _log.warning("deploy.failed", env=name, reason=err.message)
@@ -296,17 +245,24 @@ class Orchestrator:
         condition = Condition(
             type="Ready", status=True, reason="Deployed", message="every service is up", last_transition=now()
         )
-        env = replace(env, conditions=with_condition(env.conditions, condition), observed_generation=env.generation)
-        await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
+        deployed = env.generation
+        await self._set_status(
+            name,
+            EnvironmentStatus.RUNNING,
+            EventType.ENVIRONMENT_RUNNING,
+            condition=condition,
+            also=lambda e: replace(e, endpoints=endpoints, observed_generation=deployed),
+        )
         _log.info("deploy.done", env=name, seconds=round(time.monotonic() - started, 3))
 
     async def _fail(self, name: str, reason: str, message: str) -> None:
-        env = await self._refresh(name)
         condition = Condition(type="Ready", status=False, reason=reason, message=message, last_transition=now())
-        env = replace(env, conditions=with_condition(env.conditions, condition))
-        await self._set_status(env, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, message)
+        await self._set_status(
+            name, EnvironmentStatus.FAILED, EventType.ENVIRONMENT_FAILED, message, condition=condition
+        )
 
-    async def _bring_up(self, env: Environment) -> Environment:
+    async def _bring_up(self, env: Environment) -> tuple[domain.Endpoint, ...]:
+        """Bring every service up in dependency order; returns the published endpoints."""
         name = env.name
         spec = env.spec
         try:
@@ -323,8 +279,7 @@ class Orchestrator:
         except* Exception as crashes:
             raise crashes.exceptions[0] from None
         endpoints = [e for service in spec.services for e in await self._publish_ports(env, service)]
-        env = await self._refresh(name)
-        return replace(env, endpoints=tuple(endpoints))
+        return tuple(endpoints)
 
     async def _publish_ports(self, env: Environment, service: ServiceSpec) -> list[domain.Endpoint]:
         """Publish the service's published ports on the host; returns their endpoints."""
@@ -541,7 +496,7 @@ class Orchestrator:
         self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
     ) -> None:
         try:
-            env = await self._store.get(name)
+            env = await self._ledger.get(name)
         except errors.NotFound:
             return
         if previous.status is EnvironmentStatus.FAILED:
@@ -568,18 +523,16 @@ class Orchestrator:
             _log.warning("update.failed", env=name, service=failure.service, reason=failure.message)
             await self._roll_back(name, previous, env, failure, done, drain)
             return
-        env = await self._refresh(name)
-        env = replace(
-            env,
-            observed_generation=env.generation,
-            endpoints=await self._network.endpoints(name),
-            conditions=with_condition(
-                env.conditions,
-                Condition("Ready", True, "Updated", f"generation {env.generation} rolled out", last_transition=now()),
-            ),
+        endpoints = await self._network.endpoints(name)
+        rolled_out = env.generation
+        await self._set_status(
+            name,
+            EnvironmentStatus.RUNNING,
+            EventType.ENVIRONMENT_RUNNING,
+            condition=Condition("Ready", True, "Updated", f"generation {rolled_out} rolled out", last_transition=now()),
+            also=lambda e: replace(e, observed_generation=rolled_out, endpoints=endpoints),
         )
-        await self._set_status(env, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING)
-        _log.info("update.done", env=name, generation=env.generation)
+        _log.info("update.done", env=name, generation=rolled_out)
 
     async def _roll_service(
         self,
@@ -651,50 +604,55 @@ class Orchestrator:
                     await self._roll_service(previous, old, service, domain.ChangeAction.REPLACE, drain)
             except DeployFailure as err:
                 rollback_error = f"; rolling back {service.name} failed too: {err.message}"
-        env = await self._refresh(name)
-        rolled = replace(
-            env,
-            spec=previous.spec,
-            request=previous.request,
-            generation=env.generation + 1,
-            observed_generation=env.generation + 1,
-            conditions=with_condition(
-                env.conditions,
-                Condition(
-                    "RolledBack",
-                    True,
-                    failure.reason,
-                    f"generation {attempted.generation} rolled back: {failure.message}{rollback_error}",
-                    service=failure.service,
-                    last_transition=now(),
-                ),
-            ),
+        condition = Condition(
+            "RolledBack",
+            True,
+            failure.reason,
+            f"generation {attempted.generation} rolled back: {failure.message}{rollback_error}",
+            service=failure.service,
+            last_transition=now(),
         )
-        await self._store.append_history(
+
+        def restore(env: Environment) -> Environment:
+            return replace(
+                env,
+                spec=previous.spec,
+                request=previous.request,
+                generation=env.generation + 1,
+                observed_generation=env.generation + 1,
+            )
+
+        status = EnvironmentStatus.DEGRADED if rollback_error else EnvironmentStatus.RUNNING
+        rolled = await self._set_status(
+            name, status, EventType.ENVIRONMENT_ROLLED_BACK, failure.message, condition=condition, also=restore
+        )
+        await self._ledger.append_history(
             HistoryEntry(name, rolled.generation, now(), "scheduler", "rollback", failure.message)
         )
-        status = EnvironmentStatus.DEGRADED if rollback_error else EnvironmentStatus.RUNNING
-        await self._set_status(rolled, status, EventType.ENVIRONMENT_ROLLED_BACK, failure.message)
 
     async def _containers_of(self, name: str, service: str) -> list[ContainerStatus]:
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
         return [c for c in env.containers if c.service == service]
 
     async def _restore_statuses(self, name: str, serving: list[ContainerStatus], failed: set[str]) -> None:
         """After a failed replacement, list again the replicas that kept serving (the new ones took their slots)."""
-        async with self.status_lock(name):
-            env = await self._store.get(name)
-            slots = {(c.service, c.replica) for c in serving}
+        slots = {(c.service, c.replica) for c in serving}
+
+        def change(env: Environment) -> Environment:
             others = [c for c in env.containers if c.container_id not in failed and (c.service, c.replica) not in slots]
             containers = tuple(sorted([*others, *serving], key=lambda c: (c.service, c.replica)))
-            await self._store.put(replace(env, containers=containers, updated_at=now()), expected_revision=env.revision)
+            return replace(env, containers=containers, updated_at=now())
+
+        await self._ledger.change(name, change)
 
     async def _forget_retired(self, name: str, retired: set[str], started: set[str]) -> None:
         """Drop statuses of removed containers (a started one may have taken their replica slot)."""
-        async with self.status_lock(name):
-            env = await self._store.get(name)
+
+        def change(env: Environment) -> Environment:
             kept = tuple(c for c in env.containers if c.container_id not in retired or c.container_id in started)
-            await self._store.put(replace(env, containers=kept, updated_at=now()), expected_revision=env.revision)
+            return replace(env, containers=kept, updated_at=now())
+
+        await self._ledger.change(name, change)
 
     async def _remove_containers(self, name: str, env: Environment) -> None:
         """Stop and remove every container of ``name`` in reverse dependency order."""
@@ -719,7 +677,7 @@ class Orchestrator:
 
     async def _delete(self, name: str, keep_volumes: bool) -> None:
         try:
-            env: Environment | None = await self._store.get(name)
+            env: Environment | None = await self._ledger.get(name)
         except errors.NotFound:
             env = None
         placeholder = Environment(name=name, uid="", spec=domain.EnvironmentSpec(stack="", services=()))
@@ -728,8 +686,8 @@ class Orchestrator:
         await asyncio.to_thread(remove_logs, self._settings.logs_dir, name)
         if not keep_volumes:
             await asyncio.to_thread(self._volumes.remove_environment, name)
-        await self._store.delete(name)
-        await self._store.append_history(
+        await self._ledger.remove(name)
+        await self._ledger.append_history(
             HistoryEntry(
                 env=name,
                 generation=env.generation if env else 0,
@@ -757,37 +715,45 @@ class Orchestrator:
 
     # --- status bookkeeping ------------------------------------------------------------------------
 
-    async def _refresh(self, name: str) -> Environment:
-        return await self._store.get(name)
-
     async def _set_status(
-        self, env: Environment, status: EnvironmentStatus, event: EventType, message: str = ""
+        self,
+        name: str,
+        status: EnvironmentStatus,
+        event: EventType,
+        message: str = "",
+        *,
+        condition: Condition | None = None,
+        also: Callable[[Environment], Environment] = lambda env: env,
     ) -> Environment:
-        async with self.status_lock(env.name):
-            current = await self._store.get(env.name)
+        """Set the status (and ``condition``, and what ``also`` changes) unless a deletion took over."""
+        deleting = False
+
+        def change(current: Environment) -> Environment | None:
+            nonlocal deleting
             if current.status is EnvironmentStatus.DELETING:
                 # A deletion was accepted meanwhile; it owns the status from now on.
-                return current
-            updated = replace(env, status=status, updated_at=now(), containers=current.containers)
-            updated = await self._store.put(updated, expected_revision=current.revision)
-        self._events.publish(Event(event, env.name, now(), message=message, generation=env.generation))
+                deleting = True
+                return None
+            conditions = current.conditions if condition is None else with_condition(current.conditions, condition)
+            return also(replace(current, status=status, conditions=conditions, updated_at=now()))
+
+        updated = await self._ledger.change(name, change)
+        if not deleting:
+            self._events.publish(Event(event, name, now(), message=message, generation=updated.generation))
         return updated
 
     async def _record(self, name: str, status: ContainerStatus) -> None:
         """Store one replica's status, replacing the previous status of that service replica."""
-        async with self.status_lock(name):
-            env = await self._store.get(name)
+
+        def change(env: Environment) -> Environment:
             others = [c for c in env.containers if not (c.service == status.service and c.replica == status.replica)]
             containers = sorted([*others, status], key=lambda c: (c.service, c.replica))
-            await self._store.put(
-                replace(env, containers=tuple(containers), updated_at=now()), expected_revision=env.revision
-            )
+            return replace(env, containers=tuple(containers), updated_at=now())
+
+        await self._ledger.change(name, change)
 
     async def _update_container(self, name: str, cid: str, **changes: Any) -> None:
-        async with self.status_lock(name):
-            env = await self._store.get(name)
-            containers = tuple(replace(c, **changes) if c.container_id == cid else c for c in env.containers)
-            await self._store.put(replace(env, containers=containers, updated_at=now()), expected_revision=env.revision)
+        await self._ledger.change_container(name, cid, **changes)
 
     def _publish(self, env: Environment, kind: EventType, service: str, replica: int, cid: str) -> None:
         self._events.publish(

@@ -52,15 +52,16 @@ from scheduler.domain import (
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.runtime.containerd import labels
-from scheduler.storage.base import StateStore
 
 _log = log.get("supervisor")
 
-RESYNC_INTERVAL = 5.0
-"""Seconds between comparisons of the store with the runtime, for exits whose events were lost."""
+RESYNC_INTERVAL = 30.0
+"""Seconds between comparisons of recorded containers with the runtime, a safety net for exits
+whose events were lost (the event stream's reconnection triggers one at once)."""
 PENDING_WAIT = 3.0
 """Longest wait for a deploy to record a container that exited right after it started."""
 SUPERVISED = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
@@ -209,10 +210,6 @@ class Operations(Protocol):
         """Whether a deploy, update or delete runs on environment ``name``."""
         ...
 
-    def status_lock(self, name: str) -> asyncio.Lock:
-        """The lock serialising read-modify-write of ``name``'s stored status."""
-        ...
-
     async def wait_idle(self, name: str) -> None:
         """Wait until no operation runs on ``name``."""
         ...
@@ -245,7 +242,7 @@ class Supervisor:
 
     def __init__(
         self,
-        store: StateStore,
+        ledger: Ledger,
         runtime: ContainerRuntime,
         network: NetworkManager,
         events: EventBus,
@@ -254,7 +251,7 @@ class Supervisor:
         resync_interval: float = RESYNC_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
+        self._ledger = ledger
         self._runtime = runtime
         self._network = network
         self._events = events
@@ -369,30 +366,36 @@ class Supervisor:
                 _log.warning("resync.failed", error=err.message)
 
     async def resync(self) -> None:
-        """Compare stored RUNNING containers with the runtime; handle exits whose events were lost."""
-        envs = await self._supervised_environments()
+        """Compare RUNNING containers with the runtime; handle exits whose events were lost.
+
+        Runs when the event stream reconnects, and now and then as a safety net. Only what
+        differs is touched: an environment whose containers all run as recorded is not written,
+        evaluated or probed again.
+        """
+        envs = [e for e in self._ledger.all(SUPERVISED) if not self._ops.busy(e.name)]
         if not envs:
             return
         found = {info.id: info for info in await self._runtime.list({})}
         for env in envs:
-            if self._ops.busy(env.name):
-                continue
+            changed = False
             for status in env.containers:
                 if status.state is not ContainerState.RUNNING or status.container_id in self._ops.expected_exits:
                     continue
                 info = found.get(status.container_id)
                 if info is None:
                     await self._mark_missing(env.name, status)
+                    changed = True
                 elif info.task_state is None or info.task_state is TaskState.STOPPED:
                     await self._handle_exit(status.container_id, status.pid, info.exit_status, None, env_hint=env.name)
-            await self._tidy(env)
-            await self._evaluate(env.name)
+                    changed = True
+            self._tidy(env.name)
+            if changed:
+                await self._evaluate(env.name)
 
-    async def _tidy(self, env: Environment) -> None:
+    def _tidy(self, name: str) -> None:
         """Forget containers the environment no longer lists; watch health where nobody does."""
-        try:
-            env = await self._store.get(env.name)  # exits handled just now changed it
-        except errors.NotFound:
+        env = self._ledger.find(name)  # exits handled just now changed it
+        if env is None:
             return
         listed = {c.container_id: c for c in env.containers}
         for cid in [cid for cid, r in self._replicas.items() if r.env == env.name and cid not in listed]:
@@ -634,13 +637,11 @@ class Supervisor:
         if self._ops.busy(env_name):
             return
         event: Event | None = None
-        async with self._ops.status_lock(env_name):
-            try:
-                env = await self._store.get(env_name)
-            except errors.NotFound:
-                return
+
+        def assess(env: Environment) -> Environment | None:
+            nonlocal event
             if env.status not in SUPERVISED:
-                return
+                return None
             at = now()
             found = problems(env, at)
             status = EnvironmentStatus.DEGRADED if found else EnvironmentStatus.RUNNING
@@ -649,16 +650,19 @@ class Supervisor:
             if status is env.status and (
                 status is EnvironmentStatus.RUNNING or (previous is not None and previous.message == condition.message)
             ):
-                pass
-            else:
-                await self._store.put(
-                    replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at),
-                    expected_revision=env.revision,
-                )
-                if status is not env.status:
-                    kind = EventType.ENVIRONMENT_DEGRADED if found else EventType.ENVIRONMENT_RUNNING
-                    event = Event(kind, env_name, at, message=condition.message, generation=env.generation)
-                    _log.info("environment.status", env=env_name, status=status.value, reason=condition.message)
+                return None
+            if status is not env.status:
+                kind = EventType.ENVIRONMENT_DEGRADED if found else EventType.ENVIRONMENT_RUNNING
+                event = Event(kind, env_name, at, message=condition.message, generation=env.generation)
+                _log.info("environment.status", env=env_name, status=status.value, reason=condition.message)
+            return replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at)
+
+        try:
+            env = await self._ledger.change(env_name, assess)
+        except errors.NotFound:
+            return
+        if env.status not in SUPERVISED:
+            return
         if event is not None:
             self._events.publish(event)
         for service in env.spec.services:
@@ -667,7 +671,7 @@ class Supervisor:
     async def _sync_backends(self, env_name: str, service: str) -> None:
         """Take failing replicas out of the service's address, and (between operations) put healthy ones in."""
         try:
-            env = await self._store.get(env_name)
+            env = await self._ledger.get(env_name)
             info = await self._network.service(env_name, service)
         except errors.NotFound:
             return
@@ -692,16 +696,6 @@ class Supervisor:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    async def _supervised_environments(self) -> list[Environment]:
-        out: list[Environment] = []
-        token = ""
-        for _ in range(10_000):
-            page, token = await self._store.list(page_size=200, page_token=token, statuses=SUPERVISED)
-            out += page
-            if not token:
-                break
-        return out
-
     async def _locate(self, cid: str, env_hint: str) -> tuple[str, ServiceSpec] | None:
         """The environment and service spec of a container, from what we know or the store."""
         known = self._replicas.get(cid)
@@ -710,7 +704,7 @@ class Supervisor:
             names = [info.labels.get(labels.ENV, "") for info in await self._runtime.list({}) if info.id == cid]
         for name in names:
             try:
-                env = await self._store.get(name)
+                env = await self._ledger.get(name)
             except errors.NotFound:
                 continue
             status = next((c for c in env.containers if c.container_id == cid), None)
@@ -735,7 +729,7 @@ class Supervisor:
         deadline = self._clock() + PENDING_WAIT
         while True:
             try:
-                env = await self._store.get(env_name)
+                env = await self._ledger.get(env_name)
             except errors.NotFound:
                 return None
             status = next((c for c in env.containers if c.container_id == cid), None)
@@ -746,20 +740,7 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def _update(self, env_name: str, cid: str, **changes: Any) -> ContainerStatus | None:
-        async with self._ops.status_lock(env_name):
-            try:
-                env = await self._store.get(env_name)
-            except errors.NotFound:
-                return None
-            if env.status is EnvironmentStatus.DELETING:
-                return None
-            current = next((c for c in env.containers if c.container_id == cid), None)
-            if current is None:
-                return None
-            updated = replace(current, **changes)
-            containers = tuple(updated if c.container_id == cid else c for c in env.containers)
-            await self._store.put(replace(env, containers=containers, updated_at=now()), expected_revision=env.revision)
-        return updated
+        return await self._ledger.change_container(env_name, cid, unless_deleting=True, **changes)
 
     def _publish(self, kind: EventType, env_name: str, status: ContainerStatus, message: str) -> None:
         self._events.publish(

@@ -32,6 +32,7 @@ from scheduler.domain import (
 from scheduler.errors import NotFound
 from scheduler.network.base import Attachment, EnvNetworkInfo, ServiceInfo, ServicePort
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.supervisor import (
     Backoff,
@@ -156,6 +157,7 @@ class FakeNetwork:
 @dataclass
 class World:
     store: MemoryStateStore
+    ledger: Ledger
     runtime: FakeRuntime
     network: FakeNetwork
     bus: EventBus
@@ -166,18 +168,18 @@ class World:
 
     async def deploy(self, name: str, *services: ServiceSpec, status: EnvironmentStatus | None = None) -> Environment:
         env = Environment(name=name, uid=f"uid-{name}", spec=EnvironmentSpec(stack="toolbox", services=services))
-        await self.store.create(env)
+        await self.ledger.create(env)
         self.orchestrator.submit_deploy(name)
         await self.orchestrator.wait_idle(name)
-        deployed = await self.store.get(name)
+        deployed = await self.ledger.get(name)
         assert deployed.status is EnvironmentStatus.RUNNING, deployed
         return deployed
 
     async def env(self, name: str) -> Environment:
-        return await self.store.get(name)
+        return await self.ledger.get(name)
 
     async def container(self, name: str, service: str, replica: int = 0) -> ContainerStatus:
-        env = await self.store.get(name)
+        env = await self.ledger.get(name)
         return next(c for c in env.containers if c.service == service and c.replica == replica)
 
     async def until(self, what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -212,12 +214,13 @@ async def make_world(
     runtime = runtime or FakeRuntime().with_image(IMAGE)
     network = network or FakeNetwork()
     bus = EventBus()
+    ledger = await Ledger.open(store)
     orchestrator = Orchestrator(
-        store, runtime, network, VolumeStore(tmp / "volumes"), bus, OrchestratorSettings(logs_dir=tmp / "logs")
+        ledger, runtime, network, VolumeStore(tmp / "volumes"), bus, OrchestratorSettings(logs_dir=tmp / "logs")
     )
-    supervisor = Supervisor(store, runtime, network, bus, orchestrator, resync_interval=3600)
+    supervisor = Supervisor(ledger, runtime, network, bus, orchestrator, resync_interval=3600)
     seen: list[domain.Event] = []
-    world = World(store, runtime, network, bus, orchestrator, supervisor, seen, tmp)
+    world = World(store, ledger, runtime, network, bus, orchestrator, supervisor, seen, tmp)
     if start_supervisor:
         await supervisor.start()
     return world
@@ -522,7 +525,7 @@ async def test_resync_marks_vanished_containers_and_watches_unwatched_health(wor
     app = await world.container("hc2", "app")
     other = await world.container("hc2", "other")
     # A supervisor that never saw the deploy's events (as after a restart) still watches health.
-    fresh = Supervisor(world.store, world.runtime, world.network, world.bus, world.orchestrator, resync_interval=3600)
+    fresh = Supervisor(world.ledger, world.runtime, world.network, world.bus, world.orchestrator, resync_interval=3600)
     await world.supervisor.close()
     world.supervisor = fresh
     await fresh.start()
@@ -550,7 +553,7 @@ async def test_a_rolled_back_update_leaves_the_serving_replicas_listed_and_in_th
     original.update(c.container_id for c in env.containers)
     ips = set(world.network.backends[("roll", "app")])
     broken = replace(env.spec, services=(replace(env.spec.services[0], args=("broken",)),))
-    await world.store.put(replace(env, spec=broken, generation=2), expected_revision=env.revision)
+    await world.ledger.change("roll", lambda e: replace(e, spec=broken, generation=2))
     world.orchestrator.submit_update("roll", env, [domain.ServiceChange("app", domain.ChangeAction.REPLACE)], ms(10))
     await world.orchestrator.wait_idle("roll")
     await world.first(EventType.ENVIRONMENT_ROLLED_BACK)
