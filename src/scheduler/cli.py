@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from scheduler import client, errors, log
-from scheduler.config import Settings, load_settings
+from scheduler.config import Settings, load_settings, redacted
 
 CONFIG_ERROR_EXIT = 2
 
@@ -76,10 +76,15 @@ def config() -> None:
 @config.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
 def config_check(path: Path) -> None:
-    """Validate a configuration file and print the effective settings."""
+    """Validate a configuration file and print the effective settings: paths resolved, secrets redacted.
+
+    ``SCHEDULER_*`` variables apply, as they would to ``scheduler run --config PATH``.
+    """
+    import json
+
     settings = _load(path, {})
     click.echo(f"{path}: valid")
-    click.echo(settings.model_dump_json(indent=2))
+    click.echo(json.dumps(redacted(settings), indent=2))
 
 
 client.register(main)

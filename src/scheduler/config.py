@@ -2,15 +2,33 @@
 
 This is the only module of the core that uses pydantic. Every option is documented in
 ``config.example.yaml``; unknown keys are refused so that a typo never passes silently.
+
+Paths are made absolute here, once: a relative path written in a config file is relative to
+that file's directory (as docker compose and Prometheus read theirs), one given by a
+``SCHEDULER_*`` variable or a flag is relative to the working directory. Nothing below this
+module ever sees a relative path. Options typed :data:`ConfigPath` (or :data:`CommandPath`) are
+paths; options typed :data:`SecretStr` are redacted by :func:`redacted`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +37,50 @@ from pydantic_settings import (
 )
 
 from scheduler.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class _PathOption:
+    """Marks an option as a filesystem path; ``command`` paths may also be a bare name on PATH."""
+
+    command: bool = False
+
+    def resolve(self, value: str, base: Path) -> str:
+        """``value`` made absolute against ``base``; empty stays empty (it means "not set")."""
+        if not value:
+            return value
+        scheme = "unix://" if value.startswith("unix://") else "unix:" if value.startswith("unix:") else ""
+        path = value[len(scheme) :]
+        if self.command and "/" not in path:
+            return value
+        return os.path.normpath(base / Path(path).expanduser())
+
+
+class _SecretOption:
+    """Marks an option whose value never leaves the daemon (``config check`` prints ``<redacted>``)."""
+
+
+_PATH = _PathOption()
+_COMMAND = _PathOption(command=True)
+_SECRET = _SecretOption()
+REDACTED = "<redacted>"
+
+
+def _from_cwd(option: _PathOption) -> Callable[[Any], Any]:
+    def absolute(value: Any) -> Any:
+        resolved = option.resolve(str(value), Path.cwd())
+        return type(value)(resolved) if isinstance(value, Path) else resolved
+
+    return absolute
+
+
+ConfigPath = Annotated[str, _PATH, AfterValidator(_from_cwd(_PATH))]
+"""A path option; empty means unset. Relative values are resolved (see the module docstring)."""
+CommandPath = Annotated[str, _COMMAND, AfterValidator(_from_cwd(_COMMAND))]
+"""A program: a bare name is looked up on PATH, anything with a slash is a path."""
+DirPath = Annotated[Path, _PATH, AfterValidator(_from_cwd(_PATH))]
+SecretStr = Annotated[str, _SECRET]
+"""A credential: usable as a plain string, redacted when settings are printed."""
 
 
 class _Section(BaseModel):
@@ -37,7 +99,7 @@ class ServerSettings(_Section):
 
     listen: str = "127.0.0.1:50051"
     """TCP address ``HOST:PORT``; empty disables TCP."""
-    unix_socket: str = ""
+    unix_socket: ConfigPath = ""
     """Path of a unix socket to serve on as well; empty disables it."""
     shutdown_grace: float = Field(default=5.0, ge=0, le=600)
     """Seconds in-flight RPCs get to finish after SIGTERM or SIGINT."""
@@ -74,11 +136,11 @@ class ContainerLogSettings(_Section):
 class ContainerdSettings(_Section):
     """How the daemon reaches containerd."""
 
-    socket: str = ""
+    socket: ConfigPath = ""
     """Socket of an existing containerd; empty starts (or adopts) a managed one under data_dir."""
     namespace: str = "scheduler"
     """containerd namespace that holds everything the scheduler creates."""
-    binary: str = "containerd"
+    binary: CommandPath = "containerd"
     """containerd binary for the managed instance."""
     snapshotter: str = "overlayfs"
     runtime: str = "io.containerd.runc.v2"
@@ -103,7 +165,7 @@ class RegistryHost(_Section):
     insecure: bool = False
     """Allow plain HTTP to this host."""
     username: str = ""
-    password: str = ""
+    password: SecretStr = ""
 
 
 class ImageSettings(_Section):
@@ -112,7 +174,7 @@ class ImageSettings(_Section):
     pull_policy: Literal["if-not-present", "always", "never"] = "if-not-present"
     registries: dict[str, RegistryHost] = {}
     """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``)."""
-    preload: list[str] = []
+    preload: list[ConfigPath] = []
     """Image archives (OCI layout or ``docker save`` tars) imported at start."""
 
 
@@ -126,7 +188,7 @@ class NetworkSettings(_Section):
     """Host ports allocated when a service asks for none in particular."""
     host_ip: str = "127.0.0.1"
     """Default host address for published ports."""
-    cni_bin_dir: str = "/usr/lib/cni"
+    cni_bin_dir: ConfigPath = "/usr/lib/cni"
     instance: str = Field(default="sch", pattern=r"^[a-z0-9]{1,6}$")
     """Prefix of every bridge, iptables chain and name this daemon owns on the host; two daemons
     on one host need different instances (and non-overlapping pools)."""
@@ -171,9 +233,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    data_dir: Path = Path("/var/lib/scheduler")
+    data_dir: DirPath = Path("/var/lib/scheduler")
     """Root of everything the daemon keeps: state database, volumes, logs, managed containerd."""
-    state_db: str = ""
+    state_db: ConfigPath = ""
     """SQLite file of the state store; empty means ``<data_dir>/state.db``."""
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -198,7 +260,65 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: CLI overrides (init) > environment > YAML file (if the class names one).
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(YamlConfigSettingsSource):
+    """The YAML file, its relative paths resolved against the file's own directory."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        loaded = super()._read_file(file_path)
+        return _resolve_paths(Settings, loaded, Path(str(file_path)).resolve().parent)
+
+
+def _resolve_paths(model: type[BaseModel], data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """``data`` (raw options of ``model``) with every path option made absolute against ``base``."""
+    out = dict(data)
+    for name, info in model.model_fields.items():
+        if name in out:
+            out[name] = _resolve_value(info.annotation, info.metadata, out[name], base)
+    return out
+
+
+def _resolve_value(annotation: Any, metadata: list[Any], value: Any, base: Path) -> Any:
+    option = next((m for m in metadata if isinstance(m, _PathOption)), None)
+    if option is not None and isinstance(value, str | Path):
+        return option.resolve(str(value), base)
+    if get_origin(annotation) is Annotated:
+        inner, *extra = get_args(annotation)
+        return _resolve_value(inner, [*metadata, *extra], value, base)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, Mapping):
+        return _resolve_paths(annotation, value, base)
+    args = get_args(annotation)
+    if get_origin(annotation) is list and isinstance(value, list):
+        return [_resolve_value(args[0], [], item, base) for item in value]
+    if get_origin(annotation) is dict and isinstance(value, Mapping):
+        return {key: _resolve_value(args[1], [], item, base) for key, item in value.items()}
+    return value
+
+
+def redacted(settings: BaseModel) -> dict[str, Any]:
+    """The settings as plain data, every secret option that is set replaced by ``<redacted>``."""
+    out: dict[str, Any] = {}
+    for name, info in type(settings).model_fields.items():
+        out[name] = _redact_value(info.annotation, info.metadata, getattr(settings, name))
+    return out
+
+
+def _redact_value(annotation: Any, metadata: list[Any], value: Any) -> Any:
+    if any(isinstance(m, _SecretOption) for m in metadata):
+        return REDACTED if value else value
+    if get_origin(annotation) is Annotated:
+        inner, *extra = get_args(annotation)
+        return _redact_value(inner, [*metadata, *extra], value)
+    if isinstance(value, BaseModel):
+        return redacted(value)
+    args = get_args(annotation)
+    if isinstance(value, dict):
+        return {key: _redact_value(args[1] if args else Any, [], item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(args[0] if args else Any, [], item) for item in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

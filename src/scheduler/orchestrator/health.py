@@ -17,6 +17,10 @@ from scheduler.domain import HealthCheck, HealthCheckKind
 from scheduler.runtime.base import ContainerRuntime
 
 _MAX_OUTPUT = 300
+MAX_STATUS_LINE = 4096
+"""Bytes an HTTP probe accepts for the status line; a longer one fails the probe."""
+MAX_HEAD = 16 * 1024
+"""Bytes an HTTP probe reads for the status line and headers together, then up to 4 KiB of body."""
 START_INTERVAL = 0.1
 """Seconds between probes while the start period lasts."""
 
@@ -30,7 +34,11 @@ class ProbeResult:
 
 
 async def probe(check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str) -> ProbeResult:
-    """Run one probe of ``check`` against a container; never raises for a failing probe."""
+    """Run one probe of ``check`` against a container; never raises (only cancellation passes).
+
+    Whatever the container answers, or whatever goes wrong asking it, is a failed probe: a
+    container must not be able to stop the monitor that watches it.
+    """
     timeout = check.timeout.total_seconds()
     try:
         if check.kind is HealthCheckKind.EXEC:
@@ -45,6 +53,8 @@ async def probe(check: HealthCheck, runtime: ContainerRuntime, container_id: str
         return ProbeResult(False, f"probe timed out after {timeout:g}s")
     except (OSError, errors.SchedulerError) as err:
         return ProbeResult(False, str(err) or type(err).__name__)
+    except Exception as err:  # noqa: BLE001 - any other error is a failed probe too, never a dead monitor
+        return ProbeResult(False, f"probe failed: {type(err).__name__}: {err}"[:_MAX_OUTPUT])
     return ProbeResult(True, "no health check")
 
 
@@ -60,16 +70,39 @@ async def _http(ip: str, port: int, path: str) -> ProbeResult:
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: scheduler-health\r\n\r\n".encode())
         await writer.drain()
-        status_line = (await reader.readline()).decode(errors="replace").strip()
-        body = (await reader.read(4096)).decode(errors="replace")
+        data = await _read_bounded(reader)
     finally:
         writer.close()
-    parts = status_line.split(" ", 2)
+    status_line, newline, _ = data.partition(b"\n")
+    if len(status_line) > MAX_STATUS_LINE or (not newline and len(data) >= MAX_STATUS_LINE):
+        return ProbeResult(False, f"GET {path}: status line longer than {MAX_STATUS_LINE} bytes")
+    parts = status_line.decode(errors="replace").strip().split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
         return ProbeResult(False, f"GET {path}: not an HTTP answer: {status_line[:80]!r}")
     code = int(parts[1])
-    message = body.split("\r\n\r\n", 1)[-1].strip()[:_MAX_OUTPUT]
+    _, _, body = data.partition(b"\r\n\r\n")
+    message = body.decode(errors="replace").strip()[:_MAX_OUTPUT]
     return ProbeResult(200 <= code < 400, f"GET {path}: {code} {message}".strip())
+
+
+async def _read_bounded(reader: asyncio.StreamReader) -> bytes:
+    """The answer's head (status line and headers, at most ``MAX_HEAD`` bytes) and 4 KiB of body.
+
+    Stops early at a status line over ``MAX_STATUS_LINE`` bytes: nothing a container sends can
+    make the prober buffer more than this.
+    """
+    data = b""
+    while len(data) < MAX_HEAD:
+        if b"\n" not in data and len(data) >= MAX_STATUS_LINE:
+            return data
+        end = data.find(b"\r\n\r\n")
+        if end >= 0 and len(data) - end - 4 >= 4096:
+            return data
+        chunk = await reader.read(4096)
+        if not chunk:
+            return data
+        data += chunk
+    return data
 
 
 class Unhealthy(Exception):

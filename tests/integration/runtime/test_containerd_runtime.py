@@ -104,6 +104,31 @@ async def test_exec_returns_exit_code_and_output(
     assert again.exit_code == 0
 
 
+async def test_exec_of_50_mb_output_keeps_only_a_tail_and_writes_nothing_to_disk(
+    containerd_runtime: ContainerdRuntime, make_container: MakeContainer
+) -> None:
+    config = await make_container()
+    exec_dir = Path(containerd_runtime.tasks.exec_dir)
+    largest = 0
+
+    def disk_use() -> int:
+        return sum(p.stat().st_size for p in exec_dir.rglob("*") if p.is_file()) if exec_dir.is_dir() else 0
+
+    run = asyncio.ensure_future(
+        containerd_runtime.exec(
+            config.id, ["sh", "-c", "head -c 50000000 /dev/zero; echo THE-END; exit 3"], timedelta(seconds=120)
+        )
+    )
+    while not run.done():
+        largest = max(largest, disk_use())
+        await asyncio.sleep(0.05)
+    result = run.result()
+    assert result.exit_code == 3
+    assert len(result.output) == 64 * 1024
+    assert result.output.endswith("THE-END\n")
+    assert largest < 1024 * 1024, f"exec output took {largest} bytes on disk"
+
+
 async def test_stop_with_trap_is_fast_and_without_trap_needs_sigkill(
     containerd_runtime: ContainerdRuntime, make_container: MakeContainer
 ) -> None:

@@ -60,3 +60,46 @@ async def test_unhealthy_after_retries_once_the_start_period_is_over() -> None:
         elapsed = time.monotonic() - started
     # Failures inside the start period did not count: at least the period plus the retries passed.
     assert elapsed >= 0.1 + 2 * 0.02
+
+
+async def _raw_server(answer: bytes) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the prober stopped reading: what it should do
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_http_probe_fails_on_a_64_kib_status_line_without_raising() -> None:
+    server, port = await _raw_server(b"HTTP/1.1 200 " + b"a" * 64 * 1024 + b"\r\n\r\nok")
+    async with server:
+        result = await health.probe(HealthCheck(HealthCheckKind.HTTP, port=port), _NoExec(), "c", "127.0.0.1")
+    assert not result.ok
+    assert f"longer than {health.MAX_STATUS_LINE}" in result.detail
+
+
+async def test_http_probe_reads_bounded_headers_and_body() -> None:
+    headers = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"b" * 100) for i in range(2000))
+    server, port = await _raw_server(b"HTTP/1.1 204 No Content\r\n" + headers + b"\r\n" + b"c" * 10**6)
+    async with server:
+        result = await health.probe(HealthCheck(HealthCheckKind.HTTP, port=port), _NoExec(), "c", "127.0.0.1")
+    # The headers never end within the bound: the answer is judged on its status line alone.
+    assert result.ok and result.detail.startswith("GET /: 204")
+    assert len(result.detail) <= 400
+
+
+class _BrokenExec:
+    async def exec(self, *args, **kwargs):
+        raise ValueError("the runtime broke")
+
+
+async def test_a_probe_that_errors_is_a_failed_probe() -> None:
+    check = HealthCheck(HealthCheckKind.EXEC, command=("true",))
+    result = await health.probe(check, _BrokenExec(), "c", "127.0.0.1")
+    assert not result.ok and "ValueError: the runtime broke" in result.detail

@@ -36,7 +36,7 @@ STDERR_LOG = "stderr.log"
 LOGGER_NAME = "scheduler-logger"
 """File name of the log writer under ``<work_dir>/bin``: the logger module behind a shebang."""
 EXEC_OUTPUT_LIMIT = 64 * 1024
-"""Bytes of an exec's output kept (the tail)."""
+"""Bytes of an exec's output kept (the tail of each stream); the rest is read and dropped."""
 WAIT_FOREVER = 10 * 365 * 86400.0
 """Deadline of a Wait that has no timeout: gRPC needs a finite one."""
 KILL_WAIT = 10.0
@@ -70,7 +70,8 @@ class TaskManager:
     def __init__(self, client: ContainerdClient, containers: ContainerStore, *, work_dir: str) -> None:
         self._client = client
         self._containers = containers
-        self._exec_dir = os.path.join(work_dir, "exec")
+        self.exec_dir = os.path.join(work_dir, "exec")
+        """Where the FIFOs of running execs live."""
         self._logger = os.path.join(work_dir, "bin", LOGGER_NAME)
 
     # --- queries ---------------------------------------------------------------------------
@@ -286,8 +287,10 @@ class TaskManager:
     ) -> domain.ExecResult:
         """Run ``argv`` in the running container with its env, user and capabilities; capture output.
 
-        Output (stdout, then stderr; the last 64 KiB) is read after the process is deleted,
-        which drains the shim's copy. A command that cannot start reports exit code 127.
+        Output (stdout, then stderr; the last 64 KiB) goes through FIFOs read as it comes, into a
+        ring: a command writing gigabytes costs neither disk nor memory. The rings are drained
+        after the process is deleted, which ends the shim's copy. A command that cannot start
+        reports exit code 127.
 
         Raises:
             NotFound: no such container, or it has no running task.
@@ -300,8 +303,10 @@ class TaskManager:
         if await self.pid(container_id) is None:
             raise NotFound(f"container {container_id} has no running task to exec in", container_id=container_id)
         exec_id = f"exec-{uuid.uuid4().hex[:12]}"
-        directory = os.path.join(self._exec_dir, f"{container_id}-{exec_id}")
-        output = await asyncio.to_thread(_prepare_exec_output, directory)
+        directory = os.path.join(self.exec_dir, f"{container_id}-{exec_id}")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        rings = (_OutputRing(os.path.join(directory, "stdout")), _OutputRing(os.path.join(directory, "stderr")))
+        output = (rings[0].path, rings[1].path)
         try:
             await self._client.tasks.exec(
                 tasks_pb.ExecProcessRequest(
@@ -314,10 +319,16 @@ class TaskManager:
                 what=f"{container_id} {exec_id}",
             )
             try:
-                return await self._run_exec(container_id, exec_id, argv, output, timeout)
+                exit_code, failure = await self._run_exec(container_id, exec_id, argv, timeout)
             finally:
                 await asyncio.shield(self._delete_exec(container_id, exec_id))
+            if failure is not None:
+                return domain.ExecResult(exit_code=exit_code, output=failure)
+            text = (rings[0].close() + rings[1].close()).decode("utf-8", errors="replace")
+            return domain.ExecResult(exit_code=exit_code, output=text[-EXEC_OUTPUT_LIMIT:])
         finally:
+            for ring in rings:
+                ring.close()
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def _run_exec(
@@ -325,13 +336,13 @@ class TaskManager:
         container_id: str,
         exec_id: str,
         argv: Sequence[str],
-        output: tuple[str, str],
         timeout: timedelta,  # noqa: ASYNC109 - see exec
-    ) -> domain.ExecResult:
+    ) -> tuple[int, str | None]:
+        """The exit code, and the reason when the command could not even start."""
         try:
             await self._start(container_id, exec_id)
         except Internal as err:
-            return domain.ExecResult(exit_code=EXIT_EXEC_FAILED, output=err.message)
+            return EXIT_EXEC_FAILED, err.message
         try:
             status = await self.wait(container_id, exec_id, timeout=timeout.total_seconds())
         except DeadlineExceeded as err:
@@ -347,8 +358,7 @@ class TaskManager:
                 container_id=container_id,
             ) from err
         await self._delete_exec(container_id, exec_id)
-        stdout, stderr = await asyncio.to_thread(_read_tail, output[0]), await asyncio.to_thread(_read_tail, output[1])
-        return domain.ExecResult(exit_code=status.code, output=(stdout + stderr)[-EXEC_OUTPUT_LIMIT:])
+        return status.code, None
 
     async def _delete_exec(self, container_id: str, exec_id: str) -> None:
         # After a failed start the shim may still count the process as running for a moment.
@@ -414,23 +424,42 @@ def install_logger(path: str) -> None:
     os.replace(temporary, path)
 
 
-def _prepare_exec_output(directory: str) -> tuple[str, str]:
-    # Two files: the shim opens each stdio path on its own, and one file shared by both streams
-    # lost a stream's output now and then (one open truncating what the other had written).
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    paths = (os.path.join(directory, "stdout"), os.path.join(directory, "stderr"))
-    for path in paths:
-        with open(path, "w"):
-            pass
-    return paths
+class _OutputRing:
+    """A FIFO the shim writes one exec stream into, read as data comes; keeps the last bytes only.
 
+    Opened read-write so it never reports end-of-file while the shim has not opened it yet;
+    :meth:`close` drains what is left and returns the kept tail.
+    """
 
-def _read_tail(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - EXEC_OUTPUT_LIMIT))
-            return handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+    def __init__(self, path: str, limit: int = EXEC_OUTPUT_LIMIT) -> None:
+        self.path = path
+        self._limit = limit
+        self._kept = bytearray()
+        os.mkfifo(path, 0o600)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._read, 1)
+
+    def _read(self, chunks: int) -> None:
+        # One chunk per wake-up while the command runs, so a fast writer cannot starve the loop.
+        for _ in range(chunks):
+            if self._fd is None:
+                return
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not chunk:
+                return
+            self._kept += chunk
+            if len(self._kept) > self._limit:
+                del self._kept[: len(self._kept) - self._limit]
+
+    def close(self) -> bytes:
+        """Stop reading (after taking what is buffered) and return the kept tail; idempotent."""
+        if self._fd is not None:
+            self._read(1 << 20)
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        return bytes(self._kept)

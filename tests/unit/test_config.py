@@ -1,0 +1,126 @@
+"""Settings: relative paths resolved once (file-relative or cwd-relative), secrets redacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from scheduler.config import REDACTED, Settings, _PathOption, load_settings, redacted
+
+ALL_RELATIVE = {
+    "data_dir": "data",
+    "state_db": "db/state.db",
+    "server": {"unix_socket": "run/api.sock"},
+    "containerd": {"socket": "unix:run/containerd.sock", "binary": "bin/containerd"},
+    "images": {"preload": ["images/a.tar", "b.tar"]},
+    "network": {"cni_bin_dir": "cni"},
+}
+
+
+def _path_values(model: Any) -> list[tuple[str, str]]:
+    """(dotted name, value) of every path option of a loaded settings model, lists expanded."""
+    found: list[tuple[str, str]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        markers = [*info.metadata, *getattr(info.annotation, "__metadata__", ())]
+        args = getattr(info.annotation, "__args__", ())
+        markers += [m for a in args for m in getattr(a, "__metadata__", ())]
+        if any(isinstance(m, _PathOption) for m in markers):
+            for item in value if isinstance(value, list) else [value]:
+                found.append((name, str(item)))
+        elif isinstance(value, BaseModel):
+            found += [(f"{name}.{n}", v) for n, v in _path_values(value)]
+    return found
+
+
+def _write(path: Path, options: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(options))
+    return path
+
+
+def test_every_path_option_is_found_by_the_walker() -> None:
+    names = {name for name, _ in _path_values(Settings())}
+    expected = {"data_dir", "state_db", "server.unix_socket", "containerd.socket", "containerd.binary"}
+    assert expected | {"network.cni_bin_dir"} <= names
+
+
+def test_relative_paths_in_a_file_resolve_against_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path / "etc" / "scheduler.yaml", ALL_RELATIVE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(config)
+    values = dict(_path_values(settings))
+    for name, value in _path_values(settings):
+        assert Path(value).is_absolute(), (name, value)
+    base = tmp_path / "etc"
+    assert settings.data_dir == base / "data"
+    assert settings.state_db_path == base / "db" / "state.db"
+    assert values["containerd.socket"] == str(base / "run" / "containerd.sock")
+    assert values["containerd.binary"] == str(base / "bin" / "containerd")
+    assert settings.images.preload == [str(base / "images" / "a.tar"), str(base / "b.tar")]
+    assert settings.network.cni_bin_dir == str(base / "cni")
+
+
+@pytest.mark.parametrize("cwd", ["etc", "elsewhere", "/"])
+def test_data_dir_in_a_file_lands_next_to_the_file_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cwd: str
+) -> None:
+    config = _write(tmp_path / "etc" / "scheduler.yaml", {"data_dir": "data"})
+    workdir = tmp_path / cwd
+    workdir.mkdir(exist_ok=True)
+    monkeypatch.chdir(workdir)
+    settings = load_settings(Path("../etc/scheduler.yaml") if cwd == "elsewhere" else config)
+    assert settings.data_dir == tmp_path / "etc" / "data"
+    assert settings.state_db_path == tmp_path / "etc" / "data" / "state.db"
+
+
+def test_variables_and_flags_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path / "etc" / "scheduler.yaml", ALL_RELATIVE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCHEDULER_STATE_DB", "from-env.db")
+    monkeypatch.setenv("SCHEDULER_IMAGES__PRELOAD", '["env.tar"]')
+    settings = load_settings(config, {"data_dir": Path("from-flag"), "server": {"unix_socket": "flag.sock"}})
+    assert settings.data_dir == tmp_path / "from-flag"
+    assert settings.state_db == str(tmp_path / "from-env.db")
+    assert settings.images.preload == [str(tmp_path / "env.tar")]
+    assert settings.server.unix_socket == str(tmp_path / "flag.sock")
+    # Options the variables and flags left alone still come from the file, relative to it.
+    assert settings.network.cni_bin_dir == str(tmp_path / "etc" / "cni")
+    for name, value in _path_values(settings):
+        assert Path(value).is_absolute(), (name, value)
+
+
+def test_unset_paths_stay_unset_and_bare_commands_stay_on_path(tmp_path: Path) -> None:
+    config = _write(tmp_path / "c.yaml", {"data_dir": "/srv/x", "containerd": {"binary": "containerd"}})
+    settings = load_settings(config)
+    assert settings.state_db == "" and settings.server.unix_socket == "" and settings.containerd.socket == ""
+    assert settings.containerd.binary == "containerd"
+    assert settings.data_dir == Path("/srv/x")
+
+
+def test_the_example_config_loads_with_every_path_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "config.example.yaml"
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(example)
+    assert settings.data_dir == example.parent / ".data"
+    for name, value in _path_values(settings):
+        assert not value or Path(value).is_absolute() or name == "containerd.binary", (name, value)
+
+
+def test_redacted_hides_secrets_and_only_secrets(tmp_path: Path) -> None:
+    options = {"images": {"registries": {"r.example:5000": {"username": "deploy", "password": "hunter2"}}}}
+    dumped = redacted(load_settings(_write(tmp_path / "c.yaml", options)))
+    host = dumped["images"]["registries"]["r.example:5000"]
+    assert host == {"mirrors": [], "insecure": False, "username": "deploy", "password": REDACTED}
+    assert "hunter2" not in repr(dumped)
+    assert dumped["data_dir"] == "/var/lib/scheduler"
