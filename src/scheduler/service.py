@@ -222,7 +222,7 @@ class EnvironmentService:
         self._events.publish(
             Event(EventType.ENVIRONMENT_UPDATED, name, _now(), message=summary, generation=updated.generation)
         )
-        self._orchestrator.submit_update(name, env, changes, drain or DEFAULT_DRAIN)
+        self._orchestrator.submit_update(name, env, changes, DEFAULT_DRAIN if drain is None else drain)
         return self._redact(updated), changes
 
     async def history(self, name: str) -> builtins.list[HistoryEntry]:

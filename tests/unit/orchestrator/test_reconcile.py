@@ -20,11 +20,12 @@ from scheduler.domain import (
     Health,
     RestartMode,
 )
+from scheduler.network.fake import FakeNetwork
 from scheduler.orchestrator.reconcile import Reconciler, interrupted, unfinished_services
 from scheduler.runtime.containerd import labels
 from scheduler.runtime.fake import FakeContainer, FakeRuntime
 from scheduler.storage.memory import MemoryStateStore
-from tests.unit.orchestrator.test_supervisor import IMAGE, FakeNetwork, World, make_world, service
+from tests.unit.orchestrator.test_supervisor import IMAGE, World, make_world, service
 
 
 @pytest.fixture
