@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler import domain, errors, log
+from scheduler import domain, errors, labels, log
 from scheduler.domain import (
     Condition,
     ContainerState,
@@ -42,7 +42,6 @@ from scheduler.orchestrator.logs import remove_logs
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import ExpectedExits
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.runtime.containerd import labels
 from scheduler.stacks.graph import topological_order
 from scheduler.volumes import VolumeStore
 

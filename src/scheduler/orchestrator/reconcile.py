@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from scheduler import errors, log
+from scheduler import errors, labels, log
 from scheduler.domain import (
     ChangeAction,
     Condition,
@@ -50,7 +50,6 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.runtime.containerd import labels
 
 _log = log.get("reconcile")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from scheduler import errors, log
+from scheduler import errors, labels, log
 from scheduler.domain import (
     Condition,
     ContainerState,
@@ -55,7 +55,6 @@ from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.runtime.containerd import labels
 
 _log = log.get("supervisor")
 

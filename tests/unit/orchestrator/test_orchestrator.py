@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from scheduler import domain
+from scheduler import domain, labels
 from scheduler.domain import (
     ContainerState,
     Dependency,
@@ -19,7 +19,6 @@ from scheduler.domain import (
     RestartMode,
 )
 from scheduler.errors import Unavailable
-from scheduler.runtime.containerd import labels
 from tests.unit.orchestrator.test_supervisor import IMAGE, World, ms, service
 
 EXEC_CHECK = HealthCheck(HealthCheckKind.EXEC, command=("check",), interval=ms(10), timeout=ms(50), retries=2)
