@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= config.example.yaml
+BUF_DIR := tools/buf
+BUF := $(BUF_DIR)/node_modules/.bin/buf
 
-.PHONY: install system proto check-proto fmt lint test unit integration run images bench clean
+.PHONY: install system proto check-proto fmt lint proto-lint buf go-example test unit integration run images bench clean
 
 install: system $(STAMP)
 
@@ -25,14 +27,31 @@ check-proto: $(STAMP)
 	@$(PY) scripts/gen_proto.py .proto-check
 	@diff -r -x __pycache__ .proto-check/scheduler/api/_gen src/scheduler/api/_gen && \
 	 diff -r -x __pycache__ .proto-check/scheduler/runtime/containerd/_gen src/scheduler/runtime/containerd/_gen && \
+	 diff -r .proto-check/gen-go gen/go && \
 	 rm -rf .proto-check && echo "generated stubs are up to date" || \
 	 { rm -rf .proto-check; echo "generated stubs differ from proto/: run 'make proto'"; exit 1; }
+
+# The buf CLI, pinned in tools/buf/package-lock.json, installed there (nothing global).
+buf: $(BUF)
+
+$(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
+	@npm ci --prefix $(BUF_DIR) --no-audit --no-fund --loglevel=error
+	@touch $(BUF)
+
+# The public API's style rules, and no breaking change against the released v1 (proto-released/).
+proto-lint: $(BUF)
+	$(BUF) lint
+	$(BUF) breaking proto --against proto-released
+
+# The Go example client, against the checked-in stubs in gen/go (GOPATH mode, Debian's Go packages).
+go-example: system
+	scripts/build_go_example.sh
 
 fmt: $(STAMP)
 	$(PY) -m ruff format src tests bench images scripts
 	$(PY) -m ruff check --fix src tests bench images scripts
 
-lint: $(STAMP)
+lint: $(STAMP) proto-lint
 	$(PY) -m ruff check src tests bench images scripts
 	$(PY) -m ruff format --check src tests bench images scripts
 	$(PY) -m mypy src
@@ -58,4 +77,4 @@ bench: install images
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .proto-check .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .proto-check .pytest_cache .mypy_cache .ruff_cache $(BUF_DIR)/node_modules

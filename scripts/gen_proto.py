@@ -1,15 +1,20 @@
-"""Generate Python stubs (code, .pyi, gRPC) from the project's .proto files, reproducibly.
+"""Generate Python stubs (code, .pyi, gRPC) and Go stubs from the project's .proto files, reproducibly.
 
 Two trees: ``proto/scheduler`` (our API) -> ``src/scheduler/api/_gen`` and ``proto/containerd``
 (our subset of containerd's API) -> ``src/scheduler/runtime/containerd/_gen``. protoc writes
 imports relative to the proto root (``from containerd.types import mount_pb2``); they are
 rewritten to absolute package paths so that the stubs live inside the ``scheduler`` package.
+
+Go stubs of the public API go to ``gen/go`` (checked in, so a Go client builds from a fresh clone
+without protoc); they come from the system's protoc, protoc-gen-go and protoc-gen-go-grpc
+(Debian's), whose versions the generated headers record.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,5 +66,31 @@ def generate(out_root: Path) -> None:
             (directory / "__init__.py").touch()
 
 
+def generate_go(out: Path) -> None:
+    """Generate the Go package of ``proto/scheduler`` under ``out`` (``gen/go`` or a scratch copy)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "scheduler").rglob("*.proto"))
+    subprocess.run(
+        [
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            "-I/usr/include",
+            f"--go_out={out}",
+            "--go_opt=paths=source_relative",
+            f"--go-grpc_out={out}",
+            "--go-grpc_opt=paths=source_relative",
+            *protos,
+        ],
+        check=True,
+    )
+
+
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "src")
+    if len(sys.argv) > 1:
+        generate(Path(sys.argv[1]))
+        generate_go(Path(sys.argv[1]) / "gen-go")
+    else:
+        generate(ROOT / "src")
+        generate_go(ROOT / "gen" / "go")

@@ -11,6 +11,12 @@ packages=(
   postgresql-15 nginx
   conntrack
   docker.io
+  # The Go client: stubs generated from proto/ and the example built in GOPATH mode. The 1.5
+  # line of github.com/golang/protobuf (which replaces the 1.3 one) is the one that grpc-go can
+  # marshal protoc-gen-go's current messages with.
+  golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+  golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
+  golang-github-golang-protobuf-1-5-dev
 )
 
 missing=()
@@ -19,6 +25,8 @@ for pkg in "${packages[@]}"; do
     missing+=("$pkg")
   fi
 done
+# npm installs the buf CLI into tools/buf; any npm will do (some nodejs builds ship their own).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

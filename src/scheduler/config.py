@@ -223,6 +223,21 @@ class LimitSettings(_Section):
     max_replicas: int = Field(default=10, gt=0)
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint: an HTTP listener of its own, separate from the gRPC API."""
+
+    listen: str = ""
+    """``HOST:PORT`` serving ``/metrics``; empty (the default) serves no metrics."""
+    interval: float = Field(default=5.0, ge=0.5, le=3600)
+    """Seconds a reading of the containers' counters is reused: however often Prometheus scrapes,
+    containerd is asked for each container's counters at most once per interval."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_address(cls, value: str) -> str:
+        return _check_host_port(value) if value else value
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told; defaults work out of the box."""
 
@@ -244,6 +259,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     network: NetworkSettings = NetworkSettings()
     limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def state_db_path(self) -> Path:

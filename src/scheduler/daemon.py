@@ -16,9 +16,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.config import Settings
+from scheduler.metrics.collector import StateCollector
+from scheduler.metrics.http import MetricsServer
+from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
@@ -30,6 +35,7 @@ from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
+from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.volumes import VolumeStore
 
@@ -46,6 +52,7 @@ class Daemon:
     orchestrator: Orchestrator
     runtime: ContainerdRuntime
     network: CniNetwork
+    metrics: MetricsServer
 
 
 @asynccontextmanager
@@ -73,13 +80,20 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        registry = CollectorRegistry()
+        for standard in (ProcessCollector, PlatformCollector, GCCollector):
+            standard(registry=registry)
+        recorder = Recorder(registry)
+        runtime.client.call_observer = recorder.containerd_call
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
         await network.start()
         stack.push_async_callback(network.close)
 
-        events = EventBus()
+        # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
+        events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
+        stack.callback(events.close)
         orchestrator = Orchestrator(
             ledger,
             runtime,
@@ -93,9 +107,10 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
             ),
+            observer=recorder,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(ledger, runtime, network, events, orchestrator)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
         await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
@@ -103,11 +118,17 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         stack.push_async_callback(orchestrator.close)
 
         service = EnvironmentService(ledger, orchestrator, events, default_catalog(), settings.limits)
-        server = ApiServer(service, settings.server.listen, settings.server.unix_socket)
+        collector = StateCollector(ledger, runtime, settings.metrics.interval)
+        registry.register(collector)
+        metrics = MetricsServer(registry, collector)
+        await metrics.start(settings.metrics.listen)
+        stack.push_async_callback(metrics.stop)
+
+        server = ApiServer(service, settings.server.listen, settings.server.unix_socket, observer=recorder)
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        yield Daemon(settings, server, service, orchestrator, runtime, network)
+        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics)
 
 
 async def run(settings: Settings) -> int:

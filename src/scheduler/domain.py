@@ -7,6 +7,7 @@ Two edges convert to and from these: ``api/convert.py`` (our proto) and
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -175,6 +176,17 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True)
+class RestartOverride:
+    """A user's changes to a stack's restart policy; ``None`` keeps the stack's value."""
+
+    mode: RestartMode | None = None
+    max_retries: int | None = None
+    initial_backoff: timedelta | None = None
+    max_backoff: timedelta | None = None
+    reset_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
 class ServiceOverride:
     """A user's changes to one service of a stack; ``None`` keeps the stack's default."""
 
@@ -187,7 +199,7 @@ class ServiceOverride:
     volumes: tuple[VolumeMount, ...] | None = None
     resources: Resources | None = None
     health: HealthCheck | None = None
-    restart: RestartPolicy | None = None
+    restart: RestartOverride | None = None
     depends_on: tuple[Dependency, ...] | None = None
     replicas: int | None = None
     user: str | None = None
@@ -314,6 +326,45 @@ class Environment:
 
     A write names the revision it read and is refused if the document moved on since
     (compare-and-swap), so no change made from a stale read ever lands."""
+
+
+def etag(env: Environment) -> str:
+    """The opaque version tag of a stored environment, which clients send back as a precondition.
+
+    It is the stored revision (bumped by every write, status included, and checked by the store
+    with compare-and-swap) of this incarnation (the uid differs between two environments of the
+    same name created one after the other).
+    """
+    version = f"{env.uid}/{env.revision}"
+    return hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+def expire_time(env: Environment) -> datetime | None:
+    """When the environment's time to live runs out, if it has one."""
+    ttl = env.request.ttl if env.request is not None else env.spec.ttl
+    if ttl is None or env.created_at is None:
+        return None
+    return env.created_at + ttl
+
+
+@dataclass(frozen=True)
+class FilterTerm:
+    """One term of a list filter: ``field`` equals (or, negated, differs from) one of ``values``."""
+
+    field: str
+    """``status``, ``stack``, ``name`` or ``labels.<key>``."""
+    values: tuple[str, ...]
+    """Accepted values; for ``status`` the EnvironmentStatus values."""
+    negate: bool = False
+    prefix: bool = False
+    """For ``name``: the values are prefixes."""
+
+
+@dataclass(frozen=True)
+class EnvironmentFilter:
+    """Terms that must all hold for an environment to be listed."""
+
+    terms: tuple[FilterTerm, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -577,6 +628,8 @@ class EventType(enum.Enum):
     CONTAINER_RESTARTED = "CONTAINER_RESTARTED"
     CONTAINER_REMOVED = "CONTAINER_REMOVED"
     EVENTS_LOST = "EVENTS_LOST"
+    HEARTBEAT = "HEARTBEAT"
+    """Sent to a watcher when nothing happened for a while; carries the latest sequence."""
 
 
 @dataclass(frozen=True)

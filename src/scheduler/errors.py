@@ -15,12 +15,15 @@ class SchedulerError(Exception):
 
     Attributes:
         message: what went wrong, naming the field or resource concerned.
+        reason: a machine-readable UPPER_SNAKE_CASE cause for clients (the API's ErrorInfo
+            reason); empty means the default of the error's class.
         details: identifying attributes (``env``, ``service``, ``container_id``, ``field``...).
     """
 
-    def __init__(self, message: str, **details: str) -> None:
+    def __init__(self, message: str, *, reason: str = "", **details: str) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
         self.details: Mapping[str, str] = details
 
     @property
@@ -68,8 +71,10 @@ class FieldViolation:
 class InvalidArgument(SchedulerError):
     """The request is malformed; ``violations`` names each bad field."""
 
-    def __init__(self, message: str, violations: list[FieldViolation] | None = None, **details: str) -> None:
-        super().__init__(message, **details)
+    def __init__(
+        self, message: str, violations: list[FieldViolation] | None = None, *, reason: str = "", **details: str
+    ) -> None:
+        super().__init__(message, reason=reason, **details)
         self.violations: list[FieldViolation] = violations or []
 
     @classmethod
@@ -91,6 +96,10 @@ class Conflict(SchedulerError):
 
     Read it again and retry the change (gRPC ABORTED, as for a failed optimistic transaction).
     """
+
+
+class OutOfRange(SchedulerError):
+    """A position (an event sequence, a page) lies outside what is kept; details say what is."""
 
 
 class Unavailable(SchedulerError):

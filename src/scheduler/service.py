@@ -10,7 +10,7 @@ import asyncio
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +20,7 @@ from scheduler.domain import (
     ChangeAction,
     ContainerSample,
     Environment,
+    EnvironmentFilter,
     EnvironmentRequest,
     EnvironmentStatus,
     Event,
@@ -30,6 +31,7 @@ from scheduler.domain import (
     ServiceChange,
     ServiceSpec,
 )
+from scheduler.domain import etag as domain_etag
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
@@ -38,6 +40,7 @@ from scheduler.orchestrator.plan import plan
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
+from scheduler.storage.base import PageKey, decode_page_token, effective_page_size, encode_page_token
 from scheduler.validation import validate
 
 _log = log.get("service")
@@ -45,6 +48,11 @@ _log = log.get("service")
 REDACTED = "<redacted>"
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
+DEFAULT_HEARTBEAT = timedelta(seconds=15)
+MIN_HEARTBEAT = timedelta(seconds=1)
+
+RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
+"""Turns the stored request into the updated one (a field mask applied, or a replacement)."""
 
 
 def _now() -> datetime:
@@ -77,9 +85,18 @@ class EnvironmentService:
     # --- environments ------------------------------------------------------------------------------
 
     async def create(
-        self, name: str, request: EnvironmentRequest, *, request_id: str = "", actor: str = ""
+        self,
+        name: str,
+        request: EnvironmentRequest,
+        *,
+        request_id: str = "",
+        actor: str = "",
+        validate_only: bool = False,
     ) -> Environment:
-        """Validate and store a new environment, then deploy it in the background."""
+        """Validate and store a new environment, then deploy it in the background.
+
+        With ``validate_only``, return the environment that would be created and store nothing.
+        """
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             if request_id:
@@ -105,6 +122,11 @@ class EnvironmentService:
                 updated_at=created,
                 request_id=request_id,
             )
+            if validate_only:
+                with contextlib.suppress(errors.NotFound):
+                    await self._ledger.get(name)
+                    raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
+                return self._redact(env)
             env = await self._ledger.create(env)
         await self._ledger.append_history(
             HistoryEntry(env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}")
@@ -120,36 +142,42 @@ class EnvironmentService:
         return self._redact(await self._ledger.get(name))
 
     async def list(
-        self,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        statuses: Collection[EnvironmentStatus] = (),
-        labels: Mapping[str, str] | None = None,
+        self, *, page_size: int = 0, page_token: str = "", where: EnvironmentFilter | None = None
     ) -> tuple[builtins.list[Environment], str]:
-        """Return a page of environments, secrets redacted."""
-        envs, token = await self._ledger.list(page_size, page_token, statuses, labels or {})
-        return [self._redact(e) for e in envs], token
+        """Return a page of environments matching ``where``, secrets redacted.
 
-    async def delete(
-        self, name: str, *, keep_volumes: bool = False, actor: str = "", expected_revision: int | None = None
-    ) -> Environment:
-        """Mark an environment DELETING and remove it in the background.
-
-        ``expected_revision`` (a client's etag) makes it conditional: Conflict if the
-        environment changed since the client read it.
+        The store filters by status and label; the other terms are checked here, page by page
+        of the store, so a page may hold fewer than ``page_size`` environments before the last.
         """
+        where = where or EnvironmentFilter()
+        statuses, labels = _pushdown(where)
+        wanted = effective_page_size(page_size)
+        if statuses is not None and not statuses:
+            return [], ""
+        found: builtins.list[Environment] = []
+        token = page_token
+        while len(found) < wanted:
+            envs, token = await self._ledger.list(wanted - len(found), token, statuses or (), labels)
+            found += [e for e in envs if _matches(e, where)]
+            if not token:
+                break
+        return [self._redact(e) for e in found], token
+
+    async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "", etag: str = "") -> Environment:
+        """Mark an environment DELETING and remove it in the background (if ``etag`` still matches)."""
         _check_name(name)
+        # The etag check and the write are one step: no other change may land between them.
         marked = False
 
         def mark(env: Environment) -> Environment | None:
             nonlocal marked
+            _check_etag(env, etag)
             if env.status is EnvironmentStatus.DELETING:
                 return None
             marked = True
             return replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
 
-        env = await self._ledger.change(name, mark, expected_revision=expected_revision)
+        env = await self._ledger.change(name, mark)
         if marked:
             await self._ledger.append_history(
                 HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
@@ -160,26 +188,22 @@ class EnvironmentService:
     async def update(
         self,
         name: str,
-        request: EnvironmentRequest,
+        edit: RequestEdit,
         *,
-        dry_run: bool = False,
+        validate_only: bool = False,
         drain: timedelta | None = None,
         actor: str = "",
-        expected_revision: int | None = None,
+        etag: str = "",
     ) -> tuple[Environment, builtins.list[ServiceChange]]:
-        """Resolve a new spec and roll it out in the background (or, with ``dry_run``, only plan it).
+        """Resolve a new spec and roll it out in the background (or, with ``validate_only``, only plan it).
 
-        ``expected_revision`` (a client's etag) makes it conditional: Conflict if the
-        environment changed since the client read it.
+        ``edit`` receives the stored request (secrets included) and returns the new one; ``etag``,
+        when given, must be the environment's current one.
         """
         _check_name(name)
         env = await self._ledger.get(name)
-        if expected_revision is not None and expected_revision != env.revision:
-            raise errors.Conflict(
-                f"environment {name!r} is at revision {env.revision}, not {expected_revision}: it changed since "
-                "it was read; read it again and retry",
-                env=name,
-            )
+        _check_etag(env, etag)
+        request = edit(env.request or EnvironmentRequest(stack=env.spec.stack))
         if request.stack != env.spec.stack:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("spec.stack", f"cannot change from {env.spec.stack!r} to {request.stack!r}")]
@@ -193,19 +217,23 @@ class EnvironmentService:
         spec = resolve(request, name, self._catalog, previous=env.spec)
         validate(name, spec, self._limits)
         changes = plan(env.spec, spec)
-        if dry_run:
+        if validate_only:
             return self._redact(env), changes
         if all(change.action is ChangeAction.KEEP for change in changes) and spec == env.spec:
             return self._redact(env), changes
 
         def apply(latest: Environment) -> Environment:
-            if latest.spec != env.spec:
-                raise errors.Conflict(f"environment {name!r} changed while the update was planned; retry", env=name)
+            # Planning awaited: a concurrent change may have landed meanwhile.
+            _check_etag(latest, etag)
+            if latest.generation != env.generation:
+                raise errors.Conflict(
+                    f"environment {name!r} was updated while this update was planned; retry", env=name
+                )
             if latest.status is EnvironmentStatus.DELETING:
                 raise errors.FailedPrecondition(f"environment {name!r} is being deleted", env=name)
-            return replace(latest, spec=spec, request=request, generation=latest.generation + 1, updated_at=_now())
+            return replace(latest, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
 
-        updated = await self._ledger.change(name, apply, expected_revision=expected_revision)
+        updated = await self._ledger.change(name, apply)
         summary = "; ".join(
             f"{c.service}: {c.action.value.lower()}" for c in changes if c.action is not ChangeAction.KEEP
         )
@@ -225,13 +253,24 @@ class EnvironmentService:
         self._orchestrator.submit_update(name, env, changes, DEFAULT_DRAIN if drain is None else drain)
         return self._redact(updated), changes
 
-    async def history(self, name: str) -> builtins.list[HistoryEntry]:
-        """Return the audit trail of an environment (kept after its deletion)."""
+    async def history(
+        self, name: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[HistoryEntry], str]:
+        """Return a page of the audit trail of an environment (kept after its deletion), oldest first."""
         _check_name(name)
+        size = effective_page_size(page_size)
+        key = decode_page_token(page_token)
+        if key is not None and key.name != name:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("page_token", f"was issued for the history of {key.name!r}, not {name!r}")]
+            )
         entries = await self._ledger.history(name)
         if not entries:
             raise errors.NotFound(f"environment {name!r} has no history", env=name)
-        return entries
+        start = key.seq if key is not None else 0
+        end = start + size
+        token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
+        return entries[start:end], token
 
     # --- observation ---------------------------------------------------------------------------------
 
@@ -253,19 +292,36 @@ class EnvironmentService:
         env = await self._ledger.get(name)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
-    async def watch(self, name: str) -> AsyncIterator[Event]:
-        """Yield events (of one environment or all) until shutdown or the client leaves."""
+    async def watch(
+        self, name: str, *, since: int | None = None, heartbeat: timedelta | None = None
+    ) -> AsyncIterator[Event]:
+        """Yield events (of one environment or all) after ``since``, then live ones, until shutdown.
+
+        While nothing happens for ``heartbeat``, a HEARTBEAT event carries the latest sequence.
+        """
         if name:
             _check_name(name)
-        subscription = self._events.subscribe(name)
+        heartbeat = heartbeat or DEFAULT_HEARTBEAT
+        if heartbeat < MIN_HEARTBEAT:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("heartbeat_interval", f"must be at least {MIN_HEARTBEAT.total_seconds():g}s")]
+            )
+        subscription = self._events.subscribe(name, since)
         closing = asyncio.ensure_future(self._closing.wait())
         upcoming: asyncio.Future[Event] | None = None
         try:
             while True:
-                upcoming = asyncio.ensure_future(anext(subscription))
-                done, _ = await asyncio.wait({upcoming, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if upcoming not in done:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(subscription))
+                waiting: set[asyncio.Future[object]] = {upcoming, closing}  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(
+                    waiting, timeout=heartbeat.total_seconds(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if closing in done:
                     return
+                if not done:
+                    yield Event(EventType.HEARTBEAT, name, _now(), sequence=self._events.last_sequence)
+                    continue
                 event = upcoming.result()
                 upcoming = None
                 yield event
@@ -278,9 +334,15 @@ class EnvironmentService:
                         await future
             await subscription.aclose()
 
-    def stacks(self) -> builtins.list[Stack]:
-        """The catalogue of precomposed stacks."""
-        return self._catalog.stacks()
+    def stacks(self, *, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[Stack], str]:
+        """A page of the catalogue of precomposed stacks, by name."""
+        size = effective_page_size(page_size)
+        key = decode_page_token(page_token)
+        ordered = sorted(self._catalog.stacks(), key=lambda stack: stack.name)
+        after = [s for s in ordered if key is None or s.name > key.name]
+        page = after[:size]
+        token = encode_page_token(PageKey(0, page[-1].name)) if len(after) > size else ""
+        return page, token
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -300,6 +362,52 @@ def _redact_service(service: ServiceSpec) -> ServiceSpec:
     if not service.secret_env:
         return service
     return replace(service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()})
+
+
+def _check_etag(env: Environment, etag: str) -> None:
+    current = domain_etag(env)
+    if etag and etag != current:
+        raise errors.Conflict(
+            f"environment {env.name!r} changed since it was read (etag {etag!r}, now {current!r}); "
+            "get it again and retry",
+            reason="ETAG_MISMATCH",
+            env=env.name,
+            etag=current,
+        )
+
+
+def _pushdown(where: EnvironmentFilter) -> tuple[set[EnvironmentStatus] | None, dict[str, str]]:
+    """The part of a filter the store answers: statuses and single-valued label equalities."""
+    statuses: set[EnvironmentStatus] | None = None
+    labels: dict[str, str] = {}
+    for term in where.terms:
+        if term.negate:
+            continue
+        if term.field == "status":
+            allowed = {EnvironmentStatus(v) for v in term.values}
+            statuses = allowed if statuses is None else statuses & allowed
+        elif term.field.startswith("labels.") and len(term.values) == 1:
+            labels[term.field.removeprefix("labels.")] = term.values[0]
+    return statuses, labels
+
+
+def _matches(env: Environment, where: EnvironmentFilter) -> bool:
+    for term in where.terms:
+        if term.field == "status":
+            actual: str | None = env.status.value
+        elif term.field == "stack":
+            actual = env.spec.stack
+        elif term.field == "name":
+            actual = env.name
+        else:
+            actual = env.spec.labels.get(term.field.removeprefix("labels."))
+        if term.prefix:
+            hit = actual is not None and any(actual.startswith(v) for v in term.values)
+        else:
+            hit = actual in term.values
+        if hit == term.negate:
+            return False
+    return True
 
 
 def _check_name(name: str) -> None:

@@ -4,9 +4,12 @@ Methods are synchronous filesystem work (the orchestrator runs them with ``async
 Every path is built from validated names and checked to stay under the root after resolving
 symlinks, so a crafted name or a symlink planted inside a volume can never point outside.
 
-Ownership: directories are created ``0755`` and owned by root. Images that run as another user
-fix their own data directory (PostgreSQL's entrypoint chowns ``PGDATA`` to uid 999), so the
-scheduler does not need to know image users. Backups keep numeric owners and modes.
+Ownership: the root and each environment's directory are ``0700`` and owned by root, so no
+host user can reach into a volume: a container's root can make a file setuid in its volume,
+and a host user must never be able to run it (containers also mount volumes ``nosuid,nodev``,
+see the runtime's spec). Volume directories themselves are ``0755``: images that run as
+another user fix their own data directory (PostgreSQL's entrypoint chowns ``PGDATA`` to uid
+999), so the scheduler does not need to know image users. Backups keep numeric owners and modes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from scheduler.errors import FailedPrecondition, FieldViolation, Internal, Inval
 from scheduler.validation import env_name_problem, volume_name_problem
 
 DIR_MODE = 0o755
+"""Mode of a volume directory, as the container sees its mount point."""
+PRIVATE_MODE = 0o700
+"""Mode of the root and of each environment's directory: the fence against host users."""
 _SCRATCH_PREFIX = ".scratch-"
 """Restores unpack beside the volumes under this prefix; never a valid environment name."""
 
@@ -82,8 +88,8 @@ class VolumeStore:
         """Create the volume if missing and return its directory; existing data is kept."""
         path = self.path(env, name)
         try:
-            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
+            self._private_dir(self.root, parents=True)
+            self._private_dir(path.parent)
             path.mkdir(mode=DIR_MODE, exist_ok=True)
         except FileExistsError as err:
             raise FailedPrecondition(f"volume {env}/{name}: {str(path)!r} exists and is not a directory") from err
@@ -91,6 +97,17 @@ class VolumeStore:
             raise Internal(f"cannot create volume {env}/{name} at {str(path)!r}: {err}") from err
         # Re-check after creating: the parent could have been swapped for a symlink meanwhile.
         return self.path(env, name)
+
+    @staticmethod
+    def _private_dir(path: Path, parents: bool = False) -> None:
+        # mkdir's mode is masked by the umask and ignored for an existing directory (one made
+        # 0755 by an older version): set it explicitly, and never through a symlink.
+        path.mkdir(mode=PRIVATE_MODE, parents=parents, exist_ok=True)
+        if path.is_symlink():
+            raise FailedPrecondition(f"{str(path)!r} is a symlink; refusing to follow it")
+        os.chmod(path, PRIVATE_MODE, follow_symlinks=False)
+        if os.geteuid() == 0:
+            os.chown(path, 0, 0, follow_symlinks=False)
 
     def remove(self, env: str, name: str) -> None:
         """Delete a volume and its data; removing a missing volume is not an error.
@@ -191,7 +208,7 @@ class VolumeStore:
         tar_path = Path(tar_path)
         if not tar_path.is_file():
             raise NotFound(f"backup archive {str(tar_path)!r} not found", path=str(tar_path))
-        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self._private_dir(self.root, parents=True)
         scratch = self.root.resolve() / f"{_SCRATCH_PREFIX}{uuid.uuid4().hex}"
         scratch.mkdir(mode=DIR_MODE)
         try:

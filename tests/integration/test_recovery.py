@@ -281,7 +281,7 @@ def test_a_killed_process_restarts_per_policy_and_policy_no_degrades(harness: Ha
         (dead,) = env.containers
         assert dead.state == pb.CONTAINER_STATE_EXITED and dead.exit_code == 137 and dead.restart_count == 0
         ready = next(c for c in env.conditions if c.type == "Ready")
-        assert not ready.status and ready.service == "toolbox" and "137" in ready.message
+        assert ready.status == pb.CONDITION_STATUS_FALSE and ready.service == "toolbox" and "137" in ready.message
         time.sleep(1.0)
         assert h.get("never").containers[0].state == pb.CONTAINER_STATE_EXITED  # stays down
 
@@ -303,7 +303,8 @@ def test_a_crash_loop_backs_off_to_its_cap_and_an_update_fixes_it(harness: Harne
         env = h.until("loop", "6 restarts", lambda e: bool(e.containers) and e.containers[0].restart_count >= 6, 60)
         env = h.until("loop", "DEGRADED", lambda e: e.status == pb.ENVIRONMENT_STATUS_DEGRADED, 10)
         ready = next(c for c in env.conditions if c.type == "Ready")
-        assert not ready.status and ready.service == "toolbox" and ready.reason == "CrashLoopBackOff"
+        assert ready.status == pb.CONDITION_STATUS_FALSE and ready.service == "toolbox"
+        assert ready.reason == "CrashLoopBackOff"
         assert "crash-looping" in ready.message and "last exit code 3" in ready.message
         assert env.containers[0].exit_code == 3
         delays = [e.message.rsplit("restarting in ", 1)[1] for e in events.of(pb.EVENT_TYPE_CONTAINER_EXITED)]
@@ -388,7 +389,7 @@ def test_sigkill_in_the_middle_of_a_deploy_converges_without_duplicates(harness:
     assert all(c.state == pb.CONTAINER_STATE_RUNNING and c.health == pb.HEALTH_STATUS_HEALTHY for c in env.containers)
     ids = sorted(c.container_id for c in env.containers)
     assert h.runtime_containers("midway") == ids  # nothing left over from the interrupted attempt
-    assert any(c.type == "Ready" and c.status for c in env.conditions)
+    assert any(c.type == "Ready" and c.status == pb.CONDITION_STATUS_TRUE for c in env.conditions)
     assert '"redeployed": ["midway"]' in h.daemon.log()
 
 

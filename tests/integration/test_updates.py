@@ -131,7 +131,7 @@ def test_backend_and_frontend_updates_drop_no_request_and_keep_data(
 
     # Dry run: the plan, and nothing changes.
     plan = _update(
-        stub, "live", {"stack": "web-postgres", "services": {"backend": {"env": {"GREETING": "v2"}}}}, dry_run=True
+        stub, "live", {"stack": "web-postgres", "services": {"backend": {"env": {"GREETING": "v2"}}}}, validateOnly=True
     )
     actions = {c.service: c.action for c in plan.plan}
     assert actions == {
@@ -233,7 +233,7 @@ def test_a_broken_update_rolls_back_while_the_old_containers_serve(stub: pb_grpc
     assert load.failures == [], load.failures[:5]
     assert env.status == pb.ENVIRONMENT_STATUS_RUNNING
     rolled = next(c for c in env.conditions if c.type == "RolledBack")
-    assert rolled.status and rolled.service == "backend" and "404" in rolled.message
+    assert rolled.status == pb.CONDITION_STATUS_TRUE and rolled.service == "backend" and "404" in rolled.message
     assert not any(s.config.health_check.http.path == "/nope" for s in env.services)
 
 

@@ -58,7 +58,9 @@ def random_port_range(width: int = 200) -> tuple[int, int]:
     return low, low + width - 1
 
 
-def socket_in(netns_path: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+def socket_in(
+    netns_path: str, kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET, proto: int = 0
+) -> socket.socket:
     """A socket created inside the network namespace pinned at ``netns_path``."""
     box: list[socket.socket | BaseException] = []
 
@@ -68,7 +70,7 @@ def socket_in(netns_path: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
             try:
                 if _libc.setns(target, CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), f"setns {netns_path}")
-                box.append(socket.socket(socket.AF_INET, kind))
+                box.append(socket.socket(family, kind, proto))
             finally:
                 os.close(target)
         except BaseException as err:

@@ -15,10 +15,19 @@ import pytest
 from click.testing import CliRunner, Result
 from google.protobuf import json_format
 
+from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.cli import main
 from scheduler.client.spec import SpecError, apply_flags, apply_set, load_file, parse_pairs, parse_size, status_value
+
+
+def _holds(env: pb.Environment, term: Any) -> bool:
+    if term.field == "status":
+        actual = pb.EnvironmentStatus.Name(env.status).removeprefix("ENVIRONMENT_STATUS_")
+    else:
+        actual = env.spec.labels.get(term.field.removeprefix("labels."))
+    return (actual in term.values) != term.negate
 
 
 class FakeScheduler(pb_grpc.SchedulerServiceServicer):
@@ -78,7 +87,7 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             env.status = pb.ENVIRONMENT_STATUS_FAILED
             env.conditions.add(
                 type="Ready",
-                status=False,
+                status=pb.CONDITION_STATUS_FALSE,
                 reason="HealthCheckFailed",
                 service="toolbox",
                 message="health check failed:\nexit code 1",
@@ -97,7 +106,9 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             env.endpoints.add(service="toolbox", host_ip="127.0.0.1", host_port=31000, container_port=80)
         if self.rollback_updates and env.generation > 1:
             env.generation += 1
-            env.conditions.add(type="RolledBack", status=True, service="toolbox", message="health check: HTTP 404")
+            env.conditions.add(
+                type="RolledBack", status=pb.CONDITION_STATUS_TRUE, service="toolbox", message="health check: HTTP 404"
+            )
         env.observed_generation = env.generation
 
     def UpdateEnvironment(
@@ -109,7 +120,7 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             if env is None:
                 return self._missing(context, request.name)
             plan = [pb.ServiceChange(service="toolbox", action=pb.CHANGE_ACTION_REPLACE, reason="env changed")]
-            if request.dry_run:
+            if request.validate_only:
                 return pb.UpdateEnvironmentResponse(environment=env, plan=plan)
             env.spec.CopyFrom(request.spec)
             env.generation += 1
@@ -131,12 +142,8 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ListEnvironmentsResponse:
         with self.lock:
             self.requests.append(request)
-            matching = [
-                e
-                for e in self.envs.values()
-                if (not request.statuses or e.status in request.statuses)
-                and all(e.spec.labels.get(k) == v for k, v in request.labels.items())
-            ]
+            terms = list_filter.parse(request.filter).terms
+            matching = [e for e in self.envs.values() if all(_holds(e, t) for t in terms)]
             # Pages of two whatever the client asks, so that paging is exercised.
             start = int(request.page_token or 0)
             page = matching[start : start + 2]
@@ -353,7 +360,8 @@ def test_list_pages_through_everything_and_passes_filters(fake: tuple[FakeSchedu
     )
     assert [e["name"] for e in filtered["environments"]] == ["e1", "e3"]
     request = [r for r in servicer.requests if isinstance(r, pb.ListEnvironmentsRequest)][-1]
-    assert list(request.statuses) == [pb.ENVIRONMENT_STATUS_PENDING] and dict(request.labels) == {"parity": "1"}
+    assert request.filter == 'status=PENDING labels.parity="1"'
+
     none = run(address, "env", "list", "--status", "RUNNING", "-o", "json")
     assert json.loads(none.stdout) == {}
 
@@ -370,7 +378,7 @@ def test_update_applies_flags_on_top_of_the_current_spec(fake: tuple[FakeSchedul
     assert result.exit_code == 0, result.output
     request = [r for r in servicer.requests if isinstance(r, pb.UpdateEnvironmentRequest)][-1]
     assert request.spec.stack == "toolbox" and dict(request.spec.services["toolbox"].env) == {"A": "1", "B": "2"}
-    assert request.drain.seconds == 1 and request.drain.nanos == 500_000_000 and not request.dry_run
+    assert request.drain.seconds == 1 and request.drain.nanos == 500_000_000 and not request.validate_only
     assert "Generation:  2 (observed 2)" in result.stdout
 
 

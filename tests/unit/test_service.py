@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.config import LimitSettings
-from scheduler.domain import EnvironmentRequest, EnvironmentStatus, RestartMode, RestartPolicy, ServiceSpec
+from scheduler.domain import EnvironmentRequest, EnvironmentStatus, RestartMode, RestartPolicy, ServiceSpec, etag
 from scheduler.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from scheduler.service import REDACTED, EnvironmentService
 from scheduler.stacks.catalog import Catalog
@@ -93,21 +93,21 @@ async def test_a_stale_revision_is_refused_for_update_and_delete(setup) -> None:
     await running(service, world, "cas")
     read = await service.get("cas")
     newer = EnvironmentRequest(stack="secretive", parameters={"mode": "slow"})
-    updated, _ = await service.update("cas", newer, drain=ms(1), expected_revision=read.revision)
+    updated, _ = await service.update("cas", lambda _: newer, drain=ms(1), etag=etag(read))
     assert updated.revision > read.revision and updated.generation == 2
     await world.orchestrator.wait_idle("cas")
-    with pytest.raises(Conflict, match="revision"):
-        await service.update("cas", EnvironmentRequest(stack="secretive"), expected_revision=read.revision)
-    with pytest.raises(Conflict, match="revision"):
-        await service.delete("cas", expected_revision=read.revision)
+    with pytest.raises(Conflict, match="changed since it was read"):
+        await service.update("cas", lambda _: EnvironmentRequest(stack="secretive"), etag=etag(read))
+    with pytest.raises(Conflict, match="changed since it was read"):
+        await service.delete("cas", etag=etag(read))
     assert (await service.get("cas")).status is EnvironmentStatus.RUNNING
     current = await service.get("cas")
-    deleted = await service.delete("cas", expected_revision=current.revision)
+    deleted = await service.delete("cas", etag=etag(current))
     assert deleted.status is EnvironmentStatus.DELETING
     await world.orchestrator.wait_idle("cas")
     with pytest.raises(NotFound):
         await service.get("cas")
-    assert [h.action for h in await service.history("cas")] == ["create", "update", "delete", "deleted"]
+    assert [h.action for h in (await service.history("cas"))[0]] == ["create", "update", "delete", "deleted"]
 
 
 async def test_update_while_deploying_is_a_failed_precondition(setup) -> None:
@@ -116,9 +116,9 @@ async def test_update_while_deploying_is_a_failed_precondition(setup) -> None:
     await running(service, world, "busy")
     await world.ledger.change("busy", lambda e: replace(e, status=EnvironmentStatus.DEPLOYING))
     with pytest.raises(FailedPrecondition, match="deploying"):
-        await service.update("busy", EnvironmentRequest(stack="secretive", parameters={"mode": "x"}))
+        await service.update("busy", lambda _: EnvironmentRequest(stack="secretive", parameters={"mode": "x"}))
     with pytest.raises(InvalidArgument, match="spec.stack"):
-        await service.update("busy", EnvironmentRequest(stack="other"))
+        await service.update("busy", lambda _: EnvironmentRequest(stack="other"))
 
 
 async def test_concurrent_deletes_mark_once_and_remove_once(setup) -> None:
@@ -129,4 +129,4 @@ async def test_concurrent_deletes_mark_once_and_remove_once(setup) -> None:
     assert all(r.status is EnvironmentStatus.DELETING for r in results)
     await world.orchestrator.wait_idle("twice")
     assert world.ledger.find("twice") is None and world.runtime.containers == {}
-    assert [h.action for h in await service.history("twice")].count("delete") == 1
+    assert [h.action for h in (await service.history("twice"))[0]].count("delete") == 1

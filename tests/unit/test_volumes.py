@@ -18,9 +18,21 @@ def test_ensure_creates_a_0755_directory_under_root_and_keeps_data(store, tmp_pa
     assert path == (tmp_path / "volumes" / "demo" / "pgdata").resolve()
     assert path.is_dir()
     assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    # The root and the environment's directory keep every host user out.
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "volumes").stat().st_mode) == 0o700
     (path / "PG_VERSION").write_text("15")
     assert store.ensure("demo", "pgdata") == path
     assert (path / "PG_VERSION").read_text() == "15"
+
+
+def test_ensure_closes_directories_an_older_version_left_open(store, tmp_path):
+    (tmp_path / "volumes" / "demo").mkdir(parents=True, mode=0o755)
+    os.chmod(tmp_path / "volumes", 0o755)
+    os.chmod(tmp_path / "volumes" / "demo", 0o755)
+    store.ensure("demo", "pgdata")
+    assert stat.S_IMODE((tmp_path / "volumes").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "volumes" / "demo").stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from scheduler import domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
@@ -80,7 +81,7 @@ _CONTAINER_STATE_TO = {
     state: pb.ContainerState.Value(f"CONTAINER_STATE_{state.value}") for state in domain.ContainerState
 }
 _HEALTH_TO = {
-    domain.Health.UNKNOWN: pb.HEALTH_STATUS_UNSPECIFIED,
+    domain.Health.UNKNOWN: pb.HEALTH_STATUS_UNKNOWN,
     domain.Health.STARTING: pb.HEALTH_STATUS_STARTING,
     domain.Health.HEALTHY: pb.HEALTH_STATUS_HEALTHY,
     domain.Health.UNHEALTHY: pb.HEALTH_STATUS_UNHEALTHY,
@@ -127,7 +128,9 @@ def _override_from_proto(
         health=_health_from_proto(config.health_check, f"{field}.health_check", violations)
         if config.HasField("health_check")
         else None,
-        restart=_restart_from_proto(config.restart_policy) if config.HasField("restart_policy") else None,
+        restart=_restart_from_proto(config.restart_policy, f"{field}.restart_policy", violations)
+        if config.HasField("restart_policy")
+        else None,
         depends_on=tuple(_dependency_from_proto(d) for d in config.depends_on) or None,
         replicas=config.replicas if config.HasField("replicas") else None,
         user=config.user if config.HasField("user") else None,
@@ -177,17 +180,24 @@ def _health_from_proto(check: pb.HealthCheck, field: str, violations: list[Field
     return defaults
 
 
-def _restart_from_proto(policy: pb.RestartPolicy) -> domain.RestartPolicy:
-    defaults = domain.RestartPolicy()
-    return domain.RestartPolicy(
-        mode=_RESTART_FROM.get(policy.mode, defaults.mode),
-        max_retries=policy.max_retries,
-        initial_backoff=duration_from_proto(policy.initial_backoff)
-        if policy.HasField("initial_backoff")
-        else defaults.initial_backoff,
-        max_backoff=duration_from_proto(policy.max_backoff) if policy.HasField("max_backoff") else defaults.max_backoff,
-        reset_after=duration_from_proto(policy.reset_after) if policy.HasField("reset_after") else defaults.reset_after,
+def _restart_from_proto(
+    policy: pb.RestartPolicy, field: str, violations: list[FieldViolation]
+) -> domain.RestartOverride:
+    """Unset fields (mode UNSPECIFIED included) keep the stack's policy."""
+    mode = _RESTART_FROM.get(policy.mode)
+    if mode is None and policy.mode != pb.RESTART_MODE_UNSPECIFIED:
+        violations.append(FieldViolation(f"{field}.mode", f"{policy.mode} is not a restart mode"))
+    return domain.RestartOverride(
+        mode=mode,
+        max_retries=policy.max_retries if policy.HasField("max_retries") else None,
+        initial_backoff=_optional_duration(policy, "initial_backoff"),
+        max_backoff=_optional_duration(policy, "max_backoff"),
+        reset_after=_optional_duration(policy, "reset_after"),
     )
+
+
+def _optional_duration(message: Message, name: str) -> timedelta | None:
+    return duration_from_proto(getattr(message, name)) if message.HasField(name) else None
 
 
 def _dependency_from_proto(dep: pb.Dependency) -> domain.Dependency:
@@ -197,17 +207,6 @@ def _dependency_from_proto(dep: pb.Dependency) -> domain.Dependency:
         condition=_CONDITION_FROM.get(dep.condition, domain.DependencyCondition.STARTED),
         deadline=duration_from_proto(dep.deadline) if dep.HasField("deadline") else defaults.deadline,
     )
-
-
-def statuses_from_proto(values: Iterable[int]) -> list[domain.EnvironmentStatus]:
-    """Convert status filters, refusing UNSPECIFIED and unknown numbers."""
-    out = []
-    for index, value in enumerate(values):
-        status = _ENV_STATUS_FROM.get(value)  # type: ignore[call-overload]
-        if status is None:
-            raise InvalidArgument.of([FieldViolation(f"statuses[{index}]", f"{value} is not an environment status")])
-        out.append(status)
-    return out
 
 
 # --- domain -> proto ------------------------------------------------------------------------------
@@ -242,7 +241,7 @@ def _override_to_proto(o: domain.ServiceOverride) -> pb.ContainerConfiguration:
     if o.health is not None:
         out.health_check.CopyFrom(_health_to_proto(o.health))
     if o.restart is not None:
-        out.restart_policy.CopyFrom(_restart_to_proto(o.restart))
+        out.restart_policy.CopyFrom(_restart_override_to_proto(o.restart))
     if o.replicas is not None:
         out.replicas = o.replicas
     if o.user is not None:
@@ -323,6 +322,17 @@ def _restart_to_proto(policy: domain.RestartPolicy) -> pb.RestartPolicy:
     )
 
 
+def _restart_override_to_proto(o: domain.RestartOverride) -> pb.RestartPolicy:
+    out = pb.RestartPolicy(mode=_RESTART_TO[o.mode] if o.mode is not None else pb.RESTART_MODE_UNSPECIFIED)
+    if o.max_retries is not None:
+        out.max_retries = o.max_retries
+    for name in ("initial_backoff", "max_backoff", "reset_after"):
+        value = getattr(o, name)
+        if value is not None:
+            getattr(out, name).CopyFrom(_duration_to_proto(value))
+    return out
+
+
 def _dependency_to_proto(dep: domain.Dependency) -> pb.Dependency:
     return pb.Dependency(
         service=dep.service, condition=_CONDITION_TO[dep.condition], deadline=_duration_to_proto(dep.deadline)
@@ -334,6 +344,7 @@ def environment_to_proto(env: domain.Environment) -> pb.Environment:
     out = pb.Environment(
         name=env.name,
         uid=env.uid,
+        etag=domain.etag(env),
         generation=env.generation,
         observed_generation=env.observed_generation,
         status=_ENV_STATUS_TO[env.status],
@@ -357,6 +368,7 @@ def environment_to_proto(env: domain.Environment) -> pb.Environment:
         out.spec.stack = env.spec.stack
     _set_time(out.create_time, env.created_at)
     _set_time(out.update_time, env.updated_at)
+    _set_time(out.expire_time, domain.expire_time(env))
     return out
 
 
@@ -375,13 +387,19 @@ def _container_to_proto(c: domain.ContainerStatus) -> pb.ContainerStatus:
     )
     if c.exit_code is not None:
         out.exit_code = c.exit_code
-    _set_time(out.started_at, c.started_at)
-    _set_time(out.finished_at, c.finished_at)
+    _set_time(out.start_time, c.started_at)
+    _set_time(out.end_time, c.finished_at)
     return out
 
 
 def _condition_to_proto(c: domain.Condition) -> pb.Condition:
-    out = pb.Condition(type=c.type, status=c.status, reason=c.reason, message=c.message, service=c.service)
+    out = pb.Condition(
+        type=c.type,
+        status=pb.CONDITION_STATUS_TRUE if c.status else pb.CONDITION_STATUS_FALSE,
+        reason=c.reason,
+        message=c.message,
+        service=c.service,
+    )
     _set_time(out.last_transition_time, c.last_transition)
     return out
 
@@ -392,9 +410,9 @@ def _set_time(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
         target.CopyFrom(converted)
 
 
-def history_to_proto(entries: Iterable[domain.HistoryEntry]) -> pb.GetEnvironmentHistoryResponse:
-    """Convert the audit trail."""
-    out = pb.GetEnvironmentHistoryResponse()
+def history_to_proto(entries: Iterable[domain.HistoryEntry], next_page_token: str) -> pb.GetEnvironmentHistoryResponse:
+    """Convert a page of the audit trail."""
+    out = pb.GetEnvironmentHistoryResponse(next_page_token=next_page_token)
     for entry in entries:
         item = out.entries.add(generation=entry.generation, actor=entry.actor, action=entry.action, detail=entry.detail)
         _set_time(item.time, entry.at)

@@ -1,6 +1,9 @@
 """Per-RPC plumbing: request ids, one access-log line, and exceptions mapped to gRPC status.
 
-The table ``STATUS_OF`` is the one place where scheduler errors become gRPC codes.
+The table ``STATUS_OF`` is the one place where scheduler errors become gRPC codes, ErrorInfo
+reasons and retry advice. Every failure carries a ``google.rpc.Status`` in the
+``grpc-status-details-bin`` trailer: an ErrorInfo always, a BadRequest for INVALID_ARGUMENT and a
+RetryInfo where calling again helps.
 """
 
 from __future__ import annotations
@@ -9,67 +12,146 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from scheduler import errors, log
 
 _log = log.get("api")
 
-STATUS_OF: dict[type[errors.SchedulerError], grpc.StatusCode] = {
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Conflict: grpc.StatusCode.ABORTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.Internal: grpc.StatusCode.INTERNAL,
+ERROR_DOMAIN = "scheduler.v1"
+"""ErrorInfo.domain of every error the API returns."""
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    """How one class of error reaches a client."""
+
+    code: grpc.StatusCode
+    reason: str
+    """ErrorInfo reason unless the error names a more specific one."""
+    retry_after: float | None = None
+    """Seconds after which the same call may succeed (a RetryInfo); None: do not retry as is."""
+
+
+STATUS_OF: dict[type[errors.SchedulerError], ErrorMapping] = {
+    errors.NotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    errors.AlreadyExists: ErrorMapping(grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    errors.InvalidArgument: ErrorMapping(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    errors.FailedPrecondition: ErrorMapping(grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
+    # Read again, then retry: the usual answer to a lost optimistic-concurrency race.
+    errors.Conflict: ErrorMapping(grpc.StatusCode.ABORTED, "CONCURRENT_MODIFICATION", retry_after=0.0),
+    errors.OutOfRange: ErrorMapping(grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
+    errors.Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", retry_after=1.0),
+    errors.DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+    errors.PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    errors.Unimplemented: ErrorMapping(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"),
+    errors.Internal: ErrorMapping(grpc.StatusCode.INTERNAL, "INTERNAL"),
 }
+_TIMEOUT = ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
+_UNEXPECTED = ErrorMapping(grpc.StatusCode.INTERNAL, "INTERNAL")
+
+_METADATA_KEYS = {"env": "environment"}
+"""Detail names renamed for clients: the code says ``env``, the API says ``environment``."""
 
 REQUEST_ID_HEADER = "x-request-id"
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Return the gRPC code and the client-facing message for an exception."""
+class RpcObserver(Protocol):
+    """Told when each RPC starts and ends (the daemon passes its Prometheus recorder)."""
+
+    def rpc_started(self, method: str, kind: str) -> None:
+        """An RPC of ``kind`` (``unary`` or ``server_stream``) began."""
+        ...
+
+    def rpc_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
+        """An RPC ended with status ``code`` (a ``grpc.StatusCode`` name)."""
+        ...
+
+
+def _mapping_of(error: BaseException) -> ErrorMapping:
     if isinstance(error, errors.SchedulerError):
         for cls in type(error).__mro__:
             if cls in STATUS_OF:
-                return STATUS_OF[cls], error.message
-        return grpc.StatusCode.INTERNAL, error.message
+                return STATUS_OF[cls]
+        return _UNEXPECTED
     if isinstance(error, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "the operation did not finish in time"
-    return grpc.StatusCode.INTERNAL, "internal error; see the daemon log for this request id"
+        return _TIMEOUT
+    return _UNEXPECTED
 
 
-def _status_details(code: grpc.StatusCode, message: str, error: BaseException) -> bytes | None:
-    """Encode google.rpc.BadRequest details for invalid arguments, so clients see every field."""
-    if not isinstance(error, errors.InvalidArgument) or not error.violations:
-        return None
-    bad_request = error_details_pb2.BadRequest(
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Return the gRPC code and the client-facing message for an exception."""
+    code = _mapping_of(error).code
+    if isinstance(error, errors.SchedulerError):
+        return code, error.message
+    if isinstance(error, TimeoutError):
+        return code, "the operation did not finish in time"
+    return code, "internal error; see the daemon log for this request id"
+
+
+def error_status(error: BaseException, request_id: str = "") -> status_pb2.Status:
+    """Build the google.rpc.Status a client receives for ``error``, details included."""
+    mapping = _mapping_of(error)
+    code, message = status_of(error)
+    metadata: dict[str, str] = {}
+    reason = mapping.reason
+    if isinstance(error, errors.SchedulerError):
+        metadata = {_METADATA_KEYS.get(k, k): v for k, v in error.details.items()}
+        reason = error.reason or reason
+    if request_id:
+        metadata["request_id"] = request_id
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        details.append(_bad_request(error))
+    if mapping.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(mapping.retry_after * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        item = any_pb2.Any()
+        item.Pack(detail)
+        packed.append(item)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+
+
+def _bad_request(error: BaseException) -> Message:
+    """Every field an INVALID_ARGUMENT names; an error without violations names its ``field`` detail."""
+    violations: list[errors.FieldViolation] = []
+    if isinstance(error, errors.InvalidArgument):
+        violations = list(error.violations)
+    if not violations and isinstance(error, errors.SchedulerError):
+        violations = [errors.FieldViolation(error.details.get("field", ""), error.message)]
+    bad_request: Message = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
         ]
     )
-    detail = any_pb2.Any()
-    detail.Pack(bad_request)
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
-    return bytes(status.SerializeToString())
+    return bad_request
+
+
+def error_trailer(error: BaseException, request_id: str = "") -> tuple[str, bytes]:
+    """The ``grpc-status-details-bin`` trailing metadata entry for ``error``."""
+    return "grpc-status-details-bin", bytes(error_status(error, request_id).SerializeToString())
 
 
 class _Call:
     """Bookkeeping of one RPC: request id, timing, final code, and the error translation."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], kind: str, observer: RpcObserver | None
+    ) -> None:
         self.method = method
+        self.kind = kind
+        self.observer = observer
         self.context = context
         metadata = dict(context.invocation_metadata() or ())
         supplied = metadata.get(REQUEST_ID_HEADER)
@@ -81,6 +163,8 @@ class _Call:
 
     def __enter__(self) -> _Call:
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
+        if self.observer is not None:
+            self.observer.rpc_started(self.method, self.kind)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -92,32 +176,29 @@ class _Call:
         self.code = code
         if code == grpc.StatusCode.INTERNAL and not isinstance(error, errors.SchedulerError):
             _log.error("rpc.unhandled", method=self.method, exc_info=error)
-        trailing: list[tuple[str, str | bytes]] = [(REQUEST_ID_HEADER, self.request_id)]
-        details = _status_details(code, message, error)
-        if details is not None:
-            trailing.append(("grpc-status-details-bin", details))
-        await self.context.abort(code, message, trailing_metadata=tuple(trailing))
+        trailing = ((REQUEST_ID_HEADER, self.request_id), error_trailer(error, self.request_id))
+        await self.context.abort(code, message, trailing_metadata=trailing)
 
     def log(self) -> None:
-        """Write the one access-log line of this RPC: at debug level when it succeeded.
+        """Write the one access-log line of this RPC (at debug level when it succeeded), and tell the observer.
 
         A busy client makes thousands of calls a minute; logging each at info level cost more
         than serving it and buried what matters. Failures stay at info, and the daemon's own log
         lines record every change an RPC causes.
         """
+        seconds = time.monotonic() - self.started
         quiet = self.code == grpc.StatusCode.OK or self.method.startswith(_QUIET_PREFIXES)
         emit = _log.debug if quiet else _log.info
-        emit(
-            "rpc",
-            method=self.method,
-            peer=self.peer,
-            code=self.code.name,
-            duration_ms=round((time.monotonic() - self.started) * 1000, 2),
-        )
+        emit("rpc", method=self.method, peer=self.peer, code=self.code.name, duration_ms=round(seconds * 1000, 2))
+        if self.observer is not None:
+            self.observer.rpc_finished(self.method, self.kind, self.code.name, seconds)
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler: binds the request id, logs the call once, maps exceptions to status."""
+
+    def __init__(self, observer: RpcObserver | None = None) -> None:
+        self._observer = observer
 
     async def intercept_service(
         self,
@@ -130,22 +211,22 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
+                _wrap_unary(method, handler.unary_unary, self._observer),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
+                _wrap_stream(method, handler.unary_stream, self._observer),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | None) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, context) as call:
+        with _Call(method, context, "unary", observer) as call:
             try:
                 return await inner(request, context)
             except asyncio.CancelledError:
@@ -162,9 +243,11 @@ def _wrap_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Awaitab
     return unary
 
 
-def _wrap_stream(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        with _Call(method, context) as call:
+        with _Call(method, context, "server_stream", observer) as call:
             try:
                 async for response in inner(request, context):
                     yield response

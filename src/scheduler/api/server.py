@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from scheduler import errors, log
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from scheduler.api.interceptors import RequestInterceptor
+from scheduler.api.interceptors import RequestInterceptor, RpcObserver
 from scheduler.api.servicer import SchedulerServicer
 from scheduler.service import EnvironmentService
 
@@ -23,12 +23,14 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 class ApiServer:
     """Serves SchedulerService plus grpc.health.v1 and reflection on TCP and/or a unix socket."""
 
-    def __init__(self, service: EnvironmentService, listen: str, unix_socket: str = "") -> None:
+    def __init__(
+        self, service: EnvironmentService, listen: str, unix_socket: str = "", observer: RpcObserver | None = None
+    ) -> None:
         self._listen = listen
         self._service = service
         self._unix_socket = unix_socket
         self._server = grpc.aio.server(
-            interceptors=[RequestInterceptor()],
+            interceptors=[RequestInterceptor(observer)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
         self._health = health.aio.HealthServicer()

@@ -8,7 +8,8 @@ from typing import Any
 import grpc
 
 from scheduler import domain
-from scheduler.api import convert
+from scheduler.api import convert, fieldmask
+from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.domain import LogQuery
@@ -33,6 +34,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             convert.request_from_proto(request.spec),
             request_id=request.request_id,
             actor=_actor(context),
+            validate_only=request.validate_only,
         )
         return convert.environment_to_proto(env)
 
@@ -43,12 +45,21 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.UpdateEnvironmentRequest, context: Context
     ) -> pb.UpdateEnvironmentResponse:
         drain = convert.duration_from_proto(request.drain) if request.HasField("drain") else None
+        paths = list(request.update_mask.paths)
+
+        def edit(stored: domain.EnvironmentRequest) -> domain.EnvironmentRequest:
+            if not paths:
+                return convert.request_from_proto(request.spec)
+            merged = fieldmask.apply(convert.request_to_proto(stored), request.spec, paths)
+            return convert.request_from_proto(merged)
+
         env, plan = await self._service.update(
             request.name,
-            convert.request_from_proto(request.spec),
-            dry_run=request.dry_run,
+            edit,
+            validate_only=request.validate_only,
             drain=drain,
             actor=_actor(context),
+            etag=request.etag,
         )
         return pb.UpdateEnvironmentResponse(
             environment=convert.environment_to_proto(env),
@@ -56,17 +67,16 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
 
     async def DeleteEnvironment(self, request: pb.DeleteEnvironmentRequest, context: Context) -> pb.Environment:
-        env = await self._service.delete(request.name, keep_volumes=request.keep_volumes, actor=_actor(context))
+        env = await self._service.delete(
+            request.name, keep_volumes=request.keep_volumes, actor=_actor(context), etag=request.etag
+        )
         return convert.environment_to_proto(env)
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
     ) -> pb.ListEnvironmentsResponse:
         envs, token = await self._service.list(
-            page_size=request.page_size,
-            page_token=request.page_token,
-            statuses=convert.statuses_from_proto(request.statuses),
-            labels=dict(request.labels),
+            page_size=request.page_size, page_token=request.page_token, where=list_filter.parse(request.filter)
         )
         return pb.ListEnvironmentsResponse(
             environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
@@ -78,7 +88,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         query = LogQuery(
             services=tuple(request.services),
             tail=request.tail,
-            since=convert.time_from_proto(request.since) if request.HasField("since") else None,
+            since=convert.time_from_proto(request.since_time) if request.HasField("since_time") else None,
             follow=request.follow,
             stream=convert.log_stream_from_proto(request.stream),
         )
@@ -93,14 +103,21 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return convert.metrics_to_proto(request.name, samples)
 
     async def ListStacks(self, request: pb.ListStacksRequest, context: Context) -> pb.ListStacksResponse:
-        return pb.ListStacksResponse(stacks=[convert.stack_to_proto(s) for s in self._service.stacks()])
+        stacks, token = self._service.stacks(page_size=request.page_size, page_token=request.page_token)
+        return pb.ListStacksResponse(stacks=[convert.stack_to_proto(s) for s in stacks], next_page_token=token)
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> AsyncIterator[pb.Event]:
-        async for event in self._service.watch(request.name):
+        since = request.since if request.HasField("since") else None
+        heartbeat = (
+            convert.duration_from_proto(request.heartbeat_interval) if request.HasField("heartbeat_interval") else None
+        )
+        async for event in self._service.watch(request.name, since=since, heartbeat=heartbeat):
             yield convert.event_to_proto(event)
 
     async def GetEnvironmentHistory(
         self, request: pb.GetEnvironmentHistoryRequest, context: Context
     ) -> pb.GetEnvironmentHistoryResponse:
-        entries: list[domain.HistoryEntry] = await self._service.history(request.name)
-        return convert.history_to_proto(entries)
+        entries, token = await self._service.history(
+            request.name, page_size=request.page_size, page_token=request.page_token
+        )
+        return convert.history_to_proto(entries, token)

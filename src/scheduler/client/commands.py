@@ -99,7 +99,7 @@ def _get(client: Client, name: str) -> pb.Environment:
 def _failure(env: pb.Environment) -> str:
     """The condition explaining why an environment is not running, for one-line errors."""
     for cond in env.conditions:
-        if not cond.status and cond.message:
+        if cond.status != pb.CONDITION_STATUS_TRUE and cond.message:
             return f"{cond.service + ': ' if cond.service else ''}{cond.message}"
     return "no condition reported"
 
@@ -221,16 +221,23 @@ def env_get(client: Client, name: str, output: str) -> None:
 def env_list(client: Client, statuses: tuple[str, ...], labels: tuple[str, ...], output: str) -> None:
     """List environments, oldest first."""
     try:
-        wanted = [pb.EnvironmentStatus.ValueType(status_value(s)) for s in statuses]
+        wanted = [
+            pb.EnvironmentStatus.Name(pb.EnvironmentStatus.ValueType(status_value(s))).removeprefix(
+                "ENVIRONMENT_STATUS_"
+            )
+            for s in statuses
+        ]
         label_filter = parse_pairs("--label", labels)
     except SpecError as err:
         raise _usage(err) from err
+    terms = [f"status={','.join(wanted)}"] if wanted else []
+    terms += [f'labels.{key}="{value}"' for key, value in label_filter.items()]
     found = pb.ListEnvironmentsResponse()
     token = ""
     # Bounded: a daemon returning the same token forever must not hang the client.
     for _ in range(10_000):
         page = client.stub.ListEnvironments(
-            pb.ListEnvironmentsRequest(page_size=500, page_token=token, statuses=wanted, labels=label_filter),
+            pb.ListEnvironmentsRequest(page_size=500, page_token=token, filter=" ".join(terms)),
             timeout=client.timeout,
         )
         found.environments.extend(page.environments)
@@ -264,7 +271,8 @@ def env_update(
     """Change environment NAME: flags apply on top of its current specification (or of --file)."""
     current = _get(client, name)
     spec = _build_spec(current.spec, spec_file, params, labels, sets)
-    request = pb.UpdateEnvironmentRequest(name=name, spec=spec, dry_run=dry_run)
+    # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten.
+    request = pb.UpdateEnvironmentRequest(name=name, spec=spec, validate_only=dry_run, etag=current.etag)
     if drain is not None:
         request.drain.CopyFrom(Duration(seconds=int(drain), nanos=int((drain % 1) * 1e9)))
     reply = client.stub.UpdateEnvironment(request, timeout=client.timeout)
@@ -285,7 +293,9 @@ def env_update(
         click.echo(render.plan(reply.plan) + "\n")
         click.echo(render.environment(settled))
     # A rollback is a new generation restoring the old spec: the requested one is not what runs.
-    rolled = next((c for c in settled.conditions if c.type == "RolledBack" and c.status), None)
+    rolled = next(
+        (c for c in settled.conditions if c.type == "RolledBack" and c.status == pb.CONDITION_STATUS_TRUE), None
+    )
     if settled.generation > target and rolled is not None:
         raise CommandFailed("ABORTED", f"update of {name!r} rolled back: {rolled.message}")
     if settled.status != pb.ENVIRONMENT_STATUS_RUNNING:
@@ -367,14 +377,17 @@ def env_history(client: Client, name: str, output: str) -> None:
 @click.command()
 @click.option("--env", "name", default="", help="Only events of this environment.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--since", type=click.IntRange(min=0), help="First replay the events after this sequence.")
 @output_option
 @connection_options
-def events(client: Client, name: str, count: int | None, output: str) -> None:
+def events(client: Client, name: str, count: int | None, since: int | None, output: str) -> None:
     """Stream environment and container events as they happen, until interrupted."""
-    call = client.stub.WatchEvents(pb.WatchEventsRequest(name=name))
+    call = client.stub.WatchEvents(pb.WatchEventsRequest(name=name, since=since))
     seen = 0
     try:
         for event in call:
+            if event.type == pb.EVENT_TYPE_HEARTBEAT:
+                continue
             click.echo(render.to_json_line(event) if output == "json" else render.event(event))
             seen += 1
             if count is not None and seen >= count:

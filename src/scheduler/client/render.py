@@ -96,7 +96,8 @@ def environment(env: pb.Environment) -> str:
         detail = f" ({cond.reason})" if cond.reason else ""
         where = f" [{cond.service}]" if cond.service else ""
         message = f": {cond.message}" if cond.message else ""
-        lines.append(f"Condition:   {cond.type}={cond.status}{detail}{where}{message}")
+        held = enum_name(cond.status, pb.ConditionStatus, "CONDITION_STATUS_").capitalize()
+        lines.append(f"Condition:   {cond.type}={held}{detail}{where}{message}")
     if env.containers:
         lines.append("")
         lines.append(containers(env.containers))

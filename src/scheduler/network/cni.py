@@ -10,13 +10,19 @@ Defaults and host-wide settings, on purpose:
 
 * ``net.ipv4.ip_forward=1`` and ``net.bridge.bridge-nf-call-iptables=1`` are set at start:
   containers are routed, and bridged replies must pass conntrack to be un-DNATed.
-* Egress (``egress=True``, the default): containers reach the host and, masqueraded, the
-  outside world. With ``egress=False`` they have no default route and forwarded traffic
-  leaving their bridge is dropped; the host stays reachable on the gateway address.
+* Egress (``egress=True``, the default): containers reach, masqueraded, the outside world.
+  With ``egress=False`` they have no default route and forwarded traffic leaving their
+  bridge is dropped.
+* The host itself is never reachable from a container, in either mode: nothing new that
+  arrives from a bridge is accepted by the host (only replies to the host's own
+  connections), and packets to 127.0.0.0/8 from a bridge are dropped in the raw table.
+  A published port reached on a host address is DNATed to its container first, so it still
+  works; a nameserver listening on a host address does not (see iptables.py).
 * Containers of different environments never reach each other: the instance's FORWARD
   chain drops bridge-to-bridge traffic, whatever the FORWARD policy is.
 * Published ports default to ``settings.host_ip`` (127.0.0.1); connections from the host
-  itself work (route_localnet on the bridge plus masquerade, as the portmap plugin does).
+  itself work (route_localnet on the bridge plus masquerade, as the portmap plugin does;
+  route_localnet is fenced by the raw drop above, as kube-proxy fences it).
 * ``resolv.conf`` lists the host's non-loopback nameservers when egress is on (none
   otherwise) and no search domains: service names resolve from the hosts file.
 * A service declared without ports forwards every port and protocol of its VIP.

@@ -15,6 +15,13 @@ Chain layout (``P`` is the instance prefix)::
     nat  P-SEP-*     mark hairpin (source == backend), DNAT to backend
     nat  POSTROUTING -> P-POSTROUTING (masquerade marked traffic, egress per subnet)
     filter FORWARD   -> P-FORWARD     (intra-bridge accept, inter-bridge drop, egress policy)
+    filter INPUT     -> P-INPUT       (from a bridge: replies only; nothing new reaches the host)
+    raw  PREROUTING  -> P-PREROUTING  (from a bridge to 127.0.0.0/8: drop)
+
+The bridges have ``route_localnet`` on, which published ports on 127.0.0.1 need (the host's own
+127.0.0.1 connection is DNATed to a container and leaves on the bridge); the raw drop fences it:
+a container crafting packets to 127.0.0.1 has them dropped before conntrack or routing sees them,
+while replies to the host's connections still arrive addressed to the bridge's own address.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from dataclasses import dataclass
 from scheduler.errors import Internal
 from scheduler.network.names import MASQ_MARK, Names
 
-NAT_BUILTINS = ("PREROUTING", "OUTPUT", "POSTROUTING")
-FILTER_BUILTINS = ("FORWARD",)
+BUILTINS = {"raw": ("PREROUTING",), "nat": ("PREROUTING", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD")}
+"""table -> the built-in chains that jump to ours."""
+TABLES = tuple(BUILTINS)
 _MARK = f"0x{MASQ_MARK:x}/0x{MASQ_MARK:x}"
 log = logging.getLogger(__name__)
 
@@ -138,7 +146,15 @@ def render(
     fwd.append(f"-o {wildcard} -m conntrack --ctstate DNAT -j ACCEPT")
     fwd.append(f"-o {wildcard} -j DROP")
     fwd.append(f"-i {wildcard} -j {'ACCEPT' if egress else 'DROP'}")
-    return {"nat": nat, "filter": flt}
+    # The host itself is no service of any environment: containers get answers to connections
+    # the host opened (published ports, probes), and nothing else. A published port reached on a
+    # host address is DNATed to its container before this, so it goes through FORWARD instead.
+    flt[names.chain("INPUT")] = [
+        f"-i {wildcard} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"-i {wildcard} -j DROP",
+    ]
+    raw = {names.chain("PREROUTING"): [f"-i {wildcard} -d 127.0.0.0/8 -j DROP"]}
+    return {"raw": raw, "nat": nat, "filter": flt}
 
 
 UNKNOWN: list[str] = ["<unknown rules>"]
@@ -152,7 +168,7 @@ def restore_script(desired: Ruleset, current: Ruleset) -> str:
     stays small however many environments exist; chains no longer wanted are deleted.
     """
     out: list[str] = []
-    for table in ("nat", "filter"):
+    for table in TABLES:
         want = desired.get(table, {})
         have = current.get(table, {})
         changed = [chain for chain, rules in want.items() if have.get(chain) != rules]
@@ -271,7 +287,7 @@ class Iptables:
 
     async def save(self) -> SavedRules:
         """Read our chains, rules and jumps from the kernel."""
-        texts = {t: await self._run(["iptables-save", "-t", t]) for t in ("nat", "filter")}
+        texts = {t: await self._run(["iptables-save", "-t", t]) for t in TABLES}
         return parse_save(self.names, texts)
 
     async def restore(self, script: str) -> None:
@@ -280,7 +296,7 @@ class Iptables:
 
     async def ensure_jumps(self) -> None:
         """Insert the jump from each built-in chain to ours, once, at the top."""
-        for table, builtins in (("nat", NAT_BUILTINS), ("filter", FILTER_BUILTINS)):
+        for table, builtins in BUILTINS.items():
             for builtin in builtins:
                 rule = ["-j", self.names.chain(builtin)]
                 check = ["iptables", "-w", "5", "-t", table, "-C", builtin, *rule]

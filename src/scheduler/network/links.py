@@ -58,6 +58,7 @@ def get_sysctl(key: Sequence[str]) -> str:
 async def ensure_bridge(name: str) -> None:
     """Create the bridge (up, with route_localnet so DNATed 127.0.0.1 traffic may leave on it).
 
+    iptables.py drops what a container sends to 127.0.0.0/8 before routing could accept it.
     The CNI bridge plugin adopts an existing bridge of the same name and adds the gateway
     address on the first ADD.
     """

@@ -2,17 +2,21 @@
 
 Each subscriber has a bounded queue. A subscriber that falls behind is not silently dropped:
 it receives one EVENTS_LOST event that says how many events it missed, then continues.
+Published events are also kept in a bounded log (persisted when an ``EventLog`` is given), so
+a subscriber may start from a past sequence: it first receives what followed that sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import collections
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from scheduler.domain import Event, EventType
+from scheduler.errors import OutOfRange
+from scheduler.storage.events import DEFAULT_KEEP, EventLog
 
 
 class _Subscriber:
@@ -23,16 +27,27 @@ class _Subscriber:
 
 
 class EventBus:
-    """Fan-out of events to subscribers, each filtered by environment."""
+    """Fan-out of events to subscribers, each filtered by environment, with a replay log."""
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, log: EventLog | None = None, keep: int = DEFAULT_KEEP) -> None:
         self._capacity = capacity
         self._subscribers: set[_Subscriber] = set()
-        self._sequence = itertools.count(1)
+        self._log = log
+        self._kept: collections.deque[Event] = collections.deque(log.recent() if log else (), maxlen=keep)
+        self._last = self._kept[-1].sequence if self._kept else 0
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the latest event published (0 before the first)."""
+        return self._last
 
     def publish(self, event: Event) -> Event:
-        """Stamp the event with the next sequence number and deliver it to every subscriber."""
-        stamped = replace(event, sequence=next(self._sequence))
+        """Stamp the event with the next sequence number, keep it, and deliver it to every subscriber."""
+        self._last += 1
+        stamped = replace(event, sequence=self._last)
+        self._kept.append(stamped)
+        if self._log is not None:
+            self._log.append(stamped)
         for sub in self._subscribers:
             if sub.environment and sub.environment != stamped.environment:
                 continue
@@ -49,15 +64,49 @@ class EventBus:
             sub.queue.put_nowait(stamped)
         return stamped
 
-    async def subscribe(self, environment: str = "") -> AsyncGenerator[Event]:
-        """Yield events (of one environment, or all) until the consumer stops iterating."""
+    def replay(self, since: int, environment: str = "") -> list[Event]:
+        """Kept events after sequence ``since`` (of one environment, or all), oldest first.
+
+        Raises:
+            OutOfRange: events after ``since`` are no longer kept, or ``since`` is in the future;
+                the details give the oldest sequence kept (resume with since = oldest - 1).
+        """
+        oldest = self._kept[0].sequence if self._kept else self._last + 1
+        if since < oldest - 1 or since > self._last:
+            raise OutOfRange(
+                f"since {since} is outside the event log, which holds sequences {oldest} to {self._last}; "
+                "re-read state with GetEnvironment or ListEnvironments, then watch from the latest",
+                reason="EVENTS_EXPIRED" if since < oldest - 1 else "SEQUENCE_IN_FUTURE",
+                field="since",
+                oldest_sequence=str(oldest),
+                latest_sequence=str(self._last),
+            )
+        return [e for e in self._kept if e.sequence > since and (not environment or e.environment == environment)]
+
+    async def subscribe(self, environment: str = "", since: int | None = None) -> AsyncGenerator[Event]:
+        """Yield events (of one environment, or all), replaying those after ``since`` first.
+
+        The replay and the registration happen together, before the first event is awaited, so
+        no event is missed or repeated between the two.
+
+        Raises:
+            OutOfRange: see :meth:`replay`.
+        """
+        backlog = self.replay(since, environment) if since is not None else []
         sub = _Subscriber(environment, self._capacity)
         self._subscribers.add(sub)
         try:
+            for event in backlog:
+                yield event
             while True:
                 yield await sub.queue.get()
         finally:
             self._subscribers.discard(sub)
+
+    def close(self) -> None:
+        """Flush the persisted log."""
+        if self._log is not None:
+            self._log.close()
 
     @property
     def subscriber_count(self) -> int:

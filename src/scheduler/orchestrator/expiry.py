@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from scheduler import errors, log
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
+from scheduler.domain import expire_time as deadline
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.status import now
 
@@ -23,14 +24,6 @@ _log = log.get("expiry")
 
 MAX_SLEEP = timedelta(minutes=10)
 """Longest sleep between two looks at the heap (bounds the effect of a wall-clock jump)."""
-
-
-def deadline(env: Environment) -> datetime | None:
-    """When ``env`` expires, or None if it lives until deleted."""
-    ttl = env.request.ttl if env.request is not None else env.spec.ttl
-    if ttl is None or env.created_at is None:
-        return None
-    return env.created_at + ttl
 
 
 class Expiry:

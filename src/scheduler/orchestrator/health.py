@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from scheduler import errors
 from scheduler.domain import HealthCheck, HealthCheckKind
+from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.runtime.base import ContainerRuntime
 
 _MAX_OUTPUT = 300
@@ -33,12 +34,22 @@ class ProbeResult:
     detail: str
 
 
-async def probe(check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str) -> ProbeResult:
-    """Run one probe of ``check`` against a container; never raises (only cancellation passes).
+async def probe(
+    check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str, observer: Observer = NULL_OBSERVER
+) -> ProbeResult:
+    """Run one probe of ``check`` against a container and tell ``observer``; never raises (only cancellation passes).
 
     Whatever the container answers, or whatever goes wrong asking it, is a failed probe: a
     container must not be able to stop the monitor that watches it.
     """
+    started = time.monotonic()
+    result = await _probe(check, runtime, container_id, ip)
+    if check.kind is not HealthCheckKind.NONE:
+        observer.probe_finished(check.kind.value, result.ok, time.monotonic() - started)
+    return result
+
+
+async def _probe(check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str) -> ProbeResult:
     timeout = check.timeout.total_seconds()
     try:
         if check.kind is HealthCheckKind.EXEC:
@@ -114,7 +125,12 @@ class Unhealthy(Exception):
 
 
 async def wait_healthy(
-    check: HealthCheck, runtime: ContainerRuntime, container_id: str, ip: str, started: float
+    check: HealthCheck,
+    runtime: ContainerRuntime,
+    container_id: str,
+    ip: str,
+    started: float,
+    observer: Observer = NULL_OBSERVER,
 ) -> ProbeResult:
     """Probe every ``interval`` until one passes; raise :class:`Unhealthy` per Docker's rules.
 
@@ -122,7 +138,7 @@ async def wait_healthy(
     """
     failures = 0
     while True:
-        result = await probe(check, runtime, container_id, ip)
+        result = await probe(check, runtime, container_id, ip, observer)
         if result.ok:
             return result
         interval = check.interval.total_seconds()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import builtins
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +95,11 @@ class Ledger:
             env = self._envs.get(key.name)
             if env is not None and (not wanted or env.status in wanted):
                 yield env
+
+    async def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
+        """Every environment (in ``statuses``, if given), in creation order; ``StateStore.iterate``'s shape."""
+        for env in self.all(statuses):
+            yield env
 
     def names(self) -> builtins.list[str]:
         """Names of every environment."""

@@ -10,11 +10,12 @@ failure cancels the rest and marks the environment FAILED with the service and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expiry import Expiry
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import remove_logs
+from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import ExpectedExits
 from scheduler.runtime.base import ContainerRuntime
@@ -105,7 +107,9 @@ class Orchestrator:
         volumes: VolumeStore,
         events: EventBus,
         settings: OrchestratorSettings,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
+        self._observer = observer
         self._ledger = ledger
         self._runtime = runtime
         self._network = network
@@ -168,14 +172,44 @@ class Orchestrator:
 
     def submit_deploy(self, name: str) -> None:
         """Deploy ``name`` in the background."""
-        self._submit(name, lambda: self._deploy(name))
+        self._submit(name, lambda: self._observed("deploy", name, lambda: self._deploy(name)))
 
     def submit_delete(self, name: str, keep_volumes: bool) -> None:
         """Delete ``name`` in the background, cancelling a deploy that is under way."""
         running = self._operations.get(name)
         if running is not None and not running.done():
             running.cancel()
-        self._submit(name, lambda: self._delete(name, keep_volumes))
+        self._submit(name, lambda: self._observed("delete", name, lambda: self._delete(name, keep_volumes)))
+
+    async def _observed(self, operation: str, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run one operation and tell the observer how long it took and how it ended."""
+        started = time.monotonic()
+        stack = ""
+        outcome = "failed"
+        with contextlib.suppress(errors.NotFound):
+            stack = (await self._ledger.get(name)).spec.stack
+        try:
+            await body()
+            outcome = await self._outcome(operation, name)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if stack:
+                self._observer.operation_finished(operation, stack, outcome, time.monotonic() - started)
+
+    async def _outcome(self, operation: str, name: str) -> str:
+        try:
+            env = await self._ledger.get(name)
+        except errors.NotFound:
+            return "succeeded" if operation == "delete" else "cancelled"
+        if operation == "delete":
+            return "failed"
+        if env.status is EnvironmentStatus.FAILED:
+            return "failed"
+        if operation == "update" and _rolled_back_last(env):
+            return "rolled_back"
+        return "succeeded"
 
     def busy(self, name: str) -> bool:
         """Whether a deploy, update or delete runs on ``name`` (the supervisor then leaves its status alone)."""
@@ -301,10 +335,20 @@ class Orchestrator:
         return endpoints
 
     async def _pull_image(self, service: ServiceSpec) -> domain.Image:
+        fetched: dict[str, int] = {}
+
+        def progress(update: domain.PullProgress) -> None:
+            fetched[update.digest] = max(update.done, fetched.get(update.digest, 0))
+
+        started = time.monotonic()
         try:
-            return await self._runtime.ensure_image(service.image, self._settings.pull_policy)
+            image = await self._runtime.ensure_image(service.image, self._settings.pull_policy, progress)
         except errors.SchedulerError as err:
+            self._observer.image_ensured("failed", time.monotonic() - started, sum(fetched.values()))
             raise DeployFailure(service.name, "ImageUnavailable", f"image {service.image}: {err.message}") from err
+        outcome = "pulled" if fetched else "present"
+        self._observer.image_ensured(outcome, time.monotonic() - started, sum(fetched.values()))
+        return image
 
     async def _bring_up_service(
         self,
@@ -464,7 +508,7 @@ class Orchestrator:
 
     async def _await_health(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> None:
         try:
-            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started)
+            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started, self._observer)
         except health.Unhealthy as unhealthy:
             await self._update_container(name, cid, health=Health.UNHEALTHY, message=unhealthy.detail)
             self._events.publish(
@@ -489,7 +533,7 @@ class Orchestrator:
         self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
     ) -> None:
         """Roll out the stored (new) spec of ``name`` in the background; ``previous`` is the rollback target."""
-        self._submit(name, lambda: self._update(name, previous, changes, drain))
+        self._submit(name, lambda: self._observed("update", name, lambda: self._update(name, previous, changes, drain)))
 
     async def _update(
         self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
@@ -766,6 +810,12 @@ class Orchestrator:
                 generation=env.generation,
             )
         )
+
+
+def _rolled_back_last(env: Environment) -> bool:
+    """Whether the latest condition set on ``env`` is its RolledBack one."""
+    latest = max(env.conditions, key=lambda c: c.last_transition or datetime.min.replace(tzinfo=UTC), default=None)
+    return latest is not None and latest.type == "RolledBack"
 
 
 def _roots(services: Iterable[ServiceSpec]) -> set[str]:

@@ -53,6 +53,7 @@ from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.runtime.base import ContainerRuntime
 
@@ -249,7 +250,9 @@ class Supervisor:
         *,
         resync_interval: float = RESYNC_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
+        self._observer = observer
         self._ledger = ledger
         self._runtime = runtime
         self._network = network
@@ -443,6 +446,7 @@ class Supervisor:
                 what += ", killed by the out-of-memory killer"
             # A process killed for failing its health check failed, whatever its exit code says.
             verdict = None if replica.kill_reason else code
+            reason = "unhealthy" if replica.kill_reason else "oom" if oom else "completed" if code == 0 else "error"
             if replica.kill_reason:
                 what = f"{replica.kill_reason}; {what}"
                 replica.kill_reason = ""
@@ -471,6 +475,7 @@ class Supervisor:
             _log.info("container.exited", env=env_name, container=cid, code=code, restart_in=delay if restart else None)
             self._publish(EventType.CONTAINER_EXITED, env_name, updated, message)
             if restart:
+                self._observer.container_restarted(reason)
                 replica.restart = self._owned(self._restart_after(cid, replica, spec, delay), f"restart:{cid}")
         await self._sync_backends(env_name, spec.name)
         await self._evaluate(env_name)
@@ -564,7 +569,7 @@ class Supervisor:
         if gate:
             started = replica.up_since or self._clock()
             try:
-                result = await health.wait_healthy(check, self._runtime, cid, ip, started)
+                result = await health.wait_healthy(check, self._runtime, cid, ip, started, self._observer)
             except health.Unhealthy as unhealthy:
                 healthy = False
                 await self._became_unhealthy(env_name, cid, replica, spec, unhealthy.detail)
@@ -574,7 +579,7 @@ class Supervisor:
         failures = 0
         while cid not in self._ops.expected_exits:
             await asyncio.sleep(check.interval.total_seconds())
-            result = await health.probe(check, self._runtime, cid, ip)
+            result = await health.probe(check, self._runtime, cid, ip, self._observer)
             if result.ok:
                 failures = 0
                 if not healthy:

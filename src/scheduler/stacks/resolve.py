@@ -16,7 +16,14 @@ import dataclasses
 import string
 from collections.abc import Mapping
 
-from scheduler.domain import EnvironmentRequest, EnvironmentSpec, ServiceOverride, ServiceSpec
+from scheduler.domain import (
+    EnvironmentRequest,
+    EnvironmentSpec,
+    RestartOverride,
+    RestartPolicy,
+    ServiceOverride,
+    ServiceSpec,
+)
 from scheduler.errors import FieldViolation, Internal, InvalidArgument
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.stack import Stack, Values
@@ -178,11 +185,19 @@ def _apply_override(service: ServiceSpec, override: ServiceOverride | None) -> S
         return service
     changes: dict[str, object] = {}
     for f in dataclasses.fields(ServiceOverride):
-        if f.name == "env":
+        if f.name in ("env", "restart"):
             continue
         value = getattr(override, f.name)
         if value is not None:
             changes[f.name] = value
     if override.env:
         changes["env"] = {**service.env, **override.env}
+    if override.restart is not None:
+        changes["restart"] = _merge_restart(service.restart, override.restart)
     return dataclasses.replace(service, **changes)  # type: ignore[arg-type]
+
+
+def _merge_restart(policy: RestartPolicy, override: RestartOverride) -> RestartPolicy:
+    """Apply the fields an override sets; an unset mode keeps the stack's (the API's UNSPECIFIED)."""
+    given = {f.name: getattr(override, f.name) for f in dataclasses.fields(override)}
+    return dataclasses.replace(policy, **{k: v for k, v in given.items() if v is not None})

@@ -21,6 +21,7 @@ from scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from scheduler.network import ServicePort
 from scheduler.network.cni import CniNetwork
 from tests.support.network import Server, UdpServer, can_connect, connect, resolve, socket_in, unique
+from tests.support.rawpacket import RawSender
 
 pytestmark = pytest.mark.integration
 
@@ -516,7 +517,7 @@ async def test_udp_flows_follow_a_backend_switch(make_network: Factory) -> None:
     await net.delete_environment(env)
 
 
-async def test_host_is_reachable_and_egress_is_configurable(make_network: Factory) -> None:
+async def test_host_refuses_containers_and_egress_is_configurable(make_network: Factory) -> None:
     def routes(netns_path: str) -> str:
         return subprocess.run(
             ["nsenter", f"--net={netns_path}", "ip", "-4", "route"], check=True, capture_output=True, text=True
@@ -534,16 +535,54 @@ async def test_host_is_reachable_and_egress_is_configurable(make_network: Factor
         assert "search" not in resolv
         if not egress:
             assert "nameserver" not in resolv
-        # The host answers on the gateway address in both modes.
+        # A host service listening on the gateway address is out of reach in both modes,
+        # while the host still reaches the container (what probes and published ports need).
         with socket.socket() as host_server:
             host_server.bind((info.gateway, 0))
             host_server.listen()
-            port = host_server.getsockname()[1]
             with socket_in(att.netns_path) as sock:
-                sock.settimeout(2)
-                sock.connect((info.gateway, port))
-            host_server.accept()[0].close()
+                sock.settimeout(1)
+                assert sock.connect_ex((info.gateway, host_server.getsockname()[1])) != 0
+        server = Server(att.netns_path, "C", 8080)
+        try:
+            assert connect(None, att.ip, 8080) == "C"
+        finally:
+            server.close()
         await net.delete_environment(env)
+
+
+async def test_raw_frames_from_a_container_never_reach_the_host_loopback(make_network: Factory) -> None:
+    net = make_network()
+    await net.start()
+    env = unique("r")
+    await net.ensure_environment(env)
+    await net.ensure_service(env, "front", [80])
+    attacker = await net.attach(env, unique("ra"), "front-0")
+    neighbour = await net.attach(env, unique("rb"), "front-1")
+    await net.set_backends(env, "front", [attacker.ip])
+    server = Server(attacker.netns_path, "A", 80)
+    neighbour_server = Server(neighbour.netns_path, "B", 8081)
+    neighbour_udp = socket_in(neighbour.netns_path, socket.SOCK_DGRAM)
+    neighbour_udp.bind(("0.0.0.0", 0))
+    host_tcp, host_udp = socket.socket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        endpoint = await net.publish(env, "front", 80)  # route_localnet is on from here
+        host_tcp.bind(("127.0.0.1", 0))
+        host_tcp.listen()
+        host_udp.bind(("127.0.0.1", 0))
+        with RawSender(attacker.netns_path) as raw:
+            # The frames are right: routed through the host to a neighbour, they are answered.
+            assert raw.syn_arrives(neighbour.ip, 8081)
+            assert raw.udp_arrives(neighbour_udp, neighbour.ip)
+            # The same frames aimed at the host's loopback are dropped.
+            assert not raw.syn_arrives("127.0.0.1", host_tcp.getsockname()[1], host_listener=True)
+            assert not raw.udp_arrives(host_udp, "127.0.0.1")
+        # The published port still serves on the host's 127.0.0.1.
+        assert connect(None, "127.0.0.1", endpoint.host_port) == "A"
+    finally:
+        for closeable in (server, neighbour_server, neighbour_udp, host_tcp, host_udp):
+            closeable.close()
+    await net.delete_environment(env)
 
 
 async def test_detach_releases_a_namespace_and_lease_left_without_a_record(

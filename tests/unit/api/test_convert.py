@@ -34,7 +34,7 @@ def test_overrides_keep_unset_fields_as_none_and_convert_set_ones() -> None:
     assert backend.health is not None
     assert backend.health.kind is domain.HealthCheckKind.HTTP and backend.health.path == "/health"
     assert backend.health.retries == 5 and backend.health.interval == domain.HealthCheck().interval
-    assert backend.restart == domain.RestartPolicy(mode=domain.RestartMode.ON_FAILURE, max_retries=3)
+    assert backend.restart == domain.RestartOverride(mode=domain.RestartMode.ON_FAILURE, max_retries=3)
     assert backend.depends_on == (domain.Dependency("postgres", domain.DependencyCondition.HEALTHY),)
     assert backend.replicas == 2
     assert request.parameters == {"postgres_db": "shop"} and request.labels == {"team": "web"}
@@ -59,10 +59,42 @@ def test_negative_ttl_is_refused() -> None:
         convert.request_from_proto(spec)
 
 
-def test_unknown_status_filter_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match=r"statuses\[1\]"):
-        convert.statuses_from_proto([pb.ENVIRONMENT_STATUS_RUNNING, 99])
-    assert convert.statuses_from_proto([pb.ENVIRONMENT_STATUS_FAILED]) == [domain.EnvironmentStatus.FAILED]
+def test_restart_mode_unspecified_keeps_the_stacks_mode_and_applies_the_rest() -> None:
+    from scheduler.stacks.catalog import default_catalog
+    from scheduler.stacks.resolve import resolve
+
+    spec = pb.EnvironmentSpecification(
+        stack="web-postgres",
+        services={"backend": pb.ContainerConfiguration(restart_policy=pb.RestartPolicy(max_retries=7))},
+    )
+    resolved = resolve(convert.request_from_proto(spec), "pr-1", default_catalog())
+    backend = next(s for s in resolved.services if s.name == "backend")
+    stack_backend = next(s for s in default_catalog().find("web-postgres").services if s.name == "backend")
+    assert stack_backend.restart.mode is not domain.RestartMode.NO
+    assert backend.restart.mode is stack_backend.restart.mode
+    assert backend.restart.max_retries == 7
+    # Unset stays unset on the way back out, so a Get shows what the client asked for.
+    out = convert.request_to_proto(convert.request_from_proto(spec))
+    assert out.services["backend"].restart_policy.mode == pb.RESTART_MODE_UNSPECIFIED
+    assert not out.services["backend"].restart_policy.HasField("initial_backoff")
+
+
+def test_enum_zero_values_are_never_sent() -> None:
+    for health in domain.Health:
+        status = domain.ContainerStatus("web", 0, "c", health=health)
+        env = domain.Environment(
+            "e",
+            "u",
+            domain.EnvironmentSpec(stack="s", services=()),
+            containers=(status,),
+            conditions=(
+                domain.Condition("Ready", True),
+                domain.Condition("Deployed", False),
+            ),
+        )
+        out = convert.environment_to_proto(env)
+        assert out.containers[0].health != pb.HEALTH_STATUS_UNSPECIFIED
+        assert [c.status for c in out.conditions] == [pb.CONDITION_STATUS_TRUE, pb.CONDITION_STATUS_FALSE]
 
 
 def test_environment_to_proto_carries_status_endpoints_and_containers() -> None:
@@ -84,7 +116,8 @@ def test_environment_to_proto_carries_status_endpoints_and_containers() -> None:
     assert out.status == pb.ENVIRONMENT_STATUS_RUNNING
     assert out.endpoints[0].host_port == 20001 and out.endpoints[0].service == "web"
     assert out.containers[0].exit_code == 3 and out.containers[0].HasField("exit_code")
-    assert out.containers[0].started_at.ToDatetime().replace(tzinfo=UTC) == at
+    assert out.containers[0].start_time.ToDatetime().replace(tzinfo=UTC) == at
+    assert out.etag and not out.HasField("expire_time")
     assert out.services[0].name == "web" and out.spec.stack == "web-postgres"
     assert out.create_time.seconds == int(at.timestamp())
 

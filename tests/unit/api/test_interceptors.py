@@ -1,40 +1,80 @@
 import grpc
+from google.rpc import error_details_pb2
 
 from scheduler import errors
-from scheduler.api.interceptors import STATUS_OF, _status_details, status_of
+from scheduler.api.interceptors import ERROR_DOMAIN, STATUS_OF, error_status, status_of
+
+
+def _leaves() -> list[type[errors.SchedulerError]]:
+    return [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.SchedulerError) and cls is not errors.SchedulerError
+    ]
+
+
+def _details(status):
+    out = {}
+    for item in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
+            if item.Is(kind.DESCRIPTOR):
+                value = kind()
+                item.Unpack(value)
+                out[kind.__name__] = value
+    return out
 
 
 def test_every_error_class_maps_to_a_specific_code() -> None:
-    leaves = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.SchedulerError)]
-    for cls in leaves:
-        if cls is errors.SchedulerError:
-            continue
+    for cls in _leaves():
         code, message = status_of(cls("boom"))
-        assert code is STATUS_OF[cls]
+        assert code is STATUS_OF[cls].code
         assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK)
         assert message == "boom"
+
+
+def test_every_error_carries_error_info_with_reason_domain_and_metadata() -> None:
+    for cls in _leaves():
+        status = error_status(cls("boom", env="demo", service="backend"), request_id="r1")
+        info = _details(status)["ErrorInfo"]
+        assert info.domain == ERROR_DOMAIN
+        assert info.reason == STATUS_OF[cls].reason and info.reason.isupper()
+        assert dict(info.metadata) == {"environment": "demo", "service": "backend", "request_id": "r1"}
+        assert status.code == STATUS_OF[cls].code.value[0]
+
+
+def test_a_specific_reason_overrides_the_class_default() -> None:
+    info = _details(error_status(errors.Conflict("stale", reason="ETAG_MISMATCH", etag="abc")))["ErrorInfo"]
+    assert info.reason == "ETAG_MISMATCH" and info.metadata["etag"] == "abc"
+
+
+def test_retry_info_only_where_retrying_helps() -> None:
+    assert _details(error_status(errors.Unavailable("down")))["RetryInfo"].retry_delay.seconds == 1
+    assert "RetryInfo" in _details(error_status(errors.Conflict("stale")))
+    assert "RetryInfo" not in _details(error_status(errors.NotFound("gone")))
+    assert "RetryInfo" not in _details(error_status(errors.InvalidArgument("bad")))
 
 
 def test_unexpected_errors_become_internal_without_leaking_details() -> None:
     code, message = status_of(KeyError("secret-internal-name"))
     assert code is grpc.StatusCode.INTERNAL
     assert "secret-internal-name" not in message
+    status = error_status(KeyError("secret-internal-name"))
+    assert _details(status)["ErrorInfo"].reason == "INTERNAL"
+    assert "secret-internal-name" not in str(status)
 
 
 def test_timeouts_become_deadline_exceeded() -> None:
     assert status_of(TimeoutError())[0] is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _details(error_status(TimeoutError()))["ErrorInfo"].reason == "DEADLINE_EXCEEDED"
 
 
-def test_invalid_argument_carries_bad_request_details() -> None:
-    from google.rpc import error_details_pb2, status_pb2
-
+def test_every_invalid_argument_carries_bad_request_details() -> None:
     error = errors.InvalidArgument.of(
         [errors.FieldViolation("name", "must be a DNS label"), errors.FieldViolation("spec.stack", "unknown")]
     )
-    raw = _status_details(grpc.StatusCode.INVALID_ARGUMENT, error.message, error)
-    assert raw is not None
-    status = status_pb2.Status.FromString(raw)
-    bad = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad)
+    bad = _details(error_status(error))["BadRequest"]
     assert [v.field for v in bad.field_violations] == ["name", "spec.stack"]
-    assert _status_details(grpc.StatusCode.NOT_FOUND, "x", errors.NotFound("x")) is None
+    # An InvalidArgument raised without violations still names its field.
+    bare = _details(error_status(errors.InvalidArgument("too long", field="filter")))["BadRequest"]
+    assert [(v.field, v.description) for v in bare.field_violations] == [("filter", "too long")]
+    assert "BadRequest" not in _details(error_status(errors.NotFound("x")))

@@ -154,7 +154,7 @@ async def scenario(tmp: Path, steps: list[Op]) -> None:
                 web = (a, b) if kind == "update-web" else versions["web"]
                 db = a if kind == "update-db" else versions["db"]
                 try:
-                    await service.update(NAME, request(*web, db), drain=ms(1))
+                    await service.update(NAME, lambda _, web=web, db=db: request(*web, db), drain=ms(1))
                     versions = {"web": web, "db": db}
                 except (FailedPrecondition, NotFound):
                     pass  # deploying or deleting: refused, as a client would see

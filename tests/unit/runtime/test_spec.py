@@ -138,9 +138,12 @@ def test_hostname_mounts_netns_and_readonly_root() -> None:
     assert spec["root"]["readonly"] is True
     shm = [m for m in spec["mounts"] if m["destination"] == "/dev/shm"]
     assert shm == [{"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs", "options": ["size=1g"]}]
-    assert {"destination": "/etc/hosts", "type": "bind", "source": "/run/x/hosts", "options": ["rbind", "ro"]} in spec[
-        "mounts"
-    ]
+    assert {
+        "destination": "/etc/hosts",
+        "type": "bind",
+        "source": "/run/x/hosts",
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    } in spec["mounts"]
     network = [n for n in spec["linux"]["namespaces"] if n["type"] == "network"]
     assert network == [{"type": "network", "path": "/var/run/netns/e1"}]
 

@@ -59,6 +59,8 @@ from scheduler.runtime.containerd.errors import from_grpc, status_code
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 _S = TypeVar("_S")
+CallObserver = Callable[[str, float, str], None]
+"""``(method, seconds, status code name)`` of one finished unary call, retries included."""
 
 NAMESPACE_HEADER = "containerd-namespace"
 """gRPC metadata key that scopes a call to a containerd namespace."""
@@ -237,6 +239,8 @@ class UnaryCall(Generic[Req, Resp]):
         label = f"{self.name} {what}".strip()
         if LOG_PROTOS:
             _logger.debug("containerd request", method=self.name, request=str(request))
+        started = time.monotonic()
+        observer = self._client.call_observer
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -246,7 +250,11 @@ class UnaryCall(Generic[Req, Resp]):
                 if retryable and deadline - time.monotonic() > delays[0]:
                     await asyncio.sleep(delays.pop(0))
                     continue
+                if observer is not None:
+                    observer(self.name, time.monotonic() - started, status_code(err).name)
                 raise from_grpc(err, label) from err
+            if observer is not None:
+                observer(self.name, time.monotonic() - started, "OK")
             if LOG_PROTOS:
                 _logger.debug("containerd response", method=self.name, response=str(response))
             return response
@@ -474,6 +482,8 @@ class ContainerdClient:
         self.timeout = timeout
         self.retry = retry
         self.version = version
+        self.call_observer: CallObserver | None = None
+        """Told the method, seconds and final status code of every unary call (for metrics)."""
         self._services: dict[type[Any], Any] = {}
 
     @classmethod

@@ -329,8 +329,16 @@ def with_hostname(hostname: str) -> SpecOpt:
     return apply
 
 
+BIND_HARDENING = ("nosuid", "nodev")
+"""Added to every bind mount: a file a container makes setuid (or a device node) in a volume
+means nothing, inside the container or out."""
+
+
 def with_mounts(mounts: Sequence[domain.Mount]) -> SpecOpt:
-    """Append mounts; one on the same destination as a default mount replaces it."""
+    """Append mounts; one on the same destination as a default mount replaces it.
+
+    Bind mounts always get ``nosuid,nodev`` (``BIND_HARDENING``).
+    """
     for i, m in enumerate(mounts):
         if not m.destination.startswith("/"):
             raise InvalidArgument(
@@ -346,11 +354,18 @@ def with_mounts(mounts: Sequence[domain.Mount]) -> SpecOpt:
         wanted = {os.path.normpath(m.destination) for m in mounts}
         kept = [m for m in spec["mounts"] if os.path.normpath(m["destination"]) not in wanted]
         spec["mounts"] = kept + [
-            {"destination": m.destination, "type": m.type, "source": m.source, "options": list(m.options)}
+            {"destination": m.destination, "type": m.type, "source": m.source, "options": _mount_options(m)}
             for m in mounts
         ]
 
     return apply
+
+
+def _mount_options(mount: domain.Mount) -> list[str]:
+    options = list(mount.options)
+    if mount.type == "bind":
+        options += [o for o in BIND_HARDENING if o not in options]
+    return options
 
 
 def with_netns(path: str) -> SpecOpt:

@@ -8,6 +8,7 @@ by containerd. Every message and field is commented; these comments are the API 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -30,7 +31,7 @@ class _PortProtocol:
 class _PortProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PortProtocol.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PORT_PROTOCOL_UNSPECIFIED: _PortProtocol.ValueType  # 0
-    """Defaults to TCP."""
+    """Not set: TCP."""
     PORT_PROTOCOL_TCP: _PortProtocol.ValueType  # 1
     """TCP."""
     PORT_PROTOCOL_UDP: _PortProtocol.ValueType  # 2
@@ -40,7 +41,7 @@ class PortProtocol(_PortProtocol, metaclass=_PortProtocolEnumTypeWrapper):
     """Transport protocol of a port."""
 
 PORT_PROTOCOL_UNSPECIFIED: PortProtocol.ValueType  # 0
-"""Defaults to TCP."""
+"""Not set: TCP."""
 PORT_PROTOCOL_TCP: PortProtocol.ValueType  # 1
 """TCP."""
 PORT_PROTOCOL_UDP: PortProtocol.ValueType  # 2
@@ -54,7 +55,7 @@ class _RestartMode:
 class _RestartModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RESTART_MODE_UNSPECIFIED: _RestartMode.ValueType  # 0
-    """Keep the stack's policy."""
+    """Not set: in an override, keeps the stack's mode while the policy's other fields apply."""
     RESTART_MODE_NO: _RestartMode.ValueType  # 1
     """Never restart."""
     RESTART_MODE_ON_FAILURE: _RestartMode.ValueType  # 2
@@ -68,7 +69,7 @@ class RestartMode(_RestartMode, metaclass=_RestartModeEnumTypeWrapper):
     """When a container that exited is started again."""
 
 RESTART_MODE_UNSPECIFIED: RestartMode.ValueType  # 0
-"""Keep the stack's policy."""
+"""Not set: in an override, keeps the stack's mode while the policy's other fields apply."""
 RESTART_MODE_NO: RestartMode.ValueType  # 1
 """Never restart."""
 RESTART_MODE_ON_FAILURE: RestartMode.ValueType  # 2
@@ -86,7 +87,7 @@ class _DependencyCondition:
 class _DependencyConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DependencyCondition.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DEPENDENCY_CONDITION_UNSPECIFIED: _DependencyCondition.ValueType  # 0
-    """Defaults to STARTED."""
+    """Not set: STARTED."""
     DEPENDENCY_CONDITION_STARTED: _DependencyCondition.ValueType  # 1
     """The dependency's containers are running."""
     DEPENDENCY_CONDITION_HEALTHY: _DependencyCondition.ValueType  # 2
@@ -98,7 +99,7 @@ class DependencyCondition(_DependencyCondition, metaclass=_DependencyConditionEn
     """Condition a dependency must reach."""
 
 DEPENDENCY_CONDITION_UNSPECIFIED: DependencyCondition.ValueType  # 0
-"""Defaults to STARTED."""
+"""Not set: STARTED."""
 DEPENDENCY_CONDITION_STARTED: DependencyCondition.ValueType  # 1
 """The dependency's containers are running."""
 DEPENDENCY_CONDITION_HEALTHY: DependencyCondition.ValueType  # 2
@@ -114,7 +115,7 @@ class _EnvironmentStatus:
 class _EnvironmentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnvironmentStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ENVIRONMENT_STATUS_UNSPECIFIED: _EnvironmentStatus.ValueType  # 0
-    """Not set."""
+    """Not set; never sent by the daemon."""
     ENVIRONMENT_STATUS_PENDING: _EnvironmentStatus.ValueType  # 1
     """Accepted; deployment has not begun."""
     ENVIRONMENT_STATUS_DEPLOYING: _EnvironmentStatus.ValueType  # 2
@@ -139,7 +140,7 @@ class EnvironmentStatus(_EnvironmentStatus, metaclass=_EnvironmentStatusEnumType
     """
 
 ENVIRONMENT_STATUS_UNSPECIFIED: EnvironmentStatus.ValueType  # 0
-"""Not set."""
+"""Not set; never sent by the daemon."""
 ENVIRONMENT_STATUS_PENDING: EnvironmentStatus.ValueType  # 1
 """Accepted; deployment has not begun."""
 ENVIRONMENT_STATUS_DEPLOYING: EnvironmentStatus.ValueType  # 2
@@ -163,7 +164,7 @@ class _ContainerState:
 class _ContainerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContainerState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CONTAINER_STATE_UNSPECIFIED: _ContainerState.ValueType  # 0
-    """Not set."""
+    """Not set; never sent by the daemon."""
     CONTAINER_STATE_PENDING: _ContainerState.ValueType  # 1
     """Not created yet (waiting for dependencies or an image)."""
     CONTAINER_STATE_CREATED: _ContainerState.ValueType  # 2
@@ -183,7 +184,7 @@ class ContainerState(_ContainerState, metaclass=_ContainerStateEnumTypeWrapper):
     """Life cycle of one container."""
 
 CONTAINER_STATE_UNSPECIFIED: ContainerState.ValueType  # 0
-"""Not set."""
+"""Not set; never sent by the daemon."""
 CONTAINER_STATE_PENDING: ContainerState.ValueType  # 1
 """Not created yet (waiting for dependencies or an image)."""
 CONTAINER_STATE_CREATED: ContainerState.ValueType  # 2
@@ -207,7 +208,7 @@ class _HealthStatus:
 class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HEALTH_STATUS_UNSPECIFIED: _HealthStatus.ValueType  # 0
-    """Not probed yet."""
+    """Not set; never sent by the daemon."""
     HEALTH_STATUS_STARTING: _HealthStatus.ValueType  # 1
     """Within the start period, or not enough probes yet."""
     HEALTH_STATUS_HEALTHY: _HealthStatus.ValueType  # 2
@@ -216,12 +217,14 @@ class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthSt
     """retries consecutive probes failed."""
     HEALTH_STATUS_NONE: _HealthStatus.ValueType  # 4
     """The service has no health check."""
+    HEALTH_STATUS_UNKNOWN: _HealthStatus.ValueType  # 5
+    """Not probed yet: the container has not started."""
 
 class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper):
     """Result of a container's health checks."""
 
 HEALTH_STATUS_UNSPECIFIED: HealthStatus.ValueType  # 0
-"""Not probed yet."""
+"""Not set; never sent by the daemon."""
 HEALTH_STATUS_STARTING: HealthStatus.ValueType  # 1
 """Within the start period, or not enough probes yet."""
 HEALTH_STATUS_HEALTHY: HealthStatus.ValueType  # 2
@@ -230,7 +233,37 @@ HEALTH_STATUS_UNHEALTHY: HealthStatus.ValueType  # 3
 """retries consecutive probes failed."""
 HEALTH_STATUS_NONE: HealthStatus.ValueType  # 4
 """The service has no health check."""
+HEALTH_STATUS_UNKNOWN: HealthStatus.ValueType  # 5
+"""Not probed yet: the container has not started."""
 Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
+
+class _ConditionStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConditionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConditionStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONDITION_STATUS_UNSPECIFIED: _ConditionStatus.ValueType  # 0
+    """Not set; never sent by the daemon."""
+    CONDITION_STATUS_TRUE: _ConditionStatus.ValueType  # 1
+    """The condition holds."""
+    CONDITION_STATUS_FALSE: _ConditionStatus.ValueType  # 2
+    """The condition does not hold; reason and message say why."""
+    CONDITION_STATUS_UNKNOWN: _ConditionStatus.ValueType  # 3
+    """The daemon cannot tell yet."""
+
+class ConditionStatus(_ConditionStatus, metaclass=_ConditionStatusEnumTypeWrapper):
+    """Whether a condition holds (the Kubernetes convention)."""
+
+CONDITION_STATUS_UNSPECIFIED: ConditionStatus.ValueType  # 0
+"""Not set; never sent by the daemon."""
+CONDITION_STATUS_TRUE: ConditionStatus.ValueType  # 1
+"""The condition holds."""
+CONDITION_STATUS_FALSE: ConditionStatus.ValueType  # 2
+"""The condition does not hold; reason and message say why."""
+CONDITION_STATUS_UNKNOWN: ConditionStatus.ValueType  # 3
+"""The daemon cannot tell yet."""
+Global___ConditionStatus: _TypeAlias = ConditionStatus  # noqa: Y015
 
 class _ChangeAction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -239,7 +272,7 @@ class _ChangeAction:
 class _ChangeActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeAction.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CHANGE_ACTION_UNSPECIFIED: _ChangeAction.ValueType  # 0
-    """Not set."""
+    """Not set; never sent by the daemon."""
     CHANGE_ACTION_KEEP: _ChangeAction.ValueType  # 1
     """Unchanged."""
     CHANGE_ACTION_ADD: _ChangeAction.ValueType  # 2
@@ -255,7 +288,7 @@ class ChangeAction(_ChangeAction, metaclass=_ChangeActionEnumTypeWrapper):
     """What an update does to one service."""
 
 CHANGE_ACTION_UNSPECIFIED: ChangeAction.ValueType  # 0
-"""Not set."""
+"""Not set; never sent by the daemon."""
 CHANGE_ACTION_KEEP: ChangeAction.ValueType  # 1
 """Unchanged."""
 CHANGE_ACTION_ADD: ChangeAction.ValueType  # 2
@@ -275,7 +308,7 @@ class _LogStream:
 class _LogStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogStream.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LOG_STREAM_UNSPECIFIED: _LogStream.ValueType  # 0
-    """Both streams (in requests)."""
+    """Not set: in a request, both streams; never sent by the daemon."""
     LOG_STREAM_STDOUT: _LogStream.ValueType  # 1
     """Standard output."""
     LOG_STREAM_STDERR: _LogStream.ValueType  # 2
@@ -285,7 +318,7 @@ class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper):
     """Standard stream of a log line."""
 
 LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
-"""Both streams (in requests)."""
+"""Not set: in a request, both streams; never sent by the daemon."""
 LOG_STREAM_STDOUT: LogStream.ValueType  # 1
 """Standard output."""
 LOG_STREAM_STDERR: LogStream.ValueType  # 2
@@ -299,7 +332,7 @@ class _EventType:
 class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
-    """Not set."""
+    """Not set; never sent by the daemon."""
     EVENT_TYPE_ENVIRONMENT_CREATED: _EventType.ValueType  # 1
     """An environment was created."""
     EVENT_TYPE_ENVIRONMENT_DEPLOYING: _EventType.ValueType  # 2
@@ -331,13 +364,19 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_CONTAINER_REMOVED: _EventType.ValueType  # 15
     """A container was removed."""
     EVENT_TYPE_EVENTS_LOST: _EventType.ValueType  # 16
-    """The watcher fell behind and events were dropped; re-read state with Get/List."""
+    """The watcher fell behind and events were dropped; re-read state with Get/List, or
+    reconnect with since set to the last sequence received.
+    """
+    EVENT_TYPE_HEARTBEAT: _EventType.ValueType  # 17
+    """Nothing happened for heartbeat_interval; sequence is the latest one published, so a
+    client resuming later may pass it as since.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """Kind of an event."""
 
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
-"""Not set."""
+"""Not set; never sent by the daemon."""
 EVENT_TYPE_ENVIRONMENT_CREATED: EventType.ValueType  # 1
 """An environment was created."""
 EVENT_TYPE_ENVIRONMENT_DEPLOYING: EventType.ValueType  # 2
@@ -369,7 +408,13 @@ EVENT_TYPE_CONTAINER_RESTARTED: EventType.ValueType  # 14
 EVENT_TYPE_CONTAINER_REMOVED: EventType.ValueType  # 15
 """A container was removed."""
 EVENT_TYPE_EVENTS_LOST: EventType.ValueType  # 16
-"""The watcher fell behind and events were dropped; re-read state with Get/List."""
+"""The watcher fell behind and events were dropped; re-read state with Get/List, or
+reconnect with since set to the last sequence received.
+"""
+EVENT_TYPE_HEARTBEAT: EventType.ValueType  # 17
+"""Nothing happened for heartbeat_interval; sequence is the latest one published, so a
+client resuming later may pass it as since.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -451,7 +496,7 @@ class EnvironmentSpecification(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     stack: _builtins.str
-    """Name of a stack from ListStacks, e.g. "web-postgres". Required."""
+    """Name of a stack from ListStacks, e.g. "web-postgres". It cannot change after creation."""
     @_builtins.property
     def services(self) -> _containers.MessageMap[_builtins.str, Global___ContainerConfiguration]:
         """Overrides per service, keyed by the stack's service name (e.g. "frontend", "backend",
@@ -472,7 +517,9 @@ class EnvironmentSpecification(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """Time to live: when set, the environment is deleted this long after its creation."""
+        """Time to live: when set, the environment is deleted this long after its creation
+        (Environment.expire_time tells when).
+        """
 
     def __init__(
         self,
@@ -881,7 +928,9 @@ Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
 
 @_typing.final
 class RestartPolicy(_message.Message):
-    """RestartPolicy says when to restart and how fast, with capped exponential backoff."""
+    """RestartPolicy says when to restart and how fast, with capped exponential backoff. In an
+    override, fields left unset keep the stack's values.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -891,7 +940,7 @@ class RestartPolicy(_message.Message):
     MAX_BACKOFF_FIELD_NUMBER: _builtins.int
     RESET_AFTER_FIELD_NUMBER: _builtins.int
     mode: Global___RestartMode.ValueType
-    """When to restart."""
+    """When to restart; UNSPECIFIED keeps the stack's mode."""
     max_retries: _builtins.int
     """For ON_FAILURE: give up after this many restarts (0: no limit)."""
     @_builtins.property
@@ -910,16 +959,18 @@ class RestartPolicy(_message.Message):
         self,
         *,
         mode: Global___RestartMode.ValueType = ...,
-        max_retries: _builtins.int = ...,
+        max_retries: _builtins.int | None = ...,
         initial_backoff: _duration_pb2.Duration | None = ...,
         max_backoff: _duration_pb2.Duration | None = ...,
         reset_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "reset_after", b"reset_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "max_retries", b"max_retries", "reset_after", b"reset_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "max_retries", b"max_retries", "mode", b"mode", "reset_after", b"reset_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "max_retries", b"max_retries", "mode", b"mode", "reset_after", b"reset_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
+    _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
 
 Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
 
@@ -970,8 +1021,8 @@ class ContainerStatus(_message.Message):
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
-    STARTED_AT_FIELD_NUMBER: _builtins.int
-    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     OOM_KILLED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
@@ -997,11 +1048,11 @@ class ContainerStatus(_message.Message):
     oom_killed: _builtins.bool
     """The last exit was an out-of-memory kill."""
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp:
+    def start_time(self) -> _timestamp_pb2.Timestamp:
         """When its process last started."""
 
     @_builtins.property
-    def finished_at(self) -> _timestamp_pb2.Timestamp:
+    def end_time(self) -> _timestamp_pb2.Timestamp:
         """When its process last exited."""
 
     def __init__(
@@ -1016,14 +1067,14 @@ class ContainerStatus(_message.Message):
         restart_count: _builtins.int = ...,
         pid: _builtins.int = ...,
         ip: _builtins.str = ...,
-        started_at: _timestamp_pb2.Timestamp | None = ...,
-        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
         message: _builtins.str = ...,
         oom_killed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "end_time", b"end_time", "exit_code", b"exit_code", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "container_id", b"container_id", "exit_code", b"exit_code", "finished_at", b"finished_at", "health", b"health", "ip", b"ip", "message", b"message", "oom_killed", b"oom_killed", "pid", b"pid", "replica", b"replica", "restart_count", b"restart_count", "service", b"service", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "container_id", b"container_id", "end_time", b"end_time", "exit_code", b"exit_code", "health", b"health", "ip", b"ip", "message", b"message", "oom_killed", b"oom_killed", "pid", b"pid", "replica", b"replica", "restart_count", b"restart_count", "service", b"service", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -1083,7 +1134,7 @@ class Condition(_message.Message):
     LAST_TRANSITION_TIME_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """What is observed, e.g. "Ready", "Deployed", "RolledBack"."""
-    status: _builtins.bool
+    status: Global___ConditionStatus.ValueType
     """Whether it holds."""
     reason: _builtins.str
     """Machine-readable reason, e.g. "HealthCheckFailed"."""
@@ -1099,7 +1150,7 @@ class Condition(_message.Message):
         self,
         *,
         type: _builtins.str = ...,
-        status: _builtins.bool = ...,
+        status: Global___ConditionStatus.ValueType = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
         service: _builtins.str = ...,
@@ -1115,7 +1166,9 @@ Global___Condition: _TypeAlias = Condition  # noqa: Y015
 
 @_typing.final
 class Environment(_message.Message):
-    """Environment is a deployed (or deploying) stack."""
+    """Environment is a deployed (or deploying) stack. Its resource name is its plain name (a DNS
+    label such as "demo"), so that calls stay short.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1131,8 +1184,10 @@ class Environment(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Unique name (a DNS label)."""
+    """Unique name (a DNS label of at most 40 characters)."""
     uid: _builtins.str
     """Unique id, never reused."""
     generation: _builtins.int
@@ -1141,6 +1196,10 @@ class Environment(_message.Message):
     """Generation last rolled out."""
     status: Global___EnvironmentStatus.ValueType
     """Life-cycle status."""
+    etag: _builtins.str
+    """Changes whenever the stored environment changes (status included). Send it back in
+    UpdateEnvironment or DeleteEnvironment to act only on the version you read.
+    """
     @_builtins.property
     def spec(self) -> Global___EnvironmentSpecification:
         """Specification as requested. Secret values are never returned."""
@@ -1169,6 +1228,10 @@ class Environment(_message.Message):
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceDescription]:
         """The stack's services as resolved with the overrides (secret values redacted)."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the environment will be deleted because its spec.ttl ran out; unset without a ttl."""
+
     def __init__(
         self,
         *,
@@ -1184,10 +1247,12 @@ class Environment(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         services: _abc.Iterable[Global___ServiceDescription] | None = ...,
+        etag: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "containers", b"containers", "create_time", b"create_time", "endpoints", b"endpoints", "generation", b"generation", "name", b"name", "observed_generation", b"observed_generation", "services", b"services", "spec", b"spec", "status", b"status", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "containers", b"containers", "create_time", b"create_time", "endpoints", b"endpoints", "etag", b"etag", "expire_time", b"expire_time", "generation", b"generation", "name", b"name", "observed_generation", b"observed_generation", "services", b"services", "spec", b"spec", "status", b"status", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1235,10 +1300,15 @@ class CreateEnvironmentRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the environment: a DNS label of at most 40 characters."""
     request_id: _builtins.str
     """Client-chosen id making retries idempotent."""
+    validate_only: _builtins.bool
+    """Check the request (stack, overrides, limits) and return the environment it would create,
+    without creating anything.
+    """
     @_builtins.property
     def spec(self) -> Global___EnvironmentSpecification:
         """What to deploy."""
@@ -1249,10 +1319,11 @@ class CreateEnvironmentRequest(_message.Message):
         name: _builtins.str = ...,
         spec: Global___EnvironmentSpecification | None = ...,
         request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "spec", b"spec", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1282,37 +1353,55 @@ Global___GetEnvironmentRequest: _TypeAlias = GetEnvironmentRequest  # noqa: Y015
 
 @_typing.final
 class UpdateEnvironmentRequest(_message.Message):
-    """UpdateEnvironmentRequest replaces an environment's specification."""
+    """UpdateEnvironmentRequest changes an environment's specification."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
-    DRY_RUN_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Environment name."""
-    dry_run: _builtins.bool
-    """Return the plan only."""
+    validate_only: _builtins.bool
+    """Return the plan only; change nothing."""
+    etag: _builtins.str
+    """The etag of the environment as last read; when set and no longer current, the call fails
+    with ABORTED (ErrorInfo metadata "etag" holds the current one) and changes nothing.
+    """
     @_builtins.property
     def spec(self) -> Global___EnvironmentSpecification:
-        """The new specification (the stack cannot change)."""
+        """The new specification, or with update_mask the source of the masked fields. The stack
+        cannot change.
+        """
 
     @_builtins.property
     def drain(self) -> _duration_pb2.Duration:
         """Time old containers keep serving after traffic moved to their replacements."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields of the specification to change, as paths into EnvironmentSpecification; map keys
+        are path segments: "services.backend.env.LOG_LEVEL", "services.backend.replicas",
+        "labels.team", "parameters", "ttl". A masked path absent from spec is cleared. Empty: spec
+        replaces the whole specification.
+        """
 
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         spec: Global___EnvironmentSpecification | None = ...,
-        dry_run: _builtins.bool = ...,
         drain: _duration_pb2.Duration | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "dry_run", b"dry_run", "name", b"name", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "etag", b"etag", "name", b"name", "spec", b"spec", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1358,7 +1447,7 @@ class UpdateEnvironmentResponse(_message.Message):
     PLAN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def environment(self) -> Global___Environment:
-        """The environment after accepting the update (unchanged on dry_run)."""
+        """The environment after accepting the update (unchanged with validate_only)."""
 
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceChange]:
@@ -1386,19 +1475,25 @@ class DeleteEnvironmentRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     KEEP_VOLUMES_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Environment name."""
     keep_volumes: _builtins.bool
     """Keep the environment's named volumes on the host."""
+    etag: _builtins.str
+    """The etag of the environment as last read; when set and no longer current, the call fails
+    with ABORTED and deletes nothing.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         keep_volumes: _builtins.bool = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_volumes", b"keep_volumes", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "keep_volumes", b"keep_volumes", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1410,53 +1505,32 @@ class ListEnvironmentsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class LabelsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    STATUSES_FIELD_NUMBER: _builtins.int
-    LABELS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of environments per page (default 50, at most 500)."""
+    """Maximum number of environments per page (default 50, at most 500). A page may hold fewer,
+    even before the last one.
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first."""
-    @_builtins.property
-    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___EnvironmentStatus.ValueType]:
-        """Only environments with one of these statuses."""
-
-    @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Only environments carrying all of these labels."""
-
+    filter: _builtins.str
+    """Terms that must all hold, separated by spaces or AND. A term is FIELD=VALUE or
+    FIELD!=VALUE, where FIELD is status, stack, name or labels.KEY; VALUE may be a list
+    separated by commas (any of them), may be double-quoted, and for name may end in * (a
+    prefix). Status values are case-insensitive, with or without ENVIRONMENT_STATUS_.
+    Example: `status=RUNNING,DEGRADED stack=web-postgres labels.team=web name=pr-*`.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
-        statuses: _abc.Iterable[Global___EnvironmentStatus.ValueType] | None = ...,
-        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1499,7 +1573,7 @@ class GetEnvironmentLogsRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     TAIL_FIELD_NUMBER: _builtins.int
-    SINCE_FIELD_NUMBER: _builtins.int
+    SINCE_TIME_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -1515,7 +1589,7 @@ class GetEnvironmentLogsRequest(_message.Message):
         """Only these services; empty means all."""
 
     @_builtins.property
-    def since(self) -> _timestamp_pb2.Timestamp:
+    def since_time(self) -> _timestamp_pb2.Timestamp:
         """Only lines written at or after this time."""
 
     def __init__(
@@ -1524,13 +1598,13 @@ class GetEnvironmentLogsRequest(_message.Message):
         name: _builtins.str = ...,
         services: _abc.Iterable[_builtins.str] | None = ...,
         tail: _builtins.int = ...,
-        since: _timestamp_pb2.Timestamp | None = ...,
+        since_time: _timestamp_pb2.Timestamp | None = ...,
         follow: _builtins.bool = ...,
         stream: Global___LogStream.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since_time", b"since_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "services", b"services", "since", b"since", "stream", b"stream", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "services", b"services", "since_time", b"since_time", "stream", b"stream", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1706,16 +1780,25 @@ Global___EnvironmentMetrics: _TypeAlias = EnvironmentMetrics  # noqa: Y015
 
 @_typing.final
 class ListStacksRequest(_message.Message):
-    """ListStacksRequest has no fields yet."""
+    """ListStacksRequest pages through the catalogue."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of stacks per page (default 50, at most 500)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1795,23 +1878,27 @@ Global___Stack: _TypeAlias = Stack  # noqa: Y015
 
 @_typing.final
 class ListStacksResponse(_message.Message):
-    """ListStacksResponse is the catalogue."""
+    """ListStacksResponse is one page of the catalogue, by stack name."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     STACKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
     @_builtins.property
     def stacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stack]:
-        """Every stack."""
+        """Stacks of this page."""
 
     def __init__(
         self,
         *,
         stacks: _abc.Iterable[Global___Stack] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stacks", b"stacks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "stacks", b"stacks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1824,18 +1911,34 @@ class WatchEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Only events of this environment; empty means all."""
+    since: _builtins.int
+    """Replay the events whose sequence is greater than this one (the last sequence a client
+    saw) before live ones; unset means live events only. OUT_OF_RANGE when events after it
+    were dropped from the log; ErrorInfo metadata "oldest_sequence" is the oldest event kept
+    (resume from it with since = oldest_sequence - 1, after re-reading state).
+    """
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """Time between heartbeats while no event is sent (default 15s, at least 1s)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        since: _builtins.int | None = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since", b"_since", "heartbeat_interval", b"heartbeat_interval", "since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since", b"_since", "heartbeat_interval", b"heartbeat_interval", "name", b"name", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__since: _TypeAlias = _typing.Literal["since"]  # noqa: Y015
+    _WhichOneofArgType__since: _TypeAlias = _typing.Literal["_since", b"_since"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since) -> _WhichOneofReturnType__since | None: ...
 
 Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
 
@@ -1869,7 +1972,9 @@ class Event(_message.Message):
     generation: _builtins.int
     """Environment generation it belongs to."""
     sequence: _builtins.int
-    """Position in the daemon's event sequence (gaps mean events were lost)."""
+    """Position in the daemon's event sequence, increasing across daemon restarts (a gap means
+    events were lost). Pass the last one received as WatchEventsRequest.since to resume.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -1902,16 +2007,24 @@ class GetEnvironmentHistoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Environment name."""
+    """Environment name (the environment may have been deleted since)."""
+    page_size: _builtins.int
+    """Maximum number of entries per page (default 50, at most 500)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1959,11 +2072,14 @@ Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
 
 @_typing.final
 class GetEnvironmentHistoryResponse(_message.Message):
-    """GetEnvironmentHistoryResponse is the audit trail, oldest first."""
+    """GetEnvironmentHistoryResponse is one page of the audit trail, oldest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """Changes."""
@@ -1972,10 +2088,11 @@ class GetEnvironmentHistoryResponse(_message.Message):
         self,
         *,
         entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

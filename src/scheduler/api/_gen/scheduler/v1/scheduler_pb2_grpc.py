@@ -27,6 +27,11 @@ if _version_not_supported:
 
 class SchedulerServiceStub:
     """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
     """
 
     def __init__(self, channel):
@@ -89,12 +94,18 @@ class SchedulerServiceStub:
 
 class SchedulerServiceServicer:
     """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
     """
 
     def CreateEnvironment(self, request, context):
         """Creates an environment from a stack and deploys it in the background. Returns at once
         with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
-        request_id returns the environment created by the first call.
+        request_id returns the environment created by the first call. With validate_only, checks
+        the request and returns the environment it would create, creating nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +120,8 @@ class SchedulerServiceServicer:
 
     def UpdateEnvironment(self, request, context):
         """Changes an environment's specification (a new generation) and rolls it out, replacing only
-        the services that changed. With dry_run, returns the plan and changes nothing.
+        the services that changed. With validate_only, returns the plan and changes nothing.
+        ABORTED when etag is set and no longer matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,13 +130,14 @@ class SchedulerServiceServicer:
     def DeleteEnvironment(self, request, context):
         """Starts removing an environment: containers in reverse dependency order, then network, ports
         and (unless keep_volumes) volumes. Returns with status DELETING; later Gets give NOT_FOUND.
+        ABORTED when etag is set and no longer matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEnvironments(self, request, context):
-        """Lists environments, oldest first, a page at a time, with optional filters.
+        """Lists environments, oldest first, a page at a time, optionally filtered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,21 +158,24 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListStacks(self, request, context):
-        """Returns the catalogue of precomposed stacks, with their services and parameters.
+        """Returns the catalogue of precomposed stacks, with their services and parameters, by name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Streams environment and container events as they happen.
+        """Streams environment and container events: first those after `since` (from the daemon's
+        bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
+        OUT_OF_RANGE when `since` is older than the log reaches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEnvironmentHistory(self, request, context):
-        """Returns the audit trail of an environment: every change, who made it and when.
+        """Returns the audit trail of an environment, a page at a time: every change, who made it and
+        when. The trail outlives the environment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +244,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SchedulerService:
     """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
     """
 
     @staticmethod

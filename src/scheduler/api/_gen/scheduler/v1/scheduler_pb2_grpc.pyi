@@ -29,7 +29,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SchedulerServiceStub:
-    """SchedulerService deploys, inspects, updates and removes environments."""
+    """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -38,66 +44,94 @@ class SchedulerServiceStub:
     CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CreateEnvironmentRequest, _scheduler_pb2.Environment]
     """Creates an environment from a stack and deploys it in the background. Returns at once
     with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
-    request_id returns the environment created by the first call.
+    request_id returns the environment created by the first call. With validate_only, checks
+    the request and returns the environment it would create, creating nothing.
     """
     GetEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentRequest, _scheduler_pb2.Environment]
     """Returns one environment by name; NOT_FOUND if there is none."""
     UpdateEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpdateEnvironmentRequest, _scheduler_pb2.UpdateEnvironmentResponse]
     """Changes an environment's specification (a new generation) and rolls it out, replacing only
-    the services that changed. With dry_run, returns the plan and changes nothing.
+    the services that changed. With validate_only, returns the plan and changes nothing.
+    ABORTED when etag is set and no longer matches.
     """
     DeleteEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteEnvironmentRequest, _scheduler_pb2.Environment]
     """Starts removing an environment: containers in reverse dependency order, then network, ports
     and (unless keep_volumes) volumes. Returns with status DELETING; later Gets give NOT_FOUND.
+    ABORTED when etag is set and no longer matches.
     """
     ListEnvironments: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListEnvironmentsRequest, _scheduler_pb2.ListEnvironmentsResponse]
-    """Lists environments, oldest first, a page at a time, with optional filters."""
+    """Lists environments, oldest first, a page at a time, optionally filtered."""
     GetEnvironmentLogs: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.GetEnvironmentLogsRequest, _scheduler_pb2.LogLine]
     """Streams log lines of an environment's containers: a tail, then (with follow) new lines."""
     GetEnvironmentMetrics: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentMetricsRequest, _scheduler_pb2.EnvironmentMetrics]
     """Returns a sample of resource usage for every container of an environment."""
     ListStacks: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListStacksRequest, _scheduler_pb2.ListStacksResponse]
-    """Returns the catalogue of precomposed stacks, with their services and parameters."""
+    """Returns the catalogue of precomposed stacks, with their services and parameters, by name."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchEventsRequest, _scheduler_pb2.Event]
-    """Streams environment and container events as they happen."""
+    """Streams environment and container events: first those after `since` (from the daemon's
+    bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
+    OUT_OF_RANGE when `since` is older than the log reaches.
+    """
     GetEnvironmentHistory: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentHistoryRequest, _scheduler_pb2.GetEnvironmentHistoryResponse]
-    """Returns the audit trail of an environment: every change, who made it and when."""
+    """Returns the audit trail of an environment, a page at a time: every change, who made it and
+    when. The trail outlives the environment.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
-    """SchedulerService deploys, inspects, updates and removes environments."""
+    """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CreateEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
     """Creates an environment from a stack and deploys it in the background. Returns at once
     with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
-    request_id returns the environment created by the first call.
+    request_id returns the environment created by the first call. With validate_only, checks
+    the request and returns the environment it would create, creating nothing.
     """
     GetEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
     """Returns one environment by name; NOT_FOUND if there is none."""
     UpdateEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpdateEnvironmentRequest, _scheduler_pb2.UpdateEnvironmentResponse]  # type: ignore[assignment]
     """Changes an environment's specification (a new generation) and rolls it out, replacing only
-    the services that changed. With dry_run, returns the plan and changes nothing.
+    the services that changed. With validate_only, returns the plan and changes nothing.
+    ABORTED when etag is set and no longer matches.
     """
     DeleteEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
     """Starts removing an environment: containers in reverse dependency order, then network, ports
     and (unless keep_volumes) volumes. Returns with status DELETING; later Gets give NOT_FOUND.
+    ABORTED when etag is set and no longer matches.
     """
     ListEnvironments: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListEnvironmentsRequest, _scheduler_pb2.ListEnvironmentsResponse]  # type: ignore[assignment]
-    """Lists environments, oldest first, a page at a time, with optional filters."""
+    """Lists environments, oldest first, a page at a time, optionally filtered."""
     GetEnvironmentLogs: _aio.UnaryStreamMultiCallable[_scheduler_pb2.GetEnvironmentLogsRequest, _scheduler_pb2.LogLine]  # type: ignore[assignment]
     """Streams log lines of an environment's containers: a tail, then (with follow) new lines."""
     GetEnvironmentMetrics: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentMetricsRequest, _scheduler_pb2.EnvironmentMetrics]  # type: ignore[assignment]
     """Returns a sample of resource usage for every container of an environment."""
     ListStacks: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListStacksRequest, _scheduler_pb2.ListStacksResponse]  # type: ignore[assignment]
-    """Returns the catalogue of precomposed stacks, with their services and parameters."""
+    """Returns the catalogue of precomposed stacks, with their services and parameters, by name."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchEventsRequest, _scheduler_pb2.Event]  # type: ignore[assignment]
-    """Streams environment and container events as they happen."""
+    """Streams environment and container events: first those after `since` (from the daemon's
+    bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
+    OUT_OF_RANGE when `since` is older than the log reaches.
+    """
     GetEnvironmentHistory: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentHistoryRequest, _scheduler_pb2.GetEnvironmentHistoryResponse]  # type: ignore[assignment]
-    """Returns the audit trail of an environment: every change, who made it and when."""
+    """Returns the audit trail of an environment, a page at a time: every change, who made it and
+    when. The trail outlives the environment.
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """SchedulerService deploys, inspects, updates and removes environments."""
+    """SchedulerService deploys, inspects, updates and removes environments.
+
+    Errors: every failed call carries a google.rpc.Status in the grpc-status-details-bin
+    trailer with a google.rpc.ErrorInfo (domain "scheduler.v1", an UPPER_SNAKE_CASE reason, and
+    metadata such as "environment" and "service"); INVALID_ARGUMENT adds a google.rpc.BadRequest
+    naming every bad field; UNAVAILABLE and ABORTED add a google.rpc.RetryInfo.
+    """
 
     @_abc_1.abstractmethod
     def CreateEnvironment(
@@ -107,7 +141,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
         """Creates an environment from a stack and deploys it in the background. Returns at once
         with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
-        request_id returns the environment created by the first call.
+        request_id returns the environment created by the first call. With validate_only, checks
+        the request and returns the environment it would create, creating nothing.
         """
 
     @_abc_1.abstractmethod
@@ -125,7 +160,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.UpdateEnvironmentResponse, _abc.Awaitable[_scheduler_pb2.UpdateEnvironmentResponse]]:
         """Changes an environment's specification (a new generation) and rolls it out, replacing only
-        the services that changed. With dry_run, returns the plan and changes nothing.
+        the services that changed. With validate_only, returns the plan and changes nothing.
+        ABORTED when etag is set and no longer matches.
         """
 
     @_abc_1.abstractmethod
@@ -136,6 +172,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
         """Starts removing an environment: containers in reverse dependency order, then network, ports
         and (unless keep_volumes) volumes. Returns with status DELETING; later Gets give NOT_FOUND.
+        ABORTED when etag is set and no longer matches.
         """
 
     @_abc_1.abstractmethod
@@ -144,7 +181,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.ListEnvironmentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListEnvironmentsResponse, _abc.Awaitable[_scheduler_pb2.ListEnvironmentsResponse]]:
-        """Lists environments, oldest first, a page at a time, with optional filters."""
+        """Lists environments, oldest first, a page at a time, optionally filtered."""
 
     @_abc_1.abstractmethod
     def GetEnvironmentLogs(
@@ -168,7 +205,7 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.ListStacksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListStacksResponse, _abc.Awaitable[_scheduler_pb2.ListStacksResponse]]:
-        """Returns the catalogue of precomposed stacks, with their services and parameters."""
+        """Returns the catalogue of precomposed stacks, with their services and parameters, by name."""
 
     @_abc_1.abstractmethod
     def WatchEvents(
@@ -176,7 +213,10 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.Event], _abc.AsyncIterator[_scheduler_pb2.Event]]:
-        """Streams environment and container events as they happen."""
+        """Streams environment and container events: first those after `since` (from the daemon's
+        bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
+        OUT_OF_RANGE when `since` is older than the log reaches.
+        """
 
     @_abc_1.abstractmethod
     def GetEnvironmentHistory(
@@ -184,6 +224,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.GetEnvironmentHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.GetEnvironmentHistoryResponse, _abc.Awaitable[_scheduler_pb2.GetEnvironmentHistoryResponse]]:
-        """Returns the audit trail of an environment: every change, who made it and when."""
+        """Returns the audit trail of an environment, a page at a time: every change, who made it and
+        when. The trail outlives the environment.
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

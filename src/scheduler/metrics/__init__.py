@@ -1,0 +1,1 @@
+"""Prometheus metrics: what the daemon does (recorder), what runs (collector), and the HTTP endpoint."""

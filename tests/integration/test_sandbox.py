@@ -1,0 +1,180 @@
+"""Attacks on the container sandbox, run as an attacker would against a real daemon.
+
+Each test is one way out of a default container (or into the daemon from one) and passes only
+when the attack fails; where an attack could fail for an unrelated reason, a control shows the
+same tool working on an allowed target first.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import duration_pb2
+
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from tests.integration.test_environments import wait_gone
+from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.network import socket_in
+from tests.support.rawpacket import RawSender
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+IDLE = "trap 'exit 0' TERM INT; while :; do sleep 0.2; done"
+SERVE_HI = "trap 'exit 0' TERM INT; while :; do echo hi | nc -l -p 8080; done"
+
+
+@pytest.fixture(scope="module")
+def daemon(image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
+    # Not under pytest's private (0700) temporary directory: like /var/lib/scheduler, the data
+    # directory's parents are open to every host user, so only the daemon's own modes protect it.
+    home = Path(tempfile.mkdtemp(prefix="scheduler-sandbox-", dir="/var/tmp"))
+    try:
+        home.chmod(0o755)
+        with running_daemon(home, image_archives.values()) as process:
+            yield process
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stub(daemon: DaemonProcess) -> Iterator[pb_grpc.SchedulerServiceStub]:
+    with daemon.channel() as channel:
+        yield pb_grpc.SchedulerServiceStub(channel)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def toolbox(script: str, **fields: object) -> pb.EnvironmentSpecification:
+    config = pb.ContainerConfiguration(command=["sh", "-c", script], **fields)  # type: ignore[arg-type]
+    return pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
+
+
+def deploy(stub: pb_grpc.SchedulerServiceStub, name: str, spec: pb.EnvironmentSpecification) -> pb.Environment:
+    """Create an environment and wait until it runs."""
+    stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=30)
+    deadline = time.monotonic() + 120
+    env = stub.GetEnvironment(pb.GetEnvironmentRequest(name=name), timeout=10)
+    while env.status != pb.ENVIRONMENT_STATUS_RUNNING:
+        assert env.status != pb.ENVIRONMENT_STATUS_FAILED, env
+        assert time.monotonic() < deadline, f"{name} did not run: {env}"
+        time.sleep(0.2)
+        env = stub.GetEnvironment(pb.GetEnvironmentRequest(name=name), timeout=10)
+    return env
+
+
+def remove(stub: pb_grpc.SchedulerServiceStub, name: str) -> None:
+    stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=30)
+    wait_gone(stub, name)
+
+
+def read_all(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        chunks = []
+        while chunk := sock.recv(256):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_container_reaches_neither_the_host_loopback_nor_the_api(
+    daemon: DaemonProcess, stub: pb_grpc.SchedulerServiceStub
+) -> None:
+    spec = toolbox(SERVE_HI, ports=[pb.PortMapping(container_port=8080, publish=True)])
+    env = deploy(stub, "netattack", spec)
+    try:
+        container = env.containers[0]
+        netns = f"/proc/{container.pid}/ns/net"
+        endpoint = env.endpoints[0]
+        # The published port serves on the host's 127.0.0.1 (route_localnet is on for it).
+        assert endpoint.host_ip == "127.0.0.1"
+        assert read_all("127.0.0.1", endpoint.host_port) == b"hi\n"
+        api_port = int(daemon.address.rpartition(":")[2])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as host_udp, socket.socket() as host_any:
+            host_udp.bind(("127.0.0.1", 0))
+            host_any.bind(("0.0.0.0", 0))
+            host_any.listen()
+            with RawSender(netns) as raw:
+                # Hand-made frames to the host's 127.0.0.1, as a container with NET_RAW would send.
+                assert not raw.syn_arrives("127.0.0.1", api_port, host_listener=True)
+                assert not raw.udp_arrives(host_udp, "127.0.0.1")
+                gateway = raw.gateway_ip
+            # An ordinary connection to a host service listening on every address fails too.
+            with socket_in(netns) as sock:
+                sock.settimeout(1)
+                assert sock.connect_ex((gateway, host_any.getsockname()[1])) != 0
+        # The API still answers the host.
+        assert stub.GetEnvironment(pb.GetEnvironmentRequest(name="netattack"), timeout=10).name == "netattack"
+    finally:
+        remove(stub, "netattack")
+
+
+@pytest.fixture
+def host_user() -> Iterator[str]:
+    """An unprivileged host user made for the test, removed afterwards."""
+    name = f"sbx{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=True, timeout=30)
+
+
+def test_a_setuid_file_made_in_a_volume_is_useless_to_host_users_and_in_the_container(
+    daemon: DaemonProcess, stub: pb_grpc.SchedulerServiceStub, host_user: str
+) -> None:
+    # The payload is the host's own `id` (dynamically linked against the host's libraries, which
+    # a container can equally ship); the container's root makes it setuid root in its volume.
+    script = (
+        "grep ' /data ' /proc/self/mountinfo; "
+        "while [ ! -f /data/ready ]; do sleep 0.1; done; "
+        "chown 0:0 /data/id && chmod 4755 /data/id && touch /data/done; " + IDLE
+    )
+    deploy(stub, "setuid", toolbox(script, volumes=[pb.VolumeMount(name="data", path="/data")]))
+    try:
+        volume = daemon.data_dir / "volumes" / "setuid" / "data"
+        planted = volume / "id"
+        shutil.copy("/usr/bin/id", planted)
+        (volume / "ready").touch()
+        deadline = time.monotonic() + 30
+        while not (volume / "done").exists():
+            assert time.monotonic() < deadline, "the container did not make its file setuid"
+            time.sleep(0.2)
+        info = planted.stat()
+        assert info.st_uid == 0 and info.st_mode & stat.S_ISUID, "the container's root made a setuid-root file"
+        # A host user cannot run it: the volume root and the environment's directory are 0700.
+        attempt = subprocess.run(
+            ["runuser", "-u", host_user, "--", str(planted)], capture_output=True, text=True, timeout=30
+        )
+        assert "euid=0" not in attempt.stdout, attempt
+        assert attempt.returncode != 0 and "ermission denied" in attempt.stderr, attempt
+        for directory in (daemon.data_dir / "volumes", volume.parent):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and directory.stat().st_uid == 0
+        # Inside the container the volume is mounted nosuid,nodev.
+        mountinfo = logs_of(stub, "setuid")
+        line = next(line for line in mountinfo if " /data " in line)
+        assert "nosuid" in line and "nodev" in line, line
+    finally:
+        remove(stub, "setuid")
+
+
+def logs_of(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 30) -> list[str]:
+    """The environment's log lines so far (waiting until there is at least one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line.line for line in stub.GetEnvironmentLogs(pb.GetEnvironmentLogsRequest(name=name), timeout=10)]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
