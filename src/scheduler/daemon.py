@@ -85,6 +85,9 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
             standard(registry=registry)
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
+        released = await runtime.release_stale_leases()
+        if released:
+            _log.info("leases.released", count=released, reason="left by a previous run")
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)

@@ -84,7 +84,7 @@ class Dependency:
     deadline: timedelta = timedelta(seconds=60)
 
 
-class Protocol(enum.Enum):
+class PortProtocol(enum.Enum):
     """Transport protocol of a port."""
 
     TCP = "tcp"
@@ -96,7 +96,7 @@ class PortSpec:
     """A container port, optionally published on the host."""
 
     container_port: int
-    protocol: Protocol = Protocol.TCP
+    protocol: PortProtocol = PortProtocol.TCP
     publish: bool = False
     host_port: int = 0
     """0 lets the scheduler allocate a port from the configured range."""
@@ -287,7 +287,7 @@ class Endpoint:
     host_ip: str
     host_port: int
     container_port: int
-    protocol: Protocol = Protocol.TCP
+    protocol: PortProtocol = PortProtocol.TCP
 
 
 @dataclass(frozen=True)

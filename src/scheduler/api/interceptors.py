@@ -266,4 +266,4 @@ def _wrap_stream(
 
 def _is_abort(error: BaseException) -> bool:
     # grpc.aio raises AbortError out of context.abort(); it must propagate untouched.
-    return type(error).__name__ == "AbortError"
+    return isinstance(error, grpc.aio.AbortError)

@@ -64,6 +64,8 @@ CallObserver = Callable[[str, float, str], None]
 
 NAMESPACE_HEADER = "containerd-namespace"
 """gRPC metadata key that scopes a call to a containerd namespace."""
+LEASE_PREFIX = "scheduler-"
+"""Prefix of the ids of the leases the scheduler takes (so a restart can find those it left)."""
 LEASE_HEADER = "containerd-lease"
 """gRPC metadata key that adds every resource a call creates to a lease."""
 MIN_VERSION = (1, 6)
@@ -650,7 +652,7 @@ class ContainerdClient:
         The lease expires by itself after ``expire`` should the process die inside the block, so
         nothing it protects is kept forever. It is deleted on exit, errors included.
         """
-        lease_id = f"scheduler-{uuid.uuid4().hex[:16]}"
+        lease_id = f"{LEASE_PREFIX}{uuid.uuid4().hex[:16]}"
         until = (datetime.now(UTC) + expire).strftime("%Y-%m-%dT%H:%M:%SZ")
         all_labels = {"containerd.io/gc.expire": until, **(labels or {})}
         await self.leases.create(leases_pb.CreateRequest(id=lease_id, labels=all_labels), what=lease_id)
