@@ -7,7 +7,7 @@ CONFIG ?= config.example.yaml
 BUF_DIR := tools/buf
 BUF := $(BUF_DIR)/node_modules/.bin/buf
 
-.PHONY: install system proto check-proto fmt lint proto-lint buf go-example test unit integration run images bench clean
+.PHONY: install system proto check-proto docs fmt lint proto-lint buf go-example test unit integration run images bench fuzz clean
 
 install: system $(STAMP)
 
@@ -31,6 +31,10 @@ check-proto: $(STAMP)
 	 rm -rf .proto-check && echo "generated stubs are up to date" || \
 	 { rm -rf .proto-check; echo "generated stubs differ from proto/: run 'make proto'"; exit 1; }
 
+# docs/api.md, the API reference, from the proto's comments (a unit test fails when it is stale).
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
+
 # The buf CLI, pinned in tools/buf/package-lock.json, installed there (nothing global).
 buf: $(BUF)
 
@@ -48,12 +52,12 @@ go-example: system
 	scripts/build_go_example.sh
 
 fmt: $(STAMP)
-	$(PY) -m ruff format src tests bench images scripts
-	$(PY) -m ruff check --fix src tests bench images scripts
+	$(PY) -m ruff format src tests bench images scripts examples
+	$(PY) -m ruff check --fix src tests bench images scripts examples
 
 lint: $(STAMP) proto-lint
-	$(PY) -m ruff check src tests bench images scripts
-	$(PY) -m ruff format --check src tests bench images scripts
+	$(PY) -m ruff check src tests bench images scripts examples
+	$(PY) -m ruff format --check src tests bench images scripts examples
 	$(PY) -m mypy src
 	$(VENV)/bin/lint-imports
 
@@ -72,6 +76,10 @@ images: install
 
 run: install images
 	$(VENV)/bin/scheduler run --config $(CONFIG)
+
+# The API fuzz suite at length (CI runs it with 200 examples per RPC).
+fuzz: install images
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/integration/security/test_fuzz.py -q -p no:cacheprovider -s
 
 bench: install images
 	$(PY) -m bench

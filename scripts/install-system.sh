@@ -17,6 +17,9 @@ packages=(
   golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc
   golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
   golang-github-golang-protobuf-1-5-dev
+  # Operations: a real Prometheus (and promtool) scrapes the metrics endpoint and checks the
+  # alert rules; systemd provides systemd-analyze, which verifies the unit file.
+  prometheus systemd
 )
 
 missing=()

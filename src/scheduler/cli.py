@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from scheduler import client, errors, log
 from scheduler.config import Settings, load_settings, redacted
@@ -60,7 +61,7 @@ def run(
     from scheduler import daemon
 
     try:
-        code = asyncio.run(daemon.run(settings))
+        code = asyncio.run(daemon.run(settings, lambda: load_settings(config, overrides)))
     except errors.SchedulerError as err:
         log.get("cli").error("daemon.failed", error=err.message)
         click.echo(f"scheduler: {err.message}", err=True)
@@ -85,6 +86,81 @@ def config_check(path: Path) -> None:
     settings = _load(path, {})
     click.echo(f"{path}: valid")
     click.echo(json.dumps(redacted(settings), indent=2))
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for the API."""
+
+
+@token.command("create")
+@click.argument("name")
+def token_create(name: str) -> None:
+    """Make a token for NAME; print it once, with the lines the daemon's config needs."""
+    from scheduler.api.auth import new_token
+    from scheduler.config import TokenSettings
+
+    try:
+        TokenSettings(name=name, sha256="0" * 64)
+    except ValidationError:
+        click.echo(f"scheduler: {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-'", err=True)
+        sys.exit(CONFIG_ERROR_EXIT)
+    secret, digest = new_token()
+    click.echo(f"token: {secret}")
+    click.echo("(shown once: the daemon keeps only its SHA-256)", err=True)
+    click.echo(
+        "\n# add to the daemon's configuration, then restart it:\n"
+        "auth:\n"
+        "  tokens:\n"
+        f"    - name: {name}\n"
+        f"      sha256: {digest}\n"
+        "  bindings:\n"
+        "    - role: operator   # or viewer, admin; optional name_prefix / labels scope\n"
+        f'      principals: ["token:{name}"]'
+    )
+
+
+@main.group()
+def admin() -> None:
+    """Host-side administration: run on the daemon's host, with access to its data directory."""
+
+
+_CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="The daemon's configuration file."
+)
+
+
+@admin.command("backup-state")
+@_CONFIG_OPTION
+@click.argument("output", type=click.Path(path_type=Path))
+def admin_backup_state(config_path: Path | None, output: Path) -> None:
+    """Copy the state database to OUTPUT, consistently, while the daemon serves (SQLite's online backup)."""
+    from scheduler.storage.backup import backup_database
+
+    settings = _load(config_path, {})
+    try:
+        size = backup_database(settings.state_db_path, output)
+    except errors.SchedulerError as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(f"backed up {settings.state_db_path} to {output} ({size} bytes)")
+
+
+@admin.command("restore-state")
+@_CONFIG_OPTION
+@click.option("--replace", is_flag=True, help="Overwrite an existing state database (stop the daemon first).")
+@click.argument("backup", type=click.Path(path_type=Path))
+def admin_restore_state(config_path: Path | None, replace: bool, backup: Path) -> None:
+    """Put a backup taken by backup-state in place as the state database; the next start adopts what runs."""
+    from scheduler.storage.backup import restore_database
+
+    settings = _load(config_path, {})
+    try:
+        restore_database(backup, settings.state_db_path, replace=replace)
+    except errors.SchedulerError as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(f"restored {backup} to {settings.state_db_path}")
 
 
 client.register(main)

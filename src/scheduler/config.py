@@ -94,13 +94,37 @@ def _check_host_port(value: str) -> str:
     return value
 
 
+class TlsSettings(_Section):
+    """TLS on the TCP listener; with ``client_ca_file``, mutual TLS (clients must present a certificate)."""
+
+    cert_file: ConfigPath = ""
+    """PEM certificate chain of the server; empty serves plaintext TCP (loopback only)."""
+    key_file: ConfigPath = ""
+    client_ca_file: ConfigPath = ""
+    """PEM bundle of the CAs that sign client certificates; set, it makes TLS mutual."""
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("set both cert_file and key_file, or neither")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file needs cert_file and key_file (mutual TLS is TLS first)")
+        return self
+
+
 class ServerSettings(_Section):
     """Where and how the gRPC API is served."""
 
-    listen: str = "127.0.0.1:50051"
-    """TCP address ``HOST:PORT``; empty disables TCP."""
-    unix_socket: ConfigPath = ""
-    """Path of a unix socket to serve on as well; empty disables it."""
+    listen: str = ""
+    """TCP address ``HOST:PORT``; empty (the default) disables TCP. A non-loopback address needs
+    ``tls`` and a way to authenticate (``auth.tokens`` or ``tls.client_ca_file``)."""
+    unix_socket: ConfigPath = "/run/scheduler/scheduler.sock"
+    """Path of the unix socket, the default local transport; empty disables it."""
+    unix_socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    """Permission bits the socket is created with (before it becomes reachable)."""
+    unix_socket_group: str = ""
+    """Group (name or id) owning the socket; empty keeps the daemon's group."""
+    tls: TlsSettings = TlsSettings()
     shutdown_grace: float = Field(default=5.0, ge=0, le=600)
     """Seconds in-flight RPCs get to finish after SIGTERM or SIGINT."""
 
@@ -109,11 +133,71 @@ class ServerSettings(_Section):
     def _listen_is_address(cls, value: str) -> str:
         return _check_host_port(value) if value else value
 
+    @field_validator("unix_socket_mode", mode="before")
+    @classmethod
+    def _mode_is_octal(cls, value: Any) -> Any:
+        # A string (a variable, or YAML's 0o660) is read as octal, as chmod reads it.
+        return int(value.removeprefix("0o"), 8) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _serves_somewhere(self) -> ServerSettings:
         if not self.listen and not self.unix_socket:
             raise ValueError("set server.listen or server.unix_socket, or both")
         return self
+
+    @property
+    def listen_is_loopback(self) -> bool:
+        """Whether the TCP address only accepts connections from this host."""
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+ROLES = ("viewer", "operator", "admin")
+
+
+class TokenSettings(_Section):
+    """A bearer token, stored only as its SHA-256 (``scheduler token create`` makes one)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    """The principal the token authenticates: ``token:<name>``."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RoleBinding(_Section):
+    """Grants a role to principals, optionally only over some environments."""
+
+    role: Literal["viewer", "operator", "admin"]
+    principals: list[str] = Field(min_length=1)
+    """``user:NAME``, ``uid:N``, ``group:NAME``, ``gid:N`` (local callers), ``token:NAME``, ``cert:CN``."""
+    name_prefix: str = ""
+    """Only environments whose name starts with this."""
+    labels: dict[str, str] = {}
+    """Only environments carrying these labels (and new ones must carry them)."""
+
+    @field_validator("principals")
+    @classmethod
+    def _principal_kinds(cls, value: list[str]) -> list[str]:
+        for principal in value:
+            kind, sep, name = principal.partition(":")
+            if not sep or not name or kind not in ("user", "uid", "group", "gid", "token", "cert"):
+                raise ValueError(f"{principal!r} is not user:, uid:, group:, gid:, token: or cert: and a name")
+        return value
+
+
+class AuthSettings(_Section):
+    """Who may call: every caller is a principal, and roles say what each principal may do."""
+
+    tokens: list[TokenSettings] = []
+    bindings: list[RoleBinding] = [RoleBinding(role="admin", principals=["user:root"])]
+    """Role bindings; by default only root (over the unix socket or loopback TCP) may call."""
+    loopback_ident: bool = True
+    """Identify plaintext TCP callers on loopback by the owner of their socket (as identd does),
+    so that loopback TCP is as closed as the unix socket."""
 
 
 class LogSettings(_Section):
@@ -168,14 +252,32 @@ class RegistryHost(_Section):
     password: SecretStr = ""
 
 
+DEFAULT_ALLOWED_REGISTRIES = (
+    "docker.io",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+)
+"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
+
+
 class ImageSettings(_Section):
     """Image pulls and imports."""
 
     pull_policy: Literal["if-not-present", "always", "never"] = "if-not-present"
     registries: dict[str, RegistryHost] = {}
-    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``)."""
+    """Keyed by registry host (``docker.io``, ``127.0.0.1:5000``); a host listed here may be pulled from."""
+    allowed_registries: list[str] = list(DEFAULT_ALLOWED_REGISTRIES)
+    """Registry hosts (``HOST`` or ``HOST:PORT``) images may be pulled from, besides ``registries``."""
     preload: list[ConfigPath] = []
     """Image archives (OCI layout or ``docker save`` tars) imported at start."""
+
+    def registry_allowed(self, host: str) -> bool:
+        """Whether images may be pulled from registry ``host`` (as written in a reference)."""
+        return host in self.registries or host in self.allowed_registries
 
 
 class NetworkSettings(_Section):
@@ -238,6 +340,26 @@ class MetricsSettings(_Section):
         return _check_host_port(value) if value else value
 
 
+class BackupPolicy(_Section):
+    """How often an environment is archived, and how many archives are kept."""
+
+    every: float = Field(default=0, ge=0)
+    """Seconds between scheduled backups; 0 takes none."""
+    keep: int = Field(default=7, ge=1, le=10000)
+    """Archives kept per environment (scheduled or not); older ones are deleted after each backup."""
+
+
+class BackupSettings(BackupPolicy):
+    """Scheduled backups of running environments (BackupEnvironment's archives, on a timer)."""
+
+    environments: dict[str, BackupPolicy] = {}
+    """Per environment name, a policy replacing the default one above."""
+
+    def policy(self, name: str) -> BackupPolicy:
+        """The policy that applies to environment ``name``."""
+        return self.environments.get(name) or BackupPolicy(every=self.every, keep=self.keep)
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told; defaults work out of the box."""
 
@@ -253,6 +375,7 @@ class Settings(BaseSettings):
     state_db: ConfigPath = ""
     """SQLite file of the state store; empty means ``<data_dir>/state.db``."""
     server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
     container_logs: ContainerLogSettings = ContainerLogSettings()
     containerd: ContainerdSettings = ContainerdSettings()
@@ -260,6 +383,23 @@ class Settings(BaseSettings):
     network: NetworkSettings = NetworkSettings()
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
+    backups: BackupSettings = BackupSettings()
+
+    @model_validator(mode="after")
+    def _network_listener_is_protected(self) -> Settings:
+        server = self.server
+        if server.listen and not server.listen_is_loopback:
+            if not server.tls.cert_file:
+                raise ValueError(
+                    f"server.listen {server.listen} is not a loopback address: set server.tls "
+                    "(cert_file, key_file) to serve it"
+                )
+            if not self.auth.tokens and not server.tls.client_ca_file:
+                raise ValueError(
+                    f"server.listen {server.listen} is not a loopback address: set auth.tokens or "
+                    "server.tls.client_ca_file so that its callers authenticate"
+                )
+        return self
 
     @property
     def state_db_path(self) -> Path:
@@ -370,3 +510,28 @@ def _settings_from_file(path: Path) -> type[Settings]:
         model_config = SettingsConfigDict(yaml_file=path)
 
     return FileSettings
+
+
+LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "backups", "images.registries", "images.allowed_registries")
+"""Settings a reload applies at once; a change to any other needs a restart of the daemon."""
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """Dotted names of the options whose values differ (``log.level``, ``data_dir``), never values."""
+    changed = []
+    for name in Settings.model_fields:
+        before, after = getattr(old, name), getattr(new, name)
+        if isinstance(before, BaseModel) and isinstance(after, BaseModel):
+            changed += [f"{name}.{field}" for field in type(before).model_fields if _differs(before, after, field)]
+        elif before != after:
+            changed.append(name)
+    return changed
+
+
+def _differs(before: BaseModel, after: BaseModel, field: str) -> bool:
+    return bool(before.model_dump(include={field}) != after.model_dump(include={field}))
+
+
+def is_live(option: str) -> bool:
+    """Whether a reload applies ``option`` (a dotted name from :func:`changed_settings`) at once."""
+    return any(option == live or option.startswith(live + ".") for live in LIVE_SETTINGS)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
@@ -25,11 +26,14 @@ from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
+from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
@@ -37,6 +41,7 @@ from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
+from scheduler.systemd import Notifier
 from scheduler.volumes import VolumeStore
 
 _log = log.get("daemon")
@@ -53,11 +58,15 @@ class Daemon:
     runtime: ContainerdRuntime
     network: CniNetwork
     metrics: MetricsServer
+    reloader: Reloader
 
 
 @asynccontextmanager
-async def build(settings: Settings) -> AsyncIterator[Daemon]:
-    """Build and start every component; stop them in reverse order on exit."""
+async def build(settings: Settings, load: Callable[[], Settings] | None = None) -> AsyncIterator[Daemon]:
+    """Build and start every component; stop them in reverse order on exit.
+
+    ``load`` re-reads the configuration for a reload (SIGHUP); without it a reload changes nothing.
+    """
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -97,11 +106,12 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
         stack.callback(events.close)
+        volumes = VolumeStore(data_dir / "volumes")
         orchestrator = Orchestrator(
             ledger,
             runtime,
             network,
-            VolumeStore(data_dir / "volumes"),
+            volumes,
             events,
             OrchestratorSettings(
                 logs_dir=data_dir / "logs",
@@ -120,34 +130,78 @@ async def build(settings: Settings) -> AsyncIterator[Daemon]:
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
-        service = EnvironmentService(ledger, orchestrator, events, default_catalog(), settings.limits)
+        backups = Backups(store, runtime, volumes, data_dir / "backups")
+        service = EnvironmentService(ledger, orchestrator, events, default_catalog(), settings.limits, backups)
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)
         await metrics.start(settings.metrics.listen)
         stack.push_async_callback(metrics.stop)
 
-        server = ApiServer(service, settings.server.listen, settings.server.unix_socket, observer=recorder)
+        server = ApiServer(service, settings.server, settings.auth, observer=recorder)
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
-        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics)
+        reloader = Reloader(
+            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+        )
+        server.set_reload(reloader.reload)
+        schedule = BackupSchedule(store, backups, settings.backups)
+        schedule.start()
+        stack.push_async_callback(schedule.close)
+        reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
+        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 
-async def run(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down in order; returns the exit code."""
+async def run(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, reloading ``load()`` on SIGHUP; returns the exit code.
+
+    Under systemd (``Type=notify``) it reports READY once serving, RELOADING around a reload,
+    WATCHDOG while the event loop turns, and STOPPING when shutdown begins.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    background: set[asyncio.Task[None]] = set()
     try:
-        async with build(settings) as daemon:
+        async with build(settings, load) as daemon:
+            status = f"serving on {settings.server.listen or settings.server.unix_socket}"
+
+            async def reload() -> None:
+                notifier.reloading()
+                report = await daemon.reloader.reload()
+                notifier.ready(f"{status}; last reload: {'refused: ' + report.error if report.error else 'applied'}")
+
+            def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> None:
+                task = asyncio.create_task(coroutine, name=name)
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(), "reload"))
+            if notifier.watchdog_seconds:
+                spawn(_watchdog(notifier, notifier.watchdog_seconds / 2), "watchdog")
             _log.info("daemon.ready", listen=settings.server.listen, port=daemon.server.bound_port)
+            notifier.ready(status)
             await stop.wait()
+            notifier.stopping()
+            loop.remove_signal_handler(signal.SIGHUP)
+            for task in list(background):
+                if task.get_name() == "watchdog":
+                    task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             _log.info("daemon.stopping", grace=settings.server.shutdown_grace)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")
     return 0
+
+
+async def _watchdog(notifier: Notifier, every: float) -> None:
+    """Ping systemd's watchdog while the event loop turns; a hung loop gets the unit restarted."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(every)

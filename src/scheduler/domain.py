@@ -600,6 +600,29 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class BackupInfo:
+    """One archive of an environment, as BackupEnvironment and ListBackups report it."""
+
+    id: str
+    """``<environment>/<file>``: what RestoreEnvironment takes."""
+    environment: str
+    created_at: datetime
+    size_bytes: int
+    volumes: tuple[str, ...] = ()
+    databases: tuple[str, ...] = ()
+    """Services whose database the archive holds as a dump."""
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What a configuration reload did: options applied, options that need a restart, or why it was refused."""
+
+    applied: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ContainerSample:
     """Resource usage of one replica, with CPU as a rate over a window."""
 

@@ -120,3 +120,7 @@ class Unimplemented(SchedulerError):
 
 class PermissionDenied(SchedulerError):
     """Credentials were refused (a registry login, a socket the daemon may not open)."""
+
+
+class Unauthenticated(SchedulerError):
+    """The caller could not be identified: no credentials, or credentials the daemon does not know."""

@@ -23,6 +23,7 @@ def configure(
     )
     numeric = getattr(logging, level.upper())
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    logging.getLogger().setLevel(numeric)  # basicConfig does nothing the second time (a reload)
     # grpc's own debug lines (one per loop lookup) drown everything else.
     logging.getLogger("grpc").setLevel(max(numeric, logging.INFO))
     logging.getLogger("grpc._cython.cygrpc").setLevel(max(numeric, logging.INFO))

@@ -14,14 +14,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import errors, log
+from scheduler import bounds, errors, log
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    BackupInfo,
     ChangeAction,
     ContainerSample,
     Environment,
     EnvironmentFilter,
     EnvironmentRequest,
+    EnvironmentSpec,
     EnvironmentStatus,
     Event,
     EventType,
@@ -29,23 +31,25 @@ from scheduler.domain import (
     LogLine,
     LogQuery,
     ServiceChange,
+    ServiceOverride,
     ServiceSpec,
 )
 from scheduler.domain import etag as domain_etag
+from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
+from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
 from scheduler.storage.base import PageKey, decode_page_token, effective_page_size, encode_page_token
-from scheduler.validation import validate
+from scheduler.validation import env_name_problem, validate
 
 _log = log.get("service")
 
-REDACTED = "<redacted>"
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
 DEFAULT_HEARTBEAT = timedelta(seconds=15)
@@ -69,7 +73,9 @@ class EnvironmentService:
         events: EventBus,
         catalog: Catalog,
         limits: LimitSettings,
+        backups: Backups | None = None,
     ) -> None:
+        self._backups = backups
         self._ledger = ledger
         self._orchestrator = orchestrator
         self._events = events
@@ -81,6 +87,10 @@ class EnvironmentService:
     def begin_shutdown(self) -> None:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
         self._closing.set()
+
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Apply new bounds (a configuration reload) to every request from now on."""
+        self._limits = limits
 
     # --- environments ------------------------------------------------------------------------------
 
@@ -97,6 +107,10 @@ class EnvironmentService:
 
         With ``validate_only``, return the environment that would be created and store nothing.
         """
+        if len(request_id) > bounds.MAX_REQUEST_ID:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
+            )
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             if request_id:
@@ -108,8 +122,7 @@ class EnvironmentService:
                             field="request_id",
                         )
                     return self._redact(earlier)
-            spec = resolve(request, name, self._catalog)
-            validate(name, spec, self._limits)
+            spec = await self._resolve(name, request)
             created = _now()
             env = Environment(
                 name=name,
@@ -149,6 +162,7 @@ class EnvironmentService:
         The store filters by status and label; the other terms are checked here, page by page
         of the store, so a page may hold fewer than ``page_size`` environments before the last.
         """
+        bounds.check_page_token(page_token)
         where = where or EnvironmentFilter()
         statuses, labels = _pushdown(where)
         wanted = effective_page_size(page_size)
@@ -214,8 +228,9 @@ class EnvironmentService:
             )
         if drain is not None and drain < timedelta(0):
             raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])
-        spec = resolve(request, name, self._catalog, previous=env.spec)
-        validate(name, spec, self._limits)
+        if drain is not None:
+            bounds.check_duration(drain, "drain", bounds.MAX_DRAIN)
+        spec = await self._resolve(name, request, previous=env.spec)
         changes = plan(env.spec, spec)
         if validate_only:
             return self._redact(env), changes
@@ -272,11 +287,64 @@ class EnvironmentService:
         token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
         return entries[start:end], token
 
+    # --- backup and restore -------------------------------------------------------------------
+
+    def _archives(self) -> Backups:
+        if self._backups is None:
+            raise errors.Unimplemented("backups are not configured on this daemon")
+        return self._backups
+
+    async def backup(self, name: str) -> BackupInfo:
+        """Archive an environment: spec, history, volumes, database dumps."""
+        _check_name(name)
+        return await self._archives().backup(name)
+
+    async def backups(self, name: str) -> builtins.list[BackupInfo]:
+        """Archives of an environment (which may have been deleted since), newest first."""
+        _check_name(name)
+        return await asyncio.to_thread(self._archives().list, name)
+
+    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
+        """Create an environment from an archive, deploy it and load its databases; return it running.
+
+        Raises:
+            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
+            NotFound: no such archive.
+            AlreadyExists: an environment of that name exists.
+            FailedPrecondition: the restored environment did not come up, or a dump did not load.
+        """
+        archives = self._archives()
+        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
+        target = name or archived.name
+        problem = env_name_problem(target)
+        if problem:
+            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
+        fresh, entries = archives.renamed(archived, target, history)
+        async with self._create_lock:
+            await self._ledger.create(fresh)
+        for entry in entries:
+            await self._ledger.append_history(entry)
+        await self._ledger.append_history(
+            HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
+        )
+        await archives.stage(path, manifest, target)
+        self._orchestrator.submit_deploy(target)
+        await self._orchestrator.wait_idle(target)
+        env = await self._ledger.get(target)
+        if env.status is not EnvironmentStatus.RUNNING:
+            raise errors.FailedPrecondition(
+                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
+                env=target,
+            )
+        await archives.load_databases(path, manifest, target)
+        return self._redact(await self._ledger.get(target))
+
     # --- observation ---------------------------------------------------------------------------------
 
     async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
         """Yield log lines of an environment's containers (and follow them if asked)."""
         _check_name(name)
+        bounds.check_logs(query)
         env = await self._ledger.get(name)
         unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
         if unknown:
@@ -289,6 +357,10 @@ class EnvironmentService:
     async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
         """Sample every running container twice over ``window`` to get CPU as a rate."""
         _check_name(name)
+        if window is not None:
+            if window <= timedelta(0):
+                raise errors.InvalidArgument.of([errors.FieldViolation("window", "must be positive")])
+            bounds.check_duration(window, "window", bounds.MAX_METRICS_WINDOW)
         env = await self._ledger.get(name)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
@@ -346,14 +418,33 @@ class EnvironmentService:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
+    async def _resolve(
+        self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
+    ) -> EnvironmentSpec:
+        """Bound, resolve and validate a request, off the event loop (it is CPU work)."""
+        bounds.check_request(request)
+
+        def work() -> EnvironmentSpec:
+            spec = resolve(request, name, self._catalog, previous=previous)
+            validate(name, spec, self._limits)
+            return spec
+
+        return await asyncio.to_thread(work)
+
     def _redact(self, env: Environment) -> Environment:
         services = tuple(_redact_service(s) for s in env.spec.services)
         request = env.request
         if request is not None:
             stack = self._catalog.find(request.stack)
             secret = {p.name for p in stack.parameters if p.secret} if stack else set()
+            secret_env = {s.name: s.secret_env for s in env.spec.services}
             request = replace(
-                request, parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()}
+                request,
+                parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()},
+                services={
+                    name: _redact_override(override, secret_env.get(name, frozenset()))
+                    for name, override in request.services.items()
+                },
             )
         return replace(env, spec=replace(env.spec, services=services), request=request)
 
@@ -362,6 +453,13 @@ def _redact_service(service: ServiceSpec) -> ServiceSpec:
     if not service.secret_env:
         return service
     return replace(service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()})
+
+
+def _redact_override(override: ServiceOverride, secret_env: frozenset[str]) -> ServiceOverride:
+    if not any(k in secret_env or looks_secret(k) for k in override.env):
+        return override
+    env = {k: REDACTED if k in secret_env or looks_secret(k) else v for k, v in override.env.items()}
+    return replace(override, env=env)
 
 
 def _check_etag(env: Environment, etag: str) -> None:
@@ -411,5 +509,4 @@ def _matches(env: Environment, where: EnvironmentFilter) -> bool:
 
 
 def _check_name(name: str) -> None:
-    if not name:
-        raise errors.InvalidArgument.of([errors.FieldViolation("name", "must not be empty")])
+    bounds.check_name(name)

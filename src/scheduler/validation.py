@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 
+from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, clip
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     EnvironmentSpec,
@@ -32,7 +33,6 @@ MAX_SERVICE_NAME = 32
 MAX_VOLUME_NAME = 63
 MAX_LABEL_KEY = 253
 MAX_LABEL_VALUE = 1024
-MAX_ENV_VALUE = 128 * 1024
 MIN_MEMORY_BYTES = 6 * 1024**2
 """runc refuses memory limits below about 6 MiB; fail at validation rather than at start."""
 
@@ -63,13 +63,13 @@ def image_reference_problem(ref: str) -> str | None:
         return "must not be empty"
     match = IMAGE_REFERENCE.fullmatch(ref)
     if match is None:
-        return f"{ref!r} is not an image reference like docker.io/library/postgres:15"
+        return f"{clip(ref)!r} is not an image reference like docker.io/library/postgres:15"
     first, slash, _ = match.group("name").partition("/")
     if slash and not ("." in first or ":" in first or first.startswith("[") or first == "localhost"):
         # Without a dot, colon or "localhost", the first component is a repository path (as
         # docker and containerd read it), and paths are lowercase.
         if not re.fullmatch(_PATH_COMPONENT, first):
-            return f"{ref!r}: repository path {first!r} must be lowercase"
+            return f"{clip(ref)!r}: repository path {clip(first)!r} must be lowercase"
     if len(match.group("name")) > MAX_IMAGE_NAME:
         return f"repository name is longer than {MAX_IMAGE_NAME} characters"
     return None
@@ -87,7 +87,7 @@ def volume_name_problem(name: str) -> str | None:
     if len(name) > MAX_VOLUME_NAME:
         return f"must be at most {MAX_VOLUME_NAME} characters, got {len(name)}"
     if not VOLUME_NAME.fullmatch(name):
-        return f"{name!r} must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        return f"{clip(name)!r} must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
     return None
 
 
@@ -97,7 +97,7 @@ def _dns_label_problem(name: str, limit: int) -> str | None:
     if len(name) > limit:
         return f"must be at most {limit} characters, got {len(name)}"
     if not DNS_LABEL.fullmatch(name):
-        return f"{name!r} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+        return f"{clip(name)!r} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
     return None
 
 
@@ -197,14 +197,19 @@ def _check_service(
         out.append(FieldViolation(f"{where}.command[0]", "the program to run must not be empty"))
     for key, value in service.env.items():
         if not ENV_KEY.fullmatch(key):
-            out.append(FieldViolation(f"{where}.env.{key}", f"{key!r} is not a name like [A-Za-z_][A-Za-z0-9_]*"))
+            out.append(FieldViolation(f"{where}.env.{key}", f"{clip(key)!r} is not a name like [A-Za-z_][A-Za-z0-9_]*"))
         if "\x00" in value or len(value) > MAX_ENV_VALUE:
             out.append(
                 FieldViolation(f"{where}.env.{key}", f"value must be at most {MAX_ENV_VALUE} characters without NUL")
             )
     for key in sorted(service.secret_env - set(service.env)):
         out.append(FieldViolation(f"{where}.secret_env", f"names {key!r}, which is not in env"))
-    _check_ports(service, where, out)
+    if len(service.ports) > MAX_PORTS:
+        out.append(
+            FieldViolation(f"{where}.ports", f"holds {len(service.ports)} entries; at most {MAX_PORTS} are allowed")
+        )
+    else:
+        _check_ports(service, where, out)
     _check_volumes(service, where, out)
     _check_resources(service.resources, f"{where}.resources", limits, out)
     _check_health(service.health, f"{where}.health", out)

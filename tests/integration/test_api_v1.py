@@ -362,17 +362,28 @@ FAILURES = [
         "INVALID_ARGUMENT",
         "page_token",
     ),
+    ("BackupEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("BackupEnvironment", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
+    ("ListBackups", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
+    ("RestoreEnvironment", {"backup": "no-slash"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "backup"),
+    ("RestoreEnvironment", {"backup": "missing/missing-20260101T000000Z.tar"}, "NOT_FOUND", "NOT_FOUND", None),
+    # Run with the daemon's configuration file made invalid (see the test).
+    ("ReloadConfiguration", {}, "FAILED_PRECONDITION", "FAILED_PRECONDITION", None),
 ]
 
 
-def test_every_rpc_failure_carries_error_info(stub: pb_grpc.SchedulerServiceStub) -> None:
+def test_every_rpc_failure_carries_error_info(daemon: DaemonProcess, stub: pb_grpc.SchedulerServiceStub) -> None:
     _create(stub, "fm")
     rpcs = {name for name, *_ in FAILURES}
     assert rpcs == set(pb.DESCRIPTOR.services_by_name["SchedulerService"].methods_by_name)
+    config = daemon.config_path.read_text()
     try:
         for rpc, request, code, reason, field in FAILURES:
+            if rpc == "ReloadConfiguration":
+                daemon.config_path.write_text(config + "\nlimits: {max_replicas: -5}\n")
             with pytest.raises(grpc.RpcError) as caught:
                 _call(stub, rpc, request)
+            daemon.config_path.write_text(config)
             err = caught.value
             where = f"{rpc} {request}"
             assert err.code().name == code, f"{where}: {err.code()} {err.details()}"
@@ -385,4 +396,5 @@ def test_every_rpc_failure_carries_error_info(stub: pb_grpc.SchedulerServiceStub
             if code == "OUT_OF_RANGE":
                 assert int(info.metadata["latest_sequence"]) >= 1 and "oldest_sequence" in info.metadata
     finally:
+        daemon.config_path.write_text(config)
         _delete(stub, "fm")

@@ -51,6 +51,7 @@ def test_readme_run_and_create_commands_serve_the_demo_page(tmp_path: Path) -> N
         **os.environ,
         "SCHEDULER_DATA_DIR": str(tmp_path / "data"),
         "SCHEDULER_SERVER__LISTEN": address,
+        "SCHEDULER_SERVER__UNIX_SOCKET": str(tmp_path / "api.sock"),
         "SCHEDULER_NETWORK__INSTANCE": instance,
         "SCHEDULER_NETWORK__POOL": pool,
         "SCHEDULER_NETWORK__PORT_RANGE": "[30000, 30999]",

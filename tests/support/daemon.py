@@ -198,7 +198,9 @@ def start_daemon(
     port = free_port()
     settings: dict[str, Any] = {
         "data_dir": str(tmp / "data"),
-        "server": {"listen": f"127.0.0.1:{port}", "shutdown_grace": 3},
+        # TCP on loopback (callers identified as the owner of their socket); no unix socket, so
+        # that parallel daemons never share its default path.
+        "server": {"listen": f"127.0.0.1:{port}", "unix_socket": "", "shutdown_grace": 3},
         "log": {"format": "json", "level": "debug"},
         # Own bridges, chains and subnets, so that daemons of parallel tests never collide.
         "network": {"instance": "t" + secrets.token_hex(2), "pool": free_pool()},

@@ -41,6 +41,7 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
         self.fail_deploys: set[str] = set()
         self.rollback_updates = False
         self.deleting: set[str] = set()
+        self.stale_etags = 0
         self.history: dict[str, list[pb.HistoryEntry]] = {}
         self.lock = threading.Lock()
 
@@ -120,6 +121,11 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             if env is None:
                 return self._missing(context, request.name)
             plan = [pb.ServiceChange(service="toolbox", action=pb.CHANGE_ACTION_REPLACE, reason="env changed")]
+            if self.stale_etags:
+                # Someone else changed it between the client's Get and this Update.
+                self.stale_etags -= 1
+                env.etag = f"e{self.stale_etags}"
+                context.abort(grpc.StatusCode.ABORTED, "etag mismatch")
             if request.validate_only:
                 return pb.UpdateEnvironmentResponse(environment=env, plan=plan)
             env.spec.CopyFrom(request.spec)
@@ -380,6 +386,18 @@ def test_update_applies_flags_on_top_of_the_current_spec(fake: tuple[FakeSchedul
     assert request.spec.stack == "toolbox" and dict(request.spec.services["toolbox"].env) == {"A": "1", "B": "2"}
     assert request.drain.seconds == 1 and request.drain.nanos == 500_000_000 and not request.validate_only
     assert "Generation:  2 (observed 2)" in result.stdout
+
+
+def test_update_retries_on_top_of_a_concurrent_change(fake: tuple[FakeScheduler, str]) -> None:
+    servicer, address = fake
+    run(address, "env", "create", "demo", "--stack", "toolbox", "--wait")
+    servicer.stale_etags = 2
+    result = run(address, "env", "update", "demo", "--set", "toolbox.env.B=2")
+    assert result.exit_code == 0, result.output
+    updates = [r for r in servicer.requests if isinstance(r, pb.UpdateEnvironmentRequest)]
+    assert [u.etag for u in updates] == ["", "e1", "e0"]
+    servicer.stale_etags = 9
+    assert_one_line_error(run(address, "env", "update", "demo", "--set", "toolbox.env.B=3"), "ABORTED", "etag")
 
 
 def test_update_that_rolls_back_exits_1(fake: tuple[FakeScheduler, str]) -> None:

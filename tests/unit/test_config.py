@@ -14,7 +14,10 @@ from scheduler.config import REDACTED, Settings, _PathOption, load_settings, red
 ALL_RELATIVE = {
     "data_dir": "data",
     "state_db": "db/state.db",
-    "server": {"unix_socket": "run/api.sock"},
+    "server": {
+        "unix_socket": "run/api.sock",
+        "tls": {"cert_file": "tls/server.pem", "key_file": "tls/server.key", "client_ca_file": "tls/ca.pem"},
+    },
     "containerd": {"socket": "unix:run/containerd.sock", "binary": "bin/containerd"},
     "images": {"preload": ["images/a.tar", "b.tar"]},
     "network": {"cni_bin_dir": "cni"},
@@ -103,7 +106,8 @@ def test_variables_and_flags_resolve_against_the_working_directory(
 def test_unset_paths_stay_unset_and_bare_commands_stay_on_path(tmp_path: Path) -> None:
     config = _write(tmp_path / "c.yaml", {"data_dir": "/srv/x", "containerd": {"binary": "containerd"}})
     settings = load_settings(config)
-    assert settings.state_db == "" and settings.server.unix_socket == "" and settings.containerd.socket == ""
+    assert settings.state_db == "" and settings.containerd.socket == ""
+    assert settings.server.unix_socket == "/run/scheduler/scheduler.sock"  # absolute by default
     assert settings.containerd.binary == "containerd"
     assert settings.data_dir == Path("/srv/x")
 
@@ -124,3 +128,33 @@ def test_redacted_hides_secrets_and_only_secrets(tmp_path: Path) -> None:
     assert host == {"mirrors": [], "insecure": False, "username": "deploy", "password": REDACTED}
     assert "hunter2" not in repr(dumped)
     assert dumped["data_dir"] == "/var/lib/scheduler"
+
+
+def test_a_reload_tells_live_options_from_those_needing_a_restart() -> None:
+    from scheduler.config import Settings, changed_settings, is_live
+
+    old = Settings()
+    new = Settings(
+        log={"level": "debug"},
+        data_dir="/elsewhere",
+        network={"pool": "10.99.0.0/16"},
+        images={"registries": {"r.example": {"password": "s3cret"}}},
+    )
+    changed = changed_settings(old, new)
+    assert changed == ["data_dir", "log.level", "images.registries", "network.pool"]
+    assert [c for c in changed if is_live(c)] == ["log.level", "images.registries"]
+    assert changed_settings(new, new) == []
+    rotated = Settings(images={"registries": {"r.example": {"password": "other"}}})
+    assert changed_settings(
+        rotated, new.model_copy(update={"data_dir": old.data_dir, "log": old.log, "network": old.network})
+    ) == ["images.registries"]
+    assert not is_live("images.pull_policy") and not is_live("logx")
+
+
+def test_a_backup_policy_per_environment_replaces_the_default() -> None:
+    from scheduler.config import BackupSettings, is_live
+
+    settings = BackupSettings(every=3600, keep=3, environments={"prod": {"every": 60, "keep": 100}})
+    assert (settings.policy("prod").every, settings.policy("prod").keep) == (60, 100)
+    assert (settings.policy("other").every, settings.policy("other").keep) == (3600, 3)
+    assert is_live("backups.environments")

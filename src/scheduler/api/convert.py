@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from scheduler import domain
+from scheduler import bounds, domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.errors import FieldViolation, InvalidArgument
 from scheduler.stacks.stack import Stack
@@ -22,8 +22,19 @@ from scheduler.stacks.stack import Stack
 # --- scalars ------------------------------------------------------------------------------------
 
 
-def duration_from_proto(value: duration_pb2.Duration) -> timedelta:
-    """Convert a protobuf duration to a timedelta."""
+_MAX_DURATION_SECONDS = int(bounds.MAX_DURATION.total_seconds())
+_LATEST_TIMESTAMP = 253402300799
+"""9999-12-31T23:59:59Z, the last second a timestamp (and a Python datetime) can hold."""
+
+
+def duration_from_proto(value: duration_pb2.Duration, field: str = "duration") -> timedelta:
+    """Convert a protobuf duration to a timedelta.
+
+    Raises:
+        InvalidArgument: naming ``field`` when the duration is longer than any bound the API has.
+    """
+    if abs(value.seconds) > _MAX_DURATION_SECONDS or abs(value.nanos) > 999_999_999:
+        raise InvalidArgument.of([FieldViolation(field, f"must be at most {bounds.MAX_DURATION.days} days")])
     return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
@@ -41,8 +52,14 @@ def _time_to_proto(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return out
 
 
-def time_from_proto(value: timestamp_pb2.Timestamp) -> datetime:
-    """Convert a protobuf timestamp to an aware UTC datetime."""
+def time_from_proto(value: timestamp_pb2.Timestamp, field: str = "time") -> datetime:
+    """Convert a protobuf timestamp to an aware UTC datetime.
+
+    Raises:
+        InvalidArgument: naming ``field`` when the time is before 1970 or after year 9999.
+    """
+    if not 0 <= value.seconds <= _LATEST_TIMESTAMP or not 0 <= value.nanos <= 999_999_999:
+        raise InvalidArgument.of([FieldViolation(field, "must be a time from 1970 to the year 9999")])
     return value.ToDatetime().replace(tzinfo=UTC)
 
 
@@ -94,12 +111,17 @@ _HEALTH_TO = {
 
 def request_from_proto(spec: pb.EnvironmentSpecification, field: str = "spec") -> domain.EnvironmentRequest:
     """Convert a client's specification into a request the service can resolve and validate."""
+    size = spec.ByteSize()
+    if size > bounds.MAX_SPEC_BYTES:
+        raise InvalidArgument.of(
+            [FieldViolation(field, f"is {size} bytes encoded; at most {bounds.MAX_SPEC_BYTES} are allowed")]
+        )
     violations: list[FieldViolation] = []
     services = {
         name: _override_from_proto(config, f"{field}.services.{name}", violations)
         for name, config in spec.services.items()
     }
-    ttl = duration_from_proto(spec.ttl) if spec.HasField("ttl") else None
+    ttl = duration_from_proto(spec.ttl, f"{field}.ttl") if spec.HasField("ttl") else None
     if ttl is not None and ttl <= timedelta(0):
         violations.append(FieldViolation(f"{field}.ttl", "must be positive"))
     if violations:
@@ -416,6 +438,19 @@ def history_to_proto(entries: Iterable[domain.HistoryEntry], next_page_token: st
     for entry in entries:
         item = out.entries.add(generation=entry.generation, actor=entry.actor, action=entry.action, detail=entry.detail)
         _set_time(item.time, entry.at)
+    return out
+
+
+def backup_to_proto(info: domain.BackupInfo) -> pb.Backup:
+    """Convert a description of one archive."""
+    out = pb.Backup(
+        id=info.id,
+        environment=info.environment,
+        size_bytes=info.size_bytes,
+        volumes=info.volumes,
+        databases=info.databases,
+    )
+    _set_time(out.create_time, info.created_at)
     return out
 
 

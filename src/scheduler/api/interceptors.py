@@ -21,7 +21,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from scheduler import errors, log
+from scheduler import bounds, errors, log
+from scheduler.api.gate import Admission, Gate
 
 _log = log.get("api")
 
@@ -51,6 +52,7 @@ STATUS_OF: dict[type[errors.SchedulerError], ErrorMapping] = {
     errors.Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", retry_after=1.0),
     errors.DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
     errors.PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    errors.Unauthenticated: ErrorMapping(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     errors.Unimplemented: ErrorMapping(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"),
     errors.Internal: ErrorMapping(grpc.StatusCode.INTERNAL, "INTERNAL"),
 }
@@ -61,6 +63,9 @@ _METADATA_KEYS = {"env": "environment"}
 """Detail names renamed for clients: the code says ``env``, the API says ``environment``."""
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_MESSAGE = 2048
+"""Characters of an error message sent back; longer ones (long lists of violations) are cut."""
+MAX_VIOLATIONS = 50
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
@@ -88,10 +93,10 @@ def _mapping_of(error: BaseException) -> ErrorMapping:
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Return the gRPC code and the client-facing message for an exception."""
+    """Return the gRPC code and the client-facing message (cut to ``MAX_MESSAGE``) for an exception."""
     code = _mapping_of(error).code
     if isinstance(error, errors.SchedulerError):
-        return code, error.message
+        return code, bounds.clip(error.message, MAX_MESSAGE)
     if isinstance(error, TimeoutError):
         return code, "the operation did not finish in time"
     return code, "internal error; see the daemon log for this request id"
@@ -132,7 +137,10 @@ def _bad_request(error: BaseException) -> Message:
         violations = [errors.FieldViolation(error.details.get("field", ""), error.message)]
     bad_request: Message = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
+            error_details_pb2.BadRequest.FieldViolation(
+                field=bounds.clip(v.field, 256), description=bounds.clip(v.description, 512)
+            )
+            for v in violations[:MAX_VIOLATIONS]
         ]
     )
     return bad_request
@@ -160,6 +168,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         # Read now: asking a cancelled call for its peer dereferences a freed call (a segfault).
         self.peer = context.peer()
+        self.principal = ""
 
     def __enter__(self) -> _Call:
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
@@ -189,7 +198,14 @@ class _Call:
         seconds = time.monotonic() - self.started
         quiet = self.code == grpc.StatusCode.OK or self.method.startswith(_QUIET_PREFIXES)
         emit = _log.debug if quiet else _log.info
-        emit("rpc", method=self.method, peer=self.peer, code=self.code.name, duration_ms=round(seconds * 1000, 2))
+        emit(
+            "rpc",
+            method=self.method,
+            principal=self.principal,
+            peer=self.peer,
+            code=self.code.name,
+            duration_ms=round(seconds * 1000, 2),
+        )
         if self.observer is not None:
             self.observer.rpc_finished(self.method, self.kind, self.code.name, seconds)
 
@@ -197,8 +213,9 @@ class _Call:
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler: binds the request id, logs the call once, maps exceptions to status."""
 
-    def __init__(self, observer: RpcObserver | None = None) -> None:
+    def __init__(self, observer: RpcObserver | None = None, gate: Gate | None = None) -> None:
         self._observer = observer
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -209,26 +226,70 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary, self._observer),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(method, handler.unary_unary, self._observer, self._gate),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream, self._observer),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(method, handler.unary_stream, self._observer, self._gate),  # type: ignore[arg-type]
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | None) -> Callable[..., Awaitable[Any]]:
+class _Undecodable:
+    """Request bytes that do not decode: the handler answers INVALID_ARGUMENT, not grpc's INTERNAL."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the client's
+            return _Undecodable(type(err).__name__)
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument.of(
+            [errors.FieldViolation("request", f"is not a valid encoded message ({request.problem})")]
+        )
+
+
+async def _admit(
+    gate: Gate | None, call: _Call, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> Admission | None:
+    _check_decoded(request)
+    if gate is None:
+        return None
+    admission = await gate.admit(call.method, request, context, call.peer)
+    if admission is not None:
+        call.principal = admission.principal.name
+    return admission
+
+
+def _wrap_unary(
+    method: str, inner: Callable[..., Any], observer: RpcObserver | None, gate: Gate | None
+) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with _Call(method, context, "unary", observer) as call:
             try:
-                return await inner(request, context)
+                admission = await _admit(gate, call, request, context)
+                response = await inner(request, context)
+                return response if gate is None else await gate.visible(admission, response)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
@@ -244,13 +305,16 @@ def _wrap_unary(method: str, inner: Callable[..., Any], observer: RpcObserver | 
 
 
 def _wrap_stream(
-    method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None
+    method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None, gate: Gate | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _Call(method, context, "server_stream", observer) as call:
             try:
+                admission = await _admit(gate, call, request, context)
                 async for response in inner(request, context):
-                    yield response
+                    shown = response if gate is None else await gate.visible(admission, response)
+                    if shown is not None:
+                        yield shown
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise

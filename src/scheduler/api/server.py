@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from scheduler import errors, log
+from scheduler import domain, errors, log
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from scheduler.api.gate import Gate
 from scheduler.api.interceptors import RequestInterceptor, RpcObserver
+from scheduler.api.peers import UnixListener
 from scheduler.api.servicer import SchedulerServicer
+from scheduler.config import AuthSettings, ServerSettings, TlsSettings
 from scheduler.service import EnvironmentService
 
 _log = log.get("server")
@@ -21,20 +24,35 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 
 
 class ApiServer:
-    """Serves SchedulerService plus grpc.health.v1 and reflection on TCP and/or a unix socket."""
+    """Serves SchedulerService plus grpc.health.v1 and reflection on a unix socket and/or TCP.
+
+    Every SchedulerService call passes the :class:`Gate` (who may call). The unix socket is a
+    :class:`UnixListener` in front of gRPC's own socket, so that callers' credentials are known.
+    """
 
     def __init__(
-        self, service: EnvironmentService, listen: str, unix_socket: str = "", observer: RpcObserver | None = None
+        self,
+        service: EnvironmentService,
+        settings: ServerSettings,
+        auth: AuthSettings | None = None,
+        observer: RpcObserver | None = None,
     ) -> None:
-        self._listen = listen
+        self._settings = settings
+        self._listen = settings.listen
         self._service = service
-        self._unix_socket = unix_socket
+        self._unix = (
+            UnixListener(Path(settings.unix_socket), settings.unix_socket_mode, settings.unix_socket_group)
+            if settings.unix_socket
+            else None
+        )
+        self._gate = Gate(auth or AuthSettings(), self._labels_of, self._unix, lambda: self.bound_port)
         self._server = grpc.aio.server(
-            interceptors=[RequestInterceptor(observer)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            interceptors=[RequestInterceptor(observer, self._gate)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )
         self._health = health.aio.HealthServicer()
-        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), self._server)
+        self._servicer = SchedulerServicer(service)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
@@ -46,26 +64,53 @@ class ApiServer:
         )
         self.bound_port = 0
 
+    def set_reload(self, reload: Callable[[], Awaitable[domain.ReloadReport]]) -> None:
+        """Serve ReloadConfiguration with ``reload`` (the daemon's reloader)."""
+        self._servicer.reload = reload
+
+    def set_auth(self, auth: AuthSettings) -> None:
+        """Apply new tokens and role bindings to the calls that follow (a configuration reload)."""
+        self._gate.apply(auth)
+
     async def start(self) -> None:
         """Bind the addresses and start serving; health stays NOT_SERVING until :meth:`ready`."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._listen:
             try:
-                self.bound_port = self._server.add_insecure_port(self._listen)
+                tls = self._settings.tls
+                if tls.cert_file:
+                    self.bound_port = self._server.add_secure_port(self._listen, _tls_credentials(tls))
+                else:
+                    self.bound_port = self._server.add_insecure_port(self._listen)
             except RuntimeError as err:
                 raise errors.Unavailable(f"server.listen: cannot bind {self._listen}: {err}") from err
             if self.bound_port == 0:
                 raise errors.Unavailable(f"server.listen: cannot bind {self._listen} (address in use?)")
-        if self._unix_socket:
-            path = Path(self._unix_socket)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_socket():
-                path.unlink()
-            self._server.add_insecure_port(f"unix://{path.resolve()}")
+        if self._unix is not None:
+            self._server.add_insecure_port(f"unix:{self._unix.backend}")
         await self._server.start()
-        if self._unix_socket:
-            os.chmod(self._unix_socket, 0o660)
-        _log.info("server.started", listen=self._listen, port=self.bound_port, unix_socket=self._unix_socket)
+        if self._unix is not None:
+            try:
+                await self._unix.start()
+            except BaseException:
+                await self._server.stop(0)
+                await self._unix.close()
+                raise
+        _log.info(
+            "server.started",
+            listen=self._listen,
+            port=self.bound_port,
+            tls=bool(self._settings.tls.cert_file),
+            mutual_tls=bool(self._settings.tls.client_ca_file),
+            unix_socket=self._settings.unix_socket,
+        )
+
+    async def _labels_of(self, name: str) -> dict[str, str] | None:
+        try:
+            env = await self._service.get(name)
+        except errors.SchedulerError:
+            return None
+        return dict(env.spec.labels)
 
     async def ready(self) -> None:
         """Report SERVING on the health service."""
@@ -75,9 +120,9 @@ class ApiServer:
         """Report NOT_SERVING, end open streams, then give in-flight RPCs ``grace`` seconds."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._service.begin_shutdown()
+        if self._unix is not None:
+            await self._unix.close()
         await self._server.stop(grace)
-        if self._unix_socket:
-            Path(self._unix_socket).unlink(missing_ok=True)
 
     async def wait(self) -> None:
         """Block until the server terminates."""
@@ -86,3 +131,20 @@ class ApiServer:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
+
+
+def _tls_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """Server credentials; with a client CA, clients must present a certificate it signed.
+
+    Raises:
+        Unavailable: a certificate, key or CA file cannot be read.
+    """
+    try:
+        key = Path(tls.key_file).read_bytes()
+        chain = Path(tls.cert_file).read_bytes()
+        client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    except OSError as err:
+        raise errors.Unavailable(f"server.tls: cannot read {err.filename}: {err.strerror}") from err
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from scheduler import domain
+from scheduler import domain, errors
 from scheduler.api import convert, fieldmask
 from scheduler.api import filter as list_filter
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.api.gate import CALLER
 from scheduler.domain import LogQuery
 from scheduler.service import EnvironmentService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+MAX_REPLY_BYTES = 3 * 1024 * 1024
+"""Largest page of ListEnvironments; clients refuse replies over 4 MB by default."""
+
 
 def _actor(context: Context) -> str:
-    return context.peer() or "unknown"
+    return CALLER.get() or context.peer() or "unknown"
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
@@ -27,6 +31,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     def __init__(self, service: EnvironmentService) -> None:
         self._service = service
+        self.reload: Callable[[], Awaitable[domain.ReloadReport]] | None = None
+        """Re-reads the configuration (set by the daemon once its reloader exists)."""
 
     async def CreateEnvironment(self, request: pb.CreateEnvironmentRequest, context: Context) -> pb.Environment:
         env = await self._service.create(
@@ -44,7 +50,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def UpdateEnvironment(
         self, request: pb.UpdateEnvironmentRequest, context: Context
     ) -> pb.UpdateEnvironmentResponse:
-        drain = convert.duration_from_proto(request.drain) if request.HasField("drain") else None
+        drain = convert.duration_from_proto(request.drain, "drain") if request.HasField("drain") else None
         paths = list(request.update_mask.paths)
 
         def edit(stored: domain.EnvironmentRequest) -> domain.EnvironmentRequest:
@@ -75,12 +81,17 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
     ) -> pb.ListEnvironmentsResponse:
-        envs, token = await self._service.list(
-            page_size=request.page_size, page_token=request.page_token, where=list_filter.parse(request.filter)
-        )
-        return pb.ListEnvironmentsResponse(
-            environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
-        )
+        where = list_filter.parse(request.filter)
+        page_size = request.page_size
+        while True:
+            envs, token = await self._service.list(page_size=page_size, page_token=request.page_token, where=where)
+            reply = pb.ListEnvironmentsResponse(
+                environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
+            )
+            # A page must fit the client's default 4 MB limit: ask again for fewer environments.
+            if len(envs) <= 1 or reply.ByteSize() <= MAX_REPLY_BYTES:
+                return reply
+            page_size = len(envs) // 2
 
     async def GetEnvironmentLogs(
         self, request: pb.GetEnvironmentLogsRequest, context: Context
@@ -88,7 +99,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         query = LogQuery(
             services=tuple(request.services),
             tail=request.tail,
-            since=convert.time_from_proto(request.since_time) if request.HasField("since_time") else None,
+            since=convert.time_from_proto(request.since_time, "since_time") if request.HasField("since_time") else None,
             follow=request.follow,
             stream=convert.log_stream_from_proto(request.stream),
         )
@@ -98,7 +109,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def GetEnvironmentMetrics(
         self, request: pb.GetEnvironmentMetricsRequest, context: Context
     ) -> pb.EnvironmentMetrics:
-        window = convert.duration_from_proto(request.window) if request.HasField("window") else None
+        window = convert.duration_from_proto(request.window, "window") if request.HasField("window") else None
         samples = await self._service.metrics(request.name, window=window)
         return convert.metrics_to_proto(request.name, samples)
 
@@ -121,3 +132,25 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request.name, page_size=request.page_size, page_token=request.page_token
         )
         return convert.history_to_proto(entries, token)
+
+    async def BackupEnvironment(self, request: pb.BackupEnvironmentRequest, context: Context) -> pb.Backup:
+        return convert.backup_to_proto(await self._service.backup(request.name))
+
+    async def ListBackups(self, request: pb.ListBackupsRequest, context: Context) -> pb.ListBackupsResponse:
+        return pb.ListBackupsResponse(
+            backups=[convert.backup_to_proto(b) for b in await self._service.backups(request.name)]
+        )
+
+    async def ReloadConfiguration(
+        self, request: pb.ReloadConfigurationRequest, context: Context
+    ) -> pb.ReloadConfigurationResponse:
+        if self.reload is None:
+            raise errors.Unimplemented("this daemon cannot reload its configuration")
+        report = await self.reload()
+        if report.error:
+            raise errors.FailedPrecondition(f"configuration not reloaded, nothing changed: {report.error}")
+        return pb.ReloadConfigurationResponse(applied=report.applied, needs_restart=report.needs_restart)
+
+    async def RestoreEnvironment(self, request: pb.RestoreEnvironmentRequest, context: Context) -> pb.Environment:
+        restored = await self._service.restore(request.backup, request.name, actor=_actor(context))
+        return convert.environment_to_proto(restored)

@@ -1,20 +1,36 @@
-"""The client CLI: ``scheduler stacks|env|events`` over the public gRPC API.
+"""The scheduler's Python client: a typed asyncio library, and the CLI built on it.
 
-It speaks only the wire protocol (the generated stubs), so it works against any daemon it can
-reach, local or remote, and never loads the daemon's own layers.
+The library (:class:`SchedulerClient`) speaks only the wire protocol (the generated stubs), so it
+works against any daemon it can reach and never loads the daemon's own layers. The CLI
+(``scheduler stacks|env|events``) is a thin layer of printing over it.
 """
 
 from __future__ import annotations
 
 import click
 
-from scheduler.client.commands import env, events, stacks
+from scheduler.client.api import ConnectConfig, SchedulerClient
+from scheduler.client.errors import ApiError, ClientError, ErrorDetails, Violation, WaitFailed
 
-__all__ = ["register"]
+__all__ = [
+    "ApiError",
+    "ClientError",
+    "ConnectConfig",
+    "ErrorDetails",
+    "SchedulerClient",
+    "Violation",
+    "WaitFailed",
+    "register",
+]
 
 
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
+    from scheduler.client.commands import config_reload, env, events, stacks
+
     group.add_command(stacks)
     group.add_command(env)
     group.add_command(events)
+    config = group.commands.get("config")
+    if isinstance(config, click.Group):
+        config.add_command(config_reload, "reload")

@@ -1,26 +1,26 @@
-"""Client commands: one function per verb, each a thin request/print around one RPC."""
+"""Client commands: one function per verb, each a thin layer of flags and printing over the library."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import grpc
-from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
+from scheduler.client.api import SchedulerClient
 from scheduler.client.connection import Client, CommandFailed, connection_options, output_option
+from scheduler.client.errors import ApiError
 from scheduler.client.spec import SpecError, apply_flags, load_file, parse_pairs, status_value
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-POLL_INTERVAL = 0.25
 SETTLED = {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_DEGRADED, pb.ENVIRONMENT_STATUS_FAILED}
+UPDATE_ATTEMPTS = 5
 
 
 def _usage(err: SpecError) -> click.UsageError:
@@ -92,10 +92,6 @@ def _build_spec(
         raise _usage(err) from err
 
 
-def _get(client: Client, name: str) -> pb.Environment:
-    return client.stub.GetEnvironment(pb.GetEnvironmentRequest(name=name), timeout=client.timeout)
-
-
 def _failure(env: pb.Environment) -> str:
     """The condition explaining why an environment is not running, for one-line errors."""
     for cond in env.conditions:
@@ -104,37 +100,47 @@ def _failure(env: pb.Environment) -> str:
     return "no condition reported"
 
 
-def wait_settled(client: Client, name: str, generation: int, timeout: float) -> pb.Environment:
-    """Poll until ``generation`` is rolled out and the status settled; the environment then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        env = _get(client, name)
-        if env.observed_generation >= generation and env.status in SETTLED:
-            return env
-        if time.monotonic() >= deadline:
-            raise CommandFailed(
-                "DEADLINE_EXCEEDED",
-                f"environment {name!r} is {render.status(env.status)} at generation {env.observed_generation} "
-                f"of {generation} after {timeout:g}s",
-            )
-        time.sleep(POLL_INTERVAL)
+async def wait_settled(api: SchedulerClient, name: str, generation: int, limit: float) -> pb.Environment:
+    """Wait until ``generation`` is rolled out and the status settled; the environment then."""
+    try:
+        async with asyncio.timeout(limit):
+            return await api.wait_for(name, SETTLED, generation=generation)
+    except TimeoutError:
+        env = await api.get(name)
+        raise CommandFailed(
+            "DEADLINE_EXCEEDED",
+            f"environment {name!r} is {render.status(env.status)} at generation {env.observed_generation} "
+            f"of {generation} after {limit:g}s",
+        ) from None
 
 
-def wait_gone(client: Client, name: str, timeout: float) -> None:
-    """Poll until the environment no longer exists."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            env = _get(client, name)
-        except grpc.RpcError as err:
-            if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.NOT_FOUND:
-                return
-            raise
-        if time.monotonic() >= deadline:
-            raise CommandFailed(
-                "DEADLINE_EXCEEDED", f"environment {name!r} still {render.status(env.status)} after {timeout:g}s"
-            )
-        time.sleep(POLL_INTERVAL)
+async def wait_gone(api: SchedulerClient, name: str, limit: float) -> None:
+    """Wait until the environment no longer exists."""
+    try:
+        async with asyncio.timeout(limit):
+            await api.wait_deleted(name)
+    except TimeoutError:
+        env = await api.get(name)
+        raise CommandFailed(
+            "DEADLINE_EXCEEDED", f"environment {name!r} still {render.status(env.status)} after {limit:g}s"
+        ) from None
+
+
+async def _print_stream(items: AsyncIterator[Any], line: Callable[[Any], str], count: int | None = None) -> None:
+    seen = 0
+    async for item in items:
+        click.echo(line(item))
+        seen += 1
+        if count is not None and seen >= count:
+            return
+
+
+def _interruptible(client: Client, calls: Callable[[SchedulerClient], Any]) -> None:
+    """Run a streaming command until it ends or Ctrl-C, which ends it quietly."""
+    try:
+        client.run(calls)
+    except KeyboardInterrupt:
+        pass
 
 
 def _print_env(env: pb.Environment, output: str) -> None:
@@ -151,7 +157,7 @@ def _print_env(env: pb.Environment, output: str) -> None:
 @connection_options
 def stacks(client: Client, output: str) -> None:
     """List the precomposed stacks, their services and parameters."""
-    reply = client.stub.ListStacks(pb.ListStacksRequest(), timeout=client.timeout)
+    reply = pb.ListStacksResponse(stacks=client.run(lambda api: api.stacks()))
     click.echo(render.to_json(reply) if output == "json" else render.stacks(reply))
 
 
@@ -190,13 +196,15 @@ def env_create(
         spec.stack = stack
     if not spec.stack:
         raise click.UsageError("a stack is required: pass --stack or set `stack` in --file")
-    # One id per invocation: a retried call after a lost reply returns the same environment.
-    request = pb.CreateEnvironmentRequest(name=name, spec=spec, request_id=uuid.uuid4().hex)
-    created = client.stub.CreateEnvironment(request, timeout=client.timeout)
-    if not wait:
+
+    async def calls(api: SchedulerClient) -> tuple[pb.Environment, pb.Environment | None]:
+        created = await api.create(name, spec)
+        return created, await wait_settled(api, name, created.generation, wait_timeout) if wait else None
+
+    created, settled = client.run(calls)
+    if settled is None:
         _print_env(created, output)
         return
-    settled = wait_settled(client, name, created.generation, wait_timeout)
     _print_env(settled, output)
     if settled.status != pb.ENVIRONMENT_STATUS_RUNNING:
         raise CommandFailed(
@@ -210,7 +218,7 @@ def env_create(
 @connection_options
 def env_get(client: Client, name: str, output: str) -> None:
     """Show environment NAME: status, endpoints, conditions and containers."""
-    _print_env(_get(client, name), output)
+    _print_env(client.run(lambda api: api.get(name)), output)
 
 
 @env.command("list")
@@ -232,18 +240,7 @@ def env_list(client: Client, statuses: tuple[str, ...], labels: tuple[str, ...],
         raise _usage(err) from err
     terms = [f"status={','.join(wanted)}"] if wanted else []
     terms += [f'labels.{key}="{value}"' for key, value in label_filter.items()]
-    found = pb.ListEnvironmentsResponse()
-    token = ""
-    # Bounded: a daemon returning the same token forever must not hang the client.
-    for _ in range(10_000):
-        page = client.stub.ListEnvironments(
-            pb.ListEnvironmentsRequest(page_size=500, page_token=token, filter=" ".join(terms)),
-            timeout=client.timeout,
-        )
-        found.environments.extend(page.environments)
-        if not page.next_page_token or page.next_page_token == token:
-            break
-        token = page.next_page_token
+    found = pb.ListEnvironmentsResponse(environments=client.run(lambda api: api.list(" ".join(terms), page_size=500)))
     click.echo(render.to_json(found) if output == "json" else render.environments(found.environments))
 
 
@@ -269,14 +266,25 @@ def env_update(
     output: str,
 ) -> None:
     """Change environment NAME: flags apply on top of its current specification (or of --file)."""
-    current = _get(client, name)
-    spec = _build_spec(current.spec, spec_file, params, labels, sets)
-    # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten.
-    request = pb.UpdateEnvironmentRequest(name=name, spec=spec, validate_only=dry_run, etag=current.etag)
-    if drain is not None:
-        request.drain.CopyFrom(Duration(seconds=int(drain), nanos=int((drain % 1) * 1e9)))
-    reply = client.stub.UpdateEnvironment(request, timeout=client.timeout)
-    if dry_run or not wait:
+
+    async def calls(api: SchedulerClient) -> tuple[pb.UpdateEnvironmentResponse, pb.Environment | None]:
+        # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten;
+        # the flags are applied again on top of it instead (a few times at most).
+        for attempt in range(UPDATE_ATTEMPTS):
+            current = await api.get(name)
+            spec = _build_spec(current.spec, spec_file, params, labels, sets)
+            try:
+                reply = await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
+                break
+            except ApiError as err:
+                if err.code != "ABORTED" or attempt == UPDATE_ATTEMPTS - 1:
+                    raise
+        if dry_run or not wait:
+            return reply, None
+        return reply, await wait_settled(api, name, reply.environment.generation, wait_timeout)
+
+    reply, settled = client.run(calls)
+    if settled is None:
         if output == "json":
             click.echo(render.to_json(reply))
         else:
@@ -285,7 +293,6 @@ def env_update(
                 click.echo(f"\n{name}: generation {reply.environment.generation} accepted")
         return
     target = reply.environment.generation
-    settled = wait_settled(client, name, target, wait_timeout)
     if output == "json":
         reply.environment.CopyFrom(settled)
         click.echo(render.to_json(reply))
@@ -311,11 +318,15 @@ def env_update(
 @connection_options
 def env_delete(client: Client, name: str, keep_volumes: bool, wait: bool, wait_timeout: float) -> None:
     """Delete environment NAME; with --wait, block until it is gone."""
-    deleted = client.stub.DeleteEnvironment(
-        pb.DeleteEnvironmentRequest(name=name, keep_volumes=keep_volumes), timeout=client.timeout
-    )
+
+    async def calls(api: SchedulerClient) -> pb.Environment:
+        deleted = await api.delete(name, keep_volumes=keep_volumes)
+        if wait:
+            await wait_gone(api, name, wait_timeout)
+        return deleted
+
+    deleted = client.run(calls)
     if wait:
-        wait_gone(client, name, wait_timeout)
         click.echo(f"{name}: deleted")
     else:
         click.echo(f"{name}: {render.status(deleted.status)}")
@@ -334,15 +345,13 @@ def env_logs(
 ) -> None:
     """Print the log lines of environment NAME's containers, each prefixed by SERVICE-REPLICA."""
     streams = {"both": pb.LOG_STREAM_UNSPECIFIED, "stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
-    request = pb.GetEnvironmentLogsRequest(
-        name=name, services=services, tail=tail, follow=follow, stream=streams[stream]
+    lines = render.to_json_line if output == "json" else render.log_line
+    _interruptible(
+        client,
+        lambda api: _print_stream(
+            api.logs(name, services=services, tail=tail, follow=follow, stream=streams[stream]), lines
+        ),
     )
-    call = client.stub.GetEnvironmentLogs(request, timeout=None if follow else client.timeout)
-    try:
-        for line in call:
-            click.echo(render.to_json_line(line) if output == "json" else render.log_line(line))
-    except KeyboardInterrupt:
-        call.cancel()
 
 
 @env.command("metrics")
@@ -352,10 +361,7 @@ def env_logs(
 @connection_options
 def env_metrics(client: Client, name: str, window: float | None, output: str) -> None:
     """Sample CPU, memory, pids and IO of every container of environment NAME."""
-    request = pb.GetEnvironmentMetricsRequest(name=name)
-    if window is not None:
-        request.window.CopyFrom(Duration(seconds=int(window), nanos=int((window % 1) * 1e9)))
-    reply = client.stub.GetEnvironmentMetrics(request, timeout=client.timeout + (window or 1))
+    reply = client.run(lambda api: api.metrics(name, window=window))
     click.echo(render.to_json(reply) if output == "json" else render.metrics(reply))
 
 
@@ -365,8 +371,52 @@ def env_metrics(client: Client, name: str, window: float | None, output: str) ->
 @connection_options
 def env_history(client: Client, name: str, output: str) -> None:
     """Show the audit trail of environment NAME, oldest first."""
-    reply = client.stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name=name), timeout=client.timeout)
+    reply = pb.GetEnvironmentHistoryResponse(entries=client.run(lambda api: api.history(name)))
     click.echo(render.to_json(reply) if output == "json" else render.history(reply))
+
+
+@env.command("backup")
+@click.argument("name")
+@output_option
+@connection_options
+def env_backup(client: Client, name: str, output: str) -> None:
+    """Archive environment NAME (spec, history, volumes, database dumps) on the daemon's host."""
+    reply = client.run(lambda api: api.backup(name))
+    click.echo(render.to_json(reply) if output == "json" else render.backup(reply))
+
+
+@env.command("backups")
+@click.argument("name")
+@output_option
+@connection_options
+def env_backups(client: Client, name: str, output: str) -> None:
+    """List the archives of environment NAME, newest first."""
+    reply = pb.ListBackupsResponse(backups=client.run(lambda api: api.backups(name)))
+    click.echo(render.to_json(reply) if output == "json" else "\n".join(render.backup(b) for b in reply.backups))
+
+
+@env.command("restore")
+@click.argument("backup")
+@click.option("--name", default="", help="Create the environment under this name (default: the archived one).")
+@output_option
+@connection_options
+def env_restore(client: Client, backup: str, name: str, output: str) -> None:
+    """Create an environment from archive BACKUP (an id from `env backups`); waits until it runs."""
+    _print_env(client.run(lambda api: api.restore(backup, name)), output)
+
+
+@click.command("reload")
+@output_option
+@connection_options
+def config_reload(client: Client, output: str) -> None:
+    """Make the daemon re-read its configuration file, as SIGHUP does (admin only)."""
+    reply = client.run(lambda api: api.reload_configuration())
+    if output == "json":
+        click.echo(render.to_json(reply))
+        return
+    click.echo("applied: " + (", ".join(reply.applied) or "nothing changed"))
+    if reply.needs_restart:
+        click.echo("needs a restart: " + ", ".join(reply.needs_restart))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,18 +431,9 @@ def env_history(client: Client, name: str, output: str) -> None:
 @output_option
 @connection_options
 def events(client: Client, name: str, count: int | None, since: int | None, output: str) -> None:
-    """Stream environment and container events as they happen, until interrupted."""
-    call = client.stub.WatchEvents(pb.WatchEventsRequest(name=name, since=since))
-    seen = 0
-    try:
-        for event in call:
-            if event.type == pb.EVENT_TYPE_HEARTBEAT:
-                continue
-            click.echo(render.to_json_line(event) if output == "json" else render.event(event))
-            seen += 1
-            if count is not None and seen >= count:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        call.cancel()
+    """Stream environment and container events as they happen, until interrupted.
+
+    A dropped connection (a daemon restart) is resumed from the last event received.
+    """
+    lines: Callable[[Message], str] = render.to_json_line if output == "json" else render.event  # type: ignore[assignment]
+    _interruptible(client, lambda api: _print_stream(api.events(name, since=since), lines, count))

@@ -1,56 +1,57 @@
-"""The channel to a daemon, shared options, and one place that turns RPC failures into exit codes."""
+"""The CLI's link to the client library, shared options, and one place that turns failures into exit codes."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import grpc
 
-from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.client.api import DEFAULT_ADDRESS, ConnectConfig, SchedulerClient
+from scheduler.client.errors import ClientError
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "SCHEDULER_ADDRESS"
 FAILURE_EXIT = 1
 INTERRUPTED_EXIT = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
-class CommandFailed(Exception):
-    """A failure the client itself detects (a wait that ran out, a rollback); printed like an RPC error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class CommandFailed(ClientError):
+    """A failure the CLI itself detects (a rollback, a deploy that failed); printed like an RPC error."""
 
 
 @dataclass
 class Client:
-    """A channel and stub to one daemon; ``timeout`` bounds every unary call."""
+    """Runs one command's calls through the async client library, on its own event loop."""
 
-    address: str
-    timeout: float
-    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
+    config: ConnectConfig
 
     @property
-    def stub(self) -> pb_grpc.SchedulerServiceStub:
-        """The SchedulerService stub over a channel opened on first use."""
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
-        return pb_grpc.SchedulerServiceStub(self._channel)
+    def address(self) -> str:
+        """The daemon's address, for messages."""
+        return self.config.address
 
-    def close(self) -> None:
-        """Close the channel if one was opened."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+    @property
+    def timeout(self) -> float:
+        """Seconds each unary call may take."""
+        return self.config.timeout
+
+    def run(self, calls: Callable[[SchedulerClient], Awaitable[T]]) -> T:
+        """Open a client, await ``calls(client)``, close it; Ctrl-C cancels the calls in flight."""
+
+        async def main() -> T:
+            async with SchedulerClient(self.config) as api:
+                return await calls(api)
+
+        return asyncio.run(main())
 
 
 def _one_line(text: str) -> str:
@@ -68,15 +69,11 @@ def reported(address: str) -> Iterator[None]:
     """Turn RPC errors and client-side failures into one stderr line and exit 1, never a traceback."""
     try:
         yield
-    except grpc.RpcError as err:
-        code = err.code() if isinstance(err, grpc.Call) else None
-        details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
-        name = code.name if code is not None else "UNKNOWN"
-        if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"cannot reach the scheduler at {address}: {details}"
-        fail(name, details)
-    except CommandFailed as err:
-        fail(err.code, err.message)
+    except ClientError as err:
+        message = err.message
+        if err.code == "UNAVAILABLE":
+            message = f"cannot reach the scheduler at {address}: {message}"
+        fail(err.code, message)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(INTERRUPTED_EXIT)
@@ -99,14 +96,33 @@ def connection_options(command: F) -> F:
         show_default=True,
         help="Seconds each call may take.",
     )
+    @click.option("--token", envvar="SCHEDULER_TOKEN", default="", help="Bearer token (env SCHEDULER_TOKEN).")
+    @click.option("--tls-ca", envvar="SCHEDULER_TLS_CA", default="", help="CA bundle: use TLS, verify the daemon.")
+    @click.option("--tls-cert", envvar="SCHEDULER_TLS_CERT", default="", help="Client certificate (mutual TLS).")
+    @click.option("--tls-key", envvar="SCHEDULER_TLS_KEY", default="", help="Key of the client certificate.")
     @functools.wraps(command)
-    def wrapper(*args: Any, address: str, timeout: float, **kwargs: Any) -> Any:
-        client = Client(address, timeout)
+    def wrapper(
+        *args: Any,
+        address: str,
+        timeout: float,
+        token: str,
+        tls_ca: str,
+        tls_cert: str,
+        tls_key: str,
+        **kwargs: Any,
+    ) -> Any:
+        def path(value: str) -> Path | None:
+            return Path(value) if value else None
+
         try:
-            with reported(address):
-                return command(*args, client=client, **kwargs)
-        finally:
-            client.close()
+            config = ConnectConfig(
+                address, timeout, ca_file=path(tls_ca), cert_file=path(tls_cert), key_file=path(tls_key), token=token
+            )
+        except ValueError as err:
+            raise click.UsageError(f"--tls-cert and --tls-key: {err}") from err
+        client = Client(config)
+        with reported(address):
+            return command(*args, client=client, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

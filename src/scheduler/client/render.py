@@ -195,3 +195,11 @@ def event(e: pb.Event) -> str:
     if e.message:
         parts.append(e.message)
     return " ".join(parts)
+
+
+def backup(item: pb.Backup) -> str:
+    """One archive on one line: id, size, time, what it holds."""
+    held = [f"volumes: {', '.join(item.volumes)}" if item.volumes else "", "databases: " + ", ".join(item.databases)]
+    details = "; ".join(h for h in held if h and not h.endswith(": "))
+    when = item.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{item.id}  {item.size_bytes} bytes  {when}" + (f"  ({details})" if details else "")

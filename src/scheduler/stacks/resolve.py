@@ -25,6 +25,7 @@ from scheduler.domain import (
     ServiceSpec,
 )
 from scheduler.errors import FieldViolation, Internal, InvalidArgument
+from scheduler.redaction import looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.stack import Stack, Values
 
@@ -68,7 +69,7 @@ def resolve(
     services = tuple(_substitute_service(stack, s, values, secret_names) for s in stack.services)
     if stack.finalize is not None:
         services = stack.finalize(services, values)
-    services = tuple(_apply_override(s, request.services.get(s.name)) for s in services)
+    services = tuple(_mark_secrets(_apply_override(s, request.services.get(s.name))) for s in services)
     return EnvironmentSpec(
         stack=stack.name,
         services=services,
@@ -195,6 +196,14 @@ def _apply_override(service: ServiceSpec, override: ServiceOverride | None) -> S
     if override.restart is not None:
         changes["restart"] = _merge_restart(service.restart, override.restart)
     return dataclasses.replace(service, **changes)  # type: ignore[arg-type]
+
+
+def _mark_secrets(service: ServiceSpec) -> ServiceSpec:
+    """Treat every variable whose name looks secret as one, whoever set it (stack or override)."""
+    named = {key for key in service.env if looks_secret(key)}
+    if named <= service.secret_env:
+        return service
+    return dataclasses.replace(service, secret_env=service.secret_env | named)
 
 
 def _merge_restart(policy: RestartPolicy, override: RestartOverride) -> RestartPolicy:

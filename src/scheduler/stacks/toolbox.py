@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from datetime import timedelta
 
 from scheduler.domain import ServiceSpec
+from scheduler.stacks import shellwords
 from scheduler.stacks.components import IMAGE_HINT, IMAGE_PATTERN
 from scheduler.stacks.stack import Stack, StackParameter, Values
 
@@ -16,14 +16,14 @@ DEFAULT_COMMAND = "sh -c 'trap \"exit 0\" TERM INT; while :; do sleep 1; done'"
 
 def _command_problem(value: str) -> str | None:
     try:
-        argv = shlex.split(value)
+        argv = shellwords.split(value)
     except ValueError as err:
         return f"is not a shell-quoted command line: {err}"
     return None if argv else "must name a command"
 
 
 def _finalize(services: tuple[ServiceSpec, ...], values: Values) -> tuple[ServiceSpec, ...]:
-    argv = tuple(shlex.split(values["command"]))
+    argv = tuple(shellwords.split(values["command"]))
     return tuple(dataclasses.replace(s, command=argv) if s.name == "toolbox" else s for s in services)
 
 

@@ -133,6 +133,8 @@ class PageKey:
 
 
 _TOKEN_VERSION = 1
+_MAX_TOKEN = 512
+"""Tokens this store issues are far shorter; a longer one is refused before it is decoded."""
 
 
 def invalid_field(field: str, description: str) -> InvalidArgument:
@@ -155,17 +157,21 @@ def decode_page_token(token: str) -> PageKey | None:
     if not token:
         return None
     bad = invalid_field("page_token", "is not a token returned by a previous list call")
+    if len(token) > _MAX_TOKEN:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError) as err:
+    except (binascii.Error, ValueError, RecursionError) as err:
         raise bad from err
     if (
         not isinstance(data, dict)
         or data.get("v") != _TOKEN_VERSION
         or not isinstance(data.get("s"), int)
         or isinstance(data.get("s"), bool)
+        or not 0 <= data["s"] < 2**63
         or not isinstance(data.get("n"), str)
+        or len(data["n"]) > _MAX_TOKEN
     ):
         raise bad
     return PageKey(data["s"], data["n"])

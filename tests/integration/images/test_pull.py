@@ -202,7 +202,9 @@ async def test_index_resolves_to_the_host_platform(
         ],
     )
     service = make_service(
-        ImageSettings(), transport=httpx.MockTransport(fake.handler), platform=("linux", "amd64", "")
+        ImageSettings(allowed_registries=["fake.test"]),
+        transport=httpx.MockTransport(fake.handler),
+        platform=("linux", "amd64", ""),
     )
     image = await service.pull("fake.test/schedulerdemo/toolbox:multi")
     assert image.digest == index
@@ -211,7 +213,9 @@ async def test_index_resolves_to_the_host_platform(
     assert info.info.labels["containerd.io/gc.ref.content.m.1"] == amd64
     assert (await service.get("fake.test/schedulerdemo/toolbox:multi")).chain_id == image.chain_id
     arm_only = make_service(
-        ImageSettings(), transport=httpx.MockTransport(fake.handler), platform=("linux", "s390x", "")
+        ImageSettings(allowed_registries=["fake.test"]),
+        transport=httpx.MockTransport(fake.handler),
+        platform=("linux", "s390x", ""),
     )
     with pytest.raises(NotFound, match="linux/s390x"):
         await arm_only.pull("fake.test/schedulerdemo/toolbox:multi", policy=domain.PullPolicy.ALWAYS)
@@ -230,3 +234,17 @@ async def test_concurrent_pulls_of_one_image_share_the_work(
     )
     assert first == second
     await _assert_clean(image_client)
+
+
+async def test_a_host_outside_the_allow_list_is_refused_without_a_connection(make_service) -> None:
+    contacted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        contacted.append(str(request.url))
+        return httpx.Response(404)
+
+    service = make_service(ImageSettings(), transport=httpx.MockTransport(handler))
+    for ref in ("127.0.0.1:22/probe:1", "169.254.169.254/latest:1", "localhost:5000/x:1", "evil.example/x:1"):
+        with pytest.raises(PermissionDenied, match="is not allowed"):
+            await service.pull(ref)
+    assert contacted == []

@@ -78,3 +78,29 @@ def test_every_invalid_argument_carries_bad_request_details() -> None:
     bare = _details(error_status(errors.InvalidArgument("too long", field="filter")))["BadRequest"]
     assert [(v.field, v.description) for v in bare.field_violations] == [("filter", "too long")]
     assert "BadRequest" not in _details(error_status(errors.NotFound("x")))
+
+
+def test_messages_and_violations_are_cut() -> None:
+    huge = "x" * 1_000_000
+    error = errors.InvalidArgument.of([errors.FieldViolation(huge, huge) for _ in range(200)])
+    code, message = status_of(error)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and len(message) < 2200
+    status = error_status(error)
+    assert status.ByteSize() < 64 * 1024
+    assert len(_details(status)["BadRequest"].field_violations) == 50
+
+
+def test_undecodable_request_bytes_become_a_sentinel_not_an_exception() -> None:
+    from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+    from scheduler.api.interceptors import _check_decoded, _tolerant
+
+    parse = _tolerant(pb.GetEnvironmentRequest.FromString)
+    assert parse is not None
+    assert parse(pb.GetEnvironmentRequest(name="a").SerializeToString()).name == "a"
+    garbage = parse(b"\xff\xff\xff\xff")
+    try:
+        _check_decoded(garbage)
+    except errors.InvalidArgument as err:
+        assert err.violations[0].field == "request"
+    else:
+        raise AssertionError("undecodable bytes passed")

@@ -287,3 +287,14 @@ def test_an_update_keeps_generated_passwords_unless_given(catalog):
     partial = dataclasses.replace(first, services=first.services[2:])
     kept = resolve(EnvironmentRequest(stack="web-postgres"), "demo", catalog, previous=partial)
     assert kept.services[0].env["POSTGRES_PASSWORD"] != password
+
+
+def test_override_variables_named_like_secrets_become_secret(catalog):
+    request = EnvironmentRequest(
+        "web-postgres",
+        services={"postgres": ServiceOverride(env={"POSTGRES_PASSWORD": "hunter2", "LOG_LEVEL": "debug"})},
+    )
+    spec = resolve(request, "shop", catalog)
+    postgres = next(s for s in spec.services if s.name == "postgres")
+    assert postgres.env["POSTGRES_PASSWORD"] == "hunter2"  # stored as given
+    assert "POSTGRES_PASSWORD" in postgres.secret_env and "LOG_LEVEL" not in postgres.secret_env

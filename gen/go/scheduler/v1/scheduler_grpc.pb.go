@@ -47,6 +47,22 @@ type SchedulerServiceClient interface {
 	// Returns the audit trail of an environment, a page at a time: every change, who made it and
 	// when. The trail outlives the environment.
 	GetEnvironmentHistory(ctx context.Context, in *GetEnvironmentHistoryRequest, opts ...grpc.CallOption) (*GetEnvironmentHistoryResponse, error)
+	// Writes an archive of an environment under the daemon's backup directory: its
+	// specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+	// through exec in the running container (consistent without stopping anything), with a
+	// manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+	BackupEnvironment(ctx context.Context, in *BackupEnvironmentRequest, opts ...grpc.CallOption) (*Backup, error)
+	// Lists the archives of an environment, newest first; they outlive the environment.
+	ListBackups(ctx context.Context, in *ListBackupsRequest, opts ...grpc.CallOption) (*ListBackupsResponse, error)
+	// Creates an environment from an archive, under its archived name or a new one, after
+	// checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+	// ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+	RestoreEnvironment(ctx context.Context, in *RestoreEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
+	// Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+	// (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+	// needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+	// Admin only.
+	ReloadConfiguration(ctx context.Context, in *ReloadConfigurationRequest, opts ...grpc.CallOption) (*ReloadConfigurationResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -193,6 +209,42 @@ func (c *schedulerServiceClient) GetEnvironmentHistory(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *schedulerServiceClient) BackupEnvironment(ctx context.Context, in *BackupEnvironmentRequest, opts ...grpc.CallOption) (*Backup, error) {
+	out := new(Backup)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/BackupEnvironment", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ListBackups(ctx context.Context, in *ListBackupsRequest, opts ...grpc.CallOption) (*ListBackupsResponse, error) {
+	out := new(ListBackupsResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListBackups", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) RestoreEnvironment(ctx context.Context, in *RestoreEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error) {
+	out := new(Environment)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/RestoreEnvironment", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) ReloadConfiguration(ctx context.Context, in *ReloadConfigurationRequest, opts ...grpc.CallOption) (*ReloadConfigurationResponse, error) {
+	out := new(ReloadConfigurationResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ReloadConfiguration", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -227,6 +279,22 @@ type SchedulerServiceServer interface {
 	// Returns the audit trail of an environment, a page at a time: every change, who made it and
 	// when. The trail outlives the environment.
 	GetEnvironmentHistory(context.Context, *GetEnvironmentHistoryRequest) (*GetEnvironmentHistoryResponse, error)
+	// Writes an archive of an environment under the daemon's backup directory: its
+	// specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+	// through exec in the running container (consistent without stopping anything), with a
+	// manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+	BackupEnvironment(context.Context, *BackupEnvironmentRequest) (*Backup, error)
+	// Lists the archives of an environment, newest first; they outlive the environment.
+	ListBackups(context.Context, *ListBackupsRequest) (*ListBackupsResponse, error)
+	// Creates an environment from an archive, under its archived name or a new one, after
+	// checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+	// ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+	RestoreEnvironment(context.Context, *RestoreEnvironmentRequest) (*Environment, error)
+	// Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+	// (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+	// needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+	// Admin only.
+	ReloadConfiguration(context.Context, *ReloadConfigurationRequest) (*ReloadConfigurationResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -263,6 +331,18 @@ func (UnimplementedSchedulerServiceServer) WatchEvents(*WatchEventsRequest, Sche
 }
 func (UnimplementedSchedulerServiceServer) GetEnvironmentHistory(context.Context, *GetEnvironmentHistoryRequest) (*GetEnvironmentHistoryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetEnvironmentHistory not implemented")
+}
+func (UnimplementedSchedulerServiceServer) BackupEnvironment(context.Context, *BackupEnvironmentRequest) (*Backup, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BackupEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListBackups(context.Context, *ListBackupsRequest) (*ListBackupsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListBackups not implemented")
+}
+func (UnimplementedSchedulerServiceServer) RestoreEnvironment(context.Context, *RestoreEnvironmentRequest) (*Environment, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RestoreEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ReloadConfiguration(context.Context, *ReloadConfigurationRequest) (*ReloadConfigurationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReloadConfiguration not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -463,6 +543,78 @@ func _SchedulerService_GetEnvironmentHistory_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_BackupEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackupEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).BackupEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/BackupEnvironment",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).BackupEnvironment(ctx, req.(*BackupEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ListBackups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBackupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListBackups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ListBackups",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListBackups(ctx, req.(*ListBackupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_RestoreEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).RestoreEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/RestoreEnvironment",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).RestoreEnvironment(ctx, req.(*RestoreEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_ReloadConfiguration_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReloadConfigurationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ReloadConfiguration(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ReloadConfiguration",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ReloadConfiguration(ctx, req.(*ReloadConfigurationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -498,6 +650,22 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetEnvironmentHistory",
 			Handler:    _SchedulerService_GetEnvironmentHistory_Handler,
+		},
+		{
+			MethodName: "BackupEnvironment",
+			Handler:    _SchedulerService_BackupEnvironment_Handler,
+		},
+		{
+			MethodName: "ListBackups",
+			Handler:    _SchedulerService_ListBackups_Handler,
+		},
+		{
+			MethodName: "RestoreEnvironment",
+			Handler:    _SchedulerService_RestoreEnvironment_Handler,
+		},
+		{
+			MethodName: "ReloadConfiguration",
+			Handler:    _SchedulerService_ReloadConfiguration_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

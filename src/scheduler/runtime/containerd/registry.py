@@ -20,9 +20,12 @@ from typing import Any
 
 import httpx
 
+from scheduler import log
 from scheduler.config import RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, SchedulerError, Unavailable
 from scheduler.runtime.containerd.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, Reference
+
+_log = log.get("registry")
 
 # --- media types ------------------------------------------------------------------------------
 
@@ -127,7 +130,15 @@ def endpoints_for(ref: Reference, registries: Mapping[str, RegistryHost]) -> lis
         out.append(Endpoint(url, mirror_host, True, creds.username, creds.password))
     api_host = DOCKER_HUB_API_HOST if ref.domain == DEFAULT_DOMAIN else ref.domain
     scheme = "http" if host_settings.insecure else "https"
-    out.append(Endpoint(f"{scheme}://{api_host}", ref.domain, False, host_settings.username, host_settings.password))
+    out.append(
+        Endpoint(
+            f"{scheme}://{api_host}",
+            ref.domain,
+            False,
+            host_settings.username,
+            host_settings.password,
+        )
+    )
     return out
 
 
@@ -290,9 +301,10 @@ class RegistryClient:
             request = self._http.build_request(method, url, headers=headers)
             return await self._http.send(request, stream=stream)
         except httpx.TransportError as err:
-            raise Unavailable(
-                f"registry {endpoint.base_url} cannot be reached for {label}: {type(err).__name__} {err}"
-            ) from err
+            # The cause stays in the log: telling a client "refused" from "timed out" would make
+            # image references a port scanner.
+            _log.info("registry.unreachable", endpoint=endpoint.base_url, error=f"{type(err).__name__} {err}")
+            raise Unavailable(f"registry {endpoint.host} cannot be reached for {label}") from err
 
     async def _cached_auth(self, endpoint: Endpoint, scope: str) -> dict[str, str]:
         challenge = self._challenges.get(endpoint.base_url)

@@ -1386,7 +1386,9 @@ class UpdateEnvironmentRequest(_message.Message):
         """Fields of the specification to change, as paths into EnvironmentSpecification; map keys
         are path segments: "services.backend.env.LOG_LEVEL", "services.backend.replicas",
         "labels.team", "parameters", "ttl". A masked path absent from spec is cleared. Empty: spec
-        replaces the whole specification.
+        replaces the whole specification. In JSON (grpcurl), a mask is a comma-separated string
+        of lowerCamelCase paths, which cannot hold map keys with capitals or underscores: mask the
+        map itself ("services.backend.env") and send all of its entries.
         """
 
     def __init__(
@@ -2097,3 +2099,202 @@ class GetEnvironmentHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEnvironmentHistoryResponse: _TypeAlias = GetEnvironmentHistoryResponse  # noqa: Y015
+
+@_typing.final
+class BackupEnvironmentRequest(_message.Message):
+    """============================================================================================
+    Backup and restore
+    ============================================================================================
+
+    BackupEnvironmentRequest names the environment to archive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Environment name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupEnvironmentRequest: _TypeAlias = BackupEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class Backup(_message.Message):
+    """Backup describes one archive of an environment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    DATABASES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Identifier, "<environment>/<file>", as RestoreEnvironment takes it."""
+    environment: _builtins.str
+    """Name of the environment archived."""
+    size_bytes: _builtins.int
+    """Size of the archive in bytes."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the archive was taken."""
+
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Volumes archived as files."""
+
+    @_builtins.property
+    def databases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Services whose PostgreSQL database the archive holds as a dump."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        environment: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        size_bytes: _builtins.int = ...,
+        volumes: _abc.Iterable[_builtins.str] | None = ...,
+        databases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "databases", b"databases", "environment", b"environment", "id", b"id", "size_bytes", b"size_bytes", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Backup: _TypeAlias = Backup  # noqa: Y015
+
+@_typing.final
+class ListBackupsRequest(_message.Message):
+    """ListBackupsRequest names the environment whose archives to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Environment name (the environment may have been deleted since)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBackupsRequest: _TypeAlias = ListBackupsRequest  # noqa: Y015
+
+@_typing.final
+class ListBackupsResponse(_message.Message):
+    """ListBackupsResponse lists archives, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Backup]:
+        """The archives."""
+
+    def __init__(
+        self,
+        *,
+        backups: _abc.Iterable[Global___Backup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBackupsResponse: _TypeAlias = ListBackupsResponse  # noqa: Y015
+
+@_typing.final
+class RestoreEnvironmentRequest(_message.Message):
+    """RestoreEnvironmentRequest names an archive and the environment to create from it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKUP_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    backup: _builtins.str
+    """Backup id from BackupEnvironment or ListBackups."""
+    name: _builtins.str
+    """Name of the environment to create; empty restores under the archived name."""
+    def __init__(
+        self,
+        *,
+        backup: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreEnvironmentRequest: _TypeAlias = RestoreEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class ReloadConfigurationRequest(_message.Message):
+    """============================================================================================
+    Daemon configuration
+    ============================================================================================
+
+    ReloadConfigurationRequest asks the daemon to re-read its configuration file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigurationRequest: _TypeAlias = ReloadConfigurationRequest  # noqa: Y015
+
+@_typing.final
+class ReloadConfigurationResponse(_message.Message):
+    """ReloadConfigurationResponse says what a reload changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    NEEDS_RESTART_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Options applied at once, as dotted names ("log.level", "limits.max_replicas")."""
+
+    @_builtins.property
+    def needs_restart(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Options whose new values take effect only after a restart of the daemon."""
+
+    def __init__(
+        self,
+        *,
+        applied: _abc.Iterable[_builtins.str] | None = ...,
+        needs_restart: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "needs_restart", b"needs_restart"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigurationResponse: _TypeAlias = ReloadConfigurationResponse  # noqa: Y015

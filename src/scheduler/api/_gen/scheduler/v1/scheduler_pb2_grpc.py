@@ -90,6 +90,26 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryResponse.FromString,
                 _registered_method=True)
+        self.BackupEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/BackupEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.BackupEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Backup.FromString,
+                _registered_method=True)
+        self.ListBackups = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ListBackups',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsResponse.FromString,
+                _registered_method=True)
+        self.RestoreEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/RestoreEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+                _registered_method=True)
+        self.ReloadConfiguration = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ReloadConfiguration',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -181,6 +201,42 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BackupEnvironment(self, request, context):
+        """Writes an archive of an environment under the daemon's backup directory: its
+        specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+        through exec in the running container (consistent without stopping anything), with a
+        manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackups(self, request, context):
+        """Lists the archives of an environment, newest first; they outlive the environment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreEnvironment(self, request, context):
+        """Creates an environment from an archive, under its archived name or a new one, after
+        checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+        ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadConfiguration(self, request, context):
+        """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+        (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+        needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+        Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +289,26 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.GetEnvironmentHistory,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryResponse.SerializeToString,
+            ),
+            'BackupEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackupEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.BackupEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Backup.SerializeToString,
+            ),
+            'ListBackups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackups,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListBackupsResponse.SerializeToString,
+            ),
+            'RestoreEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
+            'ReloadConfiguration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfiguration,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -511,6 +587,114 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/GetEnvironmentHistory',
             scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/BackupEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.BackupEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Backup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ListBackups',
+            scheduler_dot_v1_dot_scheduler__pb2.ListBackupsRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ListBackupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/RestoreEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.RestoreEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfiguration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ReloadConfiguration',
+            scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,25 @@ class SchedulerServiceStub:
     """Returns the audit trail of an environment, a page at a time: every change, who made it and
     when. The trail outlives the environment.
     """
+    BackupEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.BackupEnvironmentRequest, _scheduler_pb2.Backup]
+    """Writes an archive of an environment under the daemon's backup directory: its
+    specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+    through exec in the running container (consistent without stopping anything), with a
+    manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+    """
+    ListBackups: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListBackupsRequest, _scheduler_pb2.ListBackupsResponse]
+    """Lists the archives of an environment, newest first; they outlive the environment."""
+    RestoreEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RestoreEnvironmentRequest, _scheduler_pb2.Environment]
+    """Creates an environment from an archive, under its archived name or a new one, after
+    checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+    ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+    """
+    ReloadConfiguration: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReloadConfigurationRequest, _scheduler_pb2.ReloadConfigurationResponse]
+    """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+    (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+    needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+    Admin only.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -122,6 +141,25 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     GetEnvironmentHistory: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentHistoryRequest, _scheduler_pb2.GetEnvironmentHistoryResponse]  # type: ignore[assignment]
     """Returns the audit trail of an environment, a page at a time: every change, who made it and
     when. The trail outlives the environment.
+    """
+    BackupEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.BackupEnvironmentRequest, _scheduler_pb2.Backup]  # type: ignore[assignment]
+    """Writes an archive of an environment under the daemon's backup directory: its
+    specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+    through exec in the running container (consistent without stopping anything), with a
+    manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+    """
+    ListBackups: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListBackupsRequest, _scheduler_pb2.ListBackupsResponse]  # type: ignore[assignment]
+    """Lists the archives of an environment, newest first; they outlive the environment."""
+    RestoreEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RestoreEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Creates an environment from an archive, under its archived name or a new one, after
+    checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+    ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+    """
+    ReloadConfiguration: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReloadConfigurationRequest, _scheduler_pb2.ReloadConfigurationResponse]  # type: ignore[assignment]
+    """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+    (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+    needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+    Admin only.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -226,6 +264,49 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.GetEnvironmentHistoryResponse, _abc.Awaitable[_scheduler_pb2.GetEnvironmentHistoryResponse]]:
         """Returns the audit trail of an environment, a page at a time: every change, who made it and
         when. The trail outlives the environment.
+        """
+
+    @_abc_1.abstractmethod
+    def BackupEnvironment(
+        self,
+        request: _scheduler_pb2.BackupEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Backup, _abc.Awaitable[_scheduler_pb2.Backup]]:
+        """Writes an archive of an environment under the daemon's backup directory: its
+        specification, history and volumes, and each PostgreSQL database as a pg_dump taken
+        through exec in the running container (consistent without stopping anything), with a
+        manifest of SHA-256 checksums. FAILED_PRECONDITION if a database service is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBackups(
+        self,
+        request: _scheduler_pb2.ListBackupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListBackupsResponse, _abc.Awaitable[_scheduler_pb2.ListBackupsResponse]]:
+        """Lists the archives of an environment, newest first; they outlive the environment."""
+
+    @_abc_1.abstractmethod
+    def RestoreEnvironment(
+        self,
+        request: _scheduler_pb2.RestoreEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Creates an environment from an archive, under its archived name or a new one, after
+        checking every checksum; deploys it, loads its databases, and returns it RUNNING.
+        ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION if it does not come up.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadConfiguration(
+        self,
+        request: _scheduler_pb2.ReloadConfigurationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ReloadConfigurationResponse, _abc.Awaitable[_scheduler_pb2.ReloadConfigurationResponse]]:
+        """Re-reads the daemon's configuration file, as SIGHUP does: options that can change live
+        (log, limits, metrics, auth, image registries) apply at once, the others are reported as
+        needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
+        Admin only.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

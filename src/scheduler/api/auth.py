@@ -1,0 +1,170 @@
+"""Who is calling and what they may do: principals, roles, scopes.
+
+A caller is identified once per RPC (see :mod:`scheduler.api.peers` for the transports) as a
+:class:`Principal`: a local user (uid, gid, groups, from the unix socket's ``SO_PEERCRED`` or the
+owner of a loopback TCP socket), a bearer token's name, or a client certificate's common name.
+Role bindings from the config give it ``viewer``, ``operator`` or ``admin``, each possibly scoped
+to environments by name prefix or labels. Tokens are compared by their SHA-256 only.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import hmac
+import pwd
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from scheduler import errors
+from scheduler.config import AuthSettings, RoleBinding
+
+TOKEN_PREFIX = "sch_"
+
+VIEW = frozenset(
+    {
+        "GetEnvironment",
+        "ListEnvironments",
+        "GetEnvironmentLogs",
+        "GetEnvironmentMetrics",
+        "WatchEvents",
+        "GetEnvironmentHistory",
+        "ListStacks",
+    }
+)
+CHANGE = frozenset({"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
+ROLE_METHODS: dict[str, frozenset[str] | None] = {"viewer": VIEW, "operator": VIEW | CHANGE, "admin": None}
+"""Methods of SchedulerService each role may call; None: all of them, present and future."""
+
+
+PERMISSIONS = {
+    "CreateEnvironment": "environments.create",
+    "GetEnvironment": "environments.get",
+    "UpdateEnvironment": "environments.update",
+    "DeleteEnvironment": "environments.delete",
+    "ListEnvironments": "environments.list",
+    "GetEnvironmentLogs": "environments.logs",
+    "GetEnvironmentMetrics": "environments.metrics",
+    "GetEnvironmentHistory": "environments.history",
+    "WatchEvents": "events.watch",
+    "ListStacks": "stacks.list",
+    # Admin only (no role but admin covers them): archives hold every secret of an environment.
+    "BackupEnvironment": "environments.backup",
+    "ListBackups": "environments.backups",
+    "RestoreEnvironment": "environments.restore",
+    "ReloadConfiguration": "config.reload",
+}
+
+
+def permission(method: str) -> str:
+    """The permission a method needs, as PERMISSION_DENIED names it (``environments.create``)."""
+    return PERMISSIONS.get(method, f"admin.{method}")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An identified caller; ``ids`` are every principal string a role binding may name."""
+
+    name: str
+    ids: frozenset[str]
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a caller may do: the union of its bindings' methods, within their scopes."""
+
+    bindings: tuple[RoleBinding, ...] = field(default_factory=tuple)
+
+    def allows(self, method: str) -> bool:
+        """Whether some binding's role covers ``method``."""
+        return any(_covers(b.role, method) for b in self.bindings)
+
+    def scopes(self, method: str) -> tuple[RoleBinding, ...]:
+        """The bindings that cover ``method``; an unscoped one among them means no restriction."""
+        return tuple(b for b in self.bindings if _covers(b.role, method))
+
+    def roles(self) -> str:
+        """The roles held, for messages."""
+        return ", ".join(sorted({b.role for b in self.bindings})) or "none"
+
+
+def _covers(role: str, method: str) -> bool:
+    methods = ROLE_METHODS[role]
+    return methods is None or method in methods
+
+
+def unscoped(binding: RoleBinding) -> bool:
+    """Whether a binding applies to every environment."""
+    return not binding.name_prefix and not binding.labels
+
+
+def in_scope(binding: RoleBinding, name: str, labels: Mapping[str, str]) -> bool:
+    """Whether an environment (by name and labels) lies within a binding's scope."""
+    if not name.startswith(binding.name_prefix):
+        return False
+    return all(labels.get(k) == v for k, v in binding.labels.items())
+
+
+class Authenticator:
+    """Turns what the transport knows about a caller into a principal and its grant."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._tokens = {t.sha256: t.name for t in settings.tokens}
+
+    def from_token(self, token: str) -> Principal:
+        """The principal of a bearer token.
+
+        Raises:
+            Unauthenticated: the token is not one the config knows.
+        """
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for known, name in self._tokens.items():
+            if hmac.compare_digest(known, digest):
+                return Principal(f"token:{name}", frozenset({f"token:{name}"}))
+        raise errors.Unauthenticated("the bearer token is not valid")
+
+    @staticmethod
+    def from_certificate(common_name: str) -> Principal:
+        """The principal of a verified client certificate."""
+        return Principal(f"cert:{common_name}", frozenset({f"cert:{common_name}"}))
+
+    @staticmethod
+    def from_user(uid: int, gid: int, pid: int | None = None) -> Principal:
+        """The principal of a local process: its user and every group it belongs to."""
+        ids = {f"uid:{uid}", f"gid:{gid}"}
+        try:
+            user = pwd.getpwuid(uid)
+        except KeyError:
+            name = f"uid:{uid}"
+        else:
+            name = f"user:{user.pw_name}"
+            ids.add(name)
+            ids.update(f"gid:{g}" for g in _group_ids(user.pw_name, gid))
+        for group_id in [int(i.removeprefix("gid:")) for i in ids if i.startswith("gid:")]:
+            try:
+                ids.add(f"group:{grp.getgrgid(group_id).gr_name}")
+            except KeyError:
+                continue
+        return Principal(name, frozenset(ids), pid)
+
+    def grant(self, principal: Principal) -> Grant:
+        """The role bindings that name any of the principal's ids."""
+        return Grant(tuple(b for b in self._settings.bindings if principal.ids & set(b.principals)))
+
+
+def _group_ids(user: str, gid: int) -> Iterable[int]:
+    import os
+
+    try:
+        return os.getgrouplist(user, gid)
+    except OSError:
+        return (gid,)
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh bearer token and the SHA-256 the config stores instead of it."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,168 @@
+"""The door every SchedulerService call passes: identify the caller, check its role and scope.
+
+Identification, first match wins: a bearer token (``authorization: Bearer ...``; a wrong one is
+UNAUTHENTICATED even if the transport knows the caller), a verified client certificate, the unix
+socket's ``SO_PEERCRED``, the owner of a loopback TCP socket. Then the caller's role must cover
+the method (PERMISSION_DENIED names the permission), and a scoped role must cover the
+environment: named ones are checked before the call, lists and event streams are filtered.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from scheduler import errors
+from scheduler.api.auth import Authenticator, Grant, Principal, in_scope, permission, unscoped
+from scheduler.api.peers import UnixListener, loopback_owner
+from scheduler.config import AuthSettings, RoleBinding
+
+SERVICE_PREFIX = "/scheduler.v1.SchedulerService/"
+LabelsOf = Callable[[str], Awaitable[Mapping[str, str] | None]]
+"""Labels of a stored environment, None when there is no such environment."""
+
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+"""The principal of the current RPC: the actor in history and the access log."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted call: who, and within which scopes the method applies."""
+
+    principal: Principal
+    scopes: tuple[RoleBinding, ...]
+
+    @property
+    def unrestricted(self) -> bool:
+        """Whether the caller's role covers every environment for this method."""
+        return any(unscoped(b) for b in self.scopes)
+
+    def covers(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Whether the environment lies within one of the caller's scopes."""
+        return self.unrestricted or any(in_scope(b, name, labels) for b in self.scopes)
+
+
+class Gate:
+    """Authenticates and authorises SchedulerService calls (other services pass freely)."""
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        labels_of: LabelsOf,
+        unix: UnixListener | None = None,
+        tcp_port: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self._settings = settings
+        self._auth = Authenticator(settings)
+        self._labels_of = labels_of
+        self._unix = unix
+        self._tcp_port = tcp_port
+
+    def apply(self, settings: AuthSettings) -> None:
+        """Use new tokens and role bindings from the next call on (a configuration reload)."""
+        self._auth = Authenticator(settings)
+        self._settings = settings
+
+    def identify(self, context: grpc.aio.ServicerContext[Any, Any], peer: str) -> Principal:
+        """Who is calling.
+
+        Raises:
+            Unauthenticated: no credentials, or a bearer token the daemon does not know.
+        """
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization")
+        if isinstance(authorization, str) and authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise errors.Unauthenticated("the authorization header must be 'Bearer <token>'")
+            return self._auth.from_token(token.strip())
+        auth_context = context.auth_context() or {}
+        names = list(auth_context.get("x509_common_name") or [])
+        if names:
+            return self._auth.from_certificate(names[0].decode(errors="replace"))
+        if self._unix is not None:
+            creds = self._unix.credentials(peer)
+            if creds is not None:
+                return self._auth.from_user(creds.uid, creds.gid, creds.pid)
+        if self._settings.loopback_ident and self._tcp_port():
+            uid = loopback_owner(peer, self._tcp_port())
+            if uid is not None:
+                import pwd
+
+                try:
+                    gid = pwd.getpwuid(uid).pw_gid
+                except KeyError:
+                    gid = -1
+                return self._auth.from_user(uid, gid)
+        raise errors.Unauthenticated(
+            "no credentials: connect over the unix socket, or send 'authorization: Bearer <token>', "
+            "or present a client certificate"
+        )
+
+    async def admit(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], peer: str
+    ) -> Admission | None:
+        """Let the call in or raise; None for methods outside SchedulerService (health, reflection).
+
+        Raises:
+            Unauthenticated: see :meth:`identify`.
+            PermissionDenied: naming the permission the caller lacks.
+        """
+        if not method.startswith(SERVICE_PREFIX):
+            return None
+        name = method.removeprefix(SERVICE_PREFIX)
+        principal = self.identify(context, peer)
+        CALLER.set(principal.name)
+        grant = self._auth.grant(principal)
+        if not grant.allows(name):
+            raise _denied(principal, grant, name)
+        admission = Admission(principal, grant.scopes(name))
+        if not admission.unrestricted:
+            await self._check_scope(admission, name, request, grant)
+        return admission
+
+    async def _check_scope(self, admission: Admission, method: str, request: Any, grant: Grant) -> None:
+        if method == "CreateEnvironment":
+            if not admission.covers(request.name, dict(request.spec.labels)):
+                raise _denied(admission.principal, grant, method, request.name)
+            return
+        target = getattr(request, "name", "")
+        if method in ("ListEnvironments", "ListStacks") or (method == "WatchEvents" and not target):
+            return  # filtered on the way out
+        labels = await self._labels_of(target) if target else None
+        if labels is None:
+            # Unknown environment: answer as if it were in scope only if its name could be.
+            if any(target.startswith(b.name_prefix) for b in admission.scopes):
+                return
+            raise _denied(admission.principal, grant, method, target)
+        if not admission.covers(target, labels):
+            raise _denied(admission.principal, grant, method, target)
+
+    async def visible(self, admission: Admission | None, response: Any) -> Any:
+        """The response as the caller may see it (lists and events filtered by scope), or None."""
+        if admission is None or admission.unrestricted:
+            return response
+        environments = getattr(response, "environments", None)
+        if environments is not None:
+            kept = [e for e in environments if admission.covers(e.name, dict(e.spec.labels))]
+            del response.environments[:]
+            response.environments.extend(kept)
+            return response
+        environment = getattr(response, "environment", None)
+        if isinstance(environment, str) and environment:
+            labels = await self._labels_of(environment)
+            return response if admission.covers(environment, labels or {}) else None
+        return response
+
+
+def _denied(principal: Principal, grant: Grant, method: str, env: str = "") -> errors.PermissionDenied:
+    where = f" on environment {env!r}" if env else ""
+    return errors.PermissionDenied(
+        f"{principal.name} lacks permission {permission(method)}{where} (roles: {grant.roles()})",
+        reason="MISSING_PERMISSION",
+        permission=permission(method),
+    )

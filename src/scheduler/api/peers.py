@@ -1,0 +1,240 @@
+"""What the transport says about a caller: its unix credentials.
+
+grpc.aio does not expose a connection's socket, so the unix socket clients see is the daemon's
+own: :class:`UnixListener` accepts there, reads ``SO_PEERCRED`` (uid, gid, pid, set by the kernel
+at ``connect``), and relays the bytes to gRPC's socket in a private directory. Each relay
+connects from its own abstract address, which gRPC reports as the call's peer
+(``unix-abstract:<name>``), so a call maps back to the credentials of the connection it came on.
+
+For plaintext TCP on loopback, :func:`loopback_owner` reads the kernel's socket table
+(``/proc/net/tcp``) for the uid owning the client's end of the connection, as identd does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import ipaddress
+import os
+import secrets
+import socket
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler import errors, log
+
+_log = log.get("peers")
+
+_UCRED = struct.Struct("3i")
+"""struct ucred: pid, uid, gid."""
+_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A local process as the kernel identified it."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+class UnixListener:
+    """The public unix socket: authenticates each connection, then relays it to gRPC."""
+
+    def __init__(self, path: Path, mode: int, group: str) -> None:
+        self.path = path
+        self._mode = mode
+        self._group = group
+        self._private = Path(tempfile.mkdtemp(prefix="scheduler-api-"))  # 0700, only the daemon enters
+        self.backend = self._private / "grpc.sock"
+        """Where gRPC itself listens; unreachable to anyone but the daemon's user."""
+        self._peers: dict[str, Credentials] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._relays: set[asyncio.Task[None]] = set()
+
+    def credentials(self, peer: str) -> Credentials | None:
+        """The credentials of the connection gRPC reports as ``peer``, if it came through here."""
+        return self._peers.get(peer)
+
+    async def start(self) -> None:
+        """Create the socket with its final mode and group, then make it appear at ``path`` at once.
+
+        Raises:
+            Unavailable: another process serves on ``path``, or it cannot be created.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if _serving(self.path):
+            raise errors.Unavailable(f"server.unix_socket: another process serves on {self.path}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound in a private directory, given its mode and group there, then renamed into place:
+        # nobody can connect to it before its permissions are final.
+        staging = Path(tempfile.mkdtemp(prefix=".scheduler-", dir=self.path.parent))
+        try:
+            staged = staging / "s"
+            sock.bind(str(staged))
+            os.chmod(staged, self._mode)
+            if self._group:
+                os.chown(staged, -1, _group_id(self._group))
+            sock.listen(128)
+            os.replace(staged, self.path)
+        except OSError as err:
+            sock.close()
+            raise errors.Unavailable(f"server.unix_socket: cannot create {self.path}: {err}") from err
+        finally:
+            with contextlib.suppress(OSError):
+                for leftover in staging.iterdir():
+                    leftover.unlink()
+                staging.rmdir()
+        sock.setblocking(False)
+        self._server = await asyncio.start_unix_server(self._relay, sock=sock)
+
+    async def close(self) -> None:
+        """Stop accepting, end open relays, remove both sockets."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._relays):
+            task.cancel()
+        for task in list(self._relays):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(OSError):
+            if self.path.is_socket():
+                self.path.unlink()
+        with contextlib.suppress(OSError):
+            self.backend.unlink()
+        with contextlib.suppress(OSError):
+            self._private.rmdir()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        peer = ""
+        try:
+            client: socket.socket = writer.get_extra_info("socket")
+            pid, uid, gid = _UCRED.unpack(client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            upstream, name = await self._connect_backend()
+            peer = f"unix-abstract:{name}"
+            self._peers[peer] = Credentials(uid, gid, pid)
+            back_reader, back_writer = await asyncio.open_unix_connection(sock=upstream)
+            await asyncio.gather(_pump(reader, back_writer), _pump(back_reader, writer))
+        except (OSError, asyncio.IncompleteReadError) as err:
+            _log.debug("unix.relay_ended", error=str(err))
+        finally:
+            self._peers.pop(peer, None)
+            writer.close()
+            self._relays.discard(task)
+
+    async def _connect_backend(self) -> tuple[socket.socket, str]:
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            name = f"scheduler-{os.getpid()}-{secrets.token_hex(8)}"
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.bind("\0" + name)
+            except OSError:  # someone holds that abstract name: draw another
+                upstream.close()
+                continue
+            upstream.setblocking(False)
+            await loop.sock_connect(upstream, str(self.backend))
+            return upstream, name
+        raise OSError("no free abstract address for the relay")
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await source.read(_CHUNK):
+            sink.write(chunk)
+            await sink.drain()
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            if sink.can_write_eof():
+                sink.write_eof()
+
+
+def _serving(path: Path) -> bool:
+    if not path.is_socket():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _group_id(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError as err:
+        raise OSError(f"no group {group!r}") from err
+
+
+# --- loopback TCP ------------------------------------------------------------------------------
+
+
+def loopback_owner(peer: str, server_port: int) -> int | None:
+    """The uid owning the client end of a loopback TCP connection, or None if it is not one.
+
+    ``peer`` is gRPC's form (``ipv4:127.0.0.1:41234``, ``ipv6:[::1]:41234``). Only connections to
+    ``server_port`` in this network namespace are considered, so the answer is the kernel's. An
+    IPv4 client may own a dual-stack socket, listed in ``tcp6`` under its v4-mapped address.
+    """
+    parsed = _parse_peer(peer)
+    if parsed is None:
+        return None
+    address, port = parsed
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_loopback:
+        return None
+    if isinstance(address, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+        candidates = [("/proc/net/tcp", _hex4(address)), ("/proc/net/tcp6", _hex6(mapped))]
+    else:
+        candidates = [("/proc/net/tcp6", _hex6(address))]
+    for table, local in candidates:
+        uid = _owner(table, f"{local}:{port:04X}", f":{server_port:04X}")
+        if uid is not None:
+            return uid
+    return None
+
+
+def _owner(table: str, local: str, remote_port: str) -> int | None:
+    try:
+        lines = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 7 and fields[1] == local and fields[2].endswith(remote_port):
+            return int(fields[7])
+    return None
+
+
+def _parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    host, _, port = rest.rpartition(":")
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None
+
+
+def _hex4(address: ipaddress.IPv4Address) -> str:
+    return f"{struct.unpack('<I', address.packed)[0]:08X}"
+
+
+def _hex6(address: ipaddress.IPv6Address) -> str:
+    return "".join(f"{word:08X}" for word in struct.unpack("<4I", address.packed))

@@ -1,0 +1,76 @@
+"""Principals, roles and scopes, and reading a loopback socket's owner from the kernel's table."""
+
+import hashlib
+import os
+import socket
+
+import pytest
+
+from scheduler import errors
+from scheduler.api.auth import PERMISSIONS, ROLE_METHODS, Authenticator, in_scope, new_token, permission
+from scheduler.api.peers import loopback_owner
+from scheduler.config import AuthSettings, RoleBinding, TokenSettings
+
+
+def _settings(*bindings: RoleBinding, tokens: tuple[TokenSettings, ...] = ()) -> AuthSettings:
+    return AuthSettings(bindings=list(bindings), tokens=list(tokens))
+
+
+def test_roles_nest_and_every_rpc_has_a_permission() -> None:
+    viewer, operator = ROLE_METHODS["viewer"], ROLE_METHODS["operator"]
+    assert viewer is not None and operator is not None and viewer < operator
+    assert "CreateEnvironment" not in viewer and "DeleteEnvironment" in operator
+    from scheduler.api._gen.scheduler.v1 import scheduler_pb2
+
+    methods = {m.name for m in scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].methods}
+    assert methods == set(PERMISSIONS)
+    assert operator <= methods
+    assert permission("CreateEnvironment") == "environments.create"
+
+
+def test_tokens_are_matched_by_hash_only() -> None:
+    token, digest = new_token()
+    assert token.startswith("sch_") and digest == hashlib.sha256(token.encode()).hexdigest()
+    auth = Authenticator(_settings(tokens=(TokenSettings(name="ci", sha256=digest),)))
+    assert auth.from_token(token).name == "token:ci"
+    with pytest.raises(errors.Unauthenticated):
+        auth.from_token(token + "x")
+    with pytest.raises(errors.Unauthenticated):
+        auth.from_token(digest)
+
+
+def test_local_users_carry_their_groups() -> None:
+    root = Authenticator.from_user(0, 0, pid=1)
+    assert root.name == "user:root" and {"uid:0", "gid:0", "group:root"} <= root.ids and root.pid == 1
+    nobody = Authenticator.from_user(987654, 987654)
+    assert nobody.name == "uid:987654" and nobody.ids == {"uid:987654", "gid:987654"}
+
+
+def test_grants_follow_bindings_and_scopes() -> None:
+    team = RoleBinding(role="operator", principals=["group:root"], name_prefix="team-a-", labels={"team": "a"})
+    auth = Authenticator(_settings(RoleBinding(role="viewer", principals=["uid:0"]), team))
+    grant = auth.grant(Authenticator.from_user(0, 0))
+    assert grant.allows("GetEnvironment") and grant.allows("DeleteEnvironment")
+    assert not grant.allows("SomeDaemonWideCall")
+    assert grant.roles() == "operator, viewer"
+    assert in_scope(team, "team-a-x", {"team": "a"})
+    assert not in_scope(team, "team-a-x", {"team": "b"}) and not in_scope(team, "team-b-x", {"team": "a"})
+    assert not auth.grant(Authenticator.from_user(987654, 987654)).allows("GetEnvironment")
+
+
+def test_a_binding_names_known_principal_kinds() -> None:
+    with pytest.raises(ValueError, match="user:, uid:"):
+        RoleBinding(role="viewer", principals=["root"])
+
+
+def test_loopback_owner_reads_the_kernel_table() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            host, client_port = client.getsockname()
+            assert loopback_owner(f"ipv4:{host}:{client_port}", port) == os.getuid()
+            assert loopback_owner(f"ipv4:{host}:{client_port}", port + 1 if port < 65535 else 1) is None
+    assert loopback_owner("ipv4:10.1.2.3:5000", 80) is None
+    assert loopback_owner("unix:/x", 80) is None and loopback_owner("ipv6:[garbage]:1", 1) is None
