@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import bounds, errors, log
+from scheduler import bounds, errors, log, quotas
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     BackupInfo,
@@ -30,6 +30,7 @@ from scheduler.domain import (
     HistoryEntry,
     LogLine,
     LogQuery,
+    OperationRecord,
     ServiceChange,
     ServiceOverride,
     ServiceSpec,
@@ -41,6 +42,7 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
+from scheduler.orchestrator.timeline import Timeline
 from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
@@ -74,8 +76,10 @@ class EnvironmentService:
         catalog: Catalog,
         limits: LimitSettings,
         backups: Backups | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         self._backups = backups
+        self._timeline = timeline
         self._ledger = ledger
         self._orchestrator = orchestrator
         self._events = events
@@ -123,6 +127,7 @@ class EnvironmentService:
                         )
                     return self._redact(earlier)
             spec = await self._resolve(name, request)
+            quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
             env = Environment(
                 name=name,
@@ -287,6 +292,13 @@ class EnvironmentService:
         token = encode_page_token(PageKey(end, name)) if end < len(entries) else ""
         return entries[start:end], token
 
+    async def operations(self, name: str) -> builtins.list[OperationRecord]:
+        """Timelines of the environment's recent operations, oldest first."""
+        _check_name(name)
+        if self._timeline is None:
+            raise errors.Unimplemented("this daemon keeps no operation timelines")
+        return await self._timeline.of(name)
+
     # --- backup and restore -------------------------------------------------------------------
 
     def _archives(self) -> Backups:
@@ -418,15 +430,23 @@ class EnvironmentService:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
+    async def _count_environments(self) -> int:
+        """Environments held now (the ledger's count: nothing is read or decoded)."""
+        return len(self._ledger.names())
+
     async def _resolve(
         self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
     ) -> EnvironmentSpec:
-        """Bound, resolve and validate a request, off the event loop (it is CPU work)."""
+        """Bound, resolve, default and validate a request, and hold it to the environment quotas.
+
+        Off the event loop: it is CPU work.
+        """
         bounds.check_request(request)
 
         def work() -> EnvironmentSpec:
-            spec = resolve(request, name, self._catalog, previous=previous)
+            spec = quotas.with_defaults(resolve(request, name, self._catalog, previous=previous), self._limits)
             validate(name, spec, self._limits)
+            quotas.check_environment(name, spec, self._limits)
             return spec
 
         return await asyncio.to_thread(work)

@@ -14,16 +14,21 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 
-from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, clip
+from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, MAX_PUBLISHED_PORTS, clip
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    ALL_CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    SECCOMP_UNCONFINED,
     EnvironmentSpec,
     HealthCheck,
     HealthCheckKind,
     Resources,
     RestartMode,
     RestartPolicy,
+    Security,
     ServiceSpec,
+    capability_name,
 )
 from scheduler.errors import FieldViolation, InvalidArgument
 from scheduler.stacks.graph import find_cycle
@@ -135,6 +140,14 @@ def violations_of(name: str, spec: EnvironmentSpec, limits: LimitSettings) -> li
                 out.append(FieldViolation(f"{where}.name", f"service {service.name!r} is declared twice"))
         _check_service(service, where, set(counts), limits, out)
     _check_host_ports(spec, out)
+    published = sum(service.replicas * sum(p.publish for p in service.ports) for service in spec.services)
+    if published > MAX_PUBLISHED_PORTS:
+        out.append(
+            FieldViolation(
+                "spec.services",
+                f"publish {published} host ports (replicas counted); at most {MAX_PUBLISHED_PORTS} are allowed",
+            )
+        )
     cycle = find_cycle(spec.services)
     if cycle is not None and len(cycle) > 2:  # a self-dependency is reported on its own field
         out.append(FieldViolation(f"spec.services.{cycle[0]}.depends_on", "dependency cycle: " + " -> ".join(cycle)))
@@ -214,6 +227,7 @@ def _check_service(
     _check_resources(service.resources, f"{where}.resources", limits, out)
     _check_health(service.health, f"{where}.health", out)
     _check_restart(service.restart, f"{where}.restart", out)
+    _check_security(service.security, f"{where}.security", limits, out)
     seen: set[str] = set()
     for j, dep in enumerate(service.depends_on):
         at = f"{where}.depends_on[{j}]"
@@ -329,9 +343,9 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
     )
     for name, value, limit in bounded:
         if not 0 <= value <= limit:
-            out.append(FieldViolation(f"{where}.{name}", f"must be from 0 (unlimited) to {limit}, got {value}"))
+            out.append(FieldViolation(f"{where}.{name}", f"must be from 0 (the default) to {limit}, got {value}"))
     if 0 < res.memory_bytes < MIN_MEMORY_BYTES:
-        out.append(FieldViolation(f"{where}.memory_bytes", f"must be 0 (unlimited) or at least {MIN_MEMORY_BYTES}"))
+        out.append(FieldViolation(f"{where}.memory_bytes", f"must be 0 (the default) or at least {MIN_MEMORY_BYTES}"))
     if res.cpu_shares and not 2 <= res.cpu_shares <= 262144:
         out.append(
             FieldViolation(f"{where}.cpu_shares", f"must be 0 (default) or from 2 to 262144, got {res.cpu_shares}")
@@ -340,6 +354,34 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
         # No snapshotter quota is set up, so a limit would be accepted and never enforced: refuse it.
         out.append(
             FieldViolation(f"{where}.disk_bytes", "is not supported yet (no disk quota is enforced); leave it 0")
+        )
+
+
+def _check_security(security: Security, where: str, limits: LimitSettings, out: list[FieldViolation]) -> None:
+    allowed = set(limits.allowed_capabilities) | set(DEFAULT_CAPABILITIES)
+    for field_name in ("cap_add", "cap_drop"):
+        for j, raw in enumerate(getattr(security, field_name)):
+            name = capability_name(raw)
+            at = f"{where}.{field_name}[{j}]"
+            if name == "ALL":
+                if field_name == "cap_add" and not ALL_CAPABILITIES <= allowed:
+                    out.append(FieldViolation(at, "ALL is not allowed: limits.allowed_capabilities does not hold all"))
+            elif name not in ALL_CAPABILITIES:
+                out.append(FieldViolation(at, f"{raw!r} is not a Linux capability"))
+            elif field_name == "cap_add" and name not in allowed:
+                out.append(
+                    FieldViolation(at, f"{name} is not in limits.allowed_capabilities ({', '.join(sorted(allowed))})")
+                )
+    if security.seccomp not in ("", SECCOMP_UNCONFINED):
+        out.append(
+            FieldViolation(
+                f"{where}.seccomp",
+                f"{security.seccomp!r} is neither empty (the default profile) nor {SECCOMP_UNCONFINED!r}",
+            )
+        )
+    elif security.seccomp == SECCOMP_UNCONFINED and not limits.allow_unconfined_seccomp:
+        out.append(
+            FieldViolation(f"{where}.seccomp", "unconfined is not allowed: limits.allow_unconfined_seccomp is off")
         )
 
 

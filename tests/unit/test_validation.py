@@ -509,3 +509,15 @@ def test_resolved_stacks_with_user_overrides_are_checked_too():
     with pytest.raises(InvalidArgument) as err:
         validate("demo", spec, LIMITS)
     assert [v.field for v in err.value.violations] == ["spec.services.postgres.replicas"]
+
+
+def test_published_ports_of_a_whole_environment_are_bounded_replicas_counted() -> None:
+    ports = tuple(PortSpec(8000 + i, publish=True) for i in range(30))
+    services = tuple(
+        ServiceSpec(name=f"s{i}", image="docker.io/library/busybox:1", ports=ports, replicas=5) for i in range(2)
+    )
+    spec = dataclasses.replace(base_spec(), services=services)
+    problems = [v for v in violations_of("env", spec, LIMITS) if "host ports" in v.description]
+    assert [(v.field, v.description) for v in problems] == [
+        ("spec.services", "publish 300 host ports (replicas counted); at most 128 are allowed")
+    ]

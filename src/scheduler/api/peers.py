@@ -92,18 +92,22 @@ class UnixListener:
         sock.setblocking(False)
         self._server = await asyncio.start_unix_server(self._relay, sock=sock)
 
-    async def close(self) -> None:
-        """Stop accepting, end open relays, remove both sockets."""
+    def stop_accepting(self) -> None:
+        """Refuse new connections (the path disappears); relays in flight go on."""
         if self._server is not None:
             self._server.close()
+        with contextlib.suppress(OSError):
+            if self.path.is_socket():
+                self.path.unlink()
+
+    async def close(self) -> None:
+        """Stop accepting, end open relays, remove both sockets."""
+        self.stop_accepting()
         for task in list(self._relays):
             task.cancel()
         for task in list(self._relays):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(OSError):
-            if self.path.is_socket():
-                self.path.unlink()
         with contextlib.suppress(OSError):
             self.backend.unlink()
         with contextlib.suppress(OSError):

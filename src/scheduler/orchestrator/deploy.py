@@ -130,7 +130,7 @@ class Deploy(Steps):
     ) -> None:
         # Each service pulls its own image and gets its address in its own task: a slow pull
         # overlaps other services' start-up, and only a root's own setup precedes its start.
-        image = await self._pull_image(service)
+        image = await self._pull_image(env.name, service)
         try:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
         except errors.SchedulerError as err:
@@ -160,6 +160,7 @@ class Deploy(Steps):
         if service.health.kind is not HealthCheckKind.NONE:
             await asyncio.gather(*(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips))
         await self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips])
+        self._observer.step(env.name, "traffic", service.name, "to " + ", ".join(ip for _, ip, _ in ids_ips))
         mine.healthy.set()
         if any(
             d.condition is DependencyCondition.COMPLETED

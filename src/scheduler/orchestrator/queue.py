@@ -94,6 +94,7 @@ class OperationQueue:
         env = self._current.find(name)
         stack = env.spec.stack if env is not None else ""
         outcome = "failed"
+        self._observer.operation_started(operation, name)
         try:
             await body()
             outcome = self._outcome(operation, name)
@@ -101,8 +102,7 @@ class OperationQueue:
             outcome = "cancelled"
             raise
         finally:
-            if stack:
-                self._observer.operation_finished(operation, stack, outcome, time.monotonic() - started)
+            self._observer.operation_finished(operation, name, stack, outcome, time.monotonic() - started)
 
     def _outcome(self, operation: str, name: str) -> str:
         env = self._current.find(name)

@@ -89,7 +89,7 @@ class Rollout(Steps):
         drain: timedelta,
     ) -> None:
         """Bring ``service`` to its new spec with no gap in service (stateful ones stop first)."""
-        image = await self._pull_image(service)
+        image = await self._pull_image(env.name, service)
         current = await self._containers_of(env.name, service.name)
         if action is domain.ChangeAction.ADD:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
@@ -111,7 +111,9 @@ class Rollout(Steps):
                 await self._restore_statuses(env.name, current, {cid for cid, _, _ in started})
                 raise
         # The switch: the VIP and published ports move to the new set in one rule swap.
-        await self._network.set_backends(env.name, service.name, [c.ip for c in keep] + [ip for _, ip, _ in started])
+        backends = [c.ip for c in keep] + [ip for _, ip, _ in started]
+        await self._network.set_backends(env.name, service.name, backends)
+        self._observer.step(env.name, "traffic", service.name, "moved to " + ", ".join(backends))
         if action is domain.ChangeAction.ADD:
             await self._publish_ports(env, service)
         if retire:

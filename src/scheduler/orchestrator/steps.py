@@ -34,7 +34,7 @@ from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.ledger import Ledger
-from scheduler.orchestrator.observer import Observer
+from scheduler.orchestrator.observer import Observer, ProbeSteps
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.stacks.graph import topological_order
@@ -116,7 +116,7 @@ class Steps:
             endpoints.append(endpoint)
         return endpoints
 
-    async def _pull_image(self, service: ServiceSpec) -> domain.Image:
+    async def _pull_image(self, env: str, service: ServiceSpec) -> domain.Image:
         fetched: dict[str, int] = {}
 
         def progress(update: domain.PullProgress) -> None:
@@ -127,9 +127,14 @@ class Steps:
             image = await self._runtime.ensure_image(service.image, self._settings.pull_policy, progress)
         except errors.SchedulerError as err:
             self._observer.image_ensured("failed", time.monotonic() - started, sum(fetched.values()))
+            self._observer.step(env, "pull", service.name, f"{service.image}: failed: {err.message}")
             raise DeployFailure(service.name, "ImageUnavailable", f"image {service.image}: {err.message}") from err
         outcome = "pulled" if fetched else "present"
-        self._observer.image_ensured(outcome, time.monotonic() - started, sum(fetched.values()))
+        seconds = time.monotonic() - started
+        self._observer.image_ensured(outcome, seconds, sum(fetched.values()))
+        self._observer.step(
+            env, "pull", service.name, f"{service.image}: {outcome}, {sum(fetched.values())} bytes in {seconds:.3f}s"
+        )
         return image
 
     async def _start_replica(
@@ -182,6 +187,7 @@ class Steps:
                 netns_path=attachment.netns_path,
                 resources=service.resources,
                 read_only_rootfs=service.read_only_rootfs,
+                security=service.security,
                 log_dir=str(log_dir),
                 log_max_bytes=self._settings.log_max_bytes,
                 log_max_files=self._settings.log_max_files,
@@ -197,6 +203,7 @@ class Steps:
             ),
         )
         self._publish(env, EventType.CONTAINER_CREATED, service.name, index, cid)
+        self._observer.step(env.name, "create", service.name, f"{cid} at {attachment.ip}")
         return index, cid, attachment.ip
 
     async def _launch_replica(
@@ -209,6 +216,7 @@ class Steps:
         except errors.SchedulerError as err:
             await self._failed_replica(env.name, service.name, index, cid, err)
             raise DeployFailure(service.name, "StartFailed", f"service {service.name}: {err.message}") from err
+        self._observer.step(env.name, "start", service.name, f"{cid} pid {pid}")
         started = time.monotonic()
         health_state = Health.NONE if service.health.kind is HealthCheckKind.NONE else Health.STARTING
         await self._record(
@@ -237,8 +245,10 @@ class Steps:
 
     async def _await_health(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> None:
         try:
-            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started, self._observer)
+            probes = ProbeSteps(self._observer, name, service.name, cid)
+            result = await health.wait_healthy(service.health, self._runtime, cid, ip, started, probes)
         except health.Unhealthy as unhealthy:
+            self._observer.step(name, "unhealthy", service.name, f"{cid}: {unhealthy.detail}")
             await self._update_container(name, cid, health=Health.UNHEALTHY, message=unhealthy.detail)
             self._events.publish(
                 Event(
@@ -254,6 +264,7 @@ class Steps:
                 service.name, "HealthCheckFailed", f"service {service.name} is unhealthy: {unhealthy.detail}"
             ) from None
         await self._update_container(name, cid, health=Health.HEALTHY, message=result.detail)
+        self._observer.step(name, "healthy", service.name, cid)
         self._events.publish(Event(EventType.CONTAINER_HEALTHY, name, now(), service=service.name, container_id=cid))
 
     async def _containers_of(self, name: str, service: str) -> list[ContainerStatus]:
@@ -309,6 +320,7 @@ class Steps:
             _log.warning("stop.failed", container=cid, error=err.message)
         await self._runtime.delete(cid)
         await self._network.detach(name, cid)
+        self._observer.step(name, "remove", "", cid)
         self._events.publish(Event(EventType.CONTAINER_REMOVED, name, now(), container_id=cid))
 
     async def _set_status(

@@ -607,6 +607,7 @@ class ContainerConfiguration(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     WORKING_DIR_FIELD_NUMBER: _builtins.int
     READ_ONLY_ROOTFS_FIELD_NUMBER: _builtins.int
+    SECURITY_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """Image reference, e.g. "postgres:15" or "registry.local:5000/team/api@sha256:..."."""
     replicas: _builtins.int
@@ -653,6 +654,10 @@ class ContainerConfiguration(_message.Message):
     def depends_on(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependency]:
         """Services that must reach a condition before this one starts."""
 
+    @_builtins.property
+    def security(self) -> Global___SecurityOptions:
+        """What the containers may do beyond the default sandbox; unset keeps the stack's."""
+
     def __init__(
         self,
         *,
@@ -670,10 +675,11 @@ class ContainerConfiguration(_message.Message):
         user: _builtins.str | None = ...,
         working_dir: _builtins.str | None = ...,
         read_only_rootfs: _builtins.bool | None = ...,
+        security: Global___SecurityOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "health_check", b"health_check", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "health_check", b"health_check", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "security", b"security", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "args", b"args", "command", b"command", "depends_on", b"depends_on", "env", b"env", "health_check", b"health_check", "image", b"image", "ports", b"ports", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "user", b"user", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "args", b"args", "command", b"command", "depends_on", b"depends_on", "env", b"env", "health_check", b"health_check", "image", b"image", "ports", b"ports", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "security", b"security", "user", b"user", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__read_only_rootfs: _TypeAlias = _typing.Literal["read_only_rootfs"]  # noqa: Y015
     _WhichOneofArgType__read_only_rootfs: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs"]  # noqa: Y015
@@ -693,6 +699,44 @@ class ContainerConfiguration(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__working_dir) -> _WhichOneofReturnType__working_dir | None: ...
 
 Global___ContainerConfiguration: _TypeAlias = ContainerConfiguration  # noqa: Y015
+
+@_typing.final
+class SecurityOptions(_message.Message):
+    """SecurityOptions widen or narrow the default sandbox of a service's containers (Docker's
+    cap_add, cap_drop and security_opt seccomp).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_ADD_FIELD_NUMBER: _builtins.int
+    CAP_DROP_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    seccomp: _builtins.str
+    """Empty for the daemon's seccomp profile; "unconfined" for none, where the daemon allows it."""
+    @_builtins.property
+    def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities added to the default set ("NET_RAW" or "CAP_NET_RAW"); each must be in the
+        daemon's limits.allowed_capabilities.
+        """
+
+    @_builtins.property
+    def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities dropped from the default set; "ALL" drops every one."""
+
+    def __init__(
+        self,
+        *,
+        cap_add: _abc.Iterable[_builtins.str] | None = ...,
+        cap_drop: _abc.Iterable[_builtins.str] | None = ...,
+        seccomp: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap_add", b"cap_add", "cap_drop", b"cap_drop", "seccomp", b"seccomp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityOptions: _TypeAlias = SecurityOptions  # noqa: Y015
 
 @_typing.final
 class PortMapping(_message.Message):
@@ -2298,3 +2342,144 @@ class ReloadConfigurationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadConfigurationResponse: _TypeAlias = ReloadConfigurationResponse  # noqa: Y015
+
+@_typing.final
+class ListOperationsRequest(_message.Message):
+    """============================================================================================
+    Operation timelines
+    ============================================================================================
+
+    ListOperationsRequest names an environment.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Environment name (the environment may have been deleted since)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperationsRequest: _TypeAlias = ListOperationsRequest  # noqa: Y015
+
+@_typing.final
+class OperationStep(_message.Message):
+    """OperationStep is one step of an operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    step: _builtins.str
+    """What: "pull", "create", "start", "probe", "healthy", "unhealthy", "traffic", "remove"."""
+    service: _builtins.str
+    """Service concerned; empty for steps of the whole environment."""
+    detail: _builtins.str
+    """Detail: image and bytes pulled, container id and address, probe verdict and duration,
+    backends traffic moved to.
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the step completed."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        step: _builtins.str = ...,
+        service: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "service", b"service", "step", b"step", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperationStep: _TypeAlias = OperationStep  # noqa: Y015
+
+@_typing.final
+class Operation(_message.Message):
+    """Operation is the timeline of one deploy, update or deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    DROPPED_STEPS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Identifier of the operation."""
+    kind: _builtins.str
+    """"deploy", "update" or "delete"."""
+    outcome: _builtins.str
+    """"succeeded", "failed", "rolled_back" or "cancelled"; empty while it runs."""
+    dropped_steps: _builtins.int
+    """Steps not kept beyond that bound."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while it runs."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationStep]:
+        """Its steps, in order (at most 500; see dropped_steps)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+        steps: _abc.Iterable[Global___OperationStep] | None = ...,
+        dropped_steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_steps", b"dropped_steps", "end_time", b"end_time", "id", b"id", "kind", b"kind", "outcome", b"outcome", "start_time", b"start_time", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class ListOperationsResponse(_message.Message):
+    """ListOperationsResponse lists an environment's operations, oldest first (the last 50)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]:
+        """The operations."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___Operation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperationsResponse: _TypeAlias = ListOperationsResponse  # noqa: Y015
