@@ -99,6 +99,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         swept = await runtime.sweep_leases()
         if swept:
             _log.info("leases.swept", leases=swept)
+        # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
+        orphans = await runtime.sweep_orphan_shims(socket)
+        if orphans:
+            _log.info("shims.swept", tasks=orphans)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
