@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -133,8 +134,19 @@ class ContainerdRuntime:
         return await self.tasks.wait(container_id)
 
     async def delete(self, container_id: str) -> None:
-        """Remove task, record and snapshot; idempotent."""
-        await self.tasks.delete(container_id)
+        """Remove task, record and snapshot; idempotent.
+
+        Once begun it runs to its end even when the caller is cancelled (a daemon stopping with
+        deletes in flight): a task delete cut off inside containerd can leave the task's shim and
+        bundle behind with no record pointing at them. Every step is bounded by its call timeout.
+        """
+        work = asyncio.ensure_future(self.tasks.delete(container_id))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
+            raise
 
     async def exec(
         self,
