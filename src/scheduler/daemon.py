@@ -29,6 +29,7 @@ from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
@@ -82,6 +83,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             check_listen_free(settings.server.listen)
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
+        ledger = await Ledger.open(store)
 
         socket = settings.containerd.socket
         if not socket:
@@ -107,6 +109,9 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             standard(registry=registry)
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
+        released = await runtime.release_stale_leases()
+        if released:
+            _log.info("leases.released", count=released, reason="left by a previous run")
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
@@ -120,7 +125,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
-            store,
+            ledger,
             runtime,
             network,
             volumes,
@@ -135,16 +140,18 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             observer=Observers(recorder, timeline),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(store, runtime, network, events, orchestrator, observer=recorder)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
-        await Reconciler(store, runtime, network, supervisor, orchestrator).run()
+        await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups, timeline)
-        collector = StateCollector(store, runtime, settings.metrics.interval)
+        service = EnvironmentService(
+            ledger, orchestrator, events, default_catalog(), settings.limits, backups, timeline
+        )
+        collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)
         await metrics.start(settings.metrics.listen)
