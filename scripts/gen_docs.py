@@ -48,6 +48,7 @@ RPCS: dict[str, Rpc] = {
         (
             ("INVALID_ARGUMENT", "a bad name, an unknown stack, service or parameter, a value out of bounds"),
             ("ALREADY_EXISTS", "the name is taken (or the request_id created another environment)"),
+            ("RESOURCE_EXHAUSTED", "a quota (limits.env_max_*, limits.max_environments) would be exceeded; named"),
         ),
     ),
     "GetEnvironment": Rpc(
@@ -65,6 +66,7 @@ RPCS: dict[str, Rpc] = {
             ("NOT_FOUND", "no environment has that name"),
             ("FAILED_PRECONDITION", "the environment is pending, deploying or being deleted"),
             ("ABORTED", "etag is stale (reason ETAG_MISMATCH), or another update landed meanwhile"),
+            ("RESOURCE_EXHAUSTED", "the resulting spec exceeds a per-environment quota (limits.env_max_*); named"),
         ),
     ),
     "DeleteEnvironment": Rpc(

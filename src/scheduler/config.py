@@ -36,6 +36,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from scheduler.domain import ALL_CAPABILITIES, capability_name
 from scheduler.errors import InvalidArgument
 
 
@@ -317,12 +318,55 @@ class NetworkSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """Bounds on what one service may ask for."""
+    """Bounds on what a service, an environment and the daemon may ask for, and service defaults.
+
+    A service whose stack sets no limit gets the defaults (0 in a request means "the default",
+    never "unlimited"). Quotas answer RESOURCE_EXHAUSTED naming the quota.
+    """
 
     max_cpu_millis: int = Field(default=8000, gt=0)
     max_memory_bytes: int = Field(default=16 * 1024**3, gt=0)
     max_pids: int = Field(default=32768, gt=0)
     max_replicas: int = Field(default=10, gt=0)
+    default_cpu_millis: int = Field(default=2000, gt=0)
+    """CPU limit of a service that sets none (2 cores)."""
+    default_cpu_shares: int = Field(default=1024, ge=2, le=262144)
+    """CPU weight of a service that sets none (cgroup v1 shares; 1024 is the kernel's default weight)."""
+    default_memory_bytes: int = Field(default=512 * 1024**2, ge=6 * 1024**2)
+    """Memory limit of a service that sets none."""
+    default_pids: int = Field(default=1024, gt=0)
+    """Process limit of a service that sets none."""
+    env_max_cpu_millis: int = Field(default=16000, gt=0)
+    """Quota: CPU of one environment, summed over its replicas."""
+    env_max_memory_bytes: int = Field(default=32 * 1024**3, gt=0)
+    """Quota: memory of one environment, summed over its replicas."""
+    env_max_containers: int = Field(default=50, gt=0)
+    """Quota: containers (replicas) of one environment."""
+    env_max_published_ports: int = Field(default=20, ge=0)
+    """Quota: host ports one environment publishes."""
+    max_environments: int = Field(default=200, gt=0)
+    """Quota: environments the daemon holds at once."""
+    allowed_capabilities: list[str] = ["CAP_NET_RAW", "CAP_MKNOD", "CAP_SETFCAP", "CAP_AUDIT_WRITE"]
+    """Capabilities a service may ``cap_add`` (beyond the default set): Docker's defaults that
+    ours drop. Add others (``CAP_NET_ADMIN``...) only for stacks you trust."""
+    allow_unconfined_seccomp: bool = False
+    """Whether a service may run without the seccomp profile (``security.seccomp: unconfined``)."""
+
+    @field_validator("allowed_capabilities")
+    @classmethod
+    def _capabilities_are_known(cls, value: list[str]) -> list[str]:
+        names = [capability_name(v) for v in value]
+        unknown = [v for v, n in zip(value, names, strict=True) if n not in ALL_CAPABILITIES]
+        if unknown:
+            raise ValueError(f"not Linux capabilities: {unknown}")
+        return names
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> LimitSettings:
+        for name in ("cpu_millis", "memory_bytes", "pids"):
+            if getattr(self, f"default_{name}") > getattr(self, f"max_{name}"):
+                raise ValueError(f"default_{name} must not exceed max_{name}")
+        return self
 
 
 class MetricsSettings(_Section):
@@ -338,6 +382,26 @@ class MetricsSettings(_Section):
     @classmethod
     def _listen_is_address(cls, value: str) -> str:
         return _check_host_port(value) if value else value
+
+
+class BackupPolicy(_Section):
+    """How often an environment is archived, and how many archives are kept."""
+
+    every: float = Field(default=0, ge=0)
+    """Seconds between scheduled backups; 0 takes none."""
+    keep: int = Field(default=7, ge=1, le=10000)
+    """Archives kept per environment (scheduled or not); older ones are deleted after each backup."""
+
+
+class BackupSettings(BackupPolicy):
+    """Scheduled backups of running environments (BackupEnvironment's archives, on a timer)."""
+
+    environments: dict[str, BackupPolicy] = {}
+    """Per environment name, a policy replacing the default one above."""
+
+    def policy(self, name: str) -> BackupPolicy:
+        """The policy that applies to environment ``name``."""
+        return self.environments.get(name) or BackupPolicy(every=self.every, keep=self.keep)
 
 
 class Settings(BaseSettings):
@@ -363,6 +427,7 @@ class Settings(BaseSettings):
     network: NetworkSettings = NetworkSettings()
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
+    backups: BackupSettings = BackupSettings()
 
     @model_validator(mode="after")
     def _network_listener_is_protected(self) -> Settings:
@@ -491,7 +556,7 @@ def _settings_from_file(path: Path) -> type[Settings]:
     return FileSettings
 
 
-LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "images.registries", "images.allowed_registries")
+LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "backups", "images.registries", "images.allowed_registries")
 """Settings a reload applies at once; a change to any other needs a restart of the daemon."""
 
 

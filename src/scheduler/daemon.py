@@ -27,6 +27,7 @@ from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
@@ -37,6 +38,7 @@ from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
+from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.systemd import Notifier
@@ -68,6 +70,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
+        # Before anything else: a second daemon on this data dir would adopt the first one's
+        # containerd and fight it over every container.
+        lock = DataDirLock(data_dir)
+        lock.acquire()
+        stack.callback(lock.release)
+        if settings.server.listen:
+            check_listen_free(settings.server.listen)
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
 
@@ -86,6 +95,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
+        swept = await runtime.sweep_leases()
+        if swept:
+            _log.info("leases.swept", leases=swept)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
@@ -140,6 +153,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
         )
         server.set_reload(reloader.reload)
+        schedule = BackupSchedule(store, backups, settings.backups)
+        schedule.start()
+        stack.push_async_callback(schedule.close)
+        reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
 
 

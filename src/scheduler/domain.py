@@ -127,6 +127,56 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Security:
+    """What a service's containers may do beyond the default sandbox (Docker's cap_add/cap_drop/security_opt).
+
+    Capabilities are named with or without ``CAP_``; ``cap_add`` is bounded by the daemon's
+    ``limits.allowed_capabilities``. ``seccomp`` is empty for the default profile or
+    ``unconfined`` to run without one, where the daemon allows it (``limits.allow_unconfined_seccomp``).
+    """
+
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    seccomp: str = ""
+
+
+SECCOMP_UNCONFINED = "unconfined"
+
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+)
+"""containerd's and Docker's default set without NET_RAW (raw packets: spoofing, ARP games on the
+bridge), MKNOD (device nodes), SETFCAP (file capabilities) and AUDIT_WRITE (the host's audit
+log). PostgreSQL, nginx, the backend and the toolbox need none of the four: they chown their
+data, switch users, bind low ports and signal their children, which the rest covers."""
+ALL_CAPABILITIES = frozenset(
+    "CAP_" + name
+    for name in (
+        "AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN DAC_OVERRIDE "
+        "DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN "
+        "MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID "
+        "SETPCAP SETUID SYSLOG SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE "
+        "SYS_RAWIO SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG WAKE_ALARM"
+    ).split()
+)
+
+
+def capability_name(name: str) -> str:
+    """``net_raw``, ``NET_RAW`` or ``CAP_NET_RAW`` as ``CAP_NET_RAW``; ``ALL`` stays ``ALL``."""
+    upper = name.strip().upper()
+    return upper if upper == "ALL" or upper.startswith("CAP_") else "CAP_" + upper
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One service of a stack: the container configuration plus how it joins the environment."""
 
@@ -152,6 +202,7 @@ class ServiceSpec:
     """A stateful service (a database) is stopped before its replacement starts, never run twice."""
     secret_env: frozenset[str] = frozenset()
     """Names of env variables whose values are secrets: never logged or returned by the API."""
+    security: Security = Security()
 
 
 @dataclass(frozen=True)
@@ -205,6 +256,7 @@ class ServiceOverride:
     user: str | None = None
     working_dir: str | None = None
     read_only_rootfs: bool | None = None
+    security: Security | None = None
 
 
 @dataclass(frozen=True)
@@ -454,6 +506,7 @@ class ContainerConfig:
     """Join this network namespace; empty creates a fresh one with only loopback."""
     resources: Resources = Resources()
     read_only_rootfs: bool = False
+    security: Security = Security()
     log_dir: str = ""
     """Directory where the shim writes ``stdout.log`` and ``stderr.log``; empty discards output."""
     log_max_bytes: int = 100 * 1024 * 1024

@@ -102,6 +102,10 @@ class OutOfRange(SchedulerError):
     """A position (an event sequence, a page) lies outside what is kept; details say what is."""
 
 
+class ResourceExhausted(SchedulerError):
+    """A quota would be exceeded; ``details['quota']`` names it (``limits.env_max_memory_bytes``...)."""
+
+
 class Unavailable(SchedulerError):
     """A dependency (containerd, a registry, the state store) cannot be reached right now."""
 

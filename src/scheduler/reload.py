@@ -43,6 +43,11 @@ class Reloader:
         self._load = load
         self._targets = targets
         self._lock = asyncio.Lock()
+        self._hooks: list[Callable[[Settings], None]] = []
+
+    def on_apply(self, hook: Callable[[Settings], None]) -> None:
+        """Call ``hook`` with the settings in effect after each applied reload."""
+        self._hooks.append(hook)
 
     async def reload(self) -> ReloadReport:
         """Re-read the file and apply what can change live; never raises for a bad file."""
@@ -62,6 +67,7 @@ class Reloader:
                     "limits": new.limits,
                     "metrics": new.metrics,
                     "auth": new.auth,
+                    "backups": new.backups,
                     "images": old.images.model_copy(
                         update={
                             "registries": new.images.registries,
@@ -76,6 +82,8 @@ class Reloader:
                 _log.error("config.reload_refused", error=err.message)
                 return ReloadReport(error=err.message)
             self.settings = effective
+            for hook in self._hooks:
+                hook(effective)
             if later:
                 _log.warning("config.needs_restart", options=list(later))
             _log.info("config.reloaded", applied=list(live), needs_restart=list(later))

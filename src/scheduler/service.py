@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from scheduler import bounds, errors, log
+from scheduler import bounds, errors, log, quotas
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     BackupInfo,
@@ -122,6 +122,7 @@ class EnvironmentService:
                         )
                     return self._redact(earlier)
             spec = await self._resolve(name, request)
+            quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
             env = Environment(
                 name=name,
@@ -410,15 +411,29 @@ class EnvironmentService:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
+    async def _count_environments(self) -> int:
+        """Environments held now, counted page by page up to just past the quota."""
+        count, token = 0, ""
+        while count <= self._limits.max_environments:
+            page, token = await self._store.list(500, token, (), {})
+            count += len(page)
+            if not token:
+                break
+        return count
+
     async def _resolve(
         self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None
     ) -> EnvironmentSpec:
-        """Bound, resolve and validate a request, off the event loop (it is CPU work)."""
+        """Bound, resolve, default and validate a request, and hold it to the environment quotas.
+
+        Off the event loop: it is CPU work.
+        """
         bounds.check_request(request)
 
         def work() -> EnvironmentSpec:
-            spec = resolve(request, name, self._catalog, previous=previous)
+            spec = quotas.with_defaults(resolve(request, name, self._catalog, previous=previous), self._limits)
             validate(name, spec, self._limits)
+            quotas.check_environment(name, spec, self._limits)
             return spec
 
         return await asyncio.to_thread(work)

@@ -17,13 +17,18 @@ from datetime import timedelta
 from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, clip
 from scheduler.config import LimitSettings
 from scheduler.domain import (
+    ALL_CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    SECCOMP_UNCONFINED,
     EnvironmentSpec,
     HealthCheck,
     HealthCheckKind,
     Resources,
     RestartMode,
     RestartPolicy,
+    Security,
     ServiceSpec,
+    capability_name,
 )
 from scheduler.errors import FieldViolation, InvalidArgument
 from scheduler.stacks.graph import find_cycle
@@ -214,6 +219,7 @@ def _check_service(
     _check_resources(service.resources, f"{where}.resources", limits, out)
     _check_health(service.health, f"{where}.health", out)
     _check_restart(service.restart, f"{where}.restart", out)
+    _check_security(service.security, f"{where}.security", limits, out)
     seen: set[str] = set()
     for j, dep in enumerate(service.depends_on):
         at = f"{where}.depends_on[{j}]"
@@ -329,15 +335,43 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
     )
     for name, value, limit in bounded:
         if not 0 <= value <= limit:
-            out.append(FieldViolation(f"{where}.{name}", f"must be from 0 (unlimited) to {limit}, got {value}"))
+            out.append(FieldViolation(f"{where}.{name}", f"must be from 0 (the default) to {limit}, got {value}"))
     if 0 < res.memory_bytes < MIN_MEMORY_BYTES:
-        out.append(FieldViolation(f"{where}.memory_bytes", f"must be 0 (unlimited) or at least {MIN_MEMORY_BYTES}"))
+        out.append(FieldViolation(f"{where}.memory_bytes", f"must be 0 (the default) or at least {MIN_MEMORY_BYTES}"))
     if res.cpu_shares and not 2 <= res.cpu_shares <= 262144:
         out.append(
             FieldViolation(f"{where}.cpu_shares", f"must be 0 (default) or from 2 to 262144, got {res.cpu_shares}")
         )
     if res.disk_bytes < 0:
         out.append(FieldViolation(f"{where}.disk_bytes", "must not be negative"))
+
+
+def _check_security(security: Security, where: str, limits: LimitSettings, out: list[FieldViolation]) -> None:
+    allowed = set(limits.allowed_capabilities) | set(DEFAULT_CAPABILITIES)
+    for field_name in ("cap_add", "cap_drop"):
+        for j, raw in enumerate(getattr(security, field_name)):
+            name = capability_name(raw)
+            at = f"{where}.{field_name}[{j}]"
+            if name == "ALL":
+                if field_name == "cap_add" and not ALL_CAPABILITIES <= allowed:
+                    out.append(FieldViolation(at, "ALL is not allowed: limits.allowed_capabilities does not hold all"))
+            elif name not in ALL_CAPABILITIES:
+                out.append(FieldViolation(at, f"{raw!r} is not a Linux capability"))
+            elif field_name == "cap_add" and name not in allowed:
+                out.append(
+                    FieldViolation(at, f"{name} is not in limits.allowed_capabilities ({', '.join(sorted(allowed))})")
+                )
+    if security.seccomp not in ("", SECCOMP_UNCONFINED):
+        out.append(
+            FieldViolation(
+                f"{where}.seccomp",
+                f"{security.seccomp!r} is neither empty (the default profile) nor {SECCOMP_UNCONFINED!r}",
+            )
+        )
+    elif security.seccomp == SECCOMP_UNCONFINED and not limits.allow_unconfined_seccomp:
+        out.append(
+            FieldViolation(f"{where}.seccomp", "unconfined is not allowed: limits.allow_unconfined_seccomp is off")
+        )
 
 
 def _check_health(health: HealthCheck, where: str, out: list[FieldViolation]) -> None:

@@ -14,9 +14,10 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2
 
@@ -178,3 +179,109 @@ def logs_of(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 30) 
         if lines or time.monotonic() > deadline:
             return lines
         time.sleep(0.2)
+
+
+ESCAPES = (
+    "unshare -U -r id 2>&1; echo unshare=$?; "
+    "mknod /tmp/sda b 8 0 2>&1; echo mknod=$?; "
+    "grep -E '^(CapEff|Seccomp):' /proc/self/status; "
+)
+
+
+def outcome(lines: list[str], key: str) -> int:
+    return int(next(line for line in lines if line.startswith(f"{key}=")).partition("=")[2])
+
+
+def test_a_default_container_can_neither_unshare_nor_make_block_devices(
+    stub: pb_grpc.SchedulerServiceStub,
+) -> None:
+    deploy(stub, "escape", toolbox(ESCAPES + IDLE))
+    # Control: the same script in a container granted MKNOD (allowed by the default config).
+    granted = toolbox(ESCAPES + IDLE, security=pb.SecurityOptions(cap_add=["MKNOD"]))
+    deploy(stub, "granted", granted)
+    try:
+        lines = wait_lines(stub, "escape", "CapEff:")
+        assert outcome(lines, "unshare") != 0, lines
+        assert any("Operation not permitted" in line for line in lines if "unshare" in line), lines
+        assert outcome(lines, "mknod") != 0, lines
+        assert "Seccomp:\t2" in lines, lines  # filter mode
+        capabilities = int(next(line for line in lines if line.startswith("CapEff:")).split()[1], 16)
+        for bit in (13, 27, 29, 31):  # NET_RAW, MKNOD, AUDIT_WRITE, SETFCAP
+            assert not capabilities & (1 << bit), hex(capabilities)
+        control = wait_lines(stub, "granted", "CapEff:")
+        assert outcome(control, "mknod") == 0, control
+        assert outcome(control, "unshare") != 0, control
+    finally:
+        remove(stub, "escape")
+        remove(stub, "granted")
+
+
+def wait_lines(stub: pb_grpc.SchedulerServiceStub, name: str, marker: str, timeout: float = 30) -> list[str]:
+    """The environment's log lines once one starts with ``marker``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = logs_of(stub, name)
+        if any(line.startswith(marker) for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"{name} never logged {marker!r}: {lines}"
+        time.sleep(0.2)
+
+
+def test_a_64_kib_status_line_makes_the_container_unhealthy_and_the_monitor_lives_on(
+    stub: pb_grpc.SchedulerServiceStub,
+) -> None:
+    # Healthy answers for the first three probes (the deploy needs one), then a 70 KB status line.
+    script = (
+        "trap 'exit 0' TERM INT; i=0; while :; do i=$((i+1)); if [ $i -gt 3 ]; then "
+        "{ printf 'HTTP/1.0 200 '; head -c 70000 /dev/zero | tr '\\0' a; printf '\\r\\n\\r\\nok'; } | nc -l -p 8080; "
+        "else printf 'HTTP/1.0 200 OK\\r\\n\\r\\nok' | nc -l -p 8080; fi; done"
+    )
+    check = pb.HealthCheck(
+        http=pb.HealthCheck.Http(port=8080, path="/"), interval=duration(0.3), timeout=duration(2), retries=2
+    )
+    env = deploy(stub, "longline", toolbox(script, health_check=check))
+    try:
+        assert env.containers[0].health == pb.HEALTH_STATUS_HEALTHY
+        deadline = time.monotonic() + 60
+        while env.containers[0].health != pb.HEALTH_STATUS_UNHEALTHY:
+            assert time.monotonic() < deadline, f"the monitor never noticed: {env}"
+            time.sleep(0.2)
+            env = stub.GetEnvironment(pb.GetEnvironmentRequest(name="longline"), timeout=10)
+        assert "status line longer than" in env.containers[0].message, env.containers[0]
+    finally:
+        remove(stub, "longline")
+
+
+def test_every_service_gets_default_limits_and_quotas_answer_resource_exhausted(
+    daemon_factory: Callable[..., DaemonProcess], image_archives: dict[str, Path]
+) -> None:
+    limits = {
+        "default_memory_bytes": 96 * 1024**2,
+        "default_pids": 128,
+        "env_max_published_ports": 1,
+        "max_environments": 1,
+    }
+    small = daemon_factory({"limits": limits, "images": {"preload": [str(p) for p in image_archives.values()]}})
+    with small.channel() as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        ports = [pb.PortMapping(container_port=p, publish=True) for p in (80, 81)]
+        with pytest.raises(grpc.RpcError) as over:
+            stub.CreateEnvironment(
+                pb.CreateEnvironmentRequest(name="ports", spec=toolbox(IDLE, ports=ports)), timeout=30
+            )
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limits.env_max_published_ports" in (over.value.details() or "")
+
+        # A service that sets no limit (0 included) runs under the defaults, not unlimited.
+        unset = toolbox(IDLE, resources=pb.Resources(memory_bytes=0, pids=0))
+        deploy(stub, "defaults", unset)
+        request = pb.GetEnvironmentMetricsRequest(name="defaults")
+        request.window.FromMilliseconds(200)
+        sample = stub.GetEnvironmentMetrics(request, timeout=30).containers[0]
+        assert sample.memory_limit_bytes == 96 * 1024**2 and sample.pids_limit == 128, sample
+
+        with pytest.raises(grpc.RpcError) as over:
+            stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="second", spec=toolbox(IDLE)), timeout=30)
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limits.max_environments" in (over.value.details() or "")
+        remove(stub, "defaults")

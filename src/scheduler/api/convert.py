@@ -158,6 +158,17 @@ def _override_from_proto(
         user=config.user if config.HasField("user") else None,
         working_dir=config.working_dir if config.HasField("working_dir") else None,
         read_only_rootfs=config.read_only_rootfs if config.HasField("read_only_rootfs") else None,
+        security=_security_from_proto(config.security) if config.HasField("security") else None,
+    )
+
+
+def _security_from_proto(security: pb.SecurityOptions) -> domain.Security:
+    return domain.Security(cap_add=tuple(security.cap_add), cap_drop=tuple(security.cap_drop), seccomp=security.seccomp)
+
+
+def _security_to_proto(security: domain.Security) -> pb.SecurityOptions:
+    return pb.SecurityOptions(
+        cap_add=list(security.cap_add), cap_drop=list(security.cap_drop), seccomp=security.seccomp
     )
 
 
@@ -272,6 +283,8 @@ def _override_to_proto(o: domain.ServiceOverride) -> pb.ContainerConfiguration:
         out.working_dir = o.working_dir
     if o.read_only_rootfs is not None:
         out.read_only_rootfs = o.read_only_rootfs
+    if o.security is not None:
+        out.security.CopyFrom(_security_to_proto(o.security))
     return out
 
 
@@ -291,6 +304,7 @@ def service_to_proto(service: domain.ServiceSpec) -> pb.ServiceDescription:
         user=service.user,
         working_dir=service.working_dir,
         read_only_rootfs=service.read_only_rootfs,
+        security=_security_to_proto(service.security),
     )
     if service.health.kind is not domain.HealthCheckKind.NONE:
         config.health_check.CopyFrom(_health_to_proto(service.health))

@@ -49,6 +49,7 @@ STATUS_OF: dict[type[errors.SchedulerError], ErrorMapping] = {
     # Read again, then retry: the usual answer to a lost optimistic-concurrency race.
     errors.Conflict: ErrorMapping(grpc.StatusCode.ABORTED, "CONCURRENT_MODIFICATION", retry_after=0.0),
     errors.OutOfRange: ErrorMapping(grpc.StatusCode.OUT_OF_RANGE, "OUT_OF_RANGE"),
+    errors.ResourceExhausted: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
     errors.Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", retry_after=1.0),
     errors.DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
     errors.PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
@@ -116,6 +117,11 @@ def error_status(error: BaseException, request_id: str = "") -> status_pb2.Statu
     details: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)]
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         details.append(_bad_request(error))
+    if isinstance(error, errors.ResourceExhausted):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.details.get("quota", ""), description=message
+        )
+        details.append(error_details_pb2.QuotaFailure(violations=[violation]))
     if mapping.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(mapping.retry_after * 1000))

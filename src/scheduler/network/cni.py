@@ -135,6 +135,9 @@ class CniNetwork:
         self._ports = PortHolder()
         self._lock = asyncio.Lock()
         self._state = NetworkState()
+        # Subnets of environments whose deletion is still removing their bridge: not yet free,
+        # or a new environment would get a subnet whose route the old bridge still holds.
+        self._releasing: dict[str, ipaddress.IPv4Network] = {}
         self._applied: iptables.Ruleset = {}
         """Our chains as last written to the kernel; syncs only send what differs."""
         self._pending: set[str] = set()
@@ -206,6 +209,7 @@ class CniNetwork:
                 return self._info(env, rec)
             routes = read_host_routes(self._routes_file)
             taken = {name: ipaddress.IPv4Network(r.subnet) for name, r in self._state.envs.items()}
+            taken |= {f"{name} (being deleted)": net for name, net in self._releasing.items()}
             bridge = self.names.bridge(env)
             if subnet:
                 net = parse_subnet(subnet)
@@ -246,15 +250,25 @@ class CniNetwork:
         wanted = set(envs)
         async with self._lock:
             gone = {e: self._state.envs.pop(e) for e in envs if e in self._state.envs}
+            self._releasing.update({e: ipaddress.IPv4Network(rec.subnet) for e, rec in gone.items()})
             if self._release_ports(lambda p: p.env in wanted) or gone:
                 await self._commit()
-        results = await asyncio.gather(
-            *(self._forget_container(rec, cid, cont) for rec in gone.values() for cid, cont in rec.containers.items()),
-            return_exceptions=True,
-        )
-        results += await asyncio.gather(
-            *(self._remove_env_leftovers(self.names.bridge(e)) for e in envs), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(
+                    self._forget_container(rec, cid, cont)
+                    for rec in gone.values()
+                    for cid, cont in rec.containers.items()
+                ),
+                return_exceptions=True,
+            )
+            results += await asyncio.gather(
+                *(self._remove_env_leftovers(self.names.bridge(e)) for e in envs), return_exceptions=True
+            )
+        finally:
+            async with self._lock:
+                for e in gone:
+                    self._releasing.pop(e, None)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

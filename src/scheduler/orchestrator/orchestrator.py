@@ -497,6 +497,7 @@ class Orchestrator:
                 netns_path=attachment.netns_path,
                 resources=service.resources,
                 read_only_rootfs=service.read_only_rootfs,
+                security=service.security,
                 log_dir=str(log_dir),
                 log_max_bytes=self._settings.log_max_bytes,
                 log_max_files=self._settings.log_max_files,

@@ -104,3 +104,11 @@ def test_undecodable_request_bytes_become_a_sentinel_not_an_exception() -> None:
         assert err.violations[0].field == "request"
     else:
         raise AssertionError("undecodable bytes passed")
+
+
+def test_a_quota_error_names_the_quota_in_a_quota_failure() -> None:
+    status = error_status(errors.ResourceExhausted("too many environments", quota="limits.max_environments"))
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    failure = error_details_pb2.QuotaFailure()
+    assert any(d.Unpack(failure) for d in status.details)
+    assert [v.subject for v in failure.violations] == ["limits.max_environments"]

@@ -31,10 +31,12 @@ def build(**overrides: object) -> oci.Spec:
     return oci.build_spec("ns1", config, oci.ResolvedUser(0, 0))
 
 
-def test_default_spec_matches_containerd_defaults() -> None:
+def test_default_spec_is_containerds_narrowed() -> None:
     spec = oci.default_spec("ns1", "c1")
     assert spec["ociVersion"] == "1.0.2-dev" and spec["root"] == {"path": "rootfs"}
-    assert len(spec["process"]["capabilities"]["bounding"]) == 14
+    bounding = spec["process"]["capabilities"]["bounding"]
+    assert len(bounding) == 10
+    assert not {"CAP_NET_RAW", "CAP_MKNOD", "CAP_SETFCAP", "CAP_AUDIT_WRITE"} & set(bounding)
     assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     assert [m["destination"] for m in spec["mounts"]] == [
         "/proc",
@@ -174,3 +176,37 @@ def test_compose_applies_in_order_and_exec_process_keeps_the_rest() -> None:
     assert spec["process"]["args"] == ["x"]  # the container's own process is untouched
     with pytest.raises(InvalidArgument):
         oci.exec_process(spec, [])
+
+
+def test_security_adds_and_drops_capabilities_and_picks_the_seccomp_profile() -> None:
+    spec = build()
+    caps = spec["process"]["capabilities"]["effective"]
+    assert caps == list(oci.DEFAULT_CAPABILITIES)
+    profile = spec["linux"]["seccomp"]
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = {name for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW" for name in rule["names"]}
+    assert {"read", "clone", "chroot"} <= allowed
+    assert not {"unshare", "mount", "keyctl", "bpf", "setns", "ptrace", "add_key"} & allowed
+    clone3 = next(rule for rule in profile["syscalls"] if rule["names"] == ["clone3"])
+    assert clone3["action"] == "SCMP_ACT_ERRNO" and clone3["errnoRet"] == 38
+
+    spec = build(security=domain.Security(cap_add=("net_raw", "SYS_ADMIN"), cap_drop=("CAP_KILL",)))
+    caps = spec["process"]["capabilities"]["bounding"]
+    assert "CAP_NET_RAW" in caps and "CAP_SYS_ADMIN" in caps and "CAP_KILL" not in caps
+    allowed = {
+        n for rule in spec["linux"]["seccomp"]["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW" for n in rule["names"]
+    }
+    assert {"unshare", "mount", "setns"} <= allowed  # the capability brings its calls, as in the source profile
+
+    spec = build(security=domain.Security(cap_drop=("ALL",), cap_add=("CHOWN",), seccomp="unconfined"))
+    assert spec["process"]["capabilities"]["bounding"] == ["CAP_CHOWN"]
+    assert "seccomp" not in spec["linux"]
+
+
+def test_bad_security_names_the_field() -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        build(security=domain.Security(cap_add=("CAP_FLY",)))
+    assert bad.value.details["field"] == "security.cap_add[0]"
+    with pytest.raises(InvalidArgument) as bad:
+        build(security=domain.Security(seccomp="relaxed"))
+    assert bad.value.details["field"] == "security.seccomp"

@@ -27,6 +27,7 @@ from scheduler.domain import (
     RestartMode,
     RestartOverride,
     RestartPolicy,
+    Security,
     ServiceOverride,
     ServiceSpec,
     VolumeMount,
@@ -73,6 +74,7 @@ def full_service(name: str = "backend") -> ServiceSpec:
         stop_grace=timedelta(seconds=12),
         stateful=True,
         secret_env=frozenset({"PASSWORD", "A"}),
+        security=Security(cap_add=("NET_RAW",), cap_drop=("KILL",), seccomp="unconfined"),
     )
 
 
@@ -139,6 +141,7 @@ def full_override() -> ServiceOverride:
         user="101",
         working_dir="/",
         read_only_rootfs=False,
+        security=Security(cap_drop=("ALL",)),
     )
 
 

@@ -175,6 +175,10 @@ class ContainerdRuntime:
         """Task events of our namespace; ``await stream.connected()`` before relying on them."""
         return TaskEventStream(self.client)
 
+    async def sweep_leases(self) -> builtins.list[str]:
+        """At start-up only: delete the leases a killed predecessor left (see ``ContainerdClient.sweep_leases``)."""
+        return await self.client.sweep_leases()
+
     async def resources(self) -> dict[str, int]:
         """Counts of containers, tasks, snapshots (all and active) and leases in our namespace."""
         containers = await self.client.containers.list(containers_pb.ListContainersRequest())

@@ -607,6 +607,7 @@ class ContainerConfiguration(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     WORKING_DIR_FIELD_NUMBER: _builtins.int
     READ_ONLY_ROOTFS_FIELD_NUMBER: _builtins.int
+    SECURITY_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """Image reference, e.g. "postgres:15" or "registry.local:5000/team/api@sha256:..."."""
     replicas: _builtins.int
@@ -653,6 +654,10 @@ class ContainerConfiguration(_message.Message):
     def depends_on(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependency]:
         """Services that must reach a condition before this one starts."""
 
+    @_builtins.property
+    def security(self) -> Global___SecurityOptions:
+        """What the containers may do beyond the default sandbox; unset keeps the stack's."""
+
     def __init__(
         self,
         *,
@@ -670,10 +675,11 @@ class ContainerConfiguration(_message.Message):
         user: _builtins.str | None = ...,
         working_dir: _builtins.str | None = ...,
         read_only_rootfs: _builtins.bool | None = ...,
+        security: Global___SecurityOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "health_check", b"health_check", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "health_check", b"health_check", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "security", b"security", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "args", b"args", "command", b"command", "depends_on", b"depends_on", "env", b"env", "health_check", b"health_check", "image", b"image", "ports", b"ports", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "user", b"user", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs", "_replicas", b"_replicas", "_user", b"_user", "_working_dir", b"_working_dir", "args", b"args", "command", b"command", "depends_on", b"depends_on", "env", b"env", "health_check", b"health_check", "image", b"image", "ports", b"ports", "read_only_rootfs", b"read_only_rootfs", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "security", b"security", "user", b"user", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__read_only_rootfs: _TypeAlias = _typing.Literal["read_only_rootfs"]  # noqa: Y015
     _WhichOneofArgType__read_only_rootfs: _TypeAlias = _typing.Literal["_read_only_rootfs", b"_read_only_rootfs"]  # noqa: Y015
@@ -693,6 +699,44 @@ class ContainerConfiguration(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__working_dir) -> _WhichOneofReturnType__working_dir | None: ...
 
 Global___ContainerConfiguration: _TypeAlias = ContainerConfiguration  # noqa: Y015
+
+@_typing.final
+class SecurityOptions(_message.Message):
+    """SecurityOptions widen or narrow the default sandbox of a service's containers (Docker's
+    cap_add, cap_drop and security_opt seccomp).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_ADD_FIELD_NUMBER: _builtins.int
+    CAP_DROP_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    seccomp: _builtins.str
+    """Empty for the daemon's seccomp profile; "unconfined" for none, where the daemon allows it."""
+    @_builtins.property
+    def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities added to the default set ("NET_RAW" or "CAP_NET_RAW"); each must be in the
+        daemon's limits.allowed_capabilities.
+        """
+
+    @_builtins.property
+    def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities dropped from the default set; "ALL" drops every one."""
+
+    def __init__(
+        self,
+        *,
+        cap_add: _abc.Iterable[_builtins.str] | None = ...,
+        cap_drop: _abc.Iterable[_builtins.str] | None = ...,
+        seccomp: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap_add", b"cap_add", "cap_drop", b"cap_drop", "seccomp", b"seccomp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityOptions: _TypeAlias = SecurityOptions  # noqa: Y015
 
 @_typing.final
 class PortMapping(_message.Message):
