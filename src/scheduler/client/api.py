@@ -217,6 +217,11 @@ class SchedulerClient:
         request = pb.RestoreEnvironmentRequest(backup=backup, name=name)
         return await self._unary(self._stub.RestoreEnvironment, request, max(self.config.timeout, 900))
 
+    async def operations(self, name: str) -> builtins.list[pb.Operation]:
+        """Timelines of environment ``name``'s recent deploys, updates and deletions, oldest first."""
+        reply = await self._unary(self._stub.ListOperations, pb.ListOperationsRequest(name=name))
+        return list(reply.operations)
+
     async def reload_configuration(self) -> pb.ReloadConfigurationResponse:
         """Make the daemon re-read its configuration file (admin only)."""
         return await self._unary(self._stub.ReloadConfiguration, pb.ReloadConfigurationRequest())

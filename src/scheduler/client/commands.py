@@ -396,12 +396,21 @@ def env_metrics(client: Client, name: str, window: float | None, output: str) ->
 
 @env.command("history")
 @click.argument("name")
+@click.option("--steps", is_flag=True, help="Also show each recent operation's steps with their times.")
 @output_option
 @connection_options
-def env_history(client: Client, name: str, output: str) -> None:
-    """Show the audit trail of environment NAME, oldest first."""
+def env_history(client: Client, name: str, steps: bool, output: str) -> None:
+    """Show the audit trail of environment NAME, oldest first (with --steps, the operations' timelines)."""
     reply = pb.GetEnvironmentHistoryResponse(entries=client.run(lambda api: api.history(name)))
-    click.echo(render.to_json(reply) if output == "json" else render.history(reply))
+    if not steps:
+        click.echo(render.to_json(reply) if output == "json" else render.history(reply))
+        return
+    operations = pb.ListOperationsResponse(operations=client.run(lambda api: api.operations(name)))
+    if output == "json":
+        click.echo(render.to_json(operations))
+        return
+    click.echo(render.history(reply))
+    click.echo(render.operations(operations))
 
 
 @env.command("backup")

@@ -237,3 +237,19 @@ def backup(item: pb.Backup) -> str:
     details = "; ".join(h for h in held if h and not h.endswith(": "))
     when = item.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
     return f"{item.id}  {item.size_bytes} bytes  {when}" + (f"  ({details})" if details else "")
+
+
+def operations(reply: pb.ListOperationsResponse) -> str:
+    """Each operation, then its steps with the seconds since the operation started."""
+    lines = []
+    for op in reply.operations:
+        start = op.start_time.ToDatetime()
+        took = f"{(op.end_time.ToDatetime() - start).total_seconds():.3f}s" if op.HasField("end_time") else "running"
+        lines.append(f"\n{op.kind} {op.outcome or 'in progress'} ({took}) at {start.strftime('%Y-%m-%d %H:%M:%S')}Z")
+        for step in op.steps:
+            offset = (step.time.ToDatetime() - start).total_seconds()
+            where = f" {step.service}" if step.service else ""
+            lines.append(f"  +{offset:8.3f}s  {step.step:<9}{where}  {step.detail}")
+        if op.dropped_steps:
+            lines.append(f"  ... {op.dropped_steps} more steps not kept")
+    return "\n".join(lines).lstrip("\n") if lines else "no operations recorded"

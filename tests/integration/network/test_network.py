@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from scheduler.network import CniNetwork, ServicePort
+from scheduler.network import ServicePort
+from scheduler.network.cni import CniNetwork
 from tests.support.network import Server, UdpServer, can_connect, connect, resolve, socket_in, unique
 from tests.support.rawpacket import RawSender
 
