@@ -15,6 +15,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from scheduler.runtime.containerd.orphans import descendants
+
+__all__ = ["alive", "cmdline", "descendants", "end", "mounts_under", "processes_naming", "shims_of", "unmount_under"]
+
 
 def cmdline(pid: int) -> list[str]:
     """The arguments of ``pid``; empty when it is gone or a kernel thread."""
@@ -91,23 +95,3 @@ def unmount_under(path: Path) -> None:
     """Lazily unmount everything at or below ``path``."""
     for point in mounts_under(path):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children...), found through /proc's parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rpartition(")")[2].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    pending = list(children.get(pid, []))
-    while pending and len(found) < 100_000:
-        child = pending.pop()
-        found.append(child)
-        pending += children.get(child, [])
-    return found
