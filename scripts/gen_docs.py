@@ -124,6 +124,10 @@ RPCS: dict[str, Rpc] = {
             ("FAILED_PRECONDITION", "the restored environment did not come up, or a database dump did not load"),
         ),
     ),
+    "ListOperations": Rpc(
+        {"name": "demo"},
+        (("INVALID_ARGUMENT", "an empty or malformed name"),),
+    ),
     "ReloadConfiguration": Rpc(
         {},
         (

@@ -23,7 +23,9 @@ MAX_ARG_BYTES = 64 * 1024
 MAX_ENV_ENTRIES = 256
 MAX_ENV_VALUE = 32 * 1024
 MAX_PORTS = 64
-"""Published ports per service: each costs NAT rules on the host."""
+"""Ports per service: each published one costs NAT rules on the host."""
+MAX_PUBLISHED_PORTS = 128
+"""Published ports of a whole environment, every replica counted."""
 MAX_VOLUMES = 32
 MAX_DEPENDENCIES = 32
 MAX_LABELS = 64

@@ -26,6 +26,7 @@ def _load(config: Path | None, overrides: dict[str, Any]) -> Settings:
 
 @click.group()
 @click.version_option(package_name="scheduler")
+@client.global_connection_options
 def main() -> None:
     """Deploy precomposed application stacks on this host through containerd."""
 
@@ -58,10 +59,16 @@ def run(
         overrides["data_dir"] = data_dir
     settings = _load(config, overrides)
     log.configure(settings.log.format, settings.log.level)
-    from scheduler import daemon
+    from scheduler import daemon, startup
 
     try:
         code = asyncio.run(daemon.run(settings, lambda: load_settings(config, overrides)))
+    except startup.AddressInUse as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(CONFIG_ERROR_EXIT)
+    except startup.DataDirInUse as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(1)
     except errors.SchedulerError as err:
         log.get("cli").error("daemon.failed", error=err.message)
         click.echo(f"scheduler: {err.message}", err=True)

@@ -29,17 +29,22 @@ from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
+from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
+from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes import VolumeStore
 
@@ -69,8 +74,16 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
+        # Before anything else: a second daemon on this data dir would adopt the first one's
+        # containerd and fight it over every container.
+        lock = DataDirLock(data_dir)
+        lock.acquire()
+        stack.callback(lock.release)
+        if settings.server.listen:
+            check_listen_free(settings.server.listen)
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
+        ledger = await Ledger.open(store)
 
         socket = settings.containerd.socket
         if not socket:
@@ -87,11 +100,18 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
+        swept = await runtime.sweep_leases()
+        if swept:
+            _log.info("leases.swept", leases=swept)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
+        released = await runtime.release_stale_leases()
+        if released:
+            _log.info("leases.released", count=released, reason="left by a previous run")
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
@@ -102,8 +122,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
         stack.callback(events.close)
         volumes = VolumeStore(data_dir / "volumes")
+        timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
+        stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
-            store,
+            ledger,
             runtime,
             network,
             volumes,
@@ -115,19 +137,21 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
             ),
-            observer=recorder,
+            observer=Observers(recorder, timeline),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(store, runtime, network, events, orchestrator, observer=recorder)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
-        await Reconciler(store, runtime, network, supervisor, orchestrator).run()
+        await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups)
-        collector = StateCollector(store, runtime, settings.metrics.interval)
+        service = EnvironmentService(
+            ledger, orchestrator, events, default_catalog(), settings.limits, backups, timeline
+        )
+        collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)
         await metrics.start(settings.metrics.listen)

@@ -27,6 +27,8 @@ def configure(
     # grpc's own debug lines (one per loop lookup) drown everything else.
     logging.getLogger("grpc").setLevel(max(numeric, logging.INFO))
     logging.getLogger("grpc._cython.cygrpc").setLevel(max(numeric, logging.INFO))
+    # "Using selector: EpollSelector" and the like say nothing about the scheduler.
+    logging.getLogger("asyncio").setLevel(max(numeric, logging.INFO))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

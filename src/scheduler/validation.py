@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 
-from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, clip
+from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, MAX_PUBLISHED_PORTS, clip
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     ALL_CAPABILITIES,
@@ -140,6 +140,14 @@ def violations_of(name: str, spec: EnvironmentSpec, limits: LimitSettings) -> li
                 out.append(FieldViolation(f"{where}.name", f"service {service.name!r} is declared twice"))
         _check_service(service, where, set(counts), limits, out)
     _check_host_ports(spec, out)
+    published = sum(service.replicas * sum(p.publish for p in service.ports) for service in spec.services)
+    if published > MAX_PUBLISHED_PORTS:
+        out.append(
+            FieldViolation(
+                "spec.services",
+                f"publish {published} host ports (replicas counted); at most {MAX_PUBLISHED_PORTS} are allowed",
+            )
+        )
     cycle = find_cycle(spec.services)
     if cycle is not None and len(cycle) > 2:  # a self-dependency is reported on its own field
         out.append(FieldViolation(f"spec.services.{cycle[0]}.depends_on", "dependency cycle: " + " -> ".join(cycle)))
@@ -342,8 +350,11 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
         out.append(
             FieldViolation(f"{where}.cpu_shares", f"must be 0 (default) or from 2 to 262144, got {res.cpu_shares}")
         )
-    if res.disk_bytes < 0:
-        out.append(FieldViolation(f"{where}.disk_bytes", "must not be negative"))
+    if res.disk_bytes != 0:
+        # No snapshotter quota is set up, so a limit would be accepted and never enforced: refuse it.
+        out.append(
+            FieldViolation(f"{where}.disk_bytes", "is not supported yet (no disk quota is enforced); leave it 0")
+        )
 
 
 def _check_security(security: Security, where: str, limits: LimitSettings, out: list[FieldViolation]) -> None:

@@ -158,3 +158,50 @@ def test_config_check_validates_the_example() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+def test_a_taken_port_is_one_line_naming_the_port_and_its_holder_and_exit_2(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from tests.support.daemon import free_port
+
+    port = free_port()
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        config = tmp_path / "config.yaml"
+        config.write_text(f"data_dir: data\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  format: json\n")
+        result = subprocess.run(
+            [str(VENV_BIN / "scheduler"), "run", "--config", str(config)], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port}" in lines[0] and f"pid {os.getpid()}" in lines[0], lines[0]
+    # It stopped before starting anything: no containerd was made under the data dir.
+    assert not (tmp_path / "data" / "containerd").exists()
+
+
+def test_a_second_daemon_on_a_served_data_dir_exits_naming_it_and_the_first_keeps_serving(
+    daemon: DaemonProcess,
+) -> None:
+    from tests.support.daemon import free_port
+
+    config = daemon.config_path.parent / "second.yaml"
+    config.write_text(
+        daemon.config_path.read_text().replace(daemon.address, f"127.0.0.1:{free_port()}"),
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "scheduler"), "run", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(daemon.data_dir) in lines[0] and f"pid {daemon.process.pid}" in lines[0], lines[0]
+    assert daemon.process.poll() is None
+    with daemon.channel() as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        pb_grpc.SchedulerServiceStub(channel).ListEnvironments(pb.ListEnvironmentsRequest(), timeout=10)

@@ -21,6 +21,7 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from tests.support.daemon import DaemonProcess, running_daemon, start_daemon
+from tests.support.processes import processes_naming, shims_of
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,10 @@ def count_resources(daemon: DaemonProcess, namespace: str, instance: str) -> dic
     counts["env_rules"] = sum(1 for line in rules.splitlines() if line.startswith("-A") and f"{instance}-e" in line)
     volumes = daemon.data_dir / "volumes"
     counts["volumes"] = sum(1 for _ in volumes.rglob("*")) if volumes.exists() else 0
+    # Processes too: containerd cannot see a shim or log writer that outlived what it knew of.
+    socket = str(daemon.data_dir / "containerd" / "containerd.sock")
+    counts["shims"] = len(shims_of(socket))
+    counts["log_writers"] = len(processes_naming(f"dir {daemon.data_dir / 'logs'}/"))
     return counts
 
 

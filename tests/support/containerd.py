@@ -34,6 +34,7 @@ from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.errors import translated
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
+from tests.support.leftovers import track
 
 BUSYBOX_REF = "test.local/busybox:latest"
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -326,6 +327,7 @@ async def containerd_socket() -> AsyncIterator[str]:
     if os.geteuid() != 0:
         unavailable("containerd needs root")
     base = Path(tempfile.mkdtemp(prefix="sched-test-ctd-"))
+    track(base)
     managed = ManagedContainerd(base / "containerd")
     try:
         socket = await managed.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -110,7 +111,10 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             env.conditions.add(
                 type="RolledBack", status=pb.CONDITION_STATUS_TRUE, service="toolbox", message="health check: HTTP 404"
             )
-        env.observed_generation = env.generation
+        env.update_time.GetCurrentTime()
+        # As the daemon does: a failed rollout is not an observed generation.
+        if env.status != pb.ENVIRONMENT_STATUS_FAILED:
+            env.observed_generation = env.generation
 
     def UpdateEnvironment(
         self, request: pb.UpdateEnvironmentRequest, context: grpc.ServicerContext
@@ -568,3 +572,57 @@ def test_pairs_sizes_and_statuses() -> None:
     assert status_value("running") == status_value("ENVIRONMENT_STATUS_RUNNING") == pb.ENVIRONMENT_STATUS_RUNNING
     with pytest.raises(SpecError, match="unspecified|not one of"):
         status_value("unspecified")
+
+
+def test_create_wait_fails_fast_on_failed_and_never_waits_out_the_timeout(fake: tuple[FakeScheduler, str]) -> None:
+    servicer, address = fake
+    servicer.fail_deploys.add("sick")
+    started = time.monotonic()
+    result = run(address, "env", "create", "sick", "--stack", "toolbox", "--wait", "--wait-timeout", "120")
+    assert_one_line_error(result, "FAILED_PRECONDITION", "sick", "FAILED", "health check failed")
+    assert time.monotonic() - started < 60, "the wait ran on after the environment turned FAILED"
+    assert servicer.envs["sick"].observed_generation == 0
+
+
+def test_connection_options_work_before_the_subcommand(fake: tuple[FakeScheduler, str]) -> None:
+    _, address = fake
+    run(address, "env", "create", "a", "--stack", "toolbox")
+    before = CliRunner().invoke(main, ["--address", address, "--timeout", "5", "env", "list"])
+    assert before.exit_code == 0, before.output
+    assert before.output.splitlines()[1].split()[0] == "a"
+    # After the subcommand wins over before it, which wins over the variable.
+    after = CliRunner().invoke(
+        main, ["--address", "127.0.0.1:1", "env", "list", "--address", address], env={"SCHEDULER_ADDRESS": "x:1"}
+    )
+    assert after.exit_code == 0, after.output
+    variable = CliRunner().invoke(main, ["env", "list"], env={"SCHEDULER_ADDRESS": address})
+    assert variable.exit_code == 0, variable.output
+    unreachable = CliRunner().invoke(main, ["--address", "127.0.0.1:1", "--timeout", "1", "env", "list"])
+    assert unreachable.exit_code == 1 and "127.0.0.1:1" in unreachable.stderr
+
+
+def test_tables_print_whole_names_and_elide_only_to_fit_a_terminal() -> None:
+    from scheduler.client import render
+
+    rows = [("demo.frontend.0.410724", "RUNNING"), ("demo.backend.0.123456", "EXITED")]
+    whole = render.table(("CONTAINER", "STATE"), rows)
+    assert "demo.frontend.0.410724" in whole and "demo.backend.0.123456" in whole
+    narrow = render.table(("CONTAINER", "STATE"), rows, width=24)
+    first = narrow.splitlines()[1]
+    assert "…" in first and first.startswith("demo.") and first.split()[0].endswith("410724")
+    assert render.table(("CONTAINER", "STATE"), rows, width=200) == whole
+    assert render.elide("abcdefghij", 5) == "ab…ij" and render.elide("abc", 5) == "abc"
+
+
+def test_progress_names_each_service_phase_once_per_change() -> None:
+    from scheduler.client.progress import Progress
+
+    progress = Progress(["postgres", "backend"])
+    env = pb.Environment(name="e")
+    assert progress.lines(env) == ["  postgres  pending", "  backend   pending"]
+    env.containers.add(service="postgres", state=pb.CONTAINER_STATE_RUNNING, health=pb.HEALTH_STATUS_STARTING)
+    assert progress.lines(env) == ["  postgres  waiting for health"]
+    assert progress.lines(env) == []
+    env.containers[0].health = pb.HEALTH_STATUS_HEALTHY
+    env.containers.add(service="backend", state=pb.CONTAINER_STATE_CREATED)
+    assert progress.lines(env) == ["  postgres  healthy", "  backend   starting"]

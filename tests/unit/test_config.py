@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,72 @@ def test_redacted_hides_secrets_and_only_secrets(tmp_path: Path) -> None:
     assert host == {"mirrors": [], "insecure": False, "username": "deploy", "password": REDACTED}
     assert "hunter2" not in repr(dumped)
     assert dumped["data_dir"] == "/var/lib/scheduler"
+
+
+def _model_options(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted names of every option of ``model``; options of keyed sections as ``section.*.name``."""
+    found: set[str] = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        args = getattr(annotation, "__args__", ())
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= _model_options(annotation, f"{prefix}{name}.")
+        elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+            found.add(f"{prefix}{name}")
+            found |= _model_options(args[-1], f"{prefix}{name}.*.")
+        else:
+            found.add(f"{prefix}{name}")
+    return found
+
+
+def _documented_options(text: str) -> set[str]:
+    """Dotted names of the example's options, entries of keyed sections and lists as ``section.*.name``.
+
+    A keyed section or list (``registries: {}``, ``tokens: []``) shows its entries as a
+    commented-out sample (``#`` in the section's column, then the YAML) right below it.
+    """
+
+    def walk(data: Any, prefix: str) -> set[str]:
+        found: set[str] = set()
+        for key, value in data.items():
+            if isinstance(value, dict) and value:
+                found |= walk(value, f"{prefix}{key}.")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                found |= {f"{prefix}{key}"} | {f"{prefix}{key}.*.{k}" for v in value for k in v}
+            else:
+                found.add(f"{prefix}{key}")
+        return found
+
+    def entries(sample: Any) -> list[dict[str, Any]]:
+        items = sample if isinstance(sample, list) else list(sample.values()) if isinstance(sample, dict) else []
+        return [item for item in items if isinstance(item, dict)]
+
+    found = walk(yaml.safe_load(text), "")
+    path: list[tuple[int, str]] = []  # (indent, key) of the YAML lines enclosing the current one
+    samples: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        if stripped.startswith("#"):
+            owner = next((i for i, (col, _) in enumerate(path) if col == indent), None)
+            body = stripped[1:]
+            if owner is not None and body.startswith("   "):
+                samples.setdefault(".".join(k for _, k in path[: owner + 1]), []).append(body)
+            continue
+        if not stripped or stripped.startswith("- ") or ":" not in stripped:
+            continue
+        path = [(col, key) for col, key in path if col < indent] + [(indent, stripped.split(":", 1)[0])]
+    for section, lines in samples.items():
+        for entry in entries(yaml.safe_load(textwrap.dedent("\n".join(lines)))):
+            found |= {f"{section}.*.{option}" for option in entry}
+    return found
+
+
+def test_every_option_of_the_example_config_exists_and_every_option_is_documented() -> None:
+    example = (Path(__file__).resolve().parents[2] / "config.example.yaml").read_text()
+    documented, model = _documented_options(example), _model_options(Settings)
+    assert documented - model == set(), "documented in config.example.yaml but not an option"
+    assert model - documented == set(), "options missing from config.example.yaml"
 
 
 def test_a_reload_tells_live_options_from_those_needing_a_restart() -> None:

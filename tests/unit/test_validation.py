@@ -14,8 +14,8 @@ from scheduler.domain import (
     HealthCheck,
     HealthCheckKind,
     NetworkSettings,
+    PortProtocol,
     PortSpec,
-    Protocol,
     Resources,
     RestartMode,
     RestartPolicy,
@@ -285,6 +285,12 @@ CASES = [
         edit(base_spec(), "api", resources=Resources(disk_bytes=-5)),
         "spec.services.api.resources.disk_bytes",
     ),
+    (
+        "disk-limit-not-enforced",
+        "ok",
+        edit(base_spec(), "api", resources=Resources(disk_bytes=1 << 30)),
+        "spec.services.api.resources.disk_bytes",
+    ),
     ("replicas-zero", "ok", edit(base_spec(), "db", replicas=0), "spec.services.db.replicas"),
     (
         "replicas-over",
@@ -445,7 +451,7 @@ def test_cycle_message_names_the_whole_cycle():
 
 
 def test_same_host_port_on_different_protocols_is_allowed():
-    spec = edit(base_spec(), "db", ports=(PortSpec(5432, Protocol.UDP, publish=True, host_port=28080),))
+    spec = edit(base_spec(), "db", ports=(PortSpec(5432, PortProtocol.UDP, publish=True, host_port=28080),))
     validate("ok", spec, LIMITS)
 
 
@@ -503,3 +509,15 @@ def test_resolved_stacks_with_user_overrides_are_checked_too():
     with pytest.raises(InvalidArgument) as err:
         validate("demo", spec, LIMITS)
     assert [v.field for v in err.value.violations] == ["spec.services.postgres.replicas"]
+
+
+def test_published_ports_of_a_whole_environment_are_bounded_replicas_counted() -> None:
+    ports = tuple(PortSpec(8000 + i, publish=True) for i in range(30))
+    services = tuple(
+        ServiceSpec(name=f"s{i}", image="docker.io/library/busybox:1", ports=ports, replicas=5) for i in range(2)
+    )
+    spec = dataclasses.replace(base_spec(), services=services)
+    problems = [v for v in violations_of("env", spec, LIMITS) if "host ports" in v.description]
+    assert [(v.field, v.description) for v in problems] == [
+        ("spec.services", "publish 300 host ports (replicas counted); at most 128 are allowed")
+    ]

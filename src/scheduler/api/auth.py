@@ -30,6 +30,7 @@ VIEW = frozenset(
         "GetEnvironmentMetrics",
         "WatchEvents",
         "GetEnvironmentHistory",
+        "ListOperations",
         "ListStacks",
     }
 )
@@ -47,6 +48,7 @@ PERMISSIONS = {
     "GetEnvironmentLogs": "environments.logs",
     "GetEnvironmentMetrics": "environments.metrics",
     "GetEnvironmentHistory": "environments.history",
+    "ListOperations": "environments.operations",
     "WatchEvents": "events.watch",
     "ListStacks": "stacks.list",
     # Admin only (no role but admin covers them): archives hold every secret of an environment.

@@ -28,6 +28,7 @@ from scheduler import errors, log
 
 _log = log.get("peers")
 
+_PRIVATE_PREFIX = "scheduler-api-"
 _UCRED = struct.Struct("3i")
 """struct ucred: pid, uid, gid."""
 _CHUNK = 256 * 1024
@@ -49,7 +50,9 @@ class UnixListener:
         self.path = path
         self._mode = mode
         self._group = group
-        self._private = Path(tempfile.mkdtemp(prefix="scheduler-api-"))  # 0700, only the daemon enters
+        _sweep_private_dirs()
+        # 0700: only the daemon's user enters. Named by pid, so a killed daemon's is found again.
+        self._private = Path(tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-"))
         self.backend = self._private / "grpc.sock"
         """Where gRPC itself listens; unreachable to anyone but the daemon's user."""
         self._peers: dict[str, Credentials] = {}
@@ -92,18 +95,22 @@ class UnixListener:
         sock.setblocking(False)
         self._server = await asyncio.start_unix_server(self._relay, sock=sock)
 
-    async def close(self) -> None:
-        """Stop accepting, end open relays, remove both sockets."""
+    def stop_accepting(self) -> None:
+        """Refuse new connections (the path disappears); relays in flight go on."""
         if self._server is not None:
             self._server.close()
+        with contextlib.suppress(OSError):
+            if self.path.is_socket():
+                self.path.unlink()
+
+    async def close(self) -> None:
+        """Stop accepting, end open relays, remove both sockets."""
+        self.stop_accepting()
         for task in list(self._relays):
             task.cancel()
         for task in list(self._relays):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(OSError):
-            if self.path.is_socket():
-                self.path.unlink()
         with contextlib.suppress(OSError):
             self.backend.unlink()
         with contextlib.suppress(OSError):
@@ -154,6 +161,19 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         with contextlib.suppress(OSError, RuntimeError):
             if sink.can_write_eof():
                 sink.write_eof()
+
+
+def _sweep_private_dirs() -> None:
+    """Remove the private directories of daemons that died without closing (killed)."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{_PRIVATE_PREFIX}*-*"):
+        pid = directory.name.removeprefix(_PRIVATE_PREFIX).partition("-")[0]
+        # Another daemon may sweep the same directory at once: whatever vanished is done.
+        with contextlib.suppress(OSError):
+            if not pid.isdigit() or directory.stat().st_uid != os.getuid() or Path(f"/proc/{pid}").exists():
+                continue
+            for leftover in directory.iterdir():
+                leftover.unlink()
+            directory.rmdir()
 
 
 def _serving(path: Path) -> bool:

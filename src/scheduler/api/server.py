@@ -121,8 +121,10 @@ class ApiServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._service.begin_shutdown()
         if self._unix is not None:
-            await self._unix.close()
+            self._unix.stop_accepting()
         await self._server.stop(grace)
+        if self._unix is not None:
+            await self._unix.close()
 
     async def wait(self) -> None:
         """Block until the server terminates."""

@@ -141,6 +141,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             backups=[convert.backup_to_proto(b) for b in await self._service.backups(request.name)]
         )
 
+    async def ListOperations(self, request: pb.ListOperationsRequest, context: Context) -> pb.ListOperationsResponse:
+        records = await self._service.operations(request.name)
+        return pb.ListOperationsResponse(operations=[convert.operation_to_proto(r) for r in records])
+
     async def ReloadConfiguration(
         self, request: pb.ReloadConfigurationRequest, context: Context
     ) -> pb.ReloadConfigurationResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from scheduler.client.api import ConnectConfig, SchedulerClient
+from scheduler.client.connection import global_connection_options
 from scheduler.client.errors import ApiError, ClientError, ErrorDetails, Violation, WaitFailed
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "SchedulerClient",
     "Violation",
     "WaitFailed",
+    "global_connection_options",
     "register",
 ]
 

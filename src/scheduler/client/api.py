@@ -80,6 +80,11 @@ class ConnectConfig:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
+def _later(env: pb.Environment, than: pb.Environment) -> bool:
+    now, then = env.update_time, than.update_time
+    return (now.seconds, now.nanos) > (then.seconds, then.nanos)
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     out.FromTimedelta(timedelta(seconds=seconds))
@@ -212,6 +217,11 @@ class SchedulerClient:
         request = pb.RestoreEnvironmentRequest(backup=backup, name=name)
         return await self._unary(self._stub.RestoreEnvironment, request, max(self.config.timeout, 900))
 
+    async def operations(self, name: str) -> builtins.list[pb.Operation]:
+        """Timelines of environment ``name``'s recent deploys, updates and deletions, oldest first."""
+        reply = await self._unary(self._stub.ListOperations, pb.ListOperationsRequest(name=name))
+        return list(reply.operations)
+
     async def reload_configuration(self) -> pb.ReloadConfigurationResponse:
         """Make the daemon re-read its configuration file (admin only)."""
         return await self._unary(self._stub.ReloadConfiguration, pb.ReloadConfigurationRequest())
@@ -301,13 +311,21 @@ class SchedulerClient:
             await asyncio.sleep(reconnect_delay)
 
     async def wait_for(
-        self, name: str, statuses: Collection[pb.EnvironmentStatus.ValueType], *, generation: int = 0
+        self,
+        name: str,
+        statuses: Collection[pb.EnvironmentStatus.ValueType],
+        *,
+        generation: int = 0,
+        since: pb.Environment | None = None,
+        observe: Callable[[pb.Environment], None] | None = None,
     ) -> pb.Environment:
         """Wait until environment ``name`` has one of ``statuses`` with ``generation`` rolled out.
 
         Watches the environment's events and re-reads it after each (and at every heartbeat), so
         a change is seen at once and nothing depends on catching one particular event. Bound it
-        with ``asyncio.timeout()``.
+        with ``asyncio.timeout()``. A FAILED status set after ``since`` (the environment as the
+        create or update returned it) ends the wait at once, even though a failed rollout is not
+        an observed generation. ``observe`` sees every state read (for progress displays).
 
         Raises:
             WaitFailed: it FAILED (when FAILED is not waited for) or was deleted.
@@ -321,7 +339,10 @@ class SchedulerClient:
                     if err.code == "NOT_FOUND":
                         raise WaitFailed("NOT_FOUND", f"environment {name!r} no longer exists") from err
                     raise
-                if env.observed_generation >= generation:
+                if observe is not None:
+                    observe(env)
+                failed_since = env.status == pb.ENVIRONMENT_STATUS_FAILED and since is not None and _later(env, since)
+                if env.observed_generation >= generation or failed_since:
                     if env.status in statuses:
                         return env
                     if env.status == pb.ENVIRONMENT_STATUS_FAILED:

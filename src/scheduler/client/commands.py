@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +15,8 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
 from scheduler.client.api import SchedulerClient
 from scheduler.client.connection import Client, CommandFailed, connection_options, output_option
-from scheduler.client.errors import ApiError
+from scheduler.client.errors import ApiError, WaitFailed
+from scheduler.client.progress import Progress
 from scheduler.client.spec import SpecError, apply_flags, load_file, parse_pairs, status_value
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,11 +102,24 @@ def _failure(env: pb.Environment) -> str:
     return "no condition reported"
 
 
-async def wait_settled(api: SchedulerClient, name: str, generation: int, limit: float) -> pb.Environment:
-    """Wait until ``generation`` is rolled out and the status settled; the environment then."""
+async def wait_settled(
+    api: SchedulerClient, name: str, accepted: pb.Environment, limit: float, stack: str = ""
+) -> pb.Environment:
+    """Wait until the ``accepted`` generation is rolled out and the status settled; the environment then.
+
+    A FAILED status set after ``accepted`` ends the wait at once (the rollout failed; waiting
+    longer cannot help). On a terminal, each service's progress is printed to stderr as it changes.
+    """
+    generation = accepted.generation
+    observe = await _progress(api, stack or accepted.spec.stack)
     try:
         async with asyncio.timeout(limit):
-            return await api.wait_for(name, SETTLED, generation=generation)
+            try:
+                return await api.wait_for(name, SETTLED, generation=generation, since=accepted, observe=observe)
+            except WaitFailed as err:
+                if err.code != "FAILED_PRECONDITION":
+                    raise
+                return await api.get(name)
     except TimeoutError:
         env = await api.get(name)
         raise CommandFailed(
@@ -112,6 +127,20 @@ async def wait_settled(api: SchedulerClient, name: str, generation: int, limit: 
             f"environment {name!r} is {render.status(env.status)} at generation {env.observed_generation} "
             f"of {generation} after {limit:g}s",
         ) from None
+
+
+async def _progress(api: SchedulerClient, stack: str) -> Callable[[pb.Environment], None] | None:
+    """A printer of per-service progress lines when stderr is a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    services = next(([s.name for s in st.services] for st in await api.stacks() if st.name == stack), [])
+    progress = Progress(services)
+
+    def observe(env: pb.Environment) -> None:
+        for line in progress.lines(env):
+            click.echo(line, err=True)
+
+    return observe
 
 
 async def wait_gone(api: SchedulerClient, name: str, limit: float) -> None:
@@ -199,7 +228,7 @@ def env_create(
 
     async def calls(api: SchedulerClient) -> tuple[pb.Environment, pb.Environment | None]:
         created = await api.create(name, spec)
-        return created, await wait_settled(api, name, created.generation, wait_timeout) if wait else None
+        return created, await wait_settled(api, name, created, wait_timeout) if wait else None
 
     created, settled = client.run(calls)
     if settled is None:
@@ -281,7 +310,7 @@ def env_update(
                     raise
         if dry_run or not wait:
             return reply, None
-        return reply, await wait_settled(api, name, reply.environment.generation, wait_timeout)
+        return reply, await wait_settled(api, name, reply.environment, wait_timeout)
 
     reply, settled = client.run(calls)
     if settled is None:
@@ -367,12 +396,21 @@ def env_metrics(client: Client, name: str, window: float | None, output: str) ->
 
 @env.command("history")
 @click.argument("name")
+@click.option("--steps", is_flag=True, help="Also show each recent operation's steps with their times.")
 @output_option
 @connection_options
-def env_history(client: Client, name: str, output: str) -> None:
-    """Show the audit trail of environment NAME, oldest first."""
+def env_history(client: Client, name: str, steps: bool, output: str) -> None:
+    """Show the audit trail of environment NAME, oldest first (with --steps, the operations' timelines)."""
     reply = pb.GetEnvironmentHistoryResponse(entries=client.run(lambda api: api.history(name)))
-    click.echo(render.to_json(reply) if output == "json" else render.history(reply))
+    if not steps:
+        click.echo(render.to_json(reply) if output == "json" else render.history(reply))
+        return
+    operations = pb.ListOperationsResponse(operations=client.run(lambda api: api.operations(name)))
+    if output == "json":
+        click.echo(render.to_json(operations))
+        return
+    click.echo(render.history(reply))
+    click.echo(render.operations(operations))
 
 
 @env.command("backup")

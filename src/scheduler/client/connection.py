@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -79,52 +80,97 @@ def reported(address: str) -> Iterator[None]:
         sys.exit(INTERRUPTED_EXIT)
 
 
-def connection_options(command: F) -> F:
-    """Add ``--address`` and ``--timeout``; the command receives a ready ``client`` argument instead."""
+@dataclass(frozen=True)
+class _Option:
+    """One connection option: given before the subcommand, after it, by a variable or by default."""
 
-    @click.option(
-        "--address",
-        envvar=ADDRESS_ENV,
-        default=DEFAULT_ADDRESS,
-        show_default=True,
-        help=f"Daemon address HOST:PORT or unix:PATH (env {ADDRESS_ENV}).",
-    )
-    @click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=30.0,
-        show_default=True,
-        help="Seconds each call may take.",
-    )
-    @click.option("--token", envvar="SCHEDULER_TOKEN", default="", help="Bearer token (env SCHEDULER_TOKEN).")
-    @click.option("--tls-ca", envvar="SCHEDULER_TLS_CA", default="", help="CA bundle: use TLS, verify the daemon.")
-    @click.option("--tls-cert", envvar="SCHEDULER_TLS_CERT", default="", help="Client certificate (mutual TLS).")
-    @click.option("--tls-key", envvar="SCHEDULER_TLS_KEY", default="", help="Key of the client certificate.")
+    flag: str
+    envvar: str
+    default: Any
+    help: str
+    type: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+_OPTIONS = (
+    _Option("--address", ADDRESS_ENV, DEFAULT_ADDRESS, "Daemon address HOST:PORT or unix:PATH."),
+    _Option("--timeout", "", 30.0, "Seconds each call may take.", click.FloatRange(min=0.1)),
+    _Option("--token", "SCHEDULER_TOKEN", "", "Bearer token."),
+    _Option("--tls-ca", "SCHEDULER_TLS_CA", "", "CA bundle: use TLS, verify the daemon."),
+    _Option("--tls-cert", "SCHEDULER_TLS_CERT", "", "Client certificate (mutual TLS)."),
+    _Option("--tls-key", "SCHEDULER_TLS_KEY", "", "Key of the client certificate."),
+)
+_META_KEY = "scheduler.connection"
+
+
+def _help(option: _Option) -> str:
+    env = f"env {option.envvar}; " if option.envvar else ""
+    return f"{option.help} ({env}default {option.default!r})" if option.default != "" else f"{option.help} ({env})"
+
+
+def global_connection_options(group: F) -> F:
+    """The connection options before the subcommand too: ``scheduler --address unix:/p env list``."""
+    for option in reversed(_OPTIONS):
+
+        def remember(ctx: click.Context, param: click.Parameter, value: Any, name: str = option.name) -> None:
+            if value is not None:
+                ctx.meta.setdefault(_META_KEY, {})[name] = value
+
+        group = click.option(
+            option.flag, type=option.type, default=None, expose_value=False, callback=remember, help=_help(option)
+        )(group)
+    return group
+
+
+def _resolved(given: dict[str, Any]) -> dict[str, Any]:
+    """After the subcommand > before it > the variable > the default, option by option."""
+    before = click.get_current_context().meta.get(_META_KEY, {})
+    out = {}
+    for option in _OPTIONS:
+        value = given.get(option.name)
+        if value is None:
+            value = before.get(option.name)
+        if value is None and option.envvar:
+            value = os.environ.get(option.envvar)
+        if value is None:
+            value = option.default
+        out[option.name] = value
+    return out
+
+
+def connection_options(command: F) -> F:
+    """Add the connection options; the command receives a ready ``client`` argument instead."""
+
     @functools.wraps(command)
-    def wrapper(
-        *args: Any,
-        address: str,
-        timeout: float,
-        token: str,
-        tls_ca: str,
-        tls_cert: str,
-        tls_key: str,
-        **kwargs: Any,
-    ) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {option.name: kwargs.pop(option.name) for option in _OPTIONS}
+        opts = _resolved(given)
+
         def path(value: str) -> Path | None:
             return Path(value) if value else None
 
         try:
             config = ConnectConfig(
-                address, timeout, ca_file=path(tls_ca), cert_file=path(tls_cert), key_file=path(tls_key), token=token
+                opts["address"],
+                float(opts["timeout"]),
+                ca_file=path(opts["tls_ca"]),
+                cert_file=path(opts["tls_cert"]),
+                key_file=path(opts["tls_key"]),
+                token=opts["token"],
             )
         except ValueError as err:
             raise click.UsageError(f"--tls-cert and --tls-key: {err}") from err
         client = Client(config)
-        with reported(address):
+        with reported(opts["address"]):
             return command(*args, client=client, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    decorated: Any = wrapper
+    for option in reversed(_OPTIONS):
+        decorated = click.option(option.flag, type=option.type, default=None, help=_help(option))(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def output_option(command: F) -> F:

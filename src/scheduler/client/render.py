@@ -23,11 +23,43 @@ def to_json_line(message: Message) -> str:
     return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Left-aligned columns separated by two spaces, without trailing blanks."""
+ELLIPSIS = "…"
+MIN_ELIDED = 9
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], width: int | None = None) -> str:
+    """Left-aligned columns separated by two spaces, without trailing blanks.
+
+    Cells are printed whole. Only when ``width`` (a terminal's) is given and the table is wider,
+    the widest column's long cells are elided in the middle (``demo.fro…0.410724``), which keeps
+    both ends of a name visible and marks the cut; never below ``MIN_ELIDED`` characters.
+    """
     cells = [list(headers), *([str(c) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    total = sum(widths) + 2 * (len(widths) - 1)
+    if width is not None and total > width and widths:
+        widest = max(range(len(widths)), key=lambda i: widths[i])
+        widths[widest] = max(MIN_ELIDED, widths[widest] - (total - width), len(headers[widest]))
+        for row in cells:
+            row[widest] = elide(row[widest], widths[widest])
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def elide(text: str, width: int) -> str:
+    """``text`` if it fits in ``width``, else its start and end around an ellipsis."""
+    if len(text) <= width:
+        return text
+    keep = width - len(ELLIPSIS)
+    head = (keep + 1) // 2
+    return text[:head] + ELLIPSIS + text[len(text) - (keep - head) :]
+
+
+def terminal_width() -> int | None:
+    """Columns of the terminal stdout is, or None when it is not one (pipes get whole tables)."""
+    import shutil
+    import sys
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 def enum_name(value: int, enum: object, prefix: str) -> str:
@@ -116,11 +148,13 @@ def containers(items: Iterable[pb.ContainerStatus]) -> str:
             c.ip or "-",
             c.pid or "-",
             c.restart_count,
-            c.container_id[:12],
+            c.container_id,
         )
         for c in items
     ]
-    return table(("SERVICE", "REPLICA", "STATE", "HEALTH", "IP", "PID", "RESTARTS", "CONTAINER"), rows)
+    return table(
+        ("SERVICE", "REPLICA", "STATE", "HEALTH", "IP", "PID", "RESTARTS", "CONTAINER"), rows, terminal_width()
+    )
 
 
 def environments(items: Iterable[pb.Environment], now: datetime | None = None) -> str:
@@ -140,7 +174,7 @@ def environments(items: Iterable[pb.Environment], now: datetime | None = None) -
                 age(env.create_time, now),
             )
         )
-    return table(("NAME", "STATUS", "STACK", "GEN", "RUNNING", "PORTS", "AGE"), rows)
+    return table(("NAME", "STATUS", "STACK", "GEN", "RUNNING", "PORTS", "AGE"), rows, terminal_width())
 
 
 def stacks(reply: pb.ListStacksResponse) -> str:
@@ -149,13 +183,13 @@ def stacks(reply: pb.ListStacksResponse) -> str:
     for stack in reply.stacks:
         params = ", ".join(p.name + ("=<secret>" if p.secret else "") for p in stack.parameters) or "-"
         rows.append((stack.name, ",".join(s.name for s in stack.services), params, stack.description))
-    return table(("NAME", "SERVICES", "PARAMETERS", "DESCRIPTION"), rows)
+    return table(("NAME", "SERVICES", "PARAMETERS", "DESCRIPTION"), rows, terminal_width())
 
 
 def plan(changes: Iterable[pb.ServiceChange]) -> str:
     """The update plan, service by service."""
     rows = [(c.service, enum_name(c.action, pb.ChangeAction, "CHANGE_ACTION_"), c.reason or "-") for c in changes]
-    return table(("SERVICE", "ACTION", "REASON"), rows)
+    return table(("SERVICE", "ACTION", "REASON"), rows, terminal_width())
 
 
 def metrics(reply: pb.EnvironmentMetrics) -> str:
@@ -173,13 +207,13 @@ def metrics(reply: pb.EnvironmentMetrics) -> str:
         )
         for m in reply.containers
     ]
-    return table(("SERVICE", "REPLICA", "CPU", "MEMORY", "LIMIT", "PIDS", "READ", "WRITTEN"), rows)
+    return table(("SERVICE", "REPLICA", "CPU", "MEMORY", "LIMIT", "PIDS", "READ", "WRITTEN"), rows, terminal_width())
 
 
 def history(reply: pb.GetEnvironmentHistoryResponse) -> str:
     """The audit trail, oldest first."""
     rows = [(h.generation, timestamp(h.time), h.actor or "-", h.action, h.detail or "-") for h in reply.entries]
-    return table(("GEN", "TIME", "ACTOR", "ACTION", "DETAIL"), rows)
+    return table(("GEN", "TIME", "ACTOR", "ACTION", "DETAIL"), rows, terminal_width())
 
 
 def log_line(line: pb.LogLine) -> str:
@@ -203,3 +237,19 @@ def backup(item: pb.Backup) -> str:
     details = "; ".join(h for h in held if h and not h.endswith(": "))
     when = item.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
     return f"{item.id}  {item.size_bytes} bytes  {when}" + (f"  ({details})" if details else "")
+
+
+def operations(reply: pb.ListOperationsResponse) -> str:
+    """Each operation, then its steps with the seconds since the operation started."""
+    lines = []
+    for op in reply.operations:
+        start = op.start_time.ToDatetime()
+        took = f"{(op.end_time.ToDatetime() - start).total_seconds():.3f}s" if op.HasField("end_time") else "running"
+        lines.append(f"\n{op.kind} {op.outcome or 'in progress'} ({took}) at {start.strftime('%Y-%m-%d %H:%M:%S')}Z")
+        for step in op.steps:
+            offset = (step.time.ToDatetime() - start).total_seconds()
+            where = f" {step.service}" if step.service else ""
+            lines.append(f"  +{offset:8.3f}s  {step.step:<9}{where}  {step.detail}")
+        if op.dropped_steps:
+            lines.append(f"  ... {op.dropped_steps} more steps not kept")
+    return "\n".join(lines).lstrip("\n") if lines else "no operations recorded"

@@ -121,8 +121,15 @@ class Recorder:
 
     # --- the orchestrator --------------------------------------------------------------------
 
-    def operation_finished(self, operation: str, stack: str, outcome: str, seconds: float) -> None:
-        self.operation_seconds.labels(operation, stack, outcome).observe(seconds)
+    def operation_started(self, operation: str, env: str) -> None:
+        return None
+
+    def operation_finished(self, operation: str, env: str, stack: str, outcome: str, seconds: float) -> None:
+        if stack:  # an operation on an environment that was already gone has no stack to label
+            self.operation_seconds.labels(operation, stack, outcome).observe(seconds)
+
+    def step(self, env: str, step: str, service: str = "", detail: str = "") -> None:
+        return None
 
     def probe_finished(self, kind: str, ok: bool, seconds: float) -> None:
         self.probes_total.labels(kind, "success" if ok else "failure").inc()

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import shutil
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler import domain
+from scheduler import log as slog
 from scheduler.config import NetworkSettings
 from scheduler.errors import (
     AlreadyExists,
@@ -90,7 +90,7 @@ from scheduler.network.state import (
     StateFile,
 )
 
-log = logging.getLogger(__name__)
+log = slog.get("network")
 
 
 class CniNetwork:
@@ -136,6 +136,9 @@ class CniNetwork:
         self._ports = PortHolder()
         self._lock = asyncio.Lock()
         self._state = NetworkState()
+        # Subnets of environments whose deletion is still removing their bridge: not yet free,
+        # or a new environment would get a subnet whose route the old bridge still holds.
+        self._releasing: dict[str, ipaddress.IPv4Network] = {}
         self._applied: iptables.Ruleset = {}
         """Our chains as last written to the kernel; syncs only send what differs."""
         self._pending: set[str] = set()
@@ -157,12 +160,7 @@ class CniNetwork:
                 await links.ensure_bridge(env_rec.bridge)
             for rec in self._state.ports:
                 if not self._ports.rehold(rec):
-                    log.warning(
-                        "published port %s of %s/%s is now held by another program",
-                        rec.key,
-                        rec.env,
-                        rec.service,
-                    )
+                    log.warning("port.taken_by_another_program", port=rec.key, env=rec.env, service=rec.service)
             await self._resync()
             await self._ipt.ensure_jumps()
             self._started = True
@@ -207,6 +205,7 @@ class CniNetwork:
                 return self._info(env, rec)
             routes = read_host_routes(self._routes_file)
             taken = {name: ipaddress.IPv4Network(r.subnet) for name, r in self._state.envs.items()}
+            taken |= {f"{name} (being deleted)": net for name, net in self._releasing.items()}
             bridge = self.names.bridge(env)
             if subnet:
                 net = parse_subnet(subnet)
@@ -247,15 +246,25 @@ class CniNetwork:
         wanted = set(envs)
         async with self._lock:
             gone = {e: self._state.envs.pop(e) for e in envs if e in self._state.envs}
+            self._releasing.update({e: ipaddress.IPv4Network(rec.subnet) for e, rec in gone.items()})
             if self._release_ports(lambda p: p.env in wanted) or gone:
                 await self._commit()
-        results = await asyncio.gather(
-            *(self._forget_container(rec, cid, cont) for rec in gone.values() for cid, cont in rec.containers.items()),
-            return_exceptions=True,
-        )
-        results += await asyncio.gather(
-            *(self._remove_env_leftovers(self.names.bridge(e)) for e in envs), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(
+                    self._forget_container(rec, cid, cont)
+                    for rec in gone.values()
+                    for cid, cont in rec.containers.items()
+                ),
+                return_exceptions=True,
+            )
+            results += await asyncio.gather(
+                *(self._remove_env_leftovers(self.names.bridge(e)) for e in envs), return_exceptions=True
+            )
+        finally:
+            async with self._lock:
+                for e in gone:
+                    self._releasing.pop(e, None)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -676,7 +685,7 @@ class CniNetwork:
         except SchedulerError:
             if strict:
                 raise
-            log.exception("CNI DEL of %s failed during cleanup", container_id)
+            log.exception("cni.del_failed", container=container_id)
 
     def _carries_udp(self, env: str, service: str, svc: ServiceRecord) -> bool:
         return (
@@ -762,7 +771,7 @@ def _endpoint(rec: HostPortRecord) -> domain.Endpoint:
         host_ip=rec.host_ip,
         host_port=rec.host_port,
         container_port=rec.container_port,
-        protocol=domain.Protocol(rec.protocol),
+        protocol=domain.PortProtocol(rec.protocol),
     )
 
 

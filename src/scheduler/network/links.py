@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from scheduler.errors import Internal
 
-SYS_NET = Path("/sys/class/net")
 PROC_SYS = Path("/proc/sys/net")
+# Interfaces are read over netlink (socket.if_nameindex, `ip -json`), never from /sys/class/net:
+# sysfs shows the namespace it was mounted in, which is not ours when the daemon was started with
+# only its network namespace changed (nsenter --net, a container runtime's netns), and would then
+# hide our bridges from teardown.
 
 
 async def _ip(*args: str) -> tuple[int, str]:
@@ -21,22 +27,42 @@ async def _ip(*args: str) -> tuple[int, str]:
     return proc.returncode or 0, err.decode(errors="replace").strip()
 
 
+def _ip_json(*args: str) -> list[dict[str, object]]:
+    result = subprocess.run(["ip", "-json", *args], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise Internal(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    listed: list[dict[str, object]] = json.loads(result.stdout or "[]")
+    return listed
+
+
 def exists(name: str) -> bool:
-    """Whether an interface of that name exists in the host namespace."""
-    return (SYS_NET / name).exists()
+    """Whether an interface of that name exists in our network namespace."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def bridges(prefix: str) -> list[str]:
     """Bridges whose name starts with ``prefix``."""
-    return sorted(p.name for p in SYS_NET.iterdir() if p.name.startswith(prefix) and (p / "bridge").is_dir())
+    if not any(name.startswith(prefix) for _, name in socket.if_nameindex()):
+        return []
+    return sorted(
+        str(link["ifname"])
+        for link in _ip_json("link", "show", "type", "bridge")
+        if str(link["ifname"]).startswith(prefix)
+    )
 
 
 def bridge_ports(bridge: str) -> list[str]:
     """Interfaces (the host ends of veths) enslaved to ``bridge``."""
-    try:
-        return sorted(p.name for p in (SYS_NET / bridge / "brif").iterdir())
-    except FileNotFoundError:
+    if not exists(bridge):
         return []
+    try:
+        return sorted(str(link["ifname"]) for link in _ip_json("link", "show", "master", bridge))
+    except Internal:
+        return []  # removed in between
 
 
 def set_sysctl(key: Sequence[str], value: str) -> None:

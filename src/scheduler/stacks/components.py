@@ -24,8 +24,8 @@ from scheduler.stacks.stack import Derived, StackParameter, Values
 MIB = 1024**2
 
 # Health checks probe every 100 ms during their start period (so a deploy notices readiness at
-# once) and every 5 s after it: each probe of these services runs psql or pg_isready,
-# and a check per second per container would cost a core with a few dozen environments.
+# once) and every 5 s after it: a check per second per container would cost a core with a few
+# dozen environments.
 
 POSTGRES_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 """Role and database names that need no quoting in SQL, URLs or pg_isready arguments."""

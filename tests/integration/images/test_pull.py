@@ -248,3 +248,24 @@ async def test_a_host_outside_the_allow_list_is_refused_without_a_connection(mak
         with pytest.raises(PermissionDenied, match="is not allowed"):
             await service.pull(ref)
     assert contacted == []
+
+
+async def test_an_allowed_name_that_resolves_to_loopback_is_refused(make_service) -> None:
+    contacted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        contacted.append(str(request.url))
+        return httpx.Response(404)
+
+    service = make_service(ImageSettings(allowed_registries=["localhost:5000"]), transport=httpx.MockTransport(handler))
+    with pytest.raises(PermissionDenied, match="resolves to a loopback"):
+        await service.pull("localhost:5000/probe:1")
+    assert contacted == []
+    # Listed under images.registries, the operator means it: the pull goes ahead (and finds nothing).
+    configured = make_service(
+        ImageSettings(registries={"localhost:5000": RegistryHost(insecure=True)}),
+        transport=httpx.MockTransport(handler),
+    )
+    with pytest.raises(NotFound):
+        await configured.pull("localhost:5000/probe:1")
+    assert contacted

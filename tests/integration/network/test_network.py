@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from scheduler.network import CniNetwork, ServicePort
+from scheduler.network import ServicePort
+from scheduler.network.cni import CniNetwork
 from tests.support.network import Server, UdpServer, can_connect, connect, resolve, socket_in, unique
 from tests.support.rawpacket import RawSender
 
@@ -644,3 +645,31 @@ async def test_detach_releases_a_namespace_and_lease_left_without_a_record(
         assert (res["netns"], res["ipam_leases"], res["veths"]) == (0, 0, 0)
     finally:
         await restarted.teardown()
+
+
+async def test_a_subnet_stays_taken_until_its_old_bridge_is_gone(
+    make_network: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion still removing its bridge must not hand its subnet (whose route that bridge holds) on."""
+    net = make_network()
+    await net.start()
+    old, new = unique("old"), unique("new")
+    old_info = await net.ensure_environment(old)
+    removing, release = asyncio.Event(), asyncio.Event()
+    real_remove = net._remove_env_leftovers
+
+    async def slow_remove(bridge: str) -> None:
+        removing.set()
+        await asyncio.wait_for(release.wait(), 30)
+        await real_remove(bridge)
+
+    monkeypatch.setattr(net, "_remove_env_leftovers", slow_remove)
+    deleting = asyncio.create_task(net.delete_environment(old))
+    await asyncio.wait_for(removing.wait(), 30)
+    new_info = await net.ensure_environment(new)
+    release.set()
+    await deleting
+    assert new_info.subnet != old_info.subnet
+    # Once the old bridge is gone, its subnet is free again.
+    again = await net.ensure_environment(unique("again"))
+    assert again.subnet == old_info.subnet

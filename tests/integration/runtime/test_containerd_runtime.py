@@ -318,3 +318,25 @@ async def test_missing_socket_is_unavailable_with_a_clear_message(tmp_path: Path
         await ContainerdClient.connect(f"unix://{tmp_path / 'file.sock'}", "x")
     with pytest.raises(InvalidArgument, match="absolute"):
         await ContainerdClient.connect("relative.sock", "x")
+
+
+async def test_sweep_leases_removes_a_killed_predecessors_leases_and_only_ours(
+    containerd_runtime: ContainerdRuntime,
+) -> None:
+    from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2
+    from scheduler.runtime.containerd.client import LEASE_PREFIX
+
+    client = containerd_runtime.client
+    before = {lease.id for lease in (await client.leases.list(leases_pb2.ListRequest())).leases}
+    ours, foreign = f"{LEASE_PREFIX}killed{os.getpid()}", f"other-{os.getpid()}"
+    # What a daemon killed inside ContainerdClient.lease() leaves: the lease, never deleted.
+    for lease_id in (ours, foreign):
+        await client.leases.create(leases_pb2.CreateRequest(id=lease_id))
+    try:
+        swept = await containerd_runtime.sweep_leases()
+        left = {lease.id for lease in (await client.leases.list(leases_pb2.ListRequest())).leases}
+        assert ours in swept and ours not in left
+        assert foreign in left and foreign not in swept
+        assert left - before == {foreign}
+    finally:
+        await client.leases.delete(leases_pb2.DeleteRequest(id=foreign))

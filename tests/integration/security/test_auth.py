@@ -138,6 +138,41 @@ def test_root_works_over_the_unix_socket_and_is_the_actor(readme_daemon: DaemonP
     assert cli.returncode == 0 and "by-root" in cli.stdout, cli.stderr
 
 
+def test_streams_and_grpcurl_work_over_the_relay(readme_daemon: DaemonProcess, socket_dir: Path) -> None:
+    sock = str(socket_dir / "readme.sock")
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        stub = _stub(channel)
+        events = stub.WatchEvents(pb.WatchEventsRequest(name="relayed"), timeout=60)
+        stub.CreateEnvironment(
+            pb.CreateEnvironmentRequest(name="relayed", spec=pb.EnvironmentSpecification(stack="toolbox")), timeout=10
+        )
+        first = next(iter(events))
+        events.cancel()
+        assert first.environment == "relayed"
+    described = subprocess.run(
+        [str(VENV_BIN / "grpcurl"), "-plaintext", "-unix", sock, "describe", "scheduler.v1.SchedulerService"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert described.returncode == 0 and "rpc CreateEnvironment" in described.stdout, described.stderr
+    with_token = subprocess.run(
+        [
+            str(VENV_BIN / "grpcurl"),
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {TOKENS['viewer'][0]}",
+            readme_daemon.address,
+            "scheduler.v1.SchedulerService/ListStacks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert with_token.returncode == 0 and "toolbox" in with_token.stdout, with_token.stderr
+    assert '"principal": "token:viewer"' in readme_daemon.log()
+
+
 def test_an_unprivileged_user_is_denied_over_every_transport(
     readme_daemon: DaemonProcess, socket_dir: Path, intruder: str
 ) -> None:

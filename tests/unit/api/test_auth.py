@@ -74,3 +74,20 @@ def test_loopback_owner_reads_the_kernel_table() -> None:
             assert loopback_owner(f"ipv4:{host}:{client_port}", port + 1 if port < 65535 else 1) is None
     assert loopback_owner("ipv4:10.1.2.3:5000", 80) is None
     assert loopback_owner("unix:/x", 80) is None and loopback_owner("ipv6:[garbage]:1", 1) is None
+
+
+def test_a_killed_daemons_private_directory_is_swept() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from scheduler.api import peers
+
+    # Above the kernel's largest pid (2**22): no process has it.
+    dead = Path(tempfile.mkdtemp(prefix=f"{peers._PRIVATE_PREFIX}{2**22 + 7}-"))
+    (dead / "grpc.sock").write_text("")
+    alive = Path(tempfile.mkdtemp(prefix=f"{peers._PRIVATE_PREFIX}{os.getpid()}-"))
+    try:
+        peers._sweep_private_dirs()
+        assert not dead.exists() and alive.exists()
+    finally:
+        alive.rmdir()

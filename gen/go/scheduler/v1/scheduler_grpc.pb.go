@@ -63,6 +63,10 @@ type SchedulerServiceClient interface {
 	// needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
 	// Admin only.
 	ReloadConfiguration(ctx context.Context, in *ReloadConfigurationRequest, opts ...grpc.CallOption) (*ReloadConfigurationResponse, error)
+	// Returns the timelines of an environment's recent deploys, updates and deletions, oldest
+	// first: every step (image pull, container create and start, each health probe, traffic
+	// moved, removal) with its time, so that a slow or failed operation can be explained.
+	ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -245,6 +249,15 @@ func (c *schedulerServiceClient) ReloadConfiguration(ctx context.Context, in *Re
 	return out, nil
 }
 
+func (c *schedulerServiceClient) ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error) {
+	out := new(ListOperationsResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListOperations", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -295,6 +308,10 @@ type SchedulerServiceServer interface {
 	// needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
 	// Admin only.
 	ReloadConfiguration(context.Context, *ReloadConfigurationRequest) (*ReloadConfigurationResponse, error)
+	// Returns the timelines of an environment's recent deploys, updates and deletions, oldest
+	// first: every step (image pull, container create and start, each health probe, traffic
+	// moved, removal) with its time, so that a slow or failed operation can be explained.
+	ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -343,6 +360,9 @@ func (UnimplementedSchedulerServiceServer) RestoreEnvironment(context.Context, *
 }
 func (UnimplementedSchedulerServiceServer) ReloadConfiguration(context.Context, *ReloadConfigurationRequest) (*ReloadConfigurationResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReloadConfiguration not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListOperations not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -615,6 +635,24 @@ func _SchedulerService_ReloadConfiguration_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_ListOperations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOperationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListOperations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ListOperations",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListOperations(ctx, req.(*ListOperationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -666,6 +704,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReloadConfiguration",
 			Handler:    _SchedulerService_ReloadConfiguration_Handler,
+		},
+		{
+			MethodName: "ListOperations",
+			Handler:    _SchedulerService_ListOperations_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -64,8 +64,12 @@ CallObserver = Callable[[str, float, str], None]
 
 NAMESPACE_HEADER = "containerd-namespace"
 """gRPC metadata key that scopes a call to a containerd namespace."""
+LEASE_PREFIX = "scheduler-"
+"""Prefix of the ids of the leases the scheduler takes (so a restart can find those it left)."""
 LEASE_HEADER = "containerd-lease"
 """gRPC metadata key that adds every resource a call creates to a lease."""
+LEASE_PREFIX = "scheduler-"
+"""Every lease the scheduler takes has an id starting so; see :meth:`ContainerdClient.sweep_leases`."""
 MIN_VERSION = (1, 6)
 """Oldest containerd whose API matches our protos."""
 LOG_PROTOS = False
@@ -650,7 +654,7 @@ class ContainerdClient:
         The lease expires by itself after ``expire`` should the process die inside the block, so
         nothing it protects is kept forever. It is deleted on exit, errors included.
         """
-        lease_id = f"scheduler-{uuid.uuid4().hex[:16]}"
+        lease_id = f"{LEASE_PREFIX}{uuid.uuid4().hex[:16]}"
         until = (datetime.now(UTC) + expire).strftime("%Y-%m-%dT%H:%M:%SZ")
         all_labels = {"containerd.io/gc.expire": until, **(labels or {})}
         await self.leases.create(leases_pb.CreateRequest(id=lease_id, labels=all_labels), what=lease_id)
@@ -661,6 +665,24 @@ class ContainerdClient:
                 await self.leases.delete(leases_pb.DeleteRequest(id=lease_id, sync=sync_delete), what=lease_id)
             except NotFound:
                 pass
+
+    async def sweep_leases(self) -> list[str]:
+        """Delete every lease of ours in the namespace; the ids deleted.
+
+        Only for start-up, before any call of this process holds a lease: a lease found then
+        belongs to a daemon killed inside :meth:`lease`, and would pin what it protects from
+        garbage collection until it expires.
+        """
+        listed = await self.leases.list(leases_pb.ListRequest(), what="leases")
+        swept = []
+        for lease in listed.leases:
+            if lease.id.startswith(LEASE_PREFIX):
+                try:
+                    await self.leases.delete(leases_pb.DeleteRequest(id=lease.id), what=lease.id)
+                except NotFound:
+                    continue
+                swept.append(lease.id)
+        return swept
 
     async def container_exists(self, container_id: str) -> bool:
         """Whether a container record with this id exists in our namespace."""

@@ -36,7 +36,6 @@ from scheduler.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     SchedulerError,
 )
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
@@ -55,6 +54,7 @@ from scheduler.runtime.containerd.registry import (
     Descriptor,
     Endpoint,
     RegistryClient,
+    check_registry_host,
     verify_digest,
 )
 
@@ -380,13 +380,8 @@ class ImageService:
                         f"image {name} is not present and the pull policy is 'never': import or pull it",
                         image=name,
                     ) from err
-        if not self.settings.registry_allowed(parsed.domain):
-            # Checked before any connection, so that a reference never probes an arbitrary host.
-            raise PermissionDenied(
-                f"image {name} is not present and registry {parsed.domain!r} is not allowed: "
-                "add it to images.allowed_registries or images.registries",
-                image=name,
-            )
+        # Checked before any connection, so that a reference never probes an arbitrary host.
+        await check_registry_host(parsed.domain, self.settings, name)
         # Concurrent pulls of one image share the work instead of racing on ingest refs.
         running = self._pulls.get(name)
         if running is None:

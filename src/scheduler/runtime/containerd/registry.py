@@ -9,10 +9,13 @@ cached per scope) or Basic directly.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import ipaddress
 import json
 import re
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any
 import httpx
 
 from scheduler import log
-from scheduler.config import RegistryHost
+from scheduler.config import ImageSettings, RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, SchedulerError, Unavailable
 from scheduler.runtime.containerd.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, Reference
 
@@ -37,7 +40,7 @@ MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 ACCEPT_MANIFESTS = ", ".join([DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"])
 """Sent when resolving, in containerd's order."""
-MAX_MANIFEST_BYTES = 4 * 1048 * 1048
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """containerd's limit on manifest and index documents."""
 
 
@@ -388,3 +391,36 @@ def _sniff_media_type(body: bytes, what: str) -> str:
     if isinstance(doc, dict) and "config" in doc and "layers" in doc:
         return OCI_MANIFEST
     raise FailedPrecondition(f"manifest of {what} has an unsupported media type {media_type!r}")
+
+
+async def check_registry_host(host: str, settings: ImageSettings, image: str) -> None:
+    """Refuse to pull from ``host`` unless the config allows it.
+
+    A host must be in ``images.allowed_registries`` or a key of ``images.registries``; a name
+    allowed only by the first that resolves to a loopback, link-local or unspecified address is
+    refused too (the daemon's own services live there), unless it is a key of the second.
+
+    Raises:
+        PermissionDenied: naming the host and the option that would allow it.
+    """
+    if not settings.registry_allowed(host):
+        raise PermissionDenied(
+            f"image {image} is not present and registry {host!r} is not allowed: "
+            "add it to images.allowed_registries or images.registries",
+            image=image,
+        )
+    if host in settings.registries:
+        return
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # unresolvable: the pull fails on its own, without a connection
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if address.is_loopback or address.is_link_local or address.is_unspecified:
+            raise PermissionDenied(
+                f"image {image}: registry {host!r} resolves to a loopback or link-local address; "
+                "list it under images.registries to pull from it",
+                image=image,
+            )

@@ -6,7 +6,9 @@ Containers (``containers.py``), tasks (``tasks.py``), events (``events.py``) and
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from scheduler import domain
 from scheduler.config import ImageSettings
+from scheduler.errors import NotFound
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
@@ -22,7 +25,7 @@ from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import 
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd._gen.containerd.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
-from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, check_name
+from scheduler.runtime.containerd.client import LEASE_PREFIX, ContainerdClient, RetryPolicy, check_name
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import container_info
 from scheduler.runtime.containerd.events import TaskEventStream
@@ -84,6 +87,21 @@ class ContainerdRuntime:
         state.mkdir(parents=True, exist_ok=True)
         return cls(client, state_dir=state, snapshotter=snapshotter, runtime_name=runtime_name, images=images)
 
+    async def release_stale_leases(self) -> int:
+        """Delete the leases a previous run of the daemon left (killed inside a create or a pull).
+
+        Call once at start, before anything creates a lease: every lease of ours that exists then
+        belongs to a process that is gone (one daemon per data directory and namespace). Their
+        expiry would free them in an hour; until then they pin snapshots and content. Returns how
+        many were deleted.
+        """
+        reply = await self.client.leases.list(leases_pb.ListRequest())
+        stale = [lease.id for lease in reply.leases if lease.id.startswith(LEASE_PREFIX)]
+        for lease_id in stale:
+            with contextlib.suppress(NotFound):
+                await self.client.leases.delete(leases_pb.DeleteRequest(id=lease_id, sync=True), what=lease_id)
+        return len(stale)
+
     async def close(self) -> None:
         """Close the connection; containers keep running under their shims."""
         await self.client.close()
@@ -131,8 +149,19 @@ class ContainerdRuntime:
         return await self.tasks.wait(container_id)
 
     async def delete(self, container_id: str) -> None:
-        """Remove task, record and snapshot; idempotent."""
-        await self.tasks.delete(container_id)
+        """Remove task, record and snapshot; idempotent.
+
+        Once begun it runs to its end even when the caller is cancelled (a daemon stopping with
+        deletes in flight): a task delete cut off inside containerd can leave the task's shim and
+        bundle behind with no record pointing at them. Every step is bounded by its call timeout.
+        """
+        work = asyncio.ensure_future(self.tasks.delete(container_id))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
+            raise
 
     async def exec(
         self,
@@ -174,6 +203,10 @@ class ContainerdRuntime:
     def events(self) -> TaskEventStream:
         """Task events of our namespace; ``await stream.connected()`` before relying on them."""
         return TaskEventStream(self.client)
+
+    async def sweep_leases(self) -> builtins.list[str]:
+        """At start-up only: delete the leases a killed predecessor left (see ``ContainerdClient.sweep_leases``)."""
+        return await self.client.sweep_leases()
 
     async def resources(self) -> dict[str, int]:
         """Counts of containers, tasks, snapshots (all and active) and leases in our namespace."""

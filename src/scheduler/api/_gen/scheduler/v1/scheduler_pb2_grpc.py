@@ -110,6 +110,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
                 _registered_method=True)
+        self.ListOperations = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ListOperations',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -237,6 +242,15 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOperations(self, request, context):
+        """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
+        first: every step (image pull, container create and start, each health probe, traffic
+        moved, removal) with its time, so that a slow or failed operation can be explained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +323,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ReloadConfiguration,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.SerializeToString,
+            ),
+            'ListOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperations,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -695,6 +714,33 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/ReloadConfiguration',
             scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.ReloadConfigurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ListOperations',
+            scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,11 @@ class SchedulerServiceStub:
     needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
     Admin only.
     """
+    ListOperations: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListOperationsRequest, _scheduler_pb2.ListOperationsResponse]
+    """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
+    first: every step (image pull, container create and start, each health probe, traffic
+    moved, removal) with its time, so that a slow or failed operation can be explained.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -160,6 +165,11 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     (log, limits, metrics, auth, image registries) apply at once, the others are reported as
     needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
     Admin only.
+    """
+    ListOperations: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListOperationsRequest, _scheduler_pb2.ListOperationsResponse]  # type: ignore[assignment]
+    """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
+    first: every step (image pull, container create and start, each health probe, traffic
+    moved, removal) with its time, so that a slow or failed operation can be explained.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -307,6 +317,17 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         (log, limits, metrics, auth, image registries) apply at once, the others are reported as
         needing a restart. FAILED_PRECONDITION, changing nothing, if the file does not validate.
         Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperations(
+        self,
+        request: _scheduler_pb2.ListOperationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListOperationsResponse, _abc.Awaitable[_scheduler_pb2.ListOperationsResponse]]:
+        """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
+        first: every step (image pull, container create and start, each health probe, traffic
+        moved, removal) with its time, so that a slow or failed operation can be explained.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,108 @@
+"""Processes and mounts a test left behind, found through /proc, so that they can be counted and removed.
+
+A containerd shim outlives its containerd by design, and a log writer outlives everything but
+its task: asking containerd what is running cannot see them once that containerd is gone, so a
+test session that made them looks for them in /proc by what their command line names (the test's
+containerd socket, namespace or data dir) and ends them by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def cmdline(pid: int) -> list[str]:
+    """The arguments of ``pid``; empty when it is gone or a kernel thread."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def processes_naming(*needles: str) -> dict[int, str]:
+    """Every process (not this one) whose command line contains one of ``needles``, by PID."""
+    found: dict[int, str] = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        args = cmdline(int(entry.name))
+        line = " ".join(args)
+        if args and any(needle in line for needle in needles):
+            found[int(entry.name)] = line
+    return found
+
+
+def shims_of(socket: str) -> dict[int, str]:
+    """containerd shims serving the containerd at ``socket`` (``-address SOCKET`` on their command line)."""
+    found = {}
+    for pid, line in processes_naming(socket).items():
+        args = cmdline(pid)
+        if args and "containerd-shim" in Path(args[0]).name and socket in args:
+            found[pid] = line
+    return found
+
+
+def end(pids: Iterable[int], timeout: float = 10) -> None:
+    """SIGKILL each PID (a leftover has no state worth a graceful stop) and wait until they are gone."""
+    pending = set(pids)
+    for pid in pending:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = {pid for pid in pending if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"}
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat.rpartition(")")[2].split()[0]
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest first (the order to unmount them in)."""
+    prefix = str(path).rstrip("/")
+    points = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def unmount_under(path: Path) -> None:
+    """Lazily unmount everything at or below ``path``."""
+    for point in mounts_under(path):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children...), found through /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rpartition(")")[2].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(children.get(pid, []))
+    while pending and len(found) < 100_000:
+        child = pending.pop()
+        found.append(child)
+        pending += children.get(child, [])
+    return found
