@@ -59,8 +59,13 @@ def end(pids: Iterable[int], timeout: float = 10) -> None:
             pass
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        pending = {pid for pid in pending if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"}
+        pending = {pid for pid in pending if alive(pid)}
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
+    return Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X")
 
 
 def _state(pid: int) -> str:
