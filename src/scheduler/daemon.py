@@ -104,14 +104,15 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         swept = await runtime.sweep_leases()
         if swept:
             _log.info("leases.swept", leases=swept)
+        # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
+        orphans = await runtime.sweep_orphan_shims(socket)
+        if orphans:
+            _log.info("shims.swept", tasks=orphans)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
-        released = await runtime.release_stale_leases()
-        if released:
-            _log.info("leases.released", count=released, reason="left by a previous run")
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
         network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)

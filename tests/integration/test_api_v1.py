@@ -365,8 +365,10 @@ FAILURES = [
     ("BackupEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
     ("BackupEnvironment", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
     ("ListBackups", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
+    ("ListOperations", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
     ("RestoreEnvironment", {"backup": "no-slash"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "backup"),
     ("RestoreEnvironment", {"backup": "missing/missing-20260101T000000Z.tar"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("ListOperations", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
     # Run with the daemon's configuration file made invalid (see the test).
     ("ReloadConfiguration", {}, "FAILED_PRECONDITION", "FAILED_PRECONDITION", None),
 ]

@@ -17,7 +17,8 @@ Defaults and host-wide settings, on purpose:
   arrives from a bridge is accepted by the host (only replies to the host's own
   connections), and packets to 127.0.0.0/8 from a bridge are dropped in the raw table.
   A published port reached on a host address is DNATed to its container first, so it still
-  works; a nameserver listening on a host address does not (see iptables.py).
+  works; a nameserver listening on a host address does not (see iptables.py). IPv6 is off on
+  the bridges, so host services listening on ``[::]`` are out of reach as well.
 * Containers of different environments never reach each other: the instance's FORWARD
   chain drops bridge-to-bridge traffic, whatever the FORWARD policy is.
 * Published ports default to ``settings.host_ip`` (127.0.0.1); connections from the host

@@ -64,8 +64,6 @@ CallObserver = Callable[[str, float, str], None]
 
 NAMESPACE_HEADER = "containerd-namespace"
 """gRPC metadata key that scopes a call to a containerd namespace."""
-LEASE_PREFIX = "scheduler-"
-"""Prefix of the ids of the leases the scheduler takes (so a restart can find those it left)."""
 LEASE_HEADER = "containerd-lease"
 """gRPC metadata key that adds every resource a call creates to a lease."""
 LEASE_PREFIX = "scheduler-"

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 
 from scheduler import domain
 from scheduler.config import ImageSettings
-from scheduler.errors import NotFound
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
+from scheduler.runtime.containerd import orphans as orphans_of
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
     containers_pb2 as containers_pb,
 )
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd._gen.containerd.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
-from scheduler.runtime.containerd.client import LEASE_PREFIX, ContainerdClient, RetryPolicy, check_name
+from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, check_name, socket_path
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import container_info
 from scheduler.runtime.containerd.events import TaskEventStream
@@ -86,21 +86,6 @@ class ContainerdRuntime:
         state = Path(state_dir).absolute()
         state.mkdir(parents=True, exist_ok=True)
         return cls(client, state_dir=state, snapshotter=snapshotter, runtime_name=runtime_name, images=images)
-
-    async def release_stale_leases(self) -> int:
-        """Delete the leases a previous run of the daemon left (killed inside a create or a pull).
-
-        Call once at start, before anything creates a lease: every lease of ours that exists then
-        belongs to a process that is gone (one daemon per data directory and namespace). Their
-        expiry would free them in an hour; until then they pin snapshots and content. Returns how
-        many were deleted.
-        """
-        reply = await self.client.leases.list(leases_pb.ListRequest())
-        stale = [lease.id for lease in reply.leases if lease.id.startswith(LEASE_PREFIX)]
-        for lease_id in stale:
-            with contextlib.suppress(NotFound):
-                await self.client.leases.delete(leases_pb.DeleteRequest(id=lease_id, sync=True), what=lease_id)
-        return len(stale)
 
     async def close(self) -> None:
         """Close the connection; containers keep running under their shims."""
@@ -207,6 +192,18 @@ class ContainerdRuntime:
     async def sweep_leases(self) -> builtins.list[str]:
         """At start-up only: delete the leases a killed predecessor left (see ``ContainerdClient.sweep_leases``)."""
         return await self.client.sweep_leases()
+
+    async def sweep_orphan_shims(self, socket: str) -> builtins.list[str]:
+        """At start-up only: end shims of our namespace whose task containerd does not know; their task ids.
+
+        ``socket`` is the containerd's address as its shims were given it.
+        """
+        listed = await self.client.tasks.list(tasks_pb.ListTasksRequest())
+        known = {task.id for task in listed.tasks}
+        orphans = [s for s in orphans_of.shims(socket_path(socket), self.client.namespace) if s.task_id not in known]
+        for shim in orphans:
+            await asyncio.to_thread(orphans_of.end, shim)
+        return [shim.task_id for shim in orphans]
 
     async def resources(self) -> dict[str, int]:
         """Counts of containers, tasks, snapshots (all and active) and leases in our namespace."""
