@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 
 from scheduler.config import NetworkSettings
-from scheduler.network import CniNetwork
 from scheduler.network.addresses import read_host_routes
+from scheduler.network.cni import CniNetwork
 
 
 def free_pool() -> str:

@@ -331,7 +331,7 @@ class LimitSettings(_Section):
     default_cpu_millis: int = Field(default=2000, gt=0)
     """CPU limit of a service that sets none (2 cores)."""
     default_cpu_shares: int = Field(default=1024, ge=2, le=262144)
-    """CPU weight of a service that sets none (cgroup v1 shares; 1024 is the kernel's default weight)."""
+    """CPU weight of a service that sets none, in cgroup v1 shares (Docker's 1024; cpu.weight 39 on v2)."""
     default_memory_bytes: int = Field(default=512 * 1024**2, ge=6 * 1024**2)
     """Memory limit of a service that sets none."""
     default_pids: int = Field(default=1024, gt=0)

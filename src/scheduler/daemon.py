@@ -29,6 +29,7 @@ from scheduler.network.cni import CniNetwork
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
@@ -82,6 +83,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             check_listen_free(settings.server.listen)
         store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
+        ledger = await Ledger.open(store)
 
         socket = settings.containerd.socket
         if not socket:
@@ -102,6 +104,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         swept = await runtime.sweep_leases()
         if swept:
             _log.info("leases.swept", leases=swept)
+        # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
+        orphans = await runtime.sweep_orphan_shims(socket)
+        if orphans:
+            _log.info("shims.swept", tasks=orphans)
         registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=registry)
@@ -120,7 +126,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
-            store,
+            ledger,
             runtime,
             network,
             volumes,
@@ -135,16 +141,18 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             observer=Observers(recorder, timeline),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(store, runtime, network, events, orchestrator, observer=recorder)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
-        await Reconciler(store, runtime, network, supervisor, orchestrator).run()
+        await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
-        service = EnvironmentService(store, orchestrator, events, default_catalog(), settings.limits, backups, timeline)
-        collector = StateCollector(store, runtime, settings.metrics.interval)
+        service = EnvironmentService(
+            ledger, orchestrator, events, default_catalog(), settings.limits, backups, timeline
+        )
+        collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
         metrics = MetricsServer(registry, collector)
         await metrics.start(settings.metrics.listen)

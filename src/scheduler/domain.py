@@ -84,7 +84,7 @@ class Dependency:
     deadline: timedelta = timedelta(seconds=60)
 
 
-class Protocol(enum.Enum):
+class PortProtocol(enum.Enum):
     """Transport protocol of a port."""
 
     TCP = "tcp"
@@ -96,7 +96,7 @@ class PortSpec:
     """A container port, optionally published on the host."""
 
     container_port: int
-    protocol: Protocol = Protocol.TCP
+    protocol: PortProtocol = PortProtocol.TCP
     publish: bool = False
     host_port: int = 0
     """0 lets the scheduler allocate a port from the configured range."""
@@ -339,7 +339,7 @@ class Endpoint:
     host_ip: str
     host_port: int
     container_port: int
-    protocol: Protocol = Protocol.TCP
+    protocol: PortProtocol = PortProtocol.TCP
 
 
 @dataclass(frozen=True)
@@ -373,15 +373,21 @@ class Environment:
     """The request id that created it, for idempotent retries of CreateEnvironment."""
     request: EnvironmentRequest | None = None
     """The specification as the client sent it (stack, overrides, parameters), for Get and updates."""
+    revision: int = 0
+    """Version of the stored document, set by the store: 1 at creation, bumped by every write.
+
+    A write names the revision it read and is refused if the document moved on since
+    (compare-and-swap), so no change made from a stale read ever lands."""
 
 
 def etag(env: Environment) -> str:
     """The opaque version tag of a stored environment, which clients send back as a precondition.
 
-    It changes with every stored change (status included) and differs between two environments
-    of the same name created one after the other.
+    It is the stored revision (bumped by every write, status included, and checked by the store
+    with compare-and-swap) of this incarnation (the uid differs between two environments of the
+    same name created one after the other).
     """
-    version = f"{env.uid}/{env.generation}/{env.observed_generation}/{env.status.value}/{env.updated_at}"
+    version = f"{env.uid}/{env.revision}"
     return hashlib.sha256(version.encode()).hexdigest()[:16]
 
 

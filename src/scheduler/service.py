@@ -38,6 +38,7 @@ from scheduler.domain import (
 from scheduler.domain import etag as domain_etag
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
@@ -46,7 +47,7 @@ from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
-from scheduler.storage.base import PageKey, StateStore, decode_page_token, effective_page_size, encode_page_token
+from scheduler.storage.base import PageKey, decode_page_token, effective_page_size, encode_page_token
 from scheduler.validation import env_name_problem, validate
 
 _log = log.get("service")
@@ -69,7 +70,7 @@ class EnvironmentService:
 
     def __init__(
         self,
-        store: StateStore,
+        ledger: Ledger,
         orchestrator: Orchestrator,
         events: EventBus,
         catalog: Catalog,
@@ -79,7 +80,7 @@ class EnvironmentService:
     ) -> None:
         self._backups = backups
         self._timeline = timeline
-        self._store = store
+        self._ledger = ledger
         self._orchestrator = orchestrator
         self._events = events
         self._catalog = catalog
@@ -117,7 +118,7 @@ class EnvironmentService:
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             if request_id:
-                earlier = await self._store.find_by_request_id(request_id)
+                earlier = await self._ledger.find_by_request_id(request_id)
                 if earlier is not None:
                     if earlier.name != name:
                         raise errors.AlreadyExists(
@@ -141,11 +142,11 @@ class EnvironmentService:
             )
             if validate_only:
                 with contextlib.suppress(errors.NotFound):
-                    await self._store.get(name)
+                    await self._ledger.get(name)
                     raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
                 return self._redact(env)
-            await self._store.create(env)
-        await self._store.append_history(
+            env = await self._ledger.create(env)
+        await self._ledger.append_history(
             HistoryEntry(env=name, generation=1, at=created, actor=actor, action="create", detail=f"stack {spec.stack}")
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
@@ -156,7 +157,7 @@ class EnvironmentService:
     async def get(self, name: str) -> Environment:
         """Return one environment, secrets redacted."""
         _check_name(name)
-        return self._redact(await self._store.get(name))
+        return self._redact(await self._ledger.get(name))
 
     async def list(
         self, *, page_size: int = 0, page_token: str = "", where: EnvironmentFilter | None = None
@@ -175,7 +176,7 @@ class EnvironmentService:
         found: builtins.list[Environment] = []
         token = page_token
         while len(found) < wanted:
-            envs, token = await self._store.list(wanted - len(found), token, statuses or (), labels)
+            envs, token = await self._ledger.list(wanted - len(found), token, statuses or (), labels)
             found += [e for e in envs if _matches(e, where)]
             if not token:
                 break
@@ -185,15 +186,19 @@ class EnvironmentService:
         """Mark an environment DELETING and remove it in the background (if ``etag`` still matches)."""
         _check_name(name)
         # The etag check and the write are one step: no other change may land between them.
-        async with self._orchestrator.status_lock(name):
-            env = await self._store.get(name)
+        marked = False
+
+        def mark(env: Environment) -> Environment | None:
+            nonlocal marked
             _check_etag(env, etag)
-            marked = env.status is not EnvironmentStatus.DELETING
-            if marked:
-                env = replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
-                await self._store.put(env)
+            if env.status is EnvironmentStatus.DELETING:
+                return None
+            marked = True
+            return replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
+
+        env = await self._ledger.change(name, mark)
         if marked:
-            await self._store.append_history(
+            await self._ledger.append_history(
                 HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
             )
         self._orchestrator.submit_delete(name, keep_volumes=keep_volumes)
@@ -215,7 +220,7 @@ class EnvironmentService:
         when given, must be the environment's current one.
         """
         _check_name(name)
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
         _check_etag(env, etag)
         request = edit(env.request or EnvironmentRequest(stack=env.spec.stack))
         if request.stack != env.spec.stack:
@@ -236,20 +241,23 @@ class EnvironmentService:
             return self._redact(env), changes
         if all(change.action is ChangeAction.KEEP for change in changes) and spec == env.spec:
             return self._redact(env), changes
-        async with self._orchestrator.status_lock(name):
-            latest = await self._store.get(name)
-            # Planning awaited: a concurrent update may have landed meanwhile.
+
+        def apply(latest: Environment) -> Environment:
+            # Planning awaited: a concurrent change may have landed meanwhile.
             _check_etag(latest, etag)
             if latest.generation != env.generation:
                 raise errors.Conflict(
                     f"environment {name!r} was updated while this update was planned; retry", env=name
                 )
-            updated = replace(latest, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
-            await self._store.put(updated)
+            if latest.status is EnvironmentStatus.DELETING:
+                raise errors.FailedPrecondition(f"environment {name!r} is being deleted", env=name)
+            return replace(latest, spec=spec, request=request, generation=env.generation + 1, updated_at=_now())
+
+        updated = await self._ledger.change(name, apply)
         summary = "; ".join(
             f"{c.service}: {c.action.value.lower()}" for c in changes if c.action is not ChangeAction.KEEP
         )
-        await self._store.append_history(
+        await self._ledger.append_history(
             HistoryEntry(
                 env=name,
                 generation=updated.generation,
@@ -262,7 +270,7 @@ class EnvironmentService:
         self._events.publish(
             Event(EventType.ENVIRONMENT_UPDATED, name, _now(), message=summary, generation=updated.generation)
         )
-        self._orchestrator.submit_update(name, env, changes, drain or DEFAULT_DRAIN)
+        self._orchestrator.submit_update(name, env, changes, DEFAULT_DRAIN if drain is None else drain)
         return self._redact(updated), changes
 
     async def history(
@@ -276,7 +284,7 @@ class EnvironmentService:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("page_token", f"was issued for the history of {key.name!r}, not {name!r}")]
             )
-        entries = await self._store.history(name)
+        entries = await self._ledger.history(name)
         if not entries:
             raise errors.NotFound(f"environment {name!r} has no history", env=name)
         start = key.seq if key is not None else 0
@@ -325,23 +333,23 @@ class EnvironmentService:
             raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
         fresh, entries = archives.renamed(archived, target, history)
         async with self._create_lock:
-            await self._store.create(fresh)
+            await self._ledger.create(fresh)
         for entry in entries:
-            await self._store.append_history(entry)
-        await self._store.append_history(
+            await self._ledger.append_history(entry)
+        await self._ledger.append_history(
             HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
         )
         await archives.stage(path, manifest, target)
         self._orchestrator.submit_deploy(target)
         await self._orchestrator.wait_idle(target)
-        env = await self._store.get(target)
+        env = await self._ledger.get(target)
         if env.status is not EnvironmentStatus.RUNNING:
             raise errors.FailedPrecondition(
                 f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
                 env=target,
             )
         await archives.load_databases(path, manifest, target)
-        return self._redact(await self._store.get(target))
+        return self._redact(await self._ledger.get(target))
 
     # --- observation ---------------------------------------------------------------------------------
 
@@ -349,13 +357,13 @@ class EnvironmentService:
         """Yield log lines of an environment's containers (and follow them if asked)."""
         _check_name(name)
         bounds.check_logs(query)
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
         unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
         if unknown:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("services", f"environment {name!r} has no service {unknown[0]!r}")]
             )
-        async for line in read_logs(self._store, self._orchestrator.logs_dir, name, query, self._closing):
+        async for line in read_logs(self._ledger, self._orchestrator.logs_dir, name, query, self._closing):
             yield line
 
     async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
@@ -365,7 +373,7 @@ class EnvironmentService:
             if window <= timedelta(0):
                 raise errors.InvalidArgument.of([errors.FieldViolation("window", "must be positive")])
             bounds.check_duration(window, "window", bounds.MAX_METRICS_WINDOW)
-        env = await self._store.get(name)
+        env = await self._ledger.get(name)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
     async def watch(
@@ -423,14 +431,8 @@ class EnvironmentService:
     # --- helpers ---------------------------------------------------------------------------------------
 
     async def _count_environments(self) -> int:
-        """Environments held now, counted page by page up to just past the quota."""
-        count, token = 0, ""
-        while count <= self._limits.max_environments:
-            page, token = await self._store.list(500, token, (), {})
-            count += len(page)
-            if not token:
-                break
-        return count
+        """Environments held now (the ledger's count: nothing is read or decoded)."""
+        return len(self._ledger.names())
 
     async def _resolve(
         self, name: str, request: EnvironmentRequest, previous: EnvironmentSpec | None = None

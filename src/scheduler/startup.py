@@ -119,6 +119,7 @@ def listener_of(port: int) -> str:
             for fd in (proc / "fd").iterdir():
                 with contextlib.suppress(OSError):
                     if os.readlink(fd) in inodes:
-                        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                        return f"pid {proc.name} ({command.strip()[:120]})"
+                        raw = (proc / "cmdline").read_bytes().decode(errors="replace")
+                        command = " ".join(raw.replace("\0", " ").split())
+                        return f"pid {proc.name} ({command[:120]})"
     return ""

@@ -350,8 +350,11 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
         out.append(
             FieldViolation(f"{where}.cpu_shares", f"must be 0 (default) or from 2 to 262144, got {res.cpu_shares}")
         )
-    if res.disk_bytes < 0:
-        out.append(FieldViolation(f"{where}.disk_bytes", "must not be negative"))
+    if res.disk_bytes != 0:
+        # No snapshotter quota is set up, so a limit would be accepted and never enforced: refuse it.
+        out.append(
+            FieldViolation(f"{where}.disk_bytes", "is not supported yet (no disk quota is enforced); leave it 0")
+        )
 
 
 def _check_security(security: Security, where: str, limits: LimitSettings, out: list[FieldViolation]) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.config import NetworkSettings
-from scheduler.network import CniNetwork
 from scheduler.network.addresses import read_host_routes
+from scheduler.network.cni import CniNetwork
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -15,6 +15,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from scheduler.runtime.containerd.orphans import descendants
+
+__all__ = ["alive", "cmdline", "descendants", "end", "mounts_under", "processes_naming", "shims_of", "unmount_under"]
+
 
 def cmdline(pid: int) -> list[str]:
     """The arguments of ``pid``; empty when it is gone or a kernel thread."""
@@ -59,8 +63,13 @@ def end(pids: Iterable[int], timeout: float = 10) -> None:
             pass
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        pending = {pid for pid in pending if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"}
+        pending = {pid for pid in pending if alive(pid)}
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
+    return Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X")
 
 
 def _state(pid: int) -> str:
@@ -86,23 +95,3 @@ def unmount_under(path: Path) -> None:
     """Lazily unmount everything at or below ``path``."""
     for point in mounts_under(path):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children...), found through /proc's parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rpartition(")")[2].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    pending = list(children.get(pid, []))
-    while pending and len(found) < 100_000:
-        child = pending.pop()
-        found.append(child)
-        pending += children.get(child, [])
-    return found

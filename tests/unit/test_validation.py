@@ -14,8 +14,8 @@ from scheduler.domain import (
     HealthCheck,
     HealthCheckKind,
     NetworkSettings,
+    PortProtocol,
     PortSpec,
-    Protocol,
     Resources,
     RestartMode,
     RestartPolicy,
@@ -285,6 +285,12 @@ CASES = [
         edit(base_spec(), "api", resources=Resources(disk_bytes=-5)),
         "spec.services.api.resources.disk_bytes",
     ),
+    (
+        "disk-limit-not-enforced",
+        "ok",
+        edit(base_spec(), "api", resources=Resources(disk_bytes=1 << 30)),
+        "spec.services.api.resources.disk_bytes",
+    ),
     ("replicas-zero", "ok", edit(base_spec(), "db", replicas=0), "spec.services.db.replicas"),
     (
         "replicas-over",
@@ -445,7 +451,7 @@ def test_cycle_message_names_the_whole_cycle():
 
 
 def test_same_host_port_on_different_protocols_is_allowed():
-    spec = edit(base_spec(), "db", ports=(PortSpec(5432, Protocol.UDP, publish=True, host_port=28080),))
+    spec = edit(base_spec(), "db", ports=(PortSpec(5432, PortProtocol.UDP, publish=True, host_port=28080),))
     validate("ok", spec, LIMITS)
 
 

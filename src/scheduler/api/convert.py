@@ -64,11 +64,11 @@ def time_from_proto(value: timestamp_pb2.Timestamp, field: str = "time") -> date
 
 
 _PROTOCOL_FROM = {
-    pb.PORT_PROTOCOL_UNSPECIFIED: domain.Protocol.TCP,
-    pb.PORT_PROTOCOL_TCP: domain.Protocol.TCP,
-    pb.PORT_PROTOCOL_UDP: domain.Protocol.UDP,
+    pb.PORT_PROTOCOL_UNSPECIFIED: domain.PortProtocol.TCP,
+    pb.PORT_PROTOCOL_TCP: domain.PortProtocol.TCP,
+    pb.PORT_PROTOCOL_UDP: domain.PortProtocol.UDP,
 }
-_PROTOCOL_TO = {domain.Protocol.TCP: pb.PORT_PROTOCOL_TCP, domain.Protocol.UDP: pb.PORT_PROTOCOL_UDP}
+_PROTOCOL_TO = {domain.PortProtocol.TCP: pb.PORT_PROTOCOL_TCP, domain.PortProtocol.UDP: pb.PORT_PROTOCOL_UDP}
 
 _RESTART_FROM = {
     pb.RESTART_MODE_NO: domain.RestartMode.NO,
@@ -175,7 +175,7 @@ def _security_to_proto(security: domain.Security) -> pb.SecurityOptions:
 def _port_from_proto(port: pb.PortMapping) -> domain.PortSpec:
     return domain.PortSpec(
         container_port=port.container_port,
-        protocol=_PROTOCOL_FROM.get(port.protocol, domain.Protocol.TCP),
+        protocol=_PROTOCOL_FROM.get(port.protocol, domain.PortProtocol.TCP),
         publish=port.publish,
         host_port=port.host_port,
         host_ip=port.host_ip,

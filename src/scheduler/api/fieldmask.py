@@ -85,12 +85,16 @@ def _copy(target: Message, source: Message, segments: list[str]) -> str:
 
 
 def _copy_map(field: Any, target: Message, source: Message, rest: list[str]) -> str:
-    target_map, source_map = getattr(target, field.name), getattr(source, field.name)
+    source_map = getattr(source, field.name)
     if not rest:
+        # Read the map after clearing it: a container taken before ClearField is detached from
+        # the message, and entries written to it would be lost.
         target.ClearField(field.name)
+        target_map = getattr(target, field.name)
         for key in source_map:
             _put(target_map, key, source_map[key])
         return ""
+    target_map = getattr(target, field.name)
     key, deeper = rest[0], rest[1:]
     value_field = field.message_type.fields_by_name["value"]
     if not deeper:

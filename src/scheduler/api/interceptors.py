@@ -195,9 +195,15 @@ class _Call:
         await self.context.abort(code, message, trailing_metadata=trailing)
 
     def log(self) -> None:
-        """Write the one access-log line of this RPC, and tell the observer it ended."""
+        """Write the one access-log line of this RPC (at debug level when it succeeded), and tell the observer.
+
+        A busy client makes thousands of calls a minute; logging each at info level cost more
+        than serving it and buried what matters. Failures stay at info, and the daemon's own log
+        lines record every change an RPC causes.
+        """
         seconds = time.monotonic() - self.started
-        emit = _log.debug if self.method.startswith(_QUIET_PREFIXES) else _log.info
+        quiet = self.code == grpc.StatusCode.OK or self.method.startswith(_QUIET_PREFIXES)
+        emit = _log.debug if quiet else _log.info
         emit(
             "rpc",
             method=self.method,
@@ -330,4 +336,4 @@ def _wrap_stream(
 
 def _is_abort(error: BaseException) -> bool:
     # grpc.aio raises AbortError out of context.abort(); it must propagate untouched.
-    return type(error).__name__ == "AbortError"
+    return isinstance(error, grpc.aio.AbortError)

@@ -285,7 +285,8 @@ class SchedulerClient:
         When the stream breaks (a daemon restart, a dropped connection), it reconnects with
         ``since`` set to the last sequence seen, so no event is missed or repeated; after
         ``max_reconnects`` failed attempts in a row the last error is raised. Heartbeats are
-        yielded only with ``heartbeats``.
+        yielded only with ``heartbeats``. Until the first event or heartbeat arrives there is no
+        sequence to resume from, so a reconnect then starts with live events.
         """
         last = since
         failures = 0

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -22,7 +23,6 @@ from prometheus_client.registry import Collector
 from scheduler import domain, errors, log
 from scheduler.domain import ContainerState, EnvironmentStatus
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.storage.base import StateStore
 
 _log = log.get("metrics")
 
@@ -63,12 +63,20 @@ def read_net_dev(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
     return rx, tx
 
 
+class Environments(Protocol):
+    """Where the collector reads every environment (the daemon's ledger: memory, no decoding)."""
+
+    def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[domain.Environment]:
+        """Every environment, in creation order."""
+        ...
+
+
 class StateCollector(Collector):
     """A custom collector over a cached reading of the store and containerd."""
 
     def __init__(
         self,
-        store: StateStore,
+        store: Environments,
         runtime: ContainerRuntime,
         interval: float,
         clock: Callable[[], float] = time.monotonic,
@@ -91,17 +99,12 @@ class StateCollector(Collector):
             self._read_at = self._clock()
             snapshot = _Snapshot()
             running: dict[str, tuple[tuple[str, str, str], int]] = {}
-            token = ""
-            while True:
-                page, token = await self._store.list(page_size=500, page_token=token)
-                for env in page:
-                    snapshot.statuses[env.status] += 1
-                    for c in env.containers:
-                        snapshot.states[c.state] += 1
-                        if c.state is ContainerState.RUNNING:
-                            running[c.container_id] = ((env.name, c.service, str(c.replica)), c.pid)
-                if not token:
-                    break
+            async for env in self._store.iterate():
+                snapshot.statuses[env.status] += 1
+                for c in env.containers:
+                    snapshot.states[c.state] += 1
+                    if c.state is ContainerState.RUNNING:
+                        running[c.container_id] = ((env.name, c.service, str(c.replica)), c.pid)
             if running:
                 self.reads += 1
                 try:

@@ -17,7 +17,8 @@ Defaults and host-wide settings, on purpose:
   arrives from a bridge is accepted by the host (only replies to the host's own
   connections), and packets to 127.0.0.0/8 from a bridge are dropped in the raw table.
   A published port reached on a host address is DNATed to its container first, so it still
-  works; a nameserver listening on a host address does not (see iptables.py).
+  works; a nameserver listening on a host address does not (see iptables.py). IPv6 is off on
+  the bridges, so host services listening on ``[::]`` are out of reach as well.
 * Containers of different environments never reach each other: the instance's FORWARD
   chain drops bridge-to-bridge traffic, whatever the FORWARD policy is.
 * Published ports default to ``settings.host_ip`` (127.0.0.1); connections from the host
@@ -37,13 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import shutil
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler import domain
+from scheduler import log as slog
 from scheduler.config import NetworkSettings
 from scheduler.errors import (
     AlreadyExists,
@@ -89,7 +90,7 @@ from scheduler.network.state import (
     StateFile,
 )
 
-log = logging.getLogger(__name__)
+log = slog.get("network")
 
 
 class CniNetwork:
@@ -159,12 +160,7 @@ class CniNetwork:
                 await links.ensure_bridge(env_rec.bridge)
             for rec in self._state.ports:
                 if not self._ports.rehold(rec):
-                    log.warning(
-                        "published port %s of %s/%s is now held by another program",
-                        rec.key,
-                        rec.env,
-                        rec.service,
-                    )
+                    log.warning("port.taken_by_another_program", port=rec.key, env=rec.env, service=rec.service)
             await self._resync()
             await self._ipt.ensure_jumps()
             self._started = True
@@ -689,7 +685,7 @@ class CniNetwork:
         except SchedulerError:
             if strict:
                 raise
-            log.exception("CNI DEL of %s failed during cleanup", container_id)
+            log.exception("cni.del_failed", container=container_id)
 
     def _carries_udp(self, env: str, service: str, svc: ServiceRecord) -> bool:
         return (
@@ -775,7 +771,7 @@ def _endpoint(rec: HostPortRecord) -> domain.Endpoint:
         host_ip=rec.host_ip,
         host_port=rec.host_port,
         container_port=rec.container_port,
-        protocol=domain.Protocol(rec.protocol),
+        protocol=domain.PortProtocol(rec.protocol),
     )
 
 

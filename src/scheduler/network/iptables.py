@@ -27,11 +27,11 @@ while replies to the host's connections still arrive addressed to the bridge's o
 from __future__ import annotations
 
 import asyncio
-import logging
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from scheduler import log as slog
 from scheduler.errors import Internal
 from scheduler.network.names import MASQ_MARK, Names
 
@@ -39,7 +39,7 @@ BUILTINS = {"raw": ("PREROUTING",), "nat": ("PREROUTING", "OUTPUT", "POSTROUTING
 """table -> the built-in chains that jump to ours."""
 TABLES = tuple(BUILTINS)
 _MARK = f"0x{MASQ_MARK:x}/0x{MASQ_MARK:x}"
-log = logging.getLogger(__name__)
+log = slog.get("iptables")
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ class Iptables:
         Needs the ``conntrack`` tool; without it the entries simply age out.
         """
         if shutil.which("conntrack") is None:
-            log.warning("conntrack is not installed: UDP flows to removed backends age out instead")
+            log.warning("conntrack.missing", effect="UDP flows to removed backends age out instead")
             return
         for ip in backends:
             proc = await asyncio.create_subprocess_exec(
@@ -283,7 +283,7 @@ class Iptables:
                 _, err = await proc.communicate()
             # Exit status 1 means "no entry matched", which is the common case.
             if proc.returncode not in (0, 1):
-                log.warning("conntrack -D --reply-src %s failed: %s", ip, err.decode(errors="replace").strip())
+                log.warning("conntrack.delete_failed", ip=ip, error=err.decode(errors="replace").strip())
 
     async def save(self) -> SavedRules:
         """Read our chains, rules and jumps from the kernel."""

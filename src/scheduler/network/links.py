@@ -96,6 +96,11 @@ async def ensure_bridge(name: str) -> None:
     if code != 0:
         raise Internal(f"cannot bring bridge {name} up: {err}")
     set_sysctl(("ipv4", "conf", name, "route_localnet"), "1")
+    # Environments are IPv4 only, and the host's iptables fences are IPv4 rules: with IPv6 on the
+    # bridge, a container would reach host services listening on [::] through the bridge's
+    # link-local address. Without it, the host's IPv6 stack drops whatever arrives on the bridge.
+    if PROC_SYS.joinpath("ipv6", "conf", name).exists():
+        set_sysctl(("ipv6", "conf", name, "disable_ipv6"), "1")
 
 
 async def delete_link(name: str) -> None:

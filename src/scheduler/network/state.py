@@ -9,17 +9,17 @@ under its lock.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler import log as slog
 from scheduler.errors import Internal
 
 VERSION = 1
-log = logging.getLogger(__name__)
+log = slog.get("network-state")
 
 
 @dataclass
@@ -128,7 +128,7 @@ class StateFile:
         except (ValueError, KeyError, TypeError) as err:
             aside = self.path.with_name(f"{self.path.name}.corrupt.{int(time.time())}")
             os.replace(self.path, aside)
-            log.error("network state %s is corrupt (%s); moved to %s", self.path, err, aside)
+            log.error("network_state.corrupt", path=str(self.path), error=str(err), moved_to=str(aside))
             return NetworkState()
 
     def save(self, state: NetworkState) -> None:

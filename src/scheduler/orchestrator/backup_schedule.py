@@ -71,23 +71,19 @@ class BackupSchedule:
     async def run_due(self) -> list[str]:
         """Back up every running environment whose policy says it is due; return their names."""
         done = []
-        token = ""
-        while True:
-            page, token = await self._store.list(page_size=200, page_token=token, statuses=[EnvironmentStatus.RUNNING])
-            for env in page:
-                policy = self.settings.policy(env.name)
-                if policy.every <= 0:
-                    continue
-                archives = await asyncio.to_thread(self._backups.list, env.name)
-                if archives and (self._clock() - archives[0].created_at).total_seconds() < policy.every:
-                    continue
-                try:
-                    await self._backups.backup(env.name)
-                except errors.SchedulerError as err:
-                    _log.warning("backup.scheduled_failed", env=env.name, error=err.message)
-                    continue
-                removed = await asyncio.to_thread(self._backups.prune, env.name, policy.keep)
-                _log.info("backup.scheduled", env=env.name, pruned=removed)
-                done.append(env.name)
-            if not token:
-                return done
+        async for env in self._store.iterate([EnvironmentStatus.RUNNING]):
+            policy = self.settings.policy(env.name)
+            if policy.every <= 0:
+                continue
+            archives = await asyncio.to_thread(self._backups.list, env.name)
+            if archives and (self._clock() - archives[0].created_at).total_seconds() < policy.every:
+                continue
+            try:
+                await self._backups.backup(env.name)
+            except errors.SchedulerError as err:
+                _log.warning("backup.scheduled_failed", env=env.name, error=err.message)
+                continue
+            removed = await asyncio.to_thread(self._backups.prune, env.name, policy.keep)
+            _log.info("backup.scheduled", env=env.name, pruned=removed)
+            done.append(env.name)
+        return done

@@ -21,11 +21,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-from scheduler.domain import ContainerStatus, LogLine, LogQuery, LogStream
+from scheduler.domain import ContainerStatus, Environment, LogLine, LogQuery, LogStream
 from scheduler.runtime.logger import parse_record, rotated_name
-from scheduler.storage.base import StateStore
 
 POLL_SECONDS = 0.2
 READ_BUDGET = 1024 * 1024
@@ -319,8 +318,16 @@ async def _merged(
         yield key, at, text
 
 
+class EnvironmentSource(Protocol):
+    """Where the log reader learns an environment's current containers (the ledger, in the daemon)."""
+
+    async def get(self, name: str) -> Environment:
+        """The current state of environment ``name``."""
+        ...
+
+
 async def read_logs(
-    store: StateStore, logs_dir: Path, env: str, query: LogQuery, closing: asyncio.Event
+    store: EnvironmentSource, logs_dir: Path, env: str, query: LogQuery, closing: asyncio.Event
 ) -> AsyncIterator[LogLine]:
     """Yield the requested lines of every container of ``env`` in time order, then follow them if asked."""
     streams = [query.stream] if query.stream else [LogStream.STDOUT, LogStream.STDERR]

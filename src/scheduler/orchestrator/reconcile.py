@@ -29,8 +29,9 @@ import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
-from scheduler import errors, log
+from scheduler import errors, labels, log
 from scheduler.domain import (
     ChangeAction,
     Condition,
@@ -45,11 +46,10 @@ from scheduler.domain import (
     TaskState,
 )
 from scheduler.network.base import NetworkManager
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.runtime.containerd import labels
-from scheduler.storage.base import StateStore
 
 _log = log.get("reconcile")
 
@@ -117,7 +117,7 @@ class Reconciler:
 
     def __init__(
         self,
-        store: StateStore,
+        ledger: Ledger,
         runtime: ContainerRuntime,
         network: NetworkManager,
         supervisor: Supervisor,
@@ -125,7 +125,7 @@ class Reconciler:
         *,
         resume_drain: timedelta = RESUME_DRAIN,
     ) -> None:
-        self._store = store
+        self._ledger = ledger
         self._resume_drain = resume_drain
         self._runtime = runtime
         self._network = network
@@ -136,7 +136,7 @@ class Reconciler:
         """Converge once; safe to repeat (a second run finds nothing to do)."""
         started = time.monotonic()
         report = ReconcileReport()
-        envs = {env.name: env for env in await self._all_environments()}
+        envs = {env.name: env for env in self._ledger.all()}
         found = await self._runtime.list({labels.OWNER: labels.OWNER_VALUE})
         by_env: dict[str, list[ContainerInfo]] = {}
         for info in found:
@@ -225,10 +225,10 @@ class Reconciler:
         self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport
     ) -> tuple[Environment, list[ServiceChange]]:
         """What an interrupted update had not finished (adoption ran first), to submit after the sweep."""
-        current = await self._store.get(env.name)
+        current = await self._ledger.get(env.name)
         generations = {info.id: info.labels.get(labels.GENERATION, "") for info in infos}
         changes = unfinished_services(current, generations)
-        await self._store.append_history(
+        await self._ledger.append_history(
             HistoryEntry(
                 env.name,
                 current.generation,
@@ -241,19 +241,19 @@ class Reconciler:
         report.resumed.append(env.name)
         if changes:
             return current, changes
-        async with self._ops.status_lock(env.name):
-            latest = await self._store.get(env.name)
+
+        def rolled_out(latest: Environment) -> Environment:
             condition = Condition(
                 "Ready", True, "Updated", f"generation {latest.generation} rolled out", last_transition=now()
             )
-            await self._store.put(
-                replace(
-                    latest,
-                    observed_generation=latest.generation,
-                    conditions=with_condition(latest.conditions, condition),
-                    updated_at=now(),
-                )
+            return replace(
+                latest,
+                observed_generation=latest.generation,
+                conditions=with_condition(latest.conditions, condition),
+                updated_at=now(),
             )
+
+        await self._ledger.change(env.name, rolled_out)
         return current, changes
 
     async def _restart_deploy(self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport) -> None:
@@ -261,8 +261,8 @@ class Reconciler:
         for info in infos:
             await self._remove(env.name, info.id, report, "its deploy was interrupted")
         was = env.status
-        async with self._ops.status_lock(env.name):
-            current = await self._store.get(env.name)
+
+        def redeploy(current: Environment) -> Environment:
             condition = Condition(
                 "Ready",
                 False,
@@ -271,16 +271,16 @@ class Reconciler:
                 f"{current.generation} again",
                 last_transition=now(),
             )
-            await self._store.put(
-                replace(
-                    current,
-                    status=EnvironmentStatus.DEPLOYING,
-                    containers=(),
-                    conditions=with_condition(current.conditions, condition),
-                    updated_at=now(),
-                )
+            return replace(
+                current,
+                status=EnvironmentStatus.DEPLOYING,
+                containers=(),
+                conditions=with_condition(current.conditions, condition),
+                updated_at=now(),
             )
-        await self._store.append_history(
+
+        await self._ledger.change(env.name, redeploy)
+        await self._ledger.append_history(
             HistoryEntry(env.name, env.generation, now(), "scheduler", "resume", f"interrupted while {was.value}")
         )
         report.redeployed.append(env.name)
@@ -297,23 +297,5 @@ class Reconciler:
             await self._network.detach(env, cid)
         report.removed.append(cid)
 
-    async def _set(self, env: str, cid: str, **changes: object) -> ContainerStatus | None:
-        async with self._ops.status_lock(env):
-            current = await self._store.get(env)
-            found = next((c for c in current.containers if c.container_id == cid), None)
-            if found is None:
-                return None
-            updated = replace(found, **changes)  # type: ignore[arg-type]
-            containers = tuple(updated if c.container_id == cid else c for c in current.containers)
-            await self._store.put(replace(current, containers=containers, updated_at=now()))
-        return updated
-
-    async def _all_environments(self) -> list[Environment]:
-        out: list[Environment] = []
-        token = ""
-        for _ in range(10_000):
-            page, token = await self._store.list(page_size=200, page_token=token)
-            out += page
-            if not token:
-                break
-        return out
+    async def _set(self, env: str, cid: str, **changes: Any) -> ContainerStatus | None:
+        return await self._ledger.change_container(env, cid, **changes)

@@ -13,6 +13,10 @@ those operations. It listens to the runtime's task events (exits, OOM kills) and
 - keeps a service's backends to its running, healthy replicas, and the environment DEGRADED (with
   a ``Ready`` condition naming the service and why) while any replica is not.
 
+The decisions themselves (restart or not, the backoff, what keeps an environment from RUNNING)
+are pure functions in ``policy.py``. What remains here is one state machine per replica (exit,
+backoff, restart, health) and its bookkeeping: one cohesive thing, longer than a screen.
+
 Exits of containers the orchestrator stops on purpose are announced in :class:`ExpectedExits`
 and ignored. While an operation runs on an environment the supervisor still restarts containers
 but leaves the environment's status and the adding of backends to the operation.
@@ -21,20 +25,17 @@ but leaves the environment's status and the adding of backends to the operation.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from scheduler import errors, log
+from scheduler import errors, labels, log
 from scheduler.domain import (
-    Condition,
     ContainerState,
     ContainerStatus,
-    DependencyCondition,
     Environment,
     EnvironmentStatus,
     Event,
@@ -42,163 +43,35 @@ from scheduler.domain import (
     Health,
     HealthCheckKind,
     RestartMode,
-    RestartPolicy,
     ServiceChange,
     ServiceSpec,
-    TaskEvent,
     TaskEventKind,
     TaskState,
 )
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.expected import ExpectedExits
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
+from scheduler.orchestrator.policy import Backoff, problems, ready_condition, should_restart
 from scheduler.orchestrator.status import now, with_condition
-from scheduler.runtime.base import ContainerRuntime
-from scheduler.runtime.containerd import labels
-from scheduler.storage.base import StateStore
+from scheduler.runtime.base import ContainerRuntime, EventStream
 
 _log = log.get("supervisor")
 
-RESYNC_INTERVAL = 5.0
-"""Seconds between comparisons of the store with the runtime, for exits whose events were lost."""
+RESYNC_INTERVAL = 30.0
+"""Seconds between comparisons of recorded containers with the runtime, a safety net for exits
+whose events were lost (the event stream's reconnection triggers one at once)."""
+RESUBSCRIBE_DELAY = 5.0
+"""Seconds before subscribing again to task events after the runtime gave up (a resync follows)."""
 PENDING_WAIT = 3.0
 """Longest wait for a deploy to record a container that exited right after it started."""
 SUPERVISED = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
 """Environment states whose status the supervisor maintains."""
 
 
-# --- policy -------------------------------------------------------------------------------------
-
-
-def should_restart(policy: RestartPolicy, exit_code: int | None, restarts: int) -> bool:
-    """Whether a container that exited with ``exit_code`` after ``restarts`` restarts runs again.
-
-    A stop on purpose never reaches this question, so ``always`` and ``unless-stopped`` agree. An
-    unknown exit code (the task vanished) counts as a failure.
-    """
-    if policy.mode is RestartMode.NO:
-        return False
-    if policy.mode is RestartMode.ON_FAILURE:
-        if exit_code == 0:
-            return False
-        return policy.max_retries == 0 or restarts < policy.max_retries
-    return True
-
-
-@dataclass
-class Backoff:
-    """Capped exponential restart delay of one container.
-
-    The delay starts at ``initial_backoff`` and doubles with each restart up to ``max_backoff``;
-    a process that ran ``reset_after`` (healthy, when it has a health check) starts over.
-    """
-
-    policy: RestartPolicy
-    attempts: int = 0
-
-    def next_delay(self, ran_for: float) -> float:
-        """Seconds to wait before the next restart of a process that ran ``ran_for`` seconds."""
-        if ran_for >= self.policy.reset_after.total_seconds():
-            self.attempts = 0
-        initial = self.policy.initial_backoff.total_seconds()
-        cap = self.policy.max_backoff.total_seconds()
-        delay: float = min(initial * 2.0 ** min(self.attempts, 60), cap)
-        self.attempts += 1
-        return max(delay, 0.0)
-
-
-# --- status assessment --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why one replica keeps its environment from being RUNNING."""
-
-    service: str
-    replica: int
-    reason: str
-    message: str
-
-
-def problems(env: Environment, at: datetime) -> list[Problem]:
-    """What is wrong with ``env``'s replicas at ``at``; empty when every one is up.
-
-    A restarted replica counts as recovered once it is healthy, or (without a health check) once
-    it ran its policy's ``reset_after``: a crash loop must not flap the environment to RUNNING
-    between two crashes. A one-shot service that others wait to complete may exit 0.
-    """
-    specs = {s.name: s for s in env.spec.services}
-    jobs = {d.service for s in env.spec.services for d in s.depends_on if d.condition is DependencyCondition.COMPLETED}
-    found = []
-    for c in sorted(env.containers, key=lambda c: (c.service, c.replica)):
-        spec = specs.get(c.service)
-        where = f"service {c.service} replica {c.replica}"
-        restarts = f"restarted {c.restart_count} time{'s' if c.restart_count != 1 else ''}"
-        last = f", last exit code {c.exit_code}" if c.exit_code is not None else ""
-        # Between two crashes of a loop the replica is briefly up: still the same loop.
-        looping = c.restart_count >= 2
-        reason = "CrashLoopBackOff" if looping else "Restarting"
-        cycling = f"{where} is crash-looping" if looping else where
-        if c.state is ContainerState.RESTARTING:
-            found.append(Problem(c.service, c.replica, reason, f"{cycling}: {c.message} ({restarts}{last})"))
-        elif c.state is ContainerState.EXITED:
-            if c.exit_code == 0 and c.service in jobs:
-                continue
-            found.append(Problem(c.service, c.replica, "Exited", f"{where}: {c.message} ({restarts}{last})"))
-        elif c.state is ContainerState.UNKNOWN:
-            found.append(Problem(c.service, c.replica, "Unknown", f"{where}: {c.message or 'state unknown'}"))
-        elif c.state is ContainerState.RUNNING:
-            if c.health is Health.UNHEALTHY:
-                found.append(Problem(c.service, c.replica, "Unhealthy", f"{where} is unhealthy: {c.message}"))
-            elif c.restart_count and c.health is Health.STARTING:
-                found.append(Problem(c.service, c.replica, reason, f"{cycling}: waiting for health ({restarts}{last})"))
-            elif c.restart_count and c.health is Health.NONE and spec is not None and c.started_at is not None:
-                settle = spec.restart.reset_after
-                if at - c.started_at < settle:
-                    found.append(
-                        Problem(
-                            c.service,
-                            c.replica,
-                            reason,
-                            f"{cycling}: up for less than {settle.total_seconds():g}s ({restarts}{last})",
-                        )
-                    )
-    return found
-
-
-def ready_condition(found: list[Problem], at: datetime) -> Condition:
-    """The environment's ``Ready`` condition for the problems ``found``."""
-    if not found:
-        return Condition("Ready", True, "Recovered", "every service is up", last_transition=at)
-    first = found[0]
-    return Condition(
-        "Ready", False, first.reason, "; ".join(p.message for p in found), service=first.service, last_transition=at
-    )
-
-
 # --- collaborators ------------------------------------------------------------------------------
-
-
-class ExpectedExits:
-    """Containers stopped on purpose (deletes, updates, reconcile): their exits are not failures.
-
-    Bounded: the oldest ids are forgotten first, long after their exits arrived.
-    """
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._capacity = capacity
-
-    def add(self, container_id: str) -> None:
-        """Announce that ``container_id`` is about to be stopped."""
-        self._ids[container_id] = None
-        self._ids.move_to_end(container_id)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-
-    def __contains__(self, container_id: object) -> bool:
-        return container_id in self._ids
 
 
 class Operations(Protocol):
@@ -208,10 +81,6 @@ class Operations(Protocol):
 
     def busy(self, name: str) -> bool:
         """Whether a deploy, update or delete runs on environment ``name``."""
-        ...
-
-    def status_lock(self, name: str) -> asyncio.Lock:
-        """The lock serialising read-modify-write of ``name``'s stored status."""
         ...
 
     async def wait_idle(self, name: str) -> None:
@@ -246,7 +115,7 @@ class Supervisor:
 
     def __init__(
         self,
-        store: StateStore,
+        ledger: Ledger,
         runtime: ContainerRuntime,
         network: NetworkManager,
         events: EventBus,
@@ -257,7 +126,7 @@ class Supervisor:
         observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._observer = observer
-        self._store = store
+        self._ledger = ledger
         self._runtime = runtime
         self._network = network
         self._events = events
@@ -268,7 +137,7 @@ class Supervisor:
         self._oom: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._stream: AsyncIterator[TaskEvent] | None = None
+        self._stream: EventStream | None = None
         self._settling: set[str] = set()
         self._closed = False
 
@@ -280,9 +149,7 @@ class Supervisor:
         Call before the reconciler and the orchestrator's ``start``, so that no exit is missed.
         """
         self._stream = self._runtime.events()
-        connected = getattr(self._stream, "connected", None)
-        if connected is not None:
-            await connected()
+        await self._stream.connected()
         self._loops = [
             asyncio.create_task(self._consume_tasks(self._stream), name="supervisor:tasks"),
             asyncio.create_task(self._consume_bus(), name="supervisor:bus"),
@@ -300,10 +167,9 @@ class Supervisor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
+        if self._stream is not None:
             with contextlib.suppress(Exception):
-                await aclose()
+                await self._stream.aclose()
 
     # --- entry points for the reconciler -----------------------------------------------------
 
@@ -327,7 +193,7 @@ class Supervisor:
 
     # --- consumers ---------------------------------------------------------------------------
 
-    async def _consume_tasks(self, stream: AsyncIterator[TaskEvent]) -> None:
+    async def _consume_tasks(self, stream: EventStream) -> None:
         while not self._closed:
             try:
                 async for event in stream:
@@ -339,12 +205,10 @@ class Supervisor:
             except errors.SchedulerError as err:
                 # The runtime gave up resubscribing: try again later; the resync covers the gap.
                 _log.error("task_events.lost", error=err.message)
-            await asyncio.sleep(self._resync_interval)
+            await asyncio.sleep(RESUBSCRIBE_DELAY)
             stream = self._stream = self._runtime.events()
-            connected = getattr(stream, "connected", None)
-            if connected is not None:
-                with contextlib.suppress(errors.SchedulerError):
-                    await connected()
+            with contextlib.suppress(errors.SchedulerError):
+                await stream.connected()
             self._spawn(self.resync())
 
     async def _consume_bus(self) -> None:
@@ -372,30 +236,36 @@ class Supervisor:
                 _log.warning("resync.failed", error=err.message)
 
     async def resync(self) -> None:
-        """Compare stored RUNNING containers with the runtime; handle exits whose events were lost."""
-        envs = await self._supervised_environments()
+        """Compare RUNNING containers with the runtime; handle exits whose events were lost.
+
+        Runs when the event stream reconnects, and now and then as a safety net. Only what
+        differs is touched: an environment whose containers all run as recorded is not written,
+        evaluated or probed again.
+        """
+        envs = [e for e in self._ledger.all(SUPERVISED) if not self._ops.busy(e.name)]
         if not envs:
             return
         found = {info.id: info for info in await self._runtime.list({})}
         for env in envs:
-            if self._ops.busy(env.name):
-                continue
+            changed = False
             for status in env.containers:
                 if status.state is not ContainerState.RUNNING or status.container_id in self._ops.expected_exits:
                     continue
                 info = found.get(status.container_id)
                 if info is None:
                     await self._mark_missing(env.name, status)
+                    changed = True
                 elif info.task_state is None or info.task_state is TaskState.STOPPED:
                     await self._handle_exit(status.container_id, status.pid, info.exit_status, None, env_hint=env.name)
-            await self._tidy(env)
-            await self._evaluate(env.name)
+                    changed = True
+            self._tidy(env.name)
+            if changed:
+                await self._evaluate(env.name)
 
-    async def _tidy(self, env: Environment) -> None:
+    def _tidy(self, name: str) -> None:
         """Forget containers the environment no longer lists; watch health where nobody does."""
-        try:
-            env = await self._store.get(env.name)  # exits handled just now changed it
-        except errors.NotFound:
+        env = self._ledger.find(name)  # exits handled just now changed it
+        if env is None:
             return
         listed = {c.container_id: c for c in env.containers}
         for cid in [cid for cid, r in self._replicas.items() if r.env == env.name and cid not in listed]:
@@ -639,13 +509,11 @@ class Supervisor:
         if self._ops.busy(env_name):
             return
         event: Event | None = None
-        async with self._ops.status_lock(env_name):
-            try:
-                env = await self._store.get(env_name)
-            except errors.NotFound:
-                return
+
+        def assess(env: Environment) -> Environment | None:
+            nonlocal event
             if env.status not in SUPERVISED:
-                return
+                return None
             at = now()
             found = problems(env, at)
             status = EnvironmentStatus.DEGRADED if found else EnvironmentStatus.RUNNING
@@ -654,15 +522,19 @@ class Supervisor:
             if status is env.status and (
                 status is EnvironmentStatus.RUNNING or (previous is not None and previous.message == condition.message)
             ):
-                pass
-            else:
-                await self._store.put(
-                    replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at)
-                )
-                if status is not env.status:
-                    kind = EventType.ENVIRONMENT_DEGRADED if found else EventType.ENVIRONMENT_RUNNING
-                    event = Event(kind, env_name, at, message=condition.message, generation=env.generation)
-                    _log.info("environment.status", env=env_name, status=status.value, reason=condition.message)
+                return None
+            if status is not env.status:
+                kind = EventType.ENVIRONMENT_DEGRADED if found else EventType.ENVIRONMENT_RUNNING
+                event = Event(kind, env_name, at, message=condition.message, generation=env.generation)
+                _log.info("environment.status", env=env_name, status=status.value, reason=condition.message)
+            return replace(env, status=status, conditions=with_condition(env.conditions, condition), updated_at=at)
+
+        try:
+            env = await self._ledger.change(env_name, assess)
+        except errors.NotFound:
+            return
+        if env.status not in SUPERVISED:
+            return
         if event is not None:
             self._events.publish(event)
         for service in env.spec.services:
@@ -671,7 +543,7 @@ class Supervisor:
     async def _sync_backends(self, env_name: str, service: str) -> None:
         """Take failing replicas out of the service's address, and (between operations) put healthy ones in."""
         try:
-            env = await self._store.get(env_name)
+            env = await self._ledger.get(env_name)
             info = await self._network.service(env_name, service)
         except errors.NotFound:
             return
@@ -696,16 +568,6 @@ class Supervisor:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    async def _supervised_environments(self) -> list[Environment]:
-        out: list[Environment] = []
-        token = ""
-        for _ in range(10_000):
-            page, token = await self._store.list(page_size=200, page_token=token, statuses=SUPERVISED)
-            out += page
-            if not token:
-                break
-        return out
-
     async def _locate(self, cid: str, env_hint: str) -> tuple[str, ServiceSpec] | None:
         """The environment and service spec of a container, from what we know or the store."""
         known = self._replicas.get(cid)
@@ -714,7 +576,7 @@ class Supervisor:
             names = [info.labels.get(labels.ENV, "") for info in await self._runtime.list({}) if info.id == cid]
         for name in names:
             try:
-                env = await self._store.get(name)
+                env = await self._ledger.get(name)
             except errors.NotFound:
                 continue
             status = next((c for c in env.containers if c.container_id == cid), None)
@@ -739,7 +601,7 @@ class Supervisor:
         deadline = self._clock() + PENDING_WAIT
         while True:
             try:
-                env = await self._store.get(env_name)
+                env = await self._ledger.get(env_name)
             except errors.NotFound:
                 return None
             status = next((c for c in env.containers if c.container_id == cid), None)
@@ -750,20 +612,7 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def _update(self, env_name: str, cid: str, **changes: Any) -> ContainerStatus | None:
-        async with self._ops.status_lock(env_name):
-            try:
-                env = await self._store.get(env_name)
-            except errors.NotFound:
-                return None
-            if env.status is EnvironmentStatus.DELETING:
-                return None
-            current = next((c for c in env.containers if c.container_id == cid), None)
-            if current is None:
-                return None
-            updated = replace(current, **changes)
-            containers = tuple(updated if c.container_id == cid else c for c in env.containers)
-            await self._store.put(replace(env, containers=containers, updated_at=now()))
-        return updated
+        return await self._ledger.change_container(env_name, cid, unless_deleting=True, **changes)
 
     def _publish(self, kind: EventType, env_name: str, status: ContainerStatus, message: str) -> None:
         self._events.publish(

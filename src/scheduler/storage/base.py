@@ -10,12 +10,12 @@ import base64
 import binascii
 import builtins
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import FieldViolation, InvalidArgument
+from scheduler.errors import Conflict, FieldViolation, InvalidArgument
 
 Json = Any
 """A value made of dicts, lists, str, int, float, bool and None."""
@@ -29,8 +29,8 @@ HISTORY_LIMIT = 1000
 class StateStore(Protocol):
     """Durable state of the scheduler. Every method is safe to call concurrently."""
 
-    async def create(self, env: Environment) -> None:
-        """Store a new environment.
+    async def create(self, env: Environment) -> Environment:
+        """Store a new environment at revision 1; returns it as stored.
 
         Raises:
             AlreadyExists: an environment has that name, or was created by the same request id.
@@ -45,14 +45,18 @@ class StateStore(Protocol):
         """
         ...
 
-    async def put(self, env: Environment) -> None:
-        """Replace a stored environment with ``env``, matched by name and uid.
+    async def put(self, env: Environment, *, expected_revision: int) -> Environment:
+        """Replace a stored environment with ``env`` if it is still at ``expected_revision``.
 
-        A uid mismatch means the environment was deleted and created again since the caller
-        read it; writing would clobber the new one, so that is reported as NotFound.
+        Compare-and-swap: the write lands only if nobody wrote since the caller read revision
+        ``expected_revision``; the stored document then gets the next revision, which the
+        returned environment carries. A uid mismatch means the environment was deleted and
+        created again since the caller read it; writing would clobber the new one, so that is
+        reported as NotFound.
 
         Raises:
             NotFound: no environment has that name and uid.
+            Conflict: the stored revision is not ``expected_revision`` (a stale write).
         """
         ...
 
@@ -78,6 +82,10 @@ class StateStore(Protocol):
         Raises:
             InvalidArgument: ``page_token`` is not one this store issued, or ``page_size`` < 0.
         """
+        ...
+
+    def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
+        """Yield every environment (in ``statuses``, if given) in creation order, a page at a time."""
         ...
 
     async def find_by_request_id(self, request_id: str) -> Environment | None:
@@ -204,3 +212,23 @@ def record_to_text(kind: str, key: str, value: Json) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise invalid_field("value", f"record {kind}/{key} is not JSON-serialisable: {err}") from err
+
+
+def stale_write(env: Environment, expected: int, stored: int) -> Conflict:
+    """Build the error for a write whose expected revision is no longer the stored one."""
+    return Conflict(
+        f"environment {env.name!r} changed since it was read: revision {stored} is stored, the write expected "
+        f"{expected}; read it again and retry",
+        env=env.name,
+    )
+
+
+async def iterate_pages(store: StateStore, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
+    """Page through ``store.list`` until the end: the one loop behind every ``iterate``."""
+    token = ""
+    while True:
+        page, token = await store.list(MAX_PAGE_SIZE, token, statuses)
+        for env in page:
+            yield env
+        if not token:
+            return

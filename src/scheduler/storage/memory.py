@@ -9,8 +9,8 @@ from __future__ import annotations
 import builtins
 import itertools
 import json
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass, replace
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
 from scheduler.errors import AlreadyExists, NotFound, Unavailable
@@ -23,7 +23,9 @@ from scheduler.storage.base import (
     decode_page_token,
     effective_page_size,
     encode_page_token,
+    iterate_pages,
     record_to_text,
+    stale_write,
 )
 
 
@@ -35,6 +37,7 @@ class _Row:
     request_id: str
     labels: dict[str, str]
     doc: str
+    revision: int
 
 
 class MemoryStateStore:
@@ -51,9 +54,10 @@ class MemoryStateStore:
         if self._closed:
             raise Unavailable("the state store is closed")
 
-    async def create(self, env: Environment) -> None:
-        """Store a new environment."""
+    async def create(self, env: Environment) -> Environment:
+        """Store a new environment at revision 1."""
         self._check_open()
+        env = replace(env, revision=1)
         doc = codec.environment_to_json(env)
         if env.name in self._rows:
             raise AlreadyExists(f"environment {env.name!r} already exists", env=env.name)
@@ -62,7 +66,10 @@ class MemoryStateStore:
                 raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
             if env.request_id and row.request_id == env.request_id:
                 raise AlreadyExists(f"request {env.request_id!r} already created environment {name!r}", env=name)
-        self._rows[env.name] = _Row(next(self._seq), env.uid, env.status, env.request_id, dict(env.spec.labels), doc)
+        self._rows[env.name] = _Row(
+            next(self._seq), env.uid, env.status, env.request_id, dict(env.spec.labels), doc, env.revision
+        )
+        return env
 
     async def get(self, name: str) -> Environment:
         """Return the environment called ``name``."""
@@ -72,13 +79,16 @@ class MemoryStateStore:
             raise NotFound(f"environment {name!r} not found", env=name)
         return codec.environment_from_json(row.doc)
 
-    async def put(self, env: Environment) -> None:
-        """Replace a stored environment, matched by name and uid."""
+    async def put(self, env: Environment, *, expected_revision: int) -> Environment:
+        """Replace a stored environment, matched by name and uid, if still at ``expected_revision``."""
         self._check_open()
+        env = replace(env, revision=expected_revision + 1)
         doc = codec.environment_to_json(env)
         row = self._rows.get(env.name)
         if row is None or row.uid != env.uid:
             raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+        if row.revision != expected_revision:
+            raise stale_write(env, expected_revision, row.revision)
         for name, other in self._rows.items():
             if name != env.name and env.request_id and other.request_id == env.request_id:
                 raise AlreadyExists(f"request {env.request_id!r} already created environment {name!r}", env=name)
@@ -86,6 +96,8 @@ class MemoryStateStore:
         row.request_id = env.request_id
         row.labels = dict(env.spec.labels)
         row.doc = doc
+        row.revision = env.revision
+        return env
 
     async def delete(self, name: str) -> None:
         """Remove an environment if present."""
@@ -118,6 +130,10 @@ class MemoryStateStore:
         page = matches[:size]
         token = encode_page_token(page[-1][0]) if len(matches) > size else ""
         return [codec.environment_from_json(row.doc) for _, row in page], token
+
+    def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
+        """Yield every environment (in ``statuses``, if given) in creation order."""
+        return iterate_pages(self, statuses)
 
     async def find_by_request_id(self, request_id: str) -> Environment | None:
         """Return the environment created by ``request_id``, if any."""

@@ -26,7 +26,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,7 +42,9 @@ from scheduler.storage.base import (
     decode_page_token,
     effective_page_size,
     encode_page_token,
+    iterate_pages,
     record_to_text,
+    stale_write,
 )
 
 T = TypeVar("T")
@@ -101,7 +104,12 @@ def _migrate_v1(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1,)
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    # Documents written before revisions existed start at 1; every write bumps it (compare-and-swap).
+    db.execute("ALTER TABLE environments ADD COLUMN revision INTEGER NOT NULL DEFAULT 1")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2)
 """``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -256,8 +264,9 @@ class SqliteStateStore:
 
     # --- environments --------------------------------------------------------------------------
 
-    async def create(self, env: Environment) -> None:
-        """Store a new environment."""
+    async def create(self, env: Environment) -> Environment:
+        """Store a new environment at revision 1."""
+        env = replace(env, revision=1)
         doc = codec.environment_to_json(env)
 
         def run(db: sqlite3.Connection) -> None:
@@ -274,12 +283,14 @@ class SqliteStateStore:
                     raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
                 raise AlreadyExists(f"request {request_id!r} already created environment {name!r}", env=name)
             cursor = db.execute(
-                "INSERT INTO environments (name, uid, status, request_id, generation, doc) VALUES (?, ?, ?, ?, ?, ?)",
-                (env.name, env.uid, env.status.value, env.request_id, env.generation, doc),
+                "INSERT INTO environments (name, uid, status, request_id, generation, revision, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (env.name, env.uid, env.status.value, env.request_id, env.generation, env.revision, doc),
             )
             self._write_labels(db, cursor.lastrowid, env)
 
         await self._run(run, write=True)
+        return env
 
     @staticmethod
     def _write_labels(db: sqlite3.Connection, seq: int | None, env: Environment) -> None:
@@ -292,23 +303,28 @@ class SqliteStateStore:
     async def get(self, name: str) -> Environment:
         """Return the environment called ``name``."""
 
-        def run(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT doc FROM environments WHERE name = ?", (name,)).fetchone()
-            return None if row is None else str(row[0])
+        def run(db: sqlite3.Connection) -> tuple[str, int] | None:
+            row = db.execute("SELECT doc, revision FROM environments WHERE name = ?", (name,)).fetchone()
+            return None if row is None else (str(row[0]), int(row[1]))
 
-        doc = await self._run(run, write=False)
-        if doc is None:
+        found = await self._run(run, write=False)
+        if found is None:
             raise NotFound(f"environment {name!r} not found", env=name)
-        return codec.environment_from_json(doc)
+        return _decode(*found)
 
-    async def put(self, env: Environment) -> None:
-        """Replace a stored environment, matched by name and uid."""
+    async def put(self, env: Environment, *, expected_revision: int) -> Environment:
+        """Replace a stored environment, matched by name and uid, if still at ``expected_revision``."""
+        env = replace(env, revision=expected_revision + 1)
         doc = codec.environment_to_json(env)
 
         def run(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT seq FROM environments WHERE name = ? AND uid = ?", (env.name, env.uid)).fetchone()
+            row = db.execute(
+                "SELECT seq, revision FROM environments WHERE name = ? AND uid = ?", (env.name, env.uid)
+            ).fetchone()
             if row is None:
                 raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+            if row[1] != expected_revision:
+                raise stale_write(env, expected_revision, int(row[1]))
             if env.request_id:
                 other = db.execute(
                     "SELECT name FROM environments WHERE request_id = ? AND seq <> ?",
@@ -319,12 +335,14 @@ class SqliteStateStore:
                         f"request {env.request_id!r} already created environment {other[0]!r}", env=other[0]
                     )
             db.execute(
-                "UPDATE environments SET status = ?, request_id = ?, generation = ?, doc = ? WHERE seq = ?",
-                (env.status.value, env.request_id, env.generation, doc, row[0]),
+                "UPDATE environments SET status = ?, request_id = ?, generation = ?, revision = ?, doc = ?"
+                " WHERE seq = ?",
+                (env.status.value, env.request_id, env.generation, env.revision, doc, row[0]),
             )
             self._write_labels(db, row[0], env)
 
         await self._run(run, write=True)
+        return env
 
     async def delete(self, name: str) -> None:
         """Remove an environment if present; its history is kept."""
@@ -360,28 +378,32 @@ class SqliteStateStore:
             )
             params += [key, value]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT e.seq, e.name, e.doc FROM environments e {where} ORDER BY e.seq, e.name LIMIT ?"
+        query = f"SELECT e.seq, e.name, e.doc, e.revision FROM environments e {where} ORDER BY e.seq, e.name LIMIT ?"
         params.append(size + 1)
 
-        def run(db: sqlite3.Connection) -> builtins.list[tuple[int, str, str]]:
-            return [(int(s), str(n), str(d)) for s, n, d in db.execute(query, params).fetchall()]
+        def run(db: sqlite3.Connection) -> builtins.list[tuple[int, str, str, int]]:
+            return [(int(s), str(n), str(d), int(r)) for s, n, d, r in db.execute(query, params).fetchall()]
 
         rows = await self._run(run, write=False)
         page = rows[:size]
         token = encode_page_token(PageKey(page[-1][0], page[-1][1])) if len(rows) > size else ""
-        return [codec.environment_from_json(doc) for _, _, doc in page], token
+        return [_decode(doc, revision) for _, _, doc, revision in page], token
+
+    def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
+        """Yield every environment (in ``statuses``, if given) in creation order, a page at a time."""
+        return iterate_pages(self, statuses)
 
     async def find_by_request_id(self, request_id: str) -> Environment | None:
         """Return the environment created by ``request_id``, if any."""
         if not request_id:
             return None
 
-        def run(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT doc FROM environments WHERE request_id = ?", (request_id,)).fetchone()
-            return None if row is None else str(row[0])
+        def run(db: sqlite3.Connection) -> tuple[str, int] | None:
+            row = db.execute("SELECT doc, revision FROM environments WHERE request_id = ?", (request_id,)).fetchone()
+            return None if row is None else (str(row[0]), int(row[1]))
 
-        doc = await self._run(run, write=False)
-        return None if doc is None else codec.environment_from_json(doc)
+        found = await self._run(run, write=False)
+        return None if found is None else _decode(*found)
 
     # --- history -------------------------------------------------------------------------------
 
@@ -469,3 +491,9 @@ class SqliteStateStore:
             await asyncio.wrap_future(self._executor.submit(run))
         finally:
             self._executor.shutdown(wait=False)
+
+
+def _decode(doc: str, revision: int) -> Environment:
+    """Decode a stored document; the revision column is authoritative (documents before v2 lack it)."""
+    env = codec.environment_from_json(doc)
+    return env if env.revision == revision else replace(env, revision=revision)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from scheduler.network import CniNetwork, ServicePort
+from scheduler.network import ServicePort
+from scheduler.network.cni import CniNetwork
 from tests.support.network import Server, UdpServer, can_connect, connect, resolve, socket_in, unique
 from tests.support.rawpacket import RawSender
 
@@ -542,12 +543,50 @@ async def test_host_refuses_containers_and_egress_is_configurable(make_network: 
             with socket_in(att.netns_path) as sock:
                 sock.settimeout(1)
                 assert sock.connect_ex((info.gateway, host_server.getsockname()[1])) != 0
+        # Nor over IPv6, through the link-local address the bridge would have (once usable).
+        settle_ipv6(info.bridge)
+        with socket.socket(socket.AF_INET6) as host_server6:
+            host_server6.bind(("::", 0))
+            host_server6.listen()
+            with socket_in(att.netns_path, family=socket.AF_INET6) as sock:
+                sock.settimeout(1)
+                target = (link_local(info.bridge), host_server6.getsockname()[1], 0, ifindex(att.netns_path))
+                assert sock.connect_ex(target) != 0
         server = Server(att.netns_path, "C", 8080)
         try:
             assert connect(None, att.ip, 8080) == "C"
         finally:
             server.close()
         await net.delete_environment(env)
+
+
+def settle_ipv6(interface: str, timeout: float = 10) -> None:
+    """Wait until no IPv6 address of ``interface`` is still tentative (duplicate detection)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "-6", "addr", "show", "dev", interface], capture_output=True, text=True).stdout
+        if "tentative" not in out:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{interface} kept a tentative IPv6 address")
+
+
+def link_local(interface: str) -> str:
+    """The EUI-64 link-local address of a host interface, whether or not it has one configured."""
+    mac = bytearray.fromhex(Path(f"/sys/class/net/{interface}/address").read_text().strip().replace(":", ""))
+    mac[0] ^= 0x02
+    eui = bytes(mac[:3]) + b"\xff\xfe" + bytes(mac[3:])
+    return "fe80::" + ":".join(eui[i : i + 2].hex() for i in range(0, 8, 2))
+
+
+def ifindex(netns_path: str) -> int:
+    out = subprocess.run(
+        ["nsenter", f"--net={netns_path}", "ip", "-o", "link", "show", "eth0"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(out.split(":", 1)[0])
 
 
 async def test_raw_frames_from_a_container_never_reach_the_host_loopback(make_network: Factory) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -340,3 +344,39 @@ async def test_sweep_leases_removes_a_killed_predecessors_leases_and_only_ours(
         assert left - before == {foreign}
     finally:
         await client.leases.delete(leases_pb2.DeleteRequest(id=foreign))
+
+
+def _fake_shim(namespace: str, task_id: str, socket: str) -> subprocess.Popen[bytes]:
+    """A process that looks like a shim in /proc (argv[0] and options), with a child like its log writer."""
+    # Started under a shim's name, python finds no stdlib beyond builtins: fork and exec only.
+    code = "import os, time\nif os.fork() == 0: os.execv('/bin/sleep', ['sleep', '60'])\ntime.sleep(60)"
+    argv = ["containerd-shim-runc-v2", "-c", code, "-namespace", namespace, "-id", task_id, "-address", socket]
+    return subprocess.Popen(argv, executable=sys.executable)
+
+
+async def test_sweep_orphan_shims_ends_shims_without_a_task_and_only_those(
+    containerd_runtime: ContainerdRuntime, containerd_socket: str, make_container: MakeContainer
+) -> None:
+    from tests.support.processes import alive, descendants
+
+    running = await make_container()
+    namespace = containerd_runtime.client.namespace
+    orphan = _fake_shim(namespace, f"gone-{os.getpid()}", containerd_socket)
+    with_task = _fake_shim(namespace, running.id, containerd_socket)
+    elsewhere = _fake_shim("another-namespace", f"gone-{os.getpid()}", containerd_socket)
+    try:
+        await _wait_for(lambda: all(descendants(p.pid) for p in (orphan, with_task, elsewhere)), timeout=10)
+        orphan_children = descendants(orphan.pid)
+        swept = await containerd_runtime.sweep_orphan_shims(containerd_socket)
+        assert swept == [f"gone-{os.getpid()}"]
+        assert orphan.wait(10) == -signal.SIGKILL
+        await _wait_for(lambda: not any(alive(pid) for pid in orphan_children), timeout=10)
+        assert with_task.poll() is None and elsewhere.poll() is None
+        # The real shim of the running task is untouched: the task still answers.
+        assert await containerd_runtime.task_pid(running.id)
+    finally:
+        for process in (orphan, with_task, elsewhere):
+            for pid in [*descendants(process.pid), process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait(10)

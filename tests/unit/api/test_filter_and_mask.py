@@ -73,3 +73,13 @@ def test_bad_mask_paths_are_each_named() -> None:
     with pytest.raises(InvalidArgument) as err:
         fieldmask.apply(_stored(), _stored(), ["services.backend.image.x", "nope", "labels..x"])
     assert [v.field for v in err.value.violations] == [f"update_mask.paths[{i}]" for i in range(3)]
+
+
+def test_a_whole_map_path_replaces_the_map_with_the_given_one() -> None:
+    from scheduler.api import fieldmask
+    from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+
+    stored = pb.EnvironmentSpecification(stack="toolbox", labels={"team": "ops", "old": "x"})
+    given = pb.EnvironmentSpecification(stack="toolbox", labels={"team": "ops", "n": "1"})
+    assert dict(fieldmask.apply(stored, given, ["labels"]).labels) == {"team": "ops", "n": "1"}
+    assert dict(fieldmask.apply(stored, pb.EnvironmentSpecification(), ["labels"]).labels) == {}

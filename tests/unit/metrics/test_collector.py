@@ -58,8 +58,11 @@ async def test_a_reading_is_reused_within_the_interval_and_labels_name_the_repli
     running = ContainerStatus("web", 1, "c-web-1", state=ContainerState.RUNNING)
     exited = ContainerStatus("job", 0, "c-job-0", state=ContainerState.EXITED)
     env = Environment("demo", "u1", EnvironmentSpec("toolbox", ()), status=EnvironmentStatus.RUNNING)
-    await store.create(env)
-    await store.put(Environment("demo", "u1", env.spec, status=EnvironmentStatus.RUNNING, containers=(running, exited)))
+    created = await store.create(env)
+    await store.put(
+        Environment("demo", "u1", env.spec, status=EnvironmentStatus.RUNNING, containers=(running, exited)),
+        expected_revision=created.revision,
+    )
     runtime = CountingRuntime()
     now = [100.0]
     collector = StateCollector(store, runtime, interval=5.0, clock=lambda: now[0])  # type: ignore[arg-type]

@@ -141,7 +141,8 @@ async def test_follow_sees_new_lines_and_moves_to_a_replacement_container(tmp_pa
     # The container is replaced: the follow picks up the new one from its first line.
     new = _writer(tmp_path, "c2", LogStream.STDOUT)
     new.feed(b"new 1\nnew 2\n")
-    await store.put(_env(domain.ContainerStatus("web", 0, "c2")))
+    stored = await store.get(_env().name)
+    await store.put(_env(domain.ContainerStatus("web", 0, "c2")), expected_revision=stored.revision)
     got = await _collect(follow, 2)
     assert [(line.container_id, line.line) for line in got] == [("c2", "new 1"), ("c2", "new 2")]
     closing.set()

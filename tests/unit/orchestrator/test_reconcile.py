@@ -20,11 +20,12 @@ from scheduler.domain import (
     Health,
     RestartMode,
 )
+from scheduler.network.fake import FakeNetwork
 from scheduler.orchestrator.reconcile import Reconciler, interrupted, unfinished_services
 from scheduler.runtime.containerd import labels
 from scheduler.runtime.fake import FakeContainer, FakeRuntime
 from scheduler.storage.memory import MemoryStateStore
-from tests.unit.orchestrator.test_supervisor import IMAGE, FakeNetwork, World, make_world, service
+from tests.unit.orchestrator.test_supervisor import IMAGE, World, make_world, service
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ async def test_running_containers_are_adopted_without_a_restart(tmp_path: Path, 
     starts = len(old.runtime.calls_of("start"))
 
     new = await crash_and_restart(old, worlds)
-    report = await Reconciler(new.store, new.runtime, new.network, new.supervisor, new.orchestrator).run()
+    report = await Reconciler(new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator).run()
     await new.orchestrator.start()
 
     assert sorted(report.adopted) == sorted(before)
@@ -103,7 +104,7 @@ async def test_containers_that_died_while_down_follow_their_policy(tmp_path: Pat
     old.runtime.crash(db.container_id, code=1)
 
     new = await crash_and_restart(old, worlds)
-    report = await Reconciler(new.store, new.runtime, new.network, new.supervisor, new.orchestrator).run()
+    report = await Reconciler(new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator).run()
     assert sorted(report.exited) == sorted([web.container_id, db.container_id])
     await new.until("web restarted", lambda: _restarted(new, "shop", web.container_id))
     after = await new.env("shop")
@@ -122,13 +123,13 @@ async def test_strays_are_removed_and_allocations_swept(tmp_path: Path, worlds: 
     old.network.envs.add("ghost")
 
     new = await crash_and_restart(old, worlds)
-    report = await Reconciler(new.store, new.runtime, new.network, new.supervisor, new.orchestrator).run()
+    report = await Reconciler(new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator).run()
     assert sorted(report.removed) == ["ghost.app.0.aaaaaa", "shop.app.0.bbbbbb"]
     assert set(new.runtime.containers) == {c.container_id for c in (await new.env("shop")).containers}
     assert "ghost" not in new.network.envs
     assert not [e for e in new.seen if e.type is domain.EventType.CONTAINER_RESTARTED]
     # A second pass finds nothing left to do.
-    again = await Reconciler(new.store, new.runtime, new.network, new.supervisor, new.orchestrator).run()
+    again = await Reconciler(new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator).run()
     assert again.removed == [] and again.exited == [] and len(again.adopted) == 1
 
 
@@ -139,10 +140,10 @@ async def test_an_interrupted_deploy_converges_without_duplicates(tmp_path: Path
     # Pretend the daemon died mid-deploy: the status says DEPLOYING and only some containers are recorded.
     env = await old.env("shop")
     half = replace(env, status=EnvironmentStatus.DEPLOYING, containers=env.containers[:1], observed_generation=0)
-    await old.store.put(half)
+    await old.store.put(half, expected_revision=env.revision)
 
     new = await crash_and_restart(old, worlds)
-    report = await Reconciler(new.store, new.runtime, new.network, new.supervisor, new.orchestrator).run()
+    report = await Reconciler(new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator).run()
     assert report.redeployed == ["shop"] and len(report.removed) == 3
     await new.orchestrator.start()
     await new.orchestrator.wait_idle("shop")
@@ -175,11 +176,11 @@ async def test_an_interrupted_update_is_rolled_out_without_downtime_or_duplicate
     newer = replace(
         env.spec, services=(service("web", RestartMode.ALWAYS, replicas=3), service("db", RestartMode.ALWAYS))
     )
-    await old.store.put(replace(env, spec=newer, generation=2))
+    await old.store.put(replace(env, spec=newer, generation=2), expected_revision=env.revision)
 
     new = await crash_and_restart(old, worlds)
     reconciler = Reconciler(
-        new.store, new.runtime, new.network, new.supervisor, new.orchestrator, resume_drain=timedelta(milliseconds=20)
+        new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator, resume_drain=timedelta(milliseconds=20)
     )
     report = await reconciler.run()
     assert report.resumed == ["shop"] and report.redeployed == [] and sorted(report.adopted) == sorted(before)

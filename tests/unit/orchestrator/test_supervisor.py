@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +28,9 @@ from scheduler.domain import (
     RestartPolicy,
     ServiceSpec,
 )
-from scheduler.errors import NotFound
-from scheduler.network.base import Attachment, EnvNetworkInfo, ServiceInfo, ServicePort
+from scheduler.network.fake import FakeNetwork
 from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.supervisor import (
     Backoff,
@@ -55,107 +54,13 @@ def ms(n: int) -> timedelta:
 MS10, MS40, MS300 = ms(10), ms(40), ms(300)
 
 
-# --- a fake network ------------------------------------------------------------------------------
-
-
-class FakeNetwork:
-    """The NetworkManager Protocol in memory: addresses, service backends, sweeps."""
-
-    def __init__(self) -> None:
-        self.envs: set[str] = set()
-        self.backends: dict[tuple[str, str], tuple[str, ...]] = {}
-        self.attached: dict[str, str] = {}
-        self.owners: dict[str, str] = {}
-        self.swept: list[set[str]] = []
-        self.backend_calls: list[tuple[str, str, tuple[str, ...]]] = []
-        self._ips = itertools.count(2)
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def ensure_environment(self, env: str, subnet: str = "") -> EnvNetworkInfo:
-        self.envs.add(env)
-        return EnvNetworkInfo(env, "10.9.0.0/24", "br-test", "10.9.0.1", "10.9.0.240/28")
-
-    async def ensure_service(self, env: str, service: str, ports: Sequence[int | ServicePort] = ()) -> str:
-        self.backends.setdefault((env, service), ())
-        return "10.9.0.250"
-
-    async def attach(self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()) -> Attachment:
-        ip = f"10.9.0.{next(self._ips)}"
-        self.attached[container_id] = ip
-        self.owners[container_id] = env
-        return Attachment(env, container_id, hostname, f"/run/netns/{container_id}", ip, "10.9.0.1", "/h", "/r")
-
-    async def check(self, env: str, container_id: str) -> None:
-        pass
-
-    async def detach(self, env: str, container_id: str) -> None:
-        if self.owners.get(container_id) != env:
-            raise NotFound(f"container {container_id} is not attached to {env}")
-        ip = self.attached.pop(container_id)
-        self.owners.pop(container_id)
-        for key, ips in self.backends.items():
-            self.backends[key] = tuple(i for i in ips if i != ip)
-
-    async def set_backends(self, env: str, service: str, ips: Sequence[str]) -> None:
-        if (env, service) not in self.backends:
-            raise NotFound(f"service {service} of {env} not found")
-        self.backends[(env, service)] = tuple(ips)
-        self.backend_calls.append((env, service, tuple(ips)))
-
-    async def write_hosts(self, env: str) -> None:
-        pass
-
-    async def publish(
-        self,
-        env: str,
-        service: str,
-        container_port: int,
-        host_port: int = 0,
-        host_ip: str = "",
-        protocol: str = "tcp",
-    ) -> domain.Endpoint:
-        return domain.Endpoint(service, host_ip or "127.0.0.1", host_port or 30000, container_port)
-
-    async def unpublish_environment(self, env: str) -> None:
-        pass
-
-    async def delete_environment(self, env: str) -> None:
-        self.envs.discard(env)
-        for key in [k for k in self.backends if k[0] == env]:
-            del self.backends[key]
-
-    async def environment(self, env: str) -> EnvNetworkInfo:
-        return await self.ensure_environment(env)
-
-    async def service(self, env: str, service: str) -> ServiceInfo:
-        if (env, service) not in self.backends:
-            raise NotFound(f"service {service} of {env} not found")
-        return ServiceInfo(env, service, "10.9.0.250", (), self.backends[(env, service)])
-
-    async def endpoints(self, env: str) -> tuple[domain.Endpoint, ...]:
-        return ()
-
-    async def resources(self) -> dict[str, int]:
-        return {"envs": len(self.envs)}
-
-    async def sweep(self, keep_envs: Collection[str]) -> None:
-        keep = set(keep_envs)
-        self.swept.append(keep)
-        for env in [e for e in self.envs if e not in keep]:
-            await self.delete_environment(env)
-
-
 # --- a small world ---------------------------------------------------------------------------------
 
 
 @dataclass
 class World:
     store: MemoryStateStore
+    ledger: Ledger
     runtime: FakeRuntime
     network: FakeNetwork
     bus: EventBus
@@ -166,18 +71,18 @@ class World:
 
     async def deploy(self, name: str, *services: ServiceSpec, status: EnvironmentStatus | None = None) -> Environment:
         env = Environment(name=name, uid=f"uid-{name}", spec=EnvironmentSpec(stack="toolbox", services=services))
-        await self.store.create(env)
+        await self.ledger.create(env)
         self.orchestrator.submit_deploy(name)
         await self.orchestrator.wait_idle(name)
-        deployed = await self.store.get(name)
+        deployed = await self.ledger.get(name)
         assert deployed.status is EnvironmentStatus.RUNNING, deployed
         return deployed
 
     async def env(self, name: str) -> Environment:
-        return await self.store.get(name)
+        return await self.ledger.get(name)
 
     async def container(self, name: str, service: str, replica: int = 0) -> ContainerStatus:
-        env = await self.store.get(name)
+        env = await self.ledger.get(name)
         return next(c for c in env.containers if c.service == service and c.replica == replica)
 
     async def until(self, what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -212,31 +117,16 @@ async def make_world(
     runtime = runtime or FakeRuntime().with_image(IMAGE)
     network = network or FakeNetwork()
     bus = EventBus()
+    ledger = await Ledger.open(store)
     orchestrator = Orchestrator(
-        store, runtime, network, VolumeStore(tmp / "volumes"), bus, OrchestratorSettings(logs_dir=tmp / "logs")
+        ledger, runtime, network, VolumeStore(tmp / "volumes"), bus, OrchestratorSettings(logs_dir=tmp / "logs")
     )
-    supervisor = Supervisor(store, runtime, network, bus, orchestrator, resync_interval=3600)
+    supervisor = Supervisor(ledger, runtime, network, bus, orchestrator, resync_interval=3600)
     seen: list[domain.Event] = []
-    world = World(store, runtime, network, bus, orchestrator, supervisor, seen, tmp)
+    world = World(store, ledger, runtime, network, bus, orchestrator, supervisor, seen, tmp)
     if start_supervisor:
         await supervisor.start()
     return world
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(tmp_path)
-
-    async def record() -> None:
-        async for event in w.bus.subscribe():
-            w.seen.append(event)
-
-    recorder = asyncio.create_task(record())
-    await asyncio.sleep(0)
-    yield w
-    recorder.cancel()
-    await w.supervisor.close()
-    await w.orchestrator.close()
 
 
 def service(
@@ -522,7 +412,7 @@ async def test_resync_marks_vanished_containers_and_watches_unwatched_health(wor
     app = await world.container("hc2", "app")
     other = await world.container("hc2", "other")
     # A supervisor that never saw the deploy's events (as after a restart) still watches health.
-    fresh = Supervisor(world.store, world.runtime, world.network, world.bus, world.orchestrator, resync_interval=3600)
+    fresh = Supervisor(world.ledger, world.runtime, world.network, world.bus, world.orchestrator, resync_interval=3600)
     await world.supervisor.close()
     world.supervisor = fresh
     await fresh.start()
@@ -550,7 +440,7 @@ async def test_a_rolled_back_update_leaves_the_serving_replicas_listed_and_in_th
     original.update(c.container_id for c in env.containers)
     ips = set(world.network.backends[("roll", "app")])
     broken = replace(env.spec, services=(replace(env.spec.services[0], args=("broken",)),))
-    await world.store.put(replace(env, spec=broken, generation=2))
+    await world.ledger.change("roll", lambda e: replace(e, spec=broken, generation=2))
     world.orchestrator.submit_update("roll", env, [domain.ServiceChange("app", domain.ChangeAction.REPLACE)], ms(10))
     await world.orchestrator.wait_idle("roll")
     await world.first(EventType.ENVIRONMENT_ROLLED_BACK)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from scheduler.domain import EnvironmentStatus
-from scheduler.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from scheduler.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from scheduler.storage.base import HISTORY_LIMIT, MAX_PAGE_SIZE, PageKey, StateStore, encode_page_token
 from scheduler.storage.memory import MemoryStateStore
 from scheduler.storage.sqlite import SqliteStateStore
@@ -23,8 +23,9 @@ async def store(request, tmp_path):
 
 async def test_create_then_get_returns_an_equal_environment(store):
     env = full_environment("alpha", request_id="r-1")
-    await store.create(env)
-    assert await store.get("alpha") == env
+    created = await store.create(env)
+    assert created == dataclasses.replace(env, revision=1)
+    assert await store.get("alpha") == created
 
 
 async def test_create_twice_is_already_exists_naming_the_environment(store):
@@ -51,12 +52,12 @@ async def test_get_missing_is_not_found_naming_it(store):
 
 
 async def test_put_replaces_the_document_and_indexed_columns(store):
-    env = full_environment("alpha", status=EnvironmentStatus.DEPLOYING, labels={"team": "a"})
-    await store.create(env)
+    env = await store.create(full_environment("alpha", status=EnvironmentStatus.DEPLOYING, labels={"team": "a"}))
     spec = dataclasses.replace(env.spec, labels={"team": "b"})
     updated = dataclasses.replace(env, status=EnvironmentStatus.FAILED, generation=9, spec=spec)
-    await store.put(updated)
-    assert await store.get("alpha") == updated
+    written = await store.put(updated, expected_revision=env.revision)
+    assert written == dataclasses.replace(updated, revision=2)
+    assert await store.get("alpha") == written
     assert (await store.list(0, "", statuses=[EnvironmentStatus.DEPLOYING]))[0] == []
     assert [e.name for e in (await store.list(0, "", statuses=[EnvironmentStatus.FAILED]))[0]] == ["alpha"]
     assert (await store.list(0, "", labels={"team": "a"}))[0] == []
@@ -66,13 +67,12 @@ async def test_put_replaces_the_document_and_indexed_columns(store):
 async def test_put_of_a_missing_or_recreated_environment_is_not_found(store):
     env = full_environment("alpha")
     with pytest.raises(NotFound, match="'alpha'"):
-        await store.put(env)
+        await store.put(env, expected_revision=1)
     await store.create(env)
     await store.delete("alpha")
-    recreated = full_environment("alpha")
-    await store.create(recreated)
+    recreated = await store.create(full_environment("alpha"))
     with pytest.raises(NotFound, match="'alpha'"):
-        await store.put(dataclasses.replace(env, generation=99))
+        await store.put(dataclasses.replace(env, generation=99), expected_revision=1)
     assert await store.get("alpha") == recreated
 
 
@@ -187,8 +187,7 @@ async def test_page_size_defaults_clamps_and_refuses_negative(store):
 
 
 async def test_find_by_request_id(store):
-    env = full_environment("alpha", request_id="req-42")
-    await store.create(env)
+    env = await store.create(full_environment("alpha", request_id="req-42"))
     await store.create(full_environment("beta"))
     assert await store.find_by_request_id("req-42") == env
     assert await store.find_by_request_id("req-43") is None
@@ -296,3 +295,44 @@ def test_page_tokens_are_opaque_url_safe_text():
     assert token.isascii() and "=" not in token and "/" not in token and "+" not in token
     assert "alpha" not in token
     assert json.dumps(token)
+
+
+async def test_every_write_bumps_the_revision_and_a_stale_write_is_refused(store):
+    created = await store.create(full_environment("alpha"))
+    assert created.revision == 1
+    first = await store.put(dataclasses.replace(created, status=EnvironmentStatus.RUNNING), expected_revision=1)
+    assert first.revision == 2
+    # A writer that read revision 1 (before the write above) is refused, and nothing changes.
+    stale = dataclasses.replace(created, status=EnvironmentStatus.FAILED)
+    with pytest.raises(Conflict, match="'alpha'.*revision 2 is stored.*expected 1") as err:
+        await store.put(stale, expected_revision=1)
+    assert err.value.details["env"] == "alpha"
+    stored = await store.get("alpha")
+    assert (stored.status, stored.revision) == (EnvironmentStatus.RUNNING, 2)
+    # An expected revision from the future is as stale as one from the past.
+    with pytest.raises(Conflict):
+        await store.put(stored, expected_revision=3)
+    assert (await store.put(stored, expected_revision=2)).revision == 3
+    assert (await store.get("alpha")).revision == 3
+    assert [e.revision for e in (await store.list(0, ""))[0]] == [3]
+
+
+async def test_concurrent_writers_from_one_read_land_exactly_once(store):
+    env = await store.create(full_environment("alpha"))
+    writes = [store.put(dataclasses.replace(env, generation=g), expected_revision=env.revision) for g in range(2, 12)]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    landed = [r for r in results if not isinstance(r, BaseException)]
+    assert len(landed) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
+    assert await store.get("alpha") == landed[0]
+
+
+async def test_iterate_yields_every_environment_across_pages_in_creation_order(store):
+    for i in range(MAX_PAGE_SIZE + 3):
+        await store.create(
+            full_environment(f"e{i:03d}", status=EnvironmentStatus.RUNNING if i % 2 else EnvironmentStatus.FAILED)
+        )
+    names = [e.name async for e in store.iterate()]
+    assert names == [f"e{i:03d}" for i in range(MAX_PAGE_SIZE + 3)]
+    running = [e.name async for e in store.iterate([EnvironmentStatus.RUNNING])]
+    assert running == [f"e{i:03d}" for i in range(MAX_PAGE_SIZE + 3) if i % 2]

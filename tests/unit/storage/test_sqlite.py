@@ -1,6 +1,7 @@
 """What only the SQLite store does: durability, migrations, refusing bad files."""
 
 import asyncio
+import json
 import sqlite3
 
 import pytest
@@ -192,3 +193,28 @@ async def test_open_runs_off_the_event_loop_and_reports_bad_files(tmp_path):
         await SqliteStateStore.open(path)
     store = await SqliteStateStore.open(tmp_path / "fresh.db")
     await store.close()
+
+
+async def test_documents_written_before_revisions_existed_load_at_revision_1(tmp_path):
+    path = tmp_path / "state.db"
+    old = SqliteStateStore(path)
+    env = await old.create(full_environment("alpha"))
+    await old.close()
+    db = sqlite3.connect(path)
+    try:
+        # Turn the file into what a schema-1 scheduler wrote: no revision column, no revision in documents.
+        doc = json.loads(db.execute("SELECT doc FROM environments").fetchone()[0])
+        del doc["revision"]
+        db.execute("UPDATE environments SET doc = ?", (json.dumps(doc),))
+        db.execute("ALTER TABLE environments DROP COLUMN revision")
+        db.execute("UPDATE schema_version SET version = 1")
+        db.commit()
+    finally:
+        db.close()
+    store = SqliteStateStore(path)
+    try:
+        loaded = await store.get("alpha")
+        assert loaded == env and loaded.revision == 1
+        assert (await store.put(loaded, expected_revision=1)).revision == 2
+    finally:
+        await store.close()

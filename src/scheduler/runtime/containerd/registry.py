@@ -40,7 +40,7 @@ MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 ACCEPT_MANIFESTS = ", ".join([DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"])
 """Sent when resolving, in containerd's order."""
-MAX_MANIFEST_BYTES = 4 * 1048 * 1048
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """containerd's limit on manifest and index documents."""
 
 

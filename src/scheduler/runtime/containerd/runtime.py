@@ -6,7 +6,9 @@ Containers (``containers.py``), tasks (``tasks.py``), events (``events.py``) and
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -16,13 +18,14 @@ from scheduler import domain
 from scheduler.config import ImageSettings
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
+from scheduler.runtime.containerd import orphans as orphans_of
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
     containers_pb2 as containers_pb,
 )
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd._gen.containerd.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
-from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, check_name
+from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, check_name, socket_path
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import container_info
 from scheduler.runtime.containerd.events import TaskEventStream
@@ -131,8 +134,19 @@ class ContainerdRuntime:
         return await self.tasks.wait(container_id)
 
     async def delete(self, container_id: str) -> None:
-        """Remove task, record and snapshot; idempotent."""
-        await self.tasks.delete(container_id)
+        """Remove task, record and snapshot; idempotent.
+
+        Once begun it runs to its end even when the caller is cancelled (a daemon stopping with
+        deletes in flight): a task delete cut off inside containerd can leave the task's shim and
+        bundle behind with no record pointing at them. Every step is bounded by its call timeout.
+        """
+        work = asyncio.ensure_future(self.tasks.delete(container_id))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
+            raise
 
     async def exec(
         self,
@@ -178,6 +192,18 @@ class ContainerdRuntime:
     async def sweep_leases(self) -> builtins.list[str]:
         """At start-up only: delete the leases a killed predecessor left (see ``ContainerdClient.sweep_leases``)."""
         return await self.client.sweep_leases()
+
+    async def sweep_orphan_shims(self, socket: str) -> builtins.list[str]:
+        """At start-up only: end shims of our namespace whose task containerd does not know; their task ids.
+
+        ``socket`` is the containerd's address as its shims were given it.
+        """
+        listed = await self.client.tasks.list(tasks_pb.ListTasksRequest())
+        known = {task.id for task in listed.tasks}
+        orphans = [s for s in orphans_of.shims(socket_path(socket), self.client.namespace) if s.task_id not in known]
+        for shim in orphans:
+            await asyncio.to_thread(orphans_of.end, shim)
+        return [shim.task_id for shim in orphans]
 
     async def resources(self) -> dict[str, int]:
         """Counts of containers, tasks, snapshots (all and active) and leases in our namespace."""

@@ -1,0 +1,259 @@
+"""API latency and throughput with many environments, as ratios against a bare grpc.aio server.
+
+Run as root: ``python -m bench.api [--envs N] [--calls N] [--seconds S] [--idle S]``.
+
+A real daemon (managed containerd, log level info) gets ``--envs`` toolbox environments (one
+small container each) and waits until all run. A bare grpc.aio server in its own process, with
+one generic unary handler answering a fixed number of bytes, is the baseline: it answers
+exactly as many bytes as the daemon's GetEnvironment (or ListEnvironments) response. Both are
+driven by the same grpc.aio client, which sends pre-serialised requests and keeps responses as
+bytes, so client-side (de)serialisation is the same for both sides; the runs are interleaved.
+
+Measured, and printed as JSON with the targets:
+
+- GetEnvironment latency, one caller (p50, p99), against the echo server;
+- RPC/s of GetEnvironment with 16 concurrent callers, as a ratio to the echo server's;
+- ListEnvironments(page_size=100) latency (p50, p99), against the echo server;
+- the daemon's CPU while idle with every environment running (% of one core, from /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from tests.support.daemon import start_daemon
+from tests.support.images import build
+
+SERVICE = "/scheduler.v1.SchedulerService/"
+ECHO = "/bench.Echo/Answer"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- the baseline: a bare grpc.aio server in its own process --------------------------------------
+
+
+async def _serve_echo(port_file: Path) -> None:
+    """Answer every call with as many zero bytes as the 4-byte big-endian size the request names."""
+
+    async def answer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return bytes(int.from_bytes(request[:4], "big"))
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(answer)  # no (de)serialisers: bytes in, bytes out
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Answer": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = tmp / "echo.port"
+    process = subprocess.Popen([sys.executable, "-m", "bench.api", "--echo", str(port_file)])
+    deadline = time.monotonic() + 30
+    while not port_file.exists() or not port_file.read_text():
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("the echo server did not start")
+        time.sleep(0.05)
+    return process, f"127.0.0.1:{port_file.read_text()}"
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+
+Call = Callable[[], Awaitable[bytes]]
+
+
+def raw_call(channel: grpc.aio.Channel, method: str, request: bytes) -> Call:
+    stub = channel.unary_unary(method)  # bytes in, bytes out, like the echo side
+
+    async def call() -> bytes:
+        response: bytes = await stub(request, timeout=30)
+        return response
+
+    return call
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def latencies(call: Call, count: int) -> dict[str, float]:
+    for _ in range(20):  # warm up
+        await call()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return {
+        "p50_ms": round(statistics.median(samples), 3),
+        "p99_ms": round(percentile(samples, 99), 3),
+        "mean_ms": round(statistics.fmean(samples), 3),
+    }
+
+
+async def throughput(call: Call, callers: int, seconds: float) -> float:
+    stop = time.monotonic() + seconds
+    done = 0
+
+    async def caller() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await call()
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return done / (time.monotonic() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+async def create_environments(channel: grpc.aio.Channel, names: list[str], parallel: int = 8) -> None:
+    create = channel.unary_unary(SERVICE + "CreateEnvironment")
+    queue = list(names)
+
+    async def worker() -> None:
+        while queue:
+            name = queue.pop()
+            request = pb.CreateEnvironmentRequest(name=name, spec=pb.EnvironmentSpecification(stack="toolbox"))
+            await create(request.SerializeToString(), timeout=60)
+
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+
+
+async def wait_running(channel: grpc.aio.Channel, count: int, timeout: float) -> None:
+    list_call = channel.unary_unary(
+        SERVICE + "ListEnvironments",
+        request_serializer=pb.ListEnvironmentsRequest.SerializeToString,
+        response_deserializer=pb.ListEnvironmentsResponse.FromString,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = await list_call(pb.ListEnvironmentsRequest(page_size=500), timeout=30)
+        statuses = [e.status for e in reply.environments]
+        running = statuses.count(pb.ENVIRONMENT_STATUS_RUNNING)
+        failed = (
+            len(statuses)
+            - running
+            - sum(s in (pb.ENVIRONMENT_STATUS_PENDING, pb.ENVIRONMENT_STATUS_DEPLOYING) for s in statuses)
+        )
+        if failed:
+            raise RuntimeError(f"{failed} environments did not deploy")
+        if running == count:
+            return
+        await asyncio.sleep(1)
+    raise RuntimeError(f"not every environment was running within {timeout}s")
+
+
+async def measure(daemon_address: str, echo_address: str, daemon_pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(daemon_address) as daemon, grpc.aio.insecure_channel(echo_address) as echo:
+        names = [f"bench-{i:03d}" for i in range(args.envs)]
+        started = time.monotonic()
+        await create_environments(daemon, names)
+        await wait_running(daemon, args.envs, timeout=60 + 3 * args.envs)
+        deployed_s = time.monotonic() - started
+
+        get_request = pb.GetEnvironmentRequest(name=names[len(names) // 2]).SerializeToString()
+        get = raw_call(daemon, SERVICE + "GetEnvironment", get_request)
+        get_size = len(await get())
+        list_request = pb.ListEnvironmentsRequest(page_size=100).SerializeToString()
+        list_ = raw_call(daemon, SERVICE + "ListEnvironments", list_request)
+        list_size = len(await list_())
+        echo_get = raw_call(echo, ECHO, get_size.to_bytes(4, "big"))
+        echo_list = raw_call(echo, ECHO, list_size.to_bytes(4, "big"))
+
+        # Idle first, before the load below leaves anything behind; after a settling pause.
+        await asyncio.sleep(args.settle)
+        before, at = cpu_seconds(daemon_pid), time.monotonic()
+        await asyncio.sleep(args.idle)
+        idle_core = (cpu_seconds(daemon_pid) - before) / (time.monotonic() - at)
+
+        get_daemon = await latencies(get, args.calls)
+        get_echo = await latencies(echo_get, args.calls)
+        rates: dict[str, list[float]] = {"daemon": [], "echo": []}
+        for _ in range(2):  # interleaved, the machine is shared and noisy
+            rates["daemon"].append(await throughput(get, 16, args.seconds))
+            rates["echo"].append(await throughput(echo_get, 16, args.seconds))
+        list_daemon = await latencies(list_, max(50, args.calls // 4))
+        list_echo = await latencies(echo_list, max(50, args.calls // 4))
+
+    daemon_rate = statistics.fmean(rates["daemon"])
+    echo_rate = statistics.fmean(rates["echo"])
+    return {
+        "environments": args.envs,
+        "deploy_all_s": round(deployed_s, 1),
+        "get_environment": {"bytes": get_size, "daemon": get_daemon, "echo": get_echo, "target": "p99 <= 5 ms"},
+        "rpc_per_s_16_callers": {
+            "daemon": round(daemon_rate),
+            "echo": round(echo_rate),
+            "ratio": round(daemon_rate / echo_rate, 2),
+            "target": "ratio >= 0.7",
+        },
+        "list_environments_100": {
+            "bytes": list_size,
+            "daemon": list_daemon,
+            "echo": list_echo,
+            "target": "p99 <= 20 ms",
+        },
+        "idle_cpu": {
+            "percent_of_a_core": round(idle_core * 100, 2),
+            "window_s": args.idle,
+            "target": "<= 2%",
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", type=int, default=200, help="environments to create")
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per latency measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
+    parser.add_argument("--settle", type=float, default=10.0, help="pause before the idle measurement")
+    parser.add_argument("--idle", type=float, default=30.0, help="length of the idle CPU measurement")
+    parser.add_argument("--echo", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo:
+        asyncio.run(_serve_echo(args.echo))
+        return
+    archives = build()
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        echo, echo_address = start_echo(Path(tmp))
+        daemon = start_daemon(
+            Path(tmp), {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
+        )
+        try:
+            report = asyncio.run(measure(daemon.address, echo_address, daemon.process.pid, args))
+        finally:
+            echo.terminate()
+            echo.wait(timeout=10)
+            daemon.delete_all_environments(timeout=60 + args.envs)
+            daemon.stop()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
