@@ -1,4 +1,4 @@
-"""Principals, roles and scopes, and reading a loopback socket's owner from the kernel's table."""
+"""Principals, roles and scopes, and asking the kernel for a loopback socket's owner."""
 
 import hashlib
 import os
@@ -74,6 +74,54 @@ def test_loopback_owner_reads_the_kernel_table() -> None:
             assert loopback_owner(f"ipv4:{host}:{client_port}", port + 1 if port < 65535 else 1) is None
     assert loopback_owner("ipv4:10.1.2.3:5000", 80) is None
     assert loopback_owner("unix:/x", 80) is None and loopback_owner("ipv6:[garbage]:1", 1) is None
+
+
+def _client_as(uid: int, host: str, port: int) -> tuple[int, int, int]:
+    """Fork a process that becomes ``uid`` and connects; its pid, its port, and a pipe to end it."""
+    ports_r, ports_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(stop_w)
+            os.close(ports_r)
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.create_connection((host, port)) as client:
+                os.write(ports_w, str(client.getsockname()[1]).encode())
+                os.read(stop_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ports_w)
+    os.close(stop_r)
+    client_port = int(os.read(ports_r, 16) or b"0")
+    os.close(ports_r)
+    return pid, client_port, stop_w
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_loopback_owner_names_the_client_sockets_user_not_the_servers(host: str) -> None:
+    """A client of another uid is named by its own uid; the server's end of it, by the server's."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a client as another user")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        pid, client_port, stop = _client_as(65534, host, port)
+        try:
+            assert client_port, "the client did not connect"
+            server.settimeout(10)
+            accepted, _ = server.accept()
+            with accepted:
+                kind = "ipv4" if family == socket.AF_INET else "ipv6"
+                address = host if family == socket.AF_INET else f"[{host}]"
+                assert loopback_owner(f"{kind}:{address}:{client_port}", port) == 65534
+                assert loopback_owner(f"{kind}:{address}:{port}", client_port) == 0
+        finally:
+            os.close(stop)
+            os.waitpid(pid, 0)
 
 
 def test_a_killed_daemons_private_directory_is_swept() -> None:
