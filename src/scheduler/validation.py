@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 
+from scheduler import reference
 from scheduler.bounds import MAX_ENV_VALUE, MAX_PORTS, MAX_PUBLISHED_PORTS, clip
 from scheduler.config import LimitSettings
 from scheduler.domain import (
@@ -48,36 +49,12 @@ ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?")
 USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 
-# The distribution reference grammar (github.com/distribution/reference), anchored by fullmatch.
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-IMAGE_REFERENCE = re.compile(
-    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::{_TAG})?(?:@{_DIGEST})?"
-)
-MAX_IMAGE_NAME = 255
-
 
 def image_reference_problem(ref: str) -> str | None:
-    """Say what is wrong with an image reference, or return None when it parses."""
+    """Say what is wrong with an image reference (the runtime's own grammar), or None when it parses."""
     if not ref:
         return "must not be empty"
-    match = IMAGE_REFERENCE.fullmatch(ref)
-    if match is None:
-        return f"{clip(ref)!r} is not an image reference like docker.io/library/postgres:15"
-    first, slash, _ = match.group("name").partition("/")
-    if slash and not ("." in first or ":" in first or first.startswith("[") or first == "localhost"):
-        # Without a dot, colon or "localhost", the first component is a repository path (as
-        # docker and containerd read it), and paths are lowercase.
-        if not re.fullmatch(_PATH_COMPONENT, first):
-            return f"{clip(ref)!r}: repository path {clip(first)!r} must be lowercase"
-    if len(match.group("name")) > MAX_IMAGE_NAME:
-        return f"repository name is longer than {MAX_IMAGE_NAME} characters"
-    return None
+    return reference.problem(ref)
 
 
 def env_name_problem(name: str) -> str | None:

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from scheduler import reference
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     Dependency,
@@ -476,10 +477,15 @@ def test_name_of_40_characters_is_the_longest_allowed():
         "registry.example.com/team/app@sha256:" + "0" * 64,
         "registry.example.com/team/app:1@sha256:" + "f" * 64,
         "[::1]:5000/app:1",
+        "reg.test:5000/app:1.0",
+        "app@sha512:" + "0" * 128,
+        "app@sha384:" + "a" * 96,
     ],
 )
 def test_valid_image_references(ref):
     assert image_reference_problem(ref) is None
+    # The runtime reads the same grammar: what the API accepts, the runtime can pull.
+    assert reference.parse(ref).name
 
 
 @pytest.mark.parametrize(
@@ -495,10 +501,28 @@ def test_valid_image_references(ref):
         "a" * 256,
         "app@md5:12",
         "ht tp://x/y",
+        "app@sha256:" + "A" * 64,
+        "app@sha256:" + "0" * 63,
+        "app@sha256:" + "0" * 65,
+        "app@sha512:" + "0" * 64,
+        "app@" + "0" * 64,
+        "reg.test:99999/app:1",
+        "reg.test:5000/app:" + "t" * 129,
     ],
 )
 def test_invalid_image_references(ref):
-    assert image_reference_problem(ref) is not None
+    problem = image_reference_problem(ref)
+    assert problem is not None
+    with pytest.raises(InvalidArgument, match="not a valid image reference"):
+        reference.parse(ref)
+
+
+def test_an_image_reference_problem_says_which_part_is_wrong():
+    assert "bad digest" in (image_reference_problem("app@sha256:" + "0" * 63) or "")
+    assert "bad port" in (image_reference_problem("reg.test:99999/app:1") or "")
+    assert "bad tag" in (image_reference_problem("app:-x") or "")
+    assert "longer than 255" in (image_reference_problem("x" * 300) or "")
+    assert "..." in (image_reference_problem("X" * 300) or ""), "a long reference is clipped in the message"
 
 
 def test_resolved_stacks_with_user_overrides_are_checked_too():

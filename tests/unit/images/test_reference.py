@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler.errors import InvalidArgument
-from scheduler.runtime.containerd.reference import check_digest, familiar, normalize, parse
+from scheduler.reference import check_digest, familiar, normalize, parse
 
 DIGEST = "sha256:" + "a" * 64
 

@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.config import RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
-from scheduler.runtime.containerd.reference import parse
+from scheduler.reference import parse
 from scheduler.runtime.containerd.registry import (
     OCI_MANIFEST,
     Descriptor,

@@ -38,6 +38,7 @@ from scheduler.errors import (
     NotFound,
     SchedulerError,
 )
+from scheduler.reference import Reference, check_digest, normalize, parse
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.diff.v1 import diff_pb2 as diff_pb
 from scheduler.runtime.containerd._gen.containerd.services.images.v1 import images_pb2 as images_pb
@@ -46,7 +47,6 @@ from scheduler.runtime.containerd._gen.containerd.services.snapshots.v1 import s
 from scheduler.runtime.containerd._gen.containerd.types import descriptor_pb2 as descriptor_pb
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.errors import from_grpc, status_code, status_details
-from scheduler.runtime.containerd.reference import Reference, check_digest, normalize, parse
 from scheduler.runtime.containerd.registry import (
     DOCKER_MANIFEST,
     INDEX_TYPES,

@@ -26,7 +26,7 @@ import httpx
 from scheduler import log
 from scheduler.config import ImageSettings, RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, SchedulerError, Unavailable
-from scheduler.runtime.containerd.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, Reference
+from scheduler.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, Reference
 
 _log = log.get("registry")
 

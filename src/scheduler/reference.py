@@ -1,4 +1,8 @@
-"""Image references: parsing and normalisation the way Docker and containerd do it.
+"""Image references: the one grammar, and normalisation the way Docker and containerd do it.
+
+Request validation, the stacks and the runtime's pulls all read references here, so what the API
+accepts is exactly what the runtime can pull (digests: sha256, sha384 or sha512, lowercase hex of
+the exact length).
 
 ``postgres:16`` becomes ``docker.io/library/postgres:16``, a missing tag becomes ``latest``, a first
 component with a dot, a colon or ``localhost`` is a registry host (``127.0.0.1:5000/app``).
@@ -81,49 +85,62 @@ def parse(text: str, field: str = "image") -> Reference:
     Raises:
         InvalidArgument: the reference is malformed; the message names ``field`` and the bad part.
     """
+    parsed = _parse(text)
+    if isinstance(parsed, str):
+        raise InvalidArgument(f"{field} {text!r} is not a valid image reference: {parsed}", field=field)
+    return parsed
 
-    def bad(why: str) -> InvalidArgument:
-        return InvalidArgument(f"{field} {text!r} is not a valid image reference: {why}", field=field)
 
+def problem(text: str) -> str | None:
+    """What is wrong with a reference (it quoted, at most 64 characters of it), or None if it parses."""
+    parsed = _parse(text)
+    if not isinstance(parsed, str):
+        return None
+    shown = text if len(text) <= 64 else text[:61] + "..."
+    return f"{shown!r} is not a valid image reference like docker.io/library/postgres:15: {parsed}"
+
+
+def _parse(text: str) -> Reference | str:  # noqa: C901 - one grammar, read top to bottom
+    """The reference, or why it is not one."""
     if not isinstance(text, str) or not text or text != text.strip():
-        raise bad("it is empty or has surrounding spaces")
+        return "it is empty or has surrounding spaces"
     remainder, _, digest = text.partition("@")
     if "@" in text:
         try:
-            check_digest(digest, field)
-        except InvalidArgument as err:
-            raise bad(f"bad digest {digest!r}") from err
+            check_digest(digest)
+        except InvalidArgument:
+            return f"bad digest {digest!r} (sha256, sha384 or sha512, lowercase hex of the exact length)"
     tag = ""
     last_slash = remainder.rfind("/")
     colon = remainder.rfind(":")
     if colon > last_slash:
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
         if not _TAG.match(tag):
-            raise bad(f"bad tag {tag!r} (letters, digits, '_', '.', '-'; at most 128)")
+            return f"bad tag {tag!r} (letters, digits, '_', '.', '-'; at most 128)"
     if not remainder:
-        raise bad("no repository name")
+        return "no repository name"
     first, sep, rest = remainder.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         domain, path = first, rest
         if not _DOMAIN.match(domain):
-            raise bad(f"bad registry host {domain!r}")
+            return f"bad registry host {domain!r}"
         port = domain.rpartition(":")[2] if ":" in domain and not domain.endswith("]") else ""
         if port and not 0 < int(port) <= 65535:
-            raise bad(f"bad port in registry host {domain!r}")
+            return f"bad port in registry host {domain!r}"
     else:
         domain, path = DEFAULT_DOMAIN, remainder
     if domain in _LEGACY_DOMAINS:
         domain = DEFAULT_DOMAIN
     if not path:
-        raise bad("no repository name")
+        return "no repository name"
     for component in path.split("/"):
         if not _COMPONENT.match(component):
             why = "uppercase letters are not allowed" if component.lower() != component else "bad characters"
-            raise bad(f"bad path component {component!r}: {why}")
+            return f"bad path component {component!r}: {why}"
     if domain == DEFAULT_DOMAIN and "/" not in path:
         path = f"library/{path}"
     if len(f"{domain}/{path}") > _MAX_NAME:
-        raise bad(f"the name is longer than {_MAX_NAME} characters")
+        return f"the name is longer than {_MAX_NAME} characters"
     if not tag and not digest:
         tag = "latest"
     return Reference(domain=domain, path=path, tag=tag, digest=digest)
