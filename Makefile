@@ -77,7 +77,7 @@ images: install
 run: install images
 	$(VENV)/bin/scheduler run --config $(CONFIG)
 
-# The API fuzz suite at length (CI runs it with 200 examples per RPC).
+# The API fuzz suite at length (CI runs it with 150 examples per RPC).
 fuzz: install images
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/integration/security/test_fuzz.py -q -p no:cacheprovider -s
 

@@ -119,7 +119,14 @@ def test_two_updates_with_the_same_etag_one_wins_the_other_is_aborted(stub: pb_g
     with pytest.raises(grpc.RpcError) as stale:
         stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="race", etag=read.etag), timeout=10)
     assert stale.value.code() == grpc.StatusCode.ABORTED
-    latest = stub.GetEnvironment(pb.GetEnvironmentRequest(name="race"), timeout=10)
+    # Every stored change moves the etag, and the winning update is still rolling out: read the
+    # etag once it is done, as a client deleting what it saw settle would.
+    latest = _until(
+        stub,
+        "race",
+        lambda e: e.status == pb.ENVIRONMENT_STATUS_RUNNING and e.observed_generation == e.generation,
+        "rolled out",
+    )
     stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="race", etag=latest.etag), timeout=10)
     _gone(stub, "race")
 

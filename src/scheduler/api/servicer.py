@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,33 @@ MAX_REPLY_BYTES = 3 * 1024 * 1024
 """Largest page of ListEnvironments; clients refuse replies over 4 MB by default."""
 
 
+class EnvironmentProtos:
+    """Converted environments by (uid, revision), so reads convert each stored revision once.
+
+    A stored revision never changes (every write makes a new one), so neither does its message;
+    messages are only read after this (grpc serialises them, a list response copies them).
+    Revision 0 (not stored: a validate-only create) is never cached. Bounded, oldest out first.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._items: collections.OrderedDict[tuple[str, int], pb.Environment] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def of(self, env: domain.Environment) -> pb.Environment:
+        """The message of ``env``, converted now or earlier."""
+        if env.revision == 0:
+            return convert.environment_to_proto(env)
+        key = (env.uid, env.revision)
+        message = self._items.get(key)
+        if message is None:
+            message = self._items[key] = convert.environment_to_proto(env)
+            if len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return message
+
+
 def _actor(context: Context) -> str:
     return CALLER.get() or context.peer() or "unknown"
 
@@ -31,6 +59,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     def __init__(self, service: EnvironmentService) -> None:
         self._service = service
+        self._protos = EnvironmentProtos()
         self.reload: Callable[[], Awaitable[domain.ReloadReport]] | None = None
         """Re-reads the configuration (set by the daemon once its reloader exists)."""
 
@@ -45,7 +74,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return convert.environment_to_proto(env)
 
     async def GetEnvironment(self, request: pb.GetEnvironmentRequest, context: Context) -> pb.Environment:
-        return convert.environment_to_proto(await self._service.get(request.name))
+        return self._protos.of(await self._service.get(request.name))
 
     async def UpdateEnvironment(
         self, request: pb.UpdateEnvironmentRequest, context: Context
@@ -85,9 +114,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         page_size = request.page_size
         while True:
             envs, token = await self._service.list(page_size=page_size, page_token=request.page_token, where=where)
-            reply = pb.ListEnvironmentsResponse(
-                environments=[convert.environment_to_proto(e) for e in envs], next_page_token=token
-            )
+            reply = pb.ListEnvironmentsResponse(environments=[self._protos.of(e) for e in envs], next_page_token=token)
             # A page must fit the client's default 4 MB limit: ask again for fewer environments.
             if len(envs) <= 1 or reply.ByteSize() <= MAX_REPLY_BYTES:
                 return reply

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -45,7 +45,6 @@ from scheduler.domain import (
     RestartMode,
     ServiceChange,
     ServiceSpec,
-    TaskEvent,
     TaskEventKind,
     TaskState,
 )
@@ -57,13 +56,15 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.policy import Backoff, problems, ready_condition, should_restart
 from scheduler.orchestrator.status import now, with_condition
-from scheduler.runtime.base import ContainerRuntime
+from scheduler.runtime.base import ContainerRuntime, EventStream
 
 _log = log.get("supervisor")
 
 RESYNC_INTERVAL = 30.0
 """Seconds between comparisons of recorded containers with the runtime, a safety net for exits
 whose events were lost (the event stream's reconnection triggers one at once)."""
+RESUBSCRIBE_DELAY = 5.0
+"""Seconds before subscribing again to task events after the runtime gave up (a resync follows)."""
 PENDING_WAIT = 3.0
 """Longest wait for a deploy to record a container that exited right after it started."""
 SUPERVISED = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
@@ -136,7 +137,7 @@ class Supervisor:
         self._oom: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._stream: AsyncIterator[TaskEvent] | None = None
+        self._stream: EventStream | None = None
         self._settling: set[str] = set()
         self._closed = False
 
@@ -148,9 +149,7 @@ class Supervisor:
         Call before the reconciler and the orchestrator's ``start``, so that no exit is missed.
         """
         self._stream = self._runtime.events()
-        connected = getattr(self._stream, "connected", None)
-        if connected is not None:
-            await connected()
+        await self._stream.connected()
         self._loops = [
             asyncio.create_task(self._consume_tasks(self._stream), name="supervisor:tasks"),
             asyncio.create_task(self._consume_bus(), name="supervisor:bus"),
@@ -168,10 +167,9 @@ class Supervisor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
+        if self._stream is not None:
             with contextlib.suppress(Exception):
-                await aclose()
+                await self._stream.aclose()
 
     # --- entry points for the reconciler -----------------------------------------------------
 
@@ -195,7 +193,7 @@ class Supervisor:
 
     # --- consumers ---------------------------------------------------------------------------
 
-    async def _consume_tasks(self, stream: AsyncIterator[TaskEvent]) -> None:
+    async def _consume_tasks(self, stream: EventStream) -> None:
         while not self._closed:
             try:
                 async for event in stream:
@@ -207,12 +205,10 @@ class Supervisor:
             except errors.SchedulerError as err:
                 # The runtime gave up resubscribing: try again later; the resync covers the gap.
                 _log.error("task_events.lost", error=err.message)
-            await asyncio.sleep(self._resync_interval)
+            await asyncio.sleep(RESUBSCRIBE_DELAY)
             stream = self._stream = self._runtime.events()
-            connected = getattr(stream, "connected", None)
-            if connected is not None:
-                with contextlib.suppress(errors.SchedulerError):
-                    await connected()
+            with contextlib.suppress(errors.SchedulerError):
+                await stream.connected()
             self._spawn(self.resync())
 
     async def _consume_bus(self) -> None:

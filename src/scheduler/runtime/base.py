@@ -18,6 +18,26 @@ ProgressCallback = Callable[[domain.PullProgress], None]
 """Called as blobs of an image are fetched."""
 
 
+class EventStream(Protocol):
+    """A subscription to task events: iterate it; ``connected`` says when it is live."""
+
+    def __aiter__(self) -> AsyncIterator[domain.TaskEvent]:
+        """The events, in the order the runtime published them."""
+        ...
+
+    async def connected(self) -> None:
+        """Return once the subscription is live: every event published from now on is delivered.
+
+        Raises:
+            Unavailable: the runtime could not be subscribed to.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """End the subscription."""
+        ...
+
+
 class ContainerRuntime(Protocol):
     """Images, containers and tasks of one runtime namespace.
 
@@ -77,8 +97,8 @@ class ContainerRuntime(Protocol):
         """One sample per container that has a task."""
         ...
 
-    def events(self) -> AsyncIterator[domain.TaskEvent]:
-        """Task start/exit/OOM/delete events of our containers, for as long as it is iterated."""
+    def events(self) -> EventStream:
+        """Task start/exit/OOM/delete events of our containers, subscribed from this call on."""
         ...
 
     async def resources(self) -> dict[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +52,31 @@ class FakeContainer:
     exit: domain.ExitStatus | None = None
     starts: int = 0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FakeEventStream:
+    """The ``EventStream`` of the fake: live from creation, ended by ``aclose``."""
+
+    def __init__(self, queue: asyncio.Queue[domain.TaskEvent], unsubscribe: Callable[[], None]) -> None:
+        self._queue = queue
+        self._unsubscribe: Callable[[], None] | None = unsubscribe
+
+    def __aiter__(self) -> FakeEventStream:
+        return self
+
+    async def __anext__(self) -> domain.TaskEvent:
+        if self._unsubscribe is None:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def connected(self) -> None:
+        """Live from the start: nothing to wait for."""
+
+    async def aclose(self) -> None:
+        """Unsubscribe; iteration ends."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
 
 class FakeRuntime:
@@ -259,19 +284,11 @@ class FakeRuntime:
             )
         return out
 
-    def events(self) -> AsyncIterator[domain.TaskEvent]:
+    def events(self) -> FakeEventStream:
         # Subscribe now, not on first iteration, so that nothing emitted in between is lost.
         queue: asyncio.Queue[domain.TaskEvent] = asyncio.Queue()
         self._subscribers.append(queue)
-
-        async def stream() -> AsyncIterator[domain.TaskEvent]:
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                self._subscribers.remove(queue)
-
-        return stream()
+        return FakeEventStream(queue, lambda: self._subscribers.remove(queue))
 
     async def resources(self) -> dict[str, int]:
         tasks = sum(1 for c in self.containers.values() if c.state is not None)

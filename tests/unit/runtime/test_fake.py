@@ -100,3 +100,18 @@ async def test_exec_handler_and_metrics() -> None:
     assert await runtime.exec("m", ["pg_isready", "-q"], timedelta(seconds=1)) == domain.ExecResult(3, "pg_isready -q")
     samples = await runtime.metrics(["m", "other"])
     assert [(s.container_id, s.memory_limit_bytes, s.pids_limit) for s in samples] == [("m", 1 << 26, 10)]
+
+
+async def test_the_event_stream_is_live_at_once_and_ends_when_closed() -> None:
+    from scheduler import domain as d
+    from scheduler.runtime.base import EventStream
+    from scheduler.runtime.fake import FakeRuntime as Fake
+
+    runtime = Fake().with_image("img:1")
+    stream: EventStream = runtime.events()
+    await stream.connected()
+    runtime._emit(d.TaskEvent(d.TaskEventKind.START, "c1", 7))
+    events = aiter(stream)
+    assert (await anext(events)).container_id == "c1"
+    await stream.aclose()
+    assert [e async for e in stream] == []
