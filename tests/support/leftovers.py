@@ -9,7 +9,7 @@ container processes under them), and the mounts under those dirs are removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +30,21 @@ def _track_session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     yield
 
 
-def sweep() -> dict[int, str]:
-    """End every process naming a tracked root (and what runs under it); the ones ended."""
+def sweep(roots: Iterable[Path] | None = None) -> dict[int, str]:
+    """End every process naming one of ``roots`` (default: every tracked one) and what runs under it.
+
+    Returns the processes found naming a root. Only for the end of a session (or roots of one's
+    own): the session's containerd and daemons name tracked roots too.
+    """
+    chosen = sorted(_roots if roots is None else roots)
     leftovers: dict[int, str] = {}
-    for root in sorted(_roots):
+    for root in chosen:
         leftovers |= processes_naming(str(root) + "/")
     victims = set(leftovers)
     for pid in leftovers:
         victims |= set(descendants(pid))
     end(victims)
-    for root in _roots:
+    for root in chosen:
         unmount_under(root)
     return leftovers
 

@@ -1,0 +1,36 @@
+"""Run every benchmark in turn (``make bench``): each prints its figures as ratios to a baseline.
+
+Each benchmark is its own module with its own options (``python -m bench.NAME --help``); here each
+runs with its defaults in a child process, so that one failing does not stop the others, and the
+exit status says whether all of them finished. ``python -m bench NAME ...`` runs only those named.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+BENCHMARKS = ["runtime_start", "network", "env_create", "updates", "adopt", "api", "metrics_scrape"]
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or BENCHMARKS
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    results: dict[str, str] = {}
+    for name in chosen:
+        print(f"== bench.{name}", flush=True)
+        started = time.monotonic()
+        code = subprocess.call([sys.executable, "-m", f"bench.{name}"])
+        results[name] = f"{'ok' if code == 0 else f'failed (exit {code})'} in {time.monotonic() - started:.0f} s"
+    print("== summary")
+    for name, outcome in results.items():
+        print(f"{name}: {outcome}")
+    return 0 if all(outcome.startswith("ok") for outcome in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
