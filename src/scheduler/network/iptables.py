@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from scheduler import log as slog
 from scheduler.errors import Internal
 from scheduler.network.names import MASQ_MARK, Names
+from scheduler.retry import linear, retry
 
 BUILTINS = {"raw": ("PREROUTING",), "nat": ("PREROUTING", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD")}
 """table -> the built-in chains that jump to ours."""
@@ -231,6 +232,10 @@ def parse_save(names: Names, text_by_table: dict[str, str]) -> SavedRules:
     return SavedRules(chains, rules, jumps)
 
 
+class _Busy(Internal):
+    """Another writer committed between our read and our write; the same commit may succeed now."""
+
+
 class Iptables:
     """Runs the iptables tools with the xtables lock, retrying transient conflicts."""
 
@@ -240,29 +245,33 @@ class Iptables:
         self.attempts = attempts
 
     async def _run(self, argv: Sequence[str], stdin: str | None = None) -> str:
-        last = ""
-        for attempt in range(self.attempts):
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                async with asyncio.timeout(self.timeout):
-                    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-            except TimeoutError as exc:
-                proc.kill()
-                await proc.wait()
-                raise Internal(f"{argv[0]} did not finish within {self.timeout:g}s") from exc
-            if proc.returncode == 0:
-                return out.decode()
-            last = err.decode(errors="replace").strip()
-            # Another writer committed between our read and write: nft refuses, try again.
-            if "temporarily unavailable" not in last and "resource busy" not in last.lower():
-                break
-            await asyncio.sleep(0.05 * (attempt + 1))
-        raise Internal(f"{' '.join(argv[:3])} failed: {last}")
+        """Run one tool; a commit refused because another writer got in first is tried again."""
+        return await retry(
+            lambda: self._run_once(argv, stdin), lambda err: isinstance(err, _Busy), linear(self.attempts, 0.05)
+        )
+
+    async def _run_once(self, argv: Sequence[str], stdin: str | None) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise Internal(f"{argv[0]} did not finish within {self.timeout:g}s") from exc
+        if proc.returncode == 0:
+            return out.decode()
+        last = err.decode(errors="replace").strip()
+        failure = f"{' '.join(argv[:3])} failed: {last}"
+        # Another writer committed between our read and write: nft refuses, try again.
+        if "temporarily unavailable" in last or "resource busy" in last.lower():
+            raise _Busy(failure)
+        raise Internal(failure)
 
     async def forget_udp_flows(self, backends: Iterable[str]) -> None:
         """Delete UDP conntrack entries answered by ``backends``.

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from scheduler import log
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from scheduler.retry import exponential
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import (
     containers_pb2 as containers_pb,
 )
@@ -97,11 +98,7 @@ class RetryPolicy:
 
     def delays(self) -> list[float]:
         """The waits between consecutive tries."""
-        out, delay = [], self.initial
-        for _ in range(self.attempts - 1):
-            out.append(delay)
-            delay = min(self.maximum, delay * self.multiplier)
-        return out
+        return exponential(self.attempts, self.initial, self.maximum, self.multiplier)
 
 
 NO_RETRY = RetryPolicy(attempts=1)

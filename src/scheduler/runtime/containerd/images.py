@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ from scheduler.errors import (
     SchedulerError,
 )
 from scheduler.reference import Reference, check_digest, normalize, parse
+from scheduler.retry import linear, retry
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.diff.v1 import diff_pb2 as diff_pb
 from scheduler.runtime.containerd._gen.containerd.services.images.v1 import images_pb2 as images_pb
@@ -683,15 +685,14 @@ class ImageService:
         raise FailedPrecondition(f"{what}: the ingest stayed locked by another writer")
 
     async def _abort(self, ref: str) -> None:
-        for attempt in range(5):
-            try:
+        async def abort() -> None:
+            with contextlib.suppress(NotFound):
                 await self.client.content.abort(content_pb.AbortRequest(ref=ref), what=ref)
-                return
-            except NotFound:
-                return
-            except SchedulerError:
-                # containerd can still hold the ingest directory right after the stream closed.
-                await asyncio.sleep(0.02 * (attempt + 1))
+
+        # containerd can still hold the ingest directory right after the stream closed. An ingest
+        # left behind after that is containerd's to expire: the pull itself has already failed.
+        with contextlib.suppress(SchedulerError):
+            await retry(abort, lambda err: isinstance(err, SchedulerError), linear(5, 0.02))
 
     def _report(self, ingest: _Ingest, desc: Descriptor, done: int) -> None:
         if ingest.progress is not None:

@@ -9,6 +9,7 @@ shim, so it outlives a daemon restart; Tasks.Delete waits for it to drain and ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 from scheduler import domain
 from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
+from scheduler.retry import linear, retry
 from scheduler.runtime import logger
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import spec as oci
@@ -263,19 +265,14 @@ class TaskManager:
         await self._delete_task(container_id)
 
     async def _delete_task(self, container_id: str) -> None:
-        # Delete can still see a running process right after an exit; retry briefly.
-        for attempt in range(5):
-            try:
+        async def delete() -> None:
+            with contextlib.suppress(NotFound):
                 await self._client.tasks.delete(
                     tasks_pb.DeleteTaskRequest(container_id=container_id), what=container_id
                 )
-                return
-            except NotFound:
-                return
-            except Internal:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
+
+        # Delete can still see a running process right after an exit; retry briefly.
+        await retry(delete, lambda err: isinstance(err, Internal), linear(5, 0.05))
 
     # --- exec ------------------------------------------------------------------------------
 
