@@ -46,7 +46,7 @@ from scheduler.storage.events import SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
-from scheduler.volumes import VolumeStore
+from scheduler.volumes.host import HostVolumeStore
 
 _log = log.get("daemon")
 
@@ -122,7 +122,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
         stack.callback(events.close)
-        volumes = VolumeStore(data_dir / "volumes")
+        volumes = HostVolumeStore(data_dir / "volumes")
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(

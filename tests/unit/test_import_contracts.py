@@ -22,6 +22,8 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "orchestrator/plan.py": "import scheduler.service  # noqa\n",
         # Generated containerd stubs outside the containerd runtime.
         "orchestrator/status.py": "import scheduler.runtime.containerd._gen  # noqa\n",
+        # The orchestrator taking the host's volumes instead of the VolumeStore Protocol.
+        "orchestrator/teardown.py": "import scheduler.volumes.host  # noqa\n",
     }
     for relative, line in plant.items():
         path = tmp_path / "src" / "scheduler" / relative
@@ -44,3 +46,4 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         assert contract in out, out
     assert "scheduler.service -> scheduler.storage.sqlite" in out
     assert "scheduler.orchestrator.plan -> scheduler.service" in out
+    assert "scheduler.orchestrator.teardown -> scheduler.volumes.host" in out

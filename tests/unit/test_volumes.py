@@ -5,7 +5,8 @@ import tarfile
 import pytest
 
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
-from scheduler.volumes import Volume, VolumeStore
+from scheduler.volumes.base import Volume
+from scheduler.volumes.host import HostVolumeStore as VolumeStore
 
 
 @pytest.fixture

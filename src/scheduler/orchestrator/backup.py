@@ -40,7 +40,7 @@ from scheduler.orchestrator.status import now
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.storage import codec
 from scheduler.storage.base import StateStore
-from scheduler.volumes import VolumeStore
+from scheduler.volumes.base import VolumeStore
 
 _log = log.get("backup")
 

@@ -27,7 +27,7 @@ from scheduler.orchestrator.sampling import sample_metrics
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.volumes import VolumeStore
+from scheduler.volumes.base import VolumeStore
 
 __all__ = ["DeployFailure", "Orchestrator", "OrchestratorSettings", "container_id"]
 

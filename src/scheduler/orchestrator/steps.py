@@ -38,7 +38,7 @@ from scheduler.orchestrator.observer import Observer, ProbeSteps
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.stacks.graph import topological_order
-from scheduler.volumes import VolumeStore
+from scheduler.volumes.base import VolumeStore
 
 _log = log.get("orchestrator")
 

@@ -10,7 +10,7 @@ from scheduler import errors
 from scheduler.domain import ServiceSpec, VolumeMount
 from scheduler.orchestrator.backup import Backups, database_mount
 from scheduler.storage.memory import MemoryStateStore
-from scheduler.volumes import VolumeStore
+from scheduler.volumes.host import HostVolumeStore
 
 
 def test_a_postgres_service_is_dumped_from_the_volume_holding_pgdata() -> None:
@@ -30,7 +30,7 @@ def test_a_postgres_service_is_dumped_from_the_volume_holding_pgdata() -> None:
 
 
 def test_only_well_formed_ids_of_existing_archives_are_located(tmp_path: Path) -> None:
-    backups = Backups(MemoryStateStore(), None, VolumeStore(tmp_path / "v"), tmp_path / "b")  # type: ignore[arg-type]
+    backups = Backups(MemoryStateStore(), None, HostVolumeStore(tmp_path / "v"), tmp_path / "b")  # type: ignore[arg-type]
     for bad in ("", "demo", "../x/demo-20260101T000000Z.tar", "demo/other-20260101T000000Z.tar", "demo/demo.tar"):
         with pytest.raises(errors.InvalidArgument):
             backups.locate(bad)

@@ -42,7 +42,7 @@ from scheduler.orchestrator.supervisor import (
 )
 from scheduler.runtime.fake import FakeRuntime
 from scheduler.storage.memory import MemoryStateStore
-from scheduler.volumes import VolumeStore
+from scheduler.volumes.host import HostVolumeStore
 
 IMAGE = "docker.io/library/app:1"
 
@@ -119,7 +119,7 @@ async def make_world(
     bus = EventBus()
     ledger = await Ledger.open(store)
     orchestrator = Orchestrator(
-        ledger, runtime, network, VolumeStore(tmp / "volumes"), bus, OrchestratorSettings(logs_dir=tmp / "logs")
+        ledger, runtime, network, HostVolumeStore(tmp / "volumes"), bus, OrchestratorSettings(logs_dir=tmp / "logs")
     )
     supervisor = Supervisor(ledger, runtime, network, bus, orchestrator, resync_interval=3600)
     seen: list[domain.Event] = []

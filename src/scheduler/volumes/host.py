@@ -18,11 +18,11 @@ import os
 import shutil
 import tarfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
 from scheduler.validation import env_name_problem, volume_name_problem
+from scheduler.volumes.base import Volume
 
 DIR_MODE = 0o755
 """Mode of a volume directory, as the container sees its mount point."""
@@ -32,17 +32,8 @@ _SCRATCH_PREFIX = ".scratch-"
 """Restores unpack beside the volumes under this prefix; never a valid environment name."""
 
 
-@dataclass(frozen=True)
-class Volume:
-    """A volume directory found on the host."""
-
-    env: str
-    name: str
-    path: Path
-
-
-class VolumeStore:
-    """Creates, lists, backs up, restores and removes named volumes under one root directory."""
+class HostVolumeStore:
+    """The host's :class:`VolumeStore`: named volumes as directories under one root."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

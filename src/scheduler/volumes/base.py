@@ -1,0 +1,59 @@
+"""What the orchestrator needs of named volumes; the daemon chooses the implementation.
+
+Methods are synchronous filesystem work (the orchestrator runs them with ``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume directory found on the host."""
+
+    env: str
+    name: str
+    path: Path
+
+
+class VolumeStore(Protocol):
+    """Creates, lists, backs up, restores and removes the named volumes of environments."""
+
+    def path(self, env: str, name: str) -> Path:
+        """Where volume ``name`` of ``env`` lives, whether or not it exists (names are checked)."""
+        ...
+
+    def ensure(self, env: str, name: str) -> Path:
+        """Create the volume if missing and return its directory; existing data is kept."""
+        ...
+
+    def remove(self, env: str, name: str) -> None:
+        """Delete a volume and its data; removing a missing volume is not an error."""
+        ...
+
+    def remove_environment(self, env: str) -> None:
+        """Delete every volume of ``env``; idempotent."""
+        ...
+
+    def list(self, env: str | None = None) -> list[Volume]:
+        """Volumes of one environment or all, sorted by environment then name."""
+        ...
+
+    def exists(self, env: str, name: str) -> bool:
+        """Whether the volume exists."""
+        ...
+
+    def size(self, env: str, name: str) -> int:
+        """Bytes used by the files of a volume."""
+        ...
+
+    def backup(self, env: str, name: str, tar_path: Path) -> Path:
+        """Write the volume's contents to a gzip tar archive, keeping owners and modes."""
+        ...
+
+    def restore(self, env: str, name: str, tar_path: Path) -> Path:
+        """Replace the volume's contents with those of an archive made by :meth:`backup`."""
+        ...
