@@ -14,6 +14,8 @@ Measured, and printed as JSON with the targets:
 - GetEnvironment latency, one caller (p50, p99), against the echo server;
 - RPC/s of GetEnvironment with 16 concurrent callers, as a ratio to the echo server's;
 - ListEnvironments(page_size=100) latency (p50, p99), against the echo server;
+- GetEnvironment over the unix socket (the default transport, relayed after ``SO_PEERCRED``):
+  latency and RPC/s with 16 callers, as a ratio to the echo server's;
 - the daemon's CPU while idle with every environment running (% of one core, from /proc).
 """
 
@@ -169,8 +171,14 @@ async def wait_running(channel: grpc.aio.Channel, count: int, timeout: float) ->
     raise RuntimeError(f"not every environment was running within {timeout}s")
 
 
-async def measure(daemon_address: str, echo_address: str, daemon_pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(daemon_address) as daemon, grpc.aio.insecure_channel(echo_address) as echo:
+async def measure(
+    daemon_address: str, unix_socket: Path, echo_address: str, daemon_pid: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    async with (
+        grpc.aio.insecure_channel(daemon_address) as daemon,
+        grpc.aio.insecure_channel(f"unix:{unix_socket}") as unix,
+        grpc.aio.insecure_channel(echo_address) as echo,
+    ):
         names = [f"bench-{i:03d}" for i in range(args.envs)]
         started = time.monotonic()
         await create_environments(daemon, names)
@@ -200,6 +208,10 @@ async def measure(daemon_address: str, echo_address: str, daemon_pid: int, args:
             rates["echo"].append(await throughput(echo_get, 16, args.seconds))
         list_daemon = await latencies(list_, max(50, args.calls // 4))
         list_echo = await latencies(echo_list, max(50, args.calls // 4))
+        # The default transport: the unix socket, relayed by the daemon to gRPC after SO_PEERCRED.
+        get_unix = raw_call(unix, SERVICE + "GetEnvironment", get_request)
+        unix_latency = await latencies(get_unix, args.calls)
+        unix_rate = await throughput(get_unix, 16, args.seconds)
 
     daemon_rate = statistics.fmean(rates["daemon"])
     echo_rate = statistics.fmean(rates["echo"])
@@ -212,6 +224,11 @@ async def measure(daemon_address: str, echo_address: str, daemon_pid: int, args:
             "echo": round(echo_rate),
             "ratio": round(daemon_rate / echo_rate, 2),
             "target": "ratio >= 0.7",
+        },
+        "unix_socket_get_environment": {
+            "daemon": unix_latency,
+            "rpc_per_s_16_callers": round(unix_rate),
+            "ratio_to_echo": round(unix_rate / echo_rate, 2),
         },
         "list_environments_100": {
             "bytes": list_size,
@@ -242,11 +259,17 @@ def main() -> None:
     archives = build()
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         echo, echo_address = start_echo(Path(tmp))
+        unix_socket = Path(tmp) / "api.sock"
         daemon = start_daemon(
-            Path(tmp), {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
+            Path(tmp),
+            {
+                "images": {"preload": [str(p) for p in archives.values()]},
+                "log": {"level": "info"},
+                "server": {"unix_socket": str(unix_socket)},
+            },
         )
         try:
-            report = asyncio.run(measure(daemon.address, echo_address, daemon.process.pid, args))
+            report = asyncio.run(measure(daemon.address, unix_socket, echo_address, daemon.process.pid, args))
         finally:
             echo.terminate()
             echo.wait(timeout=10)
