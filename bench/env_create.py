@@ -27,8 +27,8 @@ from pathlib import Path
 from scheduler import domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler.config import ImageSettings, NetworkSettings
-from scheduler.network.cni import CniNetwork
+from scheduler.config import ImageSettings
+from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator import health
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.stacks.catalog import default_catalog
@@ -105,7 +105,7 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path, first: 
         state_dir=state / "runtime",
         images=ImageSettings(),
     )
-    settings = NetworkSettings(pool=f"10.{240 + first % 10}.0.0/16", port_range=(31000, 31999))
+    settings = CniSettings(pool=f"10.{240 + first % 10}.0.0/16", port_range=(31000, 31999))
     network = CniNetwork(state / "network", settings, instance="bl" + secrets.token_hex(2))
     await network.start()
     archives = build()

@@ -18,9 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from scheduler.config import NetworkSettings
 from scheduler.network.addresses import read_host_routes
-from scheduler.network.cni import CniNetwork
+from scheduler.network.cni import CniNetwork, CniSettings
 
 
 def free_pool() -> str:
@@ -44,7 +43,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 async def main(envs: int = 20, serial: int = 20, parallel: int = 10) -> dict[str, object]:
     low = random.randrange(10000, 18000)
-    settings = NetworkSettings(pool=free_pool(), port_range=(low, low + 999))
+    settings = CniSettings(pool=free_pool(), port_range=(low, low + 999))
     instance = "b" + uuid.uuid4().hex[:5]
     with tempfile.TemporaryDirectory(prefix="bench-network-") as state_dir:
         net = CniNetwork(Path(state_dir), settings, instance)

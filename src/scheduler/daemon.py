@@ -25,7 +25,7 @@ from scheduler.config import Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
-from scheduler.network.cni import CniNetwork
+from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
@@ -115,7 +115,15 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         runtime.client.call_observer = recorder.containerd_call
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
 
-        network = CniNetwork(data_dir / "network", settings.network, instance=settings.network.instance)
+        net = settings.network
+        network_settings = CniSettings(
+            pool=net.pool,
+            subnet_prefix=net.subnet_prefix,
+            port_range=net.port_range,
+            host_ip=net.host_ip,
+            cni_bin_dir=Path(net.cni_bin_dir),
+        )
+        network = CniNetwork(data_dir / "network", network_settings, instance=net.instance)
         await network.start()
         stack.push_async_callback(network.close)
 

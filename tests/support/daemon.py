@@ -63,8 +63,7 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
     its network instance (bridges, rules, namespaces)."""
     import asyncio
 
-    from scheduler.config import NetworkSettings
-    from scheduler.network.cni import CniNetwork
+    from scheduler.network.cni import CniNetwork, CniSettings
     from scheduler.runtime.containerd.managed import ManagedContainerd
     from tests.support.containerd import sweep_daemon
 
@@ -78,7 +77,7 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
                 await sweep_daemon(str(socket), data_dir / "sweep")
             finally:
                 await managed.stop()
-        network = CniNetwork(data_dir / "network", NetworkSettings(pool=pool), instance)
+        network = CniNetwork(data_dir / "network", CniSettings(pool=pool), instance)
         await network.start()
         await network.teardown()
 

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.config import NetworkSettings
 from scheduler.network.addresses import read_host_routes
-from scheduler.network.cni import CniNetwork
+from scheduler.network.cni import CniNetwork, CniSettings
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -198,7 +197,7 @@ async def make_network(tmp_path: Path) -> AsyncIterator[Callable[..., CniNetwork
     made: list[CniNetwork] = []
 
     def factory(**overrides: object) -> CniNetwork:
-        settings = NetworkSettings(
+        settings = CniSettings(
             pool=str(overrides.pop("pool", free_pool())),
             subnet_prefix=int(overrides.pop("subnet_prefix", 24)),  # type: ignore[call-overload]
             port_range=overrides.pop("port_range", random_port_range()),  # type: ignore[arg-type]

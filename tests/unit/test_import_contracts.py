@@ -24,6 +24,8 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "orchestrator/status.py": "import scheduler.runtime.containerd._gen  # noqa\n",
         # The orchestrator taking the host's volumes instead of the VolumeStore Protocol.
         "orchestrator/teardown.py": "import scheduler.volumes.host  # noqa\n",
+        # The network reading the daemon's configuration instead of its own settings.
+        "network/iptables.py": "import scheduler.config  # noqa\n",
     }
     for relative, line in plant.items():
         path = tmp_path / "src" / "scheduler" / relative
@@ -42,8 +44,10 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "layers point one way: no layer imports one above it BROKEN",
         "only the composition root (daemon) imports implementations BROKEN",
         "generated stubs only inside their owners BROKEN",
+        "network, storage, volumes do not read the daemon's config BROKEN",
     ):
         assert contract in out, out
     assert "scheduler.service -> scheduler.storage.sqlite" in out
     assert "scheduler.orchestrator.plan -> scheduler.service" in out
     assert "scheduler.orchestrator.teardown -> scheduler.volumes.host" in out
+    assert "scheduler.network.iptables -> scheduler.config" in out

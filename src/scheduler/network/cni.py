@@ -40,12 +40,12 @@ import asyncio
 import ipaddress
 import shutil
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler import domain
 from scheduler import log as slog
-from scheduler.config import NetworkSettings
 from scheduler.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -93,6 +93,20 @@ from scheduler.network.state import (
 log = slog.get("network")
 
 
+@dataclass(frozen=True)
+class CniSettings:
+    """What the network needs of the daemon's configuration (the daemon converts its own)."""
+
+    pool: str = "10.88.0.0/16"
+    """Address pool carved into one subnet per environment."""
+    subnet_prefix: int = 24
+    port_range: tuple[int, int] = (20000, 29999)
+    """Host ports allocated when a service asks for none in particular."""
+    host_ip: str = "127.0.0.1"
+    """Default host address for published ports."""
+    cni_bin_dir: Path = Path("/usr/lib/cni")
+
+
 class CniNetwork:
     """The :class:`scheduler.network.base.NetworkManager` of a Linux host.
 
@@ -111,7 +125,7 @@ class CniNetwork:
     def __init__(
         self,
         state_dir: Path,
-        settings: NetworkSettings,
+        settings: CniSettings,
         instance: str = "sch",
         *,
         egress: bool = True,

@@ -381,12 +381,12 @@ async def test_check_detects_drift_and_exhaustion_is_reported(make_network: Fact
 
 
 async def test_pool_overlapping_a_host_route_is_refused(make_network: Factory, tmp_path: Path) -> None:
-    from scheduler.config import NetworkSettings
     from scheduler.network.addresses import read_host_routes
+    from scheduler.network.cni import CniSettings
 
     route = next(r for r in read_host_routes() if r.network.prefixlen > 0)
     with pytest.raises(InvalidArgument) as err:
-        CniNetwork(tmp_path / "x", NetworkSettings(pool=str(route.network.supernet(new_prefix=16))), "tovl")
+        CniNetwork(tmp_path / "x", CniSettings(pool=str(route.network.supernet(new_prefix=16))), "tovl")
     assert "network.pool" in err.value.message and str(route.network) in err.value.message
     assert route.device in err.value.message
 
