@@ -717,7 +717,10 @@ class CniNetwork:
 
     async def _commit(self) -> None:
         """Persist the state, then make the kernel rules match it."""
-        await asyncio.to_thread(self._file.save, self._state)
+        # The snapshot is taken here, on the loop: the thread that writes it may outlive this call
+        # when the operation is cancelled, and must not read records that move meanwhile.
+        text, sequence = self._file.encode(self._state), self._file.next_sequence()
+        await asyncio.to_thread(self._file.write, text, sequence)
         await self._sync()
 
     async def _sync(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,6 +118,9 @@ class StateFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._guard = threading.Lock()
+        self._issued = 0
+        self._written = 0
 
     def load(self) -> NetworkState:
         """Read the state; a missing file is an empty state, a corrupt one is set aside."""
@@ -133,13 +138,38 @@ class StateFile:
 
     def save(self, state: NetworkState) -> None:
         """Write the state so that a crash leaves either the old or the new file, never half."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as out:
-                json.dump(state.to_json(), out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except OSError as err:
-            raise Internal(f"cannot write network state {self.path}: {err}") from err
+        self.write(self.encode(state), self.next_sequence())
+
+    def encode(self, state: NetworkState) -> str:
+        """The file's text for ``state``: taken on the caller's thread, while the records are stable."""
+        return json.dumps(state.to_json(), indent=1, sort_keys=True)
+
+    def next_sequence(self) -> int:
+        """A number that orders snapshots: a write older than the last one written is dropped."""
+        with self._guard:
+            self._issued += 1
+            return self._issued
+
+    def write(self, text: str, sequence: int) -> None:
+        """Replace the file with ``text`` unless a newer snapshot is already there.
+
+        Writes run in threads that outlive a cancelled caller, so two may overlap: each gets its
+        own temporary file, and the lock with the sequence keeps the newest on disk.
+        """
+        with self._guard:
+            if sequence <= self._written:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ""
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+                with os.fdopen(fd, "w") as out:
+                    out.write(text)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+                self._written = sequence
+            except OSError as err:
+                if tmp:
+                    Path(tmp).unlink(missing_ok=True)
+                raise Internal(f"cannot write network state {self.path}: {err}") from err

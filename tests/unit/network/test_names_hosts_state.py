@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,30 @@ def test_state_round_trips_and_corrupt_files_are_set_aside(tmp_path: Path) -> No
     (tmp_path / "network.json").write_text("{not json")
     assert file.load() == NetworkState()
     assert len(list(tmp_path.glob("network.json.corrupt.*"))) == 1
+
+
+def test_overlapping_writes_all_succeed_and_the_newest_snapshot_stays(tmp_path: Path) -> None:
+    # A cancelled operation leaves its write running in a thread while the next one starts.
+    file = StateFile(tmp_path / "network.json")
+    snapshots = [
+        (file.encode(NetworkState(ports=[HostPortRecord("e", "s", "127.0.0.1", 20000 + i, 80)])), file.next_sequence())
+        for i in range(40)
+    ]
+    errors: list[BaseException] = []
+
+    def write(text: str, sequence: int) -> None:
+        try:
+            file.write(text, sequence)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=snap) for snap in reversed(snapshots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert file.load().ports[0].host_port == 20039
+    file.write(snapshots[0][0], snapshots[0][1])  # an older snapshot arriving late is dropped
+    assert file.load().ports[0].host_port == 20039
+    assert [p.name for p in tmp_path.iterdir()] == ["network.json"]
