@@ -37,6 +37,7 @@ from scheduler.domain import (
 )
 from scheduler.domain import etag as domain_etag
 from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.clone import check_cloneable
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
@@ -111,39 +112,18 @@ class EnvironmentService:
 
         With ``validate_only``, return the environment that would be created and store nothing.
         """
-        if len(request_id) > bounds.MAX_REQUEST_ID:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
-            )
+        _check_request_id(request_id)
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
-            if request_id:
-                earlier = await self._ledger.find_by_request_id(request_id)
-                if earlier is not None:
-                    if earlier.name != name:
-                        raise errors.AlreadyExists(
-                            f"request_id {request_id!r} already created environment {earlier.name!r}",
-                            field="request_id",
-                        )
-                    return self._redact(earlier)
+            earlier = await self._earlier(request_id, name)
+            if earlier is not None:
+                return self._redact(earlier)
             spec = await self._resolve(name, request)
             quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
-            env = Environment(
-                name=name,
-                uid=str(uuid.uuid4()),
-                spec=spec,
-                request=request,
-                generation=1,
-                status=EnvironmentStatus.PENDING,
-                created_at=created,
-                updated_at=created,
-                request_id=request_id,
-            )
+            env = _pending(name, spec, request, request_id, created)
             if validate_only:
-                with contextlib.suppress(errors.NotFound):
-                    await self._ledger.get(name)
-                    raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
+                await self._check_free(name)
                 return self._redact(env)
             env = await self._ledger.create(env)
         await self._ledger.append_history(
@@ -151,6 +131,83 @@ class EnvironmentService:
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
         _log.info("environment.created", env=name, stack=spec.stack)
+        self._orchestrator.submit_deploy(name)
+        return self._redact(env)
+
+    async def clone(
+        self,
+        source: str,
+        name: str,
+        edit: RequestEdit,
+        *,
+        request_id: str = "",
+        actor: str = "",
+        validate_only: bool = False,
+    ) -> Environment:
+        """Create environment ``name`` from ``source``'s request (as ``edit`` changes it) and a copy of its volumes.
+
+        The copy is taken before this returns (see :mod:`scheduler.orchestrator.clone`); the new
+        environment then deploys in the background like a created one, with fresh generated
+        secrets. With ``validate_only``, return the environment that would be created.
+
+        Raises:
+            InvalidArgument: a bad name or override (the stack cannot change).
+            NotFound: naming ``source``.
+            AlreadyExists: ``name`` is taken, or ``request_id`` created another environment.
+            FailedPrecondition: ``source`` is not RUNNING with its latest generation rolled out.
+        """
+        _check_request_id(request_id)
+        violations = [
+            errors.FieldViolation(field, problem)
+            for field, value in (("source", source), ("name", name))
+            if (problem := env_name_problem(value))
+        ]
+        if violations:
+            raise errors.InvalidArgument.of(violations)
+        earlier = await self._earlier(request_id, name)
+        if earlier is not None:
+            return self._redact(earlier)
+        try:
+            original = await self._ledger.get(source)
+        except errors.NotFound:
+            raise errors.NotFound(f"source environment {source!r} not found", env=source, field="source") from None
+        await self._check_free(name)
+        request = edit(original.request or EnvironmentRequest(stack=original.spec.stack))
+        if request.stack != original.spec.stack:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("spec.stack", f"a clone keeps its source's stack {original.spec.stack!r}")]
+            )
+        spec = await self._resolve(name, request)
+        quotas.check_environment_count(await self._count_environments(), self._limits)
+        check_cloneable(original)
+        if validate_only:
+            return self._redact(_pending(name, spec, request, request_id, _now()))
+        snapshot = await self._orchestrator.snapshot(source)
+        placed: builtins.list[str] = []
+        try:
+            async with self._create_lock:
+                earlier = await self._earlier(request_id, name)
+                if earlier is not None:
+                    await self._orchestrator.discard_snapshot(snapshot)
+                    return self._redact(earlier)
+                await self._check_free(name)
+                quotas.check_environment_count(await self._count_environments(), self._limits)
+                placed = await self._orchestrator.install_snapshot(snapshot, name, spec, original.spec)
+                created = _now()
+                env = await self._ledger.create(_pending(name, spec, request, request_id, created))
+        except BaseException:
+            await self._orchestrator.discard_snapshot(snapshot)
+            if placed:
+                await self._orchestrator.remove_volumes(name, placed)
+            raise
+        paused_ms = round(snapshot.paused.total_seconds() * 1000)
+        detail = f"stack {spec.stack}, cloned from {source} (volumes {', '.join(snapshot.volumes) or 'none'})"
+        await self._ledger.append_history(HistoryEntry(name, 1, created, actor, "clone", detail))
+        await self._ledger.append_history(
+            HistoryEntry(source, original.generation, _now(), actor, "cloned", f"to {name}; paused {paused_ms} ms")
+        )
+        self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
+        _log.info("environment.cloned", env=name, source=source, paused_ms=paused_ms)
         self._orchestrator.submit_deploy(name)
         return self._redact(env)
 
@@ -430,6 +487,26 @@ class EnvironmentService:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
+    async def _earlier(self, request_id: str, name: str) -> Environment | None:
+        """The environment an earlier call with ``request_id`` created, if it is ``name``.
+
+        Raises:
+            AlreadyExists: naming ``request_id`` when it created another environment.
+        """
+        if not request_id:
+            return None
+        earlier = await self._ledger.find_by_request_id(request_id)
+        if earlier is not None and earlier.name != name:
+            raise errors.AlreadyExists(
+                f"request_id {request_id!r} already created environment {earlier.name!r}", field="request_id"
+            )
+        return earlier
+
+    async def _check_free(self, name: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self._ledger.get(name)
+            raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
+
     async def _count_environments(self) -> int:
         """Environments held now (the ledger's count: nothing is read or decoded)."""
         return len(self._ledger.names())
@@ -480,6 +557,30 @@ def _redact_override(override: ServiceOverride, secret_env: frozenset[str]) -> S
         return override
     env = {k: REDACTED if k in secret_env or looks_secret(k) else v for k, v in override.env.items()}
     return replace(override, env=env)
+
+
+def _check_request_id(request_id: str) -> None:
+    if len(request_id) > bounds.MAX_REQUEST_ID:
+        raise errors.InvalidArgument.of(
+            [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
+        )
+
+
+def _pending(
+    name: str, spec: EnvironmentSpec, request: EnvironmentRequest, request_id: str, created: datetime
+) -> Environment:
+    """A new environment, accepted and not deployed yet."""
+    return Environment(
+        name=name,
+        uid=str(uuid.uuid4()),
+        spec=spec,
+        request=request,
+        generation=1,
+        status=EnvironmentStatus.PENDING,
+        created_at=created,
+        updated_at=created,
+        request_id=request_id,
+    )
 
 
 def _check_etag(env: Environment, etag: str) -> None:

@@ -2264,6 +2264,103 @@ func (x *CreateEnvironmentRequest) GetValidateOnly() bool {
 	return false
 }
 
+// CloneEnvironmentRequest asks for a new environment copied from a running one.
+type CloneEnvironmentRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Name of the environment to copy; it must be RUNNING.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Name of the new environment: a DNS label of at most 40 characters.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Client-chosen id making retries idempotent.
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Check the request (source, name, overrides, limits) and return the environment it would
+	// create, copying and creating nothing.
+	ValidateOnly bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	// Overrides of the copied specification: the fields update_mask names are taken from here,
+	// as UpdateEnvironment applies them ("labels.team", "parameters.backend_image",
+	// "services.backend.env.LOG_LEVEL", "ttl"). The stack cannot change.
+	Spec *EnvironmentSpecification `protobuf:"bytes,5,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Fields of spec to apply over the source's specification; empty keeps it as it is.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,6,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+}
+
+func (x *CloneEnvironmentRequest) Reset() {
+	*x = CloneEnvironmentRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *CloneEnvironmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloneEnvironmentRequest) ProtoMessage() {}
+
+func (x *CloneEnvironmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloneEnvironmentRequest.ProtoReflect.Descriptor instead.
+func (*CloneEnvironmentRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CloneEnvironmentRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+func (x *CloneEnvironmentRequest) GetSpec() *EnvironmentSpecification {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *CloneEnvironmentRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 // GetEnvironmentRequest names an environment.
 type GetEnvironmentRequest struct {
 	state         protoimpl.MessageState
@@ -2277,7 +2374,7 @@ type GetEnvironmentRequest struct {
 func (x *GetEnvironmentRequest) Reset() {
 	*x = GetEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2290,7 +2387,7 @@ func (x *GetEnvironmentRequest) String() string {
 func (*GetEnvironmentRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2400,7 @@ func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetEnvironmentRequest) GetName() string {
@@ -2343,7 +2440,7 @@ type UpdateEnvironmentRequest struct {
 func (x *UpdateEnvironmentRequest) Reset() {
 	*x = UpdateEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2356,7 +2453,7 @@ func (x *UpdateEnvironmentRequest) String() string {
 func (*UpdateEnvironmentRequest) ProtoMessage() {}
 
 func (x *UpdateEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2466,7 @@ func (x *UpdateEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateEnvironmentRequest) GetName() string {
@@ -2431,7 +2528,7 @@ type ServiceChange struct {
 func (x *ServiceChange) Reset() {
 	*x = ServiceChange{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2444,7 +2541,7 @@ func (x *ServiceChange) String() string {
 func (*ServiceChange) ProtoMessage() {}
 
 func (x *ServiceChange) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2554,7 @@ func (x *ServiceChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChange.ProtoReflect.Descriptor instead.
 func (*ServiceChange) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ServiceChange) GetService() string {
@@ -2496,7 +2593,7 @@ type UpdateEnvironmentResponse struct {
 func (x *UpdateEnvironmentResponse) Reset() {
 	*x = UpdateEnvironmentResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2509,7 +2606,7 @@ func (x *UpdateEnvironmentResponse) String() string {
 func (*UpdateEnvironmentResponse) ProtoMessage() {}
 
 func (x *UpdateEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2522,7 +2619,7 @@ func (x *UpdateEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UpdateEnvironmentResponse) GetEnvironment() *Environment {
@@ -2557,7 +2654,7 @@ type DeleteEnvironmentRequest struct {
 func (x *DeleteEnvironmentRequest) Reset() {
 	*x = DeleteEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2570,7 +2667,7 @@ func (x *DeleteEnvironmentRequest) String() string {
 func (*DeleteEnvironmentRequest) ProtoMessage() {}
 
 func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +2680,7 @@ func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteEnvironmentRequest) GetName() string {
@@ -2629,7 +2726,7 @@ type ListEnvironmentsRequest struct {
 func (x *ListEnvironmentsRequest) Reset() {
 	*x = ListEnvironmentsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2642,7 +2739,7 @@ func (x *ListEnvironmentsRequest) String() string {
 func (*ListEnvironmentsRequest) ProtoMessage() {}
 
 func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2752,7 @@ func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsRequest.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListEnvironmentsRequest) GetPageSize() int32 {
@@ -2694,7 +2791,7 @@ type ListEnvironmentsResponse struct {
 func (x *ListEnvironmentsResponse) Reset() {
 	*x = ListEnvironmentsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2707,7 +2804,7 @@ func (x *ListEnvironmentsResponse) String() string {
 func (*ListEnvironmentsResponse) ProtoMessage() {}
 
 func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2720,7 +2817,7 @@ func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsResponse.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListEnvironmentsResponse) GetEnvironments() []*Environment {
@@ -2760,7 +2857,7 @@ type GetEnvironmentLogsRequest struct {
 func (x *GetEnvironmentLogsRequest) Reset() {
 	*x = GetEnvironmentLogsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2773,7 +2870,7 @@ func (x *GetEnvironmentLogsRequest) String() string {
 func (*GetEnvironmentLogsRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2883,7 @@ func (x *GetEnvironmentLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentLogsRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentLogsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetEnvironmentLogsRequest) GetName() string {
@@ -2854,7 +2951,7 @@ type LogLine struct {
 func (x *LogLine) Reset() {
 	*x = LogLine{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2867,7 +2964,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2880,7 +2977,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LogLine) GetService() string {
@@ -2940,7 +3037,7 @@ type GetEnvironmentMetricsRequest struct {
 func (x *GetEnvironmentMetricsRequest) Reset() {
 	*x = GetEnvironmentMetricsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2953,7 +3050,7 @@ func (x *GetEnvironmentMetricsRequest) String() string {
 func (*GetEnvironmentMetricsRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3063,7 @@ func (x *GetEnvironmentMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetEnvironmentMetricsRequest) GetName() string {
@@ -3018,7 +3115,7 @@ type ContainerMetrics struct {
 func (x *ContainerMetrics) Reset() {
 	*x = ContainerMetrics{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3031,7 +3128,7 @@ func (x *ContainerMetrics) String() string {
 func (*ContainerMetrics) ProtoMessage() {}
 
 func (x *ContainerMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3141,7 @@ func (x *ContainerMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerMetrics.ProtoReflect.Descriptor instead.
 func (*ContainerMetrics) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ContainerMetrics) GetService() string {
@@ -3146,7 +3243,7 @@ type EnvironmentMetrics struct {
 func (x *EnvironmentMetrics) Reset() {
 	*x = EnvironmentMetrics{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3159,7 +3256,7 @@ func (x *EnvironmentMetrics) String() string {
 func (*EnvironmentMetrics) ProtoMessage() {}
 
 func (x *EnvironmentMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3269,7 @@ func (x *EnvironmentMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvironmentMetrics.ProtoReflect.Descriptor instead.
 func (*EnvironmentMetrics) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnvironmentMetrics) GetName() string {
@@ -3204,7 +3301,7 @@ type ListStacksRequest struct {
 func (x *ListStacksRequest) Reset() {
 	*x = ListStacksRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3217,7 +3314,7 @@ func (x *ListStacksRequest) String() string {
 func (*ListStacksRequest) ProtoMessage() {}
 
 func (x *ListStacksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3230,7 +3327,7 @@ func (x *ListStacksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStacksRequest.ProtoReflect.Descriptor instead.
 func (*ListStacksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListStacksRequest) GetPageSize() int32 {
@@ -3266,7 +3363,7 @@ type StackParameter struct {
 func (x *StackParameter) Reset() {
 	*x = StackParameter{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3279,7 +3376,7 @@ func (x *StackParameter) String() string {
 func (*StackParameter) ProtoMessage() {}
 
 func (x *StackParameter) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3389,7 @@ func (x *StackParameter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StackParameter.ProtoReflect.Descriptor instead.
 func (*StackParameter) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StackParameter) GetName() string {
@@ -3342,7 +3439,7 @@ type Stack struct {
 func (x *Stack) Reset() {
 	*x = Stack{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3355,7 +3452,7 @@ func (x *Stack) String() string {
 func (*Stack) ProtoMessage() {}
 
 func (x *Stack) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3368,7 +3465,7 @@ func (x *Stack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stack.ProtoReflect.Descriptor instead.
 func (*Stack) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Stack) GetName() string {
@@ -3414,7 +3511,7 @@ type ListStacksResponse struct {
 func (x *ListStacksResponse) Reset() {
 	*x = ListStacksResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3427,7 +3524,7 @@ func (x *ListStacksResponse) String() string {
 func (*ListStacksResponse) ProtoMessage() {}
 
 func (x *ListStacksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3440,7 +3537,7 @@ func (x *ListStacksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStacksResponse.ProtoReflect.Descriptor instead.
 func (*ListStacksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListStacksResponse) GetStacks() []*Stack {
@@ -3477,7 +3574,7 @@ type WatchEventsRequest struct {
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3490,7 +3587,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3503,7 +3600,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchEventsRequest) GetName() string {
@@ -3557,7 +3654,7 @@ type Event struct {
 func (x *Event) Reset() {
 	*x = Event{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3570,7 +3667,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3583,7 +3680,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Event) GetType() EventType {
@@ -3666,7 +3763,7 @@ type GetEnvironmentHistoryRequest struct {
 func (x *GetEnvironmentHistoryRequest) Reset() {
 	*x = GetEnvironmentHistoryRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3679,7 +3776,7 @@ func (x *GetEnvironmentHistoryRequest) String() string {
 func (*GetEnvironmentHistoryRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3692,7 +3789,7 @@ func (x *GetEnvironmentHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetEnvironmentHistoryRequest) GetName() string {
@@ -3737,7 +3834,7 @@ type HistoryEntry struct {
 func (x *HistoryEntry) Reset() {
 	*x = HistoryEntry{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3750,7 +3847,7 @@ func (x *HistoryEntry) String() string {
 func (*HistoryEntry) ProtoMessage() {}
 
 func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3763,7 +3860,7 @@ func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
 func (*HistoryEntry) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *HistoryEntry) GetGeneration() uint64 {
@@ -3816,7 +3913,7 @@ type GetEnvironmentHistoryResponse struct {
 func (x *GetEnvironmentHistoryResponse) Reset() {
 	*x = GetEnvironmentHistoryResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3829,7 +3926,7 @@ func (x *GetEnvironmentHistoryResponse) String() string {
 func (*GetEnvironmentHistoryResponse) ProtoMessage() {}
 
 func (x *GetEnvironmentHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3842,7 +3939,7 @@ func (x *GetEnvironmentHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetEnvironmentHistoryResponse) GetEntries() []*HistoryEntry {
@@ -3872,7 +3969,7 @@ type BackupEnvironmentRequest struct {
 func (x *BackupEnvironmentRequest) Reset() {
 	*x = BackupEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3885,7 +3982,7 @@ func (x *BackupEnvironmentRequest) String() string {
 func (*BackupEnvironmentRequest) ProtoMessage() {}
 
 func (x *BackupEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3898,7 +3995,7 @@ func (x *BackupEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*BackupEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BackupEnvironmentRequest) GetName() string {
@@ -3931,7 +4028,7 @@ type Backup struct {
 func (x *Backup) Reset() {
 	*x = Backup{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3944,7 +4041,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3957,7 +4054,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Backup) GetId() string {
@@ -4015,7 +4112,7 @@ type ListBackupsRequest struct {
 func (x *ListBackupsRequest) Reset() {
 	*x = ListBackupsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4028,7 +4125,7 @@ func (x *ListBackupsRequest) String() string {
 func (*ListBackupsRequest) ProtoMessage() {}
 
 func (x *ListBackupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4041,7 +4138,7 @@ func (x *ListBackupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackupsRequest.ProtoReflect.Descriptor instead.
 func (*ListBackupsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListBackupsRequest) GetName() string {
@@ -4064,7 +4161,7 @@ type ListBackupsResponse struct {
 func (x *ListBackupsResponse) Reset() {
 	*x = ListBackupsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4077,7 +4174,7 @@ func (x *ListBackupsResponse) String() string {
 func (*ListBackupsResponse) ProtoMessage() {}
 
 func (x *ListBackupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4090,7 +4187,7 @@ func (x *ListBackupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackupsResponse.ProtoReflect.Descriptor instead.
 func (*ListBackupsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListBackupsResponse) GetBackups() []*Backup {
@@ -4115,7 +4212,7 @@ type RestoreEnvironmentRequest struct {
 func (x *RestoreEnvironmentRequest) Reset() {
 	*x = RestoreEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4128,7 +4225,7 @@ func (x *RestoreEnvironmentRequest) String() string {
 func (*RestoreEnvironmentRequest) ProtoMessage() {}
 
 func (x *RestoreEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4141,7 +4238,7 @@ func (x *RestoreEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*RestoreEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RestoreEnvironmentRequest) GetBackup() string {
@@ -4168,7 +4265,7 @@ type ReloadConfigurationRequest struct {
 func (x *ReloadConfigurationRequest) Reset() {
 	*x = ReloadConfigurationRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4181,7 +4278,7 @@ func (x *ReloadConfigurationRequest) String() string {
 func (*ReloadConfigurationRequest) ProtoMessage() {}
 
 func (x *ReloadConfigurationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4194,7 +4291,7 @@ func (x *ReloadConfigurationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadConfigurationRequest.ProtoReflect.Descriptor instead.
 func (*ReloadConfigurationRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 // ReloadConfigurationResponse says what a reload changed.
@@ -4212,7 +4309,7 @@ type ReloadConfigurationResponse struct {
 func (x *ReloadConfigurationResponse) Reset() {
 	*x = ReloadConfigurationResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4225,7 +4322,7 @@ func (x *ReloadConfigurationResponse) String() string {
 func (*ReloadConfigurationResponse) ProtoMessage() {}
 
 func (x *ReloadConfigurationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4238,7 +4335,7 @@ func (x *ReloadConfigurationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadConfigurationResponse.ProtoReflect.Descriptor instead.
 func (*ReloadConfigurationResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReloadConfigurationResponse) GetApplied() []string {
@@ -4268,7 +4365,7 @@ type ListOperationsRequest struct {
 func (x *ListOperationsRequest) Reset() {
 	*x = ListOperationsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4281,7 +4378,7 @@ func (x *ListOperationsRequest) String() string {
 func (*ListOperationsRequest) ProtoMessage() {}
 
 func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4294,7 +4391,7 @@ func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperationsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListOperationsRequest) GetName() string {
@@ -4324,7 +4421,7 @@ type OperationStep struct {
 func (x *OperationStep) Reset() {
 	*x = OperationStep{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4337,7 +4434,7 @@ func (x *OperationStep) String() string {
 func (*OperationStep) ProtoMessage() {}
 
 func (x *OperationStep) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4350,7 +4447,7 @@ func (x *OperationStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationStep.ProtoReflect.Descriptor instead.
 func (*OperationStep) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *OperationStep) GetTime() *timestamppb.Timestamp {
@@ -4406,7 +4503,7 @@ type Operation struct {
 func (x *Operation) Reset() {
 	*x = Operation{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4419,7 +4516,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4432,7 +4529,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Operation) GetId() string {
@@ -4497,7 +4594,7 @@ type ListOperationsResponse struct {
 func (x *ListOperationsResponse) Reset() {
 	*x = ListOperationsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4510,7 +4607,7 @@ func (x *ListOperationsResponse) String() string {
 func (*ListOperationsResponse) ProtoMessage() {}
 
 func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4523,7 +4620,7 @@ func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperationsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListOperationsResponse) GetOperations() []*Operation {
@@ -4546,7 +4643,7 @@ type HealthCheck_Exec struct {
 func (x *HealthCheck_Exec) Reset() {
 	*x = HealthCheck_Exec{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4559,7 +4656,7 @@ func (x *HealthCheck_Exec) String() string {
 func (*HealthCheck_Exec) ProtoMessage() {}
 
 func (x *HealthCheck_Exec) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4597,7 +4694,7 @@ type HealthCheck_Http struct {
 func (x *HealthCheck_Http) Reset() {
 	*x = HealthCheck_Http{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4610,7 +4707,7 @@ func (x *HealthCheck_Http) String() string {
 func (*HealthCheck_Http) ProtoMessage() {}
 
 func (x *HealthCheck_Http) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4653,7 +4750,7 @@ type HealthCheck_Tcp struct {
 func (x *HealthCheck_Tcp) Reset() {
 	*x = HealthCheck_Tcp{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4666,7 +4763,7 @@ func (x *HealthCheck_Tcp) String() string {
 func (*HealthCheck_Tcp) ProtoMessage() {}
 
 func (x *HealthCheck_Tcp) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5022,7 +5119,27 @@ var file_scheduler_v1_scheduler_proto_rawDesc = []byte{
 	0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x49, 0x64, 0x12, 0x28, 0x0a, 0x0d, 0x76, 0x61, 0x6c,
 	0x69, 0x64, 0x61, 0x74, 0x65, 0x5f, 0x6f, 0x6e, 0x6c, 0x79, 0x18, 0x04, 0x20, 0x01, 0x28, 0x08,
 	0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x0c, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x4f,
-	0x6e, 0x6c, 0x79, 0x22, 0x4d, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
+	0x6e, 0x6c, 0x79, 0x22, 0xbd, 0x02, 0x0a, 0x17, 0x43, 0x6c, 0x6f, 0x6e, 0x65, 0x45, 0x6e, 0x76,
+	0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12,
+	0x38, 0x0a, 0x06, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x42,
+	0x20, 0xe0, 0x41, 0x02, 0xfa, 0x41, 0x1a, 0x0a, 0x18, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2f, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x52, 0x06, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x12, 0x17, 0x0a, 0x04, 0x6e, 0x61, 0x6d,
+	0x65, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x42, 0x03, 0xe0, 0x41, 0x02, 0x52, 0x04, 0x6e, 0x61,
+	0x6d, 0x65, 0x12, 0x22, 0x0a, 0x0a, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x5f, 0x69, 0x64,
+	0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x09, 0x72, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x49, 0x64, 0x12, 0x28, 0x0a, 0x0d, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61,
+	0x74, 0x65, 0x5f, 0x6f, 0x6e, 0x6c, 0x79, 0x18, 0x04, 0x20, 0x01, 0x28, 0x08, 0x42, 0x03, 0xe0,
+	0x41, 0x01, 0x52, 0x0c, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x4f, 0x6e, 0x6c, 0x79,
+	0x12, 0x3f, 0x0a, 0x04, 0x73, 0x70, 0x65, 0x63, 0x18, 0x05, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x26,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x53, 0x70, 0x65, 0x63, 0x69, 0x66, 0x69,
+	0x63, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x04, 0x73, 0x70, 0x65,
+	0x63, 0x12, 0x40, 0x0a, 0x0b, 0x75, 0x70, 0x64, 0x61, 0x74, 0x65, 0x5f, 0x6d, 0x61, 0x73, 0x6b,
+	0x18, 0x06, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x67, 0x6f, 0x6f, 0x67, 0x6c, 0x65, 0x2e,
+	0x70, 0x72, 0x6f, 0x74, 0x6f, 0x62, 0x75, 0x66, 0x2e, 0x46, 0x69, 0x65, 0x6c, 0x64, 0x4d, 0x61,
+	0x73, 0x6b, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x0a, 0x75, 0x70, 0x64, 0x61, 0x74, 0x65, 0x4d,
+	0x61, 0x73, 0x6b, 0x22, 0x4d, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
 	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x34, 0x0a, 0x04,
 	0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x42, 0x20, 0xe0, 0x41, 0x02, 0xfa,
 	0x41, 0x1a, 0x0a, 0x18, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
@@ -5464,100 +5581,106 @@ var file_scheduler_v1_scheduler_proto_rawDesc = []byte{
 	0x4f, 0x56, 0x45, 0x44, 0x10, 0x0f, 0x12, 0x1a, 0x0a, 0x16, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f,
 	0x54, 0x59, 0x50, 0x45, 0x5f, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x53, 0x5f, 0x4c, 0x4f, 0x53, 0x54,
 	0x10, 0x10, 0x12, 0x18, 0x0a, 0x14, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x54, 0x59, 0x50, 0x45,
-	0x5f, 0x48, 0x45, 0x41, 0x52, 0x54, 0x42, 0x45, 0x41, 0x54, 0x10, 0x11, 0x32, 0xf1, 0x0a, 0x0a,
+	0x5f, 0x48, 0x45, 0x41, 0x52, 0x54, 0x42, 0x45, 0x41, 0x54, 0x10, 0x11, 0x32, 0xc7, 0x0b, 0x0a,
 	0x10, 0x53, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63,
 	0x65, 0x12, 0x56, 0x0a, 0x11, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
 	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
 	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
 	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19,
 	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x50, 0x0a, 0x0e, 0x47, 0x65, 0x74,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x23, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
-	0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x64, 0x0a, 0x11, 0x55,
-	0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
-	0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
-	0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
-	0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
-	0x65, 0x12, 0x56, 0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x54, 0x0a, 0x10, 0x43, 0x6c, 0x6f,
+	0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x25, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x6c, 0x6f,
+	0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12,
+	0x50, 0x0a, 0x0e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x12, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x12, 0x64, 0x0a, 0x11, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
 	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
-	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
-	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19,
-	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x61, 0x0a, 0x10, 0x4c, 0x69, 0x73,
-	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x25, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
-	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71,
-	0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
-	0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x12,
-	0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f,
-	0x67, 0x73, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
-	0x4c, 0x6f, 0x67, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x15, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x6f, 0x67, 0x4c, 0x69,
-	0x6e, 0x65, 0x30, 0x01, 0x12, 0x65, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x2a, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69,
-	0x63, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e,
-	0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x4f, 0x0a, 0x0a, 0x4c,
-	0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x12, 0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61,
-	0x63, 0x6b, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74,
-	0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x46, 0x0a, 0x0b,
-	0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68,
-	0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x13, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x76, 0x65,
-	0x6e, 0x74, 0x30, 0x01, 0x12, 0x70, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x12, 0x2a, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f,
-	0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2b, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69,
-	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65,
-	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x51, 0x0a, 0x11, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75,
-	0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x14, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x12, 0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73,
-	0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b,
-	0x75, 0x70, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61,
-	0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a,
-	0x12, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73,
-	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69,
-	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x6a, 0x0a, 0x13, 0x52, 0x65, 0x6c, 0x6f, 0x61,
-	0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x28,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70,
+	0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52,
+	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74,
+	0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73,
+	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65,
+	0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12,
+	0x61, 0x0a, 0x10, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x73, 0x12, 0x25, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x73, 0x63, 0x68,
+	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x56, 0x0a, 0x12, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e,
+	0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f, 0x67, 0x73, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f, 0x67, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x1a, 0x15, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x4c, 0x6f, 0x67, 0x4c, 0x69, 0x6e, 0x65, 0x30, 0x01, 0x12, 0x65, 0x0a, 0x15, 0x47, 0x65,
+	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72,
+	0x69, 0x63, 0x73, 0x12, 0x2a, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45,
+	0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63,
+	0x73, 0x12, 0x4f, 0x0a, 0x0a, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x12,
+	0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c,
+	0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x46, 0x0a, 0x0b, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74,
+	0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75,
+	0x65, 0x73, 0x74, 0x1a, 0x13, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x30, 0x01, 0x12, 0x70, 0x0a, 0x15, 0x47, 0x65,
+	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74,
+	0x6f, 0x72, 0x79, 0x12, 0x2a, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x2b, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47,
+	0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73,
+	0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x51, 0x0a, 0x11,
+	0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x14, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x12,
+	0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x12, 0x20,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69,
+	0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x21, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f,
+	0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a, 0x12, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
+	0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x6a, 0x0a,
+	0x13, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x12, 0x28, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67,
+	0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29,
 	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65,
 	0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f,
-	0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f,
-	0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f,
-	0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61,
-	0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69,
-	0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70,
-	0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
-	0x42, 0x54, 0x0a, 0x10, 0x64, 0x65, 0x76, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x50, 0x01, 0x5a, 0x3e, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x63,
-	0x6f, 0x6d, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x67, 0x65, 0x6e, 0x2f, 0x67, 0x6f, 0x2f, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x4c, 0x69, 0x73,
+	0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x23, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f,
+	0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x24, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x42, 0x54, 0x0a, 0x10, 0x64, 0x65, 0x76, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x50, 0x01, 0x5a, 0x3e, 0x67, 0x69,
+	0x74, 0x68, 0x75, 0x62, 0x2e, 0x63, 0x6f, 0x6d, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
+	0x65, 0x72, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x67, 0x65, 0x6e,
+	0x2f, 0x67, 0x6f, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x76, 0x31,
+	0x3b, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72,
+	0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -5573,7 +5696,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_scheduler_v1_scheduler_proto_goTypes = []interface{}{
 	(PortProtocol)(0),                     // 0: scheduler.v1.PortProtocol
 	(RestartMode)(0),                      // 1: scheduler.v1.RestartMode
@@ -5601,56 +5724,57 @@ var file_scheduler_v1_scheduler_proto_goTypes = []interface{}{
 	(*Environment)(nil),                   // 23: scheduler.v1.Environment
 	(*ServiceDescription)(nil),            // 24: scheduler.v1.ServiceDescription
 	(*CreateEnvironmentRequest)(nil),      // 25: scheduler.v1.CreateEnvironmentRequest
-	(*GetEnvironmentRequest)(nil),         // 26: scheduler.v1.GetEnvironmentRequest
-	(*UpdateEnvironmentRequest)(nil),      // 27: scheduler.v1.UpdateEnvironmentRequest
-	(*ServiceChange)(nil),                 // 28: scheduler.v1.ServiceChange
-	(*UpdateEnvironmentResponse)(nil),     // 29: scheduler.v1.UpdateEnvironmentResponse
-	(*DeleteEnvironmentRequest)(nil),      // 30: scheduler.v1.DeleteEnvironmentRequest
-	(*ListEnvironmentsRequest)(nil),       // 31: scheduler.v1.ListEnvironmentsRequest
-	(*ListEnvironmentsResponse)(nil),      // 32: scheduler.v1.ListEnvironmentsResponse
-	(*GetEnvironmentLogsRequest)(nil),     // 33: scheduler.v1.GetEnvironmentLogsRequest
-	(*LogLine)(nil),                       // 34: scheduler.v1.LogLine
-	(*GetEnvironmentMetricsRequest)(nil),  // 35: scheduler.v1.GetEnvironmentMetricsRequest
-	(*ContainerMetrics)(nil),              // 36: scheduler.v1.ContainerMetrics
-	(*EnvironmentMetrics)(nil),            // 37: scheduler.v1.EnvironmentMetrics
-	(*ListStacksRequest)(nil),             // 38: scheduler.v1.ListStacksRequest
-	(*StackParameter)(nil),                // 39: scheduler.v1.StackParameter
-	(*Stack)(nil),                         // 40: scheduler.v1.Stack
-	(*ListStacksResponse)(nil),            // 41: scheduler.v1.ListStacksResponse
-	(*WatchEventsRequest)(nil),            // 42: scheduler.v1.WatchEventsRequest
-	(*Event)(nil),                         // 43: scheduler.v1.Event
-	(*GetEnvironmentHistoryRequest)(nil),  // 44: scheduler.v1.GetEnvironmentHistoryRequest
-	(*HistoryEntry)(nil),                  // 45: scheduler.v1.HistoryEntry
-	(*GetEnvironmentHistoryResponse)(nil), // 46: scheduler.v1.GetEnvironmentHistoryResponse
-	(*BackupEnvironmentRequest)(nil),      // 47: scheduler.v1.BackupEnvironmentRequest
-	(*Backup)(nil),                        // 48: scheduler.v1.Backup
-	(*ListBackupsRequest)(nil),            // 49: scheduler.v1.ListBackupsRequest
-	(*ListBackupsResponse)(nil),           // 50: scheduler.v1.ListBackupsResponse
-	(*RestoreEnvironmentRequest)(nil),     // 51: scheduler.v1.RestoreEnvironmentRequest
-	(*ReloadConfigurationRequest)(nil),    // 52: scheduler.v1.ReloadConfigurationRequest
-	(*ReloadConfigurationResponse)(nil),   // 53: scheduler.v1.ReloadConfigurationResponse
-	(*ListOperationsRequest)(nil),         // 54: scheduler.v1.ListOperationsRequest
-	(*OperationStep)(nil),                 // 55: scheduler.v1.OperationStep
-	(*Operation)(nil),                     // 56: scheduler.v1.Operation
-	(*ListOperationsResponse)(nil),        // 57: scheduler.v1.ListOperationsResponse
-	nil,                                   // 58: scheduler.v1.EnvironmentSpecification.ServicesEntry
-	nil,                                   // 59: scheduler.v1.EnvironmentSpecification.ParametersEntry
-	nil,                                   // 60: scheduler.v1.EnvironmentSpecification.LabelsEntry
-	nil,                                   // 61: scheduler.v1.ContainerConfiguration.EnvEntry
-	(*HealthCheck_Exec)(nil),              // 62: scheduler.v1.HealthCheck.Exec
-	(*HealthCheck_Http)(nil),              // 63: scheduler.v1.HealthCheck.Http
-	(*HealthCheck_Tcp)(nil),               // 64: scheduler.v1.HealthCheck.Tcp
-	(*durationpb.Duration)(nil),           // 65: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),         // 66: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),         // 67: google.protobuf.FieldMask
+	(*CloneEnvironmentRequest)(nil),       // 26: scheduler.v1.CloneEnvironmentRequest
+	(*GetEnvironmentRequest)(nil),         // 27: scheduler.v1.GetEnvironmentRequest
+	(*UpdateEnvironmentRequest)(nil),      // 28: scheduler.v1.UpdateEnvironmentRequest
+	(*ServiceChange)(nil),                 // 29: scheduler.v1.ServiceChange
+	(*UpdateEnvironmentResponse)(nil),     // 30: scheduler.v1.UpdateEnvironmentResponse
+	(*DeleteEnvironmentRequest)(nil),      // 31: scheduler.v1.DeleteEnvironmentRequest
+	(*ListEnvironmentsRequest)(nil),       // 32: scheduler.v1.ListEnvironmentsRequest
+	(*ListEnvironmentsResponse)(nil),      // 33: scheduler.v1.ListEnvironmentsResponse
+	(*GetEnvironmentLogsRequest)(nil),     // 34: scheduler.v1.GetEnvironmentLogsRequest
+	(*LogLine)(nil),                       // 35: scheduler.v1.LogLine
+	(*GetEnvironmentMetricsRequest)(nil),  // 36: scheduler.v1.GetEnvironmentMetricsRequest
+	(*ContainerMetrics)(nil),              // 37: scheduler.v1.ContainerMetrics
+	(*EnvironmentMetrics)(nil),            // 38: scheduler.v1.EnvironmentMetrics
+	(*ListStacksRequest)(nil),             // 39: scheduler.v1.ListStacksRequest
+	(*StackParameter)(nil),                // 40: scheduler.v1.StackParameter
+	(*Stack)(nil),                         // 41: scheduler.v1.Stack
+	(*ListStacksResponse)(nil),            // 42: scheduler.v1.ListStacksResponse
+	(*WatchEventsRequest)(nil),            // 43: scheduler.v1.WatchEventsRequest
+	(*Event)(nil),                         // 44: scheduler.v1.Event
+	(*GetEnvironmentHistoryRequest)(nil),  // 45: scheduler.v1.GetEnvironmentHistoryRequest
+	(*HistoryEntry)(nil),                  // 46: scheduler.v1.HistoryEntry
+	(*GetEnvironmentHistoryResponse)(nil), // 47: scheduler.v1.GetEnvironmentHistoryResponse
+	(*BackupEnvironmentRequest)(nil),      // 48: scheduler.v1.BackupEnvironmentRequest
+	(*Backup)(nil),                        // 49: scheduler.v1.Backup
+	(*ListBackupsRequest)(nil),            // 50: scheduler.v1.ListBackupsRequest
+	(*ListBackupsResponse)(nil),           // 51: scheduler.v1.ListBackupsResponse
+	(*RestoreEnvironmentRequest)(nil),     // 52: scheduler.v1.RestoreEnvironmentRequest
+	(*ReloadConfigurationRequest)(nil),    // 53: scheduler.v1.ReloadConfigurationRequest
+	(*ReloadConfigurationResponse)(nil),   // 54: scheduler.v1.ReloadConfigurationResponse
+	(*ListOperationsRequest)(nil),         // 55: scheduler.v1.ListOperationsRequest
+	(*OperationStep)(nil),                 // 56: scheduler.v1.OperationStep
+	(*Operation)(nil),                     // 57: scheduler.v1.Operation
+	(*ListOperationsResponse)(nil),        // 58: scheduler.v1.ListOperationsResponse
+	nil,                                   // 59: scheduler.v1.EnvironmentSpecification.ServicesEntry
+	nil,                                   // 60: scheduler.v1.EnvironmentSpecification.ParametersEntry
+	nil,                                   // 61: scheduler.v1.EnvironmentSpecification.LabelsEntry
+	nil,                                   // 62: scheduler.v1.ContainerConfiguration.EnvEntry
+	(*HealthCheck_Exec)(nil),              // 63: scheduler.v1.HealthCheck.Exec
+	(*HealthCheck_Http)(nil),              // 64: scheduler.v1.HealthCheck.Http
+	(*HealthCheck_Tcp)(nil),               // 65: scheduler.v1.HealthCheck.Tcp
+	(*durationpb.Duration)(nil),           // 66: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 67: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),         // 68: google.protobuf.FieldMask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	58, // 0: scheduler.v1.EnvironmentSpecification.services:type_name -> scheduler.v1.EnvironmentSpecification.ServicesEntry
-	59, // 1: scheduler.v1.EnvironmentSpecification.parameters:type_name -> scheduler.v1.EnvironmentSpecification.ParametersEntry
-	60, // 2: scheduler.v1.EnvironmentSpecification.labels:type_name -> scheduler.v1.EnvironmentSpecification.LabelsEntry
+	59, // 0: scheduler.v1.EnvironmentSpecification.services:type_name -> scheduler.v1.EnvironmentSpecification.ServicesEntry
+	60, // 1: scheduler.v1.EnvironmentSpecification.parameters:type_name -> scheduler.v1.EnvironmentSpecification.ParametersEntry
+	61, // 2: scheduler.v1.EnvironmentSpecification.labels:type_name -> scheduler.v1.EnvironmentSpecification.LabelsEntry
 	11, // 3: scheduler.v1.EnvironmentSpecification.network:type_name -> scheduler.v1.NetworkSpecification
-	65, // 4: scheduler.v1.EnvironmentSpecification.ttl:type_name -> google.protobuf.Duration
-	61, // 5: scheduler.v1.ContainerConfiguration.env:type_name -> scheduler.v1.ContainerConfiguration.EnvEntry
+	66, // 4: scheduler.v1.EnvironmentSpecification.ttl:type_name -> google.protobuf.Duration
+	62, // 5: scheduler.v1.ContainerConfiguration.env:type_name -> scheduler.v1.ContainerConfiguration.EnvEntry
 	14, // 6: scheduler.v1.ContainerConfiguration.ports:type_name -> scheduler.v1.PortMapping
 	15, // 7: scheduler.v1.ContainerConfiguration.volumes:type_name -> scheduler.v1.VolumeMount
 	16, // 8: scheduler.v1.ContainerConfiguration.resources:type_name -> scheduler.v1.Resources
@@ -5659,101 +5783,105 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	19, // 11: scheduler.v1.ContainerConfiguration.depends_on:type_name -> scheduler.v1.Dependency
 	13, // 12: scheduler.v1.ContainerConfiguration.security:type_name -> scheduler.v1.SecurityOptions
 	0,  // 13: scheduler.v1.PortMapping.protocol:type_name -> scheduler.v1.PortProtocol
-	62, // 14: scheduler.v1.HealthCheck.exec:type_name -> scheduler.v1.HealthCheck.Exec
-	63, // 15: scheduler.v1.HealthCheck.http:type_name -> scheduler.v1.HealthCheck.Http
-	64, // 16: scheduler.v1.HealthCheck.tcp:type_name -> scheduler.v1.HealthCheck.Tcp
-	65, // 17: scheduler.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	65, // 18: scheduler.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	65, // 19: scheduler.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
+	63, // 14: scheduler.v1.HealthCheck.exec:type_name -> scheduler.v1.HealthCheck.Exec
+	64, // 15: scheduler.v1.HealthCheck.http:type_name -> scheduler.v1.HealthCheck.Http
+	65, // 16: scheduler.v1.HealthCheck.tcp:type_name -> scheduler.v1.HealthCheck.Tcp
+	66, // 17: scheduler.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	66, // 18: scheduler.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	66, // 19: scheduler.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
 	1,  // 20: scheduler.v1.RestartPolicy.mode:type_name -> scheduler.v1.RestartMode
-	65, // 21: scheduler.v1.RestartPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	65, // 22: scheduler.v1.RestartPolicy.max_backoff:type_name -> google.protobuf.Duration
-	65, // 23: scheduler.v1.RestartPolicy.reset_after:type_name -> google.protobuf.Duration
+	66, // 21: scheduler.v1.RestartPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	66, // 22: scheduler.v1.RestartPolicy.max_backoff:type_name -> google.protobuf.Duration
+	66, // 23: scheduler.v1.RestartPolicy.reset_after:type_name -> google.protobuf.Duration
 	2,  // 24: scheduler.v1.Dependency.condition:type_name -> scheduler.v1.DependencyCondition
-	65, // 25: scheduler.v1.Dependency.deadline:type_name -> google.protobuf.Duration
+	66, // 25: scheduler.v1.Dependency.deadline:type_name -> google.protobuf.Duration
 	4,  // 26: scheduler.v1.ContainerStatus.state:type_name -> scheduler.v1.ContainerState
 	5,  // 27: scheduler.v1.ContainerStatus.health:type_name -> scheduler.v1.HealthStatus
-	66, // 28: scheduler.v1.ContainerStatus.start_time:type_name -> google.protobuf.Timestamp
-	66, // 29: scheduler.v1.ContainerStatus.end_time:type_name -> google.protobuf.Timestamp
+	67, // 28: scheduler.v1.ContainerStatus.start_time:type_name -> google.protobuf.Timestamp
+	67, // 29: scheduler.v1.ContainerStatus.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 30: scheduler.v1.Endpoint.protocol:type_name -> scheduler.v1.PortProtocol
 	6,  // 31: scheduler.v1.Condition.status:type_name -> scheduler.v1.ConditionStatus
-	66, // 32: scheduler.v1.Condition.last_transition_time:type_name -> google.protobuf.Timestamp
+	67, // 32: scheduler.v1.Condition.last_transition_time:type_name -> google.protobuf.Timestamp
 	10, // 33: scheduler.v1.Environment.spec:type_name -> scheduler.v1.EnvironmentSpecification
 	3,  // 34: scheduler.v1.Environment.status:type_name -> scheduler.v1.EnvironmentStatus
 	20, // 35: scheduler.v1.Environment.containers:type_name -> scheduler.v1.ContainerStatus
 	21, // 36: scheduler.v1.Environment.endpoints:type_name -> scheduler.v1.Endpoint
 	22, // 37: scheduler.v1.Environment.conditions:type_name -> scheduler.v1.Condition
-	66, // 38: scheduler.v1.Environment.create_time:type_name -> google.protobuf.Timestamp
-	66, // 39: scheduler.v1.Environment.update_time:type_name -> google.protobuf.Timestamp
+	67, // 38: scheduler.v1.Environment.create_time:type_name -> google.protobuf.Timestamp
+	67, // 39: scheduler.v1.Environment.update_time:type_name -> google.protobuf.Timestamp
 	24, // 40: scheduler.v1.Environment.services:type_name -> scheduler.v1.ServiceDescription
-	66, // 41: scheduler.v1.Environment.expire_time:type_name -> google.protobuf.Timestamp
+	67, // 41: scheduler.v1.Environment.expire_time:type_name -> google.protobuf.Timestamp
 	12, // 42: scheduler.v1.ServiceDescription.config:type_name -> scheduler.v1.ContainerConfiguration
 	10, // 43: scheduler.v1.CreateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
-	10, // 44: scheduler.v1.UpdateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
-	65, // 45: scheduler.v1.UpdateEnvironmentRequest.drain:type_name -> google.protobuf.Duration
-	67, // 46: scheduler.v1.UpdateEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,  // 47: scheduler.v1.ServiceChange.action:type_name -> scheduler.v1.ChangeAction
-	23, // 48: scheduler.v1.UpdateEnvironmentResponse.environment:type_name -> scheduler.v1.Environment
-	28, // 49: scheduler.v1.UpdateEnvironmentResponse.plan:type_name -> scheduler.v1.ServiceChange
-	23, // 50: scheduler.v1.ListEnvironmentsResponse.environments:type_name -> scheduler.v1.Environment
-	66, // 51: scheduler.v1.GetEnvironmentLogsRequest.since_time:type_name -> google.protobuf.Timestamp
-	8,  // 52: scheduler.v1.GetEnvironmentLogsRequest.stream:type_name -> scheduler.v1.LogStream
-	8,  // 53: scheduler.v1.LogLine.stream:type_name -> scheduler.v1.LogStream
-	66, // 54: scheduler.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	65, // 55: scheduler.v1.GetEnvironmentMetricsRequest.window:type_name -> google.protobuf.Duration
-	66, // 56: scheduler.v1.ContainerMetrics.time:type_name -> google.protobuf.Timestamp
-	36, // 57: scheduler.v1.EnvironmentMetrics.containers:type_name -> scheduler.v1.ContainerMetrics
-	24, // 58: scheduler.v1.Stack.services:type_name -> scheduler.v1.ServiceDescription
-	39, // 59: scheduler.v1.Stack.parameters:type_name -> scheduler.v1.StackParameter
-	40, // 60: scheduler.v1.ListStacksResponse.stacks:type_name -> scheduler.v1.Stack
-	65, // 61: scheduler.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	9,  // 62: scheduler.v1.Event.type:type_name -> scheduler.v1.EventType
-	66, // 63: scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	66, // 64: scheduler.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
-	45, // 65: scheduler.v1.GetEnvironmentHistoryResponse.entries:type_name -> scheduler.v1.HistoryEntry
-	66, // 66: scheduler.v1.Backup.create_time:type_name -> google.protobuf.Timestamp
-	48, // 67: scheduler.v1.ListBackupsResponse.backups:type_name -> scheduler.v1.Backup
-	66, // 68: scheduler.v1.OperationStep.time:type_name -> google.protobuf.Timestamp
-	66, // 69: scheduler.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	66, // 70: scheduler.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	55, // 71: scheduler.v1.Operation.steps:type_name -> scheduler.v1.OperationStep
-	56, // 72: scheduler.v1.ListOperationsResponse.operations:type_name -> scheduler.v1.Operation
-	12, // 73: scheduler.v1.EnvironmentSpecification.ServicesEntry.value:type_name -> scheduler.v1.ContainerConfiguration
-	25, // 74: scheduler.v1.SchedulerService.CreateEnvironment:input_type -> scheduler.v1.CreateEnvironmentRequest
-	26, // 75: scheduler.v1.SchedulerService.GetEnvironment:input_type -> scheduler.v1.GetEnvironmentRequest
-	27, // 76: scheduler.v1.SchedulerService.UpdateEnvironment:input_type -> scheduler.v1.UpdateEnvironmentRequest
-	30, // 77: scheduler.v1.SchedulerService.DeleteEnvironment:input_type -> scheduler.v1.DeleteEnvironmentRequest
-	31, // 78: scheduler.v1.SchedulerService.ListEnvironments:input_type -> scheduler.v1.ListEnvironmentsRequest
-	33, // 79: scheduler.v1.SchedulerService.GetEnvironmentLogs:input_type -> scheduler.v1.GetEnvironmentLogsRequest
-	35, // 80: scheduler.v1.SchedulerService.GetEnvironmentMetrics:input_type -> scheduler.v1.GetEnvironmentMetricsRequest
-	38, // 81: scheduler.v1.SchedulerService.ListStacks:input_type -> scheduler.v1.ListStacksRequest
-	42, // 82: scheduler.v1.SchedulerService.WatchEvents:input_type -> scheduler.v1.WatchEventsRequest
-	44, // 83: scheduler.v1.SchedulerService.GetEnvironmentHistory:input_type -> scheduler.v1.GetEnvironmentHistoryRequest
-	47, // 84: scheduler.v1.SchedulerService.BackupEnvironment:input_type -> scheduler.v1.BackupEnvironmentRequest
-	49, // 85: scheduler.v1.SchedulerService.ListBackups:input_type -> scheduler.v1.ListBackupsRequest
-	51, // 86: scheduler.v1.SchedulerService.RestoreEnvironment:input_type -> scheduler.v1.RestoreEnvironmentRequest
-	52, // 87: scheduler.v1.SchedulerService.ReloadConfiguration:input_type -> scheduler.v1.ReloadConfigurationRequest
-	54, // 88: scheduler.v1.SchedulerService.ListOperations:input_type -> scheduler.v1.ListOperationsRequest
-	23, // 89: scheduler.v1.SchedulerService.CreateEnvironment:output_type -> scheduler.v1.Environment
-	23, // 90: scheduler.v1.SchedulerService.GetEnvironment:output_type -> scheduler.v1.Environment
-	29, // 91: scheduler.v1.SchedulerService.UpdateEnvironment:output_type -> scheduler.v1.UpdateEnvironmentResponse
-	23, // 92: scheduler.v1.SchedulerService.DeleteEnvironment:output_type -> scheduler.v1.Environment
-	32, // 93: scheduler.v1.SchedulerService.ListEnvironments:output_type -> scheduler.v1.ListEnvironmentsResponse
-	34, // 94: scheduler.v1.SchedulerService.GetEnvironmentLogs:output_type -> scheduler.v1.LogLine
-	37, // 95: scheduler.v1.SchedulerService.GetEnvironmentMetrics:output_type -> scheduler.v1.EnvironmentMetrics
-	41, // 96: scheduler.v1.SchedulerService.ListStacks:output_type -> scheduler.v1.ListStacksResponse
-	43, // 97: scheduler.v1.SchedulerService.WatchEvents:output_type -> scheduler.v1.Event
-	46, // 98: scheduler.v1.SchedulerService.GetEnvironmentHistory:output_type -> scheduler.v1.GetEnvironmentHistoryResponse
-	48, // 99: scheduler.v1.SchedulerService.BackupEnvironment:output_type -> scheduler.v1.Backup
-	50, // 100: scheduler.v1.SchedulerService.ListBackups:output_type -> scheduler.v1.ListBackupsResponse
-	23, // 101: scheduler.v1.SchedulerService.RestoreEnvironment:output_type -> scheduler.v1.Environment
-	53, // 102: scheduler.v1.SchedulerService.ReloadConfiguration:output_type -> scheduler.v1.ReloadConfigurationResponse
-	57, // 103: scheduler.v1.SchedulerService.ListOperations:output_type -> scheduler.v1.ListOperationsResponse
-	89, // [89:104] is the sub-list for method output_type
-	74, // [74:89] is the sub-list for method input_type
-	74, // [74:74] is the sub-list for extension type_name
-	74, // [74:74] is the sub-list for extension extendee
-	0,  // [0:74] is the sub-list for field type_name
+	10, // 44: scheduler.v1.CloneEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
+	68, // 45: scheduler.v1.CloneEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10, // 46: scheduler.v1.UpdateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
+	66, // 47: scheduler.v1.UpdateEnvironmentRequest.drain:type_name -> google.protobuf.Duration
+	68, // 48: scheduler.v1.UpdateEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,  // 49: scheduler.v1.ServiceChange.action:type_name -> scheduler.v1.ChangeAction
+	23, // 50: scheduler.v1.UpdateEnvironmentResponse.environment:type_name -> scheduler.v1.Environment
+	29, // 51: scheduler.v1.UpdateEnvironmentResponse.plan:type_name -> scheduler.v1.ServiceChange
+	23, // 52: scheduler.v1.ListEnvironmentsResponse.environments:type_name -> scheduler.v1.Environment
+	67, // 53: scheduler.v1.GetEnvironmentLogsRequest.since_time:type_name -> google.protobuf.Timestamp
+	8,  // 54: scheduler.v1.GetEnvironmentLogsRequest.stream:type_name -> scheduler.v1.LogStream
+	8,  // 55: scheduler.v1.LogLine.stream:type_name -> scheduler.v1.LogStream
+	67, // 56: scheduler.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	66, // 57: scheduler.v1.GetEnvironmentMetricsRequest.window:type_name -> google.protobuf.Duration
+	67, // 58: scheduler.v1.ContainerMetrics.time:type_name -> google.protobuf.Timestamp
+	37, // 59: scheduler.v1.EnvironmentMetrics.containers:type_name -> scheduler.v1.ContainerMetrics
+	24, // 60: scheduler.v1.Stack.services:type_name -> scheduler.v1.ServiceDescription
+	40, // 61: scheduler.v1.Stack.parameters:type_name -> scheduler.v1.StackParameter
+	41, // 62: scheduler.v1.ListStacksResponse.stacks:type_name -> scheduler.v1.Stack
+	66, // 63: scheduler.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	9,  // 64: scheduler.v1.Event.type:type_name -> scheduler.v1.EventType
+	67, // 65: scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	67, // 66: scheduler.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
+	46, // 67: scheduler.v1.GetEnvironmentHistoryResponse.entries:type_name -> scheduler.v1.HistoryEntry
+	67, // 68: scheduler.v1.Backup.create_time:type_name -> google.protobuf.Timestamp
+	49, // 69: scheduler.v1.ListBackupsResponse.backups:type_name -> scheduler.v1.Backup
+	67, // 70: scheduler.v1.OperationStep.time:type_name -> google.protobuf.Timestamp
+	67, // 71: scheduler.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	67, // 72: scheduler.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	56, // 73: scheduler.v1.Operation.steps:type_name -> scheduler.v1.OperationStep
+	57, // 74: scheduler.v1.ListOperationsResponse.operations:type_name -> scheduler.v1.Operation
+	12, // 75: scheduler.v1.EnvironmentSpecification.ServicesEntry.value:type_name -> scheduler.v1.ContainerConfiguration
+	25, // 76: scheduler.v1.SchedulerService.CreateEnvironment:input_type -> scheduler.v1.CreateEnvironmentRequest
+	26, // 77: scheduler.v1.SchedulerService.CloneEnvironment:input_type -> scheduler.v1.CloneEnvironmentRequest
+	27, // 78: scheduler.v1.SchedulerService.GetEnvironment:input_type -> scheduler.v1.GetEnvironmentRequest
+	28, // 79: scheduler.v1.SchedulerService.UpdateEnvironment:input_type -> scheduler.v1.UpdateEnvironmentRequest
+	31, // 80: scheduler.v1.SchedulerService.DeleteEnvironment:input_type -> scheduler.v1.DeleteEnvironmentRequest
+	32, // 81: scheduler.v1.SchedulerService.ListEnvironments:input_type -> scheduler.v1.ListEnvironmentsRequest
+	34, // 82: scheduler.v1.SchedulerService.GetEnvironmentLogs:input_type -> scheduler.v1.GetEnvironmentLogsRequest
+	36, // 83: scheduler.v1.SchedulerService.GetEnvironmentMetrics:input_type -> scheduler.v1.GetEnvironmentMetricsRequest
+	39, // 84: scheduler.v1.SchedulerService.ListStacks:input_type -> scheduler.v1.ListStacksRequest
+	43, // 85: scheduler.v1.SchedulerService.WatchEvents:input_type -> scheduler.v1.WatchEventsRequest
+	45, // 86: scheduler.v1.SchedulerService.GetEnvironmentHistory:input_type -> scheduler.v1.GetEnvironmentHistoryRequest
+	48, // 87: scheduler.v1.SchedulerService.BackupEnvironment:input_type -> scheduler.v1.BackupEnvironmentRequest
+	50, // 88: scheduler.v1.SchedulerService.ListBackups:input_type -> scheduler.v1.ListBackupsRequest
+	52, // 89: scheduler.v1.SchedulerService.RestoreEnvironment:input_type -> scheduler.v1.RestoreEnvironmentRequest
+	53, // 90: scheduler.v1.SchedulerService.ReloadConfiguration:input_type -> scheduler.v1.ReloadConfigurationRequest
+	55, // 91: scheduler.v1.SchedulerService.ListOperations:input_type -> scheduler.v1.ListOperationsRequest
+	23, // 92: scheduler.v1.SchedulerService.CreateEnvironment:output_type -> scheduler.v1.Environment
+	23, // 93: scheduler.v1.SchedulerService.CloneEnvironment:output_type -> scheduler.v1.Environment
+	23, // 94: scheduler.v1.SchedulerService.GetEnvironment:output_type -> scheduler.v1.Environment
+	30, // 95: scheduler.v1.SchedulerService.UpdateEnvironment:output_type -> scheduler.v1.UpdateEnvironmentResponse
+	23, // 96: scheduler.v1.SchedulerService.DeleteEnvironment:output_type -> scheduler.v1.Environment
+	33, // 97: scheduler.v1.SchedulerService.ListEnvironments:output_type -> scheduler.v1.ListEnvironmentsResponse
+	35, // 98: scheduler.v1.SchedulerService.GetEnvironmentLogs:output_type -> scheduler.v1.LogLine
+	38, // 99: scheduler.v1.SchedulerService.GetEnvironmentMetrics:output_type -> scheduler.v1.EnvironmentMetrics
+	42, // 100: scheduler.v1.SchedulerService.ListStacks:output_type -> scheduler.v1.ListStacksResponse
+	44, // 101: scheduler.v1.SchedulerService.WatchEvents:output_type -> scheduler.v1.Event
+	47, // 102: scheduler.v1.SchedulerService.GetEnvironmentHistory:output_type -> scheduler.v1.GetEnvironmentHistoryResponse
+	49, // 103: scheduler.v1.SchedulerService.BackupEnvironment:output_type -> scheduler.v1.Backup
+	51, // 104: scheduler.v1.SchedulerService.ListBackups:output_type -> scheduler.v1.ListBackupsResponse
+	23, // 105: scheduler.v1.SchedulerService.RestoreEnvironment:output_type -> scheduler.v1.Environment
+	54, // 106: scheduler.v1.SchedulerService.ReloadConfiguration:output_type -> scheduler.v1.ReloadConfigurationResponse
+	58, // 107: scheduler.v1.SchedulerService.ListOperations:output_type -> scheduler.v1.ListOperationsResponse
+	92, // [92:108] is the sub-list for method output_type
+	76, // [76:92] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -5955,7 +6083,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[16].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentRequest); i {
+			switch v := v.(*CloneEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -5967,7 +6095,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[17].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateEnvironmentRequest); i {
+			switch v := v.(*GetEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -5979,7 +6107,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[18].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ServiceChange); i {
+			switch v := v.(*UpdateEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -5991,7 +6119,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[19].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateEnvironmentResponse); i {
+			switch v := v.(*ServiceChange); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6003,7 +6131,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[20].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteEnvironmentRequest); i {
+			switch v := v.(*UpdateEnvironmentResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6015,7 +6143,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[21].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListEnvironmentsRequest); i {
+			switch v := v.(*DeleteEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6027,7 +6155,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[22].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListEnvironmentsResponse); i {
+			switch v := v.(*ListEnvironmentsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6039,7 +6167,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[23].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentLogsRequest); i {
+			switch v := v.(*ListEnvironmentsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6051,7 +6179,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[24].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*LogLine); i {
+			switch v := v.(*GetEnvironmentLogsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6063,7 +6191,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[25].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentMetricsRequest); i {
+			switch v := v.(*LogLine); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6075,7 +6203,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[26].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ContainerMetrics); i {
+			switch v := v.(*GetEnvironmentMetricsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6087,7 +6215,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[27].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*EnvironmentMetrics); i {
+			switch v := v.(*ContainerMetrics); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6099,7 +6227,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[28].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListStacksRequest); i {
+			switch v := v.(*EnvironmentMetrics); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6111,7 +6239,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[29].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*StackParameter); i {
+			switch v := v.(*ListStacksRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6123,7 +6251,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[30].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Stack); i {
+			switch v := v.(*StackParameter); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6135,7 +6263,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[31].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListStacksResponse); i {
+			switch v := v.(*Stack); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6147,7 +6275,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[32].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*WatchEventsRequest); i {
+			switch v := v.(*ListStacksResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6159,7 +6287,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[33].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Event); i {
+			switch v := v.(*WatchEventsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6171,7 +6299,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[34].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentHistoryRequest); i {
+			switch v := v.(*Event); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6183,7 +6311,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[35].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*HistoryEntry); i {
+			switch v := v.(*GetEnvironmentHistoryRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6195,7 +6323,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[36].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentHistoryResponse); i {
+			switch v := v.(*HistoryEntry); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6207,7 +6335,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[37].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*BackupEnvironmentRequest); i {
+			switch v := v.(*GetEnvironmentHistoryResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6219,7 +6347,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[38].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Backup); i {
+			switch v := v.(*BackupEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6231,7 +6359,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[39].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListBackupsRequest); i {
+			switch v := v.(*Backup); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6243,7 +6371,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[40].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListBackupsResponse); i {
+			switch v := v.(*ListBackupsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6255,7 +6383,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[41].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*RestoreEnvironmentRequest); i {
+			switch v := v.(*ListBackupsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6267,7 +6395,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[42].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ReloadConfigurationRequest); i {
+			switch v := v.(*RestoreEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6279,7 +6407,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[43].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ReloadConfigurationResponse); i {
+			switch v := v.(*ReloadConfigurationRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6291,7 +6419,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[44].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListOperationsRequest); i {
+			switch v := v.(*ReloadConfigurationResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6303,7 +6431,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[45].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*OperationStep); i {
+			switch v := v.(*ListOperationsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6315,7 +6443,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[46].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Operation); i {
+			switch v := v.(*OperationStep); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6327,6 +6455,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[47].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*Operation); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_scheduler_v1_scheduler_proto_msgTypes[48].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*ListOperationsResponse); i {
 			case 0:
 				return &v.state
@@ -6338,7 +6478,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[52].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[53].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Exec); i {
 			case 0:
 				return &v.state
@@ -6350,7 +6490,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[53].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[54].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Http); i {
 			case 0:
 				return &v.state
@@ -6362,7 +6502,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[54].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[55].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Tcp); i {
 			case 0:
 				return &v.state
@@ -6383,14 +6523,14 @@ func file_scheduler_v1_scheduler_proto_init() {
 	}
 	file_scheduler_v1_scheduler_proto_msgTypes[8].OneofWrappers = []interface{}{}
 	file_scheduler_v1_scheduler_proto_msgTypes[10].OneofWrappers = []interface{}{}
-	file_scheduler_v1_scheduler_proto_msgTypes[32].OneofWrappers = []interface{}{}
+	file_scheduler_v1_scheduler_proto_msgTypes[33].OneofWrappers = []interface{}{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_scheduler_v1_scheduler_proto_rawDesc,
 			NumEnums:      10,
-			NumMessages:   55,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
