@@ -16,6 +16,8 @@ from google.protobuf.message import Message
 
 from scheduler import bounds, domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.cluster.node import Node
+from scheduler.cluster.node import Resources as NodeResources
 from scheduler.errors import FieldViolation, InvalidArgument
 from scheduler.stacks.stack import Stack
 
@@ -397,6 +399,7 @@ def environment_to_proto(env: domain.Environment) -> pb.Environment:
         ],
         conditions=[_condition_to_proto(c) for c in env.conditions],
         services=[service_to_proto(s) for s in env.spec.services],
+        node=env.node,
     )
     if env.request is not None:
         out.spec.CopyFrom(request_to_proto(env.request))
@@ -406,6 +409,33 @@ def environment_to_proto(env: domain.Environment) -> pb.Environment:
     _set_time(out.update_time, env.updated_at)
     _set_time(out.expire_time, domain.expire_time(env))
     return out
+
+
+def node_to_proto(node: Node) -> pb.Node:
+    """Convert a fleet node to its wire form."""
+    out = pb.Node(
+        name=node.name,
+        address=node.address,
+        capacity=_node_resources_to_proto(node.capacity),
+        allocated=_node_resources_to_proto(node.allocated),
+        labels=dict(node.labels),
+        network_pool=node.pool,
+        port_range_start=node.port_range[0],
+        port_range_end=node.port_range[1],
+        draining=node.draining,
+        leader=node.leader,
+    )
+    _set_time(out.start_time, node.started_at)
+    return out
+
+
+def _node_resources_to_proto(res: NodeResources) -> pb.NodeResources:
+    return pb.NodeResources(
+        cpu_millis=res.cpu_millis,
+        memory_bytes=res.memory_bytes,
+        published_ports=res.ports,
+        environments=res.environments,
+    )
 
 
 def _container_to_proto(c: domain.ContainerStatus) -> pb.ContainerStatus:
