@@ -32,6 +32,7 @@ VIEW = frozenset(
         "GetEnvironmentHistory",
         "ListOperations",
         "ListStacks",
+        "ListNodes",
     }
 )
 CHANGE = frozenset({"CreateEnvironment", "CloneEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
@@ -57,6 +58,8 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListNodes": "nodes.list",
+    "DrainNode": "nodes.drain",
 }
 
 

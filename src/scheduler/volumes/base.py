@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from scheduler.volumes.copy import CopyStats
+from scheduler.volumes.sync import SyncStats
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class VolumeStore(Protocol):
 
     def ensure(self, env: str, name: str) -> Path:
         """Create the volume if missing and return its directory; existing data is kept."""
+        ...
+
+    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+        """Create the volume as a copy of ``source`` (placed at ``subpath`` inside it) unless it has data.
+
+        Returns whether it seeded; a volume that exists and is not empty is left alone. The copy
+        appears whole or not at all.
+        """
         ...
 
     def remove(self, env: str, name: str) -> None:
@@ -64,7 +72,7 @@ class VolumeStore(Protocol):
         """A new empty private directory beside the volumes, for copies being made."""
         ...
 
-    def copy_into(self, env: str, name: str, target: Path, since: float | None = None) -> CopyStats:
+    def copy_into(self, env: str, name: str, target: Path, since: float | None = None) -> SyncStats:
         """Copy (or, with ``since``, bring up to date) volume ``name`` of ``env`` into ``target``."""
         ...
 

@@ -1,4 +1,4 @@
-"""The two-pass tree copy behind clones: a full pass, then only what changed since, block by block."""
+"""The two-pass live tree copy behind clones: a full pass, then only what changed since, block by block."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from scheduler import errors
-from scheduler.volumes.copy import BLOCK, sync_tree
 from scheduler.volumes.host import HostVolumeStore
+from scheduler.volumes.sync import BLOCK, sync_tree
 
 
 def _tree(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
