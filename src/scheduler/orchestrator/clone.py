@@ -216,8 +216,9 @@ async def set_cloned_password(
     deadline = time.monotonic() + PASSWORD_TIMEOUT.total_seconds()
     while True:
         result = await runtime.exec(container_ids[0], [*argv, "-f", inside], timeout=PASSWORD_TIMEOUT)
-        # The server listens while it still replays the copied WAL, refusing connections meanwhile.
-        if result.exit_code == 0 or "starting up" not in result.output or time.monotonic() > deadline:
+        # The server listens while it still replays the copied WAL, refusing connections meanwhile
+        # ("starting up", "not yet accepting connections"): retry until it accepts or time is up.
+        if result.exit_code == 0 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     if result.exit_code != 0:
