@@ -35,7 +35,7 @@ from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
-from scheduler.orchestrator.templates import TemplateSettings, Templates
+from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd

@@ -20,6 +20,7 @@ from scheduler.domain import (
     BackupInfo,
     ChangeAction,
     ContainerSample,
+    DataTemplate,
     Environment,
     EnvironmentFilter,
     EnvironmentRequest,
@@ -298,6 +299,10 @@ class EnvironmentService:
         if self._timeline is None:
             raise errors.Unimplemented("this daemon keeps no operation timelines")
         return await self._timeline.of(name)
+
+    async def templates(self) -> builtins.list[DataTemplate]:
+        """The data-directory templates on the host, oldest first."""
+        return await self._orchestrator.templates()
 
     # --- backup and restore -------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from tests.support.images import POSTGRES
 pytestmark = pytest.mark.integration
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
-PASSWORDS = {"tpl-a": "alpha-Pw'1\\x", "tpl-b": "bravo-Pw\"2"}
+PASSWORDS = {"tpl-a": "alpha-Pw'1\\x", "tpl-b": 'bravo-Pw"2'}
 INIT_SQL = "CREATE TABLE notes (body text);\nINSERT INTO notes VALUES ('from init script');\n"
 
 

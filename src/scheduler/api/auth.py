@@ -56,6 +56,7 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListTemplates": "templates.list",
 }
 
 

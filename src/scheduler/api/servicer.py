@@ -172,6 +172,11 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         records = await self._service.operations(request.name)
         return pb.ListOperationsResponse(operations=[convert.operation_to_proto(r) for r in records])
 
+    async def ListTemplates(self, request: pb.ListTemplatesRequest, context: Context) -> pb.ListTemplatesResponse:
+        return pb.ListTemplatesResponse(
+            templates=[convert.template_to_proto(t) for t in await self._service.templates()]
+        )
+
     async def ReloadConfiguration(
         self, request: pb.ReloadConfigurationRequest, context: Context
     ) -> pb.ReloadConfigurationResponse:

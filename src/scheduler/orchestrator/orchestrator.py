@@ -59,6 +59,7 @@ class Orchestrator:
         self._deploy = Deploy(*parts, templates=templates)
         self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
         self._teardown = Teardown(*parts, templates=templates)
+        self._templates = templates
         self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
 
     async def start(self) -> None:
@@ -85,6 +86,10 @@ class Orchestrator:
     async def sample_metrics(self, env: Environment, window: timedelta) -> list[domain.ContainerSample]:
         """Sample the environment's running containers twice, ``window`` apart, for CPU rates."""
         return await sample_metrics(self._runtime, env, window)
+
+    async def templates(self) -> list[domain.DataTemplate]:
+        """The data-directory templates on the host (none when templates are not in use)."""
+        return [] if self._templates is None else await self._templates.list()
 
     def submit_deploy(self, name: str) -> None:
         """Deploy ``name`` in the background."""

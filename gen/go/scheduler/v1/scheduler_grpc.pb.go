@@ -67,6 +67,11 @@ type SchedulerServiceClient interface {
 	// first: every step (image pull, container create and start, each health probe, traffic
 	// moved, removal) with its time, so that a slow or failed operation can be explained.
 	ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error)
+	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// Each names the environments seeded from it that still exist; unused ones are collected.
+	// Admin only.
+	ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -258,6 +263,15 @@ func (c *schedulerServiceClient) ListOperations(ctx context.Context, in *ListOpe
 	return out, nil
 }
 
+func (c *schedulerServiceClient) ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error) {
+	out := new(ListTemplatesResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListTemplates", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -312,6 +326,11 @@ type SchedulerServiceServer interface {
 	// first: every step (image pull, container create and start, each health probe, traffic
 	// moved, removal) with its time, so that a slow or failed operation can be explained.
 	ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error)
+	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// Each names the environments seeded from it that still exist; unused ones are collected.
+	// Admin only.
+	ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -363,6 +382,9 @@ func (UnimplementedSchedulerServiceServer) ReloadConfiguration(context.Context, 
 }
 func (UnimplementedSchedulerServiceServer) ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListOperations not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListTemplates not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -653,6 +675,24 @@ func _SchedulerService_ListOperations_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_ListTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTemplatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListTemplates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ListTemplates",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListTemplates(ctx, req.(*ListTemplatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -708,6 +748,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOperations",
 			Handler:    _SchedulerService_ListOperations_Handler,
+		},
+		{
+			MethodName: "ListTemplates",
+			Handler:    _SchedulerService_ListTemplates_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
