@@ -32,6 +32,7 @@ VIEW = frozenset(
         "GetEnvironmentHistory",
         "ListOperations",
         "ListStacks",
+        "ListNodes",
     }
 )
 CHANGE = frozenset({"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
@@ -57,6 +58,8 @@ PERMISSIONS = {
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
     "ListTemplates": "templates.list",
+    "ListNodes": "nodes.list",
+    "DrainNode": "nodes.drain",
 }
 
 

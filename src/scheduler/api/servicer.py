@@ -177,6 +177,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             templates=[convert.template_to_proto(t) for t in await self._service.templates()]
         )
 
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[convert.node_to_proto(n) for n in await self._service.nodes()])
+
+    async def DrainNode(self, request: pb.DrainNodeRequest, context: Context) -> pb.Node:
+        return convert.node_to_proto(await self._service.drain_node(request.node))
+
     async def ReloadConfiguration(
         self, request: pb.ReloadConfigurationRequest, context: Context
     ) -> pb.ReloadConfigurationResponse:
