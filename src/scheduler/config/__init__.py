@@ -25,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from scheduler.config.cluster import ClusterSettings, EtcdSettings, EtcdTlsSettings, NodeSettings
 from scheduler.config.options import (
     REDACTED,
     CommandPath,
@@ -36,7 +37,6 @@ from scheduler.config.options import (
     _Section,
     redacted,
 )
-from scheduler.config.cluster import ClusterSettings, EtcdSettings, EtcdTlsSettings, NodeSettings
 from scheduler.config.server import ROLES, AuthSettings, RoleBinding, ServerSettings, TlsSettings, TokenSettings
 from scheduler.domain import ALL_CAPABILITIES, capability_name
 from scheduler.errors import InvalidArgument
@@ -46,9 +46,13 @@ __all__ = [
     "REDACTED",
     "ROLES",
     "AuthSettings",
+    "ClusterSettings",
     "CommandPath",
     "ConfigPath",
     "DirPath",
+    "EtcdSettings",
+    "EtcdTlsSettings",
+    "NodeSettings",
     "RoleBinding",
     "SecretStr",
     "ServerSettings",
