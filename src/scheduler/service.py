@@ -87,6 +87,9 @@ class EnvironmentService:
         self._limits = limits
         self._closing = asyncio.Event()
         self._create_lock = asyncio.Lock()
+        self._shown: dict[str, tuple[Environment, Environment]] = {}
+        """Per name: the ledger's current object and its redacted copy (see :meth:`_shown_of`)."""
+        ledger.watch(self._forget_shown)
 
     def begin_shutdown(self) -> None:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
@@ -157,7 +160,7 @@ class EnvironmentService:
     async def get(self, name: str) -> Environment:
         """Return one environment, secrets redacted."""
         _check_name(name)
-        return self._redact(await self._ledger.get(name))
+        return self._shown_of(await self._ledger.get(name))
 
     async def list(
         self, *, page_size: int = 0, page_token: str = "", where: EnvironmentFilter | None = None
@@ -180,7 +183,7 @@ class EnvironmentService:
             found += [e for e in envs if _matches(e, where)]
             if not token:
                 break
-        return [self._redact(e) for e in found], token
+        return [self._shown_of(e) for e in found], token
 
     async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "", etag: str = "") -> Environment:
         """Mark an environment DELETING and remove it in the background (if ``etag`` still matches)."""
@@ -450,6 +453,25 @@ class EnvironmentService:
             return spec
 
         return await asyncio.to_thread(work)
+
+    def _shown_of(self, env: Environment) -> Environment:
+        """The redacted copy of the ledger's current ``env``, made once per stored state.
+
+        The ledger replaces an environment's object on every change and never mutates one, so a
+        copy made from this very object is still right; any other object (a newer revision)
+        is redacted afresh. The same redacted object is returned each time, so the API can
+        reuse what it built from it.
+        """
+        shown = self._shown.get(env.name)
+        if shown is not None and shown[0] is env:
+            return shown[1]
+        redacted = self._redact(env)
+        self._shown[env.name] = (env, redacted)
+        return redacted
+
+    def _forget_shown(self, before: Environment | None, after: Environment | None) -> None:
+        if after is None and before is not None:
+            self._shown.pop(before.name, None)
 
     def _redact(self, env: Environment) -> Environment:
         services = tuple(_redact_service(s) for s in env.spec.services)
