@@ -33,6 +33,7 @@ VIEW = frozenset(
         "GetEnvironmentHistory",
         "ListOperations",
         "ListStacks",
+        "ListNodes",
     }
 )
 CHANGE = frozenset({"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
@@ -57,6 +58,8 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListNodes": "nodes.list",
+    "DrainNode": "nodes.drain",
 }
 
 
