@@ -40,6 +40,7 @@ from scheduler.orchestrator.plan import plan
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.service.observation import Observation
 from scheduler.service.views import (
+    Shown,
     check_etag,
     check_name,
     matches,
@@ -89,6 +90,8 @@ class EnvironmentService(Observation):
         self._limits = limits
         self._closing = asyncio.Event()
         self._create_lock = asyncio.Lock()
+        self._shown = Shown(catalog)
+        ledger.watch(self._shown.forget)
 
     def begin_shutdown(self) -> None:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
@@ -159,7 +162,7 @@ class EnvironmentService(Observation):
     async def get(self, name: str) -> Environment:
         """Return one environment, secrets redacted."""
         check_name(name)
-        return self._redact(await self._ledger.get(name))
+        return self._shown.of(await self._ledger.get(name))
 
     async def list(
         self, *, page_size: int = 0, page_token: str = "", where: EnvironmentFilter | None = None
@@ -182,7 +185,7 @@ class EnvironmentService(Observation):
             found += [e for e in envs if matches(e, where)]
             if not token:
                 break
-        return [self._redact(e) for e in found], token
+        return [self._shown.of(e) for e in found], token
 
     async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "", etag: str = "") -> Environment:
         """Mark an environment DELETING and remove it in the background (if ``etag`` still matches)."""

@@ -97,3 +97,31 @@ def redact(env: Environment, catalog: Catalog) -> Environment:
             },
         )
     return replace(env, spec=replace(env.spec, services=services), request=request)
+
+
+class Shown:
+    """Redacted copies of the ledger's current environments, each made once per stored state.
+
+    The ledger replaces an environment's object on every change and never mutates one, so a
+    copy made from this very object is still right; any other object (a newer revision) is
+    redacted afresh. The same redacted object is returned each time, so the API can reuse
+    what it built from it. One entry per environment, dropped when it is removed.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._items: dict[str, tuple[Environment, Environment]] = {}
+
+    def of(self, env: Environment) -> Environment:
+        """The redacted copy of ``env``, the ledger's current object for its name."""
+        held = self._items.get(env.name)
+        if held is not None and held[0] is env:
+            return held[1]
+        redacted = redact(env, self._catalog)
+        self._items[env.name] = (env, redacted)
+        return redacted
+
+    def forget(self, before: Environment | None, after: Environment | None) -> None:
+        """A ledger watcher: drop the copy of a removed environment."""
+        if after is None and before is not None:
+            self._items.pop(before.name, None)
