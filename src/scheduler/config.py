@@ -404,6 +404,52 @@ class BackupSettings(BackupPolicy):
         return self.environments.get(name) or BackupPolicy(every=self.every, keep=self.keep)
 
 
+class EtcdTlsSettings(_Section):
+    """TLS towards the etcd members; all empty speaks plaintext (or TLS for ``https://`` endpoints)."""
+
+    ca_file: ConfigPath = ""
+    """PEM bundle of the CA that signed the members' certificates."""
+    cert_file: ConfigPath = ""
+    """PEM client certificate, for members that require one (set with key_file)."""
+    key_file: ConfigPath = ""
+
+    @model_validator(mode="after")
+    def _pair(self) -> EtcdTlsSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("set both cert_file and key_file, or neither")
+        return self
+
+
+class EtcdSettings(_Section):
+    """The etcd cluster that fleet mode keeps its state in; no endpoints keeps state in SQLite."""
+
+    endpoints: list[str] = []
+    """Client URLs of the members (``http://10.0.0.1:2379``); calls fail over between them."""
+    prefix: str = Field(default="/scheduler/", pattern=r"^/[^\s]*/$")
+    """Key prefix of everything this scheduler fleet stores (several fleets may share a cluster)."""
+    dial_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Seconds one attempt at one member may take before the next member is tried."""
+    retry_deadline: float = Field(default=15.0, gt=0, le=3600)
+    """Seconds a call keeps failing over between members (an election takes a few)."""
+    tls: EtcdTlsSettings = EtcdTlsSettings()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_are_urls(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            rest = endpoint.split("://", 1)[1] if "://" in endpoint else endpoint
+            if endpoint.split("://", 1)[0] not in ("http", "https") and "://" in endpoint:
+                raise ValueError(f"{endpoint!r}: an etcd endpoint is http://HOST:PORT or https://HOST:PORT")
+            _check_host_port(rest.rstrip("/"))
+        return value
+
+
+class ClusterSettings(_Section):
+    """Fleet mode: several schedulers sharing their state through etcd."""
+
+    etcd: EtcdSettings = EtcdSettings()
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told; defaults work out of the box."""
 
@@ -428,6 +474,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _network_listener_is_protected(self) -> Settings:
