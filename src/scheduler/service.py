@@ -15,6 +15,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from scheduler import bounds, errors, log, quotas
+from scheduler.cluster.base import Fleet
+from scheduler.cluster.node import Node
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     BackupInfo,
@@ -77,7 +79,9 @@ class EnvironmentService:
         limits: LimitSettings,
         backups: Backups | None = None,
         timeline: Timeline | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
+        self._fleet = fleet
         self._backups = backups
         self._timeline = timeline
         self._ledger = ledger
@@ -427,6 +431,29 @@ class EnvironmentService:
         page = after[:size]
         token = encode_page_token(PageKey(0, page[-1].name)) if len(after) > size else ""
         return page, token
+
+    async def nodes(self) -> builtins.list[Node]:
+        """The live nodes of the fleet (this daemon alone when it runs without one)."""
+        return await self._nodes().nodes()
+
+    async def drain_node(self, name: str) -> Node:
+        """Stop placing on node ``name`` and move its environments away.
+
+        Raises:
+            InvalidArgument: ``node`` is empty.
+            NotFound: no live node has that name.
+            FailedPrecondition: the daemon runs alone.
+        """
+        if not name:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("node", "is required: the name of the node to drain")]
+            )
+        return await self._nodes().drain(name)
+
+    def _nodes(self) -> Fleet:
+        if self._fleet is None:
+            raise errors.Unimplemented("this daemon was built without a node registry")
+        return self._fleet
 
     # --- helpers ---------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ VIEW = frozenset(
         "GetEnvironmentHistory",
         "ListOperations",
         "ListStacks",
+        "ListNodes",
     }
 )
 CHANGE = frozenset({"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
@@ -56,6 +57,8 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListNodes": "nodes.list",
+    "DrainNode": "nodes.drain",
 }
 
 

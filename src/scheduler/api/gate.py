@@ -131,7 +131,7 @@ class Gate:
                 raise _denied(admission.principal, grant, method, request.name)
             return
         target = getattr(request, "name", "")
-        if method in ("ListEnvironments", "ListStacks") or (method == "WatchEvents" and not target):
+        if method in ("ListEnvironments", "ListStacks", "ListNodes") or (method == "WatchEvents" and not target):
             return  # filtered on the way out
         labels = await self._labels_of(target) if target else None
         if labels is None:

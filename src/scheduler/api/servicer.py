@@ -172,6 +172,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         records = await self._service.operations(request.name)
         return pb.ListOperationsResponse(operations=[convert.operation_to_proto(r) for r in records])
 
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[convert.node_to_proto(n) for n in await self._service.nodes()])
+
+    async def DrainNode(self, request: pb.DrainNodeRequest, context: Context) -> pb.Node:
+        return convert.node_to_proto(await self._service.drain_node(request.node))
+
     async def ReloadConfiguration(
         self, request: pb.ReloadConfigurationRequest, context: Context
     ) -> pb.ReloadConfigurationResponse:
