@@ -24,7 +24,8 @@ ALL_RELATIVE = {
     "images": {"preload": ["images/a.tar", "b.tar"]},
     "network": {"cni_bin_dir": "cni"},
     "cluster": {
-        "etcd": {"tls": {"ca_file": "tls/etcd-ca.pem", "cert_file": "tls/etcd.pem", "key_file": "tls/etcd.key"}}
+        "etcd": {"tls": {"ca_file": "etcd/ca.pem", "cert_file": "etcd/c.pem", "key_file": "etcd/c.key"}},
+        "backup_dir": "shared/backups",
     },
 }
 
@@ -229,17 +230,3 @@ def test_a_backup_policy_per_environment_replaces_the_default() -> None:
     assert (settings.policy("prod").every, settings.policy("prod").keep) == (60, 100)
     assert (settings.policy("other").every, settings.policy("other").keep) == (3600, 3)
     assert is_live("backups.environments")
-
-
-def test_etcd_endpoints_must_be_urls_or_host_port_and_tls_comes_in_pairs() -> None:
-    from pydantic import ValidationError
-
-    settings = Settings(cluster={"etcd": {"endpoints": ["http://10.0.0.1:2379", "10.0.0.2:2379"]}})
-    assert settings.cluster.etcd.endpoints == ["http://10.0.0.1:2379", "10.0.0.2:2379"]
-    assert Settings().cluster.etcd.endpoints == []
-    with pytest.raises(ValidationError, match="etcd endpoint"):
-        Settings(cluster={"etcd": {"endpoints": ["ftp://10.0.0.1:2379"]}})
-    with pytest.raises(ValidationError, match="HOST:PORT"):
-        Settings(cluster={"etcd": {"endpoints": ["http://10.0.0.1"]}})
-    with pytest.raises(ValidationError, match="cert_file and key_file"):
-        Settings(cluster={"etcd": {"tls": {"cert_file": "/x.pem"}}})
