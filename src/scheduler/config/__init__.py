@@ -25,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from scheduler.config.cluster import ClusterSettings, EtcdSettings, EtcdTlsSettings, NodeSettings
 from scheduler.config.options import (
     REDACTED,
     CommandPath,
@@ -45,9 +46,13 @@ __all__ = [
     "REDACTED",
     "ROLES",
     "AuthSettings",
+    "ClusterSettings",
     "CommandPath",
     "ConfigPath",
     "DirPath",
+    "EtcdSettings",
+    "EtcdTlsSettings",
+    "NodeSettings",
     "RoleBinding",
     "SecretStr",
     "ServerSettings",
@@ -240,6 +245,17 @@ class MetricsSettings(_Section):
         return _check_host_port(value) if value else value
 
 
+class TemplateSettings(_Section):
+    """PostgreSQL data-directory templates: initdb once per image digest and parameters, a copy per environment."""
+
+    enabled: bool = True
+    """New PostgreSQL volumes start as a copy of their template; false runs initdb in every environment."""
+    unused_after: float = Field(default=86400, ge=0)
+    """Seconds after its last use that a template no existing environment came from is removed."""
+    gc_interval: float = Field(default=600, ge=1)
+    """Seconds between two collections of unused templates (and of templates whose image is gone)."""
+
+
 class BackupPolicy(_Section):
     """How often an environment is archived, and how many archives are kept."""
 
@@ -258,45 +274,6 @@ class BackupSettings(BackupPolicy):
     def policy(self, name: str) -> BackupPolicy:
         """The policy that applies to environment ``name``."""
         return self.environments.get(name) or BackupPolicy(every=self.every, keep=self.keep)
-
-
-class NodeSettings(_Section):
-    """This daemon as a node of a fleet: how it is named, reached and what it offers."""
-
-    name: str = Field(default="", pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")
-    """Unique name in the fleet; empty means the host name."""
-    advertise: str = ""
-    """API address (``HOST:PORT``) other nodes and clients use for it; empty means ``server.listen``."""
-    labels: dict[str, str] = {}
-    """Labels environments may select on, e.g. ``{node.disk: ssd}``."""
-    cpu_millis: int = Field(default=0, ge=0)
-    """CPU offered to environments, in thousandths of a core; 0 means every core of the host."""
-    memory_bytes: int = Field(default=0, ge=0)
-    """Memory offered to environments; 0 means the host's physical memory."""
-
-    @field_validator("advertise")
-    @classmethod
-    def _advertise_is_host_port(cls, value: str) -> str:
-        return _check_host_port(value) if value else value
-
-
-class ClusterSettings(_Section):
-    """A fleet of daemons sharing one etcd cluster; without ``etcd`` the daemon runs alone."""
-
-    etcd: list[str] = []
-    """etcd client endpoints (``HOST:PORT``); empty (the default) keeps the single-host mode."""
-    node: NodeSettings = NodeSettings()
-    lease_ttl: float = Field(default=10.0, ge=2, le=300)
-    """Seconds a node stays listed after its last keepalive (its daemon, host or link died)."""
-    failover_grace: float = Field(default=20.0, ge=0, le=3600)
-    """Seconds after a node's lease lapsed before its environments are placed elsewhere."""
-    placement: Literal["spread", "pack"] = "spread"
-    """Among nodes with room: the least loaded (spread) or the most loaded (pack)."""
-
-    @field_validator("etcd")
-    @classmethod
-    def _endpoints_are_host_port(cls, value: list[str]) -> list[str]:
-        return [_check_host_port(v) for v in value]
 
 
 class Settings(BaseSettings):
@@ -323,6 +300,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
+    templates: TemplateSettings = TemplateSettings()
     cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")

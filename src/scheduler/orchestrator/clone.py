@@ -10,37 +10,34 @@ WAL to the last committed transaction; a CHECKPOINT through exec just before the
 that replay short. Containers that mount no volume keep running throughout.
 
 Credentials: a clone resolves its own specification, so a generated PostgreSQL password is new.
-The copied data directory still holds the source's, so the copy carries a script that the
-clone's deploy runs through exec once the server is up, before any dependent service starts:
-it sets the role's password from the container's own ``POSTGRES_PASSWORD``. The script holds no
-secret, and it stays in the volume until it succeeded, so a deploy resumed after a restart of the
-daemon still runs it.
+The copied data directory still holds the source's, so the copy carries a marker
+(``pgscripts.CLONE_MARKER``) and the clone's PostgreSQL container starts through
+``pgscripts.CLONE_PASSWORD``: in single-user mode, before the server listens, it replays the
+copied WAL and sets the role's password from the container's own ``POSTGRES_PASSWORD``. The
+marker holds no secret and stays until that succeeded, so a failed first start tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from scheduler import errors, log
+from scheduler import domain, errors, log
 from scheduler.domain import ContainerState, Environment, EnvironmentSpec, EnvironmentStatus, ServiceSpec
+from scheduler.orchestrator import pgscripts
 from scheduler.orchestrator.backup import database_mount
+from scheduler.orchestrator.templates import wrapped
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.volumes.base import VolumeStore
 
 _log = log.get("clone")
 
-PASSWORD_SCRIPT = ".scheduler-clone-password.sql"
-"""In a cloned database volume: sets the role's password at the clone's first start."""
-_PASSWORD_SQL = """\\getenv scheduler_user POSTGRES_USER
-\\getenv scheduler_password POSTGRES_PASSWORD
-ALTER ROLE :"scheduler_user" PASSWORD :'scheduler_password';
-"""
 CHECKPOINT_TIMEOUT = timedelta(minutes=5)
-PASSWORD_TIMEOUT = timedelta(minutes=1)
+FREEZE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -120,19 +117,32 @@ class Cloner:
         started = time.monotonic()
         try:
             for container_id in containers:
-                try:
-                    await self._runtime.pause(container_id)
-                except errors.NotFound as err:
-                    raise errors.FailedPrecondition(
-                        f"container {container_id} of {env!r} stopped while it was being copied; retry",
-                        env=env,
-                    ) from err
+                await self._freeze(env, container_id)
                 frozen.append(container_id)
             for name in volumes:
                 await asyncio.to_thread(self._volumes.copy_into, env, name, staging / name, since)
         finally:
             await asyncio.shield(self._thaw(frozen))
         return time.monotonic() - started
+
+    async def _freeze(self, env: str, container_id: str) -> None:
+        """Pause one container; runc gives up (and thaws) when a process stays in uninterruptible I/O."""
+        for attempt in range(1, FREEZE_ATTEMPTS + 1):
+            try:
+                await self._runtime.pause(container_id)
+                return
+            except errors.NotFound as err:
+                raise errors.FailedPrecondition(
+                    f"container {container_id} of {env!r} stopped while it was being copied; retry", env=env
+                ) from err
+            except errors.Internal as err:
+                if attempt == FREEZE_ATTEMPTS:
+                    raise errors.Unavailable(
+                        f"container {container_id} of {env!r} could not be frozen for the copy ({err.message}); retry",
+                        env=env,
+                    ) from err
+                _log.info("clone.freeze_retry", env=env, container=container_id, error=err.message)
+                await asyncio.sleep(0.1 * attempt)
 
     async def _thaw(self, containers: list[str]) -> None:
         for container_id in containers:
@@ -176,8 +186,8 @@ class Cloner:
             if mount is None or mount.name not in snapshot.volumes or before is None:
                 continue
             if service.env.get("POSTGRES_PASSWORD") != before.env.get("POSTGRES_PASSWORD"):
-                script = snapshot.staging / mount.name / PASSWORD_SCRIPT
-                await asyncio.to_thread(script.write_text, _PASSWORD_SQL)
+                marker = snapshot.staging / mount.name / _pgdata_within(service, mount) / pgscripts.CLONE_MARKER
+                await asyncio.to_thread(marker.write_bytes, b"")
         placed: list[str] = []
         try:
             for volume in snapshot.volumes:
@@ -196,37 +206,18 @@ class Cloner:
         await asyncio.to_thread(self._volumes.discard, snapshot.staging)
 
 
-async def set_cloned_password(
-    runtime: ContainerRuntime, volumes: VolumeStore, env: str, service: ServiceSpec, container_ids: list[str]
-) -> bool:
-    """Run the password script a clone's database volume carries, if it does; True if it ran.
-
-    Raises:
-        FailedPrecondition: the script failed (it stays, so a retried deploy runs it again).
-    """
+async def first_start(volumes: VolumeStore, env: str, service: ServiceSpec, image: domain.Image) -> ServiceSpec:
+    """``service`` wrapped to set its own database password first, when its volume is a fresh clone."""
     mount = database_mount(service)
-    if mount is None or not container_ids:
-        return False
-    script = volumes.path(env, mount.name) / PASSWORD_SCRIPT
-    if not await asyncio.to_thread(script.exists):
-        return False
-    user = service.env["POSTGRES_USER"]
-    inside = f"{mount.path.rstrip('/')}/{PASSWORD_SCRIPT}"
-    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", service.env.get("POSTGRES_DB", user)]
-    deadline = time.monotonic() + PASSWORD_TIMEOUT.total_seconds()
-    while True:
-        result = await runtime.exec(container_ids[0], [*argv, "-f", inside], timeout=PASSWORD_TIMEOUT)
-        # The server listens while it still replays the copied WAL, refusing connections meanwhile
-        # ("starting up", "not yet accepting connections"): retry until it accepts or time is up.
-        if result.exit_code == 0 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    if result.exit_code != 0:
-        raise errors.FailedPrecondition(
-            f"service {service.name}: setting the clone's own database password failed "
-            f"({result.exit_code}): {result.output.strip()[-300:]}",
-            env=env,
-            service=service.name,
-        )
-    await asyncio.to_thread(script.unlink, True)
-    return True
+    if mount is None:
+        return service
+    marker = volumes.path(env, mount.name) / _pgdata_within(service, mount) / pgscripts.CLONE_MARKER
+    if not await asyncio.to_thread(marker.is_file):
+        return service
+    return wrapped(service, image.config, pgscripts.CLONE_PASSWORD)
+
+
+def _pgdata_within(service: ServiceSpec, mount: domain.VolumeMount) -> str:
+    """Where PGDATA lies inside its volume ("." when it is the volume itself)."""
+    data = service.env.get("PGDATA", "/var/lib/postgresql/data").rstrip("/")
+    return os.path.relpath(data, mount.path.rstrip("/") or "/")

@@ -24,7 +24,6 @@ from scheduler.domain import (
     HealthCheckKind,
     ServiceSpec,
 )
-from scheduler.orchestrator.clone import set_cloned_password
 from scheduler.orchestrator.status import now
 from scheduler.orchestrator.steps import DeployFailure, Steps
 
@@ -160,11 +159,6 @@ class Deploy(Steps):
         ids_ips = list(replicas)
         if service.health.kind is not HealthCheckKind.NONE:
             await asyncio.gather(*(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips))
-        try:
-            # A clone's database still has its source's password: set its own before anyone connects.
-            await set_cloned_password(self._runtime, self._volumes, env.name, service, [c for c, _, _ in ids_ips])
-        except errors.SchedulerError as err:
-            raise DeployFailure(service.name, "ClonePasswordFailed", err.message) from err
         await self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips])
         self._observer.step(env.name, "traffic", service.name, "to " + ", ".join(ip for _, ip, _ in ids_ips))
         mine.healthy.set()
