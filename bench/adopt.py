@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import TOOLBOX, build
 
 IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
@@ -127,7 +128,10 @@ def main() -> None:
                         raise SystemExit("environments were not deleted")
                     time.sleep(0.2)
         finally:
+            daemon.delete_all_environments()
             daemon.stop()
+            daemon.cleanup()
+        leftovers.report([daemon_instance(daemon)], [tmp])
 
 
 if __name__ == "__main__":

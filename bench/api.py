@@ -36,8 +36,9 @@ from typing import Any
 
 import grpc
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
-from tests.support.daemon import start_daemon
+from tests.support.daemon import daemon_instance, start_daemon
 from tests.support.images import build
 
 SERVICE = "/scheduler.v1.SchedulerService/"
@@ -275,6 +276,8 @@ def main() -> None:
             echo.wait(timeout=10)
             daemon.delete_all_environments(timeout=60 + args.envs)
             daemon.stop()
+            daemon.cleanup()
+        report["leftovers"] = leftovers.report([daemon_instance(daemon)], [tmp])
     print(json.dumps(report, indent=2))
 
 

@@ -21,6 +21,7 @@ from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.expiry import Expiry
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
+from scheduler.orchestrator.admission import Admission, cpu_limit
 from scheduler.orchestrator.queue import OperationQueue
 from scheduler.orchestrator.rollout import Rollout
 from scheduler.orchestrator.sampling import sample_metrics
@@ -53,7 +54,8 @@ class Orchestrator:
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
-        self._queue = OperationQueue(ledger, observer)
+        admission = Admission(cpu_limit(settings.deploy_concurrency), settings.admission_hold)
+        self._queue = OperationQueue(ledger, observer, admission)
         self._deploy = Deploy(*parts)
         self._rollout = Rollout(*parts, redeploy=self._deploy.run)
         self._teardown = Teardown(*parts)
