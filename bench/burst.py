@@ -67,7 +67,11 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
         if len(running) < count:
             raise SystemExit(f"only {len(running)} of {count} environments RUNNING within {timeout:g}s")
         deleting = time.monotonic()
-        daemon.delete_all_environments(timeout=timeout)
+        try:
+            daemon.delete_all_environments(timeout=timeout)
+        except AssertionError as err:
+            print(f"  not every environment was deleted: {err}", flush=True)
+            return sorted(running.values()), float("nan")
         deleted = time.monotonic() - deleting
     return sorted(running.values()), deleted
 
@@ -81,7 +85,6 @@ def one_run(tmp: Path, archive: Path, count: int, concurrency: int, timeout: flo
     try:
         times, deleted = burst(daemon, count, timeout)
     finally:
-        daemon.delete_all_environments(timeout=timeout)
         daemon.stop()
         daemon.cleanup()
     return times, deleted, leftovers.report([daemon_instance(daemon)], [tmp])
