@@ -128,10 +128,24 @@ RPCS: dict[str, Rpc] = {
         {"name": "demo"},
         (("INVALID_ARGUMENT", "an empty or malformed name"),),
     ),
+    "ListTemplates": Rpc(
+        {},
+        (("PERMISSION_DENIED", "the caller is not an admin"),),
+    ),
     "ReloadConfiguration": Rpc(
         {},
         (
             ("FAILED_PRECONDITION", "the configuration file does not validate; nothing changed"),
+            ("PERMISSION_DENIED", "the caller is not an admin"),
+        ),
+    ),
+    "ListNodes": Rpc({}, (("UNAVAILABLE", "etcd cannot be reached (in a fleet)"),)),
+    "DrainNode": Rpc(
+        {"node": "node-2"},
+        (
+            ("INVALID_ARGUMENT", "an empty node name"),
+            ("NOT_FOUND", "no live node has that name"),
+            ("FAILED_PRECONDITION", "the daemon runs alone (no cluster.etcd)"),
             ("PERMISSION_DENIED", "the caller is not an admin"),
         ),
     ),

@@ -2,7 +2,7 @@
 
 The library (:class:`SchedulerClient`) speaks only the wire protocol (the generated stubs), so it
 works against any daemon it can reach and never loads the daemon's own layers. The CLI
-(``scheduler stacks|env|events``) is a thin layer of printing over it.
+(``scheduler stacks|env|events|node``) is a thin layer of printing over it.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ __all__ = [
 
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
-    from scheduler.client.commands import config_reload, env, events, stacks
+    from scheduler.client.commands import config_reload, env, events, node, stacks, templates
 
     group.add_command(stacks)
+    group.add_command(node)
     group.add_command(env)
     group.add_command(events)
+    group.add_command(templates)
     config = group.commands.get("config")
     if isinstance(config, click.Group):
         config.add_command(config_reload, "reload")

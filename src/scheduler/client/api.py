@@ -212,6 +212,11 @@ class SchedulerClient:
         reply = await self._unary(self._stub.ListBackups, pb.ListBackupsRequest(name=name))
         return list(reply.backups)
 
+    async def templates(self) -> builtins.list[pb.DataTemplate]:
+        """The data-directory templates on the daemon's host, oldest first."""
+        reply = await self._unary(self._stub.ListTemplates, pb.ListTemplatesRequest())
+        return list(reply.templates)
+
     async def restore(self, backup: str, name: str = "") -> pb.Environment:
         """Create environment ``name`` (default: the archived one) from ``backup``; returns it running."""
         request = pb.RestoreEnvironmentRequest(backup=backup, name=name)
@@ -225,6 +230,15 @@ class SchedulerClient:
     async def reload_configuration(self) -> pb.ReloadConfigurationResponse:
         """Make the daemon re-read its configuration file (admin only)."""
         return await self._unary(self._stub.ReloadConfiguration, pb.ReloadConfigurationRequest())
+
+    async def nodes(self) -> builtins.list[pb.Node]:
+        """The live nodes of the fleet, by name (a daemon running alone reports itself)."""
+        reply = await self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+        return list(reply.nodes)
+
+    async def drain_node(self, name: str) -> pb.Node:
+        """Mark node ``name`` draining: no new environment goes there and its own move away."""
+        return await self._unary(self._stub.DrainNode, pb.DrainNodeRequest(node=name))
 
     async def stacks(self) -> builtins.list[pb.Stack]:
         """The whole catalogue of stacks, by name."""

@@ -186,6 +186,27 @@ def stacks(reply: pb.ListStacksResponse) -> str:
     return table(("NAME", "SERVICES", "PARAMETERS", "DESCRIPTION"), rows, terminal_width())
 
 
+def nodes(reply: pb.ListNodesResponse) -> str:
+    """One row per node: allocated of capacity for CPU, memory and environments."""
+    rows = []
+    for n in reply.nodes:
+        role = "leader" if n.leader else ""
+        state = ",".join(s for s in (role, "draining" if n.draining else "") if s) or "-"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
+        rows.append(
+            (
+                n.name,
+                n.address or "-",
+                f"{n.allocated.cpu_millis}m/{n.capacity.cpu_millis}m",
+                f"{size(n.allocated.memory_bytes)}/{size(n.capacity.memory_bytes)}",
+                f"{n.allocated.environments}/{n.capacity.environments}",
+                state,
+                labels,
+            )
+        )
+    return table(("NAME", "ADDRESS", "CPU", "MEMORY", "ENVS", "STATE", "LABELS"), rows, terminal_width())
+
+
 def plan(changes: Iterable[pb.ServiceChange]) -> str:
     """The update plan, service by service."""
     rows = [(c.service, enum_name(c.action, pb.ChangeAction, "CHANGE_ACTION_"), c.reason or "-") for c in changes]
@@ -237,6 +258,15 @@ def backup(item: pb.Backup) -> str:
     details = "; ".join(h for h in held if h and not h.endswith(": "))
     when = item.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
     return f"{item.id}  {item.size_bytes} bytes  {when}" + (f"  ({details})" if details else "")
+
+
+def template(item: pb.DataTemplate) -> str:
+    """One template on one line: key, kind, image, size, last use, parameters, environments."""
+    used = item.last_use_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    parameters = " ".join(f"{k}={v}" for k, v in sorted(item.parameters.items()) if v)
+    users = ", ".join(item.environments) or "none"
+    head = f"{item.key}  {item.kind}  {item.image}  {item.size_bytes} bytes  used {used}"
+    return f"{head}  {parameters}  (environments: {users})"
 
 
 def operations(reply: pb.ListOperationsResponse) -> str:

@@ -25,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from scheduler.config.cluster import ClusterSettings, EtcdSettings, EtcdTlsSettings, NodeSettings
 from scheduler.config.options import (
     REDACTED,
     CommandPath,
@@ -45,9 +46,13 @@ __all__ = [
     "REDACTED",
     "ROLES",
     "AuthSettings",
+    "ClusterSettings",
     "CommandPath",
     "ConfigPath",
     "DirPath",
+    "EtcdSettings",
+    "EtcdTlsSettings",
+    "NodeSettings",
     "RoleBinding",
     "SecretStr",
     "ServerSettings",
@@ -249,6 +254,17 @@ class MetricsSettings(_Section):
         return _check_host_port(value) if value else value
 
 
+class TemplateSettings(_Section):
+    """PostgreSQL data-directory templates: initdb once per image digest and parameters, a copy per environment."""
+
+    enabled: bool = True
+    """New PostgreSQL volumes start as a copy of their template; false runs initdb in every environment."""
+    unused_after: float = Field(default=86400, ge=0)
+    """Seconds after its last use that a template no existing environment came from is removed."""
+    gc_interval: float = Field(default=600, ge=1)
+    """Seconds between two collections of unused templates (and of templates whose image is gone)."""
+
+
 class BackupPolicy(_Section):
     """How often an environment is archived, and how many archives are kept."""
 
@@ -294,6 +310,8 @@ class Settings(BaseSettings):
     deploys: DeploySettings = DeploySettings()
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
+    templates: TemplateSettings = TemplateSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _network_listener_is_protected(self) -> Settings:

@@ -2,8 +2,8 @@
 
 A delete cancels the operation running on its environment (a deploy has no reason to finish);
 every other operation waits for the previous one. Deploys and updates (what starts containers)
-also wait for admission (:mod:`.admission`): a few at a time, in the order they arrived. Each operation's duration and outcome go to
-the observer (metrics).
+also wait for admission (:mod:`.admission`): a few at a time, in the order they arrived. Each
+operation's duration and outcome go to the observer (metrics).
 """
 
 from __future__ import annotations

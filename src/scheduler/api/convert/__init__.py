@@ -8,6 +8,7 @@ what the API answers.
 
 from __future__ import annotations
 
+from scheduler.api.convert.nodes import node_to_proto
 from scheduler.api.convert.reports import (
     backup_to_proto,
     change_to_proto,
@@ -19,6 +20,7 @@ from scheduler.api.convert.reports import (
     metrics_to_proto,
     operation_to_proto,
     stack_to_proto,
+    template_to_proto,
 )
 from scheduler.api.convert.scalars import duration_from_proto, duration_to_proto, time_from_proto, time_to_proto
 from scheduler.api.convert.specs import request_from_proto, request_to_proto, service_to_proto
@@ -33,12 +35,14 @@ __all__ = [
     "history_to_proto",
     "log_line_to_proto",
     "log_stream_from_proto",
+    "node_to_proto",
     "metrics_to_proto",
     "operation_to_proto",
     "request_from_proto",
     "request_to_proto",
     "service_to_proto",
     "stack_to_proto",
+    "template_to_proto",
     "time_from_proto",
     "time_to_proto",
 ]

@@ -37,6 +37,7 @@ def environment_to_proto(env: domain.Environment) -> pb.Environment:
         ],
         conditions=[_condition_to_proto(c) for c in env.conditions],
         services=[service_to_proto(s) for s in env.spec.services],
+        node=env.node,
     )
     if env.request is not None:
         out.spec.CopyFrom(request_to_proto(env.request))
@@ -105,6 +106,22 @@ def backup_to_proto(info: domain.BackupInfo) -> pb.Backup:
         databases=info.databases,
     )
     _set_time(out.create_time, info.created_at)
+    return out
+
+
+def template_to_proto(template: domain.DataTemplate) -> pb.DataTemplate:
+    """Convert a description of one data-directory template."""
+    out = pb.DataTemplate(
+        key=template.key,
+        kind=template.kind,
+        image=template.image,
+        image_digest=template.image_digest,
+        parameters=dict(template.parameters),
+        size_bytes=template.size_bytes,
+        environments=template.environments,
+    )
+    _set_time(out.create_time, template.created_at)
+    _set_time(out.last_use_time, template.last_used_at)
     return out
 
 
