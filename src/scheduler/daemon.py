@@ -46,7 +46,11 @@ from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
-from scheduler.storage.events import SqliteEventLog
+from scheduler.storage.base import StateStore
+from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.events import EtcdEventLog
+from scheduler.storage.etcd.store import EtcdStateStore
+from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
@@ -85,7 +89,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.callback(lock.release)
         if settings.server.listen:
             check_listen_free(settings.server.listen)
-        store = await SqliteStateStore.open(settings.state_db_path)
+        etcd = etcd_client(settings)
+        store: StateStore
+        if etcd is not None:
+            stack.push_async_callback(etcd.close)
+            store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+        else:
+            store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
         ledger = await Ledger.open(store)
 
@@ -132,7 +142,17 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(network.close)
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
-        events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
+        event_log: EventLog
+        if etcd is not None:
+            # Each node keeps its own replay log: the sequences are its event bus's.
+            etcd_log = await EtcdEventLog.open(
+                etcd, f"{settings.cluster.etcd.prefix}events/{settings.network.instance}/"
+            )
+            stack.push_async_callback(etcd_log.drain)
+            event_log = etcd_log
+        else:
+            event_log = await asyncio.to_thread(SqliteEventLog, data_dir / "events.db")
+        events = EventBus(log=event_log)
         stack.callback(events.close)
         volumes = HostVolumeStore(data_dir / "volumes")
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
@@ -260,3 +280,21 @@ async def _watchdog(notifier: Notifier, every: float) -> None:
     while True:
         notifier.watchdog()
         await asyncio.sleep(every)
+
+
+def etcd_client(settings: Settings) -> EtcdClient | None:
+    """The client of the fleet's etcd cluster, or None in the single-host mode (no endpoints)."""
+    etcd = settings.cluster.etcd
+    if not etcd.endpoints:
+        return None
+    tls = etcd.tls
+    return EtcdClient(
+        EtcdOptions(
+            endpoints=tuple(etcd.endpoints),
+            dial_timeout=etcd.dial_timeout,
+            retry_deadline=etcd.retry_deadline,
+            ca_file=Path(tls.ca_file) if tls.ca_file else None,
+            cert_file=Path(tls.cert_file) if tls.cert_file else None,
+            key_file=Path(tls.key_file) if tls.key_file else None,
+        )
+    )
