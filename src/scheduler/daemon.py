@@ -15,7 +15,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
@@ -55,6 +56,7 @@ from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes.host import HostVolumeStore
+from scheduler.volumes.templates import TemplateStore
 
 _log = log.get("daemon")
 
@@ -155,6 +157,17 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         events = EventBus(log=event_log)
         stack.callback(events.close)
         volumes = HostVolumeStore(data_dir / "volumes")
+        templates = Templates(
+            TemplateStore(data_dir / "templates"),
+            volumes,
+            runtime,
+            TemplateSettings(
+                enabled=settings.templates.enabled,
+                unused_after=timedelta(seconds=settings.templates.unused_after),
+                gc_interval=timedelta(seconds=settings.templates.gc_interval),
+            ),
+        )
+        await templates.start()
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
@@ -171,6 +184,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 host_ip=settings.network.host_ip,
             ),
             observer=Observers(recorder, timeline),
+            templates=templates,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
         supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
@@ -179,6 +193,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
+        collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
+        stack.push_async_callback(_cancel, collecting)
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
         service = EnvironmentService(
@@ -273,6 +289,12 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
                 loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")
     return 0
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _watchdog(notifier: Notifier, every: float) -> None:
