@@ -49,6 +49,7 @@ from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.base import StateStore
 from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.compactor import Compactor
 from scheduler.storage.etcd.events import EtcdEventLog
 from scheduler.storage.etcd.store import EtcdStateStore
 from scheduler.storage.events import EventLog, SqliteEventLog
@@ -96,6 +97,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         if etcd is not None:
             stack.push_async_callback(etcd.close)
             store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+            if settings.cluster.etcd.compaction_interval:
+                compactor = Compactor(etcd, settings.cluster.etcd.compaction_interval)
+                compactor.start()
+                stack.push_async_callback(compactor.close)
         else:
             store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
