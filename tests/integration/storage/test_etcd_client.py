@@ -143,11 +143,13 @@ async def test_election_has_one_leader_at_a_time_and_passes_on_resign(client, et
             await observed.aclose()
 
 
-async def test_calls_and_watches_fail_over_when_the_member_in_use_dies(client, etcd_cluster, etcd_prefix):
+async def test_calls_watches_and_leases_fail_over_when_the_member_in_use_dies(client, etcd_cluster, etcd_prefix):
     stream = watch_prefix(client, etcd_prefix)
     member = etcd_cluster.member_at(client.stubs().endpoint)
+    lease = await Lease.grant(client, 3)
     try:
-        await _next(stream)  # the snapshot; the watch now streams from the current member
+        await client.put(f"{etcd_prefix}node", b"alive", lease=lease.id)
+        await _next(stream)  # the snapshot; the watch and the keep-alives now stream from the current member
         etcd_cluster.kill(member)
         for i in range(5):
             await client.put(f"{etcd_prefix}k{i}", b"x")
@@ -156,7 +158,11 @@ async def test_calls_and_watches_fail_over_when_the_member_in_use_dies(client, e
         while len(keys) < 5:
             keys += [e.kv.key for e in (await _next(stream)).events]
         assert keys == [f"{etcd_prefix}k{i}" for i in range(5)]
-        assert len((await client.list_prefix(etcd_prefix)).kvs) == 5
+        assert len((await client.list_prefix(etcd_prefix)).kvs) == 6
+        await asyncio.sleep(5)  # past the TTL: the keep-alives went on through another member
+        assert not lease.lost.is_set()
+        assert (await client.get(f"{etcd_prefix}node")).lease == lease.id
     finally:
+        await lease.close()
         await stream.aclose()
         etcd_cluster.restart(member)

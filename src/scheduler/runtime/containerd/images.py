@@ -32,6 +32,7 @@ from scheduler.reference import Reference, normalize, parse
 from scheduler.runtime.containerd._gen.containerd.services.images.v1 import images_pb2 as images_pb
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.content import ContentWriter, Ingest, ProgressCallback
+from scheduler.runtime.containerd.descriptors import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from scheduler.runtime.containerd.manifests import (
     GC_REF_CONTENT,
     ParsedManifest,
@@ -45,13 +46,7 @@ from scheduler.runtime.containerd.manifests import (
     json_object,
     parse_manifest,
 )
-from scheduler.runtime.containerd.registry import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    Descriptor,
-    RegistryClient,
-    check_registry_host,
-)
+from scheduler.runtime.containerd.registry import RegistryClient, check_registry_host
 from scheduler.runtime.containerd.sources import (
     BlobSource,
     RegistrySource,

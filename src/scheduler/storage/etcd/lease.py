@@ -66,6 +66,15 @@ class Lease:
         self.lost.set()
 
     async def _keep_alive(self) -> None:
+        try:
+            await self._keep_alive_until_lost()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # a keeper that dies must not leave its holder believing in the lease
+            self._lose(f"keep-alive failed: {err!r}")
+            raise
+
+    async def _keep_alive_until_lost(self) -> None:
         loop = asyncio.get_running_loop()
         interval = max(self.ttl / 3, 0.2)
         answered = loop.time()
@@ -78,9 +87,11 @@ class Lease:
             call = stubs.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
             try:
                 while True:
-                    await call.write(pb.LeaseKeepAliveRequest(ID=self.id))
                     left = max(self.ttl - (loop.time() - answered), 0.1)
-                    response = await asyncio.wait_for(call.read(), timeout=min(self.client.options.dial_timeout, left))
+                    # One bound on the write and the read: either may hang on a member that died.
+                    async with asyncio.timeout(min(self.client.options.dial_timeout, left)):
+                        await call.write(pb.LeaseKeepAliveRequest(ID=self.id))
+                        response = await call.read()
                     if response is grpc.aio.EOF:
                         raise ConnectionError("keep-alive stream ended")
                     assert isinstance(response, pb.LeaseKeepAliveResponse)
@@ -90,7 +101,7 @@ class Lease:
                     answered = loop.time()
                     delay = 0.05
                     await asyncio.sleep(interval)
-            except (grpc.RpcError, TimeoutError, ConnectionError) as err:
+            except (grpc.RpcError, TimeoutError, ConnectionError, asyncio.InvalidStateError) as err:
                 reason = str(from_grpc(err, "LeaseKeepAlive")) if isinstance(err, grpc.RpcError) else repr(err)
                 _log.info("etcd.lease.reconnect", lease=f"{self.id:x}", endpoint=stubs.endpoint, error=reason)
                 self.client.fail_over(stubs)
