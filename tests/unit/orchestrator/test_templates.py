@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
