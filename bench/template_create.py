@@ -31,10 +31,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import leftovers
 from bench.env_create import serial_baseline, wait_deleted
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
 
@@ -94,19 +95,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tpl-") as tmp:
         config: dict[str, Any] = {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
         daemon = start_daemon(Path(tmp), config)
+        instances = [daemon_instance(daemon)]
         try:
             cold, _ = scheduler_run(daemon, 0)
             ours: list[tuple[float, list[tuple[str, str, float]]]] = []
             baseline: list[float] = []
             for index in range(1, args.runs + 1):
                 ours.append(scheduler_run(daemon, index))
-                baseline += asyncio.run(serial_baseline(daemon, 1, Path(tmp) / f"baseline{index}", first=index))
+                state = Path(tmp) / f"baseline{index}"
+                baseline += asyncio.run(serial_baseline(daemon, 1, state, first=index, instances=instances))
             with daemon.channel() as channel:
                 listed = pb_grpc.SchedulerServiceStub(channel).ListTemplates(pb.ListTemplatesRequest(), timeout=10)
         finally:
             daemon.delete_all_environments()
             daemon.stop()
             daemon.cleanup()
+        left = leftovers.report(instances, [tmp])
     warm = [t for t, _ in ours]
     median = statistics.median(warm)
     base = statistics.median(baseline)
@@ -122,6 +126,7 @@ def main() -> None:
         "targets": {"median_s": 1.0, "ratio": 0.25},
         "met": {"median": median <= 1.0, "ratio": median / base <= 0.25},
         "templates": len(listed.templates),
+        "leftovers": left,
     }
     print(json.dumps(report, indent=2))
     print("deploy timeline of the run closest to the median (seconds since the deploy began):")

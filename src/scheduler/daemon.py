@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -73,6 +75,31 @@ class Daemon:
     network: CniNetwork
     metrics: MetricsServer
     reloader: Reloader
+    startup: dict[str, float]
+    """Seconds each start-up step took (``imports``: from exec to :func:`build`), logged at ready."""
+
+
+class _Phases:
+    """Where the time from exec to SERVING goes, step by step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"imports": round(_process_age(), 3)}
+        self._last = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = round(now - self._last, 3)
+        self._last = now
+
+
+def _process_age() -> float:
+    """Seconds since this process was started (exec), from /proc; 0 when unknown."""
+    try:
+        with open("/proc/self/stat") as handle:
+            started_ticks = int(handle.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 @asynccontextmanager
@@ -81,6 +108,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
 
     ``load`` re-reads the configuration for a reload (SIGHUP); without it a reload changes nothing.
     """
+    phases = _Phases()
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -100,6 +128,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
         ledger = await Ledger.open(store)
+        phases.mark("store")
 
         socket = settings.containerd.socket
         if not socket:
@@ -116,6 +145,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        phases.mark("containerd")
         # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
         swept = await runtime.sweep_leases()
         if swept:
@@ -129,7 +159,9 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             standard(registry=registry)
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
+        phases.mark("sweeps")
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
+        phases.mark("preload")
 
         net = settings.network
         network_settings = CniSettings(
@@ -142,6 +174,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         network = CniNetwork(data_dir / "network", network_settings, instance=net.instance)
         await network.start()
         stack.push_async_callback(network.close)
+        phases.mark("network")
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         event_log: EventLog
@@ -184,6 +217,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 log_max_files=settings.container_logs.max_files,
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
+                deploy_concurrency=settings.deploys.concurrency,
+                admission_hold=settings.deploys.hold_seconds,
             ),
             observer=Observers(recorder, timeline),
             templates=templates,
@@ -192,11 +227,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
+        phases.mark("orchestrator")
         await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
         collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
         stack.push_async_callback(_cancel, collecting)
+        phases.mark("reconcile")
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
         service = EnvironmentService(
@@ -219,6 +256,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
+        phases.mark("api")
         reloader = Reloader(
             settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
         )
@@ -227,7 +265,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         schedule.start()
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
-        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
+        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader, phases.seconds)
 
 
 def this_node(settings: Settings) -> Node:
@@ -275,7 +313,13 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
             loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(), "reload"))
             if notifier.watchdog_seconds:
                 spawn(_watchdog(notifier, notifier.watchdog_seconds / 2), "watchdog")
-            _log.info("daemon.ready", listen=settings.server.listen, port=daemon.server.bound_port)
+            _log.info(
+                "daemon.ready",
+                listen=settings.server.listen,
+                port=daemon.server.bound_port,
+                seconds=round(sum(daemon.startup.values()), 3),
+                startup=daemon.startup,
+            )
             notifier.ready(status)
             await stop.wait()
             notifier.stopping()
