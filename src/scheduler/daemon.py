@@ -203,9 +203,11 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 enabled=settings.templates.enabled,
                 unused_after=timedelta(seconds=settings.templates.unused_after),
                 gc_interval=timedelta(seconds=settings.templates.gc_interval),
+                spares=settings.templates.spares,
             ),
         )
         await templates.start()
+        stack.push_async_callback(templates.close)
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
