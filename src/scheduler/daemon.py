@@ -52,6 +52,7 @@ from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.base import StateStore
 from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.compactor import Compactor
 from scheduler.storage.etcd.events import EtcdEventLog
 from scheduler.storage.etcd.store import EtcdStateStore
 from scheduler.storage.events import EventLog, SqliteEventLog
@@ -125,6 +126,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         if etcd is not None:
             stack.push_async_callback(etcd.close)
             store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+            if settings.cluster.etcd.compaction_interval:
+                compactor = Compactor(etcd, settings.cluster.etcd.compaction_interval)
+                compactor.start()
+                stack.push_async_callback(compactor.close)
         else:
             store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
@@ -199,9 +204,11 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 enabled=settings.templates.enabled,
                 unused_after=timedelta(seconds=settings.templates.unused_after),
                 gc_interval=timedelta(seconds=settings.templates.gc_interval),
+                spares=settings.templates.spares,
             ),
         )
         await templates.start()
+        stack.push_async_callback(templates.close)
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(

@@ -253,6 +253,9 @@ class TemplateSettings(_Section):
     """Seconds after its last use that a template no existing environment came from is removed."""
     gc_interval: float = Field(default=600, ge=1)
     """Seconds between two collections of unused templates (and of templates whose image is gone)."""
+    spares: int = Field(default=2, ge=0, le=100)
+    """Copies of each template made ahead of time, so that a new environment's volume is a rename
+    (about 1 ms) instead of a copy (0.05-0.35 s for PostgreSQL's 39 MB); 0 copies at create."""
 
 
 class BackupPolicy(_Section):
