@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -33,19 +31,22 @@ from scheduler.domain import (
     ServiceChange,
 )
 from scheduler.orchestrator.backup import Backups
-from scheduler.orchestrator.clone import check_cloneable
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.service.backups import BackupCases
+from scheduler.service.clones import CloneCases
 from scheduler.service.observation import Observation
 from scheduler.service.views import (
+    RequestEdit,
     Shown,
     check_etag,
     check_name,
+    check_request_id,
     matches,
+    pending,
     pushdown,
     redact,
 )
@@ -60,15 +61,12 @@ _log = log.get("service")
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
 
-RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
-"""Turns the stored request into the updated one (a field mask applied, or a replacement)."""
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvironmentService(BackupCases, Observation):
+class EnvironmentService(BackupCases, CloneCases, Observation):
     """The scheduler's use cases, in domain terms."""
 
     def __init__(
@@ -118,7 +116,7 @@ class EnvironmentService(BackupCases, Observation):
 
         With ``validate_only``, return the environment that would be created and store nothing.
         """
-        _check_request_id(request_id)
+        check_request_id(request_id)
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
             earlier = await self._earlier(request_id, name)
@@ -127,7 +125,7 @@ class EnvironmentService(BackupCases, Observation):
             spec = await self._resolve(name, request)
             quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
-            env = _pending(name, spec, request, request_id, created)
+            env = pending(name, spec, request, request_id, created)
             if validate_only:
                 await self._check_free(name)
                 return self._redact(env)
@@ -137,83 +135,6 @@ class EnvironmentService(BackupCases, Observation):
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
         _log.info("environment.created", env=name, stack=spec.stack)
-        self._orchestrator.submit_deploy(name)
-        return self._redact(env)
-
-    async def clone(
-        self,
-        source: str,
-        name: str,
-        edit: RequestEdit,
-        *,
-        request_id: str = "",
-        actor: str = "",
-        validate_only: bool = False,
-    ) -> Environment:
-        """Create environment ``name`` from ``source``'s request (as ``edit`` changes it) and a copy of its volumes.
-
-        The copy is taken before this returns (see :mod:`scheduler.orchestrator.clone`); the new
-        environment then deploys in the background like a created one, with fresh generated
-        secrets. With ``validate_only``, return the environment that would be created.
-
-        Raises:
-            InvalidArgument: a bad name or override (the stack cannot change).
-            NotFound: naming ``source``.
-            AlreadyExists: ``name`` is taken, or ``request_id`` created another environment.
-            FailedPrecondition: ``source`` is not RUNNING with its latest generation rolled out.
-        """
-        _check_request_id(request_id)
-        violations = [
-            errors.FieldViolation(field, problem)
-            for field, value in (("source", source), ("name", name))
-            if (problem := env_name_problem(value))
-        ]
-        if violations:
-            raise errors.InvalidArgument.of(violations)
-        earlier = await self._earlier(request_id, name)
-        if earlier is not None:
-            return self._redact(earlier)
-        try:
-            original = await self._ledger.get(source)
-        except errors.NotFound:
-            raise errors.NotFound(f"source environment {source!r} not found", env=source, field="source") from None
-        await self._check_free(name)
-        request = edit(original.request or EnvironmentRequest(stack=original.spec.stack))
-        if request.stack != original.spec.stack:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("spec.stack", f"a clone keeps its source's stack {original.spec.stack!r}")]
-            )
-        spec = await self._resolve(name, request)
-        quotas.check_environment_count(await self._count_environments(), self._limits)
-        check_cloneable(original)
-        if validate_only:
-            return self._redact(_pending(name, spec, request, request_id, _now()))
-        snapshot = await self._orchestrator.snapshot(source)
-        placed: builtins.list[str] = []
-        try:
-            async with self._create_lock:
-                earlier = await self._earlier(request_id, name)
-                if earlier is not None:
-                    await self._orchestrator.discard_snapshot(snapshot)
-                    return self._redact(earlier)
-                await self._check_free(name)
-                quotas.check_environment_count(await self._count_environments(), self._limits)
-                placed = await self._orchestrator.install_snapshot(snapshot, name, spec, original.spec)
-                created = _now()
-                env = await self._ledger.create(_pending(name, spec, request, request_id, created))
-        except BaseException:
-            await self._orchestrator.discard_snapshot(snapshot)
-            if placed:
-                await self._orchestrator.remove_volumes(name, placed)
-            raise
-        paused_ms = round(snapshot.paused.total_seconds() * 1000)
-        detail = f"stack {spec.stack}, cloned from {source} (volumes {', '.join(snapshot.volumes) or 'none'})"
-        await self._ledger.append_history(HistoryEntry(name, 1, created, actor, "clone", detail))
-        await self._ledger.append_history(
-            HistoryEntry(source, original.generation, _now(), actor, "cloned", f"to {name}; paused {paused_ms} ms")
-        )
-        self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
-        _log.info("environment.cloned", env=name, source=source, paused_ms=paused_ms)
         self._orchestrator.submit_deploy(name)
         return self._redact(env)
 
@@ -446,27 +367,3 @@ class EnvironmentService(BackupCases, Observation):
             return spec
 
         return await asyncio.to_thread(work)
-
-
-def _check_request_id(request_id: str) -> None:
-    if len(request_id) > bounds.MAX_REQUEST_ID:
-        raise errors.InvalidArgument.of(
-            [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
-        )
-
-
-def _pending(
-    name: str, spec: EnvironmentSpec, request: EnvironmentRequest, request_id: str, created: datetime
-) -> Environment:
-    """A new environment, accepted and not deployed yet."""
-    return Environment(
-        name=name,
-        uid=str(uuid.uuid4()),
-        spec=spec,
-        request=request,
-        generation=1,
-        status=EnvironmentStatus.PENDING,
-        created_at=created,
-        updated_at=created,
-        request_id=request_id,
-    )
