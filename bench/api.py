@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -41,8 +40,10 @@ from typing import Any
 
 import grpc
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support import processes
+from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
 SERVICE = "/scheduler.v1.SchedulerService/"
@@ -420,7 +421,10 @@ def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> None:
         echo.terminate()
         echo.wait(timeout=10)
         if daemon is not None:
-            clean_up(daemon, tmp, args.envs)
+            try:
+                clean_up(daemon, tmp, args.envs)
+            finally:
+                leftovers.report([daemon_instance(daemon)], [tmp])
 
 
 def clean_up(daemon: DaemonProcess, tmp: Path, envs: int) -> None:
@@ -443,32 +447,13 @@ def clean_up(daemon: DaemonProcess, tmp: Path, envs: int) -> None:
 def sweep_leftovers(tmp: Path) -> dict[str, int]:
     """End the processes this run started that still run from ``tmp`` (shims and their containers,
     log writers), by pid, then unmount what is mounted under it; count both."""
-    marker = str(tmp)
-    started: dict[int, int] = {}  # pid -> parent pid, of every process
-    ours: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            started[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if marker in cmdline:
-            ours.add(int(entry.name))
-    ours |= {pid for pid, parent in started.items() if parent in ours}  # a shim's containers
-    for pid in ours:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ours):
-        time.sleep(0.1)
-    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    under = sorted((m for m in mounts if m.startswith(marker + "/")), key=len, reverse=True)
-    for mount in under:
-        if subprocess.run(["umount", mount], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", mount], capture_output=True)
-    return {"processes": len(ours), "mounts": len(under)}
+    ours = set(processes.processes_naming(str(tmp) + "/"))
+    for pid in list(ours):
+        ours.update(processes.descendants(pid))  # a shim's containers
+    processes.end(ours)
+    mounts = processes.mounts_under(tmp)
+    processes.unmount_under(tmp)
+    return {"processes": len(ours), "mounts": len(mounts)}
 
 
 if __name__ == "__main__":
