@@ -26,6 +26,7 @@ from scheduler.client.waits import (
     wait_gone,
     wait_settled,
 )
+from scheduler.retry import retry
 
 UPDATE_ATTEMPTS = 5
 
@@ -153,7 +154,11 @@ def env_create(
         created = await api.create(name, spec)
         return created, await wait_settled(api, name, created, wait_timeout) if wait else None
 
-    created, settled = client.run(calls)
+    _print_created(name, *client.run(calls), output)
+
+
+def _print_created(name: str, created: pb.Environment, settled: pb.Environment | None, output: str) -> None:
+    """Print a new environment as created, or as it settled (failing unless it runs)."""
     if settled is None:
         _print_env(created, output)
         return
@@ -162,6 +167,42 @@ def env_create(
         raise CommandFailed(
             "FAILED_PRECONDITION", f"environment {name!r} is {render.status(settled.status)}: {failure_reason(settled)}"
         )
+
+
+@env.command("clone")
+@click.argument("source")
+@click.argument("name")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Stack parameter to change.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label to set on the clone.")
+@wait_options(300)
+@output_option
+@connection_options
+def env_clone(
+    client: Client,
+    source: str,
+    name: str,
+    params: tuple[str, ...],
+    labels: tuple[str, ...],
+    wait: bool,
+    wait_timeout: float,
+    output: str,
+) -> None:
+    """Create environment NAME as a copy of SOURCE: its specification and a consistent copy of its data.
+
+    SOURCE must be running; it keeps serving while it is copied. With --wait, block until NAME runs.
+    """
+    try:
+        overrides = {"parameters": parse_pairs("--param", params), "labels": parse_pairs("--label", labels)}
+    except SpecError as err:
+        raise usage_error(err) from err
+    spec = pb.EnvironmentSpecification(parameters=overrides["parameters"], labels=overrides["labels"])
+    mask = [f"{field}.`{key}`" for field, pairs in overrides.items() for key in pairs]
+
+    async def calls(api: SchedulerClient) -> tuple[pb.Environment, pb.Environment | None]:
+        created = await api.clone(source, name, spec=spec, update_mask=mask)
+        return created, await wait_settled(api, name, created, wait_timeout) if wait else None
+
+    _print_created(name, *client.run(calls), output)
 
 
 @env.command("get")
@@ -222,15 +263,15 @@ def env_update(
     async def calls(api: SchedulerClient) -> tuple[pb.UpdateEnvironmentResponse, pb.Environment | None]:
         # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten;
         # the flags are applied again on top of it instead (a few times at most).
-        for attempt in range(UPDATE_ATTEMPTS):
+        async def attempt() -> pb.UpdateEnvironmentResponse:
             current = await api.get(name)
             spec = build_spec(current.spec, spec_file, params, labels, sets)
-            try:
-                reply = await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
-                break
-            except ApiError as err:
-                if err.code != "ABORTED" or attempt == UPDATE_ATTEMPTS - 1:
-                    raise
+            return await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
+
+        def changed_meanwhile(err: Exception) -> bool:
+            return isinstance(err, ApiError) and err.code == "ABORTED"
+
+        reply = await retry(attempt, changed_meanwhile, [0.0] * (UPDATE_ATTEMPTS - 1))
         if dry_run or not wait:
             return reply, None
         return reply, await wait_settled(api, name, reply.environment, wait_timeout)

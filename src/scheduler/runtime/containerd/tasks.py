@@ -232,6 +232,26 @@ class TaskManager:
             return False
         return True
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze the task (runc pause: the cgroup freezer).
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        await self._client.tasks.pause(tasks_pb.PauseTaskRequest(container_id=container_id), what=container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused task; a task that is not paused is left as it is.
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        task = await self.get(container_id)
+        if task is None:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id)
+        if task.status in (task_pb.PAUSED, task_pb.PAUSING):
+            await self._client.tasks.resume(tasks_pb.ResumeTaskRequest(container_id=container_id), what=container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
@@ -380,22 +400,23 @@ class TaskManager:
         return status.code, None
 
     async def _delete_exec(self, container_id: str, exec_id: str) -> None:
-        # After a failed start the shim may still count the process as running for a moment.
+        # After a failed start the shim may still count the process as running for a moment:
+        # each retry kills it (and waits briefly for the exit) before deleting it again.
         request = tasks_pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
-        for attempt in range(6):
-            try:
+        tries = 0
+
+        async def attempt() -> None:
+            nonlocal tries
+            if tries:
+                try:
+                    await self._client.tasks.kill(
+                        tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
+                    )
+                    await self.wait(container_id, exec_id, timeout=1.0)
+                except (NotFound, DeadlineExceeded, Internal):
+                    pass
+            tries += 1
+            with contextlib.suppress(NotFound):
                 await self._client.tasks.delete_process(request, what=exec_id)
-                return
-            except NotFound:
-                return
-            except Internal:
-                if attempt == 5:
-                    raise
-            try:
-                await self._client.tasks.kill(
-                    tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
-                )
-                await self.wait(container_id, exec_id, timeout=1.0)
-            except (NotFound, DeadlineExceeded, Internal):
-                pass
-            await asyncio.sleep(0.05 * (attempt + 1))
+
+        await retry(attempt, lambda err: isinstance(err, Internal), linear(6, 0.05))
