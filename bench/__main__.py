@@ -16,7 +16,9 @@ import time
 BENCHMARKS = [
     "runtime_start",
     "network",
+    "probes",
     "env_create",
+    "template_create",
     "updates",
     "adopt",
     "burst",
@@ -26,6 +28,7 @@ BENCHMARKS = [
 ]
 QUICK = {
     "env_create": ["--runs", "2", "--parallel", "5"],
+    "template_create": ["--runs", "3"],
     "adopt": ["--envs", "20", "--runs", "1"],
     "burst": ["--envs", "20"],
     "density": ["--envs", "5"],

@@ -27,7 +27,7 @@ from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.local import SingleNode, host_capacity
 from scheduler.cluster.node import Node
-from scheduler.config import Settings
+from scheduler.config import ImageSettings, Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
@@ -43,6 +43,7 @@ from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
+from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
@@ -122,10 +123,15 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         etcd = etcd_client(settings)
         store: StateStore
         if etcd is not None:
+            from scheduler.storage.etcd.compactor import Compactor
             from scheduler.storage.etcd.store import EtcdStateStore
 
             stack.push_async_callback(etcd.close)
             store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+            if settings.cluster.etcd.compaction_interval:
+                compactor = Compactor(etcd, settings.cluster.etcd.compaction_interval)
+                compactor.start()
+                stack.push_async_callback(compactor.close)
         else:
             store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
@@ -143,7 +149,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             state_dir=data_dir / "runtime",
             snapshotter=settings.containerd.snapshotter,
             runtime_name=settings.containerd.runtime,
-            images=settings.images,
+            images=image_options(settings.images),
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
@@ -202,9 +208,11 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 enabled=settings.templates.enabled,
                 unused_after=timedelta(seconds=settings.templates.unused_after),
                 gc_interval=timedelta(seconds=settings.templates.gc_interval),
+                spares=settings.templates.spares,
             ),
         )
         await templates.start()
+        stack.push_async_callback(templates.close)
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
@@ -259,8 +267,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
         phases.mark("api")
+
+        def apply_images(images: ImageSettings) -> None:
+            runtime.image_service().settings = image_options(images)
+
         reloader = Reloader(
-            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+            settings, load or (lambda: settings), LiveTargets(service, server, apply_images, metrics, collector)
         )
         server.set_reload(reloader.reload)
         schedule = BackupSchedule(store, backups, settings.backups)
@@ -268,6 +280,18 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader, phases.seconds)
+
+
+def image_options(images: ImageSettings) -> ImageOptions:
+    """The image service's own view of the ``images`` section."""
+    return ImageOptions(
+        pull_policy=domain.PullPolicy(images.pull_policy),
+        registries={
+            host: RegistryOptions(tuple(r.mirrors), r.insecure, r.username, r.password)
+            for host, r in images.registries.items()
+        },
+        allowed_registries=tuple(images.allowed_registries),
+    )
 
 
 def this_node(settings: Settings) -> Node:

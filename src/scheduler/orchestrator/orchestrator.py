@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from scheduler import domain, log
+from scheduler import domain, errors, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator.admission import for_host
@@ -28,12 +28,17 @@ from scheduler.orchestrator.sampling import sample_metrics
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
 from scheduler.orchestrator.templates import Templates
+from scheduler.retry import exponential, retry
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.volumes.base import VolumeStore
 
 __all__ = ["DeployFailure", "Orchestrator", "OrchestratorSettings", "container_id"]
 
 _log = log.get("orchestrator")
+
+DELETE_RETRIES = exponential(8, 0.2, 30.0)
+"""Waits between the tries of a delete that failed (containerd restarting, a task slow to go), about
+25 s in all; an environment still DELETING after the last is resumed at the next start."""
 
 
 class Orchestrator:
@@ -105,7 +110,18 @@ class Orchestrator:
 
     def submit_delete(self, name: str, keep_volumes: bool) -> None:
         """Delete ``name`` in the background, cancelling a deploy that is under way."""
-        self._queue.submit("delete", name, lambda: self._teardown.run(name, keep_volumes), preempt=True)
+        self._queue.submit("delete", name, lambda: self._delete(name, keep_volumes), preempt=True)
+
+    async def _delete(self, name: str, keep_volumes: bool) -> None:
+        """Tear ``name`` down, trying again promptly (with backoff) while a step fails."""
+
+        def transient(err: Exception) -> bool:
+            if isinstance(err, errors.SchedulerError):
+                _log.warning("delete.retry", env=name, error=err.message)
+                return True
+            return False
+
+        await retry(lambda: self._teardown.run(name, keep_volumes), transient, DELETE_RETRIES)
 
     def busy(self, name: str) -> bool:
         """Whether a deploy, update or delete runs on ``name`` (the supervisor then leaves its status alone)."""
