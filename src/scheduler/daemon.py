@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
+from scheduler.orchestrator.sleeper import SleepPolicy
 from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
@@ -147,6 +149,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 host_ip=settings.network.host_ip,
             ),
             observer=Observers(recorder, timeline),
+            sleep=SleepPolicy(
+                idle_after=timedelta(seconds=settings.sleep.idle_after),
+                check_interval=settings.sleep.check_interval,
+                wake_deadline=settings.sleep.wake_deadline,
+                max_pending=settings.sleep.max_pending,
+            ),
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
         supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)

@@ -224,6 +224,9 @@ class EnvironmentSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     ttl: timedelta | None = None
+    sleep_after_idle: timedelta | None = None
+    """Sleep after this long without a new connection on a published port; None: the daemon's
+    default, zero: never."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,9 @@ class EnvironmentRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     ttl: timedelta | None = None
+    sleep_after_idle: timedelta | None = None
+    """Sleep after this long without a new connection on a published port; None: the daemon's
+    default, zero: never."""
 
 
 # =============================================================================================
@@ -723,6 +729,7 @@ class EventType(enum.Enum):
     ENVIRONMENT_UPDATED = "ENVIRONMENT_UPDATED"
     ENVIRONMENT_ROLLED_BACK = "ENVIRONMENT_ROLLED_BACK"
     ENVIRONMENT_DELETED = "ENVIRONMENT_DELETED"
+    ENVIRONMENT_STOPPED = "ENVIRONMENT_STOPPED"
     CONTAINER_CREATED = "CONTAINER_CREATED"
     CONTAINER_STARTED = "CONTAINER_STARTED"
     CONTAINER_HEALTHY = "CONTAINER_HEALTHY"

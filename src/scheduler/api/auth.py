@@ -34,7 +34,9 @@ VIEW = frozenset(
         "ListStacks",
     }
 )
-CHANGE = frozenset({"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
+CHANGE = frozenset(
+    {"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment", "StopEnvironment", "StartEnvironment"}
+)
 ROLE_METHODS: dict[str, frozenset[str] | None] = {"viewer": VIEW, "operator": VIEW | CHANGE, "admin": None}
 """Methods of SchedulerService each role may call; None: all of them, present and future."""
 
@@ -44,6 +46,8 @@ PERMISSIONS = {
     "GetEnvironment": "environments.get",
     "UpdateEnvironment": "environments.update",
     "DeleteEnvironment": "environments.delete",
+    "StopEnvironment": "environments.stop",
+    "StartEnvironment": "environments.start",
     "ListEnvironments": "environments.list",
     "GetEnvironmentLogs": "environments.logs",
     "GetEnvironmentMetrics": "environments.metrics",

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import shutil
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -545,6 +546,23 @@ class CniNetwork:
         """Published ports of the environment."""
         async with self._lock:
             return tuple(_endpoint(p) for p in self._state.ports if p.env == env)
+
+    def listeners(self, env: str) -> list[tuple[domain.Endpoint, socket.socket]]:
+        """Our held sockets on the environment's published TCP ports."""
+        out = []
+        for rec in self._state.ports:
+            sock = self._ports.held(rec.key) if rec.env == env and rec.protocol == "tcp" else None
+            if sock is not None:
+                out.append((_endpoint(rec), sock))
+        return out
+
+    async def connection_counts(self) -> dict[str, int]:
+        """Per environment, connections forwarded by its host port rules (one iptables-save)."""
+        counts = iptables.hostport_counts(self.names, await self._ipt.save_counters("nat"))
+        out: dict[str, int] = {}
+        for rec in list(self._state.ports):
+            out[rec.env] = out.get(rec.env, 0) + counts.get((rec.host_ip, rec.host_port, rec.protocol), 0)
+        return out
 
     async def unpublish_environment(self, env: str) -> None:
         """Release every host port of the environment; idempotent."""

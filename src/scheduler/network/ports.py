@@ -133,6 +133,10 @@ class PortHolder:
             field="network.port_range",
         )
 
+    def held(self, key: str) -> socket.socket | None:
+        """The socket held for one allocation, if any."""
+        return self._sockets.get(key)
+
     def rehold(self, rec: HostPortRecord) -> bool:
         """Bind an allocation again after a restart; False when someone took it meanwhile."""
         if rec.key in self._sockets:
