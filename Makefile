@@ -27,6 +27,7 @@ check-proto: $(STAMP)
 	@$(PY) scripts/gen_proto.py .proto-check
 	@diff -r -x __pycache__ .proto-check/scheduler/api/_gen src/scheduler/api/_gen && \
 	 diff -r -x __pycache__ .proto-check/scheduler/runtime/containerd/_gen src/scheduler/runtime/containerd/_gen && \
+	 diff -r -x __pycache__ .proto-check/scheduler/storage/etcd/_gen src/scheduler/storage/etcd/_gen && \
 	 diff -r .proto-check/gen-go gen/go && \
 	 rm -rf .proto-check && echo "generated stubs are up to date" || \
 	 { rm -rf .proto-check; echo "generated stubs differ from proto/: run 'make proto'"; exit 1; }

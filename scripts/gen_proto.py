@@ -1,7 +1,8 @@
 """Generate Python stubs (code, .pyi, gRPC) and Go stubs from the project's .proto files, reproducibly.
 
-Two trees: ``proto/scheduler`` (our API) -> ``src/scheduler/api/_gen`` and ``proto/containerd``
-(our subset of containerd's API) -> ``src/scheduler/runtime/containerd/_gen``. protoc writes
+Three trees: ``proto/scheduler`` (our API) -> ``src/scheduler/api/_gen``, ``proto/containerd``
+(our subset of containerd's API) -> ``src/scheduler/runtime/containerd/_gen`` and ``proto/etcd``
+(our copy of etcd 3.4's v3 API) -> ``src/scheduler/storage/etcd/_gen``. protoc writes
 imports relative to the proto root (``from containerd.types import mount_pb2``); they are
 rewritten to absolute package paths so that the stubs live inside the ``scheduler`` package.
 
@@ -27,6 +28,7 @@ BIN = Path(sys.executable).parent  # mypy-protobuf's plugins live beside the int
 TREES = {
     "scheduler": "scheduler.api._gen",
     "containerd": "scheduler.runtime.containerd._gen",
+    "etcd": "scheduler.storage.etcd._gen",
 }
 
 

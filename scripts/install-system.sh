@@ -20,6 +20,8 @@ packages=(
   # Operations: a real Prometheus (and promtool) scrapes the metrics endpoint and checks the
   # alert rules; systemd provides systemd-analyze, which verifies the unit file.
   prometheus systemd
+  # The fleet mode keeps its state in etcd; the tests run a real 3-member cluster of it.
+  etcd-server
 )
 
 missing=()

@@ -7,4 +7,5 @@ pytest_plugins: list[str] = [
     "tests.support.images",
     "tests.support.daemon",
     "tests.support.containerd",
+    "tests.support.etcd",
 ]

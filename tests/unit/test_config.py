@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from scheduler.config import REDACTED, Settings, _PathOption, load_settings, redacted
+from scheduler.config import REDACTED, Settings, load_settings, redacted
+from scheduler.config.options import _PathOption
 
 ALL_RELATIVE = {
     "data_dir": "data",

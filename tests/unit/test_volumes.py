@@ -195,3 +195,89 @@ def test_restore_of_a_missing_or_corrupt_archive(store, tmp_path):
 def test_backup_of_a_missing_volume_is_not_found(store, tmp_path):
     with pytest.raises(NotFound, match="demo/data"):
         store.backup("demo", "data", tmp_path / "x.tgz")
+
+
+# --- seeding from a template ---------------------------------------------------------------------
+
+
+def _template(tmp_path):
+    source = tmp_path / "template"
+    (source / "base" / "1").mkdir(parents=True)
+    (source / "PG_VERSION").write_text("15\n")
+    (source / "base" / "1" / "1259").write_bytes(os.urandom(70_000))
+    (source / "empty").write_bytes(b"")
+    os.symlink("/etc/passwd", source / "link")
+    os.chmod(source, 0o700)
+    return source
+
+
+def test_seed_copies_the_template_as_the_volume_keeping_modes_and_symlinks(store, tmp_path):
+    source = _template(tmp_path)
+    setuid = source / "tool"
+    setuid.write_bytes(b"#!/bin/sh\n")
+    os.chmod(setuid, 0o4755)
+    os.mkfifo(source / "fifo")
+    assert store.seed("demo", "pgdata", source) is True
+    path = store.path("demo", "pgdata")
+    assert (path / "PG_VERSION").read_text() == "15\n"
+    assert (path / "base" / "1" / "1259").read_bytes() == (source / "base" / "1" / "1259").read_bytes()
+    assert (path / "empty").read_bytes() == b""
+    assert os.readlink(path / "link") == "/etc/passwd"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    # No setuid path and no special files come through a copy.
+    assert stat.S_IMODE((path / "tool").stat().st_mode) == 0o755
+    assert not (path / "fifo").exists()
+    assert [v.name for v in store.list("demo")] == ["pgdata"]
+    assert not [p for p in path.parent.iterdir() if p.name != "pgdata"]
+
+
+def test_seed_leaves_a_volume_with_data_alone_and_fills_an_empty_one(store, tmp_path):
+    source = _template(tmp_path)
+    store.ensure("demo", "pgdata")
+    assert store.seed("demo", "pgdata", source) is True
+    (store.path("demo", "pgdata") / "PG_VERSION").write_text("mine")
+    assert store.seed("demo", "pgdata", source) is False
+    assert (store.path("demo", "pgdata") / "PG_VERSION").read_text() == "mine"
+
+
+def test_seed_places_the_copy_at_a_subpath_inside_the_volume(store, tmp_path):
+    source = _template(tmp_path)
+    assert store.seed("demo", "pgdata", source, subpath="pg/data") is True
+    path = store.path("demo", "pgdata")
+    assert (path / "pg" / "data" / "PG_VERSION").read_text() == "15\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((path / "pg").stat().st_mode) == 0o755
+    with pytest.raises(InvalidArgument):
+        store.seed("other", "pgdata", source, subpath="../x")
+    with pytest.raises(NotFound):
+        store.seed("other", "pgdata", tmp_path / "missing")
+    assert not store.exists("other", "pgdata")
+
+
+def test_a_failed_seed_leaves_no_half_volume(store, tmp_path, monkeypatch):
+    source = _template(tmp_path)
+    import scheduler.volumes.host as host
+
+    def broken(src, dst):
+        os.mkdir(dst)
+        (dst / "PG_VERSION").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(host, "copy_tree", broken)
+    with pytest.raises(Exception, match="No space left"):
+        store.seed("demo", "pgdata", source)
+    assert not store.exists("demo", "pgdata")
+    assert list(store.path("demo", "pgdata").parent.iterdir()) == []
+
+
+def test_copy_tree_refuses_an_existing_target_and_a_symlinked_source(tmp_path):
+    from scheduler.volumes.copy import copy_tree
+
+    source = _template(tmp_path)
+    stats = copy_tree(source, tmp_path / "copy")
+    assert (stats.files, stats.symlinks, stats.bytes) == (3, 1, 70_003)
+    with pytest.raises(FileExistsError):
+        copy_tree(source, tmp_path / "copy")
+    os.symlink(source, tmp_path / "alias")
+    with pytest.raises(NotADirectoryError):
+        copy_tree(tmp_path / "alias", tmp_path / "other")

@@ -30,6 +30,14 @@ class VolumeStore(Protocol):
         """Create the volume if missing and return its directory; existing data is kept."""
         ...
 
+    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+        """Create the volume as a copy of ``source`` (placed at ``subpath`` inside it) unless it has data.
+
+        Returns whether it seeded; a volume that exists and is not empty is left alone. The copy
+        appears whole or not at all.
+        """
+        ...
+
     def remove(self, env: str, name: str) -> None:
         """Delete a volume and its data; removing a missing volume is not an error."""
         ...

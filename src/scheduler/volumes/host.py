@@ -23,6 +23,7 @@ from pathlib import Path
 from scheduler.errors import FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
 from scheduler.validation import env_name_problem, volume_name_problem
 from scheduler.volumes.base import Volume
+from scheduler.volumes.copy import copy_tree
 
 DIR_MODE = 0o755
 """Mode of a volume directory, as the container sees its mount point."""
@@ -88,6 +89,50 @@ class HostVolumeStore:
             raise Internal(f"cannot create volume {env}/{name} at {str(path)!r}: {err}") from err
         # Re-check after creating: the parent could have been swapped for a symlink meanwhile.
         return self.path(env, name)
+
+    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+        """Create the volume as a copy of ``source`` (at ``subpath`` inside it) unless it has data.
+
+        The copy is made beside the volume under a name no volume can have and renamed into
+        place, so a crash mid-copy leaves no half-filled volume that a later start would take
+        for real data (the scratch copy goes with the environment's directory). An existing
+        empty volume directory is replaced. Returns whether it seeded.
+
+        Raises:
+            InvalidArgument: naming ``subpath`` when it is absolute or climbs out.
+            NotFound: ``source`` is not a directory.
+        """
+        path = self.path(env, name)
+        parts = [p for p in subpath.split("/") if p and p != "."]
+        if subpath.startswith("/") or ".." in parts:
+            raise InvalidArgument.of([FieldViolation("subpath", f"{subpath!r} must be relative and stay inside")])
+        if path.is_dir() and any(path.iterdir()):
+            return False
+        if not Path(source).is_dir():
+            raise NotFound(f"seed {str(source)!r} of volume {env}/{name} is not a directory", path=str(source))
+        self._private_dir(self.root, parents=True)
+        self._private_dir(path.parent)
+        scratch = path.parent / f"{_SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        try:
+            if parts:
+                inner = scratch.joinpath(*parts[:-1])
+                inner.mkdir(mode=DIR_MODE, parents=True)
+                for depth in range(len(parts)):
+                    os.chmod(scratch.joinpath(*parts[:depth]), DIR_MODE)  # mkdir's mode is masked by the umask
+                copy_tree(Path(source), inner / parts[-1])
+            else:
+                # The source's directory becomes the volume itself, with its owner and mode
+                # (PGDATA's 0700 and uid): the environment's 0700 directory still fences it.
+                copy_tree(Path(source), scratch)
+            if path.is_dir():
+                path.rmdir()  # empty (checked above); a file planted meanwhile makes this fail
+            os.rename(scratch, path)
+        except OSError as err:
+            raise Internal(f"cannot seed volume {env}/{name} from {str(source)!r}: {err}") from err
+        finally:
+            _remove_tree(scratch)
+        self.path(env, name)  # the parent could have been swapped for a symlink meanwhile
+        return True
 
     @staticmethod
     def _private_dir(path: Path, parents: bool = False) -> None:

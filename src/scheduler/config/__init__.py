@@ -13,22 +13,11 @@ paths; options typed :data:`SecretStr` are redacted by :func:`redacted`.
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,169 +25,36 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from scheduler.config.options import (
+    REDACTED,
+    CommandPath,
+    ConfigPath,
+    DirPath,
+    SecretStr,
+    _check_host_port,
+    _resolve_paths,
+    _Section,
+    redacted,
+)
+from scheduler.config.server import ROLES, AuthSettings, RoleBinding, ServerSettings, TlsSettings, TokenSettings
 from scheduler.domain import ALL_CAPABILITIES, capability_name
 from scheduler.errors import InvalidArgument
 
-
-@dataclass(frozen=True)
-class _PathOption:
-    """Marks an option as a filesystem path; ``command`` paths may also be a bare name on PATH."""
-
-    command: bool = False
-
-    def resolve(self, value: str, base: Path) -> str:
-        """``value`` made absolute against ``base``; empty stays empty (it means "not set")."""
-        if not value:
-            return value
-        scheme = "unix://" if value.startswith("unix://") else "unix:" if value.startswith("unix:") else ""
-        path = value[len(scheme) :]
-        if self.command and "/" not in path:
-            return value
-        return os.path.normpath(base / Path(path).expanduser())
-
-
-class _SecretOption:
-    """Marks an option whose value never leaves the daemon (``config check`` prints ``<redacted>``)."""
-
-
-_PATH = _PathOption()
-_COMMAND = _PathOption(command=True)
-_SECRET = _SecretOption()
-REDACTED = "<redacted>"
-
-
-def _from_cwd(option: _PathOption) -> Callable[[Any], Any]:
-    def absolute(value: Any) -> Any:
-        resolved = option.resolve(str(value), Path.cwd())
-        return type(value)(resolved) if isinstance(value, Path) else resolved
-
-    return absolute
-
-
-ConfigPath = Annotated[str, _PATH, AfterValidator(_from_cwd(_PATH))]
-"""A path option; empty means unset. Relative values are resolved (see the module docstring)."""
-CommandPath = Annotated[str, _COMMAND, AfterValidator(_from_cwd(_COMMAND))]
-"""A program: a bare name is looked up on PATH, anything with a slash is a path."""
-DirPath = Annotated[Path, _PATH, AfterValidator(_from_cwd(_PATH))]
-SecretStr = Annotated[str, _SECRET]
-"""A credential: usable as a plain string, redacted when settings are printed."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT with a port from 0 to 65535")
-    return value
-
-
-class TlsSettings(_Section):
-    """TLS on the TCP listener; with ``client_ca_file``, mutual TLS (clients must present a certificate)."""
-
-    cert_file: ConfigPath = ""
-    """PEM certificate chain of the server; empty serves plaintext TCP (loopback only)."""
-    key_file: ConfigPath = ""
-    client_ca_file: ConfigPath = ""
-    """PEM bundle of the CAs that sign client certificates; set, it makes TLS mutual."""
-
-    @model_validator(mode="after")
-    def _pairs(self) -> TlsSettings:
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ValueError("set both cert_file and key_file, or neither")
-        if self.client_ca_file and not self.cert_file:
-            raise ValueError("client_ca_file needs cert_file and key_file (mutual TLS is TLS first)")
-        return self
-
-
-class ServerSettings(_Section):
-    """Where and how the gRPC API is served."""
-
-    listen: str = ""
-    """TCP address ``HOST:PORT``; empty (the default) disables TCP. A non-loopback address needs
-    ``tls`` and a way to authenticate (``auth.tokens`` or ``tls.client_ca_file``)."""
-    unix_socket: ConfigPath = "/run/scheduler/scheduler.sock"
-    """Path of the unix socket, the default local transport; empty disables it."""
-    unix_socket_mode: int = Field(default=0o660, ge=0, le=0o777)
-    """Permission bits the socket is created with (before it becomes reachable)."""
-    unix_socket_group: str = ""
-    """Group (name or id) owning the socket; empty keeps the daemon's group."""
-    tls: TlsSettings = TlsSettings()
-    shutdown_grace: float = Field(default=5.0, ge=0, le=600)
-    """Seconds in-flight RPCs get to finish after SIGTERM or SIGINT."""
-
-    @field_validator("listen")
-    @classmethod
-    def _listen_is_address(cls, value: str) -> str:
-        return _check_host_port(value) if value else value
-
-    @field_validator("unix_socket_mode", mode="before")
-    @classmethod
-    def _mode_is_octal(cls, value: Any) -> Any:
-        # A string (a variable, or YAML's 0o660) is read as octal, as chmod reads it.
-        return int(value.removeprefix("0o"), 8) if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _serves_somewhere(self) -> ServerSettings:
-        if not self.listen and not self.unix_socket:
-            raise ValueError("set server.listen or server.unix_socket, or both")
-        return self
-
-    @property
-    def listen_is_loopback(self) -> bool:
-        """Whether the TCP address only accepts connections from this host."""
-        host = self.listen.rpartition(":")[0].strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-
-
-ROLES = ("viewer", "operator", "admin")
-
-
-class TokenSettings(_Section):
-    """A bearer token, stored only as its SHA-256 (``scheduler token create`` makes one)."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-    """The principal the token authenticates: ``token:<name>``."""
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class RoleBinding(_Section):
-    """Grants a role to principals, optionally only over some environments."""
-
-    role: Literal["viewer", "operator", "admin"]
-    principals: list[str] = Field(min_length=1)
-    """``user:NAME``, ``uid:N``, ``group:NAME``, ``gid:N`` (local callers), ``token:NAME``, ``cert:CN``."""
-    name_prefix: str = ""
-    """Only environments whose name starts with this."""
-    labels: dict[str, str] = {}
-    """Only environments carrying these labels (and new ones must carry them)."""
-
-    @field_validator("principals")
-    @classmethod
-    def _principal_kinds(cls, value: list[str]) -> list[str]:
-        for principal in value:
-            kind, sep, name = principal.partition(":")
-            if not sep or not name or kind not in ("user", "uid", "group", "gid", "token", "cert"):
-                raise ValueError(f"{principal!r} is not user:, uid:, group:, gid:, token: or cert: and a name")
-        return value
-
-
-class AuthSettings(_Section):
-    """Who may call: every caller is a principal, and roles say what each principal may do."""
-
-    tokens: list[TokenSettings] = []
-    bindings: list[RoleBinding] = [RoleBinding(role="admin", principals=["user:root"])]
-    """Role bindings; by default only root (over the unix socket or loopback TCP) may call."""
-    loopback_ident: bool = True
-    """Identify plaintext TCP callers on loopback by the owner of their socket (as identd does),
-    so that loopback TCP is as closed as the unix socket."""
+# Defined in the parts of this package, importable from here as before.
+__all__ = [
+    "REDACTED",
+    "ROLES",
+    "AuthSettings",
+    "CommandPath",
+    "ConfigPath",
+    "DirPath",
+    "RoleBinding",
+    "SecretStr",
+    "ServerSettings",
+    "TlsSettings",
+    "TokenSettings",
+    "redacted",
+]
 
 
 class LogSettings(_Section):
@@ -485,56 +341,6 @@ class _ConfigFileSource(YamlConfigSettingsSource):
     def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         loaded = super()._read_file(file_path)
         return _resolve_paths(Settings, loaded, Path(str(file_path)).resolve().parent)
-
-
-def _resolve_paths(model: type[BaseModel], data: Mapping[str, Any], base: Path) -> dict[str, Any]:
-    """``data`` (raw options of ``model``) with every path option made absolute against ``base``."""
-    out = dict(data)
-    for name, info in model.model_fields.items():
-        if name in out:
-            out[name] = _resolve_value(info.annotation, info.metadata, out[name], base)
-    return out
-
-
-def _resolve_value(annotation: Any, metadata: list[Any], value: Any, base: Path) -> Any:
-    option = next((m for m in metadata if isinstance(m, _PathOption)), None)
-    if option is not None and isinstance(value, str | Path):
-        return option.resolve(str(value), base)
-    if get_origin(annotation) is Annotated:
-        inner, *extra = get_args(annotation)
-        return _resolve_value(inner, [*metadata, *extra], value, base)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, Mapping):
-        return _resolve_paths(annotation, value, base)
-    args = get_args(annotation)
-    if get_origin(annotation) is list and isinstance(value, list):
-        return [_resolve_value(args[0], [], item, base) for item in value]
-    if get_origin(annotation) is dict and isinstance(value, Mapping):
-        return {key: _resolve_value(args[1], [], item, base) for key, item in value.items()}
-    return value
-
-
-def redacted(settings: BaseModel) -> dict[str, Any]:
-    """The settings as plain data, every secret option that is set replaced by ``<redacted>``."""
-    out: dict[str, Any] = {}
-    for name, info in type(settings).model_fields.items():
-        out[name] = _redact_value(info.annotation, info.metadata, getattr(settings, name))
-    return out
-
-
-def _redact_value(annotation: Any, metadata: list[Any], value: Any) -> Any:
-    if any(isinstance(m, _SecretOption) for m in metadata):
-        return REDACTED if value else value
-    if get_origin(annotation) is Annotated:
-        inner, *extra = get_args(annotation)
-        return _redact_value(inner, [*metadata, *extra], value)
-    if isinstance(value, BaseModel):
-        return redacted(value)
-    args = get_args(annotation)
-    if isinstance(value, dict):
-        return {key: _redact_value(args[1] if args else Any, [], item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_value(args[0] if args else Any, [], item) for item in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

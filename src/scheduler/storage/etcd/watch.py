@@ -1,0 +1,115 @@
+"""Watching a key prefix from a revision, across member failures and compactions.
+
+The watch is a list-then-watch (Kubernetes' informer pattern): without a start revision it first
+yields a snapshot of the prefix, then every change after it. When the member it streams from
+dies or loses its leader, the watch resumes on the next member from the revision after the last
+change it yielded, so nothing is missed or repeated. When that history was compacted away, it
+yields a fresh snapshot instead (the consumer replaces its view) and follows on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+
+from scheduler import log
+from scheduler.errors import DeadlineExceeded, Unavailable
+from scheduler.storage.etcd import convert
+from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
+from scheduler.storage.etcd.client import REQUIRE_LEADER, EtcdClient
+from scheduler.storage.etcd.errors import from_grpc, retryable
+from scheduler.storage.etcd.types import WatchBatch
+
+_log = log.get("etcd.watch")
+
+_MAX_DELAY = 1.0
+
+
+class _Restart(Exception):
+    """The stream ended or was cancelled by the member: start a new one (maybe elsewhere)."""
+
+
+async def _snapshot(client: EtcdClient, prefix: str) -> WatchBatch:
+    """Every key under ``prefix`` now, retried until some member answers."""
+    delay = 0.05
+    while True:
+        try:
+            page = await client.list_prefix(prefix)
+            return WatchBatch(page.revision, snapshot=page.kvs)
+        except (Unavailable, DeadlineExceeded) as err:
+            _log.warning("etcd.watch.list_failed", prefix=prefix, error=str(err))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+
+
+async def watch_prefix(
+    client: EtcdClient, prefix: str, start_revision: int = 0, *, prev_kv: bool = False
+) -> AsyncIterator[WatchBatch]:
+    """Yield the changes under ``prefix`` from ``start_revision`` on (0: a snapshot, then changes).
+
+    Runs until the consumer stops iterating (close or cancel it); member failures are retried
+    forever with a backoff of at most a second, and logged.
+
+    Raises:
+        SchedulerError: etcd refused the watch for a reason another member would not change.
+    """
+    next_revision = start_revision
+    if next_revision <= 0:
+        batch = await _snapshot(client, prefix)
+        yield batch
+        next_revision = batch.revision + 1
+    raw = convert.encode_key(prefix)
+    delay = 0.05
+    while True:
+        stubs = client.stubs()
+        call = stubs.watch.Watch(metadata=REQUIRE_LEADER)
+        create = pb.WatchCreateRequest(
+            key=raw,
+            range_end=convert.prefix_end(raw),
+            start_revision=next_revision,
+            progress_notify=True,
+            prev_kv=prev_kv,
+        )
+        try:
+            await call.write(pb.WatchRequest(create_request=create))
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise _Restart("stream ended")
+                assert isinstance(response, pb.WatchResponse)
+                if response.compact_revision:
+                    _log.info(
+                        "etcd.watch.compacted", prefix=prefix, wanted=next_revision, compacted=response.compact_revision
+                    )
+                    batch = await _snapshot(client, prefix)
+                    yield batch
+                    next_revision = batch.revision + 1
+                    raise _Restart("compacted")
+                if response.canceled:
+                    raise _Restart(response.cancel_reason or "cancelled by the member")
+                if response.events:
+                    events = tuple(convert.event_from_proto(e) for e in response.events)
+                    next_revision = events[-1].kv.mod_revision + 1
+                    delay = 0.05
+                    yield WatchBatch(response.header.revision, events)
+                elif not response.created:
+                    # A progress notification: everything up to this revision was delivered.
+                    next_revision = max(next_revision, response.header.revision + 1)
+        except grpc.RpcError as err:
+            if not retryable(err):
+                raise from_grpc(err, f"Watch {prefix}") from err
+            _log.info(
+                "etcd.watch.reconnect", prefix=prefix, endpoint=stubs.endpoint, error=str(from_grpc(err, "Watch"))
+            )
+            client.fail_over(stubs)
+        except _Restart as why:
+            if str(why) != "compacted":
+                _log.info("etcd.watch.restart", prefix=prefix, endpoint=stubs.endpoint, reason=str(why))
+                client.fail_over(stubs)
+        finally:
+            call.cancel()
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, _MAX_DELAY)
