@@ -145,8 +145,11 @@ def test_a_request_wakes_a_sleeping_environment_and_delete_cleans_up(
     assert count_resources(daemon, namespace, instance) == before
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     assert f"--dport {port} " not in rules
+    # The daemon holds no socket on the port any more, listening or not: a bind allowing reuse
+    # gets past the TIME_WAIT of connections it forwarded while waking, and past nothing else.
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # nobody holds the port any more, the daemon included
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
 
 
 def test_an_idle_environment_falls_asleep_by_itself(stub: pb_grpc.SchedulerServiceStub) -> None:

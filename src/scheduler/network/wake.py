@@ -94,6 +94,10 @@ class WakeGate:
         if self._accepting:
             return
         for endpoint, sock in self._listeners:
+            # A listening socket refuses every other bind, reuse or not; allowing reuse here only
+            # lets the TIME_WAIT remnants of the connections it accepts allow it too, so the port
+            # can be bound again at once when it is released (see ports.bind).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.listen(self._max_pending)
             sock.setblocking(False)
             self._accepting.append(asyncio.create_task(self._accept(endpoint, sock), name=f"wake:{self.env}"))

@@ -107,3 +107,22 @@ def test_hostport_counts_read_the_dnat_rule_counters() -> None:
         ("127.0.0.1", 20001, "tcp"): 3,
         ("0.0.0.0", 20002, "tcp"): 5,
     }
+
+
+async def test_a_port_the_gate_served_can_be_held_again_at_once(upstream: tuple[str, int]) -> None:
+    endpoint, sock = _held()
+    gate = WakeGate("env", [(endpoint, sock)], lambda e: None, max_pending=2, deadline=5)
+    gate.hold()
+    gate.forward({key_of(endpoint): upstream})
+    assert await _ask(endpoint.host_port) == b"echo:hi"  # the gate closes first: TIME_WAIT on its side
+    await gate.close()
+    sock.close()
+    again = bind("127.0.0.1", endpoint.host_port, "tcp")
+    try:
+        # ...and the new holder refuses every other bind again, reuse or not.
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", endpoint.host_port))
+    finally:
+        again.close()
