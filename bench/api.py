@@ -9,7 +9,8 @@ exactly as many bytes as the daemon's GetEnvironment (or ListEnvironments) respo
 driven by the same grpc.aio client, which sends pre-serialised requests and keeps responses as
 bytes, so client-side (de)serialisation is the same for both sides; the runs are interleaved.
 
-Measured, and printed as JSON with the targets:
+Measured in ``--rounds`` rounds on the same environments, printed as a table per round and the
+spread (min, median, max) against the targets (``--json FILE`` keeps every figure):
 
 - GetEnvironment latency, one caller (p50, p99), against the echo server;
 - RPC/s of GetEnvironment with 16 concurrent callers, as a ratio to the echo server's;
@@ -25,12 +26,15 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +130,12 @@ async def throughput(call: Call, callers: int, seconds: float) -> float:
     return done / (time.monotonic() - started)
 
 
+def _start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy (installed by hand, not a dependency) sampling the daemon during the load phases."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "-o", str(output)])
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
@@ -171,6 +181,48 @@ async def wait_running(channel: grpc.aio.Channel, count: int, timeout: float) ->
     raise RuntimeError(f"not every environment was running within {timeout}s")
 
 
+async def one_round(calls: Calls, args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure once, daemon and echo interleaved (the machine is shared and noisy)."""
+    get_daemon = await latencies(calls.get, args.calls)
+    get_echo = await latencies(calls.echo_get, args.calls)
+    rates: dict[str, list[float]] = {"daemon": [], "echo": []}
+    for _ in range(2):
+        rates["daemon"].append(await throughput(calls.get, 16, args.seconds))
+        rates["echo"].append(await throughput(calls.echo_get, 16, args.seconds))
+    list_daemon = await latencies(calls.list_, max(50, args.calls // 4))
+    list_echo = await latencies(calls.echo_list, max(50, args.calls // 4))
+    # The default transport: the unix socket, relayed by the daemon to gRPC after SO_PEERCRED.
+    unix_latency = await latencies(calls.get_unix, args.calls)
+    unix_rate = await throughput(calls.get_unix, 16, args.seconds)
+    echo_rate = statistics.fmean(rates["echo"])
+    daemon_rate = statistics.fmean(rates["daemon"])
+    return {
+        "get_environment": {"daemon": get_daemon, "echo": get_echo},
+        "rpc_per_s_16_callers": {
+            "daemon": round(daemon_rate),
+            "echo": round(echo_rate),
+            "ratio": round(daemon_rate / echo_rate, 2),
+        },
+        "unix_socket_get_environment": {
+            "daemon": unix_latency,
+            "rpc_per_s_16_callers": round(unix_rate),
+            "ratio_to_echo": round(unix_rate / echo_rate, 2),
+        },
+        "list_environments_100": {"daemon": list_daemon, "echo": list_echo},
+    }
+
+
+@dataclass
+class Calls:
+    """The calls measured: the daemon's, over TCP and the unix socket, and the echo server's of the same sizes."""
+
+    get: Call
+    get_unix: Call
+    list_: Call
+    echo_get: Call
+    echo_list: Call
+
+
 async def measure(
     daemon_address: str, unix_socket: Path, echo_address: str, daemon_pid: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -191,8 +243,13 @@ async def measure(
         list_request = pb.ListEnvironmentsRequest(page_size=100).SerializeToString()
         list_ = raw_call(daemon, SERVICE + "ListEnvironments", list_request)
         list_size = len(await list_())
-        echo_get = raw_call(echo, ECHO, get_size.to_bytes(4, "big"))
-        echo_list = raw_call(echo, ECHO, list_size.to_bytes(4, "big"))
+        calls = Calls(
+            get=get,
+            get_unix=raw_call(unix, SERVICE + "GetEnvironment", get_request),
+            list_=list_,
+            echo_get=raw_call(echo, ECHO, get_size.to_bytes(4, "big")),
+            echo_list=raw_call(echo, ECHO, list_size.to_bytes(4, "big")),
+        )
 
         # Idle first, before the load below leaves anything behind; after a settling pause.
         await asyncio.sleep(args.settle)
@@ -200,48 +257,88 @@ async def measure(
         await asyncio.sleep(args.idle)
         idle_core = (cpu_seconds(daemon_pid) - before) / (time.monotonic() - at)
 
-        get_daemon = await latencies(get, args.calls)
-        get_echo = await latencies(echo_get, args.calls)
-        rates: dict[str, list[float]] = {"daemon": [], "echo": []}
-        for _ in range(2):  # interleaved, the machine is shared and noisy
-            rates["daemon"].append(await throughput(get, 16, args.seconds))
-            rates["echo"].append(await throughput(echo_get, 16, args.seconds))
-        list_daemon = await latencies(list_, max(50, args.calls // 4))
-        list_echo = await latencies(echo_list, max(50, args.calls // 4))
-        # The default transport: the unix socket, relayed by the daemon to gRPC after SO_PEERCRED.
-        get_unix = raw_call(unix, SERVICE + "GetEnvironment", get_request)
-        unix_latency = await latencies(get_unix, args.calls)
-        unix_rate = await throughput(get_unix, 16, args.seconds)
+        profiler = _start_profiler(daemon_pid, args.profile) if args.profile else None
+        rounds = [await one_round(calls, args) for _ in range(args.rounds)]
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
 
-    daemon_rate = statistics.fmean(rates["daemon"])
-    echo_rate = statistics.fmean(rates["echo"])
     return {
         "environments": args.envs,
         "deploy_all_s": round(deployed_s, 1),
-        "get_environment": {"bytes": get_size, "daemon": get_daemon, "echo": get_echo, "target": "p99 <= 5 ms"},
-        "rpc_per_s_16_callers": {
-            "daemon": round(daemon_rate),
-            "echo": round(echo_rate),
-            "ratio": round(daemon_rate / echo_rate, 2),
-            "target": "ratio >= 0.7",
-        },
-        "unix_socket_get_environment": {
-            "daemon": unix_latency,
-            "rpc_per_s_16_callers": round(unix_rate),
-            "ratio_to_echo": round(unix_rate / echo_rate, 2),
-        },
-        "list_environments_100": {
-            "bytes": list_size,
-            "daemon": list_daemon,
-            "echo": list_echo,
-            "target": "p99 <= 20 ms",
-        },
-        "idle_cpu": {
-            "percent_of_a_core": round(idle_core * 100, 2),
-            "window_s": args.idle,
-            "target": "<= 2%",
-        },
+        "bytes": {"get_environment": get_size, "list_environments_100": list_size},
+        "idle_cpu": {"percent_of_a_core": round(idle_core * 100, 2), "window_s": args.idle},
+        "rounds": rounds,
     }
+
+
+TARGETS = {
+    "get_p99_ms": 5.0,
+    "rpc_ratio": 0.7,
+    "list_p99_ms": 20.0,
+    "idle_percent": 2.0,
+}
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The figures as a table: one line per round, then the spread, each against its target."""
+    rows = []
+    for number, r in enumerate(report["rounds"], 1):
+        get, unix, lst = r["get_environment"], r["unix_socket_get_environment"], r["list_environments_100"]
+        rows.append(
+            (
+                str(number),
+                f"{get['daemon']['p50_ms']:.2f}/{get['daemon']['p99_ms']:.2f}",
+                f"{get['echo']['p50_ms']:.2f}/{get['echo']['p99_ms']:.2f}",
+                f"{unix['daemon']['p50_ms']:.2f}/{unix['daemon']['p99_ms']:.2f}",
+                f"{r['rpc_per_s_16_callers']['daemon']}/{r['rpc_per_s_16_callers']['echo']}",
+                f"{r['rpc_per_s_16_callers']['ratio']:.2f}",
+                f"{unix['ratio_to_echo']:.2f}",
+                f"{lst['daemon']['p50_ms']:.2f}/{lst['daemon']['p99_ms']:.2f}",
+                f"{lst['echo']['p50_ms']:.2f}/{lst['echo']['p99_ms']:.2f}",
+            )
+        )
+    header = (
+        "round",
+        "get tcp p50/p99 ms",
+        "echo p50/p99",
+        "get unix p50/p99",
+        "16 callers rpc/s daemon/echo",
+        "ratio tcp",
+        "ratio unix",
+        "list(100) p50/p99 ms",
+        "echo p50/p99",
+    )
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+
+    def spread(values: list[float], target: float, higher_is_better: bool = False) -> str:
+        met = all(v >= target if higher_is_better else v <= target for v in values)
+        worst = min(values) if higher_is_better else max(values)
+        return (
+            f"min {min(values):.2f}  median {statistics.median(values):.2f}  max {max(values):.2f}  "
+            f"(target {'>=' if higher_is_better else '<='} {target:g}: {'met' if met else 'missed'}, worst {worst:.2f})"
+        )
+
+    rounds = report["rounds"]
+    lines += [
+        "",
+        f"{report['environments']} environments (deployed in {report['deploy_all_s']} s); response bytes: "
+        f"get {report['bytes']['get_environment']}, list(100) {report['bytes']['list_environments_100']}",
+        "get tcp p99 ms:      "
+        + spread([r["get_environment"]["daemon"]["p99_ms"] for r in rounds], TARGETS["get_p99_ms"]),
+        "get unix p99 ms:     "
+        + spread([r["unix_socket_get_environment"]["daemon"]["p99_ms"] for r in rounds], TARGETS["get_p99_ms"]),
+        "rpc/s ratio tcp:     "
+        + spread([r["rpc_per_s_16_callers"]["ratio"] for r in rounds], TARGETS["rpc_ratio"], higher_is_better=True),
+        "rpc/s ratio unix:    "
+        + spread([r["unix_socket_get_environment"]["ratio_to_echo"] for r in rounds], TARGETS["rpc_ratio"], True),
+        "list(100) p99 ms:    "
+        + spread([r["list_environments_100"]["daemon"]["p99_ms"] for r in rounds], TARGETS["list_p99_ms"]),
+        f"idle CPU:            {report['idle_cpu']['percent_of_a_core']:.2f}% of a core over "
+        f"{report['idle_cpu']['window_s']:g} s (target <= {TARGETS['idle_percent']:g}%)",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -249,8 +346,11 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=200, help="environments to create")
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per latency measurement")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="measurement rounds on the same environments")
     parser.add_argument("--settle", type=float, default=10.0, help="pause before the idle measurement")
     parser.add_argument("--idle", type=float, default=30.0, help="length of the idle CPU measurement")
+    parser.add_argument("--json", type=Path, help="also write the full figures here as JSON")
+    parser.add_argument("--profile", type=Path, help="record the daemon under load with py-spy (raw format) here")
     parser.add_argument("--echo", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
@@ -258,24 +358,43 @@ def main() -> None:
         return
     archives = build()
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        echo, echo_address = start_echo(Path(tmp))
-        unix_socket = Path(tmp) / "api.sock"
+        report = run(Path(tmp), archives, args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(summary(report))
+
+
+def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+    """Start the echo server and the daemon, measure, then remove everything, whatever happened.
+
+    Environments are deleted through the API; then the daemon stops, and what it left on the
+    host by design (its bridges, chains, namespaces, and the containers of any environment
+    that was not deleted in time) is swept, as the integration tests do.
+    """
+    echo, echo_address = start_echo(tmp)
+    daemon = None
+    try:
+        unix_socket = tmp / "api.sock"
         daemon = start_daemon(
-            Path(tmp),
+            tmp,
             {
                 "images": {"preload": [str(p) for p in archives.values()]},
                 "log": {"level": "info"},
                 "server": {"unix_socket": str(unix_socket)},
             },
         )
-        try:
-            report = asyncio.run(measure(daemon.address, unix_socket, echo_address, daemon.process.pid, args))
-        finally:
-            echo.terminate()
-            echo.wait(timeout=10)
-            daemon.delete_all_environments(timeout=60 + args.envs)
-            daemon.stop()
-    print(json.dumps(report, indent=2))
+        return asyncio.run(measure(daemon.address, unix_socket, echo_address, daemon.process.pid, args))
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+        if daemon is not None:
+            try:
+                daemon.delete_all_environments(timeout=60 + args.envs)
+            finally:
+                try:
+                    daemon.stop()
+                finally:
+                    daemon.cleanup()
 
 
 if __name__ == "__main__":

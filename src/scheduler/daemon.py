@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
+from scheduler.cluster.local import SingleNode, host_capacity
+from scheduler.cluster.node import Node
 from scheduler.config import Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
@@ -166,7 +169,14 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
         service = EnvironmentService(
-            ledger, orchestrator, events, default_catalog(), settings.limits, backups, timeline
+            ledger,
+            orchestrator,
+            events,
+            default_catalog(),
+            settings.limits,
+            backups,
+            timeline,
+            fleet=SingleNode(this_node(settings), ledger),
         )
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
@@ -187,6 +197,22 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
+
+
+def this_node(settings: Settings) -> Node:
+    """This daemon as a node: its name, address and what it offers, from ``cluster.node``."""
+    node = settings.cluster.node
+    return Node(
+        name=node.name or socket.gethostname(),
+        address=node.advertise or settings.server.listen or f"unix:{settings.server.unix_socket}",
+        capacity=host_capacity(
+            node.cpu_millis, node.memory_bytes, settings.network.port_range, settings.limits.max_environments
+        ),
+        labels=dict(node.labels),
+        pool=settings.network.pool,
+        port_range=settings.network.port_range,
+        started_at=datetime.now(UTC),
+    )
 
 
 async def run(settings: Settings, load: Callable[[], Settings] | None = None) -> int:

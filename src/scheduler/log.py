@@ -11,6 +11,14 @@ from typing import Literal
 
 import structlog
 
+_threshold = logging.DEBUG
+"""The lowest level written (everything until :func:`configure` says otherwise)."""
+
+
+def enabled(level: int) -> bool:
+    """Whether lines at ``level`` (a ``logging`` constant) are written: check before a frequent line."""
+    return level >= _threshold
+
 
 def configure(
     format: Literal["auto", "json", "console"] = "auto",
@@ -21,7 +29,9 @@ def configure(
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     )
+    global _threshold
     numeric = getattr(logging, level.upper())
+    _threshold = numeric
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
     logging.getLogger().setLevel(numeric)  # basicConfig does nothing the second time (a reload)
     # grpc's own debug lines (one per loop lookup) drown everything else.

@@ -108,3 +108,33 @@ def test_server_side_validation_errors_are_one_line(daemon: DaemonProcess) -> No
     assert bad.stderr.count("\n") == 1 and "name" in bad.stderr
     usage = cli(daemon, "env", "create", "x", "--stack", "toolbox", "--set", "toolbox.replicas=lots")
     assert usage.returncode == 2 and "replicas" in usage.stderr and "Traceback" not in usage.stderr
+
+
+def test_a_daemon_alone_lists_itself_as_the_one_node_with_what_it_allocated(daemon: DaemonProcess) -> None:
+    def node() -> dict[str, object]:
+        listed = cli(daemon, "node", "list", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        nodes = json.loads(listed.stdout)["nodes"]
+        assert len(nodes) == 1, nodes
+        return dict(nodes[0])
+
+    before = node()
+    assert before["leader"] is True and before["networkPool"] and int(before["capacity"]["cpuMillis"]) >= 1000
+    created = cli(
+        daemon, "env", "create", "cli-node", "--stack", "toolbox", "--set", "toolbox.resources.memory_bytes=48Mi",
+        "--set", "toolbox.resources.cpu_millis=300",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr + created.stdout
+    try:
+        after = node()
+        delta = {k: int(after["allocated"].get(k, 0)) - int(before["allocated"].get(k, 0)) for k in after["allocated"]}
+        assert delta == {"cpuMillis": 300, "memoryBytes": 48 * 1024**2, "environments": 1}, delta
+        table = cli(daemon, "node", "list").stdout.splitlines()
+        assert table[0].split()[:3] == ["NAME", "ADDRESS", "CPU"] and "leader" in table[1], table
+        drain = cli(daemon, "node", "drain", str(after["name"]))
+        assert drain.returncode == 1 and drain.stderr.startswith("error: FAILED_PRECONDITION: "), drain.stderr
+        assert "cluster.etcd" in drain.stderr
+        missing = cli(daemon, "node", "drain", "no-such-node")
+        assert missing.stderr.startswith("error: NOT_FOUND: "), missing.stderr
+    finally:
+        assert cli(daemon, "env", "delete", "cli-node", "--wait").returncode == 0

@@ -1,9 +1,10 @@
 """Processes and mounts a test left behind, found through /proc, so that they can be counted and removed.
 
-A containerd shim outlives its containerd by design, and a log writer outlives everything but
-its task: asking containerd what is running cannot see them once that containerd is gone, so a
-test session that made them looks for them in /proc by what their command line names (the test's
-containerd socket, namespace or data dir) and ends them by PID.
+A containerd shim outlives its containerd by design, and a task's log process (and the host's
+shared log writer) outlives everything but its task: asking containerd what is running cannot
+see them once that containerd is gone, so a test session that made them looks for them in /proc
+by what their command line names (the test's containerd socket, namespace or data dir) and ends
+them by PID.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ ALL_RELATIVE = {
     "containerd": {"socket": "unix:run/containerd.sock", "binary": "bin/containerd"},
     "images": {"preload": ["images/a.tar", "b.tar"]},
     "network": {"cni_bin_dir": "cni"},
+    "cluster": {
+        "etcd": {"tls": {"ca_file": "etcd/ca.pem", "cert_file": "etcd/c.pem", "key_file": "etcd/c.key"}},
+        "backup_dir": "shared/backups",
+    },
 }
 
 

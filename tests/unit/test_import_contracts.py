@@ -17,7 +17,7 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     plant = {
         # The service reaching for an implementation instead of a Protocol.
-        "service.py": "import scheduler.storage.sqlite  # noqa\n",
+        "service/environments.py": "import scheduler.storage.sqlite  # noqa\n",
         # The orchestrator importing the layer above it.
         "orchestrator/plan.py": "import scheduler.service  # noqa\n",
         # Generated containerd stubs outside the containerd runtime.
@@ -47,7 +47,7 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "network, storage, volumes do not read the daemon's config BROKEN",
     ):
         assert contract in out, out
-    assert "scheduler.service -> scheduler.storage.sqlite" in out
+    assert "scheduler.service.environments -> scheduler.storage.sqlite" in out
     assert "scheduler.orchestrator.plan -> scheduler.service" in out
     assert "scheduler.orchestrator.teardown -> scheduler.volumes.host" in out
     assert "scheduler.network.iptables -> scheduler.config" in out

@@ -1,5 +1,6 @@
 """The shim's log writer: record format, rotation without loss, partial lines, readiness and SIGTERM."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -177,7 +178,7 @@ def test_installed_writer_signals_readiness_and_drains_on_sigterm(tmp_path: Path
     first = os.stat(launcher)
     install_logger(launcher)  # unchanged content: not rewritten
     assert os.stat(launcher).st_ino == first.st_ino and os.access(launcher, os.X_OK)
-    assert Path(launcher).read_text().startswith(f"#!{sys.executable} -IS\n")
+    assert Path(launcher).read_bytes().startswith(f"#!{sys.executable} -IS\n".encode())
     directory = tmp_path / "logs"
     started = time.monotonic()
     pid, out_w, err_w, ready_r = _spawn(launcher, directory)
@@ -246,3 +247,75 @@ def test_task_stdio_names_the_writer_with_the_containers_directory_and_rotation(
     assert defaults["max-bytes"] == [str(logger.DEFAULT_MAX_BYTES)]
     assert defaults["max-files"] == [str(logger.DEFAULT_MAX_FILES)]
     assert _prepare_logs(launcher, {}) == ("", "")
+
+
+def _writers_in(home: Path) -> list[int]:
+    """PIDs of shared writers started from ``home`` (their command line names the launcher)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(home).encode() in b" ".join(args) and b"serve" in args:
+                found.append(int(entry.name))
+    return found
+
+
+def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process(tmp_path: Path) -> None:
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    tasks = [_spawn(launcher, tmp_path / f"logs{i}") for i in range(3)]
+    try:
+        for i, (_, out_w, err_w, ready_r) in enumerate(tasks):
+            assert os.read(ready_r, 1) == b""
+            os.write(out_w, b"task %d\npartial" % i)
+            os.write(err_w, b"err %d\n" % i)
+        # Tasks arriving while the first writer starts may start more; all but one exit at once.
+        deadline = time.monotonic() + 10
+        while len(writers := _writers_in(tmp_path / "bin")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(writers) == 1, writers
+        # What stays per task is the waiting process: cat, not an interpreter.
+        for pid, *_ in tasks:
+            assert os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "cat"
+        # The shim's order on task delete: close the pipes, SIGTERM, wait. The waiter outlives the
+        # SIGTERM until the writer has flushed that task's files.
+        for pid, out_w, err_w, _ in tasks:
+            os.close(out_w)
+            os.close(err_w)
+            os.kill(pid, signal.SIGTERM)
+        for pid, *_ in tasks:
+            assert _wait(pid, 10) == 0
+        for i in range(3):
+            assert [t for _, _, t in _records(tmp_path / f"logs{i}", "stdout")] == [b"task %d" % i, b"partial"]
+            assert [t for _, _, t in _records(tmp_path / f"logs{i}", "stderr")] == [b"err %d" % i]
+        # With its last stream gone the shared writer exits and leaves no socket behind.
+        deadline = time.monotonic() + 10
+        while _writers_in(tmp_path / "bin") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _writers_in(tmp_path / "bin")
+        assert not (tmp_path / "bin" / "scheduler-logger.sock").exists()
+    finally:
+        for pid, *rest in tasks:
+            for fd in rest:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        for pid in _writers_in(tmp_path / "bin"):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_task_whose_pipes_no_writer_takes_writes_them_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler.runtime.logger import host
+
+    monkeypatch.setattr(host, "_start_writer", lambda script: None)  # no shared writer comes up
+    monkeypatch.chdir(tmp_path)  # the hand-over connects from the launcher's directory
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    assert host.hand_over(str(tmp_path / "scheduler-logger"), ["dir", str(tmp_path)], (out_r, err_r), 0.2) is None
+    for fd in (out_r, out_w, err_r, err_w):
+        os.close(fd)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import pwd
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ VIEW = frozenset(
         "GetEnvironmentHistory",
         "ListOperations",
         "ListStacks",
+        "ListNodes",
     }
 )
 CHANGE = frozenset(
@@ -60,6 +62,8 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListNodes": "nodes.list",
+    "DrainNode": "nodes.drain",
 }
 
 
@@ -159,6 +163,41 @@ class Authenticator:
     def grant(self, principal: Principal) -> Grant:
         """The role bindings that name any of the principal's ids."""
         return Grant(tuple(b for b in self._settings.bindings if principal.ids & set(b.principals)))
+
+
+class LocalUsers:
+    """Principals of local users, looked up in the user database once per ``ttl`` seconds.
+
+    Reading the user and group databases (``getpwuid``, ``getgrouplist``, ``getgrgid`` per
+    group) cost more than serving a call; a caller's uid comes from the kernel on every call,
+    only what that uid's user and groups are is remembered, for a short while, as nscd does.
+    A configuration reload starts afresh.
+    """
+
+    def __init__(self, ttl: float = 10.0, capacity: int = 1024) -> None:
+        self._ttl = ttl
+        self._capacity = capacity
+        self._items: dict[tuple[int, int | None, int | None], tuple[float, Principal]] = {}
+
+    def principal(self, uid: int, gid: int | None = None, pid: int | None = None) -> Principal:
+        """The principal of a process of ``uid`` (``gid``: its primary group; None: the user's)."""
+        key = (uid, gid, pid)
+        now = time.monotonic()
+        held = self._items.get(key)
+        if held is not None and held[0] > now:
+            return held[1]
+        if gid is None:
+            try:
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = -1
+        principal = Authenticator.from_user(uid, gid, pid)
+        if len(self._items) >= self._capacity:
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
+            if len(self._items) >= self._capacity:
+                self._items.clear()
+        self._items[key] = (now + self._ttl, principal)
+        return principal
 
 
 def _group_ids(user: str, gid: int) -> Iterable[int]:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from scheduler import errors
-from scheduler.api.auth import Authenticator, Grant, Principal, in_scope, permission, unscoped
+from scheduler.api.auth import Authenticator, Grant, LocalUsers, Principal, in_scope, permission, unscoped
 from scheduler.api.peers import UnixListener, loopback_owner
 from scheduler.config import AuthSettings, RoleBinding
 
@@ -58,6 +58,7 @@ class Gate:
     ) -> None:
         self._settings = settings
         self._auth = Authenticator(settings)
+        self._users = LocalUsers()
         self._labels_of = labels_of
         self._unix = unix
         self._tcp_port = tcp_port
@@ -65,15 +66,22 @@ class Gate:
     def apply(self, settings: AuthSettings) -> None:
         """Use new tokens and role bindings from the next call on (a configuration reload)."""
         self._auth = Authenticator(settings)
+        self._users = LocalUsers()
         self._settings = settings
 
-    def identify(self, context: grpc.aio.ServicerContext[Any, Any], peer: str) -> Principal:
-        """Who is calling.
+    def identify(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        peer: str,
+        metadata: Mapping[str, str | bytes] | None = None,
+    ) -> Principal:
+        """Who is calling (``metadata``: the call's, if already read).
 
         Raises:
             Unauthenticated: no credentials, or a bearer token the daemon does not know.
         """
-        metadata = dict(context.invocation_metadata() or ())
+        if metadata is None:
+            metadata = dict(context.invocation_metadata() or ())
         authorization = metadata.get("authorization")
         if isinstance(authorization, str) and authorization:
             scheme, _, token = authorization.partition(" ")
@@ -87,24 +95,23 @@ class Gate:
         if self._unix is not None:
             creds = self._unix.credentials(peer)
             if creds is not None:
-                return self._auth.from_user(creds.uid, creds.gid, creds.pid)
+                return self._users.principal(creds.uid, creds.gid, creds.pid)
         if self._settings.loopback_ident and self._tcp_port():
             uid = loopback_owner(peer, self._tcp_port())
             if uid is not None:
-                import pwd
-
-                try:
-                    gid = pwd.getpwuid(uid).pw_gid
-                except KeyError:
-                    gid = -1
-                return self._auth.from_user(uid, gid)
+                return self._users.principal(uid)
         raise errors.Unauthenticated(
             "no credentials: connect over the unix socket, or send 'authorization: Bearer <token>', "
             "or present a client certificate"
         )
 
     async def admit(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], peer: str
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        peer: str,
+        metadata: Mapping[str, str | bytes] | None = None,
     ) -> Admission | None:
         """Let the call in or raise; None for methods outside SchedulerService (health, reflection).
 
@@ -115,7 +122,7 @@ class Gate:
         if not method.startswith(SERVICE_PREFIX):
             return None
         name = method.removeprefix(SERVICE_PREFIX)
-        principal = self.identify(context, peer)
+        principal = self.identify(context, peer, metadata)
         CALLER.set(principal.name)
         grant = self._auth.grant(principal)
         if not grant.allows(name):
@@ -131,7 +138,7 @@ class Gate:
                 raise _denied(admission.principal, grant, method, request.name)
             return
         target = getattr(request, "name", "")
-        if method in ("ListEnvironments", "ListStacks") or (method == "WatchEvents" and not target):
+        if method in ("ListEnvironments", "ListStacks", "ListNodes") or (method == "WatchEvents" and not target):
             return  # filtered on the way out
         labels = await self._labels_of(target) if target else None
         if labels is None:
@@ -148,10 +155,13 @@ class Gate:
             return response
         environments = getattr(response, "environments", None)
         if environments is not None:
+            # Into a copy: the servicer may serve the same reply object to other callers.
             kept = [e for e in environments if admission.covers(e.name, dict(e.spec.labels))]
-            del response.environments[:]
-            response.environments.extend(kept)
-            return response
+            shown = type(response)()
+            shown.CopyFrom(response)
+            del shown.environments[:]
+            shown.environments.extend(kept)
+            return shown
         environment = getattr(response, "environment", None)
         if isinstance(environment, str) and environment:
             labels = await self._labels_of(environment)

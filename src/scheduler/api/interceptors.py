@@ -9,8 +9,10 @@ RetryInfo where calling again helps.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,6 +70,9 @@ MAX_MESSAGE = 2048
 """Characters of an error message sent back; longer ones (long lists of violations) are cut."""
 MAX_VIOLATIONS = 50
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+_REQUEST_IDS = itertools.count(1)
+_ID_PREFIX = os.urandom(4).hex()
+"""Generated request ids: this process's random prefix and a counter, unique without a syscall."""
 
 
 class RpcObserver(Protocol):
@@ -167,9 +172,10 @@ class _Call:
         self.kind = kind
         self.observer = observer
         self.context = context
-        metadata = dict(context.invocation_metadata() or ())
-        supplied = metadata.get(REQUEST_ID_HEADER)
-        self.request_id = supplied if isinstance(supplied, str) and supplied else uuid.uuid4().hex[:16]
+        self.metadata: dict[str, str | bytes] = dict(context.invocation_metadata() or ())
+        supplied = self.metadata.get(REQUEST_ID_HEADER)
+        generated = f"{_ID_PREFIX}{next(_REQUEST_IDS):08x}"
+        self.request_id = supplied if isinstance(supplied, str) and supplied else generated
         self.started = time.monotonic()
         self.code = grpc.StatusCode.OK
         # Read now: asking a cancelled call for its peer dereferences a freed call (a segfault).
@@ -203,15 +209,16 @@ class _Call:
         """
         seconds = time.monotonic() - self.started
         quiet = self.code == grpc.StatusCode.OK or self.method.startswith(_QUIET_PREFIXES)
-        emit = _log.debug if quiet else _log.info
-        emit(
-            "rpc",
-            method=self.method,
-            principal=self.principal,
-            peer=self.peer,
-            code=self.code.name,
-            duration_ms=round(seconds * 1000, 2),
-        )
+        if not quiet or log.enabled(logging.DEBUG):  # a filtered line still costs a logger bind
+            emit = _log.debug if quiet else _log.info
+            emit(
+                "rpc",
+                method=self.method,
+                principal=self.principal,
+                peer=self.peer,
+                code=self.code.name,
+                duration_ms=round(seconds * 1000, 2),
+            )
         if self.observer is not None:
             self.observer.rpc_finished(self.method, self.kind, self.code.name, seconds)
 
@@ -222,6 +229,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, observer: RpcObserver | None = None, gate: Gate | None = None) -> None:
         self._observer = observer
         self._gate = gate
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+        """Per method: the handler grpc found and its wrapped form, built once, not per call."""
 
     async def intercept_service(
         self,
@@ -232,6 +241,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        held = self._wrapped.get(method)
+        if held is not None and held[0] is handler:
+            return held[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -281,7 +298,7 @@ async def _admit(
     _check_decoded(request)
     if gate is None:
         return None
-    admission = await gate.admit(call.method, request, context, call.peer)
+    admission = await gate.admit(call.method, request, context, call.peer, call.metadata)
     if admission is not None:
         call.principal = admission.principal.name
     return admission

@@ -13,14 +13,18 @@ uid owning the client's end of the connection, as identd does.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import grp
 import ipaddress
+import itertools
 import os
 import secrets
 import socket
 import struct
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,18 +240,37 @@ def loopback_owner(peer: str, server_port: int) -> int | None:
     if not address.is_loopback or not 0 < server_port < 65536:
         return None
     family = socket.AF_INET if isinstance(address, ipaddress.IPv4Address) else socket.AF_INET6
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
-            uid = _diag_owner(diag, family, address, port, address, server_port, dump=False)
+    with _DIAG_LOCK:
+        global _diag
+        if _diag is None:
+            _diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+            _diag.settimeout(2)  # the kernel answers at once; never hang the caller
+        try:
+            uid = _diag_owner(_diag, family, address, port, address, server_port, dump=False)
             families = [family] if family == socket.AF_INET6 else [family, socket.AF_INET6]
             for dump_family in families if uid is None else ():
-                uid = _diag_owner(diag, dump_family, address, port, None, server_port, dump=True)
+                uid = _diag_owner(_diag, dump_family, address, port, None, server_port, dump=True)
                 if uid is not None:
                     break
             return uid
-    except OSError as err:
-        _log.warning("peer.diag_failed", error=str(err))
-        return None
+        except OSError as err:
+            _log.warning("peer.diag_failed", error=str(err))
+            _close_diag()
+            return None
+
+
+_diag: socket.socket | None = None
+"""The netlink socket, kept open: opening one per call cost more than the question."""
+_DIAG_LOCK = threading.Lock()
+_SEQUENCE = itertools.count(1)
+
+
+@atexit.register
+def _close_diag() -> None:
+    global _diag
+    if _diag is not None:
+        _diag.close()
+        _diag = None
 
 
 def _diag_owner(
@@ -283,17 +306,25 @@ def _diag_owner(
         _NOCOOKIE,
     )
     flags = _NLM_F_REQUEST | (0x300 if dump else 0)  # NLM_F_DUMP
-    diag.sendto(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY, flags, 1, 0) + request, (0, 0))
+    # The socket is reused: replies to an earlier question (the rest of a dump) carry its sequence.
+    sequence = next(_SEQUENCE) & 0xFFFFFFFF
+    diag.sendto(
+        _NLMSGHDR.pack(_NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY, flags, sequence, 0) + request, (0, 0)
+    )
     want = {client.packed.ljust(16, b"\0"), _as_v6(client).packed}
     while True:
         data = diag.recv(65536)
         offset = 0
+        answered = False
         while offset + _NLMSGHDR.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
             if length < _NLMSGHDR.size:
                 return None
             body = offset + _NLMSGHDR.size
             offset += (length + 3) & ~3
+            if seq != sequence:
+                continue
+            answered = True
             if kind == _NLMSG_ERROR or kind == 3:  # an error (ENOENT: no such socket) or NLMSG_DONE
                 return None
             if kind != _SOCK_DIAG_BY_FAMILY or length - _NLMSGHDR.size < _DIAG_MESSAGE.size:
@@ -303,10 +334,11 @@ def _diag_owner(
             sport, dport = socket.ntohs(fields[4]), socket.ntohs(fields[5])
             if state == _TCP_ESTABLISHED and inode and sport == client_port and dport == server_port and src in want:
                 return int(uid)
-        if not dump:
+        if answered and not dump:
             return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
     kind, _, rest = peer.partition(":")
     if kind not in ("ipv4", "ipv6"):

@@ -50,6 +50,43 @@ class EnvironmentProtos:
         return message
 
 
+class ListReplies:
+    """Recent ListEnvironments replies, each reused while its page holds the very same environments.
+
+    The service returns the same redacted object for an environment until it changes (any
+    write makes a new one), so a page whose environments are all the same objects, with the
+    same next token, would be rebuilt identical: the reply built for it is served again.
+    Replies are never modified after this (the gate filters into a copy). Bounded, oldest out first.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._items: collections.OrderedDict[
+            tuple[str, str, int], tuple[tuple[domain.Environment, ...], str, pb.ListEnvironmentsResponse, bool]
+        ] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def reply(
+        self, key: tuple[str, str, int], envs: list[domain.Environment], token: str, protos: EnvironmentProtos
+    ) -> tuple[pb.ListEnvironmentsResponse, bool]:
+        """The reply for this page, and whether it fits ``MAX_REPLY_BYTES``."""
+        held = self._items.get(key)
+        if (
+            held is not None
+            and held[1] == token
+            and len(held[0]) == len(envs)
+            and all(a is b for a, b in zip(held[0], envs, strict=True))
+        ):
+            self._items.move_to_end(key)
+            return held[2], held[3]
+        reply = pb.ListEnvironmentsResponse(environments=[protos.of(e) for e in envs], next_page_token=token)
+        fits = reply.ByteSize() <= MAX_REPLY_BYTES
+        self._items[key] = (tuple(envs), token, reply, fits)
+        self._items.move_to_end(key)
+        if len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+        return reply, fits
+
+
 def _actor(context: Context) -> str:
     return CALLER.get() or context.peer() or "unknown"
 
@@ -60,6 +97,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     def __init__(self, service: EnvironmentService) -> None:
         self._service = service
         self._protos = EnvironmentProtos()
+        self._pages = ListReplies()
         self.reload: Callable[[], Awaitable[domain.ReloadReport]] | None = None
         """Re-reads the configuration (set by the daemon once its reloader exists)."""
 
@@ -134,9 +172,10 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         page_size = request.page_size
         while True:
             envs, token = await self._service.list(page_size=page_size, page_token=request.page_token, where=where)
-            reply = pb.ListEnvironmentsResponse(environments=[self._protos.of(e) for e in envs], next_page_token=token)
+            key = (request.page_token, request.filter, page_size)
+            reply, fits = self._pages.reply(key, envs, token, self._protos)
             # A page must fit the client's default 4 MB limit: ask again for fewer environments.
-            if len(envs) <= 1 or reply.ByteSize() <= MAX_REPLY_BYTES:
+            if len(envs) <= 1 or fits:
                 return reply
             page_size = len(envs) // 2
 
@@ -191,6 +230,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ListOperations(self, request: pb.ListOperationsRequest, context: Context) -> pb.ListOperationsResponse:
         records = await self._service.operations(request.name)
         return pb.ListOperationsResponse(operations=[convert.operation_to_proto(r) for r in records])
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[convert.node_to_proto(n) for n in await self._service.nodes()])
+
+    async def DrainNode(self, request: pb.DrainNodeRequest, context: Context) -> pb.Node:
+        return convert.node_to_proto(await self._service.drain_node(request.node))
 
     async def ReloadConfiguration(
         self, request: pb.ReloadConfigurationRequest, context: Context

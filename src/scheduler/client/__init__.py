@@ -2,7 +2,7 @@
 
 The library (:class:`SchedulerClient`) speaks only the wire protocol (the generated stubs), so it
 works against any daemon it can reach and never loads the daemon's own layers. The CLI
-(``scheduler stacks|env|events``) is a thin layer of printing over it.
+(``scheduler stacks|env|events|node``) is a thin layer of printing over it.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ __all__ = [
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
     from scheduler.client import sleep as _sleep_commands  # noqa: F401 - registers env stop/start
-    from scheduler.client.commands import config_reload, env, events, stacks
+    from scheduler.client.commands import config_reload, env, events, node, stacks
 
     group.add_command(stacks)
+    group.add_command(node)
     group.add_command(env)
     group.add_command(events)
     config = group.commands.get("config")

@@ -240,6 +240,15 @@ class SchedulerClient:
         """Make the daemon re-read its configuration file (admin only)."""
         return await self._unary(self._stub.ReloadConfiguration, pb.ReloadConfigurationRequest())
 
+    async def nodes(self) -> builtins.list[pb.Node]:
+        """The live nodes of the fleet, by name (a daemon running alone reports itself)."""
+        reply = await self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+        return list(reply.nodes)
+
+    async def drain_node(self, name: str) -> pb.Node:
+        """Mark node ``name`` draining: no new environment goes there and its own move away."""
+        return await self._unary(self._stub.DrainNode, pb.DrainNodeRequest(node=name))
+
     async def stacks(self) -> builtins.list[pb.Stack]:
         """The whole catalogue of stacks, by name."""
         found: builtins.list[pb.Stack] = []

@@ -191,6 +191,35 @@ def stacks(client: Client, output: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# scheduler node ...
+# ------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def node() -> None:
+    """List and drain the nodes of a fleet."""
+
+
+@node.command("list")
+@output_option
+@connection_options
+def node_list(client: Client, output: str) -> None:
+    """List the live nodes: address, CPU and memory allocated of capacity, environments, labels."""
+    reply = pb.ListNodesResponse(nodes=client.run(lambda api: api.nodes()))
+    click.echo(render.to_json(reply) if output == "json" else render.nodes(reply))
+
+
+@node.command("drain")
+@click.argument("name")
+@output_option
+@connection_options
+def node_drain(client: Client, name: str, output: str) -> None:
+    """Mark node NAME draining: it takes no new environment, and its environments move to others."""
+    reply = pb.ListNodesResponse(nodes=[client.run(lambda api: api.drain_node(name))])
+    click.echo(render.to_json(reply.nodes[0]) if output == "json" else render.nodes(reply))
+
+
+# ------------------------------------------------------------------------------------------------
 # scheduler env ...
 # ------------------------------------------------------------------------------------------------
 

@@ -186,6 +186,27 @@ def stacks(reply: pb.ListStacksResponse) -> str:
     return table(("NAME", "SERVICES", "PARAMETERS", "DESCRIPTION"), rows, terminal_width())
 
 
+def nodes(reply: pb.ListNodesResponse) -> str:
+    """One row per node: allocated of capacity for CPU, memory and environments."""
+    rows = []
+    for n in reply.nodes:
+        role = "leader" if n.leader else ""
+        state = ",".join(s for s in (role, "draining" if n.draining else "") if s) or "-"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
+        rows.append(
+            (
+                n.name,
+                n.address or "-",
+                f"{n.allocated.cpu_millis}m/{n.capacity.cpu_millis}m",
+                f"{size(n.allocated.memory_bytes)}/{size(n.capacity.memory_bytes)}",
+                f"{n.allocated.environments}/{n.capacity.environments}",
+                state,
+                labels,
+            )
+        )
+    return table(("NAME", "ADDRESS", "CPU", "MEMORY", "ENVS", "STATE", "LABELS"), rows, terminal_width())
+
+
 def plan(changes: Iterable[pb.ServiceChange]) -> str:
     """The update plan, service by service."""
     rows = [(c.service, enum_name(c.action, pb.ChangeAction, "CHANGE_ACTION_"), c.reason or "-") for c in changes]

@@ -25,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from scheduler.config.cluster import ClusterSettings, EtcdSettings, EtcdTlsSettings, NodeSettings
 from scheduler.config.options import (
     REDACTED,
     CommandPath,
@@ -45,9 +46,13 @@ __all__ = [
     "REDACTED",
     "ROLES",
     "AuthSettings",
+    "ClusterSettings",
     "CommandPath",
     "ConfigPath",
     "DirPath",
+    "EtcdSettings",
+    "EtcdTlsSettings",
+    "NodeSettings",
     "RoleBinding",
     "SecretStr",
     "ServerSettings",
@@ -300,6 +305,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
     sleep: SleepSettings = SleepSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _network_listener_is_protected(self) -> Settings:

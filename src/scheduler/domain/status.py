@@ -111,6 +111,8 @@ class Environment:
 
     A write names the revision it read and is refused if the document moved on since
     (compare-and-swap), so no change made from a stale read ever lands."""
+    node: str = ""
+    """The fleet node it is placed on; empty until placed, and always on a daemon running alone."""
 
 
 def etag(env: Environment) -> str:

@@ -27,6 +27,9 @@ class Recorder:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         grpc_labels = ["grpc_service", "grpc_method", "grpc_type"]
+        # Methods the server implements and status codes: closed sets, so these stay small.
+        self._rpc: dict[tuple[str, str], tuple[Counter, Histogram, Gauge | None]] = {}
+        self._rpc_handled: dict[tuple[str, str, str], Counter] = {}
         self.rpc_started_total = Counter(
             "grpc_server_started_total", "RPCs started on the server.", grpc_labels, registry=registry
         )
@@ -107,17 +110,33 @@ class Recorder:
     # --- the gRPC server ---------------------------------------------------------------------
 
     def rpc_started(self, method: str, kind: str) -> None:
-        service, name = split_method(method)
-        self.rpc_started_total.labels(service, name, kind).inc()
-        if kind != "unary":
-            self.streams_in_flight.labels(service, name).inc()
+        started, _, in_flight = self._rpc_series(method, kind)
+        started.inc()
+        if in_flight is not None:
+            in_flight.inc()
 
     def rpc_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
-        service, name = split_method(method)
-        self.rpc_handled_total.labels(service, name, kind, code).inc()
-        self.rpc_seconds.labels(service, name, kind).observe(seconds)
-        if kind != "unary":
-            self.streams_in_flight.labels(service, name).dec()
+        _, latency, in_flight = self._rpc_series(method, kind)
+        handled = self._rpc_handled.get((method, kind, code))
+        if handled is None:
+            service, name = split_method(method)
+            handled = self._rpc_handled[(method, kind, code)] = self.rpc_handled_total.labels(service, name, kind, code)
+        handled.inc()
+        latency.observe(seconds)
+        if in_flight is not None:
+            in_flight.dec()
+
+    def _rpc_series(self, method: str, kind: str) -> tuple[Counter, Histogram, Gauge | None]:
+        """The labelled series of one method, looked up once (``labels()`` locks and hashes per call)."""
+        series = self._rpc.get((method, kind))
+        if series is None:
+            service, name = split_method(method)
+            series = self._rpc[(method, kind)] = (
+                self.rpc_started_total.labels(service, name, kind),
+                self.rpc_seconds.labels(service, name, kind),
+                None if kind == "unary" else self.streams_in_flight.labels(service, name),
+            )
+        return series
 
     # --- the orchestrator --------------------------------------------------------------------
 

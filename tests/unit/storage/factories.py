@@ -122,6 +122,7 @@ def full_environment(
         updated_at=T0 + timedelta(seconds=1),
         request_id=request_id,
         revision=1,
+        node="node-1",
         request=full_request(),
     )
 

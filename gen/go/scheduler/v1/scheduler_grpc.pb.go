@@ -81,6 +81,14 @@ type SchedulerServiceClient interface {
 	// validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
 	// ABORTED when etag is set and no longer matches.
 	StartEnvironment(ctx context.Context, in *StartEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
+	// Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
+	// lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
+	// without cluster.etcd reports itself as the one node.
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// Marks a node draining: it takes no new environment, and the placement leader moves the
+	// environments it runs to other nodes (as if it had been lost, without the grace). Admin
+	// only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*Node, error)
 }
 
 type schedulerServiceClient struct {
@@ -290,6 +298,24 @@ func (c *schedulerServiceClient) StartEnvironment(ctx context.Context, in *Start
 	return out, nil
 }
 
+func (c *schedulerServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListNodes", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	out := new(Node)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/DrainNode", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -358,6 +384,14 @@ type SchedulerServiceServer interface {
 	// validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
 	// ABORTED when etag is set and no longer matches.
 	StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error)
+	// Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
+	// lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
+	// without cluster.etcd reports itself as the one node.
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// Marks a node draining: it takes no new environment, and the placement leader moves the
+	// environments it runs to other nodes (as if it had been lost, without the grace). Admin
+	// only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+	DrainNode(context.Context, *DrainNodeRequest) (*Node, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -415,6 +449,12 @@ func (UnimplementedSchedulerServiceServer) StopEnvironment(context.Context, *Sto
 }
 func (UnimplementedSchedulerServiceServer) StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method StartEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedSchedulerServiceServer) DrainNode(context.Context, *DrainNodeRequest) (*Node, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -741,6 +781,42 @@ func _SchedulerService_StartEnvironment_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ListNodes",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/DrainNode",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -804,6 +880,14 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StartEnvironment",
 			Handler:    _SchedulerService_StartEnvironment_Handler,
+		},
+		{
+			MethodName: "ListNodes",
+			Handler:    _SchedulerService_ListNodes_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _SchedulerService_DrainNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -8,6 +8,7 @@ what the API answers.
 
 from __future__ import annotations
 
+from scheduler.api.convert.nodes import node_to_proto
 from scheduler.api.convert.reports import (
     backup_to_proto,
     change_to_proto,
@@ -33,6 +34,7 @@ __all__ = [
     "history_to_proto",
     "log_line_to_proto",
     "log_stream_from_proto",
+    "node_to_proto",
     "metrics_to_proto",
     "operation_to_proto",
     "request_from_proto",

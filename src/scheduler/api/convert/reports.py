@@ -37,6 +37,7 @@ def environment_to_proto(env: domain.Environment) -> pb.Environment:
         ],
         conditions=[_condition_to_proto(c) for c in env.conditions],
         services=[service_to_proto(s) for s in env.spec.services],
+        node=env.node,
     )
     if env.request is not None:
         out.spec.CopyFrom(request_to_proto(env.request))

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from scheduler.runtime import logger
+
 _PROC = Path("/proc")
 
 
@@ -77,10 +79,13 @@ def descendants(pid: int) -> list[int]:
 def end(shim: Shim) -> None:
     """SIGKILL the shim and everything under it, then unmount the rootfs it mounted in its bundle.
 
-    Under it are the log writer and maybe the container's processes; without a task in
-    containerd, nothing of it can be stopped more gently.
+    Under it are the task's waiting log process and maybe the container's processes; without a
+    task in containerd, nothing of it can be stopped more gently. The host's shared log writer
+    may have been reparented under it too: it writes for every other container, so it stays.
     """
     for pid in [*descendants(shim.pid), shim.pid]:
+        if logger.is_shared_writer(_args(pid)):
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if shim.bundle is not None and (shim.bundle / "rootfs").is_dir():

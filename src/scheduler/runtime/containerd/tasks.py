@@ -1,15 +1,17 @@
 """Tasks: the processes of containers (start, wait, stop, exec, delete), through containerd's shim.
 
-Output goes through a log writer that the shim starts for each task (``binary://`` stdio, see
-:mod:`scheduler.runtime.logger`): it timestamps every line into ``<log_dir>/stdout.log`` and
-``<log_dir>/stderr.log`` and rotates them by itself, as their only writer. It is a child of the
-shim, so it outlives a daemon restart; Tasks.Delete waits for it to drain and exit.
+Output goes through the log program that the shim starts for each task (``binary://`` stdio,
+see :mod:`scheduler.runtime.logger`): it hands the pipes to the host's shared log writer, which
+timestamps every line into ``<log_dir>/stdout.log`` and ``<log_dir>/stderr.log`` and rotates
+them by itself, as their only writer. Neither is the daemon's child, so writing goes on through a
+daemon restart; Tasks.Delete waits until the task's streams are drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -35,8 +37,8 @@ from scheduler.runtime.containerd.metrics import oom_kills
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
-LOGGER_NAME = "scheduler-logger"
-"""File name of the log writer under ``<work_dir>/bin``: the logger module behind a shebang."""
+LOGGER_NAME = logger.PROGRAM
+"""File name of the log program under ``<work_dir>/bin``: the logger package zipped behind a shebang."""
 EXEC_OUTPUT_LIMIT = 64 * 1024
 """Bytes of an exec's output kept (the tail of each stream); the rest is read and dropped."""
 WAIT_FOREVER = 10 * 365 * 86400.0
@@ -406,14 +408,13 @@ def _prepare_logs(launcher: str, labels: Mapping[str, str]) -> tuple[str, str]:
 
 
 def install_logger(path: str) -> None:
-    """Write the log writer's executable: this interpreter (``-I -S``, fast and stdlib only) and the module.
+    """Write the log writer's executable: this interpreter (``-I -S``) and a zip of the logger package.
 
     The shim starts it without PATH or any other environment, so the interpreter is named in full.
     A copy (not a link into the package) keeps running tasks' writers independent of upgrades;
     it is replaced atomically, and only when its content changes.
     """
-    with open(logger.__file__, "rb") as handle:
-        content = b"#!" + sys.executable.encode() + b" -IS\n" + handle.read()
+    content = _logger_archive()
     try:
         with open(path, "rb") as handle:
             if handle.read() == content:
@@ -426,6 +427,32 @@ def install_logger(path: str) -> None:
         handle.write(content)
         os.fchmod(handle.fileno(), 0o755)
     os.replace(temporary, path)
+
+
+@functools.cache
+def _logger_archive() -> bytes:
+    """The logger package as a zip application, compiled (no source: nothing to compile at each start)."""
+    import importlib.util
+    import io
+    import marshal
+    import zipfile
+
+    package = os.path.dirname(logger.__file__)
+    buffer = io.BytesIO()
+    buffer.write(b"#!" + sys.executable.encode() + b" -IS\n")
+    sources = {f"scheduler_logger/{n}": os.path.join(package, n) for n in os.listdir(package) if n.endswith(".py")}
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, path in sorted(sources.items()):
+            with open(path, "rb") as source:
+                code = compile(source.read(), name, "exec", dont_inherit=True, optimize=0)
+            # A sourceless .pyc: magic, flags (0), then a zero mtime and size that nothing checks.
+            pyc = importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
+            # Fixed times: the same sources give the same bytes, so nothing is rewritten.
+            archive.writestr(zipfile.ZipInfo(name + "c", (1980, 1, 1, 0, 0, 0)), pyc)
+        main = b"import os, sys\nfrom scheduler_logger.host import main\n"
+        main += b"sys.exit(main(sys.argv[1:], os.path.abspath(sys.argv[0])))\n"
+        archive.writestr(zipfile.ZipInfo("__main__.py", (1980, 1, 1, 0, 0, 0)), main)
+    return buffer.getvalue()
 
 
 class _OutputRing:

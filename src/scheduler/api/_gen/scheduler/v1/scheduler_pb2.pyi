@@ -1249,6 +1249,7 @@ class Environment(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name (a DNS label of at most 40 characters)."""
     uid: _builtins.str
@@ -1262,6 +1263,10 @@ class Environment(_message.Message):
     etag: _builtins.str
     """Changes whenever the stored environment changes (status included). Send it back in
     UpdateEnvironment or DeleteEnvironment to act only on the version you read.
+    """
+    node: _builtins.str
+    """Name of the node it is placed on (see ListNodes); empty until placed, and on a daemon
+    without cluster.etcd.
     """
     @_builtins.property
     def spec(self) -> Global___EnvironmentSpecification:
@@ -1312,10 +1317,11 @@ class Environment(_message.Message):
         services: _abc.Iterable[Global___ServiceDescription] | None = ...,
         etag: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "containers", b"containers", "create_time", b"create_time", "endpoints", b"endpoints", "etag", b"etag", "expire_time", b"expire_time", "generation", b"generation", "name", b"name", "observed_generation", b"observed_generation", "services", b"services", "spec", b"spec", "status", b"status", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "containers", b"containers", "create_time", b"create_time", "endpoints", b"endpoints", "etag", b"etag", "expire_time", b"expire_time", "generation", b"generation", "name", b"name", "node", b"node", "observed_generation", b"observed_generation", "services", b"services", "spec", b"spec", "status", b"status", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2578,3 +2584,192 @@ class ListOperationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOperationsResponse: _TypeAlias = ListOperationsResponse  # noqa: Y015
+
+@_typing.final
+class ListNodesRequest(_message.Message):
+    """ListNodesRequest has no parameters: fleets are small enough to list at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
+
+@_typing.final
+class ListNodesResponse(_message.Message):
+    """ListNodesResponse lists the live nodes by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
+        """Every node whose lease is alive."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
+
+@_typing.final
+class DrainNodeRequest(_message.Message):
+    """DrainNodeRequest names the node to drain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Name of the node (cluster.node.name in its configuration)."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeRequest: _TypeAlias = DrainNodeRequest  # noqa: Y015
+
+@_typing.final
+class NodeResources(_message.Message):
+    """NodeResources counts what placement weighs: CPU, memory, published ports, environments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    PUBLISHED_PORTS_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    cpu_millis: _builtins.int
+    """CPU in thousandths of a core."""
+    memory_bytes: _builtins.int
+    """Memory in bytes."""
+    published_ports: _builtins.int
+    """Host ports for published container ports."""
+    environments: _builtins.int
+    """Environments."""
+    def __init__(
+        self,
+        *,
+        cpu_millis: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        published_ports: _builtins.int = ...,
+        environments: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "environments", b"environments", "memory_bytes", b"memory_bytes", "published_ports", b"published_ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeResources: _TypeAlias = NodeResources  # noqa: Y015
+
+@_typing.final
+class Node(_message.Message):
+    """Node is one scheduler daemon of the fleet and its own containerd."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    ALLOCATED_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    NETWORK_POOL_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_START_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_END_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique name of the node."""
+    address: _builtins.str
+    """API address (HOST:PORT) other nodes and clients reach it on."""
+    network_pool: _builtins.str
+    """Network pool its environments' subnets come from."""
+    port_range_start: _builtins.int
+    """First host port it publishes on."""
+    port_range_end: _builtins.int
+    """Last host port it publishes on."""
+    draining: _builtins.bool
+    """It takes no new environment and gives its own away."""
+    leader: _builtins.bool
+    """It is the placement leader."""
+    @_builtins.property
+    def capacity(self) -> Global___NodeResources:
+        """What the node offers."""
+
+    @_builtins.property
+    def allocated(self) -> Global___NodeResources:
+        """What the environments placed on it ask for."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels environments may select on (an environment label "node.disk=ssd" needs a node
+        labelled "node.disk=ssd").
+        """
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it joined."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        capacity: Global___NodeResources | None = ...,
+        allocated: Global___NodeResources | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        network_pool: _builtins.str = ...,
+        port_range_start: _builtins.int = ...,
+        port_range_end: _builtins.int = ...,
+        draining: _builtins.bool = ...,
+        leader: _builtins.bool = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocated", b"allocated", "capacity", b"capacity", "draining", b"draining", "labels", b"labels", "leader", b"leader", "name", b"name", "network_pool", b"network_pool", "port_range_end", b"port_range_end", "port_range_start", b"port_range_start", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Node: _TypeAlias = Node  # noqa: Y015

@@ -125,6 +125,16 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ListNodes',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/DrainNode',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -285,6 +295,24 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
+        lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
+        without cluster.etcd reports itself as the one node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Marks a node draining: it takes no new environment, and the placement leader moves the
+        environments it runs to other nodes (as if it had been lost, without the grace). Admin
+        only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -372,6 +400,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.StartEnvironment,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -839,6 +877,60 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/StartEnvironment',
             scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ListNodes',
+            scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/DrainNode',
+            scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

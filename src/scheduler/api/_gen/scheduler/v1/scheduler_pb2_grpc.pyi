@@ -116,6 +116,16 @@ class SchedulerServiceStub:
     validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
     ABORTED when etag is set and no longer matches.
     """
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]
+    """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
+    lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
+    without cluster.etcd reports itself as the one node.
+    """
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DrainNodeRequest, _scheduler_pb2.Node]
+    """Marks a node draining: it takes no new environment, and the placement leader moves the
+    environments it runs to other nodes (as if it had been lost, without the grace). Admin
+    only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -202,6 +212,16 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     RUNNING follows. Starting an environment that is not stopped changes nothing. With
     validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
     ABORTED when etag is set and no longer matches.
+    """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
+    lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
+    without cluster.etcd reports itself as the one node.
+    """
+    DrainNode: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DrainNodeRequest, _scheduler_pb2.Node]  # type: ignore[assignment]
+    """Marks a node draining: it takes no new environment, and the placement leader moves the
+    environments it runs to other nodes (as if it had been lost, without the grace). Admin
+    only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -388,6 +408,28 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         RUNNING follows. Starting an environment that is not stopped changes nothing. With
         validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
         ABORTED when etag is set and no longer matches.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _scheduler_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListNodesResponse, _abc.Awaitable[_scheduler_pb2.ListNodesResponse]]:
+        """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
+        lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
+        without cluster.etcd reports itself as the one node.
+        """
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _scheduler_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Node, _abc.Awaitable[_scheduler_pb2.Node]]:
+        """Marks a node draining: it takes no new environment, and the placement leader moves the
+        environments it runs to other nodes (as if it had been lost, without the grace). Admin
+        only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

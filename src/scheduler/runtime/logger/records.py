@@ -1,14 +1,4 @@
-"""The log writer a container's shim runs for its stdout and stderr, and the format it writes.
-
-containerd's ``binary://`` stdio scheme makes the shim start this program with fd 3 = the
-container's stdout, fd 4 = its stderr and fd 5 = a readiness pipe (closed once the files are
-open, or Tasks.Create blocks). Its arguments come from the URI's query as ``key value`` pairs in
-no particular order: ``dir`` (required), ``max-bytes`` and ``max-files``.
-
-It is the only writer of its files, so it can rotate them by itself without losing or repeating
-a line. It is a child of the shim, so it keeps writing while the daemon is down; the shim
-signals it (SIGTERM) when the task is deleted, after closing the pipes, and it exits once it has
-drained them.
+"""The log format (CRI records in rotated files) and the writer of one stream.
 
 File format (one file per stream, ``stdout.log`` and ``stderr.log``), the CRI log format::
 
@@ -20,33 +10,20 @@ is a piece of a line longer than ``MAX_RECORD`` bytes, and a reader joins ``P`` 
 next ``F``. Rotation renames ``stdout.log`` to ``stdout.log.1`` (``.1`` to ``.2``, ...) once
 the next record would take it over ``max-bytes``, keeping ``max-files`` files in all.
 
-The process runs with ``python -I -S``: this module imports only the standard library, and
-only modules that are cheap to load, because the shim waits for it in Tasks.Create.
+Standard library only, and only modules that are cheap to load: the writer runs as
+``python -I -S`` and the shim waits for it in Tasks.Create.
 """
 
 from __future__ import annotations
 
 import os
-import select
-import sys
 import time
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import signal
-else:
-    # ``signal`` pulls in ``enum`` (about 5 ms at start); the builtin module has all we use.
-    import _signal as signal
 
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_FILES = 3
 MAX_RECORD = 16 * 1024
 """Longest line piece in one record; longer lines are split into ``P`` records (as Docker does)."""
 STREAMS = ("stdout", "stderr")
-READ_SIZE = 64 * 1024
-DRAIN_SECONDS = 5.0
-"""How long, after SIGTERM, the pipes may take to reach end of file before the writer exits."""
-STDOUT_FD, STDERR_FD, READY_FD = 3, 4, 5
 
 
 # --- format --------------------------------------------------------------------------------
@@ -183,6 +160,9 @@ class StreamWriter:
             self._write_all(b"".join(batch))
 
     def _write_all(self, data: bytes) -> None:
+        if self._fd < 0:
+            self.dropped += len(data)
+            return
         view = memoryview(data)
         while view:
             try:
@@ -196,7 +176,8 @@ class StreamWriter:
             view = view[written:]
 
     def _rotate(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
         try:
             if self.max_files <= 1:
                 os.unlink(self._path(0))
@@ -211,8 +192,12 @@ class StreamWriter:
                         os.replace(self._path(index - 1), self._path(index))
                     except FileNotFoundError:
                         pass
-        finally:
+        except OSError:
+            pass  # the directory went away (its container was deleted): the reopen drops instead
+        try:
             self._open()
+        except OSError:
+            self._fd, self._size = -1, 0
 
     def close(self) -> None:
         """Flush and close the file."""
@@ -220,113 +205,3 @@ class StreamWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def run(
-    directory: str,
-    inputs: dict[int, str],
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_files: int = DEFAULT_MAX_FILES,
-    ready_fd: int = -1,
-    drain_seconds: float = DRAIN_SECONDS,
-) -> dict[str, int]:
-    """Copy each input fd (to its stream name) into records until every input ends.
-
-    Returns the bytes dropped per stream (write errors). SIGTERM or SIGINT makes it read what
-    is left in the pipes for up to ``drain_seconds``, then flush and return.
-    """
-    os.makedirs(directory, exist_ok=True)
-    clock = Clock()
-    writers = {fd: StreamWriter(directory, stream, max_bytes, max_files, clock) for fd, stream in inputs.items()}
-    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    stopping: list[float] = []
-
-    def on_signal(number: int, frame: object) -> None:
-        if not stopping:
-            stopping.append(time.monotonic() + drain_seconds)
-
-    handlers = {}
-    previous = -1
-    try:
-        previous = signal.set_wakeup_fd(wake_write)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            handlers[sig] = signal.signal(sig, on_signal)
-    except ValueError:
-        pass  # not the main thread (tests): only end of file stops it
-    # Ready only once a SIGTERM would be handled: the shim may send one right after Tasks.Create.
-    if ready_fd >= 0:
-        os.close(ready_fd)
-    poller = select.poll()
-    for fd in writers:
-        poller.register(fd, select.POLLIN)
-    poller.register(wake_read, select.POLLIN)
-    open_fds = set(writers)
-    try:
-        while open_fds:
-            timeout_ms = None
-            if stopping:
-                left = stopping[0] - time.monotonic()
-                if left <= 0:
-                    break
-                timeout_ms = int(left * 1000) + 1
-            for fd, _ in poller.poll(timeout_ms):
-                if fd == wake_read:
-                    try:
-                        os.read(wake_read, 64)
-                    except BlockingIOError:
-                        pass
-                    continue
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    continue
-                if data:
-                    writers[fd].feed(data)
-                else:
-                    writers[fd].flush()
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        if handlers:
-            signal.set_wakeup_fd(previous)
-        os.close(wake_read)
-        os.close(wake_write)
-        for writer in writers.values():
-            writer.close()
-    return {writer.stream: writer.dropped for writer in writers.values()}
-
-
-def parse_args(argv: list[str]) -> tuple[str, int, int]:
-    """``dir``, ``max-bytes`` and ``max-files`` from ``key value`` pairs in any order."""
-    if len(argv) % 2:
-        raise ValueError(f"arguments must be key value pairs, got {argv!r}")
-    options = dict(zip(argv[::2], argv[1::2], strict=True))
-    unknown = set(options) - {"dir", "max-bytes", "max-files"}
-    if unknown:
-        raise ValueError(f"unknown arguments {sorted(unknown)!r}")
-    directory = options.get("dir", "")
-    if not directory.startswith("/"):
-        raise ValueError(f"dir must be an absolute path, got {directory!r}")
-    max_bytes = int(options.get("max-bytes", DEFAULT_MAX_BYTES))
-    max_files = int(options.get("max-files", DEFAULT_MAX_FILES))
-    if max_bytes <= 0 or max_files <= 0:
-        raise ValueError(f"max-bytes and max-files must be positive, got {max_bytes} and {max_files}")
-    return directory, max_bytes, max_files
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of the shim's logger: arguments from the ``binary://`` URI query."""
-    try:
-        directory, max_bytes, max_files = parse_args(argv)
-    except ValueError as err:
-        print(f"scheduler-logger: {err}", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    run(directory, {STDOUT_FD: STREAMS[0], STDERR_FD: STREAMS[1]}, max_bytes, max_files, ready_fd=READY_FD)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

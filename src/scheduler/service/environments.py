@@ -10,16 +10,17 @@ import asyncio
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from scheduler import bounds, errors, log, quotas
+from scheduler.cluster.base import Fleet
+from scheduler.cluster.node import Node
 from scheduler.config import LimitSettings
 from scheduler.domain import (
     BackupInfo,
     ChangeAction,
-    ContainerSample,
     Environment,
     EnvironmentFilter,
     EnvironmentRequest,
@@ -28,22 +29,25 @@ from scheduler.domain import (
     Event,
     EventType,
     HistoryEntry,
-    LogLine,
-    LogQuery,
     OperationRecord,
     ServiceChange,
-    ServiceOverride,
-    ServiceSpec,
 )
-from scheduler.domain import etag as domain_etag
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.ledger import Ledger
-from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
 from scheduler.orchestrator.timeline import Timeline
-from scheduler.redaction import REDACTED, looks_secret
+from scheduler.service.observation import Observation
+from scheduler.service.sleep import SleepAndWake
+from scheduler.service.views import (
+    Shown,
+    check_etag,
+    check_name,
+    matches,
+    pushdown,
+    redact,
+)
 from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
@@ -54,8 +58,6 @@ _log = log.get("service")
 
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
-DEFAULT_HEARTBEAT = timedelta(seconds=15)
-MIN_HEARTBEAT = timedelta(seconds=1)
 
 RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
 """Turns the stored request into the updated one (a field mask applied, or a replacement)."""
@@ -65,7 +67,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvironmentService:
+class EnvironmentService(Observation, SleepAndWake):
     """The scheduler's use cases, in domain terms."""
 
     def __init__(
@@ -77,7 +79,9 @@ class EnvironmentService:
         limits: LimitSettings,
         backups: Backups | None = None,
         timeline: Timeline | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
+        self._fleet = fleet
         self._backups = backups
         self._timeline = timeline
         self._ledger = ledger
@@ -87,6 +91,8 @@ class EnvironmentService:
         self._limits = limits
         self._closing = asyncio.Event()
         self._create_lock = asyncio.Lock()
+        self._shown = Shown(catalog)
+        ledger.watch(self._shown.forget)
 
     def begin_shutdown(self) -> None:
         """End open streams (follows, watches) so that shutdown does not wait on them."""
@@ -156,8 +162,8 @@ class EnvironmentService:
 
     async def get(self, name: str) -> Environment:
         """Return one environment, secrets redacted."""
-        _check_name(name)
-        return self._redact(await self._ledger.get(name))
+        check_name(name)
+        return self._shown.of(await self._ledger.get(name))
 
     async def list(
         self, *, page_size: int = 0, page_token: str = "", where: EnvironmentFilter | None = None
@@ -169,7 +175,7 @@ class EnvironmentService:
         """
         bounds.check_page_token(page_token)
         where = where or EnvironmentFilter()
-        statuses, labels = _pushdown(where)
+        statuses, labels = pushdown(where)
         wanted = effective_page_size(page_size)
         if statuses is not None and not statuses:
             return [], ""
@@ -177,20 +183,20 @@ class EnvironmentService:
         token = page_token
         while len(found) < wanted:
             envs, token = await self._ledger.list(wanted - len(found), token, statuses or (), labels)
-            found += [e for e in envs if _matches(e, where)]
+            found += [e for e in envs if matches(e, where)]
             if not token:
                 break
-        return [self._redact(e) for e in found], token
+        return [self._shown.of(e) for e in found], token
 
     async def delete(self, name: str, *, keep_volumes: bool = False, actor: str = "", etag: str = "") -> Environment:
         """Mark an environment DELETING and remove it in the background (if ``etag`` still matches)."""
-        _check_name(name)
+        check_name(name)
         # The etag check and the write are one step: no other change may land between them.
         marked = False
 
         def mark(env: Environment) -> Environment | None:
             nonlocal marked
-            _check_etag(env, etag)
+            check_etag(env, etag)
             if env.status is EnvironmentStatus.DELETING:
                 return None
             marked = True
@@ -219,9 +225,9 @@ class EnvironmentService:
         ``edit`` receives the stored request (secrets included) and returns the new one; ``etag``,
         when given, must be the environment's current one.
         """
-        _check_name(name)
+        check_name(name)
         env = await self._ledger.get(name)
-        _check_etag(env, etag)
+        check_etag(env, etag)
         request = edit(env.request or EnvironmentRequest(stack=env.spec.stack))
         if request.stack != env.spec.stack:
             raise errors.InvalidArgument.of(
@@ -248,7 +254,7 @@ class EnvironmentService:
 
         def apply(latest: Environment) -> Environment:
             # Planning awaited: a concurrent change may have landed meanwhile.
-            _check_etag(latest, etag)
+            check_etag(latest, etag)
             if latest.generation != env.generation:
                 raise errors.Conflict(
                     f"environment {name!r} was updated while this update was planned; retry", env=name
@@ -277,78 +283,11 @@ class EnvironmentService:
         self._orchestrator.submit_update(name, env, changes, DEFAULT_DRAIN if drain is None else drain)
         return self._redact(updated), changes
 
-    # --- sleep and wake ------------------------------------------------------------------------
-
-    async def stop(
-        self, name: str, *, etag: str = "", request_id: str = "", actor: str = "", validate_only: bool = False
-    ) -> Environment:
-        """Put an environment to sleep in the background: its containers stop, all else is kept.
-
-        Raises:
-            FailedPrecondition: it is pending, deploying or being deleted.
-            Conflict: ``etag`` is stale.
-        """
-        env = await self._sleep_request(name, etag, request_id)
-        if env is None or validate_only:
-            return self._redact(await self._ledger.get(name))
-        busy = self._orchestrator.busy(name)
-        if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING, EnvironmentStatus.DELETING):
-            raise errors.FailedPrecondition(
-                f"environment {name!r} is {env.status.value.lower()}; stop it once that is over", env=name
-            )
-        if env.status is EnvironmentStatus.STOPPED and not busy:
-            return self._redact(env)
-        await self._record_sleep(env, "stop", actor, request_id)
-        self._orchestrator.submit_stop(name, "Requested", f"stopped by {actor or 'a client'} at {_stamp()}")
-        return self._redact(env)
-
-    async def start(
-        self, name: str, *, etag: str = "", request_id: str = "", actor: str = "", validate_only: bool = False
-    ) -> Environment:
-        """Wake a stopped environment in the background: its containers start in dependency order.
-
-        An environment that is not stopped (and has no operation queued that may stop it) is left
-        as it is.
-
-        Raises:
-            FailedPrecondition: it is being deleted.
-            Conflict: ``etag`` is stale.
-        """
-        env = await self._sleep_request(name, etag, request_id)
-        if env is None or validate_only:
-            return self._redact(await self._ledger.get(name))
-        if env.status is EnvironmentStatus.DELETING:
-            raise errors.FailedPrecondition(f"environment {name!r} is being deleted", env=name)
-        if env.status is not EnvironmentStatus.STOPPED and not self._orchestrator.busy(name):
-            return self._redact(env)
-        await self._record_sleep(env, "start", actor, request_id)
-        self._orchestrator.submit_start(name, f"started by {actor or 'a client'} at {_stamp()}")
-        return self._redact(env)
-
-    async def _sleep_request(self, name: str, etag: str, request_id: str) -> Environment | None:
-        """Check a stop or start; None when ``request_id`` names one already accepted."""
-        _check_name(name)
-        if len(request_id) > bounds.MAX_REQUEST_ID:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
-            )
-        env = await self._ledger.get(name)
-        if request_id:
-            marker = _request_marker(request_id)
-            if any(entry.detail == marker for entry in await self._ledger.history(name)):
-                return None
-        _check_etag(env, etag)
-        return env
-
-    async def _record_sleep(self, env: Environment, action: str, actor: str, request_id: str) -> None:
-        detail = _request_marker(request_id) if request_id else ""
-        await self._ledger.append_history(HistoryEntry(env.name, env.generation, _now(), actor, action, detail))
-
     async def history(
         self, name: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[builtins.list[HistoryEntry], str]:
         """Return a page of the audit trail of an environment (kept after its deletion), oldest first."""
-        _check_name(name)
+        check_name(name)
         size = effective_page_size(page_size)
         key = decode_page_token(page_token)
         if key is not None and key.name != name:
@@ -365,7 +304,7 @@ class EnvironmentService:
 
     async def operations(self, name: str) -> builtins.list[OperationRecord]:
         """Timelines of the environment's recent operations, oldest first."""
-        _check_name(name)
+        check_name(name)
         if self._timeline is None:
             raise errors.Unimplemented("this daemon keeps no operation timelines")
         return await self._timeline.of(name)
@@ -379,12 +318,12 @@ class EnvironmentService:
 
     async def backup(self, name: str) -> BackupInfo:
         """Archive an environment: spec, history, volumes, database dumps."""
-        _check_name(name)
+        check_name(name)
         return await self._archives().backup(name)
 
     async def backups(self, name: str) -> builtins.list[BackupInfo]:
         """Archives of an environment (which may have been deleted since), newest first."""
-        _check_name(name)
+        check_name(name)
         return await asyncio.to_thread(self._archives().list, name)
 
     async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
@@ -424,71 +363,6 @@ class EnvironmentService:
 
     # --- observation ---------------------------------------------------------------------------------
 
-    async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
-        """Yield log lines of an environment's containers (and follow them if asked)."""
-        _check_name(name)
-        bounds.check_logs(query)
-        env = await self._ledger.get(name)
-        unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
-        if unknown:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("services", f"environment {name!r} has no service {unknown[0]!r}")]
-            )
-        async for line in read_logs(self._ledger, self._orchestrator.logs_dir, name, query, self._closing):
-            yield line
-
-    async def metrics(self, name: str, *, window: timedelta | None = None) -> builtins.list[ContainerSample]:
-        """Sample every running container twice over ``window`` to get CPU as a rate."""
-        _check_name(name)
-        if window is not None:
-            if window <= timedelta(0):
-                raise errors.InvalidArgument.of([errors.FieldViolation("window", "must be positive")])
-            bounds.check_duration(window, "window", bounds.MAX_METRICS_WINDOW)
-        env = await self._ledger.get(name)
-        return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
-
-    async def watch(
-        self, name: str, *, since: int | None = None, heartbeat: timedelta | None = None
-    ) -> AsyncIterator[Event]:
-        """Yield events (of one environment or all) after ``since``, then live ones, until shutdown.
-
-        While nothing happens for ``heartbeat``, a HEARTBEAT event carries the latest sequence.
-        """
-        if name:
-            _check_name(name)
-        heartbeat = heartbeat or DEFAULT_HEARTBEAT
-        if heartbeat < MIN_HEARTBEAT:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("heartbeat_interval", f"must be at least {MIN_HEARTBEAT.total_seconds():g}s")]
-            )
-        subscription = self._events.subscribe(name, since)
-        closing = asyncio.ensure_future(self._closing.wait())
-        upcoming: asyncio.Future[Event] | None = None
-        try:
-            while True:
-                if upcoming is None:
-                    upcoming = asyncio.ensure_future(anext(subscription))
-                waiting: set[asyncio.Future[object]] = {upcoming, closing}  # type: ignore[arg-type]
-                done, _ = await asyncio.wait(
-                    waiting, timeout=heartbeat.total_seconds(), return_when=asyncio.FIRST_COMPLETED
-                )
-                if closing in done:
-                    return
-                if not done:
-                    yield Event(EventType.HEARTBEAT, name, _now(), sequence=self._events.last_sequence)
-                    continue
-                event = upcoming.result()
-                upcoming = None
-                yield event
-        finally:
-            # The generator must be idle before it can be closed, whether we return or are cancelled.
-            for future in (upcoming, closing):
-                if future is not None and not future.done():
-                    future.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await future
-            await subscription.aclose()
-
     def stacks(self, *, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[Stack], str]:
         """A page of the catalogue of precomposed stacks, by name."""
         size = effective_page_size(page_size)
@@ -498,6 +372,32 @@ class EnvironmentService:
         page = after[:size]
         token = encode_page_token(PageKey(0, page[-1].name)) if len(after) > size else ""
         return page, token
+
+    async def nodes(self) -> builtins.list[Node]:
+        """The live nodes of the fleet (this daemon alone when it runs without one)."""
+        return await self._nodes().nodes()
+
+    async def drain_node(self, name: str) -> Node:
+        """Stop placing on node ``name`` and move its environments away.
+
+        Raises:
+            InvalidArgument: ``node`` is empty.
+            NotFound: no live node has that name.
+            FailedPrecondition: the daemon runs alone.
+        """
+        if not name:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("node", "is required: the name of the node to drain")]
+            )
+        return await self._nodes().drain(name)
+
+    def _nodes(self) -> Fleet:
+        if self._fleet is None:
+            raise errors.Unimplemented("this daemon was built without a node registry")
+        return self._fleet
+
+    def _redact(self, env: Environment) -> Environment:
+        return redact(env, self._catalog)
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -521,92 +421,3 @@ class EnvironmentService:
             return spec
 
         return await asyncio.to_thread(work)
-
-    def _redact(self, env: Environment) -> Environment:
-        services = tuple(_redact_service(s) for s in env.spec.services)
-        request = env.request
-        if request is not None:
-            stack = self._catalog.find(request.stack)
-            secret = {p.name for p in stack.parameters if p.secret} if stack else set()
-            secret_env = {s.name: s.secret_env for s in env.spec.services}
-            request = replace(
-                request,
-                parameters={k: REDACTED if k in secret else v for k, v in request.parameters.items()},
-                services={
-                    name: _redact_override(override, secret_env.get(name, frozenset()))
-                    for name, override in request.services.items()
-                },
-            )
-        return replace(env, spec=replace(env.spec, services=services), request=request)
-
-
-def _redact_service(service: ServiceSpec) -> ServiceSpec:
-    if not service.secret_env:
-        return service
-    return replace(service, env={k: REDACTED if k in service.secret_env else v for k, v in service.env.items()})
-
-
-def _redact_override(override: ServiceOverride, secret_env: frozenset[str]) -> ServiceOverride:
-    if not any(k in secret_env or looks_secret(k) for k in override.env):
-        return override
-    env = {k: REDACTED if k in secret_env or looks_secret(k) else v for k, v in override.env.items()}
-    return replace(override, env=env)
-
-
-def _stamp() -> str:
-    return _now().isoformat(timespec="seconds")
-
-
-def _request_marker(request_id: str) -> str:
-    """How an accepted stop or start records its request id in the history (its retry finds it there)."""
-    return f"request_id {request_id}"
-
-
-def _check_etag(env: Environment, etag: str) -> None:
-    current = domain_etag(env)
-    if etag and etag != current:
-        raise errors.Conflict(
-            f"environment {env.name!r} changed since it was read (etag {etag!r}, now {current!r}); "
-            "get it again and retry",
-            reason="ETAG_MISMATCH",
-            env=env.name,
-            etag=current,
-        )
-
-
-def _pushdown(where: EnvironmentFilter) -> tuple[set[EnvironmentStatus] | None, dict[str, str]]:
-    """The part of a filter the store answers: statuses and single-valued label equalities."""
-    statuses: set[EnvironmentStatus] | None = None
-    labels: dict[str, str] = {}
-    for term in where.terms:
-        if term.negate:
-            continue
-        if term.field == "status":
-            allowed = {EnvironmentStatus(v) for v in term.values}
-            statuses = allowed if statuses is None else statuses & allowed
-        elif term.field.startswith("labels.") and len(term.values) == 1:
-            labels[term.field.removeprefix("labels.")] = term.values[0]
-    return statuses, labels
-
-
-def _matches(env: Environment, where: EnvironmentFilter) -> bool:
-    for term in where.terms:
-        if term.field == "status":
-            actual: str | None = env.status.value
-        elif term.field == "stack":
-            actual = env.spec.stack
-        elif term.field == "name":
-            actual = env.name
-        else:
-            actual = env.spec.labels.get(term.field.removeprefix("labels."))
-        if term.prefix:
-            hit = actual is not None and any(actual.startswith(v) for v in term.values)
-        else:
-            hit = actual in term.values
-        if hit == term.negate:
-            return False
-    return True
-
-
-def _check_name(name: str) -> None:
-    bounds.check_name(name)

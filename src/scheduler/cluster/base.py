@@ -1,0 +1,24 @@
+"""The ``Fleet`` Protocol: the nodes a daemon knows of, as the API reports and drains them."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from scheduler.cluster.node import Node
+
+
+class Fleet(Protocol):
+    """Every node whose lease is alive (or, without a fleet, this daemon alone)."""
+
+    async def nodes(self) -> list[Node]:
+        """The live nodes, by name, with what each offers and what is allocated on it."""
+        ...
+
+    async def drain(self, name: str) -> Node:
+        """Mark node ``name`` draining: it takes no new environment and gives its own away.
+
+        Raises:
+            NotFound: no live node has that name.
+            FailedPrecondition: there is no fleet to move environments to.
+        """
+        ...

@@ -1,0 +1,59 @@
+"""The single-host mode as a fleet of one: ``ListNodes`` reports this daemon, nothing drains."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from scheduler.cluster.node import Node, Resources, demand_of
+from scheduler.domain import EnvironmentStatus
+from scheduler.errors import FailedPrecondition, NotFound
+from scheduler.orchestrator.ledger import Ledger
+
+
+class SingleNode:
+    """This daemon as the one node; what is allocated is summed from the ledger when asked."""
+
+    def __init__(self, node: Node, ledger: Ledger) -> None:
+        self._node = node
+        self._ledger = ledger
+
+    async def nodes(self) -> list[Node]:
+        """This node, with the demand of every environment it holds (deleting ones excluded)."""
+        return [replace(self._node, allocated=allocated(self._ledger), leader=True)]
+
+    async def drain(self, name: str) -> Node:
+        """Refuse: there is nowhere to move environments to.
+
+        Raises:
+            NotFound: ``name`` is not this node.
+            FailedPrecondition: always otherwise, naming ``cluster.etcd``.
+        """
+        if name != self._node.name:
+            raise NotFound(f"node {name!r} not found; this daemon is the node {self._node.name!r}", node=name)
+        raise FailedPrecondition(
+            f"node {name!r} cannot be drained: this daemon runs alone (set cluster.etcd to join a fleet)",
+            node=name,
+        )
+
+
+def allocated(ledger: Ledger, node: str | None = None) -> Resources:
+    """What the environments of ``ledger`` (those placed on ``node``, if given) ask for."""
+    total = Resources()
+    for env in ledger.all():
+        if env.status is not EnvironmentStatus.DELETING and (node is None or env.node == node):
+            total += demand_of(env.spec)
+    return total
+
+
+def host_capacity(cpu_millis: int, memory_bytes: int, port_range: tuple[int, int], environments: int) -> Resources:
+    """What a node offers: the configured amounts, or (0) every core and all physical memory."""
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    low, high = port_range
+    return Resources(
+        cpu_millis=cpu_millis or cores * 1000,
+        memory_bytes=memory_bytes or memory,
+        ports=high - low + 1,
+        environments=environments,
+    )
