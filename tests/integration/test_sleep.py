@@ -20,7 +20,7 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.integration.test_client_cli import cli
 from tests.integration.test_environments import count_resources, daemon_settings, http_get, wait_gone, wait_status
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.images import BACKEND, FRONTEND, POSTGRES, TOOLBOX
 
 pytestmark = pytest.mark.integration
@@ -30,15 +30,11 @@ UP = {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_FAILED}
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
-    archives = [str(image_archives[name]) for name in (POSTGRES, BACKEND, FRONTEND, TOOLBOX)]
+    archives = [image_archives[name] for name in (POSTGRES, BACKEND, FRONTEND, TOOLBOX)]
     # Idle sleep is off by default; environments here opt in with spec.sleep_after_idle.
-    config = {"images": {"preload": archives}, "sleep": {"check_interval": 0.5, "wake_deadline": 120}}
-    process = start_daemon(tmp_path_factory.mktemp("sleep"), config)
-    yield process
-    process.delete_all_environments()
-    code = process.stop()
-    process.cleanup()
-    assert code == 0, process.log()[-3000:]
+    config = {"sleep": {"check_interval": 0.5, "wake_deadline": 120}}
+    with running_daemon(tmp_path_factory.mktemp("sleep"), archives, config) as process:
+        yield process
 
 
 @pytest.fixture
