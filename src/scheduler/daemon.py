@@ -39,6 +39,7 @@ from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettin
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.sleeper import SleepPolicy
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
@@ -47,11 +48,16 @@ from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
-from scheduler.storage.events import SqliteEventLog
+from scheduler.storage.base import StateStore
+from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.events import EtcdEventLog
+from scheduler.storage.etcd.store import EtcdStateStore
+from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes.host import HostVolumeStore
+from scheduler.volumes.templates import TemplateStore
 
 _log = log.get("daemon")
 
@@ -86,7 +92,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.callback(lock.release)
         if settings.server.listen:
             check_listen_free(settings.server.listen)
-        store = await SqliteStateStore.open(settings.state_db_path)
+        etcd = etcd_client(settings)
+        store: StateStore
+        if etcd is not None:
+            stack.push_async_callback(etcd.close)
+            store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+        else:
+            store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
         ledger = await Ledger.open(store)
 
@@ -133,9 +145,30 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(network.close)
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
-        events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
+        event_log: EventLog
+        if etcd is not None:
+            # Each node keeps its own replay log: the sequences are its event bus's.
+            etcd_log = await EtcdEventLog.open(
+                etcd, f"{settings.cluster.etcd.prefix}events/{settings.network.instance}/"
+            )
+            stack.push_async_callback(etcd_log.drain)
+            event_log = etcd_log
+        else:
+            event_log = await asyncio.to_thread(SqliteEventLog, data_dir / "events.db")
+        events = EventBus(log=event_log)
         stack.callback(events.close)
         volumes = HostVolumeStore(data_dir / "volumes")
+        templates = Templates(
+            TemplateStore(data_dir / "templates"),
+            volumes,
+            runtime,
+            TemplateSettings(
+                enabled=settings.templates.enabled,
+                unused_after=timedelta(seconds=settings.templates.unused_after),
+                gc_interval=timedelta(seconds=settings.templates.gc_interval),
+            ),
+        )
+        await templates.start()
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         orchestrator = Orchestrator(
@@ -158,6 +191,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 wake_deadline=settings.sleep.wake_deadline,
                 max_pending=settings.sleep.max_pending,
             ),
+            templates=templates,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
         supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
@@ -166,6 +200,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
+        collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
+        stack.push_async_callback(_cancel, collecting)
 
         backups = Backups(store, runtime, volumes, data_dir / "backups")
         service = EnvironmentService(
@@ -262,8 +298,32 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
     return 0
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _watchdog(notifier: Notifier, every: float) -> None:
     """Ping systemd's watchdog while the event loop turns; a hung loop gets the unit restarted."""
     while True:
         notifier.watchdog()
         await asyncio.sleep(every)
+
+
+def etcd_client(settings: Settings) -> EtcdClient | None:
+    """The client of the fleet's etcd cluster, or None in the single-host mode (no endpoints)."""
+    etcd = settings.cluster.etcd
+    if not etcd.endpoints:
+        return None
+    tls = etcd.tls
+    return EtcdClient(
+        EtcdOptions(
+            endpoints=tuple(etcd.endpoints),
+            dial_timeout=etcd.dial_timeout,
+            retry_deadline=etcd.retry_deadline,
+            ca_file=Path(tls.ca_file) if tls.ca_file else None,
+            cert_file=Path(tls.cert_file) if tls.cert_file else None,
+            key_file=Path(tls.key_file) if tls.key_file else None,
+        )
+    )

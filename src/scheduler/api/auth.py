@@ -62,6 +62,7 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListTemplates": "templates.list",
     "ListNodes": "nodes.list",
     "DrainNode": "nodes.drain",
 }

@@ -28,6 +28,7 @@ from scheduler.orchestrator.sleep import Sleep
 from scheduler.orchestrator.sleeper import Sleeper, SleepPolicy
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
+from scheduler.orchestrator.templates import Templates
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.volumes.base import VolumeStore
 
@@ -49,6 +50,7 @@ class Orchestrator:
         settings: OrchestratorSettings,
         observer: Observer = NULL_OBSERVER,
         sleep: SleepPolicy | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self._ledger = ledger
         self._runtime = runtime
@@ -57,9 +59,10 @@ class Orchestrator:
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
         self._queue = OperationQueue(ledger, observer)
-        self._deploy = Deploy(*parts)
-        self._rollout = Rollout(*parts, redeploy=self._deploy.run)
-        self._teardown = Teardown(*parts)
+        self._deploy = Deploy(*parts, templates=templates)
+        self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
+        self._teardown = Teardown(*parts, templates=templates)
+        self._templates = templates
         self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
         self._sleep = Sleep(*parts)
         self.sleeper = Sleeper(
@@ -98,6 +101,10 @@ class Orchestrator:
     async def sample_metrics(self, env: Environment, window: timedelta) -> list[domain.ContainerSample]:
         """Sample the environment's running containers twice, ``window`` apart, for CPU rates."""
         return await sample_metrics(self._runtime, env, window)
+
+    async def templates(self) -> list[domain.DataTemplate]:
+        """The data-directory templates on the host (none when templates are not in use)."""
+        return [] if self._templates is None else await self._templates.list()
 
     def submit_deploy(self, name: str) -> None:
         """Deploy ``name`` in the background."""

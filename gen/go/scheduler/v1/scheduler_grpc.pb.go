@@ -81,6 +81,11 @@ type SchedulerServiceClient interface {
 	// validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
 	// ABORTED when etag is set and no longer matches.
 	StartEnvironment(ctx context.Context, in *StartEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
+	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// Each names the environments seeded from it that still exist; unused ones are collected.
+	// Admin only.
+	ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error)
 	// Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
 	// lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
 	// without cluster.etcd reports itself as the one node.
@@ -298,6 +303,15 @@ func (c *schedulerServiceClient) StartEnvironment(ctx context.Context, in *Start
 	return out, nil
 }
 
+func (c *schedulerServiceClient) ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error) {
+	out := new(ListTemplatesResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListTemplates", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *schedulerServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
 	out := new(ListNodesResponse)
 	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListNodes", in, out, opts...)
@@ -384,6 +398,11 @@ type SchedulerServiceServer interface {
 	// validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
 	// ABORTED when etag is set and no longer matches.
 	StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error)
+	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// Each names the environments seeded from it that still exist; unused ones are collected.
+	// Admin only.
+	ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error)
 	// Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
 	// lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
 	// without cluster.etcd reports itself as the one node.
@@ -449,6 +468,9 @@ func (UnimplementedSchedulerServiceServer) StopEnvironment(context.Context, *Sto
 }
 func (UnimplementedSchedulerServiceServer) StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method StartEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListTemplates not implemented")
 }
 func (UnimplementedSchedulerServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListNodes not implemented")
@@ -781,6 +803,24 @@ func _SchedulerService_StartEnvironment_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_ListTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTemplatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListTemplates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ListTemplates",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListTemplates(ctx, req.(*ListTemplatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SchedulerService_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListNodesRequest)
 	if err := dec(in); err != nil {
@@ -880,6 +920,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StartEnvironment",
 			Handler:    _SchedulerService_StartEnvironment_Handler,
+		},
+		{
+			MethodName: "ListTemplates",
+			Handler:    _SchedulerService_ListTemplates_Handler,
 		},
 		{
 			MethodName: "ListNodes",

@@ -125,6 +125,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
                 _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ListTemplates',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/scheduler.v1.SchedulerService/ListNodes',
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
@@ -295,6 +300,16 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTemplates(self, request, context):
+        """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+        per image digest and parameters, which new environments' data volumes start as a copy of.
+        Each names the environments seeded from it that still exist; unused ones are collected.
+        Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
         lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
@@ -400,6 +415,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.StartEnvironment,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesResponse.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -877,6 +897,33 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/StartEnvironment',
             scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ListTemplates',
+            scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,6 +116,12 @@ class SchedulerServiceStub:
     validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
     ABORTED when etag is set and no longer matches.
     """
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]
+    """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+    per image digest and parameters, which new environments' data volumes start as a copy of.
+    Each names the environments seeded from it that still exist; unused ones are collected.
+    Admin only.
+    """
     ListNodes: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]
     """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
     lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
@@ -212,6 +218,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     RUNNING follows. Starting an environment that is not stopped changes nothing. With
     validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
     ABORTED when etag is set and no longer matches.
+    """
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+    per image digest and parameters, which new environments' data volumes start as a copy of.
+    Each names the environments seeded from it that still exist; unused ones are collected.
+    Admin only.
     """
     ListNodes: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
@@ -408,6 +420,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         RUNNING follows. Starting an environment that is not stopped changes nothing. With
         validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
         ABORTED when etag is set and no longer matches.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _scheduler_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListTemplatesResponse, _abc.Awaitable[_scheduler_pb2.ListTemplatesResponse]]:
+        """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+        per image digest and parameters, which new environments' data volumes start as a copy of.
+        Each names the environments seeded from it that still exist; unused ones are collected.
+        Admin only.
         """
 
     @_abc_1.abstractmethod
