@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ["runtime_start", "network", "env_create", "updates", "adopt", "api", "metrics_scrape"]
+BENCHMARKS = ["runtime_start", "network", "env_create", "updates", "adopt", "api", "metrics_scrape", "wake"]
 
 
 def main(argv: list[str]) -> int:

@@ -76,6 +76,13 @@ class ContainerRuntime(Protocol):
         """Remove the container, its process and rootfs; missing pieces are fine."""
         ...
 
+    async def prepare(self, container_id: str) -> None:
+        """Create the container's process without starting it, so that a later ``start`` is quick.
+
+        A process that has not exited is left alone; an exited one is replaced.
+        """
+        ...
+
     async def release(self, container_id: str) -> None:
         """Delete the container's exited process (and with it its shim and log writer).
 

@@ -224,6 +224,10 @@ class FakeRuntime:
                 self._exit(container, 137)
             self._emit(domain.TaskEvent(domain.TaskEventKind.DELETE, container_id, container.pid, at=datetime.now(UTC)))
 
+    async def prepare(self, container_id: str) -> None:
+        self._record("prepare", container_id)
+        self._get(container_id)
+
     async def release(self, container_id: str) -> None:
         self._record("release", container_id)
         container = self._get(container_id)

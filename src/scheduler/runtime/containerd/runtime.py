@@ -128,6 +128,11 @@ class ContainerdRuntime:
             signal = record.labels.get(L.STOP_SIGNAL, "SIGTERM")
         return await self.tasks.stop(container_id, grace, signal)
 
+    async def prepare(self, container_id: str) -> None:
+        """Create the container's task ahead of its start (shim, log writer, runc create)."""
+        check_name(container_id, "container.id")
+        await self.tasks.prepare(container_id)
+
     async def release(self, container_id: str) -> None:
         """Delete the container's exited task, keeping the container and its snapshot."""
         check_name(container_id, "container.id")

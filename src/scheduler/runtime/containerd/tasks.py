@@ -28,6 +28,7 @@ from scheduler.retry import linear, retry
 from scheduler.runtime import logger
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import spec as oci
+from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import containers_pb2 as containers_pb
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
 from scheduler.runtime.containerd._gen.containerd.types.task import task_pb2 as task_pb
 from scheduler.runtime.containerd.client import ContainerdClient, check_name
@@ -135,17 +136,38 @@ class TaskManager:
             if existing.status == task_pb.CREATED:
                 return await self._start(container_id)
             await self._delete_task(container_id)
+        await self._create_task(container_id, record)
+        try:
+            return await self._start(container_id)
+        except BaseException:
+            await asyncio.shield(self._force_delete_task(container_id))
+            raise
+
+    async def prepare(self, container_id: str) -> None:
+        """Create the container's task without starting it; a later :meth:`start` only starts it.
+
+        Creating is the slow part of a start (the shim, its log writer, ``runc create``): done
+        ahead, it overlaps whatever the container must wait for. A task that has not exited is
+        left alone; an exited one is replaced.
+
+        Raises:
+            NotFound: no such container, or its snapshot is gone.
+        """
+        record = await self._containers.get(container_id)
+        existing = await self.get(container_id)
+        if existing is not None:
+            if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING, task_pb.CREATED):
+                return
+            await self._delete_task(container_id)
+        await self._create_task(container_id, record)
+
+    async def _create_task(self, container_id: str, record: containers_pb.Container) -> None:
         mounts = await self._containers.mounts(record)
         stdout, stderr = await asyncio.to_thread(_prepare_logs, self._logger, record.labels)
         await self._client.tasks.create(
             tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
             what=container_id,
         )
-        try:
-            return await self._start(container_id)
-        except BaseException:
-            await asyncio.shield(self._force_delete_task(container_id))
-            raise
 
     async def _start(self, container_id: str, exec_id: str = "") -> int:
         reply = await self._client.tasks.start(
@@ -267,11 +289,11 @@ class TaskManager:
         await self._delete_task(container_id)
 
     async def release(self, container_id: str) -> None:
-        """Delete an exited task (its shim goes with it); a running one, or none, is left alone."""
+        """Delete an exited or never started task (its shim goes with it); a running one, or none, is left alone."""
         task = await self.get(container_id)
         if task is None or task.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
             return
-        await self._delete_task(container_id)
+        await self._force_delete_task(container_id)
 
     async def _delete_task(self, container_id: str) -> None:
         async def delete() -> None:
