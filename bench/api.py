@@ -40,8 +40,9 @@ from typing import Any
 
 import grpc
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
-from tests.support.daemon import start_daemon
+from tests.support.daemon import daemon_instance, start_daemon
 from tests.support.images import build
 
 SERVICE = "/scheduler.v1.SchedulerService/"
@@ -383,7 +384,7 @@ def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> dict[
                 "server": {"unix_socket": str(unix_socket)},
             },
         )
-        return asyncio.run(measure(daemon.address, unix_socket, echo_address, daemon.process.pid, args))
+        report = asyncio.run(measure(daemon.address, unix_socket, echo_address, daemon.process.pid, args))
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -395,6 +396,8 @@ def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> dict[
                     daemon.stop()
                 finally:
                     daemon.cleanup()
+    report["leftovers"] = leftovers.report([daemon_instance(daemon)], [tmp])
+    return report
 
 
 if __name__ == "__main__":

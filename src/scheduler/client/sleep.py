@@ -9,9 +9,11 @@ import click
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
 from scheduler.client.api import SchedulerClient
-from scheduler.client.commands import _failure, _print_env, env, wait_options
+from scheduler.client.commands import _print_env, env
 from scheduler.client.connection import Client, CommandFailed, connection_options, output_option
 from scheduler.client.errors import WaitFailed
+from scheduler.client.options import wait_options
+from scheduler.client.waits import failure_reason
 
 _AFTER_START = {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_DEGRADED, pb.ENVIRONMENT_STATUS_FAILED}
 
@@ -89,5 +91,5 @@ def env_start(client: Client, name: str, wait: bool, wait_timeout: float, output
     _print_env(woken, output)
     if wait and woken.status != pb.ENVIRONMENT_STATUS_RUNNING:
         raise CommandFailed(
-            "FAILED_PRECONDITION", f"environment {name!r} is {render.status(woken.status)}: {_failure(woken)}"
+            "FAILED_PRECONDITION", f"environment {name!r} is {render.status(woken.status)}: {failure_reason(woken)}"
         )

@@ -23,7 +23,12 @@ MAX_STATUS_LINE = 4096
 MAX_HEAD = 16 * 1024
 """Bytes an HTTP probe reads for the status line and headers together, then up to 4 KiB of body."""
 START_INTERVAL = 0.1
-"""Seconds between probes while the start period lasts."""
+"""Seconds between probes while the start period lasts (at most)."""
+FIRST_INTERVAL = 0.02
+"""Seconds before the second TCP or HTTP probe; the pause grows by half each time up to
+``START_INTERVAL``. A refused connect costs next to nothing, and most services answer within
+a few hundred milliseconds of their start: noticing it 20-50 ms after instead of up to 100 ms
+after is a tenth of a three-service deploy. Exec probes (a runc exec each) keep ``START_INTERVAL``."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,7 @@ async def wait_healthy(
     ``started`` is the container's start time on the ``time.monotonic`` clock.
     """
     failures = 0
+    pace = FIRST_INTERVAL if check.kind in (HealthCheckKind.TCP, HealthCheckKind.HTTP) else START_INTERVAL
     while True:
         result = await probe(check, runtime, container_id, ip, observer)
         if result.ok:
@@ -147,5 +153,6 @@ async def wait_healthy(
             if failures >= check.retries:
                 raise Unhealthy(result.detail)
         else:
-            interval = min(interval, START_INTERVAL)
+            interval = min(interval, pace)
+            pace = min(pace * 1.5, START_INTERVAL)
         await asyncio.sleep(interval)

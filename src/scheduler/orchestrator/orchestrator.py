@@ -15,6 +15,7 @@ from pathlib import Path
 from scheduler import domain, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
+from scheduler.orchestrator.admission import Admission, cpu_limit
 from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
@@ -58,7 +59,8 @@ class Orchestrator:
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
-        self._queue = OperationQueue(ledger, observer)
+        admission = Admission(cpu_limit(settings.deploy_concurrency), settings.admission_hold)
+        self._queue = OperationQueue(ledger, observer, admission)
         self._deploy = Deploy(*parts, templates=templates)
         self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
         self._teardown = Teardown(*parts, templates=templates)

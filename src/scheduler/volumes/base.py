@@ -30,11 +30,12 @@ class VolumeStore(Protocol):
         """Create the volume if missing and return its directory; existing data is kept."""
         ...
 
-    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+    def seed(self, env: str, name: str, source: Path, subpath: str = "", *, move: bool = False) -> bool:
         """Create the volume as a copy of ``source`` (placed at ``subpath`` inside it) unless it has data.
 
         Returns whether it seeded; a volume that exists and is not empty is left alone. The copy
-        appears whole or not at all.
+        appears whole or not at all. With ``move`` the directory ``source`` itself becomes the
+        data (renamed, no copy) and is gone afterwards.
         """
         ...
 

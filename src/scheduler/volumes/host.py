@@ -14,6 +14,7 @@ another user fix their own data directory (PostgreSQL's entrypoint chowns ``PGDA
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tarfile
@@ -90,13 +91,16 @@ class HostVolumeStore:
         # Re-check after creating: the parent could have been swapped for a symlink meanwhile.
         return self.path(env, name)
 
-    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+    def seed(self, env: str, name: str, source: Path, subpath: str = "", *, move: bool = False) -> bool:
         """Create the volume as a copy of ``source`` (at ``subpath`` inside it) unless it has data.
 
         The copy is made beside the volume under a name no volume can have and renamed into
         place, so a crash mid-copy leaves no half-filled volume that a later start would take
         for real data (the scratch copy goes with the environment's directory). An existing
-        empty volume directory is replaced. Returns whether it seeded.
+        empty volume directory is replaced. With ``move``, ``source`` (a private copy made
+        beforehand, off the critical path) is renamed into place instead: the seed then costs a
+        rename whatever its size; across filesystems it is copied and removed. Returns whether
+        it seeded.
 
         Raises:
             InvalidArgument: naming ``subpath`` when it is absolute or climbs out.
@@ -119,11 +123,11 @@ class HostVolumeStore:
                 inner.mkdir(mode=DIR_MODE, parents=True)
                 for depth in range(len(parts)):
                     os.chmod(scratch.joinpath(*parts[:depth]), DIR_MODE)  # mkdir's mode is masked by the umask
-                copy_tree(Path(source), inner / parts[-1])
+                _take(Path(source), inner / parts[-1], move)
             else:
                 # The source's directory becomes the volume itself, with its owner and mode
                 # (PGDATA's 0700 and uid): the environment's 0700 directory still fences it.
-                copy_tree(Path(source), scratch)
+                _take(Path(source), scratch, move)
             if path.is_dir():
                 path.rmdir()  # empty (checked above); a file planted meanwhile makes this fail
             os.rename(scratch, path)
@@ -270,6 +274,19 @@ class HostVolumeStore:
         if not path.is_dir():
             raise NotFound(f"volume {env}/{name} not found", env=env, volume=name)
         return path
+
+
+def _take(source: Path, target: Path, move: bool) -> None:
+    if move:
+        try:
+            os.rename(source, target)
+            return
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+    copy_tree(source, target)
+    if move:
+        _remove_tree(source)
 
 
 def _keep_owner_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:

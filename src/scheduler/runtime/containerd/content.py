@@ -23,8 +23,8 @@ from scheduler.retry import linear, retry
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd.client import ContainerdClient
+from scheduler.runtime.containerd.descriptors import Descriptor
 from scheduler.runtime.containerd.errors import from_grpc, status_code, status_details
-from scheduler.runtime.containerd.registry import Descriptor
 from scheduler.runtime.containerd.sources import BlobSource
 
 ProgressCallback = Callable[[domain.PullProgress], None]

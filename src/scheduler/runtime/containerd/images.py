@@ -32,6 +32,7 @@ from scheduler.reference import Reference, normalize, parse
 from scheduler.runtime.containerd._gen.containerd.services.images.v1 import images_pb2 as images_pb
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.content import ContentWriter, Ingest, ProgressCallback
+from scheduler.runtime.containerd.descriptors import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from scheduler.runtime.containerd.manifests import (
     GC_REF_CONTENT,
     ParsedManifest,
@@ -45,13 +46,7 @@ from scheduler.runtime.containerd.manifests import (
     json_object,
     parse_manifest,
 )
-from scheduler.runtime.containerd.registry import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    Descriptor,
-    RegistryClient,
-    check_registry_host,
-)
+from scheduler.runtime.containerd.registry import RegistryClient, check_registry_host
 from scheduler.runtime.containerd.sources import (
     BlobSource,
     RegistrySource,
@@ -95,6 +90,9 @@ class ImageService:
         self._pulls: dict[str, asyncio.Task[domain.Image]] = {}
         self._content = ContentWriter(client)
         self._unpacker = Unpacker(client, snapshotter, self._content)
+        self._manifests: dict[str, tuple[ParsedManifest, dict[str, Any]]] = {}
+        """Manifest and config by the digest of the image's root descriptor: content-addressed,
+        so never stale; saves a create two to four content reads per service (5-30 ms each)."""
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -318,6 +316,16 @@ class ImageService:
 
     async def _load_local(self, target: Descriptor, name: str) -> tuple[ParsedManifest, dict[str, Any]]:
         """Manifest and config of a stored image, following an index to this platform's entry."""
+        known = self._manifests.get(target.digest)
+        if known is not None:
+            return known
+        found = await self._read_local(target, name)
+        if len(self._manifests) >= 256:
+            self._manifests.clear()
+        self._manifests[target.digest] = found
+        return found
+
+    async def _read_local(self, target: Descriptor, name: str) -> tuple[ParsedManifest, dict[str, Any]]:
         desc = target
         if desc.media_type in INDEX_TYPES:
             index = json_object(await self._content.read_blob(desc.digest), f"index of {name}")

@@ -324,6 +324,10 @@ class EtcdClient:
         """Remove ``key`` only if it was last written at ``mod_revision``."""
         return await self.txn([Compare.mod_revision(key, mod_revision)], [Delete(key)], [Get(key)])
 
+    async def revision(self) -> int:
+        """The cluster's current revision (a linearizable read)."""
+        return (await self.range("\0", limit=1)).revision
+
     async def compact(self, revision: int) -> None:
         """Drop the history before ``revision`` (watches from earlier revisions get Compacted)."""
         request = pb.CompactionRequest(revision=revision, physical=True)

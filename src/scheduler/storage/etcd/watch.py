@@ -105,6 +105,9 @@ async def watch_prefix(
                 "etcd.watch.reconnect", prefix=prefix, endpoint=stubs.endpoint, error=str(from_grpc(err, "Watch"))
             )
             client.fail_over(stubs)
+        except asyncio.InvalidStateError as why:  # a write to a stream that already ended
+            _log.info("etcd.watch.restart", prefix=prefix, endpoint=stubs.endpoint, reason=repr(why))
+            client.fail_over(stubs)
         except _Restart as why:
             if str(why) != "compacted":
                 _log.info("etcd.watch.restart", prefix=prefix, endpoint=stubs.endpoint, reason=str(why))
