@@ -28,9 +28,9 @@ from bench import leftovers
 from scheduler import domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler.config import ImageSettings
 from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator import health
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.stacks.catalog import default_catalog
 from scheduler.stacks.resolve import resolve
@@ -109,7 +109,7 @@ async def serial_baseline(
         str(daemon.data_dir / "containerd" / "containerd.sock"),
         namespace="baseline" + secrets.token_hex(3),
         state_dir=state / "runtime",
-        images=ImageSettings(),
+        images=ImageOptions(),
     )
     settings = CniSettings(pool=f"10.{240 + first % 10}.0.0/16", port_range=(31000, 31999))
     instance = "bl" + secrets.token_hex(2)

@@ -27,7 +27,7 @@ from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.local import SingleNode, host_capacity
 from scheduler.cluster.node import Node
-from scheduler.config import Settings
+from scheduler.config import ImageSettings, Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
@@ -44,6 +44,7 @@ from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
+from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
@@ -147,7 +148,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             state_dir=data_dir / "runtime",
             snapshotter=settings.containerd.snapshotter,
             runtime_name=settings.containerd.runtime,
-            images=settings.images,
+            images=image_options(settings.images),
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
@@ -269,8 +270,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
         phases.mark("api")
+
+        def apply_images(images: ImageSettings) -> None:
+            runtime.image_service().settings = image_options(images)
+
         reloader = Reloader(
-            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+            settings, load or (lambda: settings), LiveTargets(service, server, apply_images, metrics, collector)
         )
         server.set_reload(reloader.reload)
         schedule = BackupSchedule(store, backups, settings.backups)
@@ -278,6 +283,18 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader, phases.seconds)
+
+
+def image_options(images: ImageSettings) -> ImageOptions:
+    """The image service's own view of the ``images`` section."""
+    return ImageOptions(
+        pull_policy=domain.PullPolicy(images.pull_policy),
+        registries={
+            host: RegistryOptions(tuple(r.mirrors), r.insecure, r.username, r.password)
+            for host, r in images.registries.items()
+        },
+        allowed_registries=tuple(images.allowed_registries),
+    )
 
 
 def this_node(settings: Settings) -> Node:

@@ -124,6 +124,9 @@ class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
         self._tokens = {t.sha256: t.name for t in settings.tokens}
+        self._bindings = [(b, frozenset(b.principals)) for b in settings.bindings]
+        self._grants: dict[Principal, Grant] = {}
+        """Grants worked out, per principal: these settings never change (a reload makes a new one)."""
 
     def from_token(self, token: str) -> Principal:
         """The principal of a bearer token.
@@ -163,7 +166,13 @@ class Authenticator:
 
     def grant(self, principal: Principal) -> Grant:
         """The role bindings that name any of the principal's ids."""
-        return Grant(tuple(b for b in self._settings.bindings if principal.ids & set(b.principals)))
+        grant = self._grants.get(principal)
+        if grant is None:
+            if len(self._grants) >= 1024:
+                self._grants.clear()
+            grant = Grant(tuple(b for b, names in self._bindings if not principal.ids.isdisjoint(names)))
+            self._grants[principal] = grant
+        return grant
 
 
 class LocalUsers:

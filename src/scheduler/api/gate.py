@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -35,11 +35,11 @@ class Admission:
 
     principal: Principal
     scopes: tuple[RoleBinding, ...]
+    unrestricted: bool = field(init=False)
+    """Whether the caller's role covers every environment for this method."""
 
-    @property
-    def unrestricted(self) -> bool:
-        """Whether the caller's role covers every environment for this method."""
-        return any(unscoped(b) for b in self.scopes)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unrestricted", any(unscoped(b) for b in self.scopes))
 
     def covers(self, name: str, labels: Mapping[str, str]) -> bool:
         """Whether the environment lies within one of the caller's scopes."""
@@ -59,6 +59,9 @@ class Gate:
         self._settings = settings
         self._auth = Authenticator(settings)
         self._users = LocalUsers()
+        self._admissions: dict[tuple[Principal, str], Admission] = {}
+        """Admissions worked out, per principal and method, under the authenticator ``_admitted_by``."""
+        self._admitted_by = self._auth
         self._labels_of = labels_of
         self._unix = unix
         self._tcp_port = tcp_port
@@ -124,10 +127,15 @@ class Gate:
         name = method.removeprefix(SERVICE_PREFIX)
         principal = self.identify(context, peer, metadata)
         CALLER.set(principal.name)
-        grant = self._auth.grant(principal)
-        if not grant.allows(name):
-            raise _denied(principal, grant, name)
-        admission = Admission(principal, grant.scopes(name))
+        auth = self._auth
+        grant = auth.grant(principal)
+        admission = self._admissions.get((principal, name))
+        if admission is None or self._admitted_by is not auth:
+            if not grant.allows(name):
+                raise _denied(principal, grant, name)
+            if self._admitted_by is not auth or len(self._admissions) >= 1024:
+                self._admissions, self._admitted_by = {}, auth
+            admission = self._admissions[(principal, name)] = Admission(principal, grant.scopes(name))
         if not admission.unrestricted:
             await self._check_scope(admission, name, request, grant)
         return admission

@@ -26,6 +26,7 @@ from scheduler.client.waits import (
     wait_gone,
     wait_settled,
 )
+from scheduler.retry import retry
 
 UPDATE_ATTEMPTS = 5
 
@@ -222,15 +223,15 @@ def env_update(
     async def calls(api: SchedulerClient) -> tuple[pb.UpdateEnvironmentResponse, pb.Environment | None]:
         # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten;
         # the flags are applied again on top of it instead (a few times at most).
-        for attempt in range(UPDATE_ATTEMPTS):
+        async def attempt() -> pb.UpdateEnvironmentResponse:
             current = await api.get(name)
             spec = build_spec(current.spec, spec_file, params, labels, sets)
-            try:
-                reply = await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
-                break
-            except ApiError as err:
-                if err.code != "ABORTED" or attempt == UPDATE_ATTEMPTS - 1:
-                    raise
+            return await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
+
+        def changed_meanwhile(err: Exception) -> bool:
+            return isinstance(err, ApiError) and err.code == "ABORTED"
+
+        reply = await retry(attempt, changed_meanwhile, [0.0] * (UPDATE_ATTEMPTS - 1))
         if dry_run or not wait:
             return reply, None
         return reply, await wait_settled(api, name, reply.environment, wait_timeout)

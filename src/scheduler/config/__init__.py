@@ -40,9 +40,11 @@ from scheduler.config.options import (
 from scheduler.config.server import ROLES, AuthSettings, RoleBinding, ServerSettings, TlsSettings, TokenSettings
 from scheduler.domain import ALL_CAPABILITIES, capability_name
 from scheduler.errors import InvalidArgument
+from scheduler.reference import DEFAULT_ALLOWED_REGISTRIES
 
 # Defined in the parts of this package, importable from here as before.
 __all__ = [
+    "DEFAULT_ALLOWED_REGISTRIES",
     "REDACTED",
     "ROLES",
     "AuthSettings",
@@ -112,18 +114,6 @@ class RegistryHost(_Section):
     """Allow plain HTTP to this host."""
     username: str = ""
     password: SecretStr = ""
-
-
-DEFAULT_ALLOWED_REGISTRIES = (
-    "docker.io",
-    "ghcr.io",
-    "quay.io",
-    "registry.k8s.io",
-    "gcr.io",
-    "mcr.microsoft.com",
-    "public.ecr.aws",
-)
-"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
 
 
 class ImageSettings(_Section):

@@ -19,7 +19,6 @@ from scheduler.cluster.base import Fleet
 from scheduler.cluster.node import Node
 from scheduler.config import LimitSettings
 from scheduler.domain import (
-    BackupInfo,
     ChangeAction,
     DataTemplate,
     Environment,
@@ -39,6 +38,7 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
 from scheduler.orchestrator.timeline import Timeline
+from scheduler.service.backups import BackupCases
 from scheduler.service.observation import Observation
 from scheduler.service.sleep import SleepAndWake
 from scheduler.service.views import (
@@ -53,7 +53,7 @@ from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
 from scheduler.storage.base import PageKey, decode_page_token, effective_page_size, encode_page_token
-from scheduler.validation import env_name_problem, validate
+from scheduler.validation import validate
 
 _log = log.get("service")
 
@@ -68,7 +68,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvironmentService(Observation, SleepAndWake):
+class EnvironmentService(BackupCases, Observation, SleepAndWake):
     """The scheduler's use cases, in domain terms."""
 
     def __init__(
@@ -313,58 +313,6 @@ class EnvironmentService(Observation, SleepAndWake):
     async def templates(self) -> builtins.list[DataTemplate]:
         """The data-directory templates on the host, oldest first."""
         return await self._orchestrator.templates()
-
-    # --- backup and restore -------------------------------------------------------------------
-
-    def _archives(self) -> Backups:
-        if self._backups is None:
-            raise errors.Unimplemented("backups are not configured on this daemon")
-        return self._backups
-
-    async def backup(self, name: str) -> BackupInfo:
-        """Archive an environment: spec, history, volumes, database dumps."""
-        check_name(name)
-        return await self._archives().backup(name)
-
-    async def backups(self, name: str) -> builtins.list[BackupInfo]:
-        """Archives of an environment (which may have been deleted since), newest first."""
-        check_name(name)
-        return await asyncio.to_thread(self._archives().list, name)
-
-    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
-        """Create an environment from an archive, deploy it and load its databases; return it running.
-
-        Raises:
-            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
-            NotFound: no such archive.
-            AlreadyExists: an environment of that name exists.
-            FailedPrecondition: the restored environment did not come up, or a dump did not load.
-        """
-        archives = self._archives()
-        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
-        target = name or archived.name
-        problem = env_name_problem(target)
-        if problem:
-            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
-        fresh, entries = archives.renamed(archived, target, history)
-        async with self._create_lock:
-            await self._ledger.create(fresh)
-        for entry in entries:
-            await self._ledger.append_history(entry)
-        await self._ledger.append_history(
-            HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
-        )
-        await archives.stage(path, manifest, target)
-        self._orchestrator.submit_deploy(target)
-        await self._orchestrator.wait_idle(target)
-        env = await self._ledger.get(target)
-        if env.status is not EnvironmentStatus.RUNNING:
-            raise errors.FailedPrecondition(
-                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
-                env=target,
-            )
-        await archives.load_databases(path, manifest, target)
-        return self._redact(await self._ledger.get(target))
 
     # --- observation ---------------------------------------------------------------------------------
 

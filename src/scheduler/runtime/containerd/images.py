@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from scheduler import domain
-from scheduler.config import ImageSettings
 from scheduler.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -33,6 +32,7 @@ from scheduler.runtime.containerd._gen.containerd.services.images.v1 import imag
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.content import ContentWriter, Ingest, ProgressCallback
 from scheduler.runtime.containerd.descriptors import INDEX_TYPES, MANIFEST_TYPES, Descriptor
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.manifests import (
     GC_REF_CONTENT,
     ParsedManifest,
@@ -74,7 +74,7 @@ class ImageService:
     def __init__(
         self,
         client: ContainerdClient,
-        settings: ImageSettings | None = None,
+        settings: ImageOptions | None = None,
         snapshotter: str = "overlayfs",
         *,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -82,7 +82,7 @@ class ImageService:
         parallel_downloads: int = 3,
     ) -> None:
         self.client = client
-        self.settings = settings if settings is not None else ImageSettings()
+        self.settings = settings if settings is not None else ImageOptions()
         self.snapshotter = snapshotter
         self.platform = platform or host_platform()
         self._transport = transport
@@ -115,7 +115,7 @@ class ImageService:
         """Pull ``ref`` (per ``policy``), unpack it and return it. Same errors as ``ensure_image``."""
         parsed = parse(ref)
         name = str(parsed)
-        policy = policy or domain.PullPolicy(self.settings.pull_policy)
+        policy = policy or self.settings.pull_policy
         if policy is not domain.PullPolicy.ALWAYS:
             try:
                 return await self.get(name)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import httpx
 
 from scheduler import log
-from scheduler.config import ImageSettings, RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, SchedulerError, Unavailable
 from scheduler.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, Reference
 from scheduler.runtime.containerd.descriptors import (
@@ -36,6 +35,7 @@ from scheduler.runtime.containerd.descriptors import (
     Descriptor,
     verify_digest,
 )
+from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
 
 # Media types and descriptors live in descriptors; they are importable from here as before.
 __all__ = [
@@ -80,18 +80,18 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
-def endpoints_for(ref: Reference, registries: Mapping[str, RegistryHost]) -> list[Endpoint]:
+def endpoints_for(ref: Reference, registries: Mapping[str, RegistryOptions]) -> list[Endpoint]:
     """Mirrors of ``ref.domain`` in the configured order, then the registry itself."""
-    host_settings = registries.get(ref.domain, RegistryHost())
+    host_settings = registries.get(ref.domain, RegistryOptions())
     out: list[Endpoint] = []
     for mirror in host_settings.mirrors:
         url = mirror.rstrip("/").removesuffix("/v2")
         if "://" not in url:
             mirror_host = url
-            insecure = registries.get(mirror_host, RegistryHost()).insecure
+            insecure = registries.get(mirror_host, RegistryOptions()).insecure
             url = f"{'http' if insecure else 'https'}://{mirror_host}"
         mirror_host = httpx.URL(url).netloc.decode()
-        creds = registries.get(mirror_host, RegistryHost())
+        creds = registries.get(mirror_host, RegistryOptions())
         out.append(Endpoint(url, mirror_host, True, creds.username, creds.password))
     api_host = DOCKER_HUB_API_HOST if ref.domain == DEFAULT_DOMAIN else ref.domain
     scheme = "http" if host_settings.insecure else "https"
@@ -117,7 +117,7 @@ class RegistryClient:
 
     def __init__(
         self,
-        registries: Mapping[str, RegistryHost],
+        registries: Mapping[str, RegistryOptions],
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout: float = 5.0,
@@ -355,7 +355,7 @@ def _sniff_media_type(body: bytes, what: str) -> str:
     raise FailedPrecondition(f"manifest of {what} has an unsupported media type {media_type!r}")
 
 
-async def check_registry_host(host: str, settings: ImageSettings, image: str) -> None:
+async def check_registry_host(host: str, settings: ImageOptions, image: str) -> None:
     """Refuse to pull from ``host`` unless the config allows it.
 
     A host must be in ``images.allowed_registries`` or a key of ``images.registries``; a name

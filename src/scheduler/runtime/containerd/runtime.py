@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scheduler import domain
-from scheduler.config import ImageSettings
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import orphans as orphans_of
@@ -29,6 +28,7 @@ from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, c
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import container_info
 from scheduler.runtime.containerd.events import TaskEventStream
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.images import ImageService
 from scheduler.runtime.containerd.metrics import decode
 from scheduler.runtime.containerd.tasks import TaskManager
@@ -44,7 +44,7 @@ class ContainerdRuntime:
         state_dir: Path,
         snapshotter: str = "overlayfs",
         runtime_name: str = "io.containerd.runc.v2",
-        images: ImageSettings | None = None,
+        images: ImageOptions | None = None,
     ) -> None:
         self.client = client
         self.state_dir = Path(state_dir)
@@ -68,15 +68,15 @@ class ContainerdRuntime:
         state_dir: Path,
         snapshotter: str = "overlayfs",
         runtime_name: str = "io.containerd.runc.v2",
-        images: ImageSettings | None = None,
+        images: ImageOptions | None = None,
         call_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> ContainerdRuntime:
         """Connect to containerd at ``socket`` and scope everything to ``namespace``.
 
         ``state_dir`` holds runc's state (a private root, so that other containerds on the host
-        never see our containers) and exec output files. ``images`` is the ``ImageSettings`` of
-        the daemon config, passed to the image service.
+        never see our containers) and exec output files. ``images`` (pull policy, registries) goes to
+        the image service.
 
         Raises:
             Unavailable: containerd cannot be reached (the message says why).

@@ -389,22 +389,23 @@ class TaskManager:
         return status.code, None
 
     async def _delete_exec(self, container_id: str, exec_id: str) -> None:
-        # After a failed start the shim may still count the process as running for a moment.
+        # After a failed start the shim may still count the process as running for a moment:
+        # each retry kills it (and waits briefly for the exit) before deleting it again.
         request = tasks_pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
-        for attempt in range(6):
-            try:
+        tries = 0
+
+        async def attempt() -> None:
+            nonlocal tries
+            if tries:
+                try:
+                    await self._client.tasks.kill(
+                        tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
+                    )
+                    await self.wait(container_id, exec_id, timeout=1.0)
+                except (NotFound, DeadlineExceeded, Internal):
+                    pass
+            tries += 1
+            with contextlib.suppress(NotFound):
                 await self._client.tasks.delete_process(request, what=exec_id)
-                return
-            except NotFound:
-                return
-            except Internal:
-                if attempt == 5:
-                    raise
-            try:
-                await self._client.tasks.kill(
-                    tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
-                )
-                await self.wait(container_id, exec_id, timeout=1.0)
-            except (NotFound, DeadlineExceeded, Internal):
-                pass
-            await asyncio.sleep(0.05 * (attempt + 1))
+
+        await retry(attempt, lambda err: isinstance(err, Internal), linear(6, 0.05))

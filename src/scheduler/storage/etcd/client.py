@@ -59,7 +59,8 @@ _CHANNEL_OPTIONS = [
 ]
 
 REQUIRE_LEADER = (("hasleader", "true"),)
-"""Metadata asking a member to end a stream when it loses its leader (so it can be redone elsewhere)."""
+"""Metadata asking a member to refuse a call at once (and end a stream) while it has no leader, so
+the call is redone after the election (or elsewhere) instead of waiting out its timeout."""
 
 
 @dataclass
@@ -235,7 +236,7 @@ class EtcdClient:
         )
         response: pb.RangeResponse = await self.call(
             f"Range {key}",
-            lambda s, t: s.kv.Range(request, timeout=t),
+            lambda s, t: s.kv.Range(request, timeout=t, metadata=() if serializable else REQUIRE_LEADER),
             attempt_timeout=attempt_timeout if attempt_timeout is not None else True,
             retry_deadline=retry_deadline,
         )
@@ -277,7 +278,9 @@ class EtcdClient:
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``value`` at ``key`` unconditionally; returns the revision of the write."""
         request = pb.PutRequest(key=convert.encode_key(key), value=value, lease=lease)
-        response: pb.PutResponse = await self.call(f"Put {key}", lambda s, t: s.kv.Put(request, timeout=t))
+        response: pb.PutResponse = await self.call(
+            f"Put {key}", lambda s, t: s.kv.Put(request, timeout=t, metadata=REQUIRE_LEADER)
+        )
         return response.header.revision
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
@@ -285,7 +288,7 @@ class EtcdClient:
         raw = convert.encode_key(key)
         request = pb.DeleteRangeRequest(key=raw, range_end=convert.prefix_end(raw) if prefix else b"")
         response: pb.DeleteRangeResponse = await self.call(
-            f"DeleteRange {key}", lambda s, t: s.kv.DeleteRange(request, timeout=t)
+            f"DeleteRange {key}", lambda s, t: s.kv.DeleteRange(request, timeout=t, metadata=REQUIRE_LEADER)
         )
         return response.deleted
 
@@ -304,7 +307,9 @@ class EtcdClient:
             nonlocal ambiguous
             ambiguous = ambiguous or maybe_applied(err)
 
-        response: pb.TxnResponse = await self.call("Txn", lambda s, t: s.kv.Txn(request, timeout=t), on_retry=note)
+        response: pb.TxnResponse = await self.call(
+            "Txn", lambda s, t: s.kv.Txn(request, timeout=t, metadata=REQUIRE_LEADER), on_retry=note
+        )
         results = tuple(convert.op_result_from_proto(r) for r in response.responses)
         return TxnResult(response.succeeded, response.header.revision, results, ambiguous)
 
@@ -331,7 +336,7 @@ class EtcdClient:
     async def compact(self, revision: int) -> None:
         """Drop the history before ``revision`` (watches from earlier revisions get Compacted)."""
         request = pb.CompactionRequest(revision=revision, physical=True)
-        await self.call(f"Compact {revision}", lambda s, t: s.kv.Compact(request, timeout=t))
+        await self.call(f"Compact {revision}", lambda s, t: s.kv.Compact(request, timeout=t, metadata=REQUIRE_LEADER))
 
     # --- leases ----------------------------------------------------------------------------------
 
@@ -339,7 +344,7 @@ class EtcdClient:
         """Grant a lease of ``ttl`` seconds; returns its id and the TTL the cluster chose."""
         request = pb.LeaseGrantRequest(TTL=ttl, ID=lease_id)
         response: pb.LeaseGrantResponse = await self.call(
-            "LeaseGrant", lambda s, t: s.lease.LeaseGrant(request, timeout=t)
+            "LeaseGrant", lambda s, t: s.lease.LeaseGrant(request, timeout=t, metadata=REQUIRE_LEADER)
         )
         if response.error:
             raise Unavailable(f"etcd LeaseGrant: {response.error}")
@@ -349,7 +354,10 @@ class EtcdClient:
         """Revoke a lease, deleting its keys; revoking an expired or unknown lease is not an error."""
         request = pb.LeaseRevokeRequest(ID=lease_id)
         try:
-            await self.call(f"LeaseRevoke {lease_id:x}", lambda s, t: s.lease.LeaseRevoke(request, timeout=t))
+            await self.call(
+                f"LeaseRevoke {lease_id:x}",
+                lambda s, t: s.lease.LeaseRevoke(request, timeout=t, metadata=REQUIRE_LEADER),
+            )
         except NotFound:
             pass
 
@@ -357,7 +365,8 @@ class EtcdClient:
         """Seconds the lease has left; -1 when it expired or never existed."""
         request = pb.LeaseTimeToLiveRequest(ID=lease_id)
         response: pb.LeaseTimeToLiveResponse = await self.call(
-            f"LeaseTimeToLive {lease_id:x}", lambda s, t: s.lease.LeaseTimeToLive(request, timeout=t)
+            f"LeaseTimeToLive {lease_id:x}",
+            lambda s, t: s.lease.LeaseTimeToLive(request, timeout=t, metadata=REQUIRE_LEADER),
         )
         return response.TTL
 

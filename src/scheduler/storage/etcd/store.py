@@ -29,6 +29,7 @@ import builtins
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import replace
+from typing import Any
 from urllib.parse import quote, unquote
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
@@ -232,10 +233,11 @@ class EtcdStateStore:
         self._check_open()
         size = effective_page_size(page_size)
         after = decode_page_token(page_token)
-        wanted = set(statuses)
+        wanted = {status.value for status in statuses}
         selectors = dict(labels or {})
         chunk = size + 1 if not wanted and not selectors else max(size + 1, 200)
-        found: builtins.list[tuple[PageKey, Environment]] = []
+        # Filters look at the parsed JSON; only the page's environments are decoded in full.
+        found: builtins.list[tuple[PageKey, Any]] = []
         min_create = after.seq if after is not None else 0
         revision = 0  # every chunk of one page is read at the first chunk's revision
         while len(found) <= size:
@@ -249,20 +251,21 @@ class EtcdStateStore:
             )
             revision = page.revision
             for kv in page.kvs:
-                env = codec.environment_from_json(kv.value.decode())
-                position = PageKey(kv.create_revision, env.name)
+                data = json.loads(kv.value)
+                position = PageKey(kv.create_revision, data["name"])
                 if after is not None and position <= after:
                     continue
-                if (not wanted or env.status in wanted) and all(
-                    env.spec.labels.get(k) == v for k, v in selectors.items()
+                env_labels = data["spec"].get("labels") or {}
+                if (not wanted or data.get("status") in wanted) and all(
+                    env_labels.get(k) == v for k, v in selectors.items()
                 ):
-                    found.append((position, env))
+                    found.append((position, data))
             if not page.more or not page.kvs:
                 break
             min_create = page.kvs[-1].create_revision + 1
         page_items = found[:size]
         token = encode_page_token(page_items[-1][0]) if len(found) > size else ""
-        return [env for _, env in page_items], token
+        return [codec.decode(data, Environment) for _, data in page_items], token
 
     def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
         """Yield every environment (in ``statuses``, if given) in creation order, a page at a time."""
