@@ -16,6 +16,7 @@ import time
 BENCHMARKS = [
     "runtime_start",
     "network",
+    "probes",
     "env_create",
     "template_create",
     "updates",

@@ -37,7 +37,14 @@ VIEW = frozenset(
     }
 )
 CHANGE = frozenset(
-    {"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment", "StopEnvironment", "StartEnvironment"}
+    {
+        "CreateEnvironment",
+        "CloneEnvironment",
+        "UpdateEnvironment",
+        "DeleteEnvironment",
+        "StopEnvironment",
+        "StartEnvironment",
+    }
 )
 ROLE_METHODS: dict[str, frozenset[str] | None] = {"viewer": VIEW, "operator": VIEW | CHANGE, "admin": None}
 """Methods of SchedulerService each role may call; None: all of them, present and future."""
@@ -45,6 +52,7 @@ ROLE_METHODS: dict[str, frozenset[str] | None] = {"viewer": VIEW, "operator": VI
 
 PERMISSIONS = {
     "CreateEnvironment": "environments.create",
+    "CloneEnvironment": "environments.clone",
     "GetEnvironment": "environments.get",
     "UpdateEnvironment": "environments.update",
     "DeleteEnvironment": "environments.delete",

@@ -9,13 +9,15 @@ expiry (``expiry.py``) and metrics sampling (``sampling.py``), over the steps th
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
-from scheduler import domain, log
+from scheduler import domain, errors, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator.admission import Admission, cpu_limit
+from scheduler.orchestrator.clone import Cloner, Snapshot, check_cloneable
 from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
@@ -30,12 +32,17 @@ from scheduler.orchestrator.sleeper import Sleeper, SleepPolicy
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
 from scheduler.orchestrator.templates import Templates
+from scheduler.retry import exponential, retry
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.volumes.base import VolumeStore
 
 __all__ = ["DeployFailure", "Orchestrator", "OrchestratorSettings", "container_id"]
 
 _log = log.get("orchestrator")
+
+DELETE_RETRIES = exponential(8, 0.2, 30.0)
+"""Waits between the tries of a delete that failed (containerd restarting, a task slow to go), about
+25 s in all; an environment still DELETING after the last is resumed at the next start."""
 
 
 class Orchestrator:
@@ -65,6 +72,8 @@ class Orchestrator:
         self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
         self._teardown = Teardown(*parts, templates=templates)
         self._templates = templates
+        self._volumes = volumes
+        self._cloner = Cloner(runtime, volumes)
         self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
         self._sleep = Sleep(*parts)
         self.sleeper = Sleeper(
@@ -120,13 +129,75 @@ class Orchestrator:
 
     def submit_delete(self, name: str, keep_volumes: bool) -> None:
         """Delete ``name`` in the background, cancelling a deploy that is under way."""
+        self._queue.submit("delete", name, lambda: self._delete(name, keep_volumes), preempt=True)
 
-        async def delete() -> None:
-            # The gate goes first: it must not accept on sockets the network is about to close.
-            await self.sleeper.forget(name)
-            await self._teardown.run(name, keep_volumes)
+    async def _delete(self, name: str, keep_volumes: bool) -> None:
+        """Tear ``name`` down, trying again promptly (with backoff) while a step fails."""
 
-        self._queue.submit("delete", name, delete, preempt=True)
+        def transient(err: Exception) -> bool:
+            if isinstance(err, errors.SchedulerError):
+                _log.warning("delete.retry", env=name, error=err.message)
+                return True
+            return False
+
+        # The wake gate goes first: it must not accept on sockets the network is about to close.
+        await self.sleeper.forget(name)
+        await retry(lambda: self._teardown.run(name, keep_volumes), transient, DELETE_RETRIES)
+
+    async def snapshot(self, name: str) -> Snapshot:
+        """Copy ``name``'s volumes consistently, as an operation of its queue: no update or delete interleaves.
+
+        Raises:
+            NotFound: no such environment.
+            FailedPrecondition: it is not RUNNING with its latest generation rolled out, or it was
+                deleted (or the daemon stopped) while being copied.
+        """
+        result: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+
+        async def body() -> None:
+            try:
+                env = await self._ledger.get(name)
+                check_cloneable(env)
+                snapshot = await self._cloner.snapshot(env)
+            except asyncio.CancelledError:
+                if not result.done():
+                    result.set_exception(
+                        errors.FailedPrecondition(f"environment {name!r} was deleted while being copied", env=name)
+                    )
+                raise
+            except Exception as err:  # noqa: BLE001 - handed to the caller, who raises it
+                if not result.done():
+                    result.set_exception(err)
+                return
+            if result.done():  # the caller gave up meanwhile
+                await self._cloner.discard(snapshot)
+            else:
+                result.set_result(snapshot)
+
+        self._queue.submit("clone", name, body)
+        try:
+            return await asyncio.shield(result)
+        except asyncio.CancelledError:
+            if result.done() and not result.cancelled() and result.exception() is None:
+                await self._cloner.discard(result.result())
+            elif not result.done():
+                result.cancel()
+            raise
+
+    async def install_snapshot(
+        self, snapshot: Snapshot, name: str, spec: domain.EnvironmentSpec, source: domain.EnvironmentSpec
+    ) -> list[str]:
+        """Place a snapshot's volumes as those of the new environment ``name``; return their names."""
+        return await self._cloner.install(snapshot, name, spec, source)
+
+    async def remove_volumes(self, name: str, volumes: list[str]) -> None:
+        """Remove volumes of an environment that was never stored (a clone that failed)."""
+        for volume in volumes:
+            await asyncio.to_thread(self._volumes.remove, name, volume)
+
+    async def discard_snapshot(self, snapshot: Snapshot) -> None:
+        """Drop a snapshot that will not be installed."""
+        await self._cloner.discard(snapshot)
 
     def submit_stop(self, name: str, reason: str, message: str) -> None:
         """Put ``name`` to sleep in the background (``reason``: Requested or Idle)."""

@@ -31,6 +31,7 @@ from scheduler.domain import (
 )
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
+from scheduler.orchestrator.clone import first_start
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.ledger import Ledger
@@ -178,6 +179,8 @@ class Steps:
                     seconds = time.monotonic() - before
                     self._observer.step(env.name, "template", service.name, f"first start of a copy, {seconds:.3f}s")
                 service = prepared
+            # A clone's database still holds its source's password: its first start sets its own.
+            service = await first_start(self._volumes, env.name, service, image)
             for volume in service.volumes:
                 source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
                 mounts.append(

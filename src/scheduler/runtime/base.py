@@ -100,6 +100,14 @@ class ContainerRuntime(Protocol):
         """Run a command inside the running container; return exit code and output."""
         ...
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (the cgroup freezer); its files stop changing."""
+        ...
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused container; resuming one that is not paused is not an error."""
+        ...
+
     async def list(self, labels: Mapping[str, str]) -> list[domain.ContainerInfo]:
         """Containers carrying every given label (all of ours when empty), with their task state."""
         ...

@@ -206,6 +206,21 @@ class FakeRuntime:
         code = 137 if container_id in self.ignores_sigterm else self.stop_exit_code
         return self._exit(container, code)
 
+    async def pause(self, container_id: str) -> None:
+        self._record("pause", container_id)
+        container = self._get(container_id)
+        if container.state != domain.TaskState.RUNNING:
+            raise NotFound(f"container {container_id} has no running task to pause", container_id=container_id)
+        container.state = domain.TaskState.PAUSED
+
+    async def resume(self, container_id: str) -> None:
+        self._record("resume", container_id)
+        container = self._get(container_id)
+        if container.state is None:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id)
+        if container.state == domain.TaskState.PAUSED:
+            container.state = domain.TaskState.RUNNING
+
     async def wait(self, container_id: str) -> domain.ExitStatus:
         self._record("wait", container_id)
         container = self._get(container_id)

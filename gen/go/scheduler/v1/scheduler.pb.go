@@ -2291,6 +2291,103 @@ func (x *CreateEnvironmentRequest) GetValidateOnly() bool {
 	return false
 }
 
+// CloneEnvironmentRequest asks for a new environment copied from a running one.
+type CloneEnvironmentRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Name of the environment to copy; it must be RUNNING.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Name of the new environment: a DNS label of at most 40 characters.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Client-chosen id making retries idempotent.
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Check the request (source, name, overrides, limits) and return the environment it would
+	// create, copying and creating nothing.
+	ValidateOnly bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	// Overrides of the copied specification: the fields update_mask names are taken from here,
+	// as UpdateEnvironment applies them ("labels.team", "parameters.backend_image",
+	// "services.backend.env.LOG_LEVEL", "ttl"). The stack cannot change.
+	Spec *EnvironmentSpecification `protobuf:"bytes,5,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Fields of spec to apply over the source's specification; empty keeps it as it is.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,6,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+}
+
+func (x *CloneEnvironmentRequest) Reset() {
+	*x = CloneEnvironmentRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *CloneEnvironmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloneEnvironmentRequest) ProtoMessage() {}
+
+func (x *CloneEnvironmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloneEnvironmentRequest.ProtoReflect.Descriptor instead.
+func (*CloneEnvironmentRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CloneEnvironmentRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+func (x *CloneEnvironmentRequest) GetSpec() *EnvironmentSpecification {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *CloneEnvironmentRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 // GetEnvironmentRequest names an environment.
 type GetEnvironmentRequest struct {
 	state         protoimpl.MessageState
@@ -2304,7 +2401,7 @@ type GetEnvironmentRequest struct {
 func (x *GetEnvironmentRequest) Reset() {
 	*x = GetEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2317,7 +2414,7 @@ func (x *GetEnvironmentRequest) String() string {
 func (*GetEnvironmentRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2427,7 @@ func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetEnvironmentRequest) GetName() string {
@@ -2370,7 +2467,7 @@ type UpdateEnvironmentRequest struct {
 func (x *UpdateEnvironmentRequest) Reset() {
 	*x = UpdateEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2383,7 +2480,7 @@ func (x *UpdateEnvironmentRequest) String() string {
 func (*UpdateEnvironmentRequest) ProtoMessage() {}
 
 func (x *UpdateEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2493,7 @@ func (x *UpdateEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateEnvironmentRequest) GetName() string {
@@ -2458,7 +2555,7 @@ type ServiceChange struct {
 func (x *ServiceChange) Reset() {
 	*x = ServiceChange{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2471,7 +2568,7 @@ func (x *ServiceChange) String() string {
 func (*ServiceChange) ProtoMessage() {}
 
 func (x *ServiceChange) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2581,7 @@ func (x *ServiceChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChange.ProtoReflect.Descriptor instead.
 func (*ServiceChange) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ServiceChange) GetService() string {
@@ -2523,7 +2620,7 @@ type UpdateEnvironmentResponse struct {
 func (x *UpdateEnvironmentResponse) Reset() {
 	*x = UpdateEnvironmentResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2536,7 +2633,7 @@ func (x *UpdateEnvironmentResponse) String() string {
 func (*UpdateEnvironmentResponse) ProtoMessage() {}
 
 func (x *UpdateEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2646,7 @@ func (x *UpdateEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UpdateEnvironmentResponse) GetEnvironment() *Environment {
@@ -2584,7 +2681,7 @@ type DeleteEnvironmentRequest struct {
 func (x *DeleteEnvironmentRequest) Reset() {
 	*x = DeleteEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2597,7 +2694,7 @@ func (x *DeleteEnvironmentRequest) String() string {
 func (*DeleteEnvironmentRequest) ProtoMessage() {}
 
 func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2707,7 @@ func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteEnvironmentRequest) GetName() string {
@@ -2655,7 +2752,7 @@ type StopEnvironmentRequest struct {
 func (x *StopEnvironmentRequest) Reset() {
 	*x = StopEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2668,7 +2765,7 @@ func (x *StopEnvironmentRequest) String() string {
 func (*StopEnvironmentRequest) ProtoMessage() {}
 
 func (x *StopEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2778,7 @@ func (x *StopEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*StopEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StopEnvironmentRequest) GetName() string {
@@ -2733,7 +2830,7 @@ type StartEnvironmentRequest struct {
 func (x *StartEnvironmentRequest) Reset() {
 	*x = StartEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2746,7 +2843,7 @@ func (x *StartEnvironmentRequest) String() string {
 func (*StartEnvironmentRequest) ProtoMessage() {}
 
 func (x *StartEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2759,7 +2856,7 @@ func (x *StartEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*StartEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartEnvironmentRequest) GetName() string {
@@ -2812,7 +2909,7 @@ type ListEnvironmentsRequest struct {
 func (x *ListEnvironmentsRequest) Reset() {
 	*x = ListEnvironmentsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2825,7 +2922,7 @@ func (x *ListEnvironmentsRequest) String() string {
 func (*ListEnvironmentsRequest) ProtoMessage() {}
 
 func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +2935,7 @@ func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsRequest.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListEnvironmentsRequest) GetPageSize() int32 {
@@ -2877,7 +2974,7 @@ type ListEnvironmentsResponse struct {
 func (x *ListEnvironmentsResponse) Reset() {
 	*x = ListEnvironmentsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2890,7 +2987,7 @@ func (x *ListEnvironmentsResponse) String() string {
 func (*ListEnvironmentsResponse) ProtoMessage() {}
 
 func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3000,7 @@ func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsResponse.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListEnvironmentsResponse) GetEnvironments() []*Environment {
@@ -2943,7 +3040,7 @@ type GetEnvironmentLogsRequest struct {
 func (x *GetEnvironmentLogsRequest) Reset() {
 	*x = GetEnvironmentLogsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2956,7 +3053,7 @@ func (x *GetEnvironmentLogsRequest) String() string {
 func (*GetEnvironmentLogsRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2969,7 +3066,7 @@ func (x *GetEnvironmentLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentLogsRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentLogsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetEnvironmentLogsRequest) GetName() string {
@@ -3037,7 +3134,7 @@ type LogLine struct {
 func (x *LogLine) Reset() {
 	*x = LogLine{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3050,7 +3147,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3160,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LogLine) GetService() string {
@@ -3123,7 +3220,7 @@ type GetEnvironmentMetricsRequest struct {
 func (x *GetEnvironmentMetricsRequest) Reset() {
 	*x = GetEnvironmentMetricsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3136,7 +3233,7 @@ func (x *GetEnvironmentMetricsRequest) String() string {
 func (*GetEnvironmentMetricsRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3149,7 +3246,7 @@ func (x *GetEnvironmentMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetEnvironmentMetricsRequest) GetName() string {
@@ -3201,7 +3298,7 @@ type ContainerMetrics struct {
 func (x *ContainerMetrics) Reset() {
 	*x = ContainerMetrics{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3214,7 +3311,7 @@ func (x *ContainerMetrics) String() string {
 func (*ContainerMetrics) ProtoMessage() {}
 
 func (x *ContainerMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3227,7 +3324,7 @@ func (x *ContainerMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerMetrics.ProtoReflect.Descriptor instead.
 func (*ContainerMetrics) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ContainerMetrics) GetService() string {
@@ -3329,7 +3426,7 @@ type EnvironmentMetrics struct {
 func (x *EnvironmentMetrics) Reset() {
 	*x = EnvironmentMetrics{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3342,7 +3439,7 @@ func (x *EnvironmentMetrics) String() string {
 func (*EnvironmentMetrics) ProtoMessage() {}
 
 func (x *EnvironmentMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3355,7 +3452,7 @@ func (x *EnvironmentMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvironmentMetrics.ProtoReflect.Descriptor instead.
 func (*EnvironmentMetrics) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *EnvironmentMetrics) GetName() string {
@@ -3387,7 +3484,7 @@ type ListStacksRequest struct {
 func (x *ListStacksRequest) Reset() {
 	*x = ListStacksRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3400,7 +3497,7 @@ func (x *ListStacksRequest) String() string {
 func (*ListStacksRequest) ProtoMessage() {}
 
 func (x *ListStacksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3413,7 +3510,7 @@ func (x *ListStacksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStacksRequest.ProtoReflect.Descriptor instead.
 func (*ListStacksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListStacksRequest) GetPageSize() int32 {
@@ -3449,7 +3546,7 @@ type StackParameter struct {
 func (x *StackParameter) Reset() {
 	*x = StackParameter{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3462,7 +3559,7 @@ func (x *StackParameter) String() string {
 func (*StackParameter) ProtoMessage() {}
 
 func (x *StackParameter) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3475,7 +3572,7 @@ func (x *StackParameter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StackParameter.ProtoReflect.Descriptor instead.
 func (*StackParameter) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StackParameter) GetName() string {
@@ -3525,7 +3622,7 @@ type Stack struct {
 func (x *Stack) Reset() {
 	*x = Stack{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3538,7 +3635,7 @@ func (x *Stack) String() string {
 func (*Stack) ProtoMessage() {}
 
 func (x *Stack) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3551,7 +3648,7 @@ func (x *Stack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stack.ProtoReflect.Descriptor instead.
 func (*Stack) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Stack) GetName() string {
@@ -3597,7 +3694,7 @@ type ListStacksResponse struct {
 func (x *ListStacksResponse) Reset() {
 	*x = ListStacksResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3610,7 +3707,7 @@ func (x *ListStacksResponse) String() string {
 func (*ListStacksResponse) ProtoMessage() {}
 
 func (x *ListStacksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3623,7 +3720,7 @@ func (x *ListStacksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStacksResponse.ProtoReflect.Descriptor instead.
 func (*ListStacksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListStacksResponse) GetStacks() []*Stack {
@@ -3660,7 +3757,7 @@ type WatchEventsRequest struct {
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3673,7 +3770,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3783,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchEventsRequest) GetName() string {
@@ -3740,7 +3837,7 @@ type Event struct {
 func (x *Event) Reset() {
 	*x = Event{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3753,7 +3850,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3766,7 +3863,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Event) GetType() EventType {
@@ -3849,7 +3946,7 @@ type GetEnvironmentHistoryRequest struct {
 func (x *GetEnvironmentHistoryRequest) Reset() {
 	*x = GetEnvironmentHistoryRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3862,7 +3959,7 @@ func (x *GetEnvironmentHistoryRequest) String() string {
 func (*GetEnvironmentHistoryRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3875,7 +3972,7 @@ func (x *GetEnvironmentHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetEnvironmentHistoryRequest) GetName() string {
@@ -3920,7 +4017,7 @@ type HistoryEntry struct {
 func (x *HistoryEntry) Reset() {
 	*x = HistoryEntry{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3933,7 +4030,7 @@ func (x *HistoryEntry) String() string {
 func (*HistoryEntry) ProtoMessage() {}
 
 func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3946,7 +4043,7 @@ func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
 func (*HistoryEntry) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *HistoryEntry) GetGeneration() uint64 {
@@ -3999,7 +4096,7 @@ type GetEnvironmentHistoryResponse struct {
 func (x *GetEnvironmentHistoryResponse) Reset() {
 	*x = GetEnvironmentHistoryResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4012,7 +4109,7 @@ func (x *GetEnvironmentHistoryResponse) String() string {
 func (*GetEnvironmentHistoryResponse) ProtoMessage() {}
 
 func (x *GetEnvironmentHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4025,7 +4122,7 @@ func (x *GetEnvironmentHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetEnvironmentHistoryResponse) GetEntries() []*HistoryEntry {
@@ -4055,7 +4152,7 @@ type BackupEnvironmentRequest struct {
 func (x *BackupEnvironmentRequest) Reset() {
 	*x = BackupEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4068,7 +4165,7 @@ func (x *BackupEnvironmentRequest) String() string {
 func (*BackupEnvironmentRequest) ProtoMessage() {}
 
 func (x *BackupEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4178,7 @@ func (x *BackupEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*BackupEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BackupEnvironmentRequest) GetName() string {
@@ -4114,7 +4211,7 @@ type Backup struct {
 func (x *Backup) Reset() {
 	*x = Backup{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4127,7 +4224,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4140,7 +4237,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Backup) GetId() string {
@@ -4198,7 +4295,7 @@ type ListBackupsRequest struct {
 func (x *ListBackupsRequest) Reset() {
 	*x = ListBackupsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4211,7 +4308,7 @@ func (x *ListBackupsRequest) String() string {
 func (*ListBackupsRequest) ProtoMessage() {}
 
 func (x *ListBackupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4321,7 @@ func (x *ListBackupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackupsRequest.ProtoReflect.Descriptor instead.
 func (*ListBackupsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListBackupsRequest) GetName() string {
@@ -4247,7 +4344,7 @@ type ListBackupsResponse struct {
 func (x *ListBackupsResponse) Reset() {
 	*x = ListBackupsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4260,7 +4357,7 @@ func (x *ListBackupsResponse) String() string {
 func (*ListBackupsResponse) ProtoMessage() {}
 
 func (x *ListBackupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4273,7 +4370,7 @@ func (x *ListBackupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackupsResponse.ProtoReflect.Descriptor instead.
 func (*ListBackupsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListBackupsResponse) GetBackups() []*Backup {
@@ -4298,7 +4395,7 @@ type RestoreEnvironmentRequest struct {
 func (x *RestoreEnvironmentRequest) Reset() {
 	*x = RestoreEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4311,7 +4408,7 @@ func (x *RestoreEnvironmentRequest) String() string {
 func (*RestoreEnvironmentRequest) ProtoMessage() {}
 
 func (x *RestoreEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4324,7 +4421,7 @@ func (x *RestoreEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*RestoreEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RestoreEnvironmentRequest) GetBackup() string {
@@ -4351,7 +4448,7 @@ type ReloadConfigurationRequest struct {
 func (x *ReloadConfigurationRequest) Reset() {
 	*x = ReloadConfigurationRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4364,7 +4461,7 @@ func (x *ReloadConfigurationRequest) String() string {
 func (*ReloadConfigurationRequest) ProtoMessage() {}
 
 func (x *ReloadConfigurationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4377,7 +4474,7 @@ func (x *ReloadConfigurationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadConfigurationRequest.ProtoReflect.Descriptor instead.
 func (*ReloadConfigurationRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 // ReloadConfigurationResponse says what a reload changed.
@@ -4395,7 +4492,7 @@ type ReloadConfigurationResponse struct {
 func (x *ReloadConfigurationResponse) Reset() {
 	*x = ReloadConfigurationResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4408,7 +4505,7 @@ func (x *ReloadConfigurationResponse) String() string {
 func (*ReloadConfigurationResponse) ProtoMessage() {}
 
 func (x *ReloadConfigurationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4421,7 +4518,7 @@ func (x *ReloadConfigurationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadConfigurationResponse.ProtoReflect.Descriptor instead.
 func (*ReloadConfigurationResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReloadConfigurationResponse) GetApplied() []string {
@@ -4451,7 +4548,7 @@ type ListOperationsRequest struct {
 func (x *ListOperationsRequest) Reset() {
 	*x = ListOperationsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4464,7 +4561,7 @@ func (x *ListOperationsRequest) String() string {
 func (*ListOperationsRequest) ProtoMessage() {}
 
 func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4477,7 +4574,7 @@ func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperationsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListOperationsRequest) GetName() string {
@@ -4507,7 +4604,7 @@ type OperationStep struct {
 func (x *OperationStep) Reset() {
 	*x = OperationStep{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4520,7 +4617,7 @@ func (x *OperationStep) String() string {
 func (*OperationStep) ProtoMessage() {}
 
 func (x *OperationStep) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4533,7 +4630,7 @@ func (x *OperationStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationStep.ProtoReflect.Descriptor instead.
 func (*OperationStep) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *OperationStep) GetTime() *timestamppb.Timestamp {
@@ -4589,7 +4686,7 @@ type Operation struct {
 func (x *Operation) Reset() {
 	*x = Operation{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4602,7 +4699,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4615,7 +4712,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Operation) GetId() string {
@@ -4680,7 +4777,7 @@ type ListOperationsResponse struct {
 func (x *ListOperationsResponse) Reset() {
 	*x = ListOperationsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4693,7 +4790,7 @@ func (x *ListOperationsResponse) String() string {
 func (*ListOperationsResponse) ProtoMessage() {}
 
 func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4706,7 +4803,7 @@ func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperationsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListOperationsResponse) GetOperations() []*Operation {
@@ -4726,7 +4823,7 @@ type ListTemplatesRequest struct {
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4739,7 +4836,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4752,7 +4849,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
 }
 
 // DataTemplate is a prepared data directory that new volumes start as a copy of. It holds no
@@ -4785,7 +4882,7 @@ type DataTemplate struct {
 func (x *DataTemplate) Reset() {
 	*x = DataTemplate{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4798,7 +4895,7 @@ func (x *DataTemplate) String() string {
 func (*DataTemplate) ProtoMessage() {}
 
 func (x *DataTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4811,7 +4908,7 @@ func (x *DataTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataTemplate.ProtoReflect.Descriptor instead.
 func (*DataTemplate) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DataTemplate) GetKey() string {
@@ -4890,7 +4987,7 @@ type ListTemplatesResponse struct {
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4903,7 +5000,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4916,7 +5013,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{52}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*DataTemplate {
@@ -4936,7 +5033,7 @@ type ListNodesRequest struct {
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4949,7 +5046,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4962,7 +5059,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{53}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
 }
 
 // ListNodesResponse lists the live nodes by name.
@@ -4978,7 +5075,7 @@ type ListNodesResponse struct {
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4991,7 +5088,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5004,7 +5101,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -5027,7 +5124,7 @@ type DrainNodeRequest struct {
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5040,7 +5137,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5053,7 +5150,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -5082,7 +5179,7 @@ type NodeResources struct {
 func (x *NodeResources) Reset() {
 	*x = NodeResources{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[57]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5095,7 +5192,7 @@ func (x *NodeResources) String() string {
 func (*NodeResources) ProtoMessage() {}
 
 func (x *NodeResources) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[57]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5108,7 +5205,7 @@ func (x *NodeResources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResources.ProtoReflect.Descriptor instead.
 func (*NodeResources) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{56}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *NodeResources) GetCpuMillis() int64 {
@@ -5173,7 +5270,7 @@ type Node struct {
 func (x *Node) Reset() {
 	*x = Node{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[57]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[58]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5186,7 +5283,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[57]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[58]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5199,7 +5296,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{57}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Node) GetName() string {
@@ -5292,7 +5389,7 @@ type HealthCheck_Exec struct {
 func (x *HealthCheck_Exec) Reset() {
 	*x = HealthCheck_Exec{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[62]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[63]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5305,7 +5402,7 @@ func (x *HealthCheck_Exec) String() string {
 func (*HealthCheck_Exec) ProtoMessage() {}
 
 func (x *HealthCheck_Exec) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[62]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[63]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5343,7 +5440,7 @@ type HealthCheck_Http struct {
 func (x *HealthCheck_Http) Reset() {
 	*x = HealthCheck_Http{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[63]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[64]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5356,7 +5453,7 @@ func (x *HealthCheck_Http) String() string {
 func (*HealthCheck_Http) ProtoMessage() {}
 
 func (x *HealthCheck_Http) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[63]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[64]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5399,7 +5496,7 @@ type HealthCheck_Tcp struct {
 func (x *HealthCheck_Tcp) Reset() {
 	*x = HealthCheck_Tcp{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[64]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[65]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5412,7 +5509,7 @@ func (x *HealthCheck_Tcp) String() string {
 func (*HealthCheck_Tcp) ProtoMessage() {}
 
 func (x *HealthCheck_Tcp) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[64]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[65]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5774,7 +5871,27 @@ var file_scheduler_v1_scheduler_proto_rawDesc = []byte{
 	0x71, 0x75, 0x65, 0x73, 0x74, 0x49, 0x64, 0x12, 0x28, 0x0a, 0x0d, 0x76, 0x61, 0x6c, 0x69, 0x64,
 	0x61, 0x74, 0x65, 0x5f, 0x6f, 0x6e, 0x6c, 0x79, 0x18, 0x04, 0x20, 0x01, 0x28, 0x08, 0x42, 0x03,
 	0xe0, 0x41, 0x01, 0x52, 0x0c, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x4f, 0x6e, 0x6c,
-	0x79, 0x22, 0x4d, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
+	0x79, 0x22, 0xbd, 0x02, 0x0a, 0x17, 0x43, 0x6c, 0x6f, 0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x38, 0x0a,
+	0x06, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x42, 0x20, 0xe0,
+	0x41, 0x02, 0xfa, 0x41, 0x1a, 0x0a, 0x18, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2f, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52,
+	0x06, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x12, 0x17, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18,
+	0x02, 0x20, 0x01, 0x28, 0x09, 0x42, 0x03, 0xe0, 0x41, 0x02, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65,
+	0x12, 0x22, 0x0a, 0x0a, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x03,
+	0x20, 0x01, 0x28, 0x09, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x09, 0x72, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x49, 0x64, 0x12, 0x28, 0x0a, 0x0d, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65,
+	0x5f, 0x6f, 0x6e, 0x6c, 0x79, 0x18, 0x04, 0x20, 0x01, 0x28, 0x08, 0x42, 0x03, 0xe0, 0x41, 0x01,
+	0x52, 0x0c, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x4f, 0x6e, 0x6c, 0x79, 0x12, 0x3f,
+	0x0a, 0x04, 0x73, 0x70, 0x65, 0x63, 0x18, 0x05, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x26, 0x2e, 0x73,
+	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x53, 0x70, 0x65, 0x63, 0x69, 0x66, 0x69, 0x63, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x04, 0x73, 0x70, 0x65, 0x63, 0x12,
+	0x40, 0x0a, 0x0b, 0x75, 0x70, 0x64, 0x61, 0x74, 0x65, 0x5f, 0x6d, 0x61, 0x73, 0x6b, 0x18, 0x06,
+	0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x67, 0x6f, 0x6f, 0x67, 0x6c, 0x65, 0x2e, 0x70, 0x72,
+	0x6f, 0x74, 0x6f, 0x62, 0x75, 0x66, 0x2e, 0x46, 0x69, 0x65, 0x6c, 0x64, 0x4d, 0x61, 0x73, 0x6b,
+	0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x0a, 0x75, 0x70, 0x64, 0x61, 0x74, 0x65, 0x4d, 0x61, 0x73,
+	0x6b, 0x22, 0x4d, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
 	0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x34, 0x0a, 0x04, 0x6e, 0x61,
 	0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x42, 0x20, 0xe0, 0x41, 0x02, 0xfa, 0x41, 0x1a,
 	0x0a, 0x18, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2f, 0x45,
@@ -6326,125 +6443,131 @@ var file_scheduler_v1_scheduler_proto_rawDesc = []byte{
 	0x54, 0x5f, 0x54, 0x59, 0x50, 0x45, 0x5f, 0x48, 0x45, 0x41, 0x52, 0x54, 0x42, 0x45, 0x41, 0x54,
 	0x10, 0x11, 0x12, 0x22, 0x0a, 0x1e, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x54, 0x59, 0x50, 0x45,
 	0x5f, 0x45, 0x4e, 0x56, 0x49, 0x52, 0x4f, 0x4e, 0x4d, 0x45, 0x4e, 0x54, 0x5f, 0x53, 0x54, 0x4f,
-	0x50, 0x50, 0x45, 0x44, 0x10, 0x12, 0x32, 0x84, 0x0e, 0x0a, 0x10, 0x53, 0x63, 0x68, 0x65, 0x64,
+	0x50, 0x50, 0x45, 0x44, 0x10, 0x12, 0x32, 0xda, 0x0e, 0x0a, 0x10, 0x53, 0x63, 0x68, 0x65, 0x64,
 	0x75, 0x6c, 0x65, 0x72, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x12, 0x56, 0x0a, 0x11, 0x43,
 	0x72, 0x65, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
 	0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
 	0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
 	0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
 	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x12, 0x50, 0x0a, 0x0e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x64, 0x0a, 0x11, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45,
-	0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65,
-	0x73, 0x74, 0x1a, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x11, 0x44,
-	0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
+	0x65, 0x6e, 0x74, 0x12, 0x54, 0x0a, 0x10, 0x43, 0x6c, 0x6f, 0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x25, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
+	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x6c, 0x6f, 0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x50, 0x0a, 0x0e, 0x47, 0x65, 0x74,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x23, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x64, 0x0a, 0x11, 0x55,
+	0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
 	0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
-	0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
-	0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x12, 0x61, 0x0a, 0x10, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x25, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26,
-	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69,
-	0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65,
-	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x12, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76,
-	0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f, 0x67, 0x73, 0x12, 0x27, 0x2e, 0x73,
-	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45,
-	0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f, 0x67, 0x73, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x15, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x6f, 0x67, 0x4c, 0x69, 0x6e, 0x65, 0x30, 0x01, 0x12, 0x65,
-	0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
-	0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x2a, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65,
-	0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x4f, 0x0a, 0x0a, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61,
-	0x63, 0x6b, 0x73, 0x12, 0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x71,
-	0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
-	0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x52, 0x65,
-	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x46, 0x0a, 0x0b, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45,
-	0x76, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73,
-	0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x13, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x30, 0x01, 0x12, 0x70,
-	0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
-	0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x12, 0x2a, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x2b, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
-	0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
-	0x12, 0x51, 0x0a, 0x11, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x14, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63,
-	0x6b, 0x75, 0x70, 0x12, 0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75,
-	0x70, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x71,
-	0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
-	0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x52,
-	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a, 0x12, 0x52, 0x65, 0x73, 0x74, 0x6f,
-	0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x27, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x73,
-	0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52,
-	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
-	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
-	0x74, 0x12, 0x6a, 0x0a, 0x13, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69,
-	0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x28, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f,
-	0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65,
-	0x73, 0x74, 0x1a, 0x29, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72,
-	0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a,
-	0x0e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12,
-	0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c,
-	0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71,
-	0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
-	0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f,
-	0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52, 0x0a, 0x0f, 0x53, 0x74,
-	0x6f, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x24, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x74, 0x6f,
+	0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
+	0x65, 0x12, 0x56, 0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x61, 0x0a, 0x10, 0x4c, 0x69, 0x73,
+	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x25, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
+	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
+	0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x12,
+	0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f,
+	0x67, 0x73, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
+	0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
+	0x4c, 0x6f, 0x67, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x15, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x6f, 0x67, 0x4c, 0x69,
+	0x6e, 0x65, 0x30, 0x01, 0x12, 0x65, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x2a, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69,
+	0x63, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e,
+	0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x4f, 0x0a, 0x0a, 0x4c,
+	0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x12, 0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61,
+	0x63, 0x6b, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68,
+	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74,
+	0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x46, 0x0a, 0x0b,
+	0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68,
+	0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x13, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x76, 0x65,
+	0x6e, 0x74, 0x30, 0x01, 0x12, 0x70, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x12, 0x2a, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f,
+	0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2b, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x51, 0x0a, 0x11, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75,
 	0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x54,
-	0x0a, 0x10, 0x53, 0x74, 0x61, 0x72, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
-	0x6e, 0x74, 0x12, 0x25, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x53, 0x74, 0x61, 0x72, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x65, 0x73, 0x74, 0x1a, 0x14, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x12, 0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73,
+	0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b,
+	0x75, 0x70, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x73, 0x63, 0x68,
+	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61,
+	0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a,
+	0x12, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
+	0x65, 0x6e, 0x74, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
+	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73,
+	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x6a, 0x0a, 0x13, 0x52, 0x65, 0x6c, 0x6f, 0x61,
+	0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x28,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65,
+	0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f,
+	0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f,
+	0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f,
+	0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
+	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69,
+	0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x73, 0x63, 0x68,
+	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70,
+	0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x52, 0x0a, 0x0f, 0x53, 0x74, 0x6f, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
+	0x65, 0x6e, 0x74, 0x12, 0x24, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x53, 0x74, 0x6f, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
 	0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65,
 	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e,
-	0x6d, 0x65, 0x6e, 0x74, 0x12, 0x58, 0x0a, 0x0d, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70,
-	0x6c, 0x61, 0x74, 0x65, 0x73, 0x12, 0x22, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74,
-	0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d,
-	0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x4c,
-	0x0a, 0x09, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x12, 0x1e, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4e,
-	0x6f, 0x64, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x1f, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4e,
-	0x6f, 0x64, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x3f, 0x0a, 0x09,
-	0x44, 0x72, 0x61, 0x69, 0x6e, 0x4e, 0x6f, 0x64, 0x65, 0x12, 0x1e, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x72, 0x61, 0x69, 0x6e, 0x4e, 0x6f,
-	0x64, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x12, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4e, 0x6f, 0x64, 0x65, 0x42, 0x54, 0x0a,
-	0x10, 0x64, 0x65, 0x76, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x50, 0x01, 0x5a, 0x3e, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x63, 0x6f, 0x6d, 0x2f,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2f, 0x67, 0x65, 0x6e, 0x2f, 0x67, 0x6f, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x6d, 0x65, 0x6e, 0x74, 0x12, 0x54, 0x0a, 0x10, 0x53, 0x74, 0x61, 0x72, 0x74, 0x45, 0x6e, 0x76,
+	0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x25, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x74, 0x61, 0x72, 0x74, 0x45, 0x6e, 0x76,
+	0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45,
+	0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x58, 0x0a, 0x0d, 0x4c, 0x69,
+	0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x12, 0x22, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54,
+	0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c,
+	0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70,
+	0x6f, 0x6e, 0x73, 0x65, 0x12, 0x4c, 0x0a, 0x09, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65,
+	0x73, 0x12, 0x1e, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x1a, 0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x3f, 0x0a, 0x09, 0x44, 0x72, 0x61, 0x69, 0x6e, 0x4e, 0x6f, 0x64, 0x65, 0x12,
+	0x1e, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44,
+	0x72, 0x61, 0x69, 0x6e, 0x4e, 0x6f, 0x64, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x12, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4e,
+	0x6f, 0x64, 0x65, 0x42, 0x54, 0x0a, 0x10, 0x64, 0x65, 0x76, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x50, 0x01, 0x5a, 0x3e, 0x67, 0x69, 0x74, 0x68, 0x75,
+	0x62, 0x2e, 0x63, 0x6f, 0x6d, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x67, 0x65, 0x6e, 0x2f, 0x67, 0x6f,
+	0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f,
+	0x33,
 }
 
 var (
@@ -6460,7 +6583,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_scheduler_v1_scheduler_proto_goTypes = []interface{}{
 	(PortProtocol)(0),                     // 0: scheduler.v1.PortProtocol
 	(RestartMode)(0),                      // 1: scheduler.v1.RestartMode
@@ -6488,69 +6611,70 @@ var file_scheduler_v1_scheduler_proto_goTypes = []interface{}{
 	(*Environment)(nil),                   // 23: scheduler.v1.Environment
 	(*ServiceDescription)(nil),            // 24: scheduler.v1.ServiceDescription
 	(*CreateEnvironmentRequest)(nil),      // 25: scheduler.v1.CreateEnvironmentRequest
-	(*GetEnvironmentRequest)(nil),         // 26: scheduler.v1.GetEnvironmentRequest
-	(*UpdateEnvironmentRequest)(nil),      // 27: scheduler.v1.UpdateEnvironmentRequest
-	(*ServiceChange)(nil),                 // 28: scheduler.v1.ServiceChange
-	(*UpdateEnvironmentResponse)(nil),     // 29: scheduler.v1.UpdateEnvironmentResponse
-	(*DeleteEnvironmentRequest)(nil),      // 30: scheduler.v1.DeleteEnvironmentRequest
-	(*StopEnvironmentRequest)(nil),        // 31: scheduler.v1.StopEnvironmentRequest
-	(*StartEnvironmentRequest)(nil),       // 32: scheduler.v1.StartEnvironmentRequest
-	(*ListEnvironmentsRequest)(nil),       // 33: scheduler.v1.ListEnvironmentsRequest
-	(*ListEnvironmentsResponse)(nil),      // 34: scheduler.v1.ListEnvironmentsResponse
-	(*GetEnvironmentLogsRequest)(nil),     // 35: scheduler.v1.GetEnvironmentLogsRequest
-	(*LogLine)(nil),                       // 36: scheduler.v1.LogLine
-	(*GetEnvironmentMetricsRequest)(nil),  // 37: scheduler.v1.GetEnvironmentMetricsRequest
-	(*ContainerMetrics)(nil),              // 38: scheduler.v1.ContainerMetrics
-	(*EnvironmentMetrics)(nil),            // 39: scheduler.v1.EnvironmentMetrics
-	(*ListStacksRequest)(nil),             // 40: scheduler.v1.ListStacksRequest
-	(*StackParameter)(nil),                // 41: scheduler.v1.StackParameter
-	(*Stack)(nil),                         // 42: scheduler.v1.Stack
-	(*ListStacksResponse)(nil),            // 43: scheduler.v1.ListStacksResponse
-	(*WatchEventsRequest)(nil),            // 44: scheduler.v1.WatchEventsRequest
-	(*Event)(nil),                         // 45: scheduler.v1.Event
-	(*GetEnvironmentHistoryRequest)(nil),  // 46: scheduler.v1.GetEnvironmentHistoryRequest
-	(*HistoryEntry)(nil),                  // 47: scheduler.v1.HistoryEntry
-	(*GetEnvironmentHistoryResponse)(nil), // 48: scheduler.v1.GetEnvironmentHistoryResponse
-	(*BackupEnvironmentRequest)(nil),      // 49: scheduler.v1.BackupEnvironmentRequest
-	(*Backup)(nil),                        // 50: scheduler.v1.Backup
-	(*ListBackupsRequest)(nil),            // 51: scheduler.v1.ListBackupsRequest
-	(*ListBackupsResponse)(nil),           // 52: scheduler.v1.ListBackupsResponse
-	(*RestoreEnvironmentRequest)(nil),     // 53: scheduler.v1.RestoreEnvironmentRequest
-	(*ReloadConfigurationRequest)(nil),    // 54: scheduler.v1.ReloadConfigurationRequest
-	(*ReloadConfigurationResponse)(nil),   // 55: scheduler.v1.ReloadConfigurationResponse
-	(*ListOperationsRequest)(nil),         // 56: scheduler.v1.ListOperationsRequest
-	(*OperationStep)(nil),                 // 57: scheduler.v1.OperationStep
-	(*Operation)(nil),                     // 58: scheduler.v1.Operation
-	(*ListOperationsResponse)(nil),        // 59: scheduler.v1.ListOperationsResponse
-	(*ListTemplatesRequest)(nil),          // 60: scheduler.v1.ListTemplatesRequest
-	(*DataTemplate)(nil),                  // 61: scheduler.v1.DataTemplate
-	(*ListTemplatesResponse)(nil),         // 62: scheduler.v1.ListTemplatesResponse
-	(*ListNodesRequest)(nil),              // 63: scheduler.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 64: scheduler.v1.ListNodesResponse
-	(*DrainNodeRequest)(nil),              // 65: scheduler.v1.DrainNodeRequest
-	(*NodeResources)(nil),                 // 66: scheduler.v1.NodeResources
-	(*Node)(nil),                          // 67: scheduler.v1.Node
-	nil,                                   // 68: scheduler.v1.EnvironmentSpecification.ServicesEntry
-	nil,                                   // 69: scheduler.v1.EnvironmentSpecification.ParametersEntry
-	nil,                                   // 70: scheduler.v1.EnvironmentSpecification.LabelsEntry
-	nil,                                   // 71: scheduler.v1.ContainerConfiguration.EnvEntry
-	(*HealthCheck_Exec)(nil),              // 72: scheduler.v1.HealthCheck.Exec
-	(*HealthCheck_Http)(nil),              // 73: scheduler.v1.HealthCheck.Http
-	(*HealthCheck_Tcp)(nil),               // 74: scheduler.v1.HealthCheck.Tcp
-	nil,                                   // 75: scheduler.v1.DataTemplate.ParametersEntry
-	nil,                                   // 76: scheduler.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),           // 77: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),         // 78: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),         // 79: google.protobuf.FieldMask
+	(*CloneEnvironmentRequest)(nil),       // 26: scheduler.v1.CloneEnvironmentRequest
+	(*GetEnvironmentRequest)(nil),         // 27: scheduler.v1.GetEnvironmentRequest
+	(*UpdateEnvironmentRequest)(nil),      // 28: scheduler.v1.UpdateEnvironmentRequest
+	(*ServiceChange)(nil),                 // 29: scheduler.v1.ServiceChange
+	(*UpdateEnvironmentResponse)(nil),     // 30: scheduler.v1.UpdateEnvironmentResponse
+	(*DeleteEnvironmentRequest)(nil),      // 31: scheduler.v1.DeleteEnvironmentRequest
+	(*StopEnvironmentRequest)(nil),        // 32: scheduler.v1.StopEnvironmentRequest
+	(*StartEnvironmentRequest)(nil),       // 33: scheduler.v1.StartEnvironmentRequest
+	(*ListEnvironmentsRequest)(nil),       // 34: scheduler.v1.ListEnvironmentsRequest
+	(*ListEnvironmentsResponse)(nil),      // 35: scheduler.v1.ListEnvironmentsResponse
+	(*GetEnvironmentLogsRequest)(nil),     // 36: scheduler.v1.GetEnvironmentLogsRequest
+	(*LogLine)(nil),                       // 37: scheduler.v1.LogLine
+	(*GetEnvironmentMetricsRequest)(nil),  // 38: scheduler.v1.GetEnvironmentMetricsRequest
+	(*ContainerMetrics)(nil),              // 39: scheduler.v1.ContainerMetrics
+	(*EnvironmentMetrics)(nil),            // 40: scheduler.v1.EnvironmentMetrics
+	(*ListStacksRequest)(nil),             // 41: scheduler.v1.ListStacksRequest
+	(*StackParameter)(nil),                // 42: scheduler.v1.StackParameter
+	(*Stack)(nil),                         // 43: scheduler.v1.Stack
+	(*ListStacksResponse)(nil),            // 44: scheduler.v1.ListStacksResponse
+	(*WatchEventsRequest)(nil),            // 45: scheduler.v1.WatchEventsRequest
+	(*Event)(nil),                         // 46: scheduler.v1.Event
+	(*GetEnvironmentHistoryRequest)(nil),  // 47: scheduler.v1.GetEnvironmentHistoryRequest
+	(*HistoryEntry)(nil),                  // 48: scheduler.v1.HistoryEntry
+	(*GetEnvironmentHistoryResponse)(nil), // 49: scheduler.v1.GetEnvironmentHistoryResponse
+	(*BackupEnvironmentRequest)(nil),      // 50: scheduler.v1.BackupEnvironmentRequest
+	(*Backup)(nil),                        // 51: scheduler.v1.Backup
+	(*ListBackupsRequest)(nil),            // 52: scheduler.v1.ListBackupsRequest
+	(*ListBackupsResponse)(nil),           // 53: scheduler.v1.ListBackupsResponse
+	(*RestoreEnvironmentRequest)(nil),     // 54: scheduler.v1.RestoreEnvironmentRequest
+	(*ReloadConfigurationRequest)(nil),    // 55: scheduler.v1.ReloadConfigurationRequest
+	(*ReloadConfigurationResponse)(nil),   // 56: scheduler.v1.ReloadConfigurationResponse
+	(*ListOperationsRequest)(nil),         // 57: scheduler.v1.ListOperationsRequest
+	(*OperationStep)(nil),                 // 58: scheduler.v1.OperationStep
+	(*Operation)(nil),                     // 59: scheduler.v1.Operation
+	(*ListOperationsResponse)(nil),        // 60: scheduler.v1.ListOperationsResponse
+	(*ListTemplatesRequest)(nil),          // 61: scheduler.v1.ListTemplatesRequest
+	(*DataTemplate)(nil),                  // 62: scheduler.v1.DataTemplate
+	(*ListTemplatesResponse)(nil),         // 63: scheduler.v1.ListTemplatesResponse
+	(*ListNodesRequest)(nil),              // 64: scheduler.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 65: scheduler.v1.ListNodesResponse
+	(*DrainNodeRequest)(nil),              // 66: scheduler.v1.DrainNodeRequest
+	(*NodeResources)(nil),                 // 67: scheduler.v1.NodeResources
+	(*Node)(nil),                          // 68: scheduler.v1.Node
+	nil,                                   // 69: scheduler.v1.EnvironmentSpecification.ServicesEntry
+	nil,                                   // 70: scheduler.v1.EnvironmentSpecification.ParametersEntry
+	nil,                                   // 71: scheduler.v1.EnvironmentSpecification.LabelsEntry
+	nil,                                   // 72: scheduler.v1.ContainerConfiguration.EnvEntry
+	(*HealthCheck_Exec)(nil),              // 73: scheduler.v1.HealthCheck.Exec
+	(*HealthCheck_Http)(nil),              // 74: scheduler.v1.HealthCheck.Http
+	(*HealthCheck_Tcp)(nil),               // 75: scheduler.v1.HealthCheck.Tcp
+	nil,                                   // 76: scheduler.v1.DataTemplate.ParametersEntry
+	nil,                                   // 77: scheduler.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),           // 78: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 79: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),         // 80: google.protobuf.FieldMask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	68,  // 0: scheduler.v1.EnvironmentSpecification.services:type_name -> scheduler.v1.EnvironmentSpecification.ServicesEntry
-	69,  // 1: scheduler.v1.EnvironmentSpecification.parameters:type_name -> scheduler.v1.EnvironmentSpecification.ParametersEntry
-	70,  // 2: scheduler.v1.EnvironmentSpecification.labels:type_name -> scheduler.v1.EnvironmentSpecification.LabelsEntry
+	69,  // 0: scheduler.v1.EnvironmentSpecification.services:type_name -> scheduler.v1.EnvironmentSpecification.ServicesEntry
+	70,  // 1: scheduler.v1.EnvironmentSpecification.parameters:type_name -> scheduler.v1.EnvironmentSpecification.ParametersEntry
+	71,  // 2: scheduler.v1.EnvironmentSpecification.labels:type_name -> scheduler.v1.EnvironmentSpecification.LabelsEntry
 	11,  // 3: scheduler.v1.EnvironmentSpecification.network:type_name -> scheduler.v1.NetworkSpecification
-	77,  // 4: scheduler.v1.EnvironmentSpecification.ttl:type_name -> google.protobuf.Duration
-	77,  // 5: scheduler.v1.EnvironmentSpecification.sleep_after_idle:type_name -> google.protobuf.Duration
-	71,  // 6: scheduler.v1.ContainerConfiguration.env:type_name -> scheduler.v1.ContainerConfiguration.EnvEntry
+	78,  // 4: scheduler.v1.EnvironmentSpecification.ttl:type_name -> google.protobuf.Duration
+	78,  // 5: scheduler.v1.EnvironmentSpecification.sleep_after_idle:type_name -> google.protobuf.Duration
+	72,  // 6: scheduler.v1.ContainerConfiguration.env:type_name -> scheduler.v1.ContainerConfiguration.EnvEntry
 	14,  // 7: scheduler.v1.ContainerConfiguration.ports:type_name -> scheduler.v1.PortMapping
 	15,  // 8: scheduler.v1.ContainerConfiguration.volumes:type_name -> scheduler.v1.VolumeMount
 	16,  // 9: scheduler.v1.ContainerConfiguration.resources:type_name -> scheduler.v1.Resources
@@ -6559,120 +6683,124 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	19,  // 12: scheduler.v1.ContainerConfiguration.depends_on:type_name -> scheduler.v1.Dependency
 	13,  // 13: scheduler.v1.ContainerConfiguration.security:type_name -> scheduler.v1.SecurityOptions
 	0,   // 14: scheduler.v1.PortMapping.protocol:type_name -> scheduler.v1.PortProtocol
-	72,  // 15: scheduler.v1.HealthCheck.exec:type_name -> scheduler.v1.HealthCheck.Exec
-	73,  // 16: scheduler.v1.HealthCheck.http:type_name -> scheduler.v1.HealthCheck.Http
-	74,  // 17: scheduler.v1.HealthCheck.tcp:type_name -> scheduler.v1.HealthCheck.Tcp
-	77,  // 18: scheduler.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	77,  // 19: scheduler.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	77,  // 20: scheduler.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
+	73,  // 15: scheduler.v1.HealthCheck.exec:type_name -> scheduler.v1.HealthCheck.Exec
+	74,  // 16: scheduler.v1.HealthCheck.http:type_name -> scheduler.v1.HealthCheck.Http
+	75,  // 17: scheduler.v1.HealthCheck.tcp:type_name -> scheduler.v1.HealthCheck.Tcp
+	78,  // 18: scheduler.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	78,  // 19: scheduler.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	78,  // 20: scheduler.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
 	1,   // 21: scheduler.v1.RestartPolicy.mode:type_name -> scheduler.v1.RestartMode
-	77,  // 22: scheduler.v1.RestartPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	77,  // 23: scheduler.v1.RestartPolicy.max_backoff:type_name -> google.protobuf.Duration
-	77,  // 24: scheduler.v1.RestartPolicy.reset_after:type_name -> google.protobuf.Duration
+	78,  // 22: scheduler.v1.RestartPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	78,  // 23: scheduler.v1.RestartPolicy.max_backoff:type_name -> google.protobuf.Duration
+	78,  // 24: scheduler.v1.RestartPolicy.reset_after:type_name -> google.protobuf.Duration
 	2,   // 25: scheduler.v1.Dependency.condition:type_name -> scheduler.v1.DependencyCondition
-	77,  // 26: scheduler.v1.Dependency.deadline:type_name -> google.protobuf.Duration
+	78,  // 26: scheduler.v1.Dependency.deadline:type_name -> google.protobuf.Duration
 	4,   // 27: scheduler.v1.ContainerStatus.state:type_name -> scheduler.v1.ContainerState
 	5,   // 28: scheduler.v1.ContainerStatus.health:type_name -> scheduler.v1.HealthStatus
-	78,  // 29: scheduler.v1.ContainerStatus.start_time:type_name -> google.protobuf.Timestamp
-	78,  // 30: scheduler.v1.ContainerStatus.end_time:type_name -> google.protobuf.Timestamp
+	79,  // 29: scheduler.v1.ContainerStatus.start_time:type_name -> google.protobuf.Timestamp
+	79,  // 30: scheduler.v1.ContainerStatus.end_time:type_name -> google.protobuf.Timestamp
 	0,   // 31: scheduler.v1.Endpoint.protocol:type_name -> scheduler.v1.PortProtocol
 	6,   // 32: scheduler.v1.Condition.status:type_name -> scheduler.v1.ConditionStatus
-	78,  // 33: scheduler.v1.Condition.last_transition_time:type_name -> google.protobuf.Timestamp
+	79,  // 33: scheduler.v1.Condition.last_transition_time:type_name -> google.protobuf.Timestamp
 	10,  // 34: scheduler.v1.Environment.spec:type_name -> scheduler.v1.EnvironmentSpecification
 	3,   // 35: scheduler.v1.Environment.status:type_name -> scheduler.v1.EnvironmentStatus
 	20,  // 36: scheduler.v1.Environment.containers:type_name -> scheduler.v1.ContainerStatus
 	21,  // 37: scheduler.v1.Environment.endpoints:type_name -> scheduler.v1.Endpoint
 	22,  // 38: scheduler.v1.Environment.conditions:type_name -> scheduler.v1.Condition
-	78,  // 39: scheduler.v1.Environment.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 40: scheduler.v1.Environment.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 39: scheduler.v1.Environment.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 40: scheduler.v1.Environment.update_time:type_name -> google.protobuf.Timestamp
 	24,  // 41: scheduler.v1.Environment.services:type_name -> scheduler.v1.ServiceDescription
-	78,  // 42: scheduler.v1.Environment.expire_time:type_name -> google.protobuf.Timestamp
+	79,  // 42: scheduler.v1.Environment.expire_time:type_name -> google.protobuf.Timestamp
 	12,  // 43: scheduler.v1.ServiceDescription.config:type_name -> scheduler.v1.ContainerConfiguration
 	10,  // 44: scheduler.v1.CreateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
-	10,  // 45: scheduler.v1.UpdateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
-	77,  // 46: scheduler.v1.UpdateEnvironmentRequest.drain:type_name -> google.protobuf.Duration
-	79,  // 47: scheduler.v1.UpdateEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,   // 48: scheduler.v1.ServiceChange.action:type_name -> scheduler.v1.ChangeAction
-	23,  // 49: scheduler.v1.UpdateEnvironmentResponse.environment:type_name -> scheduler.v1.Environment
-	28,  // 50: scheduler.v1.UpdateEnvironmentResponse.plan:type_name -> scheduler.v1.ServiceChange
-	23,  // 51: scheduler.v1.ListEnvironmentsResponse.environments:type_name -> scheduler.v1.Environment
-	78,  // 52: scheduler.v1.GetEnvironmentLogsRequest.since_time:type_name -> google.protobuf.Timestamp
-	8,   // 53: scheduler.v1.GetEnvironmentLogsRequest.stream:type_name -> scheduler.v1.LogStream
-	8,   // 54: scheduler.v1.LogLine.stream:type_name -> scheduler.v1.LogStream
-	78,  // 55: scheduler.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	77,  // 56: scheduler.v1.GetEnvironmentMetricsRequest.window:type_name -> google.protobuf.Duration
-	78,  // 57: scheduler.v1.ContainerMetrics.time:type_name -> google.protobuf.Timestamp
-	38,  // 58: scheduler.v1.EnvironmentMetrics.containers:type_name -> scheduler.v1.ContainerMetrics
-	24,  // 59: scheduler.v1.Stack.services:type_name -> scheduler.v1.ServiceDescription
-	41,  // 60: scheduler.v1.Stack.parameters:type_name -> scheduler.v1.StackParameter
-	42,  // 61: scheduler.v1.ListStacksResponse.stacks:type_name -> scheduler.v1.Stack
-	77,  // 62: scheduler.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	9,   // 63: scheduler.v1.Event.type:type_name -> scheduler.v1.EventType
-	78,  // 64: scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	78,  // 65: scheduler.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
-	47,  // 66: scheduler.v1.GetEnvironmentHistoryResponse.entries:type_name -> scheduler.v1.HistoryEntry
-	78,  // 67: scheduler.v1.Backup.create_time:type_name -> google.protobuf.Timestamp
-	50,  // 68: scheduler.v1.ListBackupsResponse.backups:type_name -> scheduler.v1.Backup
-	78,  // 69: scheduler.v1.OperationStep.time:type_name -> google.protobuf.Timestamp
-	78,  // 70: scheduler.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	78,  // 71: scheduler.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	57,  // 72: scheduler.v1.Operation.steps:type_name -> scheduler.v1.OperationStep
-	58,  // 73: scheduler.v1.ListOperationsResponse.operations:type_name -> scheduler.v1.Operation
-	75,  // 74: scheduler.v1.DataTemplate.parameters:type_name -> scheduler.v1.DataTemplate.ParametersEntry
-	78,  // 75: scheduler.v1.DataTemplate.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 76: scheduler.v1.DataTemplate.last_use_time:type_name -> google.protobuf.Timestamp
-	61,  // 77: scheduler.v1.ListTemplatesResponse.templates:type_name -> scheduler.v1.DataTemplate
-	67,  // 78: scheduler.v1.ListNodesResponse.nodes:type_name -> scheduler.v1.Node
-	66,  // 79: scheduler.v1.Node.capacity:type_name -> scheduler.v1.NodeResources
-	66,  // 80: scheduler.v1.Node.allocated:type_name -> scheduler.v1.NodeResources
-	76,  // 81: scheduler.v1.Node.labels:type_name -> scheduler.v1.Node.LabelsEntry
-	78,  // 82: scheduler.v1.Node.start_time:type_name -> google.protobuf.Timestamp
-	12,  // 83: scheduler.v1.EnvironmentSpecification.ServicesEntry.value:type_name -> scheduler.v1.ContainerConfiguration
-	25,  // 84: scheduler.v1.SchedulerService.CreateEnvironment:input_type -> scheduler.v1.CreateEnvironmentRequest
-	26,  // 85: scheduler.v1.SchedulerService.GetEnvironment:input_type -> scheduler.v1.GetEnvironmentRequest
-	27,  // 86: scheduler.v1.SchedulerService.UpdateEnvironment:input_type -> scheduler.v1.UpdateEnvironmentRequest
-	30,  // 87: scheduler.v1.SchedulerService.DeleteEnvironment:input_type -> scheduler.v1.DeleteEnvironmentRequest
-	33,  // 88: scheduler.v1.SchedulerService.ListEnvironments:input_type -> scheduler.v1.ListEnvironmentsRequest
-	35,  // 89: scheduler.v1.SchedulerService.GetEnvironmentLogs:input_type -> scheduler.v1.GetEnvironmentLogsRequest
-	37,  // 90: scheduler.v1.SchedulerService.GetEnvironmentMetrics:input_type -> scheduler.v1.GetEnvironmentMetricsRequest
-	40,  // 91: scheduler.v1.SchedulerService.ListStacks:input_type -> scheduler.v1.ListStacksRequest
-	44,  // 92: scheduler.v1.SchedulerService.WatchEvents:input_type -> scheduler.v1.WatchEventsRequest
-	46,  // 93: scheduler.v1.SchedulerService.GetEnvironmentHistory:input_type -> scheduler.v1.GetEnvironmentHistoryRequest
-	49,  // 94: scheduler.v1.SchedulerService.BackupEnvironment:input_type -> scheduler.v1.BackupEnvironmentRequest
-	51,  // 95: scheduler.v1.SchedulerService.ListBackups:input_type -> scheduler.v1.ListBackupsRequest
-	53,  // 96: scheduler.v1.SchedulerService.RestoreEnvironment:input_type -> scheduler.v1.RestoreEnvironmentRequest
-	54,  // 97: scheduler.v1.SchedulerService.ReloadConfiguration:input_type -> scheduler.v1.ReloadConfigurationRequest
-	56,  // 98: scheduler.v1.SchedulerService.ListOperations:input_type -> scheduler.v1.ListOperationsRequest
-	31,  // 99: scheduler.v1.SchedulerService.StopEnvironment:input_type -> scheduler.v1.StopEnvironmentRequest
-	32,  // 100: scheduler.v1.SchedulerService.StartEnvironment:input_type -> scheduler.v1.StartEnvironmentRequest
-	60,  // 101: scheduler.v1.SchedulerService.ListTemplates:input_type -> scheduler.v1.ListTemplatesRequest
-	63,  // 102: scheduler.v1.SchedulerService.ListNodes:input_type -> scheduler.v1.ListNodesRequest
-	65,  // 103: scheduler.v1.SchedulerService.DrainNode:input_type -> scheduler.v1.DrainNodeRequest
-	23,  // 104: scheduler.v1.SchedulerService.CreateEnvironment:output_type -> scheduler.v1.Environment
-	23,  // 105: scheduler.v1.SchedulerService.GetEnvironment:output_type -> scheduler.v1.Environment
-	29,  // 106: scheduler.v1.SchedulerService.UpdateEnvironment:output_type -> scheduler.v1.UpdateEnvironmentResponse
-	23,  // 107: scheduler.v1.SchedulerService.DeleteEnvironment:output_type -> scheduler.v1.Environment
-	34,  // 108: scheduler.v1.SchedulerService.ListEnvironments:output_type -> scheduler.v1.ListEnvironmentsResponse
-	36,  // 109: scheduler.v1.SchedulerService.GetEnvironmentLogs:output_type -> scheduler.v1.LogLine
-	39,  // 110: scheduler.v1.SchedulerService.GetEnvironmentMetrics:output_type -> scheduler.v1.EnvironmentMetrics
-	43,  // 111: scheduler.v1.SchedulerService.ListStacks:output_type -> scheduler.v1.ListStacksResponse
-	45,  // 112: scheduler.v1.SchedulerService.WatchEvents:output_type -> scheduler.v1.Event
-	48,  // 113: scheduler.v1.SchedulerService.GetEnvironmentHistory:output_type -> scheduler.v1.GetEnvironmentHistoryResponse
-	50,  // 114: scheduler.v1.SchedulerService.BackupEnvironment:output_type -> scheduler.v1.Backup
-	52,  // 115: scheduler.v1.SchedulerService.ListBackups:output_type -> scheduler.v1.ListBackupsResponse
-	23,  // 116: scheduler.v1.SchedulerService.RestoreEnvironment:output_type -> scheduler.v1.Environment
-	55,  // 117: scheduler.v1.SchedulerService.ReloadConfiguration:output_type -> scheduler.v1.ReloadConfigurationResponse
-	59,  // 118: scheduler.v1.SchedulerService.ListOperations:output_type -> scheduler.v1.ListOperationsResponse
-	23,  // 119: scheduler.v1.SchedulerService.StopEnvironment:output_type -> scheduler.v1.Environment
-	23,  // 120: scheduler.v1.SchedulerService.StartEnvironment:output_type -> scheduler.v1.Environment
-	62,  // 121: scheduler.v1.SchedulerService.ListTemplates:output_type -> scheduler.v1.ListTemplatesResponse
-	64,  // 122: scheduler.v1.SchedulerService.ListNodes:output_type -> scheduler.v1.ListNodesResponse
-	67,  // 123: scheduler.v1.SchedulerService.DrainNode:output_type -> scheduler.v1.Node
-	104, // [104:124] is the sub-list for method output_type
-	84,  // [84:104] is the sub-list for method input_type
-	84,  // [84:84] is the sub-list for extension type_name
-	84,  // [84:84] is the sub-list for extension extendee
-	0,   // [0:84] is the sub-list for field type_name
+	10,  // 45: scheduler.v1.CloneEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
+	80,  // 46: scheduler.v1.CloneEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10,  // 47: scheduler.v1.UpdateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
+	78,  // 48: scheduler.v1.UpdateEnvironmentRequest.drain:type_name -> google.protobuf.Duration
+	80,  // 49: scheduler.v1.UpdateEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,   // 50: scheduler.v1.ServiceChange.action:type_name -> scheduler.v1.ChangeAction
+	23,  // 51: scheduler.v1.UpdateEnvironmentResponse.environment:type_name -> scheduler.v1.Environment
+	29,  // 52: scheduler.v1.UpdateEnvironmentResponse.plan:type_name -> scheduler.v1.ServiceChange
+	23,  // 53: scheduler.v1.ListEnvironmentsResponse.environments:type_name -> scheduler.v1.Environment
+	79,  // 54: scheduler.v1.GetEnvironmentLogsRequest.since_time:type_name -> google.protobuf.Timestamp
+	8,   // 55: scheduler.v1.GetEnvironmentLogsRequest.stream:type_name -> scheduler.v1.LogStream
+	8,   // 56: scheduler.v1.LogLine.stream:type_name -> scheduler.v1.LogStream
+	79,  // 57: scheduler.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	78,  // 58: scheduler.v1.GetEnvironmentMetricsRequest.window:type_name -> google.protobuf.Duration
+	79,  // 59: scheduler.v1.ContainerMetrics.time:type_name -> google.protobuf.Timestamp
+	39,  // 60: scheduler.v1.EnvironmentMetrics.containers:type_name -> scheduler.v1.ContainerMetrics
+	24,  // 61: scheduler.v1.Stack.services:type_name -> scheduler.v1.ServiceDescription
+	42,  // 62: scheduler.v1.Stack.parameters:type_name -> scheduler.v1.StackParameter
+	43,  // 63: scheduler.v1.ListStacksResponse.stacks:type_name -> scheduler.v1.Stack
+	78,  // 64: scheduler.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	9,   // 65: scheduler.v1.Event.type:type_name -> scheduler.v1.EventType
+	79,  // 66: scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	79,  // 67: scheduler.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
+	48,  // 68: scheduler.v1.GetEnvironmentHistoryResponse.entries:type_name -> scheduler.v1.HistoryEntry
+	79,  // 69: scheduler.v1.Backup.create_time:type_name -> google.protobuf.Timestamp
+	51,  // 70: scheduler.v1.ListBackupsResponse.backups:type_name -> scheduler.v1.Backup
+	79,  // 71: scheduler.v1.OperationStep.time:type_name -> google.protobuf.Timestamp
+	79,  // 72: scheduler.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	79,  // 73: scheduler.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	58,  // 74: scheduler.v1.Operation.steps:type_name -> scheduler.v1.OperationStep
+	59,  // 75: scheduler.v1.ListOperationsResponse.operations:type_name -> scheduler.v1.Operation
+	76,  // 76: scheduler.v1.DataTemplate.parameters:type_name -> scheduler.v1.DataTemplate.ParametersEntry
+	79,  // 77: scheduler.v1.DataTemplate.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 78: scheduler.v1.DataTemplate.last_use_time:type_name -> google.protobuf.Timestamp
+	62,  // 79: scheduler.v1.ListTemplatesResponse.templates:type_name -> scheduler.v1.DataTemplate
+	68,  // 80: scheduler.v1.ListNodesResponse.nodes:type_name -> scheduler.v1.Node
+	67,  // 81: scheduler.v1.Node.capacity:type_name -> scheduler.v1.NodeResources
+	67,  // 82: scheduler.v1.Node.allocated:type_name -> scheduler.v1.NodeResources
+	77,  // 83: scheduler.v1.Node.labels:type_name -> scheduler.v1.Node.LabelsEntry
+	79,  // 84: scheduler.v1.Node.start_time:type_name -> google.protobuf.Timestamp
+	12,  // 85: scheduler.v1.EnvironmentSpecification.ServicesEntry.value:type_name -> scheduler.v1.ContainerConfiguration
+	25,  // 86: scheduler.v1.SchedulerService.CreateEnvironment:input_type -> scheduler.v1.CreateEnvironmentRequest
+	26,  // 87: scheduler.v1.SchedulerService.CloneEnvironment:input_type -> scheduler.v1.CloneEnvironmentRequest
+	27,  // 88: scheduler.v1.SchedulerService.GetEnvironment:input_type -> scheduler.v1.GetEnvironmentRequest
+	28,  // 89: scheduler.v1.SchedulerService.UpdateEnvironment:input_type -> scheduler.v1.UpdateEnvironmentRequest
+	31,  // 90: scheduler.v1.SchedulerService.DeleteEnvironment:input_type -> scheduler.v1.DeleteEnvironmentRequest
+	34,  // 91: scheduler.v1.SchedulerService.ListEnvironments:input_type -> scheduler.v1.ListEnvironmentsRequest
+	36,  // 92: scheduler.v1.SchedulerService.GetEnvironmentLogs:input_type -> scheduler.v1.GetEnvironmentLogsRequest
+	38,  // 93: scheduler.v1.SchedulerService.GetEnvironmentMetrics:input_type -> scheduler.v1.GetEnvironmentMetricsRequest
+	41,  // 94: scheduler.v1.SchedulerService.ListStacks:input_type -> scheduler.v1.ListStacksRequest
+	45,  // 95: scheduler.v1.SchedulerService.WatchEvents:input_type -> scheduler.v1.WatchEventsRequest
+	47,  // 96: scheduler.v1.SchedulerService.GetEnvironmentHistory:input_type -> scheduler.v1.GetEnvironmentHistoryRequest
+	50,  // 97: scheduler.v1.SchedulerService.BackupEnvironment:input_type -> scheduler.v1.BackupEnvironmentRequest
+	52,  // 98: scheduler.v1.SchedulerService.ListBackups:input_type -> scheduler.v1.ListBackupsRequest
+	54,  // 99: scheduler.v1.SchedulerService.RestoreEnvironment:input_type -> scheduler.v1.RestoreEnvironmentRequest
+	55,  // 100: scheduler.v1.SchedulerService.ReloadConfiguration:input_type -> scheduler.v1.ReloadConfigurationRequest
+	57,  // 101: scheduler.v1.SchedulerService.ListOperations:input_type -> scheduler.v1.ListOperationsRequest
+	32,  // 102: scheduler.v1.SchedulerService.StopEnvironment:input_type -> scheduler.v1.StopEnvironmentRequest
+	33,  // 103: scheduler.v1.SchedulerService.StartEnvironment:input_type -> scheduler.v1.StartEnvironmentRequest
+	61,  // 104: scheduler.v1.SchedulerService.ListTemplates:input_type -> scheduler.v1.ListTemplatesRequest
+	64,  // 105: scheduler.v1.SchedulerService.ListNodes:input_type -> scheduler.v1.ListNodesRequest
+	66,  // 106: scheduler.v1.SchedulerService.DrainNode:input_type -> scheduler.v1.DrainNodeRequest
+	23,  // 107: scheduler.v1.SchedulerService.CreateEnvironment:output_type -> scheduler.v1.Environment
+	23,  // 108: scheduler.v1.SchedulerService.CloneEnvironment:output_type -> scheduler.v1.Environment
+	23,  // 109: scheduler.v1.SchedulerService.GetEnvironment:output_type -> scheduler.v1.Environment
+	30,  // 110: scheduler.v1.SchedulerService.UpdateEnvironment:output_type -> scheduler.v1.UpdateEnvironmentResponse
+	23,  // 111: scheduler.v1.SchedulerService.DeleteEnvironment:output_type -> scheduler.v1.Environment
+	35,  // 112: scheduler.v1.SchedulerService.ListEnvironments:output_type -> scheduler.v1.ListEnvironmentsResponse
+	37,  // 113: scheduler.v1.SchedulerService.GetEnvironmentLogs:output_type -> scheduler.v1.LogLine
+	40,  // 114: scheduler.v1.SchedulerService.GetEnvironmentMetrics:output_type -> scheduler.v1.EnvironmentMetrics
+	44,  // 115: scheduler.v1.SchedulerService.ListStacks:output_type -> scheduler.v1.ListStacksResponse
+	46,  // 116: scheduler.v1.SchedulerService.WatchEvents:output_type -> scheduler.v1.Event
+	49,  // 117: scheduler.v1.SchedulerService.GetEnvironmentHistory:output_type -> scheduler.v1.GetEnvironmentHistoryResponse
+	51,  // 118: scheduler.v1.SchedulerService.BackupEnvironment:output_type -> scheduler.v1.Backup
+	53,  // 119: scheduler.v1.SchedulerService.ListBackups:output_type -> scheduler.v1.ListBackupsResponse
+	23,  // 120: scheduler.v1.SchedulerService.RestoreEnvironment:output_type -> scheduler.v1.Environment
+	56,  // 121: scheduler.v1.SchedulerService.ReloadConfiguration:output_type -> scheduler.v1.ReloadConfigurationResponse
+	60,  // 122: scheduler.v1.SchedulerService.ListOperations:output_type -> scheduler.v1.ListOperationsResponse
+	23,  // 123: scheduler.v1.SchedulerService.StopEnvironment:output_type -> scheduler.v1.Environment
+	23,  // 124: scheduler.v1.SchedulerService.StartEnvironment:output_type -> scheduler.v1.Environment
+	63,  // 125: scheduler.v1.SchedulerService.ListTemplates:output_type -> scheduler.v1.ListTemplatesResponse
+	65,  // 126: scheduler.v1.SchedulerService.ListNodes:output_type -> scheduler.v1.ListNodesResponse
+	68,  // 127: scheduler.v1.SchedulerService.DrainNode:output_type -> scheduler.v1.Node
+	107, // [107:128] is the sub-list for method output_type
+	86,  // [86:107] is the sub-list for method input_type
+	86,  // [86:86] is the sub-list for extension type_name
+	86,  // [86:86] is the sub-list for extension extendee
+	0,   // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -6874,7 +7002,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[16].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentRequest); i {
+			switch v := v.(*CloneEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6886,7 +7014,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[17].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateEnvironmentRequest); i {
+			switch v := v.(*GetEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6898,7 +7026,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[18].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ServiceChange); i {
+			switch v := v.(*UpdateEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6910,7 +7038,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[19].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateEnvironmentResponse); i {
+			switch v := v.(*ServiceChange); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6922,7 +7050,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[20].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteEnvironmentRequest); i {
+			switch v := v.(*UpdateEnvironmentResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6934,7 +7062,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[21].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*StopEnvironmentRequest); i {
+			switch v := v.(*DeleteEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6946,7 +7074,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[22].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*StartEnvironmentRequest); i {
+			switch v := v.(*StopEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6958,7 +7086,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[23].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListEnvironmentsRequest); i {
+			switch v := v.(*StartEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6970,7 +7098,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[24].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListEnvironmentsResponse); i {
+			switch v := v.(*ListEnvironmentsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6982,7 +7110,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[25].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentLogsRequest); i {
+			switch v := v.(*ListEnvironmentsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6994,7 +7122,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[26].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*LogLine); i {
+			switch v := v.(*GetEnvironmentLogsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7006,7 +7134,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[27].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentMetricsRequest); i {
+			switch v := v.(*LogLine); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7018,7 +7146,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[28].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ContainerMetrics); i {
+			switch v := v.(*GetEnvironmentMetricsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7030,7 +7158,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[29].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*EnvironmentMetrics); i {
+			switch v := v.(*ContainerMetrics); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7042,7 +7170,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[30].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListStacksRequest); i {
+			switch v := v.(*EnvironmentMetrics); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7054,7 +7182,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[31].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*StackParameter); i {
+			switch v := v.(*ListStacksRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7066,7 +7194,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[32].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Stack); i {
+			switch v := v.(*StackParameter); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7078,7 +7206,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[33].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListStacksResponse); i {
+			switch v := v.(*Stack); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7090,7 +7218,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[34].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*WatchEventsRequest); i {
+			switch v := v.(*ListStacksResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7102,7 +7230,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[35].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Event); i {
+			switch v := v.(*WatchEventsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7114,7 +7242,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[36].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentHistoryRequest); i {
+			switch v := v.(*Event); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7126,7 +7254,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[37].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*HistoryEntry); i {
+			switch v := v.(*GetEnvironmentHistoryRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7138,7 +7266,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[38].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentHistoryResponse); i {
+			switch v := v.(*HistoryEntry); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7150,7 +7278,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[39].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*BackupEnvironmentRequest); i {
+			switch v := v.(*GetEnvironmentHistoryResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7162,7 +7290,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[40].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Backup); i {
+			switch v := v.(*BackupEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7174,7 +7302,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[41].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListBackupsRequest); i {
+			switch v := v.(*Backup); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7186,7 +7314,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[42].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListBackupsResponse); i {
+			switch v := v.(*ListBackupsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7198,7 +7326,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[43].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*RestoreEnvironmentRequest); i {
+			switch v := v.(*ListBackupsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7210,7 +7338,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[44].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ReloadConfigurationRequest); i {
+			switch v := v.(*RestoreEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7222,7 +7350,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[45].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ReloadConfigurationResponse); i {
+			switch v := v.(*ReloadConfigurationRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7234,7 +7362,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[46].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListOperationsRequest); i {
+			switch v := v.(*ReloadConfigurationResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7246,7 +7374,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[47].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*OperationStep); i {
+			switch v := v.(*ListOperationsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7258,7 +7386,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[48].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Operation); i {
+			switch v := v.(*OperationStep); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7270,7 +7398,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[49].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListOperationsResponse); i {
+			switch v := v.(*Operation); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7282,7 +7410,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[50].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListTemplatesRequest); i {
+			switch v := v.(*ListOperationsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7294,7 +7422,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[51].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DataTemplate); i {
+			switch v := v.(*ListTemplatesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7306,7 +7434,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[52].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListTemplatesResponse); i {
+			switch v := v.(*DataTemplate); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7318,7 +7446,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[53].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListNodesRequest); i {
+			switch v := v.(*ListTemplatesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7330,7 +7458,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[54].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListNodesResponse); i {
+			switch v := v.(*ListNodesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7342,7 +7470,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[55].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DrainNodeRequest); i {
+			switch v := v.(*ListNodesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7354,7 +7482,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[56].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*NodeResources); i {
+			switch v := v.(*DrainNodeRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7366,6 +7494,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[57].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*NodeResources); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_scheduler_v1_scheduler_proto_msgTypes[58].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*Node); i {
 			case 0:
 				return &v.state
@@ -7377,7 +7517,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[62].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[63].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Exec); i {
 			case 0:
 				return &v.state
@@ -7389,7 +7529,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[63].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[64].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Http); i {
 			case 0:
 				return &v.state
@@ -7401,7 +7541,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[64].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[65].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Tcp); i {
 			case 0:
 				return &v.state
@@ -7422,14 +7562,14 @@ func file_scheduler_v1_scheduler_proto_init() {
 	}
 	file_scheduler_v1_scheduler_proto_msgTypes[8].OneofWrappers = []interface{}{}
 	file_scheduler_v1_scheduler_proto_msgTypes[10].OneofWrappers = []interface{}{}
-	file_scheduler_v1_scheduler_proto_msgTypes[34].OneofWrappers = []interface{}{}
+	file_scheduler_v1_scheduler_proto_msgTypes[35].OneofWrappers = []interface{}{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_scheduler_v1_scheduler_proto_rawDesc,
 			NumEnums:      10,
-			NumMessages:   67,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -168,6 +168,16 @@ class ContainerdRuntime:
         check_name(container_id, "container.id")
         return await self.tasks.exec(container_id, argv, timeout)
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze the container's processes."""
+        check_name(container_id, "container.id")
+        await self.tasks.pause(container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw the container's processes."""
+        check_name(container_id, "container.id")
+        await self.tasks.resume(container_id)
+
     async def list(self, labels: Mapping[str, str]) -> builtins.list[domain.ContainerInfo]:
         """Our containers carrying every label in ``labels``, with task state."""
         selector = {L.OWNER: L.OWNER_VALUE, **labels}

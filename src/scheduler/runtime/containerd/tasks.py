@@ -234,6 +234,26 @@ class TaskManager:
             return False
         return True
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze the task (runc pause: the cgroup freezer).
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        await self._client.tasks.pause(tasks_pb.PauseTaskRequest(container_id=container_id), what=container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused task; a task that is not paused is left as it is.
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        task = await self.get(container_id)
+        if task is None:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id)
+        if task.status in (task_pb.PAUSED, task_pb.PAUSING):
+            await self._client.tasks.resume(tasks_pb.ResumeTaskRequest(container_id=container_id), what=container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
