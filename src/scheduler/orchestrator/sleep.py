@@ -150,7 +150,7 @@ class Sleep(Steps):
 
     async def _prepare(self, name: str, status: ContainerStatus) -> None:
         try:
-            await self._runtime.prepare(status.container_id)
+            await self._runtime.prepare_start(status.container_id)
         except errors.SchedulerError as err:
             raise DeployFailure(status.service, "StartFailed", f"service {status.service}: {err.message}") from err
         self._observer.step(name, "prepare", status.service, status.container_id)

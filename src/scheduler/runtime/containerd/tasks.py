@@ -24,7 +24,6 @@ from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFou
 from scheduler.retry import linear, retry
 from scheduler.runtime import logger
 from scheduler.runtime.containerd import spec as oci
-from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import containers_pb2 as containers_pb
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
 from scheduler.runtime.containerd._gen.containerd.types.task import task_pb2 as task_pb
 from scheduler.runtime.containerd.client import ContainerdClient, check_name
@@ -128,7 +127,6 @@ class TaskManager:
         Raises:
             NotFound: no such container, or its snapshot is gone.
         """
-        record = await self._containers.get(container_id)
         existing = await self.get(container_id)
         if existing is not None:
             if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
@@ -136,32 +134,32 @@ class TaskManager:
             if existing.status == task_pb.CREATED:
                 return await self._start(container_id)
             await self._delete_task(container_id)
-        await self._create_task(container_id, record)
+        await self._create(container_id)
         try:
             return await self._start(container_id)
         except BaseException:
             await asyncio.shield(self._force_delete_task(container_id))
             raise
 
-    async def prepare(self, container_id: str) -> None:
-        """Create the container's task without starting it; a later :meth:`start` only starts it.
+    async def create(self, container_id: str) -> None:
+        """Create the container's task without starting it; :meth:`start` then only starts it.
 
-        Creating is the slow part of a start (the shim, its log writer, ``runc create``): done
-        ahead, it overlaps whatever the container must wait for. A task that has not exited is
-        left alone; an exited one is replaced.
+        A task that exists already (created, running or exited) is left for :meth:`start`.
 
         Raises:
             NotFound: no such container, or its snapshot is gone.
         """
-        record = await self._containers.get(container_id)
-        existing = await self.get(container_id)
-        if existing is not None:
-            if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING, task_pb.CREATED):
-                return
-            await self._delete_task(container_id)
-        await self._create_task(container_id, record)
+        if await self.get(container_id) is None:
+            await self._create(container_id)
 
-    async def _create_task(self, container_id: str, record: containers_pb.Container) -> None:
+    async def cancel_created(self, container_id: str) -> None:
+        """Delete the task if it was created and never started; any other task is left alone."""
+        task = await self.get(container_id)
+        if task is not None and task.status == task_pb.CREATED:
+            await self._force_delete_task(container_id)
+
+    async def _create(self, container_id: str) -> None:
+        record = await self._containers.get(container_id)
         mounts = await self._containers.mounts(record)
         stdout, stderr = await asyncio.to_thread(prepare_logs, self._logger, record.labels)
         await self._client.tasks.create(
