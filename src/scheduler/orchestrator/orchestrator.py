@@ -16,7 +16,7 @@ from pathlib import Path
 from scheduler import domain, errors, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
-from scheduler.orchestrator.admission import Admission, cpu_limit
+from scheduler.orchestrator.admission import for_host
 from scheduler.orchestrator.clone import Cloner, Snapshot, check_cloneable
 from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
@@ -66,7 +66,7 @@ class Orchestrator:
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
-        admission = Admission(cpu_limit(settings.deploy_concurrency), settings.admission_hold)
+        admission = for_host(settings.deploy_concurrency, settings.admission_hold)
         self._queue = OperationQueue(ledger, observer, admission)
         self._deploy = Deploy(*parts, templates=templates)
         self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
