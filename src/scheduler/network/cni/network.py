@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -272,6 +273,23 @@ class CniNetwork(EnvironmentNetworks):
         """Published ports of the environment."""
         async with self._lock:
             return tuple(endpoint_of(p) for p in self._state.ports if p.env == env)
+
+    def listeners(self, env: str) -> list[tuple[domain.Endpoint, socket.socket]]:
+        """Our held sockets on the environment's published TCP ports."""
+        out = []
+        for rec in self._state.ports:
+            sock = self._ports.held(rec.key) if rec.env == env and rec.protocol == "tcp" else None
+            if sock is not None:
+                out.append((endpoint_of(rec), sock))
+        return out
+
+    async def connection_counts(self) -> dict[str, int]:
+        """Per environment, connections forwarded by its host port rules (one iptables-save)."""
+        counts = iptables.hostport_counts(self.names, await self._ipt.save_counters("nat"))
+        out: dict[str, int] = {}
+        for rec in list(self._state.ports):
+            out[rec.env] = out.get(rec.env, 0) + counts.get((rec.host_ip, rec.host_port, rec.protocol), 0)
+        return out
 
     async def unpublish_environment(self, env: str) -> None:
         """Release every host port of the environment; idempotent."""
