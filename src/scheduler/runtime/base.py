@@ -64,6 +64,18 @@ class ContainerRuntime(Protocol):
         """Start the container's process (replacing an exited one); return its pid."""
         ...
 
+    async def prepare_start(self, container_id: str) -> None:
+        """Set up the container's process without running it, so that :meth:`start` is only the exec.
+
+        For a container that waits on others: the costly part (a shim, namespaces, mounts) then
+        happens during the wait instead of after it. A no-op when it already has a process.
+        """
+        ...
+
+    async def cancel_start(self, container_id: str) -> None:
+        """Remove the process :meth:`prepare_start` set up if it never ran; a no-op otherwise."""
+        ...
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
         """Send ``signal`` (default: the image's StopSignal, else SIGTERM), then SIGKILL after ``grace``."""
         ...
@@ -74,6 +86,14 @@ class ContainerRuntime(Protocol):
 
     async def delete(self, container_id: str) -> None:
         """Remove the container, its process and rootfs; missing pieces are fine."""
+        ...
+
+    async def release(self, container_id: str) -> None:
+        """Delete the container's exited process (and with it its shim and log writer).
+
+        The container and its filesystem stay, so a later ``start`` runs it again. A running
+        process is left alone; no process at all is fine.
+        """
         ...
 
     async def exec(

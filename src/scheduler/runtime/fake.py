@@ -196,6 +196,13 @@ class FakeRuntime:
         self._emit(domain.TaskEvent(domain.TaskEventKind.START, container_id, container.pid, at=datetime.now(UTC)))
         return container.pid
 
+    async def prepare_start(self, container_id: str) -> None:
+        self._record("prepare_start", container_id)
+        self._get(container_id)
+
+    async def cancel_start(self, container_id: str) -> None:
+        self._record("cancel_start", container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
         self._record("stop", container_id, signal or "SIGTERM")
         container = self._get(container_id)
@@ -238,6 +245,12 @@ class FakeRuntime:
             if container.state != domain.TaskState.STOPPED:
                 self._exit(container, 137)
             self._emit(domain.TaskEvent(domain.TaskEventKind.DELETE, container_id, container.pid, at=datetime.now(UTC)))
+
+    async def release(self, container_id: str) -> None:
+        self._record("release", container_id)
+        container = self._get(container_id)
+        if container.state == domain.TaskState.STOPPED:
+            container.state = None
 
     async def exec(
         self,
