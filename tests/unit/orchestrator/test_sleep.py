@@ -130,3 +130,20 @@ async def test_service_stop_and_start_check_state_etag_and_request_ids(world: Wo
     await svc.delete("s")
     with pytest.raises(FailedPrecondition, match="deleted"):
         await svc.start("s")
+
+
+async def test_with_keep_tasks_a_sleeping_container_keeps_a_created_task(tmp_path: Path) -> None:
+    made = await make_world(tmp_path)
+    try:
+        made.orchestrator._sleep._settings = replace(made.orchestrator._sleep._settings, sleep_keeps_tasks=True)
+        deployed = await made.deploy("k", service("app"))
+        cid = deployed.containers[0].container_id
+        made.runtime.calls.clear()
+        made.orchestrator.submit_stop("k", "Requested", "by a test")
+        await made.orchestrator.wait_idle("k")
+        kinds = [c[0] for c in made.runtime.calls if len(c) > 1 and c[1] == cid]
+        assert kinds[-2:] == ["release", "prepare_start"], kinds
+        assert (await made.env("k")).status is EnvironmentStatus.STOPPED
+    finally:
+        await made.supervisor.close()
+        await made.orchestrator.close()
