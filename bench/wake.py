@@ -28,7 +28,7 @@ from pathlib import Path
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import start_daemon
+from tests.support.daemon import start_daemon, wait_serving
 from tests.support.images import build
 
 TARGET_S = 1.5
@@ -103,8 +103,11 @@ def measure(archives: list[Path], runs: int, keep_tasks: bool) -> tuple[list[flo
             "log": {"level": "info"},
             "sleep": {"keep_tasks": keep_tasks},
         }
-        daemon = start_daemon(Path(tmp), config)
+        # Started without waiting, so that even a daemon slow to serve on a busy machine is
+        # stopped and its containerd and network instance removed below.
+        daemon = start_daemon(Path(tmp), config, wait=False)
         try:
+            wait_serving(daemon.address, daemon.process, daemon.log_path, timeout=300)
             with daemon.channel() as channel:
                 stub = pb_grpc.SchedulerServiceStub(channel)
                 for index in range(runs):
