@@ -307,11 +307,11 @@ class CniNetwork(EnvironmentNetworks):
         ``services``, ``containers``, ``hosts_files``.
         """
         saved = await self._ipt.save()
-        bridges = links.bridges(self.names.iface_prefix)
+        bridges = await links.bridges(self.names.iface_prefix)
         return {
             "netns": count_files(self._netns_dir),
             "bridges": len(bridges),
-            "veths": sum(len(links.bridge_ports(b)) for b in bridges),
+            "veths": sum([len(await links.bridge_ports(b)) for b in bridges]),
             "iptables_chains": sum(len(c) for c in saved.chains.values()),
             "iptables_rules": saved.rules,
             "iptables_jumps": sum(len(j) for j in saved.jumps.values()),
@@ -340,7 +340,7 @@ class CniNetwork(EnvironmentNetworks):
                 for path in self._netns_dir.iterdir():
                     if path.name not in containers and path.name not in self._pending:
                         await netns.remove(path)
-            for bridge in links.bridges(self.names.iface_prefix):
+            for bridge in await links.bridges(self.names.iface_prefix):
                 if bridge not in bridges:
                     await links.delete_link(bridge)
             for directory in subdirs(self._ipam_dir):
