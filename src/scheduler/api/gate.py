@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 
 from scheduler import errors
+from scheduler.api import fieldmask
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api.auth import Authenticator, Grant, LocalUsers, Principal, in_scope, permission, unscoped
 from scheduler.api.peers import UnixListener, loopback_owner
 from scheduler.config import AuthSettings, RoleBinding
@@ -145,6 +147,9 @@ class Gate:
             if not admission.covers(request.name, dict(request.spec.labels)):
                 raise _denied(admission.principal, grant, method, request.name)
             return
+        if method == "CloneEnvironment":
+            await self._check_clone_scope(admission, request, grant)
+            return
         target = getattr(request, "name", "")
         if method in ("ListEnvironments", "ListStacks", "ListNodes") or (method == "WatchEvents" and not target):
             return  # filtered on the way out
@@ -156,6 +161,22 @@ class Gate:
             raise _denied(admission.principal, grant, method, target)
         if not admission.covers(target, labels):
             raise _denied(admission.principal, grant, method, target)
+
+    async def _check_clone_scope(self, admission: Admission, request: Any, grant: Grant) -> None:
+        """A clone reads its source and creates its target: the scope must cover both.
+
+        The target's labels are the source's with the request's label overrides applied.
+        """
+        labels = await self._labels_of(request.source)
+        if labels is None or not admission.covers(request.source, labels):
+            if labels is not None or not any(request.source.startswith(b.name_prefix) for b in admission.scopes):
+                raise _denied(admission.principal, grant, "CloneEnvironment", request.source)
+            return  # an unknown source whose name the scope could cover: NOT_FOUND follows
+        paths = [p for p in request.update_mask.paths if p == "labels" or p.startswith("labels.")]
+        base = pb.EnvironmentSpecification(labels=dict(labels))
+        target = fieldmask.apply(base, request.spec, paths).labels if paths else labels
+        if not admission.covers(request.name, dict(target)):
+            raise _denied(admission.principal, grant, "CloneEnvironment", request.name)
 
     async def visible(self, admission: Admission | None, response: Any) -> Any:
         """The response as the caller may see it (lists and events filtered by scope), or None."""

@@ -143,6 +143,31 @@ class SchedulerClient:
         )
         return await self._unary(self._stub.CreateEnvironment, request)
 
+    async def clone(
+        self,
+        source: str,
+        name: str,
+        *,
+        spec: pb.EnvironmentSpecification | None = None,
+        update_mask: Sequence[str] = (),
+        request_id: str = "",
+        validate_only: bool = False,
+    ) -> pb.Environment:
+        """Create environment ``name`` as a copy of ``source`` (its spec and data); returns it PENDING.
+
+        The ``update_mask`` paths of ``spec`` override the source's specification. A request id
+        is generated when none is given, so a retry of this call is idempotent.
+        """
+        request = pb.CloneEnvironmentRequest(
+            source=source,
+            name=name,
+            spec=spec,
+            update_mask=field_mask_pb2.FieldMask(paths=list(update_mask)),
+            request_id=request_id or uuid.uuid4().hex,
+            validate_only=validate_only,
+        )
+        return await self._unary(self._stub.CloneEnvironment, request)
+
     async def get(self, name: str) -> pb.Environment:
         """Return environment ``name``."""
         return await self._unary(self._stub.GetEnvironment, pb.GetEnvironmentRequest(name=name))
@@ -188,6 +213,20 @@ class SchedulerClient:
         """Start deleting environment ``name``; returns it DELETING."""
         request = pb.DeleteEnvironmentRequest(name=name, etag=etag, keep_volumes=keep_volumes)
         return await self._unary(self._stub.DeleteEnvironment, request)
+
+    async def stop(
+        self, name: str, *, etag: str = "", request_id: str = "", validate_only: bool = False
+    ) -> pb.Environment:
+        """Put environment ``name`` to sleep (containers stopped, all else kept); returns at once."""
+        request = pb.StopEnvironmentRequest(name=name, etag=etag, request_id=request_id, validate_only=validate_only)
+        return await self._unary(self._stub.StopEnvironment, request)
+
+    async def start(
+        self, name: str, *, etag: str = "", request_id: str = "", validate_only: bool = False
+    ) -> pb.Environment:
+        """Wake environment ``name`` (containers started in dependency order); returns at once."""
+        request = pb.StartEnvironmentRequest(name=name, etag=etag, request_id=request_id, validate_only=validate_only)
+        return await self._unary(self._stub.StartEnvironment, request)
 
     async def history(self, name: str) -> builtins.list[pb.HistoryEntry]:
         """The whole audit trail of environment ``name``, oldest first."""

@@ -154,7 +154,11 @@ def env_create(
         created = await api.create(name, spec)
         return created, await wait_settled(api, name, created, wait_timeout) if wait else None
 
-    created, settled = client.run(calls)
+    _print_created(name, *client.run(calls), output)
+
+
+def _print_created(name: str, created: pb.Environment, settled: pb.Environment | None, output: str) -> None:
+    """Print a new environment as created, or as it settled (failing unless it runs)."""
     if settled is None:
         _print_env(created, output)
         return
@@ -163,6 +167,42 @@ def env_create(
         raise CommandFailed(
             "FAILED_PRECONDITION", f"environment {name!r} is {render.status(settled.status)}: {failure_reason(settled)}"
         )
+
+
+@env.command("clone")
+@click.argument("source")
+@click.argument("name")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Stack parameter to change.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label to set on the clone.")
+@wait_options(300)
+@output_option
+@connection_options
+def env_clone(
+    client: Client,
+    source: str,
+    name: str,
+    params: tuple[str, ...],
+    labels: tuple[str, ...],
+    wait: bool,
+    wait_timeout: float,
+    output: str,
+) -> None:
+    """Create environment NAME as a copy of SOURCE: its specification and a consistent copy of its data.
+
+    SOURCE must be running; it keeps serving while it is copied. With --wait, block until NAME runs.
+    """
+    try:
+        overrides = {"parameters": parse_pairs("--param", params), "labels": parse_pairs("--label", labels)}
+    except SpecError as err:
+        raise usage_error(err) from err
+    spec = pb.EnvironmentSpecification(parameters=overrides["parameters"], labels=overrides["labels"])
+    mask = [f"{field}.`{key}`" for field, pairs in overrides.items() for key in pairs]
+
+    async def calls(api: SchedulerClient) -> tuple[pb.Environment, pb.Environment | None]:
+        created = await api.clone(source, name, spec=spec, update_mask=mask)
+        return created, await wait_settled(api, name, created, wait_timeout) if wait else None
+
+    _print_created(name, *client.run(calls), output)
 
 
 @env.command("get")

@@ -4,6 +4,12 @@ A probe that passes makes a container healthy at once, even inside the start per
 count only after the start period, and ``retries`` consecutive ones make it unhealthy. Inside the
 start period probes run every ``START_INTERVAL`` (Docker's ``start_interval``), so a service that
 becomes ready quickly is noticed quickly, whatever its steady-state interval.
+
+HTTP probes are a small bounded exchange of our own rather than httpx: measured on loopback
+(``python -m bench.probes``, 400 probes each, 2 shared cores), a probe took 0.46 ms (median)
+here against 12.5 ms with an httpx client per probe and 14.6 ms with one shared httpx client
+(keep-alive off), 27-32 times as long; and httpx's parser reads up to 100 KiB of head where
+this reads 16 KiB and fails a status line over 4 KiB.
 """
 
 from __future__ import annotations

@@ -113,12 +113,12 @@ def plan(service: ServiceSpec, image: domain.Image) -> _Plan | None:
     return _Plan(key, mount, subpath, parameters, build_env)
 
 
-def wrapped(service: ServiceSpec, image: domain.ImageConfig) -> ServiceSpec:
-    """``service`` with its process run through ``CLONE_INIT`` first (Docker's entrypoint + cmd rule)."""
+def wrapped(service: ServiceSpec, image: domain.ImageConfig, script: str = pgscripts.CLONE_INIT) -> ServiceSpec:
+    """``service`` with its process run through ``script`` first (Docker's entrypoint + cmd rule)."""
     entrypoint = service.command or image.entrypoint
     cmd = service.args or (() if service.command else image.cmd)
     return dataclasses.replace(
-        service, command=("/bin/sh", "-c", pgscripts.CLONE_INIT, "scheduler-first-start"), args=(*entrypoint, *cmd)
+        service, command=("/bin/sh", "-c", script, "scheduler-first-start"), args=(*entrypoint, *cmd)
     )
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -39,12 +37,17 @@ from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.service.backups import BackupCases
+from scheduler.service.clones import CloneCases
 from scheduler.service.observation import Observation
+from scheduler.service.sleep import SleepAndWake
 from scheduler.service.views import (
+    RequestEdit,
     Shown,
     check_etag,
     check_name,
+    check_request_id,
     matches,
+    pending,
     pushdown,
     redact,
 )
@@ -59,15 +62,12 @@ _log = log.get("service")
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
 
-RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
-"""Turns the stored request into the updated one (a field mask applied, or a replacement)."""
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvironmentService(BackupCases, Observation):
+class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
     """The scheduler's use cases, in domain terms."""
 
     def __init__(
@@ -117,39 +117,18 @@ class EnvironmentService(BackupCases, Observation):
 
         With ``validate_only``, return the environment that would be created and store nothing.
         """
-        if len(request_id) > bounds.MAX_REQUEST_ID:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
-            )
+        check_request_id(request_id)
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
-            if request_id:
-                earlier = await self._ledger.find_by_request_id(request_id)
-                if earlier is not None:
-                    if earlier.name != name:
-                        raise errors.AlreadyExists(
-                            f"request_id {request_id!r} already created environment {earlier.name!r}",
-                            field="request_id",
-                        )
-                    return self._redact(earlier)
+            earlier = await self._earlier(request_id, name)
+            if earlier is not None:
+                return self._redact(earlier)
             spec = await self._resolve(name, request)
             quotas.check_environment_count(await self._count_environments(), self._limits)
             created = _now()
-            env = Environment(
-                name=name,
-                uid=str(uuid.uuid4()),
-                spec=spec,
-                request=request,
-                generation=1,
-                status=EnvironmentStatus.PENDING,
-                created_at=created,
-                updated_at=created,
-                request_id=request_id,
-            )
+            env = pending(name, spec, request, request_id, created)
             if validate_only:
-                with contextlib.suppress(errors.NotFound):
-                    await self._ledger.get(name)
-                    raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
+                await self._check_free(name)
                 return self._redact(env)
             env = await self._ledger.create(env)
         await self._ledger.append_history(
@@ -236,6 +215,10 @@ class EnvironmentService(BackupCases, Observation):
         if env.status in (EnvironmentStatus.DELETING, EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
             raise errors.FailedPrecondition(
                 f"environment {name!r} is {env.status.value.lower()}; update it once that is over", env=name
+            )
+        if env.status is EnvironmentStatus.STOPPED:
+            raise errors.FailedPrecondition(
+                f"environment {name!r} is stopped; start it (StartEnvironment) before updating it", env=name
             )
         if drain is not None and drain < timedelta(0):
             raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])
@@ -348,6 +331,26 @@ class EnvironmentService(BackupCases, Observation):
         return redact(env, self._catalog)
 
     # --- helpers ---------------------------------------------------------------------------------------
+
+    async def _earlier(self, request_id: str, name: str) -> Environment | None:
+        """The environment an earlier call with ``request_id`` created, if it is ``name``.
+
+        Raises:
+            AlreadyExists: naming ``request_id`` when it created another environment.
+        """
+        if not request_id:
+            return None
+        earlier = await self._ledger.find_by_request_id(request_id)
+        if earlier is not None and earlier.name != name:
+            raise errors.AlreadyExists(
+                f"request_id {request_id!r} already created environment {earlier.name!r}", field="request_id"
+            )
+        return earlier
+
+    async def _check_free(self, name: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self._ledger.get(name)
+            raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
 
     async def _count_environments(self) -> int:
         """Environments held now (the ledger's count: nothing is read or decoded)."""

@@ -21,10 +21,11 @@ import tarfile
 import uuid
 from pathlib import Path
 
-from scheduler.errors import FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
+from scheduler.errors import AlreadyExists, FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
 from scheduler.validation import env_name_problem, volume_name_problem
 from scheduler.volumes.base import Volume
 from scheduler.volumes.copy import copy_tree
+from scheduler.volumes.sync import SyncStats, sync_tree
 
 DIR_MODE = 0o755
 """Mode of a volume directory, as the container sees its mount point."""
@@ -268,6 +269,48 @@ class HostVolumeStore:
         finally:
             _remove_tree(scratch)
         return target
+
+    # --- copies -------------------------------------------------------------------------------
+
+    def staging(self) -> Path:
+        """A new empty private directory under the root (a name no environment can have)."""
+        self._private_dir(self.root, parents=True)
+        scratch = self.root.resolve() / f"{_SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        scratch.mkdir(mode=PRIVATE_MODE)
+        return scratch
+
+    def copy_into(self, env: str, name: str, target: Path, since: float | None = None) -> SyncStats:
+        """Copy volume ``name`` of ``env`` into ``target`` (see :func:`~scheduler.volumes.sync.sync_tree`).
+
+        Raises:
+            NotFound: naming the volume.
+        """
+        return sync_tree(self._existing(env, name), self._staged(Path(target)), since)
+
+    def adopt(self, env: str, name: str, staged: Path) -> Path:
+        """Move ``staged`` (under a staging directory) into place as volume ``name`` of ``env``.
+
+        Raises:
+            AlreadyExists: the volume exists already (nothing is moved).
+        """
+        source = self._staged(Path(staged))
+        target = self.path(env, name)
+        self._private_dir(target.parent)
+        if target.exists() or target.is_symlink():
+            raise AlreadyExists(f"volume {env}/{name} exists already", env=env, volume=name)
+        os.rename(source, target)
+        return self.path(env, name)
+
+    def discard(self, staged: Path) -> None:
+        """Remove a staging directory and what it holds; idempotent."""
+        _remove_tree(self._staged(Path(staged)))
+
+    def _staged(self, path: Path) -> Path:
+        root = self.root.resolve()
+        real = path.resolve()
+        if not real.is_relative_to(root) or not real.relative_to(root).parts[0].startswith(_SCRATCH_PREFIX):
+            raise InvalidArgument.of([FieldViolation("staged", f"{str(path)!r} is not a staging directory")])
+        return real
 
     def _existing(self, env: str, name: str) -> Path:
         path = self.path(env, name)

@@ -98,3 +98,16 @@ def test_local_users_are_looked_up_again_after_their_time() -> None:
     assert users.principal(0, 0, 2) is not first  # another process: its own entry
     expired = LocalUsers(ttl=0)
     assert expired.principal(0, 0) is not expired.principal(0, 0)
+
+
+async def test_stop_and_start_need_an_operator() -> None:
+    viewer = _gate(RoleBinding(role="viewer", principals=["token:team"]))
+    with pytest.raises(errors.PermissionDenied, match="environments.stop"):
+        await _admit(viewer, "StopEnvironment", pb.StopEnvironmentRequest(name="shop-a"))
+    with pytest.raises(errors.PermissionDenied, match="environments.start"):
+        await _admit(viewer, "StartEnvironment", pb.StartEnvironmentRequest(name="shop-a"))
+    operator = _gate(RoleBinding(role="operator", principals=["token:team"], labels={"team": "b"}))
+    assert await _admit(operator, "StopEnvironment", pb.StopEnvironmentRequest(name="shop-b"))
+    assert await _admit(operator, "StartEnvironment", pb.StartEnvironmentRequest(name="shop-b"))
+    with pytest.raises(errors.PermissionDenied, match="environments.stop on environment 'shop-a'"):
+        await _admit(operator, "StopEnvironment", pb.StopEnvironmentRequest(name="shop-a"))

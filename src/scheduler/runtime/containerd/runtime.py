@@ -120,6 +120,16 @@ class ContainerdRuntime:
         check_name(container_id, "container.id")
         return await self.tasks.start(container_id)
 
+    async def prepare_start(self, container_id: str) -> None:
+        """Create the container's task (shim, ``runc create``) without starting its process."""
+        check_name(container_id, "container.id")
+        await self.tasks.create(container_id)
+
+    async def cancel_start(self, container_id: str) -> None:
+        """Delete the container's task if it is only created (never started)."""
+        check_name(container_id, "container.id")
+        await self.tasks.cancel_created(container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
         """Signal (by default the image's stop signal), wait up to ``grace``, then SIGKILL; return the exit status."""
         check_name(container_id, "container.id")
@@ -127,6 +137,11 @@ class ContainerdRuntime:
             record = await self.containers.get(container_id)
             signal = record.labels.get(L.STOP_SIGNAL, "SIGTERM")
         return await self.tasks.stop(container_id, grace, signal)
+
+    async def release(self, container_id: str) -> None:
+        """Delete the container's exited task, keeping the container and its snapshot."""
+        check_name(container_id, "container.id")
+        await self.tasks.release(container_id)
 
     async def wait(self, container_id: str) -> domain.ExitStatus:
         """Block until the process exits."""
@@ -157,6 +172,16 @@ class ContainerdRuntime:
         """Run ``argv`` inside the running container."""
         check_name(container_id, "container.id")
         return await self.tasks.exec(container_id, argv, timeout)
+
+    async def pause(self, container_id: str) -> None:
+        """Freeze the container's processes."""
+        check_name(container_id, "container.id")
+        await self.tasks.pause(container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw the container's processes."""
+        check_name(container_id, "container.id")
+        await self.tasks.resume(container_id)
 
     async def list(self, labels: Mapping[str, str]) -> builtins.list[domain.ContainerInfo]:
         """Our containers carrying every label in ``labels``, with task state."""

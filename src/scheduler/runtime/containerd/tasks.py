@@ -127,7 +127,6 @@ class TaskManager:
         Raises:
             NotFound: no such container, or its snapshot is gone.
         """
-        record = await self._containers.get(container_id)
         existing = await self.get(container_id)
         if existing is not None:
             if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
@@ -135,17 +134,38 @@ class TaskManager:
             if existing.status == task_pb.CREATED:
                 return await self._start(container_id)
             await self._delete_task(container_id)
+        await self._create(container_id)
+        try:
+            return await self._start(container_id)
+        except BaseException:
+            await asyncio.shield(self._force_delete_task(container_id))
+            raise
+
+    async def create(self, container_id: str) -> None:
+        """Create the container's task without starting it; :meth:`start` then only starts it.
+
+        A task that exists already (created, running or exited) is left for :meth:`start`.
+
+        Raises:
+            NotFound: no such container, or its snapshot is gone.
+        """
+        if await self.get(container_id) is None:
+            await self._create(container_id)
+
+    async def cancel_created(self, container_id: str) -> None:
+        """Delete the task if it was created and never started; any other task is left alone."""
+        task = await self.get(container_id)
+        if task is not None and task.status == task_pb.CREATED:
+            await self._force_delete_task(container_id)
+
+    async def _create(self, container_id: str) -> None:
+        record = await self._containers.get(container_id)
         mounts = await self._containers.mounts(record)
         stdout, stderr = await asyncio.to_thread(prepare_logs, self._logger, record.labels)
         await self._client.tasks.create(
             tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
             what=container_id,
         )
-        try:
-            return await self._start(container_id)
-        except BaseException:
-            await asyncio.shield(self._force_delete_task(container_id))
-            raise
 
     async def _start(self, container_id: str, exec_id: str = "") -> int:
         reply = await self._client.tasks.start(
@@ -212,6 +232,26 @@ class TaskManager:
             return False
         return True
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze the task (runc pause: the cgroup freezer).
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        await self._client.tasks.pause(tasks_pb.PauseTaskRequest(container_id=container_id), what=container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused task; a task that is not paused is left as it is.
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        task = await self.get(container_id)
+        if task is None:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id)
+        if task.status in (task_pb.PAUSED, task_pb.PAUSING):
+            await self._client.tasks.resume(tasks_pb.ResumeTaskRequest(container_id=container_id), what=container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
@@ -265,6 +305,13 @@ class TaskManager:
             except NotFound:
                 return
         await self._delete_task(container_id)
+
+    async def release(self, container_id: str) -> None:
+        """Delete an exited or never started task (its shim goes with it); a running one, or none, is left alone."""
+        task = await self.get(container_id)
+        if task is None or task.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
+            return
+        await self._force_delete_task(container_id)
 
     async def _delete_task(self, container_id: str) -> None:
         async def delete() -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -25,8 +23,7 @@ from scheduler import log
 from scheduler.errors import NotFound, SchedulerError, Unavailable
 from scheduler.storage.etcd import convert
 from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
-from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
-from scheduler.storage.etcd._gen.etcd.api.v3electionpb import v3election_pb2_grpc as election_rpc
+from scheduler.storage.etcd.connection import REQUIRE_LEADER, Stubs, connect
 from scheduler.storage.etcd.errors import from_grpc, maybe_applied, retryable
 from scheduler.storage.etcd.types import (
     CasResult,
@@ -47,50 +44,12 @@ _log = log.get("etcd")
 
 T = TypeVar("T")
 
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    # A member that comes back is found again within a second, not after grpc's default 2 minutes.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
-
-REQUIRE_LEADER = (("hasleader", "true"),)
-"""Metadata asking a member to refuse a call at once (and end a stream) while it has no leader, so
-the call is redone after the election (or elsewhere) instead of waiting out its timeout."""
-
-
-@dataclass
-class Stubs:
-    """The etcd services on one member's channel."""
-
-    endpoint: str
-    kv: rpc.KVAsyncStub
-    watch: rpc.WatchAsyncStub
-    lease: rpc.LeaseAsyncStub
-    cluster: rpc.ClusterAsyncStub
-    maintenance: rpc.MaintenanceAsyncStub
-    election: election_rpc.ElectionAsyncStub
-
-
-def _target(endpoint: str) -> tuple[str, bool]:
-    """``host:port`` of an endpoint URL, and whether it asks for TLS."""
-    for scheme, tls in (("https://", True), ("http://", False), ("unixs://", True), ("unix://", False)):
-        if endpoint.startswith(scheme):
-            rest = endpoint[len(scheme) :].rstrip("/")
-            return (f"unix:{rest}" if scheme.startswith("unix") else rest), tls
-    return endpoint.rstrip("/"), False
-
 
 class EtcdClient:
     """A client of one etcd cluster with failover between its members. Safe to share."""
 
     def __init__(self, options: EtcdOptions) -> None:
         self.options = options
-        self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Stubs] = {}
         self._current = 0
         self._closed = False
@@ -102,16 +61,6 @@ class EtcdClient:
         """The members' client URLs, as configured."""
         return self.options.endpoints
 
-    def _credentials(self) -> grpc.ChannelCredentials:
-        def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path is not None else None
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.options.ca_file),
-            private_key=read(self.options.key_file),
-            certificate_chain=read(self.options.cert_file),
-        )
-
     def stubs(self, endpoint: str | None = None) -> Stubs:
         """The services of ``endpoint`` (default: the current member), connecting on first use."""
         if self._closed:
@@ -119,22 +68,7 @@ class EtcdClient:
         endpoint = endpoint or self.endpoints[self._current % len(self.endpoints)]
         stubs = self._stubs.get(endpoint)
         if stubs is None:
-            target, tls = _target(endpoint)
-            if tls or self.options.ca_file is not None:
-                channel = grpc.aio.secure_channel(target, self._credentials(), options=_CHANNEL_OPTIONS)
-            else:
-                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-            self._channels[endpoint] = channel
-            stubs = Stubs(
-                endpoint,
-                rpc.KVStub(channel),
-                rpc.WatchStub(channel),
-                rpc.LeaseStub(channel),
-                rpc.ClusterStub(channel),
-                rpc.MaintenanceStub(channel),
-                election_rpc.ElectionStub(channel),
-            )
-            self._stubs[endpoint] = stubs
+            stubs = self._stubs[endpoint] = connect(endpoint, self.options)
         return stubs
 
     def fail_over(self, failed: Stubs) -> None:
@@ -146,9 +80,9 @@ class EtcdClient:
     async def close(self) -> None:
         """Close every channel; later calls fail with Unavailable."""
         self._closed = True
-        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
-        for channel in channels:
-            await channel.close()
+        stubs, self._stubs = list(self._stubs.values()), {}
+        for member in stubs:
+            await member.channel.close()
 
     async def call(
         self,
@@ -243,10 +177,8 @@ class EtcdClient:
         kvs = tuple(convert.kv_from_proto(kv) for kv in response.kvs)
         return RangePage(kvs, response.more, response.header.revision)
 
-    async def iterate(
-        self, prefix: str, *, page_size: int = 500, serializable: bool = False
-    ) -> AsyncIterator[KeyValue]:
-        """Every key under ``prefix`` in key order, a page at a time, all read at one revision."""
+    async def pages(self, prefix: str, *, page_size: int = 500, serializable: bool = False) -> AsyncIterator[RangePage]:
+        """The keys under ``prefix`` in key order, a page at a time, all read at the first page's revision."""
         start: str | None = None
         revision = 0
         while True:
@@ -254,26 +186,27 @@ class EtcdClient:
                 prefix, prefix=True, start=start, limit=page_size, revision=revision, serializable=serializable
             )
             revision = page.revision
-            for kv in page.kvs:
-                yield kv
+            yield page
             if not page.more or not page.kvs:
                 return
             start = page.kvs[-1].key + "\0"
 
+    async def iterate(
+        self, prefix: str, *, page_size: int = 500, serializable: bool = False
+    ) -> AsyncIterator[KeyValue]:
+        """Every key under ``prefix`` in key order, a page at a time, all read at one revision."""
+        async for page in self.pages(prefix, page_size=page_size, serializable=serializable):
+            for kv in page.kvs:
+                yield kv
+
     async def list_prefix(self, prefix: str, *, serializable: bool = False) -> RangePage:
         """Every key under ``prefix`` and the revision they were read at (for a watch to follow on)."""
         kvs: list[KeyValue] = []
-        start: str | None = None
         revision = 0
-        while True:
-            page = await self.range(
-                prefix, prefix=True, start=start, limit=500, revision=revision, serializable=serializable
-            )
-            revision = page.revision
+        async for page in self.pages(prefix, serializable=serializable):
             kvs.extend(page.kvs)
-            if not page.more or not page.kvs:
-                return RangePage(tuple(kvs), False, revision)
-            start = page.kvs[-1].key + "\0"
+            revision = page.revision
+        return RangePage(tuple(kvs), False, revision)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``value`` at ``key`` unconditionally; returns the revision of the write."""

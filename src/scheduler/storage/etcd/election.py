@@ -17,7 +17,8 @@ from scheduler import log
 from scheduler.errors import Internal
 from scheduler.storage.etcd import convert
 from scheduler.storage.etcd._gen.etcd.api.v3electionpb import v3election_pb2 as electionpb
-from scheduler.storage.etcd.client import REQUIRE_LEADER, EtcdClient
+from scheduler.storage.etcd.client import EtcdClient
+from scheduler.storage.etcd.connection import REQUIRE_LEADER
 from scheduler.storage.etcd.errors import from_grpc, retryable
 from scheduler.storage.etcd.types import KeyValue, LeaderKey
 

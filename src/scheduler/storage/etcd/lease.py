@@ -16,7 +16,8 @@ import grpc
 
 from scheduler import log
 from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
-from scheduler.storage.etcd.client import REQUIRE_LEADER, EtcdClient
+from scheduler.storage.etcd.client import EtcdClient
+from scheduler.storage.etcd.connection import REQUIRE_LEADER
 from scheduler.storage.etcd.errors import from_grpc
 
 _log = log.get("etcd.lease")

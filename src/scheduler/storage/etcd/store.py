@@ -26,6 +26,7 @@ writes acknowledged just before (never an unacknowledged one).
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import replace
@@ -108,29 +109,33 @@ class EtcdStateStore:
         min_create_revision: int = 0,
     ) -> RangePage:
         """A linearizable read, or a member's own copy when the cluster has had no leader for a while."""
+        read = functools.partial(
+            self._client.range,
+            key,
+            prefix=prefix,
+            start=start,
+            limit=limit,
+            revision=revision,
+            by_creation=by_creation,
+            min_create_revision=min_create_revision,
+        )
         try:
-            return await self._client.range(
-                key,
-                prefix=prefix,
-                start=start,
-                limit=limit,
-                revision=revision,
-                by_creation=by_creation,
-                min_create_revision=min_create_revision,
-                attempt_timeout=self._read_deadline,
-                retry_deadline=self._read_deadline,
-            )
+            return await read(attempt_timeout=self._read_deadline, retry_deadline=self._read_deadline)
         except (Unavailable, DeadlineExceeded):
-            return await self._client.range(
-                key,
-                prefix=prefix,
-                start=start,
-                limit=limit,
-                revision=revision,
-                by_creation=by_creation,
-                min_create_revision=min_create_revision,
-                serializable=True,
-            )
+            return await read(serializable=True)
+
+    async def _scan(self, prefix: str) -> builtins.list[KeyValue]:
+        """Every key under ``prefix`` in key order, paged, read at one revision."""
+        found: builtins.list[KeyValue] = []
+        start: str | None = None
+        revision = 0
+        while True:
+            page = await self._read(prefix, prefix=True, limit=500, revision=revision, start=start)
+            revision = page.revision
+            found += page.kvs
+            if not page.more or not page.kvs:
+                return found
+            start = page.kvs[-1].key + "\0"
 
     async def _read_one(self, key: str) -> KeyValue | None:
         page = await self._read(key)
@@ -314,16 +319,7 @@ class EtcdStateStore:
     async def history(self, name: str) -> builtins.list[HistoryEntry]:
         """Return the audit trail of ``name``, oldest first."""
         self._check_open()
-        entries: builtins.list[HistoryEntry] = []
-        start: str | None = None
-        revision = 0
-        while True:
-            page = await self._read(self._history(name), prefix=True, limit=500, revision=revision, start=start)
-            revision = page.revision
-            entries += [codec.history_from_json(kv.value.decode()) for kv in page.kvs]
-            if not page.more or not page.kvs:
-                return entries
-            start = page.kvs[-1].key + "\0"
+        return [codec.history_from_json(kv.value.decode()) for kv in await self._scan(self._history(name))]
 
     # --- records -------------------------------------------------------------------------------
 
@@ -346,17 +342,8 @@ class EtcdStateStore:
         """Return every record of ``kind`` by key."""
         self._check_open()
         base = self._records(kind)
-        found: dict[str, Json] = {}
-        start: str | None = None
-        revision = 0
-        while True:
-            page = await self._read(base, prefix=True, limit=500, revision=revision, start=start)
-            revision = page.revision
-            for kv in page.kvs:
-                found[unquote(kv.key[len(base) :])] = json.loads(kv.value)
-            if not page.more or not page.kvs:
-                return dict(sorted(found.items()))
-            start = page.kvs[-1].key + "\0"
+        found = {unquote(kv.key[len(base) :]): json.loads(kv.value) for kv in await self._scan(base)}
+        return dict(sorted(found.items()))
 
     async def delete_record(self, kind: str, key: str) -> None:
         """Remove a record if present."""

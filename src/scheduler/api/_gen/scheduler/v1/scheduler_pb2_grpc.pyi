@@ -47,6 +47,20 @@ class SchedulerServiceStub:
     request_id returns the environment created by the first call. With validate_only, checks
     the request and returns the environment it would create, creating nothing.
     """
+    CloneEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CloneEnvironmentRequest, _scheduler_pb2.Environment]
+    """Creates an environment from another one: the source's specification (with overrides) and
+    a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+    serving. Its containers that mount volumes are frozen for the last pass of the copy only
+    (for as long as it takes to re-read the files changed during the first pass); the others
+    keep running. The copy is taken before the call returns; the new environment then deploys
+    in the background like a created one and is returned with status PENDING. Generated
+    secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+    does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+    SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+    retry carrying the same request_id returns the environment created by the first call. With
+    validate_only, checks the request and returns the environment it would create, copying
+    nothing. Needs read access to the source and create access for the new name.
+    """
     GetEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentRequest, _scheduler_pb2.Environment]
     """Returns one environment by name; NOT_FOUND if there is none."""
     UpdateEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpdateEnvironmentRequest, _scheduler_pb2.UpdateEnvironmentResponse]
@@ -100,6 +114,22 @@ class SchedulerServiceStub:
     first: every step (image pull, container create and start, each health probe, traffic
     moved, removal) with its time, so that a slow or failed operation can be explained.
     """
+    StopEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StopEnvironmentRequest, _scheduler_pb2.Environment]
+    """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+    everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+    once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+    daemon itself listens on its published TCP ports: a connection there starts it again and
+    is served once it is healthy. Stopping a stopped environment changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+    deploying or being deleted; ABORTED when etag is set and no longer matches.
+    """
+    StartEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StartEnvironmentRequest, _scheduler_pb2.Environment]
+    """Starts a stopped environment's containers again, in dependency order and gated on health
+    as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+    RUNNING follows. Starting an environment that is not stopped changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+    ABORTED when etag is set and no longer matches.
+    """
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]
     """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
     per image digest and parameters, which new environments' data volumes start as a copy of.
@@ -133,6 +163,20 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
     request_id returns the environment created by the first call. With validate_only, checks
     the request and returns the environment it would create, creating nothing.
+    """
+    CloneEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CloneEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Creates an environment from another one: the source's specification (with overrides) and
+    a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+    serving. Its containers that mount volumes are frozen for the last pass of the copy only
+    (for as long as it takes to re-read the files changed during the first pass); the others
+    keep running. The copy is taken before the call returns; the new environment then deploys
+    in the background like a created one and is returned with status PENDING. Generated
+    secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+    does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+    SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+    retry carrying the same request_id returns the environment created by the first call. With
+    validate_only, checks the request and returns the environment it would create, copying
+    nothing. Needs read access to the source and create access for the new name.
     """
     GetEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
     """Returns one environment by name; NOT_FOUND if there is none."""
@@ -187,6 +231,22 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     first: every step (image pull, container create and start, each health probe, traffic
     moved, removal) with its time, so that a slow or failed operation can be explained.
     """
+    StopEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StopEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+    everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+    once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+    daemon itself listens on its published TCP ports: a connection there starts it again and
+    is served once it is healthy. Stopping a stopped environment changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+    deploying or being deleted; ABORTED when etag is set and no longer matches.
+    """
+    StartEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StartEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Starts a stopped environment's containers again, in dependency order and gated on health
+    as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+    RUNNING follows. Starting an environment that is not stopped changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+    ABORTED when etag is set and no longer matches.
+    """
     ListTemplates: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
     per image digest and parameters, which new environments' data volumes start as a copy of.
@@ -223,6 +283,26 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
         request_id returns the environment created by the first call. With validate_only, checks
         the request and returns the environment it would create, creating nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CloneEnvironment(
+        self,
+        request: _scheduler_pb2.CloneEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Creates an environment from another one: the source's specification (with overrides) and
+        a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+        serving. Its containers that mount volumes are frozen for the last pass of the copy only
+        (for as long as it takes to re-read the files changed during the first pass); the others
+        keep running. The copy is taken before the call returns; the new environment then deploys
+        in the background like a created one and is returned with status PENDING. Generated
+        secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+        does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+        SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+        retry carrying the same request_id returns the environment created by the first call. With
+        validate_only, checks the request and returns the environment it would create, copying
+        nothing. Needs read access to the source and create access for the new name.
         """
 
     @_abc_1.abstractmethod
@@ -360,6 +440,34 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
         first: every step (image pull, container create and start, each health probe, traffic
         moved, removal) with its time, so that a slow or failed operation can be explained.
+        """
+
+    @_abc_1.abstractmethod
+    def StopEnvironment(
+        self,
+        request: _scheduler_pb2.StopEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+        everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+        once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+        daemon itself listens on its published TCP ports: a connection there starts it again and
+        is served once it is healthy. Stopping a stopped environment changes nothing. With
+        validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+        deploying or being deleted; ABORTED when etag is set and no longer matches.
+        """
+
+    @_abc_1.abstractmethod
+    def StartEnvironment(
+        self,
+        request: _scheduler_pb2.StartEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Starts a stopped environment's containers again, in dependency order and gated on health
+        as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+        RUNNING follows. Starting an environment that is not stopped changes nothing. With
+        validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+        ABORTED when etag is set and no longer matches.
         """
 
     @_abc_1.abstractmethod
