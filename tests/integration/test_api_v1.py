@@ -328,6 +328,10 @@ FAILURES = [
     ),
     ("GetEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
     ("GetEnvironment", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
+    ("CloneEnvironment", {"source": "missing", "name": "fm-copy"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("CloneEnvironment", {"source": "fm", "name": "Bad_Name"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
+    ("StopEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("StartEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
     ("UpdateEnvironment", {"name": "missing", "spec": {"stack": "toolbox"}}, "NOT_FOUND", "NOT_FOUND", None),
     (
         "UpdateEnvironment",
@@ -381,7 +385,7 @@ FAILURES = [
     # Run with the daemon's configuration file made invalid (see the test).
     ("ReloadConfiguration", {}, "FAILED_PRECONDITION", "FAILED_PRECONDITION", None),
 ]
-INFALLIBLE = {"ListNodes"}
+INFALLIBLE = {"ListNodes", "ListTemplates"}
 """RPCs with no argument a client could get wrong (ListNodes fails only with etcd unreachable)."""
 
 
