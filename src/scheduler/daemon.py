@@ -39,6 +39,7 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
+from scheduler.orchestrator.sleeper import SleepPolicy
 from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
@@ -231,6 +232,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 admission_hold=settings.deploys.hold_seconds,
             ),
             observer=Observers(recorder, timeline),
+            sleep=SleepPolicy(
+                idle_after=timedelta(seconds=settings.sleep.idle_after),
+                check_interval=settings.sleep.check_interval,
+                wake_deadline=settings.sleep.wake_deadline,
+                max_pending=settings.sleep.max_pending,
+            ),
             templates=templates,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
