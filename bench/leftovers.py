@@ -39,6 +39,14 @@ def count(instances: Iterable[str], roots: Iterable[Path | str]) -> dict[str, in
     }
 
 
+def instances_under(tmp: Path) -> list[str]:
+    """The network instance of the daemon whose config a benchmark wrote in ``tmp`` (none when it never did)."""
+    import yaml
+
+    config = tmp / "config.yaml"
+    return [str(yaml.safe_load(config.read_text())["network"]["instance"])] if config.exists() else []
+
+
 def _names_link(line: str, instance: str) -> bool:
     return f" {instance}-" in line or f"@{instance}" in line or f" {instance}:" in line
 
