@@ -4,6 +4,9 @@ Shutdown order (on SIGTERM or SIGINT): health NOT_SERVING -> the API stops accep
 in-flight RPCs the configured grace -> the orchestrator parks its operations (they resume on the
 next start) -> the runtime client closes -> a managed containerd stops (its containers keep
 running under their shims) -> the store closes last.
+
+One cohesive thing, about a screen: the composition root, where every implementation is chosen
+and every daemon setting is converted into what its component takes.
 """
 
 from __future__ import annotations
