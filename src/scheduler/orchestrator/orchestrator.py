@@ -203,8 +203,7 @@ class Orchestrator:
         """Put ``name`` to sleep in the background (``reason``: Requested or Idle)."""
 
         async def stop() -> None:
-            if await self._sleep.stop(name, reason, message):
-                self.sleeper.asleep(name)
+            await self._sleep.stop(name, reason, message, unrouted=lambda: self.sleeper.asleep(name))
 
         self._queue.submit("stop", name, stop)
 
@@ -214,6 +213,14 @@ class Orchestrator:
         async def start() -> None:
             targets = await self._sleep.start(name, message)
             env = self._ledger.find(name)
+            if (
+                targets is None
+                and env is not None
+                and env.status in (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
+            ):
+                # Not stopped after all (a connection came while it was being stopped, or it was
+                # started meanwhile): what the gate holds goes to the running containers.
+                targets = await self._sleep.targets(name)
             if targets is not None:
                 self.sleeper.awake(name, targets)
             elif env is not None and env.status is EnvironmentStatus.FAILED:
