@@ -191,6 +191,8 @@ class Reconciler:
             info = present.get(status.container_id)
             if spec is None:
                 continue
+            if status.state is ContainerState.STOPPED and env.status is EnvironmentStatus.STOPPED:
+                continue  # asleep on purpose (a task kept created for a quick wake is no process to adopt)
             if info is None:
                 if status.state in (ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.CREATED):
                     await self._set(
