@@ -201,6 +201,11 @@ class Reconciler:
                     report.missing.append(status.container_id)
                 continue
             if info.task_state in _LIVE and info.pid:
+                if info.task_state in (TaskState.PAUSED, TaskState.PAUSING):
+                    # Only a clone's copy freezes a container: a daemon stopped mid-copy must not
+                    # leave its source frozen.
+                    await self._runtime.resume(status.container_id)
+                    _log.info("reconcile.thawed", env=env.name, container=status.container_id)
                 await self._set(env.name, status.container_id, state=ContainerState.RUNNING, pid=info.pid)
                 up_for = (now() - status.started_at).total_seconds() if status.started_at else 0.0
                 adopted = replace(status, state=ContainerState.RUNNING, pid=info.pid)
