@@ -19,7 +19,7 @@ from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.expiry import Expiry
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.queue import OperationQueue
 from scheduler.orchestrator.rollout import Rollout
@@ -46,8 +46,11 @@ class Orchestrator:
         events: EventBus,
         settings: OrchestratorSettings,
         observer: Observer = NULL_OBSERVER,
+        owns: Owns = owns_all,
     ) -> None:
         self._ledger = ledger
+        self.owns = owns
+        """Whether an environment is this daemon's to run (in a fleet: placed on this node)."""
         self._runtime = runtime
         self._settings = settings
         self.expected_exits = ExpectedExits()
@@ -62,6 +65,8 @@ class Orchestrator:
     async def start(self) -> None:
         """Resume operations a previous run left unfinished (deploys and deletions); start expiring."""
         for env in self._ledger.all():
+            if not self.owns(env):
+                continue
             if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
                 _log.info("resume.deploy", env=env.name)
                 self.submit_deploy(env.name)
@@ -84,18 +89,31 @@ class Orchestrator:
         """Sample the environment's running containers twice, ``window`` apart, for CPU rates."""
         return await sample_metrics(self._runtime, env, window)
 
+    def _mine(self, name: str) -> bool:
+        env = self._ledger.find(name)
+        if env is None or self.owns(env):
+            return True
+        _log.debug("operation.elsewhere", env=name, node=env.node)
+        return False
+
     def submit_deploy(self, name: str) -> None:
-        """Deploy ``name`` in the background."""
+        """Deploy ``name`` in the background (unless another node runs it)."""
+        if not self._mine(name):
+            return
         self._queue.submit("deploy", name, lambda: self._deploy.run(name))
 
     def submit_update(
         self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
     ) -> None:
         """Roll out the stored (new) spec of ``name`` in the background; ``previous`` is the rollback target."""
+        if not self._mine(name):
+            return
         self._queue.submit("update", name, lambda: self._rollout.run(name, previous, changes, drain))
 
     def submit_delete(self, name: str, keep_volumes: bool) -> None:
         """Delete ``name`` in the background, cancelling a deploy that is under way."""
+        if not self._mine(name):
+            return
         self._queue.submit("delete", name, lambda: self._teardown.run(name, keep_volumes), preempt=True)
 
     def busy(self, name: str) -> bool:
