@@ -128,6 +128,10 @@ RPCS: dict[str, Rpc] = {
         {"name": "demo"},
         (("INVALID_ARGUMENT", "an empty or malformed name"),),
     ),
+    "ListTemplates": Rpc(
+        {},
+        (("PERMISSION_DENIED", "the caller is not an admin"),),
+    ),
     "ReloadConfiguration": Rpc(
         {},
         (

@@ -15,7 +15,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
+from scheduler.cluster.base import Fleet
 from scheduler.cluster.local import SingleNode, host_capacity
+from scheduler.cluster.member import FleetMember, MembershipSettings
 from scheduler.cluster.node import Node
+from scheduler.cluster.placement import Strategy
 from scheduler.config import Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
@@ -33,11 +36,12 @@ from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.orchestrator.supervisor import Supervisor
+from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.managed import ManagedContainerd
@@ -46,11 +50,16 @@ from scheduler.runtime.preload import preload
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
-from scheduler.storage.events import SqliteEventLog
+from scheduler.storage.base import StateStore
+from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.events import EtcdEventLog
+from scheduler.storage.etcd.store import EtcdStateStore
+from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes.host import HostVolumeStore
+from scheduler.volumes.templates import TemplateStore
 
 _log = log.get("daemon")
 
@@ -85,7 +94,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.callback(lock.release)
         if settings.server.listen:
             check_listen_free(settings.server.listen)
-        store = await SqliteStateStore.open(settings.state_db_path)
+        etcd = etcd_client(settings)
+        store: StateStore
+        if etcd is not None:
+            stack.push_async_callback(etcd.close)
+            store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+        else:
+            store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
         ledger = await Ledger.open(store)
 
@@ -132,11 +147,35 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(network.close)
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
-        events = EventBus(log=await asyncio.to_thread(SqliteEventLog, data_dir / "events.db"))
+        event_log: EventLog
+        if etcd is not None:
+            # Each node keeps its own replay log: the sequences are its event bus's.
+            etcd_log = await EtcdEventLog.open(
+                etcd, f"{settings.cluster.etcd.prefix}events/{settings.network.instance}/"
+            )
+            stack.push_async_callback(etcd_log.drain)
+            event_log = etcd_log
+        else:
+            event_log = await asyncio.to_thread(SqliteEventLog, data_dir / "events.db")
+        events = EventBus(log=event_log)
         stack.callback(events.close)
         volumes = HostVolumeStore(data_dir / "volumes")
+        templates = Templates(
+            TemplateStore(data_dir / "templates"),
+            volumes,
+            runtime,
+            TemplateSettings(
+                enabled=settings.templates.enabled,
+                unused_after=timedelta(seconds=settings.templates.unused_after),
+                gc_interval=timedelta(seconds=settings.templates.gc_interval),
+            ),
+        )
+        await templates.start()
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
+        me = this_node(settings)
+        # In a fleet this daemon runs only the environments placed on its node.
+        owns: Owns = (lambda env: env.node == me.name) if etcd is not None else owns_all
         orchestrator = Orchestrator(
             ledger,
             runtime,
@@ -151,16 +190,30 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 host_ip=settings.network.host_ip,
             ),
             observer=Observers(recorder, timeline),
+            templates=templates,
+            owns=owns,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder, owns=owns)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
-        await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
+        reconciler = Reconciler(ledger, runtime, network, supervisor, orchestrator, owns=owns)
+        await reconciler.run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
+        fleet: Fleet = SingleNode(me, ledger)
+        if etcd is not None:
+            member = FleetMember(
+                etcd, settings.cluster.etcd.prefix, me, ledger, orchestrator, reconciler, membership(settings)
+            )
+            await member.start()
+            stack.push_async_callback(member.close)
+            fleet = member.fleet
+        collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
+        stack.push_async_callback(_cancel, collecting)
 
-        backups = Backups(store, runtime, volumes, data_dir / "backups")
+        backup_dir = Path(settings.cluster.backup_dir) if settings.cluster.backup_dir else data_dir / "backups"
+        backups = Backups(store, runtime, volumes, backup_dir)
         service = EnvironmentService(
             ledger,
             orchestrator,
@@ -169,7 +222,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             settings.limits,
             backups,
             timeline,
-            fleet=SingleNode(this_node(settings), ledger),
+            fleet=fleet,
+            dispatch=etcd is None,
         )
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
@@ -185,11 +239,21 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
         )
         server.set_reload(reloader.reload)
-        schedule = BackupSchedule(store, backups, settings.backups)
+        schedule = BackupSchedule(store, backups, settings.backups, owns=owns)
         schedule.start()
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
         yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
+
+
+def membership(settings: Settings) -> MembershipSettings:
+    """How this node takes part in its fleet, from ``cluster``."""
+    cluster = settings.cluster
+    return MembershipSettings(
+        lease_ttl=cluster.lease_ttl,
+        failover_grace=timedelta(seconds=cluster.failover_grace),
+        strategy=Strategy(cluster.placement),
+    )
 
 
 def this_node(settings: Settings) -> Node:
@@ -255,8 +319,32 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
     return 0
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _watchdog(notifier: Notifier, every: float) -> None:
     """Ping systemd's watchdog while the event loop turns; a hung loop gets the unit restarted."""
     while True:
         notifier.watchdog()
         await asyncio.sleep(every)
+
+
+def etcd_client(settings: Settings) -> EtcdClient | None:
+    """The client of the fleet's etcd cluster, or None in the single-host mode (no endpoints)."""
+    etcd = settings.cluster.etcd
+    if not etcd.endpoints:
+        return None
+    tls = etcd.tls
+    return EtcdClient(
+        EtcdOptions(
+            endpoints=tuple(etcd.endpoints),
+            dial_timeout=etcd.dial_timeout,
+            retry_deadline=etcd.retry_deadline,
+            ca_file=Path(tls.ca_file) if tls.ca_file else None,
+            cert_file=Path(tls.cert_file) if tls.cert_file else None,
+            key_file=Path(tls.key_file) if tls.key_file else None,
+        )
+    )

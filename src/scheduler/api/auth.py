@@ -58,6 +58,7 @@ PERMISSIONS = {
     "ListBackups": "environments.backups",
     "RestoreEnvironment": "environments.restore",
     "ReloadConfiguration": "config.reload",
+    "ListTemplates": "templates.list",
     "ListNodes": "nodes.list",
     "DrainNode": "nodes.drain",
 }

@@ -35,7 +35,6 @@ _log = log.get("peers")
 _PRIVATE_PREFIX = "scheduler-api-"
 _UCRED = struct.Struct("3i")
 """struct ucred: pid, uid, gid."""
-_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class UnixListener:
         """Where gRPC itself listens; unreachable to anyone but the daemon's user."""
         self._peers: dict[str, Credentials] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._relays: set[asyncio.Task[None]] = set()
+        self._relays: set[_Relay] = set()
 
     def credentials(self, peer: str) -> Credentials | None:
         """The credentials of the connection gRPC reports as ``peer``, if it came through here."""
@@ -97,7 +96,8 @@ class UnixListener:
                     leftover.unlink()
                 staging.rmdir()
         sock.setblocking(False)
-        self._server = await asyncio.start_unix_server(self._relay, sock=sock)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Relay(self).client, sock=sock)
 
     def stop_accepting(self) -> None:
         """Refuse new connections (the path disappears); relays in flight go on."""
@@ -110,35 +110,12 @@ class UnixListener:
     async def close(self) -> None:
         """Stop accepting, end open relays, remove both sockets."""
         self.stop_accepting()
-        for task in list(self._relays):
-            task.cancel()
-        for task in list(self._relays):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for relay in list(self._relays):
+            await relay.close()
         with contextlib.suppress(OSError):
             self.backend.unlink()
         with contextlib.suppress(OSError):
             self._private.rmdir()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        peer = ""
-        try:
-            client: socket.socket = writer.get_extra_info("socket")
-            pid, uid, gid = _UCRED.unpack(client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            upstream, name = await self._connect_backend()
-            peer = f"unix-abstract:{name}"
-            self._peers[peer] = Credentials(uid, gid, pid)
-            back_reader, back_writer = await asyncio.open_unix_connection(sock=upstream)
-            await asyncio.gather(_pump(reader, back_writer), _pump(back_reader, writer))
-        except (OSError, asyncio.IncompleteReadError) as err:
-            _log.debug("unix.relay_ended", error=str(err))
-        finally:
-            self._peers.pop(peer, None)
-            writer.close()
-            self._relays.discard(task)
 
     async def _connect_backend(self) -> tuple[socket.socket, str]:
         loop = asyncio.get_running_loop()
@@ -151,20 +128,124 @@ class UnixListener:
                 upstream.close()
                 continue
             upstream.setblocking(False)
-            await loop.sock_connect(upstream, str(self.backend))
+            try:
+                await loop.sock_connect(upstream, str(self.backend))
+            except BaseException:
+                upstream.close()
+                raise
             return upstream, name
         raise OSError("no free abstract address for the relay")
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    try:
-        while chunk := await source.read(_CHUNK):
-            sink.write(chunk)
-            await sink.drain()
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if sink.can_write_eof():
-                sink.write_eof()
+class _End(asyncio.Protocol):
+    """One end of a relay: what it receives is written to the other end, which it slows when full.
+
+    Bytes go from transport to transport in the event loop's callbacks, with no coroutine per
+    chunk: the relay costs about as much as a socket copy.
+    """
+
+    def __init__(self, relay: _Relay) -> None:
+        self._relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.other: _End | None = None
+        self.ended = False
+        """The peer half-closed: nothing more will arrive from it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._relay.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        other = self.other.transport if self.other is not None else None
+        if other is not None and other.can_write_eof() and not other.is_closing():
+            other.write_eof()
+        self._relay.ended()
+        return True  # keep the other direction open until it ends too
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None and not self.other.transport.is_closing():
+            self.other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            _log.debug("unix.relay_ended", error=str(exc))
+        self._relay.finish()
+
+
+class _Relay:
+    """A client's connection to the public socket, authenticated, and its own connection to gRPC."""
+
+    def __init__(self, listener: UnixListener) -> None:
+        self._listener = listener
+        self.client = _End(self)
+        self.backend = _End(self)
+        self.client.other, self.backend.other = self.backend, self.client
+        self._peer = ""
+        self._connecting: asyncio.Task[None] | None = None
+        self._finished = False
+
+    def connected(self, end: _End) -> None:
+        if end is not self.client:
+            return
+        assert end.transport is not None
+        end.transport.pause_reading()  # until gRPC's side is there to take the bytes
+        self._listener._relays.add(self)  # noqa: SLF001 - the listener's own helper
+        self._connecting = asyncio.get_running_loop().create_task(self._connect(end.transport))
+
+    async def _connect(self, client: asyncio.Transport) -> None:
+        try:
+            sock: socket.socket = client.get_extra_info("socket")
+            pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            upstream, name = await self._listener._connect_backend()  # noqa: SLF001
+            if self._finished:  # the client left meanwhile
+                upstream.close()
+                return
+            self._peer = f"unix-abstract:{name}"
+            self._listener._peers[self._peer] = Credentials(uid, gid, pid)  # noqa: SLF001
+            await asyncio.get_running_loop().create_unix_connection(lambda: self.backend, sock=upstream)
+            if self._finished and self.backend.transport is not None:
+                self.backend.transport.close()
+                return
+        except OSError as err:
+            _log.debug("unix.relay_ended", error=str(err))
+            self.finish()
+            return
+        if not client.is_closing():
+            client.resume_reading()
+
+    def ended(self) -> None:
+        """One side half-closed; once both have, the relay is over."""
+        if self.client.ended and self.backend.ended:
+            self.finish()
+
+    def finish(self) -> None:
+        """Close both connections (what is buffered is still sent) and forget the credentials."""
+        if self._finished:
+            return
+        self._finished = True
+        self._listener._peers.pop(self._peer, None)  # noqa: SLF001
+        self._listener._relays.discard(self)  # noqa: SLF001
+        for end in (self.client, self.backend):
+            if end.transport is not None:
+                end.transport.close()
+
+    async def close(self) -> None:
+        """End the relay now (the daemon is stopping)."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connecting
+        self.finish()
 
 
 def _sweep_private_dirs() -> None:

@@ -211,6 +211,11 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         records = await self._service.operations(request.name)
         return pb.ListOperationsResponse(operations=[convert.operation_to_proto(r) for r in records])
 
+    async def ListTemplates(self, request: pb.ListTemplatesRequest, context: Context) -> pb.ListTemplatesResponse:
+        return pb.ListTemplatesResponse(
+            templates=[convert.template_to_proto(t) for t in await self._service.templates()]
+        )
+
     async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(nodes=[convert.node_to_proto(n) for n in await self._service.nodes()])
 

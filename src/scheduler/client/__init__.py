@@ -28,12 +28,13 @@ __all__ = [
 
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
-    from scheduler.client.commands import config_reload, env, events, node, stacks
+    from scheduler.client.commands import config_reload, env, events, node, stacks, templates
 
     group.add_command(stacks)
     group.add_command(node)
     group.add_command(env)
     group.add_command(events)
+    group.add_command(templates)
     config = group.commands.get("config")
     if isinstance(config, click.Group):
         config.add_command(config_reload, "reload")

@@ -212,6 +212,11 @@ class SchedulerClient:
         reply = await self._unary(self._stub.ListBackups, pb.ListBackupsRequest(name=name))
         return list(reply.backups)
 
+    async def templates(self) -> builtins.list[pb.DataTemplate]:
+        """The data-directory templates on the daemon's host, oldest first."""
+        reply = await self._unary(self._stub.ListTemplates, pb.ListTemplatesRequest())
+        return list(reply.templates)
+
     async def restore(self, backup: str, name: str = "") -> pb.Environment:
         """Create environment ``name`` (default: the archived one) from ``backup``; returns it running."""
         request = pb.RestoreEnvironmentRequest(backup=backup, name=name)

@@ -191,6 +191,25 @@ def stacks(client: Client, output: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# scheduler templates ...
+# ------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def templates() -> None:
+    """Inspect the data-directory templates (PostgreSQL's initdb output per image and parameters)."""
+
+
+@templates.command("list")
+@output_option
+@connection_options
+def templates_list(client: Client, output: str) -> None:
+    """List the templates on the daemon's host, oldest first, with the environments seeded from each."""
+    reply = pb.ListTemplatesResponse(templates=client.run(lambda api: api.templates()))
+    click.echo(render.to_json(reply) if output == "json" else "\n".join(render.template(t) for t in reply.templates))
+
+
+# ------------------------------------------------------------------------------------------------
 # scheduler node ...
 # ------------------------------------------------------------------------------------------------
 

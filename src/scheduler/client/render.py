@@ -260,6 +260,15 @@ def backup(item: pb.Backup) -> str:
     return f"{item.id}  {item.size_bytes} bytes  {when}" + (f"  ({details})" if details else "")
 
 
+def template(item: pb.DataTemplate) -> str:
+    """One template on one line: key, kind, image, size, last use, parameters, environments."""
+    used = item.last_use_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    parameters = " ".join(f"{k}={v}" for k, v in sorted(item.parameters.items()) if v)
+    users = ", ".join(item.environments) or "none"
+    head = f"{item.key}  {item.kind}  {item.image}  {item.size_bytes} bytes  used {used}"
+    return f"{head}  {parameters}  (environments: {users})"
+
+
 def operations(reply: pb.ListOperationsResponse) -> str:
     """Each operation, then its steps with the seconds since the operation started."""
     lines = []

@@ -245,6 +245,17 @@ class MetricsSettings(_Section):
         return _check_host_port(value) if value else value
 
 
+class TemplateSettings(_Section):
+    """PostgreSQL data-directory templates: initdb once per image digest and parameters, a copy per environment."""
+
+    enabled: bool = True
+    """New PostgreSQL volumes start as a copy of their template; false runs initdb in every environment."""
+    unused_after: float = Field(default=86400, ge=0)
+    """Seconds after its last use that a template no existing environment came from is removed."""
+    gc_interval: float = Field(default=600, ge=1)
+    """Seconds between two collections of unused templates (and of templates whose image is gone)."""
+
+
 class BackupPolicy(_Section):
     """How often an environment is archived, and how many archives are kept."""
 
@@ -289,6 +300,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
+    templates: TemplateSettings = TemplateSettings()
     cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")

@@ -1,8 +1,9 @@
-"""What the API streams and reports: plans, log lines, backups, operations, samples, events."""
+"""What the API streams and reports: plans, log lines, backups, operations, samples, events, templates."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -156,3 +157,25 @@ class Event:
     message: str = ""
     generation: int = 0
     sequence: int = 0
+
+
+@dataclass(frozen=True)
+class DataTemplate:
+    """A prepared data directory (PostgreSQL's initdb output) that new volumes start as a copy of.
+
+    Keyed by everything that shapes its files: the image digest and the initialisation
+    parameters. It never holds a credential: each environment sets its own on its copy.
+    """
+
+    key: str
+    kind: str
+    """What it is a template of, e.g. ``postgres``."""
+    image: str
+    image_digest: str
+    parameters: Mapping[str, str]
+    """The initialisation parameters in the key (user, database, locale, initdb arguments...)."""
+    created_at: datetime
+    last_used_at: datetime
+    size_bytes: int = 0
+    environments: tuple[str, ...] = ()
+    """Environments whose volumes were seeded from it and still exist."""

@@ -26,6 +26,7 @@ from scheduler.orchestrator.rollout import Rollout
 from scheduler.orchestrator.sampling import sample_metrics
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
+from scheduler.orchestrator.templates import Templates
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.volumes.base import VolumeStore
 
@@ -46,6 +47,7 @@ class Orchestrator:
         events: EventBus,
         settings: OrchestratorSettings,
         observer: Observer = NULL_OBSERVER,
+        templates: Templates | None = None,
         owns: Owns = owns_all,
     ) -> None:
         self._ledger = ledger
@@ -57,9 +59,10 @@ class Orchestrator:
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
         self._queue = OperationQueue(ledger, observer)
-        self._deploy = Deploy(*parts)
-        self._rollout = Rollout(*parts, redeploy=self._deploy.run)
-        self._teardown = Teardown(*parts)
+        self._deploy = Deploy(*parts, templates=templates)
+        self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
+        self._teardown = Teardown(*parts, templates=templates)
+        self._templates = templates
         self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
 
     async def start(self) -> None:
@@ -88,6 +91,10 @@ class Orchestrator:
     async def sample_metrics(self, env: Environment, window: timedelta) -> list[domain.ContainerSample]:
         """Sample the environment's running containers twice, ``window`` apart, for CPU rates."""
         return await sample_metrics(self._runtime, env, window)
+
+    async def templates(self) -> list[domain.DataTemplate]:
+        """The data-directory templates on the host (none when templates are not in use)."""
+        return [] if self._templates is None else await self._templates.list()
 
     def _mine(self, name: str) -> bool:
         env = self._ledger.find(name)

@@ -36,6 +36,7 @@ from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.observer import Observer, ProbeSteps
 from scheduler.orchestrator.status import now, with_condition
+from scheduler.orchestrator.templates import Templates
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.stacks.graph import topological_order
 from scheduler.volumes.base import VolumeStore
@@ -86,6 +87,8 @@ class Steps:
         settings: OrchestratorSettings,
         observer: Observer,
         expected_exits: ExpectedExits,
+        *,
+        templates: Templates | None = None,
     ) -> None:
         self._ledger = ledger
         self._runtime = runtime
@@ -95,6 +98,7 @@ class Steps:
         self._settings = settings
         self._observer = observer
         self.expected_exits = expected_exits
+        self._templates = templates
 
     async def _publish_ports(self, env: Environment, service: ServiceSpec) -> list[domain.Endpoint]:
         """Publish the service's published ports on the host; returns their endpoints."""
@@ -161,6 +165,15 @@ class Steps:
                 domain.Mount("/etc/hosts", attachment.hosts_path, options=("rbind", "ro")),
                 domain.Mount("/etc/resolv.conf", attachment.resolv_path, options=("rbind", "ro")),
             ]
+            if self._templates is not None:
+                # A new database volume starts as a copy of its template; the service may then
+                # run a first-start step before the image's entrypoint.
+                before = time.monotonic()
+                prepared = await self._templates.prepare(env.name, service, image)
+                if prepared is not service:
+                    seconds = time.monotonic() - before
+                    self._observer.step(env.name, "template", service.name, f"first start of a copy, {seconds:.3f}s")
+                service = prepared
             for volume in service.volumes:
                 source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
                 mounts.append(

@@ -21,6 +21,7 @@ from scheduler.config import LimitSettings
 from scheduler.domain import (
     BackupInfo,
     ChangeAction,
+    DataTemplate,
     Environment,
     EnvironmentFilter,
     EnvironmentRequest,
@@ -312,6 +313,10 @@ class EnvironmentService(Observation):
         if self._timeline is None:
             raise errors.Unimplemented("this daemon keeps no operation timelines")
         return await self._timeline.of(name)
+
+    async def templates(self) -> builtins.list[DataTemplate]:
+        """The data-directory templates on the host, oldest first."""
+        return await self._orchestrator.templates()
 
     # --- backup and restore -------------------------------------------------------------------
 

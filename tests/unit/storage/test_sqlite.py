@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from scheduler.errors import FailedPrecondition, Unavailable
-from scheduler.storage import sqlite as sqlite_store
 from scheduler.storage.sqlite import SCHEMA_VERSION, SqliteStateStore
+from scheduler.storage.sqlite import schema as sqlite_store
 from tests.unit.storage.factories import full_environment, history_entry
 
 

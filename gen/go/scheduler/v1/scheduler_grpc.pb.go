@@ -67,6 +67,11 @@ type SchedulerServiceClient interface {
 	// first: every step (image pull, container create and start, each health probe, traffic
 	// moved, removal) with its time, so that a slow or failed operation can be explained.
 	ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error)
+	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// Each names the environments seeded from it that still exist; unused ones are collected.
+	// Admin only.
+	ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error)
 	// Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
 	// lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
 	// without cluster.etcd reports itself as the one node.
@@ -266,6 +271,15 @@ func (c *schedulerServiceClient) ListOperations(ctx context.Context, in *ListOpe
 	return out, nil
 }
 
+func (c *schedulerServiceClient) ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error) {
+	out := new(ListTemplatesResponse)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListTemplates", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *schedulerServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
 	out := new(ListNodesResponse)
 	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListNodes", in, out, opts...)
@@ -338,6 +352,11 @@ type SchedulerServiceServer interface {
 	// first: every step (image pull, container create and start, each health probe, traffic
 	// moved, removal) with its time, so that a slow or failed operation can be explained.
 	ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error)
+	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// Each names the environments seeded from it that still exist; unused ones are collected.
+	// Admin only.
+	ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error)
 	// Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
 	// lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
 	// without cluster.etcd reports itself as the one node.
@@ -397,6 +416,9 @@ func (UnimplementedSchedulerServiceServer) ReloadConfiguration(context.Context, 
 }
 func (UnimplementedSchedulerServiceServer) ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListOperations not implemented")
+}
+func (UnimplementedSchedulerServiceServer) ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListTemplates not implemented")
 }
 func (UnimplementedSchedulerServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListNodes not implemented")
@@ -693,6 +715,24 @@ func _SchedulerService_ListOperations_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_ListTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTemplatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).ListTemplates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/ListTemplates",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).ListTemplates(ctx, req.(*ListTemplatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SchedulerService_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListNodesRequest)
 	if err := dec(in); err != nil {
@@ -784,6 +824,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOperations",
 			Handler:    _SchedulerService_ListOperations_Handler,
+		},
+		{
+			MethodName: "ListTemplates",
+			Handler:    _SchedulerService_ListTemplates_Handler,
 		},
 		{
 			MethodName: "ListNodes",

@@ -20,6 +20,7 @@ from scheduler.api.convert.reports import (
     metrics_to_proto,
     operation_to_proto,
     stack_to_proto,
+    template_to_proto,
 )
 from scheduler.api.convert.scalars import duration_from_proto, duration_to_proto, time_from_proto, time_to_proto
 from scheduler.api.convert.specs import request_from_proto, request_to_proto, service_to_proto
@@ -41,6 +42,7 @@ __all__ = [
     "request_to_proto",
     "service_to_proto",
     "stack_to_proto",
+    "template_to_proto",
     "time_from_proto",
     "time_to_proto",
 ]

@@ -109,6 +109,22 @@ def backup_to_proto(info: domain.BackupInfo) -> pb.Backup:
     return out
 
 
+def template_to_proto(template: domain.DataTemplate) -> pb.DataTemplate:
+    """Convert a description of one data-directory template."""
+    out = pb.DataTemplate(
+        key=template.key,
+        kind=template.kind,
+        image=template.image,
+        image_digest=template.image_digest,
+        parameters=dict(template.parameters),
+        size_bytes=template.size_bytes,
+        environments=template.environments,
+    )
+    _set_time(out.create_time, template.created_at)
+    _set_time(out.last_use_time, template.last_used_at)
+    return out
+
+
 def operation_to_proto(record: domain.OperationRecord) -> pb.Operation:
     """Convert the timeline of one operation."""
     out = pb.Operation(id=record.id, kind=record.operation, outcome=record.outcome, dropped_steps=record.dropped_steps)

@@ -156,6 +156,7 @@ class EtcdClient:
         *,
         attempt_timeout: float | None | bool = True,
         on_retry: Callable[[grpc.RpcError], None] | None = None,
+        retry_deadline: float | None = None,
     ) -> T:
         """Run ``invoke`` on the current member, failing over to the next for up to ``retry_deadline``.
 
@@ -165,6 +166,7 @@ class EtcdClient:
             attempt_timeout: True for ``dial_timeout`` per attempt; None for no per-attempt bound
                 (a campaign that waits for leadership).
             on_retry: told about every failure that is retried (a write notes ambiguity).
+            retry_deadline: overrides the client's ``retry_deadline`` for this call.
 
         Raises:
             SchedulerError: the last failure, translated (Unavailable when no member answered).
@@ -182,7 +184,8 @@ class EtcdClient:
             try:
                 return await invoke(stubs, per_attempt)
             except grpc.RpcError as err:
-                deadline = loop.time() + self.options.retry_deadline if deadline is None else deadline
+                budget = self.options.retry_deadline if retry_deadline is None else retry_deadline
+                deadline = loop.time() + budget if deadline is None else deadline
                 if not retryable(err) or self._closed or loop.time() + delay >= deadline:
                     raise from_grpc(err, what) from err
                 if on_retry is not None:
@@ -208,16 +211,34 @@ class EtcdClient:
         limit: int = 0,
         revision: int = 0,
         serializable: bool = False,
+        by_creation: bool = False,
+        min_create_revision: int = 0,
+        attempt_timeout: float | None = None,
+        retry_deadline: float | None = None,
     ) -> RangePage:
         """Read ``key``, or (``prefix``) the keys under it from ``start`` on, ``limit`` at most, in key order.
 
         ``revision`` reads the store as it was then (Compacted if that history is gone);
-        ``serializable`` reads the answering member's copy without asking the leader.
+        ``serializable`` reads the answering member's copy without asking the leader;
+        ``by_creation`` orders by creation revision instead, from ``min_create_revision`` on;
+        ``attempt_timeout`` and ``retry_deadline`` override the client's for this call.
         """
         request = convert.range_request(
-            key, prefix=prefix, start=start, limit=limit, revision=revision, serializable=serializable
+            key,
+            prefix=prefix,
+            start=start,
+            limit=limit,
+            revision=revision,
+            serializable=serializable,
+            by_creation=by_creation,
+            min_create_revision=min_create_revision,
         )
-        response: pb.RangeResponse = await self.call(f"Range {key}", lambda s, t: s.kv.Range(request, timeout=t))
+        response: pb.RangeResponse = await self.call(
+            f"Range {key}",
+            lambda s, t: s.kv.Range(request, timeout=t),
+            attempt_timeout=attempt_timeout if attempt_timeout is not None else True,
+            retry_deadline=retry_deadline,
+        )
         kvs = tuple(convert.kv_from_proto(kv) for kv in response.kvs)
         return RangePage(kvs, response.more, response.header.revision)
 

@@ -59,9 +59,17 @@ def compare_to_proto(compare: Compare) -> pb.Compare:
 
 
 def range_request(
-    key: str, *, prefix: bool, limit: int = 0, revision: int = 0, serializable: bool = False, start: str | None = None
+    key: str,
+    *,
+    prefix: bool,
+    limit: int = 0,
+    revision: int = 0,
+    serializable: bool = False,
+    start: str | None = None,
+    by_creation: bool = False,
+    min_create_revision: int = 0,
 ) -> pb.RangeRequest:
-    """A range read of one key, or of the keys under ``key`` from ``start`` on."""
+    """A range read of one key, or of the keys under ``key`` from ``start`` on (or in creation order)."""
     raw = encode_key(key)
     return pb.RangeRequest(
         key=encode_key(start) if start is not None else raw,
@@ -69,6 +77,9 @@ def range_request(
         limit=limit,
         revision=revision,
         serializable=serializable,
+        sort_order=pb.RangeRequest.ASCEND if by_creation else pb.RangeRequest.NONE,
+        sort_target=pb.RangeRequest.CREATE if by_creation else pb.RangeRequest.KEY,
+        min_create_revision=min_create_revision,
     )
 
 
@@ -78,9 +89,8 @@ def op_to_proto(op: TxnOp) -> pb.RequestOp:
         return pb.RequestOp(request_put=pb.PutRequest(key=encode_key(op.key), value=op.value, lease=op.lease))
     if isinstance(op, Delete):
         raw = encode_key(op.key)
-        return pb.RequestOp(
-            request_delete_range=pb.DeleteRangeRequest(key=raw, range_end=prefix_end(raw) if op.prefix else b"")
-        )
+        end = encode_key(op.end) if op.end is not None else prefix_end(raw) if op.prefix else b""
+        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=raw, range_end=end))
     return pb.RequestOp(request_range=range_request(op.key, prefix=op.prefix, limit=op.limit))
 
 

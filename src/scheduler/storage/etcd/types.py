@@ -147,10 +147,11 @@ class Put:
 
 @dataclass(frozen=True)
 class Delete:
-    """Remove ``key``, or every key under it when ``prefix`` is set."""
+    """Remove ``key``, every key under it (``prefix``), or the keys from ``key`` up to ``end``."""
 
     key: str
     prefix: bool = False
+    end: str | None = None
 
 
 @dataclass(frozen=True)

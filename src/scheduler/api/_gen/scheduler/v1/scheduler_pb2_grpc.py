@@ -115,6 +115,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.FromString,
                 _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/ListTemplates',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/scheduler.v1.SchedulerService/ListNodes',
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
@@ -261,6 +266,16 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTemplates(self, request, context):
+        """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+        per image digest and parameters, which new environments' data volumes start as a copy of.
+        Each names the environments seeded from it that still exist; unused ones are collected.
+        Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
         lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
@@ -356,6 +371,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListOperations,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesResponse.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -779,6 +799,33 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/ListOperations',
             scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/ListTemplates',
+            scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

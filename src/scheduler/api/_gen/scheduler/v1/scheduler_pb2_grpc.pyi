@@ -100,6 +100,12 @@ class SchedulerServiceStub:
     first: every step (image pull, container create and start, each health probe, traffic
     moved, removal) with its time, so that a slow or failed operation can be explained.
     """
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]
+    """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+    per image digest and parameters, which new environments' data volumes start as a copy of.
+    Each names the environments seeded from it that still exist; unused ones are collected.
+    Admin only.
+    """
     ListNodes: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]
     """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
     lease is alive, by name: address, capacity, what is allocated, labels, draining. A daemon
@@ -180,6 +186,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
     first: every step (image pull, container create and start, each health probe, traffic
     moved, removal) with its time, so that a slow or failed operation can be explained.
+    """
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+    per image digest and parameters, which new environments' data volumes start as a copy of.
+    Each names the environments seeded from it that still exist; unused ones are collected.
+    Admin only.
     """
     ListNodes: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Lists the nodes of the fleet (every daemon sharing the etcd cluster of cluster.etcd) whose
@@ -348,6 +360,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
         first: every step (image pull, container create and start, each health probe, traffic
         moved, removal) with its time, so that a slow or failed operation can be explained.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _scheduler_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListTemplatesResponse, _abc.Awaitable[_scheduler_pb2.ListTemplatesResponse]]:
+        """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
+        per image digest and parameters, which new environments' data volumes start as a copy of.
+        Each names the environments seeded from it that still exist; unused ones are collected.
+        Admin only.
         """
 
     @_abc_1.abstractmethod

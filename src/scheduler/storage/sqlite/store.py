@@ -23,7 +23,6 @@ import asyncio
 import builtins
 import concurrent.futures
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import AlreadyExists, FailedPrecondition, Internal, NotFound, Unavailable
+from scheduler.errors import AlreadyExists, Internal, NotFound, Unavailable
 from scheduler.storage import codec
 from scheduler.storage.base import (
     HISTORY_LIMIT,
@@ -46,73 +45,12 @@ from scheduler.storage.base import (
     record_to_text,
     stale_write,
 )
+from scheduler.storage.sqlite import schema
+from scheduler.storage.sqlite.schema import open_database
 
 T = TypeVar("T")
 
 # --- schema ------------------------------------------------------------------------------------
-
-
-def _execute_script(db: sqlite3.Connection, script: str) -> None:
-    """Run statements one by one: ``executescript`` would COMMIT the migration's transaction first."""
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            db.execute(pending)
-            pending = ""
-    if pending.strip():
-        raise Internal(f"incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
-
-
-def _migrate_v1(db: sqlite3.Connection) -> None:
-    _execute_script(
-        db,
-        """
-        CREATE TABLE environments (
-            -- AUTOINCREMENT: a deleted environment's sequence is never reused, so page tokens
-            -- issued before a delete still point at the right place.
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            name TEXT NOT NULL UNIQUE,
-            uid TEXT NOT NULL UNIQUE,
-            status TEXT NOT NULL,
-            request_id TEXT NOT NULL DEFAULT '',
-            generation INTEGER NOT NULL,
-            doc TEXT NOT NULL
-        );
-        CREATE UNIQUE INDEX environments_request_id ON environments(request_id) WHERE request_id <> '';
-        CREATE INDEX environments_status ON environments(status, seq);
-        CREATE TABLE environment_labels (
-            seq INTEGER NOT NULL REFERENCES environments(seq) ON DELETE CASCADE,
-            key TEXT NOT NULL,
-            value TEXT NOT NULL,
-            PRIMARY KEY (seq, key)
-        );
-        CREATE INDEX environment_labels_pair ON environment_labels(key, value);
-        CREATE TABLE history (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            env TEXT NOT NULL,
-            doc TEXT NOT NULL
-        );
-        CREATE INDEX history_env ON history(env, id);
-        CREATE TABLE records (
-            kind TEXT NOT NULL,
-            key TEXT NOT NULL,
-            value TEXT NOT NULL,
-            PRIMARY KEY (kind, key)
-        );
-        """,
-    )
-
-
-def _migrate_v2(db: sqlite3.Connection) -> None:
-    # Documents written before revisions existed start at 1; every write bumps it (compare-and-swap).
-    db.execute("ALTER TABLE environments ADD COLUMN revision INTEGER NOT NULL DEFAULT 1")
-
-
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2)
-"""``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append only."""
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class SqliteStateStore:
@@ -130,7 +68,7 @@ class SqliteStateStore:
         self._closed = False
         self._close_lock = threading.Lock()
         try:
-            self._db = self._executor.submit(self._open).result()
+            self._db = self._executor.submit(open_database, self.path).result()
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
@@ -145,88 +83,10 @@ class SqliteStateStore:
         """
         return await asyncio.to_thread(cls, path)
 
-    # --- opening -------------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        where = str(self.path)
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # The file holds secrets (generated database passwords): owner-only. SQLite gives
-            # the -wal and -shm files the same mode as the database file.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            os.chmod(self.path, 0o600)
-        except OSError as err:
-            raise Unavailable(f"cannot create state database {where!r}: {err}") from err
-        try:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _run).
-            db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as err:
-            raise Unavailable(f"cannot open state database {where!r}: {err}") from err
-        try:
-            self._prepare(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        where = str(self.path)
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            check = db.execute("PRAGMA quick_check").fetchall()
-        except sqlite3.DatabaseError as err:
-            raise Unavailable(f"state database {where!r} is corrupt or not a database: {err}") from err
-        if [row[0] for row in check] != ["ok"]:
-            problems = "; ".join(str(row[0]) for row in check[:5])
-            raise Unavailable(f"state database {where!r} is corrupt: {problems}")
-        if str(mode).lower() != "wal":
-            raise Unavailable(f"state database {where!r} cannot use WAL journaling (got {mode!r})")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._schema_version(db)
-                if version > SCHEMA_VERSION:
-                    raise FailedPrecondition(
-                        f"state database {where!r} has schema version {version}, newer than the "
-                        f"{SCHEMA_VERSION} this scheduler understands; upgrade the scheduler"
-                    )
-                for target in range(version + 1, SCHEMA_VERSION + 1):
-                    MIGRATIONS[target - 1](db)
-                    db.execute("UPDATE schema_version SET version = ?", (target,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as err:
-            raise Unavailable(f"cannot migrate state database {where!r}: {err}") from err
-
-    @staticmethod
-    def _schema_version(db: sqlite3.Connection) -> int:
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        rows = db.execute("SELECT version FROM schema_version").fetchall()
-        if not rows:
-            tables = db.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name <> 'schema_version'"
-                " AND name NOT LIKE 'sqlite_%'"
-            ).fetchone()[0]
-            if tables:
-                raise FailedPrecondition(
-                    "state database has tables but no schema version: it was not written by the scheduler"
-                )
-            db.execute("INSERT INTO schema_version (version) VALUES (0)")
-            return 0
-        if len(rows) != 1 or not isinstance(rows[0][0], int):
-            raise FailedPrecondition(f"state database has a malformed schema_version table: {rows!r}")
-        version: int = rows[0][0]
-        return version
-
     @property
     def schema_version(self) -> int:
         """Schema version this code writes."""
-        return SCHEMA_VERSION
+        return schema.SCHEMA_VERSION
 
     # --- plumbing ------------------------------------------------------------------------------
 

@@ -1,0 +1,298 @@
+"""PostgreSQL from a template: initdb once per image digest and parameters, a copy per environment.
+
+PostgreSQL's first start (initdb, a temporary server, the restart) was 75-80% of a web-postgres
+deploy. Here the first environment that needs a given image (by digest) and the parameters that
+shape its data directory (user, database, locale, initdb arguments, host auth method) builds a
+template once, in a container of its own (``pgscripts.BUILD``); every later environment's data
+volume starts as a copy of it (``VolumeStore.seed``, about 0.1 s for 39 MB), and its container
+runs ``pgscripts.CLONE_INIT`` before the image's entrypoint to set its own password and run its
+init scripts on its copy. Neither the template nor any other environment holds its password.
+
+Concurrency: builds are single-flight per key (twenty deploys at once wait for one initdb), and
+a build appears only by the rename of a finished, flushed directory, so a crash mid-build leaves
+a ``.build-*`` directory that is swept at start, and a container labelled ours with no
+environment that the start-up reconciliation removes. A build that fails (an image that is not
+PostgreSQL-like) is remembered for the daemon's lifetime and its deploys fall back to the
+image's own first start.
+
+Templates are listed (``ListTemplates``) and garbage-collected: one that no existing environment
+was seeded from and that was not used for ``unused_after``, or whose image reference no longer
+names its digest, is removed. Copies are independent of their template, so removal never
+touches a volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import dataclasses
+import hashlib
+import json
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from scheduler import domain, errors, labels, log
+from scheduler.domain import DataTemplate, ServiceSpec
+from scheduler.orchestrator import pgscripts
+from scheduler.orchestrator.backup import database_mount
+from scheduler.runtime.base import ContainerRuntime
+from scheduler.volumes.base import VolumeStore
+from scheduler.volumes.templates import TemplateStore
+
+_log = log.get("templates")
+
+TEMPLATE = labels.PREFIX + "template"
+"""Label of a template build container: the template's key (such a container has no environment)."""
+_PGDATA = "/var/lib/postgresql/data"
+_VERSION = hashlib.sha256(pgscripts.BUILD.encode()).hexdigest()[:12]
+"""Part of every key: a change to the build script makes new templates."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateSettings:
+    """How templates are used and collected."""
+
+    enabled: bool = True
+    unused_after: timedelta = timedelta(hours=24)
+    """A template no existing environment was seeded from is removed after this long unused."""
+    gc_interval: timedelta = timedelta(minutes=10)
+    build_timeout: timedelta = timedelta(minutes=5)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    key: str
+    mount: domain.VolumeMount
+    subpath: str
+    parameters: dict[str, str]
+    env: dict[str, str]
+
+
+def plan(service: ServiceSpec, image: domain.Image) -> _Plan | None:
+    """Whether ``service`` can start from a template, and from which one; None when it cannot.
+
+    It can when it sets the official image's variables (``POSTGRES_USER``), keeps ``PGDATA`` on a
+    writable named volume and puts no WAL elsewhere (``POSTGRES_INITDB_WALDIR``).
+    """
+    env = dict(e.split("=", 1) for e in image.config.env if "=" in e)
+    env.update(service.env)
+    mount = database_mount(service)
+    if mount is None or mount.read_only or env.get("POSTGRES_INITDB_WALDIR"):
+        return None
+    pgdata = env.get("PGDATA", _PGDATA).rstrip("/")
+    subpath = pgdata[len(mount.path.rstrip("/")) :].strip("/")
+    user = env.get("POSTGRES_USER") or "postgres"
+    parameters = {
+        "user": user,
+        "database": env.get("POSTGRES_DB") or user,
+        "locale": env.get("LC_ALL") or env.get("LANG") or "C.UTF-8",
+        "initdb_args": env.get("POSTGRES_INITDB_ARGS", ""),
+        "host_auth_method": env.get("POSTGRES_HOST_AUTH_METHOD") or "scram-sha-256",
+    }
+    material = json.dumps({"kind": "postgres", "v": _VERSION, "digest": image.digest, **parameters}, sort_keys=True)
+    key = hashlib.sha256(material.encode()).hexdigest()[:32]
+    build_env = {
+        "POSTGRES_USER": parameters["user"],
+        "POSTGRES_DB": parameters["database"],
+        "POSTGRES_INITDB_ARGS": parameters["initdb_args"],
+        "POSTGRES_HOST_AUTH_METHOD": parameters["host_auth_method"],
+        "SCHEDULER_TEMPLATE_LOCALE": parameters["locale"],
+        "SCHEDULER_TEMPLATE_DATA": pgscripts.BUILD_MOUNT,
+    }
+    return _Plan(key, mount, subpath, parameters, build_env)
+
+
+def wrapped(service: ServiceSpec, image: domain.ImageConfig) -> ServiceSpec:
+    """``service`` with its process run through ``CLONE_INIT`` first (Docker's entrypoint + cmd rule)."""
+    entrypoint = service.command or image.entrypoint
+    cmd = service.args or (() if service.command else image.cmd)
+    return dataclasses.replace(
+        service, command=("/bin/sh", "-c", pgscripts.CLONE_INIT, "scheduler-first-start"), args=(*entrypoint, *cmd)
+    )
+
+
+class Templates:
+    """Builds, seeds from, lists and collects templates; see the module docstring."""
+
+    def __init__(
+        self,
+        store: TemplateStore,
+        volumes: VolumeStore,
+        runtime: ContainerRuntime,
+        settings: TemplateSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._volumes = volumes
+        self._runtime = runtime
+        self.settings = settings
+        self._clock = clock
+        self._builds: dict[str, asyncio.Task[Path | None]] = {}
+        self._failed: dict[str, str] = {}
+        self._seeding: Counter[str] = Counter()
+        """Keys being copied from right now: the collector leaves them alone."""
+        self._removals: dict[str, asyncio.Future[None]] = {}
+
+    async def start(self) -> None:
+        """Sweep what a crash left mid-build (no build runs yet)."""
+        swept = await asyncio.to_thread(self._store.sweep)
+        if swept:
+            _log.info("templates.swept", builds=swept)
+
+    async def prepare(self, env: str, service: ServiceSpec, image: domain.Image) -> ServiceSpec:
+        """Seed ``service``'s new data volume from its template; returns the service to run.
+
+        The returned spec runs ``CLONE_INIT`` when the volume holds a copy not started yet (a
+        copy made now, or one whose first start failed); otherwise it is ``service`` unchanged.
+        A volume that already has data is never touched.
+        """
+        if not self.settings.enabled:
+            return service
+        found = plan(service, image)
+        if found is None:
+            return service
+        volume = self._volumes.path(env, found.mount.name)
+        marker = volume.joinpath(found.subpath, pgscripts.MARKER) if found.subpath else volume / pgscripts.MARKER
+        if await asyncio.to_thread(_has_data, volume):
+            return wrapped(service, image.config) if await asyncio.to_thread(marker.is_file) else service
+        self._seeding[found.key] += 1
+        try:
+            data = await self._template(found, image)
+            if data is None:
+                return service
+            if await asyncio.to_thread(self._volumes.seed, env, found.mount.name, data, found.subpath):
+                await asyncio.to_thread(self._store.use, found.key, env)
+                _log.info("templates.seeded", env=env, service=service.name, template=found.key)
+        finally:
+            self._seeding[found.key] -= 1
+        if not await asyncio.to_thread(marker.is_file):
+            return service
+        return wrapped(service, image.config)
+
+    async def _template(self, found: _Plan, image: domain.Image) -> Path | None:
+        removal = self._removals.get(found.key)
+        if removal is not None:
+            await asyncio.shield(removal)  # then build it again
+        data = await asyncio.to_thread(self._store.data, found.key)
+        if data is not None or found.key in self._failed:
+            return data
+        task = self._builds.get(found.key)
+        if task is None:
+            task = asyncio.create_task(self._build(found, image), name=f"template-{found.key[:12]}")
+            self._builds[found.key] = task
+            task.add_done_callback(lambda _: self._builds.pop(found.key, None))
+        # Shielded: one deploy cancelled (deleted meanwhile) must not cancel the build others wait on.
+        return await asyncio.shield(task)
+
+    async def _build(self, found: _Plan, image: domain.Image) -> Path | None:
+        build = await asyncio.to_thread(self._store.begin)
+        cid = f"template.{found.key[:12]}.{secrets.token_hex(3)}"
+        config = domain.ContainerConfig(
+            id=cid,
+            image=image,
+            labels={labels.OWNER: labels.OWNER_VALUE, TEMPLATE: found.key},
+            command=("/bin/sh", "-c", pgscripts.BUILD, "scheduler-template"),
+            env=found.env,
+            mounts=(domain.Mount(pgscripts.BUILD_MOUNT, str(build.data), options=("rbind", "rw")),),
+            resources=domain.Resources(memory_bytes=1024**3, pids=512),
+            log_dir=str(build.work),
+        )
+        started = self._clock()
+        try:
+            await self._runtime.create(config)
+            try:
+                await self._runtime.start(cid)
+                async with asyncio.timeout(self.settings.build_timeout.total_seconds()):
+                    status = await self._runtime.wait(cid)
+            finally:
+                with contextlib.suppress(errors.SchedulerError):
+                    await self._runtime.delete(cid)
+            if status.code != 0:
+                raise errors.Internal(f"exit code {status.code}: {_tail(build.work / 'stderr.log')}")
+            template = DataTemplate(
+                key=found.key,
+                kind="postgres",
+                image=image.name,
+                image_digest=image.digest,
+                parameters=found.parameters,
+                created_at=started,
+                last_used_at=started,
+            )
+            template = await asyncio.to_thread(self._store.commit, build, template)
+        except (errors.SchedulerError, OSError, TimeoutError) as err:
+            await asyncio.to_thread(self._store.abandon, build)
+            message = getattr(err, "message", None) or str(err) or type(err).__name__
+            self._failed[found.key] = message
+            _log.warning("templates.build_failed", template=found.key, image=image.name, error=message)
+            return None
+        except BaseException:
+            await asyncio.to_thread(self._store.abandon, build)
+            raise
+        seconds = (self._clock() - started).total_seconds()
+        _log.info("templates.built", template=found.key, image=image.name, seconds=round(seconds, 3))
+        return await asyncio.to_thread(self._store.data, template.key)
+
+    async def list(self) -> list[DataTemplate]:
+        """Every template on the host, oldest first."""
+        return await asyncio.to_thread(self._store.list)
+
+    async def collect(self, environments: Iterable[str]) -> builtins.list[str]:
+        """Remove templates nobody uses (see the module docstring); returns the keys removed."""
+        existing = set(environments)
+        removed = []
+        for template in await self.list():
+            if template.key in self._builds or self._seeding[template.key]:
+                continue
+            for gone in set(template.environments) - existing:
+                await asyncio.to_thread(self._store.forget, template.key, gone)
+            in_use = bool(set(template.environments) & existing)
+            stale = self._clock() - template.last_used_at >= self.settings.unused_after
+            why = "" if in_use else "unused" if stale else ""
+            if not why and not in_use and not await self._image_present(template):
+                why = "image gone"
+            if why and not self._seeding[template.key]:  # checked again: a seed may have begun meanwhile
+                removal = asyncio.ensure_future(asyncio.to_thread(self._store.remove, template.key))
+                self._removals[template.key] = removal
+                try:
+                    await removal
+                finally:
+                    del self._removals[template.key]
+                _log.info("templates.removed", template=template.key, image=template.image, reason=why)
+                removed.append(template.key)
+        return removed
+
+    async def _image_present(self, template: DataTemplate) -> bool:
+        try:
+            image = await self._runtime.ensure_image(template.image, domain.PullPolicy.NEVER)
+        except errors.NotFound:
+            return False
+        except errors.SchedulerError:
+            return True  # cannot tell now: keep it
+        return image.digest == template.image_digest
+
+    async def run_collector(self, environments: Callable[[], Iterable[str]]) -> None:
+        """Collect every ``gc_interval`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.gc_interval.total_seconds())
+            try:
+                await self.collect(environments())
+            except (errors.SchedulerError, OSError) as err:
+                _log.warning("templates.collect_failed", error=str(err))
+
+
+def _has_data(volume: Path) -> bool:
+    return volume.is_dir() and any(volume.iterdir())
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    """The last lines of a log writer's file, without their timestamp and stream tags."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no output)"
+    lines = [line.split(" ", 3)[-1] for line in text.splitlines()[-8:]]
+    return " | ".join(lines)[-limit:] or "(no output)"

@@ -1,0 +1,120 @@
+"""The etcd store beyond the contract: the event replay log, and the etcd leader dying while the store is in use."""
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from scheduler.domain import Event, EventType
+from scheduler.errors import SchedulerError
+from scheduler.orchestrator.events import EventBus
+from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.events import EtcdEventLog
+from scheduler.storage.etcd.store import EtcdStateStore
+from tests.unit.storage.factories import full_environment
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def client(etcd_cluster):
+    c = EtcdClient(EtcdOptions(etcd_cluster.endpoints))
+    yield c
+    await c.close()
+
+
+def _event(env: str) -> Event:
+    return Event(EventType.ENVIRONMENT_CREATED, env, datetime.now(UTC))
+
+
+async def test_the_event_log_survives_a_restart_bounded_and_in_order(client, etcd_prefix):
+    log = await EtcdEventLog.open(client, etcd_prefix, keep=5)
+    bus = EventBus(log=log, keep=5)
+    for i in range(8):
+        bus.publish(_event(f"env-{i}"))
+    bus.close()
+    await log.drain()
+    reopened = await EtcdEventLog.open(client, etcd_prefix, keep=5)
+    assert [(e.sequence, e.environment) for e in reopened.recent()] == [(i + 1, f"env-{i}") for i in range(3, 8)]
+    assert len((await client.list_prefix(etcd_prefix)).kvs) == 5
+    # A bus on the reopened log goes on from the last sequence, and replays from it.
+    again = EventBus(log=reopened, keep=5)
+    assert again.publish(_event("env-8")).sequence == 9
+    assert [e.sequence for e in again.replay(6)] == [7, 8, 9]
+    await reopened.drain()
+
+
+async def test_killing_the_etcd_leader_keeps_reads_answering_and_loses_no_acknowledged_write(etcd_cluster, etcd_prefix):
+    probe = EtcdClient(EtcdOptions(etcd_cluster.endpoints))
+    leader = await probe.leader()
+    assert leader is not None
+    victim = etcd_cluster.member_at(leader.endpoint)
+    # The store talks to the leader first: the member that dies is the one it uses.
+    ordered = (victim.endpoint, *(e for e in etcd_cluster.endpoints if e != victim.endpoint))
+    store = EtcdStateStore(EtcdClient(EtcdOptions(ordered, dial_timeout=2.0)), etcd_prefix, owns_client=True)
+    acked: dict[str, int] = {}  # environment -> last generation whose write was acknowledged
+    failed_writes: list[str] = []
+    reads = {"ok": 0, "failed": []}
+    stop = asyncio.Event()
+
+    async def write(i: int) -> None:
+        name = f"w-{i:03d}"
+        try:
+            env = await store.create(full_environment(name))
+            acked[name] = env.generation
+            env = await store.put(dataclasses.replace(env, generation=env.generation + 1), expected_revision=1)
+            acked[name] = env.generation
+        except SchedulerError as err:
+            failed_writes.append(f"{name}: {err}")
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            await write(i)
+            i += 1
+
+    async def reader() -> None:
+        while not stop.is_set():
+            try:
+                names = list(acked)
+                if names:
+                    got = await store.get(names[0])
+                    assert got.name == names[0]
+                await store.list(10, "")
+                reads["ok"] += 1
+            except SchedulerError as err:
+                reads["failed"].append(str(err))
+            await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(writer()), asyncio.create_task(reader())]
+    try:
+        async with asyncio.timeout(60):
+            while len(acked) < 5:
+                await asyncio.sleep(0.05)
+            etcd_cluster.kill(victim)
+            reads_before = reads["ok"]
+            acked_before = len(acked)
+            new_leader = None
+            while new_leader is None:
+                new_leader = await probe.leader()
+                await asyncio.sleep(0.1)
+            assert new_leader.member_id != leader.member_id
+            # Writes resume after the election, reads went on answering through it.
+            while len(acked) < acked_before + 10 or reads["ok"] < reads_before + 10:
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        assert reads["failed"] == []
+        # Every acknowledged write is there, as acknowledged.
+        for name, generation in acked.items():
+            assert (await store.get(name)).generation == generation, name
+        stored = [e.name async for e in store.iterate()]
+        assert set(acked) <= set(stored)
+        assert len(failed_writes) <= 2, failed_writes  # at most the write in flight at the kill
+    finally:
+        await store.close()
+        await probe.close()
+        etcd_cluster.restart(victim)
