@@ -201,10 +201,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await reconciler.run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
+        backup_dir = Path(settings.cluster.backup_dir) if settings.cluster.backup_dir else data_dir / "backups"
+        backups = Backups(store, runtime, volumes, backup_dir)
         fleet: Fleet = SingleNode(me, ledger)
         if etcd is not None:
             member = FleetMember(
-                etcd, settings.cluster.etcd.prefix, me, ledger, orchestrator, reconciler, membership(settings)
+                etcd, settings.cluster.etcd.prefix, me, ledger, orchestrator, reconciler, membership(settings), backups
             )
             await member.start()
             stack.push_async_callback(member.close)
@@ -212,8 +214,6 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
         stack.push_async_callback(_cancel, collecting)
 
-        backup_dir = Path(settings.cluster.backup_dir) if settings.cluster.backup_dir else data_dir / "backups"
-        backups = Backups(store, runtime, volumes, backup_dir)
         service = EnvironmentService(
             ledger,
             orchestrator,

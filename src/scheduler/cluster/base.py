@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from scheduler.cluster.node import Node
-from scheduler.domain import EnvironmentSpec
+from scheduler.domain import Environment, EnvironmentSpec
 
 
 class Fleet(Protocol):
@@ -20,6 +20,14 @@ class Fleet(Protocol):
 
         Raises:
             ResourceExhausted: naming the resource (or label) no node offers.
+        """
+        ...
+
+    async def check_local(self, env: Environment) -> None:
+        """Refuse a node-local call (logs, metrics) about an environment another node runs.
+
+        Raises:
+            FailedPrecondition: reason ``WRONG_NODE``, naming the owner and its API address.
         """
         ...
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 
 from scheduler.cluster.node import Node, Resources, demand_of
-from scheduler.domain import EnvironmentSpec, EnvironmentStatus
+from scheduler.domain import Environment, EnvironmentSpec, EnvironmentStatus
 from scheduler.errors import FailedPrecondition, NotFound
 from scheduler.orchestrator.ledger import Ledger
 
@@ -24,6 +24,9 @@ class SingleNode:
 
     async def admit(self, name: str, spec: EnvironmentSpec) -> None:
         """Nothing to check: the daemon's own quotas (``limits``) already bound what it runs."""
+
+    async def check_local(self, env: Environment) -> None:
+        """Nothing to check: every environment runs here."""
 
     async def drain(self, name: str) -> Node:
         """Refuse: there is nowhere to move environments to.

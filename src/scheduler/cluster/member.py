@@ -22,6 +22,7 @@ from scheduler.cluster.node import Node
 from scheduler.cluster.placement import Strategy
 from scheduler.cluster.registry import EtcdFleet, NodeRegistry
 from scheduler.errors import Unavailable
+from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.reconcile import Reconciler
@@ -54,11 +55,12 @@ class FleetMember:
         orchestrator: Orchestrator,
         reconciler: Reconciler,
         settings: MembershipSettings,
+        backups: Backups | None = None,
     ) -> None:
         self.node = node
-        self.fleet = EtcdFleet(client, prefix)
+        self.fleet = EtcdFleet(client, prefix, local=node.name)
         self.mirror = LedgerMirror(client, prefix, ledger)
-        self.agent = Agent(node.name, ledger, orchestrator, reconciler)
+        self.agent = Agent(node.name, ledger, orchestrator, reconciler, backups)
         self.registry = NodeRegistry(client, prefix, node, settings.lease_ttl, lambda: allocated(ledger, node.name))
         self.leader = Leader(
             self.fleet,

@@ -20,8 +20,8 @@ from dataclasses import replace
 from scheduler import log
 from scheduler.cluster.node import Node, Resources, demand_of, node_from_json, node_to_json, selector_of
 from scheduler.cluster.placement import place
-from scheduler.domain import EnvironmentSpec
-from scheduler.errors import AlreadyExists, NotFound
+from scheduler.domain import Environment, EnvironmentSpec
+from scheduler.errors import AlreadyExists, FailedPrecondition, NotFound
 from scheduler.storage.etcd import Election, EtcdClient, Lease
 
 _log = log.get("cluster.registry")
@@ -135,8 +135,9 @@ class NodeRegistry:
 class EtcdFleet:
     """The fleet as etcd holds it: every live node's record, drain marks and the leader."""
 
-    def __init__(self, client: EtcdClient, prefix: str) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, local: str = "") -> None:
         self._client = client
+        self._local = local
         self._prefix = prefix
         self.election = Election(client, f"{prefix}{ELECTION}")
 
@@ -158,6 +159,27 @@ class EtcdFleet:
             ResourceExhausted: naming the resource or label no node offers.
         """
         place(demand_of(spec), selector_of(spec), await self.nodes(), env=name)
+
+    async def check_local(self, env: Environment) -> None:
+        """Refuse logs and metrics of an environment placed on another node (they are there).
+
+        The error names the owner's API address, for the client to ask it instead.
+
+        Raises:
+            FailedPrecondition: reason ``WRONG_NODE``.
+        """
+        if not env.node or env.node == self._local:
+            return
+        kv = await self._client.get(f"{self._prefix}{NODES}{env.node}")
+        address = node_from_json(kv.value).address if kv is not None else ""
+        where = f"at {address}" if address else "(not live now)"
+        raise FailedPrecondition(
+            f"environment {env.name!r} runs on node {env.node!r} {where}: ask that node for its logs and metrics",
+            reason="WRONG_NODE",
+            env=env.name,
+            node=env.node,
+            address=address,
+        )
 
     async def drain(self, name: str) -> Node:
         """Mark node ``name`` draining (until :meth:`undrain`).

@@ -1,20 +1,23 @@
 """Three scheduler nodes on a real 3-member etcd cluster, each with its own containerd.
 
-Environments created through one node land on all three by capacity and serve a page from
-each; a node killed (its daemon and its containerd, SIGKILL) has its environments run on the
-others within a bounded time; when it comes back, it removes its stale containers instead of
-running them twice.
+Environments created through one node land on all three by capacity (and labels) and serve a
+page from each; a node killed (its daemon and its containerd, SIGKILL) has its environments run
+on the others within a bounded time, PostgreSQL with the rows of its last backup; when the node
+comes back it removes its stale containers instead of running them twice; a drained node gives
+its environments away.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -22,31 +25,38 @@ import pytest
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.images import BACKEND, POSTGRES
 from tests.support.processes import alive, shims_of
 
 pytestmark = pytest.mark.integration
 
+T = TypeVar("T")
 TOOLBOX = "docker.io/schedulerdemo/toolbox:1.0"
 MIB = 1024**2
 SERVE = (
     "trap 'exit 0' TERM INT; "
     "while :; do printf 'HTTP/1.0 200 OK\\r\\n\\r\\nhello from %s' \"$ENV_NAME\" | nc -l -p 8080; done"
 )
-NODES = 3
-ENVS = 6
-FAILOVER_TIMEOUT = 90.0
+STATELESS = 5
+LABELS = [{}, {"node.disk": "ssd"}, {"node.disk": "ssd"}]
+ROWS = ["first row", "zweite Zeile"]
+FAILOVER_TIMEOUT = 120.0
 
 
-def node_config(i: int, endpoints: tuple[str, ...], prefix: str, archive: Path) -> dict[str, Any]:
+def node_config(i: int, endpoints: tuple[str, ...], prefix: str, shared: Path, archives: list[Path]) -> dict[str, Any]:
     low = 31000 + 100 * i
+    node = {"name": f"n{i}", "cpu_millis": 8000, "memory_bytes": 2048 * MIB, "labels": LABELS[i]}
     return {
-        "images": {"preload": [str(archive)]},
+        "images": {"preload": [str(a) for a in archives]},
         "network": {"port_range": [low, low + 99]},
         "cluster": {
             "etcd": {"endpoints": list(endpoints), "prefix": prefix},
-            "node": {"name": f"n{i}", "cpu_millis": 2000, "memory_bytes": 512 * MIB, "labels": {"node.index": str(i)}},
-            "lease_ttl": 2,
-            "failover_grace": 1.0,
+            "node": node,
+            # Short enough for a quick failover, long enough that a busy shared CI machine does not
+            # miss keep-alives and move environments off a node that is fine.
+            "lease_ttl": 4,
+            "failover_grace": 2.0,
+            "backup_dir": str(shared),
         },
     }
 
@@ -55,14 +65,14 @@ def node_config(i: int, endpoints: tuple[str, ...], prefix: str, archive: Path) 
 def fleet(
     tmp_path: Path, etcd_cluster: Any, etcd_prefix: str, image_archives: dict[str, Path]
 ) -> Iterator[list[DaemonProcess]]:
+    archives = [image_archives[name] for name in (TOOLBOX, POSTGRES, BACKEND)]
+    shared = tmp_path / "shared-backups"
     daemons: list[DaemonProcess] = []
     try:
-        for i in range(NODES):
+        for i in range(3):
             sub = tmp_path / f"n{i}"
             sub.mkdir()
-            daemons.append(
-                start_daemon(sub, node_config(i, etcd_cluster.endpoints, etcd_prefix, image_archives[TOOLBOX]))
-            )
+            daemons.append(start_daemon(sub, node_config(i, etcd_cluster.endpoints, etcd_prefix, shared, archives)))
         yield daemons
     finally:
         live = [d for d in daemons if d.process.poll() is None]
@@ -74,19 +84,21 @@ def fleet(
             daemon.cleanup()
 
 
-def stub_of(daemon: DaemonProcess) -> tuple[grpc.Channel, pb_grpc.SchedulerServiceStub]:
-    channel = daemon.channel()
-    return channel, pb_grpc.SchedulerServiceStub(channel)
-
-
-def spec(name: str, memory: int = 100 * MIB) -> pb.EnvironmentSpecification:
+def toolbox(name: str) -> pb.EnvironmentSpecification:
     config = pb.ContainerConfiguration(
         command=["sh", "-c", SERVE],
         env={"ENV_NAME": name},
         ports=[pb.PortMapping(container_port=8080, publish=True)],
-        resources=pb.Resources(memory_bytes=memory, cpu_millis=250),
+        resources=pb.Resources(memory_bytes=512 * MIB, cpu_millis=250),
     )
     return pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
+
+
+def database() -> pb.EnvironmentSpecification:
+    small = pb.ContainerConfiguration(resources=pb.Resources(memory_bytes=384 * MIB, cpu_millis=250))
+    return pb.EnvironmentSpecification(
+        stack="api-postgres", services={"postgres": small, "backend": small}, labels={"node.disk": "ssd"}
+    )
 
 
 def all_envs(stub: pb_grpc.SchedulerServiceStub) -> dict[str, pb.Environment]:
@@ -94,7 +106,7 @@ def all_envs(stub: pb_grpc.SchedulerServiceStub) -> dict[str, pb.Environment]:
     return {e.name: e for e in reply.environments}
 
 
-def wait_until(check: Any, what: str, timeout: float) -> Any:
+def wait_until(check: Callable[[], T | None], what: str, timeout: float) -> T:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -104,88 +116,136 @@ def wait_until(check: Any, what: str, timeout: float) -> Any:
         time.sleep(0.3)
 
 
-def page(env: pb.Environment) -> str:
-    """The page the environment serves (its shell loop may take a moment to listen after RUNNING)."""
-    endpoint = next(e for e in env.endpoints if e.container_port == 8080)
-    url = f"http://{endpoint.host_ip}:{endpoint.host_port}/"
-    deadline = time.monotonic() + 15
+def url(env: pb.Environment, port: int) -> str:
+    endpoint = next(e for e in env.endpoints if e.container_port == port)
+    return f"http://{endpoint.host_ip}:{endpoint.host_port}"
+
+
+def fetch(address: str, method: str = "GET") -> str:
+    """A page (a server may take a moment to listen after RUNNING; retried for a bounded time)."""
+    deadline = time.monotonic() + 20
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
+            request = urllib.request.Request(address, method=method)
+            with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback only
                 return str(reply.read().decode())
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.3)
 
 
-def running_everywhere(
-    stub: pb_grpc.SchedulerServiceStub, names: list[str], nodes: set[str]
-) -> dict[str, pb.Environment] | None:
+def rows(env: pb.Environment) -> list[str]:
+    return [r["value"] for r in json.loads(fetch(url(env, 8080) + "/items"))]
+
+
+def running(stub: pb_grpc.SchedulerServiceStub, names: list[str], nodes: set[str]) -> dict[str, pb.Environment] | None:
     envs = all_envs(stub)
-    if all(envs[n].status == pb.ENVIRONMENT_STATUS_RUNNING and envs[n].node in nodes for n in names):
-        return envs
-    return None
+    ok = all(envs[n].status == pb.ENVIRONMENT_STATUS_RUNNING and envs[n].node in nodes for n in names)
+    return envs if ok else None
 
 
-def test_environments_spread_over_three_nodes_and_move_off_a_killed_one(fleet: list[DaemonProcess]) -> None:
-    first, victim, third = fleet
-    channel, stub = stub_of(first)
-    with channel:
+def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: list[DaemonProcess]) -> None:
+    first = fleet[0]
+    with first.channel() as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
         nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes
         assert [n.name for n in nodes] == ["n0", "n1", "n2"] and sum(n.leader for n in nodes) == 1
-        assert nodes[1].capacity.memory_bytes == 512 * MIB and nodes[1].labels["node.index"] == "1"
+        assert nodes[1].capacity.memory_bytes == 2048 * MIB and nodes[1].labels["node.disk"] == "ssd"
 
-        names = [f"web{i}" for i in range(ENVS)]
+        # One PostgreSQL environment (on an ssd node, by label), then stateless ones, all created
+        # through n0: spread by load, they land on all three nodes.
         started = time.monotonic()
+        stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="shop", spec=database()), timeout=30)
+        names = [f"web{i}" for i in range(STATELESS)]
         for name in names:
-            stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec(name)), timeout=30)
-        envs = wait_until(lambda: running_everywhere(stub, names, {"n0", "n1", "n2"}), "all environments run", 120)
-        placed_in = time.monotonic() - started
+            stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=toolbox(name)), timeout=30)
+        every = ["shop", *names]
+        envs = wait_until(lambda: running(stub, every, {"n0", "n1", "n2"}), "every environment runs", 240)
+        print(f"\nplacement and deploy of {len(every)} environments over 3 nodes: {time.monotonic() - started:.1f} s")
         by_node = {n: sorted(e.name for e in envs.values() if e.node == n) for n in ("n0", "n1", "n2")}
-        assert [len(v) for v in by_node.values()] == [2, 2, 2], by_node  # spread by capacity
-        for env in envs.values():
-            assert page(env) == f"hello from {env.name}", env.name
-        print(f"\nplacement and deploy of {ENVS} environments over {NODES} nodes: {placed_in:.1f} s")
+        assert all(by_node.values()), by_node
+        assert envs["shop"].node in ("n1", "n2"), by_node  # the only nodes labelled node.disk=ssd
+        for name in names:
+            assert fetch(url(envs[name], 8080)) == f"hello from {name}"
+        for value in ROWS:
+            fetch(url(envs["shop"], 8080) + "/items?" + urllib.parse.urlencode({"value": value}), "POST")
+        assert rows(envs["shop"]) == ROWS
 
-        # Capacity: 512 MiB per node, 100 MiB per environment; a 600 MiB one fits nowhere.
-        big = spec("huge", memory=600 * MIB)
+        # 2 GiB per node: an environment asking 3 GiB fits nowhere, and the error says what.
+        big = toolbox("huge")
+        big.services["toolbox"].resources.memory_bytes = 3072 * MIB
         with pytest.raises(grpc.RpcError) as refused:
             stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="huge", spec=big), timeout=30)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "bytes of memory" in (refused.value.details() or "")
 
-        # Lose node n1: its daemon and its containerd die at once (its containers' shims live on).
-        lost = by_node["n1"]
-        victim_containerd = int((victim.data_dir / "containerd" / "containerd.pid").read_text())
+        # The database's node backs it up (into the fleet's shared backup directory).
+        owner = envs["shop"].node
+        victim = fleet[int(owner[1])]
+        survivor = {"n1": "n2", "n2": "n1"}[owner]
+        lost = by_node[owner]
+        assert len(lost) >= 2, by_node  # the database and a stateless environment
+        with victim.channel() as owner_channel:
+            backup = pb_grpc.SchedulerServiceStub(owner_channel).BackupEnvironment(
+                pb.BackupEnvironmentRequest(name="shop"), timeout=300
+            )
+        assert backup.databases == ["postgres"]
+        fetch(url(envs["shop"], 8080) + "/items?value=after+the+backup", "POST")
+
+        # Lose that node: its daemon and its containerd die at once (its containers' shims live on).
+        containerd_pid = int((victim.data_dir / "containerd" / "containerd.pid").read_text())
         socket = str(victim.data_dir / "containerd" / "containerd.sock")
         victim.stop(signal.SIGKILL)
-        os.kill(victim_containerd, signal.SIGKILL)
-        wait_until(lambda: not alive(victim_containerd), "the killed containerd is gone", 10)
+        os.kill(containerd_pid, signal.SIGKILL)
+        wait_until(lambda: not alive(containerd_pid), "the killed containerd is gone", 10)
         killed_at = time.monotonic()
-        envs = wait_until(
-            lambda: running_everywhere(stub, names, {"n0", "n2"}),
-            "the lost node's environments run elsewhere",
-            FAILOVER_TIMEOUT,
-        )
-        failover = time.monotonic() - killed_at
-        print(f"failover of {len(lost)} environments after SIGKILL of a node: {failover:.1f} s")
+        others = {"n0", "n1", "n2"} - {owner}
+        envs = wait_until(lambda: running(stub, lost, others), "the lost node's environments run elsewhere", 180)
+        print(f"failover of {len(lost)} environments after SIGKILL of a node: {time.monotonic() - killed_at:.1f} s")
+        assert envs["shop"].node == survivor
         for name in lost:
-            assert envs[name].node in ("n0", "n2")
             placed = next(c for c in envs[name].conditions if c.type == "Placed")
-            assert placed.reason == "Moved" and "node n1 was lost" in placed.message, placed
-            assert page(envs[name]) == f"hello from {name}"
-        assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == ["n0", "n2"]
+            assert placed.reason == "Moved" and f"node {owner} was lost" in placed.message, placed
+        # The dumps load once PostgreSQL runs; the condition says when that is done.
+        restored = wait_until(
+            lambda: next((c for c in all_envs(stub)["shop"].conditions if c.type == "DataRestored"), None),
+            "the database is restored",
+            60,
+        )
+        assert restored.status == pb.CONDITION_STATUS_TRUE and restored.message.startswith("data as of "), restored
+        assert rows(envs["shop"]) == ROWS  # the last backup's rows; the later write was on the lost node
+        for name in lost:
+            if name != "shop":
+                assert fetch(url(envs[name], 8080)) == f"hello from {name}"
+        assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == sorted(others)
         assert shims_of(socket), "the killed node's containers still run, unreachable"
 
-        # n1 returns: it finds its environments moved and removes its stale containers.
-        returned = start_daemon(victim.log_path.parent, reuse_config=True)
-        fleet[1] = returned
+        # The node returns: it finds its environments moved and removes its stale containers.
+        fleet[int(owner[1])] = start_daemon(victim.log_path.parent, reuse_config=True)
         wait_until(lambda: not shims_of(socket), "the returning node removed its stale containers", 60)
         envs = all_envs(stub)
-        assert all(e.node in ("n0", "n2") and e.status == pb.ENVIRONMENT_STATUS_RUNNING for e in envs.values())
+        assert all(envs[n].node in others and envs[n].status == pb.ENVIRONMENT_STATUS_RUNNING for n in lost)
         assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == ["n0", "n1", "n2"]
-        third_channel, third_stub = stub_of(third)
-        with third_channel:
-            # Any node serves the whole API.
-            assert set(all_envs(third_stub)) == set(names)
+
+        # Any node serves the whole API; node-local calls name the owner to ask instead.
+        third = fleet[int(survivor[1])]
+        with third.channel() as third_channel:
+            third_stub = pb_grpc.SchedulerServiceStub(third_channel)
+            assert set(all_envs(third_stub)) == set(every)
+            placement = {name: e.node for name, e in envs.items()}
+            elsewhere = next((e for e in envs.values() if e.node == "n0"), None)
+            assert elsewhere is not None, placement
+            with pytest.raises(grpc.RpcError) as wrong:
+                list(third_stub.GetEnvironmentLogs(pb.GetEnvironmentLogsRequest(name=elsewhere.name), timeout=10))
+            assert wrong.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"runs on node 'n0' at {first.address}" in (wrong.value.details() or "")
+        metrics = stub.GetEnvironmentMetrics(pb.GetEnvironmentMetricsRequest(name=elsewhere.name), timeout=30)
+        assert metrics.containers[0].memory_limit_bytes == 512 * MIB
+
+        # Draining n0 moves its environments to the others at once; it takes no new one.
+        on_first = [n for n, e in envs.items() if e.node == "n0"]
+        assert stub.DrainNode(pb.DrainNodeRequest(node="n0"), timeout=10).draining
+        envs = wait_until(lambda: running(stub, on_first, {"n1", "n2"}), "the drained node's environments moved", 90)
+        socket = str(first.data_dir / "containerd" / "containerd.sock")
+        wait_until(lambda: not shims_of(socket), "the drained node is empty", 60)
