@@ -1,13 +1,16 @@
-"""Time from daemon start to serving with running environments to adopt, after SIGTERM and SIGKILL.
+"""Daemon start to SERVING and its memory, with no environment and with many to adopt.
 
 Run as root: ``python -m bench.adopt [--envs N] [--runs N]``.
 
-A real daemon (managed containerd) deploys ``envs`` toolbox environments. Then, ``runs`` times
-each, the daemon is stopped (SIGTERM, a clean shutdown; or SIGKILL, a crash) and started again on
-the same data. Measured per start: launch to SERVING (includes the image preload and the startup
-reconciliation), the reconciliation alone (from its log line), and launch to every environment
-reported RUNNING with the same pids as before (nothing restarted). The same daemon with no
-environments gives the baseline start time.
+A real daemon (managed containerd) is started ``runs`` times with no environment, interleaved
+with a bare grpc.aio server of the same virtualenv that serves only the health service (the
+baseline: what any Python gRPC daemon pays to start). Then it deploys ``envs`` toolbox
+environments and, ``runs`` times each, is stopped (SIGTERM, a clean shutdown; or SIGKILL, a
+crash) and started again on the same data. Measured per start: exec to SERVING (the health
+service asked every 20 ms with a fresh channel; includes the image preload and the start-up
+reconciliation), the reconciliation alone, exec to every environment reported RUNNING with the
+same pids as before (nothing restarted), the daemon's RSS and PSS two seconds after SERVING, and
+where the start-up time went (the ``startup`` phases of its ``daemon.ready`` line).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import leftovers
+from bench.serving import bare_grpc_seconds, memory_mb, wait_serving
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, daemon_instance, free_port, start_daemon
 from tests.support.images import TOOLBOX, build
 
 IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
@@ -46,6 +51,12 @@ def reconcile_seconds(daemon: DaemonProcess) -> tuple[float, int]:
     return float(record.get("seconds", float("nan"))), int(record.get("adopted", -1))
 
 
+def startup_phases(daemon: DaemonProcess) -> dict[str, float]:
+    """The latest ``daemon.ready`` line's start-up phases (seconds per step)."""
+    lines = [line for line in daemon.log().splitlines() if '"daemon.ready"' in line]
+    return dict(json.loads(lines[-1]).get("startup", {})) if lines else {}
+
+
 def restart(
     tmp: Path, daemon: DaemonProcess, sig: int, expected: dict[str, tuple[int, ...]]
 ) -> tuple[DaemonProcess, float, float]:
@@ -56,7 +67,8 @@ def restart(
     else:
         daemon.stop(sig)
     started = time.monotonic()
-    fresh = start_daemon(tmp, reuse_config=True)
+    fresh = start_daemon(tmp, reuse_config=True, wait=False)
+    wait_serving(fresh.address, fresh.process)
     serving = time.monotonic() - started
     with fresh.channel() as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
@@ -69,9 +81,15 @@ def restart(
     return fresh, serving, adopted
 
 
+def settled_memory(daemon: DaemonProcess) -> tuple[float, float]:
+    """RSS and PSS (MB) of the daemon two seconds after it serves (what it keeps, not its start-up peak)."""
+    time.sleep(2)
+    return memory_mb(daemon.process.pid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", type=int, default=20)
+    parser.add_argument("--envs", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     archive = build()[TOOLBOX]
@@ -79,25 +97,30 @@ def main() -> None:
         tmp = Path(raw)
         daemon = start_daemon(tmp, {"images": {"preload": [str(archive)]}, "log": {"level": "info"}})
         try:
-            baseline = []
+            baseline, bare, idle_memory, idle_phases = [], [], [], []
             for _ in range(args.runs):
+                bare.append(bare_grpc_seconds(free_port()))
                 daemon, serving, _ = restart(tmp, daemon, signal.SIGTERM, {})
                 baseline.append(serving)
+                idle_phases.append(startup_phases(daemon))
+                idle_memory.append(settled_memory(daemon))
             with daemon.channel() as channel:
                 stub = pb_grpc.SchedulerServiceStub(channel)
                 config = pb.ContainerConfiguration(
                     command=["sh", "-c", IDLE], restart_policy=pb.RestartPolicy(mode=pb.RESTART_MODE_ALWAYS)
                 )
-                names = [f"adopt-{i:02d}" for i in range(args.envs)]
+                names = [f"adopt-{i:03d}" for i in range(args.envs)]
                 for name in names:
                     spec = pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
                     stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=30)
-                deadline = time.monotonic() + 300
+                deadline = time.monotonic() + 60 + 3 * args.envs
                 while len(expected := pids(stub)) < len(names):
                     if time.monotonic() > deadline:
                         raise SystemExit("environments did not all reach RUNNING")
                     time.sleep(0.2)
+            loaded_memory = settled_memory(daemon)
             results: dict[str, list[tuple[float, float, float]]] = {"SIGTERM": [], "SIGKILL": []}
+            busy_memory, busy_phases = [], []
             for _ in range(args.runs):
                 for label, sig in (("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
                     daemon, serving, adopted = restart(tmp, daemon, sig, expected)
@@ -105,29 +128,58 @@ def main() -> None:
                     if count != len(names):
                         raise SystemExit(f"reconciliation adopted {count} containers, expected {len(names)}")
                     results[label].append((serving, seconds, adopted))
-            print(
-                f"daemon start to SERVING, no environments: median {statistics.median(baseline):.3f}s "
-                f"(runs: {', '.join(f'{b:.3f}' for b in baseline)})"
-            )
-            for label, rows in results.items():
-                print(
-                    f"after {label} with {len(names)} running environments: "
-                    f"to SERVING median {statistics.median(r[0] for r in rows):.3f}s, "
-                    f"reconcile median {statistics.median(r[1] for r in rows):.3f}s, "
-                    f"to all adopted (same pids) median {statistics.median(r[2] for r in rows):.3f}s "
-                    f"(runs: {'; '.join(f'{a:.3f}/{b:.3f}/{c:.3f}' for a, b, c in rows)})"
-                )
-            with daemon.channel() as channel:
-                stub = pb_grpc.SchedulerServiceStub(channel)
-                for name in names:
-                    stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=10)
-                deadline = time.monotonic() + 120
-                while stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=500), timeout=10).environments:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("environments were not deleted")
-                    time.sleep(0.2)
+                    busy_phases.append(startup_phases(daemon))
+                    busy_memory.append(settled_memory(daemon))
+            report(args.envs, bare, baseline, results, idle_memory, loaded_memory, busy_memory)
+            print(f"start-up phases, no environment (s): {idle_phases}")
+            print(f"start-up phases, {args.envs} to adopt (s): {busy_phases}")
         finally:
+            daemon.delete_all_environments(timeout=120 + args.envs)
             daemon.stop()
+            daemon.cleanup()
+        leftovers.report([daemon_instance(daemon)], [tmp])
+
+
+def report(
+    envs: int,
+    bare: list[float],
+    baseline: list[float],
+    results: dict[str, list[tuple[float, float, float]]],
+    idle_memory: list[tuple[float, float]],
+    loaded_memory: tuple[float, float],
+    busy_memory: list[tuple[float, float]],
+) -> None:
+    """Print the figures, each start against the bare gRPC server's, memory as measured."""
+    median = statistics.median
+    print(f"bare grpc.aio health server, exec to SERVING: median {median(bare):.3f}s (runs: {_runs(bare)})")
+    print(
+        f"daemon exec to SERVING, no environments: median {median(baseline):.3f}s (runs: {_runs(baseline)}); "
+        f"ratio to the bare server {median(baseline) / median(bare):.2f}; target <= 1 s"
+    )
+    for label, rows in results.items():
+        serving = median(r[0] for r in rows)
+        print(
+            f"after {label} with {envs} running environments: "
+            f"to SERVING median {serving:.3f}s (ratio to the bare server {serving / median(bare):.2f}; target <= 2 s), "
+            f"reconcile median {median(r[1] for r in rows):.3f}s, "
+            f"to all adopted (same pids) median {median(r[2] for r in rows):.3f}s "
+            f"(runs: {'; '.join(f'{a:.3f}/{b:.3f}/{c:.3f}' for a, b, c in rows)})"
+        )
+    rss, pss = median(m[0] for m in idle_memory), median(m[1] for m in idle_memory)
+    print(f"daemon memory idle, no environment: RSS {rss:.1f} MB, PSS {pss:.1f} MB (target RSS <= 60 MB)")
+    print(
+        f"daemon memory with {envs} environments (after deploying them): "
+        f"RSS {loaded_memory[0]:.1f} MB, PSS {loaded_memory[1]:.1f} MB"
+    )
+    rss, pss = median(m[0] for m in busy_memory), median(m[1] for m in busy_memory)
+    print(
+        f"daemon memory with {envs} environments (after a restart adopted them): "
+        f"RSS {rss:.1f} MB, PSS {pss:.1f} MB (target RSS <= 120 MB)"
+    )
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ from typing import Any
 
 import grpc
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
-from tests.support.daemon import start_daemon
+from tests.support import processes
+from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
 SERVICE = "/scheduler.v1.SchedulerService/"
@@ -115,7 +117,12 @@ async def latencies(call: Call, count: int) -> dict[str, float]:
     }
 
 
-async def throughput(call: Call, callers: int, seconds: float) -> float:
+async def throughput(call: Call, callers: int, seconds: float, pid: int) -> tuple[float, float]:
+    """Calls per second with ``callers`` concurrent callers, and the server's CPU microseconds per call.
+
+    The CPU per call (from /proc, of the serving process ``pid``) hardly depends on how busy
+    the shared machine is, unlike the rate: it is the steadier figure of the two.
+    """
     stop = time.monotonic() + seconds
     done = 0
 
@@ -125,9 +132,9 @@ async def throughput(call: Call, callers: int, seconds: float) -> float:
             await call()
             done += 1
 
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), cpu_seconds(pid)
     await asyncio.gather(*(caller() for _ in range(callers)))
-    return done / (time.monotonic() - started)
+    return done / (time.monotonic() - started), (cpu_seconds(pid) - cpu_before) / max(done, 1) * 1e6
 
 
 def _start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -186,27 +193,36 @@ async def one_round(calls: Calls, args: argparse.Namespace) -> dict[str, Any]:
     get_daemon = await latencies(calls.get, args.calls)
     get_echo = await latencies(calls.echo_get, args.calls)
     rates: dict[str, list[float]] = {"daemon": [], "echo": []}
+    cpu: dict[str, list[float]] = {"daemon": [], "echo": []}
     for _ in range(2):
-        rates["daemon"].append(await throughput(calls.get, 16, args.seconds))
-        rates["echo"].append(await throughput(calls.echo_get, 16, args.seconds))
+        for side, call, pid in (("daemon", calls.get, calls.daemon_pid), ("echo", calls.echo_get, calls.echo_pid)):
+            rate, per_call = await throughput(call, 16, args.seconds, pid)
+            rates[side].append(rate)
+            cpu[side].append(per_call)
     list_daemon = await latencies(calls.list_, max(50, args.calls // 4))
     list_echo = await latencies(calls.echo_list, max(50, args.calls // 4))
     # The default transport: the unix socket, relayed by the daemon to gRPC after SO_PEERCRED.
     unix_latency = await latencies(calls.get_unix, args.calls)
-    unix_rate = await throughput(calls.get_unix, 16, args.seconds)
+    unix_rate, unix_cpu = await throughput(calls.get_unix, 16, args.seconds, calls.daemon_pid)
     echo_rate = statistics.fmean(rates["echo"])
     daemon_rate = statistics.fmean(rates["daemon"])
+    echo_cpu = statistics.fmean(cpu["echo"])
+    daemon_cpu = statistics.fmean(cpu["daemon"])
     return {
         "get_environment": {"daemon": get_daemon, "echo": get_echo},
         "rpc_per_s_16_callers": {
             "daemon": round(daemon_rate),
             "echo": round(echo_rate),
             "ratio": round(daemon_rate / echo_rate, 2),
+            "cpu_us_per_call": {"daemon": round(daemon_cpu), "echo": round(echo_cpu)},
+            "cpu_ratio": round(echo_cpu / daemon_cpu, 2),
         },
         "unix_socket_get_environment": {
             "daemon": unix_latency,
             "rpc_per_s_16_callers": round(unix_rate),
             "ratio_to_echo": round(unix_rate / echo_rate, 2),
+            "cpu_us_per_call": round(unix_cpu),
+            "cpu_ratio": round(echo_cpu / unix_cpu, 2),
         },
         "list_environments_100": {"daemon": list_daemon, "echo": list_echo},
     }
@@ -221,11 +237,14 @@ class Calls:
     list_: Call
     echo_get: Call
     echo_list: Call
+    daemon_pid: int
+    echo_pid: int
 
 
 async def measure(
-    daemon_address: str, unix_socket: Path, echo_address: str, daemon_pid: int, args: argparse.Namespace
+    daemon_address: str, unix_socket: Path, echo_address: str, pids: tuple[int, int], args: argparse.Namespace
 ) -> dict[str, Any]:
+    daemon_pid, echo_pid = pids
     async with (
         grpc.aio.insecure_channel(daemon_address) as daemon,
         grpc.aio.insecure_channel(f"unix:{unix_socket}") as unix,
@@ -249,6 +268,8 @@ async def measure(
             list_=list_,
             echo_get=raw_call(echo, ECHO, get_size.to_bytes(4, "big")),
             echo_list=raw_call(echo, ECHO, list_size.to_bytes(4, "big")),
+            daemon_pid=daemon_pid,
+            echo_pid=echo_pid,
         )
 
         # Idle first, before the load below leaves anything behind; after a settling pause.
@@ -294,6 +315,9 @@ def summary(report: dict[str, Any]) -> str:
                 f"{r['rpc_per_s_16_callers']['daemon']}/{r['rpc_per_s_16_callers']['echo']}",
                 f"{r['rpc_per_s_16_callers']['ratio']:.2f}",
                 f"{unix['ratio_to_echo']:.2f}",
+                f"{r['rpc_per_s_16_callers']['cpu_us_per_call']['daemon']}/{unix['cpu_us_per_call']}"
+                f"/{r['rpc_per_s_16_callers']['cpu_us_per_call']['echo']}",
+                f"{r['rpc_per_s_16_callers']['cpu_ratio']:.2f}/{unix['cpu_ratio']:.2f}",
                 f"{lst['daemon']['p50_ms']:.2f}/{lst['daemon']['p99_ms']:.2f}",
                 f"{lst['echo']['p50_ms']:.2f}/{lst['echo']['p99_ms']:.2f}",
             )
@@ -306,6 +330,8 @@ def summary(report: dict[str, Any]) -> str:
         "16 callers rpc/s daemon/echo",
         "ratio tcp",
         "ratio unix",
+        "cpu us/call tcp/unix/echo",
+        "cpu ratio tcp/unix",
         "list(100) p50/p99 ms",
         "echo p50/p99",
     )
@@ -333,6 +359,10 @@ def summary(report: dict[str, Any]) -> str:
         + spread([r["rpc_per_s_16_callers"]["ratio"] for r in rounds], TARGETS["rpc_ratio"], higher_is_better=True),
         "rpc/s ratio unix:    "
         + spread([r["unix_socket_get_environment"]["ratio_to_echo"] for r in rounds], TARGETS["rpc_ratio"], True),
+        "cpu ratio tcp:       "
+        + spread([r["rpc_per_s_16_callers"]["cpu_ratio"] for r in rounds], TARGETS["rpc_ratio"], True),
+        "cpu ratio unix:      "
+        + spread([r["unix_socket_get_environment"]["cpu_ratio"] for r in rounds], TARGETS["rpc_ratio"], True),
         "list(100) p99 ms:    "
         + spread([r["list_environments_100"]["daemon"]["p99_ms"] for r in rounds], TARGETS["list_p99_ms"]),
         f"idle CPU:            {report['idle_cpu']['percent_of_a_core']:.2f}% of a core over "
@@ -357,19 +387,18 @@ def main() -> None:
         asyncio.run(_serve_echo(args.echo))
         return
     archives = build()
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        report = run(Path(tmp), archives, args)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    print(summary(report))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    try:
+        run(tmp, archives, args)
+    finally:
+        shutil.rmtree(tmp)
 
 
-def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
-    """Start the echo server and the daemon, measure, then remove everything, whatever happened.
+def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> None:
+    """Start the echo server and the daemon, measure and print, then remove everything, whatever happened.
 
-    Environments are deleted through the API; then the daemon stops, and what it left on the
-    host by design (its bridges, chains, namespaces, and the containers of any environment
-    that was not deleted in time) is swept, as the integration tests do.
+    The figures are printed (and written) before the cleanup, so that a failing cleanup does
+    not lose them; the cleanup's failure still fails the run.
     """
     echo, echo_address = start_echo(tmp)
     daemon = None
@@ -383,18 +412,48 @@ def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> dict[
                 "server": {"unix_socket": str(unix_socket)},
             },
         )
-        return asyncio.run(measure(daemon.address, unix_socket, echo_address, daemon.process.pid, args))
+        pids = (daemon.process.pid, echo.pid)
+        report = asyncio.run(measure(daemon.address, unix_socket, echo_address, pids, args))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        print(summary(report), flush=True)
     finally:
         echo.terminate()
         echo.wait(timeout=10)
         if daemon is not None:
             try:
-                daemon.delete_all_environments(timeout=60 + args.envs)
+                clean_up(daemon, tmp, args.envs)
             finally:
-                try:
-                    daemon.stop()
-                finally:
-                    daemon.cleanup()
+                leftovers.report([daemon_instance(daemon)], [tmp])
+
+
+def clean_up(daemon: DaemonProcess, tmp: Path, envs: int) -> None:
+    """Delete every environment through the API, stop the daemon, sweep its network and containerd
+    (as the integration tests do), then end whatever still runs from ``tmp`` and unmount it."""
+    try:
+        daemon.delete_all_environments(timeout=120 + 3 * envs)
+    finally:
+        try:
+            daemon.stop()
+        finally:
+            try:
+                daemon.cleanup()
+            finally:
+                swept = sweep_leftovers(tmp)
+                if any(swept.values()):
+                    print(f"swept what the daemon left behind: {swept}", file=sys.stderr, flush=True)
+
+
+def sweep_leftovers(tmp: Path) -> dict[str, int]:
+    """End the processes this run started that still run from ``tmp`` (shims and their containers,
+    log writers), by pid, then unmount what is mounted under it; count both."""
+    ours = set(processes.processes_naming(str(tmp) + "/"))
+    for pid in list(ours):
+        ours.update(processes.descendants(pid))  # a shim's containers
+    processes.end(ours)
+    mounts = processes.mounts_under(tmp)
+    processes.unmount_under(tmp)
+    return {"processes": len(ours), "mounts": len(mounts)}
 
 
 if __name__ == "__main__":

@@ -24,16 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import leftovers
 from scheduler import domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler.config import ImageSettings
 from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator import health
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.stacks.catalog import default_catalog
 from scheduler.stacks.resolve import resolve
-from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
 RUNNING = pb.ENVIRONMENT_STATUS_RUNNING
@@ -97,16 +98,24 @@ def parallel_run(daemon: DaemonProcess, count: int) -> float:
     return elapsed
 
 
-async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path, first: int = 0) -> list[float]:
-    """Start postgres, then backend, then frontend, each health-gated, through the layers directly."""
+async def serial_baseline(
+    daemon: DaemonProcess, runs: int, state: Path, first: int = 0, instances: list[str] | None = None
+) -> list[float]:
+    """Start postgres, then backend, then frontend, each health-gated, through the layers directly.
+
+    Its network instance is torn down at the end (chains, bridge) and named in ``instances``.
+    """
     runtime = await ContainerdRuntime.connect(
         str(daemon.data_dir / "containerd" / "containerd.sock"),
         namespace="baseline" + secrets.token_hex(3),
         state_dir=state / "runtime",
-        images=ImageSettings(),
+        images=ImageOptions(),
     )
     settings = CniSettings(pool=f"10.{240 + first % 10}.0.0/16", port_range=(31000, 31999))
-    network = CniNetwork(state / "network", settings, instance="bl" + secrets.token_hex(2))
+    instance = "bl" + secrets.token_hex(2)
+    if instances is not None:
+        instances.append(instance)
+    network = CniNetwork(state / "network", settings, instance=instance)
     await network.start()
     archives = build()
     for archive in archives.values():
@@ -167,6 +176,7 @@ async def serial_baseline(daemon: DaemonProcess, runs: int, state: Path, first: 
                 await network.detach(env, cid)
             await network.delete_environment(env)
     finally:
+        await network.teardown()
         await network.close()
         await runtime.close()
     return times
@@ -182,17 +192,20 @@ def main() -> None:
         daemon = start_daemon(
             Path(tmp), {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
         )
+        instances = [daemon_instance(daemon)]
         try:
             # Interleaved, so that drift of the shared machine hits both sides alike.
             ours, baseline = [], []
             for index in range(args.runs):
                 ours += scheduler_runs(daemon, 1, first=index)
-                baseline += asyncio.run(serial_baseline(daemon, 1, Path(tmp) / f"baseline{index}", first=index))
+                state = Path(tmp) / f"baseline{index}"
+                baseline += asyncio.run(serial_baseline(daemon, 1, state, first=index, instances=instances))
             together = parallel_run(daemon, args.parallel) if args.parallel else 0.0
         finally:
             daemon.delete_all_environments()
             daemon.stop()
             daemon.cleanup()
+        left = leftovers.report(instances, [tmp])
     single = statistics.median(ours)
     report = {
         "web_postgres_create_to_running_s": {"median": round(single, 3), "samples": [round(t, 3) for t in ours]},
@@ -206,6 +219,7 @@ def main() -> None:
     if args.parallel:
         report[f"{args.parallel}_at_once_wall_s"] = round(together, 3)
         report[f"ratio_to_{args.parallel}x_single"] = round(together / (args.parallel * single), 3)
+    report["leftovers"] = left
     print(json.dumps(report, indent=2))
 
 

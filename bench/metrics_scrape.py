@@ -19,9 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import DaemonProcess, free_port, start_daemon
+from tests.support.daemon import DaemonProcess, daemon_instance, free_port, start_daemon
 from tests.support.images import TOOLBOX, build
 
 IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
@@ -123,6 +124,7 @@ def main() -> None:
             daemon.delete_all_environments(timeout=300)
             daemon.stop()
             daemon.cleanup()
+        leftovers.report([daemon_instance(daemon)], [tmp])
 
 
 if __name__ == "__main__":

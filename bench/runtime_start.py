@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench import leftovers
 from scheduler import domain
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
@@ -79,6 +80,7 @@ async def main() -> None:
     finally:
         if managed is not None:
             await managed.stop()
+        leftovers.report([], [work])
         shutil.rmtree(work, ignore_errors=True)
     ours_ms = statistics.median(ours) * 1000
     ctr_ms = statistics.median(baseline) * 1000

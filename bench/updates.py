@@ -31,9 +31,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import start_daemon
+from tests.support.daemon import daemon_instance, start_daemon
 from tests.support.images import build
 
 NAME = "bench-updates"
@@ -214,6 +215,8 @@ def main() -> None:
         finally:
             daemon.delete_all_environments()
             daemon.stop()
+            daemon.cleanup()
+        report["leftovers"] = leftovers.report([daemon_instance(daemon)], [tmp])
     print(json.dumps(report, indent=2))
 
 

@@ -51,6 +51,17 @@ RPCS: dict[str, Rpc] = {
             ("RESOURCE_EXHAUSTED", "a quota (limits.env_max_*, limits.max_environments) would be exceeded; named"),
         ),
     ),
+    "CloneEnvironment": Rpc(
+        {"source": "staging", "name": "pr-42", "spec": {"labels": {"pr": "42"}}, "updateMask": "labels.pr"},
+        (
+            ("INVALID_ARGUMENT", "a bad source or name, a bad update_mask path, a stack change"),
+            ("NOT_FOUND", "the source does not exist (named)"),
+            ("ALREADY_EXISTS", "the name is taken (or the request_id created another environment)"),
+            ("FAILED_PRECONDITION", "the source is not RUNNING with its latest generation (SOURCE_NOT_RUNNING)"),
+            ("PERMISSION_DENIED", "the caller's scope covers the source or the new name and labels, not both"),
+            ("RESOURCE_EXHAUSTED", "a quota (limits.env_max_*, limits.max_environments) would be exceeded; named"),
+        ),
+    ),
     "GetEnvironment": Rpc(
         {"name": "demo"},
         (("INVALID_ARGUMENT", "an empty name"), ("NOT_FOUND", "no environment has that name")),
@@ -153,6 +164,7 @@ RPCS: dict[str, Rpc] = {
 
 
 SPECIFIC_REASONS: dict[str, str] = {
+    "SOURCE_NOT_RUNNING": "CloneEnvironment: the source is not RUNNING with its latest generation rolled out",
     "ETAG_MISMATCH": "the etag sent is not the environment's current one (metadata `etag` is)",
     "EVENTS_EXPIRED": "`since` is older than the event log reaches (metadata `oldest_sequence`)",
     "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",

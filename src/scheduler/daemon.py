@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from scheduler.cluster.local import SingleNode, host_capacity
 from scheduler.cluster.member import FleetMember, MembershipSettings
 from scheduler.cluster.node import Node
 from scheduler.cluster.placement import Strategy
-from scheduler.config import Settings
+from scheduler.config import ImageSettings, Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
@@ -44,6 +46,7 @@ from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
+from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload
@@ -52,6 +55,7 @@ from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.base import StateStore
 from scheduler.storage.etcd import EtcdClient, EtcdOptions
+from scheduler.storage.etcd.compactor import Compactor
 from scheduler.storage.etcd.events import EtcdEventLog
 from scheduler.storage.etcd.store import EtcdStateStore
 from scheduler.storage.events import EventLog, SqliteEventLog
@@ -76,6 +80,31 @@ class Daemon:
     network: CniNetwork
     metrics: MetricsServer
     reloader: Reloader
+    startup: dict[str, float]
+    """Seconds each start-up step took (``imports``: from exec to :func:`build`), logged at ready."""
+
+
+class _Phases:
+    """Where the time from exec to SERVING goes, step by step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"imports": round(_process_age(), 3)}
+        self._last = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = round(now - self._last, 3)
+        self._last = now
+
+
+def _process_age() -> float:
+    """Seconds since this process was started (exec), from /proc; 0 when unknown."""
+    try:
+        with open("/proc/self/stat") as handle:
+            started_ticks = int(handle.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 @asynccontextmanager
@@ -84,6 +113,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
 
     ``load`` re-reads the configuration for a reload (SIGHUP); without it a reload changes nothing.
     """
+    phases = _Phases()
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -99,10 +129,15 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         if etcd is not None:
             stack.push_async_callback(etcd.close)
             store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
+            if settings.cluster.etcd.compaction_interval:
+                compactor = Compactor(etcd, settings.cluster.etcd.compaction_interval)
+                compactor.start()
+                stack.push_async_callback(compactor.close)
         else:
             store = await SqliteStateStore.open(settings.state_db_path)
         stack.push_async_callback(store.close)
         ledger = await Ledger.open(store)
+        phases.mark("store")
 
         socket = settings.containerd.socket
         if not socket:
@@ -115,10 +150,11 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             state_dir=data_dir / "runtime",
             snapshotter=settings.containerd.snapshotter,
             runtime_name=settings.containerd.runtime,
-            images=settings.images,
+            images=image_options(settings.images),
             call_timeout=settings.containerd.call_timeout,
         )
         stack.push_async_callback(runtime.close)
+        phases.mark("containerd")
         # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
         swept = await runtime.sweep_leases()
         if swept:
@@ -132,7 +168,9 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             standard(registry=registry)
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
+        phases.mark("sweeps")
         await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
+        phases.mark("preload")
 
         net = settings.network
         network_settings = CniSettings(
@@ -145,6 +183,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         network = CniNetwork(data_dir / "network", network_settings, instance=net.instance)
         await network.start()
         stack.push_async_callback(network.close)
+        phases.mark("network")
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         event_log: EventLog
@@ -168,9 +207,11 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 enabled=settings.templates.enabled,
                 unused_after=timedelta(seconds=settings.templates.unused_after),
                 gc_interval=timedelta(seconds=settings.templates.gc_interval),
+                spares=settings.templates.spares,
             ),
         )
         await templates.start()
+        stack.push_async_callback(templates.close)
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
         me = this_node(settings)
@@ -188,6 +229,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 log_max_files=settings.container_logs.max_files,
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
+                deploy_concurrency=settings.deploys.concurrency,
+                admission_hold=settings.deploys.hold_seconds,
             ),
             observer=Observers(recorder, timeline),
             templates=templates,
@@ -197,6 +240,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder, owns=owns)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
+        phases.mark("orchestrator")
         reconciler = Reconciler(ledger, runtime, network, supervisor, orchestrator, owns=owns)
         await reconciler.run()
         await orchestrator.start()
@@ -213,6 +257,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             fleet = member.fleet
         collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
         stack.push_async_callback(_cancel, collecting)
+        phases.mark("reconcile")
 
         service = EnvironmentService(
             ledger,
@@ -235,15 +280,32 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
+        phases.mark("api")
+
+        def apply_images(images: ImageSettings) -> None:
+            runtime.image_service().settings = image_options(images)
+
         reloader = Reloader(
-            settings, load or (lambda: settings), LiveTargets(service, server, runtime, metrics, collector)
+            settings, load or (lambda: settings), LiveTargets(service, server, apply_images, metrics, collector)
         )
         server.set_reload(reloader.reload)
         schedule = BackupSchedule(store, backups, settings.backups, owns=owns)
         schedule.start()
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
-        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader)
+        yield Daemon(settings, server, service, orchestrator, runtime, network, metrics, reloader, phases.seconds)
+
+
+def image_options(images: ImageSettings) -> ImageOptions:
+    """The image service's own view of the ``images`` section."""
+    return ImageOptions(
+        pull_policy=domain.PullPolicy(images.pull_policy),
+        registries={
+            host: RegistryOptions(tuple(r.mirrors), r.insecure, r.username, r.password)
+            for host, r in images.registries.items()
+        },
+        allowed_registries=tuple(images.allowed_registries),
+    )
 
 
 def membership(settings: Settings) -> MembershipSettings:
@@ -301,7 +363,13 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
             loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(), "reload"))
             if notifier.watchdog_seconds:
                 spawn(_watchdog(notifier, notifier.watchdog_seconds / 2), "watchdog")
-            _log.info("daemon.ready", listen=settings.server.listen, port=daemon.server.bound_port)
+            _log.info(
+                "daemon.ready",
+                listen=settings.server.listen,
+                port=daemon.server.bound_port,
+                seconds=round(sum(daemon.startup.values()), 3),
+                startup=daemon.startup,
+            )
             notifier.ready(status)
             await stop.wait()
             notifier.stopping()

@@ -19,6 +19,16 @@ DEFAULT_DOMAIN = "docker.io"
 """Registry of references that name none, as in Docker."""
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
 """Where ``docker.io`` is actually served."""
+DEFAULT_ALLOWED_REGISTRIES = (
+    "docker.io",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+)
+"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
 _LEGACY_DOMAINS = {"index.docker.io", "registry-1.docker.io"}
 
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from scheduler import errors, log
 from scheduler.api.server import ApiServer
-from scheduler.config import Settings, changed_settings, is_live
+from scheduler.config import ImageSettings, Settings, changed_settings, is_live
 from scheduler.domain import ReloadReport
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
-from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.service import EnvironmentService
 
 _log = log.get("reload")
@@ -30,7 +29,8 @@ class LiveTargets:
 
     service: EnvironmentService
     server: ApiServer
-    runtime: ContainerdRuntime
+    images: Callable[[ImageSettings], None]
+    """Hands a new ``images`` section to the image service (converted by the daemon)."""
     metrics: MetricsServer
     collector: StateCollector
 
@@ -99,4 +99,4 @@ class Reloader:
             log.configure(new.log.format, new.log.level)
         targets.service.set_limits(new.limits)
         targets.server.set_auth(new.auth)
-        targets.runtime.image_service().settings = new.images
+        targets.images(new.images)

@@ -7,6 +7,7 @@ raised at once, and the last try's failure is raised as it is.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -31,16 +32,19 @@ async def retry(
     attempt: Callable[[], Awaitable[T]],
     transient: Callable[[Exception], bool],
     delays: Sequence[float],
+    *,
+    deadline: float | None = None,
 ) -> T:
     """Run ``attempt``; after a failure ``transient`` accepts, wait the next delay and run it again.
 
-    ``len(delays) + 1`` tries in all. A failure that is not transient, or the last one, is raised.
+    ``len(delays) + 1`` tries in all. A failure that is not transient, or the last one, is raised;
+    so is one whose next wait would end past ``deadline`` (a ``time.monotonic()`` value).
     """
     for delay in delays:
         try:
             return await attempt()
         except Exception as err:
-            if not transient(err):
+            if not transient(err) or (deadline is not None and deadline - time.monotonic() <= delay):
                 raise
         await asyncio.sleep(delay)
     return await attempt()

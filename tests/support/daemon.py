@@ -84,6 +84,11 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
     asyncio.run(sweep())
 
 
+def daemon_instance(daemon: DaemonProcess) -> str:
+    """The network instance prefix (chains, bridges) a daemon started here was given."""
+    return str(yaml.safe_load(daemon.config_path.read_text())["network"]["instance"])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -67,6 +67,18 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             self.history[request.name] = [pb.HistoryEntry(generation=1, action="create", actor="ipv4:127.0.0.1:1")]
             return env
 
+    def CloneEnvironment(self, request: pb.CloneEnvironmentRequest, context: grpc.ServicerContext) -> pb.Environment:
+        with self.lock:
+            self.requests.append(request)
+            source = self.envs.get(request.source)
+        if source is None:
+            return self._missing(context, request.source)
+        spec = pb.EnvironmentSpecification()
+        spec.CopyFrom(source.spec)
+        spec.labels.update(request.spec.labels)
+        spec.parameters.update(request.spec.parameters)
+        return self.CreateEnvironment(pb.CreateEnvironmentRequest(name=request.name, spec=spec), context)
+
     def GetEnvironment(self, request: pb.GetEnvironmentRequest, context: grpc.ServicerContext) -> pb.Environment:
         with self.lock:
             env = self.envs.get(request.name)
@@ -266,6 +278,21 @@ def test_stacks_table_and_json(fake: tuple[FakeScheduler, str]) -> None:
     assert "postgres_password=<secret>" in lines[1]
     as_json = json.loads(run(address, "stacks", "-o", "json").stdout)
     assert [s["name"] for s in as_json["stacks"]] == ["web-postgres", "toolbox"]
+
+
+def test_clone_sends_overrides_as_a_mask_and_waits(fake: tuple[FakeScheduler, str]) -> None:
+    servicer, address = fake
+    assert run(address, "env", "create", "staging", "--stack", "toolbox", "--wait").exit_code == 0
+    result = run(
+        address, "env", "clone", "staging", "pr-1", "--label", "tier=preview", "--param", "command=true", "--wait"
+    )
+    assert result.exit_code == 0, result.output
+    request = next(r for r in servicer.requests if isinstance(r, pb.CloneEnvironmentRequest))
+    assert (request.source, request.name) == ("staging", "pr-1") and request.request_id
+    assert list(request.update_mask.paths) == ["parameters.`command`", "labels.`tier`"]
+    assert dict(request.spec.labels) == {"tier": "preview"} and "pr-1" in result.stdout
+    missing = run(address, "env", "clone", "nope", "pr-2")
+    assert missing.exit_code != 0 and "nope" in missing.output
 
 
 def test_create_builds_the_spec_from_file_and_flags_and_waits(fake: tuple[FakeScheduler, str], tmp_path: Path) -> None:

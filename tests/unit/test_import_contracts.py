@@ -26,6 +26,8 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "orchestrator/teardown.py": "import scheduler.volumes.host  # noqa\n",
         # The network reading the daemon's configuration instead of its own settings.
         "network/iptables.py": "import scheduler.config  # noqa\n",
+        # The containerd runtime reading the daemon's configuration instead of its own options.
+        "runtime/containerd/registry.py": "import scheduler.config  # noqa\n",
     }
     for relative, line in plant.items():
         path = tmp_path / "src" / "scheduler" / relative
@@ -44,10 +46,11 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "layers point one way: no layer imports one above it BROKEN",
         "only the composition root (daemon) imports implementations BROKEN",
         "generated stubs only inside their owners BROKEN",
-        "network, storage, volumes do not read the daemon's config BROKEN",
+        "runtime, network, storage, volumes do not read the daemon's config BROKEN",
     ):
         assert contract in out, out
     assert "scheduler.service.environments -> scheduler.storage.sqlite" in out
     assert "scheduler.orchestrator.plan -> scheduler.service" in out
     assert "scheduler.orchestrator.teardown -> scheduler.volumes.host" in out
     assert "scheduler.network.iptables -> scheduler.config" in out
+    assert "scheduler.runtime.containerd.registry -> scheduler.config" in out

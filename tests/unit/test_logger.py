@@ -232,21 +232,21 @@ def test_task_stdio_names_the_writer_with_the_containers_directory_and_rotation(
     from urllib.parse import parse_qs, unquote, urlsplit
 
     from scheduler.runtime.containerd import labels as L
-    from scheduler.runtime.containerd.tasks import _prepare_logs
+    from scheduler.runtime.containerd.stdio import prepare_logs
 
     launcher = str(tmp_path / "state dir" / "bin" / "scheduler-logger")
     log_dir = str(tmp_path / "logs" / "env one" / "c&1")
-    stdout, stderr = _prepare_logs(launcher, {L.LOG_DIR: log_dir, L.LOG_MAX_BYTES: "4096", L.LOG_MAX_FILES: "7"})
+    stdout, stderr = prepare_logs(launcher, {L.LOG_DIR: log_dir, L.LOG_MAX_BYTES: "4096", L.LOG_MAX_FILES: "7"})
     assert stdout == stderr
     uri = urlsplit(stdout)
     assert uri.scheme == "binary" and unquote(uri.path) == launcher and os.access(launcher, os.X_OK)
     assert parse_qs(uri.query) == {"dir": [log_dir], "max-bytes": ["4096"], "max-files": ["7"]}
     assert os.path.isdir(log_dir)
     # Containers created before rotation labels existed get the defaults; no log dir means no output.
-    defaults = parse_qs(urlsplit(_prepare_logs(launcher, {L.LOG_DIR: log_dir})[0]).query)
+    defaults = parse_qs(urlsplit(prepare_logs(launcher, {L.LOG_DIR: log_dir})[0]).query)
     assert defaults["max-bytes"] == [str(logger.DEFAULT_MAX_BYTES)]
     assert defaults["max-files"] == [str(logger.DEFAULT_MAX_FILES)]
-    assert _prepare_logs(launcher, {}) == ("", "")
+    assert prepare_logs(launcher, {}) == ("", "")
 
 
 def _writers_in(home: Path) -> list[int]:

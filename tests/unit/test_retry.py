@@ -1,6 +1,7 @@
 """The one retry helper: which failures it tries again, how often, and what it finally raises."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -44,3 +45,11 @@ def test_backoff_schedules() -> None:
     assert linear(5, 0.05) == pytest.approx([0.05, 0.1, 0.15, 0.2])
     assert linear(1, 0.05) == []
     assert exponential(6, 0.05, 0.3) == pytest.approx([0.05, 0.1, 0.2, 0.3, 0.3])
+
+
+def test_no_wait_runs_past_the_deadline() -> None:
+    attempt, calls = _flaky([Internal(f"busy {i}") for i in range(5)])
+    with pytest.raises(Internal, match="busy 1"):
+        # Room for the first wait (0.01 s) but not for the second (60 s).
+        asyncio.run(retry(attempt, lambda e: isinstance(e, Internal), [0.01, 60], deadline=time.monotonic() + 30))
+    assert len(calls) == 2

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from scheduler.config import LimitSettings
-from scheduler.domain import EnvironmentRequest, EnvironmentStatus, RestartMode, RestartPolicy, ServiceSpec, etag
+from scheduler.domain import (
+    EnvironmentRequest,
+    EnvironmentStatus,
+    RestartMode,
+    RestartPolicy,
+    ServiceSpec,
+    VolumeMount,
+    etag,
+)
 from scheduler.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from scheduler.service import REDACTED, EnvironmentService
 from scheduler.stacks.catalog import Catalog
@@ -130,3 +138,82 @@ async def test_concurrent_deletes_mark_once_and_remove_once(setup) -> None:
     await world.orchestrator.wait_idle("twice")
     assert world.ledger.find("twice") is None and world.runtime.containers == {}
     assert [h.action for h in (await service.history("twice"))[0]].count("delete") == 1
+
+
+DATA = Stack(
+    name="data",
+    description="A service that writes to a volume, and one that mounts none.",
+    services=(
+        ServiceSpec(
+            name="db",
+            image=IMAGE,
+            volumes=(VolumeMount("data", "/data"),),
+            restart=RestartPolicy(RestartMode.NO),
+            stop_grace=ms(50),
+        ),
+        ServiceSpec(name="web", image=IMAGE, restart=RestartPolicy(RestartMode.NO), stop_grace=ms(50)),
+    ),
+)
+
+
+@pytest.fixture
+async def cloning(tmp_path: Path) -> AsyncIterator[tuple[EnvironmentService, World]]:
+    world = await make_world(tmp_path)
+    service = EnvironmentService(world.ledger, world.orchestrator, world.bus, Catalog([DATA]), LimitSettings())
+    await service.create("source", EnvironmentRequest(stack="data", labels={"team": "a"}))
+    await running(service, world, "source")
+    yield service, world
+    await world.supervisor.close()
+    await world.orchestrator.close()
+
+
+def _keep(request: EnvironmentRequest) -> EnvironmentRequest:
+    return request
+
+
+async def test_clone_copies_volumes_with_only_the_writers_frozen(cloning) -> None:
+    service, world = cloning
+    volumes = world.tmp / "volumes"
+    (volumes / "source" / "data" / "rows").write_text("1\n2\n")
+    clone = await service.clone(
+        "source", "copy", lambda r: replace(r, labels={**r.labels, "team": "b"}), request_id="c-1"
+    )
+    assert clone.status is EnvironmentStatus.PENDING and clone.spec.labels == {"team": "b"}
+    assert (volumes / "copy" / "data" / "rows").read_text() == "1\n2\n"
+    db = (await world.ledger.get("source")).containers[0]
+    assert db.service == "db"
+    # Only the container mounting the volume was frozen, and thawed again.
+    assert [c[1] for c in world.runtime.calls_of("pause")] == [db.container_id]
+    assert [c[1] for c in world.runtime.calls_of("resume")] == [db.container_id]
+    assert (await service.clone("source", "copy", _keep, request_id="c-1")).uid == clone.uid
+    await running(service, world, "copy")
+    assert not list(volumes.glob(".scratch-*"))
+    actions = [h.action for h in await world.ledger.history("source")]
+    assert actions[-1] == "cloned"
+
+
+async def test_clone_refuses_unknown_taken_and_unsettled_sources(cloning) -> None:
+    service, world = cloning
+    with pytest.raises(NotFound, match="'ghost'"):
+        await service.clone("ghost", "copy", _keep)
+    with pytest.raises(AlreadyExists, match="'source'"):
+        await service.clone("source", "source", _keep)
+    with pytest.raises(InvalidArgument):
+        await service.clone("source", "copy", lambda r: replace(r, stack="other"))
+    await service.create("young", EnvironmentRequest(stack="data"))
+    with pytest.raises(FailedPrecondition, match="'young'.*RUNNING"):
+        await service.clone("young", "copy", _keep)
+    assert await service.clone("source", "copy", _keep, validate_only=True)
+    assert "copy" not in world.ledger.names() and not (world.tmp / "volumes" / "copy").exists()
+    await running(service, world, "young")
+
+
+async def test_a_failed_copy_thaws_the_source_and_leaves_nothing(cloning) -> None:
+    service, world = cloning
+    (world.tmp / "volumes" / "source" / "data" / "rows").write_text("1\n")
+    world.runtime.fail_next("pause", NotFound("gone"))
+    with pytest.raises(FailedPrecondition, match="stopped while it was being copied"):
+        await service.clone("source", "copy", _keep)
+    assert "copy" not in world.ledger.names()
+    assert not (world.tmp / "volumes" / "copy").exists() and not list((world.tmp / "volumes").glob(".scratch-*"))
+    assert all(c.state.value == "RUNNING" for c in world.runtime.containers.values())

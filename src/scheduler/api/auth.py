@@ -36,13 +36,14 @@ VIEW = frozenset(
         "ListNodes",
     }
 )
-CHANGE = frozenset({"CreateEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
+CHANGE = frozenset({"CreateEnvironment", "CloneEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
 ROLE_METHODS: dict[str, frozenset[str] | None] = {"viewer": VIEW, "operator": VIEW | CHANGE, "admin": None}
 """Methods of SchedulerService each role may call; None: all of them, present and future."""
 
 
 PERMISSIONS = {
     "CreateEnvironment": "environments.create",
+    "CloneEnvironment": "environments.clone",
     "GetEnvironment": "environments.get",
     "UpdateEnvironment": "environments.update",
     "DeleteEnvironment": "environments.delete",
@@ -120,6 +121,9 @@ class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
         self._tokens = {t.sha256: t.name for t in settings.tokens}
+        self._bindings = [(b, frozenset(b.principals)) for b in settings.bindings]
+        self._grants: dict[Principal, Grant] = {}
+        """Grants worked out, per principal: these settings never change (a reload makes a new one)."""
 
     def from_token(self, token: str) -> Principal:
         """The principal of a bearer token.
@@ -159,7 +163,13 @@ class Authenticator:
 
     def grant(self, principal: Principal) -> Grant:
         """The role bindings that name any of the principal's ids."""
-        return Grant(tuple(b for b in self._settings.bindings if principal.ids & set(b.principals)))
+        grant = self._grants.get(principal)
+        if grant is None:
+            if len(self._grants) >= 1024:
+                self._grants.clear()
+            grant = Grant(tuple(b for b, names in self._bindings if not principal.ids.isdisjoint(names)))
+            self._grants[principal] = grant
+        return grant
 
 
 class LocalUsers:

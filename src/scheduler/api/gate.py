@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from scheduler import errors
+from scheduler.api import fieldmask
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api.auth import Authenticator, Grant, LocalUsers, Principal, in_scope, permission, unscoped
 from scheduler.api.peers import UnixListener, loopback_owner
 from scheduler.config import AuthSettings, RoleBinding
@@ -35,11 +37,11 @@ class Admission:
 
     principal: Principal
     scopes: tuple[RoleBinding, ...]
+    unrestricted: bool = field(init=False)
+    """Whether the caller's role covers every environment for this method."""
 
-    @property
-    def unrestricted(self) -> bool:
-        """Whether the caller's role covers every environment for this method."""
-        return any(unscoped(b) for b in self.scopes)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unrestricted", any(unscoped(b) for b in self.scopes))
 
     def covers(self, name: str, labels: Mapping[str, str]) -> bool:
         """Whether the environment lies within one of the caller's scopes."""
@@ -59,6 +61,9 @@ class Gate:
         self._settings = settings
         self._auth = Authenticator(settings)
         self._users = LocalUsers()
+        self._admissions: dict[tuple[Principal, str], Admission] = {}
+        """Admissions worked out, per principal and method, under the authenticator ``_admitted_by``."""
+        self._admitted_by = self._auth
         self._labels_of = labels_of
         self._unix = unix
         self._tcp_port = tcp_port
@@ -124,10 +129,15 @@ class Gate:
         name = method.removeprefix(SERVICE_PREFIX)
         principal = self.identify(context, peer, metadata)
         CALLER.set(principal.name)
-        grant = self._auth.grant(principal)
-        if not grant.allows(name):
-            raise _denied(principal, grant, name)
-        admission = Admission(principal, grant.scopes(name))
+        auth = self._auth
+        grant = auth.grant(principal)
+        admission = self._admissions.get((principal, name))
+        if admission is None or self._admitted_by is not auth:
+            if not grant.allows(name):
+                raise _denied(principal, grant, name)
+            if self._admitted_by is not auth or len(self._admissions) >= 1024:
+                self._admissions, self._admitted_by = {}, auth
+            admission = self._admissions[(principal, name)] = Admission(principal, grant.scopes(name))
         if not admission.unrestricted:
             await self._check_scope(admission, name, request, grant)
         return admission
@@ -136,6 +146,9 @@ class Gate:
         if method == "CreateEnvironment":
             if not admission.covers(request.name, dict(request.spec.labels)):
                 raise _denied(admission.principal, grant, method, request.name)
+            return
+        if method == "CloneEnvironment":
+            await self._check_clone_scope(admission, request, grant)
             return
         target = getattr(request, "name", "")
         if method in ("ListEnvironments", "ListStacks", "ListNodes") or (method == "WatchEvents" and not target):
@@ -148,6 +161,22 @@ class Gate:
             raise _denied(admission.principal, grant, method, target)
         if not admission.covers(target, labels):
             raise _denied(admission.principal, grant, method, target)
+
+    async def _check_clone_scope(self, admission: Admission, request: Any, grant: Grant) -> None:
+        """A clone reads its source and creates its target: the scope must cover both.
+
+        The target's labels are the source's with the request's label overrides applied.
+        """
+        labels = await self._labels_of(request.source)
+        if labels is None or not admission.covers(request.source, labels):
+            if labels is not None or not any(request.source.startswith(b.name_prefix) for b in admission.scopes):
+                raise _denied(admission.principal, grant, "CloneEnvironment", request.source)
+            return  # an unknown source whose name the scope could cover: NOT_FOUND follows
+        paths = [p for p in request.update_mask.paths if p == "labels" or p.startswith("labels.")]
+        base = pb.EnvironmentSpecification(labels=dict(labels))
+        target = fieldmask.apply(base, request.spec, paths).labels if paths else labels
+        if not admission.covers(request.name, dict(target)):
+            raise _denied(admission.principal, grant, "CloneEnvironment", request.name)
 
     async def visible(self, admission: Admission | None, response: Any) -> Any:
         """The response as the caller may see it (lists and events filtered by scope), or None."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from scheduler import domain, errors, log
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.api.gate import Gate
-from scheduler.api.interceptors import RequestInterceptor, RpcObserver
+from scheduler.api.interceptors import RequestInterceptor, RpcObserver, WrappingRegistry
 from scheduler.api.peers import UnixListener
 from scheduler.api.servicer import SchedulerServicer
 from scheduler.config import AuthSettings, ServerSettings, TlsSettings
@@ -47,21 +48,16 @@ class ApiServer:
         )
         self._gate = Gate(auth or AuthSettings(), self._labels_of, self._unix, lambda: self.bound_port)
         self._server = grpc.aio.server(
-            interceptors=[RequestInterceptor(observer, self._gate)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )
+        # Every handler is wrapped (request id, access log, gate, errors) once, as it registers.
+        registry: Any = WrappingRegistry(self._server, RequestInterceptor(observer, self._gate))
         self._health = health.aio.HealthServicer()
         self._servicer = SchedulerServicer(service)
-        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(self._servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._server,
-        )
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(self._servicer, registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registry)
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), registry)
         self.bound_port = 0
 
     def set_reload(self, reload: Callable[[], Awaitable[domain.ReloadReport]]) -> None:

@@ -50,6 +50,19 @@ class EnvironmentProtos:
         return message
 
 
+def _masked_edit(
+    spec: pb.EnvironmentSpecification, paths: list[str], *, replace_when_empty: bool
+) -> Callable[[domain.EnvironmentRequest], domain.EnvironmentRequest]:
+    """The stored request with the masked fields of ``spec`` applied (no mask: replaced, or kept)."""
+
+    def edit(stored: domain.EnvironmentRequest) -> domain.EnvironmentRequest:
+        if not paths:
+            return convert.request_from_proto(spec) if replace_when_empty else stored
+        return convert.request_from_proto(fieldmask.apply(convert.request_to_proto(stored), spec, paths))
+
+    return edit
+
+
 class ListReplies:
     """Recent ListEnvironments replies, each reused while its page holds the very same environments.
 
@@ -111,6 +124,17 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
         return convert.environment_to_proto(env)
 
+    async def CloneEnvironment(self, request: pb.CloneEnvironmentRequest, context: Context) -> pb.Environment:
+        env = await self._service.clone(
+            request.source,
+            request.name,
+            _masked_edit(request.spec, list(request.update_mask.paths), replace_when_empty=False),
+            request_id=request.request_id,
+            actor=_actor(context),
+            validate_only=request.validate_only,
+        )
+        return convert.environment_to_proto(env)
+
     async def GetEnvironment(self, request: pb.GetEnvironmentRequest, context: Context) -> pb.Environment:
         return self._protos.of(await self._service.get(request.name))
 
@@ -118,17 +142,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self, request: pb.UpdateEnvironmentRequest, context: Context
     ) -> pb.UpdateEnvironmentResponse:
         drain = convert.duration_from_proto(request.drain, "drain") if request.HasField("drain") else None
-        paths = list(request.update_mask.paths)
-
-        def edit(stored: domain.EnvironmentRequest) -> domain.EnvironmentRequest:
-            if not paths:
-                return convert.request_from_proto(request.spec)
-            merged = fieldmask.apply(convert.request_to_proto(stored), request.spec, paths)
-            return convert.request_from_proto(merged)
-
         env, plan = await self._service.update(
             request.name,
-            edit,
+            _masked_edit(request.spec, list(request.update_mask.paths), replace_when_empty=True),
             validate_only=request.validate_only,
             drain=drain,
             actor=_actor(context),

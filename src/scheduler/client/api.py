@@ -143,6 +143,31 @@ class SchedulerClient:
         )
         return await self._unary(self._stub.CreateEnvironment, request)
 
+    async def clone(
+        self,
+        source: str,
+        name: str,
+        *,
+        spec: pb.EnvironmentSpecification | None = None,
+        update_mask: Sequence[str] = (),
+        request_id: str = "",
+        validate_only: bool = False,
+    ) -> pb.Environment:
+        """Create environment ``name`` as a copy of ``source`` (its spec and data); returns it PENDING.
+
+        The ``update_mask`` paths of ``spec`` override the source's specification. A request id
+        is generated when none is given, so a retry of this call is idempotent.
+        """
+        request = pb.CloneEnvironmentRequest(
+            source=source,
+            name=name,
+            spec=spec,
+            update_mask=field_mask_pb2.FieldMask(paths=list(update_mask)),
+            request_id=request_id or uuid.uuid4().hex,
+            validate_only=validate_only,
+        )
+        return await self._unary(self._stub.CloneEnvironment, request)
+
     async def get(self, name: str) -> pb.Environment:
         """Return environment ``name``."""
         return await self._unary(self._stub.GetEnvironment, pb.GetEnvironmentRequest(name=name))

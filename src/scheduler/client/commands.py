@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from google.protobuf.message import Message
@@ -15,144 +13,22 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
 from scheduler.client.api import SchedulerClient
 from scheduler.client.connection import Client, CommandFailed, connection_options, output_option
-from scheduler.client.errors import ApiError, WaitFailed
-from scheduler.client.progress import Progress
-from scheduler.client.spec import SpecError, apply_flags, load_file, parse_pairs, status_value
+from scheduler.client.errors import ApiError
+from scheduler.client.options import (
+    build_spec,
+    spec_options,
+    usage_error,
+    wait_options,
+)
+from scheduler.client.spec import SpecError, parse_pairs, status_value
+from scheduler.client.waits import (
+    failure_reason,
+    wait_gone,
+    wait_settled,
+)
+from scheduler.retry import retry
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-SETTLED = {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_DEGRADED, pb.ENVIRONMENT_STATUS_FAILED}
 UPDATE_ATTEMPTS = 5
-
-
-def _usage(err: SpecError) -> click.UsageError:
-    # The message already names the option (``--set backend.replicas: ...``).
-    return click.UsageError(err.message)
-
-
-def spec_options(command: F) -> F:
-    """``--param``, ``--label``, ``--set`` and ``--file``, shared by create and update."""
-    for decorator in reversed(
-        [
-            click.option(
-                "--file",
-                "-f",
-                "spec_file",
-                type=click.Path(path_type=Path, dir_okay=False),
-                help="Specification as YAML or JSON (API field names); flags apply on top.",
-            ),
-            click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Stack parameter."),
-            click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Environment label."),
-            click.option(
-                "--set",
-                "sets",
-                multiple=True,
-                metavar="SERVICE.FIELD=VALUE",
-                help="Service override, e.g. backend.env.GREETING=hi, backend.replicas=3, "
-                "toolbox.resources.memory_bytes=256Mi, backend.command='sh -c \"...\"'.",
-            ),
-        ]
-    ):
-        command = decorator(command)
-    return command
-
-
-def wait_options(default_timeout: float) -> Callable[[F], F]:
-    """``--wait`` and ``--wait-timeout``."""
-
-    def decorate(command: F) -> F:
-        command = click.option(
-            "--wait-timeout",
-            type=click.FloatRange(min=1),
-            default=default_timeout,
-            show_default=True,
-            help="Seconds --wait may take.",
-        )(command)
-        return click.option("--wait", is_flag=True, help="Block until the change has settled.")(command)
-
-    return decorate
-
-
-def _build_spec(
-    base: pb.EnvironmentSpecification,
-    spec_file: Path | None,
-    params: Iterable[str],
-    labels: Iterable[str],
-    sets: Iterable[str],
-) -> pb.EnvironmentSpecification:
-    try:
-        start = load_file(spec_file) if spec_file is not None else base
-        if spec_file is not None and not start.stack:
-            start.stack = base.stack
-        return apply_flags(
-            start,
-            params=parse_pairs("--param", params),
-            labels=parse_pairs("--label", labels),
-            sets=sets,
-        )
-    except SpecError as err:
-        raise _usage(err) from err
-
-
-def _failure(env: pb.Environment) -> str:
-    """The condition explaining why an environment is not running, for one-line errors."""
-    for cond in env.conditions:
-        if cond.status != pb.CONDITION_STATUS_TRUE and cond.message:
-            return f"{cond.service + ': ' if cond.service else ''}{cond.message}"
-    return "no condition reported"
-
-
-async def wait_settled(
-    api: SchedulerClient, name: str, accepted: pb.Environment, limit: float, stack: str = ""
-) -> pb.Environment:
-    """Wait until the ``accepted`` generation is rolled out and the status settled; the environment then.
-
-    A FAILED status set after ``accepted`` ends the wait at once (the rollout failed; waiting
-    longer cannot help). On a terminal, each service's progress is printed to stderr as it changes.
-    """
-    generation = accepted.generation
-    observe = await _progress(api, stack or accepted.spec.stack)
-    try:
-        async with asyncio.timeout(limit):
-            try:
-                return await api.wait_for(name, SETTLED, generation=generation, since=accepted, observe=observe)
-            except WaitFailed as err:
-                if err.code != "FAILED_PRECONDITION":
-                    raise
-                return await api.get(name)
-    except TimeoutError:
-        env = await api.get(name)
-        raise CommandFailed(
-            "DEADLINE_EXCEEDED",
-            f"environment {name!r} is {render.status(env.status)} at generation {env.observed_generation} "
-            f"of {generation} after {limit:g}s",
-        ) from None
-
-
-async def _progress(api: SchedulerClient, stack: str) -> Callable[[pb.Environment], None] | None:
-    """A printer of per-service progress lines when stderr is a terminal; None otherwise."""
-    if not sys.stderr.isatty():
-        return None
-    services = next(([s.name for s in st.services] for st in await api.stacks() if st.name == stack), [])
-    progress = Progress(services)
-
-    def observe(env: pb.Environment) -> None:
-        for line in progress.lines(env):
-            click.echo(line, err=True)
-
-    return observe
-
-
-async def wait_gone(api: SchedulerClient, name: str, limit: float) -> None:
-    """Wait until the environment no longer exists."""
-    try:
-        async with asyncio.timeout(limit):
-            await api.wait_deleted(name)
-    except TimeoutError:
-        env = await api.get(name)
-        raise CommandFailed(
-            "DEADLINE_EXCEEDED", f"environment {name!r} still {render.status(env.status)} after {limit:g}s"
-        ) from None
 
 
 async def _print_stream(items: AsyncIterator[Any], line: Callable[[Any], str], count: int | None = None) -> None:
@@ -268,7 +144,7 @@ def env_create(
     output: str,
 ) -> None:
     """Create environment NAME from a stack; with --wait, block until it runs."""
-    spec = _build_spec(pb.EnvironmentSpecification(stack=stack or ""), spec_file, params, labels, sets)
+    spec = build_spec(pb.EnvironmentSpecification(stack=stack or ""), spec_file, params, labels, sets)
     if stack:
         spec.stack = stack
     if not spec.stack:
@@ -278,15 +154,55 @@ def env_create(
         created = await api.create(name, spec)
         return created, await wait_settled(api, name, created, wait_timeout) if wait else None
 
-    created, settled = client.run(calls)
+    _print_created(name, *client.run(calls), output)
+
+
+def _print_created(name: str, created: pb.Environment, settled: pb.Environment | None, output: str) -> None:
+    """Print a new environment as created, or as it settled (failing unless it runs)."""
     if settled is None:
         _print_env(created, output)
         return
     _print_env(settled, output)
     if settled.status != pb.ENVIRONMENT_STATUS_RUNNING:
         raise CommandFailed(
-            "FAILED_PRECONDITION", f"environment {name!r} is {render.status(settled.status)}: {_failure(settled)}"
+            "FAILED_PRECONDITION", f"environment {name!r} is {render.status(settled.status)}: {failure_reason(settled)}"
         )
+
+
+@env.command("clone")
+@click.argument("source")
+@click.argument("name")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Stack parameter to change.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label to set on the clone.")
+@wait_options(300)
+@output_option
+@connection_options
+def env_clone(
+    client: Client,
+    source: str,
+    name: str,
+    params: tuple[str, ...],
+    labels: tuple[str, ...],
+    wait: bool,
+    wait_timeout: float,
+    output: str,
+) -> None:
+    """Create environment NAME as a copy of SOURCE: its specification and a consistent copy of its data.
+
+    SOURCE must be running; it keeps serving while it is copied. With --wait, block until NAME runs.
+    """
+    try:
+        overrides = {"parameters": parse_pairs("--param", params), "labels": parse_pairs("--label", labels)}
+    except SpecError as err:
+        raise usage_error(err) from err
+    spec = pb.EnvironmentSpecification(parameters=overrides["parameters"], labels=overrides["labels"])
+    mask = [f"{field}.`{key}`" for field, pairs in overrides.items() for key in pairs]
+
+    async def calls(api: SchedulerClient) -> tuple[pb.Environment, pb.Environment | None]:
+        created = await api.clone(source, name, spec=spec, update_mask=mask)
+        return created, await wait_settled(api, name, created, wait_timeout) if wait else None
+
+    _print_created(name, *client.run(calls), output)
 
 
 @env.command("get")
@@ -314,7 +230,7 @@ def env_list(client: Client, statuses: tuple[str, ...], labels: tuple[str, ...],
         ]
         label_filter = parse_pairs("--label", labels)
     except SpecError as err:
-        raise _usage(err) from err
+        raise usage_error(err) from err
     terms = [f"status={','.join(wanted)}"] if wanted else []
     terms += [f'labels.{key}="{value}"' for key, value in label_filter.items()]
     found = pb.ListEnvironmentsResponse(environments=client.run(lambda api: api.list(" ".join(terms), page_size=500)))
@@ -347,15 +263,15 @@ def env_update(
     async def calls(api: SchedulerClient) -> tuple[pb.UpdateEnvironmentResponse, pb.Environment | None]:
         # The etag makes the read-modify-write safe: a change made meanwhile is not overwritten;
         # the flags are applied again on top of it instead (a few times at most).
-        for attempt in range(UPDATE_ATTEMPTS):
+        async def attempt() -> pb.UpdateEnvironmentResponse:
             current = await api.get(name)
-            spec = _build_spec(current.spec, spec_file, params, labels, sets)
-            try:
-                reply = await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
-                break
-            except ApiError as err:
-                if err.code != "ABORTED" or attempt == UPDATE_ATTEMPTS - 1:
-                    raise
+            spec = build_spec(current.spec, spec_file, params, labels, sets)
+            return await api.update(name, spec, etag=current.etag, validate_only=dry_run, drain=drain)
+
+        def changed_meanwhile(err: Exception) -> bool:
+            return isinstance(err, ApiError) and err.code == "ABORTED"
+
+        reply = await retry(attempt, changed_meanwhile, [0.0] * (UPDATE_ATTEMPTS - 1))
         if dry_run or not wait:
             return reply, None
         return reply, await wait_settled(api, name, reply.environment, wait_timeout)
@@ -384,7 +300,7 @@ def env_update(
         raise CommandFailed("ABORTED", f"update of {name!r} rolled back: {rolled.message}")
     if settled.status != pb.ENVIRONMENT_STATUS_RUNNING:
         raise CommandFailed(
-            "FAILED_PRECONDITION", f"environment {name!r} is {render.status(settled.status)}: {_failure(settled)}"
+            "FAILED_PRECONDITION", f"environment {name!r} is {render.status(settled.status)}: {failure_reason(settled)}"
         )
 
 

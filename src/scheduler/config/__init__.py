@@ -40,9 +40,11 @@ from scheduler.config.options import (
 from scheduler.config.server import ROLES, AuthSettings, RoleBinding, ServerSettings, TlsSettings, TokenSettings
 from scheduler.domain import ALL_CAPABILITIES, capability_name
 from scheduler.errors import InvalidArgument
+from scheduler.reference import DEFAULT_ALLOWED_REGISTRIES
 
 # Defined in the parts of this package, importable from here as before.
 __all__ = [
+    "DEFAULT_ALLOWED_REGISTRIES",
     "REDACTED",
     "ROLES",
     "AuthSettings",
@@ -71,7 +73,7 @@ class LogSettings(_Section):
 
 
 class ContainerLogSettings(_Section):
-    """Containers' stdout and stderr files, written and rotated by each task's log writer."""
+    """Containers' stdout and stderr files, written and rotated by the host's log writer."""
 
     max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     """Size in bytes at which a stream's file is rotated."""
@@ -112,18 +114,6 @@ class RegistryHost(_Section):
     """Allow plain HTTP to this host."""
     username: str = ""
     password: SecretStr = ""
-
-
-DEFAULT_ALLOWED_REGISTRIES = (
-    "docker.io",
-    "ghcr.io",
-    "quay.io",
-    "registry.k8s.io",
-    "gcr.io",
-    "mcr.microsoft.com",
-    "public.ecr.aws",
-)
-"""Public registries by name; no address, so loopback and link-local hosts need explicit config."""
 
 
 class ImageSettings(_Section):
@@ -230,6 +220,15 @@ class LimitSettings(_Section):
         return self
 
 
+class DeploySettings(_Section):
+    """How many deploys and updates bring containers up at once."""
+
+    concurrency: int = Field(default=0, ge=0, le=10000)
+    """Admitted at once, first come first served; 0 means twice the CPUs the daemon may use."""
+    hold_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """Longest a deploy holds its place (a slow health check): then the next one starts anyway."""
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint: an HTTP listener of its own, separate from the gRPC API."""
 
@@ -254,6 +253,9 @@ class TemplateSettings(_Section):
     """Seconds after its last use that a template no existing environment came from is removed."""
     gc_interval: float = Field(default=600, ge=1)
     """Seconds between two collections of unused templates (and of templates whose image is gone)."""
+    spares: int = Field(default=2, ge=0, le=100)
+    """Copies of each template made ahead of time, so that a new environment's volume is a rename
+    (about 1 ms) instead of a copy (0.05-0.35 s for PostgreSQL's 39 MB); 0 copies at create."""
 
 
 class BackupPolicy(_Section):
@@ -298,6 +300,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     network: NetworkSettings = NetworkSettings()
     limits: LimitSettings = LimitSettings()
+    deploys: DeploySettings = DeploySettings()
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
     templates: TemplateSettings = TemplateSettings()

@@ -37,6 +37,9 @@ class EtcdSettings(_Section):
     retry_deadline: float = Field(default=15.0, gt=0, le=3600)
     """Seconds a call keeps failing over between members (an election takes a few)."""
     tls: EtcdTlsSettings = EtcdTlsSettings()
+    compaction_interval: float = Field(default=300.0, ge=0, le=86400)
+    """Seconds between compactions of etcd's history, each one interval behind; 0 leaves it to
+    etcd's own ``--auto-compaction-retention`` (without either, etcd fills up and refuses writes)."""
 
     @field_validator("endpoints")
     @classmethod

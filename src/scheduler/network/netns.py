@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -31,7 +30,9 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this process already runs on: ``find_library`` would run ldconfig at import
+# (a subprocess on every daemon start).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 T = TypeVar("T")
 

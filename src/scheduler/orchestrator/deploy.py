@@ -49,6 +49,30 @@ class _Milestones:
 class Deploy(Steps):
     """Deploys one environment's stored spec from nothing."""
 
+    async def _dependencies(self, service: ServiceSpec, milestones: dict[str, _Milestones]) -> None:
+        for dep in service.depends_on:
+            try:
+                await asyncio.wait_for(milestones[dep.service].of(dep.condition).wait(), dep.deadline.total_seconds())
+            except TimeoutError:
+                raise DeployFailure(
+                    service.name,
+                    "DependencyTimeout",
+                    f"service {service.name}: dependency {dep.service} did not become {dep.condition.value} "
+                    f"within {dep.deadline.total_seconds():g}s",
+                ) from None
+
+    async def _unprestart(self, cid: str) -> None:
+        try:
+            await self._runtime.cancel_start(cid)
+        except errors.SchedulerError as err:
+            _log.warning("deploy.cancel_start_failed", container=cid, error=err.message)
+
+    async def _prestart(self, env: str, service: str, cid: str) -> None:
+        try:
+            await self._runtime.prepare_start(cid)
+        except errors.SchedulerError as err:
+            _log.info("deploy.prestart_failed", env=env, service=service, container=cid, error=err.message)
+
     async def run(self, name: str) -> None:
         """Deploy ``name``'s stored spec; failures end as a FAILED status naming the service."""
         try:
@@ -143,16 +167,19 @@ class Deploy(Steps):
         prepared = await asyncio.gather(
             *(self._prepare_replica(env, service, image, index) for index in range(service.replicas))
         )
-        for dep in service.depends_on:
-            try:
-                await asyncio.wait_for(milestones[dep.service].of(dep.condition).wait(), dep.deadline.total_seconds())
-            except TimeoutError:
-                raise DeployFailure(
-                    service.name,
-                    "DependencyTimeout",
-                    f"service {service.name}: dependency {dep.service} did not become {dep.condition.value} "
-                    f"within {dep.deadline.total_seconds():g}s",
-                ) from None
+        if service.depends_on:
+            # The task (shim, runc create) is set up while the dependencies come up; their being
+            # ready is then followed by the exec alone. A failure here is left to the start.
+            await asyncio.gather(*(self._prestart(env.name, service.name, cid) for _, cid, _ in prepared))
+        try:
+            await self._dependencies(service, milestones)
+        except BaseException:
+            if service.depends_on:
+                # Tasks set up ahead must not linger as processes that never ran.
+                for _, cid, _ in prepared:
+                    self.expected_exits.add(cid)
+                await asyncio.shield(asyncio.gather(*(self._unprestart(cid) for _, cid, _ in prepared)))
+            raise
         replicas = await asyncio.gather(*(self._launch_replica(env, service, p) for p in prepared))
         mine = milestones[service.name]
         mine.started.set()

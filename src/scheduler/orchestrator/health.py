@@ -4,6 +4,12 @@ A probe that passes makes a container healthy at once, even inside the start per
 count only after the start period, and ``retries`` consecutive ones make it unhealthy. Inside the
 start period probes run every ``START_INTERVAL`` (Docker's ``start_interval``), so a service that
 becomes ready quickly is noticed quickly, whatever its steady-state interval.
+
+HTTP probes are a small bounded exchange of our own rather than httpx: measured on loopback
+(``python -m bench.probes``, 400 probes each, 2 shared cores), a probe took 0.46 ms (median)
+here against 12.5 ms with an httpx client per probe and 14.6 ms with one shared httpx client
+(keep-alive off), 27-32 times as long; and httpx's parser reads up to 100 KiB of head where
+this reads 16 KiB and fails a status line over 4 KiB.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ MAX_STATUS_LINE = 4096
 MAX_HEAD = 16 * 1024
 """Bytes an HTTP probe reads for the status line and headers together, then up to 4 KiB of body."""
 START_INTERVAL = 0.1
-"""Seconds between probes while the start period lasts."""
+"""Seconds between probes while the start period lasts (at most)."""
+FIRST_INTERVAL = 0.02
+"""Seconds before the second TCP or HTTP probe; the pause grows by half each time up to
+``START_INTERVAL``. A refused connect costs next to nothing, and most services answer within
+a few hundred milliseconds of their start: noticing it 20-50 ms after instead of up to 100 ms
+after is a tenth of a three-service deploy. Exec probes (a runc exec each) keep ``START_INTERVAL``."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,7 @@ async def wait_healthy(
     ``started`` is the container's start time on the ``time.monotonic`` clock.
     """
     failures = 0
+    pace = FIRST_INTERVAL if check.kind in (HealthCheckKind.TCP, HealthCheckKind.HTTP) else START_INTERVAL
     while True:
         result = await probe(check, runtime, container_id, ip, observer)
         if result.ok:
@@ -147,5 +159,6 @@ async def wait_healthy(
             if failures >= check.retries:
                 raise Unhealthy(result.detail)
         else:
-            interval = min(interval, START_INTERVAL)
+            interval = min(interval, pace)
+            pace = min(pace * 1.5, START_INTERVAL)
         await asyncio.sleep(interval)

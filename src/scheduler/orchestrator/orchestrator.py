@@ -9,12 +9,15 @@ only this facade.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
-from scheduler import domain, log
+from scheduler import domain, errors, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
+from scheduler.orchestrator.admission import Admission, cpu_limit
+from scheduler.orchestrator.clone import Cloner, Snapshot, check_cloneable
 from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
@@ -27,12 +30,17 @@ from scheduler.orchestrator.sampling import sample_metrics
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
 from scheduler.orchestrator.templates import Templates
+from scheduler.retry import exponential, retry
 from scheduler.runtime.base import ContainerRuntime
 from scheduler.volumes.base import VolumeStore
 
 __all__ = ["DeployFailure", "Orchestrator", "OrchestratorSettings", "container_id"]
 
 _log = log.get("orchestrator")
+
+DELETE_RETRIES = exponential(8, 0.2, 30.0)
+"""Waits between the tries of a delete that failed (containerd restarting, a task slow to go), about
+25 s in all; an environment still DELETING after the last is resumed at the next start."""
 
 
 class Orchestrator:
@@ -58,11 +66,14 @@ class Orchestrator:
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
-        self._queue = OperationQueue(ledger, observer)
+        admission = Admission(cpu_limit(settings.deploy_concurrency), settings.admission_hold)
+        self._queue = OperationQueue(ledger, observer, admission)
         self._deploy = Deploy(*parts, templates=templates)
         self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
         self._teardown = Teardown(*parts, templates=templates)
         self._templates = templates
+        self._volumes = volumes
+        self._cloner = Cloner(runtime, volumes)
         self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
 
     async def start(self) -> None:
@@ -121,7 +132,73 @@ class Orchestrator:
         """Delete ``name`` in the background, cancelling a deploy that is under way."""
         if not self._mine(name):
             return
-        self._queue.submit("delete", name, lambda: self._teardown.run(name, keep_volumes), preempt=True)
+        self._queue.submit("delete", name, lambda: self._delete(name, keep_volumes), preempt=True)
+
+    async def _delete(self, name: str, keep_volumes: bool) -> None:
+        """Tear ``name`` down, trying again promptly (with backoff) while a step fails."""
+
+        def transient(err: Exception) -> bool:
+            if isinstance(err, errors.SchedulerError):
+                _log.warning("delete.retry", env=name, error=err.message)
+                return True
+            return False
+
+        await retry(lambda: self._teardown.run(name, keep_volumes), transient, DELETE_RETRIES)
+
+    async def snapshot(self, name: str) -> Snapshot:
+        """Copy ``name``'s volumes consistently, as an operation of its queue: no update or delete interleaves.
+
+        Raises:
+            NotFound: no such environment.
+            FailedPrecondition: it is not RUNNING with its latest generation rolled out, or it was
+                deleted (or the daemon stopped) while being copied.
+        """
+        result: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+
+        async def body() -> None:
+            try:
+                env = await self._ledger.get(name)
+                check_cloneable(env)
+                snapshot = await self._cloner.snapshot(env)
+            except asyncio.CancelledError:
+                if not result.done():
+                    result.set_exception(
+                        errors.FailedPrecondition(f"environment {name!r} was deleted while being copied", env=name)
+                    )
+                raise
+            except Exception as err:  # noqa: BLE001 - handed to the caller, who raises it
+                if not result.done():
+                    result.set_exception(err)
+                return
+            if result.done():  # the caller gave up meanwhile
+                await self._cloner.discard(snapshot)
+            else:
+                result.set_result(snapshot)
+
+        self._queue.submit("clone", name, body)
+        try:
+            return await asyncio.shield(result)
+        except asyncio.CancelledError:
+            if result.done() and not result.cancelled() and result.exception() is None:
+                await self._cloner.discard(result.result())
+            elif not result.done():
+                result.cancel()
+            raise
+
+    async def install_snapshot(
+        self, snapshot: Snapshot, name: str, spec: domain.EnvironmentSpec, source: domain.EnvironmentSpec
+    ) -> list[str]:
+        """Place a snapshot's volumes as those of the new environment ``name``; return their names."""
+        return await self._cloner.install(snapshot, name, spec, source)
+
+    async def remove_volumes(self, name: str, volumes: list[str]) -> None:
+        """Remove volumes of an environment that was never stored (a clone that failed)."""
+        for volume in volumes:
+            await asyncio.to_thread(self._volumes.remove, name, volume)
+
+    async def discard_snapshot(self, snapshot: Snapshot) -> None:
+        """Drop a snapshot that will not be installed."""
+        await self._cloner.discard(snapshot)
 
     def busy(self, name: str) -> bool:
         """Whether a deploy, update or delete runs on ``name`` (the supervisor then leaves its status alone)."""

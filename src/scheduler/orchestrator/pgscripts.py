@@ -1,4 +1,4 @@
-"""The two shell scripts a PostgreSQL template needs, run inside the image (``/bin/sh``).
+"""The shell scripts a PostgreSQL template, or a clone of a running one, needs, run inside the image (``/bin/sh``).
 
 They follow the official image's contract (POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD,
 POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD, PGDATA, ``/docker-entrypoint-initdb.d``) and
@@ -9,6 +9,9 @@ user and ``gosu`` or ``su`` (the official images and the project's own image hav
   password (the role has none, so the template holds no credential), the same
   ``listen_addresses`` and ``pg_hba.conf`` line the entrypoint would write, the database made in
   single-user mode (no server, no socket), and a marker file that says "first start of a copy".
+- ``CLONE_PASSWORD`` wraps the entrypoint of a clone of a running environment (see
+  ``orchestrator.clone``): on its first start (``CLONE_MARKER``) it sets the clone's own password
+  in single-user mode, which first replays the copied WAL; init scripts do not run again.
 - ``CLONE_INIT`` wraps the image's own entrypoint in each environment's container. On the first
   start of a copy (the marker is there) it sets the environment's password, in single-user mode
   or, when there are init scripts, through a server on the unix socket only (as the entrypoint
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 MARKER = ".scheduler-first-start"
 """File in a template's data directory; its presence in a volume means "not initialised yet"."""
+CLONE_MARKER = ".scheduler-clone-first-start"
+"""File in a cloned data directory: its first start sets the clone's own password (``CLONE_PASSWORD``)."""
 BUILD_MOUNT = "/scheduler-template/data"
 """Where a template build sees the directory it fills."""
 
@@ -72,14 +77,7 @@ chown postgres:postgres "$PGDATA/"""
 """
 )
 
-CLONE_INIT = (
-    _COMMON
-    + r"""
-PGDATA="${PGDATA:-/var/lib/postgresql/data}"
-marker="$PGDATA/"""
-    + MARKER
-    + r""""
-if [ -f "$marker" ]; then
+_PREPARE_DATA = r"""
   if [ "$(id -u)" = 0 ]; then
     mkdir -p /var/run/postgresql
     chown postgres:postgres /var/run/postgresql "$PGDATA"
@@ -91,6 +89,37 @@ if [ -f "$marker" ]; then
   if [ -n "${POSTGRES_PASSWORD:-}" ]; then
     sql="ALTER ROLE $role PASSWORD '$(quote "$POSTGRES_PASSWORD" "'")';"
   fi
+"""
+
+CLONE_PASSWORD = (
+    _COMMON
+    + r"""
+PGDATA="${PGDATA:-/var/lib/postgresql/data}"
+marker="$PGDATA/"""
+    + CLONE_MARKER
+    + r""""
+if [ -f "$marker" ]; then"""
+    + _PREPARE_DATA
+    + r"""
+  # Single-user mode first replays the WAL of the copy (taken while its source ran).
+  if [ -n "$sql" ]; then single "$sql"; fi
+  rm -f "$marker"
+fi
+exec "$@"
+"""
+)
+"""Wraps the entrypoint of a clone's PostgreSQL: its own password is set before the server listens."""
+
+CLONE_INIT = (
+    _COMMON
+    + r"""
+PGDATA="${PGDATA:-/var/lib/postgresql/data}"
+marker="$PGDATA/"""
+    + MARKER
+    + r""""
+if [ -f "$marker" ]; then"""
+    + _PREPARE_DATA
+    + r"""
   scripts=""
   if [ -d /docker-entrypoint-initdb.d ]; then
     scripts="$(find /docker-entrypoint-initdb.d -maxdepth 1 -type f | sort)"

@@ -1,8 +1,9 @@
 """The operation queue: one operation per environment at a time, in submission order, in the background.
 
 A delete cancels the operation running on its environment (a deploy has no reason to finish);
-every other operation waits for the previous one. Each operation's duration and outcome go to
-the observer (metrics).
+every other operation waits for the previous one. Deploys and updates (what starts containers)
+also wait for admission (:mod:`.admission`): a few at a time, in the order they arrived. Each
+operation's duration and outcome go to the observer (metrics).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import Any, Protocol
 
 from scheduler import errors, log
 from scheduler.domain import Environment, EnvironmentStatus
+from scheduler.orchestrator.admission import Admission
 from scheduler.orchestrator.observer import Observer
 
 _log = log.get("orchestrator")
 
 Operation = Callable[[], Coroutine[Any, Any, None]]
+ADMITTED = frozenset({"deploy", "update"})
+"""Operations that start containers, and so wait for admission."""
 
 
 class Current(Protocol):
@@ -33,9 +37,10 @@ class Current(Protocol):
 class OperationQueue:
     """Serialises operations per environment; see the module docstring."""
 
-    def __init__(self, current: Current, observer: Observer) -> None:
+    def __init__(self, current: Current, observer: Observer, admission: Admission | None = None) -> None:
         self._current = current
         self._observer = observer
+        self._admission = admission
         self._locks: dict[str, asyncio.Lock] = {}
         self._operations: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -96,7 +101,11 @@ class OperationQueue:
         outcome = "failed"
         self._observer.operation_started(operation, name)
         try:
-            await body()
+            if self._admission is not None and operation in ADMITTED:
+                async with self._admission.slot():
+                    await body()
+            else:
+                await body()
             outcome = self._outcome(operation, name)
         except asyncio.CancelledError:
             outcome = "cancelled"

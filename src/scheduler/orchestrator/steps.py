@@ -31,6 +31,7 @@ from scheduler.domain import (
 )
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
+from scheduler.orchestrator.clone import first_start
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.ledger import Ledger
@@ -57,6 +58,10 @@ class OrchestratorSettings:
     pull_policy: domain.PullPolicy = domain.PullPolicy.IF_NOT_PRESENT
     host_ip: str = "127.0.0.1"
     """Default host address of published ports."""
+    deploy_concurrency: int = 0
+    """Deploys and updates admitted at once; 0: twice the CPUs."""
+    admission_hold: float = 10.0
+    """Seconds an admitted deploy holds its slot at most before the next one is admitted anyway."""
 
 
 class DeployFailure(Exception):
@@ -174,6 +179,8 @@ class Steps:
                     seconds = time.monotonic() - before
                     self._observer.step(env.name, "template", service.name, f"first start of a copy, {seconds:.3f}s")
                 service = prepared
+            # A clone's database still holds its source's password: its first start sets its own.
+            service = await first_start(self._volumes, env.name, service, image)
             for volume in service.volumes:
                 source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
                 mounts.append(

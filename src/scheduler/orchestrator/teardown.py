@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from scheduler import domain, errors, log
+from scheduler import domain, errors, labels, log
 from scheduler.domain import Environment, Event, EventType, HistoryEntry
 from scheduler.orchestrator.logs import remove_logs
 from scheduler.orchestrator.status import now
@@ -28,6 +28,11 @@ class Teardown(Steps):
             env = None
         placeholder = Environment(name=name, uid="", spec=domain.EnvironmentSpec(stack="", services=()))
         await self._remove_containers(name, env or placeholder)
+        # Gone means gone from containerd: a container still listed (its task or record survived a
+        # failed step) fails this try, and the orchestrator tries again.
+        left = [info.id for info in await self._runtime.list({labels.ENV: name})]
+        if left:
+            raise errors.Unavailable(f"environment {name!r}: containers {left} are still present", env=name)
         await self._network.delete_environment(name)
         await asyncio.to_thread(remove_logs, self._settings.logs_dir, name)
         if not keep_volumes:

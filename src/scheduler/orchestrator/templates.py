@@ -12,8 +12,8 @@ Concurrency: builds are single-flight per key (twenty deploys at once wait for o
 a build appears only by the rename of a finished, flushed directory, so a crash mid-build leaves
 a ``.build-*`` directory that is swept at start, and a container labelled ours with no
 environment that the start-up reconciliation removes. A build that fails (an image that is not
-PostgreSQL-like) is remembered for the daemon's lifetime and its deploys fall back to the
-image's own first start.
+PostgreSQL-like) is remembered for ``FAILED_BUILD_RETRY`` and its deploys meanwhile fall back to
+the image's own first start.
 
 Templates are listed (``ListTemplates``) and garbage-collected: one that no existing environment
 was seeded from and that was not used for ``unused_after``, or whose image reference no longer
@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,8 @@ _log = log.get("templates")
 TEMPLATE = labels.PREFIX + "template"
 """Label of a template build container: the template's key (such a container has no environment)."""
 _PGDATA = "/var/lib/postgresql/data"
+FAILED_BUILD_RETRY = timedelta(minutes=10)
+"""A key whose build failed is not built again for this long: its deploys use the image's own first start."""
 _VERSION = hashlib.sha256(pgscripts.BUILD.encode()).hexdigest()[:12]
 """Part of every key: a change to the build script makes new templates."""
 
@@ -60,6 +63,10 @@ class TemplateSettings:
     unused_after: timedelta = timedelta(hours=24)
     """A template no existing environment was seeded from is removed after this long unused."""
     gc_interval: timedelta = timedelta(minutes=10)
+    spares: int = 2
+    """Copies of each template kept ready, so that a new volume costs a rename instead of a copy."""
+    spare_delay: timedelta = timedelta(seconds=2)
+    """Wait after a seed before copying its replacement: deploys under way need the disk and CPU first."""
     build_timeout: timedelta = timedelta(minutes=5)
 
 
@@ -106,12 +113,12 @@ def plan(service: ServiceSpec, image: domain.Image) -> _Plan | None:
     return _Plan(key, mount, subpath, parameters, build_env)
 
 
-def wrapped(service: ServiceSpec, image: domain.ImageConfig) -> ServiceSpec:
-    """``service`` with its process run through ``CLONE_INIT`` first (Docker's entrypoint + cmd rule)."""
+def wrapped(service: ServiceSpec, image: domain.ImageConfig, script: str = pgscripts.CLONE_INIT) -> ServiceSpec:
+    """``service`` with its process run through ``script`` first (Docker's entrypoint + cmd rule)."""
     entrypoint = service.command or image.entrypoint
     cmd = service.args or (() if service.command else image.cmd)
     return dataclasses.replace(
-        service, command=("/bin/sh", "-c", pgscripts.CLONE_INIT, "scheduler-first-start"), args=(*entrypoint, *cmd)
+        service, command=("/bin/sh", "-c", script, "scheduler-first-start"), args=(*entrypoint, *cmd)
     )
 
 
@@ -132,10 +139,11 @@ class Templates:
         self.settings = settings
         self._clock = clock
         self._builds: dict[str, asyncio.Task[Path | None]] = {}
-        self._failed: dict[str, str] = {}
+        self._failed: dict[str, datetime] = {}
         self._seeding: Counter[str] = Counter()
         """Keys being copied from right now: the collector leaves them alone."""
         self._removals: dict[str, asyncio.Future[None]] = {}
+        self._refills: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Sweep what a crash left mid-build (no build runs yet)."""
@@ -155,31 +163,77 @@ class Templates:
         found = plan(service, image)
         if found is None:
             return service
-        volume = self._volumes.path(env, found.mount.name)
-        marker = volume.joinpath(found.subpath, pgscripts.MARKER) if found.subpath else volume / pgscripts.MARKER
-        if await asyncio.to_thread(_has_data, volume):
-            return wrapped(service, image.config) if await asyncio.to_thread(marker.is_file) else service
         self._seeding[found.key] += 1
         try:
-            data = await self._template(found, image)
-            if data is None:
-                return service
-            if await asyncio.to_thread(self._volumes.seed, env, found.mount.name, data, found.subpath):
-                await asyncio.to_thread(self._store.use, found.key, env)
-                _log.info("templates.seeded", env=env, service=service.name, template=found.key)
+            if found.key in self._removals:
+                await asyncio.shield(self._removals[found.key])
+            # The whole filesystem part in one thread hop: on a loaded host each hop costs.
+            outcome = await asyncio.to_thread(self._seed, env, found)
+            if outcome is None:
+                if await self._template(found, image) is None:
+                    return service
+                outcome = await asyncio.to_thread(self._seed, env, found)
         finally:
             self._seeding[found.key] -= 1
-        if not await asyncio.to_thread(marker.is_file):
+        if outcome is None:
             return service
-        return wrapped(service, image.config)
+        seeded, first_start = outcome
+        if seeded:
+            _log.info("templates.seeded", env=env, service=service.name, template=found.key, how=seeded)
+            self._refill(found.key)
+        return wrapped(service, image.config) if first_start else service
+
+    def _seed(self, env: str, found: _Plan) -> tuple[str, bool] | None:
+        """Seed the volume if it is new: (how it was seeded or "", whether its first start is to come).
+
+        None when it is new and there is no template yet.
+        """
+        volume = self._volumes.path(env, found.mount.name)
+        marker = volume.joinpath(found.subpath, pgscripts.MARKER) if found.subpath else volume / pgscripts.MARKER
+        if _has_data(volume):
+            return "", marker.is_file()
+        data = self._store.data(found.key)
+        if data is None:
+            return None
+        spare = self._store.claim_spare(found.key)
+        try:
+            seeded = self._volumes.seed(env, found.mount.name, spare or data, found.subpath, move=spare is not None)
+        finally:
+            if spare is not None:
+                shutil.rmtree(spare, ignore_errors=True)  # still there only if it was not used
+        if seeded:
+            self._store.use(found.key, env, self._clock())
+        return ("spare" if spare else "copy") if seeded else "", marker.is_file()
+
+    def _refill(self, key: str) -> None:
+        """Make spares of ``key`` in the background, after the deploys under way had the machine."""
+        if self.settings.spares <= 0 or key in self._refills:
+            return
+
+        async def refill() -> None:
+            await asyncio.sleep(self.settings.spare_delay.total_seconds())
+            try:
+                while await asyncio.to_thread(self._store.spares, key) < self.settings.spares:
+                    if not await asyncio.to_thread(self._store.add_spare, key):
+                        return
+            except OSError as err:
+                _log.warning("templates.spare_failed", template=key, error=str(err))
+
+        task = asyncio.create_task(refill(), name=f"spares-{key[:12]}")
+        self._refills[key] = task
+        task.add_done_callback(lambda _: self._refills.pop(key, None))
+
+    async def close(self) -> None:
+        """Stop making spares (a partial one is swept at the next start)."""
+        tasks = list(self._refills.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _template(self, found: _Plan, image: domain.Image) -> Path | None:
-        removal = self._removals.get(found.key)
-        if removal is not None:
-            await asyncio.shield(removal)  # then build it again
-        data = await asyncio.to_thread(self._store.data, found.key)
-        if data is not None or found.key in self._failed:
-            return data
+        failed = self._failed.get(found.key)
+        if failed is not None and self._clock() - failed < FAILED_BUILD_RETRY:
+            return None
         task = self._builds.get(found.key)
         if task is None:
             task = asyncio.create_task(self._build(found, image), name=f"template-{found.key[:12]}")
@@ -189,6 +243,10 @@ class Templates:
         return await asyncio.shield(task)
 
     async def _build(self, found: _Plan, image: domain.Image) -> Path | None:
+        # Another build may have finished between the caller's look and this task's start.
+        ready = await asyncio.to_thread(self._store.data, found.key)
+        if ready is not None:
+            return ready
         build = await asyncio.to_thread(self._store.begin)
         cid = f"template.{found.key[:12]}.{secrets.token_hex(3)}"
         config = domain.ContainerConfig(
@@ -226,7 +284,7 @@ class Templates:
         except (errors.SchedulerError, OSError, TimeoutError) as err:
             await asyncio.to_thread(self._store.abandon, build)
             message = getattr(err, "message", None) or str(err) or type(err).__name__
-            self._failed[found.key] = message
+            self._failed[found.key] = self._clock()
             _log.warning("templates.build_failed", template=found.key, image=image.name, error=message)
             return None
         except BaseException:
@@ -234,6 +292,7 @@ class Templates:
             raise
         seconds = (self._clock() - started).total_seconds()
         _log.info("templates.built", template=found.key, image=image.name, seconds=round(seconds, 3))
+        self._refill(found.key)
         return await asyncio.to_thread(self._store.data, template.key)
 
     async def list(self) -> list[DataTemplate]:
@@ -245,7 +304,7 @@ class Templates:
         existing = set(environments)
         removed = []
         for template in await self.list():
-            if template.key in self._builds or self._seeding[template.key]:
+            if template.key in self._builds or template.key in self._refills or self._seeding[template.key]:
                 continue
             for gone in set(template.environments) - existing:
                 await asyncio.to_thread(self._store.forget, template.key, gone)

@@ -64,6 +64,18 @@ class ContainerRuntime(Protocol):
         """Start the container's process (replacing an exited one); return its pid."""
         ...
 
+    async def prepare_start(self, container_id: str) -> None:
+        """Set up the container's process without running it, so that :meth:`start` is only the exec.
+
+        For a container that waits on others: the costly part (a shim, namespaces, mounts) then
+        happens during the wait instead of after it. A no-op when it already has a process.
+        """
+        ...
+
+    async def cancel_start(self, container_id: str) -> None:
+        """Remove the process :meth:`prepare_start` set up if it never ran; a no-op otherwise."""
+        ...
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
         """Send ``signal`` (default: the image's StopSignal, else SIGTERM), then SIGKILL after ``grace``."""
         ...
@@ -83,6 +95,14 @@ class ContainerRuntime(Protocol):
         timeout: timedelta,  # noqa: ASYNC109 - the command's run time limit, enforced by killing it
     ) -> domain.ExecResult:
         """Run a command inside the running container; return exit code and output."""
+        ...
+
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (the cgroup freezer); its files stop changing."""
+        ...
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused container; resuming one that is not paused is not an error."""
         ...
 
     async def list(self, labels: Mapping[str, str]) -> list[domain.ContainerInfo]:

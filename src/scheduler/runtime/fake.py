@@ -196,6 +196,13 @@ class FakeRuntime:
         self._emit(domain.TaskEvent(domain.TaskEventKind.START, container_id, container.pid, at=datetime.now(UTC)))
         return container.pid
 
+    async def prepare_start(self, container_id: str) -> None:
+        self._record("prepare_start", container_id)
+        self._get(container_id)
+
+    async def cancel_start(self, container_id: str) -> None:
+        self._record("cancel_start", container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
         self._record("stop", container_id, signal or "SIGTERM")
         container = self._get(container_id)
@@ -205,6 +212,21 @@ class FakeRuntime:
             return container.exit
         code = 137 if container_id in self.ignores_sigterm else self.stop_exit_code
         return self._exit(container, code)
+
+    async def pause(self, container_id: str) -> None:
+        self._record("pause", container_id)
+        container = self._get(container_id)
+        if container.state != domain.TaskState.RUNNING:
+            raise NotFound(f"container {container_id} has no running task to pause", container_id=container_id)
+        container.state = domain.TaskState.PAUSED
+
+    async def resume(self, container_id: str) -> None:
+        self._record("resume", container_id)
+        container = self._get(container_id)
+        if container.state is None:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id)
+        if container.state == domain.TaskState.PAUSED:
+            container.state = domain.TaskState.RUNNING
 
     async def wait(self, container_id: str) -> domain.ExitStatus:
         self._record("wait", container_id)

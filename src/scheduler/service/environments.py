@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +17,6 @@ from scheduler.cluster.base import Fleet
 from scheduler.cluster.node import Node
 from scheduler.config import LimitSettings
 from scheduler.domain import (
-    BackupInfo,
     ChangeAction,
     DataTemplate,
     Environment,
@@ -39,12 +36,17 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
 from scheduler.orchestrator.timeline import Timeline
+from scheduler.service.backups import BackupCases
+from scheduler.service.clones import CloneCases
 from scheduler.service.observation import Observation
 from scheduler.service.views import (
+    RequestEdit,
     Shown,
     check_etag,
     check_name,
+    check_request_id,
     matches,
+    pending,
     pushdown,
     redact,
 )
@@ -52,22 +54,19 @@ from scheduler.stacks.catalog import Catalog
 from scheduler.stacks.resolve import resolve
 from scheduler.stacks.stack import Stack
 from scheduler.storage.base import PageKey, decode_page_token, effective_page_size, encode_page_token
-from scheduler.validation import env_name_problem, validate
+from scheduler.validation import validate
 
 _log = log.get("service")
 
 DEFAULT_DRAIN = timedelta(seconds=2)
 """How long replaced containers keep serving connections already routed to them."""
 
-RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
-"""Turns the stored request into the updated one (a field mask applied, or a replacement)."""
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvironmentService(Observation):
+class EnvironmentService(BackupCases, CloneCases, Observation):
     """The scheduler's use cases, in domain terms."""
 
     def __init__(
@@ -121,41 +120,20 @@ class EnvironmentService(Observation):
 
         With ``validate_only``, return the environment that would be created and store nothing.
         """
-        if len(request_id) > bounds.MAX_REQUEST_ID:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
-            )
+        check_request_id(request_id)
         # One create at a time: the request-id check and the insert must not interleave.
         async with self._create_lock:
-            if request_id:
-                earlier = await self._ledger.find_by_request_id(request_id)
-                if earlier is not None:
-                    if earlier.name != name:
-                        raise errors.AlreadyExists(
-                            f"request_id {request_id!r} already created environment {earlier.name!r}",
-                            field="request_id",
-                        )
-                    return self._redact(earlier)
+            earlier = await self._earlier(request_id, name)
+            if earlier is not None:
+                return self._redact(earlier)
             spec = await self._resolve(name, request)
             quotas.check_environment_count(await self._count_environments(), self._limits)
             if self._fleet is not None:
                 await self._fleet.admit(name, spec)
             created = _now()
-            env = Environment(
-                name=name,
-                uid=str(uuid.uuid4()),
-                spec=spec,
-                request=request,
-                generation=1,
-                status=EnvironmentStatus.PENDING,
-                created_at=created,
-                updated_at=created,
-                request_id=request_id,
-            )
+            env = pending(name, spec, request, request_id, created)
             if validate_only:
-                with contextlib.suppress(errors.NotFound):
-                    await self._ledger.get(name)
-                    raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
+                await self._check_free(name)
                 return self._redact(env)
             env = await self._ledger.create(env)
         await self._ledger.append_history(
@@ -318,58 +296,6 @@ class EnvironmentService(Observation):
         """The data-directory templates on the host, oldest first."""
         return await self._orchestrator.templates()
 
-    # --- backup and restore -------------------------------------------------------------------
-
-    def _archives(self) -> Backups:
-        if self._backups is None:
-            raise errors.Unimplemented("backups are not configured on this daemon")
-        return self._backups
-
-    async def backup(self, name: str) -> BackupInfo:
-        """Archive an environment: spec, history, volumes, database dumps."""
-        check_name(name)
-        return await self._archives().backup(name)
-
-    async def backups(self, name: str) -> builtins.list[BackupInfo]:
-        """Archives of an environment (which may have been deleted since), newest first."""
-        check_name(name)
-        return await asyncio.to_thread(self._archives().list, name)
-
-    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
-        """Create an environment from an archive, deploy it and load its databases; return it running.
-
-        Raises:
-            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
-            NotFound: no such archive.
-            AlreadyExists: an environment of that name exists.
-            FailedPrecondition: the restored environment did not come up, or a dump did not load.
-        """
-        archives = self._archives()
-        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
-        target = name or archived.name
-        problem = env_name_problem(target)
-        if problem:
-            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
-        fresh, entries = archives.renamed(archived, target, history)
-        async with self._create_lock:
-            await self._ledger.create(fresh)
-        for entry in entries:
-            await self._ledger.append_history(entry)
-        await self._ledger.append_history(
-            HistoryEntry(target, fresh.generation, _now(), actor, "restore", f"from backup {backup_id}")
-        )
-        await archives.stage(path, manifest, target)
-        self._orchestrator.submit_deploy(target)
-        await self._orchestrator.wait_idle(target)
-        env = await self._ledger.get(target)
-        if env.status is not EnvironmentStatus.RUNNING:
-            raise errors.FailedPrecondition(
-                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
-                env=target,
-            )
-        await archives.load_databases(path, manifest, target)
-        return self._redact(await self._ledger.get(target))
-
     # --- observation ---------------------------------------------------------------------------------
 
     def stacks(self, *, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[Stack], str]:
@@ -409,6 +335,26 @@ class EnvironmentService(Observation):
         return redact(env, self._catalog)
 
     # --- helpers ---------------------------------------------------------------------------------------
+
+    async def _earlier(self, request_id: str, name: str) -> Environment | None:
+        """The environment an earlier call with ``request_id`` created, if it is ``name``.
+
+        Raises:
+            AlreadyExists: naming ``request_id`` when it created another environment.
+        """
+        if not request_id:
+            return None
+        earlier = await self._ledger.find_by_request_id(request_id)
+        if earlier is not None and earlier.name != name:
+            raise errors.AlreadyExists(
+                f"request_id {request_id!r} already created environment {earlier.name!r}", field="request_id"
+            )
+        return earlier
+
+    async def _check_free(self, name: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self._ledger.get(name)
+            raise errors.AlreadyExists(f"environment {name!r} already exists", env=name)
 
     async def _count_environments(self) -> int:
         """Environments held now (the ledger's count: nothing is read or decoded)."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 from scheduler import bounds, errors
 from scheduler.domain import (
     Environment,
     EnvironmentFilter,
+    EnvironmentRequest,
+    EnvironmentSpec,
     EnvironmentStatus,
     ServiceOverride,
     ServiceSpec,
@@ -15,6 +20,9 @@ from scheduler.domain import (
 from scheduler.domain import etag as domain_etag
 from scheduler.redaction import REDACTED, looks_secret
 from scheduler.stacks.catalog import Catalog
+
+RequestEdit = Callable[[EnvironmentRequest], EnvironmentRequest]
+"""Turns the stored request into the new one (a field mask applied, or a replacement)."""
 
 
 def _redact_service(service: ServiceSpec) -> ServiceSpec:
@@ -125,3 +133,28 @@ class Shown:
         """A ledger watcher: drop the copy of a removed environment."""
         if after is None and before is not None:
             self._items.pop(before.name, None)
+
+
+def check_request_id(request_id: str) -> None:
+    """Bound a client-chosen request id."""
+    if len(request_id) > bounds.MAX_REQUEST_ID:
+        raise errors.InvalidArgument.of(
+            [errors.FieldViolation("request_id", f"must be at most {bounds.MAX_REQUEST_ID} characters")]
+        )
+
+
+def pending(
+    name: str, spec: EnvironmentSpec, request: EnvironmentRequest, request_id: str, created: datetime
+) -> Environment:
+    """A new environment, accepted and not deployed yet."""
+    return Environment(
+        name=name,
+        uid=str(uuid.uuid4()),
+        spec=spec,
+        request=request,
+        generation=1,
+        status=EnvironmentStatus.PENDING,
+        created_at=created,
+        updated_at=created,
+        request_id=request_id,
+    )

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from scheduler.volumes.sync import SyncStats
+
 
 @dataclass(frozen=True)
 class Volume:
@@ -30,11 +32,12 @@ class VolumeStore(Protocol):
         """Create the volume if missing and return its directory; existing data is kept."""
         ...
 
-    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+    def seed(self, env: str, name: str, source: Path, subpath: str = "", *, move: bool = False) -> bool:
         """Create the volume as a copy of ``source`` (placed at ``subpath`` inside it) unless it has data.
 
         Returns whether it seeded; a volume that exists and is not empty is left alone. The copy
-        appears whole or not at all.
+        appears whole or not at all. With ``move`` the directory ``source`` itself becomes the
+        data (renamed, no copy) and is gone afterwards.
         """
         ...
 
@@ -64,4 +67,20 @@ class VolumeStore(Protocol):
 
     def restore(self, env: str, name: str, tar_path: Path) -> Path:
         """Replace the volume's contents with those of an archive made by :meth:`backup`."""
+        ...
+
+    def staging(self) -> Path:
+        """A new empty private directory beside the volumes, for copies being made."""
+        ...
+
+    def copy_into(self, env: str, name: str, target: Path, since: float | None = None) -> SyncStats:
+        """Copy (or, with ``since``, bring up to date) volume ``name`` of ``env`` into ``target``."""
+        ...
+
+    def adopt(self, env: str, name: str, staged: Path) -> Path:
+        """Move a directory made under :meth:`staging` into place as a new volume of ``env``."""
+        ...
+
+    def discard(self, staged: Path) -> None:
+        """Remove a directory made by :meth:`staging`; idempotent."""
         ...

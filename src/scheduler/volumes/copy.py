@@ -144,3 +144,15 @@ class _Copier:
             if done == 0:
                 break
             left -= done
+
+
+def copy_file(source: Path, target: Path) -> int:
+    """Copy one regular file to ``target``, which must not exist, as :func:`copy_tree` does; return its size."""
+    copier = _Copier()
+    copier._file(os.fspath(source), os.fspath(target), os.lstat(source))
+    return copier.stats.bytes
+
+
+def kept_mode(mode: int) -> int:
+    """The permission bits a copy keeps: setuid and setgid are dropped (see the module docstring)."""
+    return stat.S_IMODE(mode) & ~_DROPPED_BITS

@@ -14,16 +14,18 @@ another user fix their own data directory (PostgreSQL's entrypoint chowns ``PGDA
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tarfile
 import uuid
 from pathlib import Path
 
-from scheduler.errors import FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
+from scheduler.errors import AlreadyExists, FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
 from scheduler.validation import env_name_problem, volume_name_problem
 from scheduler.volumes.base import Volume
 from scheduler.volumes.copy import copy_tree
+from scheduler.volumes.sync import SyncStats, sync_tree
 
 DIR_MODE = 0o755
 """Mode of a volume directory, as the container sees its mount point."""
@@ -90,13 +92,16 @@ class HostVolumeStore:
         # Re-check after creating: the parent could have been swapped for a symlink meanwhile.
         return self.path(env, name)
 
-    def seed(self, env: str, name: str, source: Path, subpath: str = "") -> bool:
+    def seed(self, env: str, name: str, source: Path, subpath: str = "", *, move: bool = False) -> bool:
         """Create the volume as a copy of ``source`` (at ``subpath`` inside it) unless it has data.
 
         The copy is made beside the volume under a name no volume can have and renamed into
         place, so a crash mid-copy leaves no half-filled volume that a later start would take
         for real data (the scratch copy goes with the environment's directory). An existing
-        empty volume directory is replaced. Returns whether it seeded.
+        empty volume directory is replaced. With ``move``, ``source`` (a private copy made
+        beforehand, off the critical path) is renamed into place instead: the seed then costs a
+        rename whatever its size; across filesystems it is copied and removed. Returns whether
+        it seeded.
 
         Raises:
             InvalidArgument: naming ``subpath`` when it is absolute or climbs out.
@@ -119,11 +124,11 @@ class HostVolumeStore:
                 inner.mkdir(mode=DIR_MODE, parents=True)
                 for depth in range(len(parts)):
                     os.chmod(scratch.joinpath(*parts[:depth]), DIR_MODE)  # mkdir's mode is masked by the umask
-                copy_tree(Path(source), inner / parts[-1])
+                _take(Path(source), inner / parts[-1], move)
             else:
                 # The source's directory becomes the volume itself, with its owner and mode
                 # (PGDATA's 0700 and uid): the environment's 0700 directory still fences it.
-                copy_tree(Path(source), scratch)
+                _take(Path(source), scratch, move)
             if path.is_dir():
                 path.rmdir()  # empty (checked above); a file planted meanwhile makes this fail
             os.rename(scratch, path)
@@ -265,11 +270,66 @@ class HostVolumeStore:
             _remove_tree(scratch)
         return target
 
+    # --- copies -------------------------------------------------------------------------------
+
+    def staging(self) -> Path:
+        """A new empty private directory under the root (a name no environment can have)."""
+        self._private_dir(self.root, parents=True)
+        scratch = self.root.resolve() / f"{_SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        scratch.mkdir(mode=PRIVATE_MODE)
+        return scratch
+
+    def copy_into(self, env: str, name: str, target: Path, since: float | None = None) -> SyncStats:
+        """Copy volume ``name`` of ``env`` into ``target`` (see :func:`~scheduler.volumes.sync.sync_tree`).
+
+        Raises:
+            NotFound: naming the volume.
+        """
+        return sync_tree(self._existing(env, name), self._staged(Path(target)), since)
+
+    def adopt(self, env: str, name: str, staged: Path) -> Path:
+        """Move ``staged`` (under a staging directory) into place as volume ``name`` of ``env``.
+
+        Raises:
+            AlreadyExists: the volume exists already (nothing is moved).
+        """
+        source = self._staged(Path(staged))
+        target = self.path(env, name)
+        self._private_dir(target.parent)
+        if target.exists() or target.is_symlink():
+            raise AlreadyExists(f"volume {env}/{name} exists already", env=env, volume=name)
+        os.rename(source, target)
+        return self.path(env, name)
+
+    def discard(self, staged: Path) -> None:
+        """Remove a staging directory and what it holds; idempotent."""
+        _remove_tree(self._staged(Path(staged)))
+
+    def _staged(self, path: Path) -> Path:
+        root = self.root.resolve()
+        real = path.resolve()
+        if not real.is_relative_to(root) or not real.relative_to(root).parts[0].startswith(_SCRATCH_PREFIX):
+            raise InvalidArgument.of([FieldViolation("staged", f"{str(path)!r} is not a staging directory")])
+        return real
+
     def _existing(self, env: str, name: str) -> Path:
         path = self.path(env, name)
         if not path.is_dir():
             raise NotFound(f"volume {env}/{name} not found", env=env, volume=name)
         return path
+
+
+def _take(source: Path, target: Path, move: bool) -> None:
+    if move:
+        try:
+            os.rename(source, target)
+            return
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+    copy_tree(source, target)
+    if move:
+        _remove_tree(source)
 
 
 def _keep_owner_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:

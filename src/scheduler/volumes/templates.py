@@ -5,8 +5,11 @@ else under the root (``.build-*`` directories a crash left behind) is never used
 A template appears by one rename of a finished build directory, so it is whole or absent. The
 record names the image (reference and digest) and the parameters it was built with; which
 environments were seeded from it is kept as empty files under ``users/``, and its last use as
-the record's ``last_used_at``. The root is ``0700`` and owned by root, like the volumes root:
-the files inside keep the owner the image gave them (PostgreSQL's uid).
+the record's ``last_used_at``. ``spares/`` holds whole copies of ``data`` made ahead of time
+(each appears by a rename once complete), so that a new volume costs a rename instead of a copy;
+a spare is claimed by renaming it to a ``.claimed-`` name, so two claims never get the same one.
+The root is ``0700`` and owned by root, like the volumes root: the files inside keep the owner
+the image gave them (PostgreSQL's uid).
 
 Methods are synchronous filesystem work (callers run them with ``asyncio.to_thread``).
 """
@@ -21,14 +24,17 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from scheduler.domain import DataTemplate
 from scheduler.validation import env_name_problem
+from scheduler.volumes.copy import copy_tree
 
 _KEY = re.compile(r"^[0-9a-f]{16,64}$")
 _BUILD_PREFIX = ".build-"
+_PARTIAL = ".partial-"
+_CLAIMED = ".claimed-"
 RECORD = "template.json"
 DATA = "data"
 
@@ -115,19 +121,57 @@ class TemplateStore:
         _fsync_dir(self.root)
         return template
 
+    def add_spare(self, key: str) -> bool:
+        """Copy template ``key``'s data into a new spare; False when the template is gone."""
+        data = self.data(key)
+        if data is None:
+            return False
+        spares = self._dir(key) / "spares"
+        spares.mkdir(mode=0o700, exist_ok=True)
+        partial = spares / f"{_PARTIAL}{uuid.uuid4().hex}"
+        try:
+            copy_tree(data, partial)
+            os.rename(partial, spares / uuid.uuid4().hex)
+        except FileNotFoundError:
+            return False  # removed meanwhile
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return True
+
+    def spares(self, key: str) -> int:
+        """How many whole spares template ``key`` has."""
+        spares = self._dir(key) / "spares"
+        return sum(1 for p in spares.iterdir() if not p.name.startswith(".")) if spares.is_dir() else 0
+
+    def claim_spare(self, key: str) -> Path | None:
+        """Take one spare of template ``key`` for the caller alone (to move into a volume), or None."""
+        spares = self._dir(key) / "spares"
+        if not spares.is_dir():
+            return None
+        for spare in spares.iterdir():
+            if spare.name.startswith("."):
+                continue
+            claimed = spares / f"{_CLAIMED}{spare.name}"
+            try:
+                os.rename(spare, claimed)
+            except FileNotFoundError:
+                continue  # another claim won this one
+            return claimed
+        return None
+
     def abandon(self, build: Build) -> None:
         """Remove a build that failed."""
         shutil.rmtree(build.path, ignore_errors=True)
 
-    def use(self, key: str, env: str) -> None:
-        """Record that environment ``env`` was seeded from template ``key`` now."""
+    def use(self, key: str, env: str, at: datetime) -> None:
+        """Record that environment ``env`` was seeded from template ``key`` at ``at``."""
         template = self.get(key)
         if template is None or env_name_problem(env):
             return
         users = self._dir(key) / "users"
         users.mkdir(mode=0o700, exist_ok=True)
         (users / env).touch()
-        _write_record(self._dir(key), replace(template, last_used_at=datetime.now(UTC)))
+        _write_record(self._dir(key), replace(template, last_used_at=at))
 
     def forget(self, key: str, env: str) -> None:
         """Record that environment ``env`` no longer exists."""
@@ -154,6 +198,9 @@ class TemplateStore:
         if not self.root.is_dir():
             return []
         swept = [p for p in self.root.iterdir() if p.name.startswith(_BUILD_PREFIX)]
+        for template in self.root.iterdir():
+            if _KEY.match(template.name) and (template / "spares").is_dir():
+                swept += [p for p in (template / "spares").iterdir() if p.name.startswith(".")]
         for path in swept:
             shutil.rmtree(path, ignore_errors=True)
         return [p.name for p in swept]

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from scheduler.config import ImageSettings
 from scheduler.errors import NotFound
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.images.v1 import images_pb2 as images_pb
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd.client import ContainerdClient
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.images import ImageService
 
 
@@ -48,7 +48,7 @@ async def image_client(containerd_socket: str) -> AsyncIterator[ContainerdClient
 def make_service(image_client: ContainerdClient):  # type: ignore[no-untyped-def]
     """Build an ImageService over the test's client with the given settings."""
 
-    def make(settings: ImageSettings | None = None, **kwargs: object) -> ImageService:
-        return ImageService(image_client, settings or ImageSettings(), "overlayfs", **kwargs)  # type: ignore[arg-type]
+    def make(settings: ImageOptions | None = None, **kwargs: object) -> ImageService:
+        return ImageService(image_client, settings or ImageOptions(), "overlayfs", **kwargs)  # type: ignore[arg-type]
 
     return make

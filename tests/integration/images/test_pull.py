@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from scheduler import domain
-from scheduler.config import ImageSettings, RegistryHost
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
 from scheduler.runtime.containerd.client import ContainerdClient
+from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
 from tests.integration.images.helpers import ArchiveRegistry, leftovers
 from tests.support.images import POSTGRES, TOOLBOX
 from tests.support.registry import Registry, free_port
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.integration
 TOOLBOX_REPO = "schedulerdemo/toolbox:1.0"
 
 
-def _insecure(registry: Registry, **creds: str) -> ImageSettings:
-    return ImageSettings(registries={registry.host: RegistryHost(insecure=True, **creds)})
+def _insecure(registry: Registry, **creds: str) -> ImageOptions:
+    return ImageOptions(registries={registry.host: RegistryOptions(insecure=True, **creds)})
 
 
 async def _assert_clean(client: ContainerdClient) -> None:
@@ -77,7 +77,7 @@ async def test_pull_policies(
         await service.ensure_image(ref, domain.PullPolicy.NEVER)
     pulled = await service.ensure_image(ref, domain.PullPolicy.IF_NOT_PRESENT)
     # Present now: neither policy needs the registry (its settings point nowhere).
-    offline = make_service(ImageSettings(registries={registry.host: RegistryHost(mirrors=["http://127.0.0.1:1"])}))
+    offline = make_service(ImageOptions(registries={registry.host: RegistryOptions(mirrors=["http://127.0.0.1:1"])}))
     assert await offline.ensure_image(ref, domain.PullPolicy.NEVER) == pulled
     assert await offline.ensure_image(ref, domain.PullPolicy.IF_NOT_PRESENT) == pulled
     assert await service.ensure_image(ref, domain.PullPolicy.ALWAYS) == pulled
@@ -125,12 +125,14 @@ async def test_mirror_serves_docker_io_names(
     registry: Registry, image_archives: dict[str, Path], make_service, image_client: ContainerdClient
 ) -> None:
     registry.push(image_archives[TOOLBOX], TOOLBOX_REPO)
-    settings = ImageSettings(registries={"docker.io": RegistryHost(mirrors=[f"http://{registry.host}"])})
+    settings = ImageOptions(registries={"docker.io": RegistryOptions(mirrors=[f"http://{registry.host}"])})
     image = await make_service(settings).pull("schedulerdemo/toolbox:1.0")
     assert image.name == "docker.io/schedulerdemo/toolbox:1.0"
     # A dead mirror first, then the live one: mirrors are tried in order.
-    settings = ImageSettings(
-        registries={"docker.io": RegistryHost(mirrors=[f"http://127.0.0.1:{free_port()}", f"http://{registry.host}"])}
+    settings = ImageOptions(
+        registries={
+            "docker.io": RegistryOptions(mirrors=[f"http://127.0.0.1:{free_port()}", f"http://{registry.host}"])
+        }
     )
     again = await make_service(settings).pull("docker.io/schedulerdemo/toolbox:1.0", policy=domain.PullPolicy.ALWAYS)
     assert again.chain_id == image.chain_id
@@ -139,7 +141,7 @@ async def test_mirror_serves_docker_io_names(
 
 async def test_unreachable_registry_is_unavailable(make_service, image_client: ContainerdClient) -> None:
     host = f"127.0.0.1:{free_port()}"
-    service = make_service(ImageSettings(registries={host: RegistryHost(insecure=True)}))
+    service = make_service(ImageOptions(registries={host: RegistryOptions(insecure=True)}))
     with pytest.raises(Unavailable, match=host):
         await service.pull(f"{host}/nothing/here:1")
     await _assert_clean(image_client)
@@ -167,7 +169,7 @@ async def test_corrupt_layer_is_refused_and_leaves_nothing(
     manifest = __import__("json").loads(fake.manifests["1.0"][1])
     bad_layer = manifest["layers"][1]["digest"]
     fake.corrupt.add(bad_layer)
-    settings = ImageSettings(registries={"fake.test": RegistryHost()})
+    settings = ImageOptions(registries={"fake.test": RegistryOptions()})
     service = make_service(settings, transport=httpx.MockTransport(fake.handler))
     with pytest.raises(FailedPrecondition, match=bad_layer):
         await service.pull("fake.test/schedulerdemo/toolbox:1.0")
@@ -202,7 +204,7 @@ async def test_index_resolves_to_the_host_platform(
         ],
     )
     service = make_service(
-        ImageSettings(allowed_registries=["fake.test"]),
+        ImageOptions(allowed_registries=("fake.test",)),
         transport=httpx.MockTransport(fake.handler),
         platform=("linux", "amd64", ""),
     )
@@ -213,7 +215,7 @@ async def test_index_resolves_to_the_host_platform(
     assert info.info.labels["containerd.io/gc.ref.content.m.1"] == amd64
     assert (await service.get("fake.test/schedulerdemo/toolbox:multi")).chain_id == image.chain_id
     arm_only = make_service(
-        ImageSettings(allowed_registries=["fake.test"]),
+        ImageOptions(allowed_registries=("fake.test",)),
         transport=httpx.MockTransport(fake.handler),
         platform=("linux", "s390x", ""),
     )
@@ -243,7 +245,7 @@ async def test_a_host_outside_the_allow_list_is_refused_without_a_connection(mak
         contacted.append(str(request.url))
         return httpx.Response(404)
 
-    service = make_service(ImageSettings(), transport=httpx.MockTransport(handler))
+    service = make_service(ImageOptions(), transport=httpx.MockTransport(handler))
     for ref in ("127.0.0.1:22/probe:1", "169.254.169.254/latest:1", "localhost:5000/x:1", "evil.example/x:1"):
         with pytest.raises(PermissionDenied, match="is not allowed"):
             await service.pull(ref)
@@ -257,13 +259,13 @@ async def test_an_allowed_name_that_resolves_to_loopback_is_refused(make_service
         contacted.append(str(request.url))
         return httpx.Response(404)
 
-    service = make_service(ImageSettings(allowed_registries=["localhost:5000"]), transport=httpx.MockTransport(handler))
+    service = make_service(ImageOptions(allowed_registries=("localhost:5000",)), transport=httpx.MockTransport(handler))
     with pytest.raises(PermissionDenied, match="resolves to a loopback"):
         await service.pull("localhost:5000/probe:1")
     assert contacted == []
     # Listed under images.registries, the operator means it: the pull goes ahead (and finds nothing).
     configured = make_service(
-        ImageSettings(registries={"localhost:5000": RegistryHost(insecure=True)}),
+        ImageOptions(registries={"localhost:5000": RegistryOptions(insecure=True)}),
         transport=httpx.MockTransport(handler),
     )
     with pytest.raises(NotFound):

@@ -262,7 +262,42 @@ def test_tokens_roles_and_scopes(readme_daemon: DaemonProcess) -> None:
         assert [e.name for e in seen_by_b.environments] == ["shop-b"]
         history = stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name="shop-b"), timeout=10)
         assert history.entries[0].actor == "token:team-b"
+        _clone_scopes(stub)
         assert _code(lambda: stub.ListEnvironments(pb.ListEnvironmentsRequest(), timeout=10))[0] == grpc.StatusCode.OK
+
+
+def _clone_scopes(stub: pb_grpc.SchedulerServiceStub) -> None:
+    """A clone reads its source and creates its copy: a scoped caller needs both in scope."""
+
+    def clone(token: str, source: str, name: str, labels: dict[str, str] | None = None) -> tuple[Any, str]:
+        request = pb.CloneEnvironmentRequest(source=source, name=name, validate_only=True)
+        if labels:
+            request.spec.labels.update(labels)
+            request.update_mask.paths.extend(f"labels.{k}" for k in labels)
+        return _code(lambda: stub.CloneEnvironment(request, metadata=_bearer(token), timeout=10))
+
+    # Team A may not copy team B's environment, not even into a name of its own.
+    code, details = clone("team-a", "shop-b", "team-a-copy")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "environments.clone" in details, details
+    assert "shop-b" in details
+    # Nor copy its own environment to a name outside its scope.
+    code, details = clone("team-a", "team-a-shop", "elsewhere")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "elsewhere" in details, details
+    # Team B may not relabel its copy out of its scope.
+    code, details = clone("team-b", "shop-b", "shop-b-copy", {"team": "c"})
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "shop-b-copy" in details, details
+    # A viewer may not clone at all.
+    code, details = clone("viewer", "team-a-shop", "team-a-viewer")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "environments.clone" in details, details
+    # Within scope on both sides the call passes the gate (a validate-only clone of a running source).
+    deadline = time.monotonic() + 120
+    while stub.GetEnvironment(pb.GetEnvironmentRequest(name="team-a-shop"), timeout=10).status != (
+        pb.ENVIRONMENT_STATUS_RUNNING
+    ):
+        assert time.monotonic() < deadline, "team-a-shop never ran"
+        time.sleep(0.2)
+    code, details = clone("team-a", "team-a-shop", "team-a-copy")
+    assert code == grpc.StatusCode.OK, details
 
 
 def test_a_non_loopback_listener_without_tls_refuses_to_start(tmp_path: Path) -> None:

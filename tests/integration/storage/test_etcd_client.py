@@ -71,13 +71,14 @@ async def test_cas_creates_only_if_absent_and_updates_only_at_the_read_revision(
     assert not result.succeeded and await client.get(f"{etcd_prefix}c") is None
 
 
-async def test_a_kept_lease_outlives_its_ttl_and_revoking_it_deletes_its_keys(client, etcd_prefix):
+async def test_revoking_a_kept_lease_deletes_its_keys_and_an_unkept_one_expires(client, etcd_prefix):
+    # (That keep-alives hold a lease past its TTL, even through a member's death, is the failover test's.)
     lease = await Lease.grant(client, 2)
     await client.put(f"{etcd_prefix}node", b"alive", lease=lease.id)
-    await asyncio.sleep(5)  # well past the TTL: only the keep-alives hold the key
     assert (await client.get(f"{etcd_prefix}node")).lease == lease.id
-    assert not lease.lost.is_set()
+    assert await client.time_to_live(lease.id) > 0
     await lease.close()
+    assert lease.lost.is_set()
     assert await client.get(f"{etcd_prefix}node") is None
     # A lease nobody keeps alive expires, and its keys go with it.
     lease_id, _ = await client.grant(1)
@@ -143,12 +144,15 @@ async def test_election_has_one_leader_at_a_time_and_passes_on_resign(client, et
             await observed.aclose()
 
 
-async def test_calls_and_watches_fail_over_when_the_member_in_use_dies(client, etcd_cluster, etcd_prefix):
+async def test_calls_watches_and_leases_fail_over_when_the_member_in_use_dies(client, etcd_cluster, etcd_prefix):
     stream = watch_prefix(client, etcd_prefix)
     member = etcd_cluster.member_at(client.stubs().endpoint)
+    lease = await Lease.grant(client, 10, interval=0.3)
     try:
-        await _next(stream)  # the snapshot; the watch now streams from the current member
+        await client.put(f"{etcd_prefix}node", b"alive", lease=lease.id)
+        await _next(stream)  # the snapshot; the watch and the keep-alives now stream from the current member
         etcd_cluster.kill(member)
+        renewals = lease.renewals
         for i in range(5):
             await client.put(f"{etcd_prefix}k{i}", b"x")
         assert client.stubs().endpoint != member.endpoint
@@ -156,7 +160,15 @@ async def test_calls_and_watches_fail_over_when_the_member_in_use_dies(client, e
         while len(keys) < 5:
             keys += [e.kv.key for e in (await _next(stream)).events]
         assert keys == [f"{etcd_prefix}k{i}" for i in range(5)]
-        assert len((await client.list_prefix(etcd_prefix)).kvs) == 5
+        assert len((await client.list_prefix(etcd_prefix)).kvs) == 6
+        # The keep-alives go on through another member.
+        async with asyncio.timeout(30):
+            while lease.renewals < renewals + 3:
+                await asyncio.sleep(0.1)
+        assert not lease.lost.is_set()
+        assert await client.time_to_live(lease.id) > 0
+        assert (await client.get(f"{etcd_prefix}node")).lease == lease.id
     finally:
+        await lease.close()
         await stream.aclose()
         etcd_cluster.restart(member)

@@ -8,9 +8,9 @@ import hashlib
 import httpx
 import pytest
 
-from scheduler.config import RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from scheduler.reference import parse
+from scheduler.runtime.containerd.image_options import RegistryOptions
 from scheduler.runtime.containerd.registry import (
     OCI_MANIFEST,
     Descriptor,
@@ -36,9 +36,9 @@ def _manifest_response(request: httpx.Request) -> httpx.Response:
 
 def test_endpoints_mirrors_first_then_the_host() -> None:
     registries = {
-        "docker.io": RegistryHost(mirrors=["http://127.0.0.1:5000", "mirror.local:5001/v2/"]),
-        "mirror.local:5001": RegistryHost(insecure=True, username="m", password="p"),
-        "127.0.0.1:6000": RegistryHost(insecure=True),
+        "docker.io": RegistryOptions(mirrors=["http://127.0.0.1:5000", "mirror.local:5001/v2/"]),
+        "mirror.local:5001": RegistryOptions(insecure=True, username="m", password="p"),
+        "127.0.0.1:6000": RegistryOptions(insecure=True),
     }
     eps = endpoints_for(parse("postgres:15"), registries)
     assert [e.base_url for e in eps] == [
@@ -79,7 +79,7 @@ async def test_bearer_flow_with_credentials_and_token_cache() -> None:
             )
         return _manifest_response(request)
 
-    registries = {"reg.test": RegistryHost(username="bob", password="pw")}
+    registries = {"reg.test": RegistryOptions(username="bob", password="pw")}
     async with RegistryClient(registries, transport=httpx.MockTransport(handler)) as client:
         ref = parse("reg.test/team/app:1")
         endpoint, desc = await client.resolve(ref)
@@ -87,7 +87,7 @@ async def test_bearer_flow_with_credentials_and_token_cache() -> None:
         assert await client.fetch_manifest(endpoint, ref, desc) == MANIFEST
     assert len(token_calls) == 1  # the second request reused the token
 
-    wrong = {"reg.test": RegistryHost(username="bob", password="nope")}
+    wrong = {"reg.test": RegistryOptions(username="bob", password="nope")}
     async with RegistryClient(wrong, transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(PermissionDenied, match="refused the credentials of 'bob'"):
             await client.resolve(parse("reg.test/team/app:1"))
@@ -101,13 +101,13 @@ async def test_basic_challenge() -> None:
 
     transport = httpx.MockTransport(handler)
     async with RegistryClient(
-        {"reg.test": RegistryHost(username="alice", password="s3cret")}, transport=transport
+        {"reg.test": RegistryOptions(username="alice", password="s3cret")}, transport=transport
     ) as c:
         assert (await c.resolve(parse("reg.test/app:1")))[1].digest == MANIFEST_DIGEST
     async with RegistryClient({}, transport=transport) as c:
         with pytest.raises(PermissionDenied, match="requires credentials"):
             await c.resolve(parse("reg.test/app:1"))
-    async with RegistryClient({"reg.test": RegistryHost(username="alice", password="x")}, transport=transport) as c:
+    async with RegistryClient({"reg.test": RegistryOptions(username="alice", password="x")}, transport=transport) as c:
         with pytest.raises(PermissionDenied, match="'alice'"):
             await c.resolve(parse("reg.test/app:1"))
 
@@ -123,7 +123,7 @@ async def test_mirror_falls_back_to_the_next_endpoint_and_errors_are_classified(
             return httpx.Response(404)
         return _manifest_response(request)
 
-    registries = {"docker.io": RegistryHost(mirrors=["http://dead.mirror", "http://empty.mirror"])}
+    registries = {"docker.io": RegistryOptions(mirrors=["http://dead.mirror", "http://empty.mirror"])}
     async with RegistryClient(registries, transport=httpx.MockTransport(handler)) as client:
         endpoint, _ = await client.resolve(parse("postgres:15"))
     assert endpoint.base_url == "https://registry-1.docker.io"

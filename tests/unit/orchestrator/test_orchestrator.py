@@ -154,3 +154,19 @@ async def test_every_write_goes_through_the_ledger_with_a_fresh_revision(world: 
     assert stored == await world.env("rev")
     assert stored.revision > 3  # created, deploying, recorded containers, running: each a revision
     assert IMAGE in world.runtime.images
+
+
+async def test_a_delete_that_fails_is_tried_again_promptly_until_nothing_is_left(world: World) -> None:
+    await world.deploy("flaky", service("app", replicas=2))
+    # containerd restarting under the delete: the first two tries of a container's removal fail.
+    world.runtime.fail_next("delete", Unavailable("containerd is restarting"))
+    world.runtime.fail_next("delete", Unavailable("containerd is restarting"))
+    await world.ledger.change("flaky", lambda e: replace(e, status=EnvironmentStatus.DELETING))
+    world.orchestrator.submit_delete("flaky", keep_volumes=False)
+    await asyncio.wait_for(world.orchestrator.wait_idle("flaky"), 20)
+    assert world.ledger.find("flaky") is None
+    assert leftovers(world, "flaky") == []
+    deletes = [c for c in world.runtime.calls if c[0] == "delete"]
+    assert len(deletes) >= 4  # two replicas, and the two failed tries again
+    kinds = [e.type for e in world.seen if e.environment == "flaky"]
+    assert kinds.count(EventType.ENVIRONMENT_DELETED) == 1

@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from scheduler.storage.etcd import Compare, EtcdOptions
-from scheduler.storage.etcd.client import _target
+from scheduler.storage.etcd.connection import target as _target
 from scheduler.storage.etcd.convert import compare_to_proto, prefix_end
 from scheduler.storage.etcd.errors import Compacted, from_grpc, maybe_applied, retryable
 

@@ -2274,6 +2274,103 @@ func (x *CreateEnvironmentRequest) GetValidateOnly() bool {
 	return false
 }
 
+// CloneEnvironmentRequest asks for a new environment copied from a running one.
+type CloneEnvironmentRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Name of the environment to copy; it must be RUNNING.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Name of the new environment: a DNS label of at most 40 characters.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Client-chosen id making retries idempotent.
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Check the request (source, name, overrides, limits) and return the environment it would
+	// create, copying and creating nothing.
+	ValidateOnly bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	// Overrides of the copied specification: the fields update_mask names are taken from here,
+	// as UpdateEnvironment applies them ("labels.team", "parameters.backend_image",
+	// "services.backend.env.LOG_LEVEL", "ttl"). The stack cannot change.
+	Spec *EnvironmentSpecification `protobuf:"bytes,5,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Fields of spec to apply over the source's specification; empty keeps it as it is.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,6,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+}
+
+func (x *CloneEnvironmentRequest) Reset() {
+	*x = CloneEnvironmentRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *CloneEnvironmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloneEnvironmentRequest) ProtoMessage() {}
+
+func (x *CloneEnvironmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloneEnvironmentRequest.ProtoReflect.Descriptor instead.
+func (*CloneEnvironmentRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CloneEnvironmentRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CloneEnvironmentRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+func (x *CloneEnvironmentRequest) GetSpec() *EnvironmentSpecification {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *CloneEnvironmentRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 // GetEnvironmentRequest names an environment.
 type GetEnvironmentRequest struct {
 	state         protoimpl.MessageState
@@ -2287,7 +2384,7 @@ type GetEnvironmentRequest struct {
 func (x *GetEnvironmentRequest) Reset() {
 	*x = GetEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2300,7 +2397,7 @@ func (x *GetEnvironmentRequest) String() string {
 func (*GetEnvironmentRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2410,7 @@ func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetEnvironmentRequest) GetName() string {
@@ -2353,7 +2450,7 @@ type UpdateEnvironmentRequest struct {
 func (x *UpdateEnvironmentRequest) Reset() {
 	*x = UpdateEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2366,7 +2463,7 @@ func (x *UpdateEnvironmentRequest) String() string {
 func (*UpdateEnvironmentRequest) ProtoMessage() {}
 
 func (x *UpdateEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2476,7 @@ func (x *UpdateEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateEnvironmentRequest) GetName() string {
@@ -2441,7 +2538,7 @@ type ServiceChange struct {
 func (x *ServiceChange) Reset() {
 	*x = ServiceChange{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2454,7 +2551,7 @@ func (x *ServiceChange) String() string {
 func (*ServiceChange) ProtoMessage() {}
 
 func (x *ServiceChange) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2564,7 @@ func (x *ServiceChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChange.ProtoReflect.Descriptor instead.
 func (*ServiceChange) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ServiceChange) GetService() string {
@@ -2506,7 +2603,7 @@ type UpdateEnvironmentResponse struct {
 func (x *UpdateEnvironmentResponse) Reset() {
 	*x = UpdateEnvironmentResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2519,7 +2616,7 @@ func (x *UpdateEnvironmentResponse) String() string {
 func (*UpdateEnvironmentResponse) ProtoMessage() {}
 
 func (x *UpdateEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2629,7 @@ func (x *UpdateEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UpdateEnvironmentResponse) GetEnvironment() *Environment {
@@ -2567,7 +2664,7 @@ type DeleteEnvironmentRequest struct {
 func (x *DeleteEnvironmentRequest) Reset() {
 	*x = DeleteEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2580,7 +2677,7 @@ func (x *DeleteEnvironmentRequest) String() string {
 func (*DeleteEnvironmentRequest) ProtoMessage() {}
 
 func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2690,7 @@ func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteEnvironmentRequest) GetName() string {
@@ -2639,7 +2736,7 @@ type ListEnvironmentsRequest struct {
 func (x *ListEnvironmentsRequest) Reset() {
 	*x = ListEnvironmentsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2652,7 +2749,7 @@ func (x *ListEnvironmentsRequest) String() string {
 func (*ListEnvironmentsRequest) ProtoMessage() {}
 
 func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2762,7 @@ func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsRequest.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListEnvironmentsRequest) GetPageSize() int32 {
@@ -2704,7 +2801,7 @@ type ListEnvironmentsResponse struct {
 func (x *ListEnvironmentsResponse) Reset() {
 	*x = ListEnvironmentsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2717,7 +2814,7 @@ func (x *ListEnvironmentsResponse) String() string {
 func (*ListEnvironmentsResponse) ProtoMessage() {}
 
 func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2827,7 @@ func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsResponse.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListEnvironmentsResponse) GetEnvironments() []*Environment {
@@ -2770,7 +2867,7 @@ type GetEnvironmentLogsRequest struct {
 func (x *GetEnvironmentLogsRequest) Reset() {
 	*x = GetEnvironmentLogsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2783,7 +2880,7 @@ func (x *GetEnvironmentLogsRequest) String() string {
 func (*GetEnvironmentLogsRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +2893,7 @@ func (x *GetEnvironmentLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentLogsRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentLogsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetEnvironmentLogsRequest) GetName() string {
@@ -2864,7 +2961,7 @@ type LogLine struct {
 func (x *LogLine) Reset() {
 	*x = LogLine{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2877,7 +2974,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +2987,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LogLine) GetService() string {
@@ -2950,7 +3047,7 @@ type GetEnvironmentMetricsRequest struct {
 func (x *GetEnvironmentMetricsRequest) Reset() {
 	*x = GetEnvironmentMetricsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2963,7 +3060,7 @@ func (x *GetEnvironmentMetricsRequest) String() string {
 func (*GetEnvironmentMetricsRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3073,7 @@ func (x *GetEnvironmentMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetEnvironmentMetricsRequest) GetName() string {
@@ -3028,7 +3125,7 @@ type ContainerMetrics struct {
 func (x *ContainerMetrics) Reset() {
 	*x = ContainerMetrics{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3041,7 +3138,7 @@ func (x *ContainerMetrics) String() string {
 func (*ContainerMetrics) ProtoMessage() {}
 
 func (x *ContainerMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3151,7 @@ func (x *ContainerMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerMetrics.ProtoReflect.Descriptor instead.
 func (*ContainerMetrics) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ContainerMetrics) GetService() string {
@@ -3156,7 +3253,7 @@ type EnvironmentMetrics struct {
 func (x *EnvironmentMetrics) Reset() {
 	*x = EnvironmentMetrics{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3169,7 +3266,7 @@ func (x *EnvironmentMetrics) String() string {
 func (*EnvironmentMetrics) ProtoMessage() {}
 
 func (x *EnvironmentMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +3279,7 @@ func (x *EnvironmentMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvironmentMetrics.ProtoReflect.Descriptor instead.
 func (*EnvironmentMetrics) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnvironmentMetrics) GetName() string {
@@ -3214,7 +3311,7 @@ type ListStacksRequest struct {
 func (x *ListStacksRequest) Reset() {
 	*x = ListStacksRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3227,7 +3324,7 @@ func (x *ListStacksRequest) String() string {
 func (*ListStacksRequest) ProtoMessage() {}
 
 func (x *ListStacksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3240,7 +3337,7 @@ func (x *ListStacksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStacksRequest.ProtoReflect.Descriptor instead.
 func (*ListStacksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListStacksRequest) GetPageSize() int32 {
@@ -3276,7 +3373,7 @@ type StackParameter struct {
 func (x *StackParameter) Reset() {
 	*x = StackParameter{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3289,7 +3386,7 @@ func (x *StackParameter) String() string {
 func (*StackParameter) ProtoMessage() {}
 
 func (x *StackParameter) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3399,7 @@ func (x *StackParameter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StackParameter.ProtoReflect.Descriptor instead.
 func (*StackParameter) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StackParameter) GetName() string {
@@ -3352,7 +3449,7 @@ type Stack struct {
 func (x *Stack) Reset() {
 	*x = Stack{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3365,7 +3462,7 @@ func (x *Stack) String() string {
 func (*Stack) ProtoMessage() {}
 
 func (x *Stack) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3378,7 +3475,7 @@ func (x *Stack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stack.ProtoReflect.Descriptor instead.
 func (*Stack) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Stack) GetName() string {
@@ -3424,7 +3521,7 @@ type ListStacksResponse struct {
 func (x *ListStacksResponse) Reset() {
 	*x = ListStacksResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3437,7 +3534,7 @@ func (x *ListStacksResponse) String() string {
 func (*ListStacksResponse) ProtoMessage() {}
 
 func (x *ListStacksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3450,7 +3547,7 @@ func (x *ListStacksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStacksResponse.ProtoReflect.Descriptor instead.
 func (*ListStacksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListStacksResponse) GetStacks() []*Stack {
@@ -3487,7 +3584,7 @@ type WatchEventsRequest struct {
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3500,7 +3597,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3513,7 +3610,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchEventsRequest) GetName() string {
@@ -3567,7 +3664,7 @@ type Event struct {
 func (x *Event) Reset() {
 	*x = Event{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3580,7 +3677,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3690,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Event) GetType() EventType {
@@ -3676,7 +3773,7 @@ type GetEnvironmentHistoryRequest struct {
 func (x *GetEnvironmentHistoryRequest) Reset() {
 	*x = GetEnvironmentHistoryRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3689,7 +3786,7 @@ func (x *GetEnvironmentHistoryRequest) String() string {
 func (*GetEnvironmentHistoryRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3702,7 +3799,7 @@ func (x *GetEnvironmentHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetEnvironmentHistoryRequest) GetName() string {
@@ -3747,7 +3844,7 @@ type HistoryEntry struct {
 func (x *HistoryEntry) Reset() {
 	*x = HistoryEntry{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3760,7 +3857,7 @@ func (x *HistoryEntry) String() string {
 func (*HistoryEntry) ProtoMessage() {}
 
 func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3773,7 +3870,7 @@ func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
 func (*HistoryEntry) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *HistoryEntry) GetGeneration() uint64 {
@@ -3826,7 +3923,7 @@ type GetEnvironmentHistoryResponse struct {
 func (x *GetEnvironmentHistoryResponse) Reset() {
 	*x = GetEnvironmentHistoryResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3839,7 +3936,7 @@ func (x *GetEnvironmentHistoryResponse) String() string {
 func (*GetEnvironmentHistoryResponse) ProtoMessage() {}
 
 func (x *GetEnvironmentHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3852,7 +3949,7 @@ func (x *GetEnvironmentHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetEnvironmentHistoryResponse) GetEntries() []*HistoryEntry {
@@ -3882,7 +3979,7 @@ type BackupEnvironmentRequest struct {
 func (x *BackupEnvironmentRequest) Reset() {
 	*x = BackupEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3895,7 +3992,7 @@ func (x *BackupEnvironmentRequest) String() string {
 func (*BackupEnvironmentRequest) ProtoMessage() {}
 
 func (x *BackupEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3908,7 +4005,7 @@ func (x *BackupEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*BackupEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BackupEnvironmentRequest) GetName() string {
@@ -3941,7 +4038,7 @@ type Backup struct {
 func (x *Backup) Reset() {
 	*x = Backup{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3954,7 +4051,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3967,7 +4064,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Backup) GetId() string {
@@ -4025,7 +4122,7 @@ type ListBackupsRequest struct {
 func (x *ListBackupsRequest) Reset() {
 	*x = ListBackupsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4038,7 +4135,7 @@ func (x *ListBackupsRequest) String() string {
 func (*ListBackupsRequest) ProtoMessage() {}
 
 func (x *ListBackupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4051,7 +4148,7 @@ func (x *ListBackupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackupsRequest.ProtoReflect.Descriptor instead.
 func (*ListBackupsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListBackupsRequest) GetName() string {
@@ -4074,7 +4171,7 @@ type ListBackupsResponse struct {
 func (x *ListBackupsResponse) Reset() {
 	*x = ListBackupsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4087,7 +4184,7 @@ func (x *ListBackupsResponse) String() string {
 func (*ListBackupsResponse) ProtoMessage() {}
 
 func (x *ListBackupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4100,7 +4197,7 @@ func (x *ListBackupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackupsResponse.ProtoReflect.Descriptor instead.
 func (*ListBackupsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListBackupsResponse) GetBackups() []*Backup {
@@ -4125,7 +4222,7 @@ type RestoreEnvironmentRequest struct {
 func (x *RestoreEnvironmentRequest) Reset() {
 	*x = RestoreEnvironmentRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4138,7 +4235,7 @@ func (x *RestoreEnvironmentRequest) String() string {
 func (*RestoreEnvironmentRequest) ProtoMessage() {}
 
 func (x *RestoreEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4151,7 +4248,7 @@ func (x *RestoreEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*RestoreEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RestoreEnvironmentRequest) GetBackup() string {
@@ -4178,7 +4275,7 @@ type ReloadConfigurationRequest struct {
 func (x *ReloadConfigurationRequest) Reset() {
 	*x = ReloadConfigurationRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4191,7 +4288,7 @@ func (x *ReloadConfigurationRequest) String() string {
 func (*ReloadConfigurationRequest) ProtoMessage() {}
 
 func (x *ReloadConfigurationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4204,7 +4301,7 @@ func (x *ReloadConfigurationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadConfigurationRequest.ProtoReflect.Descriptor instead.
 func (*ReloadConfigurationRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 // ReloadConfigurationResponse says what a reload changed.
@@ -4222,7 +4319,7 @@ type ReloadConfigurationResponse struct {
 func (x *ReloadConfigurationResponse) Reset() {
 	*x = ReloadConfigurationResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4235,7 +4332,7 @@ func (x *ReloadConfigurationResponse) String() string {
 func (*ReloadConfigurationResponse) ProtoMessage() {}
 
 func (x *ReloadConfigurationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4248,7 +4345,7 @@ func (x *ReloadConfigurationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadConfigurationResponse.ProtoReflect.Descriptor instead.
 func (*ReloadConfigurationResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReloadConfigurationResponse) GetApplied() []string {
@@ -4278,7 +4375,7 @@ type ListOperationsRequest struct {
 func (x *ListOperationsRequest) Reset() {
 	*x = ListOperationsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4291,7 +4388,7 @@ func (x *ListOperationsRequest) String() string {
 func (*ListOperationsRequest) ProtoMessage() {}
 
 func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4304,7 +4401,7 @@ func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperationsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListOperationsRequest) GetName() string {
@@ -4334,7 +4431,7 @@ type OperationStep struct {
 func (x *OperationStep) Reset() {
 	*x = OperationStep{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4347,7 +4444,7 @@ func (x *OperationStep) String() string {
 func (*OperationStep) ProtoMessage() {}
 
 func (x *OperationStep) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4360,7 +4457,7 @@ func (x *OperationStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationStep.ProtoReflect.Descriptor instead.
 func (*OperationStep) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *OperationStep) GetTime() *timestamppb.Timestamp {
@@ -4416,7 +4513,7 @@ type Operation struct {
 func (x *Operation) Reset() {
 	*x = Operation{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4429,7 +4526,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4442,7 +4539,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Operation) GetId() string {
@@ -4507,7 +4604,7 @@ type ListOperationsResponse struct {
 func (x *ListOperationsResponse) Reset() {
 	*x = ListOperationsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4520,7 +4617,7 @@ func (x *ListOperationsResponse) String() string {
 func (*ListOperationsResponse) ProtoMessage() {}
 
 func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4533,7 +4630,7 @@ func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperationsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListOperationsResponse) GetOperations() []*Operation {
@@ -4553,7 +4650,7 @@ type ListTemplatesRequest struct {
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4566,7 +4663,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4579,7 +4676,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
 }
 
 // DataTemplate is a prepared data directory that new volumes start as a copy of. It holds no
@@ -4612,7 +4709,7 @@ type DataTemplate struct {
 func (x *DataTemplate) Reset() {
 	*x = DataTemplate{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4625,7 +4722,7 @@ func (x *DataTemplate) String() string {
 func (*DataTemplate) ProtoMessage() {}
 
 func (x *DataTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4638,7 +4735,7 @@ func (x *DataTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataTemplate.ProtoReflect.Descriptor instead.
 func (*DataTemplate) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DataTemplate) GetKey() string {
@@ -4717,7 +4814,7 @@ type ListTemplatesResponse struct {
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4730,7 +4827,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4743,7 +4840,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*DataTemplate {
@@ -4763,7 +4860,7 @@ type ListNodesRequest struct {
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4776,7 +4873,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4789,7 +4886,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{52}
 }
 
 // ListNodesResponse lists the live nodes by name.
@@ -4805,7 +4902,7 @@ type ListNodesResponse struct {
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4818,7 +4915,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4831,7 +4928,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{52}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -4854,7 +4951,7 @@ type DrainNodeRequest struct {
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4867,7 +4964,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4880,7 +4977,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{53}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -4909,7 +5006,7 @@ type NodeResources struct {
 func (x *NodeResources) Reset() {
 	*x = NodeResources{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4922,7 +5019,7 @@ func (x *NodeResources) String() string {
 func (*NodeResources) ProtoMessage() {}
 
 func (x *NodeResources) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4935,7 +5032,7 @@ func (x *NodeResources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResources.ProtoReflect.Descriptor instead.
 func (*NodeResources) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *NodeResources) GetCpuMillis() int64 {
@@ -5000,7 +5097,7 @@ type Node struct {
 func (x *Node) Reset() {
 	*x = Node{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5013,7 +5110,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5026,7 +5123,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Node) GetName() string {
@@ -5119,7 +5216,7 @@ type HealthCheck_Exec struct {
 func (x *HealthCheck_Exec) Reset() {
 	*x = HealthCheck_Exec{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[60]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[61]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5132,7 +5229,7 @@ func (x *HealthCheck_Exec) String() string {
 func (*HealthCheck_Exec) ProtoMessage() {}
 
 func (x *HealthCheck_Exec) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[60]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[61]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5170,7 +5267,7 @@ type HealthCheck_Http struct {
 func (x *HealthCheck_Http) Reset() {
 	*x = HealthCheck_Http{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[61]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[62]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5183,7 +5280,7 @@ func (x *HealthCheck_Http) String() string {
 func (*HealthCheck_Http) ProtoMessage() {}
 
 func (x *HealthCheck_Http) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[61]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[62]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5226,7 +5323,7 @@ type HealthCheck_Tcp struct {
 func (x *HealthCheck_Tcp) Reset() {
 	*x = HealthCheck_Tcp{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_scheduler_v1_scheduler_proto_msgTypes[62]
+		mi := &file_scheduler_v1_scheduler_proto_msgTypes[63]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5239,7 +5336,7 @@ func (x *HealthCheck_Tcp) String() string {
 func (*HealthCheck_Tcp) ProtoMessage() {}
 
 func (x *HealthCheck_Tcp) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[62]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[63]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5596,7 +5693,27 @@ var file_scheduler_v1_scheduler_proto_rawDesc = []byte{
 	0x28, 0x09, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x09, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
 	0x49, 0x64, 0x12, 0x28, 0x0a, 0x0d, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x5f, 0x6f,
 	0x6e, 0x6c, 0x79, 0x18, 0x04, 0x20, 0x01, 0x28, 0x08, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x0c,
-	0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x4f, 0x6e, 0x6c, 0x79, 0x22, 0x4d, 0x0a, 0x15,
+	0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x4f, 0x6e, 0x6c, 0x79, 0x22, 0xbd, 0x02, 0x0a,
+	0x17, 0x43, 0x6c, 0x6f, 0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x38, 0x0a, 0x06, 0x73, 0x6f, 0x75, 0x72,
+	0x63, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x42, 0x20, 0xe0, 0x41, 0x02, 0xfa, 0x41, 0x1a,
+	0x0a, 0x18, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2f, 0x45,
+	0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x06, 0x73, 0x6f, 0x75, 0x72,
+	0x63, 0x65, 0x12, 0x17, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09,
+	0x42, 0x03, 0xe0, 0x41, 0x02, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x22, 0x0a, 0x0a, 0x72,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x42,
+	0x03, 0xe0, 0x41, 0x01, 0x52, 0x09, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x49, 0x64, 0x12,
+	0x28, 0x0a, 0x0d, 0x76, 0x61, 0x6c, 0x69, 0x64, 0x61, 0x74, 0x65, 0x5f, 0x6f, 0x6e, 0x6c, 0x79,
+	0x18, 0x04, 0x20, 0x01, 0x28, 0x08, 0x42, 0x03, 0xe0, 0x41, 0x01, 0x52, 0x0c, 0x76, 0x61, 0x6c,
+	0x69, 0x64, 0x61, 0x74, 0x65, 0x4f, 0x6e, 0x6c, 0x79, 0x12, 0x3f, 0x0a, 0x04, 0x73, 0x70, 0x65,
+	0x63, 0x18, 0x05, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
+	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x53, 0x70, 0x65, 0x63, 0x69, 0x66, 0x69, 0x63, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x42,
+	0x03, 0xe0, 0x41, 0x01, 0x52, 0x04, 0x73, 0x70, 0x65, 0x63, 0x12, 0x40, 0x0a, 0x0b, 0x75, 0x70,
+	0x64, 0x61, 0x74, 0x65, 0x5f, 0x6d, 0x61, 0x73, 0x6b, 0x18, 0x06, 0x20, 0x01, 0x28, 0x0b, 0x32,
+	0x1a, 0x2e, 0x67, 0x6f, 0x6f, 0x67, 0x6c, 0x65, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x62, 0x75,
+	0x66, 0x2e, 0x46, 0x69, 0x65, 0x6c, 0x64, 0x4d, 0x61, 0x73, 0x6b, 0x42, 0x03, 0xe0, 0x41, 0x01,
+	0x52, 0x0a, 0x75, 0x70, 0x64, 0x61, 0x74, 0x65, 0x4d, 0x61, 0x73, 0x6b, 0x22, 0x4d, 0x0a, 0x15,
 	0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65,
 	0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x34, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20,
 	0x01, 0x28, 0x09, 0x42, 0x20, 0xe0, 0x41, 0x02, 0xfa, 0x41, 0x1a, 0x0a, 0x18, 0x73, 0x63, 0x68,
@@ -6123,115 +6240,120 @@ var file_scheduler_v1_scheduler_proto_rawDesc = []byte{
 	0x4f, 0x56, 0x45, 0x44, 0x10, 0x0f, 0x12, 0x1a, 0x0a, 0x16, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f,
 	0x54, 0x59, 0x50, 0x45, 0x5f, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x53, 0x5f, 0x4c, 0x4f, 0x53, 0x54,
 	0x10, 0x10, 0x12, 0x18, 0x0a, 0x14, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x54, 0x59, 0x50, 0x45,
-	0x5f, 0x48, 0x45, 0x41, 0x52, 0x54, 0x42, 0x45, 0x41, 0x54, 0x10, 0x11, 0x32, 0xda, 0x0c, 0x0a,
+	0x5f, 0x48, 0x45, 0x41, 0x52, 0x54, 0x42, 0x45, 0x41, 0x54, 0x10, 0x11, 0x32, 0xb0, 0x0d, 0x0a,
 	0x10, 0x53, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63,
 	0x65, 0x12, 0x56, 0x0a, 0x11, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
 	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
 	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
 	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19,
 	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x50, 0x0a, 0x0e, 0x47, 0x65, 0x74,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x23, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
-	0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x64, 0x0a, 0x11, 0x55,
-	0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
-	0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
-	0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
-	0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
-	0x65, 0x12, 0x56, 0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x54, 0x0a, 0x10, 0x43, 0x6c, 0x6f,
+	0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x25, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x6c, 0x6f,
+	0x6e, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12,
+	0x50, 0x0a, 0x0e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x12, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x12, 0x64, 0x0a, 0x11, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72,
 	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c,
-	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
-	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19,
-	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e,
-	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x61, 0x0a, 0x10, 0x4c, 0x69, 0x73,
-	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x25, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
-	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71,
-	0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
-	0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x12,
-	0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f,
-	0x67, 0x73, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74,
-	0x4c, 0x6f, 0x67, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x15, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x6f, 0x67, 0x4c, 0x69,
-	0x6e, 0x65, 0x30, 0x01, 0x12, 0x65, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x2a, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69,
-	0x63, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e,
-	0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x12, 0x4f, 0x0a, 0x0a, 0x4c,
-	0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x12, 0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61,
-	0x63, 0x6b, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74,
-	0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x46, 0x0a, 0x0b,
-	0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68,
-	0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x13, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x76, 0x65,
-	0x6e, 0x74, 0x30, 0x01, 0x12, 0x70, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
-	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x12, 0x2a, 0x2e,
-	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f,
-	0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2b, 0x2e, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69,
-	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65,
-	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x51, 0x0a, 0x11, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70,
-	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73, 0x63,
-	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75,
-	0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x14, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x12, 0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73,
-	0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b,
-	0x75, 0x70, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61,
-	0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a,
-	0x12, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d,
-	0x65, 0x6e, 0x74, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
-	0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f,
-	0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73,
-	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69,
-	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x6a, 0x0a, 0x13, 0x52, 0x65, 0x6c, 0x6f, 0x61,
-	0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x28,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69,
+	0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70,
+	0x64, 0x61, 0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52,
+	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x56, 0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74,
+	0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x26, 0x2e, 0x73,
+	0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65,
+	0x74, 0x65, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12,
+	0x61, 0x0a, 0x10, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x73, 0x12, 0x25, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x73, 0x63, 0x68,
+	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x56, 0x0a, 0x12, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e,
+	0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f, 0x67, 0x73, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
+	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72,
+	0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4c, 0x6f, 0x67, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x1a, 0x15, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x4c, 0x6f, 0x67, 0x4c, 0x69, 0x6e, 0x65, 0x30, 0x01, 0x12, 0x65, 0x0a, 0x15, 0x47, 0x65,
+	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72,
+	0x69, 0x63, 0x73, 0x12, 0x2a, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x45,
+	0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x4d, 0x65, 0x74, 0x72, 0x69, 0x63,
+	0x73, 0x12, 0x4f, 0x0a, 0x0a, 0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x12,
+	0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c,
+	0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x53, 0x74, 0x61, 0x63, 0x6b, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x46, 0x0a, 0x0b, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74,
+	0x73, 0x12, 0x20, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75,
+	0x65, 0x73, 0x74, 0x1a, 0x13, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x30, 0x01, 0x12, 0x70, 0x0a, 0x15, 0x47, 0x65,
+	0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73, 0x74,
+	0x6f, 0x72, 0x79, 0x12, 0x2a, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e,
+	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x2b, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47,
+	0x65, 0x74, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x48, 0x69, 0x73,
+	0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x51, 0x0a, 0x11,
+	0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e,
+	0x74, 0x12, 0x26, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65,
+	0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x14, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x12,
+	0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x12, 0x20,
+	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69,
+	0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x21, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x42, 0x61, 0x63, 0x6b, 0x75, 0x70, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f,
+	0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a, 0x12, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65, 0x45, 0x6e,
+	0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x27, 0x2e, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x74, 0x6f, 0x72, 0x65,
+	0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x1a, 0x19, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76,
+	0x31, 0x2e, 0x45, 0x6e, 0x76, 0x69, 0x72, 0x6f, 0x6e, 0x6d, 0x65, 0x6e, 0x74, 0x12, 0x6a, 0x0a,
+	0x13, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x12, 0x28, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67,
+	0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29,
 	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65,
 	0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f, 0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f,
-	0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64,
-	0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x6c, 0x6f, 0x61, 0x64, 0x43, 0x6f,
-	0x6e, 0x66, 0x69, 0x67, 0x75, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f,
-	0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61,
-	0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69,
-	0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x73, 0x63, 0x68,
-	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70,
-	0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
-	0x12, 0x58, 0x0a, 0x0d, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65,
-	0x73, 0x12, 0x22, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31,
-	0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x23, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74,
-	0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x4c, 0x0a, 0x09, 0x4c, 0x69,
-	0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x12, 0x1e, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73,
-	0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x1f, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
-	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73,
-	0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x3f, 0x0a, 0x09, 0x44, 0x72, 0x61, 0x69,
-	0x6e, 0x4e, 0x6f, 0x64, 0x65, 0x12, 0x1e, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x72, 0x61, 0x69, 0x6e, 0x4e, 0x6f, 0x64, 0x65, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x12, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65,
-	0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4e, 0x6f, 0x64, 0x65, 0x42, 0x54, 0x0a, 0x10, 0x64, 0x65, 0x76,
-	0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x50, 0x01, 0x5a,
-	0x3e, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x63, 0x6f, 0x6d, 0x2f, 0x73, 0x63, 0x68, 0x65,
-	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f,
-	0x67, 0x65, 0x6e, 0x2f, 0x67, 0x6f, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
-	0x2f, 0x76, 0x31, 0x3b, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x76, 0x31, 0x62,
-	0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x4c, 0x69, 0x73,
+	0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x23, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x4f,
+	0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x24, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x4f, 0x70, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a, 0x0d, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65,
+	0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x12, 0x22, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
+	0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54, 0x65, 0x6d, 0x70, 0x6c,
+	0x61, 0x74, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x23, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x54,
+	0x65, 0x6d, 0x70, 0x6c, 0x61, 0x74, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x4c, 0x0a, 0x09, 0x4c, 0x69, 0x73, 0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x12, 0x1e, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
+	0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x1f, 0x2e,
+	0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
+	0x74, 0x4e, 0x6f, 0x64, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x3f,
+	0x0a, 0x09, 0x44, 0x72, 0x61, 0x69, 0x6e, 0x4e, 0x6f, 0x64, 0x65, 0x12, 0x1e, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x72, 0x61, 0x69, 0x6e,
+	0x4e, 0x6f, 0x64, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x12, 0x2e, 0x73, 0x63,
+	0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x4e, 0x6f, 0x64, 0x65, 0x42,
+	0x54, 0x0a, 0x10, 0x64, 0x65, 0x76, 0x2e, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x50, 0x01, 0x5a, 0x3e, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x63, 0x6f,
+	0x6d, 0x2f, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x73, 0x63, 0x68, 0x65,
+	0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x67, 0x65, 0x6e, 0x2f, 0x67, 0x6f, 0x2f, 0x73, 0x63, 0x68,
+	0x65, 0x64, 0x75, 0x6c, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x73, 0x63, 0x68, 0x65, 0x64, 0x75,
+	0x6c, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -6247,7 +6369,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_scheduler_v1_scheduler_proto_goTypes = []interface{}{
 	(PortProtocol)(0),                     // 0: scheduler.v1.PortProtocol
 	(RestartMode)(0),                      // 1: scheduler.v1.RestartMode
@@ -6275,66 +6397,67 @@ var file_scheduler_v1_scheduler_proto_goTypes = []interface{}{
 	(*Environment)(nil),                   // 23: scheduler.v1.Environment
 	(*ServiceDescription)(nil),            // 24: scheduler.v1.ServiceDescription
 	(*CreateEnvironmentRequest)(nil),      // 25: scheduler.v1.CreateEnvironmentRequest
-	(*GetEnvironmentRequest)(nil),         // 26: scheduler.v1.GetEnvironmentRequest
-	(*UpdateEnvironmentRequest)(nil),      // 27: scheduler.v1.UpdateEnvironmentRequest
-	(*ServiceChange)(nil),                 // 28: scheduler.v1.ServiceChange
-	(*UpdateEnvironmentResponse)(nil),     // 29: scheduler.v1.UpdateEnvironmentResponse
-	(*DeleteEnvironmentRequest)(nil),      // 30: scheduler.v1.DeleteEnvironmentRequest
-	(*ListEnvironmentsRequest)(nil),       // 31: scheduler.v1.ListEnvironmentsRequest
-	(*ListEnvironmentsResponse)(nil),      // 32: scheduler.v1.ListEnvironmentsResponse
-	(*GetEnvironmentLogsRequest)(nil),     // 33: scheduler.v1.GetEnvironmentLogsRequest
-	(*LogLine)(nil),                       // 34: scheduler.v1.LogLine
-	(*GetEnvironmentMetricsRequest)(nil),  // 35: scheduler.v1.GetEnvironmentMetricsRequest
-	(*ContainerMetrics)(nil),              // 36: scheduler.v1.ContainerMetrics
-	(*EnvironmentMetrics)(nil),            // 37: scheduler.v1.EnvironmentMetrics
-	(*ListStacksRequest)(nil),             // 38: scheduler.v1.ListStacksRequest
-	(*StackParameter)(nil),                // 39: scheduler.v1.StackParameter
-	(*Stack)(nil),                         // 40: scheduler.v1.Stack
-	(*ListStacksResponse)(nil),            // 41: scheduler.v1.ListStacksResponse
-	(*WatchEventsRequest)(nil),            // 42: scheduler.v1.WatchEventsRequest
-	(*Event)(nil),                         // 43: scheduler.v1.Event
-	(*GetEnvironmentHistoryRequest)(nil),  // 44: scheduler.v1.GetEnvironmentHistoryRequest
-	(*HistoryEntry)(nil),                  // 45: scheduler.v1.HistoryEntry
-	(*GetEnvironmentHistoryResponse)(nil), // 46: scheduler.v1.GetEnvironmentHistoryResponse
-	(*BackupEnvironmentRequest)(nil),      // 47: scheduler.v1.BackupEnvironmentRequest
-	(*Backup)(nil),                        // 48: scheduler.v1.Backup
-	(*ListBackupsRequest)(nil),            // 49: scheduler.v1.ListBackupsRequest
-	(*ListBackupsResponse)(nil),           // 50: scheduler.v1.ListBackupsResponse
-	(*RestoreEnvironmentRequest)(nil),     // 51: scheduler.v1.RestoreEnvironmentRequest
-	(*ReloadConfigurationRequest)(nil),    // 52: scheduler.v1.ReloadConfigurationRequest
-	(*ReloadConfigurationResponse)(nil),   // 53: scheduler.v1.ReloadConfigurationResponse
-	(*ListOperationsRequest)(nil),         // 54: scheduler.v1.ListOperationsRequest
-	(*OperationStep)(nil),                 // 55: scheduler.v1.OperationStep
-	(*Operation)(nil),                     // 56: scheduler.v1.Operation
-	(*ListOperationsResponse)(nil),        // 57: scheduler.v1.ListOperationsResponse
-	(*ListTemplatesRequest)(nil),          // 58: scheduler.v1.ListTemplatesRequest
-	(*DataTemplate)(nil),                  // 59: scheduler.v1.DataTemplate
-	(*ListTemplatesResponse)(nil),         // 60: scheduler.v1.ListTemplatesResponse
-	(*ListNodesRequest)(nil),              // 61: scheduler.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 62: scheduler.v1.ListNodesResponse
-	(*DrainNodeRequest)(nil),              // 63: scheduler.v1.DrainNodeRequest
-	(*NodeResources)(nil),                 // 64: scheduler.v1.NodeResources
-	(*Node)(nil),                          // 65: scheduler.v1.Node
-	nil,                                   // 66: scheduler.v1.EnvironmentSpecification.ServicesEntry
-	nil,                                   // 67: scheduler.v1.EnvironmentSpecification.ParametersEntry
-	nil,                                   // 68: scheduler.v1.EnvironmentSpecification.LabelsEntry
-	nil,                                   // 69: scheduler.v1.ContainerConfiguration.EnvEntry
-	(*HealthCheck_Exec)(nil),              // 70: scheduler.v1.HealthCheck.Exec
-	(*HealthCheck_Http)(nil),              // 71: scheduler.v1.HealthCheck.Http
-	(*HealthCheck_Tcp)(nil),               // 72: scheduler.v1.HealthCheck.Tcp
-	nil,                                   // 73: scheduler.v1.DataTemplate.ParametersEntry
-	nil,                                   // 74: scheduler.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),           // 75: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),         // 76: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),         // 77: google.protobuf.FieldMask
+	(*CloneEnvironmentRequest)(nil),       // 26: scheduler.v1.CloneEnvironmentRequest
+	(*GetEnvironmentRequest)(nil),         // 27: scheduler.v1.GetEnvironmentRequest
+	(*UpdateEnvironmentRequest)(nil),      // 28: scheduler.v1.UpdateEnvironmentRequest
+	(*ServiceChange)(nil),                 // 29: scheduler.v1.ServiceChange
+	(*UpdateEnvironmentResponse)(nil),     // 30: scheduler.v1.UpdateEnvironmentResponse
+	(*DeleteEnvironmentRequest)(nil),      // 31: scheduler.v1.DeleteEnvironmentRequest
+	(*ListEnvironmentsRequest)(nil),       // 32: scheduler.v1.ListEnvironmentsRequest
+	(*ListEnvironmentsResponse)(nil),      // 33: scheduler.v1.ListEnvironmentsResponse
+	(*GetEnvironmentLogsRequest)(nil),     // 34: scheduler.v1.GetEnvironmentLogsRequest
+	(*LogLine)(nil),                       // 35: scheduler.v1.LogLine
+	(*GetEnvironmentMetricsRequest)(nil),  // 36: scheduler.v1.GetEnvironmentMetricsRequest
+	(*ContainerMetrics)(nil),              // 37: scheduler.v1.ContainerMetrics
+	(*EnvironmentMetrics)(nil),            // 38: scheduler.v1.EnvironmentMetrics
+	(*ListStacksRequest)(nil),             // 39: scheduler.v1.ListStacksRequest
+	(*StackParameter)(nil),                // 40: scheduler.v1.StackParameter
+	(*Stack)(nil),                         // 41: scheduler.v1.Stack
+	(*ListStacksResponse)(nil),            // 42: scheduler.v1.ListStacksResponse
+	(*WatchEventsRequest)(nil),            // 43: scheduler.v1.WatchEventsRequest
+	(*Event)(nil),                         // 44: scheduler.v1.Event
+	(*GetEnvironmentHistoryRequest)(nil),  // 45: scheduler.v1.GetEnvironmentHistoryRequest
+	(*HistoryEntry)(nil),                  // 46: scheduler.v1.HistoryEntry
+	(*GetEnvironmentHistoryResponse)(nil), // 47: scheduler.v1.GetEnvironmentHistoryResponse
+	(*BackupEnvironmentRequest)(nil),      // 48: scheduler.v1.BackupEnvironmentRequest
+	(*Backup)(nil),                        // 49: scheduler.v1.Backup
+	(*ListBackupsRequest)(nil),            // 50: scheduler.v1.ListBackupsRequest
+	(*ListBackupsResponse)(nil),           // 51: scheduler.v1.ListBackupsResponse
+	(*RestoreEnvironmentRequest)(nil),     // 52: scheduler.v1.RestoreEnvironmentRequest
+	(*ReloadConfigurationRequest)(nil),    // 53: scheduler.v1.ReloadConfigurationRequest
+	(*ReloadConfigurationResponse)(nil),   // 54: scheduler.v1.ReloadConfigurationResponse
+	(*ListOperationsRequest)(nil),         // 55: scheduler.v1.ListOperationsRequest
+	(*OperationStep)(nil),                 // 56: scheduler.v1.OperationStep
+	(*Operation)(nil),                     // 57: scheduler.v1.Operation
+	(*ListOperationsResponse)(nil),        // 58: scheduler.v1.ListOperationsResponse
+	(*ListTemplatesRequest)(nil),          // 59: scheduler.v1.ListTemplatesRequest
+	(*DataTemplate)(nil),                  // 60: scheduler.v1.DataTemplate
+	(*ListTemplatesResponse)(nil),         // 61: scheduler.v1.ListTemplatesResponse
+	(*ListNodesRequest)(nil),              // 62: scheduler.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 63: scheduler.v1.ListNodesResponse
+	(*DrainNodeRequest)(nil),              // 64: scheduler.v1.DrainNodeRequest
+	(*NodeResources)(nil),                 // 65: scheduler.v1.NodeResources
+	(*Node)(nil),                          // 66: scheduler.v1.Node
+	nil,                                   // 67: scheduler.v1.EnvironmentSpecification.ServicesEntry
+	nil,                                   // 68: scheduler.v1.EnvironmentSpecification.ParametersEntry
+	nil,                                   // 69: scheduler.v1.EnvironmentSpecification.LabelsEntry
+	nil,                                   // 70: scheduler.v1.ContainerConfiguration.EnvEntry
+	(*HealthCheck_Exec)(nil),              // 71: scheduler.v1.HealthCheck.Exec
+	(*HealthCheck_Http)(nil),              // 72: scheduler.v1.HealthCheck.Http
+	(*HealthCheck_Tcp)(nil),               // 73: scheduler.v1.HealthCheck.Tcp
+	nil,                                   // 74: scheduler.v1.DataTemplate.ParametersEntry
+	nil,                                   // 75: scheduler.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),           // 76: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 77: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),         // 78: google.protobuf.FieldMask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	66,  // 0: scheduler.v1.EnvironmentSpecification.services:type_name -> scheduler.v1.EnvironmentSpecification.ServicesEntry
-	67,  // 1: scheduler.v1.EnvironmentSpecification.parameters:type_name -> scheduler.v1.EnvironmentSpecification.ParametersEntry
-	68,  // 2: scheduler.v1.EnvironmentSpecification.labels:type_name -> scheduler.v1.EnvironmentSpecification.LabelsEntry
+	67,  // 0: scheduler.v1.EnvironmentSpecification.services:type_name -> scheduler.v1.EnvironmentSpecification.ServicesEntry
+	68,  // 1: scheduler.v1.EnvironmentSpecification.parameters:type_name -> scheduler.v1.EnvironmentSpecification.ParametersEntry
+	69,  // 2: scheduler.v1.EnvironmentSpecification.labels:type_name -> scheduler.v1.EnvironmentSpecification.LabelsEntry
 	11,  // 3: scheduler.v1.EnvironmentSpecification.network:type_name -> scheduler.v1.NetworkSpecification
-	75,  // 4: scheduler.v1.EnvironmentSpecification.ttl:type_name -> google.protobuf.Duration
-	69,  // 5: scheduler.v1.ContainerConfiguration.env:type_name -> scheduler.v1.ContainerConfiguration.EnvEntry
+	76,  // 4: scheduler.v1.EnvironmentSpecification.ttl:type_name -> google.protobuf.Duration
+	70,  // 5: scheduler.v1.ContainerConfiguration.env:type_name -> scheduler.v1.ContainerConfiguration.EnvEntry
 	14,  // 6: scheduler.v1.ContainerConfiguration.ports:type_name -> scheduler.v1.PortMapping
 	15,  // 7: scheduler.v1.ContainerConfiguration.volumes:type_name -> scheduler.v1.VolumeMount
 	16,  // 8: scheduler.v1.ContainerConfiguration.resources:type_name -> scheduler.v1.Resources
@@ -6343,116 +6466,120 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	19,  // 11: scheduler.v1.ContainerConfiguration.depends_on:type_name -> scheduler.v1.Dependency
 	13,  // 12: scheduler.v1.ContainerConfiguration.security:type_name -> scheduler.v1.SecurityOptions
 	0,   // 13: scheduler.v1.PortMapping.protocol:type_name -> scheduler.v1.PortProtocol
-	70,  // 14: scheduler.v1.HealthCheck.exec:type_name -> scheduler.v1.HealthCheck.Exec
-	71,  // 15: scheduler.v1.HealthCheck.http:type_name -> scheduler.v1.HealthCheck.Http
-	72,  // 16: scheduler.v1.HealthCheck.tcp:type_name -> scheduler.v1.HealthCheck.Tcp
-	75,  // 17: scheduler.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	75,  // 18: scheduler.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	75,  // 19: scheduler.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
+	71,  // 14: scheduler.v1.HealthCheck.exec:type_name -> scheduler.v1.HealthCheck.Exec
+	72,  // 15: scheduler.v1.HealthCheck.http:type_name -> scheduler.v1.HealthCheck.Http
+	73,  // 16: scheduler.v1.HealthCheck.tcp:type_name -> scheduler.v1.HealthCheck.Tcp
+	76,  // 17: scheduler.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	76,  // 18: scheduler.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	76,  // 19: scheduler.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
 	1,   // 20: scheduler.v1.RestartPolicy.mode:type_name -> scheduler.v1.RestartMode
-	75,  // 21: scheduler.v1.RestartPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	75,  // 22: scheduler.v1.RestartPolicy.max_backoff:type_name -> google.protobuf.Duration
-	75,  // 23: scheduler.v1.RestartPolicy.reset_after:type_name -> google.protobuf.Duration
+	76,  // 21: scheduler.v1.RestartPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	76,  // 22: scheduler.v1.RestartPolicy.max_backoff:type_name -> google.protobuf.Duration
+	76,  // 23: scheduler.v1.RestartPolicy.reset_after:type_name -> google.protobuf.Duration
 	2,   // 24: scheduler.v1.Dependency.condition:type_name -> scheduler.v1.DependencyCondition
-	75,  // 25: scheduler.v1.Dependency.deadline:type_name -> google.protobuf.Duration
+	76,  // 25: scheduler.v1.Dependency.deadline:type_name -> google.protobuf.Duration
 	4,   // 26: scheduler.v1.ContainerStatus.state:type_name -> scheduler.v1.ContainerState
 	5,   // 27: scheduler.v1.ContainerStatus.health:type_name -> scheduler.v1.HealthStatus
-	76,  // 28: scheduler.v1.ContainerStatus.start_time:type_name -> google.protobuf.Timestamp
-	76,  // 29: scheduler.v1.ContainerStatus.end_time:type_name -> google.protobuf.Timestamp
+	77,  // 28: scheduler.v1.ContainerStatus.start_time:type_name -> google.protobuf.Timestamp
+	77,  // 29: scheduler.v1.ContainerStatus.end_time:type_name -> google.protobuf.Timestamp
 	0,   // 30: scheduler.v1.Endpoint.protocol:type_name -> scheduler.v1.PortProtocol
 	6,   // 31: scheduler.v1.Condition.status:type_name -> scheduler.v1.ConditionStatus
-	76,  // 32: scheduler.v1.Condition.last_transition_time:type_name -> google.protobuf.Timestamp
+	77,  // 32: scheduler.v1.Condition.last_transition_time:type_name -> google.protobuf.Timestamp
 	10,  // 33: scheduler.v1.Environment.spec:type_name -> scheduler.v1.EnvironmentSpecification
 	3,   // 34: scheduler.v1.Environment.status:type_name -> scheduler.v1.EnvironmentStatus
 	20,  // 35: scheduler.v1.Environment.containers:type_name -> scheduler.v1.ContainerStatus
 	21,  // 36: scheduler.v1.Environment.endpoints:type_name -> scheduler.v1.Endpoint
 	22,  // 37: scheduler.v1.Environment.conditions:type_name -> scheduler.v1.Condition
-	76,  // 38: scheduler.v1.Environment.create_time:type_name -> google.protobuf.Timestamp
-	76,  // 39: scheduler.v1.Environment.update_time:type_name -> google.protobuf.Timestamp
+	77,  // 38: scheduler.v1.Environment.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 39: scheduler.v1.Environment.update_time:type_name -> google.protobuf.Timestamp
 	24,  // 40: scheduler.v1.Environment.services:type_name -> scheduler.v1.ServiceDescription
-	76,  // 41: scheduler.v1.Environment.expire_time:type_name -> google.protobuf.Timestamp
+	77,  // 41: scheduler.v1.Environment.expire_time:type_name -> google.protobuf.Timestamp
 	12,  // 42: scheduler.v1.ServiceDescription.config:type_name -> scheduler.v1.ContainerConfiguration
 	10,  // 43: scheduler.v1.CreateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
-	10,  // 44: scheduler.v1.UpdateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
-	75,  // 45: scheduler.v1.UpdateEnvironmentRequest.drain:type_name -> google.protobuf.Duration
-	77,  // 46: scheduler.v1.UpdateEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,   // 47: scheduler.v1.ServiceChange.action:type_name -> scheduler.v1.ChangeAction
-	23,  // 48: scheduler.v1.UpdateEnvironmentResponse.environment:type_name -> scheduler.v1.Environment
-	28,  // 49: scheduler.v1.UpdateEnvironmentResponse.plan:type_name -> scheduler.v1.ServiceChange
-	23,  // 50: scheduler.v1.ListEnvironmentsResponse.environments:type_name -> scheduler.v1.Environment
-	76,  // 51: scheduler.v1.GetEnvironmentLogsRequest.since_time:type_name -> google.protobuf.Timestamp
-	8,   // 52: scheduler.v1.GetEnvironmentLogsRequest.stream:type_name -> scheduler.v1.LogStream
-	8,   // 53: scheduler.v1.LogLine.stream:type_name -> scheduler.v1.LogStream
-	76,  // 54: scheduler.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	75,  // 55: scheduler.v1.GetEnvironmentMetricsRequest.window:type_name -> google.protobuf.Duration
-	76,  // 56: scheduler.v1.ContainerMetrics.time:type_name -> google.protobuf.Timestamp
-	36,  // 57: scheduler.v1.EnvironmentMetrics.containers:type_name -> scheduler.v1.ContainerMetrics
-	24,  // 58: scheduler.v1.Stack.services:type_name -> scheduler.v1.ServiceDescription
-	39,  // 59: scheduler.v1.Stack.parameters:type_name -> scheduler.v1.StackParameter
-	40,  // 60: scheduler.v1.ListStacksResponse.stacks:type_name -> scheduler.v1.Stack
-	75,  // 61: scheduler.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	9,   // 62: scheduler.v1.Event.type:type_name -> scheduler.v1.EventType
-	76,  // 63: scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
-	76,  // 64: scheduler.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
-	45,  // 65: scheduler.v1.GetEnvironmentHistoryResponse.entries:type_name -> scheduler.v1.HistoryEntry
-	76,  // 66: scheduler.v1.Backup.create_time:type_name -> google.protobuf.Timestamp
-	48,  // 67: scheduler.v1.ListBackupsResponse.backups:type_name -> scheduler.v1.Backup
-	76,  // 68: scheduler.v1.OperationStep.time:type_name -> google.protobuf.Timestamp
-	76,  // 69: scheduler.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	76,  // 70: scheduler.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	55,  // 71: scheduler.v1.Operation.steps:type_name -> scheduler.v1.OperationStep
-	56,  // 72: scheduler.v1.ListOperationsResponse.operations:type_name -> scheduler.v1.Operation
-	73,  // 73: scheduler.v1.DataTemplate.parameters:type_name -> scheduler.v1.DataTemplate.ParametersEntry
-	76,  // 74: scheduler.v1.DataTemplate.create_time:type_name -> google.protobuf.Timestamp
-	76,  // 75: scheduler.v1.DataTemplate.last_use_time:type_name -> google.protobuf.Timestamp
-	59,  // 76: scheduler.v1.ListTemplatesResponse.templates:type_name -> scheduler.v1.DataTemplate
-	65,  // 77: scheduler.v1.ListNodesResponse.nodes:type_name -> scheduler.v1.Node
-	64,  // 78: scheduler.v1.Node.capacity:type_name -> scheduler.v1.NodeResources
-	64,  // 79: scheduler.v1.Node.allocated:type_name -> scheduler.v1.NodeResources
-	74,  // 80: scheduler.v1.Node.labels:type_name -> scheduler.v1.Node.LabelsEntry
-	76,  // 81: scheduler.v1.Node.start_time:type_name -> google.protobuf.Timestamp
-	12,  // 82: scheduler.v1.EnvironmentSpecification.ServicesEntry.value:type_name -> scheduler.v1.ContainerConfiguration
-	25,  // 83: scheduler.v1.SchedulerService.CreateEnvironment:input_type -> scheduler.v1.CreateEnvironmentRequest
-	26,  // 84: scheduler.v1.SchedulerService.GetEnvironment:input_type -> scheduler.v1.GetEnvironmentRequest
-	27,  // 85: scheduler.v1.SchedulerService.UpdateEnvironment:input_type -> scheduler.v1.UpdateEnvironmentRequest
-	30,  // 86: scheduler.v1.SchedulerService.DeleteEnvironment:input_type -> scheduler.v1.DeleteEnvironmentRequest
-	31,  // 87: scheduler.v1.SchedulerService.ListEnvironments:input_type -> scheduler.v1.ListEnvironmentsRequest
-	33,  // 88: scheduler.v1.SchedulerService.GetEnvironmentLogs:input_type -> scheduler.v1.GetEnvironmentLogsRequest
-	35,  // 89: scheduler.v1.SchedulerService.GetEnvironmentMetrics:input_type -> scheduler.v1.GetEnvironmentMetricsRequest
-	38,  // 90: scheduler.v1.SchedulerService.ListStacks:input_type -> scheduler.v1.ListStacksRequest
-	42,  // 91: scheduler.v1.SchedulerService.WatchEvents:input_type -> scheduler.v1.WatchEventsRequest
-	44,  // 92: scheduler.v1.SchedulerService.GetEnvironmentHistory:input_type -> scheduler.v1.GetEnvironmentHistoryRequest
-	47,  // 93: scheduler.v1.SchedulerService.BackupEnvironment:input_type -> scheduler.v1.BackupEnvironmentRequest
-	49,  // 94: scheduler.v1.SchedulerService.ListBackups:input_type -> scheduler.v1.ListBackupsRequest
-	51,  // 95: scheduler.v1.SchedulerService.RestoreEnvironment:input_type -> scheduler.v1.RestoreEnvironmentRequest
-	52,  // 96: scheduler.v1.SchedulerService.ReloadConfiguration:input_type -> scheduler.v1.ReloadConfigurationRequest
-	54,  // 97: scheduler.v1.SchedulerService.ListOperations:input_type -> scheduler.v1.ListOperationsRequest
-	58,  // 98: scheduler.v1.SchedulerService.ListTemplates:input_type -> scheduler.v1.ListTemplatesRequest
-	61,  // 99: scheduler.v1.SchedulerService.ListNodes:input_type -> scheduler.v1.ListNodesRequest
-	63,  // 100: scheduler.v1.SchedulerService.DrainNode:input_type -> scheduler.v1.DrainNodeRequest
-	23,  // 101: scheduler.v1.SchedulerService.CreateEnvironment:output_type -> scheduler.v1.Environment
-	23,  // 102: scheduler.v1.SchedulerService.GetEnvironment:output_type -> scheduler.v1.Environment
-	29,  // 103: scheduler.v1.SchedulerService.UpdateEnvironment:output_type -> scheduler.v1.UpdateEnvironmentResponse
-	23,  // 104: scheduler.v1.SchedulerService.DeleteEnvironment:output_type -> scheduler.v1.Environment
-	32,  // 105: scheduler.v1.SchedulerService.ListEnvironments:output_type -> scheduler.v1.ListEnvironmentsResponse
-	34,  // 106: scheduler.v1.SchedulerService.GetEnvironmentLogs:output_type -> scheduler.v1.LogLine
-	37,  // 107: scheduler.v1.SchedulerService.GetEnvironmentMetrics:output_type -> scheduler.v1.EnvironmentMetrics
-	41,  // 108: scheduler.v1.SchedulerService.ListStacks:output_type -> scheduler.v1.ListStacksResponse
-	43,  // 109: scheduler.v1.SchedulerService.WatchEvents:output_type -> scheduler.v1.Event
-	46,  // 110: scheduler.v1.SchedulerService.GetEnvironmentHistory:output_type -> scheduler.v1.GetEnvironmentHistoryResponse
-	48,  // 111: scheduler.v1.SchedulerService.BackupEnvironment:output_type -> scheduler.v1.Backup
-	50,  // 112: scheduler.v1.SchedulerService.ListBackups:output_type -> scheduler.v1.ListBackupsResponse
-	23,  // 113: scheduler.v1.SchedulerService.RestoreEnvironment:output_type -> scheduler.v1.Environment
-	53,  // 114: scheduler.v1.SchedulerService.ReloadConfiguration:output_type -> scheduler.v1.ReloadConfigurationResponse
-	57,  // 115: scheduler.v1.SchedulerService.ListOperations:output_type -> scheduler.v1.ListOperationsResponse
-	60,  // 116: scheduler.v1.SchedulerService.ListTemplates:output_type -> scheduler.v1.ListTemplatesResponse
-	62,  // 117: scheduler.v1.SchedulerService.ListNodes:output_type -> scheduler.v1.ListNodesResponse
-	65,  // 118: scheduler.v1.SchedulerService.DrainNode:output_type -> scheduler.v1.Node
-	101, // [101:119] is the sub-list for method output_type
-	83,  // [83:101] is the sub-list for method input_type
-	83,  // [83:83] is the sub-list for extension type_name
-	83,  // [83:83] is the sub-list for extension extendee
-	0,   // [0:83] is the sub-list for field type_name
+	10,  // 44: scheduler.v1.CloneEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
+	78,  // 45: scheduler.v1.CloneEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10,  // 46: scheduler.v1.UpdateEnvironmentRequest.spec:type_name -> scheduler.v1.EnvironmentSpecification
+	76,  // 47: scheduler.v1.UpdateEnvironmentRequest.drain:type_name -> google.protobuf.Duration
+	78,  // 48: scheduler.v1.UpdateEnvironmentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,   // 49: scheduler.v1.ServiceChange.action:type_name -> scheduler.v1.ChangeAction
+	23,  // 50: scheduler.v1.UpdateEnvironmentResponse.environment:type_name -> scheduler.v1.Environment
+	29,  // 51: scheduler.v1.UpdateEnvironmentResponse.plan:type_name -> scheduler.v1.ServiceChange
+	23,  // 52: scheduler.v1.ListEnvironmentsResponse.environments:type_name -> scheduler.v1.Environment
+	77,  // 53: scheduler.v1.GetEnvironmentLogsRequest.since_time:type_name -> google.protobuf.Timestamp
+	8,   // 54: scheduler.v1.GetEnvironmentLogsRequest.stream:type_name -> scheduler.v1.LogStream
+	8,   // 55: scheduler.v1.LogLine.stream:type_name -> scheduler.v1.LogStream
+	77,  // 56: scheduler.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	76,  // 57: scheduler.v1.GetEnvironmentMetricsRequest.window:type_name -> google.protobuf.Duration
+	77,  // 58: scheduler.v1.ContainerMetrics.time:type_name -> google.protobuf.Timestamp
+	37,  // 59: scheduler.v1.EnvironmentMetrics.containers:type_name -> scheduler.v1.ContainerMetrics
+	24,  // 60: scheduler.v1.Stack.services:type_name -> scheduler.v1.ServiceDescription
+	40,  // 61: scheduler.v1.Stack.parameters:type_name -> scheduler.v1.StackParameter
+	41,  // 62: scheduler.v1.ListStacksResponse.stacks:type_name -> scheduler.v1.Stack
+	76,  // 63: scheduler.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	9,   // 64: scheduler.v1.Event.type:type_name -> scheduler.v1.EventType
+	77,  // 65: scheduler.v1.Event.time:type_name -> google.protobuf.Timestamp
+	77,  // 66: scheduler.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
+	46,  // 67: scheduler.v1.GetEnvironmentHistoryResponse.entries:type_name -> scheduler.v1.HistoryEntry
+	77,  // 68: scheduler.v1.Backup.create_time:type_name -> google.protobuf.Timestamp
+	49,  // 69: scheduler.v1.ListBackupsResponse.backups:type_name -> scheduler.v1.Backup
+	77,  // 70: scheduler.v1.OperationStep.time:type_name -> google.protobuf.Timestamp
+	77,  // 71: scheduler.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	77,  // 72: scheduler.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	56,  // 73: scheduler.v1.Operation.steps:type_name -> scheduler.v1.OperationStep
+	57,  // 74: scheduler.v1.ListOperationsResponse.operations:type_name -> scheduler.v1.Operation
+	74,  // 75: scheduler.v1.DataTemplate.parameters:type_name -> scheduler.v1.DataTemplate.ParametersEntry
+	77,  // 76: scheduler.v1.DataTemplate.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 77: scheduler.v1.DataTemplate.last_use_time:type_name -> google.protobuf.Timestamp
+	60,  // 78: scheduler.v1.ListTemplatesResponse.templates:type_name -> scheduler.v1.DataTemplate
+	66,  // 79: scheduler.v1.ListNodesResponse.nodes:type_name -> scheduler.v1.Node
+	65,  // 80: scheduler.v1.Node.capacity:type_name -> scheduler.v1.NodeResources
+	65,  // 81: scheduler.v1.Node.allocated:type_name -> scheduler.v1.NodeResources
+	75,  // 82: scheduler.v1.Node.labels:type_name -> scheduler.v1.Node.LabelsEntry
+	77,  // 83: scheduler.v1.Node.start_time:type_name -> google.protobuf.Timestamp
+	12,  // 84: scheduler.v1.EnvironmentSpecification.ServicesEntry.value:type_name -> scheduler.v1.ContainerConfiguration
+	25,  // 85: scheduler.v1.SchedulerService.CreateEnvironment:input_type -> scheduler.v1.CreateEnvironmentRequest
+	26,  // 86: scheduler.v1.SchedulerService.CloneEnvironment:input_type -> scheduler.v1.CloneEnvironmentRequest
+	27,  // 87: scheduler.v1.SchedulerService.GetEnvironment:input_type -> scheduler.v1.GetEnvironmentRequest
+	28,  // 88: scheduler.v1.SchedulerService.UpdateEnvironment:input_type -> scheduler.v1.UpdateEnvironmentRequest
+	31,  // 89: scheduler.v1.SchedulerService.DeleteEnvironment:input_type -> scheduler.v1.DeleteEnvironmentRequest
+	32,  // 90: scheduler.v1.SchedulerService.ListEnvironments:input_type -> scheduler.v1.ListEnvironmentsRequest
+	34,  // 91: scheduler.v1.SchedulerService.GetEnvironmentLogs:input_type -> scheduler.v1.GetEnvironmentLogsRequest
+	36,  // 92: scheduler.v1.SchedulerService.GetEnvironmentMetrics:input_type -> scheduler.v1.GetEnvironmentMetricsRequest
+	39,  // 93: scheduler.v1.SchedulerService.ListStacks:input_type -> scheduler.v1.ListStacksRequest
+	43,  // 94: scheduler.v1.SchedulerService.WatchEvents:input_type -> scheduler.v1.WatchEventsRequest
+	45,  // 95: scheduler.v1.SchedulerService.GetEnvironmentHistory:input_type -> scheduler.v1.GetEnvironmentHistoryRequest
+	48,  // 96: scheduler.v1.SchedulerService.BackupEnvironment:input_type -> scheduler.v1.BackupEnvironmentRequest
+	50,  // 97: scheduler.v1.SchedulerService.ListBackups:input_type -> scheduler.v1.ListBackupsRequest
+	52,  // 98: scheduler.v1.SchedulerService.RestoreEnvironment:input_type -> scheduler.v1.RestoreEnvironmentRequest
+	53,  // 99: scheduler.v1.SchedulerService.ReloadConfiguration:input_type -> scheduler.v1.ReloadConfigurationRequest
+	55,  // 100: scheduler.v1.SchedulerService.ListOperations:input_type -> scheduler.v1.ListOperationsRequest
+	59,  // 101: scheduler.v1.SchedulerService.ListTemplates:input_type -> scheduler.v1.ListTemplatesRequest
+	62,  // 102: scheduler.v1.SchedulerService.ListNodes:input_type -> scheduler.v1.ListNodesRequest
+	64,  // 103: scheduler.v1.SchedulerService.DrainNode:input_type -> scheduler.v1.DrainNodeRequest
+	23,  // 104: scheduler.v1.SchedulerService.CreateEnvironment:output_type -> scheduler.v1.Environment
+	23,  // 105: scheduler.v1.SchedulerService.CloneEnvironment:output_type -> scheduler.v1.Environment
+	23,  // 106: scheduler.v1.SchedulerService.GetEnvironment:output_type -> scheduler.v1.Environment
+	30,  // 107: scheduler.v1.SchedulerService.UpdateEnvironment:output_type -> scheduler.v1.UpdateEnvironmentResponse
+	23,  // 108: scheduler.v1.SchedulerService.DeleteEnvironment:output_type -> scheduler.v1.Environment
+	33,  // 109: scheduler.v1.SchedulerService.ListEnvironments:output_type -> scheduler.v1.ListEnvironmentsResponse
+	35,  // 110: scheduler.v1.SchedulerService.GetEnvironmentLogs:output_type -> scheduler.v1.LogLine
+	38,  // 111: scheduler.v1.SchedulerService.GetEnvironmentMetrics:output_type -> scheduler.v1.EnvironmentMetrics
+	42,  // 112: scheduler.v1.SchedulerService.ListStacks:output_type -> scheduler.v1.ListStacksResponse
+	44,  // 113: scheduler.v1.SchedulerService.WatchEvents:output_type -> scheduler.v1.Event
+	47,  // 114: scheduler.v1.SchedulerService.GetEnvironmentHistory:output_type -> scheduler.v1.GetEnvironmentHistoryResponse
+	49,  // 115: scheduler.v1.SchedulerService.BackupEnvironment:output_type -> scheduler.v1.Backup
+	51,  // 116: scheduler.v1.SchedulerService.ListBackups:output_type -> scheduler.v1.ListBackupsResponse
+	23,  // 117: scheduler.v1.SchedulerService.RestoreEnvironment:output_type -> scheduler.v1.Environment
+	54,  // 118: scheduler.v1.SchedulerService.ReloadConfiguration:output_type -> scheduler.v1.ReloadConfigurationResponse
+	58,  // 119: scheduler.v1.SchedulerService.ListOperations:output_type -> scheduler.v1.ListOperationsResponse
+	61,  // 120: scheduler.v1.SchedulerService.ListTemplates:output_type -> scheduler.v1.ListTemplatesResponse
+	63,  // 121: scheduler.v1.SchedulerService.ListNodes:output_type -> scheduler.v1.ListNodesResponse
+	66,  // 122: scheduler.v1.SchedulerService.DrainNode:output_type -> scheduler.v1.Node
+	104, // [104:123] is the sub-list for method output_type
+	85,  // [85:104] is the sub-list for method input_type
+	85,  // [85:85] is the sub-list for extension type_name
+	85,  // [85:85] is the sub-list for extension extendee
+	0,   // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -6654,7 +6781,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[16].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentRequest); i {
+			switch v := v.(*CloneEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6666,7 +6793,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[17].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateEnvironmentRequest); i {
+			switch v := v.(*GetEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6678,7 +6805,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[18].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ServiceChange); i {
+			switch v := v.(*UpdateEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6690,7 +6817,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[19].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateEnvironmentResponse); i {
+			switch v := v.(*ServiceChange); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6702,7 +6829,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[20].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteEnvironmentRequest); i {
+			switch v := v.(*UpdateEnvironmentResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6714,7 +6841,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[21].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListEnvironmentsRequest); i {
+			switch v := v.(*DeleteEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6726,7 +6853,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[22].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListEnvironmentsResponse); i {
+			switch v := v.(*ListEnvironmentsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6738,7 +6865,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[23].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentLogsRequest); i {
+			switch v := v.(*ListEnvironmentsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6750,7 +6877,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[24].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*LogLine); i {
+			switch v := v.(*GetEnvironmentLogsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6762,7 +6889,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[25].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentMetricsRequest); i {
+			switch v := v.(*LogLine); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6774,7 +6901,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[26].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ContainerMetrics); i {
+			switch v := v.(*GetEnvironmentMetricsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6786,7 +6913,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[27].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*EnvironmentMetrics); i {
+			switch v := v.(*ContainerMetrics); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6798,7 +6925,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[28].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListStacksRequest); i {
+			switch v := v.(*EnvironmentMetrics); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6810,7 +6937,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[29].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*StackParameter); i {
+			switch v := v.(*ListStacksRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6822,7 +6949,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[30].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Stack); i {
+			switch v := v.(*StackParameter); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6834,7 +6961,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[31].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListStacksResponse); i {
+			switch v := v.(*Stack); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6846,7 +6973,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[32].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*WatchEventsRequest); i {
+			switch v := v.(*ListStacksResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6858,7 +6985,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[33].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Event); i {
+			switch v := v.(*WatchEventsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6870,7 +6997,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[34].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentHistoryRequest); i {
+			switch v := v.(*Event); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6882,7 +7009,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[35].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*HistoryEntry); i {
+			switch v := v.(*GetEnvironmentHistoryRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6894,7 +7021,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[36].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetEnvironmentHistoryResponse); i {
+			switch v := v.(*HistoryEntry); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6906,7 +7033,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[37].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*BackupEnvironmentRequest); i {
+			switch v := v.(*GetEnvironmentHistoryResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6918,7 +7045,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[38].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Backup); i {
+			switch v := v.(*BackupEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6930,7 +7057,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[39].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListBackupsRequest); i {
+			switch v := v.(*Backup); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6942,7 +7069,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[40].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListBackupsResponse); i {
+			switch v := v.(*ListBackupsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6954,7 +7081,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[41].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*RestoreEnvironmentRequest); i {
+			switch v := v.(*ListBackupsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6966,7 +7093,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[42].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ReloadConfigurationRequest); i {
+			switch v := v.(*RestoreEnvironmentRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6978,7 +7105,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[43].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ReloadConfigurationResponse); i {
+			switch v := v.(*ReloadConfigurationRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6990,7 +7117,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[44].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListOperationsRequest); i {
+			switch v := v.(*ReloadConfigurationResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7002,7 +7129,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[45].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*OperationStep); i {
+			switch v := v.(*ListOperationsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7014,7 +7141,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[46].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Operation); i {
+			switch v := v.(*OperationStep); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7026,7 +7153,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[47].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListOperationsResponse); i {
+			switch v := v.(*Operation); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7038,7 +7165,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[48].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListTemplatesRequest); i {
+			switch v := v.(*ListOperationsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7050,7 +7177,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[49].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DataTemplate); i {
+			switch v := v.(*ListTemplatesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7062,7 +7189,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[50].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListTemplatesResponse); i {
+			switch v := v.(*DataTemplate); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7074,7 +7201,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[51].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListNodesRequest); i {
+			switch v := v.(*ListTemplatesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7086,7 +7213,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[52].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListNodesResponse); i {
+			switch v := v.(*ListNodesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7098,7 +7225,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[53].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DrainNodeRequest); i {
+			switch v := v.(*ListNodesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7110,7 +7237,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[54].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*NodeResources); i {
+			switch v := v.(*DrainNodeRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7122,6 +7249,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 			}
 		}
 		file_scheduler_v1_scheduler_proto_msgTypes[55].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*NodeResources); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_scheduler_v1_scheduler_proto_msgTypes[56].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*Node); i {
 			case 0:
 				return &v.state
@@ -7133,7 +7272,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[60].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[61].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Exec); i {
 			case 0:
 				return &v.state
@@ -7145,7 +7284,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[61].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[62].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Http); i {
 			case 0:
 				return &v.state
@@ -7157,7 +7296,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 				return nil
 			}
 		}
-		file_scheduler_v1_scheduler_proto_msgTypes[62].Exporter = func(v interface{}, i int) interface{} {
+		file_scheduler_v1_scheduler_proto_msgTypes[63].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*HealthCheck_Tcp); i {
 			case 0:
 				return &v.state
@@ -7178,14 +7317,14 @@ func file_scheduler_v1_scheduler_proto_init() {
 	}
 	file_scheduler_v1_scheduler_proto_msgTypes[8].OneofWrappers = []interface{}{}
 	file_scheduler_v1_scheduler_proto_msgTypes[10].OneofWrappers = []interface{}{}
-	file_scheduler_v1_scheduler_proto_msgTypes[32].OneofWrappers = []interface{}{}
+	file_scheduler_v1_scheduler_proto_msgTypes[33].OneofWrappers = []interface{}{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_scheduler_v1_scheduler_proto_rawDesc,
 			NumEnums:      10,
-			NumMessages:   65,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,19 @@ type SchedulerServiceClient interface {
 	// request_id returns the environment created by the first call. With validate_only, checks
 	// the request and returns the environment it would create, creating nothing.
 	CreateEnvironment(ctx context.Context, in *CreateEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
+	// Creates an environment from another one: the source's specification (with overrides) and
+	// a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+	// serving. Its containers that mount volumes are frozen for the last pass of the copy only
+	// (for as long as it takes to re-read the files changed during the first pass); the others
+	// keep running. The copy is taken before the call returns; the new environment then deploys
+	// in the background like a created one and is returned with status PENDING. Generated
+	// secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+	// does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+	// SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+	// retry carrying the same request_id returns the environment created by the first call. With
+	// validate_only, checks the request and returns the environment it would create, copying
+	// nothing. Needs read access to the source and create access for the new name.
+	CloneEnvironment(ctx context.Context, in *CloneEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
 	// Returns one environment by name; NOT_FOUND if there is none.
 	GetEnvironment(ctx context.Context, in *GetEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
 	// Changes an environment's specification (a new generation) and rolls it out, replacing only
@@ -93,6 +106,15 @@ func NewSchedulerServiceClient(cc grpc.ClientConnInterface) SchedulerServiceClie
 func (c *schedulerServiceClient) CreateEnvironment(ctx context.Context, in *CreateEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error) {
 	out := new(Environment)
 	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/CreateEnvironment", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) CloneEnvironment(ctx context.Context, in *CloneEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error) {
+	out := new(Environment)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/CloneEnvironment", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -307,6 +329,19 @@ type SchedulerServiceServer interface {
 	// request_id returns the environment created by the first call. With validate_only, checks
 	// the request and returns the environment it would create, creating nothing.
 	CreateEnvironment(context.Context, *CreateEnvironmentRequest) (*Environment, error)
+	// Creates an environment from another one: the source's specification (with overrides) and
+	// a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+	// serving. Its containers that mount volumes are frozen for the last pass of the copy only
+	// (for as long as it takes to re-read the files changed during the first pass); the others
+	// keep running. The copy is taken before the call returns; the new environment then deploys
+	// in the background like a created one and is returned with status PENDING. Generated
+	// secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+	// does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+	// SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+	// retry carrying the same request_id returns the environment created by the first call. With
+	// validate_only, checks the request and returns the environment it would create, copying
+	// nothing. Needs read access to the source and create access for the new name.
+	CloneEnvironment(context.Context, *CloneEnvironmentRequest) (*Environment, error)
 	// Returns one environment by name; NOT_FOUND if there is none.
 	GetEnvironment(context.Context, *GetEnvironmentRequest) (*Environment, error)
 	// Changes an environment's specification (a new generation) and rolls it out, replacing only
@@ -374,6 +409,9 @@ type UnimplementedSchedulerServiceServer struct {
 
 func (UnimplementedSchedulerServiceServer) CreateEnvironment(context.Context, *CreateEnvironmentRequest) (*Environment, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) CloneEnvironment(context.Context, *CloneEnvironmentRequest) (*Environment, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CloneEnvironment not implemented")
 }
 func (UnimplementedSchedulerServiceServer) GetEnvironment(context.Context, *GetEnvironmentRequest) (*Environment, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetEnvironment not implemented")
@@ -453,6 +491,24 @@ func _SchedulerService_CreateEnvironment_Handler(srv interface{}, ctx context.Co
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(SchedulerServiceServer).CreateEnvironment(ctx, req.(*CreateEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_CloneEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloneEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).CloneEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/CloneEnvironment",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).CloneEnvironment(ctx, req.(*CloneEnvironmentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -776,6 +832,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateEnvironment",
 			Handler:    _SchedulerService_CreateEnvironment_Handler,
+		},
+		{
+			MethodName: "CloneEnvironment",
+			Handler:    _SchedulerService_CloneEnvironment_Handler,
 		},
 		{
 			MethodName: "GetEnvironment",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from google.protobuf.message import Message
 from scheduler import log
 from scheduler.errors import InvalidArgument
 from scheduler.retry import exponential
+from scheduler.retry import retry as retry_call
 from scheduler.runtime.containerd.addresses import (
     _NAME as _NAME,
 )
@@ -117,23 +117,24 @@ class UnaryCall(Generic[Req, Resp]):
             _logger.debug("containerd request", method=self.name, request=str(request))
         started = time.monotonic()
         observer = self._client.call_observer
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                response = await self._method(request, timeout=max(remaining, 0.001), metadata=metadata)
-            except grpc.aio.AioRpcError as err:
-                retryable = status_code(err) == grpc.StatusCode.UNAVAILABLE and delays
-                if retryable and deadline - time.monotonic() > delays[0]:
-                    await asyncio.sleep(delays.pop(0))
-                    continue
-                if observer is not None:
-                    observer(self.name, time.monotonic() - started, status_code(err).name)
-                raise from_grpc(err, label) from err
+
+        async def attempt() -> Resp:
+            return await self._method(request, timeout=max(deadline - time.monotonic(), 0.001), metadata=metadata)
+
+        def unavailable(err: Exception) -> bool:
+            return isinstance(err, grpc.aio.AioRpcError) and status_code(err) == grpc.StatusCode.UNAVAILABLE
+
+        try:
+            response = await retry_call(attempt, unavailable, delays, deadline=deadline)
+        except grpc.aio.AioRpcError as err:
             if observer is not None:
-                observer(self.name, time.monotonic() - started, "OK")
-            if LOG_PROTOS:
-                _logger.debug("containerd response", method=self.name, response=str(response))
-            return response
+                observer(self.name, time.monotonic() - started, status_code(err).name)
+            raise from_grpc(err, label) from err
+        if observer is not None:
+            observer(self.name, time.monotonic() - started, "OK")
+        if LOG_PROTOS:
+            _logger.debug("containerd response", method=self.name, response=str(response))
+        return response
 
 
 class ServerStreamCall(Generic[Req, Resp]):

@@ -19,17 +19,25 @@ import grpc
 from scheduler import domain
 from scheduler.errors import FailedPrecondition, NotFound, SchedulerError
 from scheduler.reference import check_digest
-from scheduler.retry import linear, retry
+from scheduler.retry import exponential, linear, retry
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd.client import ContainerdClient
+from scheduler.runtime.containerd.descriptors import Descriptor
 from scheduler.runtime.containerd.errors import from_grpc, status_code, status_details
-from scheduler.runtime.containerd.registry import Descriptor
 from scheduler.runtime.containerd.sources import BlobSource
 
 ProgressCallback = Callable[[domain.PullProgress], None]
 
 _LOCK_RETRIES = 20
+
+
+class _IngestLocked(Exception):
+    """Another writer holds the ingest ref (containerd answers UNAVAILABLE "locked"): try again."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -100,76 +108,87 @@ class ContentWriter:
         check_digest(desc.digest, f"{kind} digest")
         ref = f"{kind}-{desc.digest}"
         what = f"{kind} {desc.digest} of {ingest.image}"
-        for attempt in range(_LOCK_RETRIES):
-            call = self.client.content.write(lease=ingest.lease, timeout=0)
-            try:
+        try:
+            await retry(
+                lambda: self._write_once(chunks, desc, ref, what, labels, ingest),
+                lambda err: isinstance(err, _IngestLocked),
+                exponential(_LOCK_RETRIES, 0.016, 0.5),
+            )
+        except _IngestLocked as locked:
+            await self._abort(ref)
+            raise from_grpc(locked.error, f"Content.Write {what}") from locked.error
+
+    async def _write_once(
+        self,
+        chunks: AsyncIterator[bytes],
+        desc: Descriptor,
+        ref: str,
+        what: str,
+        labels: Mapping[str, str],
+        ingest: Ingest,
+    ) -> None:
+        """One ``Content.Write`` stream; raises :class:`_IngestLocked` while another writer holds ``ref``."""
+        call = self.client.content.write(lease=ingest.lease, timeout=0)
+        try:
+            await call.write(
+                content_pb.WriteContentRequest(action=content_pb.STAT, ref=ref, total=desc.size, expected=desc.digest)
+            )
+            stat = await call.read()
+            offset = stat.offset if isinstance(stat, content_pb.WriteContentResponse) else 0
+            algorithm = desc.digest.split(":", 1)[0]
+            hasher = hashlib.new(algorithm)
+            received = 0
+            async for chunk in chunks:
+                hasher.update(chunk)
+                start = received
+                received += len(chunk)
+                if received > desc.size:
+                    raise FailedPrecondition(f"{what}: more than the {desc.size} bytes announced")
+                if received <= offset:
+                    continue
+                data = chunk[max(0, offset - start) :]
                 await call.write(
                     content_pb.WriteContentRequest(
-                        action=content_pb.STAT, ref=ref, total=desc.size, expected=desc.digest
-                    )
-                )
-                stat = await call.read()
-                offset = stat.offset if isinstance(stat, content_pb.WriteContentResponse) else 0
-                algorithm = desc.digest.split(":", 1)[0]
-                hasher = hashlib.new(algorithm)
-                received = 0
-                async for chunk in chunks:
-                    hasher.update(chunk)
-                    start = received
-                    received += len(chunk)
-                    if received > desc.size:
-                        raise FailedPrecondition(f"{what}: more than the {desc.size} bytes announced")
-                    if received <= offset:
-                        continue
-                    data = chunk[max(0, offset - start) :]
-                    await call.write(
-                        content_pb.WriteContentRequest(
-                            action=content_pb.WRITE, ref=ref, offset=received - len(data), data=data
-                        )
-                    )
-                    await call.read()
-                    self._report(ingest, desc, received)
-                if received != desc.size:
-                    raise FailedPrecondition(f"{what}: got {received} bytes, expected {desc.size}")
-                actual = f"{algorithm}:{hasher.hexdigest()}"
-                if actual != desc.digest:
-                    raise FailedPrecondition(f"{what}: content digest {actual} does not match {desc.digest}")
-                await call.write(
-                    content_pb.WriteContentRequest(
-                        action=content_pb.COMMIT,
-                        ref=ref,
-                        offset=desc.size,
-                        total=desc.size,
-                        expected=desc.digest,
-                        labels=dict(labels),
+                        action=content_pb.WRITE, ref=ref, offset=received - len(data), data=data
                     )
                 )
                 await call.read()
-                await call.done_writing()
-                while await call.read() is not grpc.aio.EOF:
-                    pass
-                self._report(ingest, desc, desc.size)
+                self._report(ingest, desc, received)
+            if received != desc.size:
+                raise FailedPrecondition(f"{what}: got {received} bytes, expected {desc.size}")
+            actual = f"{algorithm}:{hasher.hexdigest()}"
+            if actual != desc.digest:
+                raise FailedPrecondition(f"{what}: content digest {actual} does not match {desc.digest}")
+            await call.write(
+                content_pb.WriteContentRequest(
+                    action=content_pb.COMMIT,
+                    ref=ref,
+                    offset=desc.size,
+                    total=desc.size,
+                    expected=desc.digest,
+                    labels=dict(labels),
+                )
+            )
+            await call.read()
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+            self._report(ingest, desc, desc.size)
+            return
+        except grpc.aio.AioRpcError as err:
+            code = status_code(err)
+            if code == grpc.StatusCode.ALREADY_EXISTS:
+                # Committed meanwhile (or by a concurrent writer): ours too, under our lease.
+                await self._adopt_existing(desc, labels, ingest)
                 return
-            except grpc.aio.AioRpcError as err:
-                code = status_code(err)
-                if code == grpc.StatusCode.ALREADY_EXISTS:
-                    # Committed meanwhile (or by a concurrent writer): ours too, under our lease.
-                    await self._adopt_existing(desc, labels, ingest)
-                    return
-                if (
-                    code == grpc.StatusCode.UNAVAILABLE
-                    and "locked" in status_details(err)
-                    and attempt + 1 < _LOCK_RETRIES
-                ):
-                    await asyncio.sleep(min(0.016 * 2**attempt, 0.5))
-                    continue
-                await self._abort(ref)
-                raise from_grpc(err, f"Content.Write {what}") from err
-            except BaseException:
-                call.cancel()
-                await asyncio.shield(self._abort(ref))
-                raise
-        raise FailedPrecondition(f"{what}: the ingest stayed locked by another writer")
+            if code == grpc.StatusCode.UNAVAILABLE and "locked" in status_details(err):
+                raise _IngestLocked(err) from err
+            await self._abort(ref)
+            raise from_grpc(err, f"Content.Write {what}") from err
+        except BaseException:
+            call.cancel()
+            await asyncio.shield(self._abort(ref))
+            raise
 
     async def _abort(self, ref: str) -> None:
         async def abort() -> None:

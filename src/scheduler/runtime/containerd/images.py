@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from scheduler import domain
-from scheduler.config import ImageSettings
 from scheduler.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -32,6 +31,8 @@ from scheduler.reference import Reference, normalize, parse
 from scheduler.runtime.containerd._gen.containerd.services.images.v1 import images_pb2 as images_pb
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.content import ContentWriter, Ingest, ProgressCallback
+from scheduler.runtime.containerd.descriptors import INDEX_TYPES, MANIFEST_TYPES, Descriptor
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.manifests import (
     GC_REF_CONTENT,
     ParsedManifest,
@@ -45,13 +46,7 @@ from scheduler.runtime.containerd.manifests import (
     json_object,
     parse_manifest,
 )
-from scheduler.runtime.containerd.registry import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    Descriptor,
-    RegistryClient,
-    check_registry_host,
-)
+from scheduler.runtime.containerd.registry import RegistryClient, check_registry_host
 from scheduler.runtime.containerd.sources import (
     BlobSource,
     RegistrySource,
@@ -79,7 +74,7 @@ class ImageService:
     def __init__(
         self,
         client: ContainerdClient,
-        settings: ImageSettings | None = None,
+        settings: ImageOptions | None = None,
         snapshotter: str = "overlayfs",
         *,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -87,7 +82,7 @@ class ImageService:
         parallel_downloads: int = 3,
     ) -> None:
         self.client = client
-        self.settings = settings if settings is not None else ImageSettings()
+        self.settings = settings if settings is not None else ImageOptions()
         self.snapshotter = snapshotter
         self.platform = platform or host_platform()
         self._transport = transport
@@ -95,6 +90,9 @@ class ImageService:
         self._pulls: dict[str, asyncio.Task[domain.Image]] = {}
         self._content = ContentWriter(client)
         self._unpacker = Unpacker(client, snapshotter, self._content)
+        self._manifests: dict[str, tuple[ParsedManifest, dict[str, Any]]] = {}
+        """Manifest and config by the digest of the image's root descriptor: content-addressed,
+        so never stale; saves a create two to four content reads per service (5-30 ms each)."""
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -117,7 +115,7 @@ class ImageService:
         """Pull ``ref`` (per ``policy``), unpack it and return it. Same errors as ``ensure_image``."""
         parsed = parse(ref)
         name = str(parsed)
-        policy = policy or domain.PullPolicy(self.settings.pull_policy)
+        policy = policy or self.settings.pull_policy
         if policy is not domain.PullPolicy.ALWAYS:
             try:
                 return await self.get(name)
@@ -318,6 +316,16 @@ class ImageService:
 
     async def _load_local(self, target: Descriptor, name: str) -> tuple[ParsedManifest, dict[str, Any]]:
         """Manifest and config of a stored image, following an index to this platform's entry."""
+        known = self._manifests.get(target.digest)
+        if known is not None:
+            return known
+        found = await self._read_local(target, name)
+        if len(self._manifests) >= 256:
+            self._manifests.clear()
+        self._manifests[target.digest] = found
+        return found
+
+    async def _read_local(self, target: Descriptor, name: str) -> tuple[ParsedManifest, dict[str, Any]]:
         desc = target
         if desc.media_type in INDEX_TYPES:
             index = json_object(await self._content.read_blob(desc.digest), f"index of {name}")

@@ -16,9 +16,7 @@ from scheduler.errors import (
     NotFound,
 )
 from scheduler.runtime.containerd._gen.containerd.types import descriptor_pb2 as descriptor_pb
-from scheduler.runtime.containerd.registry import (
-    Descriptor,
-)
+from scheduler.runtime.containerd.descriptors import Descriptor
 
 # --- labels containerd's garbage collector follows (metadata/gc.go) ---------------------------
 

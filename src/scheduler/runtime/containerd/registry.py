@@ -19,78 +19,40 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
 from scheduler import log
-from scheduler.config import ImageSettings, RegistryHost
 from scheduler.errors import FailedPrecondition, NotFound, PermissionDenied, SchedulerError, Unavailable
 from scheduler.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, Reference
+from scheduler.runtime.containerd.descriptors import (
+    ACCEPT_MANIFESTS,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    verify_digest,
+)
+from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
+
+# Media types and descriptors live in descriptors; they are importable from here as before.
+__all__ = [
+    "ACCEPT_MANIFESTS",
+    "INDEX_TYPES",
+    "MANIFEST_TYPES",
+    "MAX_MANIFEST_BYTES",
+    "Descriptor",
+    "Endpoint",
+    "RegistryClient",
+    "check_registry_host",
+    "endpoints_for",
+    "parse_challenge",
+    "verify_digest",
+]
 
 _log = log.get("registry")
-
-# --- media types ------------------------------------------------------------------------------
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
-INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
-ACCEPT_MANIFESTS = ", ".join([DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"])
-"""Sent when resolving, in containerd's order."""
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-"""containerd's limit on manifest and index documents."""
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """An OCI content descriptor: what a blob is, its digest and its size."""
-
-    media_type: str
-    digest: str
-    size: int
-    platform: Mapping[str, Any] | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> Descriptor:
-        """Read a descriptor object of a manifest or index.
-
-        Raises:
-            FailedPrecondition: a field is missing or of the wrong type; ``where`` names the document.
-        """
-        try:
-            digest, size = raw["digest"], raw["size"]
-            media_type = raw.get("mediaType", "")
-        except (KeyError, TypeError) as err:
-            raise FailedPrecondition(f"{where}: a descriptor lacks digest or size") from err
-        if not isinstance(digest, str) or not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
-            raise FailedPrecondition(f"{where}: malformed descriptor {dict(raw)!r}")
-        platform = raw.get("platform")
-        annotations = raw.get("annotations") or {}
-        return cls(
-            media_type,
-            digest,
-            size,
-            platform if isinstance(platform, dict) else None,
-            dict(annotations) if isinstance(annotations, dict) else {},
-        )
-
-
-def verify_digest(data: bytes, expected: str, what: str) -> None:
-    """Check bytes against a sha256/sha512 digest.
-
-    Raises:
-        FailedPrecondition: naming the expected digest and the one computed.
-    """
-    algorithm, _, _ = expected.partition(":")
-    if algorithm not in ("sha256", "sha384", "sha512"):
-        raise FailedPrecondition(f"{what}: unsupported digest algorithm in {expected}")
-    actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-    if actual != expected:
-        raise FailedPrecondition(f"{what}: content digest {actual} does not match the expected {expected}")
 
 
 # --- endpoints and auth -------------------------------------------------------------------------
@@ -118,18 +80,18 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
-def endpoints_for(ref: Reference, registries: Mapping[str, RegistryHost]) -> list[Endpoint]:
+def endpoints_for(ref: Reference, registries: Mapping[str, RegistryOptions]) -> list[Endpoint]:
     """Mirrors of ``ref.domain`` in the configured order, then the registry itself."""
-    host_settings = registries.get(ref.domain, RegistryHost())
+    host_settings = registries.get(ref.domain, RegistryOptions())
     out: list[Endpoint] = []
     for mirror in host_settings.mirrors:
         url = mirror.rstrip("/").removesuffix("/v2")
         if "://" not in url:
             mirror_host = url
-            insecure = registries.get(mirror_host, RegistryHost()).insecure
+            insecure = registries.get(mirror_host, RegistryOptions()).insecure
             url = f"{'http' if insecure else 'https'}://{mirror_host}"
         mirror_host = httpx.URL(url).netloc.decode()
-        creds = registries.get(mirror_host, RegistryHost())
+        creds = registries.get(mirror_host, RegistryOptions())
         out.append(Endpoint(url, mirror_host, True, creds.username, creds.password))
     api_host = DOCKER_HUB_API_HOST if ref.domain == DEFAULT_DOMAIN else ref.domain
     scheme = "http" if host_settings.insecure else "https"
@@ -155,7 +117,7 @@ class RegistryClient:
 
     def __init__(
         self,
-        registries: Mapping[str, RegistryHost],
+        registries: Mapping[str, RegistryOptions],
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout: float = 5.0,
@@ -393,7 +355,7 @@ def _sniff_media_type(body: bytes, what: str) -> str:
     raise FailedPrecondition(f"manifest of {what} has an unsupported media type {media_type!r}")
 
 
-async def check_registry_host(host: str, settings: ImageSettings, image: str) -> None:
+async def check_registry_host(host: str, settings: ImageOptions, image: str) -> None:
     """Refuse to pull from ``host`` unless the config allows it.
 
     A host must be in ``images.allowed_registries`` or a key of ``images.registries``; a name

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scheduler import domain
-from scheduler.config import ImageSettings
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import orphans as orphans_of
@@ -29,6 +28,7 @@ from scheduler.runtime.containerd.client import ContainerdClient, RetryPolicy, c
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import container_info
 from scheduler.runtime.containerd.events import TaskEventStream
+from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.images import ImageService
 from scheduler.runtime.containerd.metrics import decode
 from scheduler.runtime.containerd.tasks import TaskManager
@@ -44,7 +44,7 @@ class ContainerdRuntime:
         state_dir: Path,
         snapshotter: str = "overlayfs",
         runtime_name: str = "io.containerd.runc.v2",
-        images: ImageSettings | None = None,
+        images: ImageOptions | None = None,
     ) -> None:
         self.client = client
         self.state_dir = Path(state_dir)
@@ -68,15 +68,15 @@ class ContainerdRuntime:
         state_dir: Path,
         snapshotter: str = "overlayfs",
         runtime_name: str = "io.containerd.runc.v2",
-        images: ImageSettings | None = None,
+        images: ImageOptions | None = None,
         call_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> ContainerdRuntime:
         """Connect to containerd at ``socket`` and scope everything to ``namespace``.
 
         ``state_dir`` holds runc's state (a private root, so that other containerds on the host
-        never see our containers) and exec output files. ``images`` is the ``ImageSettings`` of
-        the daemon config, passed to the image service.
+        never see our containers) and exec output files. ``images`` (pull policy, registries) goes to
+        the image service.
 
         Raises:
             Unavailable: containerd cannot be reached (the message says why).
@@ -120,6 +120,16 @@ class ContainerdRuntime:
         check_name(container_id, "container.id")
         return await self.tasks.start(container_id)
 
+    async def prepare_start(self, container_id: str) -> None:
+        """Create the container's task (shim, ``runc create``) without starting its process."""
+        check_name(container_id, "container.id")
+        await self.tasks.create(container_id)
+
+    async def cancel_start(self, container_id: str) -> None:
+        """Delete the container's task if it is only created (never started)."""
+        check_name(container_id, "container.id")
+        await self.tasks.cancel_created(container_id)
+
     async def stop(self, container_id: str, grace: timedelta, signal: str | None = None) -> domain.ExitStatus:
         """Signal (by default the image's stop signal), wait up to ``grace``, then SIGKILL; return the exit status."""
         check_name(container_id, "container.id")
@@ -157,6 +167,16 @@ class ContainerdRuntime:
         """Run ``argv`` inside the running container."""
         check_name(container_id, "container.id")
         return await self.tasks.exec(container_id, argv, timeout)
+
+    async def pause(self, container_id: str) -> None:
+        """Freeze the container's processes."""
+        check_name(container_id, "container.id")
+        await self.tasks.pause(container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw the container's processes."""
+        check_name(container_id, "container.id")
+        await self.tasks.resume(container_id)
 
     async def list(self, labels: Mapping[str, str]) -> builtins.list[domain.ContainerInfo]:
         """Our containers carrying every label in ``labels``, with task state."""

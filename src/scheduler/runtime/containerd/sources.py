@@ -18,6 +18,7 @@ from scheduler.errors import (
     InvalidArgument,
 )
 from scheduler.reference import Reference, normalize, parse
+from scheduler.runtime.containerd.descriptors import DOCKER_MANIFEST, Descriptor, verify_digest
 from scheduler.runtime.containerd.manifests import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -27,13 +28,7 @@ from scheduler.runtime.containerd.manifests import (
     LABEL_DISTRIBUTION_SOURCE,
     json_object,
 )
-from scheduler.runtime.containerd.registry import (
-    DOCKER_MANIFEST,
-    Descriptor,
-    Endpoint,
-    RegistryClient,
-    verify_digest,
-)
+from scheduler.runtime.containerd.registry import Endpoint, RegistryClient
 
 _CHUNK = 1 << 20
 

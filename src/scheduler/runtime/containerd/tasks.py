@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import shutil
 import signal as signals
-import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from urllib.parse import quote, urlencode
 
 from scheduler import domain
 from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
 from scheduler.retry import linear, retry
 from scheduler.runtime import logger
-from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import spec as oci
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
 from scheduler.runtime.containerd._gen.containerd.types.task import task_pb2 as task_pb
@@ -34,13 +30,17 @@ from scheduler.runtime.containerd.client import ContainerdClient, check_name
 from scheduler.runtime.containerd.containers import ContainerStore
 from scheduler.runtime.containerd.convert import exit_status, json_any
 from scheduler.runtime.containerd.metrics import oom_kills
+from scheduler.runtime.containerd.stdio import (
+    EXEC_OUTPUT_LIMIT,
+    OutputRing,
+    prepare_logs,
+)
+from scheduler.runtime.containerd.stdio import install_logger as install_logger
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
 LOGGER_NAME = logger.PROGRAM
 """File name of the log program under ``<work_dir>/bin``: the logger package zipped behind a shebang."""
-EXEC_OUTPUT_LIMIT = 64 * 1024
-"""Bytes of an exec's output kept (the tail of each stream); the rest is read and dropped."""
 WAIT_FOREVER = 10 * 365 * 86400.0
 """Deadline of a Wait that has no timeout: gRPC needs a finite one."""
 KILL_WAIT = 10.0
@@ -127,7 +127,6 @@ class TaskManager:
         Raises:
             NotFound: no such container, or its snapshot is gone.
         """
-        record = await self._containers.get(container_id)
         existing = await self.get(container_id)
         if existing is not None:
             if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
@@ -135,17 +134,38 @@ class TaskManager:
             if existing.status == task_pb.CREATED:
                 return await self._start(container_id)
             await self._delete_task(container_id)
-        mounts = await self._containers.mounts(record)
-        stdout, stderr = await asyncio.to_thread(_prepare_logs, self._logger, record.labels)
-        await self._client.tasks.create(
-            tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
-            what=container_id,
-        )
+        await self._create(container_id)
         try:
             return await self._start(container_id)
         except BaseException:
             await asyncio.shield(self._force_delete_task(container_id))
             raise
+
+    async def create(self, container_id: str) -> None:
+        """Create the container's task without starting it; :meth:`start` then only starts it.
+
+        A task that exists already (created, running or exited) is left for :meth:`start`.
+
+        Raises:
+            NotFound: no such container, or its snapshot is gone.
+        """
+        if await self.get(container_id) is None:
+            await self._create(container_id)
+
+    async def cancel_created(self, container_id: str) -> None:
+        """Delete the task if it was created and never started; any other task is left alone."""
+        task = await self.get(container_id)
+        if task is not None and task.status == task_pb.CREATED:
+            await self._force_delete_task(container_id)
+
+    async def _create(self, container_id: str) -> None:
+        record = await self._containers.get(container_id)
+        mounts = await self._containers.mounts(record)
+        stdout, stderr = await asyncio.to_thread(prepare_logs, self._logger, record.labels)
+        await self._client.tasks.create(
+            tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
+            what=container_id,
+        )
 
     async def _start(self, container_id: str, exec_id: str = "") -> int:
         reply = await self._client.tasks.start(
@@ -211,6 +231,26 @@ class TaskManager:
                 raise NotFound(f"container {container_id} has no task", container_id=container_id) from err
             return False
         return True
+
+    async def pause(self, container_id: str) -> None:
+        """Freeze the task (runc pause: the cgroup freezer).
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        await self._client.tasks.pause(tasks_pb.PauseTaskRequest(container_id=container_id), what=container_id)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused task; a task that is not paused is left as it is.
+
+        Raises:
+            NotFound: the container has no task.
+        """
+        task = await self.get(container_id)
+        if task is None:
+            raise NotFound(f"container {container_id} has no task", container_id=container_id)
+        if task.status in (task_pb.PAUSED, task_pb.PAUSING):
+            await self._client.tasks.resume(tasks_pb.ResumeTaskRequest(container_id=container_id), what=container_id)
 
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
@@ -304,7 +344,7 @@ class TaskManager:
         exec_id = f"exec-{uuid.uuid4().hex[:12]}"
         directory = os.path.join(self.exec_dir, f"{container_id}-{exec_id}")
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        rings = (_OutputRing(os.path.join(directory, "stdout")), _OutputRing(os.path.join(directory, "stderr")))
+        rings = (OutputRing(os.path.join(directory, "stdout")), OutputRing(os.path.join(directory, "stderr")))
         output = (rings[0].path, rings[1].path)
         try:
             await self._client.tasks.exec(
@@ -360,130 +400,23 @@ class TaskManager:
         return status.code, None
 
     async def _delete_exec(self, container_id: str, exec_id: str) -> None:
-        # After a failed start the shim may still count the process as running for a moment.
+        # After a failed start the shim may still count the process as running for a moment:
+        # each retry kills it (and waits briefly for the exit) before deleting it again.
         request = tasks_pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
-        for attempt in range(6):
-            try:
+        tries = 0
+
+        async def attempt() -> None:
+            nonlocal tries
+            if tries:
+                try:
+                    await self._client.tasks.kill(
+                        tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
+                    )
+                    await self.wait(container_id, exec_id, timeout=1.0)
+                except (NotFound, DeadlineExceeded, Internal):
+                    pass
+            tries += 1
+            with contextlib.suppress(NotFound):
                 await self._client.tasks.delete_process(request, what=exec_id)
-                return
-            except NotFound:
-                return
-            except Internal:
-                if attempt == 5:
-                    raise
-            try:
-                await self._client.tasks.kill(
-                    tasks_pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signals.SIGKILL)
-                )
-                await self.wait(container_id, exec_id, timeout=1.0)
-            except (NotFound, DeadlineExceeded, Internal):
-                pass
-            await asyncio.sleep(0.05 * (attempt + 1))
 
-
-def _prepare_logs(launcher: str, labels: Mapping[str, str]) -> tuple[str, str]:
-    """The stdio URIs of a task: its log writer with the container's directory and rotation."""
-    log_dir = labels.get(L.LOG_DIR, "")
-    if not log_dir:
-        return "", ""
-    os.makedirs(log_dir, exist_ok=True)
-    install_logger(launcher)
-    query = urlencode(
-        {
-            "dir": log_dir,
-            "max-bytes": labels.get(L.LOG_MAX_BYTES, str(logger.DEFAULT_MAX_BYTES)),
-            "max-files": labels.get(L.LOG_MAX_FILES, str(logger.DEFAULT_MAX_FILES)),
-        }
-    )
-    # The shim reads stdout's URI only; stderr gets the same one for clarity.
-    uri = f"binary://{quote(launcher)}?{query}"
-    return uri, uri
-
-
-def install_logger(path: str) -> None:
-    """Write the log writer's executable: this interpreter (``-I -S``) and a zip of the logger package.
-
-    The shim starts it without PATH or any other environment, so the interpreter is named in full.
-    A copy (not a link into the package) keeps running tasks' writers independent of upgrades;
-    it is replaced atomically, and only when its content changes.
-    """
-    content = _logger_archive()
-    try:
-        with open(path, "rb") as handle:
-            if handle.read() == content:
-                return
-    except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{uuid.uuid4().hex[:8]}"
-    with open(temporary, "wb") as handle:
-        handle.write(content)
-        os.fchmod(handle.fileno(), 0o755)
-    os.replace(temporary, path)
-
-
-@functools.cache
-def _logger_archive() -> bytes:
-    """The logger package as a zip application, compiled (no source: nothing to compile at each start)."""
-    import importlib.util
-    import io
-    import marshal
-    import zipfile
-
-    package = os.path.dirname(logger.__file__)
-    buffer = io.BytesIO()
-    buffer.write(b"#!" + sys.executable.encode() + b" -IS\n")
-    sources = {f"scheduler_logger/{n}": os.path.join(package, n) for n in os.listdir(package) if n.endswith(".py")}
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, path in sorted(sources.items()):
-            with open(path, "rb") as source:
-                code = compile(source.read(), name, "exec", dont_inherit=True, optimize=0)
-            # A sourceless .pyc: magic, flags (0), then a zero mtime and size that nothing checks.
-            pyc = importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
-            # Fixed times: the same sources give the same bytes, so nothing is rewritten.
-            archive.writestr(zipfile.ZipInfo(name + "c", (1980, 1, 1, 0, 0, 0)), pyc)
-        main = b"import os, sys\nfrom scheduler_logger.host import main\n"
-        main += b"sys.exit(main(sys.argv[1:], os.path.abspath(sys.argv[0])))\n"
-        archive.writestr(zipfile.ZipInfo("__main__.py", (1980, 1, 1, 0, 0, 0)), main)
-    return buffer.getvalue()
-
-
-class _OutputRing:
-    """A FIFO the shim writes one exec stream into, read as data comes; keeps the last bytes only.
-
-    Opened read-write so it never reports end-of-file while the shim has not opened it yet;
-    :meth:`close` drains what is left and returns the kept tail.
-    """
-
-    def __init__(self, path: str, limit: int = EXEC_OUTPUT_LIMIT) -> None:
-        self.path = path
-        self._limit = limit
-        self._kept = bytearray()
-        os.mkfifo(path, 0o600)
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fd, self._read, 1)
-
-    def _read(self, chunks: int) -> None:
-        # One chunk per wake-up while the command runs, so a fast writer cannot starve the loop.
-        for _ in range(chunks):
-            if self._fd is None:
-                return
-            try:
-                chunk = os.read(self._fd, 1 << 16)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not chunk:
-                return
-            self._kept += chunk
-            if len(self._kept) > self._limit:
-                del self._kept[: len(self._kept) - self._limit]
-
-    def close(self) -> bytes:
-        """Stop reading (after taking what is buffered) and return the kept tail; idempotent."""
-        if self._fd is not None:
-            self._read(1 << 20)
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = None
-        return bytes(self._kept)
+        await retry(attempt, lambda err: isinstance(err, Internal), linear(6, 0.05))

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -25,8 +23,7 @@ from scheduler import log
 from scheduler.errors import NotFound, SchedulerError, Unavailable
 from scheduler.storage.etcd import convert
 from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
-from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
-from scheduler.storage.etcd._gen.etcd.api.v3electionpb import v3election_pb2_grpc as election_rpc
+from scheduler.storage.etcd.connection import REQUIRE_LEADER, Stubs, connect
 from scheduler.storage.etcd.errors import from_grpc, maybe_applied, retryable
 from scheduler.storage.etcd.types import (
     CasResult,
@@ -47,49 +44,12 @@ _log = log.get("etcd")
 
 T = TypeVar("T")
 
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    # A member that comes back is found again within a second, not after grpc's default 2 minutes.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
-
-REQUIRE_LEADER = (("hasleader", "true"),)
-"""Metadata asking a member to end a stream when it loses its leader (so it can be redone elsewhere)."""
-
-
-@dataclass
-class Stubs:
-    """The etcd services on one member's channel."""
-
-    endpoint: str
-    kv: rpc.KVAsyncStub
-    watch: rpc.WatchAsyncStub
-    lease: rpc.LeaseAsyncStub
-    cluster: rpc.ClusterAsyncStub
-    maintenance: rpc.MaintenanceAsyncStub
-    election: election_rpc.ElectionAsyncStub
-
-
-def _target(endpoint: str) -> tuple[str, bool]:
-    """``host:port`` of an endpoint URL, and whether it asks for TLS."""
-    for scheme, tls in (("https://", True), ("http://", False), ("unixs://", True), ("unix://", False)):
-        if endpoint.startswith(scheme):
-            rest = endpoint[len(scheme) :].rstrip("/")
-            return (f"unix:{rest}" if scheme.startswith("unix") else rest), tls
-    return endpoint.rstrip("/"), False
-
 
 class EtcdClient:
     """A client of one etcd cluster with failover between its members. Safe to share."""
 
     def __init__(self, options: EtcdOptions) -> None:
         self.options = options
-        self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Stubs] = {}
         self._current = 0
         self._closed = False
@@ -101,16 +61,6 @@ class EtcdClient:
         """The members' client URLs, as configured."""
         return self.options.endpoints
 
-    def _credentials(self) -> grpc.ChannelCredentials:
-        def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path is not None else None
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.options.ca_file),
-            private_key=read(self.options.key_file),
-            certificate_chain=read(self.options.cert_file),
-        )
-
     def stubs(self, endpoint: str | None = None) -> Stubs:
         """The services of ``endpoint`` (default: the current member), connecting on first use."""
         if self._closed:
@@ -118,22 +68,7 @@ class EtcdClient:
         endpoint = endpoint or self.endpoints[self._current % len(self.endpoints)]
         stubs = self._stubs.get(endpoint)
         if stubs is None:
-            target, tls = _target(endpoint)
-            if tls or self.options.ca_file is not None:
-                channel = grpc.aio.secure_channel(target, self._credentials(), options=_CHANNEL_OPTIONS)
-            else:
-                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-            self._channels[endpoint] = channel
-            stubs = Stubs(
-                endpoint,
-                rpc.KVStub(channel),
-                rpc.WatchStub(channel),
-                rpc.LeaseStub(channel),
-                rpc.ClusterStub(channel),
-                rpc.MaintenanceStub(channel),
-                election_rpc.ElectionStub(channel),
-            )
-            self._stubs[endpoint] = stubs
+            stubs = self._stubs[endpoint] = connect(endpoint, self.options)
         return stubs
 
     def fail_over(self, failed: Stubs) -> None:
@@ -145,9 +80,9 @@ class EtcdClient:
     async def close(self) -> None:
         """Close every channel; later calls fail with Unavailable."""
         self._closed = True
-        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
-        for channel in channels:
-            await channel.close()
+        stubs, self._stubs = list(self._stubs.values()), {}
+        for member in stubs:
+            await member.channel.close()
 
     async def call(
         self,
@@ -235,17 +170,15 @@ class EtcdClient:
         )
         response: pb.RangeResponse = await self.call(
             f"Range {key}",
-            lambda s, t: s.kv.Range(request, timeout=t),
+            lambda s, t: s.kv.Range(request, timeout=t, metadata=() if serializable else REQUIRE_LEADER),
             attempt_timeout=attempt_timeout if attempt_timeout is not None else True,
             retry_deadline=retry_deadline,
         )
         kvs = tuple(convert.kv_from_proto(kv) for kv in response.kvs)
         return RangePage(kvs, response.more, response.header.revision)
 
-    async def iterate(
-        self, prefix: str, *, page_size: int = 500, serializable: bool = False
-    ) -> AsyncIterator[KeyValue]:
-        """Every key under ``prefix`` in key order, a page at a time, all read at one revision."""
+    async def pages(self, prefix: str, *, page_size: int = 500, serializable: bool = False) -> AsyncIterator[RangePage]:
+        """The keys under ``prefix`` in key order, a page at a time, all read at the first page's revision."""
         start: str | None = None
         revision = 0
         while True:
@@ -253,31 +186,34 @@ class EtcdClient:
                 prefix, prefix=True, start=start, limit=page_size, revision=revision, serializable=serializable
             )
             revision = page.revision
-            for kv in page.kvs:
-                yield kv
+            yield page
             if not page.more or not page.kvs:
                 return
             start = page.kvs[-1].key + "\0"
 
+    async def iterate(
+        self, prefix: str, *, page_size: int = 500, serializable: bool = False
+    ) -> AsyncIterator[KeyValue]:
+        """Every key under ``prefix`` in key order, a page at a time, all read at one revision."""
+        async for page in self.pages(prefix, page_size=page_size, serializable=serializable):
+            for kv in page.kvs:
+                yield kv
+
     async def list_prefix(self, prefix: str, *, serializable: bool = False) -> RangePage:
         """Every key under ``prefix`` and the revision they were read at (for a watch to follow on)."""
         kvs: list[KeyValue] = []
-        start: str | None = None
         revision = 0
-        while True:
-            page = await self.range(
-                prefix, prefix=True, start=start, limit=500, revision=revision, serializable=serializable
-            )
-            revision = page.revision
+        async for page in self.pages(prefix, serializable=serializable):
             kvs.extend(page.kvs)
-            if not page.more or not page.kvs:
-                return RangePage(tuple(kvs), False, revision)
-            start = page.kvs[-1].key + "\0"
+            revision = page.revision
+        return RangePage(tuple(kvs), False, revision)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``value`` at ``key`` unconditionally; returns the revision of the write."""
         request = pb.PutRequest(key=convert.encode_key(key), value=value, lease=lease)
-        response: pb.PutResponse = await self.call(f"Put {key}", lambda s, t: s.kv.Put(request, timeout=t))
+        response: pb.PutResponse = await self.call(
+            f"Put {key}", lambda s, t: s.kv.Put(request, timeout=t, metadata=REQUIRE_LEADER)
+        )
         return response.header.revision
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
@@ -285,7 +221,7 @@ class EtcdClient:
         raw = convert.encode_key(key)
         request = pb.DeleteRangeRequest(key=raw, range_end=convert.prefix_end(raw) if prefix else b"")
         response: pb.DeleteRangeResponse = await self.call(
-            f"DeleteRange {key}", lambda s, t: s.kv.DeleteRange(request, timeout=t)
+            f"DeleteRange {key}", lambda s, t: s.kv.DeleteRange(request, timeout=t, metadata=REQUIRE_LEADER)
         )
         return response.deleted
 
@@ -304,7 +240,9 @@ class EtcdClient:
             nonlocal ambiguous
             ambiguous = ambiguous or maybe_applied(err)
 
-        response: pb.TxnResponse = await self.call("Txn", lambda s, t: s.kv.Txn(request, timeout=t), on_retry=note)
+        response: pb.TxnResponse = await self.call(
+            "Txn", lambda s, t: s.kv.Txn(request, timeout=t, metadata=REQUIRE_LEADER), on_retry=note
+        )
         results = tuple(convert.op_result_from_proto(r) for r in response.responses)
         return TxnResult(response.succeeded, response.header.revision, results, ambiguous)
 
@@ -324,10 +262,14 @@ class EtcdClient:
         """Remove ``key`` only if it was last written at ``mod_revision``."""
         return await self.txn([Compare.mod_revision(key, mod_revision)], [Delete(key)], [Get(key)])
 
+    async def revision(self) -> int:
+        """The cluster's current revision (a linearizable read)."""
+        return (await self.range("\0", limit=1)).revision
+
     async def compact(self, revision: int) -> None:
         """Drop the history before ``revision`` (watches from earlier revisions get Compacted)."""
         request = pb.CompactionRequest(revision=revision, physical=True)
-        await self.call(f"Compact {revision}", lambda s, t: s.kv.Compact(request, timeout=t))
+        await self.call(f"Compact {revision}", lambda s, t: s.kv.Compact(request, timeout=t, metadata=REQUIRE_LEADER))
 
     # --- leases ----------------------------------------------------------------------------------
 
@@ -335,7 +277,7 @@ class EtcdClient:
         """Grant a lease of ``ttl`` seconds; returns its id and the TTL the cluster chose."""
         request = pb.LeaseGrantRequest(TTL=ttl, ID=lease_id)
         response: pb.LeaseGrantResponse = await self.call(
-            "LeaseGrant", lambda s, t: s.lease.LeaseGrant(request, timeout=t)
+            "LeaseGrant", lambda s, t: s.lease.LeaseGrant(request, timeout=t, metadata=REQUIRE_LEADER)
         )
         if response.error:
             raise Unavailable(f"etcd LeaseGrant: {response.error}")
@@ -345,7 +287,10 @@ class EtcdClient:
         """Revoke a lease, deleting its keys; revoking an expired or unknown lease is not an error."""
         request = pb.LeaseRevokeRequest(ID=lease_id)
         try:
-            await self.call(f"LeaseRevoke {lease_id:x}", lambda s, t: s.lease.LeaseRevoke(request, timeout=t))
+            await self.call(
+                f"LeaseRevoke {lease_id:x}",
+                lambda s, t: s.lease.LeaseRevoke(request, timeout=t, metadata=REQUIRE_LEADER),
+            )
         except NotFound:
             pass
 
@@ -353,7 +298,8 @@ class EtcdClient:
         """Seconds the lease has left; -1 when it expired or never existed."""
         request = pb.LeaseTimeToLiveRequest(ID=lease_id)
         response: pb.LeaseTimeToLiveResponse = await self.call(
-            f"LeaseTimeToLive {lease_id:x}", lambda s, t: s.lease.LeaseTimeToLive(request, timeout=t)
+            f"LeaseTimeToLive {lease_id:x}",
+            lambda s, t: s.lease.LeaseTimeToLive(request, timeout=t, metadata=REQUIRE_LEADER),
         )
         return response.TTL
 

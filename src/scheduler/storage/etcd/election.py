@@ -17,7 +17,8 @@ from scheduler import log
 from scheduler.errors import Internal
 from scheduler.storage.etcd import convert
 from scheduler.storage.etcd._gen.etcd.api.v3electionpb import v3election_pb2 as electionpb
-from scheduler.storage.etcd.client import REQUIRE_LEADER, EtcdClient
+from scheduler.storage.etcd.client import EtcdClient
+from scheduler.storage.etcd.connection import REQUIRE_LEADER
 from scheduler.storage.etcd.errors import from_grpc, retryable
 from scheduler.storage.etcd.types import KeyValue, LeaderKey
 
@@ -36,26 +37,32 @@ class Election:
         """Wait until the candidate holding ``lease`` leads, proclaiming ``value``; cancel to give up."""
         request = electionpb.CampaignRequest(name=self._raw, lease=lease, value=value)
         response: electionpb.CampaignResponse = await self.client.call(
-            f"Campaign {self.name}", lambda s, t: s.election.Campaign(request, timeout=t), attempt_timeout=None
+            f"Campaign {self.name}",
+            lambda s, t: s.election.Campaign(request, timeout=t, metadata=REQUIRE_LEADER),
+            attempt_timeout=None,
         )
         return convert.leader_key_from_proto(response.leader)
 
     async def proclaim(self, leader: LeaderKey, value: bytes) -> None:
         """Replace the value the leader proclaims (FailedPrecondition if it no longer leads)."""
         request = electionpb.ProclaimRequest(leader=convert.leader_key_to_proto(leader), value=value)
-        await self.client.call(f"Proclaim {self.name}", lambda s, t: s.election.Proclaim(request, timeout=t))
+        await self.client.call(
+            f"Proclaim {self.name}", lambda s, t: s.election.Proclaim(request, timeout=t, metadata=REQUIRE_LEADER)
+        )
 
     async def resign(self, leader: LeaderKey) -> None:
         """Give up leadership so the next candidate leads."""
         request = electionpb.ResignRequest(leader=convert.leader_key_to_proto(leader))
-        await self.client.call(f"Resign {self.name}", lambda s, t: s.election.Resign(request, timeout=t))
+        await self.client.call(
+            f"Resign {self.name}", lambda s, t: s.election.Resign(request, timeout=t, metadata=REQUIRE_LEADER)
+        )
 
     async def leader(self) -> KeyValue | None:
         """The current leader's key and proclaimed value; None when nobody leads."""
         request = electionpb.LeaderRequest(name=self._raw)
         try:
             response: electionpb.LeaderResponse = await self.client.call(
-                f"Leader {self.name}", lambda s, t: s.election.Leader(request, timeout=t)
+                f"Leader {self.name}", lambda s, t: s.election.Leader(request, timeout=t, metadata=REQUIRE_LEADER)
             )
         except Internal as err:
             if "election: no leader" in str(err):

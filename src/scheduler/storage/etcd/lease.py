@@ -16,7 +16,8 @@ import grpc
 
 from scheduler import log
 from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
-from scheduler.storage.etcd.client import REQUIRE_LEADER, EtcdClient
+from scheduler.storage.etcd.client import EtcdClient
+from scheduler.storage.etcd.connection import REQUIRE_LEADER
 from scheduler.storage.etcd.errors import from_grpc
 
 _log = log.get("etcd.lease")
@@ -25,21 +26,25 @@ _log = log.get("etcd.lease")
 class Lease:
     """A granted lease and its keep-alive task; ``async with`` revokes it on the way out."""
 
-    def __init__(self, client: EtcdClient, lease_id: int, ttl: int) -> None:
+    def __init__(self, client: EtcdClient, lease_id: int, ttl: int, interval: float | None = None) -> None:
         self.client = client
         self.id = lease_id
         """The lease id, to attach keys to (``put(..., lease=lease.id)``)."""
         self.ttl = ttl
         """The TTL the cluster granted, in seconds."""
+        self.interval = interval if interval is not None else max(ttl / 3, 0.2)
+        """Seconds between keep-alives (a third of the TTL unless asked otherwise)."""
+        self.renewals = 0
+        """Keep-alives the cluster answered so far."""
         self.lost = asyncio.Event()
         """Set once the lease expired or may have (no keep-alive answered for a TTL)."""
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def grant(cls, client: EtcdClient, ttl: int) -> Lease:
-        """Grant a lease of ``ttl`` seconds and start keeping it alive."""
+    async def grant(cls, client: EtcdClient, ttl: int, *, interval: float | None = None) -> Lease:
+        """Grant a lease of ``ttl`` seconds and start keeping it alive every ``interval`` (default TTL/3)."""
         lease_id, granted = await client.grant(ttl)
-        lease = cls(client, lease_id, granted)
+        lease = cls(client, lease_id, granted, interval)
         lease._task = asyncio.create_task(lease._keep_alive(), name=f"etcd-lease-{lease_id:x}")
         return lease
 
@@ -66,8 +71,16 @@ class Lease:
         self.lost.set()
 
     async def _keep_alive(self) -> None:
+        try:
+            await self._keep_alive_until_lost()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # a keeper that dies must not leave its holder believing in the lease
+            self._lose(f"keep-alive failed: {err!r}")
+            raise
+
+    async def _keep_alive_until_lost(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = max(self.ttl / 3, 0.2)
         answered = loop.time()
         delay = 0.05
         while True:
@@ -78,9 +91,11 @@ class Lease:
             call = stubs.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
             try:
                 while True:
-                    await call.write(pb.LeaseKeepAliveRequest(ID=self.id))
                     left = max(self.ttl - (loop.time() - answered), 0.1)
-                    response = await asyncio.wait_for(call.read(), timeout=min(self.client.options.dial_timeout, left))
+                    # One bound on the write and the read: either may hang on a member that died.
+                    async with asyncio.timeout(min(self.client.options.dial_timeout, left)):
+                        await call.write(pb.LeaseKeepAliveRequest(ID=self.id))
+                        response = await call.read()
                     if response is grpc.aio.EOF:
                         raise ConnectionError("keep-alive stream ended")
                     assert isinstance(response, pb.LeaseKeepAliveResponse)
@@ -88,9 +103,10 @@ class Lease:
                         self._lose("the cluster says it expired")
                         return
                     answered = loop.time()
+                    self.renewals += 1
                     delay = 0.05
-                    await asyncio.sleep(interval)
-            except (grpc.RpcError, TimeoutError, ConnectionError) as err:
+                    await asyncio.sleep(self.interval)
+            except (grpc.RpcError, TimeoutError, ConnectionError, asyncio.InvalidStateError) as err:
                 reason = str(from_grpc(err, "LeaseKeepAlive")) if isinstance(err, grpc.RpcError) else repr(err)
                 _log.info("etcd.lease.reconnect", lease=f"{self.id:x}", endpoint=stubs.endpoint, error=reason)
                 self.client.fail_over(stubs)

@@ -26,9 +26,11 @@ writes acknowledged just before (never an unacknowledged one).
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import replace
+from typing import Any
 from urllib.parse import quote, unquote
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
@@ -107,29 +109,33 @@ class EtcdStateStore:
         min_create_revision: int = 0,
     ) -> RangePage:
         """A linearizable read, or a member's own copy when the cluster has had no leader for a while."""
+        read = functools.partial(
+            self._client.range,
+            key,
+            prefix=prefix,
+            start=start,
+            limit=limit,
+            revision=revision,
+            by_creation=by_creation,
+            min_create_revision=min_create_revision,
+        )
         try:
-            return await self._client.range(
-                key,
-                prefix=prefix,
-                start=start,
-                limit=limit,
-                revision=revision,
-                by_creation=by_creation,
-                min_create_revision=min_create_revision,
-                attempt_timeout=self._read_deadline,
-                retry_deadline=self._read_deadline,
-            )
+            return await read(attempt_timeout=self._read_deadline, retry_deadline=self._read_deadline)
         except (Unavailable, DeadlineExceeded):
-            return await self._client.range(
-                key,
-                prefix=prefix,
-                start=start,
-                limit=limit,
-                revision=revision,
-                by_creation=by_creation,
-                min_create_revision=min_create_revision,
-                serializable=True,
-            )
+            return await read(serializable=True)
+
+    async def _scan(self, prefix: str) -> builtins.list[KeyValue]:
+        """Every key under ``prefix`` in key order, paged, read at one revision."""
+        found: builtins.list[KeyValue] = []
+        start: str | None = None
+        revision = 0
+        while True:
+            page = await self._read(prefix, prefix=True, limit=500, revision=revision, start=start)
+            revision = page.revision
+            found += page.kvs
+            if not page.more or not page.kvs:
+                return found
+            start = page.kvs[-1].key + "\0"
 
     async def _read_one(self, key: str) -> KeyValue | None:
         page = await self._read(key)
@@ -232,10 +238,11 @@ class EtcdStateStore:
         self._check_open()
         size = effective_page_size(page_size)
         after = decode_page_token(page_token)
-        wanted = set(statuses)
+        wanted = {status.value for status in statuses}
         selectors = dict(labels or {})
         chunk = size + 1 if not wanted and not selectors else max(size + 1, 200)
-        found: builtins.list[tuple[PageKey, Environment]] = []
+        # Filters look at the parsed JSON; only the page's environments are decoded in full.
+        found: builtins.list[tuple[PageKey, Any]] = []
         min_create = after.seq if after is not None else 0
         revision = 0  # every chunk of one page is read at the first chunk's revision
         while len(found) <= size:
@@ -249,20 +256,21 @@ class EtcdStateStore:
             )
             revision = page.revision
             for kv in page.kvs:
-                env = codec.environment_from_json(kv.value.decode())
-                position = PageKey(kv.create_revision, env.name)
+                data = json.loads(kv.value)
+                position = PageKey(kv.create_revision, data["name"])
                 if after is not None and position <= after:
                     continue
-                if (not wanted or env.status in wanted) and all(
-                    env.spec.labels.get(k) == v for k, v in selectors.items()
+                env_labels = data["spec"].get("labels") or {}
+                if (not wanted or data.get("status") in wanted) and all(
+                    env_labels.get(k) == v for k, v in selectors.items()
                 ):
-                    found.append((position, env))
+                    found.append((position, data))
             if not page.more or not page.kvs:
                 break
             min_create = page.kvs[-1].create_revision + 1
         page_items = found[:size]
         token = encode_page_token(page_items[-1][0]) if len(found) > size else ""
-        return [env for _, env in page_items], token
+        return [codec.decode(data, Environment) for _, data in page_items], token
 
     def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
         """Yield every environment (in ``statuses``, if given) in creation order, a page at a time."""
@@ -311,16 +319,7 @@ class EtcdStateStore:
     async def history(self, name: str) -> builtins.list[HistoryEntry]:
         """Return the audit trail of ``name``, oldest first."""
         self._check_open()
-        entries: builtins.list[HistoryEntry] = []
-        start: str | None = None
-        revision = 0
-        while True:
-            page = await self._read(self._history(name), prefix=True, limit=500, revision=revision, start=start)
-            revision = page.revision
-            entries += [codec.history_from_json(kv.value.decode()) for kv in page.kvs]
-            if not page.more or not page.kvs:
-                return entries
-            start = page.kvs[-1].key + "\0"
+        return [codec.history_from_json(kv.value.decode()) for kv in await self._scan(self._history(name))]
 
     # --- records -------------------------------------------------------------------------------
 
@@ -343,17 +342,8 @@ class EtcdStateStore:
         """Return every record of ``kind`` by key."""
         self._check_open()
         base = self._records(kind)
-        found: dict[str, Json] = {}
-        start: str | None = None
-        revision = 0
-        while True:
-            page = await self._read(base, prefix=True, limit=500, revision=revision, start=start)
-            revision = page.revision
-            for kv in page.kvs:
-                found[unquote(kv.key[len(base) :])] = json.loads(kv.value)
-            if not page.more or not page.kvs:
-                return dict(sorted(found.items()))
-            start = page.kvs[-1].key + "\0"
+        found = {unquote(kv.key[len(base) :]): json.loads(kv.value) for kv in await self._scan(base)}
+        return dict(sorted(found.items()))
 
     async def delete_record(self, kind: str, key: str) -> None:
         """Remove a record if present."""

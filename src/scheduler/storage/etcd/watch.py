@@ -19,7 +19,8 @@ from scheduler import log
 from scheduler.errors import DeadlineExceeded, Unavailable
 from scheduler.storage.etcd import convert
 from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
-from scheduler.storage.etcd.client import REQUIRE_LEADER, EtcdClient
+from scheduler.storage.etcd.client import EtcdClient
+from scheduler.storage.etcd.connection import REQUIRE_LEADER
 from scheduler.storage.etcd.errors import from_grpc, retryable
 from scheduler.storage.etcd.types import WatchBatch
 
@@ -104,6 +105,9 @@ async def watch_prefix(
             _log.info(
                 "etcd.watch.reconnect", prefix=prefix, endpoint=stubs.endpoint, error=str(from_grpc(err, "Watch"))
             )
+            client.fail_over(stubs)
+        except asyncio.InvalidStateError as why:  # a write to a stream that already ended
+            _log.info("etcd.watch.restart", prefix=prefix, endpoint=stubs.endpoint, reason=repr(why))
             client.fail_over(stubs)
         except _Restart as why:
             if str(why) != "compacted":

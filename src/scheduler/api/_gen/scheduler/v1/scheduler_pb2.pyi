@@ -1380,6 +1380,57 @@ class CreateEnvironmentRequest(_message.Message):
 Global___CreateEnvironmentRequest: _TypeAlias = CreateEnvironmentRequest  # noqa: Y015
 
 @_typing.final
+class CloneEnvironmentRequest(_message.Message):
+    """CloneEnvironmentRequest asks for a new environment copied from a running one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Name of the environment to copy; it must be RUNNING."""
+    name: _builtins.str
+    """Name of the new environment: a DNS label of at most 40 characters."""
+    request_id: _builtins.str
+    """Client-chosen id making retries idempotent."""
+    validate_only: _builtins.bool
+    """Check the request (source, name, overrides, limits) and return the environment it would
+    create, copying and creating nothing.
+    """
+    @_builtins.property
+    def spec(self) -> Global___EnvironmentSpecification:
+        """Overrides of the copied specification: the fields update_mask names are taken from here,
+        as UpdateEnvironment applies them ("labels.team", "parameters.backend_image",
+        "services.backend.env.LOG_LEVEL", "ttl"). The stack cannot change.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields of spec to apply over the source's specification; empty keeps it as it is."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+        spec: Global___EnvironmentSpecification | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "source", b"source", "spec", b"spec", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloneEnvironmentRequest: _TypeAlias = CloneEnvironmentRequest  # noqa: Y015
+
+@_typing.final
 class GetEnvironmentRequest(_message.Message):
     """GetEnvironmentRequest names an environment."""
 

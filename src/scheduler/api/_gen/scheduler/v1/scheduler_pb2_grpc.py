@@ -45,6 +45,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.CreateEnvironmentRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
                 _registered_method=True)
+        self.CloneEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/CloneEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.CloneEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+                _registered_method=True)
         self.GetEnvironment = channel.unary_unary(
                 '/scheduler.v1.SchedulerService/GetEnvironment',
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentRequest.SerializeToString,
@@ -146,6 +151,24 @@ class SchedulerServiceServicer:
         with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
         request_id returns the environment created by the first call. With validate_only, checks
         the request and returns the environment it would create, creating nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloneEnvironment(self, request, context):
+        """Creates an environment from another one: the source's specification (with overrides) and
+        a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+        serving. Its containers that mount volumes are frozen for the last pass of the copy only
+        (for as long as it takes to re-read the files changed during the first pass); the others
+        keep running. The copy is taken before the call returns; the new environment then deploys
+        in the background like a created one and is returned with status PENDING. Generated
+        secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+        does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+        SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+        retry carrying the same request_id returns the environment created by the first call. With
+        validate_only, checks the request and returns the environment it would create, copying
+        nothing. Needs read access to the source and create access for the new name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,6 +325,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.CreateEnvironmentRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
             ),
+            'CloneEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloneEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.CloneEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
             'GetEnvironment': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEnvironment,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.GetEnvironmentRequest.FromString,
@@ -420,6 +448,33 @@ class SchedulerService:
             target,
             '/scheduler.v1.SchedulerService/CreateEnvironment',
             scheduler_dot_v1_dot_scheduler__pb2.CreateEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloneEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/CloneEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.CloneEnvironmentRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
             options,
             channel_credentials,

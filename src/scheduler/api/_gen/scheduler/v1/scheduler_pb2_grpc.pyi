@@ -47,6 +47,20 @@ class SchedulerServiceStub:
     request_id returns the environment created by the first call. With validate_only, checks
     the request and returns the environment it would create, creating nothing.
     """
+    CloneEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CloneEnvironmentRequest, _scheduler_pb2.Environment]
+    """Creates an environment from another one: the source's specification (with overrides) and
+    a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+    serving. Its containers that mount volumes are frozen for the last pass of the copy only
+    (for as long as it takes to re-read the files changed during the first pass); the others
+    keep running. The copy is taken before the call returns; the new environment then deploys
+    in the background like a created one and is returned with status PENDING. Generated
+    secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+    does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+    SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+    retry carrying the same request_id returns the environment created by the first call. With
+    validate_only, checks the request and returns the environment it would create, copying
+    nothing. Needs read access to the source and create access for the new name.
+    """
     GetEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentRequest, _scheduler_pb2.Environment]
     """Returns one environment by name; NOT_FOUND if there is none."""
     UpdateEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpdateEnvironmentRequest, _scheduler_pb2.UpdateEnvironmentResponse]
@@ -133,6 +147,20 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
     request_id returns the environment created by the first call. With validate_only, checks
     the request and returns the environment it would create, creating nothing.
+    """
+    CloneEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CloneEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Creates an environment from another one: the source's specification (with overrides) and
+    a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+    serving. Its containers that mount volumes are frozen for the last pass of the copy only
+    (for as long as it takes to re-read the files changed during the first pass); the others
+    keep running. The copy is taken before the call returns; the new environment then deploys
+    in the background like a created one and is returned with status PENDING. Generated
+    secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+    does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+    SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+    retry carrying the same request_id returns the environment created by the first call. With
+    validate_only, checks the request and returns the environment it would create, copying
+    nothing. Needs read access to the source and create access for the new name.
     """
     GetEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
     """Returns one environment by name; NOT_FOUND if there is none."""
@@ -223,6 +251,26 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         with status PENDING. ALREADY_EXISTS if the name is taken; a retry carrying the same
         request_id returns the environment created by the first call. With validate_only, checks
         the request and returns the environment it would create, creating nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CloneEnvironment(
+        self,
+        request: _scheduler_pb2.CloneEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Creates an environment from another one: the source's specification (with overrides) and
+        a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
+        serving. Its containers that mount volumes are frozen for the last pass of the copy only
+        (for as long as it takes to re-read the files changed during the first pass); the others
+        keep running. The copy is taken before the call returns; the new environment then deploys
+        in the background like a created one and is returned with status PENDING. Generated
+        secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
+        does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
+        SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
+        retry carrying the same request_id returns the environment created by the first call. With
+        validate_only, checks the request and returns the environment it would create, copying
+        nothing. Needs read access to the source and create access for the new name.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,134 @@
+"""Many one-container environments created at once: when the first, the median and the last is RUNNING.
+
+Run as root: ``python -m bench.burst [--envs N] [--runs N]``.
+
+Each run starts a real daemon (managed containerd, the toolbox image preloaded) twice, one
+after the other on fresh data: once as configured by default (deploys admitted a few at a
+time, first come first served: ``deploys.concurrency: 0``) and once admitting every deploy at
+once (``deploys.concurrency: N``, how the daemon behaved before admission), the baseline. All
+``envs`` CreateEnvironment calls are sent back to back; a WatchEvents stream notes when each
+environment turns RUNNING. Printed: first, median and last RUNNING (seconds after the first
+create) for both, their ratios, then the time until every environment is deleted again, and the
+leftovers (0 when everything the run made was removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from bench import leftovers
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
+from tests.support.images import TOOLBOX, build
+
+IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
+
+
+def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float], float]:
+    """Create ``count`` environments at once; seconds to each RUNNING (sorted), and to all deleted."""
+    names = [f"burst-{i:03d}" for i in range(count)]
+    running: dict[str, float] = {}
+    watching = threading.Event()
+    with daemon.channel() as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        stream = stub.WatchEvents(pb.WatchEventsRequest(), timeout=timeout)
+        started = [0.0]
+
+        def watch() -> None:
+            watching.set()
+            try:
+                for event in stream:
+                    if event.type == pb.EVENT_TYPE_ENVIRONMENT_RUNNING and event.environment not in running:
+                        running[event.environment] = time.monotonic() - started[0]
+                        if len(running) == count:
+                            stream.cancel()
+            except grpc.RpcError:
+                pass
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        watching.wait(10)
+        time.sleep(0.3)  # the stream is established before the first create
+        config = pb.ContainerConfiguration(command=["sh", "-c", IDLE])
+        started[0] = time.monotonic()
+        for name in names:
+            spec = pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
+            stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=60)
+        watcher.join(timeout)
+        stream.cancel()
+        if len(running) < count:
+            raise SystemExit(f"only {len(running)} of {count} environments RUNNING within {timeout:g}s")
+        deleting = time.monotonic()
+        try:
+            daemon.delete_all_environments(timeout=timeout)
+        except AssertionError as err:
+            print(f"  not every environment was deleted: {err}", flush=True)
+            return sorted(running.values()), float("nan")
+        deleted = time.monotonic() - deleting
+    return sorted(running.values()), deleted
+
+
+def one_run(tmp: Path, archive: Path, count: int, concurrency: int, timeout: float) -> tuple[list[float], float, int]:
+    """A fresh daemon with ``deploys.concurrency``; the burst's figures and the leftovers afterwards."""
+    daemon = start_daemon(
+        tmp,
+        {"images": {"preload": [str(archive)]}, "log": {"level": "info"}, "deploys": {"concurrency": concurrency}},
+    )
+    try:
+        times, deleted = burst(daemon, count, timeout)
+    finally:
+        daemon.stop()
+        daemon.cleanup()
+    return times, deleted, leftovers.report([daemon_instance(daemon)], [tmp])
+
+
+def describe(times: list[float]) -> tuple[float, float, float]:
+    return times[0], statistics.median(times), times[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    archive = build()[TOOLBOX]
+    results: dict[str, list[tuple[list[float], float]]] = {"admitted": [], "all at once": []}
+    left = 0
+    with tempfile.TemporaryDirectory(prefix="burst", dir="/tmp") as raw:
+        for run in range(args.runs):
+            # Alternate which goes first, so that drift of the shared machine hits both alike.
+            modes = [("admitted", 0), ("all at once", args.envs)]
+            for label, concurrency in modes if run % 2 == 0 else modes[::-1]:
+                sub = Path(raw) / f"{run}-{concurrency}"
+                sub.mkdir()
+                times, deleted, leftover = one_run(sub, archive, args.envs, concurrency, args.timeout)
+                results[label].append((times, deleted))
+                left += leftover
+    print(f"{args.envs} one-container environments created at once, {args.runs} run(s) each way")
+    for label, rows in results.items():
+        for times, deleted in rows:
+            first, median, last = describe(times)
+            print(
+                f"  {label:12s}: first RUNNING {first:6.2f}s, median {median:6.2f}s, last {last:6.2f}s; "
+                f"median/last {median / last:.2f}; all deleted in {deleted:.2f}s"
+            )
+    ours = [describe(t) for t, _ in results["admitted"]]
+    base = [describe(t) for t, _ in results["all at once"]]
+    for index, name in enumerate(("first", "median", "last")):
+        ratio = statistics.median(o[index] for o in ours) / statistics.median(b[index] for b in base)
+        print(f"  ratio admitted / all at once, {name} RUNNING: {ratio:.2f}")
+    print("  targets: first <= 2 s, median <= 0.25 x last, last <= 0.5 x 83 s (the figure before admission)")
+    print(f"leftovers in all: {left}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Start-up and memory measurements shared by the benchmarks.
+
+``wait_serving`` asks the health service with a fresh channel every 20 ms: a single channel
+would back off for a second or more after the first refused connection, and that backoff
+would be measured as start-up time. ``bare_grpc_seconds`` is the baseline for start-up: a
+grpc.aio server in the same virtualenv that only serves the health service.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BARE_SERVER = """
+import asyncio, grpc, sys
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+async def main():
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(sys.argv[1])
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 120) -> float:
+    """Seconds from now until ``address`` reports SERVING (the process must stay alive)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"process exited with {process.returncode} before serving")
+        with grpc.insecure_channel(address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - started
+            except grpc.RpcError:
+                pass
+        time.sleep(0.02)
+    raise SystemExit(f"{address} did not serve within {timeout:g}s")
+
+
+def bare_grpc_seconds(port: int) -> float:
+    """Exec to SERVING of a grpc.aio server that serves nothing but health (the start-up baseline)."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-c", BARE_SERVER, f"127.0.0.1:{port}"])
+    try:
+        wait_serving(f"127.0.0.1:{port}", process)
+        return time.monotonic() - started
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """RSS and PSS of ``pid`` in MB (0, 0 when it is gone)."""
+    values = {"Rss:": 0, "Pss:": 0}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                key, _, rest = line.partition(" ")
+                if key in values:
+                    values[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values["Rss:"] / 1024, values["Pss:"] / 1024

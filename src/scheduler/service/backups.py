@@ -1,0 +1,84 @@
+"""Backup and restore use cases of the service."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from datetime import UTC, datetime
+
+from scheduler import errors
+from scheduler.domain import (
+    BackupInfo,
+    Environment,
+    EnvironmentStatus,
+    HistoryEntry,
+)
+from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.orchestrator import Orchestrator
+from scheduler.service.views import (
+    check_name,
+    redact,
+)
+from scheduler.stacks.catalog import Catalog
+from scheduler.validation import env_name_problem
+
+
+class BackupCases:
+    """Backups and restores of environments; a part of :class:`EnvironmentService`."""
+
+    _backups: Backups | None
+    _ledger: Ledger
+    _orchestrator: Orchestrator
+    _create_lock: asyncio.Lock
+    _catalog: Catalog
+
+    def _archives(self) -> Backups:
+        if self._backups is None:
+            raise errors.Unimplemented("backups are not configured on this daemon")
+        return self._backups
+
+    async def backup(self, name: str) -> BackupInfo:
+        """Archive an environment: spec, history, volumes, database dumps."""
+        check_name(name)
+        return await self._archives().backup(name)
+
+    async def backups(self, name: str) -> builtins.list[BackupInfo]:
+        """Archives of an environment (which may have been deleted since), newest first."""
+        check_name(name)
+        return await asyncio.to_thread(self._archives().list, name)
+
+    async def restore(self, backup_id: str, name: str = "", *, actor: str = "") -> Environment:
+        """Create an environment from an archive, deploy it and load its databases; return it running.
+
+        Raises:
+            InvalidArgument: the id is malformed, the archive damaged, or ``name`` invalid.
+            NotFound: no such archive.
+            AlreadyExists: an environment of that name exists.
+            FailedPrecondition: the restored environment did not come up, or a dump did not load.
+        """
+        archives = self._archives()
+        path, manifest, archived, history = await asyncio.to_thread(archives.open, backup_id)
+        target = name or archived.name
+        problem = env_name_problem(target)
+        if problem:
+            raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
+        fresh, entries = archives.renamed(archived, target, history)
+        async with self._create_lock:
+            await self._ledger.create(fresh)
+        for entry in entries:
+            await self._ledger.append_history(entry)
+        await self._ledger.append_history(
+            HistoryEntry(target, fresh.generation, datetime.now(UTC), actor, "restore", f"from backup {backup_id}")
+        )
+        await archives.stage(path, manifest, target)
+        self._orchestrator.submit_deploy(target)
+        await self._orchestrator.wait_idle(target)
+        env = await self._ledger.get(target)
+        if env.status is not EnvironmentStatus.RUNNING:
+            raise errors.FailedPrecondition(
+                f"restored environment {target!r} is {env.status.value}, not RUNNING; its databases were not loaded",
+                env=target,
+            )
+        await archives.load_databases(path, manifest, target)
+        return redact(await self._ledger.get(target), self._catalog)

@@ -1,0 +1,178 @@
+"""Template logic over a fake runtime whose "initdb" writes files: single-flight builds, failed
+and interrupted builds leave nothing used, spares, the first-start wrapper and collection.
+The real PostgreSQL path (passwords, init scripts, isolation) is tests/integration/test_templates.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from scheduler import domain
+from scheduler.orchestrator import pgscripts
+from scheduler.orchestrator.templates import Templates, TemplateSettings, plan, wrapped
+from scheduler.runtime.fake import FakeRuntime, fake_image
+from scheduler.stacks.components import POSTGRES
+from scheduler.volumes.host import HostVolumeStore
+from scheduler.volumes.templates import TemplateStore
+
+IMAGE = fake_image(
+    "docker.io/library/postgres:15",
+    domain.ImageConfig(entrypoint=("docker-entrypoint.sh",), cmd=("postgres",), env=("PATH=/usr/bin",)),
+)
+SERVICE = dataclasses.replace(
+    POSTGRES,
+    image=IMAGE.name,
+    env={"POSTGRES_USER": "app", "POSTGRES_DB": "app", "POSTGRES_PASSWORD": "secret"},
+)
+
+
+class InitdbRuntime(FakeRuntime):
+    """Template builds "run": they fill their mount as initdb would, then exit with ``code``."""
+
+    def __init__(self, code: int = 0) -> None:
+        super().__init__({IMAGE.name: IMAGE})
+        self.code = code
+        self.builds = 0
+
+    async def start(self, container_id: str) -> int:
+        pid = await super().start(container_id)
+        config = self.containers[container_id].config
+        if container_id.startswith("template."):
+            self.builds += 1
+            data = Path(config.mounts[0].source)
+            (data / "PG_VERSION").write_text("15\n")
+            (data / "base").mkdir()
+            (data / "base" / "1259").write_bytes(b"x" * 8192)
+            (data / pgscripts.MARKER).touch()
+            asyncio.get_running_loop().call_later(0.01, self.crash, container_id, self.code)
+        return pid
+
+
+def make(tmp_path: Path, runtime: FakeRuntime, **settings: object) -> tuple[Templates, HostVolumeStore]:
+    volumes = HostVolumeStore(tmp_path / "volumes")
+    store = TemplateStore(tmp_path / "templates")
+    options = {"spare_delay": timedelta(0), "spares": 0, **settings}
+    return Templates(store, volumes, runtime, TemplateSettings(**options)), volumes  # type: ignore[arg-type]
+
+
+async def test_twenty_environments_at_once_share_one_build(tmp_path: Path) -> None:
+    runtime = InitdbRuntime()
+    templates, volumes = make(tmp_path, runtime)
+    services = await asyncio.gather(*(templates.prepare(f"env-{i}", SERVICE, IMAGE) for i in range(20)))
+    assert runtime.builds == 1
+    assert not runtime.containers, "the build container is removed"
+    for i, service in enumerate(services):
+        data = volumes.path(f"env-{i}", "pgdata")
+        assert (data / "PG_VERSION").read_text() == "15\n"
+        # The first start of each copy runs the first-start script, then the image's own process.
+        assert service.command[:2] == ("/bin/sh", "-c") and service.command[2] == pgscripts.CLONE_INIT
+        assert service.args == ("docker-entrypoint.sh", "postgres")
+    [template] = await templates.list()
+    assert template.kind == "postgres" and template.image_digest == IMAGE.digest
+    assert sorted(template.environments) == sorted(f"env-{i}" for i in range(20))
+    assert template.parameters["user"] == "app" and "password" not in str(template.parameters).lower()
+
+
+async def test_a_volume_with_data_is_left_alone_and_runs_the_entrypoint_directly(tmp_path: Path) -> None:
+    templates, volumes = make(tmp_path, InitdbRuntime())
+    path = volumes.ensure("kept", "pgdata")
+    (path / "PG_VERSION").write_text("14\n")
+    assert await templates.prepare("kept", SERVICE, IMAGE) is SERVICE
+    assert (path / "PG_VERSION").read_text() == "14\n"
+    # A copy whose first start did not finish (the marker is still there) runs it again.
+    (path / pgscripts.MARKER).touch()
+    assert (await templates.prepare("kept", SERVICE, IMAGE)).command[:2] == ("/bin/sh", "-c")
+
+
+async def test_a_failed_build_leaves_no_template_and_falls_back_to_the_image(tmp_path: Path) -> None:
+    templates, volumes = make(tmp_path, InitdbRuntime(code=1))
+    assert await templates.prepare("one", SERVICE, IMAGE) is SERVICE
+    assert await templates.list() == []
+    assert [p.name for p in (tmp_path / "templates").iterdir()] == []
+    assert not volumes.exists("one", "pgdata")
+
+
+async def test_a_build_interrupted_by_a_crash_is_never_used_and_is_swept(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path / "templates")
+    build = store.begin()
+    (build.data / "PG_VERSION").write_text("15\n")  # initdb got this far, then the daemon died
+    templates, _ = make(tmp_path, InitdbRuntime())
+    assert await templates.list() == []
+    await templates.start()
+    assert list((tmp_path / "templates").iterdir()) == []
+
+
+async def test_spares_make_a_seed_a_rename(tmp_path: Path) -> None:
+    runtime = InitdbRuntime()
+    templates, volumes = make(tmp_path, runtime, spares=2)
+    await templates.prepare("first", SERVICE, IMAGE)
+    [template] = await templates.list()
+    spares = tmp_path / "templates" / template.key / "spares"
+    for _ in range(100):
+        if len([p for p in spares.iterdir() if not p.name.startswith(".")]) == 2:
+            break
+        await asyncio.sleep(0.02)
+    before = {p.name for p in spares.iterdir()}
+    assert len(before) == 2
+    inode = {(spares / name / "PG_VERSION").stat().st_ino for name in before}
+    await templates.prepare("second", SERVICE, IMAGE)
+    # The volume's files are one of the spares, moved: same inode, no copy.
+    assert (volumes.path("second", "pgdata") / "PG_VERSION").stat().st_ino in inode
+    await templates.close()
+
+
+async def test_collection_keeps_used_templates_and_removes_unused_or_orphaned_ones(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    runtime = InitdbRuntime()
+    volumes = HostVolumeStore(tmp_path / "volumes")
+    settings = TemplateSettings(unused_after=timedelta(hours=1), spares=0)
+    templates = Templates(TemplateStore(tmp_path / "templates"), volumes, runtime, settings, clock=lambda: now[0])
+    await templates.prepare("a", SERVICE, IMAGE)
+    assert await templates.collect(["a"]) == []  # used by a live environment
+    assert await templates.collect([]) == []  # unused, but not for an hour yet
+    now[0] += timedelta(hours=2)
+    [template] = await templates.list()
+    assert await templates.collect([]) == [template.key]
+    assert await templates.list() == []
+    assert volumes.exists("a", "pgdata"), "copies never depend on their template"
+    # A template whose image reference now names another digest goes at once when unused.
+    await templates.prepare("b", SERVICE, IMAGE)
+    runtime.images[IMAGE.name] = dataclasses.replace(IMAGE, digest="sha256:" + "e" * 64)
+    assert await templates.collect(["b"]) == []
+    assert len(await templates.collect([])) == 1
+
+
+def test_plan_keys_on_the_digest_and_the_parameters_and_skips_what_it_cannot_copy() -> None:
+    base = plan(SERVICE, IMAGE)
+    assert base is not None and base.subpath == "" and base.mount.name == "pgdata"
+    assert plan(dataclasses.replace(SERVICE, env={**SERVICE.env, "POSTGRES_PASSWORD": "other"}), IMAGE) == base
+    for change in ({"POSTGRES_DB": "shop"}, {"POSTGRES_USER": "x"}, {"LANG": "de_DE.UTF-8"}):
+        other = plan(dataclasses.replace(SERVICE, env={**SERVICE.env, **change}), IMAGE)
+        assert other is not None and other.key != base.key
+    moved = plan(SERVICE, dataclasses.replace(IMAGE, digest="sha256:" + "f" * 64))
+    assert moved is not None and moved.key != base.key
+    nested = plan(dataclasses.replace(SERVICE, env={**SERVICE.env, "PGDATA": "/var/lib/postgresql/data/pg"}), IMAGE)
+    assert nested is not None and nested.subpath == "pg"
+    assert plan(dataclasses.replace(SERVICE, env={**SERVICE.env, "POSTGRES_INITDB_WALDIR": "/wal"}), IMAGE) is None
+    assert plan(dataclasses.replace(SERVICE, volumes=()), IMAGE) is None
+    assert plan(dataclasses.replace(SERVICE, env={}), IMAGE) is None
+
+
+def test_the_wrapper_keeps_the_docker_rule_for_entrypoint_and_cmd() -> None:
+    assert wrapped(SERVICE, IMAGE.config).args == ("docker-entrypoint.sh", "postgres")
+    custom = dataclasses.replace(SERVICE, command=("my-entry",))
+    assert wrapped(custom, IMAGE.config).args == ("my-entry",)
+    custom = dataclasses.replace(SERVICE, args=("postgres", "-c", "fsync=off"))
+    assert wrapped(custom, IMAGE.config).args == ("docker-entrypoint.sh", "postgres", "-c", "fsync=off")
+
+
+@pytest.mark.parametrize("script", [pgscripts.BUILD, pgscripts.CLONE_INIT])
+def test_the_scripts_parse_as_posix_shell(script: str, tmp_path: Path) -> None:
+    import subprocess
+
+    checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, timeout=10)
+    assert checked.returncode == 0, checked.stderr
