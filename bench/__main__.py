@@ -25,6 +25,7 @@ BENCHMARKS = [
     "density",
     "api",
     "metrics_scrape",
+    "wake",
 ]
 QUICK = {
     "env_create": ["--runs", "2", "--parallel", "5"],
@@ -32,6 +33,7 @@ QUICK = {
     "adopt": ["--envs", "20", "--runs", "1"],
     "burst": ["--envs", "20"],
     "density": ["--envs", "5"],
+    "wake": ["--runs", "1"],
 }
 """Sizes for a quick run; the defaults measure what the issues quote (20, 100 and 200 environments)."""
 

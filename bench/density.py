@@ -9,8 +9,7 @@ pages are counted once): the containerd shims, the log processes (each task's wa
 and the host's shared log writer), and a share of the daemon and of its containerd. The serial
 creation time of the first and the last environment shows whether creating gets slower as the
 host fills. docker compose's side (shims, docker-proxy, dockerd's and its containerd's share)
-runs when ``docker compose`` is on the machine (see bench/compose.py); otherwise it is skipped
-with a note.
+is not measured yet (see bench/compose.py).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import leftovers
+from bench import compose, leftovers
 from bench.env_create import wait_running
 from bench.serving import memory_mb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
@@ -101,7 +100,7 @@ def main() -> None:
         total += pss / args.envs
         print(f"  {kind:14s} {pss / args.envs:7.2f}  ({count} processes, {pss:.1f} MB in all)")
     print(f"  {'total':14s} {total:7.2f}")
-    print("docker compose: not measured here (see bench.compose; skipped when docker compose is not installed)")
+    print(compose.note("memory per idle environment"))
     print(f"leftovers: {left}")
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import leftovers
+from bench import compose, leftovers
 from scheduler import domain
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -220,6 +220,7 @@ def main() -> None:
         report[f"{args.parallel}_at_once_wall_s"] = round(together, 3)
         report[f"ratio_to_{args.parallel}x_single"] = round(together / (args.parallel * single), 3)
     report["leftovers"] = left
+    report["docker_compose"] = compose.note("create to RUNNING")
     print(json.dumps(report, indent=2))
 
 

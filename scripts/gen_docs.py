@@ -87,6 +87,24 @@ RPCS: dict[str, Rpc] = {
             ("ABORTED", "etag is stale (reason ETAG_MISMATCH)"),
         ),
     ),
+    "StopEnvironment": Rpc(
+        {"name": "demo"},
+        (
+            ("NOT_FOUND", "no environment has that name"),
+            ("FAILED_PRECONDITION", "the environment is deploying, updating or being deleted"),
+            ("ABORTED", "etag is stale (reason ETAG_MISMATCH)"),
+            ("PERMISSION_DENIED", "the caller is not an operator of the environment"),
+        ),
+    ),
+    "StartEnvironment": Rpc(
+        {"name": "demo"},
+        (
+            ("NOT_FOUND", "no environment has that name"),
+            ("FAILED_PRECONDITION", "the environment is being deleted"),
+            ("ABORTED", "etag is stale (reason ETAG_MISMATCH)"),
+            ("PERMISSION_DENIED", "the caller is not an operator of the environment"),
+        ),
+    ),
     "ListEnvironments": Rpc(
         {"filter": "status=RUNNING,DEGRADED labels.team=web"},
         (("INVALID_ARGUMENT", "a filter that does not parse, a page_token not issued by the daemon"),),

@@ -66,6 +66,8 @@ def check_request(request: EnvironmentRequest, field: str = "spec") -> None:
             out.append(_too_long(f"{field}.parameters.{clip(key)}", MAX_PARAMETER_VALUE))
     if request.ttl is not None and request.ttl > MAX_TTL:
         out.append(FieldViolation(f"{field}.ttl", f"must be at most {MAX_TTL.days} days"))
+    if request.sleep_after_idle is not None and request.sleep_after_idle > MAX_TTL:
+        out.append(FieldViolation(f"{field}.sleep_after_idle", f"must be at most {MAX_TTL.days} days"))
     for name, override in list(request.services.items())[:MAX_SERVICES]:
         _check_override(override, f"{field}.services.{clip(name)}", out)
     if out:

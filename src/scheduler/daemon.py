@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
@@ -42,6 +42,7 @@ from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
+from scheduler.orchestrator.sleeper import SleepPolicy
 from scheduler.orchestrator.supervisor import Supervisor
 from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
@@ -54,16 +55,15 @@ from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.base import StateStore
-from scheduler.storage.etcd import EtcdClient, EtcdOptions
-from scheduler.storage.etcd.compactor import Compactor
-from scheduler.storage.etcd.events import EtcdEventLog
-from scheduler.storage.etcd.store import EtcdStateStore
 from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
 from scheduler.volumes.host import HostVolumeStore
 from scheduler.volumes.templates import TemplateStore
+
+if TYPE_CHECKING:
+    from scheduler.storage.etcd import EtcdClient
 
 _log = log.get("daemon")
 
@@ -127,6 +127,9 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         etcd = etcd_client(settings)
         store: StateStore
         if etcd is not None:
+            from scheduler.storage.etcd.compactor import Compactor
+            from scheduler.storage.etcd.store import EtcdStateStore
+
             stack.push_async_callback(etcd.close)
             store = EtcdStateStore(etcd, settings.cluster.etcd.prefix)
             if settings.cluster.etcd.compaction_interval:
@@ -189,6 +192,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         event_log: EventLog
         if etcd is not None:
             # Each node keeps its own replay log: the sequences are its event bus's.
+            from scheduler.storage.etcd.events import EtcdEventLog
+
             etcd_log = await EtcdEventLog.open(
                 etcd, f"{settings.cluster.etcd.prefix}events/{settings.network.instance}/"
             )
@@ -233,6 +238,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 admission_hold=settings.deploys.hold_seconds,
             ),
             observer=Observers(recorder, timeline),
+            sleep=SleepPolicy(
+                idle_after=timedelta(seconds=settings.sleep.idle_after),
+                check_interval=settings.sleep.check_interval,
+                wake_deadline=settings.sleep.wake_deadline,
+                max_pending=settings.sleep.max_pending,
+            ),
             templates=templates,
             owns=owns,
         )
@@ -405,6 +416,9 @@ def etcd_client(settings: Settings) -> EtcdClient | None:
     etcd = settings.cluster.etcd
     if not etcd.endpoints:
         return None
+    # Imported here: a single host never loads the etcd client and its stubs (faster start).
+    from scheduler.storage.etcd import EtcdClient, EtcdOptions
+
     tls = etcd.tls
     return EtcdClient(
         EtcdOptions(

@@ -244,10 +244,13 @@ def _launch(
 
 
 @contextlib.contextmanager
-def running_daemon(tmp: Path, archives: Iterable[Path]) -> Iterator[DaemonProcess]:
-    """A daemon preloaded with ``archives`` for a group of tests; afterwards every environment is
-    deleted, the daemon must exit 0, and what it left on the host is removed."""
-    process = start_daemon(tmp, {"images": {"preload": [str(p) for p in archives]}})
+def running_daemon(
+    tmp: Path, archives: Iterable[Path], config: dict[str, Any] | None = None
+) -> Iterator[DaemonProcess]:
+    """A daemon preloaded with ``archives`` (and ``config`` merged in) for a group of tests;
+    afterwards every environment is deleted, the daemon must exit 0, and what it left on the host
+    is removed."""
+    process = start_daemon(tmp, {"images": {"preload": [str(p) for p in archives]}, **(config or {})})
     yield process
     process.delete_all_environments()
     code = process.stop()

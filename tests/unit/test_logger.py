@@ -319,3 +319,28 @@ def test_a_task_whose_pipes_no_writer_takes_writes_them_itself(tmp_path: Path, m
     assert host.hand_over(str(tmp_path / "scheduler-logger"), ["dir", str(tmp_path)], (out_r, err_r), 0.2) is None
     for fd in (out_r, out_w, err_r, err_w):
         os.close(fd)
+
+
+def test_a_bad_client_gets_an_error_and_the_shared_writer_goes_on(tmp_path: Path) -> None:
+    import socket
+
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    pid, out_w, err_w, ready_r = _spawn(launcher, tmp_path / "logs")
+    try:
+        assert os.read(ready_r, 1) == b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as bad:
+            bad.settimeout(10)
+            bad.connect(str(tmp_path / "bin" / "scheduler-logger.sock"))
+            bad.send(b"dir\0/nowhere")  # no fds, odd arguments
+            assert bad.recv(256).startswith(b"e")
+        os.write(out_w, b"still written\n")
+        os.close(out_w)
+        os.close(err_w)
+        os.kill(pid, signal.SIGTERM)
+        assert _wait(pid, 10) == 0
+        assert [t for _, _, t in _records(tmp_path / "logs", "stdout")] == [b"still written"]
+    finally:
+        os.close(ready_r)
+        for writer in _writers_in(tmp_path / "bin"):
+            os.kill(writer, signal.SIGKILL)

@@ -36,7 +36,16 @@ VIEW = frozenset(
         "ListNodes",
     }
 )
-CHANGE = frozenset({"CreateEnvironment", "CloneEnvironment", "UpdateEnvironment", "DeleteEnvironment"})
+CHANGE = frozenset(
+    {
+        "CreateEnvironment",
+        "CloneEnvironment",
+        "UpdateEnvironment",
+        "DeleteEnvironment",
+        "StopEnvironment",
+        "StartEnvironment",
+    }
+)
 ROLE_METHODS: dict[str, frozenset[str] | None] = {"viewer": VIEW, "operator": VIEW | CHANGE, "admin": None}
 """Methods of SchedulerService each role may call; None: all of them, present and future."""
 
@@ -47,6 +56,8 @@ PERMISSIONS = {
     "GetEnvironment": "environments.get",
     "UpdateEnvironment": "environments.update",
     "DeleteEnvironment": "environments.delete",
+    "StopEnvironment": "environments.stop",
+    "StartEnvironment": "environments.start",
     "ListEnvironments": "environments.list",
     "GetEnvironmentLogs": "environments.logs",
     "GetEnvironmentMetrics": "environments.metrics",

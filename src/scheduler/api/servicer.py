@@ -161,6 +161,26 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         )
         return convert.environment_to_proto(env)
 
+    async def StopEnvironment(self, request: pb.StopEnvironmentRequest, context: Context) -> pb.Environment:
+        env = await self._service.stop(
+            request.name,
+            etag=request.etag,
+            request_id=request.request_id,
+            actor=_actor(context),
+            validate_only=request.validate_only,
+        )
+        return convert.environment_to_proto(env)
+
+    async def StartEnvironment(self, request: pb.StartEnvironmentRequest, context: Context) -> pb.Environment:
+        env = await self._service.start(
+            request.name,
+            etag=request.etag,
+            request_id=request.request_id,
+            actor=_actor(context),
+            validate_only=request.validate_only,
+        )
+        return convert.environment_to_proto(env)
+
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
     ) -> pb.ListEnvironmentsResponse:

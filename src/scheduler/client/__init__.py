@@ -28,6 +28,7 @@ __all__ = [
 
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
+    from scheduler.client import sleep as _sleep_commands  # noqa: F401 - registers env stop/start
     from scheduler.client.commands import config_reload, env, events, node, stacks, templates
 
     group.add_command(stacks)

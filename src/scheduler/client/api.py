@@ -214,6 +214,20 @@ class SchedulerClient:
         request = pb.DeleteEnvironmentRequest(name=name, etag=etag, keep_volumes=keep_volumes)
         return await self._unary(self._stub.DeleteEnvironment, request)
 
+    async def stop(
+        self, name: str, *, etag: str = "", request_id: str = "", validate_only: bool = False
+    ) -> pb.Environment:
+        """Put environment ``name`` to sleep (containers stopped, all else kept); returns at once."""
+        request = pb.StopEnvironmentRequest(name=name, etag=etag, request_id=request_id, validate_only=validate_only)
+        return await self._unary(self._stub.StopEnvironment, request)
+
+    async def start(
+        self, name: str, *, etag: str = "", request_id: str = "", validate_only: bool = False
+    ) -> pb.Environment:
+        """Wake environment ``name`` (containers started in dependency order); returns at once."""
+        request = pb.StartEnvironmentRequest(name=name, etag=etag, request_id=request_id, validate_only=validate_only)
+        return await self._unary(self._stub.StartEnvironment, request)
+
     async def history(self, name: str) -> builtins.list[pb.HistoryEntry]:
         """The whole audit trail of environment ``name``, oldest first."""
         entries: builtins.list[pb.HistoryEntry] = []

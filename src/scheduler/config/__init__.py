@@ -224,7 +224,8 @@ class DeploySettings(_Section):
     """How many deploys and updates bring containers up at once."""
 
     concurrency: int = Field(default=0, ge=0, le=10000)
-    """Admitted at once, first come first served; 0 means twice the CPUs the daemon may use."""
+    """Admitted at once, first come first served; 0: from twice the CPUs the daemon may use, growing
+    by one with each deploy that ends up to eight per CPU (and starting low again when idle)."""
     hold_seconds: float = Field(default=10.0, gt=0, le=3600)
     """Longest a deploy holds its place (a slow health check): then the next one starts anyway."""
 
@@ -278,6 +279,21 @@ class BackupSettings(BackupPolicy):
         return self.environments.get(name) or BackupPolicy(every=self.every, keep=self.keep)
 
 
+class SleepSettings(_Section):
+    """Idle environments going to sleep, and waking on a connection to a published port."""
+
+    idle_after: float = Field(default=0, ge=0)
+    """Seconds without a new connection on its published ports after which an environment sleeps
+    (its containers stop; volumes, ports and addresses stay); 0 (the default) never. An
+    environment's spec.sleep_after_idle overrides it."""
+    check_interval: float = Field(default=10.0, ge=0.1, le=3600)
+    """Seconds between two readings of the published ports' connection counters."""
+    wake_deadline: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a connection to a sleeping environment is held while it wakes; then it is closed."""
+    max_pending: int = Field(default=64, ge=1, le=4096)
+    """Connections held at once per waking environment; more are closed at once."""
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told; defaults work out of the box."""
 
@@ -303,6 +319,7 @@ class Settings(BaseSettings):
     deploys: DeploySettings = DeploySettings()
     metrics: MetricsSettings = MetricsSettings()
     backups: BackupSettings = BackupSettings()
+    sleep: SleepSettings = SleepSettings()
     templates: TemplateSettings = TemplateSettings()
     cluster: ClusterSettings = ClusterSettings()
 

@@ -215,6 +215,9 @@ class EnvironmentSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     ttl: timedelta | None = None
+    sleep_after_idle: timedelta | None = None
+    """Sleep after this long without a new connection on a published port; None: the daemon's
+    default, zero: never."""
 
 
 @dataclass(frozen=True)
@@ -261,3 +264,6 @@ class EnvironmentRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     ttl: timedelta | None = None
+    sleep_after_idle: timedelta | None = None
+    """Sleep after this long without a new connection on a published port; None: the daemon's
+    default, zero: never."""

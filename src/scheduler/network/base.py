@@ -6,6 +6,7 @@ is the implementation that drives the standard CNI plugins and iptables on this 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -142,3 +143,16 @@ class NetworkManager(Protocol):
 
     async def sweep(self, keep_envs: Collection[str]) -> None:
         """Remove everything owned by this instance that does not belong to ``keep_envs``."""
+
+    def listeners(self, env: str) -> list[tuple[domain.Endpoint, socket.socket]]:
+        """The daemon's own bound sockets on the environment's published TCP ports.
+
+        The network layer keeps owning them (it closes them when the ports are released); wake on
+        connection listens on them while the environment sleeps.
+        """
+
+    async def connection_counts(self) -> dict[str, int]:
+        """Per environment, connections its published ports forwarded so far (kernel counters).
+
+        Only changes matter: a count that moved means new connections since the last reading.
+        """

@@ -8,6 +8,7 @@ not attached to that environment, or setting backends of an unknown service, is 
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,10 @@ class FakeNetwork:
         self.owners: dict[str, str] = {}
         self.swept: list[set[str]] = []
         self.backend_calls: list[tuple[str, str, tuple[str, ...]]] = []
+        self.held: dict[str, list[tuple[domain.Endpoint, socket.socket]]] = {}
+        """Sockets a test hands out as an environment's published ports (wake on connection)."""
+        self.counts: dict[str, int] = {}
+        """Connection counters a test sets per environment (idle detection)."""
         self._ips = itertools.count(2)
 
     async def start(self) -> None:
@@ -103,6 +108,12 @@ class FakeNetwork:
 
     async def resources(self) -> dict[str, int]:
         return {"envs": len(self.envs)}
+
+    def listeners(self, env: str) -> list[tuple[domain.Endpoint, socket.socket]]:
+        return list(self.held.get(env, []))
+
+    async def connection_counts(self) -> dict[str, int]:
+        return dict(self.counts)
 
     async def sweep(self, keep_envs: Collection[str]) -> None:
         keep = set(keep_envs)

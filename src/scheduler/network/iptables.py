@@ -185,6 +185,32 @@ def restore_script(desired: Ruleset, current: Ruleset) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
+def hostport_counts(names: Names, saved_nat: str) -> dict[tuple[str, int, str], int]:
+    """Connections each published port forwarded, from ``iptables-save -c -t nat``.
+
+    Keyed by (host_ip, host_port, protocol). The nat table sees only the first packet of a
+    connection, so a rule's packet counter is the number of connections it matched: reading it is
+    one short command for every environment, with nothing to track per connection.
+    """
+    out: dict[tuple[str, int, str], int] = {}
+    head = f"-A {names.hostports_chain} "
+    for line in saved_nat.splitlines():
+        counters, _, rule = line.partition(" ")
+        if not rule.startswith(head) or " MARK " in rule or not counters.startswith("["):
+            continue
+        parts = rule.split()
+        try:
+            packets = int(counters[1:].split(":", 1)[0])
+            port = int(parts[parts.index("--dport") + 1])
+            protocol = parts[parts.index("-p") + 1]
+        except (ValueError, IndexError):
+            continue
+        host_ip = parts[parts.index("-d") + 1].removesuffix("/32") if "-d" in parts else "0.0.0.0"
+        key = (host_ip, port, protocol)
+        out[key] = out.get(key, 0) + packets
+    return out
+
+
 def removal_script(existing: dict[str, set[str]]) -> str:
     """iptables-restore input that flushes and deletes the given chains."""
     out: list[str] = []
@@ -298,6 +324,10 @@ class Iptables:
         """Read our chains, rules and jumps from the kernel."""
         texts = {t: await self._run(["iptables-save", "-t", t]) for t in TABLES}
         return parse_save(self.names, texts)
+
+    async def save_counters(self, table: str) -> str:
+        """``iptables-save -c`` of one table: every rule with its [packets:bytes] counters."""
+        return await self._run(["iptables-save", "-c", "-t", table])
 
     async def restore(self, script: str) -> None:
         """Apply an iptables-restore script touching only the chains it names."""

@@ -63,7 +63,12 @@ def bind(host_ip: str, port: int, protocol: str) -> socket.socket:
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind)
     try:
-        sock.bind((host_ip, port))
+        try:
+            sock.bind((host_ip, port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE or protocol != "tcp":
+                raise
+            _bind_past_time_wait(sock, host_ip, port)
     except OSError as err:
         sock.close()
         if err.errno == errno.EADDRINUSE:
@@ -77,6 +82,20 @@ def bind(host_ip: str, port: int, protocol: str) -> socket.socket:
             f"cannot bind host port {host_ip}:{port}/{protocol}: {err}", field="host_port"
         ) from err
     return sock
+
+
+def _bind_past_time_wait(sock: socket.socket, host_ip: str, port: int) -> None:
+    """Bind once more, past the TIME_WAIT remnants of connections the wake gate served.
+
+    The gate's listening socket allows address reuse (see ``wake.py``), so the connections it
+    accepted leave TIME_WAIT entries that allow it too, for a minute after they close. A bind
+    with SO_REUSEADDR gets past those, and past nothing that listens or that refuses reuse (such
+    as another holder's socket); reuse is then switched off again, so that this socket goes on
+    refusing everyone else's bind.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host_ip, port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
 
 
 class PortHolder:
@@ -132,6 +151,10 @@ class PortHolder:
             f"for service {service!r} of environment {env!r}",
             field="network.port_range",
         )
+
+    def held(self, key: str) -> socket.socket | None:
+        """The socket held for one allocation, if any."""
+        return self._sockets.get(key)
 
     def rehold(self, rec: HostPortRecord) -> bool:
         """Bind an allocation again after a restart; False when someone took it meanwhile."""

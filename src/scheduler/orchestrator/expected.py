@@ -27,3 +27,7 @@ class ExpectedExits:
 
     def __contains__(self, container_id: object) -> bool:
         return container_id in self._ids
+
+    def discard(self, container_id: str) -> None:
+        """Supervise ``container_id`` again: it is being started once more (a stopped environment woken)."""
+        self._ids.pop(container_id, None)

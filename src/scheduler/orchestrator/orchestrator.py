@@ -2,9 +2,9 @@
 
 It composes parts that each fit a screen and know nothing of each other: the operation queue
 (``queue.py``), deploy (``deploy.py``), rollout: update, scale and rollback (``rollout.py``),
-teardown (``teardown.py``), time-to-live expiry (``expiry.py``) and metrics sampling
-(``sampling.py``), over the steps they share (``steps.py``). The supervisor and the service see
-only this facade.
+teardown (``teardown.py``), sleep and wake (``sleep.py``, driven by ``sleeper.py``), time-to-live
+expiry (``expiry.py``) and metrics sampling (``sampling.py``), over the steps they share
+(``steps.py``). The supervisor and the service see only this facade.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from scheduler import domain, errors, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
-from scheduler.orchestrator.admission import Admission, cpu_limit
+from scheduler.orchestrator.admission import for_host
 from scheduler.orchestrator.clone import Cloner, Snapshot, check_cloneable
 from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
@@ -27,6 +27,8 @@ from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.queue import OperationQueue
 from scheduler.orchestrator.rollout import Rollout
 from scheduler.orchestrator.sampling import sample_metrics
+from scheduler.orchestrator.sleep import Sleep
+from scheduler.orchestrator.sleeper import Sleeper, SleepPolicy
 from scheduler.orchestrator.steps import DeployFailure, OrchestratorSettings, container_id
 from scheduler.orchestrator.teardown import Teardown
 from scheduler.orchestrator.templates import Templates
@@ -55,6 +57,7 @@ class Orchestrator:
         events: EventBus,
         settings: OrchestratorSettings,
         observer: Observer = NULL_OBSERVER,
+        sleep: SleepPolicy | None = None,
         templates: Templates | None = None,
         owns: Owns = owns_all,
     ) -> None:
@@ -66,7 +69,7 @@ class Orchestrator:
         self.expected_exits = ExpectedExits()
         """Containers being stopped on purpose; the supervisor does not treat their exits as failures."""
         parts = (ledger, runtime, network, volumes, events, settings, observer, self.expected_exits)
-        admission = Admission(cpu_limit(settings.deploy_concurrency), settings.admission_hold)
+        admission = for_host(settings.deploy_concurrency, settings.admission_hold)
         self._queue = OperationQueue(ledger, observer, admission)
         self._deploy = Deploy(*parts, templates=templates)
         self._rollout = Rollout(*parts, redeploy=self._deploy.run, templates=templates)
@@ -75,6 +78,16 @@ class Orchestrator:
         self._volumes = volumes
         self._cloner = Cloner(runtime, volumes)
         self._expiry = Expiry(ledger, lambda name: self.submit_delete(name, keep_volumes=False))
+        self._sleep = Sleep(*parts)
+        self.sleeper = Sleeper(
+            ledger,
+            network,
+            sleep or SleepPolicy(),
+            submit_stop=self.submit_stop,
+            submit_start=self.submit_start,
+            busy=self.busy,
+        )
+        """Idle watch and wake gates."""
 
     async def start(self) -> None:
         """Resume operations a previous run left unfinished (deploys and deletions); start expiring."""
@@ -88,11 +101,13 @@ class Orchestrator:
                 _log.info("resume.delete", env=env.name)
                 self.submit_delete(env.name, keep_volumes=False)
         self._expiry.start()
+        self.sleeper.start()
 
     async def close(self) -> None:
         """Cancel running operations; their environments are resumed by the next :meth:`start`."""
         await self._expiry.close()
         await self._queue.close()
+        await self.sleeper.close()
 
     @property
     def logs_dir(self) -> Path:
@@ -143,6 +158,8 @@ class Orchestrator:
                 return True
             return False
 
+        # The wake gate goes first: it must not accept on sockets the network is about to close.
+        await self.sleeper.forget(name)
         await retry(lambda: self._teardown.run(name, keep_volumes), transient, DELETE_RETRIES)
 
     async def snapshot(self, name: str) -> Snapshot:
@@ -199,6 +216,28 @@ class Orchestrator:
     async def discard_snapshot(self, snapshot: Snapshot) -> None:
         """Drop a snapshot that will not be installed."""
         await self._cloner.discard(snapshot)
+
+    def submit_stop(self, name: str, reason: str, message: str) -> None:
+        """Put ``name`` to sleep in the background (``reason``: Requested or Idle)."""
+
+        async def stop() -> None:
+            if await self._sleep.stop(name, reason, message):
+                self.sleeper.asleep(name)
+
+        self._queue.submit("stop", name, stop)
+
+    def submit_start(self, name: str, message: str) -> None:
+        """Wake ``name`` in the background; its gate forwards held connections once it is up."""
+
+        async def start() -> None:
+            targets = await self._sleep.start(name, message)
+            env = self._ledger.find(name)
+            if targets is not None:
+                self.sleeper.awake(name, targets)
+            elif env is not None and env.status is EnvironmentStatus.FAILED:
+                self.sleeper.failed(name)
+
+        self._queue.submit("start", name, start)
 
     def busy(self, name: str) -> bool:
         """Whether a deploy, update or delete runs on ``name`` (the supervisor then leaves its status alone)."""

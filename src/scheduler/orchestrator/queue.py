@@ -22,7 +22,7 @@ from scheduler.orchestrator.observer import Observer
 _log = log.get("orchestrator")
 
 Operation = Callable[[], Coroutine[Any, Any, None]]
-ADMITTED = frozenset({"deploy", "update"})
+ADMITTED = frozenset({"deploy", "update", "clone"})
 """Operations that start containers, and so wait for admission."""
 
 

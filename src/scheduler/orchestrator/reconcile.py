@@ -222,6 +222,8 @@ class Reconciler:
                 continue
             if status.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
                 continue  # already accounted for (policy no, or given up)
+            if status.state is ContainerState.STOPPED and env.status is EnvironmentStatus.STOPPED:
+                continue  # asleep on purpose
             report.exited.append(status.container_id)
             if env.status in SUPERVISED:
                 await self._supervisor.container_exited(env.name, status.container_id, status.pid, info.exit_status)

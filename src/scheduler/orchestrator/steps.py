@@ -59,7 +59,7 @@ class OrchestratorSettings:
     host_ip: str = "127.0.0.1"
     """Default host address of published ports."""
     deploy_concurrency: int = 0
-    """Deploys and updates admitted at once; 0: twice the CPUs."""
+    """Deploys and updates admitted at once; 0: from twice the CPUs, growing to eight per CPU."""
     admission_hold: float = 10.0
     """Seconds an admitted deploy holds its slot at most before the next one is admitted anyway."""
 

@@ -88,6 +88,14 @@ class ContainerRuntime(Protocol):
         """Remove the container, its process and rootfs; missing pieces are fine."""
         ...
 
+    async def release(self, container_id: str) -> None:
+        """Delete the container's exited process (and with it its shim and log writer).
+
+        The container and its filesystem stay, so a later ``start`` runs it again. A running
+        process is left alone; no process at all is fine.
+        """
+        ...
+
     async def exec(
         self,
         container_id: str,

@@ -246,6 +246,12 @@ class FakeRuntime:
                 self._exit(container, 137)
             self._emit(domain.TaskEvent(domain.TaskEventKind.DELETE, container_id, container.pid, at=datetime.now(UTC)))
 
+    async def release(self, container_id: str) -> None:
+        self._record("release", container_id)
+        container = self._get(container_id)
+        if container.state == domain.TaskState.STOPPED:
+            container.state = None
+
     async def exec(
         self,
         container_id: str,

@@ -39,6 +39,7 @@ from scheduler.orchestrator.timeline import Timeline
 from scheduler.service.backups import BackupCases
 from scheduler.service.clones import CloneCases
 from scheduler.service.observation import Observation
+from scheduler.service.sleep import SleepAndWake
 from scheduler.service.views import (
     RequestEdit,
     Shown,
@@ -66,7 +67,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvironmentService(BackupCases, CloneCases, Observation):
+class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
     """The scheduler's use cases, in domain terms."""
 
     def __init__(
@@ -222,6 +223,10 @@ class EnvironmentService(BackupCases, CloneCases, Observation):
         if env.status in (EnvironmentStatus.DELETING, EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
             raise errors.FailedPrecondition(
                 f"environment {name!r} is {env.status.value.lower()}; update it once that is over", env=name
+            )
+        if env.status is EnvironmentStatus.STOPPED:
+            raise errors.FailedPrecondition(
+                f"environment {name!r} is stopped; start it (StartEnvironment) before updating it", env=name
             )
         if drain is not None and drain < timedelta(0):
             raise errors.InvalidArgument.of([errors.FieldViolation("drain", "must not be negative")])

@@ -76,6 +76,7 @@ def resolve(
         labels=dict(request.labels),
         network=request.network,
         ttl=request.ttl,
+        sleep_after_idle=request.sleep_after_idle,
     )
 
 

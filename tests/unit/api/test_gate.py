@@ -76,3 +76,16 @@ async def test_prefix_scoped_viewer_and_unknown_callers() -> None:
     with pytest.raises(errors.Unauthenticated, match="no credentials"):
         await gate.admit(SERVICE_PREFIX + "ListStacks", pb.ListStacksRequest(), _Context(), "ipv4:10.0.0.1:1")  # type: ignore[arg-type]
     assert await gate.admit("/grpc.health.v1.Health/Check", None, _Context(), "") is None  # type: ignore[arg-type]
+
+
+async def test_stop_and_start_need_an_operator() -> None:
+    viewer = _gate(RoleBinding(role="viewer", principals=["token:team"]))
+    with pytest.raises(errors.PermissionDenied, match="environments.stop"):
+        await _admit(viewer, "StopEnvironment", pb.StopEnvironmentRequest(name="shop-a"))
+    with pytest.raises(errors.PermissionDenied, match="environments.start"):
+        await _admit(viewer, "StartEnvironment", pb.StartEnvironmentRequest(name="shop-a"))
+    operator = _gate(RoleBinding(role="operator", principals=["token:team"], labels={"team": "b"}))
+    assert await _admit(operator, "StopEnvironment", pb.StopEnvironmentRequest(name="shop-b"))
+    assert await _admit(operator, "StartEnvironment", pb.StartEnvironmentRequest(name="shop-b"))
+    with pytest.raises(errors.PermissionDenied, match="environments.stop on environment 'shop-a'"):
+        await _admit(operator, "StopEnvironment", pb.StopEnvironmentRequest(name="shop-a"))

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from scheduler.orchestrator.admission import Admission, cpu_limit
+from scheduler.orchestrator.admission import Admission, for_host
 
 
 async def test_at_most_limit_run_at_once_in_arrival_order() -> None:
@@ -76,9 +76,38 @@ async def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
     assert admission.active == 0 and admission.waiting == 0
 
 
-def test_the_default_limit_follows_the_cpus() -> None:
-    assert cpu_limit(3) == 3
-    assert cpu_limit(0) >= 2
+def test_the_default_limit_follows_the_cpus_and_a_configured_one_is_fixed() -> None:
+    fixed = for_host(3, hold=10)
+    assert (fixed.limit, fixed.ceiling) == (3, 3)
+    auto = for_host(0, hold=10)
+    assert auto.limit >= 2 and auto.ceiling == 4 * auto.limit
+
+
+async def test_the_limit_grows_as_deploys_end_and_starts_low_again_when_idle() -> None:
+    admission = Admission(2, hold=60, ceiling=4)
+    gates = [asyncio.Event() for _ in range(8)]
+    inside: set[int] = set()
+
+    async def deploy(n: int) -> None:
+        async with admission.slot():
+            inside.add(n)
+            await gates[n].wait()
+            inside.discard(n)
+
+    tasks = [asyncio.create_task(deploy(n)) for n in range(8)]
+    await asyncio.sleep(0.01)
+    assert inside == {0, 1}
+    gates[0].set()  # one ends: the limit grows to 3, so two more come in
+    await asyncio.sleep(0.01)
+    assert inside == {1, 2, 3} and admission.limit == 3
+    gates[1].set()
+    gates[2].set()
+    await asyncio.sleep(0.01)
+    assert admission.limit == 4 and len(inside) == 4  # the ceiling
+    for gate in gates:
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert admission.limit == 2 and admission.active == 0
 
 
 async def test_the_queue_admits_deploys_but_never_holds_back_a_delete() -> None:

@@ -94,6 +94,7 @@ def full_environment(
             labels={"team": "a", "tier": "dev"} if labels is None else labels,
             network=NetworkSettings(subnet="10.88.3.0/24", host_ip="127.0.0.2"),
             ttl=timedelta(hours=2),
+            sleep_after_idle=timedelta(minutes=30),
         ),
         generation=3,
         observed_generation=2,
@@ -155,6 +156,7 @@ def full_request() -> EnvironmentRequest:
         labels={"team": "a"},
         network=NetworkSettings(subnet="10.88.9.0/24"),
         ttl=timedelta(minutes=5),
+        sleep_after_idle=timedelta(minutes=10),
     )
 
 

@@ -80,6 +80,20 @@ type SchedulerServiceClient interface {
 	// first: every step (image pull, container create and start, each health probe, traffic
 	// moved, removal) with its time, so that a slow or failed operation can be explained.
 	ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error)
+	// Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+	// everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+	// once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+	// daemon itself listens on its published TCP ports: a connection there starts it again and
+	// is served once it is healthy. Stopping a stopped environment changes nothing. With
+	// validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+	// deploying or being deleted; ABORTED when etag is set and no longer matches.
+	StopEnvironment(ctx context.Context, in *StopEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
+	// Starts a stopped environment's containers again, in dependency order and gated on health
+	// as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+	// RUNNING follows. Starting an environment that is not stopped changes nothing. With
+	// validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+	// ABORTED when etag is set and no longer matches.
+	StartEnvironment(ctx context.Context, in *StartEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
 	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
 	// per image digest and parameters, which new environments' data volumes start as a copy of.
 	// Each names the environments seeded from it that still exist; unused ones are collected.
@@ -293,6 +307,24 @@ func (c *schedulerServiceClient) ListOperations(ctx context.Context, in *ListOpe
 	return out, nil
 }
 
+func (c *schedulerServiceClient) StopEnvironment(ctx context.Context, in *StopEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error) {
+	out := new(Environment)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/StopEnvironment", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerServiceClient) StartEnvironment(ctx context.Context, in *StartEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error) {
+	out := new(Environment)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/StartEnvironment", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *schedulerServiceClient) ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error) {
 	out := new(ListTemplatesResponse)
 	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/ListTemplates", in, out, opts...)
@@ -387,6 +419,20 @@ type SchedulerServiceServer interface {
 	// first: every step (image pull, container create and start, each health probe, traffic
 	// moved, removal) with its time, so that a slow or failed operation can be explained.
 	ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error)
+	// Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+	// everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+	// once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+	// daemon itself listens on its published TCP ports: a connection there starts it again and
+	// is served once it is healthy. Stopping a stopped environment changes nothing. With
+	// validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+	// deploying or being deleted; ABORTED when etag is set and no longer matches.
+	StopEnvironment(context.Context, *StopEnvironmentRequest) (*Environment, error)
+	// Starts a stopped environment's containers again, in dependency order and gated on health
+	// as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+	// RUNNING follows. Starting an environment that is not stopped changes nothing. With
+	// validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+	// ABORTED when etag is set and no longer matches.
+	StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error)
 	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
 	// per image digest and parameters, which new environments' data volumes start as a copy of.
 	// Each names the environments seeded from it that still exist; unused ones are collected.
@@ -454,6 +500,12 @@ func (UnimplementedSchedulerServiceServer) ReloadConfiguration(context.Context, 
 }
 func (UnimplementedSchedulerServiceServer) ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListOperations not implemented")
+}
+func (UnimplementedSchedulerServiceServer) StopEnvironment(context.Context, *StopEnvironmentRequest) (*Environment, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StopEnvironment not implemented")
+}
+func (UnimplementedSchedulerServiceServer) StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartEnvironment not implemented")
 }
 func (UnimplementedSchedulerServiceServer) ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListTemplates not implemented")
@@ -771,6 +823,42 @@ func _SchedulerService_ListOperations_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_StopEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).StopEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/StopEnvironment",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).StopEnvironment(ctx, req.(*StopEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SchedulerService_StartEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).StartEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/StartEnvironment",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).StartEnvironment(ctx, req.(*StartEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SchedulerService_ListTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListTemplatesRequest)
 	if err := dec(in); err != nil {
@@ -884,6 +972,14 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOperations",
 			Handler:    _SchedulerService_ListOperations_Handler,
+		},
+		{
+			MethodName: "StopEnvironment",
+			Handler:    _SchedulerService_StopEnvironment_Handler,
+		},
+		{
+			MethodName: "StartEnvironment",
+			Handler:    _SchedulerService_StartEnvironment_Handler,
 		},
 		{
 			MethodName: "ListTemplates",

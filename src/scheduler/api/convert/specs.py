@@ -39,6 +39,11 @@ def request_from_proto(spec: pb.EnvironmentSpecification, field: str = "spec") -
     ttl = duration_from_proto(spec.ttl, f"{field}.ttl") if spec.HasField("ttl") else None
     if ttl is not None and ttl <= timedelta(0):
         violations.append(FieldViolation(f"{field}.ttl", "must be positive"))
+    idle = None
+    if spec.HasField("sleep_after_idle"):
+        idle = duration_from_proto(spec.sleep_after_idle, f"{field}.sleep_after_idle")
+        if idle < timedelta(0):
+            violations.append(FieldViolation(f"{field}.sleep_after_idle", "must not be negative"))
     if violations:
         raise InvalidArgument.of(violations)
     return domain.EnvironmentRequest(
@@ -48,6 +53,7 @@ def request_from_proto(spec: pb.EnvironmentSpecification, field: str = "spec") -
         labels=dict(spec.labels),
         network=domain.NetworkSettings(subnet=spec.network.subnet, host_ip=spec.network.host_ip),
         ttl=ttl,
+        sleep_after_idle=idle,
     )
 
 
@@ -171,6 +177,8 @@ def request_to_proto(request: domain.EnvironmentRequest) -> pb.EnvironmentSpecif
     )
     if request.ttl is not None:
         out.ttl.CopyFrom(duration_to_proto(request.ttl))
+    if request.sleep_after_idle is not None:
+        out.sleep_after_idle.CopyFrom(duration_to_proto(request.sleep_after_idle))
     return out
 
 

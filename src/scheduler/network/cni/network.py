@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -273,6 +274,23 @@ class CniNetwork(EnvironmentNetworks):
         async with self._lock:
             return tuple(endpoint_of(p) for p in self._state.ports if p.env == env)
 
+    def listeners(self, env: str) -> list[tuple[domain.Endpoint, socket.socket]]:
+        """Our held sockets on the environment's published TCP ports."""
+        out = []
+        for rec in self._state.ports:
+            sock = self._ports.held(rec.key) if rec.env == env and rec.protocol == "tcp" else None
+            if sock is not None:
+                out.append((endpoint_of(rec), sock))
+        return out
+
+    async def connection_counts(self) -> dict[str, int]:
+        """Per environment, connections forwarded by its host port rules (one iptables-save)."""
+        counts = iptables.hostport_counts(self.names, await self._ipt.save_counters("nat"))
+        out: dict[str, int] = {}
+        for rec in list(self._state.ports):
+            out[rec.env] = out.get(rec.env, 0) + counts.get((rec.host_ip, rec.host_port, rec.protocol), 0)
+        return out
+
     async def unpublish_environment(self, env: str) -> None:
         """Release every host port of the environment; idempotent."""
         async with self._lock:
@@ -289,11 +307,11 @@ class CniNetwork(EnvironmentNetworks):
         ``services``, ``containers``, ``hosts_files``.
         """
         saved = await self._ipt.save()
-        bridges = links.bridges(self.names.iface_prefix)
+        bridges = await links.bridges(self.names.iface_prefix)
         return {
             "netns": count_files(self._netns_dir),
             "bridges": len(bridges),
-            "veths": sum(len(links.bridge_ports(b)) for b in bridges),
+            "veths": sum([len(await links.bridge_ports(b)) for b in bridges]),
             "iptables_chains": sum(len(c) for c in saved.chains.values()),
             "iptables_rules": saved.rules,
             "iptables_jumps": sum(len(j) for j in saved.jumps.values()),
@@ -322,7 +340,7 @@ class CniNetwork(EnvironmentNetworks):
                 for path in self._netns_dir.iterdir():
                     if path.name not in containers and path.name not in self._pending:
                         await netns.remove(path)
-            for bridge in links.bridges(self.names.iface_prefix):
+            for bridge in await links.bridges(self.names.iface_prefix):
                 if bridge not in bridges:
                     await links.delete_link(bridge)
             for directory in subdirs(self._ipam_dir):

@@ -138,6 +138,11 @@ class ContainerdRuntime:
             signal = record.labels.get(L.STOP_SIGNAL, "SIGTERM")
         return await self.tasks.stop(container_id, grace, signal)
 
+    async def release(self, container_id: str) -> None:
+        """Delete the container's exited task, keeping the container and its snapshot."""
+        check_name(container_id, "container.id")
+        await self.tasks.release(container_id)
+
     async def wait(self, container_id: str) -> domain.ExitStatus:
         """Block until the process exits."""
         check_name(container_id, "container.id")

@@ -306,6 +306,13 @@ class TaskManager:
                 return
         await self._delete_task(container_id)
 
+    async def release(self, container_id: str) -> None:
+        """Delete an exited or never started task (its shim goes with it); a running one, or none, is left alone."""
+        task = await self.get(container_id)
+        if task is None or task.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
+            return
+        await self._force_delete_task(container_id)
+
     async def _delete_task(self, container_id: str) -> None:
         async def delete() -> None:
             with contextlib.suppress(NotFound):

@@ -78,7 +78,10 @@ class Pump:
             for fd, _ in self._poller.poll(None if wait is None else int(wait * 1000) + 1):
                 handler = self._handlers.get(fd)
                 if handler is not None:
-                    handler()
+                    try:
+                        handler()
+                    except Exception:  # noqa: BLE001, S110 - a bad client must not end every container's logs
+                        pass
                 elif fd in self._streams:
                     self._copy(fd)
 

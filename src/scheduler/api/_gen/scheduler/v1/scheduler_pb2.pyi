@@ -127,7 +127,10 @@ class _EnvironmentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Env
     ENVIRONMENT_STATUS_FAILED: _EnvironmentStatus.ValueType  # 5
     """Deployment failed; conditions say which service and why."""
     ENVIRONMENT_STATUS_STOPPED: _EnvironmentStatus.ValueType  # 6
-    """Containers are stopped on purpose."""
+    """Asleep: containers are stopped on purpose (StopEnvironment, or idle), while volumes, ports
+    and addresses are kept; the "Sleeping" condition says why and since when. A connection to a
+    published TCP port, or StartEnvironment, wakes it.
+    """
     ENVIRONMENT_STATUS_DELETING: _EnvironmentStatus.ValueType  # 7
     """Being removed."""
 
@@ -152,7 +155,10 @@ ENVIRONMENT_STATUS_DEGRADED: EnvironmentStatus.ValueType  # 4
 ENVIRONMENT_STATUS_FAILED: EnvironmentStatus.ValueType  # 5
 """Deployment failed; conditions say which service and why."""
 ENVIRONMENT_STATUS_STOPPED: EnvironmentStatus.ValueType  # 6
-"""Containers are stopped on purpose."""
+"""Asleep: containers are stopped on purpose (StopEnvironment, or idle), while volumes, ports
+and addresses are kept; the "Sleeping" condition says why and since when. A connection to a
+published TCP port, or StartEnvironment, wakes it.
+"""
 ENVIRONMENT_STATUS_DELETING: EnvironmentStatus.ValueType  # 7
 """Being removed."""
 Global___EnvironmentStatus: _TypeAlias = EnvironmentStatus  # noqa: Y015
@@ -371,6 +377,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """Nothing happened for heartbeat_interval; sequence is the latest one published, so a
     client resuming later may pass it as since.
     """
+    EVENT_TYPE_ENVIRONMENT_STOPPED: _EventType.ValueType  # 18
+    """The environment's containers were stopped (on request or after being idle); it sleeps."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """Kind of an event."""
@@ -415,6 +423,8 @@ EVENT_TYPE_HEARTBEAT: EventType.ValueType  # 17
 """Nothing happened for heartbeat_interval; sequence is the latest one published, so a
 client resuming later may pass it as since.
 """
+EVENT_TYPE_ENVIRONMENT_STOPPED: EventType.ValueType  # 18
+"""The environment's containers were stopped (on request or after being idle); it sleeps."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -495,6 +505,7 @@ class EnvironmentSpecification(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    SLEEP_AFTER_IDLE_FIELD_NUMBER: _builtins.int
     stack: _builtins.str
     """Name of a stack from ListStacks, e.g. "web-postgres". It cannot change after creation."""
     @_builtins.property
@@ -521,6 +532,13 @@ class EnvironmentSpecification(_message.Message):
         (Environment.expire_time tells when).
         """
 
+    @_builtins.property
+    def sleep_after_idle(self) -> _duration_pb2.Duration:
+        """Put the environment to sleep (as StopEnvironment does) once no new connection reached its
+        published ports for this long; the next connection wakes it. Unset: the daemon's
+        sleep.idle_after (off unless configured); zero: never.
+        """
+
     def __init__(
         self,
         *,
@@ -530,10 +548,11 @@ class EnvironmentSpecification(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         network: Global___NetworkSpecification | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        sleep_after_idle: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "sleep_after_idle", b"sleep_after_idle", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "network", b"network", "parameters", b"parameters", "services", b"services", "stack", b"stack", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "network", b"network", "parameters", b"parameters", "services", b"services", "sleep_after_idle", b"sleep_after_idle", "stack", b"stack", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1601,6 +1620,82 @@ class DeleteEnvironmentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEnvironmentRequest: _TypeAlias = DeleteEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class StopEnvironmentRequest(_message.Message):
+    """StopEnvironmentRequest puts an environment to sleep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Environment name."""
+    etag: _builtins.str
+    """The etag of the environment as last read; when set and no longer current, the call fails
+    with ABORTED and stops nothing.
+    """
+    request_id: _builtins.str
+    """Client-chosen id making retries idempotent: a retry of a call that was accepted returns the
+    environment as it is now and stops nothing again (even if it was started meanwhile).
+    """
+    validate_only: _builtins.bool
+    """Check the request (name, state, etag) and return the environment; stop nothing."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopEnvironmentRequest: _TypeAlias = StopEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class StartEnvironmentRequest(_message.Message):
+    """StartEnvironmentRequest wakes a stopped environment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Environment name."""
+    etag: _builtins.str
+    """The etag of the environment as last read; when set and no longer current, the call fails
+    with ABORTED and starts nothing.
+    """
+    request_id: _builtins.str
+    """Client-chosen id making retries idempotent: a retry of a call that was accepted returns the
+    environment as it is now and starts nothing again (even if it was stopped meanwhile).
+    """
+    validate_only: _builtins.bool
+    """Check the request (name, state, etag) and return the environment; start nothing."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartEnvironmentRequest: _TypeAlias = StartEnvironmentRequest  # noqa: Y015
 
 @_typing.final
 class ListEnvironmentsRequest(_message.Message):

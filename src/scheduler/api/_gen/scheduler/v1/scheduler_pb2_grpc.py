@@ -120,6 +120,16 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.FromString,
                 _registered_method=True)
+        self.StopEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/StopEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.StopEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+                _registered_method=True)
+        self.StartEnvironment = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/StartEnvironment',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+                _registered_method=True)
         self.ListTemplates = channel.unary_unary(
                 '/scheduler.v1.SchedulerService/ListTemplates',
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListTemplatesRequest.SerializeToString,
@@ -289,6 +299,30 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopEnvironment(self, request, context):
+        """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+        everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+        once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+        daemon itself listens on its published TCP ports: a connection there starts it again and
+        is served once it is healthy. Stopping a stopped environment changes nothing. With
+        validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+        deploying or being deleted; ABORTED when etag is set and no longer matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartEnvironment(self, request, context):
+        """Starts a stopped environment's containers again, in dependency order and gated on health
+        as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+        RUNNING follows. Starting an environment that is not stopped changes nothing. With
+        validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+        ABORTED when etag is set and no longer matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTemplates(self, request, context):
         """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
         per image digest and parameters, which new environments' data volumes start as a copy of.
@@ -399,6 +433,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListOperations,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'StopEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.StopEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
+            ),
+            'StartEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEnvironment,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Environment.SerializeToString,
             ),
             'ListTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplates,
@@ -854,6 +898,60 @@ class SchedulerService:
             '/scheduler.v1.SchedulerService/ListOperations',
             scheduler_dot_v1_dot_scheduler__pb2.ListOperationsRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/StopEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.StopEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/StartEnvironment',
+            scheduler_dot_v1_dot_scheduler__pb2.StartEnvironmentRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Environment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,6 +114,22 @@ class SchedulerServiceStub:
     first: every step (image pull, container create and start, each health probe, traffic
     moved, removal) with its time, so that a slow or failed operation can be explained.
     """
+    StopEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StopEnvironmentRequest, _scheduler_pb2.Environment]
+    """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+    everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+    once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+    daemon itself listens on its published TCP ports: a connection there starts it again and
+    is served once it is healthy. Stopping a stopped environment changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+    deploying or being deleted; ABORTED when etag is set and no longer matches.
+    """
+    StartEnvironment: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StartEnvironmentRequest, _scheduler_pb2.Environment]
+    """Starts a stopped environment's containers again, in dependency order and gated on health
+    as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+    RUNNING follows. Starting an environment that is not stopped changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+    ABORTED when etag is set and no longer matches.
+    """
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]
     """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
     per image digest and parameters, which new environments' data volumes start as a copy of.
@@ -214,6 +230,22 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
     first: every step (image pull, container create and start, each health probe, traffic
     moved, removal) with its time, so that a slow or failed operation can be explained.
+    """
+    StopEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StopEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+    everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+    once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+    daemon itself listens on its published TCP ports: a connection there starts it again and
+    is served once it is healthy. Stopping a stopped environment changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+    deploying or being deleted; ABORTED when etag is set and no longer matches.
+    """
+    StartEnvironment: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StartEnvironmentRequest, _scheduler_pb2.Environment]  # type: ignore[assignment]
+    """Starts a stopped environment's containers again, in dependency order and gated on health
+    as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+    RUNNING follows. Starting an environment that is not stopped changes nothing. With
+    validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+    ABORTED when etag is set and no longer matches.
     """
     ListTemplates: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
@@ -408,6 +440,34 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the timelines of an environment's recent deploys, updates and deletions, oldest
         first: every step (image pull, container create and start, each health probe, traffic
         moved, removal) with its time, so that a slow or failed operation can be explained.
+        """
+
+    @_abc_1.abstractmethod
+    def StopEnvironment(
+        self,
+        request: _scheduler_pb2.StopEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Puts an environment to sleep: stops its containers in reverse dependency order and keeps
+        everything else (containers' filesystems, volumes, published ports, addresses). Returns at
+        once; the status turns STOPPED with a "Sleeping" condition saying why. While it sleeps the
+        daemon itself listens on its published TCP ports: a connection there starts it again and
+        is served once it is healthy. Stopping a stopped environment changes nothing. With
+        validate_only, checks the request only. FAILED_PRECONDITION while the environment is
+        deploying or being deleted; ABORTED when etag is set and no longer matches.
+        """
+
+    @_abc_1.abstractmethod
+    def StartEnvironment(
+        self,
+        request: _scheduler_pb2.StartEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Environment, _abc.Awaitable[_scheduler_pb2.Environment]]:
+        """Starts a stopped environment's containers again, in dependency order and gated on health
+        as a deploy is, on the addresses and ports it kept. Returns at once with status DEPLOYING;
+        RUNNING follows. Starting an environment that is not stopped changes nothing. With
+        validate_only, checks the request only. FAILED_PRECONDITION while it is being deleted;
+        ABORTED when etag is set and no longer matches.
         """
 
     @_abc_1.abstractmethod
