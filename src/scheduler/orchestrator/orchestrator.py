@@ -219,6 +219,8 @@ class Orchestrator:
 
     def submit_stop(self, name: str, reason: str, message: str) -> None:
         """Put ``name`` to sleep in the background (``reason``: Requested or Idle)."""
+        if not self._mine(name):
+            return
 
         async def stop() -> None:
             if await self._sleep.stop(name, reason, message):
@@ -228,6 +230,8 @@ class Orchestrator:
 
     def submit_start(self, name: str, message: str) -> None:
         """Wake ``name`` in the background; its gate forwards held connections once it is up."""
+        if not self._mine(name):
+            return
 
         async def start() -> None:
             targets = await self._sleep.start(name, message)
