@@ -234,6 +234,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 log_max_files=settings.container_logs.max_files,
                 pull_policy=domain.PullPolicy(settings.images.pull_policy),
                 host_ip=settings.network.host_ip,
+                sleep_keeps_tasks=settings.sleep.keep_tasks,
                 deploy_concurrency=settings.deploys.concurrency,
                 admission_hold=settings.deploys.hold_seconds,
             ),

@@ -206,6 +206,8 @@ class Reconciler:
             info = present.get(status.container_id)
             if spec is None:
                 continue
+            if status.state is ContainerState.STOPPED and env.status is EnvironmentStatus.STOPPED:
+                continue  # asleep on purpose (a task kept created for a quick wake is no process to adopt)
             if info is None:
                 if status.state in (ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.CREATED):
                     await self._set(
@@ -214,6 +216,11 @@ class Reconciler:
                     report.missing.append(status.container_id)
                 continue
             if info.task_state in _LIVE and info.pid:
+                if info.task_state in (TaskState.PAUSED, TaskState.PAUSING):
+                    # Only a clone's copy freezes a container: a daemon stopped mid-copy must not
+                    # leave its source frozen.
+                    await self._runtime.resume(status.container_id)
+                    _log.info("reconcile.thawed", env=env.name, container=status.container_id)
                 await self._set(env.name, status.container_id, state=ContainerState.RUNNING, pid=info.pid)
                 up_for = (now() - status.started_at).total_seconds() if status.started_at else 0.0
                 adopted = replace(status, state=ContainerState.RUNNING, pid=info.pid)
@@ -222,8 +229,6 @@ class Reconciler:
                 continue
             if status.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
                 continue  # already accounted for (policy no, or given up)
-            if status.state is ContainerState.STOPPED and env.status is EnvironmentStatus.STOPPED:
-                continue  # asleep on purpose
             report.exited.append(status.container_id)
             if env.status in SUPERVISED:
                 await self._supervisor.container_exited(env.name, status.container_id, status.pid, info.exit_status)

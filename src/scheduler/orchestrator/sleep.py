@@ -10,6 +10,9 @@ Stop first takes every service out of its rules (no backends: new connections to
 port reach the daemon's own socket, where wake on connection holds them), then stops containers
 in reverse dependency order. Start runs the containers again in dependency order, each service
 health-gated before its backends are restored and before the services depending on it start.
+Every task is created first, all at once (shim, log writer, ``runc create``: the slow part of a
+start), or already kept created while asleep (``sleep.keep_tasks``), so that the ordered part
+only starts processes.
 """
 
 from __future__ import annotations
@@ -95,8 +98,13 @@ class Sleep(Steps):
                 _log.warning("stop.failed", container=cid, error=err.message)
         try:
             await self._runtime.release(cid)
+            if self._settings.sleep_keeps_tasks:
+                # Created again at once, not started: the wake then skips the slow part of a start.
+                await self._runtime.prepare_start(cid)
         except errors.NotFound:
             pass
+        except errors.SchedulerError as err:
+            _log.warning("stop.release_failed", container=cid, error=err.message)
         await self._update_container(
             name,
             cid,
@@ -117,6 +125,7 @@ class Sleep(Steps):
             return None
         if env.status is not EnvironmentStatus.STOPPED:
             return None
+        self._observer.step(name, "wake", "", message)
         woken = Condition(SLEEPING, False, "Started", message, last_transition=now())
         env = await self._set_status(
             name, EnvironmentStatus.DEPLOYING, EventType.ENVIRONMENT_DEPLOYING, message, condition=woken
