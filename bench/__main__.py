@@ -19,6 +19,7 @@ BENCHMARKS = [
     "probes",
     "env_create",
     "template_create",
+    "clone",
     "updates",
     "adopt",
     "burst",
@@ -30,6 +31,7 @@ BENCHMARKS = [
 QUICK = {
     "env_create": ["--runs", "2", "--parallel", "5"],
     "template_create": ["--runs", "3"],
+    "clone": ["--size-mb", "100"],
     "adopt": ["--envs", "20", "--runs", "1"],
     "burst": ["--envs", "20"],
     "density": ["--envs", "5"],

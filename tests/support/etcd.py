@@ -98,7 +98,19 @@ class EtcdCluster:
         return tuple(m.endpoint for m in self.members)
 
     @classmethod
-    def start(cls, size: int = 3, parent: Path | None = None) -> EtcdCluster:
+    def start(cls, size: int = 3, parent: Path | None = None, attempts: int = 3) -> EtcdCluster:
+        """Start ``size`` members and wait until all are healthy, on new ports if a member could not
+        bind its own (another session took it between our probe and etcd's bind)."""
+        for attempt in range(attempts):
+            try:
+                return cls._start(size, parent)
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _start(cls, size: int, parent: Path | None) -> EtcdCluster:
         """Start ``size`` members and wait until all are healthy; stops them again on failure."""
         if parent is None and os.access("/dev/shm", os.W_OK):
             parent = Path("/dev/shm")

@@ -97,15 +97,25 @@ class Cloner:
         ]
         staging = await asyncio.to_thread(self._volumes.staging)
         try:
+            started = time.monotonic()
             await self._checkpoint(source)
+            checkpointed = time.monotonic()
             since = time.time()
             for name in present:
                 await asyncio.to_thread(self._volumes.copy_into, source.name, name, staging / name)
+            copied = time.monotonic()
             paused = await self._frozen_pass(source.name, containers, present, staging, since)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(self._volumes.discard, staging))
             raise
-        _log.info("clone.snapshot", env=source.name, volumes=len(present), paused_ms=round(paused * 1000, 1))
+        _log.info(
+            "clone.snapshot",
+            env=source.name,
+            volumes=len(present),
+            checkpoint_s=round(checkpointed - started, 3),
+            first_pass_s=round(copied - checkpointed, 3),
+            paused_ms=round(paused * 1000, 1),
+        )
         return Snapshot(
             source.name, staging, present, timedelta(seconds=paused), tuple(sorted({s.name for s in writers}))
         )

@@ -46,7 +46,7 @@ from scheduler.domain import (
     TaskState,
 )
 from scheduler.network.base import NetworkManager
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor
 from scheduler.runtime.base import ContainerRuntime
@@ -124,7 +124,9 @@ class Reconciler:
         operations: Operations,
         *,
         resume_drain: timedelta = RESUME_DRAIN,
+        owns: Owns = owns_all,
     ) -> None:
+        self._owns = owns
         self._ledger = ledger
         self._resume_drain = resume_drain
         self._runtime = runtime
@@ -136,7 +138,9 @@ class Reconciler:
         """Converge once; safe to repeat (a second run finds nothing to do)."""
         started = time.monotonic()
         report = ReconcileReport()
-        envs = {env.name: env for env in self._ledger.all()}
+        # In a fleet, environments placed on other nodes count as gone here: a node that comes
+        # back after its environments were moved removes its stale containers.
+        envs = {env.name: env for env in self._ledger.all() if self._owns(env)}
         found = await self._runtime.list({labels.OWNER: labels.OWNER_VALUE})
         by_env: dict[str, list[ContainerInfo]] = {}
         for info in found:
@@ -179,6 +183,17 @@ class Reconciler:
         )
         return report
 
+    async def evict(self, name: str) -> list[str]:
+        """Remove this daemon's containers and network of ``name``, which runs elsewhere now.
+
+        The environment's record is left alone: it belongs to the node it was placed on since.
+        """
+        report = ReconcileReport()
+        for info in await self._runtime.list({labels.OWNER: labels.OWNER_VALUE, labels.ENV: name}):
+            await self._remove(name, info.id, report, "its environment runs on another node now")
+        await self._network.sweep([env.name for env in self._ledger.all() if self._owns(env)])
+        return report.removed
+
     async def _adopt_environment(self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport) -> None:
         listed = {c.container_id: c for c in env.containers}
         specs = {s.name: s for s in env.spec.services}
@@ -191,6 +206,8 @@ class Reconciler:
             info = present.get(status.container_id)
             if spec is None:
                 continue
+            if status.state is ContainerState.STOPPED and env.status is EnvironmentStatus.STOPPED:
+                continue  # asleep on purpose (a task kept created for a quick wake is no process to adopt)
             if info is None:
                 if status.state in (ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.CREATED):
                     await self._set(
@@ -199,6 +216,11 @@ class Reconciler:
                     report.missing.append(status.container_id)
                 continue
             if info.task_state in _LIVE and info.pid:
+                if info.task_state in (TaskState.PAUSED, TaskState.PAUSING):
+                    # Only a clone's copy freezes a container: a daemon stopped mid-copy must not
+                    # leave its source frozen.
+                    await self._runtime.resume(status.container_id)
+                    _log.info("reconcile.thawed", env=env.name, container=status.container_id)
                 await self._set(env.name, status.container_id, state=ContainerState.RUNNING, pid=info.pid)
                 up_for = (now() - status.started_at).total_seconds() if status.started_at else 0.0
                 adopted = replace(status, state=ContainerState.RUNNING, pid=info.pid)
@@ -207,8 +229,6 @@ class Reconciler:
                 continue
             if status.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
                 continue  # already accounted for (policy no, or given up)
-            if status.state is ContainerState.STOPPED and env.status is EnvironmentStatus.STOPPED:
-                continue  # asleep on purpose
             report.exited.append(status.container_id)
             if env.status in SUPERVISED:
                 await self._supervisor.container_exited(env.name, status.container_id, status.pid, info.exit_status)

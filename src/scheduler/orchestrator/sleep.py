@@ -10,11 +10,15 @@ Stop first takes every service out of its rules (no backends: new connections to
 port reach the daemon's own socket, where wake on connection holds them), then stops containers
 in reverse dependency order. Start runs the containers again in dependency order, each service
 health-gated before its backends are restored and before the services depending on it start.
+Every task is created first, all at once (shim, log writer, ``runc create``: the slow part of a
+start), or already kept created while asleep (``sleep.keep_tasks``), so that the ordered part
+only starts processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -47,8 +51,13 @@ STOPPABLE = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED, EnvironmentS
 class Sleep(Steps):
     """Stops and starts one environment's containers."""
 
-    async def stop(self, name: str, reason: str, message: str) -> bool:
-        """Stop ``name``'s containers, keeping all else; False when its status no longer allows it."""
+    async def stop(self, name: str, reason: str, message: str, unrouted: Callable[[], None] = lambda: None) -> bool:
+        """Stop ``name``'s containers, keeping all else; False when its status no longer allows it.
+
+        ``unrouted`` is called once no new connection is routed to the containers any more: from
+        then on connections reach the daemon's own sockets, which must listen before the
+        containers go (and before anyone can read STOPPED), or they would be refused.
+        """
         try:
             env = await self._ledger.get(name)
         except errors.NotFound:
@@ -60,6 +69,7 @@ class Sleep(Steps):
                 await self._network.set_backends(name, service.name, [])
             except errors.NotFound:
                 pass
+        unrouted()
         grace = {s.name: s.stop_grace for s in env.spec.services}
         by_service: dict[str, list[ContainerStatus]] = {}
         for status in env.containers:
@@ -95,8 +105,13 @@ class Sleep(Steps):
                 _log.warning("stop.failed", container=cid, error=err.message)
         try:
             await self._runtime.release(cid)
+            if self._settings.sleep_keeps_tasks:
+                # Created again at once, not started: the wake then skips the slow part of a start.
+                await self._runtime.prepare_start(cid)
         except errors.NotFound:
             pass
+        except errors.SchedulerError as err:
+            _log.warning("stop.release_failed", container=cid, error=err.message)
         await self._update_container(
             name,
             cid,
@@ -117,6 +132,7 @@ class Sleep(Steps):
             return None
         if env.status is not EnvironmentStatus.STOPPED:
             return None
+        self._observer.step(name, "wake", "", message)
         woken = Condition(SLEEPING, False, "Started", message, last_transition=now())
         env = await self._set_status(
             name, EnvironmentStatus.DEPLOYING, EventType.ENVIRONMENT_DEPLOYING, message, condition=woken
@@ -132,7 +148,7 @@ class Sleep(Steps):
             return None
         ready = Condition("Ready", True, "Started", "every service is up again", last_transition=now())
         await self._set_status(name, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING, condition=ready)
-        return await self._targets(name)
+        return await self.targets(name)
 
     async def _start_services(self, env: Environment) -> None:
         by_service: dict[str, list[ContainerStatus]] = {}
@@ -177,7 +193,7 @@ class Sleep(Steps):
                     service.name, "CompletedWithError", f"service {service.name} exited with code {failed[0]}"
                 )
 
-    async def _targets(self, name: str) -> dict[PortKey, Target]:
+    async def targets(self, name: str) -> dict[PortKey, Target]:
         """Each published TCP port's first backend: where connections held while waking go."""
         env = await self._ledger.get(name)
         ips = {c.service: c.ip for c in sorted(env.containers, key=lambda c: -c.replica) if c.ip}

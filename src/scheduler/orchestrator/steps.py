@@ -58,6 +58,8 @@ class OrchestratorSettings:
     pull_policy: domain.PullPolicy = domain.PullPolicy.IF_NOT_PRESENT
     host_ip: str = "127.0.0.1"
     """Default host address of published ports."""
+    sleep_keeps_tasks: bool = False
+    """A sleeping environment's containers keep a created, unstarted task (see ``sleep.py``)."""
     deploy_concurrency: int = 0
     """Deploys and updates admitted at once; 0: from twice the CPUs, growing to eight per CPU."""
     admission_hold: float = 60.0

@@ -21,8 +21,9 @@ from scheduler.volumes.copy import copy_file, kept_mode
 
 BLOCK = 1 << 20
 """Unit of comparison and rewrite in the second pass."""
-CLOCK_SLACK = 2.0
-"""Seconds before ``since`` that still count as "changed": file times use a coarse clock."""
+CLOCK_SLACK = 1.0
+"""Seconds before ``since`` that still count as "changed": file times come from a coarse clock and
+are set when a write begins, so a write that began just before ``since`` may still be landing."""
 
 
 @dataclass

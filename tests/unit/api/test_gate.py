@@ -7,7 +7,7 @@ import pytest
 
 from scheduler import errors
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
-from scheduler.api.auth import new_token
+from scheduler.api.auth import LocalUsers, new_token
 from scheduler.api.gate import SERVICE_PREFIX, Gate
 from scheduler.config import AuthSettings, RoleBinding, TokenSettings
 
@@ -76,6 +76,28 @@ async def test_prefix_scoped_viewer_and_unknown_callers() -> None:
     with pytest.raises(errors.Unauthenticated, match="no credentials"):
         await gate.admit(SERVICE_PREFIX + "ListStacks", pb.ListStacksRequest(), _Context(), "ipv4:10.0.0.1:1")  # type: ignore[arg-type]
     assert await gate.admit("/grpc.health.v1.Health/Check", None, _Context(), "") is None  # type: ignore[arg-type]
+
+
+async def test_what_the_gate_remembers_gives_way_to_a_reload() -> None:
+    operator = RoleBinding(role="operator", principals=["token:team"])
+    gate = _gate(operator)
+    for _ in range(2):  # the second time from what the gate remembers
+        assert await _admit(gate, "DeleteEnvironment", pb.DeleteEnvironmentRequest(name="shop-a"))
+    tokens = [TokenSettings(name="team", sha256=DIGEST)]
+    gate.apply(AuthSettings(tokens=tokens, bindings=[RoleBinding(role="viewer", principals=["token:team"])]))
+    with pytest.raises(errors.PermissionDenied, match="environments.delete"):
+        await _admit(gate, "DeleteEnvironment", pb.DeleteEnvironmentRequest(name="shop-a"))
+    gate.apply(AuthSettings(tokens=tokens, bindings=[operator]))
+    assert await _admit(gate, "DeleteEnvironment", pb.DeleteEnvironmentRequest(name="shop-a"))
+
+
+def test_local_users_are_looked_up_again_after_their_time() -> None:
+    users = LocalUsers(ttl=60)
+    first = users.principal(0, 0, 1)
+    assert users.principal(0, 0, 1) is first and first.name == "user:root" and "uid:0" in first.ids
+    assert users.principal(0, 0, 2) is not first  # another process: its own entry
+    expired = LocalUsers(ttl=0)
+    assert expired.principal(0, 0) is not expired.principal(0, 0)
 
 
 async def test_stop_and_start_need_an_operator() -> None:

@@ -88,6 +88,19 @@ async def test_running_containers_are_adopted_without_a_restart(tmp_path: Path, 
     )
 
 
+async def test_a_container_left_frozen_by_an_interrupted_clone_is_thawed(tmp_path: Path, worlds: list[World]) -> None:
+    old = await first_world(tmp_path, worlds)
+    await old.deploy("staging", service("db", RestartMode.NO))
+    db = (await old.env("staging")).containers[0]
+    await old.runtime.pause(db.container_id)  # the daemon stopped during a clone's last pass
+
+    new = await crash_and_restart(old, worlds)
+    report = await Reconciler(new.ledger, new.runtime, new.network, new.supervisor, new.orchestrator).run()
+    assert report.adopted == [db.container_id]
+    assert [c[1] for c in new.runtime.calls_of("resume")] == [db.container_id]
+    assert new.runtime.containers[db.container_id].state is domain.TaskState.RUNNING
+
+
 async def _restarted(world: World, env: str, cid: str) -> bool:
     status = next(c for c in (await world.env(env)).containers if c.container_id == cid)
     return status.restart_count == 1 and status.state is ContainerState.RUNNING

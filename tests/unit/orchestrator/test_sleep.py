@@ -23,7 +23,8 @@ from scheduler.domain import (
     etag,
 )
 from scheduler.errors import Conflict, FailedPrecondition
-from scheduler.orchestrator.sleeper import SleepPolicy
+from scheduler.network.ports import bind
+from scheduler.orchestrator.sleeper import Sleeper, SleepPolicy
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import Catalog
 from tests.unit.orchestrator.test_supervisor import World, make_world, service
@@ -130,3 +131,48 @@ async def test_service_stop_and_start_check_state_etag_and_request_ids(world: Wo
     await svc.delete("s")
     with pytest.raises(FailedPrecondition, match="deleted"):
         await svc.start("s")
+
+
+async def test_with_keep_tasks_a_sleeping_container_keeps_a_created_task(tmp_path: Path) -> None:
+    made = await make_world(tmp_path)
+    try:
+        made.orchestrator._sleep._settings = replace(made.orchestrator._sleep._settings, sleep_keeps_tasks=True)
+        deployed = await made.deploy("k", service("app"))
+        cid = deployed.containers[0].container_id
+        made.runtime.calls.clear()
+        made.orchestrator.submit_stop("k", "Requested", "by a test")
+        await made.orchestrator.wait_idle("k")
+        kinds = [c[0] for c in made.runtime.calls if len(c) > 1 and c[1] == cid]
+        assert kinds[-2:] == ["release", "prepare_start"], kinds
+        assert (await made.env("k")).status is EnvironmentStatus.STOPPED
+    finally:
+        await made.supervisor.close()
+        await made.orchestrator.close()
+
+
+async def test_after_a_restart_a_sleeping_environment_is_held_and_woken_again(world: World) -> None:
+    await world.deploy("r", service("app"))
+    world.orchestrator.submit_stop("r", "Requested", "by a test")
+    await world.orchestrator.wait_idle("r")
+    sock = bind("127.0.0.1", 0, "tcp")
+    endpoint = Endpoint("app", "127.0.0.1", sock.getsockname()[1], 80)
+    world.network.held["r"] = [(endpoint, sock)]
+    woken: list[tuple[str, str]] = []
+    # What a restarted daemon builds over the same ledger: its sleeper holds the ports at start.
+    sleeper = Sleeper(
+        world.ledger,
+        world.network,
+        SleepPolicy(wake_deadline=5),
+        submit_stop=lambda *_: None,
+        submit_start=lambda name, message: woken.append((name, message)),
+        busy=lambda name: False,
+    )
+    sleeper.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.host_port)
+        await world.until("the wake is submitted", lambda: woken)
+        assert woken == [("r", f"woken by a connection to 127.0.0.1:{endpoint.host_port}")]
+        writer.close()
+    finally:
+        await sleeper.close()
+        sock.close()
