@@ -27,7 +27,7 @@ from bench import leftovers
 from bench.serving import bare_grpc_seconds, memory_mb, wait_serving
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import DaemonProcess, daemon_instance, free_port, start_daemon
+from tests.support.daemon import DaemonProcess, free_port, start_daemon
 from tests.support.images import TOOLBOX, build
 
 IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
@@ -95,49 +95,62 @@ def main() -> None:
     archive = build()[TOOLBOX]
     with tempfile.TemporaryDirectory(prefix="adopt", dir="/tmp") as raw:
         tmp = Path(raw)
-        daemon = start_daemon(tmp, {"images": {"preload": [str(archive)]}, "log": {"level": "info"}})
         try:
-            baseline, bare, idle_memory, idle_phases = [], [], [], []
-            for _ in range(args.runs):
-                bare.append(bare_grpc_seconds(free_port()))
-                daemon, serving, _ = restart(tmp, daemon, signal.SIGTERM, {})
-                baseline.append(serving)
-                idle_phases.append(startup_phases(daemon))
-                idle_memory.append(settled_memory(daemon))
-            with daemon.channel() as channel:
-                stub = pb_grpc.SchedulerServiceStub(channel)
-                config = pb.ContainerConfiguration(
-                    command=["sh", "-c", IDLE], restart_policy=pb.RestartPolicy(mode=pb.RESTART_MODE_ALWAYS)
-                )
-                names = [f"adopt-{i:03d}" for i in range(args.envs)]
-                for name in names:
-                    spec = pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
-                    stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=30)
-                deadline = time.monotonic() + 60 + 3 * args.envs
-                while len(expected := pids(stub)) < len(names):
-                    if time.monotonic() > deadline:
-                        raise SystemExit("environments did not all reach RUNNING")
-                    time.sleep(0.2)
-            loaded_memory = settled_memory(daemon)
-            results: dict[str, list[tuple[float, float, float]]] = {"SIGTERM": [], "SIGKILL": []}
-            busy_memory, busy_phases = [], []
-            for _ in range(args.runs):
-                for label, sig in (("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
-                    daemon, serving, adopted = restart(tmp, daemon, sig, expected)
-                    seconds, count = reconcile_seconds(daemon)
-                    if count != len(names):
-                        raise SystemExit(f"reconciliation adopted {count} containers, expected {len(names)}")
-                    results[label].append((serving, seconds, adopted))
-                    busy_phases.append(startup_phases(daemon))
-                    busy_memory.append(settled_memory(daemon))
-            report(args.envs, bare, baseline, results, idle_memory, loaded_memory, busy_memory)
-            print(f"start-up phases, no environment (s): {idle_phases}")
-            print(f"start-up phases, {args.envs} to adopt (s): {busy_phases}")
+            run(tmp, archive, args)
         finally:
+            leftovers.report(leftovers.instances_under(tmp), [tmp])
+
+
+def run(tmp: Path, archive: Path, args: argparse.Namespace) -> None:
+    """Measure; every environment is deleted and the daemon stopped and cleaned up, whatever happened."""
+    daemon = start_daemon(tmp, {"images": {"preload": [str(archive)]}, "log": {"level": "info"}})
+    try:
+        baseline, bare, idle_memory, idle_phases = [], [], [], []
+        for _ in range(args.runs):
+            bare.append(bare_grpc_seconds(free_port()))
+            daemon, serving, _ = restart(tmp, daemon, signal.SIGTERM, {})
+            baseline.append(serving)
+            idle_phases.append(startup_phases(daemon))
+            idle_memory.append(settled_memory(daemon))
+        # Printed now: the part with many environments may not finish on a crowded host.
+        print(f"bare grpc.aio health server, exec to SERVING: {_runs(bare)} s", flush=True)
+        print(f"daemon exec to SERVING, no environments: {_runs(baseline)} s", flush=True)
+        print(f"daemon memory idle (RSS, PSS MB): {idle_memory}; start-up phases: {idle_phases}", flush=True)
+        with daemon.channel() as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            config = pb.ContainerConfiguration(
+                command=["sh", "-c", IDLE], restart_policy=pb.RestartPolicy(mode=pb.RESTART_MODE_ALWAYS)
+            )
+            names = [f"adopt-{i:03d}" for i in range(args.envs)]
+            for name in names:
+                spec = pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
+                stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=30)
+            deadline = time.monotonic() + 60 + 3 * args.envs
+            while len(expected := pids(stub)) < len(names):
+                if time.monotonic() > deadline:
+                    raise SystemExit("environments did not all reach RUNNING")
+                time.sleep(0.2)
+        loaded_memory = settled_memory(daemon)
+        results: dict[str, list[tuple[float, float, float]]] = {"SIGTERM": [], "SIGKILL": []}
+        busy_memory, busy_phases = [], []
+        for _ in range(args.runs):
+            for label, sig in (("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
+                daemon, serving, adopted = restart(tmp, daemon, sig, expected)
+                seconds, count = reconcile_seconds(daemon)
+                if count != len(names):
+                    raise SystemExit(f"reconciliation adopted {count} containers, expected {len(names)}")
+                results[label].append((serving, seconds, adopted))
+                busy_phases.append(startup_phases(daemon))
+                busy_memory.append(settled_memory(daemon))
+        report(args.envs, bare, baseline, results, idle_memory, loaded_memory, busy_memory)
+        print(f"start-up phases, no environment (s): {idle_phases}")
+        print(f"start-up phases, {args.envs} to adopt (s): {busy_phases}")
+    finally:
+        try:
             daemon.delete_all_environments(timeout=120 + args.envs)
+        finally:
             daemon.stop()
             daemon.cleanup()
-        leftovers.report([daemon_instance(daemon)], [tmp])
 
 
 def report(

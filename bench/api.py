@@ -424,6 +424,7 @@ def run(tmp: Path, archives: dict[str, Path], args: argparse.Namespace) -> None:
             try:
                 clean_up(daemon, tmp, args.envs)
             finally:
+                print(f"network instance of the daemon: {daemon_instance(daemon)}", flush=True)
                 leftovers.report([daemon_instance(daemon)], [tmp])
 
 
@@ -437,7 +438,13 @@ def clean_up(daemon: DaemonProcess, tmp: Path, envs: int) -> None:
             daemon.stop()
         finally:
             try:
-                daemon.cleanup()
+                try:
+                    daemon.cleanup()
+                except Exception as err:  # noqa: BLE001 - once more: a busy host fails a teardown step now and then
+                    print(f"cleanup failed ({err!r}); trying once more", file=sys.stderr, flush=True)
+                    time.sleep(5)
+                    daemon.extra["cleaned"] = False
+                    daemon.cleanup()
             finally:
                 swept = sweep_leftovers(tmp)
                 if any(swept.values()):

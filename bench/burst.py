@@ -92,7 +92,8 @@ def one_run(tmp: Path, archive: Path, count: int, concurrency: int, timeout: flo
     finally:
         daemon.stop()
         daemon.cleanup()
-    return times, deleted, leftovers.report([daemon_instance(daemon)], [tmp])
+        left = leftovers.report([daemon_instance(daemon)], [tmp])
+    return times, deleted, left
 
 
 def describe(times: list[float]) -> tuple[float, float, float]:

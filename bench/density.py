@@ -26,7 +26,7 @@ from bench.serving import memory_mb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.runtime import logger
-from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
+from tests.support.daemon import DaemonProcess, start_daemon
 from tests.support.images import build
 from tests.support.processes import cmdline, descendants, processes_naming, shims_of
 
@@ -56,6 +56,34 @@ def host_overhead(daemon: DaemonProcess) -> dict[str, tuple[int, float]]:
     }
 
 
+def measure(
+    tmp: Path, archives: dict[str, Path], envs: int, idle: float
+) -> tuple[list[float], dict[str, tuple[int, float]]]:
+    """Create the environments one after another, idle, measure; then delete them and clean up."""
+    daemon = start_daemon(tmp, {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}})
+    try:
+        times = []
+        with daemon.channel() as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            for index in range(envs):
+                name = f"dense-{index:03d}"
+                started = time.monotonic()
+                stub.CreateEnvironment(
+                    pb.CreateEnvironmentRequest(name=name, spec=pb.EnvironmentSpecification(stack="web-postgres")),
+                    timeout=30,
+                )
+                wait_running(stub, name, timeout=600)
+                times.append(time.monotonic() - started)
+        time.sleep(idle)
+        return times, host_overhead(daemon)
+    finally:
+        try:
+            daemon.delete_all_environments(timeout=120 + 5 * envs)
+        finally:
+            daemon.stop()
+            daemon.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=100)
@@ -64,29 +92,10 @@ def main() -> None:
     archives = build()
     with tempfile.TemporaryDirectory(prefix="density", dir="/tmp") as raw:
         tmp = Path(raw)
-        daemon = start_daemon(
-            tmp, {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
-        )
         try:
-            times = []
-            with daemon.channel() as channel:
-                stub = pb_grpc.SchedulerServiceStub(channel)
-                for index in range(args.envs):
-                    name = f"dense-{index:03d}"
-                    started = time.monotonic()
-                    stub.CreateEnvironment(
-                        pb.CreateEnvironmentRequest(name=name, spec=pb.EnvironmentSpecification(stack="web-postgres")),
-                        timeout=30,
-                    )
-                    wait_running(stub, name, timeout=600)
-                    times.append(time.monotonic() - started)
-            time.sleep(args.idle)
-            overhead = host_overhead(daemon)
+            times, overhead = measure(tmp, archives, args.envs, args.idle)
         finally:
-            daemon.delete_all_environments(timeout=120 + 5 * args.envs)
-            daemon.stop()
-            daemon.cleanup()
-        left = leftovers.report([daemon_instance(daemon)], [tmp])
+            left = leftovers.report(leftovers.instances_under(tmp), [tmp])
     tenth = max(1, args.envs // 10)
     print(
         f"{args.envs} web-postgres created one after another, each RUNNING before the next: "

@@ -39,14 +39,33 @@ def count(instances: Iterable[str], roots: Iterable[Path | str]) -> dict[str, in
     }
 
 
+def instances_under(tmp: Path) -> list[str]:
+    """The network instance of the daemon whose config a benchmark wrote in ``tmp`` (none when it never did)."""
+    import yaml
+
+    config = tmp / "config.yaml"
+    return [str(yaml.safe_load(config.read_text())["network"]["instance"])] if config.exists() else []
+
+
 def _names_link(line: str, instance: str) -> bool:
     return f" {instance}-" in line or f"@{instance}" in line or f" {instance}:" in line
 
 
 def report(instances: Iterable[str], roots: Iterable[Path | str]) -> int:
-    """Print the leftovers line; returns their total (0 when the benchmark cleaned up)."""
+    """Print the leftovers line; returns their total (0 when the benchmark cleaned up).
+
+    Processes and mounts left under ``roots`` (a run cut short leaves its containers) are then
+    ended and unmounted as a test session's sweep does, so that nothing outlives the benchmark;
+    the printed count is what was found before that.
+    """
+    instances, roots = list(instances), [Path(r) for r in roots]
     found = count(instances, roots)
     total = sum(found.values())
     detail = ", ".join(f"{k} {v}" for k, v in found.items() if v)
     print(f"leftovers: {total}" + (f" ({detail})" if detail else ""), flush=True)
+    if found["processes"] or found["mounts"]:
+        from tests.support.leftovers import sweep
+
+        sweep(roots)
+        print(f"  swept: {count(instances, roots)}", flush=True)
     return total

@@ -187,6 +187,7 @@ SPECIFIC_REASONS: dict[str, str] = {
     "EVENTS_EXPIRED": "`since` is older than the event log reaches (metadata `oldest_sequence`)",
     "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",
     "MISSING_PERMISSION": "the caller's role lacks the permission the method needs (metadata names it)",
+    "WRONG_NODE": "logs or metrics asked of a node the environment does not run on (metadata `node`, `address`)",
 }
 """ErrorInfo reasons more specific than their class's, raised with ``reason=`` in src/scheduler."""
 

@@ -4,6 +4,9 @@ Shutdown order (on SIGTERM or SIGINT): health NOT_SERVING -> the API stops accep
 in-flight RPCs the configured grace -> the orchestrator parks its operations (they resume on the
 next start) -> the runtime client closes -> a managed containerd stops (its containers keep
 running under their shims) -> the store closes last.
+
+One cohesive thing, about a screen: the composition root, where every implementation is chosen
+and every daemon setting is converted into what its component takes.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
+from scheduler.cluster.base import Fleet
 from scheduler.cluster.local import SingleNode, host_capacity
+from scheduler.cluster.member import FleetMember, MembershipSettings
 from scheduler.cluster.node import Node
+from scheduler.cluster.placement import Strategy
 from scheduler.config import ImageSettings, Settings
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
@@ -35,7 +41,7 @@ from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
 from scheduler.orchestrator.events import EventBus
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
 from scheduler.orchestrator.reconcile import Reconciler
@@ -216,6 +222,9 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(templates.close)
         timeline = Timeline(await asyncio.to_thread(SqliteTimeline, data_dir / "timeline.db"))
         stack.push_async_callback(timeline.close)
+        me = this_node(settings)
+        # In a fleet this daemon runs only the environments placed on its node.
+        owns: Owns = (lambda env: env.node == me.name) if etcd is not None else owns_all
         orchestrator = Orchestrator(
             ledger,
             runtime,
@@ -240,20 +249,31 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
                 max_pending=settings.sleep.max_pending,
             ),
             templates=templates,
+            owns=owns,
         )
         # The supervisor subscribes before reconciling, so that no exit falls between the two.
-        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder)
+        supervisor = Supervisor(ledger, runtime, network, events, orchestrator, observer=recorder, owns=owns)
         await supervisor.start()
         stack.push_async_callback(supervisor.close)
         phases.mark("orchestrator")
-        await Reconciler(ledger, runtime, network, supervisor, orchestrator).run()
+        reconciler = Reconciler(ledger, runtime, network, supervisor, orchestrator, owns=owns)
+        await reconciler.run()
         await orchestrator.start()
         stack.push_async_callback(orchestrator.close)
+        backup_dir = Path(settings.cluster.backup_dir) if settings.cluster.backup_dir else data_dir / "backups"
+        backups = Backups(store, runtime, volumes, backup_dir)
+        fleet: Fleet = SingleNode(me, ledger)
+        if etcd is not None:
+            member = FleetMember(
+                etcd, settings.cluster.etcd.prefix, me, ledger, orchestrator, reconciler, membership(settings), backups
+            )
+            await member.start()
+            stack.push_async_callback(member.close)
+            fleet = member.fleet
         collecting = asyncio.create_task(templates.run_collector(lambda: [e.name for e in ledger.all()]))
         stack.push_async_callback(_cancel, collecting)
         phases.mark("reconcile")
 
-        backups = Backups(store, runtime, volumes, data_dir / "backups")
         service = EnvironmentService(
             ledger,
             orchestrator,
@@ -262,7 +282,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             settings.limits,
             backups,
             timeline,
-            fleet=SingleNode(this_node(settings), ledger),
+            fleet=fleet,
+            dispatch=etcd is None,
         )
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
         registry.register(collector)
@@ -283,7 +304,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             settings, load or (lambda: settings), LiveTargets(service, server, apply_images, metrics, collector)
         )
         server.set_reload(reloader.reload)
-        schedule = BackupSchedule(store, backups, settings.backups)
+        schedule = BackupSchedule(store, backups, settings.backups, owns=owns)
         schedule.start()
         stack.push_async_callback(schedule.close)
         reloader.on_apply(lambda new: setattr(schedule, "settings", new.backups))
@@ -299,6 +320,16 @@ def image_options(images: ImageSettings) -> ImageOptions:
             for host, r in images.registries.items()
         },
         allowed_registries=tuple(images.allowed_registries),
+    )
+
+
+def membership(settings: Settings) -> MembershipSettings:
+    """How this node takes part in its fleet, from ``cluster``."""
+    cluster = settings.cluster
+    return MembershipSettings(
+        lease_ttl=cluster.lease_ttl,
+        failover_grace=timedelta(seconds=cluster.failover_grace),
+        strategy=Strategy(cluster.placement),
     )
 
 

@@ -380,6 +380,9 @@ FAILURES = [
     ("RestoreEnvironment", {"backup": "no-slash"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "backup"),
     ("RestoreEnvironment", {"backup": "missing/missing-20260101T000000Z.tar"}, "NOT_FOUND", "NOT_FOUND", None),
     ("ListOperations", {"name": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "name"),
+    ("CloneEnvironment", {"source": "missing", "name": "copy"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("StopEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("StartEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
     ("DrainNode", {"node": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "node"),
     ("DrainNode", {"node": "no-such-node"}, "NOT_FOUND", "NOT_FOUND", None),
     # Run with the daemon's configuration file made invalid (see the test).

@@ -29,7 +29,8 @@ __all__ = [
 def register(group: click.Group) -> None:
     """Add the client commands to the top-level command group."""
     from scheduler.client import sleep as _sleep_commands  # noqa: F401 - registers env stop/start
-    from scheduler.client.commands import config_reload, env, events, node, stacks, templates
+    from scheduler.client.commands import env
+    from scheduler.client.daemon_commands import config_reload, events, node, stacks, templates
 
     group.add_command(stacks)
     group.add_command(node)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import click
-from google.protobuf.message import Message
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.client import render
@@ -21,6 +18,10 @@ from scheduler.client.options import (
     wait_options,
 )
 from scheduler.client.spec import SpecError, parse_pairs, status_value
+from scheduler.client.streams import (
+    interruptible,
+    print_stream,
+)
 from scheduler.client.waits import (
     failure_reason,
     wait_gone,
@@ -31,87 +32,8 @@ from scheduler.retry import retry
 UPDATE_ATTEMPTS = 5
 
 
-async def _print_stream(items: AsyncIterator[Any], line: Callable[[Any], str], count: int | None = None) -> None:
-    seen = 0
-    async for item in items:
-        click.echo(line(item))
-        seen += 1
-        if count is not None and seen >= count:
-            return
-
-
-def _interruptible(client: Client, calls: Callable[[SchedulerClient], Any]) -> None:
-    """Run a streaming command until it ends or Ctrl-C, which ends it quietly."""
-    try:
-        client.run(calls)
-    except KeyboardInterrupt:
-        pass
-
-
 def _print_env(env: pb.Environment, output: str) -> None:
     click.echo(render.to_json(env) if output == "json" else render.environment(env))
-
-
-# ------------------------------------------------------------------------------------------------
-# scheduler stacks
-# ------------------------------------------------------------------------------------------------
-
-
-@click.command()
-@output_option
-@connection_options
-def stacks(client: Client, output: str) -> None:
-    """List the precomposed stacks, their services and parameters."""
-    reply = pb.ListStacksResponse(stacks=client.run(lambda api: api.stacks()))
-    click.echo(render.to_json(reply) if output == "json" else render.stacks(reply))
-
-
-# ------------------------------------------------------------------------------------------------
-# scheduler templates ...
-# ------------------------------------------------------------------------------------------------
-
-
-@click.group()
-def templates() -> None:
-    """Inspect the data-directory templates (PostgreSQL's initdb output per image and parameters)."""
-
-
-@templates.command("list")
-@output_option
-@connection_options
-def templates_list(client: Client, output: str) -> None:
-    """List the templates on the daemon's host, oldest first, with the environments seeded from each."""
-    reply = pb.ListTemplatesResponse(templates=client.run(lambda api: api.templates()))
-    click.echo(render.to_json(reply) if output == "json" else "\n".join(render.template(t) for t in reply.templates))
-
-
-# ------------------------------------------------------------------------------------------------
-# scheduler node ...
-# ------------------------------------------------------------------------------------------------
-
-
-@click.group()
-def node() -> None:
-    """List and drain the nodes of a fleet."""
-
-
-@node.command("list")
-@output_option
-@connection_options
-def node_list(client: Client, output: str) -> None:
-    """List the live nodes: address, CPU and memory allocated of capacity, environments, labels."""
-    reply = pb.ListNodesResponse(nodes=client.run(lambda api: api.nodes()))
-    click.echo(render.to_json(reply) if output == "json" else render.nodes(reply))
-
-
-@node.command("drain")
-@click.argument("name")
-@output_option
-@connection_options
-def node_drain(client: Client, name: str, output: str) -> None:
-    """Mark node NAME draining: it takes no new environment, and its environments move to others."""
-    reply = pb.ListNodesResponse(nodes=[client.run(lambda api: api.drain_node(name))])
-    click.echo(render.to_json(reply.nodes[0]) if output == "json" else render.nodes(reply))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,9 +261,9 @@ def env_logs(
     """Print the log lines of environment NAME's containers, each prefixed by SERVICE-REPLICA."""
     streams = {"both": pb.LOG_STREAM_UNSPECIFIED, "stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
     lines = render.to_json_line if output == "json" else render.log_line
-    _interruptible(
+    interruptible(
         client,
-        lambda api: _print_stream(
+        lambda api: print_stream(
             api.logs(name, services=services, tail=tail, follow=follow, stream=streams[stream]), lines
         ),
     )
@@ -405,37 +327,3 @@ def env_backups(client: Client, name: str, output: str) -> None:
 def env_restore(client: Client, backup: str, name: str, output: str) -> None:
     """Create an environment from archive BACKUP (an id from `env backups`); waits until it runs."""
     _print_env(client.run(lambda api: api.restore(backup, name)), output)
-
-
-@click.command("reload")
-@output_option
-@connection_options
-def config_reload(client: Client, output: str) -> None:
-    """Make the daemon re-read its configuration file, as SIGHUP does (admin only)."""
-    reply = client.run(lambda api: api.reload_configuration())
-    if output == "json":
-        click.echo(render.to_json(reply))
-        return
-    click.echo("applied: " + (", ".join(reply.applied) or "nothing changed"))
-    if reply.needs_restart:
-        click.echo("needs a restart: " + ", ".join(reply.needs_restart))
-
-
-# ------------------------------------------------------------------------------------------------
-# scheduler events
-# ------------------------------------------------------------------------------------------------
-
-
-@click.command()
-@click.option("--env", "name", default="", help="Only events of this environment.")
-@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
-@click.option("--since", type=click.IntRange(min=0), help="First replay the events after this sequence.")
-@output_option
-@connection_options
-def events(client: Client, name: str, count: int | None, since: int | None, output: str) -> None:
-    """Stream environment and container events as they happen, until interrupted.
-
-    A dropped connection (a daemon restart) is resumed from the last event received.
-    """
-    lines: Callable[[Message], str] = render.to_json_line if output == "json" else render.event  # type: ignore[assignment]
-    _interruptible(client, lambda api: _print_stream(api.events(name, since=since), lines, count))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from scheduler.cluster.node import Node
+from scheduler.domain import Environment, EnvironmentSpec
 
 
 class Fleet(Protocol):
@@ -12,6 +13,22 @@ class Fleet(Protocol):
 
     async def nodes(self) -> list[Node]:
         """The live nodes, by name, with what each offers and what is allocated on it."""
+        ...
+
+    async def admit(self, name: str, spec: EnvironmentSpec) -> None:
+        """Refuse a new environment that no live node has room for now.
+
+        Raises:
+            ResourceExhausted: naming the resource (or label) no node offers.
+        """
+        ...
+
+    async def check_local(self, env: Environment) -> None:
+        """Refuse a node-local call (logs, metrics) about an environment another node runs.
+
+        Raises:
+            FailedPrecondition: reason ``WRONG_NODE``, naming the owner and its API address.
+        """
         ...
 
     async def drain(self, name: str) -> Node:

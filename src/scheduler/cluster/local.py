@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 
 from scheduler.cluster.node import Node, Resources, demand_of
-from scheduler.domain import EnvironmentStatus
+from scheduler.domain import Environment, EnvironmentSpec, EnvironmentStatus
 from scheduler.errors import FailedPrecondition, NotFound
 from scheduler.orchestrator.ledger import Ledger
 
@@ -21,6 +21,12 @@ class SingleNode:
     async def nodes(self) -> list[Node]:
         """This node, with the demand of every environment it holds (deleting ones excluded)."""
         return [replace(self._node, allocated=allocated(self._ledger), leader=True)]
+
+    async def admit(self, name: str, spec: EnvironmentSpec) -> None:
+        """Nothing to check: the daemon's own quotas (``limits``) already bound what it runs."""
+
+    async def check_local(self, env: Environment) -> None:
+        """Nothing to check: every environment runs here."""
 
     async def drain(self, name: str) -> Node:
         """Refuse: there is nowhere to move environments to.

@@ -15,6 +15,7 @@ from scheduler import errors, log
 from scheduler.config import BackupSettings
 from scheduler.domain import EnvironmentStatus
 from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.ledger import Owns, owns_all
 from scheduler.orchestrator.status import now
 from scheduler.storage.base import StateStore
 
@@ -30,8 +31,15 @@ class BackupSchedule:
     """Runs in the background; ``settings`` may be replaced at any time (a reload)."""
 
     def __init__(
-        self, store: StateStore, backups: Backups, settings: BackupSettings, clock: Callable[[], datetime] = now
+        self,
+        store: StateStore,
+        backups: Backups,
+        settings: BackupSettings,
+        clock: Callable[[], datetime] = now,
+        owns: Owns = owns_all,
     ) -> None:
+        self._owns = owns
+        """In a fleet, only the node running an environment can dump its databases."""
         self._store = store
         self._backups = backups
         self._settings = settings
@@ -73,7 +81,7 @@ class BackupSchedule:
         done = []
         async for env in self._store.iterate([EnvironmentStatus.RUNNING]):
             policy = self.settings.policy(env.name)
-            if policy.every <= 0:
+            if policy.every <= 0 or not self._owns(env):
                 continue
             archives = await asyncio.to_thread(self._backups.list, env.name)
             if archives and (self._clock() - archives[0].created_at).total_seconds() < policy.every:

@@ -32,10 +32,21 @@ from scheduler.storage.base import PageKey, StateStore, decode_page_token, effec
 Change = Callable[[Environment], Environment | None]
 """A change to one environment: returns the next state, or None (or the same object) to leave it."""
 
+Owns = Callable[[Environment], bool]
+"""Whether an environment is this daemon's to run (in a fleet: whether it is placed on this node)."""
+
+
+def owns_all(env: Environment) -> bool:
+    """A daemon running alone runs every environment."""
+    return True
+
+
 Watcher = Callable[[Environment | None, Environment | None], None]
 """Called after every applied change with (before, after); None stands for absent."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CHANGE_ATTEMPTS = 5
+"""Times an unconditional change is applied again after another writer got in first."""
 
 
 def _key(env: Environment) -> PageKey:
@@ -172,26 +183,49 @@ class Ledger:
             Conflict: ``expected_revision`` is not the current revision, or the store holds a
                 newer one (then the memory is reloaded from the store).
         """
-        async with self._lock(name):
-            current = await self.get(name)
-            if expected_revision is not None and expected_revision != current.revision:
-                raise errors.Conflict(
-                    f"environment {name!r} is at revision {current.revision}, not {expected_revision}: "
-                    "it changed since it was read; read it again and retry",
-                    env=name,
-                )
-            updated = change(current)
-            if updated is None or updated is current:
-                return current
-            try:
-                written = await self._store.put(updated, expected_revision=current.revision)
-            except errors.Conflict:
-                # Someone wrote behind the ledger's back: take the store's word for it.
-                self._remember(await self._store.get(name))
-                raise
-            self._envs[name] = written
-        self._notify(current, written)
-        return written
+        # A change that names no revision is a function of the current state, so when another
+        # node wrote first (fleet mode) it is applied again to what that node wrote.
+        attempts = 1 if expected_revision is not None else _CHANGE_ATTEMPTS
+        for attempt in range(attempts):
+            async with self._lock(name):
+                current = await self.get(name)
+                if expected_revision is not None and expected_revision != current.revision:
+                    raise errors.Conflict(
+                        f"environment {name!r} is at revision {current.revision}, not {expected_revision}: "
+                        "it changed since it was read; read it again and retry",
+                        env=name,
+                    )
+                updated = change(current)
+                if updated is None or updated is current:
+                    return current
+                try:
+                    written = await self._store.put(updated, expected_revision=current.revision)
+                except errors.Conflict:
+                    # Someone wrote behind the ledger's back: take the store's word for it.
+                    stored = await self._store.get(name)
+                    self._remember(stored)
+                    self._notify(current, stored)
+                    if attempt + 1 == attempts:
+                        raise
+                    continue
+                self._envs[name] = written
+            self._notify(current, written)
+            return written
+        raise AssertionError("unreachable")
+
+    def absorb(self, env: Environment) -> None:
+        """Take a state another node wrote to the shared store (fleet mode), if newer than ours."""
+        current = self._envs.get(env.name)
+        if current is not None and current.uid == env.uid and current.revision >= env.revision:
+            return
+        self._remember(env)
+        self._notify(current, env)
+
+    def absorb_removal(self, name: str) -> None:
+        """Forget an environment another node removed from the shared store (fleet mode)."""
+        before = self._forget(name)
+        if before is not None:
+            self._notify(before, None)
 
     async def change_container(
         self, name: str, container_id: str, *, unless_deleting: bool = False, **changes: Any

@@ -22,7 +22,7 @@ from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
 from scheduler.orchestrator.expiry import Expiry
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.queue import OperationQueue
 from scheduler.orchestrator.rollout import Rollout
@@ -59,8 +59,11 @@ class Orchestrator:
         observer: Observer = NULL_OBSERVER,
         sleep: SleepPolicy | None = None,
         templates: Templates | None = None,
+        owns: Owns = owns_all,
     ) -> None:
         self._ledger = ledger
+        self.owns = owns
+        """Whether an environment is this daemon's to run (in a fleet: placed on this node)."""
         self._runtime = runtime
         self._settings = settings
         self.expected_exits = ExpectedExits()
@@ -89,6 +92,8 @@ class Orchestrator:
     async def start(self) -> None:
         """Resume operations a previous run left unfinished (deploys and deletions); start expiring."""
         for env in self._ledger.all():
+            if not self.owns(env):
+                continue
             if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
                 _log.info("resume.deploy", env=env.name)
                 self.submit_deploy(env.name)
@@ -117,18 +122,31 @@ class Orchestrator:
         """The data-directory templates on the host (none when templates are not in use)."""
         return [] if self._templates is None else await self._templates.list()
 
+    def _mine(self, name: str) -> bool:
+        env = self._ledger.find(name)
+        if env is None or self.owns(env):
+            return True
+        _log.debug("operation.elsewhere", env=name, node=env.node)
+        return False
+
     def submit_deploy(self, name: str) -> None:
-        """Deploy ``name`` in the background."""
+        """Deploy ``name`` in the background (unless another node runs it)."""
+        if not self._mine(name):
+            return
         self._queue.submit("deploy", name, lambda: self._deploy.run(name))
 
     def submit_update(
         self, name: str, previous: Environment, changes: list[domain.ServiceChange], drain: timedelta
     ) -> None:
         """Roll out the stored (new) spec of ``name`` in the background; ``previous`` is the rollback target."""
+        if not self._mine(name):
+            return
         self._queue.submit("update", name, lambda: self._rollout.run(name, previous, changes, drain))
 
     def submit_delete(self, name: str, keep_volumes: bool) -> None:
         """Delete ``name`` in the background, cancelling a deploy that is under way."""
+        if not self._mine(name):
+            return
         self._queue.submit("delete", name, lambda: self._delete(name, keep_volumes), preempt=True)
 
     async def _delete(self, name: str, keep_volumes: bool) -> None:
@@ -201,19 +219,30 @@ class Orchestrator:
 
     def submit_stop(self, name: str, reason: str, message: str) -> None:
         """Put ``name`` to sleep in the background (``reason``: Requested or Idle)."""
+        if not self._mine(name):
+            return
 
         async def stop() -> None:
-            if await self._sleep.stop(name, reason, message):
-                self.sleeper.asleep(name)
+            await self._sleep.stop(name, reason, message, unrouted=lambda: self.sleeper.asleep(name))
 
         self._queue.submit("stop", name, stop)
 
     def submit_start(self, name: str, message: str) -> None:
         """Wake ``name`` in the background; its gate forwards held connections once it is up."""
+        if not self._mine(name):
+            return
 
         async def start() -> None:
             targets = await self._sleep.start(name, message)
             env = self._ledger.find(name)
+            if (
+                targets is None
+                and env is not None
+                and env.status in (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
+            ):
+                # Not stopped after all (a connection came while it was being stopped, or it was
+                # started meanwhile): what the gate holds goes to the running containers.
+                targets = await self._sleep.targets(name)
             if targets is not None:
                 self.sleeper.awake(name, targets)
             elif env is not None and env.status is EnvironmentStatus.FAILED:

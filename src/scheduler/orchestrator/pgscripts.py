@@ -85,6 +85,9 @@ _PREPARE_DATA = r"""
     chmod 700 "$PGDATA"
   fi
   role="\"$(quote "$POSTGRES_USER" '"')\""
+  if [ -z "${POSTGRES_PASSWORD:-}" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+  fi
   sql=""
   if [ -n "${POSTGRES_PASSWORD:-}" ]; then
     sql="ALTER ROLE $role PASSWORD '$(quote "$POSTGRES_PASSWORD" "'")';"

@@ -46,7 +46,7 @@ from scheduler.domain import (
     TaskState,
 )
 from scheduler.network.base import NetworkManager
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.status import now, with_condition
 from scheduler.orchestrator.supervisor import SUPERVISED, Operations, Supervisor
 from scheduler.runtime.base import ContainerRuntime
@@ -124,7 +124,9 @@ class Reconciler:
         operations: Operations,
         *,
         resume_drain: timedelta = RESUME_DRAIN,
+        owns: Owns = owns_all,
     ) -> None:
+        self._owns = owns
         self._ledger = ledger
         self._resume_drain = resume_drain
         self._runtime = runtime
@@ -136,7 +138,9 @@ class Reconciler:
         """Converge once; safe to repeat (a second run finds nothing to do)."""
         started = time.monotonic()
         report = ReconcileReport()
-        envs = {env.name: env for env in self._ledger.all()}
+        # In a fleet, environments placed on other nodes count as gone here: a node that comes
+        # back after its environments were moved removes its stale containers.
+        envs = {env.name: env for env in self._ledger.all() if self._owns(env)}
         found = await self._runtime.list({labels.OWNER: labels.OWNER_VALUE})
         by_env: dict[str, list[ContainerInfo]] = {}
         for info in found:
@@ -178,6 +182,17 @@ class Reconciler:
             seconds=round(time.monotonic() - started, 3),
         )
         return report
+
+    async def evict(self, name: str) -> list[str]:
+        """Remove this daemon's containers and network of ``name``, which runs elsewhere now.
+
+        The environment's record is left alone: it belongs to the node it was placed on since.
+        """
+        report = ReconcileReport()
+        for info in await self._runtime.list({labels.OWNER: labels.OWNER_VALUE, labels.ENV: name}):
+            await self._remove(name, info.id, report, "its environment runs on another node now")
+        await self._network.sweep([env.name for env in self._ledger.all() if self._owns(env)])
+        return report.removed
 
     async def _adopt_environment(self, env: Environment, infos: list[ContainerInfo], report: ReconcileReport) -> None:
         listed = {c.container_id: c for c in env.containers}

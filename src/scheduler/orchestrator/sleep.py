@@ -18,6 +18,7 @@ only starts processes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -50,8 +51,13 @@ STOPPABLE = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED, EnvironmentS
 class Sleep(Steps):
     """Stops and starts one environment's containers."""
 
-    async def stop(self, name: str, reason: str, message: str) -> bool:
-        """Stop ``name``'s containers, keeping all else; False when its status no longer allows it."""
+    async def stop(self, name: str, reason: str, message: str, unrouted: Callable[[], None] = lambda: None) -> bool:
+        """Stop ``name``'s containers, keeping all else; False when its status no longer allows it.
+
+        ``unrouted`` is called once no new connection is routed to the containers any more: from
+        then on connections reach the daemon's own sockets, which must listen before the
+        containers go (and before anyone can read STOPPED), or they would be refused.
+        """
         try:
             env = await self._ledger.get(name)
         except errors.NotFound:
@@ -63,6 +69,7 @@ class Sleep(Steps):
                 await self._network.set_backends(name, service.name, [])
             except errors.NotFound:
                 pass
+        unrouted()
         grace = {s.name: s.stop_grace for s in env.spec.services}
         by_service: dict[str, list[ContainerStatus]] = {}
         for status in env.containers:
@@ -141,7 +148,7 @@ class Sleep(Steps):
             return None
         ready = Condition("Ready", True, "Started", "every service is up again", last_transition=now())
         await self._set_status(name, EnvironmentStatus.RUNNING, EventType.ENVIRONMENT_RUNNING, condition=ready)
-        return await self._targets(name)
+        return await self.targets(name)
 
     async def _start_services(self, env: Environment) -> None:
         by_service: dict[str, list[ContainerStatus]] = {}
@@ -186,7 +193,7 @@ class Sleep(Steps):
                     service.name, "CompletedWithError", f"service {service.name} exited with code {failed[0]}"
                 )
 
-    async def _targets(self, name: str) -> dict[PortKey, Target]:
+    async def targets(self, name: str) -> dict[PortKey, Target]:
         """Each published TCP port's first backend: where connections held while waking go."""
         env = await self._ledger.get(name)
         ips = {c.service: c.ip for c in sorted(env.containers, key=lambda c: -c.replica) if c.ip}

@@ -98,7 +98,7 @@ class Sleeper:
         return self._gates.get(name)
 
     def asleep(self, name: str) -> None:
-        """``name`` went to sleep: hold its published TCP ports."""
+        """``name`` is going to sleep (its ports route nowhere any more): hold its published TCP ports."""
         self._waking.discard(name)
         self._seen.pop(name, None)
         gate = self._gates.get(name)
@@ -141,7 +141,7 @@ class Sleeper:
         if name in self._waking:
             return
         env = self._ledger.find(name)
-        if env is None or env.status is not EnvironmentStatus.STOPPED:
+        if env is None or env.status is EnvironmentStatus.DELETING:
             return
         self._waking.add(name)
         _log.info("wake.connection", env=name, port=endpoint.host_port)

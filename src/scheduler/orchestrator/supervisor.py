@@ -52,7 +52,7 @@ from scheduler.network.base import NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.events import EventBus
 from scheduler.orchestrator.expected import ExpectedExits
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import NULL_OBSERVER, Observer
 from scheduler.orchestrator.policy import Backoff, problems, ready_condition, should_restart
 from scheduler.orchestrator.status import now, with_condition
@@ -124,8 +124,11 @@ class Supervisor:
         resync_interval: float = RESYNC_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer = NULL_OBSERVER,
+        owns: Owns = owns_all,
     ) -> None:
         self._observer = observer
+        self._owns = owns
+        """In a fleet, containers of environments placed on other nodes are not this one's to check."""
         self._ledger = ledger
         self._runtime = runtime
         self._network = network
@@ -242,7 +245,7 @@ class Supervisor:
         differs is touched: an environment whose containers all run as recorded is not written,
         evaluated or probed again.
         """
-        envs = [e for e in self._ledger.all(SUPERVISED) if not self._ops.busy(e.name)]
+        envs = [e for e in self._ledger.all(SUPERVISED) if self._owns(e) and not self._ops.busy(e.name)]
         if not envs:
             return
         found = {info.id: info for info in await self._runtime.list({})}

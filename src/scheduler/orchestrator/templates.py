@@ -49,6 +49,8 @@ _log = log.get("templates")
 TEMPLATE = labels.PREFIX + "template"
 """Label of a template build container: the template's key (such a container has no environment)."""
 _PGDATA = "/var/lib/postgresql/data"
+_NOT_TEMPLATED = ("POSTGRES_INITDB_WALDIR", "POSTGRES_USER_FILE", "POSTGRES_DB_FILE", "POSTGRES_INITDB_ARGS_FILE")
+"""Variables that move data or hide key parameters in files: such services run the image's own first start."""
 FAILED_BUILD_RETRY = timedelta(minutes=10)
 """A key whose build failed is not built again for this long: its deploys use the image's own first start."""
 _VERSION = hashlib.sha256(pgscripts.BUILD.encode()).hexdigest()[:12]
@@ -83,12 +85,13 @@ def plan(service: ServiceSpec, image: domain.Image) -> _Plan | None:
     """Whether ``service`` can start from a template, and from which one; None when it cannot.
 
     It can when it sets the official image's variables (``POSTGRES_USER``), keeps ``PGDATA`` on a
-    writable named volume and puts no WAL elsewhere (``POSTGRES_INITDB_WALDIR``).
+    writable named volume, puts no WAL elsewhere and reads no key parameter from a file
+    (``_NOT_TEMPLATED``; ``POSTGRES_PASSWORD_FILE`` is fine: the password is not in the key).
     """
     env = dict(e.split("=", 1) for e in image.config.env if "=" in e)
     env.update(service.env)
     mount = database_mount(service)
-    if mount is None or mount.read_only or env.get("POSTGRES_INITDB_WALDIR"):
+    if mount is None or mount.read_only or any(env.get(v) for v in _NOT_TEMPLATED):
         return None
     pgdata = env.get("PGDATA", _PGDATA).rstrip("/")
     subpath = pgdata[len(mount.path.rstrip("/")) :].strip("/")

@@ -80,8 +80,12 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
         backups: Backups | None = None,
         timeline: Timeline | None = None,
         fleet: Fleet | None = None,
+        *,
+        dispatch: bool = True,
     ) -> None:
         self._fleet = fleet
+        self._dispatch = dispatch
+        """False in a fleet: the owning node's agent starts operations from the stored change."""
         self._backups = backups
         self._timeline = timeline
         self._ledger = ledger
@@ -125,6 +129,8 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
                 return self._redact(earlier)
             spec = await self._resolve(name, request)
             quotas.check_environment_count(await self._count_environments(), self._limits)
+            if self._fleet is not None:
+                await self._fleet.admit(name, spec)
             created = _now()
             env = pending(name, spec, request, request_id, created)
             if validate_only:
@@ -136,7 +142,8 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
         _log.info("environment.created", env=name, stack=spec.stack)
-        self._orchestrator.submit_deploy(name)
+        if self._dispatch:
+            self._orchestrator.submit_deploy(name)
         return self._redact(env)
 
     async def get(self, name: str) -> Environment:
@@ -186,7 +193,8 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
             await self._ledger.append_history(
                 HistoryEntry(env=name, generation=env.generation, at=_now(), actor=actor, action="delete")
             )
-        self._orchestrator.submit_delete(name, keep_volumes=keep_volumes)
+        if self._dispatch:
+            self._orchestrator.submit_delete(name, keep_volumes=keep_volumes)
         return self._redact(env)
 
     async def update(
@@ -259,7 +267,8 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
         self._events.publish(
             Event(EventType.ENVIRONMENT_UPDATED, name, _now(), message=summary, generation=updated.generation)
         )
-        self._orchestrator.submit_update(name, env, changes, DEFAULT_DRAIN if drain is None else drain)
+        if self._dispatch:
+            self._orchestrator.submit_update(name, env, changes, DEFAULT_DRAIN if drain is None else drain)
         return self._redact(updated), changes
 
     async def history(

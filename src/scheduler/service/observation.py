@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from scheduler import bounds, errors
+from scheduler.cluster.base import Fleet
 from scheduler.domain import (
     ContainerSample,
     Event,
@@ -35,12 +36,15 @@ class Observation:
     _orchestrator: Orchestrator
     _events: EventBus
     _closing: asyncio.Event
+    _fleet: Fleet | None
 
     async def logs(self, name: str, query: LogQuery) -> AsyncIterator[LogLine]:
         """Yield log lines of an environment's containers (and follow them if asked)."""
         check_name(name)
         bounds.check_logs(query)
         env = await self._ledger.get(name)
+        if self._fleet is not None:
+            await self._fleet.check_local(env)
         unknown = [s for s in query.services if s not in {svc.name for svc in env.spec.services}]
         if unknown:
             raise errors.InvalidArgument.of(
@@ -57,6 +61,8 @@ class Observation:
                 raise errors.InvalidArgument.of([errors.FieldViolation("window", "must be positive")])
             bounds.check_duration(window, "window", bounds.MAX_METRICS_WINDOW)
         env = await self._ledger.get(name)
+        if self._fleet is not None:
+            await self._fleet.check_local(env)
         return await self._orchestrator.sample_metrics(env, window or timedelta(seconds=1))
 
     async def watch(

@@ -75,15 +75,42 @@ async def test_a_stale_expected_revision_is_refused_and_changes_nothing() -> Non
     assert done.revision == 3 and created.revision == 1
 
 
-async def test_a_write_behind_the_ledgers_back_is_refused_and_the_ledger_reloads() -> None:
+async def test_a_write_behind_the_ledgers_back_reloads_and_a_conditional_change_is_refused() -> None:
     store = MemoryStateStore()
     ledger = await Ledger.open(store)
     env = await ledger.create(full_environment("alpha", status=EnvironmentStatus.RUNNING))
     sneaky = await store.put(dataclasses.replace(env, status=EnvironmentStatus.FAILED), expected_revision=1)
     with pytest.raises(Conflict):
-        await ledger.change("alpha", lambda e: dataclasses.replace(e, status=EnvironmentStatus.DEGRADED))
+        await ledger.change("alpha", lambda e: dataclasses.replace(e, generation=4), expected_revision=1)
     assert await ledger.get("alpha") == sneaky  # the next change starts from what is stored
     assert (await ledger.change("alpha", lambda e: dataclasses.replace(e, generation=5))).revision == 3
+
+
+async def test_an_unconditional_change_is_applied_again_to_what_another_writer_stored() -> None:
+    store = MemoryStateStore()
+    ledger = await Ledger.open(store)
+    env = await ledger.create(full_environment("alpha", status=EnvironmentStatus.RUNNING))
+    seen: list[tuple[int, int]] = []
+    ledger.watch(lambda before, after: seen.append((before.revision if before else 0, after.revision if after else 0)))
+    await store.put(dataclasses.replace(env, generation=7), expected_revision=env.revision)  # another node's write
+    written = await ledger.change("alpha", lambda e: dataclasses.replace(e, status=EnvironmentStatus.DEGRADED))
+    assert (written.generation, written.status, written.revision) == (7, EnvironmentStatus.DEGRADED, 3)
+    assert seen == [(1, 2), (2, 3)]
+
+
+async def test_absorb_takes_only_newer_states_of_the_same_incarnation() -> None:
+    ledger = await Ledger.open(MemoryStateStore())
+    env = await ledger.create(full_environment("alpha"))
+    seen: list[object] = []
+    ledger.watch(lambda before, after: seen.append(after))
+    ledger.absorb(env)  # the same revision: nothing
+    newer = dataclasses.replace(env, revision=4, node="n2")
+    ledger.absorb(newer)
+    ledger.absorb(dataclasses.replace(env, revision=3))  # older: ignored
+    assert await ledger.get("alpha") == newer and seen == [newer]
+    ledger.absorb_removal("alpha")
+    ledger.absorb_removal("alpha")
+    assert ledger.find("alpha") is None and seen == [newer, None]
 
 
 async def test_reads_come_from_memory_not_the_store() -> None:

@@ -157,7 +157,8 @@ def test_plan_keys_on_the_digest_and_the_parameters_and_skips_what_it_cannot_cop
     assert moved is not None and moved.key != base.key
     nested = plan(dataclasses.replace(SERVICE, env={**SERVICE.env, "PGDATA": "/var/lib/postgresql/data/pg"}), IMAGE)
     assert nested is not None and nested.subpath == "pg"
-    assert plan(dataclasses.replace(SERVICE, env={**SERVICE.env, "POSTGRES_INITDB_WALDIR": "/wal"}), IMAGE) is None
+    for hidden in ("POSTGRES_INITDB_WALDIR", "POSTGRES_USER_FILE", "POSTGRES_DB_FILE"):
+        assert plan(dataclasses.replace(SERVICE, env={**SERVICE.env, hidden: "/x"}), IMAGE) is None
     assert plan(dataclasses.replace(SERVICE, volumes=()), IMAGE) is None
     assert plan(dataclasses.replace(SERVICE, env={}), IMAGE) is None
 

@@ -5,6 +5,9 @@ see :mod:`scheduler.runtime.logger`): it hands the pipes to the host's shared lo
 timestamps every line into ``<log_dir>/stdout.log`` and ``<log_dir>/stderr.log`` and rotates
 them by itself, as their only writer. Neither is the daemon's child, so writing goes on through a
 daemon restart; Tasks.Delete waits until the task's streams are drained.
+
+One cohesive thing, a little longer than a screen: :class:`TaskManager` is the life cycle of a
+task and of its execs through the shim, whose steps share the ordering rules written here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""This daemon as a node of a fleet: the pieces that make it one, started and stopped in order.
+
+Start: the ledger mirror follows etcd (and has applied its first snapshot), the agent takes
+over the environments placed here, the node registers under its lease, and it campaigns for
+placement leadership. Stop: the reverse; the lease is revoked last but one, so the fleet sees
+the node leave at once instead of after the lease TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+from scheduler import log
+from scheduler.cluster.agent import Agent
+from scheduler.cluster.leader import Leader
+from scheduler.cluster.local import allocated
+from scheduler.cluster.mirror import LedgerMirror
+from scheduler.cluster.node import Node
+from scheduler.cluster.placement import Strategy
+from scheduler.cluster.registry import EtcdFleet, NodeRegistry
+from scheduler.errors import Unavailable
+from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.orchestrator import Orchestrator
+from scheduler.orchestrator.reconcile import Reconciler
+from scheduler.storage.etcd import EtcdClient
+
+_log = log.get("cluster")
+
+SYNC_TIMEOUT = 30.0
+"""Seconds the first snapshot of the environments may take before the daemon gives up starting."""
+
+
+@dataclass(frozen=True)
+class MembershipSettings:
+    """How this node takes part: lease TTL, failover grace, placement strategy."""
+
+    lease_ttl: int
+    failover_grace: timedelta
+    strategy: Strategy
+
+
+class FleetMember:
+    """Mirror, agent, registration and leader campaign of one node; see the module docstring."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        node: Node,
+        ledger: Ledger,
+        orchestrator: Orchestrator,
+        reconciler: Reconciler,
+        settings: MembershipSettings,
+        backups: Backups | None = None,
+    ) -> None:
+        self.node = node
+        self.fleet = EtcdFleet(client, prefix, local=node.name)
+        self.mirror = LedgerMirror(client, prefix, ledger)
+        self.agent = Agent(node.name, ledger, orchestrator, reconciler, backups)
+        self.registry = NodeRegistry(client, prefix, node, settings.lease_ttl, lambda: allocated(ledger, node.name))
+        self.leader = Leader(
+            self.fleet,
+            self.registry,
+            ledger,
+            node.name,
+            grace=settings.failover_grace,
+            strategy=settings.strategy,
+        )
+        self._ledger = ledger
+        self._campaign: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Join the fleet.
+
+        Raises:
+            Unavailable: the environments could not be read from etcd in time.
+            AlreadyExists: another live daemon has this node's name.
+        """
+        self.mirror.start()
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                await self.mirror.synced.wait()
+        except TimeoutError as err:
+            await self.mirror.close()
+            raise Unavailable(f"etcd: no snapshot of the environments within {SYNC_TIMEOUT} s") from err
+        self.agent.start()
+        await self.registry.join()
+        self._ledger.watch(lambda before, after: self.registry.changed())
+        self._campaign = asyncio.create_task(self.leader.run(), name="placement-leader")
+        _log.info("node.joined", node=self.node.name, address=self.node.address)
+
+    async def close(self) -> None:
+        """Leave the fleet: stop leading, deregister, stop following."""
+        if self._campaign is not None:
+            self._campaign.cancel()
+            await asyncio.gather(self._campaign, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.registry.close()
+        await self.agent.close()
+        await self.mirror.close()
