@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import click
 
-from scheduler.client.api import ConnectConfig, SchedulerClient
+from scheduler.client.api import SchedulerClient
+from scheduler.client.channel import ConnectConfig
 from scheduler.client.connection import global_connection_options
 from scheduler.client.errors import ApiError, ClientError, ErrorDetails, Violation, WaitFailed
 

@@ -17,9 +17,7 @@ import asyncio
 import builtins
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -28,56 +26,13 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.client.channel import DEFAULT_ADDRESS, ConnectConfig
 from scheduler.client.errors import ApiError, WaitFailed
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 T = TypeVar("T")
 
 RESUMABLE = {"UNAVAILABLE"}
 """Stream failures after which an event stream reconnects (a daemon restart, a dropped connection)."""
-
-
-@dataclass(frozen=True)
-class ConnectConfig:
-    """Where the daemon is and how to reach it; the CLI builds one from its options."""
-
-    address: str = DEFAULT_ADDRESS
-    """``HOST:PORT``, or ``unix:PATH`` for a local socket."""
-    timeout: float = 30.0
-    """Seconds each unary call may take."""
-    ca_file: Path | None = None
-    """Use TLS, trusting this CA bundle (the system's when only ``cert_file`` is set)."""
-    cert_file: Path | None = None
-    """Client certificate for mutual TLS (with ``key_file``)."""
-    key_file: Path | None = None
-    token: str = ""
-    """Bearer token sent as ``authorization`` metadata on every call."""
-
-    def __post_init__(self) -> None:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-
-    @property
-    def tls(self) -> bool:
-        """Whether the channel uses TLS."""
-        return self.ca_file is not None or self.cert_file is not None
-
-    def channel(self) -> grpc.aio.Channel:
-        """Open an asyncio channel with these settings."""
-        if not self.tls:
-            return grpc.aio.insecure_channel(self.address)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
-            private_key=self.key_file.read_bytes() if self.key_file else None,
-            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
-        )
-        return grpc.aio.secure_channel(self.address, credentials)
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Metadata sent with every call."""
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 def _later(env: pb.Environment, than: pb.Environment) -> bool:

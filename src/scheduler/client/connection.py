@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from scheduler.client.api import DEFAULT_ADDRESS, ConnectConfig, SchedulerClient
+from scheduler.client.api import SchedulerClient
+from scheduler.client.channel import DEFAULT_ADDRESS, ConnectConfig
 from scheduler.client.errors import ClientError
 
 ADDRESS_ENV = "SCHEDULER_ADDRESS"
