@@ -20,7 +20,8 @@ from scheduler import errors
 from scheduler.api import fieldmask
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api.auth import Authenticator, Grant, LocalUsers, Principal, in_scope, permission, unscoped
-from scheduler.api.peers import UnixListener, loopback_owner
+from scheduler.api.loopback import loopback_owner
+from scheduler.api.peers import UnixListener
 from scheduler.config import AuthSettings, RoleBinding
 
 SERVICE_PREFIX = "/scheduler.v1.SchedulerService/"

@@ -8,7 +8,7 @@ import pytest
 
 from scheduler import errors
 from scheduler.api.auth import PERMISSIONS, ROLE_METHODS, Authenticator, in_scope, new_token, permission
-from scheduler.api.peers import loopback_owner
+from scheduler.api.loopback import loopback_owner
 from scheduler.config import AuthSettings, RoleBinding, TokenSettings
 
 

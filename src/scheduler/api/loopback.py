@@ -1,0 +1,170 @@
+"""Who owns a loopback TCP client's socket: one sock_diag netlink lookup, as identd answers.
+
+Plaintext TCP carries no credentials, so for a caller on loopback the daemon asks the kernel for
+the uid owning the client's end of the connection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import ipaddress
+import itertools
+import socket
+import struct
+import threading
+
+from scheduler import log
+
+_log = log.get("peers")
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 0x1
+_NLMSG_ERROR = 2
+_TCP_ESTABLISHED = 1
+_NOCOOKIE = 0xFFFFFFFF
+_NLMSGHDR = struct.Struct("=IHHII")
+"""struct nlmsghdr: length, type, flags, sequence, port id."""
+_DIAG_REQUEST = struct.Struct("=BBBBIHH16s16sIII")
+"""struct inet_diag_req_v2 with its inet_diag_sockid (ports in network order, addresses as bytes)."""
+_DIAG_MESSAGE = struct.Struct("=BBBBHH16s16sIIIIIIII")
+"""struct inet_diag_msg: family, state, timer, retrans, sockid, expires, queues, uid, inode."""
+
+
+def loopback_owner(peer: str, server_port: int) -> int | None:
+    """The uid owning the client end of a loopback TCP connection, or None if it is not one.
+
+    ``peer`` is gRPC's form (``ipv4:127.0.0.1:41234``, ``ipv6:[::1]:41234``). The kernel is asked
+    (``NETLINK_SOCK_DIAG``, one exact lookup) for the socket whose local end is the peer's address
+    and port and whose remote port is ``server_port``, in this network namespace: a TCP 4-tuple
+    names at most one live connection, so no other process's socket can answer. Only an
+    established, full socket counts (a time-wait entry reports uid 0). A loopback client reaches
+    a loopback server from its own address in the usual case; the rare client that reached
+    another loopback address is found by a dump the kernel filters on both ports. An IPv4 client
+    may own a dual-stack socket, which the kernel finds by its v4 addresses.
+    """
+    parsed = _parse_peer(peer)
+    if parsed is None:
+        return None
+    address, port = parsed
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_loopback or not 0 < server_port < 65536:
+        return None
+    family = socket.AF_INET if isinstance(address, ipaddress.IPv4Address) else socket.AF_INET6
+    with _DIAG_LOCK:
+        global _diag
+        if _diag is None:
+            _diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+            _diag.settimeout(2)  # the kernel answers at once; never hang the caller
+        try:
+            uid = _diag_owner(_diag, family, address, port, address, server_port, dump=False)
+            families = [family] if family == socket.AF_INET6 else [family, socket.AF_INET6]
+            for dump_family in families if uid is None else ():
+                uid = _diag_owner(_diag, dump_family, address, port, None, server_port, dump=True)
+                if uid is not None:
+                    break
+            return uid
+        except OSError as err:
+            _log.warning("peer.diag_failed", error=str(err))
+            _close_diag()
+            return None
+
+
+_diag: socket.socket | None = None
+"""The netlink socket, kept open: opening one per call cost more than the question."""
+_DIAG_LOCK = threading.Lock()
+_SEQUENCE = itertools.count(1)
+
+
+@atexit.register
+def _close_diag() -> None:
+    global _diag
+    if _diag is not None:
+        _diag.close()
+        _diag = None
+
+
+def _diag_owner(
+    diag: socket.socket,
+    family: int,
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    client_port: int,
+    server: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+    server_port: int,
+    *,
+    dump: bool,
+) -> int | None:
+    """Ask for the socket ``client:client_port -> server:server_port``; its owner's uid if one.
+
+    ``dump`` without ``server``: every socket with both ports (the kernel filters on ports); the
+    client address is then matched here.
+    """
+    if family == socket.AF_INET6:
+        client, server = _as_v6(client), None if server is None else _as_v6(server)
+    server_bytes = server.packed.ljust(16, b"\0") if server is not None else bytes(16)
+    request = _DIAG_REQUEST.pack(
+        family,
+        socket.IPPROTO_TCP,
+        0,
+        0,
+        1 << _TCP_ESTABLISHED,
+        socket.htons(client_port),
+        socket.htons(server_port),
+        client.packed.ljust(16, b"\0"),
+        server_bytes,
+        0,
+        _NOCOOKIE,
+        _NOCOOKIE,
+    )
+    flags = _NLM_F_REQUEST | (0x300 if dump else 0)  # NLM_F_DUMP
+    # The socket is reused: replies to an earlier question (the rest of a dump) carry its sequence.
+    sequence = next(_SEQUENCE) & 0xFFFFFFFF
+    diag.sendto(
+        _NLMSGHDR.pack(_NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY, flags, sequence, 0) + request, (0, 0)
+    )
+    want = {client.packed.ljust(16, b"\0"), _as_v6(client).packed}
+    while True:
+        data = diag.recv(65536)
+        offset = 0
+        answered = False
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                return None
+            body = offset + _NLMSGHDR.size
+            offset += (length + 3) & ~3
+            if seq != sequence:
+                continue
+            answered = True
+            if kind == _NLMSG_ERROR or kind == 3:  # an error (ENOENT: no such socket) or NLMSG_DONE
+                return None
+            if kind != _SOCK_DIAG_BY_FAMILY or length - _NLMSGHDR.size < _DIAG_MESSAGE.size:
+                continue
+            fields = _DIAG_MESSAGE.unpack_from(data, body)
+            state, src, uid, inode = fields[1], fields[6], fields[14], fields[15]
+            sport, dport = socket.ntohs(fields[4]), socket.ntohs(fields[5])
+            if state == _TCP_ESTABLISHED and inode and sport == client_port and dport == server_port and src in want:
+                return int(uid)
+        if answered and not dump:
+            return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    host, _, port = rest.rpartition(":")
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None
+
+
+def _as_v6(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """An address as a dual-stack socket lists it (IPv4 as v4-mapped)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return address
+    return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
