@@ -55,7 +55,7 @@ class NodeRegistry:
         return self._lease
 
     async def join(self) -> None:
-        """Register under a new lease; wait (at most a TTL and a bit) for a predecessor's to lapse.
+        """Register under a new lease; wait (at most two granted TTLs and a bit) for a predecessor's to lapse.
 
         Raises:
             AlreadyExists: another live daemon holds this node name.
@@ -79,8 +79,11 @@ class NodeRegistry:
 
     async def _register(self, wait: float) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
         lease = await Lease.grant(self._client, self._ttl)
+        # etcd may grant more than asked (its minimum TTL follows the election timeout), checks
+        # expiry every half second and renews every lease once more when its leader changes: a
+        # predecessor's lease can outlive one TTL by a good deal on a busy host.
+        deadline = loop.time() + max(wait, 2 * lease.ttl + 2.0)
         try:
             while True:
                 result = await self._client.cas(self._key, self._record(), 0, lease=lease.id)
