@@ -59,9 +59,11 @@ def free_pool() -> str:
 
 
 def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
-    """Remove what a stopped daemon left on the host: containers in its managed containerd, and
-    its network instance (bridges, rules, namespaces)."""
+    """Remove what a stopped daemon left on the host: containers in its managed containerd, its
+    network instance (bridges, rules, namespaces) and its volume filesystem's mount."""
     import asyncio
+
+    from scheduler.volumes.filesystem import release
 
     from scheduler.network.cni import CniNetwork, CniSettings
     from scheduler.runtime.containerd.managed import ManagedContainerd
@@ -81,7 +83,10 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
         await network.start()
         await network.teardown()
 
-    asyncio.run(sweep())
+    try:
+        asyncio.run(sweep())
+    finally:
+        release(data_dir)  # after the containers: theirs are the last users of it
 
 
 def daemon_instance(daemon: DaemonProcess) -> str:
