@@ -197,9 +197,18 @@ class EtcdFleet:
         _log.info("node.drained", node=name)
         return replace(node_from_json(kv.value), draining=True)
 
-    async def undrain(self, name: str) -> None:
-        """Let node ``name`` take new environments again."""
-        await self._client.delete(f"{self._prefix}{DRAINS}{name}")
+    async def undrain(self, name: str) -> Node:
+        """Let node ``name`` take new environments again (Kubernetes' uncordon).
+
+        Raises:
+            NotFound: no live node has that name.
+        """
+        kv = await self._client.get(f"{self._prefix}{NODES}{name}")
+        if kv is None:
+            raise NotFound(f"node {name!r} not found among the live nodes", node=name)
+        if await self._client.delete(f"{self._prefix}{DRAINS}{name}"):
+            _log.info("node.undrained", node=name)
+        return replace(node_from_json(kv.value), draining=False)
 
     async def _drained(self) -> set[str]:
         page = await self._client.list_prefix(f"{self._prefix}{DRAINS}")

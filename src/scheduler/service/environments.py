@@ -331,6 +331,20 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
             )
         return await self._nodes().drain(name)
 
+    async def undrain_node(self, name: str) -> Node:
+        """Let node ``name`` take new environments again.
+
+        Raises:
+            InvalidArgument: ``node`` is empty.
+            NotFound: no live node has that name.
+            FailedPrecondition: the daemon runs alone.
+        """
+        if not name:
+            raise errors.InvalidArgument.of(
+                [errors.FieldViolation("node", "is required: the name of the node to undrain")]
+            )
+        return await self._nodes().undrain(name)
+
     def _nodes(self) -> Fleet:
         if self._fleet is None:
             raise errors.Unimplemented("this daemon was built without a node registry")
