@@ -4,8 +4,9 @@ A benchmark names every network instance it used (its daemon's and its baseline'
 directories it ran under; afterwards this counts iptables chains and links carrying an
 instance's prefix, network namespaces under those directories or named after an instance,
 processes whose command line names one of the directories (shims, log processes, daemons,
-containerd), mounts below them and loop devices backed by files below them. Other users of the host (tests, other benchmarks) have
-other prefixes and directories and are not counted.
+containerd), mounts below them and loop devices backed by files below them (a volume
+filesystem image). Other users of the host (tests, other benchmarks) have other prefixes and
+directories and are not counted.
 """
 
 from __future__ import annotations

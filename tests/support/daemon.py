@@ -63,10 +63,9 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
     network instance (bridges, rules, namespaces) and its volume filesystem's mount."""
     import asyncio
 
-    from scheduler.volumes.filesystem import release
-
     from scheduler.network.cni import CniNetwork, CniSettings
     from scheduler.runtime.containerd.managed import ManagedContainerd
+    from scheduler.volumes.filesystem import release
     from tests.support.containerd import sweep_daemon
 
     socket = data_dir / "containerd" / "containerd.sock"
