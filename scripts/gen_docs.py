@@ -178,6 +178,15 @@ RPCS: dict[str, Rpc] = {
             ("PERMISSION_DENIED", "the caller is not an admin"),
         ),
     ),
+    "UndrainNode": Rpc(
+        {"node": "node-2"},
+        (
+            ("INVALID_ARGUMENT", "an empty node name"),
+            ("NOT_FOUND", "no live node has that name"),
+            ("FAILED_PRECONDITION", "the daemon runs alone (no cluster.etcd)"),
+            ("PERMISSION_DENIED", "the caller is not an admin"),
+        ),
+    ),
 }
 
 

@@ -145,6 +145,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
                 _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/UndrainNode',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -351,6 +356,16 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UndrainNode(self, request, context):
+        """Makes a drained node eligible again: the placement leader places new environments on it
+        (environments moved away while it was drained stay where they are). Admin only. Undraining a
+        node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+        FAILED_PRECONDITION without cluster.etcd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +472,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Node.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.UndrainNodeRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Node.SerializeToString,
             ),
     }
@@ -1032,6 +1052,33 @@ class SchedulerService:
             target,
             '/scheduler.v1.SchedulerService/DrainNode',
             scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/UndrainNode',
+            scheduler_dot_v1_dot_scheduler__pb2.UndrainNodeRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
             options,
             channel_credentials,

@@ -146,6 +146,12 @@ class SchedulerServiceStub:
     environments it runs to other nodes (as if it had been lost, without the grace). Admin
     only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
     """
+    UndrainNode: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UndrainNodeRequest, _scheduler_pb2.Node]
+    """Makes a drained node eligible again: the placement leader places new environments on it
+    (environments moved away while it was drained stay where they are). Admin only. Undraining a
+    node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+    FAILED_PRECONDITION without cluster.etcd.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -262,6 +268,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Marks a node draining: it takes no new environment, and the placement leader moves the
     environments it runs to other nodes (as if it had been lost, without the grace). Admin
     only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+    """
+    UndrainNode: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UndrainNodeRequest, _scheduler_pb2.Node]  # type: ignore[assignment]
+    """Makes a drained node eligible again: the placement leader places new environments on it
+    (environments moved away while it was drained stay where they are). Admin only. Undraining a
+    node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+    FAILED_PRECONDITION without cluster.etcd.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -502,6 +514,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Marks a node draining: it takes no new environment, and the placement leader moves the
         environments it runs to other nodes (as if it had been lost, without the grace). Admin
         only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+        """
+
+    @_abc_1.abstractmethod
+    def UndrainNode(
+        self,
+        request: _scheduler_pb2.UndrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Node, _abc.Awaitable[_scheduler_pb2.Node]]:
+        """Makes a drained node eligible again: the placement leader places new environments on it
+        (environments moved away while it was drained stay where they are). Admin only. Undraining a
+        node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+        FAILED_PRECONDITION without cluster.etcd.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
