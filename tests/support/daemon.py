@@ -59,12 +59,13 @@ def free_pool() -> str:
 
 
 def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
-    """Remove what a stopped daemon left on the host: containers in its managed containerd, and
-    its network instance (bridges, rules, namespaces)."""
+    """Remove what a stopped daemon left on the host: containers in its managed containerd, its
+    network instance (bridges, rules, namespaces) and its volume filesystem's mount."""
     import asyncio
 
     from scheduler.network.cni import CniNetwork, CniSettings
     from scheduler.runtime.containerd.managed import ManagedContainerd
+    from scheduler.volumes.filesystem import release
     from tests.support.containerd import sweep_daemon
 
     socket = data_dir / "containerd" / "containerd.sock"
@@ -81,7 +82,10 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
         await network.start()
         await network.teardown()
 
-    asyncio.run(sweep())
+    try:
+        asyncio.run(sweep())
+    finally:
+        release(data_dir)  # after the containers: theirs are the last users of it
 
 
 def daemon_instance(daemon: DaemonProcess) -> str:
