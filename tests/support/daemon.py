@@ -226,16 +226,18 @@ def start_daemon(
     reuse_config: bool = False,
     netns: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    serve_timeout: float = 60,
 ) -> DaemonProcess:
     """Write a config for ``tmp`` (free port, private data dir) merged with ``config`` and start it.
 
     ``reuse_config`` starts again with the config an earlier call wrote there (a restart).
-    ``netns`` runs it in that network namespace; ``credentials`` are what its API wants.
+    ``netns`` runs it in that network namespace; ``credentials`` are what its API wants;
+    ``serve_timeout`` is how long it may take to serve.
     """
     config_path = tmp / "config.yaml"
     if reuse_config:
         settings = yaml.safe_load(config_path.read_text())
-        return _launch(tmp, settings, config_path, env, wait, netns, credentials)
+        return _launch(tmp, settings, config_path, env, wait, netns, credentials, serve_timeout)
     port = free_port()
     settings: dict[str, Any] = {
         "data_dir": str(tmp / "data"),
@@ -253,7 +255,7 @@ def start_daemon(
         else:
             settings[key] = value
     config_path.write_text(yaml.safe_dump(settings))
-    return _launch(tmp, settings, config_path, env, wait, netns, credentials)
+    return _launch(tmp, settings, config_path, env, wait, netns, credentials, serve_timeout)
 
 
 def _launch(
@@ -264,6 +266,7 @@ def _launch(
     wait: bool,
     netns: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    serve_timeout: float = 60,
 ) -> DaemonProcess:
     log_path = tmp / "daemon.log"
     child_env = {**os.environ, **(env or {})}
@@ -283,7 +286,7 @@ def _launch(
     _every_daemon.append(daemon)
     if wait:
         try:
-            wait_serving(daemon.address, process, log_path, credentials=credentials)
+            wait_serving(daemon.address, process, log_path, serve_timeout, credentials)
         except BaseException:
             daemon.stop(signal.SIGKILL)
             raise

@@ -63,6 +63,8 @@ SERVE = (
 )
 LABELS: list[dict[str, str]] = [{}, {"node.disk": "ssd"}, {"node.disk": "ssd"}]
 API_PORT = 7443
+SERVE_TIMEOUT = 180.0
+"""Seconds a node may take to serve: it imports three image archives first, slow on a busy host."""
 """Each node's API port, on its own address (its namespace has every port to itself)."""
 
 
@@ -128,7 +130,13 @@ class FleetNode:
         self.net.link(self.index, up=True)
         old = self.daemon
         old.extra["cleaned"] = True  # the new daemon has its config and data: its cleanup is theirs
-        self.daemon = start_daemon(old.log_path.parent, reuse_config=True, netns=old.netns, credentials=old.credentials)
+        self.daemon = start_daemon(
+            old.log_path.parent,
+            reuse_config=True,
+            netns=old.netns,
+            credentials=old.credentials,
+            serve_timeout=SERVE_TIMEOUT,
+        )
 
     def workload(self) -> dict[str, tuple[int, int]]:
         """Per environment: its containers in the node's containerd, and how many of their tasks run."""
@@ -275,7 +283,8 @@ def start_fleet(
             sub = tmp / f"n{i}"
             sub.mkdir()
             config = {**node_config(i, fleet, archives, cluster or {}), **access.server(i, net.node_ip(i))}
-            daemon = start_daemon(sub, config, netns=net.add_node(i), credentials=access.credentials)
+            netns = net.add_node(i)
+            daemon = start_daemon(sub, config, netns=netns, credentials=access.credentials, serve_timeout=SERVE_TIMEOUT)
             fleet.nodes.append(FleetNode(i, daemon, net))
         yield fleet
     finally:
