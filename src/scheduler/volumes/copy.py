@@ -71,7 +71,9 @@ class _Copier:
     def __init__(self, reflink: bool = True) -> None:
         self.stats = CopyStats()
         self._clone = reflink
-        self._range = True
+        # copy_file_range shares extents by itself where it can (same XFS or btrfs): without
+        # reflinks, sendfile copies the bytes.
+        self._range = reflink
 
     def tree(self, source: str, target: str, info: os.stat_result) -> None:
         # Directories get their final mode and times after their contents, so a read-only

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ MOUNT = "volumefs"
 RECORD = "volumefs.json"
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,discard"
 COMMAND_TIMEOUT = 120.0
+LOOP_CLEAR_WAIT = 5.0
+"""Seconds an unmount waits for its loop device to clear (it stays while a container still mounts a volume)."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,16 @@ def release(data_dir: Path) -> bool:
         Internal: ``umount`` failed (something on the host uses the mount point).
     """
     mount = Path(data_dir) / MOUNT
-    if mounted_device(mount) is None:
+    device = mounted_device(mount)
+    if device is None:
         return False
     _run(["umount", str(mount)])
-    _log.info("volumes.released", mount=str(mount))
+    # The kernel clears an autoclear loop device after the unmount returns, not before.
+    deadline = time.monotonic() + LOOP_CLEAR_WAIT
+    while backing_file(device) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cleared = backing_file(device) is None
+    _log.info("volumes.released", mount=str(mount), device=device, loop_cleared=cleared)
     return True
 
 
