@@ -74,7 +74,7 @@ class Traffic:
             n += 1
             stub = self.stubs[n % len(self.stubs)]
             try:
-                stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=100), timeout=5)
+                stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=100), timeout=10)
                 self.reads.append((time.monotonic(), n % len(self.stubs)))
             except grpc.RpcError as err:
                 self.read_errors.append(f"{err.code()}: {err.details()}")
