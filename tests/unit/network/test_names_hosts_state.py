@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -135,17 +136,6 @@ def test_overlapping_writes_all_succeed_and_the_newest_snapshot_stays(tmp_path: 
 
 
 def test_the_state_document_has_every_field_of_every_record() -> None:
-    from dataclasses import asdict
-
-    from scheduler.network.state import (
-        ContainerRecord,
-        EnvRecord,
-        HostPortRecord,
-        NetworkState,
-        PortRecord,
-        ServiceRecord,
-    )
-
     state = NetworkState(
         {
             "e": EnvRecord(
