@@ -45,6 +45,7 @@ import yaml
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.api.auth import new_token
+from tests.support import nodenet
 from tests.support.daemon import VENV_BIN, DaemonProcess, start_daemon
 from tests.support.etcd import EtcdCluster
 from tests.support.images import BACKEND, POSTGRES
@@ -322,6 +323,12 @@ def fleet(tmp_path: Path, image_archives: dict[str, Path]) -> Iterator[Fleet]:
     archives = [image_archives[name] for name in (TOOLBOX, POSTGRES, BACKEND)]
     with start_fleet(tmp_path, archives) as made:
         yield made
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the namespaces, veths and bridge of a fleet whose own clean-up was cut short."""
+    for net in list(nodenet.MADE):
+        net.remove()
 
 
 # --- specs and waits ----------------------------------------------------------------------------

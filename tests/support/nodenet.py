@@ -21,6 +21,9 @@ from tests.support.daemon import free_pool
 from tests.support.processes import descendants, end
 
 NETNS_DIR = Path("/run/netns")
+MADE: list[NodeNetwork] = []
+"""Every NodeNetwork with a bridge not yet removed: what the end of a session removes if a fleet's
+own clean-up was cut short."""
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,6 +64,7 @@ class NodeNetwork:
         return f"{self.prefix}h{index}"
 
     def create_bridge(self) -> None:
+        MADE.append(self)
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.host_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -100,6 +104,8 @@ class NodeNetwork:
             ip("link", "del", self.host_link(index), check=False)
             self.namespaces.remove(name)
         ip("link", "del", self.bridge, check=False)
+        if self in MADE:
+            MADE.remove(self)
 
     def leftovers(self) -> list[str]:
         """Links and namespaces named with the prefix that still exist (for a test's final check)."""
