@@ -230,7 +230,9 @@ class _Access:
         write_leaf(self.where, f"n{i}", self.issuer, addresses=(ip,))
         return {
             "server": {
-                "listen": f"{ip}:{API_PORT}",
+                # Every address of its namespace, as a user's `listen: 0.0.0.0:PORT`; the node
+                # advertises the one others reach it on (cluster.node.advertise).
+                "listen": f"0.0.0.0:{API_PORT}",
                 "tls": {"cert_file": str(self.where / f"n{i}.crt"), "key_file": str(self.where / f"n{i}.key")},
             },
             "auth": {
@@ -244,7 +246,13 @@ def node_config(i: int, fleet: Fleet, archives: list[Path], cluster: dict[str, A
     """Node ``i``'s settings: 8 cores and 2 GiB offered, labels ``LABELS[i]``, ports of its own,
     published on its address."""
     low = 31000 + 100 * i
-    node = {"name": f"n{i}", "cpu_millis": 8000, "memory_bytes": NODE_MEMORY, "labels": LABELS[i]}
+    node = {
+        "name": f"n{i}",
+        "advertise": f"{fleet.net.node_ip(i)}:{API_PORT}",
+        "cpu_millis": 8000,
+        "memory_bytes": NODE_MEMORY,
+        "labels": LABELS[i],
+    }
     return {
         "images": {"preload": [str(a) for a in archives]},
         "network": {"port_range": [low, low + 99], "host_ip": fleet.net.node_ip(i)},
