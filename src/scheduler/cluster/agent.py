@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from scheduler import log
+from scheduler.cluster.fence import Fence
 from scheduler.cluster.leader import PLACED
 from scheduler.domain import Condition, Environment, EnvironmentStatus
 from scheduler.errors import NotFound, SchedulerError
@@ -79,9 +80,11 @@ class Agent:
         orchestrator: Orchestrator,
         reconciler: Reconciler,
         backups: Backups | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.node = node
         self._backups = backups
+        self._fence = fence
         self._ledger = ledger
         self._orchestrator = orchestrator
         self._reconciler = reconciler
@@ -105,7 +108,14 @@ class Agent:
         """Wait for evictions under way (they are short: a few container removals)."""
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def resync(self) -> None:
+        """Act on every environment as if it had just changed (after a fence: what was ignored)."""
+        for env in list(self._ledger.all()):
+            self._changed(None, env)
+
     def _changed(self, before: Environment | None, after: Environment | None) -> None:
+        if self._fence is not None and self._fence.active:
+            return  # cut off from etcd: nothing here is ours to act on; resync() catches up
         if after is None:
             if before is not None:
                 self._acted.pop(before.name, None)
