@@ -57,7 +57,10 @@ RPCS: dict[str, Rpc] = {
             ("INVALID_ARGUMENT", "a bad source or name, a bad update_mask path, a stack change"),
             ("NOT_FOUND", "the source does not exist (named)"),
             ("ALREADY_EXISTS", "the name is taken (or the request_id created another environment)"),
-            ("FAILED_PRECONDITION", "the source is not RUNNING with its latest generation (SOURCE_NOT_RUNNING)"),
+            (
+                "FAILED_PRECONDITION",
+                "the source is neither RUNNING nor asleep with its latest generation (SOURCE_NOT_RUNNING)",
+            ),
             ("PERMISSION_DENIED", "the caller's scope covers the source or the new name and labels, not both"),
             ("RESOURCE_EXHAUSTED", "a quota (limits.env_max_*, limits.max_environments) would be exceeded; named"),
         ),
@@ -191,7 +194,7 @@ RPCS: dict[str, Rpc] = {
 
 
 SPECIFIC_REASONS: dict[str, str] = {
-    "SOURCE_NOT_RUNNING": "CloneEnvironment: the source is not RUNNING with its latest generation rolled out",
+    "SOURCE_NOT_RUNNING": "CloneEnvironment: the source is neither RUNNING nor asleep with its latest generation",
     "ETAG_MISMATCH": "the etag sent is not the environment's current one (metadata `etag` is)",
     "EVENTS_EXPIRED": "`since` is older than the event log reaches (metadata `oldest_sequence`)",
     "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",

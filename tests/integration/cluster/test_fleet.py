@@ -1,21 +1,28 @@
-"""Three scheduler nodes on a real 3-member etcd cluster, each with its own containerd.
+"""Three scheduler nodes on a real 3-member etcd cluster, each with its own containerd, in a
+network namespace of its own on a test bridge (tests/support/fleet.py).
 
 Environments created through one node land on all three by capacity (and labels) and serve a
-page from each; a node killed (its daemon and its containerd, SIGKILL) has its environments run
-on the others within a bounded time, PostgreSQL with the rows of its last backup; when the node
-comes back it removes its stale containers instead of running them twice; a drained node gives
-its environments away.
+page from each at its node's address; a node lost (SIGKILL of its daemon and its containerd, its
+link down) has its environments run on the others within a bounded time, PostgreSQL with the
+rows of its last backup; when the node comes back (link up, daemon restarted) it removes its
+stale containers and nothing runs twice; the etcd leader killed while clients keep calling, the
+API keeps answering reads, writes resume after the election, nothing acknowledged is lost and
+the member rejoins; a drained node gives its environments away.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.parse
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.fleet import (
     MIB,
     NODE_MEMORY,
@@ -38,11 +45,62 @@ ROWS = ["first row", "zweite Zeile"]
 NODES = {"n0", "n1", "n2"}
 
 
+def workload(fleet: Fleet) -> dict[str, tuple[int, int]]:
+    """Per environment, over every live node's containerd: containers, and tasks that run."""
+    total: dict[str, tuple[int, int]] = {}
+    for node in fleet.nodes:
+        if node.alive:
+            for env, (made, runs) in node.workload().items():
+                total[env] = (total.get(env, (0, 0))[0] + made, total.get(env, (0, 0))[1] + runs)
+    return total
+
+
+@dataclass
+class Traffic:
+    """Clients that keep calling while etcd loses its leader: reads (ListEnvironments) round-robin
+    over every node, and writes (a label of its own per write on ``target``) through them too."""
+
+    stubs: list[pb_grpc.SchedulerServiceStub]
+    target: str
+    reads: list[tuple[float, int]] = field(default_factory=list)
+    read_errors: list[str] = field(default_factory=list)
+    acked: list[tuple[float, int]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            stub = self.stubs[n % len(self.stubs)]
+            try:
+                stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=100), timeout=5)
+                self.reads.append((time.monotonic(), n % len(self.stubs)))
+            except grpc.RpcError as err:
+                self.read_errors.append(f"{err.code()}: {err.details()}")
+            spec = pb.EnvironmentSpecification(labels={f"w{n}": str(n)})
+            mask = field_mask_pb2.FieldMask(paths=[f"labels.w{n}"])
+            try:
+                stub.UpdateEnvironment(
+                    pb.UpdateEnvironmentRequest(name=self.target, spec=spec, update_mask=mask), timeout=30
+                )
+                self.acked.append((time.monotonic(), n))
+            except grpc.RpcError as err:
+                self.failed.append((n, f"{err.code()}: {err.details()}"))
+            time.sleep(0.2)
+
+    def acked_since(self, moment: float) -> int:
+        return sum(1 for at, _ in self.acked if at > moment)
+
+
 def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fleet) -> None:
     first = fleet.nodes[0]
     stub = fleet.stub(0)
     nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes
     assert [n.name for n in nodes] == ["n0", "n1", "n2"] and sum(n.leader for n in nodes) == 1
+    # Each node advertises its own address on the bridge (its API over TLS, with a token).
+    assert [n.address for n in nodes] == [node.address for node in fleet.nodes]
+    assert [n.address.split(":")[0] for n in nodes] == [node.ip for node in fleet.nodes]
     assert nodes[1].capacity.memory_bytes == NODE_MEMORY and nodes[1].labels["node.disk"] == "ssd"
 
     # One PostgreSQL environment (on an ssd node, by label), then stateless ones, all created
@@ -58,8 +116,13 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     by_node = {n: sorted(e.name for e in envs.values() if e.node == n) for n in sorted(NODES)}
     assert all(by_node.values()), by_node
     assert envs["shop"].node in ("n1", "n2"), by_node  # the only nodes labelled node.disk=ssd
+    # Endpoints carry the node's address: each page is served from its node's namespace.
+    for env in envs.values():
+        assert {e.host_ip for e in env.endpoints} == {fleet.node(env.node).ip}, env
     for name in names:
         assert fetch(url(envs[name], 8080)) == f"hello from {name}"
+    before = workload(fleet)
+    assert set(before) == set(every) and all(made == runs > 0 for made, runs in before.values()), before
     for value in ROWS:
         fetch(url(envs["shop"], 8080) + "/items?" + urllib.parse.urlencode({"value": value}), "POST")
     assert rows(envs["shop"]) == ROWS
@@ -80,7 +143,8 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     assert backup.databases == ["postgres"]
     fetch(url(envs["shop"], 8080) + "/items?value=after+the+backup", "POST")
 
-    # Lose that node: its daemon and its containerd die at once (its containers' shims live on).
+    # Lose that node: its daemon and its containerd die at once (its containers' shims live on),
+    # and its link goes down.
     socket = victim.containerd_socket
     victim.kill()
     killed_at = time.monotonic()
@@ -105,12 +169,17 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == sorted(others)
     assert shims_of(socket), "the killed node's containers still run, unreachable"
 
-    # The node returns: it finds its environments moved and removes its stale containers.
+    # The node returns (link up, daemon restarted): it finds its environments moved and removes
+    # its stale containers; across the three nodes nothing runs twice.
     victim.restart()
     wait_until(lambda: not shims_of(socket), "the returning node removed its stale containers", 60)
     envs = all_envs(stub)
     assert all(envs[n].node in others and envs[n].status == pb.ENVIRONMENT_STATUS_RUNNING for n in lost)
     assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == ["n0", "n1", "n2"]
+    assert victim.workload() == {}
+    assert workload(fleet) == before
+
+    leader_killed(fleet, names[0])
 
     # Any node serves the whole API; node-local calls name the owner to ask instead.
     third_stub = fleet.node(survivor).stub()
@@ -125,8 +194,53 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     metrics = stub.GetEnvironmentMetrics(pb.GetEnvironmentMetricsRequest(name=elsewhere.name), timeout=30)
     assert metrics.containers[0].memory_limit_bytes == 512 * MIB
 
-    # Draining n0 moves its environments to the others at once; it takes no new one.
+    # Draining n0 (with the CLI, as a user would) moves its environments to the others at once.
     on_first = [n for n, e in envs.items() if e.node == "n0"]
-    assert stub.DrainNode(pb.DrainNodeRequest(node="n0"), timeout=10).draining
+    listed = fleet.cli(1, "node", "list")
+    assert listed.returncode == 0 and first.address in listed.stdout, listed.stderr
+    drained = fleet.cli(2, "node", "drain", "n0")
+    assert drained.returncode == 0, drained.stderr
+    assert [n.draining for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == [True, False, False]
     wait_until(lambda: running(stub, on_first, {"n1", "n2"}), "the drained node's environments moved", 90)
     wait_until(lambda: not shims_of(first.containerd_socket), "the drained node is empty", 60)
+
+
+def leader_killed(fleet: Fleet, target: str) -> None:
+    """SIGKILL etcd's leader (found by Maintenance.Status) while clients keep calling every node:
+    reads keep answering, writes resume after the election, every acknowledged write is there,
+    nothing moved, and the member rejoins."""
+    stubs = [node.stub() for node in fleet.nodes]
+    placed = {name: env.node for name, env in all_envs(stubs[0]).items()}
+    traffic = Traffic(stubs, target)
+    caller = threading.Thread(target=traffic.run, daemon=True)
+    caller.start()
+    try:
+        wait_until(lambda: len(traffic.acked) >= 3, "writes before the kill", 30)
+        member = wait_until(fleet.etcd.leader, "etcd agrees on a leader", 30)
+        fleet.etcd.kill(member)
+        killed_at = time.monotonic()
+        wait_until(lambda: traffic.acked_since(killed_at) >= 3, "writes resume after the election", 60)
+    finally:
+        traffic.stop.set()
+        caller.join(40)
+    resumed = min(at for at, _ in traffic.acked if at > killed_at) - killed_at
+    print(
+        f"etcd leader {member.name} killed: writes resumed after {resumed:.1f} s"
+        f" ({len(traffic.failed)} failed meanwhile)"
+    )
+    assert traffic.read_errors == [], traffic.read_errors[:5]
+    assert {i for at, i in traffic.reads if at > killed_at} == {0, 1, 2}  # every node answered reads
+    env = stubs[1].GetEnvironment(pb.GetEnvironmentRequest(name=target), timeout=10)
+    missing = [n for _, n in traffic.acked if env.spec.labels.get(f"w{n}") != str(n)]
+    assert missing == [], f"acknowledged writes lost: {missing}"
+    assert {name: e.node for name, e in all_envs(stubs[2]).items()} == placed  # nothing moved
+
+    fleet.etcd.restart(member)
+    revision = int(
+        fleet.etcd.status(fleet.etcd.members[(fleet.etcd.members.index(member) + 1) % 3])["header"]["revision"]
+    )
+    wait_until(
+        lambda: int(fleet.etcd.status(member).get("header", {}).get("revision", 0)) >= revision,
+        "the killed member rejoined and caught up",
+        30,
+    )

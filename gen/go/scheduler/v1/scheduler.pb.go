@@ -2291,7 +2291,7 @@ func (x *CreateEnvironmentRequest) GetValidateOnly() bool {
 	return false
 }
 
-// CloneEnvironmentRequest asks for a new environment copied from a running one.
+// CloneEnvironmentRequest asks for a new environment copied from a running or sleeping one.
 type CloneEnvironmentRequest struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

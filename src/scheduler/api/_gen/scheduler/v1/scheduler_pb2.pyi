@@ -1400,7 +1400,7 @@ Global___CreateEnvironmentRequest: _TypeAlias = CreateEnvironmentRequest  # noqa
 
 @_typing.final
 class CloneEnvironmentRequest(_message.Message):
-    """CloneEnvironmentRequest asks for a new environment copied from a running one."""
+    """CloneEnvironmentRequest asks for a new environment copied from a running or sleeping one."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
