@@ -229,7 +229,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(timeline.close)
         me = this_node(settings)
         # In a fleet this daemon runs only the environments placed on its node.
-        fence = Fence(me.name, grace=timedelta(seconds=settings.cluster.failover_grace / 2))
+        fence = Fence(me.name, failover_grace=timedelta(seconds=settings.cluster.failover_grace))
         owns: Owns = owns_all
         if etcd is not None:
             owns = fence.owns if settings.cluster.fence else (lambda env: env.node == me.name)

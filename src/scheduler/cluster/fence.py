@@ -6,8 +6,10 @@ moves its environments to live nodes. Were its containers to keep running, two c
 run (two PostgreSQLs writing, two APIs answering). So, as Nomad's
 ``stop_after_client_disconnect`` and a kubelet losing its lease do, the node stops them itself:
 when its lease is lost (no keep-alive answered for a whole TTL, so the cluster's copy of the
-lease has lapsed or is about to), it stops every task of the environments placed on it, each
-within half the failover grace (SIGTERM, then SIGKILL), before the leader can have moved them.
+lease has lapsed or is about to) and it has not registered again within half the failover
+grace (``delay``: a short etcd election stops nothing, since the leader waits the whole grace
+before moving anything), it stops every task of the environments placed on it, each within a
+quarter of the grace (SIGTERM, then SIGKILL), before the leader can have moved them.
 Nothing is written while it is cut off (etcd is what it cannot reach); containers, volumes and
 network stay.
 
@@ -79,9 +81,11 @@ def as_fenced(env: Environment, message: str) -> Environment:
 class Fence:
     """This node's fence: whether it is up, and stopping and resuming what it runs."""
 
-    def __init__(self, node: str, *, grace: timedelta) -> None:
+    def __init__(self, node: str, *, failover_grace: timedelta) -> None:
         self.node = node
-        self.grace = grace
+        self.delay = failover_grace / 2
+        """How long after losing its lease the node waits to register again before it fences."""
+        self.grace = failover_grace / 4
         """How long each process may take to stop on SIGTERM before SIGKILL."""
         self.active = False
         """Set from the moment the lease is lost until the node registered again and read etcd."""

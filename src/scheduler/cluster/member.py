@@ -30,7 +30,7 @@ from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.reconcile import Reconciler
 from scheduler.runtime.base import ContainerRuntime
-from scheduler.storage.etcd import EtcdClient
+from scheduler.storage.etcd import EtcdClient, Lease
 from scheduler.storage.etcd.store import EtcdStateStore
 
 _log = log.get("cluster")
@@ -108,9 +108,19 @@ class FleetMember:
 
     async def _keep_fence(self, fence: Fence) -> None:
         assert self._runtime is not None
+        loop = asyncio.get_running_loop()
         while True:
             await self.registry.registered.wait()
-            await self.registry.lease.lost.wait()
+            lost = self.registry.lease
+            await lost.lost.wait()
+            # A node back within half the grace loses nothing (the leader waits the whole grace
+            # before moving), so a short etcd election or a busy moment stops nothing.
+            deadline = loop.time() + fence.delay.total_seconds()
+            # Polled: ``registered`` may still be set from the lost lease until the registry notices.
+            while loop.time() < deadline and not self._registered_again(lost):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if self._registered_again(lost):
+                continue
             await fence.close_in(self._ledger, self._runtime, self._orchestrator)
             while True:
                 await self.registry.registered.wait()
@@ -123,6 +133,9 @@ class FleetMember:
                     await asyncio.sleep(1.0)
             self.agent.resync()
             await fence.resume(self._ledger, self._orchestrator)
+
+    def _registered_again(self, lost: Lease) -> bool:
+        return self.registry.registered.is_set() and self.registry.lease is not lost
 
     async def close(self) -> None:
         """Leave the fleet: stop leading, deregister, stop following."""

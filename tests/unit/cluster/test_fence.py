@@ -51,7 +51,8 @@ def test_a_fenced_environment_is_recorded_as_asleep_so_that_a_start_brings_it_ba
 
 
 def test_while_fenced_the_node_owns_nothing() -> None:
-    fence = Fence("n1", grace=timedelta(seconds=1))
+    fence = Fence("n1", failover_grace=timedelta(seconds=20))
+    assert (fence.delay, fence.grace) == (timedelta(seconds=10), timedelta(seconds=5))
     assert fence.owns(env("mine", "n1")) and not fence.owns(env("theirs", "n2"))
     fence.active = True
     assert not fence.owns(env("mine", "n1"))
