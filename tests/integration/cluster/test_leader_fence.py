@@ -1,7 +1,6 @@
 """A deposed placement leader cannot write: its writes are fenced on its election key (real etcd)."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -14,20 +13,12 @@ from scheduler.cluster.registry import EtcdFleet, NodeRegistry
 from scheduler.domain import Environment, EnvironmentSpec, ServiceSpec
 from scheduler.errors import FailedPrecondition
 from scheduler.orchestrator.ledger import Ledger
-from scheduler.storage.etcd import Election, EtcdClient, EtcdOptions, Lease
+from scheduler.storage.etcd import Election, Lease
 from scheduler.storage.etcd.store import EtcdStateStore
 
 pytestmark = pytest.mark.integration
 
 CAPACITY = Resources(cpu_millis=8000, memory_bytes=8 * 1024**3, ports=100, environments=20)
-
-
-@pytest.fixture
-async def client(etcd_cluster, etcd_prefix) -> AsyncIterator[EtcdClient]:
-    c = EtcdClient(EtcdOptions(etcd_cluster.endpoints, dial_timeout=2.0, retry_deadline=20.0))
-    yield c
-    await c.delete(etcd_prefix, prefix=True)
-    await c.close()
 
 
 def env(name: str) -> Environment:
