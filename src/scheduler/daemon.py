@@ -30,7 +30,6 @@ from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.base import Fleet
 from scheduler.cluster.local import SingleNode, host_capacity
-from scheduler.cluster.member import FleetMember, MembershipSettings
 from scheduler.cluster.node import Node
 from scheduler.cluster.placement import Strategy
 from scheduler.config import ImageSettings, Settings
@@ -53,7 +52,7 @@ from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
 from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
-from scheduler.runtime.preload import preload
+from scheduler.runtime.preload import check_archives, preload_after
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
 from scheduler.startup import DataDirLock, check_listen_free
@@ -66,6 +65,7 @@ from scheduler.volumes.host import HostVolumeStore
 from scheduler.volumes.templates import TemplateStore
 
 if TYPE_CHECKING:
+    from scheduler.cluster.member import MembershipSettings
     from scheduler.storage.etcd import EtcdClient
 
 _log = log.get("daemon")
@@ -175,8 +175,16 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         recorder = Recorder(registry)
         runtime.client.call_observer = recorder.containerd_call
         phases.mark("sweeps")
-        await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
-        phases.mark("preload")
+        # Image archives are imported after the API serves; a deploy that needs one of their images
+        # meanwhile (a resumed one included) waits for the import in ensure_image.
+        archives = [Path(p) for p in settings.images.preload]
+        check_archives(archives)
+        serving: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        preloading = asyncio.create_task(
+            preload_after(serving, runtime, archives, data_dir / "preloaded.json"), name="preload"
+        )
+        runtime.preloading(preloading)
+        stack.push_async_callback(_cancel, preloading)
 
         net = settings.network
         network_settings = CniSettings(
@@ -264,6 +272,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         backups = Backups(store, runtime, volumes, backup_dir)
         fleet: Fleet = SingleNode(me, ledger)
         if etcd is not None:
+            from scheduler.cluster.member import FleetMember
+
             member = FleetMember(
                 etcd, settings.cluster.etcd.prefix, me, ledger, orchestrator, reconciler, membership(settings), backups
             )
@@ -295,6 +305,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
+        serving.set_result(None)
         phases.mark("api")
 
         def apply_images(images: ImageSettings) -> None:
@@ -325,6 +336,8 @@ def image_options(images: ImageSettings) -> ImageOptions:
 
 def membership(settings: Settings) -> MembershipSettings:
     """How this node takes part in its fleet, from ``cluster``."""
+    from scheduler.cluster.member import MembershipSettings
+
     cluster = settings.cluster
     return MembershipSettings(
         lease_ttl=cluster.lease_ttl,

@@ -340,9 +340,12 @@ class CniNetwork(EnvironmentNetworks):
                 for path in self._netns_dir.iterdir():
                     if path.name not in containers and path.name not in self._pending:
                         await netns.remove(path)
-            for bridge in await links.bridges(self.names.iface_prefix):
-                if bridge not in bridges:
-                    await links.delete_link(bridge)
+            # Only our bridges carry the prefix: a netlink dump (to tell bridges from other
+            # links) is needed only when some prefixed name is not a kept environment's bridge.
+            if set(links.names(self.names.iface_prefix)) - bridges:
+                for bridge in await links.bridges(self.names.iface_prefix):
+                    if bridge not in bridges:
+                        await links.delete_link(bridge)
             for directory in subdirs(self._ipam_dir):
                 if directory.name not in bridges:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
