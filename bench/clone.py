@@ -1,7 +1,10 @@
 """CloneEnvironment of a PostgreSQL environment holding about 1 GB, against a dump-and-restore copy,
 in one run.
 
-Run as root: ``python -m bench.clone [--size-mb N]``. Images are present (preloaded).
+Run as root: ``python -m bench.clone [--size-mb N] [--volumes xfs-image|data-dir]``. Images are
+present (preloaded). The daemon keeps its volumes on ``volumes.filesystem`` (default
+``xfs-image``: a loop-mounted XFS with reflinks, where a copy shares extents; ``data-dir``: the
+data dir's own filesystem, byte copies on ext4).
 
 - **source**: a ``postgres`` environment (PostgreSQL published on a loopback port), filled with
   ``generate_series`` rows until the database is ``size-mb`` large, then vacuumed, analysed and
@@ -15,8 +18,14 @@ Run as root: ``python -m bench.clone [--size-mb N]``. Images are present (preloa
   RUNNING, then ``pg_dump -Fc`` of the source piped into ``pg_restore`` into it (the host's
   PostgreSQL 15 client tools, over loopback), and the same checks.
 
+- **copies**: the source's data volume (the database at rest) copied with the volumes' own copy
+  (``volumes.copy.copy_tree``), bytes versus reflinks, on the volume filesystem; and bytes on
+  the data dir's filesystem (``copy_file_range``) for comparison; each followed by a ``sync``,
+  timed apart (what the copy left for the disk to write).
+
 Target (issue 17): clone of a 1 GB database ≤ 5 s to RUNNING, rows identical. Everything the run
-made is deleted; leftovers are counted.
+made is deleted (the volume filesystem unmounted); leftovers are counted. The load average at
+the start and end is printed: figures taken on a busy machine are not comparable.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -38,6 +48,7 @@ from bench.env_create import wait_deleted, wait_running
 from bench.template_create import timeline
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.volumes.copy import copy_tree
 from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
@@ -151,14 +162,54 @@ def baseline_run(stub: pb_grpc.SchedulerServiceStub, source_port: int, source_pw
     return time.monotonic() - started
 
 
+def copies(volume: Path, scratch: Path, data_dir: Path) -> dict[str, Any]:
+    """Copy ``volume`` three ways (see the module docstring); every copy is removed afterwards."""
+    found: dict[str, Any] = {}
+    ways = [("reflink", scratch, True), ("bytes", scratch, False), ("bytes_on_data_dir", data_dir, False)]
+    for label, where, reflink in ways:
+        target = where / f".bench-copy-{label}"
+        os.sync()
+        started = time.monotonic()
+        stats = copy_tree(volume, target, reflink=reflink)
+        copied = time.monotonic() - started
+        os.sync()
+        synced = time.monotonic() - started - copied
+        found[label] = {
+            "seconds": round(copied, 3),
+            "sync_after_s": round(synced, 3),
+            "bytes": stats.bytes,
+            "files_cloned": stats.cloned,
+            "filesystem": _fstype(where),
+        }
+        shutil.rmtree(target)
+    return found
+
+
+def _fstype(path: Path) -> str:
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the source database")
+    parser.add_argument("--volumes", choices=["xfs-image", "data-dir"], default="xfs-image", help="volumes.filesystem")
     args = parser.parse_args()
     archives = build()
     passwords = {name: f"bench-{name}-{os.urandom(6).hex()}" for name in ("source", "clone", "restored")}
+    load_at_start = _load()
     with tempfile.TemporaryDirectory(prefix="bench-clone-") as tmp:
-        config: dict[str, Any] = {"images": {"preload": [str(p) for p in archives.values()]}}
+        # Room for the source, its clone, a byte copy and the baseline's restore, with margin.
+        image_size = (4 * args.size_mb + 4096) * 1024 * 1024
+        config: dict[str, Any] = {
+            "images": {"preload": [str(p) for p in archives.values()]},
+            "volumes": {"filesystem": args.volumes, "image_size_bytes": image_size},
+        }
         daemon: DaemonProcess = start_daemon(Path(tmp), config)
         instances = [daemon_instance(daemon)]
         try:
@@ -178,6 +229,10 @@ def main() -> None:
                 _wait_accepting(clone_port, passwords["clone"])
                 clone["rows_identical"] = _psql(clone_port, passwords["clone"], CHECKSUM) == expected
 
+                volume_root = daemon.data_dir / ("volumefs" if args.volumes == "xfs-image" else "") / "volumes"
+                volume = next(p for p in (volume_root / "source").iterdir() if p.is_dir())
+                copied = copies(volume, volume_root, daemon.data_dir)
+
                 base = baseline_run(stub, source_port, passwords["source"], passwords["restored"])
                 restored_same = _psql(_port(stub, "restored"), passwords["restored"], CHECKSUM) == expected
                 wait_deleted(stub, ["source", "clone", "restored"])
@@ -189,8 +244,12 @@ def main() -> None:
             daemon.cleanup()
         left = leftovers.report(instances, [tmp])
     report = {
+        "volumes_filesystem": args.volumes,
+        "load_average": {"start": load_at_start, "end": _load()},
         "source": filled,
         "clone": clone,
+        "copy_of_the_source_volume": copied,
+        "reflink_copy_vs_bytes": round(copied["reflink"]["seconds"] / max(copied["bytes"]["seconds"], 1e-6), 4),
         "baseline_create_then_dump_restore_s": {"seconds": round(base, 3), "rows_identical": restored_same},
         "ratio_to_baseline": round(clone["to_running_s"] / base, 3),
         "target": {"to_running_s": 5.0, "database_bytes": 1 << 30},

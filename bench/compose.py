@@ -1,8 +1,9 @@
 """Whether docker compose v2 is on this machine, for the benchmarks that would compare with it.
 
-The comparison itself (a private dockerd, the project's images loaded, an equivalent web-postgres
-compose file with the same health checks) is not driven by these benchmarks yet: where compose is
-found they say so instead of printing a figure, and where it is not they say it is skipped.
+Debian has only compose v1, so compose v2 itself is not driven by these benchmarks: where it is
+found they say so instead of printing a figure, and where it is not they say it is skipped. The
+docker side that compose v2 would drive is measured without it: bench.density runs the same
+web-postgres stacks under a private dockerd (bench.dockerd, bench.docker_stack).
 """
 
 from __future__ import annotations

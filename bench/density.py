@@ -8,19 +8,26 @@ idle environment, what the host pays beyond the containers' own processes (PSS, 
 pages are counted once): the containerd shims, the log processes (each task's waiting process
 and the host's shared log writer), and a share of the daemon and of its containerd. The serial
 creation time of the first and the last environment shows whether creating gets slower as the
-host fills. docker compose's side (shims, docker-proxy, dockerd's and its containerd's share)
-is not measured yet (see bench/compose.py).
+host fills; after the idle time every environment must still be RUNNING.
+
+The docker side (``bench.docker_stack``): the same number of web-postgres stacks with the same
+images, published port and probes under a private dockerd, then the same accounting: its shims,
+docker-proxy processes, and dockerd's and its containerd's share. Printed: both, per environment,
+and the ratio of ours to docker's (target <= 1). docker compose v2 itself is not on Debian (see
+bench/compose.py); what it adds to docker is a client that exits once the stack is up.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench import compose, leftovers
+from bench import compose, docker_stack, leftovers
+from bench.dockerd import PrivateDockerd
 from bench.env_create import wait_running
 from bench.serving import memory_mb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
@@ -56,6 +63,42 @@ def host_overhead(daemon: DaemonProcess) -> dict[str, tuple[int, float]]:
     }
 
 
+def count_running(stub: pb_grpc.SchedulerServiceStub) -> int:
+    """How many environments are RUNNING, over every page of ListEnvironments."""
+    running, token = 0, ""
+    while True:
+        page = stub.ListEnvironments(pb.ListEnvironmentsRequest(page_size=500, page_token=token), timeout=30)
+        running += sum(1 for env in page.environments if env.status == pb.ENVIRONMENT_STATUS_RUNNING)
+        token = page.next_page_token
+        if not token:
+            return running
+
+
+def measure_docker(
+    archives: dict[str, Path], envs: int, idle: float, interval: int
+) -> tuple[float, dict[str, tuple[int, float]], int]:
+    """The docker side: bring-up time, overhead per kind after ``idle`` seconds, leftovers."""
+    with PrivateDockerd() as docker:
+        docker_stack.load_images(docker, archives)
+        started = time.monotonic()
+        docker_stack.up_many(docker, envs, interval, at_once=max(2, len(os.sched_getaffinity(0))))
+        elapsed = time.monotonic() - started
+        time.sleep(idle)
+        overhead = docker_stack.overhead(docker)
+    return elapsed, overhead, docker.leftovers()
+
+
+def print_overhead(title: str, overhead: dict[str, tuple[int, float]], envs: int) -> float:
+    """Print the per-kind lines; returns the total per environment."""
+    total = 0.0
+    print(title)
+    for kind, (count, pss) in overhead.items():
+        total += pss / envs
+        print(f"  {kind:14s} {pss / envs:7.2f}  ({count} processes, {pss:.1f} MB in all)")
+    print(f"  {'total':14s} {total:7.2f}")
+    return total
+
+
 def measure(
     tmp: Path, archives: dict[str, Path], envs: int, idle: float
 ) -> tuple[list[float], dict[str, tuple[int, float]]]:
@@ -74,8 +117,12 @@ def measure(
                 )
                 wait_running(stub, name, timeout=600)
                 times.append(time.monotonic() - started)
-        time.sleep(idle)
-        return times, host_overhead(daemon)
+            time.sleep(idle)
+            running = count_running(stub)
+            print(f"after {idle:g}s idle: {running} of {envs} environments RUNNING", flush=True)
+            if running != envs:
+                raise SystemExit(f"only {running} of {envs} environments RUNNING after {idle:g}s idle")
+            return times, host_overhead(daemon)
     finally:
         try:
             daemon.delete_all_environments(timeout=120 + 5 * envs)
@@ -88,7 +135,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=100)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds idle before measuring")
+    parser.add_argument("--docker-envs", type=int, default=-1, help="docker's environments (-1: --envs, 0: none)")
+    parser.add_argument("--docker-health-interval", type=int, default=60, help="seconds (see bench.docker_stack)")
     args = parser.parse_args()
+    if args.docker_envs < 0:
+        args.docker_envs = args.envs
     archives = build()
     with tempfile.TemporaryDirectory(prefix="density", dir="/tmp") as raw:
         tmp = Path(raw)
@@ -103,12 +154,18 @@ def main() -> None:
         f"last {tenth} median {statistics.median(times[-tenth:]):.2f}s "
         f"(ratio last/first {statistics.median(times[-tenth:]) / statistics.median(times[:tenth]):.2f})"
     )
-    total = 0.0
-    print(f"host memory per idle environment (PSS, MB), {args.envs} environments:")
-    for kind, (count, pss) in overhead.items():
-        total += pss / args.envs
-        print(f"  {kind:14s} {pss / args.envs:7.2f}  ({count} processes, {pss:.1f} MB in all)")
-    print(f"  {'total':14s} {total:7.2f}")
+    ours = print_overhead(f"host memory per idle environment (PSS, MB), {args.envs} environments:", overhead, args.envs)
+    if args.docker_envs:
+        interval = args.docker_health_interval
+        elapsed, theirs, docker_left = measure_docker(archives, args.docker_envs, args.idle, interval)
+        left += docker_left
+        docker_total = print_overhead(
+            f"docker (private dockerd), {args.docker_envs} web-postgres up in {elapsed:.1f}s (health checks every "
+            f"{interval}s), per idle environment (PSS, MB):",
+            theirs,
+            args.docker_envs,
+        )
+        print(f"  ratio ours / docker, host memory per idle environment: {ours / docker_total:.2f} (target <= 1)")
     print(compose.note("memory per idle environment"))
     print(f"leftovers: {left}")
 

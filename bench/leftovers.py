@@ -4,8 +4,9 @@ A benchmark names every network instance it used (its daemon's and its baseline'
 directories it ran under; afterwards this counts iptables chains and links carrying an
 instance's prefix, network namespaces under those directories or named after an instance,
 processes whose command line names one of the directories (shims, log processes, daemons,
-containerd) and mounts below them. Other users of the host (tests, other benchmarks) have
-other prefixes and directories and are not counted.
+containerd), mounts below them and loop devices backed by files below them (a volume
+filesystem image). Other users of the host (tests, other benchmarks) have other prefixes and
+directories and are not counted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.support.processes import mounts_under, processes_naming
+from tests.support.processes import loops_under, mounts_under, processes_naming
 
 
 def count(instances: Iterable[str], roots: Iterable[Path | str]) -> dict[str, int]:
@@ -30,12 +31,14 @@ def count(instances: Iterable[str], roots: Iterable[Path | str]) -> dict[str, in
     namespaces = [n for n in netns if any(i in n for i in instances)]
     processes = processes_naming(*(root + "/" for root in roots)) if roots else {}
     mounts = [m for root in roots for m in mounts_under(Path(root))]
+    loops = [d for root in roots for d in loops_under(Path(root))]
     return {
         "chains": len(chains),
         "links": len(own_links),
         "netns": len(namespaces),
         "processes": len(processes),
         "mounts": len(mounts),
+        "loop_devices": len(loops),
     }
 
 
@@ -63,7 +66,7 @@ def report(instances: Iterable[str], roots: Iterable[Path | str]) -> int:
     total = sum(found.values())
     detail = ", ".join(f"{k} {v}" for k, v in found.items() if v)
     print(f"leftovers: {total}" + (f" ({detail})" if detail else ""), flush=True)
-    if found["processes"] or found["mounts"]:
+    if found["processes"] or found["mounts"] or found["loop_devices"]:
         from tests.support.leftovers import sweep
 
         sweep(roots)

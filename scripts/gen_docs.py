@@ -57,7 +57,10 @@ RPCS: dict[str, Rpc] = {
             ("INVALID_ARGUMENT", "a bad source or name, a bad update_mask path, a stack change"),
             ("NOT_FOUND", "the source does not exist (named)"),
             ("ALREADY_EXISTS", "the name is taken (or the request_id created another environment)"),
-            ("FAILED_PRECONDITION", "the source is not RUNNING with its latest generation (SOURCE_NOT_RUNNING)"),
+            (
+                "FAILED_PRECONDITION",
+                "the source is neither RUNNING nor asleep with its latest generation (SOURCE_NOT_RUNNING)",
+            ),
             ("PERMISSION_DENIED", "the caller's scope covers the source or the new name and labels, not both"),
             ("RESOURCE_EXHAUSTED", "a quota (limits.env_max_*, limits.max_environments) would be exceeded; named"),
         ),
@@ -178,11 +181,20 @@ RPCS: dict[str, Rpc] = {
             ("PERMISSION_DENIED", "the caller is not an admin"),
         ),
     ),
+    "UndrainNode": Rpc(
+        {"node": "node-2"},
+        (
+            ("INVALID_ARGUMENT", "an empty node name"),
+            ("NOT_FOUND", "no live node has that name"),
+            ("FAILED_PRECONDITION", "the daemon runs alone (no cluster.etcd)"),
+            ("PERMISSION_DENIED", "the caller is not an admin"),
+        ),
+    ),
 }
 
 
 SPECIFIC_REASONS: dict[str, str] = {
-    "SOURCE_NOT_RUNNING": "CloneEnvironment: the source is not RUNNING with its latest generation rolled out",
+    "SOURCE_NOT_RUNNING": "CloneEnvironment: the source is neither RUNNING nor asleep with its latest generation",
     "ETAG_MISMATCH": "the etag sent is not the environment's current one (metadata `etag` is)",
     "EVENTS_EXPIRED": "`since` is older than the event log reaches (metadata `oldest_sequence`)",
     "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",

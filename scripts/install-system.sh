@@ -22,6 +22,9 @@ packages=(
   prometheus systemd
   # The fleet mode keeps its state in etcd; the tests run a real 3-member cluster of it.
   etcd-server
+  # volumes.filesystem: xfs-image formats its image with mkfs.xfs (reflink=1) and grows it with
+  # xfs_growfs; e2fsprogs' filefrag shows the tests that clones share extents.
+  xfsprogs e2fsprogs
 )
 
 missing=()

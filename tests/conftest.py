@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "tests.support.daemon",
     "tests.support.containerd",
     "tests.support.etcd",
+    "tests.support.fleet",
 ]

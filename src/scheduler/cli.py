@@ -170,4 +170,29 @@ def admin_restore_state(config_path: Path | None, replace: bool, backup: Path) -
     click.echo(f"restored {backup} to {settings.state_db_path}")
 
 
+@admin.command("release-volumes")
+@_CONFIG_OPTION
+def admin_release_volumes(config_path: Path | None) -> None:
+    """Unmount the volume filesystem image (volumes.filesystem: xfs-image) that the daemon leaves mounted.
+
+    Run it once the daemon is stopped and no environment runs (a host shutdown, an uninstall);
+    the next start mounts it again. Refused while a daemon serves the data dir.
+    """
+    from scheduler import startup
+    from scheduler.volumes.filesystem import release
+
+    settings = _load(config_path, {})
+    lock = startup.DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()
+        try:
+            released = release(settings.data_dir)
+        finally:
+            lock.release()
+    except errors.SchedulerError as err:
+        click.echo(f"scheduler: {err.message}", err=True)
+        sys.exit(1)
+    click.echo("unmounted the volume filesystem" if released else "no volume filesystem is mounted")
+
+
 client.register(main)

@@ -61,6 +61,7 @@ from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
 from scheduler.storage.timeline import SqliteTimeline
 from scheduler.systemd import Notifier
+from scheduler.volumes.filesystem import prepare as prepare_volume_filesystem
 from scheduler.volumes.host import HostVolumeStore
 from scheduler.volumes.templates import TemplateStore
 
@@ -214,9 +215,12 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             event_log = await asyncio.to_thread(SqliteEventLog, data_dir / "events.db")
         events = EventBus(log=event_log)
         stack.callback(events.close)
-        volumes = HostVolumeStore(data_dir / "volumes")
+        volume_fs = await asyncio.to_thread(
+            prepare_volume_filesystem, data_dir, settings.volumes.filesystem, settings.volumes.image_size_bytes
+        )
+        volumes = HostVolumeStore(volume_fs.volumes)
         templates = Templates(
-            TemplateStore(data_dir / "templates"),
+            TemplateStore(volume_fs.templates),
             volumes,
             runtime,
             TemplateSettings(

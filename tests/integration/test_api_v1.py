@@ -385,6 +385,8 @@ FAILURES = [
     ("StartEnvironment", {"name": "missing"}, "NOT_FOUND", "NOT_FOUND", None),
     ("DrainNode", {"node": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "node"),
     ("DrainNode", {"node": "no-such-node"}, "NOT_FOUND", "NOT_FOUND", None),
+    ("UndrainNode", {"node": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "node"),
+    ("UndrainNode", {"node": "no-such-node"}, "NOT_FOUND", "NOT_FOUND", None),
     # Run with the daemon's configuration file made invalid (see the test).
     ("ReloadConfiguration", {}, "FAILED_PRECONDITION", "FAILED_PRECONDITION", None),
 ]

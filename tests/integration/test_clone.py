@@ -2,12 +2,17 @@
 
 The clone must hold an exact prefix of the rows written (a consistent snapshot: no gap, no
 duplicate, everything acknowledged before the call), the source must answer every request
-meanwhile, and the clone must run with its own database password.
+meanwhile, and the clone must run with its own database password. Then the source sleeps and is
+cloned asleep. The daemon keeps its volumes on ``volumes.filesystem: xfs-image`` (a loop-mounted
+XFS with reflinks), so templates' seeds and clones share extents with their sources; the mount
+and its loop device are gone after the module, whatever its outcome.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -23,11 +28,14 @@ from google.protobuf import field_mask_pb2
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.volumes.copy import reflinks
+from scheduler.volumes.filesystem import backing_file, mounted_device
 from tests.integration.test_client_cli import cli
 from tests.integration.test_env_backup import backend_url
 from tests.integration.test_environments import http_get, wait_gone, wait_status
-from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.daemon import VENV_BIN, DaemonProcess, running_daemon
 from tests.support.images import BACKEND, POSTGRES
+from tests.support.processes import loops_under, mounts_under, unmount_under
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +43,48 @@ WRITER_DEADLINE = 120.0
 """The writer stops by itself after this long, whatever happens to the test."""
 
 
+IMAGE_SIZE = 2 * 1024**3
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, Path]) -> Iterator[DaemonProcess]:
     archives = [image_archives[POSTGRES], image_archives[BACKEND]]
-    with running_daemon(tmp_path_factory.mktemp("clone"), archives) as process:
-        yield process
+    tmp = tmp_path_factory.mktemp("clone")
+    config = {"volumes": {"filesystem": "xfs-image", "image_size_bytes": IMAGE_SIZE}}
+    try:
+        with running_daemon(tmp, archives, config) as process:
+            yield process
+    finally:
+        # Whatever happened: the daemon leaves its volume filesystem mounted by design.
+        unmount_under(tmp)
+    assert not mounts_under(tmp) and not loops_under(tmp), (mounts_under(tmp), loops_under(tmp))
+
+
+def _shared_extents(path: Path) -> bool:
+    """Whether a file's extents are shared with another file (a reflink), as FIEMAP reports them."""
+    report = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True, timeout=30, check=True)
+    return "shared" in report.stdout
+
+
+def test_volumes_live_on_a_reflink_filesystem_image(daemon: DaemonProcess) -> None:
+    mount = daemon.data_dir / "volumefs"
+    device = mounted_device(mount)
+    assert device is not None and device.startswith("/dev/loop"), device
+    assert backing_file(device) == (daemon.data_dir / "volumes.xfs").resolve()
+    assert os.stat(daemon.data_dir / "volumes.xfs").st_size == IMAGE_SIZE
+    assert reflinks(mount)
+    record = json.loads((daemon.data_dir / "volumefs.json").read_text())
+    assert record["filesystem"] == "xfs-image" and record["mount"] == str(mount.resolve()), record
+    # The administrator's way out refuses while the daemon serves the data dir.
+    released = subprocess.run(
+        [str(VENV_BIN / "scheduler"), "admin", "release-volumes", "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert released.returncode != 0 and "stop it first" in released.stderr, released
+    assert mounted_device(mount) == device
 
 
 @dataclass
@@ -139,7 +184,25 @@ def test_clone_while_writing_copies_a_consistent_prefix(daemon: DaemonProcess) -
         history = stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name="staging"), timeout=10).entries
         cloned = next(h for h in history if h.action == "cloned")
         print(f"clone: source paused ({cloned.detail}); slowest write meanwhile {writer.slowest:.3f}s")
-        assert not list((daemon.data_dir / "volumes").glob(".scratch-*")), "a staging copy was left behind"
+        assert not list((daemon.data_dir / "volumefs" / "volumes").glob(".scratch-*")), "a staging copy was left behind"
+
+        # Asleep, the source is copied in one pass without waking it, as it was when it stopped.
+        stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="preview"), timeout=10)
+        stub.StopEnvironment(pb.StopEnvironmentRequest(name="staging"), timeout=10)
+        wait_status(stub, "staging", {pb.ENVIRONMENT_STATUS_STOPPED}, 120)
+        before_sleep = len(writer.acknowledged)
+        stub.CloneEnvironment(pb.CloneEnvironmentRequest(source="staging", name="from-asleep"), timeout=120)
+        asleep = stub.GetEnvironment(pb.GetEnvironmentRequest(name="staging"), timeout=10)
+        assert asleep.status == pb.ENVIRONMENT_STATUS_STOPPED, asleep
+        assert {c.state for c in asleep.containers} == {pb.CONTAINER_STATE_STOPPED}, asleep.containers
+        copy = wait_status(stub, "from-asleep", {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_FAILED}, 240)
+        assert copy.status == pb.ENVIRONMENT_STATUS_RUNNING, copy.conditions
+        assert _rows(copy)[:before_sleep] == writer.acknowledged and len(_rows(copy)) <= writer.sent
+        history = stub.GetEnvironmentHistory(pb.GetEnvironmentHistoryRequest(name="staging"), timeout=10).entries
+        assert [h.detail for h in history if h.action == "cloned"][-1] == "to from-asleep; paused 0 ms", history
+        # Its files share their extents with the source's (reflinks), not copies of them.
+        copied_files = [p for p in (daemon.data_dir / "volumefs" / "volumes" / "from-asleep").rglob("*") if p.is_file()]
+        assert any(_shared_extents(p) for p in copied_files if p.stat().st_size >= 8192), copied_files[:5]
 
 
 def test_clone_refuses_bad_sources_and_names(daemon: DaemonProcess) -> None:
@@ -182,7 +245,7 @@ def test_clone_refuses_bad_sources_and_names(daemon: DaemonProcess) -> None:
         with pytest.raises(grpc.RpcError) as nothing_made:
             stub.GetEnvironment(pb.GetEnvironmentRequest(name="young-copy"), timeout=10)
         assert nothing_made.value.code() == grpc.StatusCode.NOT_FOUND
-        assert not (daemon.data_dir / "volumes" / "young-copy").exists()
+        assert not (daemon.data_dir / "volumefs" / "volumes" / "young-copy").exists()
 
         stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="young"), timeout=10)
         wait_gone(stub, "young")

@@ -59,12 +59,13 @@ def free_pool() -> str:
 
 
 def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
-    """Remove what a stopped daemon left on the host: containers in its managed containerd, and
-    its network instance (bridges, rules, namespaces)."""
+    """Remove what a stopped daemon left on the host: containers in its managed containerd, its
+    network instance (bridges, rules, namespaces) and its volume filesystem's mount."""
     import asyncio
 
     from scheduler.network.cni import CniNetwork, CniSettings
     from scheduler.runtime.containerd.managed import ManagedContainerd
+    from scheduler.volumes.filesystem import release
     from tests.support.containerd import sweep_daemon
 
     socket = data_dir / "containerd" / "containerd.sock"
@@ -81,7 +82,10 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
         await network.start()
         await network.teardown()
 
-    asyncio.run(sweep())
+    try:
+        asyncio.run(sweep())
+    finally:
+        release(data_dir)  # after the containers: theirs are the last users of it
 
 
 def daemon_instance(daemon: DaemonProcess) -> str:
@@ -105,8 +109,14 @@ class DaemonProcess:
     log_path: Path
     config_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    netns: str | None = None
+    """The network namespace (``ip netns`` name) it runs in; None: the test's own."""
+    credentials: grpc.ChannelCredentials | None = None
+    """TLS (and token) credentials its API wants; None: plaintext."""
 
     def channel(self) -> grpc.Channel:
+        if self.credentials is not None:
+            return grpc.secure_channel(self.address, self.credentials)
         return grpc.insecure_channel(self.address)
 
     def log(self) -> str:
@@ -152,7 +162,18 @@ class DaemonProcess:
             return
         self.extra["cleaned"] = True
         settings = yaml.safe_load(self.config_path.read_text())
-        cleanup_daemon_dir(self.data_dir, settings["network"]["instance"], settings["network"]["pool"])
+        args = (str(self.data_dir), settings["network"]["instance"], settings["network"]["pool"])
+        if self.netns is None:
+            cleanup_daemon_dir(Path(args[0]), args[1], args[2])
+            return
+        if not Path("/run/netns", self.netns).exists():
+            return  # removed with everything in it by whoever made it (tests.support.nodenet)
+        # Its bridges, chains and containers' links live in its namespace: clean up from there.
+        script = "import sys, pathlib; from tests.support.daemon import cleanup_daemon_dir as c; "
+        script += "c(pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3])"
+        argv = [*in_netns(self.netns), sys.executable, "-c", script, *args]
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"cleanup in {self.netns} failed: {run.stderr[-3000:]}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
@@ -165,11 +186,24 @@ class DaemonProcess:
         return self.process.returncode
 
 
-def wait_serving(address: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+def in_netns(netns: str) -> list[str]:
+    """The argv prefix that runs a command in network namespace ``netns`` (only that: the mount
+    namespace stays the host's, so its mounts and files are where the test looks)."""
+    return ["nsenter", f"--net=/run/netns/{netns}", "--"]
+
+
+def wait_serving(
+    address: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float = 60,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    channel_of = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel_of as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -190,15 +224,20 @@ def start_daemon(
     env: dict[str, str] | None = None,
     wait: bool = True,
     reuse_config: bool = False,
+    netns: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    serve_timeout: float = 60,
 ) -> DaemonProcess:
     """Write a config for ``tmp`` (free port, private data dir) merged with ``config`` and start it.
 
     ``reuse_config`` starts again with the config an earlier call wrote there (a restart).
+    ``netns`` runs it in that network namespace; ``credentials`` are what its API wants;
+    ``serve_timeout`` is how long it may take to serve.
     """
     config_path = tmp / "config.yaml"
     if reuse_config:
         settings = yaml.safe_load(config_path.read_text())
-        return _launch(tmp, settings, config_path, env, wait)
+        return _launch(tmp, settings, config_path, env, wait, netns, credentials, serve_timeout)
     port = free_port()
     settings: dict[str, Any] = {
         "data_dir": str(tmp / "data"),
@@ -216,27 +255,38 @@ def start_daemon(
         else:
             settings[key] = value
     config_path.write_text(yaml.safe_dump(settings))
-    return _launch(tmp, settings, config_path, env, wait)
+    return _launch(tmp, settings, config_path, env, wait, netns, credentials, serve_timeout)
 
 
 def _launch(
-    tmp: Path, settings: dict[str, Any], config_path: Path, env: dict[str, str] | None, wait: bool
+    tmp: Path,
+    settings: dict[str, Any],
+    config_path: Path,
+    env: dict[str, str] | None,
+    wait: bool,
+    netns: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    serve_timeout: float = 60,
 ) -> DaemonProcess:
     log_path = tmp / "daemon.log"
     child_env = {**os.environ, **(env or {})}
+    # nsenter execs the daemon: the PID is the daemon's.
+    prefix = in_netns(netns) if netns is not None else []
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [str(VENV_BIN / "scheduler"), "run", "--config", str(config_path)],
+            [*prefix, str(VENV_BIN / "scheduler"), "run", "--config", str(config_path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=child_env,
         )
-    daemon = DaemonProcess(process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path)
+    daemon = DaemonProcess(
+        process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path, {}, netns, credentials
+    )
     _every_daemon.append(daemon)
     if wait:
         try:
-            wait_serving(daemon.address, process, log_path)
+            wait_serving(daemon.address, process, log_path, serve_timeout, credentials)
         except BaseException:
             daemon.stop(signal.SIGKILL)
             raise

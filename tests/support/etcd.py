@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,12 +41,12 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def _free_ports(count: int) -> list[int]:
+def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     sockets = []
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             sockets.append(s)
         return [s.getsockname()[1] for s in sockets]
     finally:
@@ -63,14 +64,16 @@ class EtcdMember:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    """The address it listens on (clients and peers)."""
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def pid(self) -> int | None:
@@ -98,29 +101,31 @@ class EtcdCluster:
         return tuple(m.endpoint for m in self.members)
 
     @classmethod
-    def start(cls, size: int = 3, parent: Path | None = None, attempts: int = 3) -> EtcdCluster:
-        """Start ``size`` members and wait until all are healthy, on new ports if a member could not
-        bind its own (another session took it between our probe and etcd's bind)."""
+    def start(
+        cls, size: int = 3, parent: Path | None = None, attempts: int = 3, host: str = "127.0.0.1"
+    ) -> EtcdCluster:
+        """Start ``size`` members on ``host`` and wait until all are healthy, on new ports if a
+        member could not bind its own (another session took it between our probe and etcd's bind)."""
         for attempt in range(attempts):
             try:
-                return cls._start(size, parent)
+                return cls._start(size, parent, host)
             except RuntimeError:
                 if attempt == attempts - 1:
                     raise
         raise AssertionError("unreachable")
 
     @classmethod
-    def _start(cls, size: int, parent: Path | None) -> EtcdCluster:
+    def _start(cls, size: int, parent: Path | None, host: str) -> EtcdCluster:
         """Start ``size`` members and wait until all are healthy; stops them again on failure."""
         if parent is None and os.access("/dev/shm", os.W_OK):
             parent = Path("/dev/shm")
         root = Path(tempfile.mkdtemp(prefix="scheduler-etcd-", dir=parent))
         track(root)
         cluster = cls(root)
-        ports = _free_ports(2 * size)
+        ports = _free_ports(2 * size, host)
         for i in range(size):
             cluster.members.append(
-                EtcdMember(f"m{i}", ports[2 * i], ports[2 * i + 1], root / f"m{i}", root / f"m{i}.log")
+                EtcdMember(f"m{i}", ports[2 * i], ports[2 * i + 1], root / f"m{i}", root / f"m{i}.log", host=host)
             )
         try:
             for member in cluster.members:
@@ -182,6 +187,27 @@ class EtcdCluster:
             return " | ".join(member.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def status(self, member: EtcdMember) -> dict[str, Any]:
+        """The member's Maintenance.Status (its id, the leader's id, raft term and index), through
+        etcd's HTTP gateway; empty when it does not answer."""
+        request = urllib.request.Request(f"{member.endpoint}/v3/maintenance/status", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - the test's own member
+                return dict(json.loads(response.read()))
+        except (OSError, ValueError, urllib.error.URLError):
+            return {}
+
+    def leader(self) -> EtcdMember | None:
+        """The member that the answering members agree leads (by Maintenance.Status), or None."""
+        ids = {}
+        leaders = set()
+        for member in self.members:
+            status = self.status(member)
+            if status:
+                ids[status["header"]["member_id"]] = member
+                leaders.add(status.get("leader", ""))
+        return ids.get(leaders.pop()) if len(leaders) == 1 else None
 
     def member_at(self, endpoint: str) -> EtcdMember:
         return next(m for m in self.members if m.endpoint == endpoint)

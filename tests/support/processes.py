@@ -18,7 +18,17 @@ from pathlib import Path
 
 from scheduler.runtime.containerd.orphans import descendants
 
-__all__ = ["alive", "cmdline", "descendants", "end", "mounts_under", "processes_naming", "shims_of", "unmount_under"]
+__all__ = [
+    "alive",
+    "cmdline",
+    "descendants",
+    "end",
+    "loops_under",
+    "mounts_under",
+    "processes_naming",
+    "shims_of",
+    "unmount_under",
+]
 
 
 def cmdline(pid: int) -> list[str]:
@@ -92,7 +102,23 @@ def mounts_under(path: Path) -> list[str]:
     return sorted(points, key=len, reverse=True)
 
 
+def loops_under(path: Path) -> list[str]:
+    """Loop devices whose backing file lies at or below ``path`` (a volume filesystem image)."""
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            name = backing.read_text().strip()
+        except OSError:
+            continue  # detached meanwhile
+        if name.startswith(prefix):
+            found.append("/dev/" + backing.parts[3])
+    return sorted(found)
+
+
 def unmount_under(path: Path) -> None:
-    """Lazily unmount everything at or below ``path``."""
+    """Lazily unmount everything at or below ``path``, then detach loop devices of images under it."""
     for point in mounts_under(path):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+    for device in loops_under(path):
+        subprocess.run(["losetup", "-d", device], capture_output=True, timeout=30)

@@ -28,6 +28,8 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
         "network/iptables.py": "import scheduler.config  # noqa\n",
         # The containerd runtime reading the daemon's configuration instead of its own options.
         "runtime/containerd/registry.py": "import scheduler.config  # noqa\n",
+        # The neutral gRPC status helpers reaching back into one of the clients that use them.
+        "rpcstatus.py": "import scheduler.storage.etcd.errors  # noqa\n",
     }
     for relative, line in plant.items():
         path = tmp_path / "src" / "scheduler" / relative
@@ -54,3 +56,4 @@ def test_wrong_imports_break_the_contracts(tmp_path: Path) -> None:
     assert "scheduler.orchestrator.teardown -> scheduler.volumes.host" in out
     assert "scheduler.network.iptables -> scheduler.config" in out
     assert "scheduler.runtime.containerd.registry -> scheduler.config" in out
+    assert "scheduler.rpcstatus -> scheduler.storage.etcd.errors" in out

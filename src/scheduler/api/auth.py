@@ -73,6 +73,7 @@ PERMISSIONS = {
     "ListTemplates": "templates.list",
     "ListNodes": "nodes.list",
     "DrainNode": "nodes.drain",
+    "UndrainNode": "nodes.drain",
 }
 
 

@@ -58,8 +58,12 @@ class Gate:
         labels_of: LabelsOf,
         unix: UnixListener | None = None,
         tcp_port: Callable[[], int] = lambda: 0,
+        *,
+        client_certificates: bool = True,
     ) -> None:
         self._settings = settings
+        self._certificates = client_certificates
+        """Whether clients may present certificates (TLS with a client CA): else none is looked for."""
         self._auth = Authenticator(settings)
         self._users = LocalUsers()
         self._admissions: dict[tuple[Principal, str], Admission] = {}
@@ -94,10 +98,10 @@ class Gate:
             if scheme.lower() != "bearer" or not token.strip():
                 raise errors.Unauthenticated("the authorization header must be 'Bearer <token>'")
             return self._auth.from_token(token.strip())
-        auth_context = context.auth_context() or {}
-        names = list(auth_context.get("x509_common_name") or [])
-        if names:
-            return self._auth.from_certificate(names[0].decode(errors="replace"))
+        if self._certificates:
+            names = list((context.auth_context() or {}).get("x509_common_name") or [])
+            if names:
+                return self._auth.from_certificate(names[0].decode(errors="replace"))
         if self._unix is not None:
             creds = self._unix.credentials(peer)
             if creds is not None:

@@ -13,6 +13,7 @@ import itertools
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 
 from scheduler import log
 
@@ -43,26 +44,23 @@ def loopback_owner(peer: str, server_port: int) -> int | None:
     a loopback server from its own address in the usual case; the rare client that reached
     another loopback address is found by a dump the kernel filters on both ports. An IPv4 client
     may own a dual-stack socket, which the kernel finds by its v4 addresses.
+
+    The kernel is asked on every call: ports are reused, so an owner is never remembered per
+    address; only what the peer string says (its address in the forms the kernel reports) is.
     """
-    parsed = _parse_peer(peer)
-    if parsed is None:
+    client = _loopback_peer(peer)
+    if client is None or not 0 < server_port < 65536:
         return None
-    address, port = parsed
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if not address.is_loopback or not 0 < server_port < 65536:
-        return None
-    family = socket.AF_INET if isinstance(address, ipaddress.IPv4Address) else socket.AF_INET6
     with _DIAG_LOCK:
         global _diag
         if _diag is None:
             _diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
             _diag.settimeout(2)  # the kernel answers at once; never hang the caller
         try:
-            uid = _diag_owner(_diag, family, address, port, address, server_port, dump=False)
-            families = [family] if family == socket.AF_INET6 else [family, socket.AF_INET6]
+            uid = _diag_owner(_diag, client.family, client, server_port, exact=True)
+            families = [client.family] if client.family == socket.AF_INET6 else [client.family, socket.AF_INET6]
             for dump_family in families if uid is None else ():
-                uid = _diag_owner(_diag, dump_family, address, port, None, server_port, dump=True)
+                uid = _diag_owner(_diag, dump_family, client, server_port, exact=False)
                 if uid is not None:
                     break
             return uid
@@ -70,6 +68,33 @@ def loopback_owner(peer: str, server_port: int) -> int | None:
             _log.warning("peer.diag_failed", error=str(err))
             _close_diag()
             return None
+
+
+@dataclass(frozen=True)
+class _Client:
+    """A loopback peer's address and port, in the forms sock_diag takes and reports."""
+
+    family: int
+    port: int
+    packed: bytes
+    """The address as ``inet_diag_sockid`` holds it (16 bytes, an IPv4 one padded)."""
+    packed_v6: bytes
+    """The address as a dual-stack socket reports it (IPv4 as v4-mapped)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _loopback_peer(peer: str) -> _Client | None:
+    """What a gRPC peer string says, if it names a loopback TCP client (a pure function of the string)."""
+    parsed = _parse_peer(peer)
+    if parsed is None:
+        return None
+    address, port = parsed
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_loopback:
+        return None
+    family = socket.AF_INET if isinstance(address, ipaddress.IPv4Address) else socket.AF_INET6
+    return _Client(family, port, address.packed.ljust(16, b"\0"), _as_v6(address).packed)
 
 
 _diag: socket.socket | None = None
@@ -86,45 +111,35 @@ def _close_diag() -> None:
         _diag = None
 
 
-def _diag_owner(
-    diag: socket.socket,
-    family: int,
-    client: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    client_port: int,
-    server: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-    server_port: int,
-    *,
-    dump: bool,
-) -> int | None:
-    """Ask for the socket ``client:client_port -> server:server_port``; its owner's uid if one.
+def _diag_owner(diag: socket.socket, family: int, client: _Client, server_port: int, *, exact: bool) -> int | None:
+    """Ask for the socket ``client -> server_port``; its owner's uid if one.
 
-    ``dump`` without ``server``: every socket with both ports (the kernel filters on ports); the
-    client address is then matched here.
+    ``exact``: the one socket from the client's address to the same address (the usual case).
+    Otherwise a dump of every socket with both ports (the kernel filters on ports), the client
+    address matched here.
     """
-    if family == socket.AF_INET6:
-        client, server = _as_v6(client), None if server is None else _as_v6(server)
-    server_bytes = server.packed.ljust(16, b"\0") if server is not None else bytes(16)
+    client_bytes = client.packed_v6 if family == socket.AF_INET6 else client.packed
     request = _DIAG_REQUEST.pack(
         family,
         socket.IPPROTO_TCP,
         0,
         0,
         1 << _TCP_ESTABLISHED,
-        socket.htons(client_port),
+        socket.htons(client.port),
         socket.htons(server_port),
-        client.packed.ljust(16, b"\0"),
-        server_bytes,
+        client_bytes,
+        client_bytes if exact else bytes(16),
         0,
         _NOCOOKIE,
         _NOCOOKIE,
     )
-    flags = _NLM_F_REQUEST | (0x300 if dump else 0)  # NLM_F_DUMP
+    flags = _NLM_F_REQUEST | (0 if exact else 0x300)  # NLM_F_DUMP
     # The socket is reused: replies to an earlier question (the rest of a dump) carry its sequence.
     sequence = next(_SEQUENCE) & 0xFFFFFFFF
     diag.sendto(
         _NLMSGHDR.pack(_NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY, flags, sequence, 0) + request, (0, 0)
     )
-    want = {client.packed.ljust(16, b"\0"), _as_v6(client).packed}
+    want = (client.packed, client.packed_v6)
     while True:
         data = diag.recv(65536)
         offset = 0
@@ -145,13 +160,12 @@ def _diag_owner(
             fields = _DIAG_MESSAGE.unpack_from(data, body)
             state, src, uid, inode = fields[1], fields[6], fields[14], fields[15]
             sport, dport = socket.ntohs(fields[4]), socket.ntohs(fields[5])
-            if state == _TCP_ESTABLISHED and inode and sport == client_port and dport == server_port and src in want:
+            if state == _TCP_ESTABLISHED and inode and sport == client.port and dport == server_port and src in want:
                 return int(uid)
-        if answered and not dump:
+        if answered and exact:
             return None
 
 
-@functools.lru_cache(maxsize=1024)
 def _parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
     kind, _, rest = peer.partition(":")
     if kind not in ("ipv4", "ipv6"):

@@ -46,7 +46,13 @@ class ApiServer:
             if settings.unix_socket
             else None
         )
-        self._gate = Gate(auth or AuthSettings(), self._labels_of, self._unix, lambda: self.bound_port)
+        self._gate = Gate(
+            auth or AuthSettings(),
+            self._labels_of,
+            self._unix,
+            lambda: self.bound_port,
+            client_certificates=bool(settings.tls.client_ca_file),
+        )
         self._server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )

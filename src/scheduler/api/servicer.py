@@ -258,6 +258,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def DrainNode(self, request: pb.DrainNodeRequest, context: Context) -> pb.Node:
         return convert.node_to_proto(await self._service.drain_node(request.node))
 
+    async def UndrainNode(self, request: pb.UndrainNodeRequest, context: Context) -> pb.Node:
+        return convert.node_to_proto(await self._service.undrain_node(request.node))
+
     async def ReloadConfiguration(
         self, request: pb.ReloadConfigurationRequest, context: Context
     ) -> pb.ReloadConfigurationResponse:

@@ -234,6 +234,10 @@ class SchedulerClient:
         """Mark node ``name`` draining: no new environment goes there and its own move away."""
         return await self._unary(self._stub.DrainNode, pb.DrainNodeRequest(node=name))
 
+    async def undrain_node(self, name: str) -> pb.Node:
+        """Make drained node ``name`` eligible for new environments again."""
+        return await self._unary(self._stub.UndrainNode, pb.UndrainNodeRequest(node=name))
+
     async def stacks(self) -> builtins.list[pb.Stack]:
         """The whole catalogue of stacks, by name."""
         found: builtins.list[pb.Stack] = []

@@ -41,7 +41,7 @@ def templates_list(client: Client, output: str) -> None:
 
 @click.group()
 def node() -> None:
-    """List and drain the nodes of a fleet."""
+    """List, drain and undrain the nodes of a fleet."""
 
 
 @node.command("list")
@@ -59,8 +59,20 @@ def node_list(client: Client, output: str) -> None:
 @connection_options
 def node_drain(client: Client, name: str, output: str) -> None:
     """Mark node NAME draining: it takes no new environment, and its environments move to others."""
-    reply = pb.ListNodesResponse(nodes=[client.run(lambda api: api.drain_node(name))])
-    click.echo(render.to_json(reply.nodes[0]) if output == "json" else render.nodes(reply))
+    _show_node(client.run(lambda api: api.drain_node(name)), output)
+
+
+@node.command("undrain")
+@click.argument("name")
+@output_option
+@connection_options
+def node_undrain(client: Client, name: str, output: str) -> None:
+    """Make drained node NAME eligible for new environments again (environments moved away stay put)."""
+    _show_node(client.run(lambda api: api.undrain_node(name)), output)
+
+
+def _show_node(node: pb.Node, output: str) -> None:
+    click.echo(render.to_json(node) if output == "json" else render.nodes(pb.ListNodesResponse(nodes=[node])))
 
 
 @click.command("reload")

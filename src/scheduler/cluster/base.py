@@ -39,3 +39,12 @@ class Fleet(Protocol):
             FailedPrecondition: there is no fleet to move environments to.
         """
         ...
+
+    async def undrain(self, name: str) -> Node:
+        """Make node ``name`` eligible for new environments again (a no-op when it is not drained).
+
+        Raises:
+            NotFound: no live node has that name.
+            FailedPrecondition: there is no fleet.
+        """
+        ...

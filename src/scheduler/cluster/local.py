@@ -35,10 +35,22 @@ class SingleNode:
             NotFound: ``name`` is not this node.
             FailedPrecondition: always otherwise, naming ``cluster.etcd``.
         """
+        raise self._alone(name, "drained")
+
+    async def undrain(self, name: str) -> Node:
+        """Refuse: a daemon running alone is never drained.
+
+        Raises:
+            NotFound: ``name`` is not this node.
+            FailedPrecondition: always otherwise, naming ``cluster.etcd``.
+        """
+        raise self._alone(name, "undrained")
+
+    def _alone(self, name: str, what: str) -> NotFound | FailedPrecondition:
         if name != self._node.name:
-            raise NotFound(f"node {name!r} not found; this daemon is the node {self._node.name!r}", node=name)
-        raise FailedPrecondition(
-            f"node {name!r} cannot be drained: this daemon runs alone (set cluster.etcd to join a fleet)",
+            return NotFound(f"node {name!r} not found; this daemon is the node {self._node.name!r}", node=name)
+        return FailedPrecondition(
+            f"node {name!r} cannot be {what}: this daemon runs alone (set cluster.etcd to join a fleet)",
             node=name,
         )
 

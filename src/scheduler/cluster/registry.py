@@ -190,16 +190,27 @@ class EtcdFleet:
         Raises:
             NotFound: no live node has that name.
         """
+        node = await self._live(name)
+        await self._client.put(f"{self._prefix}{DRAINS}{name}", b"")
+        _log.info("node.drained", node=name)
+        return replace(node, draining=True)
+
+    async def undrain(self, name: str) -> Node:
+        """Let node ``name`` take new environments again (Kubernetes' uncordon).
+
+        Raises:
+            NotFound: no live node has that name.
+        """
+        node = await self._live(name)
+        if await self._client.delete(f"{self._prefix}{DRAINS}{name}"):
+            _log.info("node.undrained", node=name)
+        return replace(node, draining=False)
+
+    async def _live(self, name: str) -> Node:
         kv = await self._client.get(f"{self._prefix}{NODES}{name}")
         if kv is None:
             raise NotFound(f"node {name!r} not found among the live nodes", node=name)
-        await self._client.put(f"{self._prefix}{DRAINS}{name}", b"")
-        _log.info("node.drained", node=name)
-        return replace(node_from_json(kv.value), draining=True)
-
-    async def undrain(self, name: str) -> None:
-        """Let node ``name`` take new environments again."""
-        await self._client.delete(f"{self._prefix}{DRAINS}{name}")
+        return node_from_json(kv.value)
 
     async def _drained(self) -> set[str]:
         page = await self._client.list_prefix(f"{self._prefix}{DRAINS}")

@@ -174,6 +174,18 @@ class TemplateSettings(_Section):
     (about 1 ms) instead of a copy (0.05-0.35 s for PostgreSQL's 39 MB); 0 copies at create."""
 
 
+class VolumeSettings(_Section):
+    """The filesystem named volumes and templates live on (see ``scheduler.volumes.filesystem``)."""
+
+    filesystem: Literal["data-dir", "xfs-image"] = "data-dir"
+    """``data-dir``: under data_dir, on its filesystem (copies are reflinks where it has them, byte
+    copies on ext4). ``xfs-image``: in a sparse XFS image with reflinks, loop-mounted by the daemon
+    at ``<data_dir>/volumefs``, where every copy (template seed, clone) is a metadata operation."""
+    image_size_bytes: int = Field(default=64 * 1024**3, ge=1024**3)
+    """Size of the xfs-image (sparse: the data dir pays for what is written). Raising it grows the
+    filesystem at the next start; it never shrinks."""
+
+
 class BackupPolicy(_Section):
     """How often an environment is archived, and how many archives are kept."""
 
@@ -240,6 +252,7 @@ class Settings(BaseSettings):
     backups: BackupSettings = BackupSettings()
     sleep: SleepSettings = SleepSettings()
     templates: TemplateSettings = TemplateSettings()
+    volumes: VolumeSettings = VolumeSettings()
     cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")

@@ -15,6 +15,14 @@ The copied data directory still holds the source's, so the copy carries a marker
 ``pgscripts.CLONE_PASSWORD``: in single-user mode, before the server listens, it replays the
 copied WAL and sets the role's password from the container's own ``POSTGRES_PASSWORD``. The
 marker holds no secret and stays until that succeeded, so a failed first start tries again.
+
+A sleeping source (STOPPED: StopEnvironment, or idle) has no process writing its volumes, and
+no wake can start one meanwhile (a wake is an operation of the same queue, so it waits for the
+copy): one pass copies it consistently, with no checkpoint and no freeze. PostgreSQL was shut
+down cleanly when it went to sleep, so the clone starts with nothing to replay.
+
+Where the volumes' filesystem has reflinks (``volumes.filesystem: xfs-image``), both passes
+clone files instead of copying them: the copy and the freeze cost metadata, whatever the size.
 """
 
 from __future__ import annotations
@@ -54,15 +62,20 @@ class Snapshot:
     """Services whose containers were frozen."""
 
 
+CLONEABLE = frozenset({EnvironmentStatus.RUNNING, EnvironmentStatus.STOPPED})
+"""Serving its latest specification, or asleep with it."""
+
+
 def check_cloneable(env: Environment) -> None:
-    """Refuse to copy an environment that is not serving its latest specification.
+    """Refuse to copy an environment that is neither serving nor sleeping with its latest specification.
 
     Raises:
         FailedPrecondition: naming the environment and its status.
     """
-    if env.status is not EnvironmentStatus.RUNNING:
+    if env.status not in CLONEABLE:
         raise errors.FailedPrecondition(
-            f"environment {env.name!r} is {env.status.value}; only a RUNNING environment can be cloned",
+            f"environment {env.name!r} is {env.status.value}; only a RUNNING or sleeping (STOPPED) environment "
+            "can be cloned",
             env=env.name,
             reason="SOURCE_NOT_RUNNING",
         )
@@ -95,16 +108,19 @@ class Cloner:
             for c in source.containers
             if c.state is ContainerState.RUNNING and c.service in {s.name for s in writers}
         ]
+        asleep = source.status is EnvironmentStatus.STOPPED and not containers
         staging = await asyncio.to_thread(self._volumes.staging)
         try:
             started = time.monotonic()
-            await self._checkpoint(source)
+            if not asleep:
+                await self._checkpoint(source)
             checkpointed = time.monotonic()
             since = time.time()
+            cloned = 0
             for name in present:
-                await asyncio.to_thread(self._volumes.copy_into, source.name, name, staging / name)
+                cloned += (await asyncio.to_thread(self._volumes.copy_into, source.name, name, staging / name)).cloned
             copied = time.monotonic()
-            paused = await self._frozen_pass(source.name, containers, present, staging, since)
+            paused = 0.0 if asleep else await self._frozen_pass(source.name, containers, present, staging, since)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(self._volumes.discard, staging))
             raise
@@ -112,6 +128,8 @@ class Cloner:
             "clone.snapshot",
             env=source.name,
             volumes=len(present),
+            asleep=asleep,
+            files_cloned=cloned,
             checkpoint_s=round(checkpointed - started, 3),
             first_pass_s=round(copied - checkpointed, 3),
             paused_ms=round(paused * 1000, 1),

@@ -27,7 +27,7 @@ from typing import Any
 from scheduler import errors
 from scheduler.domain import ContainerStatus, Environment, EnvironmentStatus, HistoryEntry
 from scheduler.orchestrator.status import now
-from scheduler.storage.base import PageKey, StateStore, decode_page_token, effective_page_size, encode_page_token
+from scheduler.storage.base import ListQuery, PageKey, StateStore
 
 Change = Callable[[Environment], Environment | None]
 """A change to one environment: returns the next state, or None (or the same object) to leave it."""
@@ -124,24 +124,16 @@ class Ledger:
         labels: Mapping[str, str] | None = None,
     ) -> tuple[builtins.list[Environment], str]:
         """One page in creation order and the next page's token; the contract of ``StateStore.list``."""
-        size = effective_page_size(page_size)
-        after = decode_page_token(page_token)
-        wanted = set(statuses)
-        selectors = dict(labels or {})
-        start = 0 if after is None else bisect.bisect_right(self._keys, after)
-        page: builtins.list[Environment] = []
-        last: PageKey | None = None
+        query = ListQuery.of(page_size, page_token, statuses, labels)
+        start = 0 if query.after is None else bisect.bisect_right(self._keys, query.after)
+        found: builtins.list[tuple[PageKey, Environment]] = []
         for key in self._keys[start:]:
             env = self._envs[key.name]
-            if wanted and env.status not in wanted:
-                continue
-            if selectors and any(env.spec.labels.get(k) != v for k, v in selectors.items()):
-                continue
-            if len(page) == size:
-                return page, encode_page_token(last) if last else ""
-            page.append(env)
-            last = key
-        return page, ""
+            if query.keeps(key, env.status.value, env.spec.labels):
+                found.append((key, env))
+                if len(found) > query.size:
+                    break
+        return query.page(found)
 
     async def find_by_request_id(self, request_id: str) -> Environment | None:
         """The environment a CreateEnvironment request id made, if it still exists."""

@@ -167,7 +167,7 @@ class Orchestrator:
 
         Raises:
             NotFound: no such environment.
-            FailedPrecondition: it is not RUNNING with its latest generation rolled out, or it was
+            FailedPrecondition: it is neither RUNNING nor asleep with its latest generation rolled out, or it was
                 deleted (or the daemon stopped) while being copied.
         """
         result: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()

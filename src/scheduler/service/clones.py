@@ -1,4 +1,4 @@
-"""Clone use case of the service: a new environment from a running one's spec and data."""
+"""Clone use case of the service: a new environment from a running or sleeping one's spec and data."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _log = log.get("service")
 
 
 class CloneCases:
-    """Clones of running environments; a part of :class:`EnvironmentService`."""
+    """Clones of running or sleeping environments; a part of :class:`EnvironmentService`."""
 
     _ledger: Ledger
     _orchestrator: Orchestrator
@@ -54,7 +54,7 @@ class CloneCases:
             InvalidArgument: a bad name or override (the stack cannot change).
             NotFound: naming ``source``.
             AlreadyExists: ``name`` is taken, or ``request_id`` created another environment.
-            FailedPrecondition: ``source`` is not RUNNING with its latest generation rolled out.
+            FailedPrecondition: ``source`` is neither RUNNING nor asleep with its latest generation rolled out.
         """
         check_request_id(request_id)
         violations = [

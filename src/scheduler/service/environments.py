@@ -325,11 +325,17 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
             NotFound: no live node has that name.
             FailedPrecondition: the daemon runs alone.
         """
-        if not name:
-            raise errors.InvalidArgument.of(
-                [errors.FieldViolation("node", "is required: the name of the node to drain")]
-            )
-        return await self._nodes().drain(name)
+        return await self._nodes().drain(_node_name(name, "drain"))
+
+    async def undrain_node(self, name: str) -> Node:
+        """Let node ``name`` take new environments again.
+
+        Raises:
+            InvalidArgument: ``node`` is empty.
+            NotFound: no live node has that name.
+            FailedPrecondition: the daemon runs alone.
+        """
+        return await self._nodes().undrain(_node_name(name, "undrain"))
 
     def _nodes(self) -> Fleet:
         if self._fleet is None:
@@ -381,3 +387,9 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
             return spec
 
         return await asyncio.to_thread(work)
+
+
+def _node_name(name: str, verb: str) -> str:
+    if not name:
+        raise errors.InvalidArgument.of([errors.FieldViolation("node", f"is required: the name of the node to {verb}")])
+    return name

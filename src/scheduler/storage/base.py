@@ -1,7 +1,9 @@
 """The ``StateStore`` Protocol: where environments, their history and small allocations live.
 
-Two implementations keep the same contract (one parametrised test module checks both):
-``SqliteStateStore`` (the daemon's default) and ``MemoryStateStore`` (for unit tests).
+Three implementations keep the same contract (one parametrised test module checks them all):
+``SqliteStateStore`` (the daemon's default), ``EtcdStateStore`` (a state shared by several
+schedulers) and ``MemoryStateStore`` (for unit tests). What they share beyond the Protocol is
+below it: how a list request is read and its page cut, record checks, the errors they raise.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import base64
 import binascii
 import builtins
 import json
-from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import Conflict, FieldViolation, InvalidArgument
+from scheduler.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound
+from scheduler.storage import codec
+
+T = TypeVar("T")
 
 Json = Any
 """A value made of dicts, lists, str, int, float, bool and None."""
@@ -190,28 +195,109 @@ def effective_page_size(page_size: int) -> int:
     return min(page_size, MAX_PAGE_SIZE)
 
 
-def check_record_kind_key(kind: str, key: str) -> None:
-    """Refuse empty record kinds and keys, which would collide silently.
+@dataclass(frozen=True)
+class ListQuery:
+    """One ``list`` call, checked: how many to return, after which key, and what to keep."""
+
+    size: int
+    after: PageKey | None
+    statuses: frozenset[str]
+    """Status values (``EnvironmentStatus.value``) to keep; empty: every status."""
+    labels: Mapping[str, str]
+    """Label pairs an environment must all carry."""
+
+    @classmethod
+    def of(
+        cls,
+        page_size: int,
+        page_token: str,
+        statuses: Collection[EnvironmentStatus] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> ListQuery:
+        """The query of a ``StateStore.list`` call.
+
+        Raises:
+            InvalidArgument: naming ``page_size`` or ``page_token``.
+        """
+        size = effective_page_size(page_size)
+        return cls(size, decode_page_token(page_token), frozenset(s.value for s in statuses), dict(labels or {}))
+
+    def keeps(self, key: PageKey, status: str, labels: Mapping[str, str]) -> bool:
+        """Whether an environment at ``key`` with this status and labels belongs on this page or later."""
+        return (
+            (self.after is None or key > self.after)
+            and (not self.statuses or status in self.statuses)
+            and all(labels.get(k) == v for k, v in self.labels.items())
+        )
+
+    def page(self, found: Sequence[tuple[PageKey, T]]) -> tuple[builtins.list[T], str]:
+        """The page out of ``found`` (in key order, ``size + 1`` or more if more follow) and the next token.
+
+        The token is empty when nothing follows this page.
+        """
+        items = found[: self.size]
+        token = encode_page_token(items[-1][0]) if len(found) > self.size else ""
+        return [item for _, item in items], token
+
+
+def record_text(kind: str, key: str, value: Json) -> str:
+    """A record's value as stored: JSON of ``value``, under a non-empty ``kind`` and ``key``.
+
+    Empty kinds and keys would collide silently; values JSON cannot hold are refused.
 
     Raises:
-        InvalidArgument: naming ``kind`` or ``key``.
+        InvalidArgument: naming ``kind``, ``key`` or ``value``.
     """
     if not kind:
         raise invalid_field("kind", "must not be empty")
     if not key:
         raise invalid_field("key", "must not be empty")
-
-
-def record_to_text(kind: str, key: str, value: Json) -> str:
-    """Serialise a record value, refusing what JSON cannot hold.
-
-    Raises:
-        InvalidArgument: naming ``value``.
-    """
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise invalid_field("value", f"record {kind}/{key} is not JSON-serialisable: {err}") from err
+
+
+def record_held(kind: str, key: str) -> AlreadyExists:
+    """The error for an exclusive record claim on a key held already."""
+    return AlreadyExists(f"record {kind}/{key} is held already", kind=kind, key=key)
+
+
+def created(env: Environment) -> tuple[Environment, str]:
+    """A new environment as stored (revision 1), and its document."""
+    env = replace(env, revision=1)
+    return env, codec.environment_to_json(env)
+
+
+def written(env: Environment, expected_revision: int) -> tuple[Environment, str]:
+    """An environment as a write over ``expected_revision`` stores it (the next revision), and its document."""
+    env = replace(env, revision=expected_revision + 1)
+    return env, codec.environment_to_json(env)
+
+
+def name_taken(name: str) -> AlreadyExists:
+    """The error for creating an environment whose name is held."""
+    return AlreadyExists(f"environment {name!r} already exists", env=name)
+
+
+def uid_taken(env: Environment, holder: str) -> AlreadyExists:
+    """The error for creating an environment whose uid ``holder`` carries."""
+    return AlreadyExists(f"environment uid {env.uid!r} is used by {holder!r}", env=env.name)
+
+
+def request_taken(request_id: str, holder: str) -> AlreadyExists:
+    """The error for a create request id that made ``holder`` already."""
+    return AlreadyExists(f"request {request_id!r} already created environment {holder!r}", env=holder)
+
+
+def not_found(name: str) -> NotFound:
+    """The error for an environment name nothing is stored under."""
+    return NotFound(f"environment {name!r} not found", env=name)
+
+
+def uid_not_found(env: Environment) -> NotFound:
+    """The error for a write whose environment is gone, or was created again (another uid) since it was read."""
+    return NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
 
 
 def stale_write(env: Environment, expected: int, stored: int) -> Conflict:

@@ -10,22 +10,27 @@ import builtins
 import itertools
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import AlreadyExists, NotFound, Unavailable
+from scheduler.errors import Unavailable
 from scheduler.storage import codec
 from scheduler.storage.base import (
     HISTORY_LIMIT,
     Json,
+    ListQuery,
     PageKey,
-    check_record_kind_key,
-    decode_page_token,
-    effective_page_size,
-    encode_page_token,
+    created,
     iterate_pages,
-    record_to_text,
+    name_taken,
+    not_found,
+    record_held,
+    record_text,
+    request_taken,
     stale_write,
+    uid_not_found,
+    uid_taken,
+    written,
 )
 
 
@@ -57,15 +62,14 @@ class MemoryStateStore:
     async def create(self, env: Environment) -> Environment:
         """Store a new environment at revision 1."""
         self._check_open()
-        env = replace(env, revision=1)
-        doc = codec.environment_to_json(env)
+        env, doc = created(env)
         if env.name in self._rows:
-            raise AlreadyExists(f"environment {env.name!r} already exists", env=env.name)
+            raise name_taken(env.name)
         for name, row in self._rows.items():
             if row.uid == env.uid:
-                raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
+                raise uid_taken(env, name)
             if env.request_id and row.request_id == env.request_id:
-                raise AlreadyExists(f"request {env.request_id!r} already created environment {name!r}", env=name)
+                raise request_taken(env.request_id, name)
         self._rows[env.name] = _Row(
             next(self._seq), env.uid, env.status, env.request_id, dict(env.spec.labels), doc, env.revision
         )
@@ -76,22 +80,21 @@ class MemoryStateStore:
         self._check_open()
         row = self._rows.get(name)
         if row is None:
-            raise NotFound(f"environment {name!r} not found", env=name)
+            raise not_found(name)
         return codec.environment_from_json(row.doc)
 
     async def put(self, env: Environment, *, expected_revision: int) -> Environment:
         """Replace a stored environment, matched by name and uid, if still at ``expected_revision``."""
         self._check_open()
-        env = replace(env, revision=expected_revision + 1)
-        doc = codec.environment_to_json(env)
+        env, doc = written(env, expected_revision)
         row = self._rows.get(env.name)
         if row is None or row.uid != env.uid:
-            raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+            raise uid_not_found(env)
         if row.revision != expected_revision:
             raise stale_write(env, expected_revision, row.revision)
         for name, other in self._rows.items():
             if name != env.name and env.request_id and other.request_id == env.request_id:
-                raise AlreadyExists(f"request {env.request_id!r} already created environment {name!r}", env=name)
+                raise request_taken(env.request_id, name)
         row.status = env.status
         row.request_id = env.request_id
         row.labels = dict(env.spec.labels)
@@ -113,23 +116,14 @@ class MemoryStateStore:
     ) -> tuple[builtins.list[Environment], str]:
         """Return one page of environments in creation order, and the next page's token."""
         self._check_open()
-        size = effective_page_size(page_size)
-        after = decode_page_token(page_token)
-        wanted = set(statuses)
-        selectors = dict(labels or {})
+        query = ListQuery.of(page_size, page_token, statuses, labels)
+        keyed = ((PageKey(row.seq, name), row) for name, row in self._rows.items())
         matches = sorted(
-            (
-                (PageKey(row.seq, name), row)
-                for name, row in self._rows.items()
-                if (after is None or PageKey(row.seq, name) > after)
-                and (not wanted or row.status in wanted)
-                and all(row.labels.get(k) == v for k, v in selectors.items())
-            ),
+            ((key, row) for key, row in keyed if query.keeps(key, row.status.value, row.labels)),
             key=lambda item: item[0],
         )
-        page = matches[:size]
-        token = encode_page_token(page[-1][0]) if len(matches) > size else ""
-        return [codec.environment_from_json(row.doc) for _, row in page], token
+        rows, token = query.page(matches)
+        return [codec.environment_from_json(row.doc) for row in rows], token
 
     def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
         """Yield every environment (in ``statuses``, if given) in creation order."""
@@ -160,10 +154,9 @@ class MemoryStateStore:
     async def put_record(self, kind: str, key: str, value: Json, *, exclusive: bool = False) -> None:
         """Store a small JSON record."""
         self._check_open()
-        check_record_kind_key(kind, key)
-        text = record_to_text(kind, key, value)
+        text = record_text(kind, key, value)
         if exclusive and (kind, key) in self._records:
-            raise AlreadyExists(f"record {kind}/{key} is held already", kind=kind, key=key)
+            raise record_held(kind, key)
         self._records[(kind, key)] = text
 
     async def get_records(self, kind: str) -> dict[str, Json]:

@@ -45,8 +45,10 @@ class CopyStats:
     """Device nodes, FIFOs and sockets left out."""
 
 
-def copy_tree(source: Path, target: Path) -> CopyStats:
+def copy_tree(source: Path, target: Path, *, reflink: bool = True) -> CopyStats:
     """Copy the tree at ``source`` to ``target``, which must not exist; see the module docstring.
+
+    ``reflink=False`` copies bytes even where the filesystem could share them (to measure both).
 
     ``source`` itself must be a real directory (a symlink is refused). On failure the partial
     ``target`` is left for the caller to remove (callers copy into a scratch path and rename).
@@ -59,17 +61,19 @@ def copy_tree(source: Path, target: Path) -> CopyStats:
     info = os.lstat(source)
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory (symlinks are not followed)", str(source))
-    copier = _Copier()
+    copier = _Copier(reflink)
     os.mkdir(target, 0o700)
     copier.tree(os.fspath(source), os.fspath(target), info)
     return copier.stats
 
 
 class _Copier:
-    def __init__(self) -> None:
+    def __init__(self, reflink: bool = True) -> None:
         self.stats = CopyStats()
-        self._clone = True
-        self._range = True
+        self._clone = reflink
+        # copy_file_range shares extents by itself where it can (same XFS or btrfs): without
+        # reflinks, sendfile copies the bytes.
+        self._range = reflink
 
     def tree(self, source: str, target: str, info: os.stat_result) -> None:
         # Directories get their final mode and times after their contents, so a read-only
@@ -120,14 +124,10 @@ class _Copier:
         if size == 0:
             return
         if self._clone:
-            try:
-                fcntl.ioctl(dst, _FICLONE, src)
+            if clone_contents(src, dst):
                 self.stats.cloned += 1
                 return
-            except OSError as err:
-                if err.errno not in _NO_CLONE:
-                    raise
-                self._clone = False  # the filesystem cannot: do not ask for every file
+            self._clone = False  # the filesystem cannot: do not ask for every file
         left = size
         while left > 0:
             # copy_file_range stays in the kernel (and is a server-side copy on NFS); a file
@@ -146,11 +146,34 @@ class _Copier:
             left -= done
 
 
-def copy_file(source: Path, target: Path) -> int:
-    """Copy one regular file to ``target``, which must not exist, as :func:`copy_tree` does; return its size."""
+def clone_contents(src: int, dst: int) -> bool:
+    """Make open file ``dst`` share all of ``src``'s extents (its old contents go); False where reflinks are not had."""
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+    except OSError as err:
+        if err.errno not in _NO_CLONE:
+            raise
+        return False
+    return True
+
+
+def reflinks(directory: Path) -> bool:
+    """Whether files under ``directory`` can be cloned (``FICLONE``): the probe leaves nothing behind."""
+    probe = Path(directory) / f".reflink-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"x" * 4096)
+        with open(probe, "rb") as src, open(f"{probe}.copy", "wb") as dst:
+            return clone_contents(src.fileno(), dst.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+        Path(f"{probe}.copy").unlink(missing_ok=True)
+
+
+def copy_file(source: Path, target: Path) -> CopyStats:
+    """Copy one regular file to ``target``, which must not exist, as :func:`copy_tree` does."""
     copier = _Copier()
     copier._file(os.fspath(source), os.fspath(target), os.lstat(source))
-    return copier.stats.bytes
+    return copier.stats
 
 
 def kept_mode(mode: int) -> int:

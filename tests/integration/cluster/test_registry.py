@@ -65,8 +65,12 @@ async def test_nodes_list_each_other_with_allocations_and_drain_marks(client, et
         assert [n.draining for n in await fleet.nodes()] == [False, True]
         with pytest.raises(NotFound, match="node 'nope' not found"):
             await fleet.drain("nope")
-        await fleet.undrain("b")
+        undrained = await fleet.undrain("b")
+        assert undrained.name == "b" and not undrained.draining
         assert [n.draining for n in await fleet.nodes()] == [False, False]
+        assert not (await fleet.undrain("b")).draining  # undraining an eligible node changes nothing
+        with pytest.raises(NotFound, match="node 'nope' not found"):
+            await fleet.undrain("nope")
     finally:
         await a.close()
         await b.close()

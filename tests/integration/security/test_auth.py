@@ -3,7 +3,6 @@ denied with the right code; the allowed ones work and are recorded as the actor.
 
 from __future__ import annotations
 
-import datetime
 import secrets
 import shutil
 import stat
@@ -18,15 +17,12 @@ import grpc
 import grpc_reflection
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.api.auth import new_token
 from tests.support.daemon import VENV_BIN, DaemonProcess, free_port, start_daemon
+from tests.support.pki import write_ca, write_leaf
 
 pytestmark = pytest.mark.integration
 
@@ -314,57 +310,14 @@ def test_a_non_loopback_listener_without_tls_refuses_to_start(tmp_path: Path) ->
 # --- mutual TLS ------------------------------------------------------------------------------
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert(
-    cn: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, ca: bool
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer_name, signer = issuer if issuer is not None else (name, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        import ipaddress
-
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(signer, hashes.SHA256())
-
-
 def _pki(where: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    ca_key, rogue_key = _key(), _key()
-    ca, rogue = _cert("test ca", ca_key, None, True), _cert("rogue ca", rogue_key, None, True)
-    leaves = {"server": (ca, ca_key), "ops": (ca, ca_key), "stranger": (ca, ca_key), "impostor": (rogue, rogue_key)}
-    for name, (issuer, issuer_key) in leaves.items():
-        key = _key()
-        cert = _cert(name if name != "impostor" else "ops", key, (issuer.subject, issuer_key), False)
-        files[f"{name}.key"] = where / f"{name}.key"
-        files[f"{name}.key"].write_bytes(_pem(key))
-        files[f"{name}.crt"] = where / f"{name}.crt"
-        files[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["ca.crt"] = where / "ca.crt"
-    files["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return files
+    ca = write_ca(where)
+    (where / "rogue").mkdir()
+    rogue = write_ca(where / "rogue", "rogue ca")  # a CA the daemon does not trust
+    for name in ("server", "ops", "stranger"):
+        write_leaf(where, name, ca)
+    write_leaf(where, "impostor", rogue, cn="ops")
+    return {f.name: f for f in where.iterdir() if f.is_file()}
 
 
 def test_mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> None:

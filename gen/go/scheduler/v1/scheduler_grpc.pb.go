@@ -25,13 +25,15 @@ type SchedulerServiceClient interface {
 	// Creates an environment from another one: the source's specification (with overrides) and
 	// a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
 	// serving. Its containers that mount volumes are frozen for the last pass of the copy only
-	// (for as long as it takes to re-read the files changed during the first pass); the others
-	// keep running. The copy is taken before the call returns; the new environment then deploys
-	// in the background like a created one and is returned with status PENDING. Generated
-	// secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
-	// does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
-	// SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
-	// retry carrying the same request_id returns the environment created by the first call. With
+	// (for as long as it takes to re-read the files changed during the first pass, or to clone
+	// them again where the volumes' filesystem has reflinks); the others keep running. A
+	// sleeping source (STOPPED) is copied in one pass, stays asleep, and is not woken by the
+	// copy. The copy is taken before the call returns; the new environment then deploys in the
+	// background like a created one and is returned with status PENDING. Generated secrets are
+	// new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source does not
+	// exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason SOURCE_NOT_RUNNING)
+	// unless the source is RUNNING or STOPPED with its latest generation rolled out. A retry
+	// carrying the same request_id returns the environment created by the first call. With
 	// validate_only, checks the request and returns the environment it would create, copying
 	// nothing. Needs read access to the source and create access for the new name.
 	CloneEnvironment(ctx context.Context, in *CloneEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
@@ -107,6 +109,11 @@ type SchedulerServiceClient interface {
 	// environments it runs to other nodes (as if it had been lost, without the grace). Admin
 	// only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*Node, error)
+	// Makes a drained node eligible again: the placement leader places new environments on it
+	// (environments moved away while it was drained stay where they are). Admin only. Undraining a
+	// node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+	// FAILED_PRECONDITION without cluster.etcd.
+	UndrainNode(ctx context.Context, in *UndrainNodeRequest, opts ...grpc.CallOption) (*Node, error)
 }
 
 type schedulerServiceClient struct {
@@ -352,6 +359,15 @@ func (c *schedulerServiceClient) DrainNode(ctx context.Context, in *DrainNodeReq
 	return out, nil
 }
 
+func (c *schedulerServiceClient) UndrainNode(ctx context.Context, in *UndrainNodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	out := new(Node)
+	err := c.cc.Invoke(ctx, "/scheduler.v1.SchedulerService/UndrainNode", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility
@@ -364,13 +380,15 @@ type SchedulerServiceServer interface {
 	// Creates an environment from another one: the source's specification (with overrides) and
 	// a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
 	// serving. Its containers that mount volumes are frozen for the last pass of the copy only
-	// (for as long as it takes to re-read the files changed during the first pass); the others
-	// keep running. The copy is taken before the call returns; the new environment then deploys
-	// in the background like a created one and is returned with status PENDING. Generated
-	// secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
-	// does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
-	// SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
-	// retry carrying the same request_id returns the environment created by the first call. With
+	// (for as long as it takes to re-read the files changed during the first pass, or to clone
+	// them again where the volumes' filesystem has reflinks); the others keep running. A
+	// sleeping source (STOPPED) is copied in one pass, stays asleep, and is not woken by the
+	// copy. The copy is taken before the call returns; the new environment then deploys in the
+	// background like a created one and is returned with status PENDING. Generated secrets are
+	// new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source does not
+	// exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason SOURCE_NOT_RUNNING)
+	// unless the source is RUNNING or STOPPED with its latest generation rolled out. A retry
+	// carrying the same request_id returns the environment created by the first call. With
 	// validate_only, checks the request and returns the environment it would create, copying
 	// nothing. Needs read access to the source and create access for the new name.
 	CloneEnvironment(context.Context, *CloneEnvironmentRequest) (*Environment, error)
@@ -446,6 +464,11 @@ type SchedulerServiceServer interface {
 	// environments it runs to other nodes (as if it had been lost, without the grace). Admin
 	// only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
 	DrainNode(context.Context, *DrainNodeRequest) (*Node, error)
+	// Makes a drained node eligible again: the placement leader places new environments on it
+	// (environments moved away while it was drained stay where they are). Admin only. Undraining a
+	// node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+	// FAILED_PRECONDITION without cluster.etcd.
+	UndrainNode(context.Context, *UndrainNodeRequest) (*Node, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -515,6 +538,9 @@ func (UnimplementedSchedulerServiceServer) ListNodes(context.Context, *ListNodes
 }
 func (UnimplementedSchedulerServiceServer) DrainNode(context.Context, *DrainNodeRequest) (*Node, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedSchedulerServiceServer) UndrainNode(context.Context, *UndrainNodeRequest) (*Node, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UndrainNode not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 
@@ -913,6 +939,24 @@ func _SchedulerService_DrainNode_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SchedulerService_UndrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).UndrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/scheduler.v1.SchedulerService/UndrainNode",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).UndrainNode(ctx, req.(*UndrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
@@ -992,6 +1036,10 @@ var _SchedulerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _SchedulerService_DrainNode_Handler,
+		},
+		{
+			MethodName: "UndrainNode",
+			Handler:    _SchedulerService_UndrainNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -92,6 +92,7 @@ class CniNetwork(EnvironmentNetworks):
         """Remove every environment and then the instance's base chains and jumps."""
         await self.sweep(())
         async with self._lock:
+            await self._commits.idle()
             saved = await self._ipt.save()
             await self._ipt.remove_jumps(saved.jumps)
             await self._ipt.restore(iptables.removal_script(saved.chains))
@@ -121,7 +122,7 @@ class CniNetwork(EnvironmentNetworks):
             if stale:
                 # The namespace went away under the record (a host reboot): attach afresh.
                 del rec.containers[container_id]
-                await asyncio.to_thread(self._file.save, self._state)
+                await self._commit()
             if container_id in self._pending:
                 raise AlreadyExists(f"container {container_id!r} is being attached already", container_id=container_id)
             self._pending.add(container_id)
@@ -156,9 +157,10 @@ class CniNetwork(EnvironmentNetworks):
                 hostname=hostname, ip=result.ip, netns=str(path), aliases=list(aliases), result=raw
             )
             rec.containers[container_id] = record
-            await asyncio.to_thread(self._file.save, self._state)
             self._write_env_files(env, rec)
-            return self._attachment(env, rec, container_id, record)
+            committed = self._commit()
+        await committed
+        return self._attachment(env, rec, container_id, record)
 
     async def check(self, env: str, container_id: str) -> None:
         """Run CNI CHECK against the recorded result.
@@ -185,6 +187,7 @@ class CniNetwork(EnvironmentNetworks):
         """Stop routing to the container, CNI DEL, remove its netns and files; idempotent."""
         check_container_id(container_id)
         path = self._netns_dir / container_id
+        committed, udp = None, False
         async with self._lock:
             rec = self._state.envs.get(env)
             cont = rec.containers.get(container_id) if rec is not None else None
@@ -193,13 +196,16 @@ class CniNetwork(EnvironmentNetworks):
                 for name in changed:
                     rec.services[name].backends.remove(cont.ip)
                 if changed:
-                    await self._commit()
-                    if any(self._carries_udp(env, name, rec.services[name]) for name in changed):
-                        await self._ipt.forget_udp_flows([cont.ip])
+                    committed = self._commit()
+                    udp = any(self._carries_udp(env, name, rec.services[name]) for name in changed)
                 config = self._cni_config(rec, prev_result=cont.result)
             orphan = rec is not None and cont is None and container_id not in self._pending and path.exists()
             if orphan and rec is not None:
                 config = self._cni_config(rec)
+        if committed is not None:
+            await committed
+        if udp and cont is not None:
+            await self._ipt.forget_udp_flows([cont.ip])
         if rec is not None and cont is not None:
             await self._cni_del(config, container_id, path, cont.result, strict=True)
         elif orphan:
@@ -209,9 +215,12 @@ class CniNetwork(EnvironmentNetworks):
         async with self._lock:
             rec = self._state.envs.get(env)
             bridge = rec.bridge if rec is not None else self.names.bridge(env)
+            committed = None
             if rec is not None and rec.containers.pop(container_id, None) is not None:
-                await asyncio.to_thread(self._file.save, self._state)
                 self._write_env_files(env, rec)
+                committed = self._commit()
+        if committed is not None:
+            await committed
         await asyncio.to_thread(shutil.rmtree, self._etc_dir / bridge / container_id, True)
 
     async def write_hosts(self, env: str) -> None:
@@ -261,13 +270,16 @@ class CniNetwork(EnvironmentNetworks):
             )
             rec = HostPortRecord(env, service, host_ip, port, container_port, protocol)
             self._state.ports.append(rec)
-            try:
-                await self._commit()
-            except BaseException:
-                self._state.ports.remove(rec)
-                self._ports.release(rec.key)
-                raise
-            return endpoint_of(rec)
+            committed = self._commit()
+        try:
+            await committed
+        except BaseException:
+            async with self._lock:
+                if rec in self._state.ports:
+                    self._state.ports.remove(rec)
+                    self._ports.release(rec.key)
+            raise
+        return endpoint_of(rec)
 
     async def endpoints(self, env: str) -> tuple[domain.Endpoint, ...]:
         """Published ports of the environment."""
@@ -294,8 +306,9 @@ class CniNetwork(EnvironmentNetworks):
     async def unpublish_environment(self, env: str) -> None:
         """Release every host port of the environment; idempotent."""
         async with self._lock:
-            if self._release_ports(lambda p: p.env == env):
-                await self._commit()
+            committed = self._commit() if self._release_ports(lambda p: p.env == env) else None
+        if committed is not None:
+            await committed
 
     # --- accounting and recovery ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ from scheduler import log
 from scheduler.errors import InvalidArgument
 from scheduler.retry import exponential
 from scheduler.retry import retry as retry_call
+from scheduler.rpcstatus import status_code
 from scheduler.runtime.containerd.addresses import (
     _NAME as _NAME,
 )
@@ -35,7 +36,7 @@ from scheduler.runtime.containerd.addresses import (
 from scheduler.runtime.containerd.addresses import (
     socket_path as socket_path,
 )
-from scheduler.runtime.containerd.errors import from_grpc, status_code
+from scheduler.runtime.containerd.errors import from_grpc
 
 if TYPE_CHECKING:
     from scheduler.runtime.containerd.client import ContainerdClient

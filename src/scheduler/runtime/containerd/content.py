@@ -20,11 +20,12 @@ from scheduler import domain
 from scheduler.errors import FailedPrecondition, NotFound, SchedulerError
 from scheduler.reference import check_digest
 from scheduler.retry import exponential, linear, retry
+from scheduler.rpcstatus import status_code, status_details
 from scheduler.runtime.containerd._gen.containerd.services.content.v1 import content_pb2 as content_pb
 from scheduler.runtime.containerd._gen.containerd.services.leases.v1 import leases_pb2 as leases_pb
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.descriptors import Descriptor
-from scheduler.runtime.containerd.errors import from_grpc, status_code, status_details
+from scheduler.runtime.containerd.errors import from_grpc
 from scheduler.runtime.containerd.sources import BlobSource
 
 ProgressCallback = Callable[[domain.PullProgress], None]

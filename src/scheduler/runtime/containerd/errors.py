@@ -10,50 +10,16 @@ from contextlib import contextmanager
 
 import grpc
 
-from scheduler.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    SchedulerError,
-    Unavailable,
-    Unimplemented,
-)
+from scheduler.errors import DeadlineExceeded, InvalidArgument, SchedulerError, Unavailable
+from scheduler.rpcstatus import CLIENT_ERRORS, error_class, status_code, status_details
 
-# Status code -> error class. Codes not listed become Internal: containerd reports a shim or runc
-# failure as UNKNOWN, which is a fault of the system below us, not of the request.
-_CODE_TO_ERROR: dict[grpc.StatusCode, type[SchedulerError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+# Codes not listed become Internal: containerd reports a shim or runc failure as UNKNOWN, which
+# is a fault of the system below us, not of the request.
+_CODE_TO_ERROR = {
+    **CLIENT_ERRORS,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Unavailable,
-    # The server cancelling a call happens when it shuts down: retryable, like UNAVAILABLE.
-    grpc.StatusCode.CANCELLED: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
-
-
-def status_code(err: grpc.RpcError) -> grpc.StatusCode:
-    """The status code of a gRPC error, UNKNOWN if it carries none."""
-    code = getattr(err, "code", None)
-    value = code() if callable(code) else None
-    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-
-
-def status_details(err: grpc.RpcError) -> str:
-    """The server's message of a gRPC error."""
-    details = getattr(err, "details", None)
-    value = details() if callable(details) else None
-    return str(value) if value else str(err)
 
 
 def from_grpc(err: grpc.RpcError, what: str = "", **details: str) -> SchedulerError:
@@ -65,7 +31,7 @@ def from_grpc(err: grpc.RpcError, what: str = "", **details: str) -> SchedulerEr
         details: identifying attributes (``container_id``...) copied onto the error.
     """
     code = status_code(err)
-    cls = _CODE_TO_ERROR.get(code, Internal)
+    cls = error_class(code, _CODE_TO_ERROR)
     if code == grpc.StatusCode.UNKNOWN and "context deadline exceeded" in status_details(err):
         # A deadline that expired inside containerd (e.g. towards a shim) comes back as UNKNOWN.
         cls = DeadlineExceeded

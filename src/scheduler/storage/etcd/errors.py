@@ -4,39 +4,18 @@ from __future__ import annotations
 
 import grpc
 
-from scheduler.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    SchedulerError,
-    Unavailable,
-    Unimplemented,
-)
+from scheduler.errors import OutOfRange, ResourceExhausted, SchedulerError
+from scheduler.rpcstatus import CLIENT_ERRORS, error_class, status_code, status_details
 
 
 class Compacted(OutOfRange):
     """The revision asked for was compacted away; re-list instead of resuming from it."""
 
 
-_CODE_TO_ERROR: dict[grpc.StatusCode, type[SchedulerError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+_CODE_TO_ERROR = {
+    **CLIENT_ERRORS,
     grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.CANCELLED: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
@@ -46,36 +25,22 @@ _NEVER_SENT = ("failed to connect", "connection refused", "connect failed", "dns
 """Details of an UNAVAILABLE that the request never reached a member with (safe to resend)."""
 
 
-def code_of(err: grpc.RpcError) -> grpc.StatusCode:
-    """The status code of a gRPC error, UNKNOWN if it carries none."""
-    code = getattr(err, "code", None)
-    value = code() if callable(code) else None
-    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-
-
-def details_of(err: grpc.RpcError) -> str:
-    """The server's message of a gRPC error."""
-    details = getattr(err, "details", None)
-    value = details() if callable(details) else None
-    return str(value) if value else str(err)
-
-
 def retryable(err: grpc.RpcError) -> bool:
     """Whether another attempt (on the next member) may succeed."""
-    return code_of(err) in RETRYABLE
+    return status_code(err) in RETRYABLE
 
 
 def maybe_applied(err: grpc.RpcError) -> bool:
     """Whether a write that failed with ``err`` may still have been applied by the cluster."""
-    if code_of(err) != grpc.StatusCode.UNAVAILABLE:
-        return code_of(err) in RETRYABLE
-    text = details_of(err).lower()
+    if status_code(err) != grpc.StatusCode.UNAVAILABLE:
+        return status_code(err) in RETRYABLE
+    text = status_details(err).lower()
     return not any(marker in text for marker in _NEVER_SENT)
 
 
 def from_grpc(err: grpc.RpcError, what: str) -> SchedulerError:
     """Map an etcd gRPC error to the matching scheduler error; the caller raises it ``from err``."""
-    code = code_of(err)
-    text = details_of(err)
-    cls = Compacted if "compacted" in text else _CODE_TO_ERROR.get(code, Internal)
+    code = status_code(err)
+    text = status_details(err)
+    cls = Compacted if "compacted" in text else error_class(code, _CODE_TO_ERROR)
     return cls(f"etcd {what}: {text} ({code.name})")

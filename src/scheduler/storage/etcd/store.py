@@ -29,24 +29,28 @@ import builtins
 import functools
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, unquote
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import AlreadyExists, DeadlineExceeded, NotFound, Unavailable
+from scheduler.errors import DeadlineExceeded, Unavailable
 from scheduler.storage import codec
 from scheduler.storage.base import (
     HISTORY_LIMIT,
     Json,
+    ListQuery,
     PageKey,
-    check_record_kind_key,
-    decode_page_token,
-    effective_page_size,
-    encode_page_token,
+    created,
     iterate_pages,
-    record_to_text,
+    name_taken,
+    not_found,
+    record_held,
+    record_text,
+    request_taken,
     stale_write,
+    uid_not_found,
+    uid_taken,
+    written,
 )
 from scheduler.storage.etcd.client import EtcdClient
 from scheduler.storage.etcd.types import Compare, Delete, Get, KeyValue, Put, RangePage
@@ -146,8 +150,8 @@ class EtcdStateStore:
     async def create(self, env: Environment) -> Environment:
         """Store a new environment at revision 1, with its uid and request id as unique indexes."""
         self._check_open()
-        env = replace(env, revision=1)
-        doc = codec.environment_to_json(env).encode()
+        env, text = created(env)
+        doc = text.encode()
         keys = [self._env(env.name), self._uid(env.uid)] + ([self._request(env.request_id)] if env.request_id else [])
         holder = env.name.encode()
         result = await self._client.txn(
@@ -161,31 +165,31 @@ class EtcdStateStore:
         if result.ambiguous and held[0] is not None and held[0].value == doc:
             return env  # our own first attempt landed before its answer was lost
         if held[0] is not None:
-            raise AlreadyExists(f"environment {env.name!r} already exists", env=env.name)
+            raise name_taken(env.name)
         if held[1] is not None:
-            raise AlreadyExists(f"environment uid {env.uid!r} is used by {held[1].value.decode()!r}", env=env.name)
+            raise uid_taken(env, held[1].value.decode())
         other = held[2].value.decode() if len(held) > 2 and held[2] is not None else "another environment"
-        raise AlreadyExists(f"request {env.request_id!r} already created environment {other!r}", env=other)
+        raise request_taken(env.request_id, other)
 
     async def get(self, name: str) -> Environment:
         """Return the environment called ``name``."""
         self._check_open()
         kv = await self._read_one(self._env(name))
         if kv is None:
-            raise NotFound(f"environment {name!r} not found", env=name)
+            raise not_found(name)
         return codec.environment_from_json(kv.value.decode())
 
     async def put(self, env: Environment, *, expected_revision: int) -> Environment:
         """Replace a stored environment, matched by name and uid, if still at ``expected_revision``."""
         self._check_open()
         key = self._env(env.name)
-        new = replace(env, revision=expected_revision + 1)
-        doc = codec.environment_to_json(new).encode()
+        new, text = written(env, expected_revision)
+        doc = text.encode()
         for _ in range(_ATTEMPTS):
             kv = await self._client.get(key)
             stored = codec.environment_from_json(kv.value.decode()) if kv is not None else None
             if stored is None or stored.uid != env.uid:
-                raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+                raise uid_not_found(env)
             assert kv is not None
             if stored.revision != expected_revision:
                 raise stale_write(env, expected_revision, stored.revision)
@@ -206,7 +210,7 @@ class EtcdStateStore:
                 return new
             if now is not None and now.mod_revision == kv.mod_revision and len(result.results) > 1:
                 other = result.results[1].kvs[0].value.decode() if result.results[1].kvs else "another environment"
-                raise AlreadyExists(f"request {new.request_id!r} already created environment {other!r}", env=other)
+                raise request_taken(new.request_id, other)
             # Someone wrote in between: the next round reads it and reports the conflict.
         raise Unavailable(f"environment {env.name!r}: too many concurrent writes, try again")
 
@@ -236,16 +240,13 @@ class EtcdStateStore:
     ) -> tuple[builtins.list[Environment], str]:
         """Return one page of environments in creation order, and the next page's token."""
         self._check_open()
-        size = effective_page_size(page_size)
-        after = decode_page_token(page_token)
-        wanted = {status.value for status in statuses}
-        selectors = dict(labels or {})
-        chunk = size + 1 if not wanted and not selectors else max(size + 1, 200)
+        query = ListQuery.of(page_size, page_token, statuses, labels)
+        chunk = query.size + 1 if not query.statuses and not query.labels else max(query.size + 1, 200)
         # Filters look at the parsed JSON; only the page's environments are decoded in full.
         found: builtins.list[tuple[PageKey, Any]] = []
-        min_create = after.seq if after is not None else 0
+        min_create = query.after.seq if query.after is not None else 0
         revision = 0  # every chunk of one page is read at the first chunk's revision
-        while len(found) <= size:
+        while len(found) <= query.size:
             page = await self._read(
                 f"{self._prefix}env/",
                 prefix=True,
@@ -258,19 +259,13 @@ class EtcdStateStore:
             for kv in page.kvs:
                 data = json.loads(kv.value)
                 position = PageKey(kv.create_revision, data["name"])
-                if after is not None and position <= after:
-                    continue
-                env_labels = data["spec"].get("labels") or {}
-                if (not wanted or data.get("status") in wanted) and all(
-                    env_labels.get(k) == v for k, v in selectors.items()
-                ):
+                if query.keeps(position, data.get("status"), data["spec"].get("labels") or {}):
                     found.append((position, data))
             if not page.more or not page.kvs:
                 break
             min_create = page.kvs[-1].create_revision + 1
-        page_items = found[:size]
-        token = encode_page_token(page_items[-1][0]) if len(found) > size else ""
-        return [codec.decode(data, Environment) for _, data in page_items], token
+        kept, token = query.page(found)
+        return [codec.decode(data, Environment) for data in kept], token
 
     def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
         """Yield every environment (in ``statuses``, if given) in creation order, a page at a time."""
@@ -326,8 +321,7 @@ class EtcdStateStore:
     async def put_record(self, kind: str, key: str, value: Json, *, exclusive: bool = False) -> None:
         """Store a small JSON record; ``exclusive`` claims the key only if nobody holds it."""
         self._check_open()
-        check_record_kind_key(kind, key)
-        text = record_to_text(kind, key, value).encode()
+        text = record_text(kind, key, value).encode()
         path = self._records(kind) + _part(key)
         if not exclusive:
             await self._client.put(path, text)
@@ -336,7 +330,7 @@ class EtcdStateStore:
         held = result.results[0].kvs if result.results else ()
         if result.succeeded or (result.ambiguous and held and held[0].value == text):
             return
-        raise AlreadyExists(f"record {kind}/{key} is held already", kind=kind, key=key)
+        raise record_held(kind, key)
 
     async def get_records(self, kind: str) -> dict[str, Json]:
         """Return every record of ``kind`` by key."""

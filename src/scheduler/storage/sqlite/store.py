@@ -31,19 +31,24 @@ from pathlib import Path
 from typing import TypeVar
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import AlreadyExists, Internal, NotFound, Unavailable
+from scheduler.errors import Internal, Unavailable
 from scheduler.storage import codec
 from scheduler.storage.base import (
     HISTORY_LIMIT,
     Json,
+    ListQuery,
     PageKey,
-    check_record_kind_key,
-    decode_page_token,
-    effective_page_size,
-    encode_page_token,
+    created,
     iterate_pages,
-    record_to_text,
+    name_taken,
+    not_found,
+    record_held,
+    record_text,
+    request_taken,
     stale_write,
+    uid_not_found,
+    uid_taken,
+    written,
 )
 from scheduler.storage.sqlite import schema
 from scheduler.storage.sqlite.schema import open_database
@@ -126,8 +131,7 @@ class SqliteStateStore:
 
     async def create(self, env: Environment) -> Environment:
         """Store a new environment at revision 1."""
-        env = replace(env, revision=1)
-        doc = codec.environment_to_json(env)
+        env, doc = created(env)
 
         def run(db: sqlite3.Connection) -> None:
             clash = db.execute(
@@ -138,10 +142,10 @@ class SqliteStateStore:
             if clash is not None:
                 name, uid, request_id = clash
                 if name == env.name:
-                    raise AlreadyExists(f"environment {env.name!r} already exists", env=env.name)
+                    raise name_taken(env.name)
                 if uid == env.uid:
-                    raise AlreadyExists(f"environment uid {env.uid!r} is used by {name!r}", env=env.name)
-                raise AlreadyExists(f"request {request_id!r} already created environment {name!r}", env=name)
+                    raise uid_taken(env, name)
+                raise request_taken(request_id, name)
             cursor = db.execute(
                 "INSERT INTO environments (name, uid, status, request_id, generation, revision, doc)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -169,20 +173,19 @@ class SqliteStateStore:
 
         found = await self._run(run, write=False)
         if found is None:
-            raise NotFound(f"environment {name!r} not found", env=name)
+            raise not_found(name)
         return _decode(*found)
 
     async def put(self, env: Environment, *, expected_revision: int) -> Environment:
         """Replace a stored environment, matched by name and uid, if still at ``expected_revision``."""
-        env = replace(env, revision=expected_revision + 1)
-        doc = codec.environment_to_json(env)
+        env, doc = written(env, expected_revision)
 
         def run(db: sqlite3.Connection) -> None:
             row = db.execute(
                 "SELECT seq, revision FROM environments WHERE name = ? AND uid = ?", (env.name, env.uid)
             ).fetchone()
             if row is None:
-                raise NotFound(f"environment {env.name!r} with uid {env.uid!r} not found", env=env.name)
+                raise uid_not_found(env)
             if row[1] != expected_revision:
                 raise stale_write(env, expected_revision, int(row[1]))
             if env.request_id:
@@ -191,9 +194,7 @@ class SqliteStateStore:
                     (env.request_id, row[0]),
                 ).fetchone()
                 if other is not None:
-                    raise AlreadyExists(
-                        f"request {env.request_id!r} already created environment {other[0]!r}", env=other[0]
-                    )
+                    raise request_taken(env.request_id, other[0])
             db.execute(
                 "UPDATE environments SET status = ?, request_id = ?, generation = ?, revision = ?, doc = ?"
                 " WHERE seq = ?",
@@ -220,34 +221,32 @@ class SqliteStateStore:
         labels: Mapping[str, str] | None = None,
     ) -> tuple[builtins.list[Environment], str]:
         """Return one page of environments in creation order, and the next page's token."""
-        size = effective_page_size(page_size)
-        after = decode_page_token(page_token)
+        query = ListQuery.of(page_size, page_token, statuses, labels)
         clauses: builtins.list[str] = []
         params: builtins.list[object] = []
-        if after is not None:
+        if query.after is not None:
             # seq is unique, so (seq, name) > (s, n) reduces to seq > s, or the same seq and a later name.
             clauses.append("(e.seq > ? OR (e.seq = ? AND e.name > ?))")
-            params += [after.seq, after.seq, after.name]
-        if statuses:
-            wanted = sorted({s.value for s in statuses})
+            params += [query.after.seq, query.after.seq, query.after.name]
+        if query.statuses:
+            wanted = sorted(query.statuses)
             clauses.append(f"e.status IN ({', '.join('?' * len(wanted))})")
             params += wanted
-        for key, value in sorted((labels or {}).items()):
+        for key, value in sorted(query.labels.items()):
             clauses.append(
                 "EXISTS (SELECT 1 FROM environment_labels l WHERE l.seq = e.seq AND l.key = ? AND l.value = ?)"
             )
             params += [key, value]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT e.seq, e.name, e.doc, e.revision FROM environments e {where} ORDER BY e.seq, e.name LIMIT ?"
-        params.append(size + 1)
+        sql = f"SELECT e.seq, e.name, e.doc, e.revision FROM environments e {where} ORDER BY e.seq, e.name LIMIT ?"
+        params.append(query.size + 1)
 
-        def run(db: sqlite3.Connection) -> builtins.list[tuple[int, str, str, int]]:
-            return [(int(s), str(n), str(d), int(r)) for s, n, d, r in db.execute(query, params).fetchall()]
+        def run(db: sqlite3.Connection) -> builtins.list[tuple[PageKey, tuple[str, int]]]:
+            rows = db.execute(sql, params).fetchall()
+            return [(PageKey(int(s), str(n)), (str(d), int(r))) for s, n, d, r in rows]
 
-        rows = await self._run(run, write=False)
-        page = rows[:size]
-        token = encode_page_token(PageKey(page[-1][0], page[-1][1])) if len(rows) > size else ""
-        return [_decode(doc, revision) for _, _, doc, revision in page], token
+        page, token = query.page(await self._run(run, write=False))
+        return [_decode(doc, revision) for doc, revision in page], token
 
     def iterate(self, statuses: Collection[EnvironmentStatus] = ()) -> AsyncIterator[Environment]:
         """Yield every environment (in ``statuses``, if given) in creation order, a page at a time."""
@@ -294,15 +293,14 @@ class SqliteStateStore:
 
     async def put_record(self, kind: str, key: str, value: Json, *, exclusive: bool = False) -> None:
         """Store a small JSON record; ``exclusive`` makes it an atomic claim."""
-        check_record_kind_key(kind, key)
-        text = record_to_text(kind, key, value)
+        text = record_text(kind, key, value)
 
         def run(db: sqlite3.Connection) -> None:
             if exclusive:
                 try:
                     db.execute("INSERT INTO records (kind, key, value) VALUES (?, ?, ?)", (kind, key, text))
                 except sqlite3.IntegrityError as err:
-                    raise AlreadyExists(f"record {kind}/{key} is held already", kind=kind, key=key) from err
+                    raise record_held(kind, key) from err
             else:
                 db.execute(
                     "INSERT INTO records (kind, key, value) VALUES (?, ?, ?)"

@@ -1400,7 +1400,7 @@ Global___CreateEnvironmentRequest: _TypeAlias = CreateEnvironmentRequest  # noqa
 
 @_typing.final
 class CloneEnvironmentRequest(_message.Message):
-    """CloneEnvironmentRequest asks for a new environment copied from a running one."""
+    """CloneEnvironmentRequest asks for a new environment copied from a running or sleeping one."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2823,6 +2823,28 @@ class DrainNodeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainNodeRequest: _TypeAlias = DrainNodeRequest  # noqa: Y015
+
+@_typing.final
+class UndrainNodeRequest(_message.Message):
+    """UndrainNodeRequest names the node to make eligible again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Name of the node (cluster.node.name in its configuration)."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndrainNodeRequest: _TypeAlias = UndrainNodeRequest  # noqa: Y015
 
 @_typing.final
 class NodeResources(_message.Message):

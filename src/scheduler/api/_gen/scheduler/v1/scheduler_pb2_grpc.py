@@ -145,6 +145,11 @@ class SchedulerServiceStub:
                 request_serializer=scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
                 _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/scheduler.v1.SchedulerService/UndrainNode',
+                request_serializer=scheduler_dot_v1_dot_scheduler__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -170,13 +175,15 @@ class SchedulerServiceServicer:
         """Creates an environment from another one: the source's specification (with overrides) and
         a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
         serving. Its containers that mount volumes are frozen for the last pass of the copy only
-        (for as long as it takes to re-read the files changed during the first pass); the others
-        keep running. The copy is taken before the call returns; the new environment then deploys
-        in the background like a created one and is returned with status PENDING. Generated
-        secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
-        does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
-        SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
-        retry carrying the same request_id returns the environment created by the first call. With
+        (for as long as it takes to re-read the files changed during the first pass, or to clone
+        them again where the volumes' filesystem has reflinks); the others keep running. A
+        sleeping source (STOPPED) is copied in one pass, stays asleep, and is not woken by the
+        copy. The copy is taken before the call returns; the new environment then deploys in the
+        background like a created one and is returned with status PENDING. Generated secrets are
+        new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source does not
+        exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason SOURCE_NOT_RUNNING)
+        unless the source is RUNNING or STOPPED with its latest generation rolled out. A retry
+        carrying the same request_id returns the environment created by the first call. With
         validate_only, checks the request and returns the environment it would create, copying
         nothing. Needs read access to the source and create access for the new name.
         """
@@ -351,6 +358,16 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UndrainNode(self, request, context):
+        """Makes a drained node eligible again: the placement leader places new environments on it
+        (environments moved away while it was drained stay where they are). Admin only. Undraining a
+        node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+        FAILED_PRECONDITION without cluster.etcd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +474,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
                     request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.FromString,
+                    response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Node.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=scheduler_dot_v1_dot_scheduler__pb2.UndrainNodeRequest.FromString,
                     response_serializer=scheduler_dot_v1_dot_scheduler__pb2.Node.SerializeToString,
             ),
     }
@@ -1032,6 +1054,33 @@ class SchedulerService:
             target,
             '/scheduler.v1.SchedulerService/DrainNode',
             scheduler_dot_v1_dot_scheduler__pb2.DrainNodeRequest.SerializeToString,
+            scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scheduler.v1.SchedulerService/UndrainNode',
+            scheduler_dot_v1_dot_scheduler__pb2.UndrainNodeRequest.SerializeToString,
             scheduler_dot_v1_dot_scheduler__pb2.Node.FromString,
             options,
             channel_credentials,

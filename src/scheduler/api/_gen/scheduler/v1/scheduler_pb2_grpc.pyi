@@ -51,13 +51,15 @@ class SchedulerServiceStub:
     """Creates an environment from another one: the source's specification (with overrides) and
     a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
     serving. Its containers that mount volumes are frozen for the last pass of the copy only
-    (for as long as it takes to re-read the files changed during the first pass); the others
-    keep running. The copy is taken before the call returns; the new environment then deploys
-    in the background like a created one and is returned with status PENDING. Generated
-    secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
-    does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
-    SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
-    retry carrying the same request_id returns the environment created by the first call. With
+    (for as long as it takes to re-read the files changed during the first pass, or to clone
+    them again where the volumes' filesystem has reflinks); the others keep running. A
+    sleeping source (STOPPED) is copied in one pass, stays asleep, and is not woken by the
+    copy. The copy is taken before the call returns; the new environment then deploys in the
+    background like a created one and is returned with status PENDING. Generated secrets are
+    new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source does not
+    exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason SOURCE_NOT_RUNNING)
+    unless the source is RUNNING or STOPPED with its latest generation rolled out. A retry
+    carrying the same request_id returns the environment created by the first call. With
     validate_only, checks the request and returns the environment it would create, copying
     nothing. Needs read access to the source and create access for the new name.
     """
@@ -146,6 +148,12 @@ class SchedulerServiceStub:
     environments it runs to other nodes (as if it had been lost, without the grace). Admin
     only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
     """
+    UndrainNode: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UndrainNodeRequest, _scheduler_pb2.Node]
+    """Makes a drained node eligible again: the placement leader places new environments on it
+    (environments moved away while it was drained stay where they are). Admin only. Undraining a
+    node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+    FAILED_PRECONDITION without cluster.etcd.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -168,13 +176,15 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Creates an environment from another one: the source's specification (with overrides) and
     a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
     serving. Its containers that mount volumes are frozen for the last pass of the copy only
-    (for as long as it takes to re-read the files changed during the first pass); the others
-    keep running. The copy is taken before the call returns; the new environment then deploys
-    in the background like a created one and is returned with status PENDING. Generated
-    secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
-    does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
-    SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
-    retry carrying the same request_id returns the environment created by the first call. With
+    (for as long as it takes to re-read the files changed during the first pass, or to clone
+    them again where the volumes' filesystem has reflinks); the others keep running. A
+    sleeping source (STOPPED) is copied in one pass, stays asleep, and is not woken by the
+    copy. The copy is taken before the call returns; the new environment then deploys in the
+    background like a created one and is returned with status PENDING. Generated secrets are
+    new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source does not
+    exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason SOURCE_NOT_RUNNING)
+    unless the source is RUNNING or STOPPED with its latest generation rolled out. A retry
+    carrying the same request_id returns the environment created by the first call. With
     validate_only, checks the request and returns the environment it would create, copying
     nothing. Needs read access to the source and create access for the new name.
     """
@@ -263,6 +273,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     environments it runs to other nodes (as if it had been lost, without the grace). Admin
     only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
     """
+    UndrainNode: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UndrainNodeRequest, _scheduler_pb2.Node]  # type: ignore[assignment]
+    """Makes a drained node eligible again: the placement leader places new environments on it
+    (environments moved away while it was drained stay where they are). Admin only. Undraining a
+    node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+    FAILED_PRECONDITION without cluster.etcd.
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """SchedulerService deploys, inspects, updates and removes environments.
@@ -294,13 +310,15 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates an environment from another one: the source's specification (with overrides) and
         a consistent copy of its volumes, PostgreSQL data included, taken while the source keeps
         serving. Its containers that mount volumes are frozen for the last pass of the copy only
-        (for as long as it takes to re-read the files changed during the first pass); the others
-        keep running. The copy is taken before the call returns; the new environment then deploys
-        in the background like a created one and is returned with status PENDING. Generated
-        secrets are new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source
-        does not exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason
-        SOURCE_NOT_RUNNING) unless the source is RUNNING with its latest generation rolled out. A
-        retry carrying the same request_id returns the environment created by the first call. With
+        (for as long as it takes to re-read the files changed during the first pass, or to clone
+        them again where the volumes' filesystem has reflinks); the others keep running. A
+        sleeping source (STOPPED) is copied in one pass, stays asleep, and is not woken by the
+        copy. The copy is taken before the call returns; the new environment then deploys in the
+        background like a created one and is returned with status PENDING. Generated secrets are
+        new: a clone's PostgreSQL password is not its source's. NOT_FOUND if the source does not
+        exist; ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION (reason SOURCE_NOT_RUNNING)
+        unless the source is RUNNING or STOPPED with its latest generation rolled out. A retry
+        carrying the same request_id returns the environment created by the first call. With
         validate_only, checks the request and returns the environment it would create, copying
         nothing. Needs read access to the source and create access for the new name.
         """
@@ -502,6 +520,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Marks a node draining: it takes no new environment, and the placement leader moves the
         environments it runs to other nodes (as if it had been lost, without the grace). Admin
         only. NOT_FOUND if no live node has that name; FAILED_PRECONDITION without cluster.etcd.
+        """
+
+    @_abc_1.abstractmethod
+    def UndrainNode(
+        self,
+        request: _scheduler_pb2.UndrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Node, _abc.Awaitable[_scheduler_pb2.Node]]:
+        """Makes a drained node eligible again: the placement leader places new environments on it
+        (environments moved away while it was drained stay where they are). Admin only. Undraining a
+        node that is not drained changes nothing. NOT_FOUND if no live node has that name;
+        FAILED_PRECONDITION without cluster.etcd.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
