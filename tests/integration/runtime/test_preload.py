@@ -13,7 +13,7 @@ from scheduler import domain
 from scheduler.errors import NotFound
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import preload_after
-from tests.support.containerd import purge_namespace, write_busybox_archive
+from tests.support.containerd import namespace_runtime, write_busybox_archive
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +23,8 @@ REF = "docker.io/library/preloaded:1"
 @pytest.fixture
 async def runtime(containerd_socket: str, tmp_path: Path) -> AsyncIterator[ContainerdRuntime]:
     """A runtime in a namespace of its own (its preload must not touch the session's images)."""
-    runtime = await ContainerdRuntime.connect(
-        containerd_socket, namespace=f"preload-{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "rt"
-    )
-    try:
+    async with namespace_runtime(containerd_socket, f"preload-{uuid.uuid4().hex[:8]}", tmp_path / "rt") as runtime:
         yield runtime
-    finally:
-        try:
-            await purge_namespace(runtime.client, runtime)
-        finally:
-            await runtime.close()
 
 
 async def test_an_image_still_being_preloaded_is_waited_for_then_found(
