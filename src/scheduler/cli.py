@@ -24,7 +24,30 @@ def _load(config: Path | None, overrides: dict[str, Any]) -> Settings:
         sys.exit(CONFIG_ERROR_EXIT)
 
 
-@click.group()
+class _Commands(click.Group):
+    """The top-level group; the client's commands join it when any command but ``run`` is asked for.
+
+    The daemon's start never loads them (about 30 modules).
+    """
+
+    _client_added = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name != "run":
+            self._add_client()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_client()
+        return super().list_commands(ctx)
+
+    def _add_client(self) -> None:
+        if not self._client_added:
+            self._client_added = True
+            client.register(self)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="scheduler")
 @client.global_connection_options
 def main() -> None:
@@ -194,5 +217,3 @@ def admin_release_volumes(config_path: Path | None) -> None:
         sys.exit(1)
     click.echo("unmounted the volume filesystem" if released else "no volume filesystem is mounted")
 
-
-client.register(main)

@@ -24,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.base import Fleet
@@ -170,10 +168,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         orphans = await runtime.sweep_orphan_shims(socket)
         if orphans:
             _log.info("shims.swept", tasks=orphans)
-        registry = CollectorRegistry()
-        for standard in (ProcessCollector, PlatformCollector, GCCollector):
-            standard(registry=registry)
-        recorder = Recorder(registry)
+        recorder = Recorder()
         runtime.client.call_observer = recorder.containerd_call
         phases.mark("sweeps")
         # Image archives are imported after the API serves; a deploy that needs one of their images
@@ -300,8 +295,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             dispatch=etcd is None,
         )
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
-        registry.register(collector)
-        metrics = MetricsServer(registry, collector)
+        metrics = MetricsServer(recorder, collector)
         await metrics.start(settings.metrics.listen)
         stack.push_async_callback(metrics.stop)
 

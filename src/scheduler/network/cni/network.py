@@ -369,8 +369,11 @@ class CniNetwork(EnvironmentNetworks):
             for directory in subdirs(self._etc_dir):
                 if directory.name not in bridges:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
-            if self._started:
+            # At start-up the sweep follows start()'s own rewrite, with nothing written since:
+            # a second read-back of every chain (iptables-save and -restore) would find the same.
+            if self._started and not self._read_back:
                 await self._resync()
+            self._read_back = False
 
 
 if TYPE_CHECKING:
