@@ -216,4 +216,3 @@ def admin_release_volumes(config_path: Path | None) -> None:
         click.echo(f"scheduler: {err.message}", err=True)
         sys.exit(1)
     click.echo("unmounted the volume filesystem" if released else "no volume filesystem is mounted")
-

@@ -304,6 +304,13 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
         serving.set_result(None)
+
+        async def images_ready() -> None:
+            await asyncio.wait([preloading])
+            await server.images_ready()
+
+        reporting = asyncio.create_task(images_ready(), name="images-ready")
+        stack.push_async_callback(_cancel, reporting)
         phases.mark("api")
 
         def apply_images(images: ImageSettings) -> None:

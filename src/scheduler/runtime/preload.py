@@ -40,11 +40,13 @@ async def preload_after(
     """Once ``ready`` is done, :func:`preload`; a failure is logged (the daemon keeps serving)."""
     await ready
     try:
-        await preload(runtime, archives, record)
+        names = await preload(runtime, archives, record)
     except errors.SchedulerError as err:
         _log.error("images.preload_failed", error=err.message)
     except OSError as err:
         _log.error("images.preload_failed", error=str(err))
+    else:
+        _log.info("images.preload.done", images=len(names))
 
 
 async def preload(runtime: ContainerRuntime, archives: Sequence[Path], record: Path) -> list[str]:
