@@ -82,10 +82,14 @@ def run(
         overrides["data_dir"] = data_dir
     settings = _load(config, overrides)
     log.configure(settings.log.format, settings.log.level)
-    from scheduler import daemon, startup
+    from scheduler import launch, startup
 
     try:
-        code = asyncio.run(daemon.run(settings, lambda: load_settings(config, overrides)))
+        # containerd starts while the daemon's modules load (about half a second).
+        begun = launch.begin(settings)
+        from scheduler import daemon
+
+        code = asyncio.run(daemon.run(settings, lambda: load_settings(config, overrides), begun))
     except startup.AddressInUse as err:
         click.echo(f"scheduler: {err.message}", err=True)
         sys.exit(CONFIG_ERROR_EXIT)

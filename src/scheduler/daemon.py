@@ -31,6 +31,7 @@ from scheduler.cluster.local import SingleNode, host_capacity
 from scheduler.cluster.node import Node
 from scheduler.cluster.placement import Strategy
 from scheduler.config import ImageSettings, Settings
+from scheduler.launch import Begun, begin
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
@@ -48,12 +49,10 @@ from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
-from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.runtime.preload import check_archives, preload_after
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
-from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.base import StateStore
 from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
@@ -110,22 +109,24 @@ def _process_age() -> float:
 
 
 @asynccontextmanager
-async def build(settings: Settings, load: Callable[[], Settings] | None = None) -> AsyncIterator[Daemon]:
+async def build(
+    settings: Settings,
+    load: Callable[[], Settings] | None = None,
+    begun: Begun | None = None,
+) -> AsyncIterator[Daemon]:
     """Build and start every component; stop them in reverse order on exit.
 
     ``load`` re-reads the configuration for a reload (SIGHUP); without it a reload changes nothing.
+    ``begun`` is what :func:`~scheduler.launch.begin` returned, when the caller called it already.
     """
     phases = _Phases()
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        # Before anything else: a second daemon on this data dir would adopt the first one's
-        # containerd and fight it over every container.
-        lock = DataDirLock(data_dir)
-        lock.acquire()
-        stack.callback(lock.release)
-        if settings.server.listen:
-            check_listen_free(settings.server.listen)
+        begun = begun or begin(settings)
+        stack.callback(begun.lock.release)
+        managed = begun.containerd
+        if managed is not None:
+            stack.push_async_callback(managed.stop)
         etcd = etcd_client(settings)
         store: StateStore
         if etcd is not None:
@@ -145,10 +146,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         phases.mark("store")
 
         socket = settings.containerd.socket
-        if not socket:
-            managed = ManagedContainerd(data_dir / "containerd", binary=settings.containerd.binary)
+        if managed is not None:
             socket = str(await managed.start())
-            stack.push_async_callback(managed.stop)
         runtime = await ContainerdRuntime.connect(
             socket,
             namespace=settings.containerd.namespace,
@@ -367,7 +366,11 @@ def this_node(settings: Settings) -> Node:
     )
 
 
-async def run(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+async def run(
+    settings: Settings,
+    load: Callable[[], Settings] | None = None,
+    begun: Begun | None = None,
+) -> int:
     """Serve until SIGTERM or SIGINT, reloading ``load()`` on SIGHUP; returns the exit code.
 
     Under systemd (``Type=notify``) it reports READY once serving, RELOADING around a reload,
@@ -380,7 +383,7 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
         loop.add_signal_handler(signum, stop.set)
     background: set[asyncio.Task[None]] = set()
     try:
-        async with build(settings, load) as daemon:
+        async with build(settings, load, begun) as daemon:
             status = f"serving on {settings.server.listen or settings.server.unix_socket}"
 
             async def reload() -> None:
