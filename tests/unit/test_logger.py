@@ -277,6 +277,19 @@ def _writers_in(home: Path) -> list[int]:
     return found
 
 
+def _end(home: Path, tasks: list[tuple[int, int, int, int]]) -> None:
+    """Close the tasks' pipe ends, kill the tasks' log processes and any shared writer left in ``home``."""
+    for pid, *fds in tasks:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    for pid in _writers_in(home):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process(tmp_path: Path) -> None:
     launcher = str(tmp_path / "bin" / "scheduler-logger")
     install_logger(launcher)
@@ -312,15 +325,7 @@ def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process
         assert not _writers_in(tmp_path / "bin")
         assert not (tmp_path / "bin" / "scheduler-logger.sock").exists()
     finally:
-        for pid, *rest in tasks:
-            for fd in rest:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            with contextlib.suppress(ChildProcessError, ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        for pid in _writers_in(tmp_path / "bin"):
-            os.kill(pid, signal.SIGKILL)
+        _end(tmp_path / "bin", tasks)
 
 
 def test_a_task_whose_pipes_no_writer_takes_writes_them_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -402,11 +407,4 @@ def test_a_killed_shared_writer_is_replaced_and_what_the_task_writes_meanwhile_a
             time.sleep(0.02)
         assert not _writers_in(tmp_path / "bin")
     finally:
-        for fd in (out_w, err_w, ready_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(ChildProcessError, ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        for left in _writers_in(tmp_path / "bin"):
-            os.kill(left, signal.SIGKILL)
+        _end(tmp_path / "bin", [(pid, out_w, err_w, ready_r)])
