@@ -15,6 +15,7 @@ leftovers (0 when everything the run made was removed).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -74,7 +75,7 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
         deleting = time.monotonic()
         try:
             daemon.delete_all_environments(timeout=timeout)
-        except AssertionError as err:
+        except (AssertionError, grpc.RpcError) as err:
             print(f"  not every environment was deleted: {err}", flush=True)
             return sorted(running.values()), float("nan")
         deleted = time.monotonic() - deleting
@@ -100,6 +101,15 @@ def describe(times: list[float]) -> tuple[float, float, float]:
     return times[0], statistics.median(times), times[-1]
 
 
+def line(times: list[float], deleted: float) -> str:
+    """One run's figures."""
+    first, median, last = describe(times)
+    return (
+        f"{len(times)} RUNNING; first {first:6.2f}s, median {median:6.2f}s, last {last:6.2f}s; "
+        f"median/last {median / last:.2f}; all deleted in {deleted:.2f}s; load {os.getloadavg()[0]:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=200)
@@ -119,14 +129,11 @@ def main() -> None:
                 times, deleted, leftover = one_run(sub, archive, args.envs, concurrency, args.timeout)
                 results[label].append((times, deleted))
                 left += leftover
+                print(f"  {label}: {line(times, deleted)}", flush=True)
     print(f"{args.envs} one-container environments created at once, {args.runs} run(s) each way")
     for label, rows in results.items():
         for times, deleted in rows:
-            first, median, last = describe(times)
-            print(
-                f"  {label:12s}: first RUNNING {first:6.2f}s, median {median:6.2f}s, last {last:6.2f}s; "
-                f"median/last {median / last:.2f}; all deleted in {deleted:.2f}s"
-            )
+            print(f"  {label:12s}: {line(times, deleted)}")
     ours = [describe(t) for t, _ in results["admitted"]]
     base = [describe(t) for t, _ in results["all at once"]]
     for index, name in enumerate(("first", "median", "last")):

@@ -66,6 +66,9 @@ def report(instances: Iterable[str], roots: Iterable[Path | str]) -> int:
     total = sum(found.values())
     detail = ", ".join(f"{k} {v}" for k, v in found.items() if v)
     print(f"leftovers: {total}" + (f" ({detail})" if detail else ""), flush=True)
+    if found["processes"]:
+        for pid, line in sorted(processes_naming(*(str(r).rstrip("/") + "/" for r in roots)).items())[:5]:
+            print(f"  process {pid}: {line[:200]}", flush=True)
     if found["processes"] or found["mounts"] or found["loop_devices"]:
         from tests.support.leftovers import sweep
 

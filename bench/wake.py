@@ -26,9 +26,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import leftovers
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.support.daemon import start_daemon, wait_serving
+from tests.support.daemon import daemon_instance, start_daemon, wait_serving
 from tests.support.images import build
 
 TARGET_S = 1.5
@@ -94,8 +95,8 @@ def one_run(stub: pb_grpc.SchedulerServiceStub, name: str) -> tuple[float, float
     return cold, wake
 
 
-def measure(archives: list[Path], runs: int, keep_tasks: bool) -> tuple[list[float], list[float]]:
-    """(cold creates, wakes) on a daemon of its own, removed afterwards."""
+def measure(archives: list[Path], runs: int, keep_tasks: bool) -> tuple[list[float], list[float], int]:
+    """(cold creates, wakes, leftovers) on a daemon of its own, removed afterwards."""
     colds, wakes = [], []
     with tempfile.TemporaryDirectory(prefix="bench-wake-") as tmp:
         config = {
@@ -115,10 +116,13 @@ def measure(archives: list[Path], runs: int, keep_tasks: bool) -> tuple[list[flo
                     colds.append(cold)
                     wakes.append(wake)
         finally:
-            daemon.delete_all_environments()
-            daemon.stop()
-            daemon.cleanup()
-    return colds, wakes
+            try:
+                daemon.delete_all_environments()
+            finally:
+                daemon.stop()
+                daemon.cleanup()
+                left = leftovers.report([daemon_instance(daemon)], [tmp])
+    return colds, wakes, left
 
 
 def _figures(colds: list[float], wakes: list[float]) -> dict[str, object]:
@@ -137,9 +141,13 @@ def main() -> None:
     args = parser.parse_args()
     archives = list(build().values())
     report: dict[str, object] = {"target_wake_s": TARGET_S}
+    left = 0
     for keep_tasks in (False, True):
         key = "keep_tasks" if keep_tasks else "default"
-        report[key] = _figures(*measure(archives, args.runs, keep_tasks))
+        colds, wakes, leftover = measure(archives, args.runs, keep_tasks)
+        report[key] = _figures(colds, wakes)
+        left += leftover
+    report["leftovers"] = left
     print(json.dumps(report, indent=2))
 
 

@@ -6,6 +6,7 @@ touches the state file or the kernel's configuration.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -93,11 +94,23 @@ def check_pool_against_routes(pool: IPv4Net, routes: Iterable[HostRoute], own_pr
 def carve_subnet(
     pool: IPv4Net, prefix: int, taken: Iterable[IPv4Net], routes: Iterable[HostRoute], own_prefix: str
 ) -> IPv4Net:
-    """The first subnet of the pool that overlaps neither a taken subnet nor a foreign route."""
+    """The first subnet of the pool that overlaps neither a taken subnet nor a foreign route.
+
+    Called for every new environment, with every other one taken: a network no wider than a
+    candidate blocks exactly the candidate containing it (a set lookup); only the few wider ones
+    are compared with each candidate, so a host with hundreds of environments stays linear.
+    """
     taken_list = list(taken)
     foreign = [r.network for r in routes if r.network.prefixlen > 0 and not r.device.startswith(own_prefix)]
+    blocked: set[IPv4Net] = set()
+    wide: list[IPv4Net] = []
+    for net in (*taken_list, *foreign):
+        if net.prefixlen >= prefix:
+            blocked.add(net.supernet(new_prefix=prefix))
+        else:
+            wide.append(net)
     for candidate in pool.subnets(new_prefix=prefix):
-        if any(candidate.overlaps(t) for t in taken_list) or any(candidate.overlaps(f) for f in foreign):
+        if candidate in blocked or any(candidate.overlaps(w) for w in wide):
             continue
         return candidate
     raise FailedPrecondition(
@@ -119,6 +132,10 @@ class SubnetPlan:
     @classmethod
     def of(cls, subnet: IPv4Net) -> SubnetPlan:
         """Gateway is the first host; the top quarter (a CIDR) is kept for VIPs."""
+        return _plan(subnet)
+
+    @classmethod
+    def _compute(cls, subnet: IPv4Net) -> SubnetPlan:
         vip_block = list(subnet.subnets(prefixlen_diff=2))[-1]
         return cls(
             subnet=subnet,
@@ -152,3 +169,9 @@ class SubnetPlan:
         except ValueError:
             return False
         return self.range_start <= addr <= self.range_end
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(subnet: IPv4Net) -> SubnetPlan:
+    """Plans are asked for every environment at every rule sync: computed once per subnet."""
+    return SubnetPlan._compute(subnet)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,19 @@ def test_overlapping_writes_all_succeed_and_the_newest_snapshot_stays(tmp_path: 
     file.write(snapshots[0][0], snapshots[0][1])  # an older snapshot arriving late is dropped
     assert file.load().ports[0].host_port == 20039
     assert [p.name for p in tmp_path.iterdir()] == ["network.json"]
+
+
+def test_the_state_document_has_every_field_of_every_record() -> None:
+    state = NetworkState(
+        {
+            "e": EnvRecord(
+                "10.1.0.0/24",
+                "br0",
+                {"web": ServiceRecord("10.1.0.254", [PortRecord(80), PortRecord(53, "udp")], ["10.1.0.2"])},
+                {"c1": ContainerRecord("web-0", "10.1.0.2", "/run/ns", ["web"], {"ips": [{"address": "x"}]})},
+            )
+        },
+        [HostPortRecord("e", "web", "127.0.0.1", 20000, 80)],
+    )
+    assert state.to_json() == {"version": 1, "data": asdict(state)}
+    assert NetworkState.from_json(state.to_json()) == state

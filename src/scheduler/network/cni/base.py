@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from scheduler.network.base import (
     EnvNetworkInfo,
     ServicePort,
 )
+from scheduler.network.commit import GroupCommit
 from scheduler.network.names import (
     Names,
 )
@@ -97,7 +98,12 @@ class CniBase:
         self._applied: iptables.Ruleset = {}
         """Our chains as last written to the kernel; syncs only send what differs."""
         self._pending: set[str] = set()
+        self._reserved: set[str] = set()
+        """Containers whose netns and files :meth:`reserve` made and :meth:`attach` has not taken up yet."""
         self._started = False
+        self._commits = GroupCommit(self._flush)
+        self._rewrite = False
+        """The next flush reads the kernel's chains first and rewrites them all."""
 
     # --- internals ------------------------------------------------------------------------
 
@@ -203,8 +209,19 @@ class CniBase:
             self._ports.release(rec.key)
         return bool(gone)
 
-    async def _commit(self) -> None:
-        """Persist the state, then make the kernel rules match it."""
+    def _commit(self) -> Awaitable[None]:
+        """Persist the state as it is now and make the kernel rules match it; await it after the lock.
+
+        Changes made while a commit runs share the next one (:mod:`scheduler.network.commit`), so
+        a caller that awaits outside ``_lock`` lets other changes join the same flush.
+        """
+        return self._commits.request()
+
+    async def _flush(self) -> None:
+        if self._rewrite:
+            self._rewrite = False
+            saved = await self._ipt.save()
+            self._applied = {t: {c: iptables.UNKNOWN for c in chains} for t, chains in saved.chains.items()}
         # The snapshot is taken here, on the loop: the thread that writes it may outlive this call
         # when the operation is cancelled, and must not read records that move meanwhile.
         text, sequence = self._file.encode(self._state), self._file.next_sequence()
@@ -244,9 +261,8 @@ class CniBase:
 
     async def _resync(self) -> None:
         """Rewrite every chain we own, whatever this process believes the kernel holds."""
-        saved = await self._ipt.save()
-        self._applied = {t: {c: iptables.UNKNOWN for c in chains} for t, chains in saved.chains.items()}
-        await self._sync()
+        self._rewrite = True
+        await self._commit()
 
     def _write_env_files(self, env: str, rec: EnvRecord) -> None:
         services = {name: svc.vip for name, svc in rec.services.items()}

@@ -117,8 +117,9 @@ class EnvironmentNetworks(CniBase):
             await links.ensure_bridge(bridge)
             rec = EnvRecord(subnet=str(net), bridge=bridge)
             self._state.envs[env] = rec
-            await self._commit()
-            return self._info(env, rec)
+            committed = self._commit()
+        await committed
+        return self._info(env, rec)
 
     async def environment(self, env: str) -> EnvNetworkInfo:
         """The environment's network; NotFound when it has none."""
@@ -136,8 +137,9 @@ class EnvironmentNetworks(CniBase):
         async with self._lock:
             gone = {e: self._state.envs.pop(e) for e in envs if e in self._state.envs}
             self._releasing.update({e: ipaddress.IPv4Network(rec.subnet) for e, rec in gone.items()})
-            if self._release_ports(lambda p: p.env in wanted) or gone:
-                await self._commit()
+            committed = self._commit() if self._release_ports(lambda p: p.env in wanted) or gone else None
+        if committed is not None:
+            await committed
         try:
             results = await asyncio.gather(
                 *(
@@ -187,9 +189,10 @@ class EnvironmentNetworks(CniBase):
             elif svc.ports == wanted:
                 return svc.vip
             svc.ports = wanted
-            await self._commit()
             self._write_env_files(env, rec)
-            return svc.vip
+            committed = self._commit()
+        await committed
+        return svc.vip
 
     async def remove_service(self, env: str, service: str) -> None:
         """Drop the service's VIP, its rules and its published ports; idempotent.
@@ -201,8 +204,9 @@ class EnvironmentNetworks(CniBase):
             released = self._release_ports(lambda p: p.env == env and p.service == service)
             if rec.services.pop(service, None) is None and not released:
                 return
-            await self._commit()
             self._write_env_files(env, rec)
+            committed = self._commit()
+        await committed
 
     async def service(self, env: str, service: str) -> ServiceInfo:
         """The service's VIP, ports and backends; NotFound when unknown."""
@@ -242,6 +246,8 @@ class EnvironmentNetworks(CniBase):
                 return
             removed = [ip for ip in svc.backends if ip not in backends]
             svc.backends = backends
-            await self._commit()
-            if removed and self._carries_udp(env, service, svc):
-                await self._ipt.forget_udp_flows(removed)
+            committed = self._commit()
+            udp = bool(removed) and self._carries_udp(env, service, svc)
+        await committed
+        if udp:
+            await self._ipt.forget_udp_flows(removed)

@@ -88,6 +88,8 @@ class ImageService:
         self._transport = transport
         self._parallel = max(1, parallel_downloads)
         self._pulls: dict[str, asyncio.Task[domain.Image]] = {}
+        self._lookups: dict[str, asyncio.Future[domain.Image]] = {}
+        """Lookups of a local image in flight, by name (see ``get``)."""
         self._content = ContentWriter(client)
         self._unpacker = Unpacker(client, snapshotter, self._content)
         self._manifests: dict[str, tuple[ParsedManifest, dict[str, Any]]] = {}
@@ -182,6 +184,21 @@ class ImageService:
             NotFound: no such image in this namespace.
         """
         name = normalize(ref)
+        # Deploys started together ask for the same few images at once: one lookup serves them all.
+        running = self._lookups.get(name)
+        if running is None:
+            running = asyncio.ensure_future(self._get(name))
+            self._lookups[name] = running
+
+            def forget(done: asyncio.Future[domain.Image]) -> None:
+                self._lookups.pop(name, None)
+                if not done.cancelled():
+                    done.exception()  # seen, even when every waiter was cancelled
+
+            running.add_done_callback(forget)
+        return await asyncio.shield(running)
+
+    async def _get(self, name: str) -> domain.Image:
         try:
             reply = await self.client.images.get(images_pb.GetImageRequest(name=name), what=name)
         except NotFound as err:
