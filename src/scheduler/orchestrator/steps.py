@@ -61,7 +61,7 @@ class OrchestratorSettings:
     sleep_keeps_tasks: bool = False
     """A sleeping environment's containers keep a created, unstarted task (see ``sleep.py``)."""
     deploy_concurrency: int = 0
-    """Deploys and updates admitted at once; 0: from twice the CPUs, growing to eight per CPU."""
+    """Deploys and updates admitted at once; 0: from twice the CPUs, growing to 32 per CPU."""
     admission_hold: float = 60.0
     """Seconds an admitted deploy holds its slot at most before the next one is admitted anyway."""
 
