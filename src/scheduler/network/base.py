@@ -94,8 +94,15 @@ class NetworkManager(Protocol):
     async def ensure_service(self, env: str, service: str, ports: Sequence[int | ServicePort] = ()) -> str:
         """Give a service its stable VIP (returned) and forward ``ports`` on it (all if empty)."""
 
+    async def reserve(self, env: str, container_id: str, hostname: str) -> Attachment | None:
+        """Create the container's netns and files before the slow part of :meth:`attach` (no ``ip`` yet).
+
+        A task can be set up in them while attach runs; None when attach must do it all. Needs no
+        bridge yet; :meth:`detach` removes a reservation that attach never took up.
+        """
+
     async def attach(self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()) -> Attachment:
-        """Create the container's netns, run CNI ADD, write its hosts and resolv.conf files."""
+        """Create the container's netns (or take its reservation), run CNI ADD, write its hosts and resolv.conf."""
 
     async def check(self, env: str, container_id: str) -> None:
         """Run CNI CHECK on an attached container; raises FailedPrecondition when it drifted."""

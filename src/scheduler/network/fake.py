@@ -25,6 +25,8 @@ class FakeNetwork:
         self.backends: dict[tuple[str, str], tuple[str, ...]] = {}
         self.attached: dict[str, str] = {}
         self.owners: dict[str, str] = {}
+        self.reserved: set[str] = set()
+        """Containers reserved and not attached yet."""
         self.swept: list[set[str]] = []
         self.backend_calls: list[tuple[str, str, tuple[str, ...]]] = []
         self.held: dict[str, list[tuple[domain.Endpoint, socket.socket]]] = {}
@@ -47,8 +49,13 @@ class FakeNetwork:
         self.backends.setdefault((env, service), ())
         return "10.9.0.250"
 
+    async def reserve(self, env: str, container_id: str, hostname: str) -> Attachment | None:
+        self.reserved.add(container_id)
+        return Attachment(env, container_id, hostname, f"/run/netns/{container_id}", "", "", "/h", "/r")
+
     async def attach(self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()) -> Attachment:
         ip = f"10.9.0.{next(self._ips)}"
+        self.reserved.discard(container_id)
         self.attached[container_id] = ip
         self.owners[container_id] = env
         return Attachment(env, container_id, hostname, f"/run/netns/{container_id}", ip, "10.9.0.1", "/h", "/r")
@@ -57,6 +64,9 @@ class FakeNetwork:
         pass
 
     async def detach(self, env: str, container_id: str) -> None:
+        if container_id in self.reserved:
+            self.reserved.discard(container_id)
+            return
         if self.owners.get(container_id) != env:
             raise NotFound(f"container {container_id} is not attached to {env}")
         ip = self.attached.pop(container_id)

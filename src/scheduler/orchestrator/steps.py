@@ -29,7 +29,7 @@ from scheduler.domain import (
     HealthCheckKind,
     ServiceSpec,
 )
-from scheduler.network.base import NetworkManager
+from scheduler.network.base import Attachment, NetworkManager
 from scheduler.orchestrator import health
 from scheduler.orchestrator.clone import first_start
 from scheduler.orchestrator.events import EventBus
@@ -155,69 +155,45 @@ class Steps:
         return await self._launch_replica(env, service, await self._prepare_replica(env, service, image, index))
 
     async def _prepare_replica(
-        self, env: Environment, service: ServiceSpec, image: domain.Image, index: int
+        self,
+        env: Environment,
+        service: ServiceSpec,
+        image: domain.Image,
+        index: int,
+        *,
+        network: asyncio.Future[None] | None = None,
+        prestart: bool = False,
     ) -> tuple[int, str, str]:
         """Attach a new container to the network and create it, without starting it.
 
         This part does not depend on other services, so a deploy runs it for every service at
-        once, while dependencies are still coming up. Returns the replica index, id and address.
+        once, while dependencies are still coming up. The network's slow part (the CNI plugins)
+        runs alongside the rest: the container's namespace and files are reserved first, so the
+        volume, the container and, with ``prestart``, its task (shim, ``runc create``) are made
+        meanwhile. ``network`` is the environment's bridge being made, when it is not there yet.
+        Returns the replica index, id and address.
         """
         cid = container_id(env.name, service.name, index)
+        hostname = f"{service.name}-{index}"
         await self._record(env.name, ContainerStatus(service=service.name, replica=index, container_id=cid))
+        attaching: asyncio.Future[Attachment] | None = None
+        created = False
         try:
-            attachment = await self._network.attach(
-                env.name, cid, hostname=f"{service.name}-{index}", aliases=(service.name,)
-            )
-            mounts = [
-                domain.Mount("/etc/hosts", attachment.hosts_path, options=("rbind", "ro")),
-                domain.Mount("/etc/resolv.conf", attachment.resolv_path, options=("rbind", "ro")),
-            ]
-            if self._templates is not None:
-                # A new database volume starts as a copy of its template; the service may then
-                # run a first-start step before the image's entrypoint.
-                before = time.monotonic()
-                prepared = await self._templates.prepare(env.name, service, image)
-                if prepared is not service:
-                    seconds = time.monotonic() - before
-                    self._observer.step(env.name, "template", service.name, f"first start of a copy, {seconds:.3f}s")
-                service = prepared
-            # A clone's database still holds its source's password: its first start sets its own.
-            service = await first_start(self._volumes, env.name, service, image)
-            for volume in service.volumes:
-                source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
-                mounts.append(
-                    domain.Mount(volume.path, str(source), options=("rbind", "ro" if volume.read_only else "rw"))
-                )
-            log_dir = self._settings.logs_dir / env.name / cid
-            config = domain.ContainerConfig(
-                id=cid,
-                image=image,
-                labels={
-                    labels.OWNER: labels.OWNER_VALUE,
-                    labels.ENV: env.name,
-                    labels.SERVICE: service.name,
-                    labels.REPLICA: str(index),
-                    labels.GENERATION: str(env.generation),
-                },
-                command=service.command,
-                args=service.args,
-                env=service.env,
-                user=service.user,
-                working_dir=service.working_dir,
-                hostname=f"{service.name}-{index}",
-                mounts=tuple(mounts),
-                netns_path=attachment.netns_path,
-                resources=service.resources,
-                read_only_rootfs=service.read_only_rootfs,
-                security=service.security,
-                log_dir=str(log_dir),
-                log_max_bytes=self._settings.log_max_bytes,
-                log_max_files=self._settings.log_max_files,
-            )
-            await self._runtime.create(config)
+            reserved = await self._network.reserve(env.name, cid, hostname)
+            attaching = asyncio.ensure_future(self._attach(env.name, cid, hostname, service.name, network))
+            paths = reserved or await attaching
+            await self._create(env, service, image, index, cid, paths)
+            created = True
+            if prestart:
+                await self._prestart(env.name, service.name, cid)
+            attachment = await attaching
         except errors.SchedulerError as err:
+            await asyncio.shield(self._abandon(env.name, cid, attaching, created))
             await self._failed_replica(env.name, service.name, index, cid, err)
             raise DeployFailure(service.name, "CreateFailed", f"service {service.name}: {err.message}") from err
+        except BaseException:
+            await asyncio.shield(self._abandon(env.name, cid, attaching, created))
+            raise
         await self._record(
             env.name,
             ContainerStatus(
@@ -227,6 +203,81 @@ class Steps:
         self._publish(env, EventType.CONTAINER_CREATED, service.name, index, cid)
         self._observer.step(env.name, "create", service.name, f"{cid} at {attachment.ip}")
         return index, cid, attachment.ip
+
+    async def _attach(
+        self, env: str, cid: str, hostname: str, service: str, network: asyncio.Future[None] | None
+    ) -> Attachment:
+        if network is not None:
+            await asyncio.shield(network)
+        return await self._network.attach(env, cid, hostname=hostname, aliases=(service,))
+
+    async def _abandon(self, env: str, cid: str, attaching: asyncio.Future[Attachment] | None, created: bool) -> None:
+        """After a failed preparation: stop the attach; a container never created leaves no namespace behind."""
+        if attaching is not None:
+            attaching.cancel()
+            await asyncio.gather(attaching, return_exceptions=True)
+        if created:
+            return  # the container holds the namespace; removing the container detaches it
+        try:
+            await self._network.detach(env, cid)
+        except errors.SchedulerError as err:
+            _log.warning("deploy.detach_failed", env=env, container=cid, error=err.message)
+
+    async def _prestart(self, env: str, service: str, cid: str) -> None:
+        """Create the task ahead of its start; a failure here is left to the start, which tries again."""
+        try:
+            await self._runtime.prepare_start(cid)
+        except errors.SchedulerError as err:
+            _log.info("deploy.prestart_failed", env=env, service=service, container=cid, error=err.message)
+
+    async def _create(
+        self, env: Environment, service: ServiceSpec, image: domain.Image, index: int, cid: str, paths: Attachment
+    ) -> None:
+        """Seed the volumes and create the container (no task) in the namespace at ``paths``."""
+        mounts = [
+            domain.Mount("/etc/hosts", paths.hosts_path, options=("rbind", "ro")),
+            domain.Mount("/etc/resolv.conf", paths.resolv_path, options=("rbind", "ro")),
+        ]
+        if self._templates is not None:
+            # A new database volume starts as a copy of its template; the service may then
+            # run a first-start step before the image's entrypoint.
+            before = time.monotonic()
+            prepared = await self._templates.prepare(env.name, service, image)
+            if prepared is not service:
+                seconds = time.monotonic() - before
+                self._observer.step(env.name, "template", service.name, f"first start of a copy, {seconds:.3f}s")
+            service = prepared
+        # A clone's database still holds its source's password: its first start sets its own.
+        service = await first_start(self._volumes, env.name, service, image)
+        for volume in service.volumes:
+            source = await asyncio.to_thread(self._volumes.ensure, env.name, volume.name)
+            mounts.append(domain.Mount(volume.path, str(source), options=("rbind", "ro" if volume.read_only else "rw")))
+        config = domain.ContainerConfig(
+            id=cid,
+            image=image,
+            labels={
+                labels.OWNER: labels.OWNER_VALUE,
+                labels.ENV: env.name,
+                labels.SERVICE: service.name,
+                labels.REPLICA: str(index),
+                labels.GENERATION: str(env.generation),
+            },
+            command=service.command,
+            args=service.args,
+            env=service.env,
+            user=service.user,
+            working_dir=service.working_dir,
+            hostname=paths.hostname,
+            mounts=tuple(mounts),
+            netns_path=paths.netns_path,
+            resources=service.resources,
+            read_only_rootfs=service.read_only_rootfs,
+            security=service.security,
+            log_dir=str(self._settings.logs_dir / env.name / cid),
+            log_max_bytes=self._settings.log_max_bytes,
+            log_max_files=self._settings.log_max_files,
+        )
+        await self._runtime.create(config)
 
     async def _launch_replica(
         self, env: Environment, service: ServiceSpec, prepared: tuple[int, str, str]

@@ -647,6 +647,40 @@ async def test_detach_releases_a_namespace_and_lease_left_without_a_record(
         await restarted.teardown()
 
 
+async def test_a_reservation_is_taken_up_by_attach_or_released_by_detach(make_network: Factory) -> None:
+    """A deploy sets a task up in a reserved namespace while attach runs the plugins: attach must use that namespace."""
+    net = make_network()
+    await net.start()
+    env = unique("r")
+    cid, dropped = unique("c"), unique("c")
+    # Before the bridge exists, as a deploy does while the environment's network is being made.
+    reserved = await net.reserve(env, cid, "c-0")
+    assert reserved is not None and reserved.ip == ""
+    namespace = Path(reserved.netns_path).stat().st_ino
+    hosts_file = Path(reserved.hosts_path).stat().st_ino
+    assert Path(reserved.resolv_path).is_file()
+    server = Server(reserved.netns_path, "web", 8080)  # a process in the namespace before it is attached
+    try:
+        assert await net.reserve(env, cid, "c-0") is None  # once
+        assert await net.reserve(env, dropped, "d-0") is not None
+        await net.ensure_environment(env)
+        attached = await net.attach(env, cid, "c-0", aliases=("web",))
+        assert (attached.netns_path, attached.hosts_path) == (reserved.netns_path, reserved.hosts_path)
+        assert Path(attached.netns_path).stat().st_ino == namespace  # the very namespace a task may have joined
+        assert Path(attached.hosts_path).stat().st_ino == hosts_file  # rewritten in place under a bind mount
+        assert f"{attached.ip}\tc-0" in Path(attached.hosts_path).read_text()
+        client = await net.attach(env, unique("cli"), "client-0")
+        assert connect(client.netns_path, attached.ip, 8080) == "web"  # the server opened before attach
+        await net.detach(env, dropped)  # a reservation attach never took up leaves nothing
+        res = await net.resources()
+        assert (res["netns"], res["veths"], res["containers"], res["hosts_files"]) == (2, 2, 2, 4)
+        await net.delete_environment(env)
+        res = await net.resources()
+        assert (res["netns"], res["veths"], res["ipam_leases"], res["hosts_files"]) == (0, 0, 0, 0)
+    finally:
+        server.close()
+
+
 async def test_a_subnet_stays_taken_until_its_old_bridge_is_gone(
     make_network: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -98,6 +98,8 @@ class CniBase:
         self._applied: iptables.Ruleset = {}
         """Our chains as last written to the kernel; syncs only send what differs."""
         self._pending: set[str] = set()
+        self._reserved: set[str] = set()
+        """Containers whose netns and files :meth:`reserve` made and :meth:`attach` has not taken up yet."""
         self._started = False
         self._commits = GroupCommit(self._flush)
         self._rewrite = False

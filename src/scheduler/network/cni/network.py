@@ -51,7 +51,7 @@ from scheduler.errors import (
     NotFound,
     SchedulerError,
 )
-from scheduler.network import iptables, links, netns
+from scheduler.network import hosts, iptables, links, netns
 from scheduler.network.base import (
     Attachment,
     NetworkManager,
@@ -102,6 +102,53 @@ class CniNetwork(EnvironmentNetworks):
 
     # --- containers -----------------------------------------------------------------------
 
+    async def reserve(self, env: str, container_id: str, hostname: str) -> Attachment | None:
+        """Create the container's netns and files ahead of :meth:`attach`, which then joins them to the bridge.
+
+        The runtime can set the container's task up in them (shim, ``runc create``) while attach
+        runs the CNI plugins, the slowest part of a container's network. ``ip`` is empty until
+        attach. None when the container is attached already or a leftover namespace is in the way
+        (attach then does it all). Works before the environment's bridge exists; :meth:`detach`
+        removes a reservation that attach never took up.
+        """
+        check_container_id(container_id)
+        check_hostname(hostname)
+        async with self._lock:
+            rec = self._state.envs.get(env)
+            path = self._netns_dir / container_id
+            if rec is not None and container_id in rec.containers:
+                return None
+            if container_id in self._pending or container_id in self._reserved or path.exists():
+                return None
+            self._reserved.add(container_id)
+            bridge = rec.bridge if rec is not None else self.names.bridge(env)
+        directory = self._etc_dir / bridge / container_id
+        try:
+            await netns.create(path)
+            resolv = hosts.render_resolv(hosts.host_nameservers(self._resolv_conf) if self.egress else [])
+            await asyncio.to_thread(self._placeholders, directory, hostname, resolv)
+        except BaseException:
+            await netns.remove(path)
+            async with self._lock:
+                self._reserved.discard(container_id)
+            raise
+        return Attachment(
+            env=env,
+            container_id=container_id,
+            hostname=hostname,
+            netns_path=str(path),
+            ip="",
+            gateway="",
+            hosts_path=str(directory / "hosts"),
+            resolv_path=str(directory / "resolv.conf"),
+        )
+
+    @staticmethod
+    def _placeholders(directory: Path, hostname: str, resolv: str) -> None:
+        """The files a reserved container's mounts point at; attach rewrites them in place."""
+        hosts.write_in_place(directory / "hosts", hosts.render_hosts("127.0.1.1", hostname, {}, []))
+        hosts.write_in_place(directory / "resolv.conf", resolv)
+
     async def attach(self, env: str, container_id: str, hostname: str, aliases: Sequence[str] = ()) -> Attachment:
         """Create the container's netns, join it to the environment's bridge, write its files.
 
@@ -126,15 +173,18 @@ class CniNetwork(EnvironmentNetworks):
             if container_id in self._pending:
                 raise AlreadyExists(f"container {container_id!r} is being attached already", container_id=container_id)
             self._pending.add(container_id)
+            reserved = container_id in self._reserved and not stale
+            self._reserved.discard(container_id)
             config = self._cni_config(rec)
         path = self._netns_dir / container_id
-        if path.exists() or stale:
+        if (path.exists() and not reserved) or stale:
             # A crash between ADD and saving the record left a namespace and a lease (or a reboot
             # left the lease alone); host-local refuses a second lease for the same container.
             await self._cni_del(config, container_id, path, None)
             await netns.remove(path)
         try:
-            await netns.create(path)
+            if not (reserved and path.exists()):
+                await netns.create(path)
             try:
                 raw = await self._plugins.invoke("ADD", config, container_id, str(path))
                 result = parse_add_result(raw)
@@ -199,6 +249,7 @@ class CniNetwork(EnvironmentNetworks):
                     committed = self._commit()
                     udp = any(self._carries_udp(env, name, rec.services[name]) for name in changed)
                 config = self._cni_config(rec, prev_result=cont.result)
+            self._reserved.discard(container_id)
             orphan = rec is not None and cont is None and container_id not in self._pending and path.exists()
             if orphan and rec is not None:
                 config = self._cni_config(rec)
@@ -351,7 +402,7 @@ class CniNetwork(EnvironmentNetworks):
             containers = {cid for r in kept.values() for cid in r.containers}
             if self._netns_dir.exists():
                 for path in self._netns_dir.iterdir():
-                    if path.name not in containers and path.name not in self._pending:
+                    if path.name not in containers and path.name not in self._pending | self._reserved:
                         await netns.remove(path)
             for bridge in await links.bridges(self.names.iface_prefix):
                 if bridge not in bridges:
