@@ -85,16 +85,7 @@ def test_the_default_limit_follows_the_cpus_and_a_configured_one_is_fixed() -> N
 
 async def test_the_limit_grows_as_deploys_end_and_starts_low_again_when_idle() -> None:
     admission = Admission(2, hold=60, ceiling=4)
-    gates = [asyncio.Event() for _ in range(8)]
-    inside: set[int] = set()
-
-    async def deploy(n: int) -> None:
-        async with admission.slot():
-            inside.add(n)
-            await gates[n].wait()
-            inside.discard(n)
-
-    tasks = [asyncio.create_task(deploy(n)) for n in range(8)]
+    gates, inside, tasks = _gated(admission, 8)
     await asyncio.sleep(0.01)
     assert inside == {0, 1}
     gates[0].set()  # one ends: the limit grows to 3, so two more come in
@@ -145,16 +136,7 @@ async def test_the_queue_admits_deploys_but_never_holds_back_a_delete() -> None:
 
 async def test_the_limit_grows_by_its_growth_and_stops_at_the_ceiling() -> None:
     admission = Admission(2, hold=60, ceiling=5, growth=2)
-    gates = [asyncio.Event() for _ in range(8)]
-    inside: set[int] = set()
-
-    async def deploy(n: int) -> None:
-        async with admission.slot():
-            inside.add(n)
-            await gates[n].wait()
-            inside.discard(n)
-
-    tasks = [asyncio.create_task(deploy(n)) for n in range(8)]
+    gates, inside, tasks = _gated(admission, 8)
     await asyncio.sleep(0.01)
     assert inside == {0, 1}
     gates[0].set()  # one ends: the limit grows by two, so three more come in
@@ -167,3 +149,17 @@ async def test_the_limit_grows_by_its_growth_and_stops_at_the_ceiling() -> None:
         gate.set()
     await asyncio.gather(*tasks)
     assert admission.limit == 2 and admission.active == 0
+
+
+def _gated(admission: Admission, count: int) -> tuple[list[asyncio.Event], set[int], list[asyncio.Task[None]]]:
+    """``count`` deploys, each holding its slot until its gate opens; ``inside`` holds those admitted."""
+    gates = [asyncio.Event() for _ in range(count)]
+    inside: set[int] = set()
+
+    async def deploy(n: int) -> None:
+        async with admission.slot():
+            inside.add(n)
+            await gates[n].wait()
+            inside.discard(n)
+
+    return gates, inside, [asyncio.create_task(deploy(n)) for n in range(count)]
