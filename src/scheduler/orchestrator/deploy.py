@@ -67,12 +67,6 @@ class Deploy(Steps):
                     f"within {dep.deadline.total_seconds():g}s",
                 ) from None
 
-    async def _unprestart(self, cid: str) -> None:
-        try:
-            await self._runtime.cancel_start(cid)
-        except errors.SchedulerError as err:
-            _log.warning("deploy.cancel_start_failed", container=cid, error=err.message)
-
     async def run(self, name: str) -> None:
         """Deploy ``name``'s stored spec; failures end as a FAILED status naming the service."""
         try:
@@ -173,14 +167,21 @@ class Deploy(Steps):
         return endpoints
 
     async def _prepare_replicas(
-        self, env: Environment, service: ServiceSpec, image: domain.Image, network: asyncio.Future[None]
+        self,
+        env: Environment,
+        service: ServiceSpec,
+        image: domain.Image,
+        network: asyncio.Future[None],
+        made: list[str],
     ) -> list[tuple[int, str, str]]:
-        return await asyncio.gather(
-            *(
-                self._prepare_replica(env, service, image, index, network=network, prestart=True)
-                for index in range(service.replicas)
-            )
-        )
+        """Prepare every replica with its task set up ahead; ``made`` collects their ids as they are ready."""
+
+        async def one(index: int) -> tuple[int, str, str]:
+            prepared = await self._prepare_replica(env, service, image, index, network=network, prestart=True)
+            made.append(prepared[1])
+            return prepared
+
+        return await asyncio.gather(*(one(index) for index in range(service.replicas)))
 
     async def _bring_up_service(
         self,
@@ -199,17 +200,16 @@ class Deploy(Steps):
         image = await self._pull_image(env.name, service)
         # Every task is set up (shim, runc create) while the network, the dependencies and the
         # other services come up; a service's turn is then followed by the exec alone.
-        endpoints, prepared = await _both(
-            self._address(env, service, network),
-            self._prepare_replicas(env, service, image, network),
-        )
+        made: list[str] = []
         try:
+            endpoints, prepared = await _both(
+                self._address(env, service, network),
+                self._prepare_replicas(env, service, image, network, made),
+            )
             await self._dependencies(service, milestones)
         except BaseException:
             # Tasks set up ahead must not linger as processes that never ran.
-            for _, cid, _ in prepared:
-                self.expected_exits.add(cid)
-            await asyncio.shield(asyncio.gather(*(self._unprestart(cid) for _, cid, _ in prepared)))
+            await asyncio.shield(asyncio.gather(*(self._unprestart(cid) for cid in made)))
             raise
         replicas = await asyncio.gather(*(self._launch_replica(env, service, p) for p in prepared))
         mine = milestones[service.name]
