@@ -35,7 +35,7 @@ from tests.integration.test_env_backup import backend_url
 from tests.integration.test_environments import http_get, wait_gone, wait_status
 from tests.support.daemon import VENV_BIN, DaemonProcess, running_daemon
 from tests.support.images import BACKEND, POSTGRES
-from tests.support.processes import loops_under, mounts_under, unmount_under
+from tests.support.processes import loops_under, mounts_under, unmount_under, wait_loops_gone
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, image_archives: dict[str, P
     finally:
         # Whatever happened: the daemon leaves its volume filesystem mounted by design.
         unmount_under(tmp)
-    assert not mounts_under(tmp) and not loops_under(tmp), (mounts_under(tmp), loops_under(tmp))
+    assert not mounts_under(tmp) and not wait_loops_gone(tmp), (mounts_under(tmp), loops_under(tmp))
 
 
 def _shared_extents(path: Path) -> bool:

@@ -28,6 +28,7 @@ __all__ = [
     "processes_naming",
     "shims_of",
     "unmount_under",
+    "wait_loops_gone",
 ]
 
 
@@ -114,6 +115,18 @@ def loops_under(path: Path) -> list[str]:
         if name.startswith(prefix):
             found.append("/dev/" + backing.parts[3])
     return sorted(found)
+
+
+def wait_loops_gone(path: Path, timeout: float = 30) -> list[str]:
+    """Wait until no loop device is backed by a file under ``path``; return those left after ``timeout``.
+
+    A detached loop device whose filesystem a dying container's mount namespace still holds goes
+    only when that namespace does.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := loops_under(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def unmount_under(path: Path) -> None:

@@ -73,3 +73,11 @@ def test_other_sources_are_refused_naming_their_status(status: EnvironmentStatus
     with pytest.raises(errors.FailedPrecondition) as refused:
         check_cloneable(_env(status))
     assert status.value in refused.value.message and refused.value.reason == "SOURCE_NOT_RUNNING"
+
+
+def test_a_scratch_copy_left_on_the_data_dir_is_no_volume(tmp_path: Path) -> None:
+    (tmp_path / "volumes" / ".scratch-0123").mkdir(parents=True)
+    (tmp_path / "volumes" / "web").mkdir()
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        prepare(tmp_path, XFS_IMAGE, 1 << 30)
+    assert "web" in refused.value.message and ".scratch" not in refused.value.message

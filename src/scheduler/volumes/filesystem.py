@@ -8,11 +8,12 @@
   gives its blocks back to the data dir). Volumes and templates both live there, so a template
   seed or a clone shares extents whatever its size (a metadata operation).
 
-Life of the image: made and recorded (``volumefs.json``) at the first start; mounted at each start
-by ``mount -o loop``, whose loop device is set to clear itself when the filesystem is unmounted;
-adopted as it is when the mount point already holds it (after a daemon crash or restart). It is
-left mounted when the daemon stops, by design: containers outlive the daemon and their volumes
-are bind mounts into it. ``scheduler admin release-volumes`` unmounts it once nothing runs.
+Life of the image: made and recorded (``volumefs.json``) at the first start; attached to a loop
+device with direct I/O and mounted at each start; adopted as it is when the mount point already
+holds it (after a daemon crash or restart), and its loop device reused when a start was cut short
+between the two. It is left mounted when the daemon stops, by design: containers outlive the
+daemon and their volumes are bind mounts into it. ``scheduler admin release-volumes`` unmounts it
+and detaches its loop device once nothing runs.
 Raising the size grows it (XFS grows online); it never shrinks.
 
 Switching an existing data dir from one kind to the other is refused at start while the other
@@ -43,10 +44,10 @@ XFS_IMAGE = "xfs-image"
 IMAGE = "volumes.xfs"
 MOUNT = "volumefs"
 RECORD = "volumefs.json"
-MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,discard"
+MOUNT_OPTIONS = "nosuid,nodev,noatime,discard"
 COMMAND_TIMEOUT = 120.0
 LOOP_CLEAR_WAIT = 5.0
-"""Seconds an unmount waits for its loop device to clear (it stays while a container still mounts a volume)."""
+"""Seconds a release waits for its loop device to go (it stays while a container still mounts a volume)."""
 
 
 @dataclass(frozen=True)
@@ -98,26 +99,29 @@ def prepare(data_dir: Path, kind: str, image_size: int) -> VolumeFilesystem:
 
 
 def release(data_dir: Path) -> bool:
-    """Unmount the image filesystem of ``data_dir`` (its loop device then clears); False if not mounted.
+    """Unmount the image filesystem of ``data_dir`` and detach its loop device; False if neither was there.
 
-    Containers still running keep their volumes' mounts (the filesystem lives on until they
-    stop): call this when no environment runs, as a host's shutdown or an uninstall does.
+    Containers still running keep their volumes' mounts (the filesystem and its loop device live
+    on until they stop): call this when no environment runs, as a host's shutdown or an uninstall does.
 
     Raises:
         Internal: ``umount`` failed (something on the host uses the mount point).
     """
-    mount = Path(data_dir) / MOUNT
-    device = mounted_device(mount)
-    if device is None:
-        return False
-    _run(["umount", str(mount)])
-    # The kernel clears an autoclear loop device after the unmount returns, not before.
+    mount, image = Path(data_dir) / MOUNT, (Path(data_dir) / IMAGE).resolve()
+    mounted = mounted_device(mount)
+    if mounted is not None:
+        _run(["umount", str(mount)])
+    devices = [d for d in loop_devices() if backing_file(d) == image]
+    for device in devices:
+        # Still in use (a container's mount of a volume): the kernel detaches it once free.
+        _run(["losetup", "--detach", device])
     deadline = time.monotonic() + LOOP_CLEAR_WAIT
-    while backing_file(device) is not None and time.monotonic() < deadline:
+    while any(backing_file(d) is not None for d in devices) and time.monotonic() < deadline:
         time.sleep(0.05)
-    cleared = backing_file(device) is None
-    _log.info("volumes.released", mount=str(mount), device=device, loop_cleared=cleared)
-    return True
+    left = [d for d in devices if backing_file(d) is not None]
+    if mounted is not None or devices:
+        _log.info("volumes.released", mount=str(mount), devices=devices, still_attached=left)
+    return mounted is not None or bool(devices)
 
 
 def mounted_device(mount: Path) -> str | None:
@@ -157,13 +161,39 @@ def _mount_image(data_dir: Path, size: int) -> Path:
             _make_image(image, size)
         _write_record(data_dir, {"filesystem": XFS_IMAGE, "image": str(image), "mount": str(mount.resolve())})
         mount.mkdir(mode=0o700, exist_ok=True)
-        _run(["mount", "-t", "xfs", "-o", MOUNT_OPTIONS, str(image), str(mount)])
-        device = mounted_device(mount)
-        _log.info("volumes.image_mounted", image=str(image), device=device, mount=str(mount))
+        device = _attach(image)
+        _run(["mount", "-t", "xfs", "-o", MOUNT_OPTIONS, device, str(mount)])
+        _log.info("volumes.image_mounted", image=str(image), device=device, mount=str(mount), direct_io=_dio(device))
     _write_record(data_dir, {"filesystem": XFS_IMAGE, "image": str(image), "mount": str(mount.resolve())})
     _grow(image, mount, device or "", size)
     os.chmod(mount, 0o700)
     return mount
+
+
+def _attach(image: Path) -> str:
+    """A loop device for ``image``: one a start cut short left attached, else a new one.
+
+    Direct I/O: the image's blocks are cached once, by the filesystem inside it, and its writes
+    are not throttled with the whole host's dirty pages (measured on this project's host, busy:
+    512 MB written and fsynced in 0.7-1.0 s against 9.6-13.7 s through the page cache).
+    """
+    for device in loop_devices():
+        if backing_file(device) == image:
+            return device
+    done = _run(["losetup", "--find", "--show", "--direct-io=on", str(image)])
+    return done.stdout.strip()
+
+
+def _dio(device: str) -> bool:
+    try:
+        return (Path("/sys/block") / Path(device).name / "loop" / "dio").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def loop_devices() -> list[str]:
+    """Every attached loop device (``/dev/loopN``)."""
+    return sorted(f"/dev/{p.parent.parent.name}" for p in Path("/sys/block").glob("loop*/loop/backing_file"))
 
 
 def _make_image(image: Path, size: int) -> None:
@@ -196,7 +226,8 @@ def _grow(image: Path, mount: Path, device: str, size: int) -> None:
 
 def _refuse_volumes_outside(data_dir: Path) -> None:
     volumes = data_dir / "volumes"
-    held = sorted(p.name for p in volumes.iterdir()) if volumes.is_dir() else []
+    # Dot names are scratch copies a crash left, never an environment's.
+    held = sorted(p.name for p in volumes.iterdir() if not p.name.startswith(".")) if volumes.is_dir() else []
     if held:
         raise FailedPrecondition(
             f"volumes.filesystem is {XFS_IMAGE}, but {volumes} holds volumes of {', '.join(held[:5])}"
@@ -229,10 +260,11 @@ def _write_record(data_dir: Path, record: dict[str, str]) -> None:
     os.replace(partial, path)
 
 
-def _run(argv: list[str]) -> None:
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise Internal(f"{argv[0]} failed: {err}") from err
     if done.returncode != 0:
         raise Internal(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return done

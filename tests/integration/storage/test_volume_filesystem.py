@@ -4,6 +4,7 @@ the live copy's second pass cloning changed files there. Mount and loop device g
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from scheduler.volumes.filesystem import XFS_IMAGE, backing_file, mounted_device, prepare, release
 from scheduler.volumes.sync import sync_tree
-from tests.support.processes import loops_under, mounts_under, unmount_under
+from tests.support.processes import loops_under, mounts_under, unmount_under, wait_loops_gone
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         unmount_under(tmp_path)
-    assert not mounts_under(tmp_path) and not loops_under(tmp_path)
+    assert not mounts_under(tmp_path) and not wait_loops_gone(tmp_path)
 
 
 def test_the_image_is_made_adopted_grown_and_released(data_dir: Path) -> None:
@@ -44,12 +45,16 @@ def test_the_image_is_made_adopted_grown_and_released(data_dir: Path) -> None:
     assert (again.volumes / "env" / "kept").read_text() == "data"
 
     assert release(data_dir) and mounted_device(data_dir / "volumefs") is None
-    assert not release(data_dir)
-    # Mounted again at the next start, with its data.
+    assert not release(data_dir) and not loops_under(data_dir)
+    # A start cut short between attaching the image and mounting it: the next one reuses the device.
+    left = subprocess.run(
+        ["losetup", "--find", "--show", str(data_dir / "volumes.xfs")], capture_output=True, text=True, check=True
+    ).stdout.strip()
     third = prepare(data_dir, XFS_IMAGE, 2 * GIB)
+    assert mounted_device(third.root) == left and loops_under(data_dir) == [left]
     assert (third.volumes / "env" / "kept").read_text() == "data"
-    release(data_dir)
-    assert not loops_under(data_dir), "the loop device clears itself with the unmount"
+    assert release(data_dir)
+    assert not loops_under(data_dir) and mounted_device(third.root) is None
 
 
 def test_the_second_pass_clones_changed_files_again(data_dir: Path) -> None:
