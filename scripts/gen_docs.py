@@ -200,6 +200,10 @@ SPECIFIC_REASONS: dict[str, str] = {
     "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",
     "MISSING_PERMISSION": "the caller's role lacks the permission the method needs (metadata names it)",
     "WRONG_NODE": "logs or metrics asked of a node the environment does not run on (metadata `node`, `address`)",
+    "FENCED": (
+        "a write of a deposed fleet placement leader, refused by its election key "
+        "(internal: the leader steps down; no RPC returns it)"
+    ),
 }
 """ErrorInfo reasons more specific than their class's, raised with ``reason=`` in src/scheduler."""
 

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.base import Fleet
+from scheduler.cluster.fence import Fence
 from scheduler.cluster.local import SingleNode, host_capacity
 from scheduler.cluster.member import FleetMember, MembershipSettings
 from scheduler.cluster.node import Node
@@ -228,7 +229,10 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         stack.push_async_callback(timeline.close)
         me = this_node(settings)
         # In a fleet this daemon runs only the environments placed on its node.
-        owns: Owns = (lambda env: env.node == me.name) if etcd is not None else owns_all
+        fence = Fence(me.name, failover_grace=timedelta(seconds=settings.cluster.failover_grace))
+        owns: Owns = owns_all
+        if etcd is not None:
+            owns = fence.owns if settings.cluster.fence else (lambda env: env.node == me.name)
         orchestrator = Orchestrator(
             ledger,
             runtime,
@@ -269,7 +273,15 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         fleet: Fleet = SingleNode(me, ledger)
         if etcd is not None:
             member = FleetMember(
-                etcd, settings.cluster.etcd.prefix, me, ledger, orchestrator, reconciler, membership(settings), backups
+                etcd,
+                settings.cluster.etcd.prefix,
+                me,
+                ledger,
+                orchestrator,
+                reconciler,
+                membership(settings),
+                backups,
+                (fence, runtime) if settings.cluster.fence else None,
             )
             await member.start()
             stack.push_async_callback(member.close)

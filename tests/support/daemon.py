@@ -258,6 +258,12 @@ def start_daemon(
     return _launch(tmp, settings, config_path, env, wait, netns, credentials, serve_timeout)
 
 
+def _reach(settings: dict[str, Any]) -> str:
+    """The address to call a daemon on: the one it advertises to its fleet, else its TCP listener."""
+    advertised = settings.get("cluster", {}).get("node", {}).get("advertise")
+    return str(advertised or settings["server"]["listen"])
+
+
 def _launch(
     tmp: Path,
     settings: dict[str, Any],
@@ -281,7 +287,7 @@ def _launch(
             env=child_env,
         )
     daemon = DaemonProcess(
-        process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path, {}, netns, credentials
+        process, _reach(settings), Path(settings["data_dir"]), log_path, config_path, {}, netns, credentials
     )
     _every_daemon.append(daemon)
     if wait:

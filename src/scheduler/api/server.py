@@ -13,8 +13,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from scheduler import domain, errors, log
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.api.gate import Gate
-from scheduler.api.interceptors import RequestInterceptor, RpcObserver, WrappingRegistry
+from scheduler.api.interceptors import RequestInterceptor, RpcObserver
 from scheduler.api.peers import UnixListener
+from scheduler.api.registry import WrappingRegistry
 from scheduler.api.servicer import SchedulerServicer
 from scheduler.config import AuthSettings, ServerSettings, TlsSettings
 from scheduler.service import EnvironmentService

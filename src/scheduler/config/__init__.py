@@ -96,6 +96,9 @@ class LimitSettings(_Section):
     max_replicas: int = Field(default=10, gt=0)
     default_cpu_millis: int = Field(default=2000, gt=0)
     """CPU limit of a service that sets none (2 cores)."""
+    default_cpu_request_millis: int = Field(default=250, gt=0)
+    """CPU a fleet's placement reserves for a service that requests none (a quarter of a core, or
+    its limit if lower); its memory request defaults to its memory limit."""
     default_cpu_shares: int = Field(default=1024, ge=2, le=262144)
     """CPU weight of a service that sets none, in cgroup v1 shares (Docker's 1024; cpu.weight 39 on v2)."""
     default_memory_bytes: int = Field(default=512 * 1024**2, ge=6 * 1024**2)
