@@ -168,6 +168,10 @@ def test_operations_asked_of_a_node_that_does_not_run_the_environment(fleet: Fle
     stub0.CreateEnvironment(pb.CreateEnvironmentRequest(name="plain", spec=plain), timeout=30)
     owner = wait_until(lambda: running(stub0, ["plain"], {"n0", "n1"}), "plain runs", 120)["plain"].node
     other = fleet.node({"n0": "n1", "n1": "n0"}[owner])
+    with pytest.raises(grpc.RpcError) as elsewhere:
+        other.stub().BackupEnvironment(pb.BackupEnvironmentRequest(name="plain"), timeout=30)
+    assert elsewhere.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"runs on node '{owner}'" in (elsewhere.value.details() or "")
     backup = fleet.node(owner).stub().BackupEnvironment(pb.BackupEnvironmentRequest(name="plain"), timeout=120)
     restored = other.stub().RestoreEnvironment(
         pb.RestoreEnvironmentRequest(backup=backup.id, name="plain-back"), timeout=180
