@@ -143,7 +143,7 @@ class DeploySettings(_Section):
 
     concurrency: int = Field(default=0, ge=0, le=10000)
     """Admitted at once, first come first served; 0: from twice the CPUs the daemon may use, growing
-    by one with each deploy that ends up to eight per CPU (and starting low again when idle)."""
+    by two with each deploy that ends up to 32 per CPU (and starting low again when idle)."""
     hold_seconds: float = Field(default=60.0, gt=0, le=3600)
     """Longest a deploy holds its place (a slow health check): then the next one starts anyway."""
 
