@@ -27,6 +27,7 @@ BENCHMARKS = [
     "api",
     "metrics_scrape",
     "wake",
+    "fleet",
 ]
 QUICK = {
     "env_create": ["--runs", "2", "--parallel", "5"],
@@ -36,6 +37,7 @@ QUICK = {
     "burst": ["--envs", "20"],
     "density": ["--envs", "5"],
     "wake": ["--runs", "1"],
+    "fleet": ["--runs", "2", "--per-node", "3"],
 }
 """Sizes for a quick run; the defaults measure what the issues quote (20, 100 and 200 environments)."""
 

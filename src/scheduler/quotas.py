@@ -1,7 +1,9 @@
 """Resource defaults and quotas, applied to a resolved spec before it is stored.
 
 Like a Kubernetes LimitRange and ResourceQuota: a service that sets no CPU, memory or pids limit
-(0) gets the daemon's default, written into the stored spec, so "0" never means unlimited and
+(0) gets the daemon's default, and no CPU or memory request the default request (CPU: a quarter
+of a core, or the limit if lower; memory: the limit), written into the stored spec, so "0" never
+means unlimited and
 ``limits.max_*`` cannot be bypassed; an environment's sum over its replicas, and the number of
 environments, are held to quotas answered with RESOURCE_EXHAUSTED naming the quota.
 """
@@ -22,12 +24,16 @@ def with_defaults(spec: EnvironmentSpec, limits: LimitSettings) -> EnvironmentSp
 
 
 def _defaulted(res: Resources, limits: LimitSettings) -> Resources:
+    cpu = res.cpu_millis or limits.default_cpu_millis
+    memory = res.memory_bytes or limits.default_memory_bytes
     return replace(
         res,
-        cpu_millis=res.cpu_millis or limits.default_cpu_millis,
+        cpu_millis=cpu,
         cpu_shares=res.cpu_shares or limits.default_cpu_shares,
-        memory_bytes=res.memory_bytes or limits.default_memory_bytes,
+        memory_bytes=memory,
         pids=res.pids or limits.default_pids,
+        cpu_request_millis=res.cpu_request_millis or min(limits.default_cpu_request_millis, cpu),
+        memory_request_bytes=res.memory_request_bytes or memory,
     )
 
 

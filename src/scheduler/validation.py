@@ -321,6 +321,15 @@ def _check_resources(res: Resources, where: str, limits: LimitSettings, out: lis
     for name, value, limit in bounded:
         if not 0 <= value <= limit:
             out.append(FieldViolation(f"{where}.{name}", f"must be from 0 (the default) to {limit}, got {value}"))
+    requests = (
+        ("cpu_request_millis", res.cpu_request_millis, "cpu_millis", res.cpu_millis),
+        ("memory_request_bytes", res.memory_request_bytes, "memory_bytes", res.memory_bytes),
+    )
+    for name, value, limit_name, limit_value in requests:
+        if value < 0:
+            out.append(FieldViolation(f"{where}.{name}", f"must be 0 (the default) or more, got {value}"))
+        elif limit_value > 0 and value > limit_value:
+            out.append(FieldViolation(f"{where}.{name}", f"must not exceed {limit_name} ({limit_value}), got {value}"))
     if 0 < res.memory_bytes < MIN_MEMORY_BYTES:
         out.append(FieldViolation(f"{where}.memory_bytes", f"must be 0 (the default) or at least {MIN_MEMORY_BYTES}"))
     if res.cpu_shares and not 2 <= res.cpu_shares <= 262144:

@@ -201,6 +201,8 @@ def wait_serving(
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from scheduler.api.server import IMAGES_HEALTH
+
     deadline = time.monotonic() + timeout
     channel_of = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
     with channel_of as channel:
@@ -209,7 +211,10 @@ def wait_serving(
             if process.poll() is not None:
                 raise AssertionError(f"daemon exited with {process.returncode}:\n{log_path.read_text()}")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                # Past SERVING, until the preloaded images are in: tests count what the daemon
+                # holds (leases, snapshots) and expect the images at once, as before the import
+                # moved after SERVING.
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=IMAGES_HEALTH), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -258,6 +263,12 @@ def start_daemon(
     return _launch(tmp, settings, config_path, env, wait, netns, credentials, serve_timeout)
 
 
+def _reach(settings: dict[str, Any]) -> str:
+    """The address to call a daemon on: the one it advertises to its fleet, else its TCP listener."""
+    advertised = settings.get("cluster", {}).get("node", {}).get("advertise")
+    return str(advertised or settings["server"]["listen"])
+
+
 def _launch(
     tmp: Path,
     settings: dict[str, Any],
@@ -281,7 +292,7 @@ def _launch(
             env=child_env,
         )
     daemon = DaemonProcess(
-        process, settings["server"]["listen"], Path(settings["data_dir"]), log_path, config_path, {}, netns, credentials
+        process, _reach(settings), Path(settings["data_dir"]), log_path, config_path, {}, netns, credentials
     )
     _every_daemon.append(daemon)
     if wait:

@@ -45,6 +45,7 @@ import yaml
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.api.auth import new_token
+from tests.support import nodenet
 from tests.support.daemon import VENV_BIN, DaemonProcess, start_daemon
 from tests.support.etcd import EtcdCluster
 from tests.support.images import BACKEND, POSTGRES
@@ -229,7 +230,9 @@ class _Access:
         write_leaf(self.where, f"n{i}", self.issuer, addresses=(ip,))
         return {
             "server": {
-                "listen": f"{ip}:{API_PORT}",
+                # Every address of its namespace, as a user's `listen: 0.0.0.0:PORT`; the node
+                # advertises the one others reach it on (cluster.node.advertise).
+                "listen": f"0.0.0.0:{API_PORT}",
                 "tls": {"cert_file": str(self.where / f"n{i}.crt"), "key_file": str(self.where / f"n{i}.key")},
             },
             "auth": {
@@ -243,7 +246,13 @@ def node_config(i: int, fleet: Fleet, archives: list[Path], cluster: dict[str, A
     """Node ``i``'s settings: 8 cores and 2 GiB offered, labels ``LABELS[i]``, ports of its own,
     published on its address."""
     low = 31000 + 100 * i
-    node = {"name": f"n{i}", "cpu_millis": 8000, "memory_bytes": NODE_MEMORY, "labels": LABELS[i]}
+    node = {
+        "name": f"n{i}",
+        "advertise": f"{fleet.net.node_ip(i)}:{API_PORT}",
+        "cpu_millis": 8000,
+        "memory_bytes": NODE_MEMORY,
+        "labels": LABELS[i],
+    }
     return {
         "images": {"preload": [str(a) for a in archives]},
         "network": {"port_range": [low, low + 99], "host_ip": fleet.net.node_ip(i)},
@@ -322,6 +331,12 @@ def fleet(tmp_path: Path, image_archives: dict[str, Path]) -> Iterator[Fleet]:
     archives = [image_archives[name] for name in (TOOLBOX, POSTGRES, BACKEND)]
     with start_fleet(tmp_path, archives) as made:
         yield made
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the namespaces, veths and bridge of a fleet whose own clean-up was cut short."""
+    for net in list(nodenet.MADE):
+        net.remove()
 
 
 # --- specs and waits ----------------------------------------------------------------------------

@@ -1,26 +1,42 @@
 """A test bridge on the host and one network namespace per fleet node, linked to it by a veth pair.
 
-The host side of the bridge has the subnet's first address (etcd listens there, so that the
-nodes reach it); node ``i`` gets ``.10+i`` on its namespace's end of the veth, with ``lo`` up and
-a default route through the host. Names start with the fleet's own prefix (``f`` and four hex
-digits), so that what a killed run left is found by it: the bridge ``PREFIXbr``, the host ends
-``PREFIXh0``..., the namespaces and their ends ``PREFIXn0``... ``remove`` ends the processes
-left in a namespace (by PID), deletes the namespaces, veths and bridge, and is safe to call on
-half-made or already-removed pieces.
+The bridge's subnet is a free /24 below the test daemons' pools; its host side has the first
+address (etcd listens there, so that the nodes reach it); node ``i`` gets ``.10+i`` on its
+namespace's end of the veth, with ``lo`` up and a default route through the host. Names start
+with the fleet's own prefix (``f`` and four hex digits), so that what a killed run left is found
+by it: the bridge ``PREFIXbr``, the host ends ``PREFIXh0``..., the namespaces and their ends
+``PREFIXn0``... ``remove`` ends the processes left in a namespace (by PID), deletes the
+namespaces, veths and bridge, and is safe to call on half-made or already-removed pieces.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.daemon import free_pool
+from scheduler.network.addresses import read_host_routes
 from tests.support.processes import descendants, end
 
 NETNS_DIR = Path("/run/netns")
+MADE: list[NodeNetwork] = []
+"""Every NodeNetwork with a bridge not yet removed: what the end of a session removes if a fleet's
+own clean-up was cut short."""
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 10.1.0.0-10.63.255.0 that no host route touches: below where test daemons pick
+    their pools (10.64 and up, ``free_pool``), so that a bridge made here never makes another
+    session's daemon refuse its pool as overlapping a host route."""
+    routes = [r.network for r in read_host_routes() if r.network.prefixlen > 0]
+    for _ in range(500):
+        net = ipaddress.IPv4Network(f"10.{random.randint(1, 63)}.{random.randint(0, 255)}.0/24")
+        if not any(net.overlaps(route) for route in routes):
+            return net
+    raise AssertionError("no free /24 in 10.1.0.0-10.63.255.0 for a test bridge")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -36,7 +52,7 @@ class NodeNetwork:
     """The bridge and every node's namespace; ``node_ip(i)`` is node ``i``'s address."""
 
     prefix: str = field(default_factory=lambda: "f" + secrets.token_hex(2))
-    subnet: ipaddress.IPv4Network = field(default_factory=lambda: next(ipaddress.IPv4Network(free_pool()).subnets(8)))
+    subnet: ipaddress.IPv4Network = field(default_factory=lambda: free_subnet())
     namespaces: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +77,7 @@ class NodeNetwork:
         return f"{self.prefix}h{index}"
 
     def create_bridge(self) -> None:
+        MADE.append(self)
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.host_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -100,6 +117,8 @@ class NodeNetwork:
             ip("link", "del", self.host_link(index), check=False)
             self.namespaces.remove(name)
         ip("link", "del", self.bridge, check=False)
+        if self in MADE:
+            MADE.remove(self)
 
     def leftovers(self) -> list[str]:
         """Links and namespaces named with the prefix that still exist (for a test's final check)."""

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from scheduler import quotas
@@ -26,8 +28,22 @@ LIMITS = LimitSettings(
 
 def test_zero_takes_the_default_and_set_limits_are_kept() -> None:
     spec = quotas.with_defaults(base_spec(), LIMITS)
-    assert db(spec).resources == Resources(cpu_millis=1000, cpu_shares=512, memory_bytes=128 * 1024**2, pids=256)
-    assert api(spec).resources == Resources(cpu_millis=500, cpu_shares=512, memory_bytes=256 * 1024**2, pids=100)
+    assert db(spec).resources == Resources(
+        cpu_millis=1000,
+        cpu_shares=512,
+        memory_bytes=128 * 1024**2,
+        pids=256,
+        cpu_request_millis=250,
+        memory_request_bytes=128 * 1024**2,
+    )
+    assert api(spec).resources == Resources(
+        cpu_millis=500,
+        cpu_shares=512,
+        memory_bytes=256 * 1024**2,
+        pids=100,
+        cpu_request_millis=250,
+        memory_request_bytes=256 * 1024**2,
+    )
     assert violations_of("shop", spec, LIMITS) == []
     # Defaults can never exceed the bounds, so 0 is no way around them.
     with pytest.raises(ValueError, match="default_memory_bytes must not exceed max_memory_bytes"):
@@ -82,3 +98,15 @@ def test_allowed_security_passes() -> None:
     assert violations_of("shop", spec, LIMITS) == []
     relaxed = LIMITS.model_copy(update={"allow_unconfined_seccomp": True})
     assert violations_of("shop", edit(base_spec(), "api", security=Security(seccomp="unconfined")), relaxed) == []
+
+
+def test_a_request_defaults_to_a_quarter_core_at_most_its_limit_and_memory_to_its_limit() -> None:
+    small = replace(
+        base_spec(),
+        services=tuple(
+            replace(s, resources=Resources(cpu_millis=100, cpu_request_millis=0, memory_request_bytes=64 * 1024**2))
+            for s in base_spec().services
+        ),
+    )
+    res = quotas.with_defaults(small, LIMITS).services[0].resources
+    assert (res.cpu_request_millis, res.memory_request_bytes, res.memory_bytes) == (100, 64 * 1024**2, 128 * 1024**2)

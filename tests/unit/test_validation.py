@@ -257,6 +257,18 @@ CASES = [
         "spec.services.api.resources.cpu_millis",
     ),
     (
+        "cpu-request-over-limit",
+        "ok",
+        edit(base_spec(), "api", resources=Resources(cpu_millis=500, cpu_request_millis=600)),
+        "spec.services.api.resources.cpu_request_millis",
+    ),
+    (
+        "memory-request-over-limit",
+        "ok",
+        edit(base_spec(), "api", resources=Resources(memory_bytes=64 * 1024**2, memory_request_bytes=65 * 1024**2)),
+        "spec.services.api.resources.memory_request_bytes",
+    ),
+    (
         "memory-over",
         "ok",
         edit(base_spec(), "api", resources=Resources(memory_bytes=9 * 1024**3)),

@@ -9,8 +9,9 @@ environment into the orchestrator's operation, as the service does on a daemon r
   shared backup directory, then the backup's database dumps once it runs, and says so in a
   ``DataRestored`` condition ("data as of TIME"), or that no backup existed;
 - a new generation (an update accepted by any node): roll out the planned changes;
-- marked DELETING: delete (volumes removed; ``keep_volumes`` is honoured only by the node
-  that received the call when it is the owner);
+- marked DELETING: delete (the named volumes kept if the DeleteEnvironment, on any node, said
+  ``keep_volumes``);
+- a stop or start accepted by another node (``Environment.requested``): carry it out, once;
 - placed elsewhere now (this node was lost, drained, or partitioned and came back): remove
   this node's containers of it, leaving its record, which belongs to the new owner.
 
@@ -28,8 +29,9 @@ from datetime import timedelta
 from typing import Any
 
 from scheduler import log
+from scheduler.cluster.fence import Fence
 from scheduler.cluster.leader import PLACED
-from scheduler.domain import Condition, Environment, EnvironmentStatus
+from scheduler.domain import Condition, Environment, EnvironmentStatus, SleepRequest
 from scheduler.errors import NotFound, SchedulerError
 from scheduler.orchestrator.backup import Backups, database_mount
 from scheduler.orchestrator.ledger import Ledger
@@ -79,9 +81,11 @@ class Agent:
         orchestrator: Orchestrator,
         reconciler: Reconciler,
         backups: Backups | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.node = node
         self._backups = backups
+        self._fence = fence
         self._ledger = ledger
         self._orchestrator = orchestrator
         self._reconciler = reconciler
@@ -99,13 +103,22 @@ class Agent:
         for env in self._ledger.all():
             if self.owns(env):
                 self._acted[env.name] = _Acted(env)
+                if env.requested is not None:
+                    self._spawn(self._carry_out(env.name, env.requested), f"{env.requested.action}:{env.name}")
         self._ledger.watch(self._changed)
 
     async def close(self) -> None:
         """Wait for evictions under way (they are short: a few container removals)."""
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def resync(self) -> None:
+        """Act on every environment as if it had just changed (after a fence: what was ignored)."""
+        for env in list(self._ledger.all()):
+            self._changed(None, env)
+
     def _changed(self, before: Environment | None, after: Environment | None) -> None:
+        if self._fence is not None and self._fence.active:
+            return  # cut off from etcd: nothing here is ours to act on; resync() catches up
         if after is None:
             if before is not None:
                 self._acted.pop(before.name, None)
@@ -126,8 +139,10 @@ class Agent:
             if acted is None or not acted.deleting:
                 _log.info("agent.delete", env=name)
                 self._acted[name] = _Acted(env)
-                self._orchestrator.submit_delete(name, keep_volumes=False)
+                self._orchestrator.submit_delete(name, keep_volumes=env.keep_volumes)
             return
+        if env.requested is not None:
+            self._spawn(self._carry_out(name, env.requested), f"{env.requested.action}:{name}")
         if acted is None:
             if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
                 _log.info("agent.deploy", env=name, generation=env.generation)
@@ -143,6 +158,27 @@ class Agent:
             previous = acted.env
             self._acted[name] = _Acted(env)
             self._orchestrator.submit_update(name, previous, changes, UPDATE_DRAIN)
+
+    async def _carry_out(self, name: str, request: SleepRequest) -> None:
+        """Stop or start ``name`` as another node was asked to; the request is taken off first, once."""
+        taken = False
+
+        def take(env: Environment) -> Environment | None:
+            nonlocal taken
+            if env.requested != request or not self.owns(env):
+                return None
+            taken = True
+            return replace(env, requested=None)
+
+        with contextlib.suppress(NotFound):
+            await self._ledger.change(name, take)
+        if not taken:
+            return
+        _log.info("agent.sleep_request", env=name, action=request.action)
+        if request.action == "stop":
+            self._orchestrator.submit_stop(name, "Requested", request.message)
+        else:
+            self._orchestrator.submit_start(name, request.message)
 
     async def _recover(self, env: Environment, backups: Backups) -> None:
         """Deploy an environment moved here with the data of its latest backup."""

@@ -23,8 +23,20 @@ class Fleet(Protocol):
         """
         ...
 
-    async def check_local(self, env: Environment) -> None:
-        """Refuse a node-local call (logs, metrics) about an environment another node runs.
+    async def here(self, name: str, spec: EnvironmentSpec) -> str:
+        """The node an environment made here (a clone, a restore) is placed on: this one, if it has room.
+
+        Returns "" without a fleet (nothing is placed).
+
+        Raises:
+            ResourceExhausted: this node cannot take it (draining, a label, a resource: named).
+        """
+        ...
+
+    async def check_local(self, env: Environment, why: str = "ask that node for its logs and metrics") -> None:
+        """Refuse node-local work (logs, metrics, a clone) about an environment another node runs.
+
+        ``why`` tells the client what to do instead.
 
         Raises:
             FailedPrecondition: reason ``WRONG_NODE``, naming the owner and its API address.

@@ -2,11 +2,13 @@
 
 While it leads, it runs :func:`scheduler.cluster.decide.decide` on its ledger (which mirrors
 etcd) whenever an environment changes and at least every ``interval`` (to notice lapsed leases),
-and writes each assignment with compare-and-swap on the environment's revision. An assignment
-is written only if the environment is still the incarnation, and still on the node, it was
-decided for; a move resets the environment to PENDING with no containers, so the new owner
-deploys it from its spec, and says why in its ``Placed`` condition. Leadership ends with the
-node's lease: a leader that lost it stops before another can be elected.
+and writes each assignment with compare-and-swap on the environment's revision, fenced on its
+election key: the transaction lands only while the leader key it was elected with still exists
+(compared by creation revision), so a deposed leader (a long pause, a partition) cannot place
+or move anything once another node leads. An assignment is written only if the environment is
+still the incarnation, and still on the node, it was decided for; a move resets the environment
+to PENDING with no containers, so the new owner deploys it from its spec, and says why in its
+``Placed`` condition. Leadership ends with the node's lease, or at the first fenced write.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from scheduler.cluster.decide import Assignment, Unplaceable, decide
 from scheduler.cluster.placement import Strategy
 from scheduler.cluster.registry import EtcdFleet, NodeRegistry
 from scheduler.domain import Condition, Environment, EnvironmentStatus
-from scheduler.orchestrator.ledger import Ledger
+from scheduler.orchestrator.ledger import Change, Ledger
 from scheduler.orchestrator.status import with_condition
+from scheduler.storage.etcd.store import EtcdStateStore
 
 _log = log.get("cluster.leader")
 
@@ -37,6 +40,7 @@ class Leader:
         fleet: EtcdFleet,
         registry: NodeRegistry,
         ledger: Ledger,
+        store: EtcdStateStore,
         node: str,
         *,
         grace: timedelta,
@@ -46,6 +50,9 @@ class Leader:
         self._fleet = fleet
         self._registry = registry
         self._ledger = ledger
+        self._store = store
+        self._writer: EtcdStateStore | None = None
+        """``store`` fenced on the election key of the current term; None while not leading."""
         self._node = node
         self._grace = grace
         self._strategy = strategy
@@ -63,18 +70,24 @@ class Leader:
             await self._registry.registered.wait()
             lease = self._registry.lease
             try:
-                await self._fleet.election.campaign(lease.id, self._node.encode())
+                term = await self._fleet.election.campaign(lease.id, self._node.encode())
             except errors.SchedulerError as err:
                 _log.warning("leader.campaign_failed", node=self._node, error=err.message)
                 await asyncio.sleep(1.0)
                 continue
-            _log.info("leader.elected", node=self._node)
+            _log.info("leader.elected", node=self._node, key=term.key, revision=term.revision)
             self.leading = True
+            self._writer = self._store.fenced(term.key, term.revision)
             self._missing_since.clear()
             try:
                 await self._lead(lease.lost)
+            except errors.FailedPrecondition as err:
+                if err.reason != "FENCED":
+                    raise
+                _log.warning("leader.fenced", node=self._node, error=err.message)
             finally:
                 self.leading = False
+                self._writer = None
                 _log.info("leader.stepped_down", node=self._node)
 
     async def _lead(self, lost: asyncio.Event) -> None:
@@ -82,6 +95,10 @@ class Leader:
             self._wake.clear()
             try:
                 await self.place_once()
+            except errors.FailedPrecondition as err:
+                if err.reason == "FENCED":
+                    raise
+                _log.warning("leader.pass_failed", error=err.message)
             except errors.SchedulerError as err:
                 _log.warning("leader.pass_failed", error=err.message)
             try:
@@ -119,11 +136,7 @@ class Leader:
                 return moved
             return replace(moved, status=EnvironmentStatus.PENDING, containers=(), endpoints=())
 
-        try:
-            after = await self._ledger.change(a.env, apply)
-        except errors.NotFound:
-            return False
-        if after.node != a.node:
+        if not await self._write(a.env, apply):
             return False
         _log.info("leader.assigned", env=a.env, node=a.node, reason=a.reason)
         return True
@@ -138,7 +151,24 @@ class Leader:
             condition = Condition(PLACED, False, "Unschedulable", message, last_transition=datetime.now(UTC))
             return replace(env, conditions=with_condition(env.conditions, condition))
 
+        await self._write(item.env, apply)
+
+    async def _write(self, name: str, change: Change) -> bool:
+        """Apply ``change`` to ``name`` through the fenced writer; whether it was written.
+
+        Raises:
+            FailedPrecondition: reason ``FENCED``, this node no longer leads.
+        """
+        current = self._ledger.find(name)
+        writer = self._writer
+        if current is None or writer is None:
+            return False
+        updated = change(current)
+        if updated is None or updated is current:
+            return False
         try:
-            await self._ledger.change(item.env, apply)
-        except errors.NotFound:
-            pass
+            written = await writer.put(updated, expected_revision=current.revision)
+        except (errors.NotFound, errors.Conflict):
+            return False  # changed since it was decided on: the mirror brings it, the next pass decides again
+        self._ledger.absorb(written)
+        return True

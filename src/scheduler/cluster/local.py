@@ -25,7 +25,11 @@ class SingleNode:
     async def admit(self, name: str, spec: EnvironmentSpec) -> None:
         """Nothing to check: the daemon's own quotas (``limits``) already bound what it runs."""
 
-    async def check_local(self, env: Environment) -> None:
+    async def here(self, name: str, spec: EnvironmentSpec) -> str:
+        """Nothing is placed: the daemon's own quotas already bound what it runs."""
+        return ""
+
+    async def check_local(self, env: Environment, why: str = "") -> None:
         """Nothing to check: every environment runs here."""
 
     async def drain(self, name: str) -> Node:

@@ -2,8 +2,10 @@
 
 Start: the ledger mirror follows etcd (and has applied its first snapshot), the agent takes
 over the environments placed here, the node registers under its lease, and it campaigns for
-placement leadership. Stop: the reverse; the lease is revoked last but one, so the fleet sees
-the node leave at once instead of after the lease TTL.
+placement leadership; with a fence, it stops its environments' processes whenever its lease
+is lost and resumes them once registered again (see ``scheduler.cluster.fence``). Stop: the
+reverse; the lease is revoked last but one, so the fleet sees the node leave at once instead of
+after the lease TTL.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ from datetime import timedelta
 
 from scheduler import log
 from scheduler.cluster.agent import Agent
+from scheduler.cluster.fence import Fence
 from scheduler.cluster.leader import Leader
 from scheduler.cluster.local import allocated
 from scheduler.cluster.mirror import LedgerMirror
 from scheduler.cluster.node import Node
 from scheduler.cluster.placement import Strategy
 from scheduler.cluster.registry import EtcdFleet, NodeRegistry
-from scheduler.errors import Unavailable
+from scheduler.errors import SchedulerError, Unavailable
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.reconcile import Reconciler
-from scheduler.storage.etcd import EtcdClient
+from scheduler.runtime.base import ContainerRuntime
+from scheduler.storage.etcd import EtcdClient, Lease
+from scheduler.storage.etcd.store import EtcdStateStore
 
 _log = log.get("cluster")
 
@@ -56,22 +61,28 @@ class FleetMember:
         reconciler: Reconciler,
         settings: MembershipSettings,
         backups: Backups | None = None,
+        fence: tuple[Fence, ContainerRuntime] | None = None,
     ) -> None:
         self.node = node
         self.fleet = EtcdFleet(client, prefix, local=node.name)
         self.mirror = LedgerMirror(client, prefix, ledger)
-        self.agent = Agent(node.name, ledger, orchestrator, reconciler, backups)
+        self.fence = fence[0] if fence is not None else None
+        self._runtime = fence[1] if fence is not None else None
+        self._orchestrator = orchestrator
+        self.agent = Agent(node.name, ledger, orchestrator, reconciler, backups, self.fence)
         self.registry = NodeRegistry(client, prefix, node, settings.lease_ttl, lambda: allocated(ledger, node.name))
         self.leader = Leader(
             self.fleet,
             self.registry,
             ledger,
+            EtcdStateStore(client, prefix),
             node.name,
             grace=settings.failover_grace,
             strategy=settings.strategy,
         )
         self._ledger = ledger
         self._campaign: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join the fleet.
@@ -91,13 +102,48 @@ class FleetMember:
         await self.registry.join()
         self._ledger.watch(lambda before, after: self.registry.changed())
         self._campaign = asyncio.create_task(self.leader.run(), name="placement-leader")
+        if self.fence is not None:
+            self._guard = asyncio.create_task(self._keep_fence(self.fence), name="node-fence")
         _log.info("node.joined", node=self.node.name, address=self.node.address)
+
+    async def _keep_fence(self, fence: Fence) -> None:
+        assert self._runtime is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.registry.registered.wait()
+            lost = self.registry.lease
+            await lost.lost.wait()
+            # A node back within half the grace loses nothing (the leader waits the whole grace
+            # before moving), so a short etcd election or a busy moment stops nothing.
+            deadline = loop.time() + fence.delay.total_seconds()
+            # Polled: ``registered`` may still be set from the lost lease until the registry notices.
+            while loop.time() < deadline and not self._registered_again(lost):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if self._registered_again(lost):
+                continue
+            await fence.close_in(self._ledger, self._runtime, self._orchestrator)
+            while True:
+                await self.registry.registered.wait()
+                fence.lift()
+                try:
+                    await self.mirror.refresh()
+                    break
+                except SchedulerError as err:  # registered, yet etcd failed again: read once more
+                    _log.warning("node.refresh_failed", node=self.node.name, error=err.message)
+                    await asyncio.sleep(1.0)
+            self.agent.resync()
+            await fence.resume(self._ledger, self._orchestrator)
+
+    def _registered_again(self, lost: Lease) -> bool:
+        return self.registry.registered.is_set() and self.registry.lease is not lost
 
     async def close(self) -> None:
         """Leave the fleet: stop leading, deregister, stop following."""
-        if self._campaign is not None:
-            self._campaign.cancel()
-            await asyncio.gather(self._campaign, return_exceptions=True)
+        # The fence first: the revoked lease of a clean shutdown is no partition.
+        for task in (self._guard, self._campaign):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.registry.close()
         await self.agent.close()

@@ -54,6 +54,15 @@ class LedgerMirror:
                 _log.warning("mirror.watch_failed", error=err.message)
                 await asyncio.sleep(1.0)
 
+    async def refresh(self) -> None:
+        """Read every environment from etcd now and take it as a snapshot (after being cut off).
+
+        Raises:
+            Unavailable: etcd cannot be read.
+        """
+        page = await self._client.list_prefix(self._prefix)
+        self._apply(WatchBatch(page.revision, (), snapshot=page.kvs))
+
     def _apply(self, batch: WatchBatch) -> None:
         if batch.snapshot is not None:
             seen = set()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from scheduler.domain import EnvironmentSpec
+from scheduler.domain import Resources as ServiceResources
 from scheduler.errors import Internal
 
 NODE_SELECTOR_PREFIX = "node."
@@ -80,13 +81,22 @@ class Node:
 
 
 def demand_of(spec: EnvironmentSpec) -> Resources:
-    """What one environment asks of the node that runs it (the spec has its defaults applied)."""
+    """What one environment asks of the node that runs it: its services' requests (defaults applied)."""
     return Resources(
-        cpu_millis=sum(s.resources.cpu_millis * s.replicas for s in spec.services),
-        memory_bytes=sum(s.resources.memory_bytes * s.replicas for s in spec.services),
+        cpu_millis=sum(_cpu_request(s.resources) * s.replicas for s in spec.services),
+        memory_bytes=sum(_memory_request(s.resources) * s.replicas for s in spec.services),
         ports=sum(p.publish for s in spec.services for p in s.ports),
         environments=1,
     )
+
+
+def _cpu_request(res: ServiceResources) -> int:
+    # A spec stored before requests existed has none: it counts its limit, as it did then.
+    return res.cpu_request_millis or res.cpu_millis
+
+
+def _memory_request(res: ServiceResources) -> int:
+    return res.memory_request_bytes or res.memory_bytes
 
 
 def selector_of(spec: EnvironmentSpec) -> dict[str, str]:

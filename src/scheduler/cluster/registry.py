@@ -21,7 +21,7 @@ from scheduler import log
 from scheduler.cluster.node import Node, Resources, demand_of, node_from_json, node_to_json, selector_of
 from scheduler.cluster.placement import place
 from scheduler.domain import Environment, EnvironmentSpec
-from scheduler.errors import AlreadyExists, FailedPrecondition, NotFound
+from scheduler.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from scheduler.storage.etcd import Election, EtcdClient, Lease
 
 _log = log.get("cluster.registry")
@@ -163,8 +163,27 @@ class EtcdFleet:
         """
         place(demand_of(spec), selector_of(spec), await self.nodes(), env=name)
 
-    async def check_local(self, env: Environment) -> None:
-        """Refuse logs and metrics of an environment placed on another node (they are there).
+    async def here(self, name: str, spec: EnvironmentSpec) -> str:
+        """This node's name, for an environment that must be placed on it; refused when it has no room.
+
+        Raises:
+            ResourceExhausted: this node is draining, lacks a label, or is short of a resource (named).
+        """
+        mine = [n for n in await self.nodes() if n.name == self._local]
+        try:
+            place(demand_of(spec), selector_of(spec), mine, env=name)
+        except ResourceExhausted as err:
+            raise ResourceExhausted(
+                f"environment {name!r} must be placed on node {self._local!r} (its volumes are made there), "
+                f"which cannot take it: {err.message}",
+                quota=err.details.get("quota", ""),
+                env=name,
+                node=self._local,
+            ) from err
+        return self._local
+
+    async def check_local(self, env: Environment, why: str = "ask that node for its logs and metrics") -> None:
+        """Refuse node-local work (logs, metrics, clones) about an environment placed on another node.
 
         The error names the owner's API address, for the client to ask it instead.
 
@@ -177,7 +196,7 @@ class EtcdFleet:
         address = node_from_json(kv.value).address if kv is not None else ""
         where = f"at {address}" if address else "(not live now)"
         raise FailedPrecondition(
-            f"environment {env.name!r} runs on node {env.node!r} {where}: ask that node for its logs and metrics",
+            f"environment {env.name!r} runs on node {env.node!r} {where}: {why}",
             reason="WRONG_NODE",
             env=env.name,
             node=env.node,

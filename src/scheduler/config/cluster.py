@@ -81,6 +81,9 @@ class ClusterSettings(_Section):
     """Seconds a node stays listed after its last keepalive (its daemon, host or link died)."""
     failover_grace: float = Field(default=20.0, ge=0, le=3600)
     """Seconds after a node's lease lapsed before its environments are placed elsewhere."""
+    fence: bool = True
+    """Stop this node's environments' processes once it cannot renew its lease (they are about to
+    run elsewhere), and start those still placed on it when it reaches etcd again."""
     placement: Literal["spread", "pack"] = "spread"
     """Among nodes with room: the least loaded (spread) or the most loaded (pack)."""
     backup_dir: ConfigPath = ""

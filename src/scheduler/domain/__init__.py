@@ -70,6 +70,7 @@ from scheduler.domain.status import (
     FilterTerm,
     Health,
     HistoryEntry,
+    SleepRequest,
     etag,
     expire_time,
 )
@@ -126,6 +127,7 @@ __all__ = [
     "ServiceChange",
     "ServiceOverride",
     "ServiceSpec",
+    "SleepRequest",
     "TaskEvent",
     "TaskEventKind",
     "TaskMetrics",

@@ -106,7 +106,11 @@ class VolumeMount:
 
 @dataclass(frozen=True)
 class Resources:
-    """Limits applied through the container's cgroup; 0 means unlimited."""
+    """Limits applied through the container's cgroup, and requests a fleet's placement reserves.
+
+    As in Kubernetes, a limit is what the runtime enforces and a request what placement counts
+    against a node's capacity; a request never exceeds its limit. 0 means the daemon's default.
+    """
 
     cpu_millis: int = 0
     """CPU limit in thousandths of a core (1500 = 1.5 cores)."""
@@ -115,6 +119,10 @@ class Resources:
     pids: int = 0
     disk_bytes: int = 0
     """Size limit of volumes and the writable layer, where the storage supports it."""
+    cpu_request_millis: int = 0
+    """CPU placement reserves, in thousandths of a core; default ``limits.default_cpu_request_millis``."""
+    memory_request_bytes: int = 0
+    """Memory placement reserves; default the memory limit (memory cannot be taken back)."""
 
 
 @dataclass(frozen=True)

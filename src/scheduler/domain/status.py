@@ -113,6 +113,21 @@ class Environment:
     (compare-and-swap), so no change made from a stale read ever lands."""
     node: str = ""
     """The fleet node it is placed on; empty until placed, and always on a daemon running alone."""
+    keep_volumes: bool = False
+    """Set with DELETING by a DeleteEnvironment asking to keep the named volumes: the node that runs
+    it (in a fleet, maybe not the one that took the call) removes everything else."""
+    requested: SleepRequest | None = None
+    """A stop or start accepted by a fleet node that does not run it, for the node that does."""
+
+
+@dataclass(frozen=True)
+class SleepRequest:
+    """StopEnvironment or StartEnvironment, taken by one fleet node and carried out by the owner."""
+
+    action: str
+    """``stop`` or ``start``."""
+    message: str
+    """What the owner records (``stopped by ALICE at TIME``)."""
 
 
 def etag(env: Environment) -> str:

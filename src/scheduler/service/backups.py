@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from scheduler import errors
+from scheduler.cluster.base import Fleet
 from scheduler.domain import (
     BackupInfo,
     Environment,
@@ -32,6 +35,9 @@ class BackupCases:
     _orchestrator: Orchestrator
     _create_lock: asyncio.Lock
     _catalog: Catalog
+    _fleet: Fleet | None
+    _dispatch: bool
+    _check_free: Callable[[str], Awaitable[None]]
 
     def _archives(self) -> Backups:
         if self._backups is None:
@@ -39,9 +45,18 @@ class BackupCases:
         return self._backups
 
     async def backup(self, name: str) -> BackupInfo:
-        """Archive an environment: spec, history, volumes, database dumps."""
+        """Archive an environment: spec, history, volumes, database dumps.
+
+        Raises:
+            FailedPrecondition: reason ``WRONG_NODE``, another fleet node runs it (its volumes are there).
+        """
         check_name(name)
-        return await self._archives().backup(name)
+        archives = self._archives()
+        if self._fleet is not None:
+            await self._fleet.check_local(
+                await self._ledger.get(name), "back it up through that node, where its volumes are"
+            )
+        return await archives.backup(name)
 
     async def backups(self, name: str) -> builtins.list[BackupInfo]:
         """Archives of an environment (which may have been deleted since), newest first."""
@@ -64,15 +79,24 @@ class BackupCases:
         if problem:
             raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
         fresh, entries = archives.renamed(archived, target, history)
+        # In a fleet it is restored on this node (the one reading the archive): the volumes are
+        # put in place before it is stored, since the agent deploys it as soon as it is.
+        home = await self._fleet.here(target, fresh.spec) if self._fleet is not None else ""
         async with self._create_lock:
-            await self._ledger.create(fresh)
+            await self._check_free(target)
+            await archives.stage(path, manifest, target)
+            try:
+                await self._ledger.create(replace(fresh, node=home))
+            except BaseException:
+                await self._orchestrator.remove_volumes(target, list(manifest["volumes"]))
+                raise
         for entry in entries:
             await self._ledger.append_history(entry)
         await self._ledger.append_history(
             HistoryEntry(target, fresh.generation, datetime.now(UTC), actor, "restore", f"from backup {backup_id}")
         )
-        await archives.stage(path, manifest, target)
-        self._orchestrator.submit_deploy(target)
+        if self._dispatch:
+            self._orchestrator.submit_deploy(target)
         await self._orchestrator.wait_idle(target)
         env = await self._ledger.get(target)
         if env.status is not EnvironmentStatus.RUNNING:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from scheduler import errors, log, quotas
+from scheduler.cluster.base import Fleet
 from scheduler.config import LimitSettings
 from scheduler.domain import Environment, EnvironmentRequest, EnvironmentSpec, Event, EventType, HistoryEntry
 from scheduler.orchestrator.clone import check_cloneable
@@ -33,6 +35,8 @@ class CloneCases:
     _earlier: Callable[[str, str], Awaitable[Environment | None]]
     _check_free: Callable[[str], Awaitable[None]]
     _redact: Callable[[Environment], Environment]
+    _fleet: Fleet | None
+    _dispatch: bool
 
     async def clone(
         self,
@@ -80,6 +84,11 @@ class CloneCases:
         spec = await self._resolve(name, request)
         quotas.check_environment_count(await self._count_environments(), self._limits)
         check_cloneable(original)
+        home = ""
+        if self._fleet is not None:
+            # Volumes are node-local: the copy is made, and runs, where its source runs.
+            await self._fleet.check_local(original, "clone it through that node, where its volumes are")
+            home = await self._fleet.here(name, spec)
         if validate_only:
             return self._redact(pending(name, spec, request, request_id, datetime.now(UTC)))
         snapshot = await self._orchestrator.snapshot(source)
@@ -94,7 +103,7 @@ class CloneCases:
                 quotas.check_environment_count(await self._count_environments(), self._limits)
                 placed = await self._orchestrator.install_snapshot(snapshot, name, spec, original.spec)
                 created = datetime.now(UTC)
-                env = await self._ledger.create(pending(name, spec, request, request_id, created))
+                env = await self._ledger.create(replace(pending(name, spec, request, request_id, created), node=home))
         except BaseException:
             await self._orchestrator.discard_snapshot(snapshot)
             if placed:
@@ -110,5 +119,6 @@ class CloneCases:
         )
         self._events.publish(Event(EventType.ENVIRONMENT_CREATED, name, created, generation=1))
         _log.info("environment.cloned", env=name, source=source, paused_ms=paused_ms)
-        self._orchestrator.submit_deploy(name)
+        if self._dispatch:
+            self._orchestrator.submit_deploy(name)
         return self._redact(env)

@@ -186,7 +186,8 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
             if env.status is EnvironmentStatus.DELETING:
                 return None
             marked = True
-            return replace(env, status=EnvironmentStatus.DELETING, updated_at=_now())
+            # Stored, so that the node running it (maybe not this one) keeps the volumes too.
+            return replace(env, status=EnvironmentStatus.DELETING, keep_volumes=keep_volumes, updated_at=_now())
 
         env = await self._ledger.change(name, mark)
         if marked:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from scheduler import bounds, errors
-from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
+from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry, SleepRequest
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.service.views import check_etag, check_name
@@ -51,7 +52,11 @@ class SleepAndWake:
         if env.status is EnvironmentStatus.STOPPED and not self._orchestrator.busy(name):
             return self._redact(env)
         await self._record_sleep(env, "stop", actor, request_id)
-        self._orchestrator.submit_stop(name, "Requested", f"stopped by {actor or 'a client'} at {_stamp()}")
+        message = f"stopped by {actor or 'a client'} at {_stamp()}"
+        if self._orchestrator.owns(env):
+            self._orchestrator.submit_stop(name, "Requested", message)
+        else:
+            await self._forward(env, SleepRequest("stop", message))
         return self._redact(env)
 
     async def start(
@@ -74,8 +79,23 @@ class SleepAndWake:
         if env.status is not EnvironmentStatus.STOPPED and not self._orchestrator.busy(name):
             return self._redact(env)
         await self._record_sleep(env, "start", actor, request_id)
-        self._orchestrator.submit_start(name, f"started by {actor or 'a client'} at {_stamp()}")
+        message = f"started by {actor or 'a client'} at {_stamp()}"
+        if self._orchestrator.owns(env):
+            self._orchestrator.submit_start(name, message)
+        else:
+            await self._forward(env, SleepRequest("start", message))
         return self._redact(env)
+
+    async def _forward(self, env: Environment, request: SleepRequest) -> None:
+        """In a fleet, hand a stop or start of an environment another node runs to that node.
+
+        The request is stored with the environment; the owner's agent carries it out.
+        """
+
+        def ask(current: Environment) -> Environment | None:
+            return replace(current, requested=request) if current.uid == env.uid else None
+
+        await self._ledger.change(env.name, ask)
 
     async def _sleep_request(self, name: str, etag: str, request_id: str) -> Environment | None:
         """Check a stop or start; None when ``request_id`` names one already accepted."""

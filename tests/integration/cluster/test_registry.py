@@ -2,7 +2,7 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -10,20 +10,11 @@ import pytest
 from scheduler.cluster.node import Node, Resources
 from scheduler.cluster.registry import EtcdFleet, NodeRegistry
 from scheduler.errors import AlreadyExists, NotFound
-from scheduler.storage.etcd import EtcdClient, EtcdOptions
 
 pytestmark = pytest.mark.integration
 
 TTL = 2
 CAPACITY = Resources(cpu_millis=4000, memory_bytes=8 * 1024**3, ports=100, environments=20)
-
-
-@pytest.fixture
-async def client(etcd_cluster, etcd_prefix) -> AsyncIterator[EtcdClient]:
-    c = EtcdClient(EtcdOptions(etcd_cluster.endpoints, dial_timeout=2.0, retry_deadline=20.0))
-    yield c
-    await c.delete(etcd_prefix, prefix=True)
-    await c.close()
 
 
 def node(name: str, **labels: str) -> Node:

@@ -30,6 +30,7 @@ from scheduler.domain import (
     Security,
     ServiceOverride,
     ServiceSpec,
+    SleepRequest,
     VolumeMount,
 )
 
@@ -48,7 +49,15 @@ def full_service(name: str = "backend") -> ServiceSpec:
             PortSpec(53, PortProtocol.UDP),
         ),
         volumes=(VolumeMount("data", "/data", read_only=True),),
-        resources=Resources(cpu_millis=1500, cpu_shares=512, memory_bytes=2**30, pids=100, disk_bytes=5),
+        resources=Resources(
+            cpu_millis=1500,
+            cpu_shares=512,
+            memory_bytes=2**30,
+            pids=100,
+            disk_bytes=5,
+            cpu_request_millis=250,
+            memory_request_bytes=2**29,
+        ),
         health=HealthCheck(
             kind=HealthCheckKind.HTTP,
             command=("true",),
@@ -123,6 +132,8 @@ def full_environment(
         request_id=request_id,
         revision=1,
         node="node-1",
+        keep_volumes=True,
+        requested=SleepRequest("stop", "stopped by alice"),
         request=full_request(),
     )
 

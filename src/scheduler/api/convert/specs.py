@@ -110,6 +110,8 @@ def _resources_from_proto(res: pb.Resources) -> domain.Resources:
         memory_bytes=res.memory_bytes,
         pids=res.pids,
         disk_bytes=res.disk_bytes,
+        cpu_request_millis=res.cpu_request_millis,
+        memory_request_bytes=res.memory_request_bytes,
     )
 
 
@@ -251,6 +253,8 @@ def _resources_to_proto(res: domain.Resources) -> pb.Resources:
         memory_bytes=res.memory_bytes,
         pids=res.pids,
         disk_bytes=res.disk_bytes,
+        cpu_request_millis=res.cpu_request_millis,
+        memory_request_bytes=res.memory_request_bytes,
     )
 
 

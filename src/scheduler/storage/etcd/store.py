@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from scheduler.domain import Environment, EnvironmentStatus, HistoryEntry
-from scheduler.errors import DeadlineExceeded, Unavailable
+from scheduler.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from scheduler.storage import codec
 from scheduler.storage.base import (
     HISTORY_LIMIT,
@@ -74,6 +74,20 @@ class EtcdStateStore:
         self._owns_client = owns_client
         self._read_deadline = read_deadline
         self._closed = False
+        self._fence: Compare | None = None
+        self._fence_created = 0
+
+    def fenced(self, key: str, created: int) -> EtcdStateStore:
+        """This store, whose ``put`` lands only while ``key`` exists as created at revision ``created``.
+
+        A placement leader writes through one fenced on its election key: once it is deposed
+        (its key deleted, a successor's created), its writes fail with FailedPrecondition
+        (reason ``FENCED``) in the same transaction that would have applied them.
+        """
+        store = EtcdStateStore(self._client, self._prefix, read_deadline=self._read_deadline)
+        store._fence = Compare.created_at(key, created)
+        store._fence_created = created
+        return store
 
     # --- keys ----------------------------------------------------------------------------------
 
@@ -202,17 +216,31 @@ class EtcdStateStore:
                     compares.append(Compare.absent(self._request(new.request_id)))
                     ops.append(Put(self._request(new.request_id), new.name.encode()))
             failure = [Get(key)] + ([Get(self._request(new.request_id))] if new.request_id else [])
+            if self._fence is not None:
+                compares.append(self._fence)
+                failure.append(Get(self._fence.key))
             result = await self._client.txn(compares, ops, failure)
             if result.succeeded:
                 return new
             now = result.results[0].kvs[0] if result.results[0].kvs else None
             if result.ambiguous and now is not None and now.value == doc:
                 return new
-            if now is not None and now.mod_revision == kv.mod_revision and len(result.results) > 1:
+            self._check_fence(result.results[-1].kvs)
+            if now is not None and now.mod_revision == kv.mod_revision and new.request_id:
                 other = result.results[1].kvs[0].value.decode() if result.results[1].kvs else "another environment"
                 raise request_taken(new.request_id, other)
             # Someone wrote in between: the next round reads it and reports the conflict.
         raise Unavailable(f"environment {env.name!r}: too many concurrent writes, try again")
+
+    def _check_fence(self, held: tuple[KeyValue, ...]) -> None:
+        if self._fence is None or (held and held[0].create_revision == self._fence_created):
+            return
+        raise FailedPrecondition(
+            f"write refused: {self._fence.key} is no longer the one created at revision {self._fence_created} "
+            "(deposed: another node leads now)",
+            reason="FENCED",
+            key=self._fence.key,
+        )
 
     async def delete(self, name: str) -> None:
         """Remove an environment and its index keys if present; its history stays."""

@@ -836,6 +836,8 @@ class Resources(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     PIDS_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_REQUEST_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
     cpu_millis: _builtins.int
     """CPU limit in thousandths of a core (1500 = 1.5 cores)."""
     cpu_shares: _builtins.int
@@ -846,6 +848,15 @@ class Resources(_message.Message):
     """Maximum number of processes."""
     disk_bytes: _builtins.int
     """Disk quota in bytes for volumes and the writable layer, where supported."""
+    cpu_request_millis: _builtins.int
+    """CPU a fleet's placement reserves on a node, in thousandths of a core (Kubernetes' request;
+    cpu_millis is the limit the runtime enforces). At most cpu_millis; 0: the daemon's default
+    (limits.default_cpu_request_millis, 250, or cpu_millis if lower).
+    """
+    memory_request_bytes: _builtins.int
+    """Memory a fleet's placement reserves on a node, in bytes. At most memory_bytes; 0: the
+    memory limit.
+    """
     def __init__(
         self,
         *,
@@ -854,10 +865,12 @@ class Resources(_message.Message):
         memory_bytes: _builtins.int = ...,
         pids: _builtins.int = ...,
         disk_bytes: _builtins.int = ...,
+        cpu_request_millis: _builtins.int = ...,
+        memory_request_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "cpu_shares", b"cpu_shares", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes", "pids", b"pids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "cpu_request_millis", b"cpu_request_millis", "cpu_shares", b"cpu_shares", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes", "memory_request_bytes", b"memory_request_bytes", "pids", b"pids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
