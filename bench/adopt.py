@@ -7,9 +7,11 @@ with a bare grpc.aio server of the same virtualenv that serves only the health s
 baseline: what any Python gRPC daemon pays to start). Then it deploys ``envs`` toolbox
 environments and, ``runs`` times each, is stopped (SIGTERM, a clean shutdown; or SIGKILL, a
 crash) and started again on the same data. Measured per start: exec to SERVING (the health
-service asked every 20 ms with a fresh channel; includes the image preload and the start-up
-reconciliation), the reconciliation alone, exec to every environment reported RUNNING with the
-same pids as before (nothing restarted), the daemon's RSS and PSS two seconds after SERVING, and
+service asked every 20 ms with a fresh channel; includes the start-up reconciliation, not the
+image preload, which runs after SERVING) and the CPU the process used by then (less stretched
+than the wall clock by other work on a shared host), the reconciliation alone, exec to every
+environment reported RUNNING with the same pids as before (nothing restarted), the daemon's RSS
+and PSS two seconds after SERVING (the bare server's RSS too), and
 where the start-up time went (the ``startup`` phases of its ``daemon.ready`` line).
 """
 
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench import leftovers
-from bench.serving import bare_grpc_seconds, memory_mb, wait_serving
+from bench.serving import Start, bare_grpc_start, cpu_seconds, memory_mb, wait_serving
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.daemon import DaemonProcess, free_port, start_daemon
@@ -59,8 +61,8 @@ def startup_phases(daemon: DaemonProcess) -> dict[str, float]:
 
 def restart(
     tmp: Path, daemon: DaemonProcess, sig: int, expected: dict[str, tuple[int, ...]]
-) -> tuple[DaemonProcess, float, float]:
-    """Stop with ``sig``, start again; seconds to SERVING and to every environment adopted as it was."""
+) -> tuple[DaemonProcess, Start, float]:
+    """Stop with ``sig``, start again; the start to SERVING, and seconds to every environment adopted as it was."""
     if sig == signal.SIGKILL:
         daemon.process.kill()
         daemon.process.wait(10)
@@ -69,7 +71,7 @@ def restart(
     started = time.monotonic()
     fresh = start_daemon(tmp, reuse_config=True, wait=False)
     wait_serving(fresh.address, fresh.process)
-    serving = time.monotonic() - started
+    serving = Start(time.monotonic() - started, cpu_seconds(fresh.process.pid))
     with fresh.channel() as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
         deadline = time.monotonic() + 120
@@ -105,16 +107,18 @@ def run(tmp: Path, archive: Path, args: argparse.Namespace) -> None:
     """Measure; every environment is deleted and the daemon stopped and cleaned up, whatever happened."""
     daemon = start_daemon(tmp, {"images": {"preload": [str(archive)]}, "log": {"level": "info"}})
     try:
-        baseline, bare, idle_memory, idle_phases = [], [], [], []
+        baseline: list[Start] = []
+        bare: list[Start] = []
+        idle_memory, idle_phases = [], []
         for _ in range(args.runs):
-            bare.append(bare_grpc_seconds(free_port()))
+            bare.append(bare_grpc_start(free_port()))
             daemon, serving, _ = restart(tmp, daemon, signal.SIGTERM, {})
             baseline.append(serving)
             idle_phases.append(startup_phases(daemon))
             idle_memory.append(settled_memory(daemon))
         # Printed now: the part with many environments may not finish on a crowded host.
-        print(f"bare grpc.aio health server, exec to SERVING: {_runs(bare)} s", flush=True)
-        print(f"daemon exec to SERVING, no environments: {_runs(baseline)} s", flush=True)
+        print(f"bare grpc.aio health server, exec to SERVING: {_runs([b.seconds for b in bare])} s", flush=True)
+        print(f"daemon exec to SERVING, no environments: {_runs([b.seconds for b in baseline])} s", flush=True)
         print(f"daemon memory idle (RSS, PSS MB): {idle_memory}; start-up phases: {idle_phases}", flush=True)
         with daemon.channel() as channel:
             stub = pb_grpc.SchedulerServiceStub(channel)
@@ -131,7 +135,7 @@ def run(tmp: Path, archive: Path, args: argparse.Namespace) -> None:
                     raise SystemExit("environments did not all reach RUNNING")
                 time.sleep(0.2)
         loaded_memory = settled_memory(daemon)
-        results: dict[str, list[tuple[float, float, float]]] = {"SIGTERM": [], "SIGKILL": []}
+        results: dict[str, list[tuple[Start, float, float]]] = {"SIGTERM": [], "SIGKILL": []}
         busy_memory, busy_phases = [], []
         for _ in range(args.runs):
             for label, sig in (("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
@@ -155,31 +159,44 @@ def run(tmp: Path, archive: Path, args: argparse.Namespace) -> None:
 
 def report(
     envs: int,
-    bare: list[float],
-    baseline: list[float],
-    results: dict[str, list[tuple[float, float, float]]],
+    bare: list[Start],
+    baseline: list[Start],
+    results: dict[str, list[tuple[Start, float, float]]],
     idle_memory: list[tuple[float, float]],
     loaded_memory: tuple[float, float],
     busy_memory: list[tuple[float, float]],
 ) -> None:
-    """Print the figures, each start against the bare gRPC server's, memory as measured."""
+    """Print the figures, each start against the bare gRPC server's (wall clock and CPU), memory as measured."""
     median = statistics.median
-    print(f"bare grpc.aio health server, exec to SERVING: median {median(bare):.3f}s (runs: {_runs(bare)})")
+    bare_s, bare_cpu = median(b.seconds for b in bare), median(b.cpu_seconds for b in bare)
+    bare_rss = median(b.rss_mb for b in bare)
     print(
-        f"daemon exec to SERVING, no environments: median {median(baseline):.3f}s (runs: {_runs(baseline)}); "
-        f"ratio to the bare server {median(baseline) / median(bare):.2f}; target <= 1 s"
+        f"bare grpc.aio health server, exec to SERVING: median {bare_s:.3f}s, CPU {bare_cpu:.2f}s, "
+        f"RSS {bare_rss:.1f} MB (runs: {_runs([b.seconds for b in bare])})"
+    )
+    idle_s, idle_cpu = median(b.seconds for b in baseline), median(b.cpu_seconds for b in baseline)
+    print(
+        f"daemon exec to SERVING, no environments: median {idle_s:.3f}s "
+        f"(runs: {_runs([b.seconds for b in baseline])}); "
+        f"ratio to the bare server {idle_s / bare_s:.2f}; target <= 1 s; "
+        f"CPU {idle_cpu:.2f}s (ratio to the bare server {idle_cpu / max(bare_cpu, 0.01):.2f})"
     )
     for label, rows in results.items():
-        serving = median(r[0] for r in rows)
+        serving = median(r[0].seconds for r in rows)
+        cpu = median(r[0].cpu_seconds for r in rows)
         print(
             f"after {label} with {envs} running environments: "
-            f"to SERVING median {serving:.3f}s (ratio to the bare server {serving / median(bare):.2f}; target <= 2 s), "
+            f"to SERVING median {serving:.3f}s (ratio to the bare server {serving / bare_s:.2f}; target <= 2 s), "
+            f"CPU to SERVING median {cpu:.2f}s (ratio to the bare server {cpu / max(bare_cpu, 0.01):.2f}), "
             f"reconcile median {median(r[1] for r in rows):.3f}s, "
             f"to all adopted (same pids) median {median(r[2] for r in rows):.3f}s "
-            f"(runs: {'; '.join(f'{a:.3f}/{b:.3f}/{c:.3f}' for a, b, c in rows)})"
+            f"(runs: {'; '.join(f'{a.seconds:.3f}/{b:.3f}/{c:.3f}' for a, b, c in rows)})"
         )
     rss, pss = median(m[0] for m in idle_memory), median(m[1] for m in idle_memory)
-    print(f"daemon memory idle, no environment: RSS {rss:.1f} MB, PSS {pss:.1f} MB (target RSS <= 60 MB)")
+    print(
+        f"daemon memory idle, no environment: RSS {rss:.1f} MB, PSS {pss:.1f} MB (target RSS <= 60 MB; "
+        f"ratio to the bare server's RSS {rss / max(bare_rss, 0.1):.2f})"
+    )
     print(
         f"daemon memory with {envs} environments (after deploying them): "
         f"RSS {loaded_memory[0]:.1f} MB, PSS {loaded_memory[1]:.1f} MB"

@@ -2,15 +2,17 @@
 
 ``wait_serving`` asks the health service with a fresh channel every 20 ms: a single channel
 would back off for a second or more after the first refused connection, and that backoff
-would be measured as start-up time. ``bare_grpc_seconds`` is the baseline for start-up: a
+would be measured as start-up time. ``bare_grpc_start`` is the baseline for start-up: a
 grpc.aio server in the same virtualenv that only serves the health service.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,16 +50,44 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
     raise SystemExit(f"{address} did not serve within {timeout:g}s")
 
 
-def bare_grpc_seconds(port: int) -> float:
-    """Exec to SERVING of a grpc.aio server that serves nothing but health (the start-up baseline)."""
+@dataclass(frozen=True)
+class Start:
+    """One start of a server: exec to SERVING (wall clock), the CPU it used by then, its RSS after."""
+
+    seconds: float
+    cpu_seconds: float
+    rss_mb: float = 0.0
+
+
+def bare_grpc_start(port: int) -> Start:
+    """A start of a grpc.aio server that serves nothing but health (the start-up baseline).
+
+    Its RSS is read two seconds after SERVING, as the daemon's is.
+    """
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-c", BARE_SERVER, f"127.0.0.1:{port}"])
     try:
         wait_serving(f"127.0.0.1:{port}", process)
-        return time.monotonic() - started
+        seconds, cpu = time.monotonic() - started, cpu_seconds(process.pid)
+        time.sleep(2)
+        return Start(seconds, cpu, memory_mb(process.pid)[0])
     finally:
         process.terminate()
         process.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds ``pid`` used so far (0 when it is gone).
+
+    Less sensitive than the wall clock to what else runs on a shared host, which stretches a
+    start by the time the process waits for a core.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="warm runs (after the cold one)")
     args = parser.parse_args()
     archives = build()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-tpl-") as tmp:
         config: dict[str, Any] = {"images": {"preload": [str(p) for p in archives.values()]}, "log": {"level": "info"}}
         daemon = start_daemon(Path(tmp), config)
@@ -127,6 +129,7 @@ def main() -> None:
         "met": {"median": median <= 1.0, "ratio": median / base <= 0.25},
         "templates": len(listed.templates),
         "leftovers": left,
+        "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
     }
     print(json.dumps(report, indent=2))
     print("deploy timeline of the run closest to the median (seconds since the deploy began):")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -141,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     archives = list(build().values())
     report: dict[str, object] = {"target_wake_s": TARGET_S}
+    load_before = os.getloadavg()
     left = 0
     for keep_tasks in (False, True):
         key = "keep_tasks" if keep_tasks else "default"
@@ -148,6 +150,7 @@ def main() -> None:
         report[key] = _figures(colds, wakes)
         left += leftover
     report["leftovers"] = left
+    report["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
     print(json.dumps(report, indent=2))
 
 

@@ -59,10 +59,15 @@ RPCS: dict[str, Rpc] = {
             ("ALREADY_EXISTS", "the name is taken (or the request_id created another environment)"),
             (
                 "FAILED_PRECONDITION",
-                "the source is neither RUNNING nor asleep with its latest generation (SOURCE_NOT_RUNNING)",
+                "the source is neither RUNNING nor asleep with its latest generation (SOURCE_NOT_RUNNING); "
+                "in a fleet, another node runs the source (WRONG_NODE: ask that node)",
             ),
             ("PERMISSION_DENIED", "the caller's scope covers the source or the new name and labels, not both"),
-            ("RESOURCE_EXHAUSTED", "a quota (limits.env_max_*, limits.max_environments) would be exceeded; named"),
+            (
+                "RESOURCE_EXHAUSTED",
+                "a quota (limits.env_max_*, limits.max_environments) would be exceeded; in a fleet, the "
+                "source's node has no room for the copy; named",
+            ),
         ),
     ),
     "GetEnvironment": Rpc(
@@ -139,7 +144,11 @@ RPCS: dict[str, Rpc] = {
         {"name": "demo"},
         (
             ("NOT_FOUND", "no environment of that name"),
-            ("FAILED_PRECONDITION", "a PostgreSQL service has no running container to dump from, or pg_dump failed"),
+            (
+                "FAILED_PRECONDITION",
+                "a PostgreSQL service has no running container to dump from, or pg_dump failed; in a fleet, "
+                "another node runs it (WRONG_NODE: ask that node)",
+            ),
             ("PERMISSION_DENIED", "the caller is not an admin"),
         ),
     ),
@@ -154,6 +163,7 @@ RPCS: dict[str, Rpc] = {
             ("NOT_FOUND", "no such archive"),
             ("ALREADY_EXISTS", "an environment of that name exists"),
             ("FAILED_PRECONDITION", "the restored environment did not come up, or a database dump did not load"),
+            ("RESOURCE_EXHAUSTED", "in a fleet, the node asked (where it is restored) cannot take it; named"),
         ),
     ),
     "ListOperations": Rpc(
@@ -199,7 +209,10 @@ SPECIFIC_REASONS: dict[str, str] = {
     "EVENTS_EXPIRED": "`since` is older than the event log reaches (metadata `oldest_sequence`)",
     "SEQUENCE_IN_FUTURE": "`since` is past the log's end, e.g. from another daemon (metadata `latest_sequence`)",
     "MISSING_PERMISSION": "the caller's role lacks the permission the method needs (metadata names it)",
-    "WRONG_NODE": "logs or metrics asked of a node the environment does not run on (metadata `node`, `address`)",
+    "WRONG_NODE": (
+        "logs, metrics, a backup or a clone asked of a fleet node the environment does not run on "
+        "(metadata `node`, `address`)"
+    ),
     "FENCED": (
         "a write of a deposed fleet placement leader, refused by its election key "
         "(internal: the leader steps down; no RPC returns it)"

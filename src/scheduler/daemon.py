@@ -24,17 +24,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-
 from scheduler import domain, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.base import Fleet
 from scheduler.cluster.fence import Fence
 from scheduler.cluster.local import SingleNode, host_capacity
-from scheduler.cluster.member import FleetMember, MembershipSettings
 from scheduler.cluster.node import Node
 from scheduler.cluster.placement import Strategy
 from scheduler.config import ImageSettings, Settings
+from scheduler.launch import Begun, begin
 from scheduler.metrics.collector import StateCollector
 from scheduler.metrics.http import MetricsServer
 from scheduler.metrics.recorder import Recorder
@@ -52,12 +50,10 @@ from scheduler.orchestrator.templates import Templates, TemplateSettings
 from scheduler.orchestrator.timeline import Timeline
 from scheduler.reload import LiveTargets, Reloader
 from scheduler.runtime.containerd.image_options import ImageOptions, RegistryOptions
-from scheduler.runtime.containerd.managed import ManagedContainerd
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
-from scheduler.runtime.preload import preload
+from scheduler.runtime.preload import check_archives, preload_after
 from scheduler.service import EnvironmentService
 from scheduler.stacks.catalog import default_catalog
-from scheduler.startup import DataDirLock, check_listen_free
 from scheduler.storage.base import StateStore
 from scheduler.storage.events import EventLog, SqliteEventLog
 from scheduler.storage.sqlite import SqliteStateStore
@@ -68,6 +64,7 @@ from scheduler.volumes.host import HostVolumeStore
 from scheduler.volumes.templates import TemplateStore
 
 if TYPE_CHECKING:
+    from scheduler.cluster.member import MembershipSettings
     from scheduler.storage.etcd import EtcdClient
 
 _log = log.get("daemon")
@@ -113,22 +110,24 @@ def _process_age() -> float:
 
 
 @asynccontextmanager
-async def build(settings: Settings, load: Callable[[], Settings] | None = None) -> AsyncIterator[Daemon]:
+async def build(
+    settings: Settings,
+    load: Callable[[], Settings] | None = None,
+    begun: Begun | None = None,
+) -> AsyncIterator[Daemon]:
     """Build and start every component; stop them in reverse order on exit.
 
     ``load`` re-reads the configuration for a reload (SIGHUP); without it a reload changes nothing.
+    ``begun`` is what :func:`~scheduler.launch.begin` returned, when the caller called it already.
     """
     phases = _Phases()
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        # Before anything else: a second daemon on this data dir would adopt the first one's
-        # containerd and fight it over every container.
-        lock = DataDirLock(data_dir)
-        lock.acquire()
-        stack.callback(lock.release)
-        if settings.server.listen:
-            check_listen_free(settings.server.listen)
+        begun = begun or begin(settings)
+        stack.callback(begun.lock.release)
+        managed = begun.containerd
+        if managed is not None:
+            stack.push_async_callback(managed.stop)
         etcd = etcd_client(settings)
         store: StateStore
         if etcd is not None:
@@ -147,39 +146,6 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         ledger = await Ledger.open(store)
         phases.mark("store")
 
-        socket = settings.containerd.socket
-        if not socket:
-            managed = ManagedContainerd(data_dir / "containerd", binary=settings.containerd.binary)
-            socket = str(await managed.start())
-            stack.push_async_callback(managed.stop)
-        runtime = await ContainerdRuntime.connect(
-            socket,
-            namespace=settings.containerd.namespace,
-            state_dir=data_dir / "runtime",
-            snapshotter=settings.containerd.snapshotter,
-            runtime_name=settings.containerd.runtime,
-            images=image_options(settings.images),
-            call_timeout=settings.containerd.call_timeout,
-        )
-        stack.push_async_callback(runtime.close)
-        phases.mark("containerd")
-        # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
-        swept = await runtime.sweep_leases()
-        if swept:
-            _log.info("leases.swept", leases=swept)
-        # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
-        orphans = await runtime.sweep_orphan_shims(socket)
-        if orphans:
-            _log.info("shims.swept", tasks=orphans)
-        registry = CollectorRegistry()
-        for standard in (ProcessCollector, PlatformCollector, GCCollector):
-            standard(registry=registry)
-        recorder = Recorder(registry)
-        runtime.client.call_observer = recorder.containerd_call
-        phases.mark("sweeps")
-        await preload(runtime, [Path(p) for p in settings.images.preload], data_dir / "preloaded.json")
-        phases.mark("preload")
-
         net = settings.network
         network_settings = CniSettings(
             pool=net.pool,
@@ -189,9 +155,54 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             cni_bin_dir=Path(net.cni_bin_dir),
         )
         network = CniNetwork(data_dir / "network", network_settings, instance=net.instance)
-        await network.start()
-        stack.push_async_callback(network.close)
-        phases.mark("network")
+
+        async def containerd_up() -> ContainerdRuntime:
+            socket = settings.containerd.socket
+            if managed is not None:
+                socket = str(await managed.start())
+            runtime = await ContainerdRuntime.connect(
+                socket,
+                namespace=settings.containerd.namespace,
+                state_dir=data_dir / "runtime",
+                snapshotter=settings.containerd.snapshotter,
+                runtime_name=settings.containerd.runtime,
+                images=image_options(settings.images),
+                call_timeout=settings.containerd.call_timeout,
+            )
+            stack.push_async_callback(runtime.close)
+            # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
+            swept = await runtime.sweep_leases()
+            if swept:
+                _log.info("leases.swept", leases=swept)
+            # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
+            orphans = await runtime.sweep_orphan_shims(socket)
+            if orphans:
+                _log.info("shims.swept", tasks=orphans)
+            return runtime
+
+        async def network_up() -> None:
+            await network.start()
+            stack.push_async_callback(network.close)
+
+        # containerd (its start, the sweeps) and the network's start (bridges, iptables) wait on
+        # different things, and neither needs the other: side by side.
+        async with asyncio.TaskGroup() as group:
+            connecting = group.create_task(containerd_up())
+            group.create_task(network_up())
+        runtime = connecting.result()
+        recorder = Recorder()
+        runtime.client.call_observer = recorder.containerd_call
+        phases.mark("containerd_network")
+        # Image archives are imported after the API serves; a deploy that needs one of their images
+        # meanwhile (a resumed one included) waits for the import in ensure_image.
+        archives = [Path(p) for p in settings.images.preload]
+        check_archives(archives)
+        serving: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        preloading = asyncio.create_task(
+            preload_after(serving, runtime, archives, data_dir / "preloaded.json"), name="preload"
+        )
+        runtime.preloading(preloading)
+        stack.push_async_callback(_cancel, preloading)
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         event_log: EventLog
@@ -272,6 +283,8 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         backups = Backups(store, runtime, volumes, backup_dir)
         fleet: Fleet = SingleNode(me, ledger)
         if etcd is not None:
+            from scheduler.cluster.member import FleetMember
+
             member = FleetMember(
                 etcd,
                 settings.cluster.etcd.prefix,
@@ -302,8 +315,7 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
             dispatch=etcd is None,
         )
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
-        registry.register(collector)
-        metrics = MetricsServer(registry, collector)
+        metrics = MetricsServer(recorder, collector)
         await metrics.start(settings.metrics.listen)
         stack.push_async_callback(metrics.stop)
 
@@ -311,6 +323,14 @@ async def build(settings: Settings, load: Callable[[], Settings] | None = None) 
         await server.start()
         stack.push_async_callback(server.stop, settings.server.shutdown_grace)
         await server.ready()
+        serving.set_result(None)
+
+        async def images_ready() -> None:
+            await asyncio.wait([preloading])
+            await server.images_ready()
+
+        reporting = asyncio.create_task(images_ready(), name="images-ready")
+        stack.push_async_callback(_cancel, reporting)
         phases.mark("api")
 
         def apply_images(images: ImageSettings) -> None:
@@ -341,6 +361,8 @@ def image_options(images: ImageSettings) -> ImageOptions:
 
 def membership(settings: Settings) -> MembershipSettings:
     """How this node takes part in its fleet, from ``cluster``."""
+    from scheduler.cluster.member import MembershipSettings
+
     cluster = settings.cluster
     return MembershipSettings(
         lease_ttl=cluster.lease_ttl,
@@ -365,7 +387,11 @@ def this_node(settings: Settings) -> Node:
     )
 
 
-async def run(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+async def run(
+    settings: Settings,
+    load: Callable[[], Settings] | None = None,
+    begun: Begun | None = None,
+) -> int:
     """Serve until SIGTERM or SIGINT, reloading ``load()`` on SIGHUP; returns the exit code.
 
     Under systemd (``Type=notify``) it reports READY once serving, RELOADING around a reload,
@@ -378,7 +404,7 @@ async def run(settings: Settings, load: Callable[[], Settings] | None = None) ->
         loop.add_signal_handler(signum, stop.set)
     background: set[asyncio.Task[None]] = set()
     try:
-        async with build(settings, load) as daemon:
+        async with build(settings, load, begun) as daemon:
             status = f"serving on {settings.server.listen or settings.server.unix_socket}"
 
             async def reload() -> None:

@@ -7,6 +7,7 @@ session works in its own namespace, and the teardown deletes everything in it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -356,10 +357,15 @@ async def containerd_runtime(
     containerd_socket: str, containerd_namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ContainerdRuntime]:
     """A connected ContainerdRuntime in the session namespace; everything in it is deleted at the end."""
+    async with namespace_runtime(containerd_socket, containerd_namespace, tmp_path_factory.mktemp("rt")) as runtime:
+        yield runtime
+
+
+@contextlib.asynccontextmanager
+async def namespace_runtime(socket: str, namespace: str, state_dir: Path) -> AsyncIterator[ContainerdRuntime]:
+    """A ContainerdRuntime in ``namespace``; everything in that namespace is deleted on the way out."""
     try:
-        runtime = await ContainerdRuntime.connect(
-            containerd_socket, namespace=containerd_namespace, state_dir=tmp_path_factory.mktemp("rt")
-        )
+        runtime = await ContainerdRuntime.connect(socket, namespace=namespace, state_dir=state_dir)
     except SchedulerError as err:
         unavailable(err.message)
         raise

@@ -201,6 +201,8 @@ def wait_serving(
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from scheduler.api.server import IMAGES_HEALTH
+
     deadline = time.monotonic() + timeout
     channel_of = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
     with channel_of as channel:
@@ -209,7 +211,10 @@ def wait_serving(
             if process.poll() is not None:
                 raise AssertionError(f"daemon exited with {process.returncode}:\n{log_path.read_text()}")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                # Past SERVING, until the preloaded images are in: tests count what the daemon
+                # holds (leases, snapshots) and expect the images at once, as before the import
+                # moved after SERVING.
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=IMAGES_HEALTH), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:

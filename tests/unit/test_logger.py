@@ -184,8 +184,8 @@ def test_installed_writer_signals_readiness_and_drains_on_sigterm(tmp_path: Path
     try:
         assert os.read(ready_r, 1) == b""  # the writer closed its end: ready
         # Handed over to the shared writer (not written by itself after the hand-over's deadline):
-        # it closes the readiness pipe right before it becomes cat.
-        assert _becomes_cat(pid)
+        # it closes the readiness pipe right before it becomes the waiting shell.
+        assert _becomes_waiter(pid)
         assert (directory / "stdout.log").exists() and (directory / "stderr.log").exists()
         os.write(out_w, b"before term\nunterminated")
         os.write(err_w, b"to stderr\n")
@@ -249,12 +249,18 @@ def test_task_stdio_names_the_writer_with_the_containers_directory_and_rotation(
     assert prepare_logs(launcher, {}) == ("", "")
 
 
-def _becomes_cat(pid: int) -> bool:
-    """Whether the task's log process became cat within 10 s (it closes the readiness pipe just before)."""
+def _becomes_waiter(pid: int) -> bool:
+    """Whether the task's log process became the waiting shell within 10 s, not an interpreter."""
+
+    def waiting() -> bool:
+        name = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        return name.startswith(f"{logger.PROGRAM}-wait dir ".encode()) and not exe.startswith("python")
+
     deadline = time.monotonic() + 10
-    while os.path.basename(os.readlink(f"/proc/{pid}/exe")) != "cat" and time.monotonic() < deadline:
+    while not waiting() and time.monotonic() < deadline:
         time.sleep(0.01)
-    return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "cat"
+    return waiting()
 
 
 def _writers_in(home: Path) -> list[int]:
@@ -271,6 +277,19 @@ def _writers_in(home: Path) -> list[int]:
     return found
 
 
+def _end(home: Path, tasks: list[tuple[int, int, int, int]]) -> None:
+    """Close the tasks' pipe ends, kill the tasks' log processes and any shared writer left in ``home``."""
+    for pid, *fds in tasks:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    for pid in _writers_in(home):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process(tmp_path: Path) -> None:
     launcher = str(tmp_path / "bin" / "scheduler-logger")
     install_logger(launcher)
@@ -285,9 +304,9 @@ def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process
         while len(writers := _writers_in(tmp_path / "bin")) > 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(writers) == 1, writers
-        # What stays per task is the waiting process: cat, not an interpreter.
+        # What stays per task is the waiting process: a shell, not an interpreter.
         for pid, *_ in tasks:
-            assert _becomes_cat(pid)
+            assert _becomes_waiter(pid)
         # The shim's order on task delete: close the pipes, SIGTERM, wait. The waiter outlives the
         # SIGTERM until the writer has flushed that task's files.
         for pid, out_w, err_w, _ in tasks:
@@ -306,15 +325,7 @@ def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process
         assert not _writers_in(tmp_path / "bin")
         assert not (tmp_path / "bin" / "scheduler-logger.sock").exists()
     finally:
-        for pid, *rest in tasks:
-            for fd in rest:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            with contextlib.suppress(ChildProcessError, ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        for pid in _writers_in(tmp_path / "bin"):
-            os.kill(pid, signal.SIGKILL)
+        _end(tmp_path / "bin", tasks)
 
 
 def test_a_task_whose_pipes_no_writer_takes_writes_them_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,3 +363,95 @@ def test_a_bad_client_gets_an_error_and_the_shared_writer_goes_on(tmp_path: Path
         os.close(ready_r)
         for writer in _writers_in(tmp_path / "bin"):
             os.kill(writer, signal.SIGKILL)
+
+
+def test_a_killed_shared_writer_is_replaced_and_what_the_task_writes_meanwhile_arrives(tmp_path: Path) -> None:
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    directory = tmp_path / "logs"
+    pid, out_w, err_w, ready_r = _spawn(launcher, directory)
+    try:
+        assert os.read(ready_r, 1) == b""
+        assert _becomes_waiter(pid)
+        os.write(out_w, b"before\n")
+        deadline = time.monotonic() + 10
+        while not (directory / "stdout.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (writer,) = _writers_in(tmp_path / "bin")
+        os.kill(writer, signal.SIGKILL)
+        # Four times a pipe's capacity: without a new reader the writes would block (or, had the
+        # pipe no reader left, fail with EPIPE); each write is bounded by the deadline.
+        lines = [b"after %04d " % i + b"x" * 1000 + b"\n" for i in range(256)]
+        os.set_blocking(out_w, False)
+        deadline = time.monotonic() + 30
+        for line in lines:
+            while True:
+                try:
+                    os.write(out_w, line)
+                    break
+                except BlockingIOError:
+                    assert time.monotonic() < deadline, "writes blocked: no writer took the pipe over"
+                    time.sleep(0.01)
+        os.write(err_w, b"to stderr\n")
+        writers = _writers_in(tmp_path / "bin")
+        assert writers and writer not in writers
+        # The task ends as the shim ends it; its waiter waits for the new writer's flush.
+        os.close(out_w)
+        os.close(err_w)
+        os.kill(pid, signal.SIGTERM)
+        assert _wait(pid, 20) == 0
+        assert [t for _, _, t in _records(directory, "stdout")] == [b"before", *(line[:-1] for line in lines)]
+        assert [t for _, _, t in _records(directory, "stderr")] == [b"to stderr"]
+        deadline = time.monotonic() + 10
+        while _writers_in(tmp_path / "bin") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _writers_in(tmp_path / "bin")
+    finally:
+        _end(tmp_path / "bin", [(pid, out_w, err_w, ready_r)])
+
+
+def test_a_writer_that_ends_every_connection_without_done_gets_a_bounded_number_of_hand_overs(
+    tmp_path: Path,
+) -> None:
+    import array
+    import fcntl
+    import socket
+
+    from scheduler.runtime.logger import host
+
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    # A "writer" that holds the lock, takes the pipes and hangs up without saying done (as one of
+    # an older version did when a task ended): the waiter must not hand them over forever.
+    lock = os.open(tmp_path / "bin" / host.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "bin" / host.SOCKET_NAME))
+    listener.listen(8)
+    listener.settimeout(20)
+    directory = tmp_path / "logs"
+    pid, out_w, err_w, ready_r = _spawn(launcher, directory)
+    accepted = 0
+    try:
+        os.write(out_w, b"kept\n")
+        with contextlib.suppress(TimeoutError):
+            while accepted <= host.MAX_REJOINS + 1:
+                connection, _ = listener.accept()
+                _, ancillary, _, _ = connection.recvmsg(8192, socket.CMSG_SPACE(2 * 4))
+                for *_, payload in ancillary:
+                    for fd in array.array("i", payload[: len(payload) - len(payload) % 4]):
+                        os.close(fd)
+                connection.sendall(b"k")
+                connection.close()
+                accepted += 1
+                listener.settimeout(3)
+        assert accepted == host.MAX_REJOINS + 1
+        # Then the task writes its pipes itself, as when no writer takes them.
+        deadline = time.monotonic() + 10
+        while not (directory / "stdout.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [t for _, _, t in _records(directory, "stdout")] == [b"kept"]
+    finally:
+        listener.close()
+        os.close(lock)
+        _end(tmp_path / "bin", [(pid, out_w, err_w, ready_r)])

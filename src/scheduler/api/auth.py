@@ -89,6 +89,14 @@ class Principal:
     name: str
     ids: frozenset[str]
     pid: int | None = None
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Looked up in two tables on every call: hashed once, not per lookup.
+        object.__setattr__(self, "_hash", hash((self.name, self.ids, self.pid)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ class Admission:
 
     principal: Principal
     scopes: tuple[RoleBinding, ...]
+    method: str = ""
+    """The SchedulerService method (``GetEnvironment``) it admits."""
+    grant: Grant = field(default_factory=Grant)
+    """Everything the caller may do, for the message of a refusal."""
     unrestricted: bool = field(init=False)
     """Whether the caller's role covers every environment for this method."""
 
@@ -129,25 +133,50 @@ class Gate:
             Unauthenticated: see :meth:`identify`.
             PermissionDenied: naming the permission the caller lacks.
         """
+        admission = self.admission(method, context, peer, metadata)
+        if admission is not None and not admission.unrestricted:
+            await self.check_scope(admission, request)
+        return admission
+
+    def admission(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        peer: str,
+        metadata: Mapping[str, str | bytes] | None = None,
+    ) -> Admission | None:
+        """Who calls and whether their role covers ``method``, without looking at environments.
+
+        The part of :meth:`admit` that never waits: a caller whose admission is not
+        ``unrestricted`` must still pass :meth:`check_scope`. None outside SchedulerService.
+
+        Raises:
+            Unauthenticated: see :meth:`identify`.
+            PermissionDenied: naming the permission the caller lacks.
+        """
         if not method.startswith(SERVICE_PREFIX):
             return None
         name = method.removeprefix(SERVICE_PREFIX)
         principal = self.identify(context, peer, metadata)
         CALLER.set(principal.name)
         auth = self._auth
-        grant = auth.grant(principal)
         admission = self._admissions.get((principal, name))
         if admission is None or self._admitted_by is not auth:
+            grant = auth.grant(principal)
             if not grant.allows(name):
                 raise _denied(principal, grant, name)
             if self._admitted_by is not auth or len(self._admissions) >= 1024:
                 self._admissions, self._admitted_by = {}, auth
-            admission = self._admissions[(principal, name)] = Admission(principal, grant.scopes(name))
-        if not admission.unrestricted:
-            await self._check_scope(admission, name, request, grant)
+            admission = self._admissions[(principal, name)] = Admission(principal, grant.scopes(name), name, grant)
         return admission
 
-    async def _check_scope(self, admission: Admission, method: str, request: Any, grant: Grant) -> None:
+    async def check_scope(self, admission: Admission, request: Any) -> None:
+        """Refuse a scoped caller an environment outside its scopes (lists are filtered later instead).
+
+        Raises:
+            PermissionDenied: naming the environment.
+        """
+        method, grant = admission.method, admission.grant
         if method == "CreateEnvironment":
             if not admission.covers(request.name, dict(request.spec.labels)):
                 raise _denied(admission.principal, grant, method, request.name)

@@ -13,12 +13,11 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-import structlog
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
@@ -183,13 +182,13 @@ class _Call:
         self.principal = ""
 
     def __enter__(self) -> _Call:
-        structlog.contextvars.bind_contextvars(request_id=self.request_id)
+        log.REQUEST_ID.set(self.request_id)
         if self.observer is not None:
             self.observer.rpc_started(self.method, self.kind)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        structlog.contextvars.unbind_contextvars("request_id")
+        log.REQUEST_ID.set("")  # not reset(): a stream's generator may be closed from another context
 
     async def fail(self, error: BaseException) -> None:
         """Abort the RPC with the status the error maps to (this raises, as grpc requires)."""
@@ -268,56 +267,6 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-class WrappingRegistry:
-    """Stands for the grpc server while services register: each handler is wrapped once, there.
-
-    The same wrapping as :class:`RequestInterceptor`, without grpc's interceptor chain, which
-    costs a few coroutines and a handler lookup on every call. Every method a service registers
-    is served from one generic handler (a dict lookup by method name), not as a grpc
-    "registered method": grpc.aio's server waits for the next call of each registered method on
-    a future of its own and passes all of them to ``asyncio.wait`` for every call it accepts,
-    which cost more per call than everything the daemon does for a GetEnvironment.
-    """
-
-    def __init__(self, server: grpc.aio.Server, requests: RequestInterceptor) -> None:
-        self._server = server
-        self._requests = requests
-        self._methods = _Methods()
-        server.add_generic_rpc_handlers((self._methods,))  # first: asked before any generic handler below
-
-    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        """Register generic handlers, each answering with wrapped method handlers."""
-        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._requests) for h in handlers))
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        """Serve a service's method handlers, wrapped, by their full method names."""
-        for name, handler in handlers.items():
-            method = f"/{service}/{name}"
-            self._methods.handlers[method] = self._requests.wrap(method, handler)
-
-
-class _Methods(grpc.GenericRpcHandler):
-    """Wrapped method handlers by full method name (``/pkg.Service/Method``)."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self.handlers.get(handler_call_details.method)
-
-
-class _WrappedGeneric(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, requests: RequestInterceptor) -> None:
-        self._inner = inner
-        self._requests = requests
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = self._inner.service(handler_call_details)
-        return None if handler is None else self._requests.wrap(handler_call_details.method, handler)
-
-
 class _Undecodable:
     """Request bytes that do not decode: the handler answers INVALID_ARGUMENT, not grpc's INTERNAL."""
 
@@ -345,13 +294,13 @@ def _check_decoded(request: Any) -> None:
         )
 
 
-async def _admit(
+def _admitted(
     gate: Gate | None, call: _Call, request: Any, context: grpc.aio.ServicerContext[Any, Any]
 ) -> Admission | None:
     _check_decoded(request)
     if gate is None:
         return None
-    admission = await gate.admit(call.method, request, context, call.peer, call.metadata)
+    admission = gate.admission(call.method, context, call.peer, call.metadata)
     if admission is not None:
         call.principal = admission.principal.name
     return admission
@@ -363,9 +312,12 @@ def _wrap_unary(
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with _Call(method, context, "unary", observer) as call:
             try:
-                admission = await _admit(gate, call, request, context)
-                response = await inner(request, context)
-                return response if gate is None else await gate.visible(admission, response)
+                admission = _admitted(gate, call, request, context)
+                if admission is None or admission.unrestricted:  # the usual case, without a coroutine more
+                    return await inner(request, context)
+                assert gate is not None
+                await gate.check_scope(admission, request)
+                return await gate.visible(admission, await inner(request, context))
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
@@ -386,9 +338,12 @@ def _wrap_stream(
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _Call(method, context, "server_stream", observer) as call:
             try:
-                admission = await _admit(gate, call, request, context)
+                admission = _admitted(gate, call, request, context)
+                scoped = gate if admission is not None and not admission.unrestricted else None
+                if scoped is not None and admission is not None:
+                    await scoped.check_scope(admission, request)
                 async for response in inner(request, context):
-                    shown = response if gate is None else await gate.visible(admission, response)
+                    shown = response if scoped is None else await scoped.visible(admission, response)
                     if shown is not None:
                         yield shown
             except asyncio.CancelledError:

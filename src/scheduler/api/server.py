@@ -13,8 +13,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from scheduler import domain, errors, log
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.api.gate import Gate
-from scheduler.api.interceptors import RequestInterceptor, RpcObserver, WrappingRegistry
+from scheduler.api.interceptors import RequestInterceptor, RpcObserver
 from scheduler.api.peers import UnixListener
+from scheduler.api.registry import WrappingRegistry
 from scheduler.api.servicer import SchedulerServicer
 from scheduler.config import AuthSettings, ServerSettings, TlsSettings
 from scheduler.service import EnvironmentService
@@ -22,6 +23,9 @@ from scheduler.service import EnvironmentService
 _log = log.get("server")
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+IMAGES_HEALTH = "scheduler.images"
+"""Health service name that turns SERVING once the import of the ``images.preload`` archives is
+over (done, or failed and logged); the daemon serves before that."""
 
 
 class ApiServer:
@@ -77,6 +81,7 @@ class ApiServer:
     async def start(self) -> None:
         """Bind the addresses and start serving; health stays NOT_SERVING until :meth:`ready`."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set(IMAGES_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._listen:
             try:
                 tls = self._settings.tls
@@ -117,6 +122,10 @@ class ApiServer:
     async def ready(self) -> None:
         """Report SERVING on the health service."""
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def images_ready(self) -> None:
+        """Report SERVING for ``scheduler.images``: the preload is over."""
+        await self._health.set(IMAGES_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end open streams, then give in-flight RPCs ``grace`` seconds."""

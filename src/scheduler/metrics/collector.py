@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from scheduler import domain, errors, log
 from scheduler.domain import ContainerState, EnvironmentStatus
+from scheduler.metrics.recorder import Family, Kind
 from scheduler.runtime.base import ContainerRuntime
 
 _log = log.get("metrics")
@@ -71,7 +69,7 @@ class Environments(Protocol):
         ...
 
 
-class StateCollector(Collector):
+class StateCollector:
     """A custom collector over a cached reading of the store and containerd."""
 
     def __init__(
@@ -118,33 +116,32 @@ class StateCollector(Collector):
                     snapshot.rows.append(_Row(labels, usage, rx, tx))
             self._snapshot = snapshot
 
-    def collect(self) -> Iterator[Metric]:
+    def families(self) -> list[Family]:
+        """The last reading as metric families (rendered for Prometheus by ``metrics.export``)."""
         snapshot = self._snapshot
-        envs = GaugeMetricFamily("scheduler_environments", "Environments by status.", labels=["status"])
+        envs = Family("scheduler_environments", "Environments by status.", "gauge", ("status",))
         for status in EnvironmentStatus:
-            envs.add_metric([status.value.lower()], snapshot.statuses[status])
-        yield envs
-        containers = GaugeMetricFamily("scheduler_containers", "Containers by state.", labels=["state"])
+            envs.scalar(status.value.lower()).value = snapshot.statuses[status]
+        containers = Family("scheduler_containers", "Containers by state.", "gauge", ("state",))
         for state in ContainerState:
-            containers.add_metric([state.value.lower()], snapshot.states[state])
-        yield containers
-        yield from self._usage(snapshot.rows)
-        yield CounterMetricFamily(
-            "scheduler_container_stats_reads", "Readings of the containers' counters from containerd.", self.reads
+            containers.scalar(state.value.lower()).value = snapshot.states[state]
+        reads = Family(
+            "scheduler_container_stats_reads_total", "Readings of the containers' counters from containerd.", "counter"
         )
+        reads.scalar().value = self.reads
+        return [envs, containers, *self._usage(snapshot.rows), reads]
 
     @staticmethod
-    def _usage(rows: list[_Row]) -> Iterator[Metric]:
-        def family(
-            kind: type[CounterMetricFamily | GaugeMetricFamily], name: str, doc: str, value: Callable[[_Row], float]
-        ) -> Metric:
-            metric = kind(name, doc, labels=CONTAINER_LABELS)
+    def _usage(rows: list[_Row]) -> Iterator[Family]:
+        def family(kind: Kind, name: str, doc: str, value: Callable[[_Row], float]) -> Family:
+            metric = Family(name, doc, kind, tuple(CONTAINER_LABELS))
             for row in rows:
-                metric.add_metric(list(row.labels), value(row))
+                metric.scalar(*row.labels).value = value(row)
             return metric
 
-        c, g = CounterMetricFamily, GaugeMetricFamily
-        yield family(c, "scheduler_container_cpu_seconds", "CPU time used.", lambda r: r.usage.cpu_usage_ns / 1e9)
+        c: Kind = "counter"
+        g: Kind = "gauge"
+        yield family(c, "scheduler_container_cpu_seconds_total", "CPU time used.", lambda r: r.usage.cpu_usage_ns / 1e9)
         yield family(
             g, "scheduler_container_memory_usage_bytes", "Memory in use.", lambda r: r.usage.memory_usage_bytes
         )
@@ -153,14 +150,17 @@ class StateCollector(Collector):
         )
         yield family(g, "scheduler_container_pids", "Processes and threads.", lambda r: r.usage.pids_current)
         yield family(g, "scheduler_container_pids_limit", "Pids limit (0: none).", lambda r: r.usage.pids_limit)
-        yield family(c, "scheduler_container_network_receive_bytes", "Bytes received.", lambda r: r.rx_bytes)
-        yield family(c, "scheduler_container_network_transmit_bytes", "Bytes sent.", lambda r: r.tx_bytes)
+        yield family(c, "scheduler_container_network_receive_bytes_total", "Bytes received.", lambda r: r.rx_bytes)
+        yield family(c, "scheduler_container_network_transmit_bytes_total", "Bytes sent.", lambda r: r.tx_bytes)
         yield family(
-            c, "scheduler_container_fs_reads_bytes", "Bytes read from block devices.", lambda r: r.usage.io_read_bytes
+            c,
+            "scheduler_container_fs_reads_bytes_total",
+            "Bytes read from block devices.",
+            lambda r: r.usage.io_read_bytes,
         )
         yield family(
             c,
-            "scheduler_container_fs_writes_bytes",
+            "scheduler_container_fs_writes_bytes_total",
             "Bytes written to block devices.",
             lambda r: r.usage.io_write_bytes,
         )

@@ -2,18 +2,22 @@
 
 It runs on the daemon's event loop (no thread), so a scrape can await the collector's refresh
 and every metric is read in one consistent pass. One request per connection; requests are tiny
-and bounded (a line and at most 100 header lines, 10 s to send them).
+and bounded (a line and at most 100 header lines, 10 s to send them). The Prometheus client
+library is imported when the endpoint first listens (``metrics.export``), not before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from typing import TYPE_CHECKING
 
 from scheduler import errors, log
 from scheduler.metrics.collector import StateCollector
+from scheduler.metrics.recorder import Recorder
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 _log = log.get("metrics")
 _REQUEST_DEADLINE = 10.0
@@ -23,8 +27,9 @@ _MAX_HEADER_LINES = 100
 class MetricsServer:
     """Serves ``GET /metrics`` in Prometheus' text format."""
 
-    def __init__(self, registry: CollectorRegistry, collector: StateCollector) -> None:
-        self._registry = registry
+    def __init__(self, recorder: Recorder, collector: StateCollector) -> None:
+        self._recorder = recorder
+        self._registry: CollectorRegistry | None = None
         self._collector = collector
         self._server: asyncio.Server | None = None
         self.listen = ""
@@ -39,6 +44,10 @@ class MetricsServer:
         self.listen = listen
         if not listen:
             return
+        if self._registry is None:
+            from scheduler.metrics import export
+
+            self._registry = export.registry_of(self._recorder, self._collector)
         host, _, port = listen.rpartition(":")
         try:
             self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
@@ -100,5 +109,8 @@ class MetricsServer:
             return "405 Method Not Allowed", b"only GET and HEAD\n", text
         if target != "/metrics":
             return "404 Not Found", b"metrics are at /metrics\n", text
+        from scheduler.metrics import export
+
+        assert self._registry is not None  # set before the listener that calls this
         await self._collector.refresh()
-        return "200 OK", generate_latest(self._registry), CONTENT_TYPE_LATEST
+        return "200 OK", export.generate_latest(self._registry), export.CONTENT_TYPE_LATEST

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,13 @@ def read_host_routes(path: Path = Path("/proc/net/route")) -> list[HostRoute]:
         if len(fields) < 8:
             continue
         device, dest_hex, mask_hex = fields[0], fields[1], fields[7]
-        # /proc/net/route prints addresses as host-endian (little-endian here) 32-bit hex.
-        dest = socket.inet_ntoa(struct.pack("<I", int(dest_hex, 16)))
-        mask = socket.inet_ntoa(struct.pack("<I", int(mask_hex, 16)))
-        routes.append(HostRoute(ipaddress.IPv4Network(f"{dest}/{mask}", strict=False), device))
+        # /proc/net/route prints addresses as host-endian (little-endian here) 32-bit hex. Built
+        # from integers, not text: a host with hundreds of bridges has as many routes, read at
+        # every new environment.
+        dest = socket.ntohl(int(dest_hex, 16))
+        mask = socket.ntohl(int(mask_hex, 16))
+        prefix = bin(mask).count("1")
+        routes.append(HostRoute(ipaddress.IPv4Network((dest, prefix), strict=False), device))
     return routes
 
 

@@ -5,21 +5,26 @@ Links are made, listed and removed over netlink with pyroute2 rather than by run
 of 43-82 ms against 140-175 ms with ``ip`` subprocesses (two and three runs on 2 shared cores); the
 attach of a container does not touch this module (it goes through the CNI plugins) and stayed
 at 105-166 ms either way. Network namespaces stay on ctypes (see :mod:`.netns`).
+
+pyroute2 (about 190 modules, 9 MB) is imported by the first call that needs netlink: whether a
+bridge exists and is up is one ``SIOCGIFFLAGS`` ioctl, so a daemon restarted with its bridges in
+place, or started with no environment, never loads it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
+import struct
 from collections.abc import Sequence
 from pathlib import Path
-
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from scheduler.errors import Internal
 
 PROC_SYS = Path("/proc/sys/net")
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
 # Interfaces are read over netlink (socket.if_nameindex, pyroute2), never from /sys/class/net:
 # sysfs shows the namespace it was mounted in, which is not ours when the daemon was started with
 # only its network namespace changed (nsenter --net, a container runtime's netns), and would then
@@ -28,6 +33,8 @@ PROC_SYS = Path("/proc/sys/net")
 
 async def _links(**match: object) -> list[str]:
     """Names of the interfaces matching ``match`` (``kind``, ``master`` index), over netlink."""
+    from pyroute2 import AsyncIPRoute
+
     found = []
     async with AsyncIPRoute() as ipr:
         async for link in await ipr.link("dump"):
@@ -49,9 +56,25 @@ def exists(name: str) -> bool:
     return True
 
 
+def is_up(name: str) -> bool:
+    """Whether the interface exists in our network namespace and is administratively up."""
+    request = struct.pack("16sH", name.encode()[:15], 0)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            reply = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request)
+    except OSError:
+        return False  # ENODEV: no such interface
+    return bool(struct.unpack("16sH", reply[:18])[1] & _IFF_UP)
+
+
+def names(prefix: str) -> list[str]:
+    """Interfaces whose name starts with ``prefix`` (of any kind), without netlink."""
+    return sorted(name for _, name in socket.if_nameindex() if name.startswith(prefix))
+
+
 async def bridges(prefix: str) -> list[str]:
     """Bridges whose name starts with ``prefix``."""
-    if not any(name.startswith(prefix) for _, name in socket.if_nameindex()):
+    if not names(prefix):
         return []
     return [name for name in await _links(kind="bridge") if name.startswith(prefix)]
 
@@ -88,6 +111,21 @@ async def ensure_bridge(name: str) -> None:
     The CNI bridge plugin adopts an existing bridge of the same name and adds the gateway
     address on the first ADD.
     """
+    if not is_up(name):
+        await _create_up(name)
+    set_sysctl(("ipv4", "conf", name, "route_localnet"), "1")
+    # Environments are IPv4 only, and the host's iptables fences are IPv4 rules: with IPv6 on the
+    # bridge, a container would reach host services listening on [::] through the bridge's
+    # link-local address. Without it, the host's IPv6 stack drops whatever arrives on the bridge.
+    if PROC_SYS.joinpath("ipv6", "conf", name).exists():
+        set_sysctl(("ipv6", "conf", name, "disable_ipv6"), "1")
+
+
+async def _create_up(name: str) -> None:
+    """Create the bridge unless it exists, and bring it up."""
+    from pyroute2 import AsyncIPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     async with AsyncIPRoute() as ipr:
         if not exists(name):
             try:
@@ -99,18 +137,15 @@ async def ensure_bridge(name: str) -> None:
             await ipr.link("set", ifname=name, state="up")
         except NetlinkError as err:
             raise Internal(f"cannot bring bridge {name} up: {err}") from err
-    set_sysctl(("ipv4", "conf", name, "route_localnet"), "1")
-    # Environments are IPv4 only, and the host's iptables fences are IPv4 rules: with IPv6 on the
-    # bridge, a container would reach host services listening on [::] through the bridge's
-    # link-local address. Without it, the host's IPv6 stack drops whatever arrives on the bridge.
-    if PROC_SYS.joinpath("ipv6", "conf", name).exists():
-        set_sysctl(("ipv6", "conf", name, "disable_ipv6"), "1")
 
 
 async def delete_link(name: str) -> None:
     """Delete an interface; a missing one is fine."""
     if not exists(name):
         return
+    from pyroute2 import AsyncIPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     async with AsyncIPRoute() as ipr:
         try:
             await ipr.link("del", ifname=name)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from scheduler.domain import Event, EventType
 from scheduler.errors import OutOfRange
-from scheduler.storage.events import DEFAULT_KEEP, EventLog
+from scheduler.storage.events import DEFAULT_KEEP, EventLog, StoredEvent
 
 
 class _Subscriber:
@@ -33,7 +33,7 @@ class EventBus:
         self._capacity = capacity
         self._subscribers: set[_Subscriber] = set()
         self._log = log
-        self._kept: collections.deque[Event] = collections.deque(log.recent() if log else (), maxlen=keep)
+        self._kept: collections.deque[Event | StoredEvent] = collections.deque(log.recent() if log else (), maxlen=keep)
         self._last = self._kept[-1].sequence if self._kept else 0
 
     @property
@@ -81,7 +81,11 @@ class EventBus:
                 oldest_sequence=str(oldest),
                 latest_sequence=str(self._last),
             )
-        return [e for e in self._kept if e.sequence > since and (not environment or e.environment == environment)]
+        return [
+            e if isinstance(e, Event) else e.event()
+            for e in self._kept
+            if e.sequence > since and (not environment or e.environment == environment)
+        ]
 
     async def subscribe(self, environment: str = "", since: int | None = None) -> AsyncGenerator[Event]:
         """Yield events (of one environment, or all), replaying those after ``since`` first.

@@ -236,6 +236,8 @@ class Ledger:
             if current is None:
                 return None
             updated = replace(current, **changes)
+            if updated == current:
+                return None  # nothing to write (a restart adopting a container as it was)
             containers = tuple(updated if c.container_id == container_id else c for c in env.containers)
             return replace(env, containers=containers, updated_at=now())
 

@@ -61,7 +61,7 @@ class OrchestratorSettings:
     sleep_keeps_tasks: bool = False
     """A sleeping environment's containers keep a created, unstarted task (see ``sleep.py``)."""
     deploy_concurrency: int = 0
-    """Deploys and updates admitted at once; 0: from twice the CPUs, growing to eight per CPU."""
+    """Deploys and updates admitted at once; 0: from twice the CPUs, growing to 32 per CPU."""
     admission_hold: float = 60.0
     """Seconds an admitted deploy holds its slot at most before the next one is admitted anyway."""
 
@@ -188,11 +188,11 @@ class Steps:
                 await self._prestart(env.name, service.name, cid)
             attachment = await attaching
         except errors.SchedulerError as err:
-            await asyncio.shield(self._abandon(env.name, cid, attaching, created))
+            await asyncio.shield(self._abandon(env.name, cid, attaching, created, prestart))
             await self._failed_replica(env.name, service.name, index, cid, err)
             raise DeployFailure(service.name, "CreateFailed", f"service {service.name}: {err.message}") from err
         except BaseException:
-            await asyncio.shield(self._abandon(env.name, cid, attaching, created))
+            await asyncio.shield(self._abandon(env.name, cid, attaching, created, prestart))
             raise
         await self._record(
             env.name,
@@ -211,17 +211,30 @@ class Steps:
             await asyncio.shield(network)
         return await self._network.attach(env, cid, hostname=hostname, aliases=(service,))
 
-    async def _abandon(self, env: str, cid: str, attaching: asyncio.Future[Attachment] | None, created: bool) -> None:
-        """After a failed preparation: stop the attach; a container never created leaves no namespace behind."""
+    async def _abandon(
+        self, env: str, cid: str, attaching: asyncio.Future[Attachment] | None, created: bool, prestart: bool
+    ) -> None:
+        """After a failed preparation: stop the attach; leave no task that never ran, no namespace of no container."""
         if attaching is not None:
             attaching.cancel()
             await asyncio.gather(attaching, return_exceptions=True)
         if created:
-            return  # the container holds the namespace; removing the container detaches it
+            # The container holds the namespace (removing the container detaches it).
+            if prestart:
+                await self._unprestart(cid)
+            return
         try:
             await self._network.detach(env, cid)
         except errors.SchedulerError as err:
             _log.warning("deploy.detach_failed", env=env, container=cid, error=err.message)
+
+    async def _unprestart(self, cid: str) -> None:
+        """Delete a task set up ahead that will not run now (its exit is expected, not a crash)."""
+        self.expected_exits.add(cid)
+        try:
+            await self._runtime.cancel_start(cid)
+        except errors.SchedulerError as err:
+            _log.warning("deploy.cancel_start_failed", container=cid, error=err.message)
 
     async def _prestart(self, env: str, service: str, cid: str) -> None:
         """Create the task ahead of its start; a failure here is left to the start, which tries again."""

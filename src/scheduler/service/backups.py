@@ -45,9 +45,18 @@ class BackupCases:
         return self._backups
 
     async def backup(self, name: str) -> BackupInfo:
-        """Archive an environment: spec, history, volumes, database dumps."""
+        """Archive an environment: spec, history, volumes, database dumps.
+
+        Raises:
+            FailedPrecondition: reason ``WRONG_NODE``, another fleet node runs it (its volumes are there).
+        """
         check_name(name)
-        return await self._archives().backup(name)
+        archives = self._archives()
+        if self._fleet is not None:
+            await self._fleet.check_local(
+                await self._ledger.get(name), "back it up through that node, where its volumes are"
+            )
+        return await archives.backup(name)
 
     async def backups(self, name: str) -> builtins.list[BackupInfo]:
         """Archives of an environment (which may have been deleted since), newest first."""

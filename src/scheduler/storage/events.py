@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -25,10 +26,29 @@ DEFAULT_KEEP = 10_000
 """Events kept: about a day of a busy host's deploys, restarts and health changes."""
 
 
+class StoredEvent:
+    """A kept event as read back at start: its sequence and environment, the rest decoded on replay.
+
+    A log holds up to ``DEFAULT_KEEP`` events and a restart reads them all, while a watcher that
+    resumes replays a few: decoding every one at start cost the daemon start-up time and memory.
+    """
+
+    __slots__ = ("_document", "environment", "sequence")
+
+    def __init__(self, sequence: int, environment: str, document: str) -> None:
+        self.sequence = sequence
+        self.environment = environment
+        self._document = document
+
+    def event(self) -> Event:
+        """The event itself."""
+        return from_json(self._document, Event)
+
+
 class EventLog(Protocol):
     """Where published events are kept for replay."""
 
-    def recent(self) -> list[Event]:
+    def recent(self) -> Sequence[Event | StoredEvent]:
         """The kept events, oldest first."""
         ...
 
@@ -62,13 +82,14 @@ class SqliteEventLog:
             raise Unavailable(f"cannot open the event log {str(path)!r}: {err}") from err
         return db
 
-    def recent(self) -> list[Event]:
-        """The kept events, oldest first."""
+    def recent(self) -> list[StoredEvent]:
+        """The kept events, oldest first (decoded when replayed)."""
 
-        def run() -> list[str]:
-            return [row[0] for row in self._db.execute("SELECT doc FROM events ORDER BY seq")]
+        def run() -> list[StoredEvent]:
+            rows = self._db.execute("SELECT seq, json_extract(doc, '$.environment'), doc FROM events ORDER BY seq")
+            return [StoredEvent(seq, environment or "", doc) for seq, environment, doc in rows]
 
-        return [from_json(doc, Event) for doc in self._executor.submit(run).result()]
+        return self._executor.submit(run).result()
 
     def append(self, event: Event) -> None:
         """Queue the write; a failed write loses one event from the replay log, never the daemon."""

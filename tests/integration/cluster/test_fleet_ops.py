@@ -9,6 +9,7 @@ partition would, while n0 and the clients still reach it.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,9 +70,13 @@ def test_a_node_cut_off_from_etcd_stops_its_tasks_and_resumes_what_stayed_its_ow
 
     # Cut off, n1 stops its tasks once its lease must have lapsed, before n0 runs the roamer.
     partition(fleet, 1, cut=True)
+    cut_at = time.monotonic()
     try:
         wait_until(lambda: n1.workload() == {"pinned": (1, 0), "roamer": (1, 0)}, "n1 stopped its tasks", 60)
+        fenced_after = time.monotonic() - cut_at
         envs = wait_until(lambda: running(stub, ["roamer"], {"n0"}), "the roamer runs on n0", 90)
+        moved_after = time.monotonic() - cut_at
+        print(f"\ncut off: tasks stopped after {fenced_after:.1f} s, moved one running after {moved_after:.1f} s")
         assert fetch(url(envs["roamer"], 8080)) == "hello from roamer"
         assert n1.workload()["roamer"] == (1, 0)  # nothing runs twice
         assert all_envs(stub)["pinned"].node == "n1"  # only n1 has its label: it stays placed there
@@ -168,6 +173,10 @@ def test_operations_asked_of_a_node_that_does_not_run_the_environment(fleet: Fle
     stub0.CreateEnvironment(pb.CreateEnvironmentRequest(name="plain", spec=plain), timeout=30)
     owner = wait_until(lambda: running(stub0, ["plain"], {"n0", "n1"}), "plain runs", 120)["plain"].node
     other = fleet.node({"n0": "n1", "n1": "n0"}[owner])
+    with pytest.raises(grpc.RpcError) as elsewhere:
+        other.stub().BackupEnvironment(pb.BackupEnvironmentRequest(name="plain"), timeout=30)
+    assert elsewhere.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"runs on node '{owner}'" in (elsewhere.value.details() or "")
     backup = fleet.node(owner).stub().BackupEnvironment(pb.BackupEnvironmentRequest(name="plain"), timeout=120)
     restored = other.stub().RestoreEnvironment(
         pb.RestoreEnvironmentRequest(backup=backup.id, name="plain-back"), timeout=180

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scheduler import domain
 from scheduler.domain import ContainerState, ContainerStatus, Environment, EnvironmentSpec, EnvironmentStatus
 from scheduler.metrics.collector import StateCollector, read_net_dev
+from scheduler.metrics.export import registry_of
 from scheduler.metrics.recorder import Recorder, split_method
 from scheduler.storage.memory import MemoryStateStore
 
@@ -66,8 +67,7 @@ async def test_a_reading_is_reused_within_the_interval_and_labels_name_the_repli
     runtime = CountingRuntime()
     now = [100.0]
     collector = StateCollector(store, runtime, interval=5.0, clock=lambda: now[0])  # type: ignore[arg-type]
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_of(Recorder(), collector)
 
     for _ in range(3):
         await collector.refresh()
@@ -93,8 +93,8 @@ def test_recorder_labels_rpcs_by_service_method_and_code() -> None:
         "scheduler.v1.SchedulerService",
         "GetEnvironment",
     )
-    registry = CollectorRegistry()
-    recorder = Recorder(registry)
+    recorder = Recorder()
+    registry = registry_of(recorder, StateCollector(MemoryStateStore(), CountingRuntime(), interval=5.0))  # type: ignore[arg-type]
     recorder.rpc_started("/scheduler.v1.SchedulerService/WatchEvents", "server_stream")
     recorder.rpc_started("/scheduler.v1.SchedulerService/GetEnvironment", "unary")
     recorder.rpc_finished("/scheduler.v1.SchedulerService/GetEnvironment", "unary", "NOT_FOUND", 0.01)
@@ -116,3 +116,24 @@ def test_recorder_labels_rpcs_by_service_method_and_code() -> None:
     assert got[("scheduler_image_pull_duration_seconds_count", ())] == 1
     assert got[("scheduler_containerd_request_errors_total", (("code", "NOT_FOUND"), ("method", "Tasks.Kill")))] == 1
     assert ("scheduler_containerd_request_errors_total", (("code", "OK"), ("method", "Tasks.Start"))) not in got
+
+
+def test_recorded_series_expose_as_the_client_librarys_own_counters_and_histograms() -> None:
+    from prometheus_client import Counter, Histogram
+
+    from scheduler.metrics.recorder import LATENCY_BUCKETS
+
+    recorder = Recorder()
+    theirs = CollectorRegistry()
+    histogram = Histogram(
+        "scheduler_containerd_request_duration_seconds", "d", ["method"], buckets=LATENCY_BUCKETS, registry=theirs
+    )
+    counter = Counter("scheduler_containerd_request_errors_total", "e", ["method", "code"], registry=theirs)
+    for seconds in (0.0005, 0.001, 0.02, 0.02, 3.0, 50.0):
+        recorder.containerd_call("Tasks.Kill", seconds, "NOT_FOUND")
+        histogram.labels("Tasks.Kill").observe(seconds)
+        counter.labels("Tasks.Kill", "NOT_FOUND").inc()
+    ours = values(registry_of(recorder, StateCollector(MemoryStateStore(), CountingRuntime(), interval=5.0)))  # type: ignore[arg-type]
+    wanted = {key: value for key, value in values(theirs).items() if not key[0].endswith("_created")}
+    assert len(wanted) == len(LATENCY_BUCKETS) + 1 + 2 + 1  # buckets with +Inf, sum and count, the counter
+    assert {key: ours.get(key) for key in wanted} == wanted

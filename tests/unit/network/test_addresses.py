@@ -95,3 +95,11 @@ def test_smallest_subnet_still_has_vips_and_reports_exhaustion() -> None:
     assert list(map(str, plan.vip_candidates())) == ["10.0.0.30", "10.0.0.29", "10.0.0.28"]
     with pytest.raises(FailedPrecondition, match="no free service address"):
         plan.allocate_vip(["10.0.0.30", "10.0.0.29", "10.0.0.28"])
+
+
+def test_carve_skips_the_subnet_holding_a_narrower_network_and_every_one_in_a_wider_route() -> None:
+    narrow = [HostRoute(net("10.88.0.7/32"), "eth1")]
+    taken = [net("10.88.1.64/26")]
+    assert carve_subnet(net("10.88.0.0/16"), 24, taken, narrow, "sch-") == net("10.88.2.0/24")
+    wide = [HostRoute(net("10.88.0.0/17"), "eth1")]
+    assert carve_subnet(net("10.88.0.0/16"), 24, [], wide, "sch-") == net("10.88.128.0/24")

@@ -80,21 +80,12 @@ def test_the_default_limit_follows_the_cpus_and_a_configured_one_is_fixed() -> N
     fixed = for_host(3, hold=10)
     assert (fixed.limit, fixed.ceiling) == (3, 3)
     auto = for_host(0, hold=10)
-    assert auto.limit >= 2 and auto.ceiling == 4 * auto.limit
+    assert auto.limit >= 2 and auto.ceiling == 16 * auto.limit and auto.growth == 2
 
 
 async def test_the_limit_grows_as_deploys_end_and_starts_low_again_when_idle() -> None:
     admission = Admission(2, hold=60, ceiling=4)
-    gates = [asyncio.Event() for _ in range(8)]
-    inside: set[int] = set()
-
-    async def deploy(n: int) -> None:
-        async with admission.slot():
-            inside.add(n)
-            await gates[n].wait()
-            inside.discard(n)
-
-    tasks = [asyncio.create_task(deploy(n)) for n in range(8)]
+    gates, inside, tasks = _gated(admission, 8)
     await asyncio.sleep(0.01)
     assert inside == {0, 1}
     gates[0].set()  # one ends: the limit grows to 3, so two more come in
@@ -141,3 +132,34 @@ async def test_the_queue_admits_deploys_but_never_holds_back_a_delete() -> None:
     async with asyncio.timeout(5):
         await queue.wait_idle("b")
     assert ran == ["a", "c", "b"]
+
+
+async def test_the_limit_grows_by_its_growth_and_stops_at_the_ceiling() -> None:
+    admission = Admission(2, hold=60, ceiling=5, growth=2)
+    gates, inside, tasks = _gated(admission, 8)
+    await asyncio.sleep(0.01)
+    assert inside == {0, 1}
+    gates[0].set()  # one ends: the limit grows by two, so three more come in
+    await asyncio.sleep(0.01)
+    assert admission.limit == 4 and inside == {1, 2, 3, 4}
+    gates[1].set()  # the next would make it 6: the ceiling holds it at 5
+    await asyncio.sleep(0.01)
+    assert admission.limit == 5 and inside == {2, 3, 4, 5, 6}
+    for gate in gates:
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert admission.limit == 2 and admission.active == 0
+
+
+def _gated(admission: Admission, count: int) -> tuple[list[asyncio.Event], set[int], list[asyncio.Task[None]]]:
+    """``count`` deploys, each holding its slot until its gate opens; ``inside`` holds those admitted."""
+    gates = [asyncio.Event() for _ in range(count)]
+    inside: set[int] = set()
+
+    async def deploy(n: int) -> None:
+        async with admission.slot():
+            inside.add(n)
+            await gates[n].wait()
+            inside.discard(n)
+
+    return gates, inside, [asyncio.create_task(deploy(n)) for n in range(count)]

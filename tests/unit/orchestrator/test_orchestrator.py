@@ -16,9 +16,10 @@ from scheduler.domain import (
     EventType,
     HealthCheck,
     HealthCheckKind,
+    PortSpec,
     RestartMode,
 )
-from scheduler.errors import Unavailable
+from scheduler.errors import AlreadyExists, Unavailable
 from tests.unit.orchestrator.test_supervisor import IMAGE, World, ms, service
 
 EXEC_CHECK = HealthCheck(HealthCheckKind.EXEC, command=("check",), interval=ms(10), timeout=ms(50), retries=2)
@@ -77,6 +78,30 @@ async def test_a_failed_start_fails_the_deploy_naming_the_service_and_stops_its_
     await world.orchestrator.wait_idle("shop")
     assert world.ledger.find("shop") is None
     assert leftovers(world, "shop") == []
+
+
+async def test_a_port_taken_fails_the_deploy_and_leaves_no_task_set_up_ahead(world: World) -> None:
+    # Every service prepares at once, its task included; a failure before a service's start
+    # (here its published port, once the other services' tasks are set up) must not leave them.
+    async def taken(env: str, service: str, container_port: int, **_: object) -> domain.Endpoint:
+        await world.until("tasks set up", lambda: len(world.runtime.calls_of("prepare_start")) >= 2)
+        raise AlreadyExists(f"port 8080 is published by environment other (service {service})")
+
+    world.network.publish = taken  # type: ignore[method-assign,assignment]
+    after_db = (Dependency("db", DependencyCondition.HEALTHY, deadline=ms(60_000)),)
+    web = replace(service("web", depends_on=after_db), ports=(PortSpec(80, publish=True, host_port=8080),))
+    spec = EnvironmentSpec(stack="toolbox", services=(service("db"), service("api", depends_on=after_db), web))
+    await world.ledger.create(Environment(name="shop", uid="u1", spec=spec))
+    world.orchestrator.submit_deploy("shop")
+    await world.orchestrator.wait_idle("shop")
+    env = await world.env("shop")
+    ready = next(c for c in env.conditions if c.type == "Ready")
+    assert (env.status, ready.service, ready.reason) == (EnvironmentStatus.FAILED, "web", "PortUnavailable")
+    prepared = {c[1] for c in world.runtime.calls_of("prepare_start")}
+    started = {c[1] for c in world.runtime.calls_of("start")}
+    cancelled = {c[1] for c in world.runtime.calls_of("cancel_start")}
+    assert len(prepared) >= 2 and prepared - started <= cancelled, (prepared, started, cancelled)
+    assert not any(world.runtime.containers[c].config.labels[labels.SERVICE] == "web" for c in started)
 
 
 async def test_a_delete_during_a_deploy_cancels_it_and_leaves_nothing(world: World) -> None:

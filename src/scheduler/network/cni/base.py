@@ -104,6 +104,8 @@ class CniBase:
         self._commits = GroupCommit(self._flush)
         self._rewrite = False
         """The next flush reads the kernel's chains first and rewrites them all."""
+        self._read_back = False
+        """The last flush was such a rewrite: a sweep right after it needs no second one."""
 
     # --- internals ------------------------------------------------------------------------
 
@@ -218,6 +220,7 @@ class CniBase:
         return self._commits.request()
 
     async def _flush(self) -> None:
+        read_back, self._read_back = self._rewrite, False
         if self._rewrite:
             self._rewrite = False
             saved = await self._ipt.save()
@@ -227,6 +230,7 @@ class CniBase:
         text, sequence = self._file.encode(self._state), self._file.next_sequence()
         await asyncio.to_thread(self._file.write, text, sequence)
         await self._sync()
+        self._read_back = read_back
 
     async def _sync(self) -> None:
         desired = iptables.render(

@@ -404,9 +404,12 @@ class CniNetwork(EnvironmentNetworks):
                 for path in self._netns_dir.iterdir():
                     if path.name not in containers and path.name not in self._pending | self._reserved:
                         await netns.remove(path)
-            for bridge in await links.bridges(self.names.iface_prefix):
-                if bridge not in bridges:
-                    await links.delete_link(bridge)
+            # Only our bridges carry the prefix: a netlink dump (to tell bridges from other
+            # links) is needed only when some prefixed name is not a kept environment's bridge.
+            if set(links.names(self.names.iface_prefix)) - bridges:
+                for bridge in await links.bridges(self.names.iface_prefix):
+                    if bridge not in bridges:
+                        await links.delete_link(bridge)
             for directory in subdirs(self._ipam_dir):
                 if directory.name not in bridges:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
@@ -417,8 +420,11 @@ class CniNetwork(EnvironmentNetworks):
             for directory in subdirs(self._etc_dir):
                 if directory.name not in bridges:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
-            if self._started:
+            # At start-up the sweep follows start()'s own rewrite, with nothing written since:
+            # a second read-back of every chain (iptables-save and -restore) would find the same.
+            if self._started and not self._read_back:
                 await self._resync()
+            self._read_back = False
 
 
 if TYPE_CHECKING:

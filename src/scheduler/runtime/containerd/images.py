@@ -16,9 +16,7 @@ import os
 import tarfile
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from scheduler import domain
 from scheduler.errors import (
@@ -46,7 +44,6 @@ from scheduler.runtime.containerd.manifests import (
     json_object,
     parse_manifest,
 )
-from scheduler.runtime.containerd.registry import RegistryClient, check_registry_host
 from scheduler.runtime.containerd.sources import (
     BlobSource,
     RegistrySource,
@@ -54,6 +51,12 @@ from scheduler.runtime.containerd.sources import (
     plan_oci,
 )
 from scheduler.runtime.containerd.unpack import Unpacker
+
+if TYPE_CHECKING:
+    import httpx
+
+# The registry client (and httpx with it) is imported by the first pull that needs the network:
+# a daemon that only runs local or preloaded images never loads it (a faster start, less memory).
 
 # ---------------------------------------------------------------------------------------------
 # The service
@@ -127,6 +130,8 @@ class ImageService:
                         f"image {name} is not present and the pull policy is 'never': import or pull it",
                         image=name,
                     ) from err
+        from scheduler.runtime.containerd.registry import check_registry_host
+
         # Checked before any connection, so that a reference never probes an arbitrary host.
         await check_registry_host(parsed.domain, self.settings, name)
         # Concurrent pulls of one image share the work instead of racing on ingest refs.
@@ -256,6 +261,8 @@ class ImageService:
     # --- pull ---------------------------------------------------------------------------------
 
     async def _pull(self, ref: Reference, progress: ProgressCallback | None) -> domain.Image:
+        from scheduler.runtime.containerd.registry import RegistryClient
+
         async with RegistryClient(self.settings.registries, transport=self._transport) as registry:
             endpoint, root = await registry.resolve(ref)
             source = RegistrySource(registry, endpoint, ref)

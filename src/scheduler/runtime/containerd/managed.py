@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 from scheduler import log
 from scheduler.errors import InvalidArgument, SchedulerError, Unavailable
-from scheduler.runtime.containerd.client import ContainerdClient
 
 _logger = log.get("containerd.managed")
 _MAX_SOCKET_PATH = 107
@@ -75,12 +75,44 @@ class ManagedContainerd:
         self.log_path = self.base_dir / "containerd.log"
         self.pid: int | None = None
         self.adopted = False
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         if len(str(self.socket)) > _MAX_SOCKET_PATH:
             raise InvalidArgument(
                 f"containerd socket path {self.socket} is longer than {_MAX_SOCKET_PATH} bytes: use a shorter data_dir",
                 field="data_dir",
             )
+
+    def launch(self) -> None:
+        """Take the containerd of a previous run if it still runs, else start one; do not wait for it.
+
+        Synchronous and without gRPC, so that the daemon can call it first and let containerd
+        start while it loads everything else; :meth:`start` then waits for it to serve.
+
+        Raises:
+            Unavailable: the binary cannot be run.
+        """
+        if self.pid is not None:
+            return
+        pid = self._recorded_pid()
+        if pid is not None and _alive(pid) and str(self.config_path) in _cmdline(pid):
+            self.pid, self.adopted = pid, True
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+        self._prepare_dirs()
+        with open(self.log_path, "ab") as log_handle:
+            try:
+                self._process = subprocess.Popen(
+                    [self.binary, "--config", str(self.config_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_handle,
+                    stderr=log_handle,
+                    start_new_session=True,
+                )
+            except OSError as err:
+                raise Unavailable(f"cannot run containerd binary {self.binary!r}: {err}") from err
+        self.pid, self.adopted = self._process.pid, False
+        self.pid_file.write_text(f"{self.pid}\n")
 
     async def start(self) -> Path:
         """Adopt the containerd of a previous run if it still serves, else start one; return the socket.
@@ -88,28 +120,17 @@ class ManagedContainerd:
         Raises:
             Unavailable: containerd exited or did not serve within ``start_timeout`` (its log tail is quoted).
         """
-        adopted = await self._adopt()
-        if adopted:
-            return self.socket
-        await asyncio.to_thread(self._prepare_dirs)
-        log_handle = open(self.log_path, "ab")  # noqa: ASYNC230 - a local file, opened once at start
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                self.binary,
-                "--config",
-                str(self.config_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_handle,
-                stderr=log_handle,
-                start_new_session=True,
-            )
-        except OSError as err:
-            raise Unavailable(f"cannot run containerd binary {self.binary!r}: {err}") from err
-        finally:
-            log_handle.close()
-        self.pid = self._process.pid
-        self.adopted = False
-        self.pid_file.write_text(f"{self.pid}\n")
+        self.launch()
+        if self.adopted:
+            try:
+                await self._wait_serving()
+            except Unavailable:
+                _logger.warning("managed containerd from a previous run does not serve; replacing it", pid=self.pid)
+                await self.stop()
+                self.launch()
+            else:
+                _logger.info("adopted managed containerd", pid=self.pid, socket=str(self.socket))
+                return self.socket
         try:
             await self._wait_serving()
         except BaseException:
@@ -138,19 +159,17 @@ class ManagedContainerd:
         _logger.info("managed containerd stopped", pid=pid)
 
     async def _wait_exit(self, pid: int, timeout: float) -> bool:  # noqa: ASYNC109 - a plain bound
-        if self._process is not None and self._process.pid == pid:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._process.wait()
-                return True
-            except TimeoutError:
-                return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not self._running_pid(pid):
                 return True
             await asyncio.sleep(0.05)
-        return not _alive(pid)
+        return not self._running_pid(pid)
+
+    def _running_pid(self, pid: int) -> bool:
+        if self._process is not None and self._process.pid == pid:
+            return self._process.poll() is None  # reaps our child
+        return _alive(pid)
 
     def _prepare_dirs(self) -> None:
         for sub in ("root", "state", "opt"):
@@ -164,26 +183,6 @@ class ManagedContainerd:
         except (OSError, ValueError):
             return None
 
-    async def _adopt(self) -> bool:
-        pid = self._recorded_pid()
-        if pid is None:
-            return False
-        ours = _alive(pid) and str(self.config_path) in _cmdline(pid)
-        if not ours:
-            with contextlib.suppress(FileNotFoundError):
-                self.pid_file.unlink()
-            return False
-        self.pid = pid
-        self.adopted = True
-        try:
-            await self._wait_serving()
-        except Unavailable:
-            _logger.warning("managed containerd from a previous run does not serve; replacing it", pid=pid)
-            await self.stop()
-            return False
-        _logger.info("adopted managed containerd", pid=pid, socket=str(self.socket))
-        return True
-
     async def _wait_serving(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         last = "no socket yet"
@@ -191,6 +190,9 @@ class ManagedContainerd:
             if self.pid is None or not self._running():
                 raise Unavailable(f"managed containerd exited during start-up: {self._log_tail()}")
             if self.socket.exists():
+                # Imported here: launch() must not wait for the gRPC stubs to load.
+                from scheduler.runtime.containerd.client import ContainerdClient
+
                 try:
                     client = await ContainerdClient.connect(str(self.socket), "default", connect_timeout=1.0)
                 except SchedulerError as err:
@@ -205,9 +207,7 @@ class ManagedContainerd:
         )
 
     def _running(self) -> bool:
-        if self._process is not None:
-            return self._process.returncode is None
-        return self.pid is not None and _alive(self.pid)
+        return self.pid is not None and self._running_pid(self.pid)
 
     def _log_tail(self, size: int = 2000) -> str:
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scheduler import domain
+from scheduler.errors import NotFound
 from scheduler.runtime.base import ContainerRuntime, ProgressCallback
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd import orphans as orphans_of
@@ -58,6 +59,7 @@ class ContainerdRuntime:
         self.tasks = TaskManager(client, self.containers, work_dir=str(self.state_dir))
         self._image_settings = images
         self._images: ImageService | None = None
+        self._preload: asyncio.Future[None] | None = None
 
     @classmethod
     async def connect(
@@ -99,11 +101,31 @@ class ContainerdRuntime:
             self._images = ImageService(self.client, self._image_settings, self.snapshotter)
         return self._images
 
+    def preloading(self, task: asyncio.Future[None]) -> None:
+        """Image archives are imported by ``task``: an image missing meanwhile waits for it first."""
+        self._preload = task
+
     async def ensure_image(
         self, ref: str, policy: domain.PullPolicy, progress: ProgressCallback | None = None
     ) -> domain.Image:
-        """Make ``ref`` available and unpacked according to ``policy``."""
-        return await self.image_service().ensure_image(ref, policy, progress)
+        """Make ``ref`` available and unpacked according to ``policy``.
+
+        While the preload runs, an image that is not present yet is looked for again once it is
+        done, before the policy pulls it or calls it missing (the preload's own lookups never wait).
+        """
+        images = self.image_service()
+        preload = self._preload
+        if (
+            preload is not None
+            and not preload.done()
+            and policy is not domain.PullPolicy.ALWAYS
+            and asyncio.current_task() is not preload
+        ):
+            try:
+                return await images.ensure_image(ref, domain.PullPolicy.NEVER, progress)
+            except NotFound:
+                await asyncio.wait([preload])
+        return await images.ensure_image(ref, policy, progress)
 
     async def import_archive(self, path: Path) -> builtins.list[domain.Image]:
         """Import an OCI or docker-archive tarball; return its images, unpacked."""
@@ -225,7 +247,9 @@ class ContainerdRuntime:
         """
         listed = await self.client.tasks.list(tasks_pb.ListTasksRequest())
         known = {task.id for task in listed.tasks}
-        orphans = [s for s in orphans_of.shims(socket_path(socket), self.client.namespace) if s.task_id not in known]
+        # /proc is read in a thread: with hundreds of containers it holds a thousand processes.
+        running = await asyncio.to_thread(orphans_of.shims, socket_path(socket), self.client.namespace)
+        orphans = [s for s in running if s.task_id not in known]
         for shim in orphans:
             await asyncio.to_thread(orphans_of.end, shim)
         return [shim.task_id for shim in orphans]

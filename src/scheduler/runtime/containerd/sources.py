@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from scheduler.errors import (
     FailedPrecondition,
@@ -28,7 +28,9 @@ from scheduler.runtime.containerd.manifests import (
     LABEL_DISTRIBUTION_SOURCE,
     json_object,
 )
-from scheduler.runtime.containerd.registry import Endpoint, RegistryClient
+
+if TYPE_CHECKING:
+    from scheduler.runtime.containerd.registry import Endpoint, RegistryClient
 
 _CHUNK = 1 << 20
 

@@ -7,17 +7,22 @@ Tasks.Create blocks); its arguments are the URI's query as ``key value`` pairs (
 
 A Python process per container costs ~10 MB RSS (3.8 MB PSS), so the program does not stay:
 it passes fds 3 and 4 over a unix socket (SCM_RIGHTS) to the host's one shared writer
-(``serve``, started by the first task that finds none, in a session of its own), then execs
-``cat`` on that connection with SIGTERM ignored (~1 MB RSS, ~0.1 MB PSS). The shared writer
-closes the connection once both pipes reached end of file and were flushed, so the shim's
-SIGTERM on task delete still waits for the last lines, and the shim signals the PID it started.
-When no shared writer can take the pipes in time the program writes them itself, as before.
+(``serve``, started by the first task that finds none, in a session of its own), then execs a
+shell that waits on that connection with SIGTERM ignored (~1 MB RSS, ~0.1 MB PSS). The shared
+writer sends ``d`` and closes the connection once both pipes reached end of file and were
+flushed, so the shim's SIGTERM on task delete still waits for the last lines, and the shim
+signals the PID it started. When no shared writer can take the pipes in time the program writes
+them itself, as before.
+
+The waiting shell keeps fds 3 and 4 (the pipes' read ends) open, and a connection that ends
+without ``d`` means the shared writer died (killed, out of memory): the shell then execs this
+program again, which hands the same pipes to a new shared writer (starting one). What the
+container wrote meanwhile waits in the pipe (it blocks only if it fills the pipe's 64 KB before
+the new writer reads); only what the dead writer had read and not yet written is lost.
 
 Nothing here depends on the daemon: the shared writer keeps writing while it is down.
 The shared writer exits once its last stream has ended. It ends up under the first task's shim
 (a subreaper), so whoever ends a shim's descendants must spare it (:func:`is_shared_writer`).
-A shared writer that dies takes every container's pipe reader with it (their writes then fail),
-as a per-container writer's death did for its container.
 """
 
 from __future__ import annotations
@@ -50,7 +55,18 @@ HANDOVER_SECONDS = 3.0
 """How long a task's program tries to reach a shared writer before writing its pipes itself."""
 FIRST_CLIENT_SECONDS = 10.0
 """A shared writer that got no stream this long after it started exits."""
-WAITERS = ("/usr/bin/cat", "/bin/cat")
+WAITER = "/bin/sh"
+DONE = b"d"
+"""What the shared writer sends a task's waiter once that task's streams are flushed and closed."""
+REJOIN = "SCHEDULER_LOGGER_REJOIN"
+"""How many times the waiter ran the program again after a shared writer died (no readiness fd then)."""
+MAX_REJOINS = 3
+"""Hand-overs after that many deaths write the pipes in the task's own process instead: a bound, in
+case a writer ends connections without ``d`` for another reason (one of an older version)."""
+WAIT_SCRIPT = (
+    f'read -r done; [ "$done" = {DONE.decode()} ] || {{ export {REJOIN}=$((${{{REJOIN}:-0}} + 1)); exec "$@"; }}'
+)
+"""The waiter: end quietly when the writer says done; otherwise hand the pipes over again."""
 
 
 def run(
@@ -158,8 +174,17 @@ def _accept(pump: Pump, listener: socket.socket, served: list[int]) -> None:
         connection.close()
         return
     kept = connection.detach()
-    pump.add(Group(writers, on_end=lambda: os.close(kept)))
+    pump.add(Group(writers, on_end=lambda: _release(kept)))
     served[0] += 1
+
+
+def _release(connection: int) -> None:
+    """Tell a task's waiter its streams are flushed and closed (it then exits), and close."""
+    try:
+        os.write(connection, DONE)
+    except OSError:
+        pass  # the waiter is gone (its task was killed)
+    os.close(connection)
 
 
 # --- the program the shim starts -----------------------------------------------------------
@@ -236,26 +261,29 @@ def is_shared_writer(args: list[str]) -> bool:
     return len(args) >= 2 and args[-1] == "serve" and os.path.basename(args[-2]) == PROGRAM
 
 
-def wait_on(connection: int, directory: str) -> None:
-    """Become a tiny process that ends when the shared writer closes ``connection``.
+def wait_on(connection: int, script: str, argv: list[str], directory: str, ready_fd: int) -> None:
+    """Become a tiny process that ends when the shared writer says the task's streams are done.
 
     SIGTERM (the shim's, on task delete) is ignored so that the shim's wait for this process
-    covers the writer's drain; an ignored signal stays ignored across exec.
+    covers the writer's drain; an ignored signal stays ignored across exec. The pipes (fds 3
+    and 4) stay open here, for a new writer if this one dies (see the module docstring).
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.close(STDOUT_FD)
-    os.close(STDERR_FD)
     os.dup2(connection, 0)
     os.close(connection)
     os.set_blocking(0, True)  # a socket with a timeout is non-blocking underneath
     null = os.open("/dev/null", os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
-    os.close(READY_FD)
-    for waiter in WAITERS:
-        if os.access(waiter, os.X_OK):
-            os.execv(waiter, [f"{PROGRAM}-wait dir {directory}", "-"])
+    if ready_fd >= 0:
+        os.close(ready_fd)
+    again = [sys.executable, "-IS", script, *argv]
+    if os.access(WAITER, os.X_OK):
+        os.execv(WAITER, [f"{PROGRAM}-wait dir {directory}", "-c", WAIT_SCRIPT, f"{PROGRAM}-wait", *again])
+    if os.read(0, 1) != DONE:
+        os.environ[REJOIN] = str(int(os.environ.get(REJOIN, "0")) + 1)
+        os.execv(sys.executable, again)
     while os.read(0, 4096):
         pass
 
@@ -288,9 +316,12 @@ def main(argv: list[str], script: str) -> int:
     except ValueError as err:
         print(f"scheduler-logger: {err}", file=sys.stderr)
         return 2
-    connection = hand_over(script, argv, (STDOUT_FD, STDERR_FD))
+    # After the shared writer died, the waiter runs this again: the readiness fd is long gone.
+    rejoins = int(os.environ.get(REJOIN) or 0)
+    ready_fd = -1 if rejoins else READY_FD
+    connection = hand_over(script, argv, (STDOUT_FD, STDERR_FD)) if rejoins <= MAX_REJOINS else None
     if connection is not None:
-        wait_on(connection, directory)
+        wait_on(connection, script, argv, directory, ready_fd)
         return 0
-    run(directory, {STDOUT_FD: STREAMS[0], STDERR_FD: STREAMS[1]}, max_bytes, max_files, ready_fd=READY_FD)
+    run(directory, {STDOUT_FD: STREAMS[0], STDERR_FD: STREAMS[1]}, max_bytes, max_files, ready_fd=ready_fd)
     return 0
