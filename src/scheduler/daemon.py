@@ -146,31 +146,53 @@ async def build(
         ledger = await Ledger.open(store)
         phases.mark("store")
 
-        socket = settings.containerd.socket
-        if managed is not None:
-            socket = str(await managed.start())
-        runtime = await ContainerdRuntime.connect(
-            socket,
-            namespace=settings.containerd.namespace,
-            state_dir=data_dir / "runtime",
-            snapshotter=settings.containerd.snapshotter,
-            runtime_name=settings.containerd.runtime,
-            images=image_options(settings.images),
-            call_timeout=settings.containerd.call_timeout,
+        net = settings.network
+        network_settings = CniSettings(
+            pool=net.pool,
+            subnet_prefix=net.subnet_prefix,
+            port_range=net.port_range,
+            host_ip=net.host_ip,
+            cni_bin_dir=Path(net.cni_bin_dir),
         )
-        stack.push_async_callback(runtime.close)
-        phases.mark("containerd")
-        # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
-        swept = await runtime.sweep_leases()
-        if swept:
-            _log.info("leases.swept", leases=swept)
-        # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
-        orphans = await runtime.sweep_orphan_shims(socket)
-        if orphans:
-            _log.info("shims.swept", tasks=orphans)
+        network = CniNetwork(data_dir / "network", network_settings, instance=net.instance)
+
+        async def containerd_up() -> ContainerdRuntime:
+            socket = settings.containerd.socket
+            if managed is not None:
+                socket = str(await managed.start())
+            runtime = await ContainerdRuntime.connect(
+                socket,
+                namespace=settings.containerd.namespace,
+                state_dir=data_dir / "runtime",
+                snapshotter=settings.containerd.snapshotter,
+                runtime_name=settings.containerd.runtime,
+                images=image_options(settings.images),
+                call_timeout=settings.containerd.call_timeout,
+            )
+            stack.push_async_callback(runtime.close)
+            # Nothing of ours runs yet: any lease of ours is a killed predecessor's, pinning content.
+            swept = await runtime.sweep_leases()
+            if swept:
+                _log.info("leases.swept", leases=swept)
+            # Likewise a shim whose task containerd never recorded (a create cut short by a kill).
+            orphans = await runtime.sweep_orphan_shims(socket)
+            if orphans:
+                _log.info("shims.swept", tasks=orphans)
+            return runtime
+
+        async def network_up() -> None:
+            await network.start()
+            stack.push_async_callback(network.close)
+
+        # containerd (its start, the sweeps) and the network's start (bridges, iptables) wait on
+        # different things, and neither needs the other: side by side.
+        async with asyncio.TaskGroup() as group:
+            connecting = group.create_task(containerd_up())
+            group.create_task(network_up())
+        runtime = connecting.result()
         recorder = Recorder()
         runtime.client.call_observer = recorder.containerd_call
-        phases.mark("sweeps")
+        phases.mark("containerd_network")
         # Image archives are imported after the API serves; a deploy that needs one of their images
         # meanwhile (a resumed one included) waits for the import in ensure_image.
         archives = [Path(p) for p in settings.images.preload]
@@ -181,19 +203,6 @@ async def build(
         )
         runtime.preloading(preloading)
         stack.push_async_callback(_cancel, preloading)
-
-        net = settings.network
-        network_settings = CniSettings(
-            pool=net.pool,
-            subnet_prefix=net.subnet_prefix,
-            port_range=net.port_range,
-            host_ip=net.host_ip,
-            cni_bin_dir=Path(net.cni_bin_dir),
-        )
-        network = CniNetwork(data_dir / "network", network_settings, instance=net.instance)
-        await network.start()
-        stack.push_async_callback(network.close)
-        phases.mark("network")
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         event_log: EventLog

@@ -260,8 +260,9 @@ def node_config(i: int, fleet: Fleet, archives: list[Path], cluster: dict[str, A
             "etcd": {"endpoints": list(fleet.etcd.endpoints), "prefix": fleet.prefix},
             "node": node,
             # Short enough for a quick failover, long enough that a busy shared CI machine does not
-            # miss keep-alives and move environments off a node that is fine.
-            "lease_ttl": 4,
+            # miss keep-alives and move environments off a node that is fine, nor loses them while
+            # etcd elects a new leader (with 4 s, nodes lost theirs at a load average of 150).
+            "lease_ttl": 8,
             "failover_grace": 2.0,
             "backup_dir": str(fleet.backup_dir),
             **cluster,

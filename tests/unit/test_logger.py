@@ -408,3 +408,50 @@ def test_a_killed_shared_writer_is_replaced_and_what_the_task_writes_meanwhile_a
         assert not _writers_in(tmp_path / "bin")
     finally:
         _end(tmp_path / "bin", [(pid, out_w, err_w, ready_r)])
+
+
+def test_a_writer_that_ends_every_connection_without_done_gets_a_bounded_number_of_hand_overs(
+    tmp_path: Path,
+) -> None:
+    import array
+    import fcntl
+    import socket
+
+    from scheduler.runtime.logger import host
+
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    # A "writer" that holds the lock, takes the pipes and hangs up without saying done (as one of
+    # an older version did when a task ended): the waiter must not hand them over forever.
+    lock = os.open(tmp_path / "bin" / host.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "bin" / host.SOCKET_NAME))
+    listener.listen(8)
+    listener.settimeout(20)
+    directory = tmp_path / "logs"
+    pid, out_w, err_w, ready_r = _spawn(launcher, directory)
+    accepted = 0
+    try:
+        os.write(out_w, b"kept\n")
+        with contextlib.suppress(TimeoutError):
+            while accepted <= host.MAX_REJOINS + 1:
+                connection, _ = listener.accept()
+                _, ancillary, _, _ = connection.recvmsg(8192, socket.CMSG_SPACE(2 * 4))
+                for *_, payload in ancillary:
+                    for fd in array.array("i", payload[: len(payload) - len(payload) % 4]):
+                        os.close(fd)
+                connection.sendall(b"k")
+                connection.close()
+                accepted += 1
+                listener.settimeout(3)
+        assert accepted == host.MAX_REJOINS + 1
+        # Then the task writes its pipes itself, as when no writer takes them.
+        deadline = time.monotonic() + 10
+        while not (directory / "stdout.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [t for _, _, t in _records(directory, "stdout")] == [b"kept"]
+    finally:
+        listener.close()
+        os.close(lock)
+        _end(tmp_path / "bin", [(pid, out_w, err_w, ready_r)])

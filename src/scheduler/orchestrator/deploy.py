@@ -133,10 +133,11 @@ class Deploy(Steps):
                     group.create_task(self._bring_up_service(env, service, milestones, network))
                     for service in env.spec.services
                 ]
-        except* DeployFailure as failures:
-            raise _first(failures) from None
-        except* Exception as crashes:
-            raise _first(crashes) from None
+        except ExceptionGroup as group:
+            # Not ``except*``: before Python 3.11.4 (Debian's is 3.11.2) what an ``except*`` clause
+            # raises comes out wrapped in another ExceptionGroup, and a failed start looked like a crash.
+            failures, _ = group.split(DeployFailure)
+            raise _first(failures if failures is not None else group) from None
         finally:
             network.cancel()
             await asyncio.gather(network, return_exceptions=True)

@@ -215,6 +215,8 @@ def leader_killed(fleet: Fleet, target: str) -> None:
     nothing moved, and the member rejoins."""
     stubs = [node.stub() for node in fleet.nodes]
     placed = {name: env.node for name, env in all_envs(stubs[0]).items()}
+    before = workload(fleet)
+    lapsed = [node.daemon.log().count("node.lease_lost") for node in fleet.nodes]
     traffic = Traffic(stubs, target)
     caller = threading.Thread(target=traffic.run, daemon=True)
     caller.start()
@@ -241,6 +243,9 @@ def leader_killed(fleet: Fleet, target: str) -> None:
     missing = [n for _, n in traffic.acked if env.spec.labels.get(f"w{n}") != str(n)]
     assert missing == [], f"acknowledged writes lost: {missing}"
     assert {name: e.node for name, e in all_envs(stubs[2]).items()} == placed  # nothing moved
+    # No node lost its lease meanwhile (it would have fenced itself), nothing stopped or doubled.
+    assert [node.daemon.log().count("node.lease_lost") for node in fleet.nodes] == lapsed
+    assert workload(fleet) == before
 
     fleet.etcd.restart(member)
     revision = int(

@@ -247,7 +247,9 @@ class ContainerdRuntime:
         """
         listed = await self.client.tasks.list(tasks_pb.ListTasksRequest())
         known = {task.id for task in listed.tasks}
-        orphans = [s for s in orphans_of.shims(socket_path(socket), self.client.namespace) if s.task_id not in known]
+        # /proc is read in a thread: with hundreds of containers it holds a thousand processes.
+        running = await asyncio.to_thread(orphans_of.shims, socket_path(socket), self.client.namespace)
+        orphans = [s for s in running if s.task_id not in known]
         for shim in orphans:
             await asyncio.to_thread(orphans_of.end, shim)
         return [shim.task_id for shim in orphans]

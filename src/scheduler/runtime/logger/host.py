@@ -59,8 +59,13 @@ WAITER = "/bin/sh"
 DONE = b"d"
 """What the shared writer sends a task's waiter once that task's streams are flushed and closed."""
 REJOIN = "SCHEDULER_LOGGER_REJOIN"
-"""Set when the waiter runs the program again after the shared writer died (no readiness fd then)."""
-WAIT_SCRIPT = f'read -r done; [ "$done" = {DONE.decode()} ] || {{ export {REJOIN}=1; exec "$@"; }}'
+"""How many times the waiter ran the program again after a shared writer died (no readiness fd then)."""
+MAX_REJOINS = 3
+"""Hand-overs after that many deaths write the pipes in the task's own process instead: a bound, in
+case a writer ends connections without ``d`` for another reason (one of an older version)."""
+WAIT_SCRIPT = (
+    f'read -r done; [ "$done" = {DONE.decode()} ] || {{ export {REJOIN}=$((${{{REJOIN}:-0}} + 1)); exec "$@"; }}'
+)
 """The waiter: end quietly when the writer says done; otherwise hand the pipes over again."""
 
 
@@ -277,7 +282,7 @@ def wait_on(connection: int, script: str, argv: list[str], directory: str, ready
     if os.access(WAITER, os.X_OK):
         os.execv(WAITER, [f"{PROGRAM}-wait dir {directory}", "-c", WAIT_SCRIPT, f"{PROGRAM}-wait", *again])
     if os.read(0, 1) != DONE:
-        os.environ[REJOIN] = "1"
+        os.environ[REJOIN] = str(int(os.environ.get(REJOIN, "0")) + 1)
         os.execv(sys.executable, again)
     while os.read(0, 4096):
         pass
@@ -312,8 +317,9 @@ def main(argv: list[str], script: str) -> int:
         print(f"scheduler-logger: {err}", file=sys.stderr)
         return 2
     # After the shared writer died, the waiter runs this again: the readiness fd is long gone.
-    ready_fd = -1 if os.environ.get(REJOIN) else READY_FD
-    connection = hand_over(script, argv, (STDOUT_FD, STDERR_FD))
+    rejoins = int(os.environ.get(REJOIN) or 0)
+    ready_fd = -1 if rejoins else READY_FD
+    connection = hand_over(script, argv, (STDOUT_FD, STDERR_FD)) if rejoins <= MAX_REJOINS else None
     if connection is not None:
         wait_on(connection, script, argv, directory, ready_fd)
         return 0

@@ -1,10 +1,10 @@
 """A lease kept alive in the background: what a node's registration or a leader's term hangs on.
 
-Keep-alives go over one LeaseKeepAlive stream every third of the TTL; when the member dies the
-stream is reopened on the next one. ``lost`` is set, and the keep-alives stop for good, when the
-cluster says the lease expired or when no keep-alive was answered for a whole TTL (the lease may
-have expired then, and whoever holds it must act as if it had). A lost lease is never revived:
-grant a new one.
+Keep-alives go over one LeaseKeepAlive stream every third of the TTL; when the member dies, or
+does not answer within that third, the stream is reopened on the next one. ``lost`` is set, and
+the keep-alives stop for good, when the cluster says the lease expired or when no keep-alive was
+answered for a whole TTL (the lease may have expired then, and whoever holds it must act as if
+it had). A lost lease is never revived: grant a new one.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ class Lease:
                 while True:
                     left = max(self.ttl - (loop.time() - answered), 0.1)
                     # One bound on the write and the read: either may hang on a member that died.
-                    async with asyncio.timeout(min(self.client.options.dial_timeout, left)):
+                    # No longer than the interval, so that a keep-alive stuck on a dead member
+                    # leaves time within the TTL to reach another one once they have a leader.
+                    async with asyncio.timeout(min(self.client.options.dial_timeout, self.interval, left)):
                         await call.write(pb.LeaseKeepAliveRequest(ID=self.id))
                         response = await call.read()
                     if response is grpc.aio.EOF:
