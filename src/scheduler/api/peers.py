@@ -145,6 +145,9 @@ class _End(asyncio.Protocol):
         self.other: _End | None = None
         self.ended = False
         """The peer half-closed: nothing more will arrive from it."""
+        self.early: list[bytes] = []
+        """Bytes read before the other end existed, written to it once it does: a paused transport
+        still reads on Python 3.11 before 3.11.3 (Debian's 3.11.2), until its first resume."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -154,6 +157,8 @@ class _End(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.other is not None and self.other.transport is not None:
             self.other.transport.write(data)
+        else:
+            self.early.append(data)
 
     def eof_received(self) -> bool:
         self.ended = True
@@ -211,6 +216,13 @@ class _Relay:
             if self._finished and self.backend.transport is not None:
                 self.backend.transport.close()
                 return
+            backend = self.backend.transport
+            if backend is not None:
+                for chunk in self.client.early:
+                    backend.write(chunk)
+                self.client.early.clear()
+                if self.client.ended and backend.can_write_eof():
+                    backend.write_eof()
         except OSError as err:
             _log.debug("unix.relay_ended", error=str(err))
             self.finish()

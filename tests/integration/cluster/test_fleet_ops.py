@@ -8,6 +8,7 @@ partition would, while n0 and the clients still reach it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -64,7 +65,11 @@ def test_a_node_cut_off_from_etcd_stops_its_tasks_and_resumes_what_stayed_its_ow
     stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="pinned", spec=on_ssd("pinned")), timeout=30)
     stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="roamer", spec=toolbox("roamer")), timeout=30)
     wait_until(lambda: running(stub, ["pinned", "roamer"], {"n1"}), "both run on n1", 120)
-    assert not stub.UndrainNode(pb.UndrainNodeRequest(node="n0"), timeout=10).draining
+    undrained = fleet.cli(1, "node", "undrain", "n0", "-o", "json")  # as a user would, through n1
+    assert undrained.returncode == 0, undrained.stderr
+    shown = json.loads(undrained.stdout)
+    assert shown["name"] == "n0" and not shown.get("draining"), shown
+    assert not stub.UndrainNode(pb.UndrainNodeRequest(node="n0"), timeout=10).draining  # again: no change
     assert [n.draining for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == [False, False]
     assert n1.workload() == {"pinned": (1, 1), "roamer": (1, 1)}
 
