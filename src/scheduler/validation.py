@@ -3,6 +3,9 @@
 Names are bounded so that everything derived from them fits its own limit: a container id
 ``<env>-<service>-<replica>`` must stay within containerd's 76 characters, hence at most 40
 characters for an environment and 32 for a service.
+
+One table of checks a little over 400 lines: each ``_check_*`` covers one part of the spec,
+and all of them must run together so every bad field is reported at once.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Deploy, rollout and teardown (each in its own module) are built from these steps and share
 nothing else: none of them imports another. Every status change goes through the ledger (one
 owner per environment), as a change applied to the current state.
+
+One class over 400 lines on purpose: its methods are the shared vocabulary of those
+operations and call each other (prepare, create, launch, health-gate, record, remove); split,
+each part would need the others' private state.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ Defaults and host-wide settings, on purpose:
 
 Known limits: IPv4 only; a container cannot reach another environment's published port
 through a host address either (that is cross-environment traffic and is dropped).
+
+Over 400 lines because a third of it is the description above of what the class does to the
+host, kept with the class; the parts live beside it (environments, links, iptables, netns,
+ports, state, commit), and this is only the ``NetworkManager`` surface that joins them.
 """
 
 from __future__ import annotations
