@@ -108,6 +108,7 @@ class ManagedContainerd:
                     stdout=log_handle,
                     stderr=log_handle,
                     start_new_session=True,
+                    env=_child_environment(),
                 )
             except OSError as err:
                 raise Unavailable(f"cannot run containerd binary {self.binary!r}: {err}") from err
@@ -215,3 +216,15 @@ class ManagedContainerd:
         except OSError:
             return "(no log)"
         return data.decode(errors="replace").strip() or "(empty log)"
+
+
+_SERVICE_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def _child_environment() -> dict[str, str]:
+    """The daemon's environment without what systemd gave the daemon itself.
+
+    containerd speaks sd_notify: handed ``NOTIFY_SOCKET`` it would report READY to systemd on the
+    daemon's behalf, and it may be launched before the daemon's notifier reads that variable.
+    """
+    return {k: v for k, v in os.environ.items() if k not in _SERVICE_MANAGER_VARIABLES}
