@@ -419,8 +419,10 @@ def test_deleting_during_a_deploy_cancels_it_and_leaves_nothing(
     assert deleted.status == pb.ENVIRONMENT_STATUS_DELETING
     started = time.monotonic()
     wait_gone(stub, "hasty")
-    # PostgreSQL gets its image's stop signal (SIGINT, fast shutdown), not SIGTERM and the 30 s grace.
-    assert time.monotonic() - started < 10
+    # PostgreSQL gets its image's stop signal (SIGINT, fast shutdown), not SIGTERM and its 30 s grace.
+    # A dependent caught starting, before its process installs a handler, ignores its signal (it is
+    # its pid namespace's init) and costs its own 10 s grace: that is the most this may take.
+    assert time.monotonic() - started < 25
     assert count_resources(daemon, namespace, instance) == before
 
 
