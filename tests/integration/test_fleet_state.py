@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -42,6 +43,12 @@ def test_the_daemon_keeps_environments_and_events_in_etcd_across_a_restart(tmp_p
             assert created.name == "fleet-one"
         keys = asyncio.run(_keys(etcd_cluster.endpoints, etcd_prefix))
         assert f"{etcd_prefix}env/fleet-one" in keys
+        # Events are written to etcd by a queue behind the publisher, so they may land just after
+        # the reply; wait for them, boundedly.
+        deadline = time.monotonic() + 10
+        while not any(k.startswith(f"{etcd_prefix}events/") for k in keys) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            keys = asyncio.run(_keys(etcd_cluster.endpoints, etcd_prefix))
         assert any(k.startswith(f"{etcd_prefix}events/") for k in keys)
         assert not (daemon.data_dir / "state.db").exists()
         assert daemon.stop() == 0
