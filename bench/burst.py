@@ -133,7 +133,8 @@ def line(times: list[float], deleted: float) -> str:
     first, median, last = describe(times)
     return (
         f"{len(times)} RUNNING; first {first:6.2f}s, median {median:6.2f}s, last {last:6.2f}s; "
-        f"median/last {median / last:.2f}; all deleted in {deleted:.2f}s; load {os.getloadavg()[0]:.1f}"
+        f"median/last {median / last:.2f}; deciles {' '.join(f'{q:.1f}' for q in statistics.quantiles(times, n=10))}; "
+        f"all deleted in {deleted:.2f}s; load {os.getloadavg()[0]:.1f}"
     )
 
 
