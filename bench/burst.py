@@ -30,18 +30,22 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import TOOLBOX, build
+from tests.support.processes import shims_of
 
 IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
 
 
 def cpu_used(daemon: DaemonProcess) -> dict[str, float]:
-    """CPU seconds so far of the daemon, of the children it reaped (CNI plugins, iptables), of containerd."""
+    """CPU seconds so far of the daemon, of the children it reaped (CNI plugins, iptables), of containerd,
+    and of the shims with the children they reaped (runc)."""
     containerd = int((daemon.data_dir / "containerd" / "containerd.pid").read_text())
     pid = daemon.process.pid
+    shims = shims_of(str(daemon.data_dir / "containerd" / "containerd.sock"))
     return {
         "daemon": cpu_seconds(pid),
         "its children": children_cpu_seconds(pid),
         "containerd": cpu_seconds(containerd),
+        "shims and runc": sum(cpu_seconds(s) + children_cpu_seconds(s) for s in shims),
     }
 
 
@@ -82,12 +86,12 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
         for name in names:
             spec = pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
             stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=60)
+        accepted = time.monotonic() - started[0]
         watcher.join(timeout)
         stream.cancel()
         spent = {k: v - before[k] for k, v in cpu_used(daemon).items()}
-        print(
-            f"  CPU seconds until the last RUNNING: {', '.join(f'{k} {v:.1f}' for k, v in spent.items())}", flush=True
-        )
+        figures = ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
+        print(f"  all created after {accepted:.2f}s; CPU seconds until the last RUNNING: {figures}", flush=True)
         if len(running) + len(failed) < count:
             raise SystemExit(f"only {len(running)} of {count} environments RUNNING within {timeout:g}s")
         if failed:
