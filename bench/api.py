@@ -1,6 +1,6 @@
 """API latency and throughput with many environments, as ratios against a bare grpc.aio server.
 
-Run as root: ``python -m bench.api [--envs N] [--calls N] [--seconds S] [--idle S]``.
+Run as root: ``python -m bench.api [--envs N] [--calls N] [--slices N] [--seconds S] [--idle S]``.
 
 A real daemon (managed containerd, log level info) gets ``--envs`` toolbox environments (one
 small container each) and waits until all run. A bare grpc.aio server in its own process, with
@@ -13,7 +13,8 @@ Measured in ``--rounds`` rounds on the same environments, printed as a table per
 spread (min, median, max) against the targets (``--json FILE`` keeps every figure):
 
 - GetEnvironment latency, one caller (p50, p99), against the echo server;
-- RPC/s of GetEnvironment with 16 concurrent callers, as a ratio to the echo server's;
+- RPC/s of GetEnvironment with 16 concurrent callers, as a ratio to the echo server's: the
+  median ratio of ``--slices`` pairs of short runs, daemon and echo back to back;
 - ListEnvironments(page_size=100) latency (p50, p99), against the echo server;
 - GetEnvironment over the unix socket (the default transport, relayed after ``SO_PEERCRED``):
   latency and RPC/s with 16 callers, as a ratio to the echo server's;
@@ -188,41 +189,63 @@ async def wait_running(channel: grpc.aio.Channel, count: int, timeout: float) ->
     raise RuntimeError(f"not every environment was running within {timeout}s")
 
 
+async def paired_throughput(
+    daemon: tuple[Call, int], echo: tuple[Call, int], slices: int, seconds: float
+) -> dict[str, float]:
+    """RPC/s at 16 callers, daemon against echo, in ``slices`` short pairs, each pair back to back.
+
+    The machine is shared: how much of a core either server gets drifts within seconds, so one
+    long run of each compares two different machines. Each pair measures both sides within
+    ``2 * seconds`` (which goes first alternates), and the ratio is the median of the pairs'
+    ratios; the CPU per call is summed over all of them.
+    """
+    ratios: list[float] = []
+    totals = {"daemon": [0.0, 0.0], "echo": [0.0, 0.0]}  # rate sum, cpu-per-call sum
+    rates: dict[str, float] = {}
+    for number in range(slices):
+        order = (("daemon", daemon), ("echo", echo))
+        for side, (call, pid) in order if number % 2 == 0 else reversed(order):
+            rate, per_call = await throughput(call, 16, seconds, pid)
+            rates[side] = rate
+            totals[side][0] += rate
+            totals[side][1] += per_call
+        ratios.append(rates["daemon"] / rates["echo"])
+    return {
+        "daemon": totals["daemon"][0] / slices,
+        "echo": totals["echo"][0] / slices,
+        "ratio": statistics.median(ratios),
+        "daemon_cpu": totals["daemon"][1] / slices,
+        "echo_cpu": totals["echo"][1] / slices,
+    }
+
+
 async def one_round(calls: Calls, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure once, daemon and echo interleaved (the machine is shared and noisy)."""
     get_daemon = await latencies(calls.get, args.calls)
     get_echo = await latencies(calls.echo_get, args.calls)
-    rates: dict[str, list[float]] = {"daemon": [], "echo": []}
-    cpu: dict[str, list[float]] = {"daemon": [], "echo": []}
-    for _ in range(2):
-        for side, call, pid in (("daemon", calls.get, calls.daemon_pid), ("echo", calls.echo_get, calls.echo_pid)):
-            rate, per_call = await throughput(call, 16, args.seconds, pid)
-            rates[side].append(rate)
-            cpu[side].append(per_call)
+    echo = (calls.echo_get, calls.echo_pid)
+    tcp = await paired_throughput((calls.get, calls.daemon_pid), echo, args.slices, args.seconds)
     list_daemon = await latencies(calls.list_, max(50, args.calls // 4))
     list_echo = await latencies(calls.echo_list, max(50, args.calls // 4))
     # The default transport: the unix socket, relayed by the daemon to gRPC after SO_PEERCRED.
     unix_latency = await latencies(calls.get_unix, args.calls)
-    unix_rate, unix_cpu = await throughput(calls.get_unix, 16, args.seconds, calls.daemon_pid)
-    echo_rate = statistics.fmean(rates["echo"])
-    daemon_rate = statistics.fmean(rates["daemon"])
-    echo_cpu = statistics.fmean(cpu["echo"])
-    daemon_cpu = statistics.fmean(cpu["daemon"])
+    unix = await paired_throughput((calls.get_unix, calls.daemon_pid), echo, args.slices, args.seconds)
     return {
         "get_environment": {"daemon": get_daemon, "echo": get_echo},
         "rpc_per_s_16_callers": {
-            "daemon": round(daemon_rate),
-            "echo": round(echo_rate),
-            "ratio": round(daemon_rate / echo_rate, 2),
-            "cpu_us_per_call": {"daemon": round(daemon_cpu), "echo": round(echo_cpu)},
-            "cpu_ratio": round(echo_cpu / daemon_cpu, 2),
+            "daemon": round(tcp["daemon"]),
+            "echo": round(tcp["echo"]),
+            "ratio": round(tcp["ratio"], 2),
+            "cpu_us_per_call": {"daemon": round(tcp["daemon_cpu"]), "echo": round(tcp["echo_cpu"])},
+            "cpu_ratio": round(tcp["echo_cpu"] / tcp["daemon_cpu"], 2),
         },
         "unix_socket_get_environment": {
             "daemon": unix_latency,
-            "rpc_per_s_16_callers": round(unix_rate),
-            "ratio_to_echo": round(unix_rate / echo_rate, 2),
-            "cpu_us_per_call": round(unix_cpu),
-            "cpu_ratio": round(echo_cpu / unix_cpu, 2),
+            "rpc_per_s_16_callers": round(unix["daemon"]),
+            "echo_rpc_per_s": round(unix["echo"]),
+            "ratio_to_echo": round(unix["ratio"], 2),
+            "cpu_us_per_call": round(unix["daemon_cpu"]),
+            "cpu_ratio": round(unix["echo_cpu"] / unix["daemon_cpu"], 2),
         },
         "list_environments_100": {"daemon": list_daemon, "echo": list_echo},
     }
@@ -375,7 +398,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, default=200, help="environments to create")
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per latency measurement")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of each side of a throughput pair")
+    parser.add_argument("--slices", type=int, default=10, help="throughput pairs (daemon, echo) per round")
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds on the same environments")
     parser.add_argument("--settle", type=float, default=10.0, help="pause before the idle measurement")
     parser.add_argument("--idle", type=float, default=30.0, help="length of the idle CPU measurement")

@@ -37,7 +37,7 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
     """Create ``count`` environments at once; seconds to each RUNNING (sorted), and to all deleted."""
     names = [f"burst-{i:03d}" for i in range(count)]
     running: dict[str, float] = {}
-    failed: dict[str, float] = {}
+    failed: dict[str, str] = {}
     watching = threading.Event()
     with daemon.channel() as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
@@ -51,7 +51,7 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
                     if event.type == pb.EVENT_TYPE_ENVIRONMENT_RUNNING and event.environment not in running:
                         running[event.environment] = time.monotonic() - started[0]
                     elif event.type == pb.EVENT_TYPE_ENVIRONMENT_FAILED:
-                        failed[event.environment] = time.monotonic() - started[0]
+                        failed[event.environment] = event.message
                     if len(running) + len(failed) >= count:
                         stream.cancel()
             except grpc.RpcError:
@@ -71,7 +71,8 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
         if len(running) + len(failed) < count:
             raise SystemExit(f"only {len(running)} of {count} environments RUNNING within {timeout:g}s")
         if failed:
-            print(f"  {len(failed)} of {count} deploys FAILED (counted as never RUNNING): {sorted(failed)}", flush=True)
+            reasons = sorted(set(failed.values()))
+            print(f"  {len(failed)} of {count} deploys FAILED (counted as never RUNNING): {reasons[:5]}", flush=True)
         deleting = time.monotonic()
         try:
             daemon.delete_all_environments(timeout=timeout)
@@ -82,11 +83,17 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
     return sorted(running.values()), deleted
 
 
-def one_run(tmp: Path, archive: Path, count: int, concurrency: int, timeout: float) -> tuple[list[float], float, int]:
-    """A fresh daemon with ``deploys.concurrency``; the burst's figures and the leftovers afterwards."""
+def one_run(
+    tmp: Path, archive: Path, count: int, concurrency: int, timeout: float, profile: Path | None = None
+) -> tuple[list[float], float, int]:
+    """A fresh daemon with ``deploys.concurrency``; the burst's figures and the leftovers afterwards.
+
+    ``profile``: where the daemon writes its cProfile stats when it stops.
+    """
     daemon = start_daemon(
         tmp,
         {"images": {"preload": [str(archive)]}, "log": {"level": "info"}, "deploys": {"concurrency": concurrency}},
+        env={"SCHEDULER_PROFILE": str(profile)} if profile is not None else None,
     )
     try:
         times, deleted = burst(daemon, count, timeout)
@@ -115,6 +122,10 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=200)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--only-admitted", action="store_true", help="skip the baseline (no ratios)")
+    parser.add_argument(
+        "--profile", type=Path, help="directory for the daemons' cProfile stats (<mode>-<run>.prof; `python -m pstats`)"
+    )
     args = parser.parse_args()
     archive = build()[TOOLBOX]
     results: dict[str, list[tuple[list[float], float]]] = {"admitted": [], "all at once": []}
@@ -122,11 +133,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="burst", dir="/tmp") as raw:
         for run in range(args.runs):
             # Alternate which goes first, so that drift of the shared machine hits both alike.
-            modes = [("admitted", 0), ("all at once", args.envs)]
+            modes = [("admitted", 0), ("all at once", args.envs)][: 1 if args.only_admitted else 2]
             for label, concurrency in modes if run % 2 == 0 else modes[::-1]:
                 sub = Path(raw) / f"{run}-{concurrency}"
                 sub.mkdir()
-                times, deleted, leftover = one_run(sub, archive, args.envs, concurrency, args.timeout)
+                profile = args.profile / f"{label.replace(' ', '-')}-{run}.prof" if args.profile else None
+                times, deleted, leftover = one_run(sub, archive, args.envs, concurrency, args.timeout, profile)
                 results[label].append((times, deleted))
                 left += leftover
                 print(f"  {label}: {line(times, deleted)}", flush=True)
@@ -137,8 +149,9 @@ def main() -> None:
     ours = [describe(t) for t, _ in results["admitted"]]
     base = [describe(t) for t, _ in results["all at once"]]
     for index, name in enumerate(("first", "median", "last")):
-        ratio = statistics.median(o[index] for o in ours) / statistics.median(b[index] for b in base)
-        print(f"  ratio admitted / all at once, {name} RUNNING: {ratio:.2f}")
+        if base:
+            ratio = statistics.median(o[index] for o in ours) / statistics.median(b[index] for b in base)
+            print(f"  ratio admitted / all at once, {name} RUNNING: {ratio:.2f}")
     print("  targets: first <= 2 s, median <= 0.25 x last, last <= 0.5 x 83 s (the figure before admission)")
     print(f"leftovers in all: {left}")
 

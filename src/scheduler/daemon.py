@@ -39,7 +39,7 @@ from scheduler.metrics.recorder import Recorder
 from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator.backup import Backups
 from scheduler.orchestrator.backup_schedule import BackupSchedule
-from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.events import EventBus, EventFeed
 from scheduler.orchestrator.ledger import Ledger, Owns, owns_all
 from scheduler.orchestrator.observer import Observers
 from scheduler.orchestrator.orchestrator import Orchestrator, OrchestratorSettings
@@ -206,15 +206,19 @@ async def build(
 
         # The event log outlives restarts, so watchers resume across them; flushed at shutdown.
         event_log: EventLog
+        feed: EventFeed | None = None
         if etcd is not None:
-            # Each node keeps its own replay log: the sequences are its event bus's.
+            # Each node writes its events under a key range of its own; WatchEvents on any node
+            # reads every node's, with etcd's revisions as the cursor.
             from scheduler.storage.etcd.events import EtcdEventLog
+            from scheduler.storage.etcd.feed import EtcdEventFeed
 
             etcd_log = await EtcdEventLog.open(
                 etcd, f"{settings.cluster.etcd.prefix}events/{settings.network.instance}/"
             )
             stack.push_async_callback(etcd_log.drain)
             event_log = etcd_log
+            feed = EtcdEventFeed(etcd, f"{settings.cluster.etcd.prefix}events/")
         else:
             event_log = await asyncio.to_thread(SqliteEventLog, data_dir / "events.db")
         events = EventBus(log=event_log)
@@ -313,6 +317,7 @@ async def build(
             timeline,
             fleet=fleet,
             dispatch=etcd is None,
+            feed=feed,
         )
         collector = StateCollector(ledger, runtime, settings.metrics.interval)
         metrics = MetricsServer(recorder, collector)

@@ -23,6 +23,14 @@ async def _keys(endpoints, prefix):
         await client.close()
 
 
+async def _revision(endpoints):
+    client = EtcdClient(EtcdOptions(endpoints))
+    try:
+        return await client.revision()
+    finally:
+        await client.close()
+
+
 def test_the_daemon_keeps_environments_and_events_in_etcd_across_a_restart(tmp_path, etcd_cluster, etcd_prefix):
     # pull_policy never: the stack's images are not there, so the deploy fails at once; the
     # environment is stored all the same, which is what this test is about.
@@ -34,6 +42,7 @@ def test_the_daemon_keeps_environments_and_events_in_etcd_across_a_restart(tmp_p
     }
     daemon = start_daemon(tmp_path, config)
     try:
+        before = asyncio.run(_revision(etcd_cluster.endpoints))
         with daemon.channel() as channel:
             stub = pb_grpc.SchedulerServiceStub(channel)
             created = stub.CreateEnvironment(
@@ -60,10 +69,11 @@ def test_the_daemon_keeps_environments_and_events_in_etcd_across_a_restart(tmp_p
             assert got.uid == created.uid
             listed = stub.ListEnvironments(pb.ListEnvironmentsRequest(), timeout=30)
             assert [e.name for e in listed.environments] == ["fleet-one"]
-            # The events published before the restart are replayed from etcd.
-            events = stub.WatchEvents(pb.WatchEventsRequest(name="fleet-one", since=0), timeout=10)
+            # The events published before the restart are replayed from etcd; in a fleet a
+            # sequence is the etcd revision the event was written at.
+            events = stub.WatchEvents(pb.WatchEventsRequest(name="fleet-one", since=before), timeout=10)
             replayed = next(e for e in events if e.environment == "fleet-one")
-            assert replayed.sequence >= 1
+            assert replayed.sequence > before and replayed.type == pb.EVENT_TYPE_ENVIRONMENT_CREATED
             events.cancel()
         daemon.delete_all_environments()
         assert asyncio.run(_keys(etcd_cluster.endpoints, f"{etcd_prefix}env/")) == []

@@ -33,7 +33,7 @@ from scheduler.cluster.fence import Fence
 from scheduler.cluster.leader import PLACED
 from scheduler.domain import Condition, Environment, EnvironmentStatus, SleepRequest
 from scheduler.errors import NotFound, SchedulerError
-from scheduler.orchestrator.backup import Backups, database_mount
+from scheduler.orchestrator.backup import Backups, database_mount, gated
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
@@ -144,6 +144,8 @@ class Agent:
         if env.requested is not None:
             self._spawn(self._carry_out(name, env.requested), f"{env.requested.action}:{name}")
         if acted is None:
+            if gated(env) and not moved(env):
+                return  # a restore here is putting its volumes in place; it lifts the gate after
             if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
                 _log.info("agent.deploy", env=name, generation=env.generation)
                 self._acted[name] = _Acted(env)

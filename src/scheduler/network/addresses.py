@@ -29,13 +29,16 @@ class HostRoute:
         return f"{self.network} dev {self.device}"
 
 
-def read_host_routes(path: Path = Path("/proc/net/route")) -> list[HostRoute]:
-    """IPv4 routes of the host, default route included (callers decide what to ignore)."""
+def read_host_routes(path: Path = Path("/proc/net/route"), skip_prefix: str = "") -> list[HostRoute]:
+    """IPv4 routes of the host, default route included (callers decide what to ignore).
+
+    ``skip_prefix``: leave out routes of devices named so (our own bridges, one route each).
+    """
     routes: list[HostRoute] = []
     lines = path.read_text().splitlines()
     for line in lines[1:]:
         fields = line.split()
-        if len(fields) < 8:
+        if len(fields) < 8 or (skip_prefix and fields[0].startswith(skip_prefix)):
             continue
         device, dest_hex, mask_hex = fields[0], fields[1], fields[7]
         # /proc/net/route prints addresses as host-endian (little-endian here) 32-bit hex. Built
@@ -104,15 +107,22 @@ def carve_subnet(
     """
     taken_list = list(taken)
     foreign = [r.network for r in routes if r.network.prefixlen > 0 and not r.device.startswith(own_prefix)]
-    blocked: set[IPv4Net] = set()
+    # Candidates are numbered by their network address shifted right: integers, not IPv4Network
+    # objects, since hundreds of environments at once each scan past every taken one.
+    shift = 32 - prefix
+    blocked: set[int] = set()
     wide: list[IPv4Net] = []
     for net in (*taken_list, *foreign):
         if net.prefixlen >= prefix:
-            blocked.add(net.supernet(new_prefix=prefix))
+            blocked.add(int(net.network_address) >> shift)
         else:
             wide.append(net)
-    for candidate in pool.subnets(new_prefix=prefix):
-        if candidate in blocked or any(candidate.overlaps(w) for w in wide):
+    first = int(pool.network_address) >> shift
+    for index in range(first, first + (1 << (prefix - pool.prefixlen))):
+        if index in blocked:
+            continue
+        candidate = ipaddress.IPv4Network((index << shift, prefix))
+        if any(candidate.overlaps(w) for w in wide):
             continue
         return candidate
     raise FailedPrecondition(
@@ -171,6 +181,12 @@ class SubnetPlan:
         except ValueError:
             return False
         return self.range_start <= addr <= self.range_end
+
+
+@functools.lru_cache(maxsize=4096)
+def network(text: str) -> IPv4Net:
+    """A stored subnet (``"10.88.3.0/24"``) as a network: records keep text, rule syncs parse every one."""
+    return ipaddress.IPv4Network(text)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,6 +7,7 @@ instance's interfaces exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -67,8 +68,12 @@ def check_container_id(container_id: str) -> str:
     return container_id
 
 
+@functools.lru_cache(maxsize=16384)
 def short_hash(*parts: str, length: int = 8) -> str:
-    """Stable hex digest of ``parts``: names stay short and identical across restarts."""
+    """Stable hex digest of ``parts``: names stay short and identical across restarts.
+
+    Cached: every rule sync names the chains of every environment again.
+    """
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
 
 

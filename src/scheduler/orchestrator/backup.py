@@ -292,6 +292,38 @@ class Backups:
         return fresh, [replace(e, env=name) for e in history]
 
 
+RESTORING = "Restoring"
+"""Condition type of an environment claimed by a restore whose volumes are being put in place.
+
+Like a Kubernetes scheduling gate, it holds the deploy back: the name is claimed first (the
+store's create-if-absent, etcd's in a fleet), so of a restore and a create of one name on two
+nodes exactly one wins and the loser touched no volume; the restore lifts it once staged.
+"""
+
+
+def restoring(backup_id: str, node: str) -> domain.Condition:
+    """The ``Restoring`` gate of an environment restored from ``backup_id`` (on ``node`` in a fleet)."""
+    where = f" on node {node!r}" if node else ""
+    return domain.Condition(
+        RESTORING,
+        True,
+        "StagingVolumes",
+        f"restore from backup {backup_id}{where} since {now().isoformat(timespec='seconds')}: its volumes are"
+        " being put in place; if that daemon restarted meanwhile, delete this environment and restore again",
+        last_transition=now(),
+    )
+
+
+def gated(env: domain.Environment) -> bool:
+    """Whether a restore still holds ``env``'s deploy back (see ``RESTORING``)."""
+    return any(c.type == RESTORING and c.status for c in env.conditions)
+
+
+def ungated(env: domain.Environment) -> domain.Environment:
+    """``env`` with its ``Restoring`` gate lifted."""
+    return replace(env, conditions=tuple(c for c in env.conditions if c.type != RESTORING))
+
+
 def _info(path: Path, manifest: dict[str, Any]) -> domain.BackupInfo:
     return domain.BackupInfo(
         id=f"{path.parent.name}/{path.name}",

@@ -4,19 +4,79 @@ Each subscriber has a bounded queue. A subscriber that falls behind is not silen
 it receives one EVENTS_LOST event that says how many events it missed, then continues.
 Published events are also kept in a bounded log (persisted when an ``EventLog`` is given), so
 a subscriber may start from a past sequence: it first receives what followed that sequence.
+
+WatchEvents reads an ``EventFeed``: on a daemon alone the bus itself (sequences are the bus's),
+in a fleet every node's events through etcd (sequences are etcd revisions, see
+``scheduler.storage.etcd.feed``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from scheduler.domain import Event, EventType
 from scheduler.errors import OutOfRange
 from scheduler.storage.events import DEFAULT_KEEP, EventLog, StoredEvent
+
+
+class EventWatch(Protocol):
+    """One watcher's events: those after its ``since`` first, then live ones."""
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def __anext__(self) -> Event:
+        """The next event.
+
+        Raises:
+            OutOfRange: ``since`` lies outside what is kept (raised by the first call).
+        """
+        ...
+
+    @property
+    def position(self) -> int | None:
+        """The sequence a heartbeat carries: resuming with it as ``since`` misses nothing.
+
+        None while not known yet: no heartbeat is sent.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Stop watching."""
+        ...
+
+
+class EventFeed(Protocol):
+    """Where WatchEvents reads from."""
+
+    def watch(self, environment: str = "", since: int | None = None) -> EventWatch:
+        """The events (of one environment, or all) after ``since`` (None: live ones only)."""
+        ...
+
+
+class _BusWatch:
+    """An ``EventWatch`` on the bus: its position is the latest sequence published."""
+
+    def __init__(self, bus: EventBus, events: AsyncGenerator[Event]) -> None:
+        self._bus = bus
+        self._events = events
+
+    def __aiter__(self) -> _BusWatch:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await anext(self._events)
+
+    @property
+    def position(self) -> int:
+        return self._bus.last_sequence
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
 
 
 class _Subscriber:
@@ -106,6 +166,10 @@ class EventBus:
                 yield await sub.queue.get()
         finally:
             self._subscribers.discard(sub)
+
+    def watch(self, environment: str = "", since: int | None = None) -> EventWatch:
+        """``subscribe`` as an ``EventFeed``: what WatchEvents reads on a daemon alone."""
+        return _BusWatch(self, self.subscribe(environment, since))
 
     def close(self) -> None:
         """Flush the persisted log."""

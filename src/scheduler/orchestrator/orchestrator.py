@@ -17,6 +17,7 @@ from scheduler import domain, errors, log
 from scheduler.domain import Environment, EnvironmentStatus
 from scheduler.network.base import NetworkManager
 from scheduler.orchestrator.admission import for_host
+from scheduler.orchestrator.backup import gated
 from scheduler.orchestrator.clone import Cloner, Snapshot, check_cloneable
 from scheduler.orchestrator.deploy import Deploy
 from scheduler.orchestrator.events import EventBus
@@ -94,7 +95,9 @@ class Orchestrator:
         for env in self._ledger.all():
             if not self.owns(env):
                 continue
-            if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
+            if gated(env):
+                _log.warning("resume.restore_interrupted", env=env.name)
+            elif env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
                 _log.info("resume.deploy", env=env.name)
                 self.submit_deploy(env.name)
             elif env.status is EnvironmentStatus.DELETING:

@@ -16,7 +16,7 @@ from scheduler.domain import (
     EnvironmentStatus,
     HistoryEntry,
 )
-from scheduler.orchestrator.backup import Backups
+from scheduler.orchestrator.backup import Backups, restoring, ungated
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.service.views import (
@@ -79,17 +79,23 @@ class BackupCases:
         if problem:
             raise errors.InvalidArgument.of([errors.FieldViolation("name", problem)])
         fresh, entries = archives.renamed(archived, target, history)
-        # In a fleet it is restored on this node (the one reading the archive): the volumes are
-        # put in place before it is stored, since the agent deploys it as soon as it is.
+        # In a fleet it is restored on this node (the one reading the archive). The name is
+        # claimed first, by the store's create-if-absent (etcd's in a fleet, where a create of
+        # the same name may come through another node at the same moment): exactly one of them
+        # wins and the other gets ALREADY_EXISTS, with no volume touched. The claim carries the
+        # Restoring gate, so nothing deploys it until its volumes are in place.
         home = await self._fleet.here(target, fresh.spec) if self._fleet is not None else ""
+        gate = restoring(backup_id, home)
         async with self._create_lock:
             await self._check_free(target)
+            await self._ledger.create(replace(fresh, node=home, conditions=(gate,)))
+        try:
             await archives.stage(path, manifest, target)
-            try:
-                await self._ledger.create(replace(fresh, node=home))
-            except BaseException:
-                await self._orchestrator.remove_volumes(target, list(manifest["volumes"]))
-                raise
+        except BaseException:
+            await self._orchestrator.remove_volumes(target, list(manifest["volumes"]))
+            await self._ledger.remove(target)
+            raise
+        await self._ledger.change(target, ungated)
         for entry in entries:
             await self._ledger.append_history(entry)
         await self._ledger.append_history(

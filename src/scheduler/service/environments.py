@@ -31,7 +31,7 @@ from scheduler.domain import (
     ServiceChange,
 )
 from scheduler.orchestrator.backup import Backups
-from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.events import EventBus, EventFeed
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.orchestrator import Orchestrator
 from scheduler.orchestrator.plan import plan
@@ -82,6 +82,7 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
         fleet: Fleet | None = None,
         *,
         dispatch: bool = True,
+        feed: EventFeed | None = None,
     ) -> None:
         self._fleet = fleet
         self._dispatch = dispatch
@@ -91,6 +92,8 @@ class EnvironmentService(BackupCases, CloneCases, Observation, SleepAndWake):
         self._ledger = ledger
         self._orchestrator = orchestrator
         self._events = events
+        self._feed: EventFeed = feed or events
+        """What WatchEvents reads: the bus alone, every node's events through etcd in a fleet."""
         self._catalog = catalog
         self._limits = limits
         self._closing = asyncio.Event()

@@ -17,7 +17,7 @@ from scheduler.domain import (
     LogLine,
     LogQuery,
 )
-from scheduler.orchestrator.events import EventBus
+from scheduler.orchestrator.events import EventFeed
 from scheduler.orchestrator.ledger import Ledger
 from scheduler.orchestrator.logs import read_logs
 from scheduler.orchestrator.orchestrator import Orchestrator
@@ -34,7 +34,7 @@ class Observation:
 
     _ledger: Ledger
     _orchestrator: Orchestrator
-    _events: EventBus
+    _feed: EventFeed
     _closing: asyncio.Event
     _fleet: Fleet | None
 
@@ -70,7 +70,8 @@ class Observation:
     ) -> AsyncIterator[Event]:
         """Yield events (of one environment or all) after ``since``, then live ones, until shutdown.
 
-        While nothing happens for ``heartbeat``, a HEARTBEAT event carries the latest sequence.
+        While nothing happens for ``heartbeat``, a HEARTBEAT event carries the position to resume
+        from. Sequences are the feed's: the daemon's own, or etcd revisions in a fleet.
         """
         if name:
             check_name(name)
@@ -79,7 +80,7 @@ class Observation:
             raise errors.InvalidArgument.of(
                 [errors.FieldViolation("heartbeat_interval", f"must be at least {MIN_HEARTBEAT.total_seconds():g}s")]
             )
-        subscription = self._events.subscribe(name, since)
+        subscription = self._feed.watch(name, since)
         closing = asyncio.ensure_future(self._closing.wait())
         upcoming: asyncio.Future[Event] | None = None
         try:
@@ -93,7 +94,8 @@ class Observation:
                 if closing in done:
                     return
                 if not done:
-                    yield Event(EventType.HEARTBEAT, name, datetime.now(UTC), sequence=self._events.last_sequence)
+                    if (position := subscription.position) is not None:
+                        yield Event(EventType.HEARTBEAT, name, datetime.now(UTC), sequence=position)
                     continue
                 event = upcoming.result()
                 upcoming = None

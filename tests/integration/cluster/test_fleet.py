@@ -7,7 +7,9 @@ link down) has its environments run on the others within a bounded time, Postgre
 rows of its last backup; when the node comes back (link up, daemon restarted) it removes its
 stale containers and nothing runs twice; the etcd leader killed while clients keep calling, the
 API keeps answering reads, writes resume after the election, nothing acknowledged is lost and
-the member rejoins; a drained node gives its environments away.
+the member rejoins; a drained node gives its environments away. Throughout, WatchEvents through
+n0 streams the events of every node's environments, by etcd revision, and a watcher of the lost
+node resumes from its last sequence through another node, and through that node once back.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -97,9 +100,85 @@ class Traffic:
         return {i for at, i in self.reads if at > moment}
 
 
+@dataclass
+class Tap:
+    """A WatchEvents stream read in a thread: the events received, the heartbeats apart, how it ended."""
+
+    call: Any
+    events: list[pb.Event] = field(default_factory=list)
+    heartbeats: list[int] = field(default_factory=list)
+    ended: str = ""
+    thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, stub: pb_grpc.SchedulerServiceStub, name: str = "", since: int | None = None) -> Tap:
+        request = pb.WatchEventsRequest(name=name, heartbeat_interval=duration_pb2.Duration(seconds=1))
+        if since is not None:
+            request.since = since
+        tap = cls(stub.WatchEvents(request, timeout=1800))
+        tap.thread = threading.Thread(target=tap._read, daemon=True)
+        tap.thread.start()
+        return tap
+
+    def _read(self) -> None:
+        try:
+            for event in self.call:
+                if event.type == pb.EVENT_TYPE_HEARTBEAT:
+                    self.heartbeats.append(event.sequence)
+                else:
+                    self.events.append(event)
+        except grpc.RpcError as err:
+            self.ended = f"{err.code()}: {err.details()}"
+
+    def started(self) -> int:
+        """Wait for the first heartbeat (the watch is established): the revision it starts after."""
+        return wait_until(lambda: self.heartbeats[:1], "the watch is established", 30)[0]
+
+    @property
+    def position(self) -> int:
+        """How far the stream went: its last event or heartbeat."""
+        return max([e.sequence for e in self.events[-1:]] + self.heartbeats[-1:] + [0])
+
+    def between(self, since: int, upto: int) -> list[tuple[int, str, int]]:
+        return [(e.sequence, e.environment, e.type) for e in self.events if since < e.sequence <= upto]
+
+    def close(self) -> None:
+        self.call.cancel()
+        if self.thread is not None:
+            self.thread.join(10)
+
+
+def resumed_alike(stub: pb_grpc.SchedulerServiceStub, since: int, reference: Tap, name: str = "") -> int:
+    """Resume a watch from ``since`` through ``stub``: it replays exactly what ``reference`` (a
+    watch that never stopped) saw after ``since``. Returns how many events it replayed."""
+    upto = reference.position
+    tap = Tap.open(stub, name, since)
+    try:
+        wait_until(lambda: tap.position >= upto or tap.ended, f"the resumed watch reaches {upto}", 60)
+        assert tap.ended == ""
+        assert tap.between(since, upto) == reference.between(since, upto)
+        return len(tap.between(since, upto))
+    finally:
+        tap.close()
+
+
 def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fleet) -> None:
+    stub = fleet.stub(0)
+    # Watchers of the whole fleet through each node, and of one environment through n0.
+    taps = [Tap.open(fleet.stub(i)) for i in range(3)] + [Tap.open(stub, "shop")]
+    try:
+        watched(fleet, taps)
+    finally:
+        for tap in taps:
+            tap.close()
+
+
+def watched(fleet: Fleet, taps: list[Tap]) -> None:
     first = fleet.nodes[0]
     stub = fleet.stub(0)
+    every_event, shop_events = taps[0], taps[3]
+    for tap in taps:
+        tap.started()
     nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes
     assert [n.name for n in nodes] == ["n0", "n1", "n2"] and sum(n.leader for n in nodes) == 1
     # Each node advertises its own address on the bridge (its API over TLS, with a token).
@@ -130,6 +209,17 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     for value in ROWS:
         fetch(url(envs["shop"], 8080) + "/items?" + urllib.parse.urlencode({"value": value}), "POST")
     assert rows(envs["shop"]) == ROWS
+    # n0 streams the events of the environments n1 and n2 run too, in revision order.
+    ran = wait_until(
+        lambda: (
+            {e.environment for e in every_event.events if e.type == pb.EVENT_TYPE_ENVIRONMENT_RUNNING} >= set(every)
+            and every_event.events
+        ),
+        "n0 streams every node's environments running",
+        30,
+    )
+    sequences = [e.sequence for e in ran]
+    assert sequences == sorted(set(sequences)) and sequences[0] > every_event.heartbeats[0]
 
     # 2 GiB per node: an environment asking 3 GiB fits nowhere, and the error says what.
     with pytest.raises(grpc.RpcError) as refused:
@@ -150,6 +240,9 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     # Lose that node: its daemon and its containerd die at once (its containers' shims live on),
     # and its link goes down.
     socket = victim.containerd_socket
+    victim_tap = taps[int(owner[1])]
+    wait_until(lambda: victim_tap.position >= every_event.position, "the lost node's watcher is up to date", 30)
+    last_seen = victim_tap.events[-1].sequence
     victim.kill()
     killed_at = time.monotonic()
     others = NODES - {owner}
@@ -172,6 +265,9 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
             assert fetch(url(envs[name], 8080)) == f"hello from {name}"
     assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == sorted(others)
     assert shims_of(socket), "the killed node's containers still run, unreachable"
+    # The lost node's watcher resumes through n0 from the last sequence it received: exactly
+    # the events since (the failover's among them), as n0's own watcher saw them.
+    assert resumed_alike(stub, last_seen, every_event) > 0
 
     # The node returns (link up, daemon restarted): it finds its environments moved and removes
     # its stale containers; across the three nodes nothing runs twice.
@@ -182,6 +278,8 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     assert [n.name for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == ["n0", "n1", "n2"]
     assert victim.workload() == {}
     assert workload(fleet) == before
+    # ... and through the lost node itself, back and restarted.
+    assert resumed_alike(victim.stub(), last_seen, every_event) > 0
 
     leader_killed(fleet, names[0])
 
@@ -207,6 +305,15 @@ def test_a_fleet_places_by_capacity_survives_a_killed_node_and_drains(fleet: Fle
     assert [n.draining for n in stub.ListNodes(pb.ListNodesRequest(), timeout=10).nodes] == [True, False, False]
     wait_until(lambda: running(stub, on_first, {"n1", "n2"}), "the drained node's environments moved", 90)
     wait_until(lambda: not shims_of(first.containerd_socket), "the drained node is empty", 60)
+
+    # n0's watchers went through the node loss, its return and the etcd leader's death unbroken;
+    # a heartbeat's sequence never goes back nor behind an event already sent.
+    assert every_event.ended == "" and shop_events.ended == "", (every_event.ended, shop_events.ended)
+    assert every_event.heartbeats == sorted(every_event.heartbeats)
+    upto = min(every_event.position, shop_events.position)
+    assert {e.environment for e in shop_events.events} == {"shop"}
+    shop_only = [e for e in every_event.between(0, upto) if e[1] == "shop"]
+    assert shop_events.between(0, upto) == shop_only and shop_only
 
 
 def leader_killed(fleet: Fleet, target: str) -> None:

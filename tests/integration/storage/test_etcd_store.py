@@ -1,4 +1,6 @@
-"""The etcd store beyond the contract: the event replay log, and the etcd leader dying while the store is in use."""
+"""The etcd store beyond the contract: the event replay log, the fleet's event feed (every node's
+log through one watch, sequences that are revisions, a resume from ``since``, OUT_OF_RANGE once
+compacted), and the etcd leader dying while the store is in use."""
 
 import asyncio
 import dataclasses
@@ -7,11 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from scheduler.domain import Event, EventType
-from scheduler.errors import SchedulerError
+from scheduler.errors import OutOfRange, SchedulerError
 from scheduler.orchestrator.events import EventBus
 from scheduler.storage.etcd import Compacted, EtcdClient, EtcdOptions
 from scheduler.storage.etcd.compactor import Compactor
 from scheduler.storage.etcd.events import EtcdEventLog
+from scheduler.storage.etcd.feed import EtcdEventFeed, FleetWatch
 from scheduler.storage.etcd.store import EtcdStateStore
 from tests.unit.storage.factories import full_environment
 
@@ -44,6 +47,85 @@ async def test_the_event_log_survives_a_restart_bounded_and_in_order(client, etc
     assert again.publish(_event("env-8")).sequence == 9
     assert [e.sequence for e in again.replay(6)] == [7, 8, 9]
     await reopened.drain()
+
+
+async def _take(watch: FleetWatch, count: int) -> list[Event]:
+    async with asyncio.timeout(20):
+        return [await anext(watch) for _ in range(count)]
+
+
+def _kind_event(env: str, kind: EventType = EventType.ENVIRONMENT_CREATED) -> Event:
+    return Event(kind, env, datetime.now(UTC))
+
+
+async def test_the_fleet_feed_merges_the_nodes_logs_by_revision_resumes_and_expires(client, etcd_prefix):
+    logs = [await EtcdEventLog.open(client, f"{etcd_prefix}events/n{i}/") for i in range(2)]
+    buses = [EventBus(log=log) for log in logs]
+    feed = EtcdEventFeed(client, f"{etcd_prefix}events/")
+    start = await client.revision()
+    everything, shop = feed.watch(since=start), feed.watch("shop", since=start)
+    try:
+        buses[0].publish(_kind_event("shop"))
+        buses[1].publish(_kind_event("web"))
+        await logs[0].drain()  # n0's write lands before n1's next one
+        buses[1].publish(_kind_event("shop", EventType.ENVIRONMENT_RUNNING))
+        await logs[1].drain()
+        seen = await _take(everything, 3)
+        assert sorted(e.environment for e in seen) == ["shop", "shop", "web"]
+        assert [e.type for e in seen if e.environment == "shop"] == [
+            EventType.ENVIRONMENT_CREATED,
+            EventType.ENVIRONMENT_RUNNING,
+        ]
+        # Each event's sequence is the revision its key was written at, whichever node wrote it.
+        sequences = [e.sequence for e in seen]
+        assert sequences == sorted(sequences) and len(set(sequences)) == 3 and sequences[0] > start
+        written = [kv.mod_revision for kv in (await client.list_prefix(f"{etcd_prefix}events/")).kvs]
+        assert sorted(written) == sequences
+        assert [e.sequence for e in await _take(shop, 2)] == [e.sequence for e in seen if e.environment == "shop"]
+        assert everything.position == sequences[-1]
+
+        # Resumed from the sequence of the first event: exactly the ones after it.
+        resumed = feed.watch(since=sequences[0])
+        assert [e.sequence for e in await _take(resumed, 2)] == sequences[1:]
+        await resumed.aclose()
+
+        # A watch of live events only has no position to resume from until it has started.
+        live = feed.watch()
+        assert live.position is None
+        await live.aclose()
+
+        future = feed.watch(since=await client.revision() + 100)
+        with pytest.raises(OutOfRange) as ahead:
+            await anext(future)
+        assert ahead.value.reason == "SEQUENCE_IN_FUTURE" and ahead.value.details["field"] == "since"
+
+        # Once the history is compacted, a since before it is OUT_OF_RANGE, naming the oldest
+        # revision kept; resuming from just before that works, and live watchers go on.
+        compacted = await client.revision()
+        await client.compact(compacted)
+        expired = feed.watch(since=start)
+        with pytest.raises(OutOfRange) as gone:
+            await anext(expired)
+        assert gone.value.reason == "EVENTS_EXPIRED"
+        assert gone.value.details == {"field": "since", "oldest_sequence": str(compacted)}
+        again = feed.watch(since=compacted - 1)
+        fresh = EventBus(log=await EtcdEventLog.open(client, f"{etcd_prefix}events/n0/"))
+        fresh.publish(_kind_event("shop", EventType.ENVIRONMENT_STOPPED))
+        # The reopened log goes on from n0's last sequence: a new key, a new revision. The watch
+        # from compacted - 1 first replays the event written at the compacted revision, if any.
+        replayed = await _take(again, 2 if sequences[-1] == compacted else 1)
+        late = replayed[-1]
+        assert [e.sequence for e in replayed[:-1]] == [s for s in sequences if s >= compacted]
+        assert late.type is EventType.ENVIRONMENT_STOPPED and late.sequence > compacted
+        assert [e.sequence for e in await _take(everything, 1)] == [late.sequence]
+        assert [e.sequence for e in await _take(shop, 1)] == [late.sequence]
+        await again.aclose()
+        fresh.close()
+    finally:
+        await everything.aclose()
+        await shop.aclose()
+        for bus in buses:
+            bus.close()
 
 
 async def test_killing_the_etcd_leader_keeps_reads_answering_and_loses_no_acknowledged_write(etcd_cluster, etcd_prefix):

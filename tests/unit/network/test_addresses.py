@@ -38,6 +38,7 @@ def test_reads_proc_net_route(tmp_path: Path) -> None:
         ("172.17.0.0/16", "docker0"),
         ("10.88.3.0/24", "sch-0a1b2c3d"),
     ]
+    assert [r.device for r in read_host_routes(path, skip_prefix="sch-")] == ["eth0", "eth0", "docker0"]
 
 
 def test_pool_overlapping_a_foreign_route_is_refused_naming_both(tmp_path: Path) -> None:
@@ -103,3 +104,10 @@ def test_carve_skips_the_subnet_holding_a_narrower_network_and_every_one_in_a_wi
     assert carve_subnet(net("10.88.0.0/16"), 24, taken, narrow, "sch-") == net("10.88.2.0/24")
     wide = [HostRoute(net("10.88.0.0/17"), "eth1")]
     assert carve_subnet(net("10.88.0.0/16"), 24, [], wide, "sch-") == net("10.88.128.0/24")
+
+
+def test_carve_with_hundreds_taken_returns_the_first_free_in_pool_order() -> None:
+    pool = net("10.88.0.0/16")
+    taken = [net(f"10.88.{i}.0/24") for i in range(256) if i != 200]
+    assert carve_subnet(pool, 24, taken, [], "sch-") == net("10.88.200.0/24")
+    assert carve_subnet(net("10.64.0.0/10"), 26, [net("10.64.0.0/26")], [], "sch-") == net("10.64.0.64/26")

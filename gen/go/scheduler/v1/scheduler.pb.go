@@ -625,8 +625,8 @@ const (
 	// The watcher fell behind and events were dropped; re-read state with Get/List, or
 	// reconnect with since set to the last sequence received.
 	EventType_EVENT_TYPE_EVENTS_LOST EventType = 16
-	// Nothing happened for heartbeat_interval; sequence is the latest one published, so a
-	// client resuming later may pass it as since.
+	// Nothing happened for heartbeat_interval; sequence is the latest one published (in a fleet:
+	// the latest revision the watch went past), so a client resuming later may pass it as since.
 	EventType_EVENT_TYPE_HEARTBEAT EventType = 17
 	// The environment's containers were stopped (on request or after being idle); it sleeps.
 	EventType_EVENT_TYPE_ENVIRONMENT_STOPPED EventType = 18
@@ -3769,7 +3769,11 @@ type WatchEventsRequest struct {
 	// Replay the events whose sequence is greater than this one (the last sequence a client
 	// saw) before live ones; unset means live events only. OUT_OF_RANGE when events after it
 	// were dropped from the log; ErrorInfo metadata "oldest_sequence" is the oldest event kept
-	// (resume from it with since = oldest_sequence - 1, after re-reading state).
+	// (resume from it with since = oldest_sequence - 1, after re-reading state). On a daemon
+	// alone, sequences are the daemon's own event counter. In a fleet (cluster.etcd), they are
+	// etcd revisions, the same for every node: resume through any node, even after the one
+	// asked restarted or was lost; a since older than etcd's compacted history is OUT_OF_RANGE
+	// (EVENTS_EXPIRED, "oldest_sequence" the oldest revision kept).
 	Since *uint64 `protobuf:"varint,2,opt,name=since,proto3,oneof" json:"since,omitempty"`
 	// Time between heartbeats while no event is sent (default 15s, at least 1s).
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,3,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
@@ -3851,7 +3855,9 @@ type Event struct {
 	// Environment generation it belongs to.
 	Generation uint64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Position in the daemon's event sequence, increasing across daemon restarts (a gap means
-	// events were lost). Pass the last one received as WatchEventsRequest.since to resume.
+	// events were lost); in a fleet, the etcd revision the event was stored at, increasing over
+	// the whole fleet (gaps are other writes). Pass the last one received as
+	// WatchEventsRequest.since to resume.
 	Sequence uint64 `protobuf:"varint,9,opt,name=sequence,proto3" json:"sequence,omitempty"`
 }
 

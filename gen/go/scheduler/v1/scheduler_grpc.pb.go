@@ -57,7 +57,8 @@ type SchedulerServiceClient interface {
 	ListStacks(ctx context.Context, in *ListStacksRequest, opts ...grpc.CallOption) (*ListStacksResponse, error)
 	// Streams environment and container events: first those after `since` (from the daemon's
 	// bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
-	// OUT_OF_RANGE when `since` is older than the log reaches.
+	// OUT_OF_RANGE when `since` is older than the log reaches. In a fleet, any node streams the
+	// events of every environment in the fleet, and sequences are etcd revisions (see `since`).
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (SchedulerService_WatchEventsClient, error)
 	// Returns the audit trail of an environment, a page at a time: every change, who made it and
 	// when. The trail outlives the environment.
@@ -412,7 +413,8 @@ type SchedulerServiceServer interface {
 	ListStacks(context.Context, *ListStacksRequest) (*ListStacksResponse, error)
 	// Streams environment and container events: first those after `since` (from the daemon's
 	// bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
-	// OUT_OF_RANGE when `since` is older than the log reaches.
+	// OUT_OF_RANGE when `since` is older than the log reaches. In a fleet, any node streams the
+	// events of every environment in the fleet, and sequences are etcd revisions (see `since`).
 	WatchEvents(*WatchEventsRequest, SchedulerService_WatchEventsServer) error
 	// Returns the audit trail of an environment, a page at a time: every change, who made it and
 	// when. The trail outlives the environment.

@@ -20,6 +20,7 @@ from scheduler.network import hosts, iptables, netns
 from scheduler.network.addresses import (
     SubnetPlan,
     check_pool_against_routes,
+    network,
     parse_pool,
     read_host_routes,
 )
@@ -98,6 +99,8 @@ class CniBase:
         self._applied: iptables.Ruleset = {}
         """Our chains as last written to the kernel; syncs only send what differs."""
         self._pending: set[str] = set()
+        self._creating: dict[str, tuple[ipaddress.IPv4Network, asyncio.Event]] = {}
+        """Environments whose bridge is being made: their subnet, and an event set once that ended."""
         self._reserved: set[str] = set()
         """Containers whose netns and files :meth:`reserve` made and :meth:`attach` has not taken up yet."""
         self._started = False
@@ -127,12 +130,12 @@ class CniBase:
         return svc
 
     def _info(self, env: str, rec: EnvRecord) -> EnvNetworkInfo:
-        plan = SubnetPlan.of(ipaddress.IPv4Network(rec.subnet))
+        plan = SubnetPlan.of(network(rec.subnet))
         return EnvNetworkInfo(env, rec.subnet, rec.bridge, str(plan.gateway), str(plan.vip_block))
 
     def _attachment(self, env: str, rec: EnvRecord, cid: str, cont: ContainerRecord) -> Attachment:
         directory = self._etc_dir / rec.bridge / cid
-        plan = SubnetPlan.of(ipaddress.IPv4Network(rec.subnet))
+        plan = SubnetPlan.of(network(rec.subnet))
         return Attachment(
             env=env,
             container_id=cid,
@@ -145,7 +148,7 @@ class CniBase:
         )
 
     def _cni_config(self, rec: EnvRecord, prev_result: dict[str, Any] | None = None) -> dict[str, Any]:
-        plan = SubnetPlan.of(ipaddress.IPv4Network(rec.subnet))
+        plan = SubnetPlan.of(network(rec.subnet))
         gateway = str(plan.gateway)
         config: dict[str, Any] = {
             "cniVersion": CNI_VERSION,
@@ -236,7 +239,7 @@ class CniBase:
         desired = iptables.render(
             self.names,
             [
-                iptables.EnvRules(e, r.bridge, r.subnet, str(SubnetPlan.of(ipaddress.IPv4Network(r.subnet)).vip_block))
+                iptables.EnvRules(e, r.bridge, r.subnet, str(SubnetPlan.of(network(r.subnet)).vip_block))
                 for e, r in self._state.envs.items()
             ],
             [

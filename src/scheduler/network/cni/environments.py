@@ -19,6 +19,7 @@ from scheduler.network.addresses import (
     carve_subnet,
     check_pool_against_routes,
     conflicting_routes,
+    network,
     parse_subnet,
     read_host_routes,
 )
@@ -83,43 +84,63 @@ class EnvironmentNetworks(CniBase):
         async with self._lock:
             self._require_started()
             rec = self._state.envs.get(env)
-            if rec is not None:
-                if subnet and parse_subnet(subnet) != ipaddress.ip_network(rec.subnet):
-                    raise FailedPrecondition(
-                        f"environment {env!r} already has subnet {rec.subnet}, not {subnet}",
-                        env=env,
-                        field="subnet",
-                    )
-                await links.ensure_bridge(rec.bridge)
-                return self._info(env, rec)
-            routes = read_host_routes(self._routes_file)
-            taken = {name: ipaddress.IPv4Network(r.subnet) for name, r in self._state.envs.items()}
-            taken |= {f"{name} (being deleted)": net for name, net in self._releasing.items()}
-            bridge = self.names.bridge(env)
-            if subnet:
-                net = parse_subnet(subnet)
-                for other, other_net in taken.items():
-                    if other_net.overlaps(net):
-                        raise AlreadyExists(
-                            f"subnet {net} overlaps subnet {other_net} of environment {other!r}",
-                            field="subnet",
-                        )
-                bad = conflicting_routes(net, routes, ignore_devices=[bridge])
-                if bad:
-                    raise InvalidArgument(f"subnet {net} overlaps host route {bad[0]}", field="subnet")
+            creating = self._creating.get(env)
+            mine = rec is None and creating is None
+            if mine:
+                net, bridge = self._claim(env, subnet)
+                self._creating[env] = (net, made := asyncio.Event())
             else:
-                net = carve_subnet(
-                    self._pool, self.settings.subnet_prefix, taken.values(), routes, self.names.iface_prefix
+                made = creating[1] if creating is not None else asyncio.Event()
+        if rec is not None:
+            if subnet and parse_subnet(subnet) != network(rec.subnet):
+                raise FailedPrecondition(
+                    f"environment {env!r} already has subnet {rec.subnet}, not {subnet}", env=env, field="subnet"
                 )
-            for other, other_rec in self._state.envs.items():
-                if other_rec.bridge == bridge:
-                    raise AlreadyExists(f"environment {env!r} hashes to bridge {bridge} of environment {other!r}")
+            await links.ensure_bridge(rec.bridge)
+            return self._info(env, rec)
+        if not mine:
+            await made.wait()  # another caller makes it: then it exists, or that one failed
+            return await self.ensure_environment(env, subnet)
+        # The bridge is made outside the lock: a busy host's link changes wait for the kernel's
+        # RTNL lock, and every attach and rule change of the other environments needs ours.
+        try:
             await links.ensure_bridge(bridge)
-            rec = EnvRecord(subnet=str(net), bridge=bridge)
-            self._state.envs[env] = rec
-            committed = self._commit()
+            async with self._lock:
+                rec = EnvRecord(subnet=str(net), bridge=bridge)
+                self._state.envs[env] = rec
+                committed = self._commit()
+        finally:
+            self._creating.pop(env, None)
+            made.set()
         await committed
         return self._info(env, rec)
+
+    def _claim(self, env: str, subnet: str) -> tuple[ipaddress.IPv4Network, str]:
+        """The subnet and bridge of a new environment (under the lock); see :meth:`ensure_environment`."""
+        # Our own bridges' routes matter only to a requested subnet (a leftover bridge's route).
+        routes = read_host_routes(self._routes_file, skip_prefix="" if subnet else self.names.iface_prefix)
+        taken = {name: network(r.subnet) for name, r in self._state.envs.items()}
+        taken |= {f"{name} (being deleted)": net for name, net in self._releasing.items()}
+        taken |= {f"{name} (being created)": net for name, (net, _) in self._creating.items()}
+        bridge = self.names.bridge(env)
+        if subnet:
+            net = parse_subnet(subnet)
+            for other, other_net in taken.items():
+                if other_net.overlaps(net):
+                    raise AlreadyExists(
+                        f"subnet {net} overlaps subnet {other_net} of environment {other!r}",
+                        field="subnet",
+                    )
+            bad = conflicting_routes(net, routes, ignore_devices=[bridge])
+            if bad:
+                raise InvalidArgument(f"subnet {net} overlaps host route {bad[0]}", field="subnet")
+        else:
+            net = carve_subnet(self._pool, self.settings.subnet_prefix, taken.values(), routes, self.names.iface_prefix)
+        others = [(o, r.bridge) for o, r in self._state.envs.items()]
+        for other, other_bridge in [*others, *((o, self.names.bridge(o)) for o in self._creating)]:
+            if other_bridge == bridge:
+                raise AlreadyExists(f"environment {env!r} hashes to bridge {bridge} of environment {other!r}")
+        return net, bridge
 
     async def environment(self, env: str) -> EnvNetworkInfo:
         """The environment's network; NotFound when it has none."""
@@ -183,7 +204,7 @@ class EnvironmentNetworks(CniBase):
             rec = self._env(env)
             svc = rec.services.get(service)
             if svc is None:
-                plan = SubnetPlan.of(ipaddress.IPv4Network(rec.subnet))
+                plan = SubnetPlan.of(network(rec.subnet))
                 vip = plan.allocate_vip(s.vip for s in rec.services.values())
                 svc = rec.services[service] = ServiceRecord(vip=vip, ports=wanted)
             elif svc.ports == wanted:
@@ -231,7 +252,7 @@ class EnvironmentNetworks(CniBase):
         async with self._lock:
             rec = self._env(env)
             svc = self._service(env, service)
-            plan = SubnetPlan.of(ipaddress.IPv4Network(rec.subnet))
+            plan = SubnetPlan.of(network(rec.subnet))
             backends: list[str] = []
             for ip in ips:
                 if not plan.is_container_ip(ip):

@@ -402,7 +402,7 @@ class CniNetwork(EnvironmentNetworks):
         await self._delete_environments([e for e in self._state.envs if e not in keep])
         async with self._lock:
             kept = {e: r for e, r in self._state.envs.items() if e in keep}
-            bridges = {r.bridge for r in kept.values()}
+            bridges = {r.bridge for r in kept.values()} | {self.names.bridge(e) for e in self._creating}
             containers = {cid for r in kept.values() for cid in r.containers}
             if self._netns_dir.exists():
                 for path in self._netns_dir.iterdir():

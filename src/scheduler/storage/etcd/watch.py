@@ -4,14 +4,16 @@ The watch is a list-then-watch (Kubernetes' informer pattern): without a start r
 yields a snapshot of the prefix, then every change after it. When the member it streams from
 dies or loses its leader, the watch resumes on the next member from the revision after the last
 change it yielded, so nothing is missed or repeated. When that history was compacted away, it
-yields a fresh snapshot instead (the consumer replaces its view) and follows on from there.
+yields a fresh snapshot instead (the consumer replaces its view) and follows on from there, or,
+for a consumer that cannot replace a view (a stream of events resumed from a client's cursor),
+raises ``Compacted``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 
@@ -21,7 +23,7 @@ from scheduler.storage.etcd import convert
 from scheduler.storage.etcd._gen.etcd.api.etcdserverpb import rpc_pb2 as pb
 from scheduler.storage.etcd.client import EtcdClient
 from scheduler.storage.etcd.connection import REQUIRE_LEADER
-from scheduler.storage.etcd.errors import from_grpc, retryable
+from scheduler.storage.etcd.errors import Compacted, from_grpc, retryable
 from scheduler.storage.etcd.types import WatchBatch
 
 _log = log.get("etcd.watch")
@@ -47,14 +49,16 @@ async def _snapshot(client: EtcdClient, prefix: str) -> WatchBatch:
 
 
 async def watch_prefix(
-    client: EtcdClient, prefix: str, start_revision: int = 0, *, prev_kv: bool = False
-) -> AsyncIterator[WatchBatch]:
+    client: EtcdClient, prefix: str, start_revision: int = 0, *, prev_kv: bool = False, relist: bool = True
+) -> AsyncGenerator[WatchBatch]:
     """Yield the changes under ``prefix`` from ``start_revision`` on (0: a snapshot, then changes).
 
     Runs until the consumer stops iterating (close or cancel it); member failures are retried
     forever with a backoff of at most a second, and logged.
 
     Raises:
+        Compacted: with ``relist=False``, the history from the next revision is gone; details
+            ``compact_revision`` (the oldest revision a watch may start from) and ``wanted``.
         SchedulerError: etcd refused the watch for a reason another member would not change.
     """
     next_revision = start_revision
@@ -85,6 +89,13 @@ async def watch_prefix(
                     _log.info(
                         "etcd.watch.compacted", prefix=prefix, wanted=next_revision, compacted=response.compact_revision
                     )
+                    if not relist:
+                        raise Compacted(
+                            f"revision {next_revision} of {prefix!r} was compacted"
+                            f" (the oldest kept is {response.compact_revision})",
+                            compact_revision=str(response.compact_revision),
+                            wanted=str(next_revision),
+                        )
                     batch = await _snapshot(client, prefix)
                     yield batch
                     next_revision = batch.revision + 1

@@ -374,8 +374,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     reconnect with since set to the last sequence received.
     """
     EVENT_TYPE_HEARTBEAT: _EventType.ValueType  # 17
-    """Nothing happened for heartbeat_interval; sequence is the latest one published, so a
-    client resuming later may pass it as since.
+    """Nothing happened for heartbeat_interval; sequence is the latest one published (in a fleet:
+    the latest revision the watch went past), so a client resuming later may pass it as since.
     """
     EVENT_TYPE_ENVIRONMENT_STOPPED: _EventType.ValueType  # 18
     """The environment's containers were stopped (on request or after being idle); it sleeps."""
@@ -420,8 +420,8 @@ EVENT_TYPE_EVENTS_LOST: EventType.ValueType  # 16
 reconnect with since set to the last sequence received.
 """
 EVENT_TYPE_HEARTBEAT: EventType.ValueType  # 17
-"""Nothing happened for heartbeat_interval; sequence is the latest one published, so a
-client resuming later may pass it as since.
+"""Nothing happened for heartbeat_interval; sequence is the latest one published (in a fleet:
+the latest revision the watch went past), so a client resuming later may pass it as since.
 """
 EVENT_TYPE_ENVIRONMENT_STOPPED: EventType.ValueType  # 18
 """The environment's containers were stopped (on request or after being idle); it sleeps."""
@@ -2130,7 +2130,11 @@ class WatchEventsRequest(_message.Message):
     """Replay the events whose sequence is greater than this one (the last sequence a client
     saw) before live ones; unset means live events only. OUT_OF_RANGE when events after it
     were dropped from the log; ErrorInfo metadata "oldest_sequence" is the oldest event kept
-    (resume from it with since = oldest_sequence - 1, after re-reading state).
+    (resume from it with since = oldest_sequence - 1, after re-reading state). On a daemon
+    alone, sequences are the daemon's own event counter. In a fleet (cluster.etcd), they are
+    etcd revisions, the same for every node: resume through any node, even after the one
+    asked restarted or was lost; a since older than etcd's compacted history is OUT_OF_RANGE
+    (EVENTS_EXPIRED, "oldest_sequence" the oldest revision kept).
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
@@ -2184,7 +2188,9 @@ class Event(_message.Message):
     """Environment generation it belongs to."""
     sequence: _builtins.int
     """Position in the daemon's event sequence, increasing across daemon restarts (a gap means
-    events were lost). Pass the last one received as WatchEventsRequest.since to resume.
+    events were lost); in a fleet, the etcd revision the event was stored at, increasing over
+    the whole fleet (gaps are other writes). Pass the last one received as
+    WatchEventsRequest.since to resume.
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:

@@ -247,7 +247,8 @@ class SchedulerServiceServicer:
     def WatchEvents(self, request, context):
         """Streams environment and container events: first those after `since` (from the daemon's
         bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
-        OUT_OF_RANGE when `since` is older than the log reaches.
+        OUT_OF_RANGE when `since` is older than the log reaches. In a fleet, any node streams the
+        events of every environment in the fleet, and sequences are etcd revisions (see `since`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -86,7 +86,8 @@ class SchedulerServiceStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchEventsRequest, _scheduler_pb2.Event]
     """Streams environment and container events: first those after `since` (from the daemon's
     bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
-    OUT_OF_RANGE when `since` is older than the log reaches.
+    OUT_OF_RANGE when `since` is older than the log reaches. In a fleet, any node streams the
+    events of every environment in the fleet, and sequences are etcd revisions (see `since`).
     """
     GetEnvironmentHistory: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentHistoryRequest, _scheduler_pb2.GetEnvironmentHistoryResponse]
     """Returns the audit trail of an environment, a page at a time: every change, who made it and
@@ -211,7 +212,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchEventsRequest, _scheduler_pb2.Event]  # type: ignore[assignment]
     """Streams environment and container events: first those after `since` (from the daemon's
     bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
-    OUT_OF_RANGE when `since` is older than the log reaches.
+    OUT_OF_RANGE when `since` is older than the log reaches. In a fleet, any node streams the
+    events of every environment in the fleet, and sequences are etcd revisions (see `since`).
     """
     GetEnvironmentHistory: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetEnvironmentHistoryRequest, _scheduler_pb2.GetEnvironmentHistoryResponse]  # type: ignore[assignment]
     """Returns the audit trail of an environment, a page at a time: every change, who made it and
@@ -393,7 +395,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.Event], _abc.AsyncIterator[_scheduler_pb2.Event]]:
         """Streams environment and container events: first those after `since` (from the daemon's
         bounded, persisted event log), then live ones, with a heartbeat while nothing happens.
-        OUT_OF_RANGE when `since` is older than the log reaches.
+        OUT_OF_RANGE when `since` is older than the log reaches. In a fleet, any node streams the
+        events of every environment in the fleet, and sequences are etcd revisions (see `since`).
         """
 
     @_abc_1.abstractmethod
