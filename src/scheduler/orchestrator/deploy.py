@@ -150,10 +150,12 @@ class Deploy(Steps):
             raise DeployFailure(getattr(err, "service", ""), type(err).__name__, err.message) from err
 
     async def _address(
-        self, env: Environment, service: ServiceSpec, network: asyncio.Future[None]
+        self, env: Environment, service: ServiceSpec, network: asyncio.Future[None], after: asyncio.Future[None] | None
     ) -> list[domain.Endpoint]:
-        """The service's stable address and its published ports, once the environment's bridge exists."""
-        await asyncio.shield(network)
+        """The service's stable address and its published ports, once the bridge exists and ``after`` is done."""
+        for first in (network, after):
+            if first is not None:
+                await asyncio.shield(first)
         try:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
         except errors.SchedulerError as err:
@@ -176,11 +178,14 @@ class Deploy(Steps):
         image: domain.Image,
         network: asyncio.Future[None],
         made: list[str],
+        after: asyncio.Future[None] | None,
     ) -> list[tuple[int, str, str]]:
         """Prepare every replica with its task set up ahead; ``made`` collects their ids as they are ready."""
 
         async def one(index: int) -> tuple[int, str, str]:
-            prepared = await self._prepare_replica(env, service, image, index, network=network, prestart=True)
+            prepared = await self._prepare_replica(
+                env, service, image, index, network=network, prestart=True, after=after
+            )
             made.append(prepared[1])
             return prepared
 
@@ -195,23 +200,24 @@ class Deploy(Steps):
     ) -> list[domain.Endpoint]:
         """Bring one service up once its dependencies allow; returns its published endpoints.
 
-        A service that depends on others prepares (address, containers, tasks) once the services
-        that depend on nothing are prepared, not started: with PostgreSQL from a template they
-        are healthy about a tenth of a second after their start, about what a dependent's
-        preparation takes, so it overlaps their start; and it leaves them the machine while they
-        prepare, which on a busy host (three task set-ups at once on two cores) is most of a deploy.
+        A service that depends on others creates its containers at once, but sets up the rest
+        (address and ports, network attachment, tasks) once the services that depend on nothing
+        are prepared, not started: with PostgreSQL from a template they are healthy about a
+        tenth of a second after their start, about what a dependent's set-up takes, so it
+        overlaps their start; and it leaves them the machine while they prepare, which on a busy
+        host (three task set-ups at once on two cores) is most of a deploy. A container's
+        creation is mostly waiting on containerd, so it goes ahead of that.
         """
         image = await self._pull_image(env.name, service)
-        if service.depends_on:
-            roots = _roots(env.spec.services)
-            await asyncio.gather(*(m.prepared.wait() for name, m in milestones.items() if name in roots))
+        roots = _roots(env.spec.services) if service.depends_on else set()
+        after = asyncio.ensure_future(_all_set(m.prepared for name, m in milestones.items() if name in roots))
         # Every task is set up (shim, runc create) while the network, the dependencies and the
         # other services come up; a service's turn is then followed by the exec alone.
         made: list[str] = []
         try:
             endpoints, prepared = await _both(
-                self._address(env, service, network),
-                self._prepare_replicas(env, service, image, network, made),
+                self._address(env, service, network, after),
+                self._prepare_replicas(env, service, image, network, made, after),
             )
             milestones[service.name].prepared.set()
             await self._dependencies(service, milestones)
@@ -219,6 +225,8 @@ class Deploy(Steps):
             # Tasks set up ahead must not linger as processes that never ran.
             await asyncio.shield(asyncio.gather(*(self._unprestart(cid) for cid in made)))
             raise
+        finally:
+            after.cancel()
         replicas = await asyncio.gather(*(self._launch_replica(env, service, p) for p in prepared))
         mine = milestones[service.name]
         mine.started.set()
@@ -253,6 +261,12 @@ async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -
     except BaseExceptionGroup as failed:
         raise _first(failed) from None
     return one.result(), two.result()
+
+
+async def _all_set(events: Iterable[asyncio.Event]) -> None:
+    """Until every one of ``events`` is set."""
+    for event in list(events):
+        await event.wait()
 
 
 def _roots(services: Iterable[ServiceSpec]) -> set[str]:

@@ -38,8 +38,11 @@ class EventWatch(Protocol):
         ...
 
     @property
-    def position(self) -> int:
-        """The sequence a heartbeat carries: resuming with it as ``since`` misses nothing."""
+    def position(self) -> int | None:
+        """The sequence a heartbeat carries: resuming with it as ``since`` misses nothing.
+
+        None while not known yet: no heartbeat is sent.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -167,6 +167,7 @@ class Steps:
         *,
         network: asyncio.Future[None] | None = None,
         prestart: bool = False,
+        after: asyncio.Future[None] | None = None,
     ) -> tuple[int, str, str]:
         """Attach a new container to the network and create it, without starting it.
 
@@ -174,7 +175,8 @@ class Steps:
         once, while dependencies are still coming up. The network's slow part (the CNI plugins)
         runs alongside the rest: the container's namespace and files are reserved first, so the
         volume, the container and, with ``prestart``, its task (shim, ``runc create``) are made
-        meanwhile. ``network`` is the environment's bridge being made, when it is not there yet.
+        meanwhile. ``network`` is the environment's bridge being made, when it is not there yet;
+        the CPU-heavy parts (the CNI plugins, the task) wait for ``after`` when it is given.
         Returns the replica index, id and address.
         """
         cid = container_id(env.name, service.name, index)
@@ -184,10 +186,12 @@ class Steps:
         created = False
         try:
             reserved = await self._network.reserve(env.name, cid, hostname)
-            attaching = asyncio.ensure_future(self._attach(env.name, cid, hostname, service.name, network))
+            attaching = asyncio.ensure_future(self._attach(env.name, cid, hostname, service.name, network, after))
             paths = reserved or await attaching
             await self._create(env, service, image, index, cid, paths)
             created = True
+            if after is not None:
+                await asyncio.shield(after)
             if prestart:
                 await self._prestart(env.name, service.name, cid)
             attachment = await attaching
@@ -209,10 +213,17 @@ class Steps:
         return index, cid, attachment.ip
 
     async def _attach(
-        self, env: str, cid: str, hostname: str, service: str, network: asyncio.Future[None] | None
+        self,
+        env: str,
+        cid: str,
+        hostname: str,
+        service: str,
+        network: asyncio.Future[None] | None,
+        after: asyncio.Future[None] | None = None,
     ) -> Attachment:
-        if network is not None:
-            await asyncio.shield(network)
+        for first in (network, after):
+            if first is not None:
+                await asyncio.shield(first)
         return await self._network.attach(env, cid, hostname=hostname, aliases=(service,))
 
     async def _abandon(

@@ -94,7 +94,8 @@ class Observation:
                 if closing in done:
                     return
                 if not done:
-                    yield Event(EventType.HEARTBEAT, name, datetime.now(UTC), sequence=subscription.position)
+                    if (position := subscription.position) is not None:
+                        yield Event(EventType.HEARTBEAT, name, datetime.now(UTC), sequence=position)
                     continue
                 event = upcoming.result()
                 upcoming = None

@@ -21,6 +21,7 @@ from scheduler import domain
 from scheduler.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from scheduler.runtime.containerd import labels as L
 from scheduler.runtime.containerd._gen.containerd.services.containers.v1 import containers_pb2
+from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2
 from scheduler.runtime.containerd.client import ContainerdClient
 from scheduler.runtime.containerd.events import TaskEventStream
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
@@ -150,6 +151,16 @@ async def test_stop_with_trap_is_fast_and_without_trap_needs_sigkill(
     assert status.code == 137
     assert 0.6 <= elapsed < 5.0
     assert await containerd_runtime.task_pid(stubborn.id) is None
+
+
+async def test_a_stop_signal_dropped_while_the_process_starts_is_sent_again(
+    containerd_runtime: ContainerdRuntime, make_container: MakeContainer
+) -> None:
+    # sh is its pid namespace's init: until its trap is set the kernel drops SIGTERM, and the
+    # signal is sent at once. Without a second one it would be SIGKILLed (137) after the grace.
+    late = await make_container("sleep 0.3; trap 'exit 0' TERM; while :; do sleep 0.1; done")
+    status = await containerd_runtime.stop(late.id, timedelta(seconds=30))
+    assert status.code == 0
 
 
 async def test_exit_and_start_events_arrive(
@@ -380,3 +391,25 @@ async def test_sweep_orphan_shims_ends_shims_without_a_task_and_only_those(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             process.wait(10)
+
+
+async def test_a_task_created_ahead_starts_and_one_replaced_meanwhile_still_does(
+    containerd_runtime: ContainerdRuntime, make_container: MakeContainer
+) -> None:
+    # Created, then its task set up ahead and started: the fast path, with no lookups between.
+    ahead = await make_container(start=False)
+    await containerd_runtime.prepare_start(ahead.id)
+    pid = await containerd_runtime.start(ahead.id)
+    assert pid > 0 and await containerd_runtime.task_pid(ahead.id) == pid
+    assert await containerd_runtime.start(ahead.id) == pid  # a running task is left alone
+    # Its task cancelled behind the fast path's back (as a sleeping environment's may be): the
+    # start finds none and makes one.
+    other = await make_container(start=False)
+    await containerd_runtime.prepare_start(other.id)
+    await containerd_runtime.client.tasks.delete(tasks_pb2.DeleteTaskRequest(container_id=other.id))
+    assert await containerd_runtime.task_pid(other.id) is None
+    started = await containerd_runtime.start(other.id)
+    assert started > 0 and await containerd_runtime.task_pid(other.id) == started
+    # Created and started at once (no task ahead): the record and mounts known from the create.
+    direct = await make_container()
+    assert (await containerd_runtime.exec(direct.id, ["true"], timedelta(seconds=10))).exit_code == 0

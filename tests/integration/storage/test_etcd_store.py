@@ -89,6 +89,11 @@ async def test_the_fleet_feed_merges_the_nodes_logs_by_revision_resumes_and_expi
         assert [e.sequence for e in await _take(resumed, 2)] == sequences[1:]
         await resumed.aclose()
 
+        # A watch of live events only has no position to resume from until it has started.
+        live = feed.watch()
+        assert live.position is None
+        await live.aclose()
+
         future = feed.watch(since=await client.revision() + 100)
         with pytest.raises(OutOfRange) as ahead:
             await anext(future)

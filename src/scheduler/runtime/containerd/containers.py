@@ -10,7 +10,9 @@ import asyncio
 import json
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from scheduler import domain
 from scheduler.errors import AlreadyExists, InvalidArgument, NotFound
@@ -26,6 +28,17 @@ from scheduler.runtime.containerd.client import ContainerdClient, check_name
 from scheduler.runtime.containerd.convert import json_any, pack
 
 _MAX_DB_BYTES = 4 * 1024 * 1024
+FRESH_KEPT = 256
+"""Containers created here whose record and mounts are kept for their task's creation (the latest)."""
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """What creating a container's task needs of its record, known when this store created it."""
+
+    labels: dict[str, str]
+    mounts: list[mount_pb.Mount]
+    """Its rootfs snapshot's mounts, as ``Snapshots.Prepare`` returned them (``Snapshots.Mounts`` would too)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +116,14 @@ class ContainerStore:
         self.snapshotter = snapshotter
         self.runtime_name = runtime_name
         self.runc_root = runc_root
+        self._fresh: OrderedDict[str, Fresh] = OrderedDict()
+
+    def take_fresh(self, container_id: str) -> Fresh | None:
+        """The labels and mounts of a container created here and not given a task yet, once; else None.
+
+        Spares the task's creation two lookups (record, mounts) on a deploy's critical path.
+        """
+        return self._fresh.pop(container_id, None)
 
     def runtime(self) -> containers_pb.Container.Runtime:
         """The runtime block of our containers: runc with a private state root when one is set."""
@@ -158,6 +179,9 @@ class ContainerStore:
             except BaseException:
                 await self.remove_snapshot(config.id)
                 raise
+        self._fresh[config.id] = Fresh(labels, mounts)
+        while len(self._fresh) > FRESH_KEPT:
+            self._fresh.popitem(last=False)
 
     async def _prepare(self, config: domain.ContainerConfig, lease: str) -> list[mount_pb.Mount]:
         request = snapshots_pb.PrepareSnapshotRequest(
@@ -204,6 +228,7 @@ class ContainerStore:
 
     async def delete(self, container_id: str) -> None:
         """Delete the record; a missing one is success. Leaves its task alone: see ``TaskManager.delete``."""
+        self._fresh.pop(container_id, None)
         try:
             await self._client.containers.delete(
                 containers_pb.DeleteContainerRequest(id=container_id), what=container_id

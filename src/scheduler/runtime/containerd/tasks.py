@@ -27,10 +27,11 @@ from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFou
 from scheduler.retry import linear, retry
 from scheduler.runtime import logger
 from scheduler.runtime.containerd import spec as oci
+from scheduler.runtime.containerd import stopping
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
 from scheduler.runtime.containerd._gen.containerd.types.task import task_pb2 as task_pb
 from scheduler.runtime.containerd.client import ContainerdClient, check_name
-from scheduler.runtime.containerd.containers import ContainerStore
+from scheduler.runtime.containerd.containers import ContainerStore, Fresh
 from scheduler.runtime.containerd.convert import exit_status, json_any
 from scheduler.runtime.containerd.metrics import oom_kills
 from scheduler.runtime.containerd.stdio import (
@@ -80,6 +81,8 @@ class TaskManager:
         self.exec_dir = os.path.join(work_dir, "exec")
         """Where the FIFOs of running execs live."""
         self._logger = os.path.join(work_dir, "bin", LOGGER_NAME)
+        self._unstarted: set[str] = set()
+        """Containers whose task this manager created and has not started: their start is one call."""
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -130,14 +133,21 @@ class TaskManager:
         Raises:
             NotFound: no such container, or its snapshot is gone.
         """
-        existing = await self.get(container_id)
+        if container_id in self._unstarted:
+            # Created ahead by :meth:`create`: started without looking it up first.
+            self._unstarted.discard(container_id)
+            with contextlib.suppress(NotFound):
+                return await self._start(container_id)
+        fresh = self._containers.take_fresh(container_id)
+        existing = None if fresh is not None else await self.get(container_id)
         if existing is not None:
             if existing.status in (task_pb.RUNNING, task_pb.PAUSED, task_pb.PAUSING):
                 return existing.pid
             if existing.status == task_pb.CREATED:
                 return await self._start(container_id)
             await self._delete_task(container_id)
-        await self._create(container_id)
+        await self._create(container_id, fresh)
+        self._unstarted.discard(container_id)
         try:
             return await self._start(container_id)
         except BaseException:
@@ -152,23 +162,28 @@ class TaskManager:
         Raises:
             NotFound: no such container, or its snapshot is gone.
         """
-        if await self.get(container_id) is None:
-            await self._create(container_id)
+        # A container created just now has no task, and its record and mounts are known.
+        fresh = self._containers.take_fresh(container_id)
+        if fresh is not None or await self.get(container_id) is None:
+            await self._create(container_id, fresh)
 
     async def cancel_created(self, container_id: str) -> None:
         """Delete the task if it was created and never started; any other task is left alone."""
+        self._unstarted.discard(container_id)
         task = await self.get(container_id)
         if task is not None and task.status == task_pb.CREATED:
             await self._force_delete_task(container_id)
 
-    async def _create(self, container_id: str) -> None:
-        record = await self._containers.get(container_id)
-        mounts = await self._containers.mounts(record)
-        stdout, stderr = await asyncio.to_thread(prepare_logs, self._logger, record.labels)
+    async def _create(self, container_id: str, fresh: Fresh | None = None) -> None:
+        if fresh is None:
+            record = await self._containers.get(container_id)
+            fresh = Fresh(dict(record.labels), await self._containers.mounts(record))
+        stdout, stderr = await asyncio.to_thread(prepare_logs, self._logger, fresh.labels)
         await self._client.tasks.create(
-            tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=mounts, stdout=stdout, stderr=stderr),
+            tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=fresh.mounts, stdout=stdout, stderr=stderr),
             what=container_id,
         )
+        self._unstarted.add(container_id)
 
     async def _start(self, container_id: str, exec_id: str = "") -> int:
         reply = await self._client.tasks.start(
@@ -258,15 +273,35 @@ class TaskManager:
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
+        The signal is sent again (see :mod:`~scheduler.runtime.containerd.stopping`) while the
+        process runs and has no handler for it: one caught starting would drop it.
+
         Raises:
             NotFound: the container has no task.
             InvalidArgument: a negative grace or an unknown signal.
         """
         if grace < timedelta(0):
             raise InvalidArgument("stop grace must not be negative", field="grace")
-        await self.kill(container_id, signal)
+        number = parse_signal(signal)
+        clock = asyncio.get_running_loop().time
+        sent = clock()
+        deadline = sent + grace.total_seconds()
+        pid = await self.pid(container_id)
+        # Read before sending: a handler installed after the signal was dropped must not hide the drop.
+        caught = pid is not None and stopping.catches(pid, number)
+        await self.kill(container_id, number)
+        after = stopping.FIRST_RESEND
+        while not caught and sent + after < deadline:
+            try:
+                return await self.wait(container_id, timeout=max(sent + after - clock(), 0.001))
+            except DeadlineExceeded:
+                pass
+            caught = pid is not None and stopping.catches(pid, number)
+            if not await self.kill(container_id, number):
+                break
+            after *= 2
         try:
-            return await self.wait(container_id, timeout=max(grace.total_seconds(), 0.001))
+            return await self.wait(container_id, timeout=max(deadline - clock(), 0.001))
         except DeadlineExceeded:
             pass
         await self.kill(container_id, signals.SIGKILL, all_processes=True)
@@ -317,6 +352,8 @@ class TaskManager:
         await self._force_delete_task(container_id)
 
     async def _delete_task(self, container_id: str) -> None:
+        self._unstarted.discard(container_id)
+
         async def delete() -> None:
             with contextlib.suppress(NotFound):
                 await self._client.tasks.delete(

@@ -100,8 +100,9 @@ class FleetWatch:
         self._prefix = prefix
         self._environment = environment
         self._since = since
-        self.position = since or 0
-        """The last revision this watch has gone past (what a heartbeat carries)."""
+        self.position: int | None = since
+        """The last revision this watch has gone past (what a heartbeat carries); None until a
+        watch asked for live events only has read the current revision."""
         self._events = self._follow()
 
     def __aiter__(self) -> FleetWatch:
@@ -119,7 +120,7 @@ class FleetWatch:
         changes = watch_prefix(self._client, self._prefix, start, relist=False)
         try:
             async for batch in changes:
-                scanned = scan(batch, self._environment, self.position)
+                scanned = scan(batch, self._environment, start - 1)
                 for event in scanned.events:
                     self.position = event.sequence
                     yield event
