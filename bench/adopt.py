@@ -10,7 +10,8 @@ crash) and started again on the same data. Measured per start: exec to SERVING (
 service asked every 20 ms with a fresh channel; includes the start-up reconciliation, not the
 image preload, which runs after SERVING) and the CPU the process used by then (less stretched
 than the wall clock by other work on a shared host), the reconciliation alone, exec to every
-environment reported RUNNING with the same pids as before (nothing restarted), the daemon's RSS
+environment reported RUNNING again and how many containers got another pid (restarts: 0 when
+all were adopted), the daemon's RSS
 and PSS two seconds after SERVING (the bare server's RSS too), and
 where the start-up time went (the ``startup`` phases of its ``daemon.ready`` line).
 """
@@ -61,8 +62,9 @@ def startup_phases(daemon: DaemonProcess) -> dict[str, float]:
 
 def restart(
     tmp: Path, daemon: DaemonProcess, sig: int, expected: dict[str, tuple[int, ...]]
-) -> tuple[DaemonProcess, Start, float]:
-    """Stop with ``sig``, start again; the start to SERVING, and seconds to every environment adopted as it was."""
+) -> tuple[DaemonProcess, Start, float, int]:
+    """Stop with ``sig``, start again: the start to SERVING, the seconds until every environment
+    is RUNNING again with pids, and how many of its containers have another pid (restarted)."""
     if sig == signal.SIGKILL:
         daemon.process.kill()
         daemon.process.wait(10)
@@ -75,12 +77,14 @@ def restart(
     with fresh.channel() as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
         deadline = time.monotonic() + 120
-        while pids(stub) != expected:
+        while (now := pids(stub)).keys() != expected.keys():
             if time.monotonic() > deadline:
-                raise SystemExit(f"environments not adopted as they were:\n{fresh.log()[-3000:]}")
+                raise SystemExit(f"environments not all RUNNING again after the restart:\n{fresh.log()[-3000:]}")
             time.sleep(0.02)
     adopted = time.monotonic() - started
-    return fresh, serving, adopted
+    restarted = sum(1 for name, old in expected.items() for a, b in zip(old, now[name], strict=False) if a != b)
+    restarted += sum(abs(len(old) - len(now[name])) for name, old in expected.items())
+    return fresh, serving, adopted, restarted
 
 
 def settled_memory(daemon: DaemonProcess) -> tuple[float, float]:
@@ -112,7 +116,7 @@ def run(tmp: Path, archive: Path, args: argparse.Namespace) -> None:
         idle_memory, idle_phases = [], []
         for _ in range(args.runs):
             bare.append(bare_grpc_start(free_port()))
-            daemon, serving, _ = restart(tmp, daemon, signal.SIGTERM, {})
+            daemon, serving, _, _ = restart(tmp, daemon, signal.SIGTERM, {})
             baseline.append(serving)
             idle_phases.append(startup_phases(daemon))
             idle_memory.append(settled_memory(daemon))
@@ -135,15 +139,15 @@ def run(tmp: Path, archive: Path, args: argparse.Namespace) -> None:
                     raise SystemExit("environments did not all reach RUNNING")
                 time.sleep(0.2)
         loaded_memory = settled_memory(daemon)
-        results: dict[str, list[tuple[Start, float, float]]] = {"SIGTERM": [], "SIGKILL": []}
+        results: dict[str, list[tuple[Start, float, float, int]]] = {"SIGTERM": [], "SIGKILL": []}
         busy_memory, busy_phases = [], []
         for _ in range(args.runs):
             for label, sig in (("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
-                daemon, serving, adopted = restart(tmp, daemon, sig, expected)
+                daemon, serving, adopted, restarted = restart(tmp, daemon, sig, expected)
                 seconds, count = reconcile_seconds(daemon)
                 if count != len(names):
                     raise SystemExit(f"reconciliation adopted {count} containers, expected {len(names)}")
-                results[label].append((serving, seconds, adopted))
+                results[label].append((serving, seconds, adopted, restarted))
                 busy_phases.append(startup_phases(daemon))
                 busy_memory.append(settled_memory(daemon))
         report(args.envs, bare, baseline, results, idle_memory, loaded_memory, busy_memory)
@@ -161,7 +165,7 @@ def report(
     envs: int,
     bare: list[Start],
     baseline: list[Start],
-    results: dict[str, list[tuple[Start, float, float]]],
+    results: dict[str, list[tuple[Start, float, float, int]]],
     idle_memory: list[tuple[float, float]],
     loaded_memory: tuple[float, float],
     busy_memory: list[tuple[float, float]],
@@ -184,13 +188,14 @@ def report(
     for label, rows in results.items():
         serving = median(r[0].seconds for r in rows)
         cpu = median(r[0].cpu_seconds for r in rows)
+        restarted = sum(r[3] for r in rows)
         print(
-            f"after {label} with {envs} running environments: "
-            f"to SERVING median {serving:.3f}s (ratio to the bare server {serving / bare_s:.2f}; target <= 2 s), "
+            f"start -> SERVING with {envs} running (adopted, {restarted} restarts) after {label}: "
+            f"median {serving:.3f}s (ratio to the bare server {serving / bare_s:.2f}; target <= 2 s), "
             f"CPU to SERVING median {cpu:.2f}s (ratio to the bare server {cpu / max(bare_cpu, 0.01):.2f}), "
             f"reconcile median {median(r[1] for r in rows):.3f}s, "
             f"to all adopted (same pids) median {median(r[2] for r in rows):.3f}s "
-            f"(runs: {'; '.join(f'{a.seconds:.3f}/{b:.3f}/{c:.3f}' for a, b, c in rows)})"
+            f"(runs: {'; '.join(f'{a.seconds:.3f}/{b:.3f}/{c:.3f}' for a, b, c, _ in rows)})"
         )
     rss, pss = median(m[0] for m in idle_memory), median(m[1] for m in idle_memory)
     print(

@@ -25,16 +25,35 @@ from pathlib import Path
 import grpc
 
 from bench import leftovers
+from bench.serving import children_cpu_seconds, cpu_seconds
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import TOOLBOX, build
+from tests.support.processes import shims_of
 
 IDLE = "trap 'exit 0' TERM INT; while :; do sleep 1; done"
 
 
+def cpu_used(daemon: DaemonProcess) -> dict[str, float]:
+    """CPU seconds so far of the daemon, of the children it reaped (CNI plugins, iptables), of containerd,
+    and of the shims with the children they reaped (runc)."""
+    containerd = int((daemon.data_dir / "containerd" / "containerd.pid").read_text())
+    pid = daemon.process.pid
+    shims = shims_of(str(daemon.data_dir / "containerd" / "containerd.sock"))
+    return {
+        "daemon": cpu_seconds(pid),
+        "its children": children_cpu_seconds(pid),
+        "containerd": cpu_seconds(containerd),
+        "shims and runc": sum(cpu_seconds(s) + children_cpu_seconds(s) for s in shims),
+    }
+
+
 def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float], float]:
-    """Create ``count`` environments at once; seconds to each RUNNING (sorted), and to all deleted."""
+    """Create ``count`` environments at once; seconds to each RUNNING (sorted), and to all deleted.
+
+    Also printed: the CPU seconds the daemon, its children and containerd spent on the creates.
+    """
     names = [f"burst-{i:03d}" for i in range(count)]
     running: dict[str, float] = {}
     failed: dict[str, str] = {}
@@ -62,12 +81,17 @@ def burst(daemon: DaemonProcess, count: int, timeout: float) -> tuple[list[float
         watching.wait(10)
         time.sleep(0.3)  # the stream is established before the first create
         config = pb.ContainerConfiguration(command=["sh", "-c", IDLE])
+        before = cpu_used(daemon)
         started[0] = time.monotonic()
         for name in names:
             spec = pb.EnvironmentSpecification(stack="toolbox", services={"toolbox": config})
             stub.CreateEnvironment(pb.CreateEnvironmentRequest(name=name, spec=spec), timeout=60)
+        accepted = time.monotonic() - started[0]
         watcher.join(timeout)
         stream.cancel()
+        spent = {k: v - before[k] for k, v in cpu_used(daemon).items()}
+        figures = ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
+        print(f"  all created after {accepted:.2f}s; CPU seconds until the last RUNNING: {figures}", flush=True)
         if len(running) + len(failed) < count:
             raise SystemExit(f"only {len(running)} of {count} environments RUNNING within {timeout:g}s")
         if failed:
@@ -113,7 +137,8 @@ def line(times: list[float], deleted: float) -> str:
     first, median, last = describe(times)
     return (
         f"{len(times)} RUNNING; first {first:6.2f}s, median {median:6.2f}s, last {last:6.2f}s; "
-        f"median/last {median / last:.2f}; all deleted in {deleted:.2f}s; load {os.getloadavg()[0]:.1f}"
+        f"median/last {median / last:.2f}; deciles {' '.join(f'{q:.1f}' for q in statistics.quantiles(times, n=10))}; "
+        f"all deleted in {deleted:.2f}s; load {os.getloadavg()[0]:.1f}"
     )
 
 

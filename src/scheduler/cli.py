@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import click
-from pydantic import ValidationError
+from scheduler import openssl
 
-from scheduler import client, errors, log
-from scheduler.config import Settings, load_settings, redacted
+# OpenSSL is not loaded at start (see scheduler.openssl): asyncio and pydantic (through hashlib)
+# import what would load it here, and the daemon's modules in ``run``.
+with openssl.deferred():
+    import asyncio
+
+    import click
+    from pydantic import ValidationError
+
+    from scheduler import client, errors, log
+    from scheduler.config import Settings, load_settings, redacted
 
 CONFIG_ERROR_EXIT = 2
 
@@ -112,7 +118,8 @@ def run(
     try:
         # containerd starts while the daemon's modules load (about half a second).
         begun = launch.begin(settings)
-        from scheduler import daemon
+        with openssl.deferred():
+            from scheduler import daemon
 
         code = _profiled(daemon.run(settings, lambda: load_settings(config, overrides), begun))
     except startup.AddressInUse as err:

@@ -12,6 +12,7 @@ paths; options typed :data:`SecretStr` are redacted by :func:`redacted`.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
@@ -288,8 +289,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Earlier sources win: CLI overrides (init) > environment > YAML file (if the class names one).
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+        # Earlier sources win: CLI overrides (init) > environment > YAML file (if one is being loaded).
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls, yaml_file=_config_file.get()))
+
+
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+"""The YAML file :func:`load_settings` is reading. Handed to the source this way, not through a
+subclass whose ``model_config`` names it: each subclass builds its own validator (about 1 MB and
+0.1 s at every start and reload)."""
 
 
 class _ConfigFileSource(YamlConfigSettingsSource):
@@ -325,22 +332,17 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             raise InvalidArgument(f"config file {str(path)!r} is not valid YAML: {err}", field="config") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise InvalidArgument(f"config file {str(path)!r} must hold a mapping of options", field="config")
-    settings_class = Settings if path is None else _settings_from_file(path)
+    reading = _config_file.set(path)
     try:
-        return settings_class(**(overrides or {}))
+        return Settings(**(overrides or {}))
     except ValidationError as err:
         lines = []
         for problem in err.errors():
             where = ".".join(str(part) for part in problem["loc"]) or "config"
             lines.append(f"{where}: {problem['msg']}")
         raise InvalidArgument("invalid configuration: " + "; ".join(lines), field="config") from err
-
-
-def _settings_from_file(path: Path) -> type[Settings]:
-    class FileSettings(Settings):
-        model_config = SettingsConfigDict(yaml_file=path)
-
-    return FileSettings
+    finally:
+        _config_file.reset(reading)
 
 
 LIVE_SETTINGS = ("log", "limits", "metrics", "auth", "backups", "images.registries", "images.allowed_registries")

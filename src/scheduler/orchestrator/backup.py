@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import io
 import json
 import os
@@ -34,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler import domain, errors, log
+from scheduler import domain, errors, log, openssl
 from scheduler.domain import ContainerState, Environment, EnvironmentStatus, HistoryEntry, ServiceSpec
 from scheduler.orchestrator.status import now
 from scheduler.runtime.base import ContainerRuntime
@@ -59,7 +58,7 @@ def database_mount(service: ServiceSpec) -> domain.VolumeMount | None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    digest = openssl.hasher("sha256")
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -218,7 +217,7 @@ class Backups:
         manifest = _read_manifest(path)
         with tarfile.open(path, "r:") as archive:
             for member, expected in manifest["files"].items():
-                digest = hashlib.sha256()
+                digest = openssl.hasher("sha256")
                 size = 0
                 for block in _member_blocks(archive, member):
                     digest.update(block)

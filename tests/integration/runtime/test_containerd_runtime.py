@@ -153,6 +153,16 @@ async def test_stop_with_trap_is_fast_and_without_trap_needs_sigkill(
     assert await containerd_runtime.task_pid(stubborn.id) is None
 
 
+async def test_a_stop_signal_dropped_while_the_process_starts_is_sent_again(
+    containerd_runtime: ContainerdRuntime, make_container: MakeContainer
+) -> None:
+    # sh is its pid namespace's init: until its trap is set the kernel drops SIGTERM, and the
+    # signal is sent at once. Without a second one it would be SIGKILLed (137) after the grace.
+    late = await make_container("sleep 0.3; trap 'exit 0' TERM; while :; do sleep 0.1; done")
+    status = await containerd_runtime.stop(late.id, timedelta(seconds=30))
+    assert status.code == 0
+
+
 async def test_exit_and_start_events_arrive(
     containerd_runtime: ContainerdRuntime, make_container: MakeContainer
 ) -> None:

@@ -57,8 +57,7 @@ class EnvironmentNetworks(CniBase):
             links.set_sysctl(("ipv4", "ip_forward"), "1")
             if links.get_sysctl(("bridge", "bridge-nf-call-iptables")) == "0":
                 links.set_sysctl(("bridge", "bridge-nf-call-iptables"), "1")
-            for env_rec in self._state.envs.values():
-                await links.ensure_bridge(env_rec.bridge)
+            await links.ensure_bridges([env_rec.bridge for env_rec in self._state.envs.values()])
             for rec in self._state.ports:
                 if not self._ports.rehold(rec):
                     log.warning("port.taken_by_another_program", port=rec.key, env=rec.env, service=rec.service)

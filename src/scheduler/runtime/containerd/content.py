@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
 
-from scheduler import domain
+from scheduler import domain, openssl
 from scheduler.errors import FailedPrecondition, NotFound, SchedulerError
 from scheduler.reference import check_digest
 from scheduler.retry import exponential, linear, retry
@@ -137,7 +136,7 @@ class ContentWriter:
             stat = await call.read()
             offset = stat.offset if isinstance(stat, content_pb.WriteContentResponse) else 0
             algorithm = desc.digest.split(":", 1)[0]
-            hasher = hashlib.new(algorithm)
+            hasher = openssl.hasher(algorithm)
             received = 0
             async for chunk in chunks:
                 hasher.update(chunk)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler import openssl
 from scheduler.errors import FailedPrecondition
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -65,6 +65,6 @@ def verify_digest(data: bytes, expected: str, what: str) -> None:
     algorithm, _, _ = expected.partition(":")
     if algorithm not in ("sha256", "sha384", "sha512"):
         raise FailedPrecondition(f"{what}: unsupported digest algorithm in {expected}")
-    actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+    actual = f"{algorithm}:{openssl.hasher(algorithm, data).hexdigest()}"
     if actual != expected:
         raise FailedPrecondition(f"{what}: content digest {actual} does not match the expected {expected}")

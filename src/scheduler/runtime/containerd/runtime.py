@@ -34,6 +34,9 @@ from scheduler.runtime.containerd.images import ImageService
 from scheduler.runtime.containerd.metrics import decode
 from scheduler.runtime.containerd.tasks import TaskManager
 
+_FEW = 8
+"""Up to this many containers, :meth:`ContainerdRuntime.list` asks for each one's task alone."""
+
 
 class ContainerdRuntime:
     """Containers, tasks, images and events of one containerd namespace."""
@@ -209,6 +212,11 @@ class ContainerdRuntime:
         """Our containers carrying every label in ``labels``, with task state."""
         selector = {L.OWNER: L.OWNER_VALUE, **labels}
         records = await self.containers.find(selector)
+        if len(records) <= _FEW:
+            # An environment's few containers: their tasks one by one, not every task of the
+            # host (hundreds of environments deleted at once each listed all of them).
+            found = await asyncio.gather(*(self.tasks.get(r.id) for r in records))
+            return [container_info(r, t) for r, t in zip(records, found, strict=True)]
         tasks = await self.tasks.all()
         return [container_info(r, tasks.get(r.id)) for r in records]
 

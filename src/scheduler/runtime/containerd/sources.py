@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
+from scheduler import openssl
 from scheduler.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -160,7 +161,7 @@ def hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[str, boo
     handle: IO[bytes] | None = tar.extractfile(member)
     if handle is None:
         raise InvalidArgument(f"{member.name} in the image archive is not a file", field="archive")
-    sha = hashlib.sha256()
+    sha = openssl.hasher("sha256")
     first = handle.read(_CHUNK)
     gzipped = first[:2] == b"\x1f\x8b"
     while first:

@@ -27,6 +27,7 @@ from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFou
 from scheduler.retry import linear, retry
 from scheduler.runtime import logger
 from scheduler.runtime.containerd import spec as oci
+from scheduler.runtime.containerd import stopping
 from scheduler.runtime.containerd._gen.containerd.services.tasks.v1 import tasks_pb2 as tasks_pb
 from scheduler.runtime.containerd._gen.containerd.types.task import task_pb2 as task_pb
 from scheduler.runtime.containerd.client import ContainerdClient, check_name
@@ -272,15 +273,35 @@ class TaskManager:
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
+        The signal is sent again (see :mod:`~scheduler.runtime.containerd.stopping`) while the
+        process runs and has no handler for it: one caught starting would drop it.
+
         Raises:
             NotFound: the container has no task.
             InvalidArgument: a negative grace or an unknown signal.
         """
         if grace < timedelta(0):
             raise InvalidArgument("stop grace must not be negative", field="grace")
-        await self.kill(container_id, signal)
+        number = parse_signal(signal)
+        clock = asyncio.get_running_loop().time
+        sent = clock()
+        deadline = sent + grace.total_seconds()
+        pid = await self.pid(container_id)
+        # Read before sending: a handler installed after the signal was dropped must not hide the drop.
+        caught = pid is not None and stopping.catches(pid, number)
+        await self.kill(container_id, number)
+        after = stopping.FIRST_RESEND
+        while not caught and sent + after < deadline:
+            try:
+                return await self.wait(container_id, timeout=max(sent + after - clock(), 0.001))
+            except DeadlineExceeded:
+                pass
+            caught = pid is not None and stopping.catches(pid, number)
+            if not await self.kill(container_id, number):
+                break
+            after *= 2
         try:
-            return await self.wait(container_id, timeout=max(grace.total_seconds(), 0.001))
+            return await self.wait(container_id, timeout=max(deadline - clock(), 0.001))
         except DeadlineExceeded:
             pass
         await self.kill(container_id, signals.SIGKILL, all_processes=True)
