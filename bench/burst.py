@@ -1,6 +1,6 @@
 """Many one-container environments created at once: when the first, the median and the last is RUNNING.
 
-Run as root: ``python -m bench.burst [--envs N] [--runs N]``.
+Run as root: ``python -m bench.burst [--envs N] [--runs N] [--only-admitted] [--profile DIR]``.
 
 Each run starts a real daemon (managed containerd, the toolbox image preloaded) twice, one
 after the other on fresh data: once as configured by default (deploys admitted a few at a
@@ -8,8 +8,11 @@ time, first come first served: ``deploys.concurrency: 0``) and once admitting ev
 once (``deploys.concurrency: N``, how the daemon behaved before admission), the baseline. All
 ``envs`` CreateEnvironment calls are sent back to back; a WatchEvents stream notes when each
 environment turns RUNNING. Printed: first, median and last RUNNING (seconds after the first
-create) for both, their ratios, then the time until every environment is deleted again, and the
-leftovers (0 when everything the run made was removed).
+create) with the deciles, for both, their ratios, then the time until every environment is
+deleted again, and the leftovers (0 when everything the run made was removed). Per run also:
+when the last create was accepted, and the CPU seconds the daemon, the children it reaped (CNI
+plugins, iptables), containerd and the shims (with runc) spent until the last RUNNING.
+``--profile DIR`` runs each daemon under cProfile (``SCHEDULER_PROFILE``) and keeps its stats.
 """
 
 from __future__ import annotations

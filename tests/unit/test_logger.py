@@ -1,5 +1,6 @@
 """The shim's log writer: record format, rotation without loss, partial lines, readiness and SIGTERM."""
 
+import array
 import contextlib
 import os
 import signal
@@ -178,13 +179,14 @@ def test_installed_writer_signals_readiness_and_drains_on_sigterm(tmp_path: Path
     first = os.stat(launcher)
     install_logger(launcher)  # unchanged content: not rewritten
     assert os.stat(launcher).st_ino == first.st_ino and os.access(launcher, os.X_OK)
-    assert Path(launcher).read_bytes().startswith(f"#!{sys.executable} -IS\n".encode())
+    head = Path(launcher).read_bytes()[:300]
+    assert head.startswith(b"#!/bin/sh\n") and f"exec {sys.executable} -IS ".encode() in head
     directory = tmp_path / "logs"
     pid, out_w, err_w, ready_r = _spawn(launcher, directory)
     try:
-        assert os.read(ready_r, 1) == b""  # the writer closed its end: ready
+        assert os.read(ready_r, 1) == b""  # the program closed its end: ready
         # Handed over to the shared writer (not written by itself after the hand-over's deadline):
-        # it closes the readiness pipe right before it becomes the waiting shell.
+        # it becomes the waiting shell.
         assert _becomes_waiter(pid)
         assert (directory / "stdout.log").exists() and (directory / "stderr.log").exists()
         os.write(out_w, b"before term\nunterminated")
@@ -299,14 +301,15 @@ def test_tasks_hand_their_pipes_to_one_shared_writer_and_wait_in_a_small_process
             assert os.read(ready_r, 1) == b""
             os.write(out_w, b"task %d\npartial" % i)
             os.write(err_w, b"err %d\n" % i)
+        # What stays per task, once its pipes are handed over, is the waiting process: a shell,
+        # not an interpreter.
+        for pid, *_ in tasks:
+            assert _becomes_waiter(pid)
         # Tasks arriving while the first writer starts may start more; all but one exit at once.
         deadline = time.monotonic() + 10
         while len(writers := _writers_in(tmp_path / "bin")) > 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(writers) == 1, writers
-        # What stays per task is the waiting process: a shell, not an interpreter.
-        for pid, *_ in tasks:
-            assert _becomes_waiter(pid)
         # The shim's order on task delete: close the pipes, SIGTERM, wait. The waiter outlives the
         # SIGTERM until the writer has flushed that task's files.
         for pid, out_w, err_w, _ in tasks:
@@ -348,6 +351,7 @@ def test_a_bad_client_gets_an_error_and_the_shared_writer_goes_on(tmp_path: Path
     pid, out_w, err_w, ready_r = _spawn(launcher, tmp_path / "logs")
     try:
         assert os.read(ready_r, 1) == b""
+        assert _becomes_waiter(pid)  # ready comes first; the shared writer runs once the pipes are handed over
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as bad:
             bad.settimeout(10)
             bad.connect(str(tmp_path / "bin" / "scheduler-logger.sock"))
@@ -455,3 +459,35 @@ def test_a_writer_that_ends_every_connection_without_done_gets_a_bounded_number_
         listener.close()
         os.close(lock)
         _end(tmp_path / "bin", [(pid, out_w, err_w, ready_r)])
+
+
+def test_a_task_program_is_ready_before_its_pipes_are_handed_over(tmp_path: Path) -> None:
+    # The shim creates the task only once the program is ready: it must not wait for the hand-over.
+    import socket
+
+    launcher = str(tmp_path / "bin" / "scheduler-logger")
+    install_logger(launcher)
+    directory = tmp_path / "logs"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as writer:  # a shared writer that is slow to answer
+        writer.bind(str(tmp_path / "bin" / "scheduler-logger.sock"))
+        writer.listen(1)
+        writer.settimeout(10)
+        pid, out_w, err_w, ready_r = _spawn(launcher, directory)
+        try:
+            connection, _ = writer.accept()
+            with connection:
+                connection.settimeout(10)
+                _, ancillary, _, _ = connection.recvmsg(8192, socket.CMSG_SPACE(2 * 4))
+                for fd in (fd for _, _, data in ancillary for fd in array.array("i", data)):
+                    os.close(fd)
+                # The program waits for this answer: it said it was ready before.
+                os.set_blocking(ready_r, False)
+                assert os.read(ready_r, 1) == b""
+                connection.sendall(b"erefused")  # it then writes its pipes itself
+            os.write(out_w, b"written by the task's own program\n")
+            os.close(out_w)
+            os.close(err_w)
+            assert _wait(pid, 10) == 0
+        finally:
+            os.close(ready_r)
+    assert [t for _, _, t in _records(directory, "stdout")] == [b"written by the task's own program"]

@@ -144,8 +144,10 @@ class Agent:
         if env.requested is not None:
             self._spawn(self._carry_out(name, env.requested), f"{env.requested.action}:{name}")
         if acted is None:
-            if gated(env) and not moved(env):
-                return  # a restore here is putting its volumes in place; it lifts the gate after
+            if gated(env):
+                # A restore is putting its volumes in place (it lifts the gate after), or was cut
+                # short with its node (moved here): never deployed on partial data.
+                return
             if env.status in (EnvironmentStatus.PENDING, EnvironmentStatus.DEPLOYING):
                 _log.info("agent.deploy", env=name, generation=env.generation)
                 self._acted[name] = _Acted(env)

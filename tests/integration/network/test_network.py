@@ -263,7 +263,11 @@ async def test_fifty_environments_get_distinct_subnets_and_ports(make_network: F
     await net.start()
     baseline = await net.resources()
     envs = [unique(f"f{i}") for i in range(50)]
-    infos = [await net.ensure_environment(e) for e in envs]
+    # All at once, ten of them asked for twice: subnets are claimed before the bridges are made
+    # (outside the lock), so none is handed out twice and both callers of one get the same.
+    both = await asyncio.gather(*(net.ensure_environment(e) for e in [*envs, *envs[:10]]))
+    infos = both[:50]
+    assert both[50:] == infos[:10]
     endpoints = []
     for env in envs:
         await net.ensure_service(env, "web", [80])

@@ -3,6 +3,7 @@ log through one watch, sequences that are revisions, a resume from ``since``, OU
 compacted), and the etcd leader dying while the store is in use."""
 
 import asyncio
+import contextlib
 import dataclasses
 from datetime import UTC, datetime
 
@@ -121,6 +122,20 @@ async def test_the_fleet_feed_merges_the_nodes_logs_by_revision_resumes_and_expi
         assert [e.sequence for e in await _take(shop, 1)] == [late.sequence]
         await again.aclose()
         fresh.close()
+
+        # Writes of other keys move a watcher's position on too (etcd's progress answers), so
+        # an idle watcher's heartbeat does not fall behind the history kept.
+        idle = EtcdEventFeed(client, f"{etcd_prefix}events/", progress_every=0.2).watch(since=late.sequence)
+        waiting = asyncio.create_task(anext(idle))
+        elsewhere = await client.put(f"{etcd_prefix}elsewhere", b"x")
+        async with asyncio.timeout(20):
+            while (idle.position or 0) < elsewhere:
+                await asyncio.sleep(0.05)
+        assert not waiting.done()  # no event came: only the position moved
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await idle.aclose()
     finally:
         await everything.aclose()
         await shop.aclose()

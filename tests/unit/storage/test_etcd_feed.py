@@ -50,6 +50,11 @@ def test_a_batch_yields_the_events_of_the_environment_asked_stamped_with_their_r
     assert scan(other, "shop", 10).reached == 26
 
 
+def test_a_progress_answer_moves_the_cursor_to_its_revision_and_never_back():
+    assert scan(WatchBatch(40), "shop", 30) == scan(WatchBatch(40, ()), "", 40)
+    assert scan(WatchBatch(40), "shop", 30).reached == 40 and scan(WatchBatch(25), "", 30).reached == 30
+
+
 def test_an_undecodable_value_is_skipped_not_fatal():
     bad = WatchEvent(EventKind.PUT, KeyValue("/p/events/n0/x", b"{not json", 5, 5, 1))
     scanned = scan(WatchBatch(6, (bad, _put(6, "shop", 1))), "", 4)

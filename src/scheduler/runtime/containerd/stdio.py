@@ -37,7 +37,7 @@ def prepare_logs(launcher: str, labels: Mapping[str, str]) -> tuple[str, str]:
 
 
 def install_logger(path: str) -> None:
-    """Write the log writer's executable: this interpreter (``-I -S``) and a zip of the logger package.
+    """Write the log writer's executable: shell lines running this interpreter (``-IS``) on a zip of the logger.
 
     The shim starts it without PATH or any other environment, so the interpreter is named in full.
     A copy (not a link into the package) keeps running tasks' writers independent of upgrades;
@@ -68,7 +68,7 @@ def _logger_archive() -> bytes:
 
     package = os.path.dirname(logger.__file__)
     buffer = io.BytesIO()
-    buffer.write(b"#!" + sys.executable.encode() + b" -IS\n")
+    buffer.write(logger.launcher(sys.executable))
     sources = {f"scheduler_logger/{n}": os.path.join(package, n) for n in os.listdir(package) if n.endswith(".py")}
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, path in sorted(sources.items()):

@@ -7,7 +7,9 @@ revision its key was written at, ``since`` starts the watch at the next revision
 ``since`` whose history was compacted is OUT_OF_RANGE (Kubernetes' "410 Gone"): the client
 re-reads state and watches from the latest. A node's own bus sequences would mean nothing to
 another node (nor survive a node's loss), which is why they are not the cursor here. There is no
-cursor per node: one revision orders the whole fleet's events.
+cursor per node: one revision orders the whole fleet's events. Each watcher asks etcd for its
+progress every few seconds (Kubernetes' bookmarks), so the position its heartbeats carry keeps
+up with the cluster's revision while no event comes.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def scan(batch: WatchBatch, environment: str, reached: int) -> Scanned:
     """The events of ``batch`` for ``environment`` (or all), each stamped with its revision.
 
     Removals (the logs' trimming) are no events; ``reached`` moves to the batch's last revision,
-    whichever environment it was for.
+    whichever environment it was for, or to a progress answer's (a batch without events).
     """
+    if not batch.events and batch.snapshot is None:
+        return Scanned([], max(reached, batch.revision))
     events: list[Event] = []
     for change in batch.events:
         reached = max(reached, change.kv.mod_revision)
@@ -95,7 +99,10 @@ def scan(batch: WatchBatch, environment: str, reached: int) -> Scanned:
 class FleetWatch:
     """One watcher of the fleet's events (an ``EventWatch``): a watch on ``events/`` from a revision."""
 
-    def __init__(self, client: EtcdClient, prefix: str, environment: str, since: int | None) -> None:
+    def __init__(
+        self, client: EtcdClient, prefix: str, environment: str, since: int | None, progress_every: float
+    ) -> None:
+        self._progress_every = progress_every
         self._client = client
         self._prefix = prefix
         self._environment = environment
@@ -117,7 +124,7 @@ class FleetWatch:
     async def _follow(self) -> AsyncGenerator[Event]:
         start = start_revision(self._since, await self._client.revision())
         self.position = start - 1
-        changes = watch_prefix(self._client, self._prefix, start, relist=False)
+        changes = watch_prefix(self._client, self._prefix, start, relist=False, progress_every=self._progress_every)
         try:
             async for batch in changes:
                 scanned = scan(batch, self._environment, start - 1)
@@ -131,13 +138,20 @@ class FleetWatch:
             await changes.aclose()
 
 
+PROGRESS_EVERY = 5.0
+"""Seconds between a watcher's progress requests: its heartbeats' position follows the cluster's
+revision (writes of other keys included) at most this far behind, so an idle watcher does not
+fall behind compactions."""
+
+
 class EtcdEventFeed:
     """An ``EventFeed`` over every node's event log under ``prefix`` (the fleet's ``events/``)."""
 
-    def __init__(self, client: EtcdClient, prefix: str) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, progress_every: float = PROGRESS_EVERY) -> None:
         self._client = client
         self._prefix = prefix
+        self._progress_every = progress_every
 
     def watch(self, environment: str = "", since: int | None = None) -> FleetWatch:
         """The fleet's events (of one environment, or all) after revision ``since`` (None: live only)."""
-        return FleetWatch(self._client, self._prefix, environment, since)
+        return FleetWatch(self._client, self._prefix, environment, since, self._progress_every)

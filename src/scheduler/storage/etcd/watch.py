@@ -48,13 +48,32 @@ async def _snapshot(client: EtcdClient, prefix: str) -> WatchBatch:
             delay = min(delay * 2, _MAX_DELAY)
 
 
+async def _ask_progress(call: grpc.aio.StreamStreamCall[pb.WatchRequest, pb.WatchResponse], every: float) -> None:
+    """Ask the member, every ``every`` seconds, how far the watch has been delivered."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            return  # the stream ended: the reader sees why and starts another
+
+
 async def watch_prefix(
-    client: EtcdClient, prefix: str, start_revision: int = 0, *, prev_kv: bool = False, relist: bool = True
+    client: EtcdClient,
+    prefix: str,
+    start_revision: int = 0,
+    *,
+    prev_kv: bool = False,
+    relist: bool = True,
+    progress_every: float | None = None,
 ) -> AsyncGenerator[WatchBatch]:
     """Yield the changes under ``prefix`` from ``start_revision`` on (0: a snapshot, then changes).
 
     Runs until the consumer stops iterating (close or cancel it); member failures are retried
-    forever with a backoff of at most a second, and logged.
+    forever with a backoff of at most a second, and logged. With ``progress_every``, the member
+    is asked that often how far it has delivered (etcd's progress request, Kubernetes'
+    bookmarks), and each answer is yielded as a batch without events: everything under the
+    prefix up to its ``revision`` was yielded before it.
 
     Raises:
         Compacted: with ``relist=False``, the history from the next revision is gone; details
@@ -78,8 +97,11 @@ async def watch_prefix(
             progress_notify=True,
             prev_kv=prev_kv,
         )
+        asking: asyncio.Task[None] | None = None
         try:
             await call.write(pb.WatchRequest(create_request=create))
+            if progress_every is not None:
+                asking = asyncio.create_task(_ask_progress(call, progress_every), name=f"watch-progress {prefix}")
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
@@ -110,6 +132,8 @@ async def watch_prefix(
                 elif not response.created:
                     # A progress notification: everything up to this revision was delivered.
                     next_revision = max(next_revision, response.header.revision + 1)
+                    if progress_every is not None:
+                        yield WatchBatch(response.header.revision)
         except grpc.RpcError as err:
             if not retryable(err):
                 raise from_grpc(err, f"Watch {prefix}") from err
@@ -125,6 +149,8 @@ async def watch_prefix(
                 _log.info("etcd.watch.restart", prefix=prefix, endpoint=stubs.endpoint, reason=str(why))
                 client.fail_over(stubs)
         finally:
+            if asking is not None:
+                asking.cancel()
             call.cancel()
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, _MAX_DELAY)
