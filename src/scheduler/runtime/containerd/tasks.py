@@ -273,8 +273,8 @@ class TaskManager:
     async def stop(self, container_id: str, grace: timedelta, signal: str | int = "SIGTERM") -> domain.ExitStatus:
         """Send ``signal``, wait up to ``grace``, then SIGKILL every process; return the exit status.
 
-        The signal is sent again (see :mod:`~scheduler.runtime.containerd.stopping`) while the
-        process runs and has no handler for it: one caught starting would drop it.
+        The signal is sent again (see :mod:`~scheduler.runtime.containerd.stopping`) until it
+        reached a handler: a process caught starting drops it.
 
         Raises:
             NotFound: the container has no task.
@@ -288,15 +288,18 @@ class TaskManager:
         deadline = sent + grace.total_seconds()
         pid = await self.pid(container_id)
         # Read before sending: a handler installed after the signal was dropped must not hide the drop.
-        caught = pid is not None and stopping.catches(pid, number)
+        sent_to = stopping.receiver(pid, number)
         await self.kill(container_id, number)
         after = stopping.FIRST_RESEND
-        while not caught and sent + after < deadline:
+        while sent + after < deadline:
             try:
                 return await self.wait(container_id, timeout=max(sent + after - clock(), 0.001))
             except DeadlineExceeded:
                 pass
-            caught = pid is not None and stopping.catches(pid, number)
+            now = stopping.receiver(pid, number)
+            if sent_to.got(now):
+                break
+            sent_to = now
             if not await self.kill(container_id, number):
                 break
             after *= 2
