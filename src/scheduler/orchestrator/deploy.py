@@ -29,7 +29,7 @@ from scheduler.domain import (
     ServiceSpec,
 )
 from scheduler.orchestrator.status import now
-from scheduler.orchestrator.steps import DeployFailure, Steps
+from scheduler.orchestrator.steps import DeployFailure, Steps, awaited
 
 _log = log.get("orchestrator")
 A = TypeVar("A")
@@ -153,9 +153,7 @@ class Deploy(Steps):
         self, env: Environment, service: ServiceSpec, network: asyncio.Future[None], after: asyncio.Future[None] | None
     ) -> list[domain.Endpoint]:
         """The service's stable address and its published ports, once the bridge exists and ``after`` is done."""
-        for first in (network, after):
-            if first is not None:
-                await asyncio.shield(first)
+        await awaited(network, after)
         try:
             await self._network.ensure_service(env.name, service.name, [p.container_port for p in service.ports])
         except errors.SchedulerError as err:

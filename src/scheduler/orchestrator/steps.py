@@ -221,9 +221,7 @@ class Steps:
         network: asyncio.Future[None] | None,
         after: asyncio.Future[None] | None = None,
     ) -> Attachment:
-        for first in (network, after):
-            if first is not None:
-                await asyncio.shield(first)
+        await awaited(network, after)
         return await self._network.attach(env, cid, hostname=hostname, aliases=(service,))
 
     async def _abandon(
@@ -476,3 +474,10 @@ class Steps:
                 generation=env.generation,
             )
         )
+
+
+async def awaited(*futures: asyncio.Future[None] | None) -> None:
+    """Wait for each of ``futures`` given, shielded: they are shared, and a cancelled waiter leaves them running."""
+    for future in futures:
+        if future is not None:
+            await asyncio.shield(future)
