@@ -147,7 +147,6 @@ class TaskManager:
                 return await self._start(container_id)
             await self._delete_task(container_id)
         await self._create(container_id, fresh)
-        self._unstarted.discard(container_id)
         try:
             return await self._start(container_id)
         except BaseException:
@@ -166,6 +165,7 @@ class TaskManager:
         fresh = self._containers.take_fresh(container_id)
         if fresh is not None or await self.get(container_id) is None:
             await self._create(container_id, fresh)
+            self._unstarted.add(container_id)
 
     async def cancel_created(self, container_id: str) -> None:
         """Delete the task if it was created and never started; any other task is left alone."""
@@ -183,7 +183,6 @@ class TaskManager:
             tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=fresh.mounts, stdout=stdout, stderr=stderr),
             what=container_id,
         )
-        self._unstarted.add(container_id)
 
     async def _start(self, container_id: str, exec_id: str = "") -> int:
         reply = await self._client.tasks.start(
