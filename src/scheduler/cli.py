@@ -61,11 +61,6 @@ def _profiled(main: Coroutine[Any, Any, int]) -> int:
     For finding what the event loop spends its time on under load (``bench.burst --profile``);
     threads' work (file writes, hashing) is not in it.
     """
-    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
-        # Python 3.11 waits for every child (CNI plugins, iptables-restore, mounts) in a thread of
-        # its own, started and joined on the event loop: 5.4 s of it for 200 deploys at once on 2
-        # busy cores. A pidfd is polled by the loop itself (3.12 does this by default).
-        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     target = os.environ.get("SCHEDULER_PROFILE")
     if not target:
         return asyncio.run(main)
@@ -76,6 +71,17 @@ def _profiled(main: Coroutine[Any, Any, int]) -> int:
         return profiler.runcall(asyncio.run, main)
     finally:
         profiler.dump_stats(target)
+
+
+def _watch_children_by_pidfd() -> None:
+    """Have the event loop poll a pidfd per child instead of a thread per child waiting for it.
+
+    Python 3.11 waits for every child (CNI plugins, iptables-restore, mounts) in a thread of its
+    own, started and joined on the event loop: 5.4 s of it for 200 deploys at once on 2 busy
+    cores (3.12 polls pidfds by default).
+    """
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
 @click.group(cls=_Commands)
@@ -121,6 +127,7 @@ def run(
         with openssl.deferred():
             from scheduler import daemon
 
+        _watch_children_by_pidfd()
         code = _profiled(daemon.run(settings, lambda: load_settings(config, overrides), begun))
     except startup.AddressInUse as err:
         click.echo(f"scheduler: {err.message}", err=True)
