@@ -13,6 +13,11 @@ import os
 import socket
 import time
 
+NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""What systemd hands a ``Type=notify`` service; the notifier takes them out of the environment."""
+SERVICE_MANAGER_VARIABLES = (*NOTIFY_VARIABLES, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+"""Those and socket activation's: meant for the daemon itself, never for a child it starts."""
+
 
 class Notifier:
     """Sends state changes to systemd, if it asked for them."""
@@ -28,7 +33,7 @@ class Notifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_seconds = _watchdog_seconds(env)
         if environ is None:
-            for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            for name in NOTIFY_VARIABLES:
                 os.environ.pop(name, None)
 
     @property

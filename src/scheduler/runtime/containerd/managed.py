@@ -19,6 +19,7 @@ from pathlib import Path
 
 from scheduler import log
 from scheduler.errors import InvalidArgument, SchedulerError, Unavailable
+from scheduler.systemd import SERVICE_MANAGER_VARIABLES
 
 _logger = log.get("containerd.managed")
 _MAX_SOCKET_PATH = 107
@@ -218,20 +219,10 @@ class ManagedContainerd:
         return data.decode(errors="replace").strip() or "(empty log)"
 
 
-_SERVICE_MANAGER_VARIABLES = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-)
-
-
 def _child_environment() -> dict[str, str]:
     """The daemon's environment without what systemd gave the daemon itself.
 
     containerd speaks sd_notify: handed ``NOTIFY_SOCKET`` it would report READY to systemd on the
     daemon's behalf, and it may be launched before the daemon's notifier reads that variable.
     """
-    return {k: v for k, v in os.environ.items() if k not in _SERVICE_MANAGER_VARIABLES}
+    return {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARIABLES}
