@@ -41,17 +41,24 @@ BUILD_MOUNT = "/scheduler-template/data"
 
 _COMMON = r"""
 set -eu
+run_uid="$(id -u)"
 as_postgres() {
-  if [ "$(id -u)" != 0 ]; then "$@"
+  if [ "$run_uid" != 0 ]; then "$@"
   elif command -v gosu >/dev/null 2>&1; then gosu postgres "$@"
   else su -p -s /bin/sh -c 'exec "$0" "$@"' -- postgres "$@"
   fi
 }
 quote() { printf '%s' "$1" | sed "s/$2/$2$2/g"; }
+newline='
+'
 single() {
   # Single-user mode answers errors on its output and still exits 0: look for them.
-  out="$(printf '%s\n\n' "$1" | as_postgres postgres --single -j -D "$PGDATA" \
-          -c listen_addresses='' -c fsync=off -c log_min_messages=warning postgres 2>&1)" || true
+  out="$(as_postgres postgres --single -j -D "$PGDATA" -c listen_addresses='' -c fsync=off \
+          -c log_min_messages=warning postgres 2>&1 <<EOF
+$1
+
+EOF
+)" || true
   case "$out" in
     *ERROR:*|*FATAL:*|*PANIC:*) printf '%s\n' "$out" >&2; return 1 ;;
   esac
@@ -87,20 +94,27 @@ chown postgres:postgres "$PGDATA/"""
 )
 
 _PREPARE_DATA = r"""
-  if [ "$(id -u)" = 0 ]; then
+  if [ "$run_uid" = 0 ]; then
     mkdir -p /var/run/postgresql
     chown postgres:postgres /var/run/postgresql "$PGDATA"
     chmod 3777 /var/run/postgresql
     chmod 700 "$PGDATA"
   fi
-  role="\"$(quote "$POSTGRES_USER" '"')\""
+  # sed (a subshell and two processes) only for a value that holds the quote or a line break,
+  # whose trailing line breaks the command substitution drops: others are their own quoting.
+  case "$POSTGRES_USER" in
+    *'"'*|*"$newline"*) role="\"$(quote "$POSTGRES_USER" '"')\"" ;;
+    *) role="\"$POSTGRES_USER\"" ;;
+  esac
   if [ -z "${POSTGRES_PASSWORD:-}" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
     POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
   fi
   sql=""
-  if [ -n "${POSTGRES_PASSWORD:-}" ]; then
-    sql="ALTER ROLE $role PASSWORD '$(quote "$POSTGRES_PASSWORD" "'")';"
-  fi
+  case "${POSTGRES_PASSWORD:-}" in
+    "") ;;
+    *"'"*|*"$newline"*) sql="ALTER ROLE $role PASSWORD '$(quote "$POSTGRES_PASSWORD" "'")';" ;;
+    *) sql="ALTER ROLE $role PASSWORD '$POSTGRES_PASSWORD';" ;;
+  esac
 """
 
 CLONE_PASSWORD = (
@@ -134,7 +148,13 @@ if [ -f "$marker" ]; then"""
     + r"""
   scripts=""
   if [ -d /docker-entrypoint-initdb.d ]; then
-    scripts="$(find /docker-entrypoint-initdb.d -maxdepth 1 -type f | sort)"
+    # Globs first, with no process: the directory is most often empty.
+    for entry in /docker-entrypoint-initdb.d/* /docker-entrypoint-initdb.d/.[!.]* /docker-entrypoint-initdb.d/..?*; do
+      if [ -e "$entry" ] || [ -L "$entry" ]; then
+        scripts="$(find /docker-entrypoint-initdb.d -maxdepth 1 -type f | sort)"
+        break
+      fi
+    done
   fi
   if [ -z "$scripts" ]; then
     if [ -n "$sql" ]; then single "$sql"; fi
