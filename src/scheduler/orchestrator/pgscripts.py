@@ -20,18 +20,12 @@ user and ``gosu`` or ``su`` (the official images and the project's own image hav
   the server. Nothing can connect over TCP before the password is set. If anything fails the
   marker stays, the container exits non-zero, and the next start tries again.
 
-Single-user mode runs with ``fsync=off``: its commit and the checkpoint at its exit flushed some
-twenty files, on a first start's critical path, and behind whatever else the host was writing
-(a busy host's journal made that 0.1-0.2 s of a 0.3-0.5 s start). The flushes bought nothing:
-a copy's files are never flushed either (a seed, a spare and a clone's copy go through the page
-cache), so until the kernel writes them back a host crash loses the volume whether or not the
-password's pages were flushed; and a template build syncs everything before it is renamed
-into place. PostgreSQL needs no more than that to run on with ``fsync=on`` afterwards: the
-kernel's writeback (its documented "running sync" or "rebooting" when turning fsync back on).
-It also runs with ``shared_buffers=1MB``: setting up the default 128 MB of buffers for one
-statement cost about 10 ms of CPU. (Settings that pg_control records, such as
+Single-user mode runs with ``shared_buffers=1MB``: setting up the default 128 MB of buffers for
+one statement cost about 10 ms of CPU. (Settings that pg_control records, such as
 ``max_connections``, are left alone: the server would then write and flush a parameter change
-as it starts.)
+as it starts.) It keeps ``fsync`` on: on an overlay volume the files it changes were copied up
+(and flushed) with the template's content, and the marker's removal is a whiteout the journal
+commits within seconds, so unflushed pages could leave a copy with no password and no marker.
 """
 
 from __future__ import annotations
@@ -57,7 +51,7 @@ newline='
 '
 single() {
   # Single-user mode answers errors on its output and still exits 0: look for them.
-  out="$(as_postgres postgres --single -j -D "$PGDATA" -c listen_addresses='' -c fsync=off \
+  out="$(as_postgres postgres --single -j -D "$PGDATA" -c listen_addresses='' \
           -c shared_buffers=1MB -c log_min_messages=warning postgres 2>&1 <<EOF
 $1
 
