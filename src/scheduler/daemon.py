@@ -236,6 +236,7 @@ async def build(
                 unused_after=timedelta(seconds=settings.templates.unused_after),
                 gc_interval=timedelta(seconds=settings.templates.gc_interval),
                 spares=settings.templates.spares,
+                overlay=settings.templates.overlay and not volume_fs.reflink,
             ),
         )
         await templates.start()
