@@ -172,10 +172,16 @@ class Templates:
         return await asyncio.get_running_loop().run_in_executor(self._copier, functools.partial(work, *args))
 
     async def start(self) -> None:
-        """Sweep what a crash left mid-build (no build runs yet); mount the layered volumes a reboot unmounted."""
+        """Sweep what a crash left mid-build (no build runs yet); mount the layered volumes a reboot unmounted.
+
+        With overlays, spares made before are removed.
+        """
         swept = await asyncio.to_thread(self._store.sweep)
         if swept:
             _log.info("templates.swept", builds=swept)
+        if self._layering:  # spares made before volumes were overlays would only take up the disk
+            for template in await self.list():
+                await asyncio.to_thread(self._store.drop_spares, template.key)
         mounted, failed = await asyncio.to_thread(self._volumes.remount_layers)
         if mounted:
             _log.info("templates.remounted", volumes=mounted)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scheduler.errors import AlreadyExists, FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
 from scheduler.validation import env_name_problem, volume_name_problem
@@ -27,6 +27,9 @@ from scheduler.volumes import overlay
 from scheduler.volumes.base import Volume
 from scheduler.volumes.copy import copy_tree
 from scheduler.volumes.sync import SyncStats, sync_tree
+
+if TYPE_CHECKING:
+    import tarfile  # imported by the backups and restores that use it, not at every daemon start
 
 DIR_MODE = 0o755
 """Mode of a volume directory, as the container sees its mount point."""
@@ -271,6 +274,8 @@ class HostVolumeStore:
         source = self._existing(env, name)
         tar_path = Path(tar_path)
         partial = tar_path.with_name(f".{tar_path.name}.{uuid.uuid4().hex[:8]}.partial")
+        import tarfile
+
         try:
             with tarfile.open(partial, "w:gz") as archive:
                 archive.add(source, arcname=".", recursive=True)
@@ -302,6 +307,8 @@ class HostVolumeStore:
         try:
             staged = scratch / "data"
             staged.mkdir(mode=DIR_MODE)
+            import tarfile
+
             try:
                 with tarfile.open(tar_path, "r:*") as archive:
                     archive.extractall(staged, numeric_owner=True, filter=_keep_owner_filter)
@@ -386,6 +393,8 @@ def _keep_owner_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     # The "data" filter refuses escapes and special files but drops owners; a database volume
     # needs its owner (uid 999) back, so restore the numeric ids it stripped.
     # It also leaves directory modes to the umask; PGDATA must come back 0700, so keep those too.
+    import tarfile
+
     safe = tarfile.data_filter(member, dest)
     mode = member.mode & 0o1777 if member.isdir() else safe.mode
     return safe.replace(uid=member.uid, gid=member.gid, uname="", gname="", mode=mode, deep=False)
