@@ -8,8 +8,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from scheduler import openssl
+from scheduler import openssl, pydantic_plugins
 
+# Before pydantic builds the first model (see scheduler.pydantic_plugins).
+pydantic_plugins.disable()
 # OpenSSL is not loaded at start (see scheduler.openssl): asyncio and pydantic (through hashlib)
 # import what would load it here, and the daemon's modules in ``run``.
 with openssl.deferred():

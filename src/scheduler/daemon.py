@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scheduler import domain, log
+from scheduler import domain, heap, log
 from scheduler.api.server import ApiServer
 from scheduler.cluster.base import Fleet
 from scheduler.cluster.fence import Fence
@@ -236,6 +236,7 @@ async def build(
                 unused_after=timedelta(seconds=settings.templates.unused_after),
                 gc_interval=timedelta(seconds=settings.templates.gc_interval),
                 spares=settings.templates.spares,
+                overlay=settings.templates.overlay and not volume_fs.reflink,
             ),
         )
         await templates.start()
@@ -333,6 +334,8 @@ async def build(
         async def images_ready() -> None:
             await asyncio.wait([preloading])
             await server.images_ready()
+            # The start is over (the preload's check included): what it freed leaves the RSS.
+            heap.trim()
 
         reporting = asyncio.create_task(images_ready(), name="images-ready")
         stack.push_async_callback(_cancel, reporting)

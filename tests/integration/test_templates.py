@@ -1,7 +1,7 @@
 """PostgreSQL from a template on real containerd with the PostgreSQL image: two environments
 created at once share one initdb, each gets its own password (the other's is refused) and its
-own init scripts run, their rows stay apart, the template holds no password, is listed, and is
-collected once nothing uses it."""
+own init scripts run, their rows stay apart, the template holds no password, each volume is an
+overlay on it (ext4) that its deletion unmounts, and it is listed and collected once nothing uses it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pytest
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.integration.test_environments import wait_gone, wait_status
+from tests.support.daemon import start_daemon
 from tests.support.images import POSTGRES
+from tests.support.processes import mounts_under
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,9 @@ def test_two_environments_from_one_template(daemon_factory: Any, image_archives:
             assert env.status == pb.ENVIRONMENT_STATUS_RUNNING, env
             ports[name] = next(e.host_port for e in env.endpoints if e.service == "postgres")
 
+        # On ext4 (no reflinks) each volume is an overlay mount on the template, not a copy.
+        volumes = daemon.data_dir / "volumes"
+        assert sorted(mounts_under(volumes)) == sorted(str(volumes / n / "pgdata") for n in PASSWORDS)
         # One initdb for both, and one template on disk, listed with both environments.
         assert daemon.log().count('"templates.built"') == 1, daemon.log()[-3000:]
         templates = [p for p in (daemon.data_dir / "templates").iterdir() if not p.name.startswith(".")]
@@ -119,9 +124,56 @@ def test_two_environments_from_one_template(daemon_factory: Any, image_archives:
         for name in PASSWORDS:
             stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name=name), timeout=10)
             wait_gone(stub, name)
+        assert mounts_under(daemon.data_dir) == [], "a deleted environment leaves no mount behind"
         # Unused now (and unused_after is 0): the collector removes it within a few intervals.
         deadline = time.monotonic() + 30
         while template.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not template.exists()
         assert stub.ListTemplates(pb.ListTemplatesRequest(), timeout=10).templates == []
+
+
+def test_a_layered_volume_survives_a_restart_and_a_lost_mount(
+    daemon_factory: Any, image_archives: dict[str, Path]
+) -> None:
+    """Adopted as it is after a restart; mounted again at start when its mount is gone (a reboot)."""
+    daemon = daemon_factory({"images": {"preload": [str(image_archives[POSTGRES])]}})
+    password = "restart-Pw1"
+    volume = daemon.data_dir / "volumes" / "tpl-r" / "pgdata"
+
+    def running(stub: pb_grpc.SchedulerServiceStub) -> int:
+        env = wait_status(stub, "tpl-r", {pb.ENVIRONMENT_STATUS_RUNNING, pb.ENVIRONMENT_STATUS_FAILED})
+        assert env.status == pb.ENVIRONMENT_STATUS_RUNNING, env
+        return next(e.host_port for e in env.endpoints if e.service == "postgres")
+
+    with daemon.channel() as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        spec = pb.EnvironmentSpecification(stack="postgres", parameters={"postgres_password": password})
+        stub.CreateEnvironment(pb.CreateEnvironmentRequest(name="tpl-r", spec=spec), timeout=10)
+        query(running(stub), password, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before')")
+    assert mounts_under(volume.parent.parent) == [str(volume)]
+    assert daemon.stop() == 0
+    restarted = start_daemon(daemon.config_path.parent, None, wait=True, reuse_config=True)
+    try:
+        with restarted.channel() as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            assert query(running(stub), password, "SELECT v FROM kept") == "before"
+            assert mounts_under(volume.parent.parent) == [str(volume)], "adopted, not mounted twice"
+            stub.StopEnvironment(pb.StopEnvironmentRequest(name="tpl-r"), timeout=30)
+            wait_status(stub, "tpl-r", {pb.ENVIRONMENT_STATUS_STOPPED})
+        assert restarted.stop() == 0
+        # As after a reboot: nothing runs and the mount is gone; the volume directory is empty.
+        subprocess.run(["umount", str(volume)], check=True, timeout=30)
+        assert not any(volume.iterdir())
+        restarted = start_daemon(daemon.config_path.parent, None, wait=True, reuse_config=True)
+        with restarted.channel() as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            assert mounts_under(volume.parent.parent) == [str(volume)], "mounted again at start"
+            stub.StartEnvironment(pb.StartEnvironmentRequest(name="tpl-r"), timeout=30)
+            assert query(running(stub), password, "SELECT v FROM kept") == "before"
+            stub.DeleteEnvironment(pb.DeleteEnvironmentRequest(name="tpl-r"), timeout=10)
+            wait_gone(stub, "tpl-r")
+        assert mounts_under(daemon.data_dir) == []
+    finally:
+        restarted.delete_all_environments()
+        restarted.stop()

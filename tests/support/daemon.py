@@ -60,13 +60,14 @@ def free_pool() -> str:
 
 def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
     """Remove what a stopped daemon left on the host: containers in its managed containerd, its
-    network instance (bridges, rules, namespaces) and its volume filesystem's mount."""
+    network instance (bridges, rules, namespaces), its layered volumes' and its volume filesystem's mounts."""
     import asyncio
 
     from scheduler.network.cni import CniNetwork, CniSettings
     from scheduler.runtime.containerd.managed import ManagedContainerd
     from scheduler.volumes.filesystem import release
     from tests.support.containerd import sweep_daemon
+    from tests.support.processes import unmount_under
 
     socket = data_dir / "containerd" / "containerd.sock"
 
@@ -85,6 +86,7 @@ def cleanup_daemon_dir(data_dir: Path, instance: str, pool: str) -> None:
     try:
         asyncio.run(sweep())
     finally:
+        unmount_under(data_dir / "volumes")  # layered volumes (overlays), after their containers
         release(data_dir)  # after the containers: theirs are the last users of it
 
 

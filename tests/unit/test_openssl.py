@@ -1,4 +1,4 @@
-"""What a daemon start loads: neither OpenSSL nor, on a single host, the etcd client and its stubs."""
+"""What a daemon start loads: neither OpenSSL, tarfile, importlib.metadata nor, on a single host, etcd's client."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def test_a_daemon_start_loads_neither_openssl_nor_etcd() -> None:
     assert not {"ssl", "_ssl", "_hashlib"} & modules
     assert not libcrypto
     assert not [m for m in modules if m.startswith(("scheduler.storage.etcd", "scheduler.cluster.member"))]
+
+
+def test_a_daemon_start_loads_neither_importlib_metadata_nor_tarfile() -> None:
+    # importlib.metadata came with pydantic's plugin loader (see scheduler.pydantic_plugins);
+    # tarfile is for backups and image archives only.
+    modules, _ = _start_imports()
+    assert "pydantic_core" in modules and "scheduler.orchestrator.backup" in modules
+    assert not {"importlib.metadata", "email", "zipfile", "tarfile"} & modules
 
 
 def test_hasher_is_openssl_and_agrees_with_the_standard_library() -> None:

@@ -175,7 +175,11 @@ class TemplateSettings(_Section):
     """Seconds between two collections of unused templates (and of templates whose image is gone)."""
     spares: int = Field(default=2, ge=0, le=100)
     """Copies of each template made ahead of time, so that a new environment's volume is a rename
-    (about 1 ms) instead of a copy (0.05-0.35 s for PostgreSQL's 39 MB); 0 copies at create."""
+    (about 1 ms) instead of a copy (0.05-0.35 s for PostgreSQL's 39 MB); 0 copies at create.
+    Not made while volumes are overlays (``overlay``)."""
+    overlay: bool = True
+    """Where the volumes' filesystem has no reflinks (ext4), a new PostgreSQL volume is an overlay
+    mount on its template (a mount, no copy: see ``scheduler.volumes.overlay``); false copies it."""
 
 
 class VolumeSettings(_Section):

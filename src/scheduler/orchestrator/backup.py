@@ -24,14 +24,13 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler import domain, errors, log, openssl
 from scheduler.domain import ContainerState, Environment, EnvironmentStatus, HistoryEntry, ServiceSpec
@@ -40,6 +39,9 @@ from scheduler.runtime.base import ContainerRuntime
 from scheduler.storage import codec
 from scheduler.storage.base import StateStore
 from scheduler.volumes.base import VolumeStore
+
+if TYPE_CHECKING:
+    import tarfile  # imported by the backups and restores that use it, not at every daemon start
 
 _log = log.get("backup")
 
@@ -215,7 +217,7 @@ class Backups:
         """
         path = self.locate(backup_id)
         manifest = _read_manifest(path)
-        with tarfile.open(path, "r:") as archive:
+        with _reading(path) as archive:
             for member, expected in manifest["files"].items():
                 digest = openssl.hasher("sha256")
                 size = 0
@@ -232,7 +234,7 @@ class Backups:
         """Put the archive's volumes in place for environment ``name`` (which must not run yet)."""
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".restore-") as raw:
             scratch = Path(raw)
-            with tarfile.open(path, "r:") as archive:
+            with _reading(path) as archive:
                 for volume in manifest["volumes"]:
                     target = scratch / f"{volume}.tar.gz"
                     with target.open("wb") as out:
@@ -251,7 +253,7 @@ class Backups:
             if container is None:
                 raise errors.FailedPrecondition(f"service {service.name} of {name!r} is not running", env=name)
             on_host = self._volumes.path(name, database["volume"]) / _DUMP_FILE
-            with tarfile.open(path, "r:") as archive, on_host.open("wb") as out:
+            with _reading(path) as archive, on_host.open("wb") as out:
                 for block in _member_blocks(archive, f"databases/{service.name}.sql"):
                     out.write(block)
             os.chmod(on_host, 0o644)  # read by psql as whatever user exec runs as; the env dir is 0700
@@ -335,6 +337,8 @@ def _info(path: Path, manifest: dict[str, Any]) -> domain.BackupInfo:
 
 
 def _write_archive(archive: Path, manifest: dict[str, Any], files: dict[str, Path]) -> None:
+    import tarfile
+
     partial = archive.with_name(f".{archive.name}.partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -351,7 +355,15 @@ def _write_archive(archive: Path, manifest: dict[str, Any], files: dict[str, Pat
         partial.unlink(missing_ok=True)
 
 
+def _reading(path: Path) -> tarfile.TarFile:
+    import tarfile
+
+    return tarfile.open(path, "r:")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
+    import tarfile
+
     try:
         with tarfile.open(path, "r:") as archive:
             manifest = json.loads(_read_text(archive, "manifest.json"))

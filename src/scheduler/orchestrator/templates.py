@@ -15,10 +15,13 @@ environment that the start-up reconciliation removes. A build that fails (an ima
 PostgreSQL-like) is remembered for ``FAILED_BUILD_RETRY`` and its deploys meanwhile fall back to
 the image's own first start.
 
+Where the volumes' filesystem has no reflinks, a volume is an overlay on its template instead
+of a copy (``TemplateSettings.overlay``, ``scheduler.volumes.overlay``): a mount, no bytes.
+
 Templates are listed (``ListTemplates``) and garbage-collected: one that no existing environment
 was seeded from and that was not used for ``unused_after``, or whose image reference no longer
-names its digest, is removed. Copies are independent of their template, so removal never
-touches a volume.
+names its digest, is removed. Copies are independent of their template; a template that is the
+lower layer of a volume is never removed.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class TemplateSettings:
     spare_delay: timedelta = timedelta(seconds=2)
     """Wait after a seed before copying its replacement: deploys under way need the disk and CPU first."""
     build_timeout: timedelta = timedelta(minutes=5)
+    overlay: bool = False
+    """Seed volumes as overlays on their template (``VolumeStore.layer``) instead of copies, where
+    the volume needs it at its root; no spares are made then. Off where copies are reflinks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,16 +164,29 @@ class Templates:
         self._removals: dict[str, asyncio.Future[None]] = {}
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._copier = ThreadPoolExecutor(max_workers=COPIERS, thread_name_prefix="template-copy")
+        self._layering = settings.overlay
+        """Whether seeds are overlays: turned off for good when the host cannot mount one."""
 
     async def _copying(self, work: Callable[..., _T], *args: Any) -> _T:
         """Run ``work`` (a copy, or a seed that may copy) on the copiers' threads, not the shared pool."""
         return await asyncio.get_running_loop().run_in_executor(self._copier, functools.partial(work, *args))
 
     async def start(self) -> None:
-        """Sweep what a crash left mid-build (no build runs yet)."""
+        """Sweep what a crash left mid-build (no build runs yet); mount the layered volumes a reboot unmounted.
+
+        With overlays, spares made before are removed.
+        """
         swept = await asyncio.to_thread(self._store.sweep)
         if swept:
             _log.info("templates.swept", builds=swept)
+        if self._layering:  # spares made before volumes were overlays would only take up the disk
+            for template in await self.list():
+                await asyncio.to_thread(self._store.drop_spares, template.key)
+        mounted, failed = await asyncio.to_thread(self._volumes.remount_layers)
+        if mounted:
+            _log.info("templates.remounted", volumes=mounted)
+        if failed:  # their environments' deploys fail and say so (FailedPrecondition)
+            _log.error("templates.remount_failed", volumes=failed)
 
     async def prepare(self, env: str, service: ServiceSpec, image: domain.Image) -> ServiceSpec:
         """Seed ``service``'s new data volume from its template; returns the service to run.
@@ -213,6 +232,16 @@ class Templates:
         data = self._store.data(found.key)
         if data is None:
             return None
+        if self._layering and not found.subpath:
+            try:
+                seeded = self._volumes.layer(env, found.mount.name, data)
+            except OSError as err:
+                _log.warning("templates.overlay_failed", template=found.key, error=str(err), fallback="copy")
+                self._layering = False
+            else:
+                if seeded:
+                    self._store.use(found.key, env, self._clock())
+                return ("overlay" if seeded else ""), marker.is_file()
         spare = self._store.claim_spare(found.key)
         try:
             seeded = self._volumes.seed(env, found.mount.name, spare or data, found.subpath, move=spare is not None)
@@ -225,7 +254,7 @@ class Templates:
 
     def _refill(self, key: str) -> None:
         """Make spares of ``key`` in the background, after the deploys under way had the machine."""
-        if self.settings.spares <= 0 or key in self._refills:
+        if self.settings.spares <= 0 or self._layering or key in self._refills:
             return
 
         async def refill() -> None:
@@ -322,9 +351,12 @@ class Templates:
         """Remove templates nobody uses (see the module docstring); returns the keys removed."""
         existing = set(environments)
         removed = []
+        layered = await asyncio.to_thread(self._volumes.lowers)
         for template in await self.list():
             if template.key in self._builds or template.key in self._refills or self._seeding[template.key]:
                 continue
+            if await asyncio.to_thread(self._store.data, template.key) in layered:
+                continue  # the lower layer of a volume: removing it would empty that volume
             for gone in set(template.environments) - existing:
                 await asyncio.to_thread(self._store.forget, template.key, gone)
             in_use = bool(set(template.environments) & existing)

@@ -41,6 +41,21 @@ class VolumeStore(Protocol):
         """
         ...
 
+    def layer(self, env: str, name: str, lower: Path) -> bool:
+        """Create the volume as a writable overlay on the read-only ``lower`` unless it has data.
+
+        Returns whether it layered. Raises OSError when the host cannot (then copy instead).
+        """
+        ...
+
+    def remount_layers(self) -> tuple[list[str], list[str]]:
+        """Mount again the layered volumes whose mounts are gone (after a reboot): names mounted, failures."""
+        ...
+
+    def lowers(self) -> set[Path]:
+        """The directories layered volumes are made on: they must not be removed."""
+        ...
+
     def remove(self, env: str, name: str) -> None:
         """Delete a volume and its data; removing a missing volume is not an error."""
         ...

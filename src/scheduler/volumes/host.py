@@ -17,15 +17,19 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scheduler.errors import AlreadyExists, FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound
 from scheduler.validation import env_name_problem, volume_name_problem
+from scheduler.volumes import overlay
 from scheduler.volumes.base import Volume
 from scheduler.volumes.copy import copy_tree
 from scheduler.volumes.sync import SyncStats, sync_tree
+
+if TYPE_CHECKING:
+    import tarfile  # imported by the backups and restores that use it, not at every daemon start
 
 DIR_MODE = 0o755
 """Mode of a volume directory, as the container sees its mount point."""
@@ -111,7 +115,7 @@ class HostVolumeStore:
         parts = [p for p in subpath.split("/") if p and p != "."]
         if subpath.startswith("/") or ".." in parts:
             raise InvalidArgument.of([FieldViolation("subpath", f"{subpath!r} must be relative and stay inside")])
-        if path.is_dir() and any(path.iterdir()):
+        if (path.is_dir() and any(path.iterdir())) or overlay.is_layered(path):
             return False
         if not Path(source).is_dir():
             raise NotFound(f"seed {str(source)!r} of volume {env}/{name} is not a directory", path=str(source))
@@ -139,6 +143,43 @@ class HostVolumeStore:
         self.path(env, name)  # the parent could have been swapped for a symlink meanwhile
         return True
 
+    def layer(self, env: str, name: str, lower: Path) -> bool:
+        """Create the volume as an overlay on the read-only ``lower`` unless it has data (see ``overlay``).
+
+        Returns whether it layered; a volume with data is left alone, and one whose overlay is
+        recorded but not mounted (after a reboot) is mounted again, not layered anew.
+
+        Raises:
+            OSError: the host cannot mount an overlay here; nothing is left behind.
+        """
+        path = self.path(env, name)
+        if overlay.is_layered(path):
+            if not os.path.ismount(path):
+                try:
+                    overlay.mount(path)
+                except OSError as err:
+                    raise FailedPrecondition(f"layered volume {env}/{name} cannot be mounted: {err}") from err
+            return False
+        if path.is_dir() and any(path.iterdir()):
+            return False
+        self._private_dir(self.root, parents=True)
+        self._private_dir(path.parent)
+        overlay.create(path, Path(lower))
+        self.path(env, name)  # the parent could have been swapped for a symlink meanwhile
+        return True
+
+    def remount_layers(self) -> tuple[list[str], list[str]]:
+        """Mount again the layered volumes whose mounts are gone (after a reboot).
+
+        Returns the names of those mounted, and of those that could not be, with why.
+        """
+        mounted, failed = overlay.remount(self.root)
+        return [f"{p.parent.name}/{p.name}" for p in mounted], [f"{p.parent.name}/{p.name}: {w}" for p, w in failed]
+
+    def lowers(self) -> set[Path]:
+        """The template directories layered volumes are made on (they must stay)."""
+        return overlay.lowers(self.root)
+
     @staticmethod
     def _private_dir(path: Path, parents: bool = False) -> None:
         # mkdir's mode is masked by the umask and ignored for an existing directory (one made
@@ -164,6 +205,10 @@ class HostVolumeStore:
         problem = volume_name_problem(name)
         if problem:
             raise InvalidArgument.of([FieldViolation("volume", problem)])
+        try:
+            overlay.drop(env_dir / name)
+        except OSError as err:
+            raise Internal(f"cannot unmount volume {env}/{name}: {err}") from err
         _remove_tree(env_dir / name)
         try:
             env_dir.rmdir()
@@ -172,7 +217,12 @@ class HostVolumeStore:
 
     def remove_environment(self, env: str) -> None:
         """Delete every volume of ``env``; idempotent. A symlink in its place is only unlinked."""
-        _remove_tree(self._env_dir(env))
+        env_dir = self._env_dir(env)
+        try:
+            overlay.unmount_all(env_dir)
+        except OSError as err:
+            raise Internal(f"cannot unmount a volume of {env}: {err}") from err
+        _remove_tree(env_dir)
 
     def list(self, env: str | None = None) -> list[Volume]:
         """Volumes on the host, of one environment or all, sorted by environment then name."""
@@ -224,6 +274,8 @@ class HostVolumeStore:
         source = self._existing(env, name)
         tar_path = Path(tar_path)
         partial = tar_path.with_name(f".{tar_path.name}.{uuid.uuid4().hex[:8]}.partial")
+        import tarfile
+
         try:
             with tarfile.open(partial, "w:gz") as archive:
                 archive.add(source, arcname=".", recursive=True)
@@ -255,6 +307,8 @@ class HostVolumeStore:
         try:
             staged = scratch / "data"
             staged.mkdir(mode=DIR_MODE)
+            import tarfile
+
             try:
                 with tarfile.open(tar_path, "r:*") as archive:
                     archive.extractall(staged, numeric_owner=True, filter=_keep_owner_filter)
@@ -263,6 +317,9 @@ class HostVolumeStore:
                     [FieldViolation("tar_path", f"cannot restore from {str(tar_path)!r}: {err}")]
                 ) from err
             self.ensure(env, name)
+            if overlay.is_layered(target):  # the restored data is a plain directory
+                overlay.unmount(target)
+                os.rename(overlay.layers(target), scratch / "old-layers")
             old = scratch / "old"
             os.rename(target, old)
             os.rename(staged, target)
@@ -336,6 +393,8 @@ def _keep_owner_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     # The "data" filter refuses escapes and special files but drops owners; a database volume
     # needs its owner (uid 999) back, so restore the numeric ids it stripped.
     # It also leaves directory modes to the umask; PGDATA must come back 0700, so keep those too.
+    import tarfile
+
     safe = tarfile.data_filter(member, dest)
     mode = member.mode & 0o1777 if member.isdir() else safe.mode
     return safe.replace(uid=member.uid, gid=member.gid, uname="", gname="", mode=mode, deep=False)

@@ -68,8 +68,12 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None
 
 
 def _read(path: str) -> str:
-    with open(path) as handle:
-        return handle.read()
+    """The file's text; empty while it does not exist (the log writer creates it when it has the task's pipes)."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
 
 
 async def test_stdout_and_stderr_go_to_separate_log_files(

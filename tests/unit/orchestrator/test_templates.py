@@ -16,6 +16,7 @@ from scheduler.orchestrator import pgscripts
 from scheduler.orchestrator.templates import Templates, TemplateSettings, plan, wrapped
 from scheduler.runtime.fake import FakeRuntime, fake_image
 from scheduler.stacks.components import POSTGRES
+from scheduler.volumes import overlay
 from scheduler.volumes.host import HostVolumeStore
 from scheduler.volumes.templates import TemplateStore
 
@@ -144,6 +145,35 @@ async def test_collection_keeps_used_templates_and_removes_unused_or_orphaned_on
     runtime.images[IMAGE.name] = dataclasses.replace(IMAGE, digest="sha256:" + "e" * 64)
     assert await templates.collect(["b"]) == []
     assert len(await templates.collect([])) == 1
+
+
+async def test_a_template_under_a_layered_volume_is_kept_and_overlays_need_no_spares(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    runtime = InitdbRuntime()
+    volumes = HostVolumeStore(tmp_path / "volumes")
+    store = TemplateStore(tmp_path / "templates")
+    settings = TemplateSettings(unused_after=timedelta(0), spares=0)
+    templates = Templates(store, volumes, runtime, settings, clock=lambda: now[0])
+    await templates.prepare("a", SERVICE, IMAGE)
+    [template] = await templates.list()
+    # A layered volume's record names the template as its lower layer (no mount needed to read it),
+    # even where no user record says so (a crash between the mount and that record).
+    held = tmp_path / "volumes" / "gone" / f"{overlay.PREFIX}pgdata"
+    held.mkdir(parents=True)
+    (held / overlay.RECORD).write_text(str(store.data(template.key)))
+    now[0] += timedelta(hours=2)
+    assert await templates.collect([]) == []
+    (held / overlay.RECORD).unlink()
+    assert await templates.collect([]) == [template.key]
+    # Spares made before volumes were overlays go at the next start with overlays on.
+    await templates.prepare("b", SERVICE, IMAGE)
+    [template] = await templates.list()
+    assert store.add_spare(template.key) and store.spares(template.key) == 1
+    layering = Templates(store, volumes, runtime, dataclasses.replace(settings, overlay=True))
+    await layering.start()
+    assert store.spares(template.key) == 0
+    await templates.close()
+    await layering.close()
 
 
 def test_plan_keys_on_the_digest_and_the_parameters_and_skips_what_it_cannot_copy() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-import tarfile
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +153,8 @@ class ImageService:
         archive = Path(path)
         if not archive.is_file():
             raise InvalidArgument(f"image archive {archive} does not exist", field="archive")
+        import tarfile  # here, not at every daemon start
+
         try:
             tar = await asyncio.to_thread(tarfile.open, archive, "r:")
         except (tarfile.TarError, OSError) as err:

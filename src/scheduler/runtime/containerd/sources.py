@@ -6,7 +6,6 @@ import asyncio
 import builtins
 import hashlib
 import json
-import tarfile
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -31,6 +30,8 @@ from scheduler.runtime.containerd.manifests import (
 )
 
 if TYPE_CHECKING:
+    import tarfile  # the daemon's start does without it; images.py imports it to open an archive
+
     from scheduler.runtime.containerd.registry import Endpoint, RegistryClient
 
 _CHUNK = 1 << 20

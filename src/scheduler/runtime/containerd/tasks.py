@@ -19,11 +19,11 @@ import os
 import shutil
 import signal as signals
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 
-from scheduler import domain
-from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
+from scheduler import domain, log
+from scheduler.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, SchedulerError
 from scheduler.retry import linear, retry
 from scheduler.runtime import logger
 from scheduler.runtime.containerd import spec as oci
@@ -40,6 +40,8 @@ from scheduler.runtime.containerd.stdio import (
     prepare_logs,
 )
 from scheduler.runtime.containerd.stdio import install_logger as install_logger
+
+_log = log.get("containerd.tasks")
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
@@ -179,10 +181,34 @@ class TaskManager:
             record = await self._containers.get(container_id)
             fresh = Fresh(dict(record.labels), await self._containers.mounts(record))
         stdout, stderr = await asyncio.to_thread(prepare_logs, self._logger, fresh.labels)
-        await self._client.tasks.create(
-            tasks_pb.CreateTaskRequest(container_id=container_id, rootfs=fresh.mounts, stdout=stdout, stderr=stderr),
-            what=container_id,
+        creating = asyncio.ensure_future(
+            self._client.tasks.create(
+                tasks_pb.CreateTaskRequest(
+                    container_id=container_id, rootfs=fresh.mounts, stdout=stdout, stderr=stderr
+                ),
+                what=container_id,
+            )
         )
+        try:
+            await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Never cancelled midway: containerd runs the shim's ``start`` command under this
+            # call's context, and kills it with the call; a shim it had forked by then runs on
+            # with no task in containerd (nothing would ever stop it, see orphans.py). The call
+            # runs to its end, and the task it made for a caller that is gone is deleted.
+            await asyncio.shield(self._discard_created(creating, container_id))
+            raise
+
+    async def _discard_created(self, creating: Awaitable[object], container_id: str) -> None:
+        """Once a creation whose caller is gone has ended, delete the task it made (if it made one)."""
+        try:
+            await creating
+        except Exception:  # noqa: BLE001 - it failed: containerd removed what it had started itself
+            return
+        try:
+            await self._force_delete_task(container_id)
+        except SchedulerError as err:
+            _log.warning("task.discard_failed", container=container_id, error=err.message)
 
     async def _start(self, container_id: str, exec_id: str = "") -> int:
         reply = await self._client.tasks.start(
