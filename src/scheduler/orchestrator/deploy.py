@@ -229,9 +229,12 @@ class Deploy(Steps):
         mine = milestones[service.name]
         mine.started.set()
         ids_ips = list(replicas)
+        marks: list[asyncio.Future[None]] = []
         if service.health.kind is not HealthCheckKind.NONE:
-            await asyncio.gather(*(self._await_health(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips))
-        await self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips])
+            marks = await asyncio.gather(*(self._checked(env.name, service, cid, ip, t0) for cid, ip, t0 in ids_ips))
+        # Traffic goes to the replicas while their statuses are written: the supervisor leaves a
+        # deploying environment's traffic to the deploy, and looks at it again once it is RUNNING.
+        await asyncio.gather(self._network.set_backends(env.name, service.name, [ip for _, ip, _ in ids_ips]), *marks)
         self._observer.step(env.name, "traffic", service.name, "to " + ", ".join(ip for _, ip, _ in ids_ips))
         mine.healthy.set()
         if any(
@@ -248,6 +251,13 @@ class Deploy(Steps):
                 )
             mine.completed.set()
         return endpoints
+
+    async def _checked(
+        self, name: str, service: ServiceSpec, cid: str, ip: str, started: float
+    ) -> asyncio.Future[None]:
+        """Probe a replica until it is healthy; returns its healthy status being recorded."""
+        detail = await self._probe_until_healthy(name, service, cid, ip, started)
+        return asyncio.ensure_future(self._mark_healthy(name, service.name, cid, detail))
 
 
 async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:

@@ -343,6 +343,12 @@ class Steps:
         )
 
     async def _await_health(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> None:
+        """Wait until the replica passes its health check, then record it healthy."""
+        detail = await self._probe_until_healthy(name, service, cid, ip, started)
+        await self._mark_healthy(name, service.name, cid, detail)
+
+    async def _probe_until_healthy(self, name: str, service: ServiceSpec, cid: str, ip: str, started: float) -> str:
+        """Probe the replica until it is healthy (returns the probe's detail) or unhealthy (DeployFailure)."""
         try:
             probes = ProbeSteps(self._observer, name, service.name, cid)
             result = await health.wait_healthy(service.health, self._runtime, cid, ip, started, probes)
@@ -362,9 +368,13 @@ class Steps:
             raise DeployFailure(
                 service.name, "HealthCheckFailed", f"service {service.name} is unhealthy: {unhealthy.detail}"
             ) from None
-        await self._update_container(name, cid, health=Health.HEALTHY, message=result.detail)
         self._observer.step(name, "healthy", service.name, cid)
-        self._events.publish(Event(EventType.CONTAINER_HEALTHY, name, now(), service=service.name, container_id=cid))
+        return result.detail
+
+    async def _mark_healthy(self, name: str, service: str, cid: str, detail: str) -> None:
+        """Record a replica healthy and tell the event stream."""
+        await self._update_container(name, cid, health=Health.HEALTHY, message=detail)
+        self._events.publish(Event(EventType.CONTAINER_HEALTHY, name, now(), service=service, container_id=cid))
 
     async def _containers_of(self, name: str, service: str) -> list[ContainerStatus]:
         env = await self._ledger.get(name)

@@ -207,3 +207,43 @@ def test_the_scripts_parse_as_posix_shell(script: str, tmp_path: Path) -> None:
 
     checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, timeout=10)
     assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "statement"),
+    [
+        ("app", "AKcELm-8vTR20HMhD2EI10eKq", """ALTER ROLE "app" PASSWORD 'AKcELm-8vTR20HMhD2EI10eKq';"""),
+        ("app", "it's", """ALTER ROLE "app" PASSWORD 'it''s';"""),
+        ('we"ird', "back\\slash $HOME `id` $(id)", """ALTER ROLE "we""ird" PASSWORD 'back\\slash $HOME `id` $(id)';"""),
+        ("app", "a'b\\c\"d%s", """ALTER ROLE "app" PASSWORD 'a''b\\c"d%s';"""),
+        ("app", "two\nlines\n", """ALTER ROLE "app" PASSWORD 'two\nlines';"""),
+    ],
+)
+def test_the_first_start_of_a_copy_sets_the_password_it_is_given(
+    user: str, password: str, statement: str, tmp_path: Path
+) -> None:
+    """CLONE_INIT hands single-user mode the one statement, quoted (with or without sed), and
+    then runs the entrypoint; the marker goes. ``postgres`` here records what it reads."""
+    import subprocess
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "id").write_text("#!/bin/sh\necho 1000\n")  # not root: no chown, no su
+    (tools / "postgres").write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/args\ncat > {tmp_path}/stdin\n')
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / pgscripts.MARKER).touch()
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "PGDATA": str(data), "POSTGRES_USER": user, "POSTGRES_PASSWORD": password}
+    done = subprocess.run(
+        ["sh", "-c", pgscripts.CLONE_INIT, "first-start", "sh", "-c", f"touch {tmp_path}/entrypoint"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "stdin").read_text() == statement + "\n\n"
+    assert "--single" in (tmp_path / "args").read_text()
+    assert (tmp_path / "entrypoint").exists() and not (data / pgscripts.MARKER).exists()
