@@ -22,7 +22,8 @@ print(repr(os.environ.get("PYDANTIC_DISABLE_PLUGINS")), list(get_plugins()) == [
 
 
 def _probe(variable: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    # Neither the caller's plugin switch nor its SCHEDULER_* settings: the probe's own, only.
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS" and not k.startswith("SCHEDULER_")}
     if variable is not None:
         env["PYDANTIC_DISABLE_PLUGINS"] = variable
     run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, env=env)

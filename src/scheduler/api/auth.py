@@ -9,6 +9,7 @@ to environments by name prefix or labels. Tokens are compared by their SHA-256 o
 
 from __future__ import annotations
 
+import functools
 import grp
 import hashlib
 import hmac
@@ -135,6 +136,16 @@ def in_scope(binding: RoleBinding, name: str, labels: Mapping[str, str]) -> bool
     return all(labels.get(k) == v for k, v in binding.labels.items())
 
 
+@functools.lru_cache(maxsize=1024)
+def _named(name: str) -> Principal:
+    """The principal known by ``name`` alone (a token's, a certificate's), one object per name.
+
+    The same object each time, so that what is remembered per principal object (the gate's
+    admissions) is found again.
+    """
+    return Principal(name, frozenset({name}))
+
+
 class Authenticator:
     """Turns what the transport knows about a caller into a principal and its grant."""
 
@@ -154,13 +165,13 @@ class Authenticator:
         digest = hashlib.sha256(token.encode()).hexdigest()
         for known, name in self._tokens.items():
             if hmac.compare_digest(known, digest):
-                return Principal(f"token:{name}", frozenset({f"token:{name}"}))
+                return _named(f"token:{name}")
         raise errors.Unauthenticated("the bearer token is not valid")
 
     @staticmethod
     def from_certificate(common_name: str) -> Principal:
         """The principal of a verified client certificate."""
-        return Principal(f"cert:{common_name}", frozenset({f"cert:{common_name}"}))
+        return _named(f"cert:{common_name}")
 
     @staticmethod
     def from_user(uid: int, gid: int, pid: int | None = None) -> Principal:

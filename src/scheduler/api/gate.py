@@ -70,8 +70,13 @@ class Gate:
         """Whether clients may present certificates (TLS with a client CA): else none is looked for."""
         self._auth = Authenticator(settings)
         self._users = LocalUsers()
-        self._admissions: dict[tuple[Principal, str], Admission] = {}
-        """Admissions worked out, per principal and method, under the authenticator ``_admitted_by``."""
+        self._admissions: dict[tuple[int, str], Admission] = {}
+        """Admissions worked out, per principal and method, under the authenticator ``_admitted_by``.
+
+        Keyed by the principal object's identity (the authenticator and the user table hand out
+        the same object for a caller while they remember it), each checked against the admission's
+        own principal: hashing a ``Principal`` is a Python-level call, made on every RPC otherwise.
+        """
         self._admitted_by = self._auth
         self._labels_of = labels_of
         self._unix = unix
@@ -160,14 +165,15 @@ class Gate:
         principal = self.identify(context, peer, metadata)
         CALLER.set(principal.name)
         auth = self._auth
-        admission = self._admissions.get((principal, name))
-        if admission is None or self._admitted_by is not auth:
+        key = (id(principal), name)
+        admission = self._admissions.get(key)
+        if admission is None or admission.principal is not principal or self._admitted_by is not auth:
             grant = auth.grant(principal)
             if not grant.allows(name):
                 raise _denied(principal, grant, name)
             if self._admitted_by is not auth or len(self._admissions) >= 1024:
                 self._admissions, self._admitted_by = {}, auth
-            admission = self._admissions[(principal, name)] = Admission(principal, grant.scopes(name), name, grant)
+            admission = self._admissions[key] = Admission(principal, grant.scopes(name), name, grant)
         return admission
 
     async def check_scope(self, admission: Admission, request: Any) -> None:

@@ -161,34 +161,60 @@ def error_trailer(error: BaseException, request_id: str = "") -> tuple[str, byte
     return "grpc-status-details-bin", bytes(error_status(error, request_id).SerializeToString())
 
 
+_OK = grpc.StatusCode.OK
+_CODE_NAMES = {code: code.name for code in grpc.StatusCode}
+"""Status codes' names, read once: an enum member's ``name`` (and the member itself, through its
+class) is a Python-level descriptor call in Python 3.11, twice per RPC otherwise."""
+
+
 class _Call:
-    """Bookkeeping of one RPC: request id, timing, final code, and the error translation."""
+    """Bookkeeping of one RPC: request id, timing, final code, and the error translation.
+
+    Made when the RPC starts (which binds its request id and tells the observer) and ended by
+    :meth:`finish`; slotted, and with no more method calls than that, as it costs every RPC.
+    """
+
+    __slots__ = (
+        "code",
+        "context",
+        "kind",
+        "metadata",
+        "method",
+        "observer",
+        "peer",
+        "principal",
+        "quiet",
+        "request_id",
+        "started",
+    )
 
     def __init__(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], kind: str, observer: RpcObserver | None
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        kind: str,
+        observer: RpcObserver | None,
+        quiet: bool = False,
     ) -> None:
         self.method = method
         self.kind = kind
         self.observer = observer
+        self.quiet = quiet
+        """Whether the method's calls are logged at debug level whatever their outcome (health, reflection)."""
         self.context = context
         self.metadata: dict[str, str | bytes] = dict(context.invocation_metadata() or ())
         supplied = self.metadata.get(REQUEST_ID_HEADER)
-        generated = f"{_ID_PREFIX}{next(_REQUEST_IDS):08x}"
-        self.request_id = supplied if isinstance(supplied, str) and supplied else generated
+        self.request_id = (
+            supplied if isinstance(supplied, str) and supplied else f"{_ID_PREFIX}{next(_REQUEST_IDS):08x}"
+        )
         self.started = time.monotonic()
-        self.code = grpc.StatusCode.OK
+        self.code = _OK
         # Read now: asking a cancelled call for its peer dereferences a freed call (a segfault).
         self.peer = context.peer()
         self.principal = ""
-
-    def __enter__(self) -> _Call:
         log.REQUEST_ID.set(self.request_id)
-        if self.observer is not None:
-            self.observer.rpc_started(self.method, self.kind)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        log.REQUEST_ID.set("")  # not reset(): a stream's generator may be closed from another context
+        if observer is not None:
+            observer.rpc_started(method, kind)
 
     async def fail(self, error: BaseException) -> None:
         """Abort the RPC with the status the error maps to (this raises, as grpc requires)."""
@@ -199,15 +225,17 @@ class _Call:
         trailing = ((REQUEST_ID_HEADER, self.request_id), error_trailer(error, self.request_id))
         await self.context.abort(code, message, trailing_metadata=trailing)
 
-    def log(self) -> None:
-        """Write the one access-log line of this RPC (at debug level when it succeeded), and tell the observer.
+    def finish(self) -> None:
+        """Write the RPC's one access-log line (debug level if it succeeded), tell the observer, unbind the id.
 
         A busy client makes thousands of calls a minute; logging each at info level cost more
         than serving it and buried what matters. Failures stay at info, and the daemon's own log
         lines record every change an RPC causes.
         """
         seconds = time.monotonic() - self.started
-        quiet = self.code == grpc.StatusCode.OK or self.method.startswith(_QUIET_PREFIXES)
+        code = self.code
+        name = _CODE_NAMES.get(code) or code.name
+        quiet = code == _OK or self.quiet
         if not quiet or log.enabled(logging.DEBUG):  # a filtered line still costs a logger bind
             emit = _log.debug if quiet else _log.info
             emit(
@@ -215,11 +243,12 @@ class _Call:
                 method=self.method,
                 principal=self.principal,
                 peer=self.peer,
-                code=self.code.name,
+                code=name,
                 duration_ms=round(seconds * 1000, 2),
             )
         if self.observer is not None:
-            self.observer.rpc_finished(self.method, self.kind, self.code.name, seconds)
+            self.observer.rpc_finished(self.method, self.kind, name, seconds)
+        log.REQUEST_ID.set("")  # not reset(): a stream's generator may be closed from another context
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -297,7 +326,8 @@ def _check_decoded(request: Any) -> None:
 def _admitted(
     gate: Gate | None, call: _Call, request: Any, context: grpc.aio.ServicerContext[Any, Any]
 ) -> Admission | None:
-    _check_decoded(request)
+    if isinstance(request, _Undecodable):
+        _check_decoded(request)
     if gate is None:
         return None
     admission = gate.admission(call.method, context, call.peer, call.metadata)
@@ -309,25 +339,27 @@ def _admitted(
 def _wrap_unary(
     method: str, inner: Callable[..., Any], observer: RpcObserver | None, gate: Gate | None
 ) -> Callable[..., Awaitable[Any]]:
+    quiet = method.startswith(_QUIET_PREFIXES)
+
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, context, "unary", observer) as call:
-            try:
-                admission = _admitted(gate, call, request, context)
-                if admission is None or admission.unrestricted:  # the usual case, without a coroutine more
-                    return await inner(request, context)
-                assert gate is not None
-                await gate.check_scope(admission, request)
-                return await gate.visible(admission, await inner(request, context))
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
+        call = _Call(method, context, "unary", observer, quiet)
+        try:
+            admission = _admitted(gate, call, request, context)
+            if admission is None or admission.unrestricted:  # the usual case, without a coroutine more
+                return await inner(request, context)
+            assert gate is not None
+            await gate.check_scope(admission, request)
+            return await gate.visible(admission, await inner(request, context))
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # noqa: BLE001 - every error must become a status
+            if _is_abort(error):
+                call.code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except Exception as error:  # noqa: BLE001 - every error must become a status
-                if _is_abort(error):
-                    call.code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                await call.fail(error)
-            finally:
-                call.log()
+            await call.fail(error)
+        finally:
+            call.finish()
 
     return unary
 
@@ -335,26 +367,28 @@ def _wrap_unary(
 def _wrap_stream(
     method: str, inner: Callable[..., AsyncIterator[Any]], observer: RpcObserver | None, gate: Gate | None
 ) -> Callable[..., AsyncIterator[Any]]:
+    quiet = method.startswith(_QUIET_PREFIXES)
+
     async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        with _Call(method, context, "server_stream", observer) as call:
-            try:
-                admission = _admitted(gate, call, request, context)
-                scoped = gate if admission is not None and not admission.unrestricted else None
-                if scoped is not None and admission is not None:
-                    await scoped.check_scope(admission, request)
-                async for response in inner(request, context):
-                    shown = response if scoped is None else await scoped.visible(admission, response)
-                    if shown is not None:
-                        yield shown
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
+        call = _Call(method, context, "server_stream", observer, quiet)
+        try:
+            admission = _admitted(gate, call, request, context)
+            scoped = gate if admission is not None and not admission.unrestricted else None
+            if scoped is not None and admission is not None:
+                await scoped.check_scope(admission, request)
+            async for response in inner(request, context):
+                shown = response if scoped is None else await scoped.visible(admission, response)
+                if shown is not None:
+                    yield shown
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # noqa: BLE001 - every error must become a status
+            if _is_abort(error):
                 raise
-            except Exception as error:  # noqa: BLE001 - every error must become a status
-                if _is_abort(error):
-                    raise
-                await call.fail(error)
-            finally:
-                call.log()
+            await call.fail(error)
+        finally:
+            call.finish()
 
     return stream
 

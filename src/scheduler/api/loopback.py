@@ -55,7 +55,11 @@ def loopback_owner(peer: str, server_port: int) -> int | None:
         global _diag
         if _diag is None:
             _diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
-            _diag.settimeout(2)  # the kernel answers at once; never hang the caller
+            # Never waits: the kernel answers a sock_diag request within the sendto that asks
+            # (its netlink input runs in the sender's context), and makes each further part of
+            # a dump in the recv that takes the one before. A timeout instead would cost a
+            # poll() before every sendto and recv, doubling the syscalls of each call.
+            _diag.setblocking(False)
         try:
             uid = _diag_owner(_diag, client.family, client, server_port, exact=True)
             families = [client.family] if client.family == socket.AF_INET6 else [client.family, socket.AF_INET6]
@@ -100,6 +104,8 @@ def _loopback_peer(peer: str) -> _Client | None:
 _diag: socket.socket | None = None
 """The netlink socket, kept open: opening one per call cost more than the question."""
 _DIAG_LOCK = threading.Lock()
+_BUFFER = bytearray(65536)
+"""Where the kernel's answers are read (under ``_DIAG_LOCK``), instead of a new 64 KiB buffer per read."""
 _SEQUENCE = itertools.count(1)
 
 
@@ -119,20 +125,7 @@ def _diag_owner(diag: socket.socket, family: int, client: _Client, server_port: 
     address matched here.
     """
     client_bytes = client.packed_v6 if family == socket.AF_INET6 else client.packed
-    request = _DIAG_REQUEST.pack(
-        family,
-        socket.IPPROTO_TCP,
-        0,
-        0,
-        1 << _TCP_ESTABLISHED,
-        socket.htons(client.port),
-        socket.htons(server_port),
-        client_bytes,
-        client_bytes if exact else bytes(16),
-        0,
-        _NOCOOKIE,
-        _NOCOOKIE,
-    )
+    request = _request(family, client.port, client_bytes, server_port, exact)
     flags = _NLM_F_REQUEST | (0 if exact else 0x300)  # NLM_F_DUMP
     # The socket is reused: replies to an earlier question (the rest of a dump) carry its sequence.
     sequence = next(_SEQUENCE) & 0xFFFFFFFF
@@ -140,13 +133,14 @@ def _diag_owner(diag: socket.socket, family: int, client: _Client, server_port: 
         _NLMSGHDR.pack(_NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY, flags, sequence, 0) + request, (0, 0)
     )
     want = (client.packed, client.packed_v6)
+    data = _BUFFER
     while True:
-        data = diag.recv(65536)
+        size = diag.recv_into(data)
         offset = 0
         answered = False
-        while offset + _NLMSGHDR.size <= len(data):
+        while offset + _NLMSGHDR.size <= size:
             length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
+            if length < _NLMSGHDR.size or offset + length > size:  # never read past what the kernel wrote
                 return None
             body = offset + _NLMSGHDR.size
             offset += (length + 3) & ~3
@@ -164,6 +158,25 @@ def _diag_owner(diag: socket.socket, family: int, client: _Client, server_port: 
                 return int(uid)
         if answered and exact:
             return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _request(family: int, client_port: int, client_bytes: bytes, server_port: int, exact: bool) -> bytes:
+    """The ``inet_diag_req_v2`` asking for ``client -> server_port`` (a pure function of its arguments)."""
+    return _DIAG_REQUEST.pack(
+        family,
+        socket.IPPROTO_TCP,
+        0,
+        0,
+        1 << _TCP_ESTABLISHED,
+        socket.htons(client_port),
+        socket.htons(server_port),
+        client_bytes,
+        client_bytes if exact else bytes(16),
+        0,
+        _NOCOOKIE,
+        _NOCOOKIE,
+    )
 
 
 def _parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:

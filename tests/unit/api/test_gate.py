@@ -91,6 +91,16 @@ async def test_what_the_gate_remembers_gives_way_to_a_reload() -> None:
     assert await _admit(gate, "DeleteEnvironment", pb.DeleteEnvironmentRequest(name="shop-a"))
 
 
+async def test_a_callers_admission_is_worked_out_once_and_kept_per_principal() -> None:
+    gate = _gate(RoleBinding(role="operator", principals=["token:team"]))
+    first = await _admit(gate, "GetEnvironment", pb.GetEnvironmentRequest(name="shop-a"))
+    assert await _admit(gate, "GetEnvironment", pb.GetEnvironmentRequest(name="shop-a")) is first
+    assert await _admit(gate, "ListEnvironments", pb.ListEnvironmentsRequest()) is not first
+    other, _ = new_token()
+    with pytest.raises(errors.Unauthenticated):  # an unknown token is never taken for a remembered one
+        await _admit(gate, "GetEnvironment", pb.GetEnvironmentRequest(name="shop-a"), token=other)
+
+
 def test_local_users_are_looked_up_again_after_their_time() -> None:
     users = LocalUsers(ttl=60)
     first = users.principal(0, 0, 1)
