@@ -176,10 +176,11 @@ class TemplateSettings(_Section):
     spares: int = Field(default=2, ge=0, le=100)
     """Copies of each template made ahead of time, so that a new environment's volume is a rename
     (about 1 ms) instead of a copy (0.05-0.35 s for PostgreSQL's 39 MB); 0 copies at create.
-    Not made while volumes are overlays (``overlay``)."""
+    A spare is taken before an overlay is made (``overlay``)."""
     overlay: bool = True
     """Where the volumes' filesystem has no reflinks (ext4), a new PostgreSQL volume is an overlay
-    mount on its template (a mount, no copy: see ``scheduler.volumes.overlay``); false copies it."""
+    mount on its template when no spare is left (a mount, no copy: see ``scheduler.volumes.overlay``);
+    false copies it."""
 
 
 class VolumeSettings(_Section):

@@ -15,8 +15,11 @@ environment that the start-up reconciliation removes. A build that fails (an ima
 PostgreSQL-like) is remembered for ``FAILED_BUILD_RETRY`` and its deploys meanwhile fall back to
 the image's own first start.
 
-Where the volumes' filesystem has no reflinks, a volume is an overlay on its template instead
-of a copy (``TemplateSettings.overlay``, ``scheduler.volumes.overlay``): a mount, no bytes.
+A volume takes a spare (a whole copy made ahead, so a rename) while one is left. Where the
+volumes' filesystem has no reflinks and no spare is left (a burst of creates), it is an overlay
+on its template instead of a copy (``TemplateSettings.overlay``, ``scheduler.volumes.overlay``):
+a mount, no bytes; the overlay's copy-up on the database's first writes costs it at start, so a
+spare comes first.
 
 Templates are listed (``ListTemplates``) and garbage-collected: one that no existing environment
 was seeded from and that was not used for ``unused_after``, or whose image reference no longer
@@ -85,7 +88,7 @@ class TemplateSettings:
     build_timeout: timedelta = timedelta(minutes=5)
     overlay: bool = False
     """Seed volumes as overlays on their template (``VolumeStore.layer``) instead of copies, where
-    the volume needs it at its root; no spares are made then. Off where copies are reflinks."""
+    the volume needs it at its root and no spare is left. Off where copies are reflinks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,16 +175,10 @@ class Templates:
         return await asyncio.get_running_loop().run_in_executor(self._copier, functools.partial(work, *args))
 
     async def start(self) -> None:
-        """Sweep what a crash left mid-build (no build runs yet); mount the layered volumes a reboot unmounted.
-
-        With overlays, spares made before are removed.
-        """
+        """Sweep what a crash left mid-build (no build runs yet); mount the layered volumes a reboot unmounted."""
         swept = await asyncio.to_thread(self._store.sweep)
         if swept:
             _log.info("templates.swept", builds=swept)
-        if self._layering:  # spares made before volumes were overlays would only take up the disk
-            for template in await self.list():
-                await asyncio.to_thread(self._store.drop_spares, template.key)
         mounted, failed = await asyncio.to_thread(self._volumes.remount_layers)
         if mounted:
             _log.info("templates.remounted", volumes=mounted)
@@ -232,7 +229,10 @@ class Templates:
         data = self._store.data(found.key)
         if data is None:
             return None
-        if self._layering and not found.subpath:
+        # A spare first (a rename, and the database then writes to plain files); an overlay when
+        # none is left (a burst: a mount instead of a copy each); a copy where overlays cannot be.
+        spare = self._store.claim_spare(found.key)
+        if spare is None and self._layering and not found.subpath:
             try:
                 seeded = self._volumes.layer(env, found.mount.name, data)
             except OSError as err:
@@ -242,7 +242,6 @@ class Templates:
                 if seeded:
                     self._store.use(found.key, env, self._clock())
                 return ("overlay" if seeded else ""), marker.is_file()
-        spare = self._store.claim_spare(found.key)
         try:
             seeded = self._volumes.seed(env, found.mount.name, spare or data, found.subpath, move=spare is not None)
         finally:
@@ -254,7 +253,7 @@ class Templates:
 
     def _refill(self, key: str) -> None:
         """Make spares of ``key`` in the background, after the deploys under way had the machine."""
-        if self.settings.spares <= 0 or self._layering or key in self._refills:
+        if self.settings.spares <= 0 or key in self._refills:
             return
 
         async def refill() -> None:

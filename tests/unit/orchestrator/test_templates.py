@@ -147,7 +147,7 @@ async def test_collection_keeps_used_templates_and_removes_unused_or_orphaned_on
     assert len(await templates.collect([])) == 1
 
 
-async def test_a_template_under_a_layered_volume_is_kept_and_overlays_need_no_spares(tmp_path: Path) -> None:
+async def test_a_template_under_a_layered_volume_is_kept(tmp_path: Path) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
     runtime = InitdbRuntime()
     volumes = HostVolumeStore(tmp_path / "volumes")
@@ -165,14 +165,26 @@ async def test_a_template_under_a_layered_volume_is_kept_and_overlays_need_no_sp
     assert await templates.collect([]) == []
     (held / overlay.RECORD).unlink()
     assert await templates.collect([]) == [template.key]
-    # Spares made before volumes were overlays go at the next start with overlays on.
-    await templates.prepare("b", SERVICE, IMAGE)
-    [template] = await templates.list()
-    assert store.add_spare(template.key) and store.spares(template.key) == 1
-    layering = Templates(store, volumes, runtime, dataclasses.replace(settings, overlay=True))
-    await layering.start()
-    assert store.spares(template.key) == 0
     await templates.close()
+
+
+async def test_a_spare_is_taken_before_an_overlay_is_made(tmp_path: Path) -> None:
+    runtime = InitdbRuntime()
+    volumes = HostVolumeStore(tmp_path / "volumes")
+    store = TemplateStore(tmp_path / "templates")
+    copying = Templates(store, volumes, runtime, TemplateSettings(spares=0))
+    await copying.prepare("a", SERVICE, IMAGE)  # builds the template; a's volume is a copy
+    await copying.close()
+    [template] = await copying.list()
+    assert store.add_spare(template.key) and store.spares(template.key) == 1
+    [spare] = [p for p in (tmp_path / "templates" / template.key / "spares").iterdir() if not p.name.startswith(".")]
+    inode = (spare / "PG_VERSION").stat().st_ino
+    layering = Templates(store, volumes, runtime, TemplateSettings(spares=0, overlay=True))
+    await layering.prepare("b", SERVICE, IMAGE)
+    # b's volume is the spare, moved (same inode), not an overlay on the template.
+    assert store.spares(template.key) == 0
+    assert (volumes.path("b", "pgdata") / "PG_VERSION").stat().st_ino == inode
+    assert not (volumes.path("b", "pgdata").parent / f"{overlay.PREFIX}pgdata").exists()
     await layering.close()
 
 
