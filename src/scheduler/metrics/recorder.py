@@ -185,26 +185,22 @@ class Recorder:
 
     # --- the gRPC server ---------------------------------------------------------------------
 
-    # Called twice per RPC: the series are counted here directly, without a method call each.
-
     def rpc_started(self, method: str, kind: str) -> None:
-        started, _, in_flight = self._rpc.get((method, kind)) or self._rpc_series(method, kind)
-        started.value += 1
+        started, _, in_flight = self._rpc_series(method, kind)
+        started.inc()
         if in_flight is not None:
-            in_flight.value += 1
+            in_flight.inc()
 
     def rpc_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
-        _, latency, in_flight = self._rpc.get((method, kind)) or self._rpc_series(method, kind)
+        _, latency, in_flight = self._rpc_series(method, kind)
         handled = self._rpc_handled.get((method, kind, code))
         if handled is None:
             service, name = split_method(method)
             handled = self._rpc_handled[(method, kind, code)] = self.rpc_handled_total.scalar(service, name, kind, code)
-        handled.value += 1
-        latency.counts[bisect.bisect_left(latency.buckets, seconds)] += 1
-        latency.sum += seconds
-        latency.count += 1
+        handled.inc()
+        latency.observe(seconds)
         if in_flight is not None:
-            in_flight.value -= 1
+            in_flight.dec()
 
     def _rpc_series(self, method: str, kind: str) -> tuple[Series, Distribution, Series | None]:
         """The labelled series of one method, looked up once."""
