@@ -143,10 +143,6 @@ class TemplateStore:
         spares = self._dir(key) / "spares"
         return sum(1 for p in spares.iterdir() if not p.name.startswith(".")) if spares.is_dir() else 0
 
-    def drop_spares(self, key: str) -> None:
-        """Remove every spare of template ``key`` (volumes made as overlays need none)."""
-        shutil.rmtree(self._dir(key) / "spares", ignore_errors=True)
-
     def claim_spare(self, key: str) -> Path | None:
         """Take one spare of template ``key`` for the caller alone (to move into a volume), or None."""
         spares = self._dir(key) / "spares"
