@@ -326,8 +326,7 @@ def _check_decoded(request: Any) -> None:
 def _admitted(
     gate: Gate | None, call: _Call, request: Any, context: grpc.aio.ServicerContext[Any, Any]
 ) -> Admission | None:
-    if isinstance(request, _Undecodable):
-        _check_decoded(request)
+    _check_decoded(request)
     if gate is None:
         return None
     admission = gate.admission(call.method, context, call.peer, call.metadata)
