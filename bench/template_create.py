@@ -12,8 +12,9 @@ Run as root: ``python -m bench.template_create [--runs N]``. Images are present 
   in its fresh volume (no template), until the published page shows the database's answer: the
   same end point as the scheduler's runs.
 - Each run, on either side, starts once the machine has settled (``settle``): without that, one
-  side's background work (the other's teardown, a template spare being copied) ran into the
-  next run, and which side it hit depended on the order.
+  side's background work (the other's teardown, the template spare the daemon copies two
+  seconds after a run took one) ran into the next run, and which side it hit depended on the
+  order.
 - The warm run closest to the median is broken down from its ListOperations timeline, to show
   where the remaining time goes.
 
@@ -37,6 +38,7 @@ from bench import leftovers
 from bench.env_create import page_shows_database, serial_baseline, wait_deleted
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler.orchestrator.templates import TemplateSettings
 from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
@@ -65,7 +67,10 @@ def busy_seconds() -> tuple[float, float]:
 
 
 def settle(quiet: float = 0.15, window: float = 0.25, limit: float = 10.0) -> None:
-    """Wait (at most ``limit`` seconds) until the cores were less than ``quiet`` busy over ``window``."""
+    """Wait until the last run's background work is done: past the delay after which the daemon
+    copies a template spare to replace the one a run took, then (at most ``limit`` seconds more)
+    until the cores were less than ``quiet`` busy over ``window``."""
+    time.sleep(TemplateSettings().spare_delay.total_seconds() + window)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         busy0, all0 = busy_seconds()

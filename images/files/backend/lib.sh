@@ -34,7 +34,7 @@ first_line() {
   head -n 1 | tr -d '\r"\\'
 }
 
-ensure_table() {
-  echo "SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS items (id serial PRIMARY KEY, value text NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now());" | sql
-}
+# The items table, made on first use: sent ahead of a request's own statements, in the same
+# psql session (one connection per request, not one more for the table).
+TABLE_SQL="SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS items (id serial PRIMARY KEY,
+  value text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());"

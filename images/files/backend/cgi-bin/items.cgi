@@ -10,8 +10,8 @@ if [ "$adding" = 1 ]; then
     respond "400 Bad Request" application/json '{"error": "missing parameter: value"}'
     exit 0
   fi
-  if out="$( { ensure_table && echo "INSERT INTO items (value) VALUES (:'value')
-        RETURNING json_build_object('id', id, 'value', value);" | sql -v value="$value"; } 2>&1)"; then
+  if out="$( { echo "$TABLE_SQL"; echo "INSERT INTO items (value) VALUES (:'value')
+        RETURNING json_build_object('id', id, 'value', value);"; } | sql -v value="$value" 2>&1)"; then
     respond "201 Created" application/json "$out"
   else
     respond "503 Service Unavailable" application/json \
@@ -19,8 +19,8 @@ if [ "$adding" = 1 ]; then
   fi
   exit 0
 fi
-if out="$( { ensure_table && echo "SELECT coalesce(json_agg(json_build_object('id', id, 'value', value)
-      ORDER BY id), '[]') FROM items;" | sql; } 2>&1)"; then
+if out="$( { echo "$TABLE_SQL"; echo "SELECT coalesce(json_agg(json_build_object('id', id, 'value', value)
+      ORDER BY id), '[]') FROM items;"; } | sql 2>&1)"; then
   respond "200 OK" application/json "$out"
 else
   respond "503 Service Unavailable" application/json \
