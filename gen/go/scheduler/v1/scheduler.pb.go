@@ -4879,8 +4879,9 @@ func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
 	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
 }
 
-// DataTemplate is a prepared data directory that new volumes start as a copy of. It holds no
-// credential: each environment sets its own password on its copy before the server listens.
+// DataTemplate is a prepared data directory that new volumes start from (a copy, or an overlay
+// on it). It holds no credential: each environment sets its own password on its volume before
+// the server listens.
 type DataTemplate struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

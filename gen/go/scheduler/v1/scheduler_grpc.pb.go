@@ -98,7 +98,8 @@ type SchedulerServiceClient interface {
 	// ABORTED when etag is set and no longer matches.
 	StartEnvironment(ctx context.Context, in *StartEnvironmentRequest, opts ...grpc.CallOption) (*Environment, error)
 	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
-	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// per image digest and parameters, which new environments' data volumes start from (a copy
+	// made ahead, or an overlay on the template where copies are not reflinks and none is left).
 	// Each names the environments seeded from it that still exist; unused ones are collected.
 	// Admin only.
 	ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error)
@@ -454,7 +455,8 @@ type SchedulerServiceServer interface {
 	// ABORTED when etag is set and no longer matches.
 	StartEnvironment(context.Context, *StartEnvironmentRequest) (*Environment, error)
 	// Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
-	// per image digest and parameters, which new environments' data volumes start as a copy of.
+	// per image digest and parameters, which new environments' data volumes start from (a copy
+	// made ahead, or an overlay on the template where copies are not reflinks and none is left).
 	// Each names the environments seeded from it that still exist; unused ones are collected.
 	// Admin only.
 	ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error)

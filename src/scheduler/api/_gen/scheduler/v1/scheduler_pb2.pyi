@@ -2674,8 +2674,9 @@ Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
 
 @_typing.final
 class DataTemplate(_message.Message):
-    """DataTemplate is a prepared data directory that new volumes start as a copy of. It holds no
-    credential: each environment sets its own password on its copy before the server listens.
+    """DataTemplate is a prepared data directory that new volumes start from (a copy, or an overlay
+    on it). It holds no credential: each environment sets its own password on its volume before
+    the server listens.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

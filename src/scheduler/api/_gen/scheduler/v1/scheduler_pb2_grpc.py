@@ -333,7 +333,8 @@ class SchedulerServiceServicer:
 
     def ListTemplates(self, request, context):
         """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
-        per image digest and parameters, which new environments' data volumes start as a copy of.
+        per image digest and parameters, which new environments' data volumes start from (a copy
+        made ahead, or an overlay on the template where copies are not reflinks and none is left).
         Each names the environments seeded from it that still exist; unused ones are collected.
         Admin only.
         """

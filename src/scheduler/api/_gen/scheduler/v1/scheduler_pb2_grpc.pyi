@@ -135,7 +135,8 @@ class SchedulerServiceStub:
     """
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]
     """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
-    per image digest and parameters, which new environments' data volumes start as a copy of.
+    per image digest and parameters, which new environments' data volumes start from (a copy
+    made ahead, or an overlay on the template where copies are not reflinks and none is left).
     Each names the environments seeded from it that still exist; unused ones are collected.
     Admin only.
     """
@@ -261,7 +262,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """
     ListTemplates: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTemplatesRequest, _scheduler_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
-    per image digest and parameters, which new environments' data volumes start as a copy of.
+    per image digest and parameters, which new environments' data volumes start from (a copy
+    made ahead, or an overlay on the template where copies are not reflinks and none is left).
     Each names the environments seeded from it that still exist; unused ones are collected.
     Admin only.
     """
@@ -498,7 +500,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListTemplatesResponse, _abc.Awaitable[_scheduler_pb2.ListTemplatesResponse]]:
         """Returns the data-directory templates on the host, oldest first: PostgreSQL's initdb output
-        per image digest and parameters, which new environments' data volumes start as a copy of.
+        per image digest and parameters, which new environments' data volumes start from (a copy
+        made ahead, or an overlay on the template where copies are not reflinks and none is left).
         Each names the environments seeded from it that still exist; unused ones are collected.
         Admin only.
         """
