@@ -1,4 +1,4 @@
-"""Time from CreateEnvironment to RUNNING for web-postgres, against a serial baseline, in one run.
+"""web-postgres from CreateEnvironment to its page served through the database, against a serial baseline.
 
 Run as root: ``python -m bench.env_create [--runs N] [--parallel N]``.
 
@@ -10,7 +10,9 @@ Run as root: ``python -m bench.env_create [--runs N] [--parallel N]``.
 - **serial baseline**: the same three containers (postgres, backend, frontend) with the same
   images, network and health checks, started one after another directly through the runtime and
   network layers, each waiting for its health check before the next starts: the way a shell
-  script would do it. Same containerd, own namespace and network instance.
+  script would do it, until the published page shows the database's answer (the scheduler's
+  runs end there too). Same containerd, own namespace and network instance. Each run on either
+  side starts once the previous one's background work is done (``settle``).
 - **parallel**: ``parallel`` environments created at once; wall time until every one serves its
   page, and its ratio to ``parallel`` times the single-environment median (target <= 0.3). Also
   the CPU seconds they took (the daemon, the CNI plugins it ran, containerd, shims and runc, the
@@ -44,6 +46,7 @@ from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler.network.cni import CniNetwork, CniSettings
 from scheduler.orchestrator import health
+from scheduler.orchestrator.templates import TemplateSettings
 from scheduler.runtime.containerd.image_options import ImageOptions
 from scheduler.runtime.containerd.runtime import ContainerdRuntime
 from scheduler.stacks.catalog import default_catalog
@@ -217,6 +220,28 @@ def page_shows_database(port: int, timeout: float = 300) -> None:
     raise SystemExit(f"port {port}: no page from the database within {timeout}s")
 
 
+def busy_seconds() -> tuple[float, float]:
+    """CPU seconds spent busy and in all, over every core, since boot (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
+
+
+def settle(quiet: float = 0.15, window: float = 0.25, limit: float = 10.0) -> None:
+    """Wait until the last run's background work is done: past the delay after which the daemon
+    copies a template spare to replace the one a run took, then (at most ``limit`` seconds more)
+    until the cores were less than ``quiet`` busy over ``window``."""
+    time.sleep(TemplateSettings().spare_delay.total_seconds() + window)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        busy0, all0 = busy_seconds()
+        time.sleep(window)
+        busy1, all1 = busy_seconds()
+        if all1 > all0 and (busy1 - busy0) / (all1 - all0) < quiet:
+            return
+
+
 async def serial_baseline(
     daemon: DaemonProcess,
     runs: int,
@@ -329,9 +354,11 @@ def main() -> None:
             # Interleaved, so that drift of the shared machine hits both sides alike.
             ours, baseline = [], []
             for index in range(args.runs):
+                settle()
                 ours += scheduler_runs(daemon, 1, first=index)
                 state = Path(tmp) / f"baseline{index}"
-                baseline += asyncio.run(serial_baseline(daemon, 1, state, first=index, instances=instances))
+                settle()
+                baseline += asyncio.run(serial_baseline(daemon, 1, state, first=index, instances=instances, page=True))
             together, spent = parallel_run(daemon, args.parallel) if args.parallel else (0.0, {})
         finally:
             daemon.delete_all_environments()

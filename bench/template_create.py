@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import leftovers
-from bench.env_create import page_shows_database, serial_baseline, wait_deleted
+from bench.env_create import page_shows_database, serial_baseline, settle, wait_deleted
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.api._gen.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler.orchestrator.templates import TemplateSettings
 from tests.support.daemon import DaemonProcess, daemon_instance, start_daemon
 from tests.support.images import build
 
@@ -56,28 +55,6 @@ def page_served(stub: pb_grpc.SchedulerServiceStub, name: str, timeout: float = 
             return
         time.sleep(0.01)
     raise SystemExit(f"{name}: no published port within {timeout}s")
-
-
-def busy_seconds() -> tuple[float, float]:
-    """CPU seconds spent busy and in all, over every core, since boot (``/proc/stat``)."""
-    with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:]]
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
-
-
-def settle(quiet: float = 0.15, window: float = 0.25, limit: float = 10.0) -> None:
-    """Wait until the last run's background work is done: past the delay after which the daemon
-    copies a template spare to replace the one a run took, then (at most ``limit`` seconds more)
-    until the cores were less than ``quiet`` busy over ``window``."""
-    time.sleep(TemplateSettings().spare_delay.total_seconds() + window)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        busy0, all0 = busy_seconds()
-        time.sleep(window)
-        busy1, all1 = busy_seconds()
-        if all1 > all0 and (busy1 - busy0) / (all1 - all0) < quiet:
-            return
 
 
 def timeline(stub: pb_grpc.SchedulerServiceStub, name: str) -> list[tuple[str, str, float]]:
