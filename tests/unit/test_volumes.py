@@ -281,3 +281,67 @@ def test_copy_tree_refuses_an_existing_target_and_a_symlinked_source(tmp_path):
     os.symlink(source, tmp_path / "alias")
     with pytest.raises(NotADirectoryError):
         copy_tree(tmp_path / "alias", tmp_path / "other")
+
+
+# --- copies are on disk before they become data --------------------------------------------------
+
+
+@pytest.fixture
+def flushes(monkeypatch):
+    """Every sync_filesystem call of the volume store: (path flushed, files under it at that moment)."""
+    import scheduler.volumes.host as host
+
+    calls = []
+
+    def spy(path):
+        calls.append((path, sorted(p.name for p in path.rglob("*"))))
+
+    monkeypatch.setattr(host, "sync_filesystem", spy)
+    return calls
+
+
+def test_a_seeded_copy_is_flushed_before_it_becomes_the_volume(store, tmp_path, flushes):
+    source = _template(tmp_path)
+    assert store.seed("demo", "pgdata", source) is True
+    [(flushed, files)] = flushes
+    # The scratch copy, whole, not yet in place: a crash before the rename leaves no volume.
+    assert flushed.parent == store.path("demo", "pgdata").parent and flushed.name != "pgdata"
+    assert "PG_VERSION" in files and "1259" in files
+    # A spare moved into place was flushed when it was made: a rename needs no flush.
+    from scheduler.volumes.copy import copy_tree
+
+    spare = tmp_path / "spare"
+    copy_tree(source, spare)
+    assert store.seed("other", "pgdata", spare, move=True) is True
+    assert len(flushes) == 1
+
+
+def test_a_staged_clone_and_a_restore_are_flushed_before_they_replace_anything(store, tmp_path, flushes):
+    staging = store.staging()
+    staged = staging / "pgdata"
+    staged.mkdir()
+    (staged / "PG_VERSION").write_text("15\n")
+    store.adopt("clone", "pgdata", staged)
+    assert flushes == [(staged.resolve(), ["PG_VERSION"])]
+
+    volume = store.ensure("demo", "pgdata")
+    (volume / "old").write_text("old")
+    archive = tmp_path / "backup.tar"
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "PG_VERSION").write_text("15\n")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(saved, arcname=".")
+    store.restore("demo", "pgdata", archive)
+    flushed, files = flushes[-1]
+    assert "PG_VERSION" in files and "old" not in files  # the restored copy, before it replaced the old data
+    assert (store.path("demo", "pgdata") / "PG_VERSION").read_text() == "15\n"
+
+
+def test_sync_filesystem_flushes_a_real_directory_and_refuses_a_file(tmp_path):
+    from scheduler.volumes.copy import sync_filesystem
+
+    (tmp_path / "file").write_text("x")
+    sync_filesystem(tmp_path)
+    with pytest.raises(NotADirectoryError):
+        sync_filesystem(tmp_path / "file")

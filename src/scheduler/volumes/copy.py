@@ -18,6 +18,7 @@ environment must not become a way to plant a setuid binary or a device node on t
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -25,6 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+_libc = ctypes.CDLL(None, use_errno=True)
 _FICLONE = 0x40049409
 """``ioctl(dst, FICLONE, src)``: share the source's extents (btrfs, XFS, bcachefs)."""
 _NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
@@ -167,6 +169,23 @@ def reflinks(directory: Path) -> bool:
     finally:
         probe.unlink(missing_ok=True)
         Path(f"{probe}.copy").unlink(missing_ok=True)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Write every dirty page of the filesystem holding ``path`` to disk (``syncfs``), and wait.
+
+    A copy is only in the page cache until the kernel writes it back (about 30 s later), and
+    PostgreSQL flushes only the files it writes itself: a host crash soon after a copy became a
+    database volume could leave that database with files missing or empty. Callers flush a copy
+    before it becomes a volume or a template; the filesystem's, not the whole host's (``sync``).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
 
 
 def copy_file(source: Path, target: Path) -> CopyStats:

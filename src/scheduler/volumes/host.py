@@ -25,7 +25,7 @@ from scheduler.errors import AlreadyExists, FailedPrecondition, FieldViolation, 
 from scheduler.validation import env_name_problem, volume_name_problem
 from scheduler.volumes import overlay
 from scheduler.volumes.base import Volume
-from scheduler.volumes.copy import copy_tree
+from scheduler.volumes.copy import copy_tree, sync_filesystem
 from scheduler.volumes.sync import SyncStats, sync_tree
 
 if TYPE_CHECKING:
@@ -316,6 +316,7 @@ class HostVolumeStore:
                 raise InvalidArgument.of(
                     [FieldViolation("tar_path", f"cannot restore from {str(tar_path)!r}: {err}")]
                 ) from err
+            sync_filesystem(staged)  # on disk before the old data goes (see sync_filesystem)
             self.ensure(env, name)
             if overlay.is_layered(target):  # the restored data is a plain directory
                 overlay.unmount(target)
@@ -355,6 +356,7 @@ class HostVolumeStore:
         self._private_dir(target.parent)
         if target.exists() or target.is_symlink():
             raise AlreadyExists(f"volume {env}/{name} exists already", env=env, volume=name)
+        sync_filesystem(source)  # the copy's files on disk before a database runs on them
         os.rename(source, target)
         return self.path(env, name)
 
@@ -385,6 +387,7 @@ def _take(source: Path, target: Path, move: bool) -> None:
             if err.errno != errno.EXDEV:
                 raise
     copy_tree(source, target)
+    sync_filesystem(target)  # a database's files must be on disk before it runs on them
     if move:
         _remove_tree(source)
 

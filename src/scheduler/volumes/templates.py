@@ -29,7 +29,7 @@ from pathlib import Path
 
 from scheduler.domain import DataTemplate
 from scheduler.validation import env_name_problem
-from scheduler.volumes.copy import copy_tree
+from scheduler.volumes.copy import copy_tree, sync_filesystem
 
 _KEY = re.compile(r"^[0-9a-f]{16,64}$")
 _BUILD_PREFIX = ".build-"
@@ -115,7 +115,7 @@ class TemplateStore:
         template = replace(template, size_bytes=size)
         shutil.rmtree(build.work, ignore_errors=True)
         _write_record(build.path, template)
-        os.sync()
+        sync_filesystem(build.path)
         target = self._dir(template.key)
         os.rename(build.path, target)
         _fsync_dir(self.root)
@@ -131,7 +131,9 @@ class TemplateStore:
         partial = spares / f"{_PARTIAL}{uuid.uuid4().hex}"
         try:
             copy_tree(data, partial)
+            sync_filesystem(partial)  # on disk before it can become a volume (see sync_filesystem)
             os.rename(partial, spares / uuid.uuid4().hex)
+            _fsync_dir(spares)
         except FileNotFoundError:
             return False  # removed meanwhile
         finally:

@@ -188,6 +188,31 @@ async def test_a_spare_is_taken_before_an_overlay_is_made(tmp_path: Path) -> Non
     await layering.close()
 
 
+async def test_templates_and_spares_are_flushed_before_they_appear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scheduler.volumes.templates as stored
+
+    flushed: list[tuple[Path, int]] = []
+    store = TemplateStore(tmp_path / "templates")
+
+    def spy(path: Path) -> None:
+        # What was flushed, and how many templates and spares were visible at that moment.
+        visible = [p for p in (tmp_path / "templates").rglob("*") if p.parent.name in ("templates", "spares")]
+        flushed.append((path, len([p for p in visible if not p.name.startswith(".")])))
+
+    monkeypatch.setattr(stored, "sync_filesystem", spy)
+    templates = Templates(store, HostVolumeStore(tmp_path / "volumes"), InitdbRuntime(), TemplateSettings(spares=0))
+    await templates.prepare("a", SERVICE, IMAGE)
+    await templates.close()
+    [template] = await templates.list()
+    assert len(flushed) == 1 and flushed[0][1] == 0  # the build, before it became the template
+    assert store.add_spare(template.key)
+    [spare] = [p for p in (tmp_path / "templates" / template.key / "spares").iterdir()]
+    assert len(flushed) == 2 and flushed[1][1] == 1  # the copy, before it became a spare (only the template then)
+    assert flushed[1][0].parent == spare.parent and flushed[1][0].name.startswith(".")
+
+
 def test_plan_keys_on_the_digest_and_the_parameters_and_skips_what_it_cannot_copy() -> None:
     base = plan(SERVICE, IMAGE)
     assert base is not None and base.subpath == "" and base.mount.name == "pgdata"
