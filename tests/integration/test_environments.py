@@ -177,6 +177,9 @@ def test_web_postgres_serves_a_page_from_the_database(
     running = [c for c in env.containers if c.state == pb.CONTAINER_STATE_RUNNING]
     assert {c.service for c in running} == {"postgres", "backend", "frontend"}
     assert all(c.health == pb.HEALTH_STATUS_HEALTHY and c.pid > 0 and c.ip for c in running)
+    # One shim serves the environment's three containers, like a pod's.
+    during = count_resources(daemon, namespace, instance)
+    assert during["shims"] == before["shims"] + 1, (before, during)
 
     # Logs: the frontend logged the request we just made.
     lines = list(

@@ -93,6 +93,9 @@ class ContainerConfig:
     """Size at which the log writer rotates a stream's file."""
     log_max_files: int = 3
     """Files kept per stream, the current one included (``stdout.log``, ``stdout.log.1``, ...)."""
+    group: str = ""
+    """Containers of one group share the runtime's per-task helper (containerd's shim), like a
+    pod's; empty gives the container one of its own."""
 
 
 class TaskState(enum.Enum):

@@ -302,6 +302,7 @@ class Steps:
             log_dir=str(self._settings.logs_dir / env.name / cid),
             log_max_bytes=self._settings.log_max_bytes,
             log_max_files=self._settings.log_max_files,
+            group=env.name,
         )
         await self._runtime.create(config)
 

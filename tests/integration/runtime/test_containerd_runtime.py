@@ -397,6 +397,33 @@ async def test_sweep_orphan_shims_ends_shims_without_a_task_and_only_those(
             process.wait(10)
 
 
+def _shim_of(pid: int) -> int:
+    """The parent of a task's process: its shim (a subreaper)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+async def test_a_group_shares_one_shim_that_outlives_its_first_task_and_no_sweep_ends_it(
+    containerd_runtime: ContainerdRuntime, containerd_socket: str, make_container: MakeContainer
+) -> None:
+    group = f"g-{os.urandom(4).hex()}"
+    first = await make_container(group=group)
+    second = await make_container(group=group)
+    alone = await make_container()
+    pids = {c.id: await containerd_runtime.task_pid(c.id) for c in (first, second, alone)}
+    shims = {cid: _shim_of(pid) for cid, pid in pids.items() if pid}
+    assert shims[first.id] == shims[second.id] != shims[alone.id], shims
+    shared = shims[first.id]
+    # The shim is named after its first task; once that task is gone it still serves the second.
+    await containerd_runtime.delete(first.id)
+    assert await containerd_runtime.sweep_orphan_shims(containerd_socket) == []
+    assert Path(f"/proc/{shared}").exists()
+    assert (await containerd_runtime.exec(second.id, ["true"], timedelta(seconds=10))).exit_code == 0
+    # With its last task the shared shim ends.
+    await containerd_runtime.delete(second.id)
+    await _wait_for(lambda: not Path(f"/proc/{shared}").exists(), timeout=10)
+    assert await containerd_runtime.task_pid(alone.id) == pids[alone.id]
+
+
 async def test_a_task_created_ahead_starts_and_one_replaced_meanwhile_still_does(
     containerd_runtime: ContainerdRuntime, make_container: MakeContainer
 ) -> None:

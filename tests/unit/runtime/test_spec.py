@@ -64,6 +64,11 @@ def test_image_config_then_overrides() -> None:
     assert spec["process"]["cwd"] == "/tmp"
 
 
+def test_a_group_is_the_runc_shims_grouping_annotation_and_none_leaves_no_annotation() -> None:
+    assert build(group="env-a")["annotations"] == {"io.containerd.runc.v2.group": "env-a"}
+    assert "annotations" not in build()
+
+
 def test_overriding_the_entrypoint_drops_the_image_cmd_like_docker() -> None:
     assert oci.resolve_args(IMAGE.config, ("sh", "-c", "x")) == ["sh", "-c", "x"]
     assert oci.resolve_args(IMAGE.config, ("sh",), ("-c", "y")) == ["sh", "-c", "y"]

@@ -4,7 +4,11 @@ A task create cut short (the daemon killed while containerd starts the shim) can
 containerd-shim-runc-v2 running, with its log writer and sometimes the container's process,
 while containerd itself has no task of that id: nothing ever stops it, and containerd's own
 accounting cannot show it. At start-up, before anything of ours creates a task, every shim of
-our namespace serving our containerd whose task containerd does not know is such an orphan.
+our namespace serving our containerd that serves no task containerd knows is such an orphan.
+
+A shim serves a group of tasks (one environment's, see ``spec.with_shim_group``) and is named
+after the first of them, which may be gone while the others run: a shim is kept when its
+named task is known or when it listens on the socket a known task's bundle records.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Shim:
     pid: int
     task_id: str
     bundle: Path | None
+    """Its first task's bundle, where it was started; the directory is gone once that task is."""
 
 
 def _args(pid: int) -> list[str]:
@@ -52,9 +57,43 @@ def shims(socket: str, namespace: str) -> list[Shim]:
             continue
         bundle = None
         with contextlib.suppress(OSError):
-            bundle = Path(os.readlink(entry / "cwd"))
+            bundle = Path(os.readlink(entry / "cwd").removesuffix(" (deleted)"))
         found.append(Shim(int(entry.name), options["-id"], bundle))
     return found
+
+
+def orphans(running: list[Shim], known: set[str]) -> list[Shim]:
+    """The shims of ``running`` that serve none of the ``known`` task ids."""
+    unnamed = [shim for shim in running if shim.task_id not in known]
+    if not unnamed:
+        return []
+    # Every task's bundle sits beside the others, under the one directory of the namespace.
+    parents = {shim.bundle.parent for shim in running if shim.bundle is not None}
+    serving = set()
+    for parent in parents:
+        for task_id in known:
+            with contextlib.suppress(OSError, ValueError):
+                serving.add((parent / task_id / "address").read_text().strip().removeprefix("unix://"))
+    return [shim for shim in unnamed if not (_sockets(shim.pid) & serving)]
+
+
+def _sockets(pid: int) -> set[str]:
+    """Paths of the unix sockets ``pid`` holds open (a shim: the one it listens on)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(_PROC / str(pid) / "fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(_PROC / str(pid) / "fd" / fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    paths = set()
+    with contextlib.suppress(OSError):
+        # Num RefCount Protocol Flags Type St Inode [Path], in the process's own network namespace.
+        for line in (_PROC / str(pid) / "net" / "unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 8 and fields[6] in inodes:
+                paths.add(fields[7])
+    return paths
 
 
 def descendants(pid: int) -> list[int]:

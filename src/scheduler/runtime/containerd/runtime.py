@@ -249,7 +249,7 @@ class ContainerdRuntime:
         return await self.client.sweep_leases()
 
     async def sweep_orphan_shims(self, socket: str) -> builtins.list[str]:
-        """At start-up only: end shims of our namespace whose task containerd does not know; their task ids.
+        """At start-up only: end shims of our namespace that serve no task containerd knows; their task ids.
 
         ``socket`` is the containerd's address as its shims were given it.
         """
@@ -257,7 +257,7 @@ class ContainerdRuntime:
         known = {task.id for task in listed.tasks}
         # /proc is read in a thread: with hundreds of containers it holds a thousand processes.
         running = await asyncio.to_thread(orphans_of.shims, socket_path(socket), self.client.namespace)
-        orphans = [s for s in running if s.task_id not in known]
+        orphans = await asyncio.to_thread(orphans_of.orphans, running, known)
         for shim in orphans:
             await asyncio.to_thread(orphans_of.end, shim)
         return [shim.task_id for shim in orphans]

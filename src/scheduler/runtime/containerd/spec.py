@@ -268,6 +268,24 @@ def with_resources(res: domain.Resources) -> SpecOpt:
     return apply
 
 
+SHIM_GROUP = "io.containerd.runc.v2.group"
+"""The annotation by which containerd's runc shim serves every task of a group from one process."""
+
+
+def with_shim_group(group: str) -> SpecOpt:
+    """Run the task in its group's shim (started by the group's first task, gone with its last).
+
+    One shim per environment instead of one per container: each costs about 13 MB RSS (2.5 MB
+    PSS) and its start is CPU that a deploy's other containers wait for.
+    """
+
+    def apply(spec: Spec) -> None:
+        if group:
+            spec.setdefault("annotations", {})[SHIM_GROUP] = group
+
+    return apply
+
+
 def with_readonly_rootfs(read_only: bool) -> SpecOpt:
     """Mount the root filesystem read-only."""
 
@@ -340,6 +358,7 @@ def build_spec(
         with_resources(config.resources),
         with_readonly_rootfs(config.read_only_rootfs),
         with_security(config.security),
+        with_shim_group(config.group),
         *extra,
     )(spec)
     return spec
