@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+HANDOVER := $(VENV)/bin/scheduler-logger-handover
 CONFIG ?= config.example.yaml
 BUF_DIR := tools/buf
 BUF := $(BUF_DIR)/node_modules/.bin/buf
@@ -11,8 +12,12 @@ BUF := $(BUF_DIR)/node_modules/.bin/buf
 
 # Bytecode is compiled here, once: a daemon started where bytecode is not written
 # (PYTHONDONTWRITEBYTECODE, a read-only install) would otherwise compile every module at each start.
-install: system $(STAMP)
+install: system $(STAMP) $(HANDOVER)
 	@$(PY) -m compileall -q src
+
+# The log program's compiled fast path (standard library only, GOPATH mode: no module download).
+$(HANDOVER): src/scheduler/runtime/logger/handover.go $(STAMP)
+	@GO111MODULE=off go build -trimpath -ldflags=-s -o $@ $<
 
 system:
 	@bash scripts/install-system.sh

@@ -179,7 +179,7 @@ def test_installed_writer_signals_readiness_and_drains_on_sigterm(tmp_path: Path
     first = os.stat(launcher)
     install_logger(launcher)  # unchanged content: not rewritten
     assert os.stat(launcher).st_ino == first.st_ino and os.access(launcher, os.X_OK)
-    head = Path(launcher).read_bytes()[:300]
+    head = Path(launcher).read_bytes()[:1000]
     assert head.startswith(b"#!/bin/sh\n") and f"exec {sys.executable} -IS ".encode() in head
     directory = tmp_path / "logs"
     pid, out_w, err_w, ready_r = _spawn(launcher, directory)
@@ -491,3 +491,44 @@ def test_a_task_program_is_ready_before_its_pipes_are_handed_over(tmp_path: Path
         finally:
             os.close(ready_r)
     assert [t for _, _, t in _records(directory, "stdout")] == [b"written by the task's own program"]
+
+
+def test_with_a_shared_writer_running_the_compiled_hand_over_needs_no_interpreter(tmp_path: Path) -> None:
+    import subprocess
+
+    launcher = tmp_path / "bin" / "scheduler-logger"
+    install_logger(str(launcher))
+    # ``make install`` builds it: a missing build is a failure here, not a Python fallback.
+    handover = tmp_path / "bin" / logger.HANDOVER
+    assert os.access(handover, os.X_OK), "the compiled hand-over was not installed beside the program"
+    assert f"exec {handover} ".encode() in launcher.read_bytes()[:600]
+    writer = subprocess.Popen([sys.executable, "-IS", str(launcher), "serve"])
+    # A program whose interpreter does not exist: only the compiled path can hand its pipes over.
+    no_python = tmp_path / "bin" / "no-python-logger"
+    no_python.write_bytes(logger.launcher("/nonexistent/python3", str(handover)))
+    no_python.chmod(0o755)
+    tasks: list[tuple[int, int, int, int]] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "bin" / "scheduler-logger.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        directory = tmp_path / "logs"
+        tasks.append(_spawn(str(no_python), directory))
+        pid, out_w, err_w, ready_r = tasks[0]
+        assert os.read(ready_r, 1) == b""
+        os.close(ready_r)
+        assert _becomes_waiter(pid)
+        os.write(out_w, b"through the compiled hand-over\n")
+        os.write(err_w, b"and its stderr\n")
+        os.close(out_w)
+        os.close(err_w)
+        os.kill(pid, signal.SIGTERM)  # ignored by the waiter until the writer says done
+        assert _wait(pid, 10) == 0
+        assert [t for _, _, t in _records(directory, "stdout")] == [b"through the compiled hand-over"]
+        assert [t for _, _, t in _records(directory, "stderr")] == [b"and its stderr"]
+        assert writer.wait(10) == 0  # its last stream ended
+    finally:
+        _end(tmp_path / "bin", tasks)
+        with contextlib.suppress(ProcessLookupError):
+            writer.kill()
+        writer.wait(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Mapping
@@ -43,23 +44,48 @@ def install_logger(path: str) -> None:
     A copy (not a link into the package) keeps running tasks' writers independent of upgrades;
     it is replaced atomically, and only when its content changes.
     """
-    content = _logger_archive()
+    handover = os.path.join(os.path.dirname(path), logger.HANDOVER)
+    built = _built_handover()
+    content = _logger_archive(handover if built else "")
     try:
         with open(path, "rb") as handle:
             if handle.read() == content:
-                return
+                content = b""
     except FileNotFoundError:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if built:
+        _install_handover(built, handover)
+    if content:
+        temporary = f"{path}.{uuid.uuid4().hex[:8]}"
+        with open(temporary, "wb") as handle:
+            handle.write(content)
+            os.fchmod(handle.fileno(), 0o755)
+        os.replace(temporary, path)
+
+
+def _built_handover() -> str:
+    """The compiled hand-over ``make install`` built beside this interpreter, or "" (the Python path then)."""
+    built = os.path.join(os.path.dirname(sys.executable), logger.HANDOVER)
+    return built if os.access(built, os.X_OK) else ""
+
+
+def _install_handover(built: str, path: str) -> None:
+    """Copy the compiled hand-over to ``path`` when it differs (same size and time: unchanged)."""
+    source = os.stat(built)
+    try:
+        current = os.stat(path)
+        if (current.st_size, current.st_mtime_ns) == (source.st_size, source.st_mtime_ns):
+            return
+    except FileNotFoundError:
+        pass
     temporary = f"{path}.{uuid.uuid4().hex[:8]}"
-    with open(temporary, "wb") as handle:
-        handle.write(content)
-        os.fchmod(handle.fileno(), 0o755)
+    shutil.copy2(built, temporary)
     os.replace(temporary, path)
 
 
 @functools.cache
-def _logger_archive() -> bytes:
+def _logger_archive(handover: str) -> bytes:
     """The logger package as a zip application, compiled (no source: nothing to compile at each start)."""
     import importlib.util
     import io
@@ -68,7 +94,7 @@ def _logger_archive() -> bytes:
 
     package = os.path.dirname(logger.__file__)
     buffer = io.BytesIO()
-    buffer.write(logger.launcher(sys.executable))
+    buffer.write(logger.launcher(sys.executable, handover))
     sources = {f"scheduler_logger/{n}": os.path.join(package, n) for n in os.listdir(package) if n.endswith(".py")}
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, path in sorted(sources.items()):

@@ -4,7 +4,7 @@ Standard library only (the program is installed as a zip of this package and run
 ``python -I -S``); see :mod:`.host` for how the writing is shared and :mod:`.records` for the format.
 """
 
-from .host import DRAIN_SECONDS, PROGRAM, is_shared_writer, launcher, main, parse_args, run, serve
+from .host import DRAIN_SECONDS, HANDOVER, PROGRAM, is_shared_writer, launcher, main, parse_args, run, serve
 from .records import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_FILES,
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_FILES",
     "DRAIN_SECONDS",
+    "HANDOVER",
     "MAX_RECORD",
     "PROGRAM",
     "STREAMS",
